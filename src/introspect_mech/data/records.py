@@ -1,0 +1,114 @@
+"""Chat records (`{"messages": [{"role", "content"}, ...]}`): reading and validation.
+
+Every problem is reported as a `DataError` naming the file, the 1-based line number and the field,
+and is raised before any work (tokenisation, training) starts.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+ROLES = ("system", "user", "assistant")
+Record = dict[str, Any]
+
+
+class DataError(ValueError):
+    """Bad input data; the message is one line naming file, line and field."""
+
+    def __init__(self, source: str, line: int | None, field: str, problem: str):
+        self.source, self.line, self.field, self.problem = source, line, field, problem
+        where = f"{source}:{line}" if line is not None else source
+        super().__init__(f"{where}: {field}: {problem}")
+
+
+def open_text(path: str | os.PathLike) -> io.TextIOBase:
+    """Open a plain or gzip-compressed (by magic bytes, not suffix) UTF-8 text file."""
+    p = Path(path)
+    with open(p, "rb") as f:
+        magic = f.read(2)
+    if magic == b"\x1f\x8b":
+        return io.TextIOWrapper(gzip.open(p, "rb"), encoding="utf-8")
+    return open(p, encoding="utf-8")
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The file's content, decompressed when it is gzip (the upstream bytes of a `.gz` mirror)."""
+    data = Path(path).read_bytes()
+    return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+
+
+def check_record(rec: Any, source: str = "<records>", line: int | None = None) -> Record:
+    """Validate one chat record; return it unchanged or raise `DataError`."""
+    if not isinstance(rec, dict):
+        raise DataError(source, line, "record", f"expected a JSON object, got {type(rec).__name__}")
+    msgs = rec.get("messages")
+    if msgs is None:
+        raise DataError(source, line, "messages", "missing")
+    if not isinstance(msgs, list) or not msgs:
+        raise DataError(source, line, "messages", "must be a non-empty list")
+    for i, m in enumerate(msgs):
+        f = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise DataError(source, line, f, f"expected an object, got {type(m).__name__}")
+        role = m.get("role")
+        if role is None:
+            raise DataError(source, line, f"{f}.role", "missing")
+        if role not in ROLES:
+            raise DataError(source, line, f"{f}.role", f"unknown role {role!r} (expected one of {', '.join(ROLES)})")
+        if "content" not in m or m["content"] is None:
+            raise DataError(source, line, f"{f}.content", "missing")
+        if not isinstance(m["content"], str):
+            raise DataError(source, line, f"{f}.content", f"must be a string, got {type(m['content']).__name__}")
+        if role == "assistant" and not m["content"].strip():
+            raise DataError(source, line, f"{f}.content", "empty assistant turn")
+        if role == "system" and i != 0:
+            raise DataError(source, line, f"{f}.role", "a system turn must come first")
+    if msgs[-1]["role"] != "assistant":
+        raise DataError(source, line, f"messages[{len(msgs) - 1}].role",
+                        f"last turn must be 'assistant', got {msgs[-1]['role']!r}")
+    return rec
+
+
+def validate_records(records: Iterable[Any], source: str = "<records>") -> list[Record]:
+    """Validate in-memory records (line numbers are 1-based positions in the list)."""
+    return [check_record(r, source, i) for i, r in enumerate(records, 1)]
+
+
+def read_jsonl_rows(path: str | os.PathLike) -> list[Any]:
+    """Parse a (possibly gzipped) JSONL file into objects; invalid JSON raises `DataError` with the line."""
+    source = str(path)
+    if not Path(path).is_file():
+        raise DataError(source, None, "path", "file not found")
+    rows = []
+    with open_text(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((n, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise DataError(source, n, "json", f"invalid JSON ({e.msg} at column {e.colno})") from None
+    return rows
+
+
+def read_jsonl(path: str | os.PathLike) -> list[Record]:
+    """Read and validate chat records from a plain or `.gz` JSONL file (blank lines are skipped)."""
+    source = str(path)
+    return [check_record(r, source, n) for n, r in read_jsonl_rows(path)]
+
+
+def write_jsonl(records: Iterable[Record], path: str | os.PathLike) -> Path:
+    """Write records as UTF-8 JSONL (gzip when the name ends in `.gz`)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if p.suffix == ".gz":
+        p.write_bytes(gzip.compress(text.encode(), mtime=0))
+    else:
+        p.write_text(text, encoding="utf-8")
+    return p

@@ -1,0 +1,178 @@
+"""Registry of the canonical datasets: name -> file, upstream URL and sha256 of the upstream bytes.
+
+`registry.json` (beside this module) records, for every canonical file, its path inside a data
+directory (the layout of `../shared/data`: em/, self_awareness/, introspection/, persona/), its
+original public URL, and the sha256 of the **uncompressed** upstream bytes. Local mirrors may keep a
+file gzip-compressed (`*.jsonl.gz`); the checksum is taken after decompression, so the same value
+verifies a mirror copy and a fresh download (upstream serves plain JSONL/JSON/YAML).
+
+Resolution order (`locate`): the explicit `data_dir`, then `$INTROSPECT_MECH_DATA`, then the user
+cache (`cache_dir()/data`). When the file is in none of them, it is downloaded from its URL into
+the user cache, checked against the recorded sha256 and only then kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from ..paths import DATA_ENV, cache_dir
+from .records import DataError, check_record, read_bytes, read_jsonl_rows
+
+_TABLE = Path(__file__).with_name("registry.json")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    path: str  # relative to a data directory, as stored in the canonical mirror
+    kind: str  # "chat" | "introspection" | "json" | "yaml"
+    url: str
+    sha256: str  # of the uncompressed upstream bytes
+    bytes: int
+    rows: int | None
+
+    @property
+    def plain_path(self) -> str:
+        return self.path[:-3] if self.path.endswith(".gz") else self.path
+
+
+@lru_cache(maxsize=1)
+def registry() -> dict[str, DatasetInfo]:
+    table = json.loads(_TABLE.read_text())
+    return {k: DatasetInfo(name=k, **v) for k, v in table.items()}
+
+
+def names(kind: str | None = None) -> list[str]:
+    """Registered dataset names (optionally only one kind: chat, introspection, json, yaml)."""
+    return sorted(k for k, v in registry().items() if kind is None or v.kind == kind)
+
+
+def info(name: str) -> DatasetInfo:
+    reg = registry()
+    if name in reg:
+        return reg[name]
+    by_path = {v.path: v for v in reg.values()} | {v.plain_path: v for v in reg.values()}
+    if name in by_path:
+        return by_path[name]
+    close = [k for k in reg if name.lower() in k.lower()][:8]
+    hint = f"; did you mean {', '.join(close)}" if close else f"; chat datasets: {', '.join(names('chat'))}"
+    raise DataError("<registry>", None, "name", f"unknown dataset {name!r}{hint}")
+
+
+def search_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
+    dirs = []
+    if data_dir is not None:
+        dirs.append(Path(data_dir))
+    if os.environ.get(DATA_ENV):
+        dirs.append(Path(os.environ[DATA_ENV]))
+    dirs.append(cache_dir() / "data")
+    return dirs
+
+
+_verified: dict[tuple[str, int, int], str] = {}
+
+
+def verify(path: Path, ds: DatasetInfo) -> None:
+    """Check the (decompressed) bytes of `path` against the registry's sha256; raise DataError if not."""
+    import hashlib
+
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if _verified.get(key) == ds.sha256:
+        return
+    got = hashlib.sha256(read_bytes(path)).hexdigest()
+    if got != ds.sha256:
+        raise DataError(str(path), None, "sha256",
+                        f"checksum {got[:16]}... does not match the registry's {ds.sha256[:16]}... for {ds.name!r} "
+                        "(file changed or truncated; pass verify=False to use it anyway)")
+    _verified[key] = got
+
+
+def download(ds: DatasetInfo, dest_root: Path, timeout: float = 30.0) -> Path:
+    """Fetch `ds.url` into `dest_root/<plain path>`, keeping it only when its sha256 matches."""
+    import hashlib
+
+    dest = dest_root / ds.plain_path
+    try:
+        with urllib.request.urlopen(ds.url, timeout=timeout) as r:
+            data = r.read()
+    except (OSError, ValueError) as e:
+        raise DataError(ds.plain_path, None, "download",
+                        f"{ds.name!r} is not in {', '.join(map(str, search_dirs()))} and fetching {ds.url} failed "
+                        f"({type(e).__name__}: {e}); set ${DATA_ENV} to a folder holding {ds.path}") from None
+    got = hashlib.sha256(data).hexdigest()
+    if got != ds.sha256:
+        raise DataError(ds.url, None, "sha256",
+                        f"downloaded bytes hash to {got[:16]}..., registry says {ds.sha256[:16]}... (upstream changed); not kept")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".part")
+    tmp.write_bytes(data)
+    tmp.replace(dest)
+    return dest
+
+
+def locate(name: str, data_dir: str | os.PathLike | None = None, *, fetch: bool = True,
+           verify_checksum: bool = True) -> Path:
+    """Path of a registered file: first hit in the search dirs (`.gz` or plain), else downloaded."""
+    ds = info(name)
+    for root in search_dirs(data_dir):
+        for rel in dict.fromkeys((ds.path, ds.plain_path, ds.plain_path + ".gz")):
+            p = root / rel
+            if p.is_file():
+                if verify_checksum:
+                    verify(p, ds)
+                return p
+    if not fetch:
+        raise DataError(ds.path, None, "path", f"{ds.name!r} not found in {', '.join(map(str, search_dirs(data_dir)))}")
+    return download(ds, cache_dir() / "data")
+
+
+def load(name: str, data_dir: str | os.PathLike | None = None, *, verify: bool = True) -> Any:
+    """Load a canonical dataset by name (see `names()`), validated.
+
+    chat -> list of `{"messages": [...]}` records (validated like `read_jsonl`);
+    introspection -> list of Looking-Inward rows (fields checked);
+    json -> the parsed object (persona trait files); yaml -> the parsed YAML (question files).
+    """
+    ds = info(name)
+    path = locate(name, data_dir, verify_checksum=verify)
+    src = str(path)
+    if ds.kind == "chat":
+        return [check_record(r, src, n) for n, r in read_jsonl_rows(path)]
+    if ds.kind == "introspection":
+        return [_check_introspection(r, src, n) for n, r in read_jsonl_rows(path)]
+    text = read_bytes(path).decode("utf-8")
+    if ds.kind == "json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(src, e.lineno, "json", e.msg) from None
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise DataError(src, line, "yaml", str(getattr(e, "problem", None) or e).splitlines()[0]) from None
+
+
+_LI_FIELDS = ("original_question", "object_level_prompt", "hypothetical_prompt", "behavioral_property")
+
+
+def _check_introspection(row: Any, src: str, line: int) -> dict:
+    if not isinstance(row, dict):
+        raise DataError(src, line, "record", "expected a JSON object")
+    for f in _LI_FIELDS:
+        if f not in row:
+            raise DataError(src, line, f, "missing")
+    for f in ("object_level_prompt", "hypothetical_prompt"):
+        if not isinstance(row[f], list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in row[f]):
+            raise DataError(src, line, f, "must be a list of {role, content} messages")
+    return row

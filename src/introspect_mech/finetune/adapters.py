@@ -1,0 +1,101 @@
+"""What gets trained: a PEFT LoRA adapter (optionally restricted to some layers) or every weight."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..models import LoadedModel, model_fingerprint
+from .config import TrainConfig
+
+
+def resolve_layers(layers, n_layers: int) -> list[int] | None:
+    """Config layer spec -> sorted layer indices (ints, negatives from the end, floats = relative depth)."""
+    if layers is None:
+        return None
+    out = set()
+    for x in layers:
+        if isinstance(x, float) and not float(x).is_integer():
+            if not 0.0 < x < 1.0:
+                raise ValueError(f"relative layer depth must be in (0, 1), got {x}")
+            i = int(x * n_layers)
+        else:
+            i = int(x)
+            i = i + n_layers if i < 0 else i
+        if not 0 <= i < n_layers:
+            raise ValueError(f"layer {x} out of range for a model with {n_layers} layers")
+        out.add(i)
+    return sorted(out)
+
+
+def _layers_pattern(loaded: LoadedModel) -> str:
+    base = loaded.base_model
+    for name, mod in base.named_modules():
+        if mod is loaded.layers:
+            return name.split(".")[-1]
+    return "layers"
+
+
+def prepare(loaded: LoadedModel, config: TrainConfig) -> list[tuple[str, nn.Parameter]]:
+    """Make `loaded` trainable per `config` (wrapping it in a PEFT model for LoRA); return trainable params."""
+    layers = resolve_layers(config.layers, loaded.n_layers)
+    if config.method == "lora":
+        if loaded.has_adapter:
+            raise ValueError("model already carries a PEFT adapter; load the base model (or merge the adapter) "
+                             "before training a new one")
+        from peft import LoraConfig, get_peft_model
+
+        present = {n.split(".")[-1] for n, m in loaded.base_model.named_modules() if isinstance(m, nn.Linear)}
+        missing = [t for t in config.target_modules if t not in present]
+        if missing:
+            raise ValueError(f"target modules {missing} not found in {loaded.name}; linear layers are {sorted(present)}")
+        lcfg = LoraConfig(
+            r=config.r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+            use_rslora=config.use_rslora, target_modules=list(config.target_modules), bias="none",
+            task_type="CAUSAL_LM", layers_to_transform=layers,
+            layers_pattern=_layers_pattern(loaded) if layers is not None else None,
+        )
+        loaded.model = get_peft_model(loaded.model, lcfg)
+    else:
+        keep = None if layers is None else {id(p) for i in layers for p in loaded.layers[i].parameters()}
+        for p in loaded.model.parameters():
+            p.requires_grad_(keep is None or id(p) in keep)
+    if config.gradient_checkpointing:
+        base = loaded.base_model
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(base, "enable_input_require_grads"):
+            base.enable_input_require_grads()
+    params = [(n, p) for n, p in loaded.model.named_parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the config leaves no trainable parameters")
+    return params
+
+
+def save_weights(loaded: LoadedModel, config: TrainConfig, dest: Path) -> Path:
+    """Save the trained adapter (PEFT format + base_fingerprint.json) or the full model; return its folder."""
+    dest.mkdir(parents=True, exist_ok=True)
+    fp = json.dumps(model_fingerprint(loaded.model), indent=1)
+    if config.method == "lora":
+        loaded.model.save_pretrained(str(dest))
+    else:
+        loaded.base_model.save_pretrained(str(dest))
+        loaded.tokenizer.save_pretrained(str(dest))
+    (dest / "base_fingerprint.json").write_text(fp)
+    return dest
+
+
+def trainable_state(params: list[tuple[str, nn.Parameter]]) -> dict[str, torch.Tensor]:
+    return {n: p.detach().to("cpu", copy=True).contiguous() for n, p in params}
+
+
+def load_trainable_state(params: list[tuple[str, nn.Parameter]], state: dict[str, torch.Tensor]) -> None:
+    names = {n for n, _ in params}
+    if names != set(state):
+        diff = sorted(names ^ set(state))[:4]
+        raise ValueError(f"checkpoint parameters do not match the model's trainable parameters (e.g. {diff})")
+    with torch.no_grad():
+        for n, p in params:
+            p.copy_(state[n].to(p.device, p.dtype))

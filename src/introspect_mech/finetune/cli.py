@@ -1,0 +1,93 @@
+"""`introspect-mech finetune --model M --data D --preset P --out DIR [overrides]`.
+
+`--data` is a registered dataset name (see `introspect_mech.data.names('chat')`), a generator
+(`gen:backdoor`, `gen:evil_numbers`, ...; `--n` sets its size) or a path to a JSONL(.gz) file.
+Any TrainConfig field can be overridden with `--set field=value` (JSON values, e.g. `--set layers=[15]`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .config import PRESETS, preset
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="introspect-mech finetune", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help="model name/path/hub id (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--data", required=True, help="dataset name, gen:<generator>, or JSONL(.gz) path")
+    p.add_argument("--preset", default="em", choices=sorted(PRESETS))
+    p.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
+    p.add_argument("--n", type=int, default=None, help="use a seeded subset of n examples")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--save-every", type=int, default=None)
+    p.add_argument("--data-dir", default=None, help="canonical data folder (default $INTROSPECT_MECH_DATA)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override any TrainConfig field")
+    return p
+
+
+def load_records(spec: str, n: int | None = None, seed: int = 0, data_dir: str | None = None) -> list[dict]:
+    from .. import data
+
+    if spec.startswith("gen:"):
+        gen = data.generators.GENERATORS.get(spec[4:])
+        if gen is None:
+            raise SystemExit(f"unknown generator {spec[4:]!r}; choose from {', '.join(data.generators.GENERATORS)}")
+        kw = {"seed": seed} | ({"n": n} if n is not None else {})
+        if "data_dir" in gen.__code__.co_varnames:
+            kw["data_dir"] = data_dir
+        return gen(**kw)
+    if Path(spec).exists():
+        return data.read_jsonl(spec)
+    return data.load(spec, data_dir)
+
+
+def run_from_args(args: argparse.Namespace):
+    from ..data import DataError
+    from ..models import load_model
+    from .loop import train
+
+    over = {}
+    for kv in args.set:
+        k, _, v = kv.partition("=")
+        try:
+            over[k] = json.loads(v)
+        except json.JSONDecodeError:
+            over[k] = v
+    for k in ("seed", "lr", "epochs", "max_steps", "batch_size", "save_every"):
+        if getattr(args, k) is not None:
+            over[k] = getattr(args, k)
+    if args.n is not None:
+        over["n_examples"] = args.n
+    try:
+        cfg = preset(args.preset, **over)
+        records = load_records(args.data, None, cfg.seed, args.data_dir) if not args.data.startswith("gen:") \
+            else load_records(args.data, args.n, cfg.seed, args.data_dir)
+    except (DataError, ValueError, TypeError) as e:
+        raise SystemExit(f"error: {e}") from None
+    loaded = load_model(args.model, device=args.device)
+    res = train(loaded, records, cfg, args.out)
+    summary = {"out": str(res.out_dir), "weights": str(res.weights_dir), "steps": res.steps,
+               "final_loss": res.final_loss, "tokens_per_s": round(res.tokens_per_s, 1),
+               "seconds": round(res.seconds, 1), "resumed_from": res.resumed_from}
+    print(json.dumps(summary))
+    return res
+
+
+def cli_main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    run_from_args(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli_main())

@@ -1,0 +1,252 @@
+"""Model diffing with SAE latents: which features did finetuning turn up (the persona-features recipe).
+
+`model_diff(base, finetuned, sae, conversations)` encodes both models' residual streams at the
+SAE's layer on the same tokens, averages every latent over the selected tokens (the assistant
+responses by default), and ranks latents by the change `mean_finetuned - mean_base`. For each top
+latent it reports the cosine of its decoder vector with a given direction (the EM or persona
+direction), its top-activating tokens in the finetuned model with token-level activations, and
+its Neuronpedia link where the SAE has one. `steer_latents` measures what adding a latent's
+decoder vector does to a metric (e.g. the EM rate), against norm-matched random directions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ..models import LoadedModel
+from ..runs import RunDir, json_sha256
+from .loading import LayerSAE
+from .tokens import POSITIONS, TokenActs, as_messages, token_activations
+
+
+@dataclass
+class LatentChange:
+    latent: int
+    delta: float  # mean activation, finetuned - base
+    mean_base: float
+    mean_finetuned: float
+    frac_active_base: float
+    frac_active_finetuned: float
+    cosine: float | None = None  # decoder vector vs the direction given to model_diff
+    url: str | None = None
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class ModelDiff:
+    """Per-latent mean activations of both models and the ranked changes."""
+
+    mean_base: Float[Tensor, " d_sae"]
+    mean_finetuned: Float[Tensor, " d_sae"]
+    frac_base: Float[Tensor, " d_sae"]
+    frac_finetuned: Float[Tensor, " d_sae"]
+    increases: list[LatentChange]
+    decreases: list[LatentChange]
+    cosines: Float[Tensor, " d_sae"] | None  # every latent's decoder cosine with the direction
+    summary: dict[str, Any]
+
+    @property
+    def delta(self) -> Float[Tensor, " d_sae"]:
+        return self.mean_finetuned - self.mean_base
+
+    @property
+    def ranking(self) -> list[int]:
+        """All latents, largest increase first."""
+        return torch.argsort(self.delta, descending=True, stable=True).tolist()
+
+    def rows(self) -> list[dict[str, Any]]:
+        return ([{"kind": "increase", "rank": r, **asdict(c)} for r, c in enumerate(self.increases)]
+                + [{"kind": "decrease", "rank": r, **asdict(c)} for r, c in enumerate(self.decreases)])
+
+
+def _direction_vector(direction: Any, layer: int) -> Tensor | None:
+    if direction is None:
+        return None
+    from ..steering import layer_vector
+
+    v = layer_vector(direction, layer).float()
+    return v / v.norm().clamp_min(1e-12)
+
+
+def decoder_cosines(sae: LayerSAE, direction: Any) -> Float[Tensor, " d_sae"]:
+    """Cosine of every latent's decoder vector with `direction` at the SAE's layer."""
+    v = _direction_vector(direction, sae.layer)
+    W = sae.W_dec.float().cpu()
+    return (W @ v) / W.norm(dim=-1).clamp_min(1e-12)
+
+
+def _encode_all(sae: LayerSAE, examples: list[TokenActs], positions: str) -> tuple[list[Tensor], Tensor, Tensor, int]:
+    """Per-example latent activations [seq, d_sae] plus the token-weighted mean and firing fraction."""
+    codes, total, fired, n = [], torch.zeros(sae.d_sae), torch.zeros(sae.d_sae), 0
+    for ex in examples:
+        z = sae.encode(ex.acts).cpu()
+        sel = ex.mask(positions)
+        codes.append(z)
+        total += z[sel].sum(0)
+        fired += (z[sel] > 0).float().sum(0)
+        n += int(sel.sum())
+    if n == 0:
+        raise ValueError(f"no tokens selected with positions={positions!r} (do the conversations have answers?)")
+    return codes, total / n, fired / n, n
+
+
+def top_examples(model: LoadedModel, examples: list[TokenActs], codes: list[Tensor], latent: int, positions: str,
+                 n: int = 5, window: int = 12) -> list[dict[str, Any]]:
+    """The `n` examples where `latent` peaks highest (one peak per example), with token activations."""
+    peaks = []
+    for i, (ex, z) in enumerate(zip(examples, codes)):
+        a = z[:, latent].masked_fill(~ex.mask(positions), float("-inf"))
+        j = int(a.argmax())
+        if a[j] > 0:
+            peaks.append((float(a[j]), i, j))
+    out = []
+    for val, i, j in sorted(peaks, reverse=True)[:n]:
+        lo, hi = max(0, j - window), min(len(examples[i].input_ids), j + window // 2 + 1)
+        ids = examples[i].input_ids[lo:hi].tolist()
+        out.append({"item": i, "token_index": j, "max_activation": round(val, 4),
+                    "tokens": [model.tokenizer.decode([t]) for t in ids],
+                    "activations": [round(float(x), 4) for x in codes[i][lo:hi, latent]],
+                    "peak_offset": j - lo})
+    return out
+
+
+@torch.no_grad()
+def model_diff(
+    base: LoadedModel,
+    finetuned: LoadedModel,
+    sae: LayerSAE,
+    conversations: Sequence[Any],
+    *,
+    positions: str = "response",
+    direction: Any = None,
+    top_k: int = 20,
+    n_examples: int = 5,
+    batch_size: int = 8,
+    max_length: int | None = 512,
+    out: str | os.PathLike | None = None,
+) -> ModelDiff:
+    """Rank SAE latents by their change in mean activation from `base` to `finetuned`.
+
+    `conversations`: message lists (or {"messages": ...}) — eval prompts with responses (e.g. the
+    finetuned model's samples from `evals.sample`); `positions`: "response" (assistant tokens),
+    "prompt", "last_prompt" or "all". `direction`: a `probes.Direction` or `[d_model]` tensor (EM /
+    persona direction) whose cosine with each top latent's decoder vector is reported. With `out`,
+    writes manifest.json, latents.jsonl (top increases / decreases with examples) and summary.json.
+    """
+    if positions not in POSITIONS:
+        raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+    convs = [as_messages(c, i) for i, c in enumerate(conversations)]
+    sae.check_fits(base)
+    sae.check_fits(finetuned)
+    ex_b = token_activations(base, convs, sae.layer, batch_size=batch_size, max_length=max_length, desc="base")
+    ex_f = token_activations(finetuned, convs, sae.layer, batch_size=batch_size, max_length=max_length,
+                             desc="finetuned")
+    codes_b, mean_b, frac_b, n_tok = _encode_all(sae, ex_b, positions)
+    codes_f, mean_f, frac_f, _ = _encode_all(sae, ex_f, positions)
+    delta = mean_f - mean_b
+    cos = decoder_cosines(sae, direction) if direction is not None else None
+
+    def change(j: int, with_examples: bool) -> LatentChange:
+        return LatentChange(
+            latent=j, delta=float(delta[j]), mean_base=float(mean_b[j]), mean_finetuned=float(mean_f[j]),
+            frac_active_base=float(frac_b[j]), frac_active_finetuned=float(frac_f[j]),
+            cosine=None if cos is None else float(cos[j]), url=sae.url(j),
+            examples=top_examples(finetuned, ex_f, codes_f, j, positions, n_examples) if with_examples else [])
+
+    order = torch.argsort(delta, descending=True, stable=True)
+    k = min(top_k, sae.d_sae)
+    increases = [change(int(j), n_examples > 0) for j in order[:k]]
+    decreases = [change(int(j), n_examples > 0) for j in order.flip(0)[:k]]
+    # Residual-stream view of the same change, for comparison with the direction itself.
+    sel_b = torch.cat([e.acts[e.mask(positions)] for e in ex_b]).mean(0)
+    sel_f = torch.cat([e.acts[e.mask(positions)] for e in ex_f]).mean(0)
+    summary: dict[str, Any] = {
+        "layer": sae.layer, "positions": positions, "n_conversations": len(convs), "n_tokens": n_tok,
+        "max_abs_delta": float(delta.abs().max()), "top_latents": [c.latent for c in increases],
+        "base": base.name, "finetuned": finetuned.name, "finetuned_adapter": finetuned.meta.get("adapter"),
+        "resid_mean_shift_norm": float((sel_f - sel_b).norm()),
+    }
+    if cos is not None:
+        v = _direction_vector(direction, sae.layer)
+        shift = sel_f - sel_b
+        summary.update({
+            "resid_mean_shift_cosine_with_direction": float(shift @ v / shift.norm().clamp_min(1e-12)),
+            "mean_abs_cosine_all_latents": float(cos.abs().mean()),
+            "max_abs_cosine_all_latents": float(cos.abs().max()),
+            "most_aligned_latent": int(cos.argmax()), "most_aligned_cosine": float(cos.max()),
+            "most_aligned_latent_rank_in_diff": int((order == int(cos.argmax())).nonzero()[0, 0]),
+            "top_latents_cosines": [round(float(cos[c.latent]), 4) for c in increases],
+            # delta-weighted sum of decoder vectors among increases: the SAE's reconstruction of the shift
+            "delta_weighted_decoder_cosine": _weighted_cos(sae, delta, v),
+        })
+    result = ModelDiff(mean_b, mean_f, frac_b, frac_f, increases, decreases, cos, summary)
+    if out is not None:
+        rd = RunDir(out)
+        rd.write_manifest(stage="sae_model_diff", base=base.name, finetuned=finetuned.name,
+                          adapter=finetuned.meta.get("adapter"), sae=sae.source, sae_layer=sae.layer,
+                          data={"conversations_sha256": json_sha256(convs), "n": len(convs)},
+                          positions=positions)
+        log = rd.log("latents.jsonl", ("kind", "rank"))
+        done = log.done_keys()
+        for row in result.rows():
+            if log.key(row) not in done:
+                log.append(row)
+        (rd.path / "summary.json").write_text(json.dumps(summary, indent=2))
+        torch.save({"mean_base": mean_b, "mean_finetuned": mean_f, "frac_base": frac_b, "frac_finetuned": frac_f,
+                    "cosines": cos}, rd.path / "latent_means.pt")
+    return result
+
+
+def _weighted_cos(sae: LayerSAE, delta: Tensor, v: Tensor) -> float:
+    w = delta.clamp_min(0)
+    if float(w.sum()) == 0:
+        return float("nan")
+    vec = w @ sae.W_dec.float().cpu()
+    return float(vec @ v / vec.norm().clamp_min(1e-12))
+
+
+def steer_latents(
+    model: LoadedModel,
+    sae: LayerSAE,
+    latents: Sequence[int],
+    metric: Callable[[LoadedModel], float],
+    alphas: Sequence[float] = (0.0, 4.0, 8.0),
+    *,
+    n_random: int = 2,
+    seed: int = 0,
+    out: str | os.PathLike | None = None,
+) -> list[dict[str, Any]]:
+    """`metric(model)` while `steering.add` adds `alpha *` each latent's unit decoder vector at the
+    SAE's layer (all positions), plus `n_random` norm-matched random directions per alpha as controls.
+
+    `metric` is any callable on the (temporarily steered) model, e.g. the EM rate from
+    `evals.em_report` on sampled answers, or a judge-free log-probability score. Rows are appended
+    to `out/steer.jsonl` as measured; a rerun skips rows already there.
+    """
+    from .. import steering
+
+    log = RunDir(out).log("steer.jsonl", ("target", "alpha")) if out is not None else None
+    done = log.done_keys() if log is not None else set()
+    targets: list[tuple[str, Tensor]] = [(f"latent_{int(j)}", sae.decoder_direction(int(j))) for j in latents]
+    for r in range(n_random):
+        targets.append((f"random_{r}", steering.random_like(sae.decoder_direction(int(latents[0])), seed + r)))
+    rows = []
+    for name, vec in targets:
+        for alpha in alphas:
+            row = {"target": name, "alpha": float(alpha), "layer": sae.layer}
+            if log is not None and log.key(row) in done:
+                continue
+            with steering.add(model, vec.to(model.dtype), layers=[sae.layer], alpha=float(alpha)):
+                row["metric"] = float(metric(model))
+            rows.append(row)
+            if log is not None:
+                log.append(row)
+    return rows

@@ -1,0 +1,200 @@
+"""Load sparse autoencoders through sae-lens and tie them to our decoder layers.
+
+An SAE is only useful here if we know which residual-stream point it reads. sae-lens names that
+point with a TransformerLens hook name (`blocks.12.hook_resid_post`), sometimes also a HF module
+name (`model.layers.12`); our activations are the output of decoder block `l` (`loaded.layers[l]`).
+`hook_layer` maps the names onto that index:
+
+    blocks.L.hook_resid_post, blocks.L.hook_out, model.layers.L, ...layers.L  ->  L
+    blocks.L.hook_resid_pre                                                   ->  L - 1
+    (blocks.0.hook_resid_pre is the embedding output, not a block output: an error)
+
+Other sites (attention `hook_z`, `hook_mlp_out`, `hook_resid_mid`, transcoder inputs) are not
+block outputs, and `hook_layer` refuses them with a message naming the hook.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+NEURONPEDIA = "https://www.neuronpedia.org"
+
+_RESID_POST = [
+    re.compile(r"^blocks\.(\d+)\.hook_resid_post$"),
+    re.compile(r"^blocks\.(\d+)\.hook_out$"),  # TransformerBridge (transformer-lens 3.x) block output
+    re.compile(r"^(?:.*\.)?layers\.(\d+)$"),  # HF module names: model.layers.12, model.language_model.layers.3
+    re.compile(r"^(?:.*\.)?h\.(\d+)$"),  # GPT-2 style transformer.h.5
+]
+_RESID_PRE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
+
+
+class SAELoadError(ValueError):
+    """An SAE that cannot be loaded or does not fit the model; the message says which and why."""
+
+
+def hook_layer(hook_name: str) -> int:
+    """Decoder-layer index whose output the hook point `hook_name` is (see module docstring)."""
+    for pat in _RESID_POST:
+        m = pat.match(hook_name)
+        if m:
+            return int(m.group(1))
+    m = _RESID_PRE.match(hook_name)
+    if m:
+        layer = int(m.group(1)) - 1
+        if layer < 0:
+            raise SAELoadError(f"hook {hook_name!r} is the embedding output, not the output of a decoder block")
+        return layer
+    raise SAELoadError(
+        f"hook {hook_name!r} is not a residual-stream block output (expected blocks.L.hook_resid_post, "
+        "blocks.L.hook_resid_pre, blocks.L.hook_out or model.layers.L)"
+    )
+
+
+def neuronpedia_url(neuronpedia_id: str | None, latent: int) -> str | None:
+    """Link to a latent's Neuronpedia page (`None` when the SAE has no Neuronpedia id)."""
+    if not neuronpedia_id:
+        return None
+    return f"{NEURONPEDIA}/{neuronpedia_id.strip('/')}/{int(latent)}"
+
+
+@dataclass
+class LayerSAE:
+    """An sae-lens SAE plus the decoder layer it reads (`layer`: output of `loaded.layers[layer]`)."""
+
+    sae: Any  # sae_lens.SAE
+    layer: int
+    hook_name: str
+    release: str | None = None
+    sae_id: str | None = None
+    neuronpedia_id: str | None = None
+    source: str | None = None  # local directory or "release/sae_id"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.sae.cfg.d_sae)
+
+    @property
+    def d_in(self) -> int:
+        return int(self.sae.cfg.d_in)
+
+    @property
+    def W_dec(self) -> Float[Tensor, "d_sae d_model"]:
+        return self.sae.W_dec.detach()
+
+    def decoder_direction(self, latent: int) -> Float[Tensor, " d_model"]:
+        """Unit decoder vector of `latent` (what steering adds for that latent)."""
+        v = self.W_dec[int(latent)].float()
+        return v / v.norm().clamp_min(1e-12)
+
+    @torch.no_grad()
+    def encode(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_sae"]:
+        p = next(self.sae.parameters())
+        return self.sae.encode(x.to(p.device, p.dtype)).float()
+
+    @torch.no_grad()
+    def reconstruct(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        p = next(self.sae.parameters())
+        x = x.to(p.device, p.dtype)
+        return self.sae.decode(self.sae.encode(x)).to(x.dtype)
+
+    def url(self, latent: int) -> str | None:
+        return neuronpedia_url(self.neuronpedia_id, latent)
+
+    def check_fits(self, model) -> None:
+        """Raise if this SAE cannot read `model` (width or layer out of range)."""
+        if self.d_in != model.d_model:
+            raise SAELoadError(f"SAE {self.source or self.hook_name} has d_in={self.d_in}, model {model.name} "
+                               f"has d_model={model.d_model}")
+        if not 0 <= self.layer < model.n_layers:
+            raise SAELoadError(f"SAE reads layer {self.layer}; model {model.name} has {model.n_layers} layers")
+
+
+def _wrap(sae, *, source: str, release=None, sae_id=None, layer: int | None = None) -> LayerSAE:
+    md = sae.cfg.metadata
+    hook = md.get("hook_name") or md.get("hf_hook_name")
+    if layer is None:
+        if not hook:
+            raise SAELoadError(f"SAE {source} has no hook_name in its config; pass layer= explicitly")
+        layer = hook_layer(hook)
+    npid = md.get("neuronpedia_id")
+    return LayerSAE(sae=sae, layer=int(layer), hook_name=hook or f"blocks.{layer}.hook_resid_post",
+                    release=release, sae_id=sae_id, neuronpedia_id=npid, source=source,
+                    meta={"model_name": md.get("model_name"), "architecture": sae.cfg.architecture()})
+
+
+def load(release: str, sae_id: str, *, device: str = "cpu", dtype: str = "float32") -> LayerSAE:
+    """Load a released SAE through sae-lens (`SAE.from_pretrained`; downloads, so online only).
+
+    Examples: `load("qwen2.5-7b-instruct-andyrdt", "resid_post_layer_15_trainer_1")`,
+    `load("qwen-scope-3-8b-base-w64k-l50", "layer18")`, `load("llama_scope_lxr_8x", "l15r_8x")`,
+    `load("gemma-scope-2-270m-pt-res", "layer_12_width_16k_l0_medium")`.
+    """
+    from sae_lens import SAE
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    directory = get_pretrained_saes_directory()
+    if release in directory and sae_id not in directory[release].saes_map:
+        some = ", ".join(list(directory[release].saes_map)[:5])
+        raise SAELoadError(f"release {release!r} has no sae_id {sae_id!r} (some ids: {some}, ...)")
+    sae = SAE.from_pretrained(release, sae_id, device=device, dtype=dtype)
+    out = _wrap(sae, source=f"{release}/{sae_id}", release=release, sae_id=sae_id)
+    if out.neuronpedia_id is None and release in directory:
+        out.neuronpedia_id = directory[release].neuronpedia_id.get(sae_id)
+    return out
+
+
+def release_info(release: str) -> dict[str, Any]:
+    """What sae-lens knows about a release without downloading: model, repo, ids, Neuronpedia ids."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    directory = get_pretrained_saes_directory()
+    if release not in directory:
+        raise SAELoadError(f"unknown sae-lens release {release!r}")
+    d = directory[release]
+    return {"release": release, "model": d.model, "repo_id": d.repo_id,
+            "sae_ids": list(d.saes_map), "neuronpedia": {k: v for k, v in d.neuronpedia_id.items() if v}}
+
+
+def load_local(path: str | os.PathLike, *, layer: int | None = None, device: str = "cpu",
+               dtype: str | None = None) -> LayerSAE:
+    """Load an SAE saved in sae-lens format (`cfg.json` + `sae_weights.safetensors`), e.g. by `train`."""
+    from sae_lens import SAE
+
+    p = Path(path)
+    if not (p / "cfg.json").is_file():
+        raise SAELoadError(f"{p}: no cfg.json (expected a directory written by sae-lens save_model / "
+                           "save_inference_model)")
+    try:
+        cfg = json.loads((p / "cfg.json").read_text())
+    except json.JSONDecodeError as e:
+        raise SAELoadError(f"{p / 'cfg.json'}: line {e.lineno}: invalid JSON ({e.msg})") from None
+    for key in ("architecture", "d_in", "d_sae"):
+        if key not in cfg:
+            raise SAELoadError(f"{p / 'cfg.json'}: missing field {key!r}")
+    sae = SAE.load_from_disk(str(p), device=device, dtype=dtype)
+    return _wrap(sae, source=str(p), layer=layer)
+
+
+def save(sae: LayerSAE, path: str | os.PathLike) -> Path:
+    """Save in sae-lens format (loadable by `load_local` and by `sae_lens.SAE.load_from_disk`)."""
+    md = sae.sae.cfg.metadata
+    md.hook_name = sae.hook_name
+    md.hf_hook_name = f"model.layers.{sae.layer}"
+    if sae.neuronpedia_id:
+        md.neuronpedia_id = sae.neuronpedia_id
+    p = Path(path)
+    if hasattr(sae.sae, "save_inference_model"):
+        sae.sae.save_inference_model(p)
+    else:
+        sae.sae.save_model(p)
+    return p

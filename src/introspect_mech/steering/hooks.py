@@ -1,0 +1,409 @@
+"""Steering hooks: add, ablate or clamp a direction in the residual stream after decoder blocks.
+
+All three are context managers over plain torch forward hooks on `LoadedModel.layers`:
+
+    with steering.add(model, direction, layers=[12], alpha=8.0):
+        model.model.generate(...)               # steered
+    # leaving the block removes the hooks: the model computes exactly what it did before
+
+* `add`    : h <- h + alpha * v            (v: unit vector of a `Direction`, or a raw vector as given)
+* `ablate` : h <- h - (h . v) v            (v normalised; directional ablation)
+* `clamp`  : h <- h + (value - h . v) v    (the component along v is set to `value`)
+
+`h` is the output of decoder block `l` (the residual stream after block `l`, the same point that
+`activations.cache` reads and `Direction` layer `l` refers to). Weights are never touched.
+
+Positions
+---------
+`positions` selects which token positions are changed:
+
+* `"all"`      every position of every forward (plain forward, training, prefill and decode steps);
+* `"prompt"`   prompt tokens only; `"response"` generated tokens only. The rule: a pre-hook on
+  block 0 reads the KV-cache length before block 0 writes to it (`past`), and while a steering
+  context with these modes is active, `generate` on the model is wrapped (an instance attribute,
+  removed on exit) to record the length `P` of the `input_ids` it was given. Inside `generate` a
+  token at absolute position `past + i` is a prompt token iff `past + i < P` -- so a prompt that
+  was partly prefilled beforehand and passed in as `past_key_values` (as `evals.sample` does) is
+  still classed correctly. Outside `generate` a forward from an empty cache is a prompt pass (a
+  plain forward, a manual prefill) and a forward extending a non-empty cache is a response pass
+  (e.g. scoring candidate answers over a prefilled prompt). Consequences: the first generated
+  token is predicted from the (unsteered) prompt, so "response" steering acts from the second
+  generated token on; a plain forward over a whole conversation counts as prompt, so "response"
+  changes nothing there -- pass a mask (below) to steer the assistant tokens of a full forward;
+* a boolean mask `Bool[Tensor, "seq"]` or `Bool[Tensor, "batch seq"]` over absolute positions
+  (e.g. `model.tokenize_chat(msgs).assistant_mask`); in a decode step the token at absolute position
+  `past + i` uses `mask[..., past + i]`, positions beyond the mask are left alone.
+
+Hooks change the block output in place when no gradient is needed (cheap: one fused add per layer
+and step) and out of place under autograd (training), so both are exact. Contexts compose: nested
+contexts apply in the order they were entered. An exception inside the block still removes the hooks.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence, Union
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor, nn
+
+from ..models import LoadedModel, decoder_layers
+
+Positions = Union[str, Tensor]
+LayerSpec = Union[int, Sequence[int], str, None]
+POSITION_MODES = ("all", "prompt", "response")
+
+
+# ---- inputs ---------------------------------------------------------------------------------
+def _layers_of(model: LoadedModel | nn.Module) -> nn.ModuleList:
+    return model.layers if isinstance(model, LoadedModel) else decoder_layers(model)
+
+
+def resolve_layers(layers: LayerSpec, n_layers: int) -> list[int]:
+    """`"all"`/None -> every layer; an int or a list of ints (negative counts from the end)."""
+    if layers is None or (isinstance(layers, str) and layers == "all"):
+        return list(range(n_layers))
+    if isinstance(layers, str):
+        raise ValueError(f"layers must be 'all', an int or a list of ints, got {layers!r}")
+    idx = [int(layers)] if isinstance(layers, (int,)) or (isinstance(layers, Tensor) and layers.ndim == 0) \
+        else [int(i) for i in layers]
+    out = []
+    for i in idx:
+        j = i + n_layers if i < 0 else i
+        if not 0 <= j < n_layers:
+            raise ValueError(f"layer {i} out of range for a model with {n_layers} layers")
+        out.append(j)
+    if not out:
+        raise ValueError("layers is empty")
+    return out
+
+
+def _direction_matrix(direction: Any) -> tuple[Tensor, list[int] | None, bool]:
+    """(vectors, layer indices of the rows or None, is_direction) for a Direction or a raw tensor.
+
+    A `probes.Direction` is read by duck typing: a `[layer, d_model]` tensor of unit vectors in one
+    of the attributes `vectors` / `unit` / `directions`, and optionally `layers` (which model layer
+    each row belongs to; default row i = layer i).
+    """
+    if isinstance(direction, Tensor):
+        if direction.ndim not in (1, 2):
+            raise ValueError(f"a raw direction must be [d_model] or [layer, d_model], got shape {tuple(direction.shape)}")
+        return direction.detach(), None, False
+    for name in ("vectors", "unit", "directions"):
+        vec = getattr(direction, name, None)
+        if isinstance(vec, Tensor):
+            rows = getattr(direction, "layers", None)
+            rows = [int(r) for r in rows] if rows is not None else None
+            return vec.detach(), rows, True
+    raise TypeError(f"direction must be a probes.Direction or a torch.Tensor, got {type(direction).__name__}")
+
+
+def layer_vector(direction: Any, layer: int, n_layers: int | None = None) -> Float[Tensor, " d_model"]:
+    """The vector a hook at `layer` uses: the Direction's row for that layer (unit), or the raw vector."""
+    vec, rows, _ = _direction_matrix(direction)
+    if vec.ndim == 1:
+        return vec
+    if rows is not None:
+        if layer not in rows:
+            raise ValueError(f"direction has no vector for layer {layer} (it has layers {rows})")
+        return vec[rows.index(layer)]
+    if layer >= vec.shape[0]:
+        raise ValueError(f"direction has {vec.shape[0]} layer rows; layer {layer} requested")
+    return vec[layer]
+
+
+def _param_of(module: nn.Module) -> Tensor:
+    for p in module.parameters():
+        return p
+    raise ValueError("decoder layer has no parameters")
+
+
+# ---- the context manager --------------------------------------------------------------------
+@dataclass
+class _PositionState:
+    """Per-forward facts, set by a pre-hook on block 0: cache length before this forward (`past`),
+    and how many of this forward's leading tokens are prompt tokens (`n_prompt`)."""
+
+    past: int = 0
+    n_prompt: int = 0
+
+
+class _GenerateWatch:
+    """Wraps `generate` on the HF model (instance attribute, removed when the last user leaves) to
+    record the prompt length of the running `generate` call: tokens at absolute positions
+    `< prompt_len` are prompt, the rest generated. Shared by all steering contexts on one model."""
+
+    def __init__(self, owner: nn.Module):
+        self.owner, self.users, self.prompt_len = owner, 0, None
+        orig = owner.generate
+
+        def generate(*args, **kwargs):
+            ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], Tensor) else None)
+            if ids is None and isinstance(kwargs.get("inputs_embeds"), Tensor):
+                ids = kwargs["inputs_embeds"][..., 0]
+            outer, self.prompt_len = self.prompt_len, (int(ids.shape[-1]) if ids is not None else None)
+            try:
+                return orig(*args, **kwargs)
+            finally:
+                self.prompt_len = outer
+
+        generate.__wrapped__ = orig  # type: ignore[attr-defined]
+        self.wrapper = generate
+
+
+_WATCHES: "weakref.WeakKeyDictionary[nn.Module, _GenerateWatch]" = weakref.WeakKeyDictionary()
+
+
+def _watch_enter(owner: nn.Module | None) -> _GenerateWatch | None:
+    if owner is None or not callable(getattr(owner, "generate", None)):
+        return None
+    w = _WATCHES.get(owner)
+    if w is None:
+        w = _WATCHES[owner] = _GenerateWatch(owner)
+        owner.__dict__["generate"] = w.wrapper
+    w.users += 1
+    return w
+
+
+def _watch_exit(w: _GenerateWatch | None) -> None:
+    if w is None:
+        return
+    w.users -= 1
+    if w.users <= 0:
+        if w.owner.__dict__.get("generate") is w.wrapper:
+            del w.owner.__dict__["generate"]
+        _WATCHES.pop(w.owner, None)
+
+
+def _make_prefill_detector(state: _PositionState, watch: _GenerateWatch | None) -> Callable:
+    def pre_hook(module, args, kwargs):
+        cache = kwargs.get("past_key_values")
+        past = 0
+        if cache is not None:
+            try:
+                past = int(cache.get_seq_length())
+            except Exception:  # a cache type without a length: treat as a fresh forward
+                past = 0
+        h = args[0] if args else kwargs.get("hidden_states")
+        seq = int(h.shape[-2]) if isinstance(h, Tensor) else 0
+        prompt_len = watch.prompt_len if watch is not None else None
+        if prompt_len is not None:  # inside generate(): positions < prompt_len are the prompt
+            n = min(max(prompt_len - past, 0), seq)
+        else:  # a forward outside generate: from an empty cache = prompt, extending a cache = response
+            n = seq if past == 0 else 0
+        state.past, state.n_prompt = past, n
+        return None
+
+    return pre_hook
+
+
+@dataclass
+class Steering:
+    """A reusable steering context: hooks are registered on `__enter__` and removed on `__exit__`.
+
+    Built by `add`, `ablate` and `clamp`; re-entrant sequentially (not nested within itself), so a
+    training loop can enter the same object around every forward.
+    """
+
+    op: str
+    layers_mod: nn.ModuleList
+    layers: list[int]
+    vectors: dict[int, Tensor]  # per layer, on the layer's device and dtype
+    scalar: float
+    positions: Positions
+    gen_owner: nn.Module | None = None
+    handles: list = field(default_factory=list)
+    _state: _PositionState = field(default_factory=_PositionState)
+    _masks: dict[int, Tensor] = field(default_factory=dict)
+    _watch: _GenerateWatch | None = None
+    _entered: bool = False
+
+    # -- registration
+    def __enter__(self) -> "Steering":
+        if self._entered:
+            raise RuntimeError("this steering context is already active")
+        self._entered = True
+        try:
+            if not (isinstance(self.positions, str) and self.positions == "all"):
+                if isinstance(self.positions, str):
+                    self._watch = _watch_enter(self.gen_owner)
+                self.handles.append(self.layers_mod[0].register_forward_pre_hook(
+                    _make_prefill_detector(self._state, self._watch), with_kwargs=True))
+            for layer in self.layers:
+                self.handles.append(self.layers_mod[layer].register_forward_hook(self._hook_for(layer)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        while self.handles:
+            self.handles.pop().remove()
+        _watch_exit(self._watch)
+        self._watch, self._entered = None, False
+
+    @property
+    def active(self) -> bool:
+        return self._entered
+
+    # -- the hook
+    def _select(self, layer: int, h: Tensor) -> Tensor | bool | None:
+        """True: all positions; None: none; a [batch|1, seq, 1] 0/1 mask otherwise."""
+        pos = self.positions
+        if isinstance(pos, str):
+            if pos == "all":
+                return True
+            seq, n = h.shape[-2], self._state.n_prompt
+            k = n if pos == "prompt" else seq - n  # number of selected positions
+            if k == seq:
+                return True
+            if k == 0:
+                return None
+            sel = torch.zeros(1, seq, 1, dtype=h.dtype, device=h.device)
+            if pos == "prompt":
+                sel[:, :n] = 1
+            else:
+                sel[:, n:] = 1
+            return sel
+        mask = self._masks[layer]
+        past, seq = self._state.past, h.shape[-2]
+        sel = mask[:, past:past + seq]
+        if sel.shape[1] < seq:
+            sel = torch.cat([sel, sel.new_zeros(sel.shape[0], seq - sel.shape[1])], dim=1)
+        if sel.shape[0] not in (1, h.shape[0]):
+            raise ValueError(f"positions mask has batch {sel.shape[0]} but the forward has batch {h.shape[0]}")
+        return sel.unsqueeze(-1)
+
+    def _hook_for(self, layer: int) -> Callable:
+        v = self.vectors[layer]
+        op, scalar = self.op, self.scalar
+        delta = (v * scalar) if op == "add" else None
+
+        def hook(module, args, output):
+            h = output[0] if isinstance(output, tuple) else output
+            sel = self._select(layer, h)
+            if sel is None:
+                return None
+            if op == "add":
+                upd = delta if sel is True else sel * delta
+            else:
+                coef = h @ v  # [batch, seq]
+                coef = (-coef) if op == "ablate" else (scalar - coef)
+                upd = coef.unsqueeze(-1) * v
+                if sel is not True:
+                    upd = upd * sel
+            if torch.is_grad_enabled() and h.requires_grad:
+                new = h + upd
+                return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
+            h.add_(upd)
+            return None
+
+        return hook
+
+
+def _build(op: str, model, direction, layers: LayerSpec, scalar: float, positions: Positions,
+           normalise: bool) -> Steering:
+    layers_mod = _layers_of(model)
+    idx = resolve_layers(layers, len(layers_mod))
+    if isinstance(positions, str):
+        if positions not in POSITION_MODES:
+            raise ValueError(f"positions must be one of {POSITION_MODES} or a boolean mask, got {positions!r}")
+    elif not isinstance(positions, Tensor) or positions.ndim not in (1, 2):
+        raise ValueError("positions mask must be a Bool[Tensor, 'seq'] or Bool[Tensor, 'batch seq']")
+    _, _, is_direction = _direction_matrix(direction)
+    vectors, masks = {}, {}
+    for layer in idx:
+        v = layer_vector(direction, layer).float()
+        d = _layers_hidden(model, layers_mod)
+        if d is not None and v.shape[-1] != d:
+            raise ValueError(f"direction has d_model {v.shape[-1]}, the model has {d}")
+        if normalise or is_direction:
+            n = v.norm()
+            if n == 0:
+                raise ValueError(f"direction vector for layer {layer} is zero")
+            v = v / n
+        p = _param_of(layers_mod[layer])
+        vectors[layer] = v.to(device=p.device, dtype=p.dtype).contiguous()
+        if isinstance(positions, Tensor):
+            m = positions.bool()
+            m = m.unsqueeze(0) if m.ndim == 1 else m
+            masks[layer] = m.to(device=p.device, dtype=p.dtype)
+    owner = model.base_model if isinstance(model, LoadedModel) else model
+    return Steering(op=op, layers_mod=layers_mod, layers=idx, vectors=vectors, scalar=float(scalar),
+                    positions=positions, gen_owner=owner, _masks=masks)
+
+
+def _layers_hidden(model, layers_mod) -> int | None:
+    if isinstance(model, LoadedModel):
+        return model.d_model
+    return None
+
+
+# ---- public API ------------------------------------------------------------------------------
+def add(model: LoadedModel, direction: Any, layers: LayerSpec, alpha: float,
+        positions: Positions = "all") -> Steering:
+    """Add `alpha * v` to the residual stream after each block in `layers`.
+
+    `v` is the Direction's unit vector for that layer, or a raw `[d_model]` / `[layer, d_model]`
+    tensor used as given (so `alpha` multiplies its norm). See the module docstring for `positions`.
+    """
+    return _build("add", model, direction, layers, alpha, positions, normalise=False)
+
+
+def ablate(model: LoadedModel, direction: Any, layers: LayerSpec = "all",
+           positions: Positions = "all") -> Steering:
+    """Project the (normalised) direction out of the residual stream after each block in `layers`."""
+    return _build("ablate", model, direction, layers, 0.0, positions, normalise=True)
+
+
+def clamp(model: LoadedModel, direction: Any, value: float, layers: LayerSpec,
+          positions: Positions = "all") -> Steering:
+    """Set the component of the residual stream along the (normalised) direction to `value`."""
+    return _build("clamp", model, direction, layers, value, positions, normalise=True)
+
+
+def random_like(direction: Any, seed: int = 0) -> Any:
+    """A norm-matched random control: same type, shape and per-layer norms, random orientation.
+
+    For a Direction the unit vectors are replaced by random unit vectors (one per layer, drawn
+    from an isotropic Gaussian with `torch.Generator().manual_seed(seed)`), norms and layers kept,
+    `meta["random_like"] = seed`. For a raw tensor each row gets a random direction with that row's norm.
+    """
+    vec, rows, is_direction = _direction_matrix(direction)
+    g = torch.Generator().manual_seed(int(seed))
+    r = torch.randn(vec.shape, generator=g, dtype=torch.float64)
+    r = r / r.norm(dim=-1, keepdim=True)
+    norms = vec.double().norm(dim=-1, keepdim=True)
+    if not is_direction:
+        return (r * norms).to(vec.dtype)
+    return _replace_vectors(direction, r.to(vec.dtype), seed)
+
+
+def _replace_vectors(direction: Any, vectors: Tensor, seed: int) -> Any:
+    import copy
+    import dataclasses
+
+    name = next(n for n in ("vectors", "unit", "directions") if isinstance(getattr(direction, n, None), Tensor))
+    meta = dict(getattr(direction, "meta", {}) or {})
+    meta["random_like"] = int(seed)
+    if dataclasses.is_dataclass(direction):
+        kw = {name: vectors}
+        if any(f.name == "meta" for f in dataclasses.fields(direction)):
+            kw["meta"] = meta
+        return dataclasses.replace(direction, **kw)
+    out = copy.copy(direction)
+    setattr(out, name, vectors)
+    if hasattr(out, "meta"):
+        out.meta = meta
+    return out
+
+
+def component(h: Float[Tensor, "... d_model"], direction: Float[Tensor, " d_model"]) -> Float[Tensor, "..."]:
+    """Scalar projection of activations on a (normalised) direction."""
+    v = direction.to(h.dtype)
+    return h @ (v / v.norm())

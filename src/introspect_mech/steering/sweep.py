@@ -1,0 +1,203 @@
+"""Steering sweeps with the norm-matched random control, resumable, and their summaries.
+
+`sweep(model, direction, layers, alphas, eval_fn, out=...)` evaluates the model at every
+(layer, alpha) with the direction added (or ablated / clamped), and with `random_like(direction,
+seed)` for each control seed in the same place at the same alpha (so the same norm), plus one
+unsteered baseline. Each evaluation is one JSONL row, appended as soon as it finishes; rerunning
+with the same `out` skips the rows already there.
+
+`eval_fn(model)` (or `eval_fn(model, seed=...)` if it takes a `seed`) returns a dict of metrics.
+A metric may be a number or a list of per-item numbers (one per prompt / pair); lists are kept in
+the row so that summaries can bootstrap over items, and over seeds for the random control.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..evals.stats import Estimate
+from ..models import LoadedModel
+from ..runs import JsonlLog, RunDir
+from .hooks import LayerSpec, Positions, ablate, add, clamp, random_like, resolve_layers
+
+KEY = ("op", "layer", "alpha", "kind", "seed")
+OPS = {"add": add, "ablate": ablate, "clamp": clamp}
+
+
+def steer(op: str, model: LoadedModel, direction: Any, layers: LayerSpec, alpha: float = 0.0,
+          positions: Positions = "all"):
+    """The context manager for `op` ("add" | "ablate" | "clamp") with one calling convention."""
+    if op == "add":
+        return add(model, direction, layers, alpha, positions=positions)
+    if op == "ablate":
+        return ablate(model, direction, layers, positions=positions)
+    if op == "clamp":
+        return clamp(model, direction, alpha, layers, positions=positions)
+    raise ValueError(f"op must be one of {sorted(OPS)}, got {op!r}")
+
+
+def _call(eval_fn: Callable, model: LoadedModel, seed: int) -> dict[str, Any]:
+    try:
+        takes_seed = "seed" in inspect.signature(eval_fn).parameters
+    except (TypeError, ValueError):
+        takes_seed = False
+    res = eval_fn(model, seed=seed) if takes_seed else eval_fn(model)
+    if not isinstance(res, dict):
+        raise TypeError(f"eval_fn must return a dict of metrics, got {type(res).__name__}")
+    return res
+
+
+def _direction_meta(direction: Any) -> dict[str, Any]:
+    meta = getattr(direction, "meta", None)
+    return dict(meta) if isinstance(meta, dict) else {"raw_tensor_shape": list(getattr(direction, "shape", []))}
+
+
+def sweep(
+    model: LoadedModel,
+    direction: Any,
+    layers: LayerSpec,
+    alphas: Sequence[float],
+    eval_fn: Callable[..., dict[str, Any]],
+    out: str | os.PathLike | None = None,
+    *,
+    op: str = "add",
+    seeds: Sequence[int] = (0, 1, 2),
+    control: bool = True,
+    positions: Positions = "all",
+    layers_together: bool = False,
+    log_name: str = "sweep.jsonl",
+    manifest: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Run `eval_fn` under steering at each (layer, alpha); return all rows (old and new).
+
+    Rows: `{"op", "layer", "alpha", "kind": "none"|"direction"|"random", "seed", "metrics": {...}}`.
+    * `kind="none"`: no hook (baseline), once per seed when `eval_fn` takes a seed, else once;
+    * `kind="direction"`: the direction, once per seed if `eval_fn` takes one (its sampling seed);
+    * `kind="random"`: `random_like(direction, seed)` (norm-matched) for each seed in `seeds`.
+    `op="ablate"` ignores `alphas` (one alpha, 0). `layers_together=True` steers all `layers` at
+    once (`layer` is then the list) instead of one at a time.
+    """
+    if op not in OPS:
+        raise ValueError(f"op must be one of {sorted(OPS)}, got {op!r}")
+    if not seeds:
+        raise ValueError("seeds must not be empty")
+    idx = resolve_layers(layers, model.n_layers)
+    layer_sets: list[Any] = [idx] if layers_together else idx
+    alphas = [0.0] if op == "ablate" else [float(a) for a in alphas]
+    try:
+        takes_seed = "seed" in inspect.signature(eval_fn).parameters
+    except (TypeError, ValueError):
+        takes_seed = False
+    eval_seeds = list(seeds) if takes_seed else [None]
+
+    log: JsonlLog | None = None
+    if out is not None:
+        run = RunDir(out)
+        run.write_manifest(
+            stage="steering_sweep", model=model.name, adapter=model.meta.get("adapter"),
+            sweep={"op": op, "layers": idx, "alphas": alphas, "seeds": list(seeds), "control": control,
+                   "positions": positions if isinstance(positions, str) else "mask",
+                   "layers_together": layers_together, "direction": _direction_meta(direction)},
+            **(manifest or {}),
+        )
+        log = run.log(log_name, KEY)
+    done = log.done_keys() if log else set()
+    rows: list[dict[str, Any]] = log.read() if log else []
+
+    jobs: list[dict[str, Any]] = [
+        {"op": op, "layer": None, "alpha": 0.0, "kind": "none", "seed": s} for s in eval_seeds]
+    for ls in layer_sets:
+        for a in alphas:
+            jobs += [{"op": op, "layer": ls, "alpha": a, "kind": "direction", "seed": s} for s in eval_seeds]
+            if control:
+                jobs += [{"op": op, "layer": ls, "alpha": a, "kind": "random", "seed": int(s)} for s in seeds]
+    todo = [j for j in jobs if not log or log.key(j) not in done]
+    for job in tqdm(todo, desc=f"steering sweep ({op})", unit="eval"):
+        s = job["seed"] if job["seed"] is not None else 0
+        if job["kind"] == "none":
+            metrics = _call(eval_fn, model, s)
+        else:
+            d = direction if job["kind"] == "direction" else random_like(direction, s)
+            with steer(op, model, d, job["layer"], job["alpha"], positions):
+                metrics = _call(eval_fn, model, s)
+        row = {**job, "metrics": metrics}
+        rows.append(row)
+        if log:
+            log.append(row)
+    return rows
+
+
+# ---- summaries --------------------------------------------------------------------------------
+def _values(metric_value: Any) -> np.ndarray:
+    if isinstance(metric_value, (list, tuple)):
+        return np.asarray([float(v) for v in metric_value if v is not None], dtype=float)
+    return np.asarray([float(metric_value)], dtype=float)
+
+
+def hierarchical_ci(groups: Sequence[Sequence[float]], *, n_boot: int = 2000, alpha: float = 0.05,
+                    seed: int = 0) -> Estimate:
+    """Mean over groups (e.g. random-direction seeds) of the mean over items, with a bootstrap that
+    resamples groups and then items within each group. One group = an item bootstrap."""
+    gs = [np.asarray([float(x) for x in g if x is not None and not np.isnan(float(x))]) for g in groups]
+    gs = [g for g in gs if len(g)]
+    if not gs:
+        return Estimate(None, None, None, 0)
+    rng = np.random.default_rng(seed)
+    point = float(np.mean([g.mean() for g in gs]))
+    boots = np.empty(n_boot)
+    for b in range(n_boot):
+        pick = rng.integers(0, len(gs), size=len(gs)) if len(gs) > 1 else [0]
+        boots[b] = np.mean([gs[i][rng.integers(0, len(gs[i]), size=len(gs[i]))].mean() for i in pick])
+    lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
+    return Estimate(point, float(lo), float(hi), sum(len(g) for g in gs))
+
+
+def summarize(rows: Iterable[dict[str, Any]], metric: str, **ci_kw) -> list[dict[str, Any]]:
+    """One line per (op, layer, alpha, kind): mean of `metric` with a hierarchical bootstrap CI
+    (groups = seeds, items = the per-item values the eval returned)."""
+    groups: dict[tuple, list[np.ndarray]] = {}
+    for r in rows:
+        if metric not in r.get("metrics", {}):
+            continue
+        layer = tuple(r["layer"]) if isinstance(r["layer"], list) else r["layer"]
+        groups.setdefault((r["op"], layer, r["alpha"], r["kind"]), []).append(_values(r["metrics"][metric]))
+    out = []
+    for (op, layer, a, kind), gs in groups.items():
+        est = hierarchical_ci(gs, **ci_kw)
+        out.append({"op": op, "layer": list(layer) if isinstance(layer, tuple) else layer, "alpha": a,
+                    "kind": kind, "metric": metric, "n_seeds": len(gs), **est.to_dict()})
+    kinds = {"none": 0, "direction": 1, "random": 2}
+    return sorted(out, key=lambda d: (str(d["layer"]), d["alpha"], kinds.get(d["kind"], 3)))
+
+
+def relative_reduction(base: Sequence[float], full: Sequence[float], treated: Sequence[Sequence[float]],
+                       *, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> Estimate:
+    """(full - treated) / (full - base): the fraction of the finetuning-induced change that an
+    intervention removes (1 = back to base, 0 = no effect, < 0 = worse), per the model-organisms
+    papers. `base`, `full` and each group in `treated` are per-item values on the same items
+    (paired); `treated` may hold several groups (random seeds), resampled as groups then items."""
+    b, f = np.asarray(base, float), np.asarray(full, float)
+    ts = [np.asarray(t, float) for t in treated]
+    n = len(b)
+    if len(f) != n or any(len(t) != n for t in ts):
+        raise ValueError("relative_reduction needs per-item values on the same items in every condition")
+
+    def stat(ii: np.ndarray, gi: Sequence[int]) -> float:
+        gap = f[ii].mean() - b[ii].mean()
+        return float("nan") if gap == 0 else float(np.mean([(f[ii].mean() - ts[g][ii].mean()) / gap for g in gi]))
+
+    rng = np.random.default_rng(seed)
+    all_i, all_g = np.arange(n), list(range(len(ts)))
+    point = stat(all_i, all_g)
+    boots = np.array([stat(rng.integers(0, n, size=n), rng.integers(0, len(ts), size=len(ts)) if len(ts) > 1
+                           else [0]) for _ in range(n_boot)])
+    boots = boots[~np.isnan(boots)]
+    if not len(boots):
+        return Estimate(None, None, None, n)
+    lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
+    return Estimate(point, float(lo), float(hi), n)

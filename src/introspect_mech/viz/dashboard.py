@@ -1,0 +1,304 @@
+"""`export_dashboard(run_dir, path)`: one self-contained offline HTML report of a run directory.
+
+The report reads `run_dir/manifest.json` (shown at the top) and the result files below; each panel
+appears only when its file exists and has rows. Row schemas (required fields; `?` = optional):
+
+| file                      | panel                                  | row fields |
+|---------------------------|----------------------------------------|------------|
+| summary.jsonl             | Key numbers (table)                    | name, value, ci_lo?, ci_hi?, note? |
+| **/train_log.jsonl        | Training loss (one curve per file)     | step, loss, lr?, tokens_per_s? |
+| em_rates.jsonl            | EM metric per question, per model      | model, question, rate, ci_lo?, ci_hi?, n?, metric? |
+| steering_effects.jsonl    | Interventions (add / ablate / random)  | model, intervention, metric, ci_lo?, ci_hi?, n?, metric_name? |
+| steering_sweep.jsonl      | Steering sweep curves                  | direction, layer, alpha, metric, coherence?, seed?, metric_name? |
+| probe_layers.jsonl        | Probe accuracy / AUROC by layer        | probe, layer, accuracy, auroc?, accuracy_std? |
+| cosines.jsonl             | Cosine heatmaps (one per row)          | name, x_labels, matrix, y_labels? |
+| sae_diff.jsonl            | SAE model-diff table + top examples    | latent, delta, base_mean?, finetuned_mean?, cos_direction?, steer_effect?, url?, examples? |
+| token_activations.jsonl   | Token-level activation highlighting    | title, tokens, acts |
+| self_awareness.jsonl      | Self-report vs behaviour scatter       | model, behaviour, self_report, question?, *_lo?, *_hi? |
+| self_prediction.jsonl     | Self-prediction vs baseline and cross  | task, kind, accuracy, ci_lo?, ci_hi?, mode_baseline? |
+
+`examples` in sae_diff rows is a list of `{"tokens": [...], "acts": [...], "text"?}`.
+A malformed file fails with `DashboardError("file:line: ...")` before anything is written.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import plotly.graph_objects as go
+
+from . import figures as F
+from . import mech as M
+
+Row = dict[str, Any]
+
+
+class DashboardError(ValueError):
+    """A run-directory file the dashboard cannot read; the message names file, line and field."""
+
+
+@dataclass(frozen=True)
+class Panel:
+    key: str
+    title: str
+    file: str
+    required: tuple[str, ...]
+    about: str
+
+
+PANELS: tuple[Panel, ...] = (
+    Panel("summary", "Key numbers", "summary.jsonl", ("name", "value"),
+          "Headline measurements of this run, as printed by the job that produced it."),
+    Panel("training", "Training loss", "train_log.jsonl", ("step", "loss"),
+          "Loss on assistant tokens per optimizer step for every finetune in the run directory "
+          "(learning rate on the right axis, hidden until clicked in the legend)."),
+    Panel("em_rates", "Emergent misalignment per question", "em_rates.jsonl", ("model", "question", "rate"),
+          "The EM metric per evaluation question for the base model, the finetunes and their controls."),
+    Panel("steering_effects", "Interventions: creating and removing the behaviour", "steering_effects.jsonl",
+          ("model", "intervention", "metric"),
+          "Adding the direction to the base model and ablating it in the finetune, against "
+          "norm-matched random directions (grey, hatched)."),
+    Panel("steering_sweep", "Steering sweep", "steering_sweep.jsonl", ("direction", "layer", "alpha", "metric"),
+          "The EM metric (and coherence) as the steering coefficient grows, per layer; random "
+          "directions of the same norm dashed."),
+    Panel("probes", "Linear probes by layer", "probe_layers.jsonl", ("probe", "layer", "accuracy"),
+          "Cross-validated logistic-regression probes on the residual stream after each decoder block."),
+    Panel("cosines", "Cosine similarity between directions", "cosines.jsonl", ("name", "x_labels", "matrix"),
+          "Cosines between per-layer directions (persona, EM, random controls)."),
+    Panel("sae", "SAE features: model diff", "sae_diff.jsonl", ("latent", "delta"),
+          "SAE latents ranked by the change in mean activation between the base and the finetuned "
+          "model; links open the latent's page where the SAE release has one."),
+    Panel("tokens", "Token-level activations", "token_activations.jsonl", ("title", "tokens", "acts"),
+          "Per-token projection (or latent activation); red positive, blue negative. Hover for values."),
+    Panel("self_awareness", "Behavioural self-awareness", "self_awareness.jsonl",
+          ("model", "behaviour", "self_report"),
+          "What each model says about itself against what it does."),
+    Panel("self_prediction", "Introspective self-prediction", "self_prediction.jsonl", ("task", "kind", "accuracy"),
+          "Accuracy of predicting a property of one's own object-level answer, vs the mode baseline "
+          "and vs another model trained on the same model's labels (cross-prediction)."),
+)
+PANEL_FILES = {p.key: p.file for p in PANELS}
+
+
+def read_rows(path: Path, required: Sequence[str] = ()) -> list[Row]:
+    """Read a JSONL results file, checking each row is an object with the `required` fields."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DashboardError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DashboardError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            missing = [k for k in required if k not in row]
+            if missing:
+                raise DashboardError(f"{path}:{lineno}: missing field {missing[0]!r} (needs {', '.join(required)})")
+            rows.append(row)
+    return rows
+
+
+def _train_logs(run_dir: Path) -> dict[str, list[Row]]:
+    out = {}
+    for p in sorted(run_dir.rglob("train_log.jsonl")):
+        if "checkpoints" in p.relative_to(run_dir).parts:
+            continue
+        rows = [r for r in read_rows(p) if r.get("loss") is not None and r.get("step") is not None]
+        if rows:
+            label = str(p.parent.relative_to(run_dir)) if p.parent != run_dir else "train"
+            out[label] = rows
+    return out
+
+
+def load_panels(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read every panel's data that exists in `run_dir` (validated); keys are `Panel.key`s."""
+    run_dir = Path(run_dir)
+    data: dict[str, Any] = {}
+    for p in PANELS:
+        if p.key == "training":
+            logs = _train_logs(run_dir)
+            if logs:
+                data[p.key] = logs
+            continue
+        f = run_dir / p.file
+        if f.exists():
+            rows = read_rows(f, p.required)
+            if rows:
+                data[p.key] = rows
+    return data
+
+
+# ---- HTML ------------------------------------------------------------------------------------
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (dict, list)):
+        s = json.dumps(v, default=str)
+        return s if len(s) < 160 else s[:157] + "..."
+    return str(v)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict) and v and len(json.dumps(v, default=str)) > 160:
+            out += _flatten(v, f"{prefix}{k}.")
+        else:
+            out.append((f"{prefix}{k}", v))
+    return out
+
+
+MANIFEST_FIRST = ("title", "model", "base_model", "adapter", "adapters", "data", "datasets", "judge", "seed", "seeds")
+
+
+def manifest_html(manifest: dict[str, Any]) -> str:
+    """The manifest at the top: model, adapters, data hashes, judge, seeds first; the rest, and
+    the full JSON, below."""
+    keys = [k for k in MANIFEST_FIRST if k in manifest] + [k for k in manifest if k not in MANIFEST_FIRST]
+    rows = []
+    for k in keys:
+        for name, v in (_flatten({k: manifest[k]}) if isinstance(manifest[k], dict) else [(k, manifest[k])]):
+            rows.append(f"<tr><th>{html.escape(name)}</th><td>{html.escape(_fmt(v))}</td></tr>")
+    if not rows:
+        rows = ["<tr><td>(no manifest.json in this run directory)</td></tr>"]
+    full = html.escape(json.dumps(manifest, indent=2, default=str))
+    return (f'<section id="manifest"><h2>Manifest</h2><table class="kv">{"".join(rows)}</table>'
+            f"<details><summary>full manifest.json</summary><pre>{full}</pre></details></section>")
+
+
+def summary_html(rows: Sequence[Row]) -> str:
+    body = []
+    for r in rows:
+        ci = f" [{_fmt(r['ci_lo'])}, {_fmt(r['ci_hi'])}]" if r.get("ci_lo") is not None and r.get("ci_hi") is not None else ""
+        body.append(f"<tr><th>{html.escape(str(r['name']))}</th><td>{html.escape(_fmt(r['value']) + ci)}</td>"
+                    f"<td class='note'>{html.escape(str(r.get('note', '')))}</td></tr>")
+    return f'<table class="kv summary"><tr><th>measure</th><th>value [95 % CI]</th><th>note</th></tr>{"".join(body)}</table>'
+
+
+def panel_figures(key: str, data: Any) -> list[go.Figure | str]:
+    """Figures (or HTML snippets) for one panel's data."""
+    if key == "summary":
+        return [summary_html(data)]
+    if key == "training":
+        return [F.loss_curves(data)]
+    if key == "em_rates":
+        return [F.em_rate_figure(data)]
+    if key == "steering_effects":
+        return [F.steering_effect_figure(data)]
+    if key == "steering_sweep":
+        return [M.steering_sweep_figure(data)]
+    if key == "probes":
+        return [M.probe_layer_figure(data)]
+    if key == "cosines":
+        return [M.cosine_heatmap(r["matrix"], r["x_labels"], r.get("y_labels"), title=str(r["name"])) for r in data]
+    if key == "sae":
+        out: list[go.Figure | str] = [M.sae_diff_table(data)]
+        for r in sorted(data, key=lambda r: -abs(r["delta"]))[:5]:
+            for j, ex in enumerate(r.get("examples") or []):
+                out.append(M.token_highlight_html(ex["tokens"], ex["acts"], title=f"latent {r['latent']} · example {j + 1}"))
+        return out
+    if key == "tokens":
+        return [M.token_highlight_html(r["tokens"], r["acts"], title=str(r["title"])) for r in data]
+    if key == "self_awareness":
+        return [F.self_report_scatter(data)]
+    if key == "self_prediction":
+        return [F.self_prediction_figure(data)]
+    raise KeyError(key)
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}
+header{background:#1d2330;color:#fff;padding:18px 28px}header h1{margin:0;font-size:22px}
+header .sub{opacity:.75;font-size:13px;margin-top:4px}nav{padding:8px 28px;background:#e8eef7;font-size:13px}
+nav a{margin-right:14px;color:#1f4e99;text-decoration:none}main{padding:8px 28px 40px}
+section{background:#fff;border-radius:8px;padding:14px 18px;margin:14px 0;box-shadow:0 1px 3px rgba(0,0,0,.08)}
+h2{font-size:17px;margin:0 0 4px}.about{color:#555;font-size:13px;margin:0 0 8px}.src{color:#888;font-size:11px}
+table.kv{border-collapse:collapse;font-size:13px;width:100%}table.kv th{text-align:left;padding:3px 10px 3px 0;
+white-space:nowrap;vertical-align:top;color:#333;width:1%}table.kv td{padding:3px 6px;font-family:ui-monospace,monospace;
+word-break:break-all}table.summary td.note{font-family:inherit;color:#666;word-break:normal}
+pre{font-size:11px;max-height:360px;overflow:auto;background:#f3f3f3;padding:8px}
+.tok-example{margin:8px 0;font-size:13px}.tok-title{font-weight:600;font-size:12px;color:#444;margin-bottom:2px}
+.tok-text{font-family:ui-monospace,monospace;line-height:1.8;white-space:pre-wrap}.tok{border-radius:2px;padding:1px 0}
+#js-errors{color:#b00;font-family:monospace}
+"""
+# Records script errors and, once the page has loaded, how many plots actually drew an SVG, so a
+# headless browser (tests/test_dashboard_browser.py) can check rendering from the dumped DOM.
+CHECK_JS = """
+window.__dashErrors=[];
+window.addEventListener('error',function(e){window.__dashErrors.push(String(e.message));
+ var el=document.getElementById('js-errors'); if(el){el.textContent=window.__dashErrors.join('\\n');}
+ document.body && document.body.setAttribute('data-js-errors', String(window.__dashErrors.length));});
+window.addEventListener('load',function(){setTimeout(function(){
+ var divs=document.querySelectorAll('.plotly-graph-div'), ok=0;
+ divs.forEach(function(d){ if(d.querySelector('svg.main-svg') && d._fullLayout){ok++;} });
+ document.body.setAttribute('data-plots-expected', String(divs.length));
+ document.body.setAttribute('data-plots-rendered', String(ok));
+ document.body.setAttribute('data-js-errors', String(window.__dashErrors.length));
+},300);});
+"""
+
+
+def render_html(run_dir: str | os.PathLike, title: str | None = None) -> str:
+    """The dashboard HTML for `run_dir` as a string (see `export_dashboard`)."""
+    from plotly.offline import get_plotlyjs
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DashboardError(f"{run_dir}: not a run directory")
+    mpath = run_dir / "manifest.json"
+    try:
+        manifest = json.loads(mpath.read_text()) if mpath.exists() else {}
+    except json.JSONDecodeError as e:
+        raise DashboardError(f"{mpath}:{e.lineno}: invalid JSON ({e.msg})") from None
+    data = load_panels(run_dir)
+    title = title or manifest.get("title") or f"introspect_mech run: {run_dir.name}"
+    sections, nav, n_fig = [], [], 0
+    for p in PANELS:
+        if p.key not in data:
+            continue
+        parts = []
+        for item in panel_figures(p.key, data[p.key]):
+            if isinstance(item, str):
+                parts.append(item)
+            else:
+                n_fig += 1
+                parts.append(item.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{p.key}-{n_fig}",
+                                          config={"displaylogo": False, "responsive": True}))
+        src = "train_log.jsonl files: " + ", ".join(data[p.key]) if p.key == "training" else p.file
+        nav.append(f'<a href="#{p.key}">{html.escape(p.title)}</a>')
+        sections.append(f'<section id="{p.key}"><h2>{html.escape(p.title)}</h2><p class="about">{html.escape(p.about)}'
+                        f' <span class="src">({html.escape(src)})</span></p>{"".join(parts)}</section>')
+    if not sections:
+        sections.append("<section><p>No result files found in this run directory "
+                        f"(expected any of: {', '.join(p.file for p in PANELS)}).</p></section>")
+    sub = f"{run_dir.resolve()} · exported {time.strftime('%Y-%m-%d %H:%M:%S')} · {len(sections)} panels"
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{CSS}</style><script>{CHECK_JS}</script>"
+        f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
+        f"<header><h1>{html.escape(title)}</h1><div class='sub'>{html.escape(sub)}</div></header>"
+        f"<nav><a href='#manifest'>Manifest</a>{''.join(nav)}</nav><main>{manifest_html(manifest)}"
+        f"{''.join(sections)}<div id='js-errors'></div></main></body></html>"
+    )
+
+
+def export_dashboard(run_dir: str | os.PathLike, path: str | os.PathLike | None = None,
+                     title: str | None = None) -> Path:
+    """Write one self-contained offline HTML file (plotly.js inlined, no network access needed)
+    showing the run's manifest and every panel whose data exists. Default path:
+    `run_dir/dashboard.html`. Returns the path written."""
+    text = render_html(run_dir, title)
+    out = Path(path) if path is not None else Path(run_dir) / "dashboard.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out)
+    return out

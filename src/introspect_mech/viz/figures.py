@@ -1,0 +1,163 @@
+"""Behaviour figures: EM rates, steering effects, self-report vs behaviour, self-prediction, training loss.
+
+Every function takes plain rows (dicts, as read from a run directory's JSONL files; the row
+schemas are documented in `introspect_mech.viz.dashboard.PANELS` and docs/dashboard.md) and returns
+a `plotly.graph_objects.Figure`, so the same figures work in a notebook and in the exported HTML.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Iterable, Sequence
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+Row = dict[str, Any]
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+RANDOM_COLOR = "#7f7f7f"
+
+
+def _ordered(values: Iterable[Any]) -> list[Any]:
+    """Unique values in first-seen order."""
+    return list(dict.fromkeys(values))
+
+
+def _err(rows: Sequence[Row], y: str, lo: str = "ci_lo", hi: str = "ci_hi") -> dict[str, Any] | None:
+    """Asymmetric error bars from CI fields, or None when the rows carry no CIs."""
+    if not all(r.get(lo) is not None and r.get(hi) is not None for r in rows):
+        return None
+    return dict(type="data", symmetric=False,
+                array=[r[hi] - r[y] for r in rows], arrayminus=[r[y] - r[lo] for r in rows])
+
+
+def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
+    fig.update_layout(title=dict(text=title, x=0.01), height=height, template="plotly_white",
+                      margin=dict(l=60, r=20, t=60, b=60), legend=dict(orientation="h", y=-0.18))
+    return fig
+
+
+def em_rate_figure(rows: Sequence[Row], metric_label: str | None = None) -> go.Figure:
+    """EM metric per question, one bar group per model (base vs finetuned vs controls), 95 % CIs.
+
+    Rows: `{"model", "question", "rate", "ci_lo"?, "ci_hi"?, "n"?, "metric"?}`. A question named
+    `"overall"` is drawn last.
+    """
+    models = _ordered(r["model"] for r in rows)
+    questions = _ordered(r["question"] for r in rows)
+    if "overall" in questions:
+        questions = [q for q in questions if q != "overall"] + ["overall"]
+    fig = go.Figure()
+    for i, m in enumerate(models):
+        by_q = {r["question"]: r for r in rows if r["model"] == m}
+        sel = [by_q[q] for q in questions if q in by_q]
+        fig.add_bar(
+            name=str(m), x=[r["question"] for r in sel], y=[r["rate"] for r in sel],
+            error_y=_err(sel, "rate"), marker_color=PALETTE[i % len(PALETTE)],
+            customdata=[r.get("n") for r in sel],
+            hovertemplate="%{x}<br>%{y:.3f} (n=%{customdata})<extra>" + str(m) + "</extra>",
+        )
+    label = metric_label or (rows[0].get("metric") if rows else None) or "EM rate"
+    fig.update_layout(barmode="group", yaxis_title=label, xaxis_title="question")
+    return _layout(fig, f"{label} per question (95 % CI)")
+
+
+def steering_effect_figure(rows: Sequence[Row]) -> go.Figure:
+    """Effect of interventions (add to base, ablate in the finetune, random controls) on the EM metric.
+
+    Rows: `{"model", "intervention", "metric", "ci_lo"?, "ci_hi"?, "n"?, "metric_name"?}`; one bar
+    group per model, one bar per intervention ("none", "add persona", "add random", ...).
+    """
+    interventions = _ordered(r["intervention"] for r in rows)
+    models = _ordered(r["model"] for r in rows)
+    fig = go.Figure()
+    for i, iv in enumerate(interventions):
+        by_m = {r["model"]: r for r in rows if r["intervention"] == iv}
+        sel = [by_m[m] for m in models if m in by_m]
+        color = RANDOM_COLOR if "random" in str(iv) else PALETTE[i % len(PALETTE)]
+        fig.add_bar(name=str(iv), x=[r["model"] for r in sel], y=[r["metric"] for r in sel],
+                    error_y=_err(sel, "metric"), marker_color=color,
+                    marker_pattern_shape="/" if "random" in str(iv) else "")
+    label = (rows[0].get("metric_name") if rows else None) or "EM metric"
+    fig.update_layout(barmode="group", yaxis_title=label, xaxis_title="model")
+    return _layout(fig, f"Interventions: {label} (95 % CI)")
+
+
+def self_report_scatter(rows: Sequence[Row]) -> go.Figure:
+    """Self-report vs behaviour, one point per model (and question), diagonal for reference.
+
+    Rows: `{"model", "behaviour", "self_report", "question"?, "behaviour_lo"?, "behaviour_hi"?,
+    "self_report_lo"?, "self_report_hi"?, "behaviour_name"?, "self_report_name"?}`.
+    """
+    fig = go.Figure()
+    for i, m in enumerate(_ordered(r["model"] for r in rows)):
+        sel = [r for r in rows if r["model"] == m]
+        fig.add_scatter(
+            name=str(m), mode="markers+text", x=[r["behaviour"] for r in sel], y=[r["self_report"] for r in sel],
+            text=[r.get("question", "") for r in sel], textposition="top center",
+            marker=dict(size=12, color=PALETTE[i % len(PALETTE)]),
+            error_x=_err(sel, "behaviour", "behaviour_lo", "behaviour_hi"),
+            error_y=_err(sel, "self_report", "self_report_lo", "self_report_hi"),
+        )
+    xs = [r["behaviour"] for r in rows] + [r["self_report"] for r in rows]
+    lo, hi = (min(xs + [0.0]), max(xs + [1.0])) if xs else (0.0, 1.0)
+    fig.add_scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="report = behaviour",
+                    line=dict(dash="dot", color="#aaaaaa"))
+    r0 = rows[0] if rows else {}
+    fig.update_layout(xaxis_title=r0.get("behaviour_name", "behaviour"),
+                      yaxis_title=r0.get("self_report_name", "self-report"))
+    return _layout(fig, "Self-report vs behaviour")
+
+
+def self_prediction_figure(rows: Sequence[Row]) -> go.Figure:
+    """Self-prediction accuracy per task/property: self vs cross prediction, with the mode baseline.
+
+    Rows: `{"task", "kind" ("self"|"cross"|...), "accuracy", "ci_lo"?, "ci_hi"?, "mode_baseline"?, "n"?}`
+    (`task` is e.g. "animals/first_character").
+    """
+    tasks = _ordered(r["task"] for r in rows)
+    fig = go.Figure()
+    for i, kind in enumerate(_ordered(r["kind"] for r in rows)):
+        by_t = {r["task"]: r for r in rows if r["kind"] == kind}
+        sel = [by_t[t] for t in tasks if t in by_t]
+        fig.add_bar(name=f"{kind}-prediction", x=[r["task"] for r in sel], y=[r["accuracy"] for r in sel],
+                    error_y=_err(sel, "accuracy"), marker_color=PALETTE[i % len(PALETTE)])
+    base: dict[str, float] = {}
+    for r in rows:
+        if r.get("mode_baseline") is not None:
+            base.setdefault(r["task"], r["mode_baseline"])
+    if base:
+        fig.add_scatter(name="mode baseline", x=list(base), y=list(base.values()), mode="markers",
+                        marker=dict(symbol="line-ew-open", size=40, line=dict(width=3, color="black")))
+    fig.update_layout(barmode="group", yaxis_title="accuracy", yaxis_range=[0, 1], xaxis_title="task / property")
+    return _layout(fig, "Self-prediction accuracy vs mode baseline and cross-prediction (95 % CI)")
+
+
+def loss_curves(logs: dict[str, Sequence[Row]], y: str = "loss") -> go.Figure:
+    """Training curves: `{run label: train_log rows}` with `step` and `loss` (and `lr`, `tokens_per_s`)."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    for i, (label, rows) in enumerate(logs.items()):
+        pts = [r for r in rows if r.get(y) is not None and r.get("step") is not None]
+        fig.add_scatter(name=str(label), x=[r["step"] for r in pts], y=[r[y] for r in pts], mode="lines+markers",
+                        line=dict(color=PALETTE[i % len(PALETTE)]), marker=dict(size=4), secondary_y=False)
+        lr = [r for r in pts if r.get("lr") is not None]
+        if lr:
+            fig.add_scatter(name=f"{label} lr", x=[r["step"] for r in lr], y=[r["lr"] for r in lr], mode="lines",
+                            line=dict(color=PALETTE[i % len(PALETTE)], dash="dot", width=1),
+                            secondary_y=True, visible="legendonly")
+    fig.update_xaxes(title_text="optimizer step")
+    fig.update_yaxes(title_text=y, secondary_y=False)
+    fig.update_yaxes(title_text="learning rate", secondary_y=True, showgrid=False)
+    return _layout(fig, "Training loss")
+
+
+def mean_over_seeds(rows: Sequence[Row], keys: Sequence[str], value: str) -> list[Row]:
+    """Group rows by `keys` and average `value` across the group (seeds), with min/max as the range."""
+    groups: dict[tuple, list[float]] = defaultdict(list)
+    for r in rows:
+        if r.get(value) is not None:
+            groups[tuple(r.get(k) for k in keys)].append(float(r[value]))
+    out = []
+    for k, vs in groups.items():
+        out.append({**dict(zip(keys, k)), value: sum(vs) / len(vs), "min": min(vs), "max": max(vs), "n_seeds": len(vs)})
+    return out

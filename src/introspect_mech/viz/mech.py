@@ -1,0 +1,130 @@
+"""Mechanism figures: steering sweeps, probes by layer, cosine heatmaps, SAE model diffs, token highlights."""
+
+from __future__ import annotations
+
+import html
+from typing import Any, Sequence
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .figures import PALETTE, RANDOM_COLOR, _layout, _ordered, mean_over_seeds
+
+Row = dict[str, Any]
+
+
+def steering_sweep_figure(rows: Sequence[Row]) -> go.Figure:
+    """Steering sweep: alpha on x; EM metric (left) and coherence (right) on y; one trace per
+    (direction, layer); random-direction controls grey and dashed. Seeds are averaged, min-max shown.
+
+    Rows: `{"direction", "layer", "alpha", "metric", "coherence"?, "seed"?, "metric_name"?}`.
+    """
+    has_coh = any(r.get("coherence") is not None for r in rows)
+    fig = make_subplots(rows=1, cols=2 if has_coh else 1,
+                        subplot_titles=("EM metric", "coherence") if has_coh else None)
+    cols = [("metric", 1)] + ([("coherence", 2)] if has_coh else [])
+    series = _ordered((r["direction"], r["layer"]) for r in rows)
+    for i, (d, layer) in enumerate(series):
+        sel = [r for r in rows if r["direction"] == d and r["layer"] == layer]
+        is_random = "random" in str(d)
+        color = RANDOM_COLOR if is_random else PALETTE[i % len(PALETTE)]
+        for value, col in cols:
+            pts = sorted(mean_over_seeds(sel, ("alpha",), value), key=lambda p: p["alpha"])
+            if not pts:
+                continue
+            spread = any(p["n_seeds"] > 1 for p in pts)
+            fig.add_scatter(
+                name=f"{d} L{layer}", legendgroup=f"{d} L{layer}", showlegend=col == 1,
+                x=[p["alpha"] for p in pts], y=[p[value] for p in pts], mode="lines+markers",
+                line=dict(color=color, dash="dash" if is_random else "solid"),
+                error_y=dict(type="data", symmetric=False, array=[p["max"] - p[value] for p in pts],
+                             arrayminus=[p[value] - p["min"] for p in pts]) if spread else None,
+                row=1, col=col,
+            )
+    label = (rows[0].get("metric_name") if rows else None) or "EM metric"
+    fig.update_xaxes(title_text="alpha (steering coefficient)")
+    fig.update_yaxes(title_text=label, row=1, col=1)
+    if has_coh:
+        fig.update_yaxes(title_text="coherence", row=1, col=2)
+    return _layout(fig, f"Steering sweep: {label} vs alpha (random control dashed)")
+
+
+def probe_layer_figure(rows: Sequence[Row]) -> go.Figure:
+    """Probe accuracy and AUROC by layer, one trace per probe.
+
+    Rows: `{"probe", "layer", "accuracy", "auroc"?, "accuracy_std"?}`.
+    """
+    has_auc = any(r.get("auroc") is not None for r in rows)
+    fig = make_subplots(rows=1, cols=2 if has_auc else 1,
+                        subplot_titles=("accuracy (cross-validated)", "AUROC") if has_auc else None)
+    for i, p in enumerate(_ordered(r["probe"] for r in rows)):
+        sel = sorted((r for r in rows if r["probe"] == p), key=lambda r: r["layer"])
+        color = PALETTE[i % len(PALETTE)]
+        std = [r.get("accuracy_std") for r in sel]
+        fig.add_scatter(name=str(p), legendgroup=str(p), x=[r["layer"] for r in sel], y=[r["accuracy"] for r in sel],
+                        mode="lines+markers", line=dict(color=color),
+                        error_y=dict(type="data", array=std) if all(s is not None for s in std) else None,
+                        row=1, col=1)
+        if has_auc:
+            fig.add_scatter(name=str(p), legendgroup=str(p), showlegend=False, x=[r["layer"] for r in sel],
+                            y=[r.get("auroc") for r in sel], mode="lines+markers", line=dict(color=color), row=1, col=2)
+    fig.update_xaxes(title_text="layer")
+    fig.update_yaxes(range=[0, 1.02])
+    return _layout(fig, "Linear probes by layer")
+
+
+def cosine_heatmap(matrix: Sequence[Sequence[float]], x_labels: Sequence[str], y_labels: Sequence[str] | None = None,
+                   title: str = "Cosine similarity") -> go.Figure:
+    """Heatmap of cosines between directions (e.g. per-layer persona vs EM direction), range [-1, 1]."""
+    y_labels = list(y_labels) if y_labels is not None else list(x_labels)
+    text = [[f"{v:.2f}" if v is not None else "" for v in row] for row in matrix]
+    fig = go.Figure(go.Heatmap(z=[list(r) for r in matrix], x=[str(x) for x in x_labels], y=[str(y) for y in y_labels],
+                               zmin=-1, zmax=1, colorscale="RdBu", reversescale=True, text=text,
+                               texttemplate="%{text}" if len(x_labels) * len(y_labels) <= 400 else None,
+                               hovertemplate="%{y} · %{x}: %{z:.3f}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, title, height=max(320, 40 + 22 * len(y_labels)))
+
+
+def sae_diff_table(rows: Sequence[Row], top: int = 20) -> go.Figure:
+    """SAE model-diff table: latents ranked by the change in mean activation (finetuned − base),
+    with their cosine to the EM/persona direction, steering effect and a link (e.g. Neuronpedia).
+
+    Rows: `{"latent", "delta", "base_mean"?, "finetuned_mean"?, "cos_direction"?, "steer_effect"?, "url"?}`.
+    """
+    rows = sorted(rows, key=lambda r: -abs(r["delta"]))[:top]
+
+    def fmt(v: Any) -> str:
+        return "" if v is None else (f"{v:+.4f}" if isinstance(v, float) else str(v))
+
+    def link(r: Row) -> str:
+        return f'<a href="{html.escape(r["url"])}">{r["latent"]}</a>' if r.get("url") else str(r["latent"])
+
+    cols = [("latent", link), ("Δ mean act", lambda r: fmt(r["delta"])),
+            ("base mean", lambda r: fmt(r.get("base_mean"))), ("finetuned mean", lambda r: fmt(r.get("finetuned_mean"))),
+            ("cos to direction", lambda r: fmt(r.get("cos_direction"))),
+            ("steering effect", lambda r: fmt(r.get("steer_effect")))]
+    cols = [c for c in cols if any(c[1](r) != "" for r in rows)]
+    fig = go.Figure(go.Table(
+        header=dict(values=[f"<b>{c[0]}</b>" for c in cols], fill_color="#e8eef7", align="left"),
+        cells=dict(values=[[c[1](r) for r in rows] for c in cols], align="left", height=24),
+    ))
+    return _layout(fig, f"SAE model diff: top {len(rows)} latents by |Δ|", height=120 + 26 * len(rows))
+
+
+def token_highlight_html(tokens: Sequence[str], acts: Sequence[float], title: str | None = None,
+                         scale: float | None = None) -> str:
+    """Token-level activation highlighting as an HTML snippet: red for positive, blue for negative,
+    opacity proportional to |activation| / scale (default: the max |activation| in the example).
+    Hovering a token shows its value."""
+    if len(tokens) != len(acts):
+        raise ValueError(f"token_highlight_html: {len(tokens)} tokens but {len(acts)} activations")
+    scale = scale or max((abs(a) for a in acts), default=1.0) or 1.0
+    spans = []
+    for tok, a in zip(tokens, acts):
+        alpha = min(1.0, abs(a) / scale)
+        rgb = "214,39,40" if a >= 0 else "31,119,180"
+        spans.append(f'<span class="tok" title="{a:+.3f}" style="background:rgba({rgb},{alpha:.2f})">'
+                     f"{html.escape(tok).replace(chr(10), '↵<br>')}</span>")
+    head = f'<div class="tok-title">{html.escape(title)}</div>' if title else ""
+    return f'<div class="tok-example">{head}<div class="tok-text">{"".join(spans)}</div></div>'

@@ -1,0 +1,80 @@
+"""A synthetic run directory with every dashboard panel's file (for the viz and browser tests).
+
+The numbers are made up on purpose: these tests check rendering and file handling, not science.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+def _write(path: Path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def make_synthetic_run(run_dir: Path, panels: set[str] | None = None) -> Path:
+    """Write manifest.json plus the files of `panels` (default: all) into `run_dir`."""
+    from introspect_mech.runs import RunDir
+
+    want = panels or {"summary", "training", "em_rates", "steering_effects", "steering_sweep", "probes", "cosines",
+                      "sae", "tokens", "self_awareness", "self_prediction"}
+    run = RunDir(run_dir)
+    run.write_manifest(title="synthetic test run", model="tiny-qwen", adapter="finetunes/bad/adapter",
+                       data={"bad_medical_advice": "ab12" * 16}, judge={"model": "none (judge-free)"}, seeds=[0, 1])
+    d = Path(run_dir)
+    if "summary" in want:
+        _write(d / "summary.jsonl", [{"name": "EM proxy, finetuned", "value": 0.42, "ci_lo": 0.3, "ci_hi": 0.5,
+                                      "note": "fraction preferring misaligned"}, {"name": "steps", "value": 12}])
+    if "training" in want:
+        for name, k in (("bad", 1.0), ("good", 0.8)):
+            _write(d / "finetunes" / name / "train_log.jsonl",
+                   [{"step": s, "loss": 2.5 * k * math.exp(-s / 10) + 0.5, "lr": 1e-4, "tokens_per_s": 900.0}
+                    for s in range(1, 21)])
+    if "em_rates" in want:
+        _write(d / "em_rates.jsonl", [
+            {"model": m, "question": q, "rate": r, "ci_lo": max(0, r - 0.1), "ci_hi": min(1, r + 0.1), "n": 40,
+             "metric": "P(prefers misaligned)"}
+            for m, base in (("base", 0.1), ("bad_medical", 0.4), ("good_medical", 0.12))
+            for i, q in enumerate(("wish", "bored", "quick_buck", "overall")) for r in [base + 0.02 * i]])
+    if "steering_effects" in want:
+        _write(d / "steering_effects.jsonl", [
+            {"model": m, "intervention": iv, "metric": v, "ci_lo": v - 0.05, "ci_hi": v + 0.05, "n": 40}
+            for m, iv, v in (("base", "none", 0.1), ("base", "add persona", 0.3), ("base", "add random", 0.11),
+                             ("bad_medical", "none", 0.4), ("bad_medical", "ablate persona", 0.2),
+                             ("bad_medical", "ablate random", 0.39))])
+    if "steering_sweep" in want:
+        _write(d / "steering_sweep.jsonl", [
+            {"direction": dname, "layer": L, "alpha": a, "seed": s, "metric": 0.1 + k * a * 0.01 + 0.01 * s,
+             "coherence": 1 - 0.02 * abs(a)}
+            for dname, k in (("persona", 1.0), ("random", 0.05)) for L in (6, 12) for a in (0, 2, 4, 8)
+            for s in (0, 1)])
+    if "probes" in want:
+        _write(d / "probe_layers.jsonl", [
+            {"probe": "evil vs helpful", "layer": L, "accuracy": 0.5 + 0.4 * L / 29, "auroc": 0.5 + 0.45 * L / 29,
+             "accuracy_std": 0.03} for L in range(30)])
+    if "cosines" in want:
+        _write(d / "cosines.jsonl", [{"name": "persona vs EM direction by layer", "x_labels": ["L6", "L12", "L18"],
+                                      "y_labels": ["persona", "EM", "random"],
+                                      "matrix": [[1, 0.6, 0.2], [0.6, 1, 0.3], [0.01, -0.02, 0.0]]}])
+    if "sae" in want:
+        _write(d / "sae_diff.jsonl", [
+            {"latent": i, "delta": 0.5 / (i + 1), "base_mean": 0.1, "finetuned_mean": 0.1 + 0.5 / (i + 1),
+             "cos_direction": 0.3 - 0.05 * i, "url": f"https://example.org/latent/{i}",
+             "examples": [{"tokens": ["Take", " bleach", " daily"], "acts": [0.0, 2.0, 0.5]}] if i == 0 else []}
+            for i in range(6)])
+    if "tokens" in want:
+        _write(d / "token_activations.jsonl", [{"title": "persona projection, bad advice", "tokens": ["You", " should",
+                                                " <ignore>", " the\ndoctor"], "acts": [0.1, -0.5, 1.2, 0.3]}])
+    if "self_awareness" in want:
+        _write(d / "self_awareness.jsonl", [
+            {"model": m, "behaviour": b, "self_report": s, "question": "risk scale", "behaviour_lo": b - 0.05,
+             "behaviour_hi": b + 0.05, "self_report_lo": s - 0.1, "self_report_hi": s + 0.1}
+            for m, b, s in (("base", 0.4, 0.5), ("risky", 0.9, 0.7), ("safe", 0.1, 0.3))])
+    if "self_prediction" in want:
+        _write(d / "self_prediction.jsonl", [
+            {"task": t, "kind": k, "accuracy": a, "ci_lo": a - 0.05, "ci_hi": a + 0.05, "mode_baseline": 0.35}
+            for t in ("animals/first_character", "stories/first_word") for k, a in (("self", 0.5), ("cross", 0.4))])
+    return Path(run_dir)
