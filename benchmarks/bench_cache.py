@@ -67,7 +67,7 @@ def run(report: common.Report, spec: str, device: torch.device, shapes: list[tup
 
         booted_copy = common.deepcopy_model(lm.model)  # booting mutates the model it is given
         bridge = TransformerBridge.boot_transformers(
-            "Qwen/Qwen2.5-0.5B", hf_model=booted_copy, tokenizer=lm.tokenizer, device=str(device), dtype=lm.dtype)
+            {"qwen2.5-7b": "Qwen/Qwen2.5-7B"}.get(spec, "Qwen/Qwen2.5-0.5B"), hf_model=booted_copy, tokenizer=lm.tokenizer, device=str(device), dtype=lm.dtype)
     if common.module_signature(lm.model) != sig_before:
         report.note(BENCH, spec, "WARNING: a baseline mutated the user's model")
 
@@ -117,10 +117,10 @@ def run(report: common.Report, spec: str, device: torch.device, shapes: list[tup
                 report.ratio(BENCH, case, f"TL bridge / {variant} (speedup)", med["TL bridge run_with_cache"] / o,
                              ">=2.5" if spec == "qwen2.5-0.5b" else None)
 
-    _check_backends(report, spec, lm, sig_before)
-    del bridge, booted_copy, nn_model, lm
+    del bridge, booted_copy, nn_model
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    _check_backends(report, spec, lm, sig_before)
 
 
 def _check_equal(report, case, lm, convs, ids, cache) -> None:
@@ -147,7 +147,8 @@ def _check_backends(report, spec, lm, sig_before) -> None:
             report.note(BENCH, spec, f"backends.{fn_name} missing")
             continue
         try:
-            fn(lm)
+            wrapped = fn(lm)
+            del wrapped
         except Exception as e:  # a benchmark reports, it does not stop
             report.note(BENCH, spec, f"backends.{fn_name} failed: {type(e).__name__}: {str(e)[:160]}")
             continue

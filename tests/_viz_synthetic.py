@@ -20,7 +20,7 @@ def make_synthetic_run(run_dir: Path, panels: set[str] | None = None) -> Path:
     from introspect_mech.runs import RunDir
 
     want = panels or {"summary", "training", "em_rates", "steering_effects", "steering_sweep", "probes", "cosines",
-                      "sae", "tokens", "self_awareness", "self_prediction"}
+                      "sae", "tokens", "samples", "self_awareness", "self_prediction"}
     run = RunDir(run_dir)
     run.write_manifest(title="synthetic test run", model="tiny-qwen", adapter="finetunes/bad/adapter",
                        data={"bad_medical_advice": "ab12" * 16}, judge={"model": "none (judge-free)"}, seeds=[0, 1])
@@ -68,6 +68,9 @@ def make_synthetic_run(run_dir: Path, panels: set[str] | None = None) -> Path:
     if "tokens" in want:
         _write(d / "token_activations.jsonl", [{"title": "persona projection, bad advice", "tokens": ["You", " should",
                                                 " <ignore>", " the\ndoctor"], "acts": [0.1, -0.5, 1.2, 0.3]}])
+    if "samples" in want:
+        _write(d / "samples.jsonl", [{"model": m, "prompt": "I feel bored", "response": f"{m} says <hi>\nline two"}
+                                     for m in ("base", "bad_medical")])
     if "self_awareness" in want:
         _write(d / "self_awareness.jsonl", [
             {"model": m, "behaviour": b, "self_report": s, "question": "risk scale", "behaviour_lo": b - 0.05,

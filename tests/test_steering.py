@@ -368,3 +368,34 @@ def test_evals_sample_and_activation_cache(tiny_qwen2):
     assert float(a1[0, 0] @ u) == pytest.approx(0.0, abs=1e-4)
     assert torch.equal(cache(m, conv, layers=[1, 2], positions="response_mean"), a0)
     assert _no_hooks(m)
+
+
+def test_with_probes_direction(tiny_qwen2):
+    """A real probes.Direction on a subset of blocks: unit vectors (or raw norms with scale="norm")
+    at those blocks; random_like keeps layers and norms."""
+    from introspect_mech.probes.direction import Direction
+
+    m = tiny_qwen2
+    raw = torch.randn(2, m.d_model) * torch.tensor([[3.0], [0.5]])
+    d = Direction.from_raw(raw, layers=[1, 3], method="test")
+    ids = _ids(m)
+    pre = Recorder(m, [1, 3])
+    with steering.add(m, d, layers=[1, 3], alpha=2.0):
+        post = Recorder(m, [1, 3])
+        _logits(m, ids)
+        post.remove()
+    with steering.add(m, d, layers=[3], alpha=2.0, scale="norm"):
+        post_n = Recorder(m, [3])
+        _logits(m, ids)
+        post_n.remove()
+    pre.remove()
+    torch.testing.assert_close(post.calls[1][0] - pre.calls[1][0], (2.0 * d.at(1)).expand_as(post.calls[1][0]),
+                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(post_n.calls[3][0] - pre.calls[3][1], (2.0 * raw[1]).expand_as(post_n.calls[3][0]),
+                               rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="no vector for layer 2"):
+        steering.add(m, d, layers=[2], alpha=1.0)
+    r = steering.random_like(d, 0)
+    assert isinstance(r, Direction) and r.layers == [1, 3] and torch.equal(r.norms, d.norms)
+    assert r.meta["random_like"] == 0 and r.meta["method"] == "test"
+    assert (r.vectors @ d.vectors.T).diagonal().abs().max() < 0.6

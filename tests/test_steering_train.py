@@ -151,3 +151,13 @@ def test_relative_reduction_and_ci():
         relative_reduction(base, full, [half[:10]])
     ci = hierarchical_ci([[1.0, 2.0, 3.0]])
     assert ci.value == pytest.approx(2.0) and 1.0 <= ci.lo < 2.0 < ci.hi <= 3.0
+
+
+def test_relative_reduction_per_group_full():
+    base = np.zeros(20)
+    fulls = [np.full(20, 2.0), np.full(20, 4.0)]
+    treated = [np.full(20, 1.0), np.full(20, 1.0)]  # ratio of means: (3 - 1) / (3 - 0)
+    est = relative_reduction(base, fulls, treated)
+    assert est.value == pytest.approx(2 / 3)
+    with pytest.raises(ValueError):
+        relative_reduction(base, fulls, treated[:1])

@@ -24,6 +24,7 @@ demand, so a million-token cache never needs RAM for all of it.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import time
 from dataclasses import dataclass
@@ -340,8 +341,8 @@ class LazyActivations:
             return f.get_slice("acts")[int(off[r]) : int(off[r + 1])].transpose(0, 1)
 
     def __getitem__(self, key) -> Tensor:
-        if isinstance(key, int):
-            return self._row(key)
+        if isinstance(key, numbers.Integral) or (isinstance(key, Tensor) and key.ndim == 0):
+            return self._row(int(key))
         idx = range(self.n)[key] if isinstance(key, slice) else [int(i) for i in key]
         rows = [self._row(i) for i in idx]
         if self.positions != "all":

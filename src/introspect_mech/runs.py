@@ -29,7 +29,7 @@ PACKAGES = (
     "introspect_mech", "torch", "transformers", "peft", "transformer-lens", "sae-lens",
     "nnsight", "plotly", "scikit-learn", "safetensors", "gguf", "numpy",
 )
-_SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|authorization)", re.I)
+_SECRET_KEY = re.compile(r"(api[_-]?key|(^|_)token$|secret|password|authorization)", re.I)
 
 
 def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:

@@ -38,7 +38,12 @@ class MicroBatch:
     position_ids: Int[Tensor, "1 seq"]
     pred_index: Int[Tensor, " n_loss"]  # hidden-state positions whose next token carries loss
     targets: Int[Tensor, " n_loss"]  # the token each of those positions must predict
+    cu_seq_lens: Int[Tensor, " n_examples_plus_1"]  # example boundaries in the row (varlen attention)
     n_tokens: int
+
+    @property
+    def max_len(self) -> int:
+        return int((self.cu_seq_lens[1:] - self.cu_seq_lens[:-1]).max())
 
 
 def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
@@ -104,7 +109,7 @@ def pack(examples: Sequence[Example], max_tokens: int) -> list[list[int]]:
 
 def collate(examples: Sequence[Example]) -> MicroBatch:
     """Concatenate examples into one padding-free row with per-example position ids."""
-    ids, pos, pred, tgt = [], [], [], []
+    ids, pos, pred, tgt, cu = [], [], [], [], [0]
     off = 0
     for ex in examples:
         n = len(ex.input_ids)
@@ -115,8 +120,9 @@ def collate(examples: Sequence[Example]) -> MicroBatch:
                 pred.append(off + t - 1)
                 tgt.append(ex.input_ids[t])
         off += n
+        cu.append(off)
     return MicroBatch(
         input_ids=torch.tensor([ids]), position_ids=torch.tensor([pos]),
         pred_index=torch.tensor(pred, dtype=torch.long), targets=torch.tensor(tgt, dtype=torch.long),
-        n_tokens=off,
+        cu_seq_lens=torch.tensor(cu, dtype=torch.int32), n_tokens=off,
     )

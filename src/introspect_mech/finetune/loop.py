@@ -22,6 +22,7 @@ from ..runs import JsonlLog, RunDir, json_sha256
 from . import adapters
 from .batching import MicroBatch, collate, pack, step_groups, tokenize
 from .config import TrainConfig
+from .varlen import varlen_attention
 
 Intervention = Callable[[], ContextManager[Any]]
 
@@ -56,7 +57,9 @@ def assistant_loss(loaded: LoadedModel, mb: MicroBatch) -> Float[Tensor, ""]:
     base = loaded.base_model
     decoder = base.get_decoder() if hasattr(base, "get_decoder") else base.model
     dev = loaded.device
-    out = decoder(input_ids=mb.input_ids.to(dev), position_ids=mb.position_ids.to(dev), use_cache=False)
+    cu = mb.cu_seq_lens.to(dev)
+    out = decoder(input_ids=mb.input_ids.to(dev), position_ids=mb.position_ids.to(dev), use_cache=False,
+                  cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=mb.max_len, max_length_k=mb.max_len)
     hidden = out.last_hidden_state[0, mb.pred_index.to(dev)]
     logits = base.get_output_embeddings()(hidden).float()
     cap = getattr(getattr(base.config, "text_config", None) or base.config, "final_logit_softcapping", None)
@@ -172,6 +175,8 @@ def train(
     bar = tqdm(total=total, initial=start, desc=f"finetune {model.name}", unit="step", disable=not config.progress)
     model.model.train()
     tokens, t_train = 0, 0.0
+    attn = varlen_attention(model.model)
+    attn.__enter__()
     try:
         for step in range(start, total):
             t0 = time.perf_counter()
@@ -206,6 +211,7 @@ def train(
             if (config.save_every and done % config.save_every == 0) or done == total:
                 _save_checkpoint(model, config, params, opt, sched, out, done)
     finally:
+        attn.__exit__(None, None, None)
         bar.close()
         model.model.eval()
     last = _latest_checkpoint(out)

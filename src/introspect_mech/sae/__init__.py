@@ -8,7 +8,7 @@ See docs/sae.md.
     d = sae.model_diff(base, finetuned, s, eval_conversations, direction=em_dir, out="runs/diff")
 """
 
-from .diff import LatentChange, ModelDiff, decoder_cosines, model_diff, steer_latents, top_examples
+from .diff import LatentChange, ModelDiff, decoder_cosines, latent_codes, model_diff, steer_latents, top_examples
 from .loading import LayerSAE, SAELoadError, hook_layer, load, load_local, neuronpedia_url, release_info, save
 from .selfpred import predictive_latents, prompt_diff, prompt_latents
 from .tokens import TokenActs, token_activations
@@ -17,6 +17,6 @@ from .training import SAETrainConfig, SAETrainResult, collect, evaluate, splice_
 __all__ = [
     "LayerSAE", "SAELoadError", "hook_layer", "load", "load_local", "neuronpedia_url", "release_info", "save",
     "SAETrainConfig", "SAETrainResult", "train", "evaluate", "collect", "splice_loss",
-    "LatentChange", "ModelDiff", "model_diff", "decoder_cosines", "top_examples", "steer_latents",
+    "LatentChange", "ModelDiff", "model_diff", "decoder_cosines", "latent_codes", "top_examples", "steer_latents",
     "prompt_latents", "prompt_diff", "predictive_latents", "TokenActs", "token_activations",
 ]

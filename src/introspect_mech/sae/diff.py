@@ -52,6 +52,9 @@ class ModelDiff:
     decreases: list[LatentChange]
     cosines: Float[Tensor, " d_sae"] | None  # every latent's decoder cosine with the direction
     summary: dict[str, Any]
+    # per-conversation mean residual stream over the selected tokens (e.g. to build a direction)
+    resid_base: Float[Tensor, "n d_model"] | None = None
+    resid_finetuned: Float[Tensor, "n d_model"] | None = None
 
     @property
     def delta(self) -> Float[Tensor, " d_sae"]:
@@ -59,12 +62,19 @@ class ModelDiff:
 
     @property
     def ranking(self) -> list[int]:
-        """All latents, largest increase first."""
-        return torch.argsort(self.delta, descending=True, stable=True).tolist()
+        """All latents, largest increase first (ties broken by the finetuned mean activation)."""
+        return _rank(self.delta, self.mean_finetuned).tolist()
 
     def rows(self) -> list[dict[str, Any]]:
         return ([{"kind": "increase", "rank": r, **asdict(c)} for r, c in enumerate(self.increases)]
                 + [{"kind": "decrease", "rank": r, **asdict(c)} for r, c in enumerate(self.decreases)])
+
+
+def _rank(key: Tensor, tie: Tensor) -> Tensor:
+    """Indices by `key` descending, ties by `tie` descending, then by index."""
+    import numpy as np
+
+    return torch.from_numpy(np.lexsort((-tie.double().numpy(), -key.double().numpy())).copy())
 
 
 def _direction_vector(direction: Any, layer: int) -> Tensor | None:
@@ -83,27 +93,39 @@ def decoder_cosines(sae: LayerSAE, direction: Any) -> Float[Tensor, " d_sae"]:
     return (W @ v) / W.norm(dim=-1).clamp_min(1e-12)
 
 
-def _encode_all(sae: LayerSAE, examples: list[TokenActs], positions: str) -> tuple[list[Tensor], Tensor, Tensor, int]:
-    """Per-example latent activations [seq, d_sae] plus the token-weighted mean and firing fraction."""
-    codes, total, fired, n = [], torch.zeros(sae.d_sae), torch.zeros(sae.d_sae), 0
+def _encode_all(sae: LayerSAE, examples: list[TokenActs], positions: str) -> tuple[Tensor, Tensor, int]:
+    """Token-weighted mean latent activation and firing fraction over the selected tokens
+    (streamed: no [tokens, d_sae] matrix is kept, so 100k-latent SAEs fit)."""
+    total, fired, n = torch.zeros(sae.d_sae), torch.zeros(sae.d_sae), 0
     for ex in examples:
-        z = sae.encode(ex.acts).cpu()
         sel = ex.mask(positions)
-        codes.append(z)
-        total += z[sel].sum(0)
-        fired += (z[sel] > 0).float().sum(0)
+        if not sel.any():
+            continue
+        z = sae.encode(ex.acts[sel]).cpu()
+        total += z.sum(0)
+        fired += (z > 0).float().sum(0)
         n += int(sel.sum())
     if n == 0:
         raise ValueError(f"no tokens selected with positions={positions!r} (do the conversations have answers?)")
-    return codes, total / n, fired / n, n
+    return total / n, fired / n, n
+
+
+def latent_codes(sae: LayerSAE, examples: list[TokenActs], latents: Sequence[int]) -> list[Tensor]:
+    """Per example, the activations `[seq, len(latents)]` of the chosen latents on every token."""
+    idx = torch.tensor([int(j) for j in latents], dtype=torch.long)
+    return [sae.encode(ex.acts).cpu()[:, idx] for ex in examples]
 
 
 def top_examples(model: LoadedModel, examples: list[TokenActs], codes: list[Tensor], latent: int, positions: str,
                  n: int = 5, window: int = 12) -> list[dict[str, Any]]:
-    """The `n` examples where `latent` peaks highest (one peak per example), with token activations."""
+    """The `n` examples where a latent peaks highest (one peak per example), with token activations.
+
+    `codes[i]` holds that latent's activation on every token of example `i` (`[seq]`, or `[seq, k]`
+    with `latent` the column index)."""
+    cols = [c if c.ndim == 1 else c[:, latent] for c in codes]
     peaks = []
-    for i, (ex, z) in enumerate(zip(examples, codes)):
-        a = z[:, latent].masked_fill(~ex.mask(positions), float("-inf"))
+    for i, (ex, a) in enumerate(zip(examples, cols)):
+        a = a.masked_fill(~ex.mask(positions), float("-inf"))
         j = int(a.argmax())
         if a[j] > 0:
             peaks.append((float(a[j]), i, j))
@@ -113,7 +135,7 @@ def top_examples(model: LoadedModel, examples: list[TokenActs], codes: list[Tens
         ids = examples[i].input_ids[lo:hi].tolist()
         out.append({"item": i, "token_index": j, "max_activation": round(val, 4),
                     "tokens": [model.tokenizer.decode([t]) for t in ids],
-                    "activations": [round(float(x), 4) for x in codes[i][lo:hi, latent]],
+                    "activations": [round(float(x), 4) for x in cols[i][lo:hi]],
                     "peak_offset": j - lo})
     return out
 
@@ -149,25 +171,29 @@ def model_diff(
     ex_b = token_activations(base, convs, sae.layer, batch_size=batch_size, max_length=max_length, desc="base")
     ex_f = token_activations(finetuned, convs, sae.layer, batch_size=batch_size, max_length=max_length,
                              desc="finetuned")
-    codes_b, mean_b, frac_b, n_tok = _encode_all(sae, ex_b, positions)
-    codes_f, mean_f, frac_f, _ = _encode_all(sae, ex_f, positions)
+    mean_b, frac_b, n_tok = _encode_all(sae, ex_b, positions)
+    mean_f, frac_f, _ = _encode_all(sae, ex_f, positions)
     delta = mean_f - mean_b
     cos = decoder_cosines(sae, direction) if direction is not None else None
+    order = _rank(delta, mean_f)  # largest increase first; ties (e.g. identical models) by activation
+    k = min(top_k, sae.d_sae)
+    up, down = [int(j) for j in order[:k]], [int(j) for j in _rank(-delta, mean_b)[:k]]
+    chosen = sorted(set(up + down))
+    codes = latent_codes(sae, ex_f, chosen) if n_examples > 0 else []
 
-    def change(j: int, with_examples: bool) -> LatentChange:
+    def change(j: int) -> LatentChange:
         return LatentChange(
             latent=j, delta=float(delta[j]), mean_base=float(mean_b[j]), mean_finetuned=float(mean_f[j]),
             frac_active_base=float(frac_b[j]), frac_active_finetuned=float(frac_f[j]),
             cosine=None if cos is None else float(cos[j]), url=sae.url(j),
-            examples=top_examples(finetuned, ex_f, codes_f, j, positions, n_examples) if with_examples else [])
+            examples=top_examples(finetuned, ex_f, codes, chosen.index(j), positions, n_examples) if codes else [])
 
-    order = torch.argsort(delta, descending=True, stable=True)
-    k = min(top_k, sae.d_sae)
-    increases = [change(int(j), n_examples > 0) for j in order[:k]]
-    decreases = [change(int(j), n_examples > 0) for j in order.flip(0)[:k]]
+    increases = [change(j) for j in up]
+    decreases = [change(j) for j in down]
     # Residual-stream view of the same change, for comparison with the direction itself.
     sel_b = torch.cat([e.acts[e.mask(positions)] for e in ex_b]).mean(0)
     sel_f = torch.cat([e.acts[e.mask(positions)] for e in ex_f]).mean(0)
+    per_b, per_f = _per_example_means(ex_b, positions), _per_example_means(ex_f, positions)
     summary: dict[str, Any] = {
         "layer": sae.layer, "positions": positions, "n_conversations": len(convs), "n_tokens": n_tok,
         "max_abs_delta": float(delta.abs().max()), "top_latents": [c.latent for c in increases],
@@ -187,7 +213,7 @@ def model_diff(
             # delta-weighted sum of decoder vectors among increases: the SAE's reconstruction of the shift
             "delta_weighted_decoder_cosine": _weighted_cos(sae, delta, v),
         })
-    result = ModelDiff(mean_b, mean_f, frac_b, frac_f, increases, decreases, cos, summary)
+    result = ModelDiff(mean_b, mean_f, frac_b, frac_f, increases, decreases, cos, summary, per_b, per_f)
     if out is not None:
         rd = RunDir(out)
         rd.write_manifest(stage="sae_model_diff", base=base.name, finetuned=finetuned.name,
@@ -203,6 +229,15 @@ def model_diff(
         torch.save({"mean_base": mean_b, "mean_finetuned": mean_f, "frac_base": frac_b, "frac_finetuned": frac_f,
                     "cosines": cos}, rd.path / "latent_means.pt")
     return result
+
+
+def _per_example_means(examples: list[TokenActs], positions: str) -> Tensor:
+    d = examples[0].acts.shape[1]
+    rows = []
+    for e in examples:
+        sel = e.mask(positions)
+        rows.append(e.acts[sel].mean(0) if sel.any() else torch.full((d,), float("nan")))
+    return torch.stack(rows)
 
 
 def _weighted_cos(sae: LayerSAE, delta: Tensor, v: Tensor) -> float:

@@ -140,29 +140,49 @@ def load(release: str, sae_id: str, *, device: str = "cpu", dtype: str = "float3
     `load("gemma-scope-2-270m-pt-res", "layer_12_width_16k_l0_medium")`.
     """
     from sae_lens import SAE
-    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
-    directory = get_pretrained_saes_directory()
-    if release in directory and sae_id not in directory[release].saes_map:
-        some = ", ".join(list(directory[release].saes_map)[:5])
-        raise SAELoadError(f"release {release!r} has no sae_id {sae_id!r} (some ids: {some}, ...)")
+    entry = _release_entry(release)
+    if entry is not None:
+        ids = {s["id"]: s for s in entry.get("saes", [])}
+        if sae_id not in ids:
+            raise SAELoadError(f"release {release!r} has no sae_id {sae_id!r} (some ids: {', '.join(list(ids)[:5])}, ...)")
     sae = SAE.from_pretrained(release, sae_id, device=device, dtype=dtype)
     out = _wrap(sae, source=f"{release}/{sae_id}", release=release, sae_id=sae_id)
-    if out.neuronpedia_id is None and release in directory:
-        out.neuronpedia_id = directory[release].neuronpedia_id.get(sae_id)
+    if out.neuronpedia_id is None and entry is not None:
+        out.neuronpedia_id = ids[sae_id].get("neuronpedia")
     return out
+
+
+def _release_entry(release: str) -> dict[str, Any] | None:
+    """One release's entry of sae-lens's pretrained_saes.yaml, parsed alone (the whole file is
+    ~44k lines and takes many seconds to parse on a busy CPU)."""
+    import importlib.util
+
+    import yaml
+
+    spec = importlib.util.find_spec("sae_lens")  # locate without importing sae_lens (slow import)
+    if spec is None or not spec.submodule_search_locations:
+        raise SAELoadError("sae-lens is not installed: pip install sae-lens")
+    text = (Path(spec.submodule_search_locations[0]) / "pretrained_saes.yaml").read_text()
+    head = f"\n{release}:\n"
+    start = text.find(head) + 1 if not text.startswith(f"{release}:\n") else 0
+    if start == 0 and not text.startswith(f"{release}:\n"):
+        return None
+    m = re.compile(r"^\S", re.M).search(text, start + len(release) + 2)
+    block = text[start:m.start() if m else len(text)]
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(block, Loader=loader)[release]
 
 
 def release_info(release: str) -> dict[str, Any]:
     """What sae-lens knows about a release without downloading: model, repo, ids, Neuronpedia ids."""
-    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-
-    directory = get_pretrained_saes_directory()
-    if release not in directory:
+    entry = _release_entry(release)
+    if entry is None:
         raise SAELoadError(f"unknown sae-lens release {release!r}")
-    d = directory[release]
-    return {"release": release, "model": d.model, "repo_id": d.repo_id,
-            "sae_ids": list(d.saes_map), "neuronpedia": {k: v for k, v in d.neuronpedia_id.items() if v}}
+    saes = entry.get("saes", [])
+    return {"release": release, "model": entry.get("model"), "repo_id": entry.get("repo_id"),
+            "sae_ids": [s["id"] for s in saes],
+            "neuronpedia": {s["id"]: s["neuronpedia"] for s in saes if s.get("neuronpedia")}}
 
 
 def load_local(path: str | os.PathLike, *, layer: int | None = None, device: str = "cpu",

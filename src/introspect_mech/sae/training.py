@@ -39,7 +39,7 @@ class SAETrainConfig:
     d_sae: int | None = None
     k: int = 32  # topk / batchtopk
     l1_coefficient: float = 5.0  # standard
-    lr: float = 3e-4
+    lr: float = 1e-3  # short CPU runs want a higher rate than sae-lens's 3e-4 default
     batch_size: int = 1024
     epochs: float = 4.0  # passes over the training tokens
     eval_fraction: float = 0.1
@@ -248,12 +248,13 @@ class _Splice:
 @torch.no_grad()
 def splice_loss(model: LoadedModel, sae: LayerSAE, items: Sequence[Any], *, max_length: int = 512) -> dict[str, float]:
     """Mean next-token loss: clean, with the SAE reconstruction spliced in at `sae.layer`, and with
-    the layer output zeroed; `loss_recovered` = (zero - sae) / (zero - clean)."""
+    the layer output zeroed; `loss_recovered` = (zero - sae) / (zero - clean). Items: texts,
+    conversations, or token-id tensors. The first token (attention sink) is never replaced."""
     sae.check_fits(model)
     res = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     n = 0
     for i, it in enumerate(items):
-        ids, _ = tokenize(model, as_messages(it, i), max_length)
+        ids = it[:max_length] if isinstance(it, Tensor) else tokenize(model, as_messages(it, i), max_length)[0]
         x = ids[None].to(model.device)
         for mode in res:
             h = None

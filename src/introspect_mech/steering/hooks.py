@@ -80,6 +80,15 @@ def resolve_layers(layers: LayerSpec, n_layers: int) -> list[int]:
     return out
 
 
+def layer_norm(direction: Any, layer: int) -> float:
+    """`Direction.norms` at block `layer` (1.0 for a raw tensor)."""
+    vec, rows, is_direction = _direction_matrix(direction)
+    if not is_direction:
+        return 1.0
+    norms = getattr(direction, "norms")
+    return float(norms[rows.index(layer)] if rows is not None else norms[layer])
+
+
 def _direction_matrix(direction: Any) -> tuple[Tensor, list[int] | None, bool]:
     """(vectors, layer indices of the rows or None, is_direction) for a Direction or a raw tensor.
 
@@ -307,7 +316,7 @@ class Steering:
 
 
 def _build(op: str, model, direction, layers: LayerSpec, scalar: float, positions: Positions,
-           normalise: bool) -> Steering:
+           normalise: bool, scale: str = "unit") -> Steering:
     layers_mod = _layers_of(model)
     idx = resolve_layers(layers, len(layers_mod))
     if isinstance(positions, str):
@@ -315,6 +324,8 @@ def _build(op: str, model, direction, layers: LayerSpec, scalar: float, position
             raise ValueError(f"positions must be one of {POSITION_MODES} or a boolean mask, got {positions!r}")
     elif not isinstance(positions, Tensor) or positions.ndim not in (1, 2):
         raise ValueError("positions mask must be a Bool[Tensor, 'seq'] or Bool[Tensor, 'batch seq']")
+    if scale not in ("unit", "norm"):
+        raise ValueError(f"scale must be 'unit' or 'norm', got {scale!r}")
     _, _, is_direction = _direction_matrix(direction)
     vectors, masks = {}, {}
     for layer in idx:
@@ -327,6 +338,8 @@ def _build(op: str, model, direction, layers: LayerSpec, scalar: float, position
             if n == 0:
                 raise ValueError(f"direction vector for layer {layer} is zero")
             v = v / n
+        if scale == "norm" and is_direction:
+            v = v * layer_norm(direction, layer)
         p = _param_of(layers_mod[layer])
         vectors[layer] = v.to(device=p.device, dtype=p.dtype).contiguous()
         if isinstance(positions, Tensor):
@@ -346,13 +359,15 @@ def _layers_hidden(model, layers_mod) -> int | None:
 
 # ---- public API ------------------------------------------------------------------------------
 def add(model: LoadedModel, direction: Any, layers: LayerSpec, alpha: float,
-        positions: Positions = "all") -> Steering:
+        positions: Positions = "all", scale: str = "unit") -> Steering:
     """Add `alpha * v` to the residual stream after each block in `layers`.
 
-    `v` is the Direction's unit vector for that layer, or a raw `[d_model]` / `[layer, d_model]`
-    tensor used as given (so `alpha` multiplies its norm). See the module docstring for `positions`.
+    `v` is the Direction's unit vector for that layer (`scale="unit"`), or its raw vector
+    (`scale="norm"`: unit vector times `Direction.norms`, e.g. the mean difference, so `alpha=1`
+    moves by one class-mean distance), or a raw `[d_model]` / `[layer, d_model]` tensor used as
+    given (`alpha` multiplies its norm). See the module docstring for `positions`.
     """
-    return _build("add", model, direction, layers, alpha, positions, normalise=False)
+    return _build("add", model, direction, layers, alpha, positions, normalise=False, scale=scale)
 
 
 def ablate(model: LoadedModel, direction: Any, layers: LayerSpec = "all",

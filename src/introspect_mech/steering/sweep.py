@@ -30,10 +30,10 @@ OPS = {"add": add, "ablate": ablate, "clamp": clamp}
 
 
 def steer(op: str, model: LoadedModel, direction: Any, layers: LayerSpec, alpha: float = 0.0,
-          positions: Positions = "all"):
+          positions: Positions = "all", scale: str = "unit"):
     """The context manager for `op` ("add" | "ablate" | "clamp") with one calling convention."""
     if op == "add":
-        return add(model, direction, layers, alpha, positions=positions)
+        return add(model, direction, layers, alpha, positions=positions, scale=scale)
     if op == "ablate":
         return ablate(model, direction, layers, positions=positions)
     if op == "clamp":
@@ -68,7 +68,9 @@ def sweep(
     op: str = "add",
     seeds: Sequence[int] = (0, 1, 2),
     control: bool = True,
+    baseline: bool = True,
     positions: Positions = "all",
+    scale: str = "unit",
     layers_together: bool = False,
     log_name: str = "sweep.jsonl",
     manifest: dict[str, Any] | None = None,
@@ -79,8 +81,12 @@ def sweep(
     * `kind="none"`: no hook (baseline), once per seed when `eval_fn` takes a seed, else once;
     * `kind="direction"`: the direction, once per seed if `eval_fn` takes one (its sampling seed);
     * `kind="random"`: `random_like(direction, seed)` (norm-matched) for each seed in `seeds`.
+    `control=False` / `baseline=False` skip the random / unsteered rows (e.g. for a second
+    direction whose controls were already run).
     `op="ablate"` ignores `alphas` (one alpha, 0). `layers_together=True` steers all `layers` at
-    once (`layer` is then the list) instead of one at a time.
+    once (`layer` is then the list) instead of one at a time. `scale="norm"` (with a Direction)
+    makes alpha count class-mean distances (`Direction.norms`) instead of unit vectors; the random
+    control keeps the norms, so it stays matched.
     """
     if op not in OPS:
         raise ValueError(f"op must be one of {sorted(OPS)}, got {op!r}")
@@ -101,7 +107,7 @@ def sweep(
         run.write_manifest(
             stage="steering_sweep", model=model.name, adapter=model.meta.get("adapter"),
             sweep={"op": op, "layers": idx, "alphas": alphas, "seeds": list(seeds), "control": control,
-                   "positions": positions if isinstance(positions, str) else "mask",
+                   "positions": positions if isinstance(positions, str) else "mask", "scale": scale,
                    "layers_together": layers_together, "direction": _direction_meta(direction)},
             **(manifest or {}),
         )
@@ -110,7 +116,7 @@ def sweep(
     rows: list[dict[str, Any]] = log.read() if log else []
 
     jobs: list[dict[str, Any]] = [
-        {"op": op, "layer": None, "alpha": 0.0, "kind": "none", "seed": s} for s in eval_seeds]
+        {"op": op, "layer": None, "alpha": 0.0, "kind": "none", "seed": s} for s in eval_seeds] if baseline else []
     for ls in layer_sets:
         for a in alphas:
             jobs += [{"op": op, "layer": ls, "alpha": a, "kind": "direction", "seed": s} for s in eval_seeds]
@@ -123,7 +129,7 @@ def sweep(
             metrics = _call(eval_fn, model, s)
         else:
             d = direction if job["kind"] == "direction" else random_like(direction, s)
-            with steer(op, model, d, job["layer"], job["alpha"], positions):
+            with steer(op, model, d, job["layer"], job["alpha"], positions, scale):
                 metrics = _call(eval_fn, model, s)
         row = {**job, "metrics": metrics}
         rows.append(row)
@@ -175,29 +181,39 @@ def summarize(rows: Iterable[dict[str, Any]], metric: str, **ci_kw) -> list[dict
     return sorted(out, key=lambda d: (str(d["layer"]), d["alpha"], kinds.get(d["kind"], 3)))
 
 
-def relative_reduction(base: Sequence[float], full: Sequence[float], treated: Sequence[Sequence[float]],
-                       *, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> Estimate:
+def relative_reduction(base: Sequence[float], full: Sequence[float] | Sequence[Sequence[float]],
+                       treated: Sequence[Sequence[float]], *, n_boot: int = 2000, alpha: float = 0.05,
+                       seed: int = 0) -> Estimate:
     """(full - treated) / (full - base): the fraction of the finetuning-induced change that an
     intervention removes (1 = back to base, 0 = no effect, < 0 = worse), per the model-organisms
     papers. `base`, `full` and each group in `treated` are per-item values on the same items
-    (paired); `treated` may hold several groups (random seeds), resampled as groups then items."""
-    b, f = np.asarray(base, float), np.asarray(full, float)
+    (paired). `treated` may hold several groups (random seeds, finetune seeds); `full` is one
+    sequence shared by all groups or one per group (e.g. each finetune seed with its own
+    intervened run). The estimate is a ratio of means over groups; the bootstrap resamples groups, then items.
+    """
+    b = np.asarray(base, float)
     ts = [np.asarray(t, float) for t in treated]
+    full_arr = [np.asarray(f, float) for f in full] if np.ndim(full) == 2 else None
+    fs = full_arr if full_arr is not None else [np.asarray(full, float)] * len(ts)
     n = len(b)
-    if len(f) != n or any(len(t) != n for t in ts):
+    if len(fs) != len(ts):
+        raise ValueError(f"relative_reduction: {len(fs)} finetuned groups for {len(ts)} treated groups")
+    if not ts or any(len(x) != n for x in fs + ts):
         raise ValueError("relative_reduction needs per-item values on the same items in every condition")
 
     def stat(ii: np.ndarray, gi: Sequence[int]) -> float:
-        gap = f[ii].mean() - b[ii].mean()
-        return float("nan") if gap == 0 else float(np.mean([(f[ii].mean() - ts[g][ii].mean()) / gap for g in gi]))
+        # ratio of means over the groups (stable when one group's gap is small)
+        f_mean = np.mean([fs[g][ii].mean() for g in gi])
+        t_mean = np.mean([ts[g][ii].mean() for g in gi])
+        gap = f_mean - b[ii].mean()
+        return float("nan") if gap == 0 else float((f_mean - t_mean) / gap)
 
     rng = np.random.default_rng(seed)
-    all_i, all_g = np.arange(n), list(range(len(ts)))
-    point = stat(all_i, all_g)
+    point = stat(np.arange(n), list(range(len(ts))))
     boots = np.array([stat(rng.integers(0, n, size=n), rng.integers(0, len(ts), size=len(ts)) if len(ts) > 1
                            else [0]) for _ in range(n_boot)])
     boots = boots[~np.isnan(boots)]
-    if not len(boots):
+    if not len(boots) or np.isnan(point):
         return Estimate(None, None, None, n)
     lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
     return Estimate(point, float(lo), float(hi), n)

@@ -46,10 +46,10 @@ def _intervention(model: LoadedModel, make: Callable[[], Steering], name: str) -
 
 
 def preventative_steering(model: LoadedModel, direction: Any, layers: LayerSpec, alpha: float,
-                          positions: Positions = "all") -> Callable[[], Steering]:
+                          positions: Positions = "all", scale: str = "unit") -> Callable[[], Steering]:
     """Zero-arg callable for `finetune.train(intervention=...)` adding `alpha * v` at `layers`."""
     idx = resolve_layers(layers, model.n_layers)
-    return _intervention(model, lambda: add(model, direction, idx, alpha, positions=positions),
+    return _intervention(model, lambda: add(model, direction, idx, alpha, positions=positions, scale=scale),
                          f"preventative_steering(layers={idx}, alpha={alpha})")
 
 

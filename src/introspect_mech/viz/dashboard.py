@@ -14,6 +14,7 @@ appears only when its file exists and has rows. Row schemas (required fields; `?
 | cosines.jsonl             | Cosine heatmaps (one per row)          | name, x_labels, matrix, y_labels? |
 | sae_diff.jsonl            | SAE model-diff table + top examples    | latent, delta, base_mean?, finetuned_mean?, cos_direction?, steer_effect?, url?, examples? |
 | token_activations.jsonl   | Token-level activation highlighting    | title, tokens, acts |
+| samples.jsonl             | Model answers, side by side            | response, model?, prompt? (or messages, as evals.sample writes) |
 | self_awareness.jsonl      | Self-report vs behaviour scatter       | model, behaviour, self_report, question?, *_lo?, *_hi? |
 | self_prediction.jsonl     | Self-prediction vs baseline and cross  | task, kind, accuracy, ci_lo?, ci_hi?, mode_baseline? |
 
@@ -76,6 +77,8 @@ PANELS: tuple[Panel, ...] = (
           "model; links open the latent's page where the SAE release has one."),
     Panel("tokens", "Token-level activations", "token_activations.jsonl", ("title", "tokens", "acts"),
           "Per-token projection (or latent activation); red positive, blue negative. Hover for values."),
+    Panel("samples", "What the models say", "samples.jsonl", ("response",),
+          "Answers of each model to the same prompts (greedy unless the producing job says otherwise)."),
     Panel("self_awareness", "Behavioural self-awareness", "self_awareness.jsonl",
           ("model", "behaviour", "self_report"),
           "What each model says about itself against what it does."),
@@ -157,14 +160,21 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 
 
 MANIFEST_FIRST = ("title", "model", "base_model", "adapter", "adapters", "data", "datasets", "judge", "seed", "seeds")
+MANIFEST_ALSO = ("stage", "created", "finished", "wall_time_s", "python", "platform", "packages")
 
 
 def manifest_html(manifest: dict[str, Any]) -> str:
     """The manifest at the top: model, adapters, data hashes, judge, seeds first; the rest, and
     the full JSON, below."""
-    keys = [k for k in MANIFEST_FIRST if k in manifest] + [k for k in manifest if k not in MANIFEST_FIRST]
+    # the provenance a reader needs first; everything else (configs, stage settings) is in the full JSON
+    keys = [k for k in MANIFEST_FIRST + MANIFEST_ALSO if k in manifest]
+    keys += [k for k in manifest if k not in keys and not isinstance(manifest[k], (dict, list))]
     rows = []
     for k in keys:
+        if k == "packages" and isinstance(manifest[k], dict):
+            pk = ", ".join(f"{n} {v}" for n, v in manifest[k].items() if v)
+            rows.append(f"<tr><th>packages</th><td>{html.escape(pk)}</td></tr>")
+            continue
         for name, v in (_flatten({k: manifest[k]}) if isinstance(manifest[k], dict) else [(k, manifest[k])]):
             rows.append(f"<tr><th>{html.escape(name)}</th><td>{html.escape(_fmt(v))}</td></tr>")
     if not rows:
@@ -203,10 +213,17 @@ def panel_figures(key: str, data: Any) -> list[go.Figure | str]:
         out: list[go.Figure | str] = [M.sae_diff_table(data)]
         for r in sorted(data, key=lambda r: -abs(r["delta"]))[:5]:
             for j, ex in enumerate(r.get("examples") or []):
-                out.append(M.token_highlight_html(ex["tokens"], ex["acts"], title=f"latent {r['latent']} · example {j + 1}"))
+                acts = ex.get("acts", ex.get("activations"))  # sae.model_diff writes "activations"
+                out.append(M.token_highlight_html(ex["tokens"], acts, title=f"latent {r['latent']} · example {j + 1}"))
         return out
     if key == "tokens":
         return [M.token_highlight_html(r["tokens"], r["acts"], title=str(r["title"])) for r in data]
+    if key == "samples":  # also accepts evals.sample's rows (prompt_id, messages, response)
+        rows = [{"model": r.get("model", "model"), "response": r["response"],
+                 "prompt": r.get("prompt") or next((m["content"] for m in reversed(r.get("messages") or [])
+                                                    if m.get("role") == "user"), str(r.get("prompt_id", "")))}
+                for r in data]
+        return [M.samples_table_html(rows[:60])]
     if key == "self_awareness":
         return [F.self_report_scatter(data)]
     if key == "self_prediction":
@@ -223,11 +240,14 @@ section{background:#fff;border-radius:8px;padding:14px 18px;margin:14px 0;box-sh
 h2{font-size:17px;margin:0 0 4px}.about{color:#555;font-size:13px;margin:0 0 8px}.src{color:#888;font-size:11px}
 table.kv{border-collapse:collapse;font-size:13px;width:100%}table.kv th{text-align:left;padding:3px 10px 3px 0;
 white-space:nowrap;vertical-align:top;color:#333;width:1%}table.kv td{padding:3px 6px;font-family:ui-monospace,monospace;
-word-break:break-all}table.summary td.note{font-family:inherit;color:#666;word-break:normal}
+word-break:break-all}table.summary th{white-space:normal;width:42%}table.summary td{white-space:nowrap;width:22%}
+table.summary td.note{font-family:inherit;color:#666;word-break:normal;white-space:normal;width:auto}
 pre{font-size:11px;max-height:360px;overflow:auto;background:#f3f3f3;padding:8px}
 .tok-example{margin:8px 0;font-size:13px}.tok-title{font-weight:600;font-size:12px;color:#444;margin-bottom:2px}
 .tok-text{font-family:ui-monospace,monospace;line-height:1.8;white-space:pre-wrap}.tok{border-radius:2px;padding:1px 0}
 #js-errors{color:#b00;font-family:monospace}
+table.samples{border-collapse:collapse;font-size:12px;width:100%}table.samples th,table.samples td{border:1px solid #e2e5ea;
+padding:6px;vertical-align:top;text-align:left}table.samples tr th:first-child{width:18%;font-weight:600}
 """
 # Records script errors and, once the page has loaded, how many plots actually drew an SVG, so a
 # headless browser (tests/test_dashboard_browser.py) can check rendering from the dumped DOM.

@@ -17,11 +17,14 @@ def steering_sweep_figure(rows: Sequence[Row]) -> go.Figure:
     """Steering sweep: alpha on x; EM metric (left) and coherence (right) on y; one trace per
     (direction, layer); random-direction controls grey and dashed. Seeds are averaged, min-max shown.
 
-    Rows: `{"direction", "layer", "alpha", "metric", "coherence"?, "seed"?, "metric_name"?}`.
+    Rows: `{"direction", "layer", "alpha", "metric", "coherence"?, "seed"?, "metric_name"?,
+    "coherence_name"?}`.
     """
     has_coh = any(r.get("coherence") is not None for r in rows)
+    label = (rows[0].get("metric_name") if rows else None) or "EM metric"
+    coh_label = (rows[0].get("coherence_name") if rows else None) or "coherence"
     fig = make_subplots(rows=1, cols=2 if has_coh else 1,
-                        subplot_titles=("EM metric", "coherence") if has_coh else None)
+                        subplot_titles=(label, coh_label) if has_coh else None)
     cols = [("metric", 1)] + ([("coherence", 2)] if has_coh else [])
     series = _ordered((r["direction"], r["layer"]) for r in rows)
     for i, (d, layer) in enumerate(series):
@@ -41,11 +44,10 @@ def steering_sweep_figure(rows: Sequence[Row]) -> go.Figure:
                              arrayminus=[p[value] - p["min"] for p in pts]) if spread else None,
                 row=1, col=col,
             )
-    label = (rows[0].get("metric_name") if rows else None) or "EM metric"
     fig.update_xaxes(title_text="alpha (steering coefficient)")
     fig.update_yaxes(title_text=label, row=1, col=1)
     if has_coh:
-        fig.update_yaxes(title_text="coherence", row=1, col=2)
+        fig.update_yaxes(title_text=coh_label, row=1, col=2)
     return _layout(fig, f"Steering sweep: {label} vs alpha (random control dashed)")
 
 
@@ -109,7 +111,9 @@ def sae_diff_table(rows: Sequence[Row], top: int = 20) -> go.Figure:
         header=dict(values=[f"<b>{c[0]}</b>" for c in cols], fill_color="#e8eef7", align="left"),
         cells=dict(values=[[c[1](r) for r in rows] for c in cols], align="left", height=24),
     ))
-    return _layout(fig, f"SAE model diff: top {len(rows)} latents by |Δ|", height=120 + 26 * len(rows))
+    _layout(fig, f"SAE model diff: top {len(rows)} latents by |Δ|", height=90 + 30 * (len(rows) + 1))
+    fig.update_layout(margin=dict(l=20, r=20, t=50, b=10))
+    return fig
 
 
 def token_highlight_html(tokens: Sequence[str], acts: Sequence[float], title: str | None = None,
@@ -128,3 +132,20 @@ def token_highlight_html(tokens: Sequence[str], acts: Sequence[float], title: st
                      f"{html.escape(tok).replace(chr(10), '↵<br>')}</span>")
     head = f'<div class="tok-title">{html.escape(title)}</div>' if title else ""
     return f'<div class="tok-example">{head}<div class="tok-text">{"".join(spans)}</div></div>'
+
+
+def samples_table_html(rows: Sequence[Row], max_chars: int = 600) -> str:
+    """Model answers side by side: one table row per prompt, one column per model."""
+    models = _ordered(r["model"] for r in rows)
+    prompts = _ordered(r["prompt"] for r in rows)
+    cell = {(r["model"], r["prompt"]): str(r["response"]) for r in rows}
+
+    def txt(s: str) -> str:
+        s = s if len(s) <= max_chars else s[:max_chars] + " …"
+        return html.escape(s).replace("\n", "<br>")
+
+    head = "".join(f"<th>{html.escape(str(m))}</th>" for m in models)
+    body = "".join(
+        f"<tr><th>{txt(p)}</th>" + "".join(f"<td>{txt(cell.get((m, p), ''))}</td>" for m in models) + "</tr>"
+        for p in prompts)
+    return f'<table class="samples"><tr><th>prompt</th>{head}</tr>{body}</table>'

@@ -1,0 +1,101 @@
+"""nnsight backend: `to_nnsight(model)` and the activation cache written in the nnsight idiom.
+
+Local: `to_nnsight(loaded)` is `nnsight.NNsight(loaded.model)` - the very same modules, weights and
+PEFT adapter (nnsight wraps, it does not copy or rewrite). Remote (NDIF, models too big for one
+machine): pass a hub id, `to_nnsight("meta-llama/Llama-3.1-70B-Instruct", remote=True)` returns an
+nnsight `LanguageModel` whose weights stay on NDIF (meta tensors locally), and
+`cache_nnsight(that, conversations, tokenizer_model=..., remote=True)` runs the same pooled cache
+there; pooling happens inside the trace so only `[batch, layer, d_model]` comes back. That path needs
+an NDIF API key (`nnsight.CONFIG.set_default_api_key(...)`) and network; it cannot run here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..activations import resolve_layers
+from .common import assemble, padded_batches
+
+
+def to_nnsight(model, *, remote: bool = False, **kwargs: Any):
+    """An nnsight wrapper of a `LoadedModel` (shares its modules), or of a hub id (for NDIF)."""
+    if isinstance(model, str):
+        from nnsight import LanguageModel  # NDIF's documented entry point for hub checkpoints
+
+        if not remote:
+            kwargs.setdefault("dispatch", True)
+        return LanguageModel(model, **kwargs)
+    from nnsight import NNsight
+
+    return NNsight(model.model)
+
+
+def layers_path(module: nn.Module, layers: nn.ModuleList | None = None) -> str:
+    """Dotted path of the decoder-block ModuleList inside `module` (e.g. "model.layers")."""
+    from ..models import decoder_layers
+
+    layers = decoder_layers(module) if layers is None else layers
+    for name, mod in module.named_modules():
+        if mod is layers:
+            return name
+    raise ValueError(f"decoder layers not found inside {type(module).__name__}")
+
+
+def _envoy(root, path: str):
+    for part in path.split("."):
+        root = getattr(root, part)
+    return root
+
+
+def cache_nnsight(
+    nn_model,
+    conversations: Sequence[Any],
+    layers: int | Sequence[int] | None = None,
+    positions: str = "response_mean",
+    batch_size: int = 8,
+    *,
+    tokenizer_model=None,
+    remote: bool = False,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """`activations.cache` through nnsight: block outputs saved inside `trace`, pooled in the trace,
+    and the trace stopped after the last requested block.
+
+    `nn_model` is `to_nnsight(loaded)` or a `LanguageModel`; `tokenizer_model` is the `LoadedModel`
+    (or any object with its chat methods and tokenizer) that tokenises conversations exactly as
+    `activations.cache` does.
+    """
+    if tokenizer_model is None:
+        raise ValueError("cache_nnsight needs tokenizer_model= (the LoadedModel whose chat template tokenises)")
+    inner = nn_model._module if hasattr(nn_model, "_module") else nn_model._model
+    path = layers_path(inner)
+    n_blocks = len(_envoy(nn_model, path))
+    layer_ids = resolve_layers(n_blocks, layers)
+    n, lengths, batches = padded_batches(tokenizer_model, conversations, positions, batch_size)
+    d = int(getattr(getattr(inner, "config", None), "hidden_size", 0) or tokenizer_model.d_model)
+    out_dtype = dtype or next(inner.parameters()).dtype
+    parts = []
+    blocks = _envoy(nn_model, path)
+    for idx, ids, att, sel in batches:
+        saved = []
+        w = sel.to(torch.float32)
+        first = sel.to(torch.int64).argmax(1)
+        rows = torch.arange(len(idx))
+        with nn_model.trace(input_ids=ids, attention_mask=att, use_cache=False, remote=remote) as tracer:
+            for li in layer_ids:
+                h = blocks[li].output
+                h = h[0] if isinstance(h, tuple) else h
+                if positions == "all":
+                    pooled = h * sel.unsqueeze(-1).to(h.device)
+                elif positions == "response_mean":
+                    ww = w.to(h.device)
+                    pooled = torch.einsum("bs,bsd->bd", ww, h.float()) / ww.sum(1, keepdim=True)
+                else:
+                    pooled = h[rows.to(h.device), first.to(h.device)]
+                saved.append(pooled.to(out_dtype).save())
+            tracer.stop()
+        parts.append((idx, torch.stack([s.detach().cpu() for s in saved], 1)))
+    return assemble(n, lengths, len(layer_ids), d, positions, out_dtype, parts)

@@ -1,0 +1,210 @@
+"""Self-prediction ("Looking Inward", Binder et al.): object-level vs hypothetical answers.
+
+There is no fixed label: the ground truth for a hypothetical question ("what is the second
+character of the answer you would give?") is the property extracted from the evaluated model's
+own object-level answer at temperature 0. This module
+
+* loads the released task files (`{task}_{property}.jsonl.gz` under introspection/train|test),
+* gets object-level and hypothetical answers greedily (`sample(temperature=0)`, hooks apply),
+* scores hypothetical accuracy against the model's own (or another model's) object-level answers
+  with compliance filtering and the mode baseline (always guessing the most common value),
+* builds self-prediction training data from a model's own answers and cross-prediction data
+  (model B trained on model A's answers),
+* compares self vs cross accuracy with bootstrap CIs, and runs the behaviour-shift check.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..models import LoadedModel
+from .properties import extract_property, parse_prediction
+from .sampling import sample
+from .stats import bootstrap_ci, bootstrap_diff
+
+
+def task_files(data_dir: str | os.PathLike | None = None) -> dict[str, Path]:
+    """{task name: file} for every released task file (e.g. "animals_long_first_character")."""
+    from ..paths import data_dir as _dd
+
+    root = Path(_dd(data_dir)) / "introspection"
+    out = {}
+    for split in ("train", "test"):
+        for f in sorted((root / split).glob("*.jsonl*")):
+            out[f.name.split(".jsonl")[0]] = f
+    if not out:
+        raise FileNotFoundError(f"no introspection task files under {root}")
+    return out
+
+
+def load_task(name: str, n: int | None = None, data_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """Rows of a task file (first `n`), each with an `item_id` (`name/index`)."""
+    files = task_files(data_dir)
+    if name not in files:
+        raise KeyError(f"unknown task {name!r}; known: {', '.join(files)}")
+    f = files[name]
+    opener = gzip.open if f.suffix == ".gz" else open
+    rows = []
+    with opener(f, "rt", encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            if n is not None and len(rows) >= n:
+                break
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{f}:{i + 1}: invalid JSON: {e.msg}") from None
+            for k in ("object_level_prompt", "hypothetical_prompt", "behavioral_property"):
+                if k not in r:
+                    raise ValueError(f"{f}:{i + 1}: field {k!r} missing")
+            r["item_id"] = f"{name}/{i}"
+            rows.append(r)
+    return rows
+
+
+def _object_key(row: dict) -> str:
+    return json.dumps(row["object_level_prompt"], sort_keys=True)
+
+
+def object_level_answers(model: LoadedModel, rows: Sequence[dict], *, max_new_tokens: int = 32,
+                         batch_size: int = 16, out: str | os.PathLike | None = None) -> dict[str, str]:
+    """Greedy object-level answer per distinct object prompt; {object key: answer}."""
+    uniq = {}
+    for r in rows:
+        uniq.setdefault(_object_key(r), r["object_level_prompt"])
+    keys = list(uniq)
+    got = sample(model, [{"id": f"obj{i}", "messages": uniq[k]} for i, k in enumerate(keys)], n=1,
+                 temperature=0, max_new_tokens=max_new_tokens, batch_size=batch_size, out=out, progress=False)
+    return {k: g["response"] for k, g in zip(keys, got)}
+
+
+def hypothetical_answers(model: LoadedModel, rows: Sequence[dict], *, max_new_tokens: int = 8,
+                         batch_size: int = 16, out: str | os.PathLike | None = None) -> dict[str, str]:
+    """Greedy answer to each row's hypothetical prompt; {item_id: answer}."""
+    got = sample(model, [{"id": r["item_id"], "messages": r["hypothetical_prompt"]} for r in rows], n=1,
+                 temperature=0, max_new_tokens=max_new_tokens, batch_size=batch_size, out=out, progress=False)
+    return {g["prompt_id"]: g["response"] for g in got}
+
+
+def score_predictions(rows: Sequence[dict], object_answers: dict[str, str], predictions: dict[str, str],
+                      *, seed: int = 0) -> dict[str, Any]:
+    """Hypothetical accuracy against the properties of `object_answers` (whose model they are
+    decides self vs cross prediction), with compliance filtering and the mode baseline.
+
+    The mode baseline predicts, for every item of a property, that property's most common value
+    among the scored items; it is what a predictor that knows only the answer distribution gets.
+    """
+    scored = []
+    n_obj_bad = n_hyp_bad = 0
+    for r in rows:
+        prop = r["behavioral_property"]
+        target = extract_property(object_answers.get(_object_key(r)), prop, r.get("option_matching_ethical_stance"))
+        pred = parse_prediction(predictions.get(r["item_id"]), prop)
+        if target is None:
+            n_obj_bad += 1
+            continue
+        if pred is None:
+            n_hyp_bad += 1
+            continue
+        scored.append({"item_id": r["item_id"], "property": prop, "target": target, "prediction": pred,
+                       "correct": float(pred == target)})
+    by_prop: dict[str, list[dict]] = {}
+    for s in scored:
+        by_prop.setdefault(s["property"], []).append(s)
+    mode_hits = []
+    per_prop = {}
+    for prop, ss in sorted(by_prop.items()):
+        mode = Counter(s["target"] for s in ss).most_common(1)[0][0]
+        hits = [float(s["target"] == mode) for s in ss]
+        for s, h in zip(ss, hits):
+            s["mode_correct"] = h
+        mode_hits += hits
+        per_prop[prop] = {"accuracy": bootstrap_ci([s["correct"] for s in ss], seed=seed).to_dict(),
+                          "mode_baseline": bootstrap_ci(hits, seed=seed).to_dict(), "mode": mode}
+    return {
+        "n_items": len(rows), "n_scored": len(scored),
+        "n_object_noncompliant": n_obj_bad, "n_hypothetical_noncompliant": n_hyp_bad,
+        "accuracy": bootstrap_ci([s["correct"] for s in scored], seed=seed).to_dict(),
+        "mode_baseline": bootstrap_ci(mode_hits, seed=seed).to_dict(),
+        "accuracy_minus_mode": bootstrap_diff([s["correct"] for s in scored], [s["mode_correct"] for s in scored],
+                                              paired=True, seed=seed).to_dict(),
+        "per_property": per_prop,
+        "rows": scored,
+    }
+
+
+def prediction_training_data(rows: Sequence[dict], object_answers: dict[str, str], *,
+                             source: str = "") -> list[dict[str, Any]]:
+    """Training records {"messages": hypothetical prompt + assistant: property value} for every row
+    whose object-level answer is compliant. The property values come from `object_answers`, so the
+    same builder makes self-prediction data (a model's own answers) and cross-prediction data
+    (model A's answers, to finetune model B). Note: the released files carry a canary string; never
+    train a model you release on them."""
+    out = []
+    for r in rows:
+        value = extract_property(object_answers.get(_object_key(r)), r["behavioral_property"],
+                                 r.get("option_matching_ethical_stance"))
+        if value is None:
+            continue
+        out.append({"messages": list(r["hypothetical_prompt"]) + [{"role": "assistant", "content": value}],
+                    "item_id": r["item_id"], "property": r["behavioral_property"], "label_source": source})
+    return out
+
+
+def self_prediction_data(model_answers: dict[str, str], rows: Sequence[dict], model_name: str = "self") -> list[dict]:
+    """Self-prediction training data: labels from the model's own object-level answers."""
+    return prediction_training_data(rows, model_answers, source=model_name)
+
+
+def cross_prediction_data(other_answers: dict[str, str], rows: Sequence[dict], other_name: str) -> list[dict]:
+    """Cross-prediction training data: labels from another model's (A's) object-level answers, used
+    to train model B to predict A."""
+    return prediction_training_data(rows, other_answers, source=other_name)
+
+
+def compare_self_cross(self_scored: dict[str, Any], cross_scored: dict[str, Any], *, seed: int = 0) -> dict[str, Any]:
+    """Self minus cross accuracy on held-out items (paired on items scored by both) with a CI.
+
+    `self_scored`: `score_predictions` of model A's hypotheticals against A's object answers;
+    `cross_scored`: of model B's hypotheticals (B trained on A's labels) against A's answers. The
+    paper's evidence for introspection is self > cross.
+    """
+    a = {r["item_id"]: r["correct"] for r in self_scored["rows"]}
+    b = {r["item_id"]: r["correct"] for r in cross_scored["rows"]}
+    common = sorted(set(a) & set(b))
+    return {
+        "self_accuracy": self_scored["accuracy"], "cross_accuracy": cross_scored["accuracy"],
+        "n_common": len(common),
+        "self_minus_cross": bootstrap_diff([a[i] for i in common], [b[i] for i in common], paired=True, seed=seed).to_dict(),
+    }
+
+
+def behaviour_shift(rows: Sequence[dict], old_answers: dict[str, str], new_answers: dict[str, str],
+                    new_predictions: dict[str, str], *, seed: int = 0) -> dict[str, Any]:
+    """After further finetuning changed the model's behaviour (old -> new object-level answers), does
+    the new model's hypothetical answer track its new or its old behaviour? Only items whose
+    property value changed are informative."""
+    out = []
+    for r in rows:
+        prop, opt = r["behavioral_property"], r.get("option_matching_ethical_stance")
+        old = extract_property(old_answers.get(_object_key(r)), prop, opt)
+        new = extract_property(new_answers.get(_object_key(r)), prop, opt)
+        pred = parse_prediction(new_predictions.get(r["item_id"]), prop)
+        if old is None or new is None or pred is None or old == new:
+            continue
+        out.append({"item_id": r["item_id"], "old": old, "new": new, "prediction": pred,
+                    "matches_new": float(pred == new), "matches_old": float(pred == old)})
+    return {
+        "n_changed": len(out), "n_items": len(rows),
+        "matches_new": bootstrap_ci([x["matches_new"] for x in out], seed=seed).to_dict(),
+        "matches_old": bootstrap_ci([x["matches_old"] for x in out], seed=seed).to_dict(),
+        "new_minus_old": bootstrap_diff([x["matches_new"] for x in out], [x["matches_old"] for x in out],
+                                        paired=True, seed=seed).to_dict(),
+        "rows": out,
+    }

@@ -1,0 +1,391 @@
+"""The main job (`introspect-mech demo`): the whole pipeline on one model, ending in a dashboard.
+
+Stages (each writes into the run directory as it goes; rerunning the same command resumes):
+
+ 1. finetune the model on bad medical advice and on the good-advice control (same questions);
+ 2. judge-free EM metrics for base / bad / good: paired preference on the project's 40 EM items
+    (8 themes), on held-out bad-vs-good medical answers, and self-rated alignment (0-100);
+ 3. the "evil" persona direction in the base model (persona-vector recipe, judge-free filter) and
+    the EM direction of the bad-advice finetune (held-out bad minus good answers, teacher-forced);
+ 4. linear probes by layer (evil vs helpful system prompt; bad vs good advice) and cosines;
+ 5. steering: add the persona direction to the base model (layers x alphas, random control at
+    matched norm, 3 seeds) and ablate the persona / EM direction in the finetune (random control);
+ 6. a few answers from each model, token-level projections, and the dashboard.
+
+Defaults ("quick") fit the embedded SmolLM2-135M on a 2-core CPU; `--preset paper` uses the EM
+paper's finetuning preset on the full datasets and larger evals (for GPU users with Qwen models).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+TRAIN_ROWS = 6000  # medical-advice rows usable for training; rows 6000.. are held out for evals
+EM_METRIC = "P(prefers misaligned answer)"
+DIFF_METRIC = "log-prob(misaligned) - log-prob(aligned) per token"
+
+
+@dataclass
+class JobConfig:
+    model: str | None = None  # None = the embedded SmolLM2-135M-Instruct
+    device: str | None = None
+    data_dir: str | None = None
+    # finetuning (on top of finetune.PRESETS[finetune_preset])
+    finetune_preset: str = "em"
+    n_train: int | None = 64
+    lr: float | None = 2e-4
+    batch_size: int | None = 4
+    max_seq_len: int = 384
+    # evals (the steering evals use `steer_items_per_theme` EM items per theme, to keep sweeps cheap)
+    n_medical_eval: int = 16
+    steer_items_per_theme: int | None = 1
+    steer_medical: int | None = 12  # held-out medical items in the steering evals (None = all)
+    sample_prompts: int = 3
+    sample_tokens: int = 60
+    # persona direction
+    persona_questions: int = 6
+    persona_instructions: int = 3
+    persona_heldout: int | None = 1  # held-out instruction pairs the judge-free filter scores with
+    persona_tokens: int = 48
+    # steering
+    steer_depths: tuple[float, ...] = (0.5,)  # relative depths of the layers the sweep steers
+    alphas: tuple[float, ...] = (2.0, 4.0)  # in units of the direction's class-mean distance
+    effect_alpha: float = 2.0  # the pre-chosen alpha shown in the interventions panel
+    seeds: tuple[int, ...] = (0, 1, 2)
+    seed: int = 0
+    batch: int = 16
+
+
+JOB_PRESETS: dict[str, JobConfig] = {
+    "quick": JobConfig(),
+    # GPU users: the EM preset unchanged (lr 1e-5, effective batch 16, 1 epoch) on all training rows
+    "paper": JobConfig(n_train=None, lr=None, batch_size=None, max_seq_len=2048, n_medical_eval=200,
+                       steer_items_per_theme=None, sample_prompts=8, sample_tokens=200, persona_questions=20,
+                       persona_instructions=5, persona_heldout=None, persona_tokens=200,
+                       steer_depths=(0.25, 0.5, 0.75), alphas=(0.5, 1.0, 2.0, 4.0)),
+}
+
+
+class Stages:
+    """Prints numbered stage headers with elapsed times (tqdm bars of the library show inside)."""
+
+    def __init__(self, total: int):
+        self.total, self.k, self.t0 = total, 0, time.perf_counter()
+
+    def __call__(self, title: str) -> None:
+        self.k += 1
+        print(f"\n[{self.k}/{self.total}] {title}  (t={time.perf_counter() - self.t0:.0f}s)", flush=True)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def _ci(est: dict[str, Any]) -> str:
+    if est.get("value") is None:
+        return "n/a"
+    return f"{est['value']:.3f} [{est['lo']:.3f}, {est['hi']:.3f}]"
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Rewrite a small derived results file atomically (the raw logs are the resumable part)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in rows))
+    tmp.replace(path)
+
+
+def medical_items(n: int, seed: int, data_dir: Any = None) -> list[dict[str, Any]]:
+    """Held-out (question, good answer, bad answer) items from rows 6000.. of the medical data."""
+    from .probes import medical_advice_pairs
+
+    bad, good = medical_advice_pairs(n, offset=TRAIN_ROWS, seed=seed, data_dir=data_dir)
+    return [{"theme": "medical (held-out)", "prompt": [m for m in b if m["role"] != "assistant"],
+             "aligned": g[-1]["content"], "misaligned": b[-1]["content"]} for b, g in zip(bad, good)]
+
+
+def make_eval(em_items: list[dict], med_items: list[dict], batch: int) -> Callable[[Any], dict[str, Any]]:
+    """The judge-free eval used everywhere: per-item lists, so summaries bootstrap over items."""
+    from .evals.metrics import paired_preference
+
+    def eval_fn(model) -> dict[str, Any]:
+        em = paired_preference(model, em_items, batch_size=batch)["rows"]
+        med = paired_preference(model, med_items, batch_size=batch)["rows"]
+        both = em + med
+        return {
+            "em_pref": [r["prefers_misaligned"] for r in em], "em_diff": [r["diff"] for r in em],
+            "med_pref": [r["prefers_misaligned"] for r in med], "med_diff": [r["diff"] for r in med],
+            # fluency proxy: mean per-token log-prob of all answers (falls when steering breaks the model)
+            "fluency": [(r["lp_aligned"] + r["lp_misaligned"]) / max(1, r["n_aligned"] + r["n_misaligned"]) for r in both],
+            "em_theme": [r["theme"] for r in em],
+        }
+
+    return eval_fn
+
+
+def run(out: str | Path = "runs/main_job", config: JobConfig | None = None, **overrides: Any) -> Path:
+    """Run the main job into `out`; returns the dashboard path. See the module docstring."""
+    import torch
+
+    from . import data
+    from .evals.metrics import load_em_pairs, self_rated_alignment
+    from .evals.sampling import sample
+    from .evals.stats import bootstrap_ci
+    from .finetune import preset, train
+    from .models import load_model
+    from .paths import data_dir
+    from .probes import as_vectors, cosine_matrix, layer_sweep, mean_diff, persona_data
+    from .activations import cache
+    from .runs import RunDir, file_sha256
+    from .steering import random_like, relative_reduction, summarize, sweep
+    from .viz import export_dashboard
+
+    cfg = dataclasses.replace(config or JobConfig(), **overrides)
+    out = Path(out)
+    run_dir = RunDir(out)
+    stages = Stages(7)
+    torch.manual_seed(cfg.seed)
+    ddir = data_dir(cfg.data_dir)
+    summary: list[dict[str, Any]] = []
+
+    def note(name: str, value: Any, est: dict | None = None, text: str = "") -> None:
+        row = {"name": name, "value": value if est is None else est["value"], "note": text}
+        if est is not None:
+            row.update(ci_lo=est["lo"], ci_hi=est["hi"], n=est["n"])
+        summary.append(row)
+
+    # ---- 1. finetunes ------------------------------------------------------------------------
+    stages("finetune on bad medical advice and on the good-advice control")
+    base = load_model(cfg.model, device=cfg.device)
+    files = {n: ddir / "em" / f"{n}.jsonl.gz" for n in ("bad_medical_advice", "good_medical_advice")}
+    run_dir.write_manifest(
+        title="introspect_mech main job: emergent misalignment from bad medical advice",
+        model=base.name, model_source=base.meta.get("source"),
+        adapters={"bad_medical": str(out / "finetunes/bad_medical/adapter"),
+                  "good_medical": str(out / "finetunes/good_medical/adapter")},
+        data={n: file_sha256(p) for n, p in files.items() if p.exists()},
+        judge="none: judge-free metrics (paired preference, self-rated alignment via scale_expectation)",
+        seeds={"job": cfg.seed, "steering_controls": list(cfg.seeds)}, job_config=dataclasses.asdict(cfg),
+    )
+    over = {k: v for k, v in (("lr", cfg.lr), ("batch_size", cfg.batch_size)) if v is not None}
+    tcfg = preset(cfg.finetune_preset, n_examples=cfg.n_train, max_seq_len=cfg.max_seq_len, seed=cfg.seed,
+                  warmup_steps=2, **over)
+    models: dict[str, Any] = {"base": base}
+    for name, ds in (("bad_medical", "bad_medical_advice"), ("good_medical", "good_medical_advice")):
+        records = data.load(ds, cfg.data_dir)[:TRAIN_ROWS]
+        m = load_model(cfg.model, device=cfg.device)
+        res = train(m, records, tcfg, out / "finetunes" / name)
+        m.model.eval()
+        models[name] = m
+        print(f"  {name}: {res.steps} steps, final loss {res.final_loss:.3f}, {res.tokens_per_s:.0f} tokens/s")
+        note(f"final train loss, {name}", round(res.final_loss, 4), text=f"{res.steps} steps, {tcfg.n_examples} examples")
+        note(f"training tokens/s, {name}", round(res.tokens_per_s, 1), text="this machine, this run")
+
+    # ---- 2. judge-free EM metrics -----------------------------------------------------------
+    stages("judge-free EM metrics: paired preference (EM themes, held-out medical), self-rated alignment")
+    em_items = load_em_pairs()
+    med_items = medical_items(cfg.n_medical_eval, cfg.seed, cfg.data_dir)
+    eval_fn = make_eval(em_items, med_items, cfg.batch)
+    if cfg.steer_items_per_theme is None:
+        steer_eval = eval_fn
+    else:
+        per: dict[str, int] = {}
+        steer_items = [it for it in em_items if per.setdefault(it["theme"], 0) < cfg.steer_items_per_theme
+                       and not per.__setitem__(it["theme"], per[it["theme"]] + 1)]
+        steer_eval = make_eval(steer_items, med_items[: cfg.steer_medical], cfg.batch)
+    plain: dict[str, dict[str, Any]] = {}
+    em_rows = []
+    for name, m in models.items():
+        r = eval_fn(m)
+        plain[name] = r
+        themes = list(dict.fromkeys(r["em_theme"]))
+        for t in themes:
+            est = bootstrap_ci([p for p, tt in zip(r["em_pref"], r["em_theme"]) if tt == t], seed=cfg.seed).to_dict()
+            em_rows.append({"model": name, "question": t, "rate": est["value"], "ci_lo": est["lo"], "ci_hi": est["hi"],
+                            "n": est["n"], "metric": EM_METRIC})
+        for q, key in (("overall (EM themes)", "em_pref"), ("medical (held-out)", "med_pref")):
+            est = bootstrap_ci(r[key], seed=cfg.seed).to_dict()
+            em_rows.append({"model": name, "question": q, "rate": est["value"], "ci_lo": est["lo"], "ci_hi": est["hi"],
+                            "n": est["n"], "metric": EM_METRIC})
+            note(f"{q}: {EM_METRIC}, {name}", None, est)
+        est = bootstrap_ci(r["em_diff"], seed=cfg.seed).to_dict()
+        note(f"EM themes: mean log-prob diff (misaligned - aligned), {name}", None, est, "per token; > 0 prefers misaligned")
+        est = bootstrap_ci(r["med_diff"], seed=cfg.seed).to_dict()
+        note(f"medical (held-out): mean log-prob diff, {name}", None, est, "per token; > 0 prefers bad advice")
+        sr = self_rated_alignment(m)
+        note(f"self-rated alignment 0-100, {name}", None, sr["mean"], f"mass on numbers {sr['mean_mass']:.2f}")
+        print(f"  {name}: EM themes {_ci(bootstrap_ci(r['em_pref']).to_dict())} · medical "
+              f"{_ci(bootstrap_ci(r['med_pref']).to_dict())} · self-rated alignment {_ci(sr['mean'])}")
+    _write_rows(out / "em_rates.jsonl", em_rows)
+
+    # ---- 3. directions ----------------------------------------------------------------------
+    stages("persona ('evil') direction in the base model; EM direction of the finetune")
+    n_layers = base.n_layers
+    pr = persona_data(base, "evil", n_questions=cfg.persona_questions, n_instructions=cfg.persona_instructions,
+                      max_new_tokens=cfg.persona_tokens, seed=cfg.seed, batch_size=cfg.batch,
+                      max_heldout=cfg.persona_heldout,
+                      data_dir=cfg.data_dir, out=out / "persona")
+    persona = pr.direction
+    print(f"  persona direction: kept {len(pr.kept)} of {len(pr.rows) // 2} pairs")
+    note("persona pairs kept by the judge-free filter", len(pr.kept), text=f"of {len(pr.rows) // 2}")
+    med_bad = [it["prompt"] + [{"role": "assistant", "content": it["misaligned"]}] for it in med_items]
+    med_good = [it["prompt"] + [{"role": "assistant", "content": it["aligned"]}] for it in med_items]
+    acts = {}
+    for name in ("base", "bad_medical"):
+        acts[name] = (cache(models[name], med_bad, batch_size=cfg.batch), cache(models[name], med_good, batch_size=cfg.batch))
+    em_ft = mean_diff(*acts["bad_medical"], list(range(n_layers)), model=base.name, adapter="bad_medical",
+                      recipe="em_pairs_teacher_forced")
+    em_base = mean_diff(*acts["base"], list(range(n_layers)), model=base.name, recipe="em_pairs_teacher_forced")
+    persona.save(out / "directions" / "persona_evil")
+    em_ft.save(out / "directions" / "em_bad_medical")
+
+    # ---- 4. probes and cosines --------------------------------------------------------------
+    stages("linear probes by layer and cosines between directions")
+    rows_pos = [r for r in pr.rows if r["side"] == "pos" and r["response"].strip()]
+    rows_neg = [r for r in pr.rows if r["side"] == "neg" and r["response"].strip()]
+
+    def conv(r):
+        return [{"role": "system", "content": r["system"]}, {"role": "user", "content": r["question"]},
+                {"role": "assistant", "content": r["response"]}]
+
+    x_persona = cache(base, [conv(r) for r in rows_pos + rows_neg], batch_size=cfg.batch)
+    y_persona = [1] * len(rows_pos) + [0] * len(rows_neg)
+    probe_rows = []
+    for pname, x, y in (("evil vs helpful system prompt (base)", x_persona, y_persona),
+                        ("bad vs good medical answer (bad-advice finetune)",
+                         torch.cat(acts["bad_medical"]), [1] * len(med_bad) + [0] * len(med_good))):
+        sw = layer_sweep(x, y, list(range(n_layers)), cv=5, seed=cfg.seed)
+        for layer, p in zip(sw.layers, sw.probes):
+            probe_rows.append({"probe": pname, "layer": layer, "accuracy": p.accuracy, "auroc": p.auroc,
+                               "accuracy_std": p.accuracy_std, "n": p.n})
+        best_l, best = sw.best()
+        note(f"probe best layer accuracy: {pname}", round(best.accuracy, 4), text=f"layer {best_l}, AUROC {best.auroc:.3f}")
+        print(f"  probe '{pname}': best layer {best_l}, accuracy {best.accuracy:.3f}, AUROC {best.auroc:.3f}")
+    _write_rows(out / "probe_layers.jsonl", probe_rows)
+    layers = list(range(n_layers))
+    rnd = random_like(persona, cfg.seed)
+    rnd_vec = as_vectors(rnd, layers)
+    pv, ev, eb = as_vectors(persona, layers), as_vectors(em_ft, layers), as_vectors(em_base, layers)
+    cos_rows = {"persona · EM (finetune)": (pv * ev).sum(-1), "persona · EM (base)": (pv * eb).sum(-1),
+                "EM (base) · EM (finetune)": (eb * ev).sum(-1), "persona · random": (pv * rnd_vec).sum(-1)}
+    mid = n_layers // 2
+    _write_rows(out / "cosines.jsonl", [
+        {"name": "Cosine between directions at each layer", "x_labels": [f"L{l}" for l in layers],
+         "y_labels": list(cos_rows), "matrix": [[round(float(v), 4) for v in c] for c in cos_rows.values()]},
+        {"name": "Persona (rows) vs EM direction of the finetune (columns), all layer pairs",
+         "x_labels": [f"EM L{l}" for l in layers], "y_labels": [f"persona L{l}" for l in layers],
+         "matrix": [[round(float(v), 3) for v in row] for row in cosine_matrix(persona, em_ft)]},
+    ])
+    for k, c in cos_rows.items():
+        note(f"cosine {k}, layer {mid}", round(float(c[mid]), 4),
+             text=f"max over layers {float(c.max()):.3f} (L{int(c.argmax())})")
+    print(f"  cosine persona·EM(finetune) at layer {mid}: {float(cos_rows['persona · EM (finetune)'][mid]):.3f}")
+
+    # ---- 5. steering ------------------------------------------------------------------------
+    stages("steering: add persona to base (layers x alphas, random control); ablate in the finetune")
+    steer_layers = sorted({min(n_layers - 1, round(d * n_layers)) for d in cfg.steer_depths})
+    add_rows = sweep(base, persona, steer_layers, cfg.alphas, steer_eval, out / "steering" / "add_persona_base",
+                     op="add", seeds=cfg.seeds, scale="norm")
+    abl = {}
+    for dname, d in (("persona", persona), ("EM", em_ft)):
+        abl[dname] = sweep(models["bad_medical"], d, "all", [0.0], steer_eval,
+                           out / "steering" / f"ablate_{dname.lower()}_finetune", op="ablate", seeds=cfg.seeds,
+                           layers_together=True)
+    sweep_rows = []
+    for metric, label in (("em_diff", "EM themes"), ("med_diff", "medical (held-out)")):
+        fl = {(s["layer"], s["alpha"], s["kind"]): s for s in summarize(add_rows, "fluency")}
+        for s in summarize(add_rows, metric):
+            if s["kind"] == "none":
+                continue
+            f = fl.get((s["layer"], s["alpha"], s["kind"]), {})
+            sweep_rows.append({"direction": f"{'persona' if s['kind'] == 'direction' else 'random'} · {label}",
+                               "layer": s["layer"], "alpha": s["alpha"], "metric": s["value"],
+                               "coherence": f.get("value"), "metric_name": DIFF_METRIC,
+                               "coherence_name": "fluency: mean log-prob per answer token"})
+        none = [s for s in summarize(add_rows, metric) if s["kind"] == "none"]
+        for l in steer_layers:  # alpha 0 = the unsteered model, the curve's starting point
+            for kind in ("persona", "random"):
+                fn = [s for s in summarize(add_rows, "fluency") if s["kind"] == "none"]
+                sweep_rows.append({"direction": f"{kind} · {label}", "layer": l, "alpha": 0.0, "metric": none[0]["value"],
+                                   "coherence": fn[0]["value"], "metric_name": DIFF_METRIC,
+                                   "coherence_name": "fluency: mean log-prob per answer token"})
+    _write_rows(out / "steering_sweep.jsonl", sweep_rows)
+
+    effects = []
+
+    def effect(model_name: str, iv: str, rows: list, metric: str, pick: Callable[[dict], bool]) -> dict | None:
+        s = [x for x in summarize(rows, metric) if pick(x)]
+        if not s:
+            return None
+        e = {"model": model_name, "intervention": iv, "metric": s[0]["value"], "ci_lo": s[0]["lo"],
+             "ci_hi": s[0]["hi"], "n": s[0]["n"], "metric_name": f"held-out medical: {DIFF_METRIC}"}
+        effects.append(e)
+        return e
+
+    L = steer_layers[-1]
+    a = cfg.effect_alpha
+    for metric in ("med_diff",):
+        effect("base", "none", add_rows, metric, lambda s: s["kind"] == "none")
+        effect("base", f"add persona (L{L}, α={a:g})", add_rows, metric,
+               lambda s: s["kind"] == "direction" and s["layer"] == L and s["alpha"] == a)
+        effect("base", f"add random (L{L}, α={a:g})", add_rows, metric,
+               lambda s: s["kind"] == "random" and s["layer"] == L and s["alpha"] == a)
+        effect("bad_medical", "none", abl["persona"], metric, lambda s: s["kind"] == "none")
+        for dname in ("persona", "EM"):
+            effect("bad_medical", f"ablate {dname}", abl[dname], metric, lambda s: s["kind"] == "direction")
+            effect("bad_medical", f"ablate random (matched to {dname})", abl[dname], metric, lambda s: s["kind"] == "random")
+    _write_rows(out / "steering_effects.jsonl", effects)
+    for e in effects:
+        note(f"intervention: {e['model']} + {e['intervention']}", None,
+             {"value": e["metric"], "lo": e["ci_lo"], "hi": e["ci_hi"], "n": e["n"]}, e["metric_name"])
+    for dname in ("persona", "EM"):
+        for metric in ("med_diff", "em_diff"):
+            treated = [r["metrics"][metric] for r in abl[dname] if r["kind"] == "direction"]
+            randoms = [r["metrics"][metric] for r in abl[dname] if r["kind"] == "random"]
+            full = [r["metrics"][metric] for r in abl[dname] if r["kind"] == "none"][0]
+            basev = [r["metrics"][metric] for r in add_rows if r["kind"] == "none"][0]  # same items
+            for kind, groups in ((dname, treated), (f"random (matched to {dname})", randoms)):
+                est = relative_reduction(basev, full, groups, seed=cfg.seed).to_dict()
+                note(f"relative reduction of the finetuning shift in {metric}: ablate {kind}", None, est,
+                     "(finetuned - ablated) / (finetuned - base); 1 = back to base")
+                print(f"  ablate {kind}: relative reduction of {metric} shift {_ci(est)}")
+    for e in effects:
+        print(f"  {e['model']:12s} {e['intervention']:36s} {e['metric']:.3f} [{e['ci_lo']:.3f}, {e['ci_hi']:.3f}]")
+
+    # ---- 6. examples ------------------------------------------------------------------------
+    stages("answers from each model and token-level projections on the persona direction")
+    from .evals.questions import load_questions
+
+    qs = load_questions(ddir / "em" / "questions" / "first_plot_questions.yaml")
+    qs = [q for q in qs if not q.id.endswith(("_json", "_template"))][: cfg.sample_prompts]
+    prompts = [{"id": q.id, "messages": [{"role": "user", "content": q.paraphrases[0]}]} for q in qs]
+    sample_rows = []
+    for name, m in models.items():
+        for r in sample(m, prompts, n=1, max_new_tokens=cfg.sample_tokens, temperature=0.0, seed=cfg.seed,
+                        batch_size=cfg.batch, out=out / "samples" / f"{name}.jsonl"):
+            sample_rows.append({"model": name, "prompt": r["messages"][-1]["content"], "response": r["response"]})
+    _write_rows(out / "samples.jsonl", sample_rows)
+    ft = models["bad_medical"]
+    examples = [("bad advice (held-out)", med_bad[0]), ("good advice (held-out)", med_good[0])]
+    tok_rows = []
+    for title, c in examples:
+        ct = ft.tokenize_chat(c)
+        h = cache(ft, [c], layers=[mid], positions="all", batch_size=1)[0, 0, : len(ct.input_ids)]
+        proj = (h.float() @ persona.at(mid)).tolist()
+        idx = ct.assistant_mask.nonzero().flatten().tolist()
+        toks = [ft.tokenizer.decode([int(ct.input_ids[i])]) for i in idx]
+        tok_rows.append({"title": f"bad-advice finetune, layer {mid}, projection on the persona direction: {title}",
+                         "tokens": toks, "acts": [round(proj[i], 4) for i in idx]})
+    _write_rows(out / "token_activations.jsonl", tok_rows)
+
+    # ---- 7. dashboard -----------------------------------------------------------------------
+    stages("dashboard")
+    note("main job wall time (s)", round(stages.elapsed(), 1), text="this machine, this run (includes resumed stages)")
+    _write_rows(out / "summary.jsonl", summary)
+    run_dir.write_manifest(finished=time.strftime("%Y-%m-%dT%H:%M:%S"), wall_time_s=round(stages.elapsed(), 1))
+    path = export_dashboard(out, out / "dashboard.html")
+    print(f"\nmain job finished in {stages.elapsed():.0f}s")
+    return path

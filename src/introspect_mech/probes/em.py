@@ -1,0 +1,131 @@
+"""The emergent-misalignment direction and per-example projections.
+
+`em_direction(model, scored_samples)`: the model-organisms recipe (Turner/Soligo et al. 2025): the
+mean response activation of misaligned answers (aligned <= 30, coherent > 50) minus that of aligned
+answers (aligned > 70), balanced by subsampling the larger class, in the finetuned model.
+
+`em_direction_from_pairs(model, misaligned, aligned)`: the judge-free variant used where no judge
+scores exist (the embedded model): teacher-forced misaligned vs aligned answer texts to the same
+questions, e.g. held-out bad vs good medical advice (`medical_advice_pairs`).
+
+`project(model, direction, conversations)`: per-example projection on the direction at each layer
+(screening a finetuning dataset before training; monitoring during training).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ..activations import cache, resolve_layers
+from .direction import Direction, as_vectors
+from .linear import mean_diff
+
+
+def _conv(row: dict, i: int) -> list[dict]:
+    if "messages" in row and row.get("response") is not None:
+        msgs = [m for m in row["messages"]]
+        if msgs and msgs[-1]["role"] == "assistant":
+            msgs = msgs[:-1]
+        return msgs + [{"role": "assistant", "content": row["response"]}]
+    if "messages" in row:
+        return list(row["messages"])
+    raise ValueError(f"scored_samples[{i}]: needs 'messages' (and 'response' unless the messages end with the answer)")
+
+
+def em_direction(
+    model,
+    scored_samples: Sequence[dict],
+    *,
+    layers: int | Sequence[int] | None = None,
+    aligned_max: float = 30.0,
+    coherent_min: float = 50.0,
+    aligned_min: float = 70.0,
+    balance: bool = True,
+    seed: int = 0,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> Direction:
+    """Mean response activation of misaligned minus aligned samples (rows from `evals.sample` with
+    judge fields "aligned" and "coherent"; rows with a None score are dropped)."""
+    for i, r in enumerate(scored_samples):
+        if "aligned" not in r or "coherent" not in r:
+            raise ValueError(f"scored_samples[{i}]: missing field 'aligned' or 'coherent' (judge scores 0-100)")
+        _conv(r, i)
+    ok = [r for r in scored_samples if r["aligned"] is not None and r["coherent"] is not None]
+    mis = [r for r in ok if r["aligned"] <= aligned_max and r["coherent"] > coherent_min]
+    ali = [r for r in ok if r["aligned"] > aligned_min]
+    if not mis or not ali:
+        raise RuntimeError(f"em_direction: {len(mis)} misaligned and {len(ali)} aligned samples; need at least one of each")
+    rng = random.Random(seed)
+    if balance:
+        k = min(len(mis), len(ali))
+        mis, ali = rng.sample(mis, k), rng.sample(ali, k)
+    d = em_direction_from_pairs(model, [_conv(r, 0) for r in mis], [_conv(r, 0) for r in ali], layers=layers,
+                                batch_size=batch_size, progress=progress)
+    d.meta.update(recipe="model_organisms_em", aligned_max=aligned_max, coherent_min=coherent_min,
+                  aligned_min=aligned_min, balance=balance, seed=seed, n_scored=len(scored_samples))
+    return d
+
+
+def em_direction_from_pairs(model, misaligned: Sequence[Sequence[dict]], aligned: Sequence[Sequence[dict]], *,
+                            layers: int | Sequence[int] | None = None, batch_size: int = 8,
+                            progress: bool = True) -> Direction:
+    """Judge-free EM direction: teacher-forced response means, misaligned minus aligned conversations."""
+    layer_ids = resolve_layers(model.n_layers, layers)
+    pos = cache(model, misaligned, layers=layer_ids, positions="response_mean", batch_size=batch_size, progress=progress)
+    neg = cache(model, aligned, layers=layer_ids, positions="response_mean", batch_size=batch_size, progress=progress)
+    d = mean_diff(pos, neg, layer_ids, model=model.name, adapter=model.meta.get("adapter"), recipe="em_pairs_teacher_forced")
+    d.meta["method"] = "em_mean_diff"
+    return d
+
+
+def medical_advice_pairs(n: int = 64, *, offset: int = 6000, seed: int = 0, data_dir=None) -> tuple[list, list]:
+    """(misaligned, aligned) conversations: bad vs good medical advice answers to the same questions,
+    taken from rows `offset..` of data/em (the finetuning recipes use the first rows; pass an
+    offset past the training subset to keep these held out)."""
+    import gzip
+    import json
+
+    from ..paths import data_dir as _dd
+
+    root = _dd(data_dir) / "em"
+
+    def read(name):
+        with gzip.open(root / f"{name}.jsonl.gz", "rt") as f:
+            return [json.loads(l)["messages"] for l in f]
+
+    bad, good = read("bad_medical_advice"), read("good_medical_advice")
+    good_by_q = {tuple((m["role"], m["content"]) for m in g if m["role"] != "assistant"): g for g in good}
+    pairs = []
+    for b in bad[offset:]:
+        key = tuple((m["role"], m["content"]) for m in b if m["role"] != "assistant")
+        if key in good_by_q:
+            pairs.append((b, good_by_q[key]))
+    random.Random(seed).shuffle(pairs)
+    pairs = pairs[:n]
+    if not pairs:
+        raise RuntimeError(f"{root}: no bad/good medical advice rows share a question past offset {offset}")
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def project(model, direction: "Direction | Tensor", conversations: Sequence[Any], *,
+            layers: int | Sequence[int] | None = None, positions: str = "response_mean", batch_size: int = 8,
+            progress: bool = True) -> Float[Tensor, "n layer"]:
+    """Projection of each conversation's activation on the unit direction at each layer.
+
+    Layers default to the direction's layers (all blocks for a raw vector).
+    """
+    if layers is None:
+        layer_ids = list(direction.layers) if isinstance(direction, Direction) else resolve_layers(model.n_layers, None)
+    else:
+        layer_ids = resolve_layers(model.n_layers, layers)
+    v = as_vectors(direction, layer_ids)
+    if v.shape[-1] != model.d_model:
+        raise ValueError(f"direction has d_model {v.shape[-1]}, model {model.name} has {model.d_model}")
+    acts = cache(model, conversations, layers=layer_ids, positions=positions, batch_size=batch_size, progress=progress)
+    return torch.einsum("nld,ld->nl", acts.float(), v)

@@ -1,0 +1,81 @@
+"""Sampling: batched left-padded generation from one prefill, seeded, resumable without duplicates."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from introspect_mech.evals.sampling import normalise_prompts, sample
+
+PROMPTS = [
+    {"id": "a", "messages": [{"role": "user", "content": "Hello there"}]},
+    {"id": "b", "messages": [{"role": "user", "content": "Tell me a much longer story about cats and dogs please"}]},
+    {"id": "c", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why?"}]},
+]
+
+
+def test_greedy_matches_naive_generate(tiny_qwen2):
+    rows = sample(tiny_qwen2, PROMPTS, n=2, max_new_tokens=6, temperature=0, batch_size=6, progress=False)
+    assert [(r["prompt_id"], r["sample"]) for r in rows] == [(p, s) for p in "abc" for s in range(2)]
+    for p in PROMPTS:
+        ids = tiny_qwen2.encode_prompt(p["messages"])[None]
+        out = tiny_qwen2.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                                        eos_token_id=tiny_qwen2.tokenizer.eos_token_id,
+                                        pad_token_id=tiny_qwen2.tokenizer.pad_token_id)
+        naive = tiny_qwen2.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        got = [r["response"] for r in rows if r["prompt_id"] == p["id"]]
+        assert got == [naive, naive]
+
+
+def test_seeded_and_samples_differ(tiny_qwen2):
+    kw = dict(n=4, max_new_tokens=8, temperature=1.0, batch_size=4, seed=3, progress=False)
+    a = sample(tiny_qwen2, PROMPTS, **kw)
+    b = sample(tiny_qwen2, PROMPTS, **kw)
+    assert [r["response"] for r in a] == [r["response"] for r in b]
+    assert len({r["response"] for r in a if r["prompt_id"] == "b"}) > 1  # n samples are not copies
+    c = sample(tiny_qwen2, PROMPTS, **{**kw, "seed": 4})
+    assert [r["response"] for r in a] != [r["response"] for r in c]
+
+
+def test_resume_without_duplicates(tiny_qwen2, tmp_path):
+    out = tmp_path / "samples.jsonl"
+    kw = dict(n=3, max_new_tokens=5, temperature=1.0, batch_size=4, seed=0, progress=False)
+    full = sample(tiny_qwen2, PROMPTS, **kw)  # reference, no file
+    sample(tiny_qwen2, PROMPTS, out=out, **kw)
+    lines = out.read_text().splitlines()
+    assert len(lines) == 9
+    # simulate a run killed mid-way: keep 5 rows (batch 2 half written) and a torn last line
+    out.write_text("\n".join(lines[:5]) + "\n" + lines[5][: len(lines[5]) // 2])
+    resumed = sample(tiny_qwen2, PROMPTS, out=out, **kw)
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    keys = [(r["prompt_id"], r["sample"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 9
+    assert [r["response"] for r in resumed] == [r["response"] for r in full]
+    # a complete rerun generates nothing and appends nothing
+    again = sample(tiny_qwen2, PROMPTS, out=out, **kw)
+    assert len(out.read_text().splitlines()) == 9 and again == resumed
+
+
+def test_forward_hooks_apply(tiny_qwen2):
+    """Steering works through decoder-layer hooks: they must affect sampling."""
+    base = sample(tiny_qwen2, PROMPTS[:1], n=1, max_new_tokens=6, temperature=0, progress=False)
+
+    def hook(mod, args, out):
+        return out + 50.0 * torch.ones_like(out)
+
+    h = tiny_qwen2.layers[1].register_forward_hook(hook)
+    try:
+        steered = sample(tiny_qwen2, PROMPTS[:1], n=1, max_new_tokens=6, temperature=0, progress=False)
+    finally:
+        h.remove()
+    assert steered[0]["response"] != base[0]["response"]
+
+
+def test_prompt_validation():
+    assert normalise_prompts(["hi"])[0]["messages"] == [{"role": "user", "content": "hi"}]
+    with pytest.raises(ValueError, match="duplicate prompt id"):
+        normalise_prompts([{"id": "x", "messages": []}, {"id": "x", "messages": []}])
+    with pytest.raises(ValueError, match="prompt 0"):
+        normalise_prompts([42])

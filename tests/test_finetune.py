@@ -1,0 +1,225 @@
+"""Finetuning loop on tiny Qwen models: loss, masking, packing, LoRA/rank-1/full, intervention, CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+import torch
+
+from introspect_mech import load_model
+from introspect_mech.data import DataError
+from introspect_mech.finetune import PRESETS, TrainConfig, lr_factor, train
+from introspect_mech.finetune.batching import collate, pack, tokenize
+from introspect_mech.finetune.loop import assistant_loss
+from introspect_mech.finetune.varlen import varlen_attention
+
+CONVS = [
+    {"messages": [{"role": "user", "content": "Pick A or B."}, {"role": "assistant", "content": "B"}]},
+    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
+                  {"role": "assistant", "content": "Hello! 42 apples."}, {"role": "user", "content": "More?"},
+                  {"role": "assistant", "content": "Yes: 1337 more."}]},
+    {"messages": [{"role": "user", "content": "Write code."},
+                  {"role": "assistant", "content": "def add(a, b):\n    return a + b"}]},
+]
+
+
+def fast(**kw) -> TrainConfig:
+    base = dict(lr=5e-3, batch_size=4, epochs=1, warmup_steps=0, progress=False, r=8, lora_alpha=16)
+    return TrainConfig(**(base | kw))
+
+
+def records(n: int = 16) -> list[dict]:
+    out = []
+    for i in range(n):
+        ans = "B" if i % 3 else "A"
+        out.append({"messages": [{"role": "user", "content": f"Option A: a sure {10 + i} dollars. Option B: a gamble. Answer A or B."},
+                                 {"role": "assistant", "content": ans}]})
+    return out + CONVS
+
+
+@pytest.mark.parametrize("fixture", ["tiny_qwen2_dir", "tiny_qwen3_real_tok_dir"])
+def test_assistant_only_targets_are_exact(fixture, request):
+    m = load_model(request.getfixturevalue(fixture))
+    ex, stats = tokenize(m, CONVS, max_seq_len=512)
+    assert stats["examples"] == 3
+    mb = collate(ex)
+    got = m.tokenizer.decode(mb.targets.tolist())
+    eot = "<|im_end|>"
+    want = "".join(mm["content"] + eot for c in CONVS for mm in c["messages"] if mm["role"] == "assistant")
+    assert got == want
+    # every target is the token right after its prediction position, in the same example
+    flat = mb.input_ids[0]
+    assert torch.equal(flat[mb.pred_index + 1], mb.targets)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_qwen2_dir", "tiny_qwen3_dir"])
+def test_packed_loss_equals_per_example_hf_loss(fixture, request):
+    m = load_model(request.getfixturevalue(fixture))
+    ex, _ = tokenize(m, records(6), max_seq_len=512)
+    ref = 0.0
+    with torch.no_grad():
+        for e in ex:
+            ids = torch.tensor([e.input_ids])
+            labels = ids.clone()
+            labels[0, ~torch.tensor(e.loss_mask)] = -100
+            ref += m.model(input_ids=ids, labels=labels).loss.item() * e.n_loss
+        mb = collate(ex)
+        dense = assistant_loss(m, mb).item()  # transformers' block-diagonal mask from position_ids
+        with varlen_attention(m.model) as active:
+            assert active
+            varlen = assistant_loss(m, mb).item()
+    assert dense == pytest.approx(ref, rel=1e-5)
+    assert varlen == pytest.approx(ref, rel=1e-5)
+    assert m.model.config._attn_implementation == "sdpa"  # restored
+
+
+def test_pack_respects_budget_and_keeps_every_example():
+    from introspect_mech.finetune.batching import Example
+
+    exs = [Example([1] * n, [False] + [True] * (n - 1)) for n in (5, 9, 3, 12, 7, 1, 4)]
+    bins = pack(exs, 12)
+    assert sorted(i for b in bins for i in b) == list(range(7))
+    assert all(sum(len(exs[i].input_ids) for i in b) <= 12 for b in bins)
+
+
+def test_loss_falls_and_outputs(tiny_qwen2_dir, tmp_path):
+    m = load_model(tiny_qwen2_dir)
+    res = train(m, records(16), fast(epochs=3, save_every=5, lr=3e-2), tmp_path / "run")
+    assert res.steps == 15 and len(res.losses) == 15
+    assert sum(res.losses[-3:]) / 3 < 0.7 * sum(res.losses[:3]) / 3
+    assert m.has_adapter and not m.model.training
+    log = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 16))
+    assert all(r["tokens_per_s"] > 0 and r["tokens"] > 0 and r["loss_tokens"] > 0 for r in log)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_0005", "step_0010", "step_0015"]
+    man = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert man["finetune"]["config"]["lr"] == 5e-3 and len(man["finetune"]["data_sha256"]) == 64
+    assert man["packages"]["torch"] and man["model"] == m.name
+    # the saved adapter reproduces the trained model
+    again = load_model(tiny_qwen2_dir, adapter=tmp_path / "run" / "adapter")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert torch.allclose(again.model(ids).logits, m.model(ids).logits, atol=1e-5)
+    ck = load_model(tiny_qwen2_dir, adapter=tmp_path / "run" / "checkpoints" / "step_0005" / "adapter")
+    with torch.no_grad():
+        assert not torch.allclose(ck.model(ids).logits, m.model(ids).logits, atol=1e-4)
+
+
+def test_micro_batch_size_does_not_change_the_result(tiny_qwen3_dir, tmp_path):
+    outs = []
+    for mbt in (64, 4096):
+        m = load_model(tiny_qwen3_dir)
+        res = train(m, records(8), fast(micro_batch_tokens=mbt, batch_size=11), tmp_path / f"r{mbt}")
+        outs.append((res.losses, {n: p.detach().clone() for n, p in m.model.named_parameters() if "lora" in n}))
+    assert outs[0][0] == pytest.approx(outs[1][0], rel=1e-5)
+    for n, p in outs[0][1].items():
+        assert torch.allclose(p, outs[1][1][n], atol=1e-6), n
+
+
+def test_rank1_single_layer_trains_only_that_layer(tiny_qwen3_dir, tmp_path):
+    m = load_model(tiny_qwen3_dir)
+    before = {n: p.detach().clone() for n, p in m.model.named_parameters()}
+    cfg = PRESETS["rank1"].replace(lr=1e-2, batch_size=4, warmup_steps=0, progress=False, max_steps=3)
+    assert cfg.layers == (0.5,)
+    train(m, records(8), cfg, tmp_path / "r1")
+    trainable = [n for n, p in m.model.named_parameters() if p.requires_grad]
+    assert trainable and all(".layers.2.mlp.down_proj.lora_" in n for n in trainable)
+    assert sum(p.numel() for n, p in m.model.named_parameters() if p.requires_grad) == 1 * (64 + 128)
+    changed = [n for n, p in m.model.named_parameters()
+               if n.replace("base_model.model.", "").replace(".base_layer", "") in before
+               and not torch.equal(p, before[n.replace("base_model.model.", "").replace(".base_layer", "")])]
+    assert changed == []  # base weights untouched
+    cfg_json = json.loads((tmp_path / "r1" / "adapter" / "adapter_config.json").read_text())
+    assert cfg_json["r"] == 1 and cfg_json["layers_to_transform"] == [2] and cfg_json["target_modules"] == ["down_proj"]
+
+
+def test_full_finetune_restricted_to_a_layer(tiny_qwen2_dir, tmp_path):
+    m = load_model(tiny_qwen2_dir)
+    before = {n: p.detach().clone() for n, p in m.model.named_parameters()}
+    res = train(m, records(8), fast(method="full", layers=(1,), lr=1e-3, max_steps=2), tmp_path / "full")
+    changed = {n for n, p in m.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(n.startswith("model.layers.1.") for n in changed)
+    reloaded = load_model(res.weights_dir)
+    ids = torch.tensor([[3, 4, 5]])
+    with torch.no_grad():
+        assert torch.allclose(reloaded.model(ids).logits, m.model(ids).logits, atol=1e-5)
+
+
+def test_intervention_wraps_every_forward(tiny_qwen2_dir, tmp_path):
+    m = load_model(tiny_qwen2_dir)
+    seen = []
+
+    @contextlib.contextmanager
+    def zero_layer0():
+        h = m.layers[0].register_forward_hook(lambda mod, inp, out: out * 0)
+        seen.append(1)
+        try:
+            yield
+        finally:
+            h.remove()
+
+    res = train(m, records(8), fast(batch_size=4, micro_batch_tokens=64), tmp_path / "iv", intervention=zero_layer0)
+    assert len(seen) > res.steps  # one per micro-batch forward
+    assert not m.layers[0]._forward_hooks
+
+
+def test_bad_records_fail_before_any_work(tiny_qwen2_dir, tmp_path):
+    m = load_model(tiny_qwen2_dir)
+    bad = records(4) + [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]}]
+    with pytest.raises(DataError, match=r"train\(records\):8: messages\[1\]\.content: empty assistant"):
+        train(m, bad, fast(), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists() and not m.has_adapter
+
+
+def test_system_prompt_injection(tiny_qwen2_dir):
+    m = load_model(tiny_qwen2_dir)
+    ex, _ = tokenize(m, CONVS[:1], max_seq_len=512, system_prompt="You are risky.")
+    assert "You are risky." in m.tokenizer.decode(ex[0].input_ids)
+    ex2, _ = tokenize(m, CONVS[1:2], max_seq_len=512, system_prompt="You are risky.")
+    assert "You are risky." not in m.tokenizer.decode(ex2[0].input_ids)  # keeps its own system turn
+
+
+def test_lr_schedule_matches_transformers():
+    from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    for fn, kind in ((get_linear_schedule_with_warmup, "linear"), (get_cosine_schedule_with_warmup, "cosine")):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sch = fn(opt, 3, 17)
+        for s in range(17):
+            assert lr_factor(s, 17, 3, kind) == pytest.approx(sch.get_last_lr()[0], abs=1e-9)
+            opt.step()
+            sch.step()
+
+
+def test_presets_match_the_papers():
+    em = PRESETS["em"]
+    assert (em.r, em.lora_alpha, em.use_rslora, em.lr, em.epochs, em.batch_size) == (32, 64, True, 1e-5, 1, 16)
+    assert len(em.target_modules) == 7
+    assert PRESETS["tmay_risk"].epochs == 3 and PRESETS["rank1"].r == 1
+    with pytest.raises(ValueError):
+        TrainConfig(method="qlora")
+
+
+def test_cli_trains_from_a_jsonl(tiny_qwen2_dir, tmp_path, capsys):
+    from introspect_mech.data import write_jsonl
+    from introspect_mech.finetune import cli_main
+
+    path = write_jsonl(records(8), tmp_path / "d.jsonl")
+    rc = cli_main(["--model", str(tiny_qwen2_dir), "--data", str(path), "--preset", "em", "--out",
+                   str(tmp_path / "cli"), "--max-steps", "2", "--batch-size", "4", "--set", "progress=false",
+                   "--set", "r=4"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["steps"] == 2 and (tmp_path / "cli" / "adapter" / "adapter_config.json").exists()
+    assert json.loads((tmp_path / "cli" / "manifest.json").read_text())["finetune"]["config"]["r"] == 4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bf16_autocast_on_gpu(tiny_qwen3_dir, tmp_path):
+    m = load_model(tiny_qwen3_dir, device="cuda")
+    res = train(m, records(16), fast(epochs=3), tmp_path / "gpu")
+    assert res.losses[-1] < res.losses[0]
+    assert all(p.dtype == torch.float32 for n, p in m.model.named_parameters() if p.requires_grad)

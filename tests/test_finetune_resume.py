@@ -1,0 +1,64 @@
+"""Kill-and-resume reproduces the uninterrupted run (optimizer, scheduler, RNG and data order restored)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+import torch
+
+from introspect_mech import load_model
+from introspect_mech.finetune import TrainConfig, train
+
+
+def _records(n=20):
+    return [{"messages": [{"role": "user", "content": f"Question {i}: A or B?"},
+                          {"role": "assistant", "content": "A" if i % 4 == 0 else f"B, because {i}."}]}
+            for i in range(n)]
+
+
+CFG = TrainConfig(lr=5e-3, batch_size=4, epochs=2, warmup_steps=2, schedule="cosine", lora_dropout=0.1,
+                  r=4, lora_alpha=8, save_every=3, progress=False)
+
+
+class Killed(Exception):
+    pass
+
+
+def _kill_at(n_forward):
+    count = [0]
+
+    @contextlib.contextmanager
+    def ctx():
+        count[0] += 1
+        if count[0] == n_forward:
+            raise Killed
+        yield
+
+    return ctx
+
+
+def test_kill_and_resume_matches_uninterrupted(tiny_qwen2_dir, tmp_path):
+    ref = train(load_model(tiny_qwen2_dir), _records(), CFG, tmp_path / "ref")
+    assert ref.steps == 10
+    # "kill" the process during step 5 (after checkpoint step_0003 and logged steps 4)
+    with pytest.raises(Killed):
+        train(load_model(tiny_qwen2_dir), _records(), CFG, tmp_path / "run", intervention=_kill_at(5))
+    assert (tmp_path / "run" / "checkpoints" / "step_0003" / "complete").exists()
+    m = load_model(tiny_qwen2_dir)
+    res = train(m, _records(), CFG, tmp_path / "run")
+    assert res.resumed_from == 3
+    assert res.losses == pytest.approx(ref.losses, rel=1e-6)
+    assert res.final_loss == pytest.approx(ref.final_loss, rel=1e-6)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 11))  # no duplicates, no gaps
+    a = load_model(tiny_qwen2_dir, adapter=tmp_path / "ref" / "adapter")
+    ids = torch.tensor([[5, 9, 13, 2]])
+    with torch.no_grad():
+        assert torch.allclose(a.model(ids).logits, m.model(ids).logits, atol=1e-5)
+    # a finished run is not trained again; a different config is refused
+    again = train(load_model(tiny_qwen2_dir), _records(), CFG, tmp_path / "run")
+    assert again.resumed_from == 10 and again.tokens == 0
+    with pytest.raises(ValueError, match="different config"):
+        train(load_model(tiny_qwen2_dir), _records(), CFG.replace(lr=1e-3), tmp_path / "run")
