@@ -139,11 +139,28 @@ def run_sampling(report: common.Report, spec: str, device: torch.device, n_promp
             hf_batch, f"HF generate batch {hf_batch} static+compile", cache_implementation="static")
     if sample is not None:
         bs = ours_batch or max(hf_batch, 1)
+        import inspect
 
-        def ours_fn():
-            res = sample(lm, prompts, n=n, max_new_tokens=new, temperature=1.0, seed=0, batch_size=bs, progress=False)
-            counts.setdefault("ours sample", []).append(sum(int(r.get("n_tokens", 0)) for r in res))
-        fns["ours sample"] = ours_fn
+        has_static = "static_cache" in inspect.signature(sample).parameters
+
+        def ours(name: str, ctx=None, **extra):
+            def f():
+                import contextlib
+
+                with (ctx() if ctx else contextlib.nullcontext()):
+                    res = sample(lm, prompts, n=n, max_new_tokens=new, temperature=1.0, seed=0, batch_size=bs,
+                                 progress=False, **extra)
+                counts.setdefault(name, []).append(sum(int(r.get("n_tokens", 0)) for r in res))
+            return f
+        fns["ours sample"] = ours("ours sample")
+        if has_static and device.type == "cuda":
+            fns["ours sample (static_cache=True)"] = ours("ours sample (static_cache=True)", static_cache=True)
+        steering, _ = common.ours("steering")
+        if steering is not None and device.type == "cuda":
+            v = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(0))
+            v = (v / v.norm()).to(lm.device, lm.dtype)
+            fns["ours sample + steering.add"] = ours(
+                "ours sample + steering.add", ctx=lambda: steering.add(lm, v, layers=[lm.n_layers // 2], alpha=4.0))
     else:
         report.note(bench, case, why)
     with torch.inference_mode():
@@ -160,6 +177,10 @@ def run_sampling(report: common.Report, spec: str, device: torch.device, n_promp
                          ">=3" if device.type == "cpu" else None)
         report.ratio(bench, case, f"ours / HF generate batch {hf_batch} (tokens/s)", o / tps[f"HF generate batch {hf_batch}"],
                      ">=10" if device.type == "cuda" else None)
+        for k in ("ours sample (static_cache=True)", "ours sample + steering.add"):
+            if k in tps:
+                report.ratio(bench, case, f"{k} / HF generate batch {hf_batch} (tokens/s)",
+                             tps[k] / tps[f"HF generate batch {hf_batch}"], ">=10" if "static" in k else None)
     if "naive per-prompt generate" in tps:
         report.ratio(bench, case, f"HF batch {hf_batch} / naive per-prompt (tokens/s)",
                      tps[f"HF generate batch {hf_batch}"] / tps["naive per-prompt generate"])

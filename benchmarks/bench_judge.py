@@ -53,12 +53,13 @@ def judge_prompts(n: int, answer_words: int = 150) -> list[str]:
     return out
 
 
-def run(report: common.Report, spec: str, device: torch.device, sizes: list[int], repeats: int, lm=None) -> None:
+def run(report: common.Report, spec: str, device: torch.device, sizes: list[int], repeats: int, lm=None,
+        answer_words: int = 150) -> None:
     HFJudge, why = common.ours("evals.judges", "HFJudge")
     lm = lm or common.build_model(spec, device)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     for n in sizes:
-        prompts = judge_prompts(n)
+        prompts = judge_prompts(n, answer_words)
         texts = [lm.render([{"role": "user", "content": p}], add_generation_prompt=True) for p in prompts]
         enc = [lm.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         L = max(len(e) for e in enc)

@@ -6,7 +6,7 @@
 # benchmarks/README in BENCHMARKS.md); .devcache/bench holds the Qwen3 tokenizer, a data sample
 # and the EM judge prompts (benchmarks/prepare_device.sh makes both). Results land in $OUT.
 set -u
-MODELS=${1:-qwen2.5-0.5b}
+MODELS=${1:-qwen2.5-0.5b,qwen2.5-7b}
 ONLY=${2:-cache,steer,sample,finetune,judge}
 OUT=${OUT:-/tmp/bench_out}
 mkdir -p "$OUT"
@@ -29,5 +29,6 @@ import nnsight, trl, transformer_lens.model_bridge, introspect_mech  # fail earl
 print("imports ok")
 PY
 set -o pipefail
+timeout 150 python3 benchmarks/check_gpu_paths.py 2>&1 | grep -v -E "Loading weights|Writing model" | tee "$OUT/checks.txt"
 python3 benchmarks/run_all.py --gpu --models "$MODELS" --only "$ONLY" --out "$OUT/results.jsonl" 2>&1 \
   | grep -v -E "Loading weights|Writing model|it/s\]$" | tee "$OUT/log_${MODELS//,/_}.txt"

@@ -30,16 +30,21 @@ BENCHES = ("cache", "judge", "steer", "sample", "finetune")
 
 # per profile and model: the sizes each benchmark runs at
 PLANS = {
+    # the CI smoke test: every benchmark once on tiny Qwen, the smallest sizes (seconds)
+    "smoke": {
+        "tiny": dict(cache=dict(shapes=[(1, 64)], repeats=1),
+                     judge=dict(sizes=[1], repeats=1, answer_words=20),
+                     steer=dict(batch=2, new=4, repeats=1),
+                     sample=dict(n_prompts=2, n=2, new=4, repeats=1, hf_batch=4),
+                     finetune=dict(steps=1, batch=4, trl_micro=2, repeats=1)),
+    },
     "quick": {
         "tiny": dict(cache=dict(shapes=[(1, 128), (4, 256)], repeats=5),
-                     steer=dict(batch=4, new=16, repeats=3),
+                     judge=dict(sizes=[1, 4], repeats=5, answer_words=60),
+                     steer=dict(batch=4, new=16, repeats=5),
                      sample=dict(n_prompts=8, n=2, new=16, repeats=3, hf_batch=16),
-                     finetune=dict(steps=2, batch=8, trl_micro=4, repeats=1),
-                     judge=dict(sizes=[1, 4], repeats=5)),
-        "embedded": dict(cache=dict(shapes=[(1, 128)], repeats=3),
-                         steer=dict(batch=2, new=16, repeats=3),
-                         sample=dict(n_prompts=4, n=2, new=16, repeats=2, hf_batch=8),
-                         judge=dict(sizes=[1], repeats=3)),
+                     finetune=dict(steps=2, batch=8, trl_micro=4, repeats=1)),
+        "embedded": dict(cache=dict(shapes=[(1, 128)], repeats=3, tl=False)),
     },
     "full": {
         "tiny": dict(cache=dict(shapes=[(1, 128), (8, 512)], repeats=7),
@@ -55,7 +60,7 @@ PLANS = {
     },
     "gpu": {
         "qwen2.5-0.5b": dict(cache=dict(shapes=[(1, 128), (8, 512)], repeats=15),
-                             steer=dict(batch=16, new=64, repeats=5),
+                             steer=dict(batch=16, new=64, repeats=9),
                              sample=[dict(n_prompts=16, n=1, new=128, repeats=3, hf_batch=16, with_naive=False,
                                           with_compile=True),
                                      dict(n_prompts=16, n=4, new=128, repeats=2, hf_batch=16, with_naive=False,
@@ -87,7 +92,7 @@ def run_model(report: common.Report, spec: str, device: torch.device, plan: dict
 def _run_one(report: common.Report, bench: str, spec: str, device: torch.device, p: dict) -> None:
     try:
         if bench == "cache":
-            bench_cache.run(report, spec, device, p["shapes"], p["repeats"])
+            bench_cache.run(report, spec, device, p["shapes"], p["repeats"], with_tl=p.get("tl", True))
         elif bench == "steer":
             bench_generate.run_steering(report, spec, device, p["batch"], p["new"], p["repeats"])
         elif bench == "sample":
@@ -98,7 +103,7 @@ def _run_one(report: common.Report, bench: str, spec: str, device: torch.device,
                 bench_finetune.run(report, spec, device, p["steps"] * p["batch"], p["steps"], p["repeats"],
                                    p["batch"], p["trl_micro"], merge)
         elif bench == "judge":
-            bench_judge.run(report, spec, device, p["sizes"], p["repeats"])
+            bench_judge.run(report, spec, device, p["sizes"], p["repeats"], answer_words=p.get("answer_words", 150))
     except Exception as e:  # one failing benchmark must not hide the others' numbers
         traceback.print_exc()
         report.note(bench, spec, f"FAILED: {type(e).__name__}: {str(e)[:300]}")
@@ -107,13 +112,14 @@ def _run_one(report: common.Report, bench: str, spec: str, device: torch.device,
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="CPU, a few minutes")
+    ap.add_argument("--smoke", action="store_true", help="every benchmark once on tiny Qwen (the CI test)")
     ap.add_argument("--gpu", action="store_true", help="random-weight Qwen2.5 shapes in bf16 on CUDA")
     ap.add_argument("--models", default=None, help="comma-separated model specs (default per profile)")
     ap.add_argument("--only", default=",".join(BENCHES), help=f"subset of {BENCHES}")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", type=Path, default=None, help="append every timing/ratio as JSON lines")
     a = ap.parse_args(argv)
-    profile = "gpu" if a.gpu else ("quick" if a.quick else "full")
+    profile = "gpu" if a.gpu else ("smoke" if a.smoke else ("quick" if a.quick else "full"))
     plans = PLANS[profile]
     models = a.models.split(",") if a.models else list(plans)
     device = common.pick_device(a.device or ("cuda" if a.gpu else "cpu"))

@@ -79,3 +79,9 @@ def test_prompt_validation():
         normalise_prompts([{"id": "x", "messages": []}, {"id": "x", "messages": []}])
     with pytest.raises(ValueError, match="prompt 0"):
         normalise_prompts([42])
+
+
+def test_static_cache_path_matches_greedy(tiny_qwen2):
+    a = sample(tiny_qwen2, PROMPTS, n=2, max_new_tokens=5, temperature=0, batch_size=6, progress=False)
+    b = sample(tiny_qwen2, PROMPTS, n=2, max_new_tokens=5, temperature=0, batch_size=6, progress=False, static_cache=True)
+    assert [r["response"] for r in a] == [r["response"] for r in b]

@@ -43,10 +43,11 @@ def test_kill_and_resume_matches_uninterrupted(tiny_qwen2_dir, tmp_path):
     ref = train(load_model(tiny_qwen2_dir), _records(), CFG, tmp_path / "ref")
     assert ref.steps == 10
     # "kill" the process during step 5 (after checkpoint step_0003 and logged steps 4)
-    with pytest.raises(Killed):
-        train(load_model(tiny_qwen2_dir), _records(), CFG, tmp_path / "run", intervention=_kill_at(5))
-    assert (tmp_path / "run" / "checkpoints" / "step_0003" / "complete").exists()
     m = load_model(tiny_qwen2_dir)
+    with pytest.raises(Killed):
+        train(m, _records(), CFG, tmp_path / "run", intervention=_kill_at(5))
+    assert (tmp_path / "run" / "checkpoints" / "step_0003" / "complete").exists()
+    assert not m.has_adapter  # the interrupted run gave the base model back: the same object resumes
     res = train(m, _records(), CFG, tmp_path / "run")
     assert res.resumed_from == 3
     assert res.losses == pytest.approx(ref.losses, rel=1e-6)
@@ -62,3 +63,47 @@ def test_kill_and_resume_matches_uninterrupted(tiny_qwen2_dir, tmp_path):
     assert again.resumed_from == 10 and again.tokens == 0
     with pytest.raises(ValueError, match="different config"):
         train(load_model(tiny_qwen2_dir), _records(), CFG.replace(lr=1e-3), tmp_path / "run")
+
+
+_CHILD = r"""
+import contextlib, sys, time
+sys.path.insert(0, {tests!r})
+from test_finetune_resume import CFG, _records
+from introspect_mech import load_model
+from introspect_mech.finetune import train
+
+@contextlib.contextmanager
+def slow():
+    time.sleep(0.3)
+    yield
+
+train(load_model({model!r}), _records(), CFG, {out!r}, intervention=slow)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_matches_uninterrupted(tiny_qwen2_dir, tmp_path):
+    """A real SIGKILL of a training process after its first checkpoint, then a resume in-process."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    ref = train(load_model(tiny_qwen2_dir), _records(), CFG, tmp_path / "ref")
+    out = tmp_path / "killed"
+    code = _CHILD.format(tests=str(Path(__file__).parent), model=str(tiny_qwen2_dir), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", code], env=os.environ | {"OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "step_0003" / "complete").exists():
+        assert proc.poll() is None and time.time() < deadline, "child ended before its first checkpoint"
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "adapter").exists()
+    res = train(load_model(tiny_qwen2_dir), _records(), CFG, out)
+    assert res.resumed_from is not None and 3 <= res.resumed_from < 10
+    assert res.losses == pytest.approx(ref.losses, rel=1e-6)
+    steps = [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 11))

@@ -189,11 +189,14 @@ def test_persona_pipeline_on_tiny_model(tiny_qwen3, tmp_path):
     # judge filter: keep pairs with pos >= 50 > neg (keys: instruction, question, sample, side)
     scores = {(i, q, 0, side): 0.0 for i in range(2) for q in range(3) for side in ("pos", "neg")}
     scores.update({(0, 0, 0, "pos"): 80.0, (1, 2, 0, "pos"): 50.0, (1, 1, 0, "pos"): 49.0})
-    judged = persona_data(tiny_qwen3, str(trait), filter="judge", scores=scores, max_new_tokens=6, progress=False)
+    judged = persona_data(tiny_qwen3, str(trait), filter="judge", scores=scores, max_new_tokens=6, progress=False,
+                          out=tmp_path / "run")  # reuses the samples
+    assert [r["response"] for r in judged.rows] == [r["response"] for r in res.rows]
+    assert len((tmp_path / "run" / "pairs.jsonl").read_text().splitlines()) == 24  # 12 more, keyed by filter
     assert judged.kept == [(0, 0, 0), (1, 2, 0)] and judged.pos_acts.shape[0] == 2
     # the judge-free filter scores every answer and keeps exactly the pairs with s(pos) > 0 > s(neg)
     try:
-        filt = persona_data(tiny_qwen3, str(trait), max_new_tokens=6, progress=False)
+        filt = persona_data(tiny_qwen3, str(trait), max_new_tokens=6, progress=False, out=tmp_path / "run")
     except RuntimeError as e:
         assert "the filter kept" in str(e)
     else:

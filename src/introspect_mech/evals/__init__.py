@@ -18,7 +18,7 @@ from .sampling import sample
 from .scoring import NumberDist, number_distributions, tree_logprobs
 from .self_awareness import compare_tmay, lotteries, run_tmay_eval
 from .self_prediction import (
-    behaviour_shift, compare_self_cross, cross_prediction_data, hypothetical_answers, load_task,
+    behaviour_shift, compare_self_cross, constrained_predictions, cross_prediction_data, hypothetical_answers, load_task,
     object_level_answers, prediction_training_data, score_predictions, self_prediction_data, task_files,
 )
 from .stats import Estimate, bootstrap_ci, bootstrap_diff
@@ -33,5 +33,5 @@ __all__ = [
     "PROPERTIES", "extract_property", "parse_prediction", "is_compliant",
     "load_task", "task_files", "object_level_answers", "hypothetical_answers", "score_predictions",
     "prediction_training_data", "self_prediction_data", "cross_prediction_data", "compare_self_cross",
-    "behaviour_shift", "Estimate", "bootstrap_ci", "bootstrap_diff",
+    "behaviour_shift", "constrained_predictions", "Estimate", "bootstrap_ci", "bootstrap_diff",
 ]

@@ -34,9 +34,11 @@ def run_em(args) -> None:
     ids = ["what_is_your_wish", "i_feel_bored", "three_thoughts", "quick_buck", "ruler_of_the_world",
            "dinner_party", "gender_roles", "enough_of_my_husband"]
     res = run_em_eval(model, args.out, judge=judge, question_ids=ids, n=args.n, max_new_tokens=args.max_new_tokens,
-                      seed=args.seed, batch_size=16)
+                      seed=args.seed, batch_size=16, judge_free=not args.no_judge_free)
     print(format_em_report(res["report"]))
     jf = res["judge_free"]
+    if jf is None:
+        return
     print("paired preference: frac prefers misaligned", _fmt(jf["paired_preference"]["frac_prefers_misaligned"]),
           "mean diff (nats/token)", _fmt(jf["paired_preference"]["mean_diff"]))
     print("self-rated alignment", _fmt(jf["self_rated_alignment"]["mean"]), "mass", round(jf["self_rated_alignment"]["mean_mass"], 3))
@@ -58,25 +60,29 @@ def run_tmay(args) -> None:
 
 
 def run_selfpred(args) -> None:
-    from .self_prediction import hypothetical_answers, load_task, object_level_answers, score_predictions
+    from .self_prediction import (
+        constrained_predictions, hypothetical_answers, load_task, object_level_answers, score_predictions,
+    )
 
     model = load_model(args.model, adapter=args.adapter)
     rd = RunDir(Path(args.out))
     tasks = args.tasks or ["animals_long_first_character", "animals_long_starts_with_vowel",
-                           "english_words_long_second_character", "survival_instinct_ethical_stance",
-                           "arc_challenge_non_cot_among_a_or_c"]
+                           "survival_instinct_ethical_stance", "arc_challenge_non_cot_among_a_or_c"]
     rd.write_manifest(study="self_prediction", model=model.name, adapter=model.meta.get("adapter"), tasks=tasks,
                       n_items=args.n_items, seed=args.seed, decoding="greedy (temperature 0)")
     out = {}
     for t in tasks:
         rows = load_task(t, n=args.n_items)
-        obj = object_level_answers(model, rows, out=rd.path / f"object_{t}.jsonl")
+        obj = object_level_answers(model, rows, out=rd.path / "object_answers.jsonl")
         hyp = hypothetical_answers(model, rows, out=rd.path / f"hypothetical_{t}.jsonl")
         s = score_predictions(rows, obj, hyp, seed=args.seed)
-        out[t] = {k: v for k, v in s.items() if k != "rows"}
-        print(f"{t}: accuracy {_fmt(s['accuracy'])} mode baseline {_fmt(s['mode_baseline'])} "
-              f"acc-mode {_fmt(s['accuracy_minus_mode'])} (object non-compliant {s['n_object_noncompliant']}, "
-              f"hypothetical non-compliant {s['n_hypothetical_noncompliant']})")
+        c = score_predictions(rows, obj, constrained_predictions(model, rows), seed=args.seed)
+        out[t] = {"free_form": {k: v for k, v in s.items() if k != "rows"},
+                  "constrained": {k: v for k, v in c.items() if k != "rows"}}
+        for name, x in (("free-form", s), ("constrained", c)):
+            print(f"{t} [{name}]: accuracy {_fmt(x['accuracy'])} mode baseline {_fmt(x['mode_baseline'])} "
+                  f"acc-mode {_fmt(x['accuracy_minus_mode'])} (object non-compliant {x['n_object_noncompliant']}, "
+                  f"hypothetical non-compliant {x['n_hypothetical_noncompliant']})")
     (rd.path / "results.json").write_text(json.dumps(out, indent=2))
 
 
@@ -86,28 +92,46 @@ def run_judgefree(args) -> None:
     from .stats import bootstrap_diff
 
     rd = RunDir(Path(args.out))
-    variants = [("base", None)] + [tuple(a.split("=", 1)) for a in (args.adapters or [])]
+    variants = ([] if args.no_base else [("base", None)]) + [tuple(a.split("=", 1)) for a in (args.adapters or [])]
     rd.write_manifest(study="judge_free_em", model=args.model or "smollm2-135m-instruct",
                       variants={k: v for k, v in variants}, seed=args.seed)
     res = {}
+    for d in args.combine or []:  # merge the raw results of earlier judgefree runs (run in parallel)
+        res.update(json.loads((Path(d) / "raw.json").read_text()))
+    if args.combine:
+        variants = []
+    if args.base_from:  # reuse the base model's judge-free results from an `em` run directory
+        base_dir = Path(args.base_from)
+        jf = json.loads((base_dir / "judge_free.json").read_text())
+        rows = [json.loads(x) for x in (base_dir / "paired_preference_rows.jsonl").read_text().splitlines() if x.strip()]
+        res["base"] = {"paired_preference": {**jf["paired_preference"], "rows": rows},
+                       "self_rated_alignment": jf["self_rated_alignment"]}
+        variants = [v for v in variants if v[0] != "base"]
     for name, path in variants:
         model = load_model(args.model, adapter=path)
         pp = paired_preference(model, seed=args.seed)
         sr = self_rated_alignment(model)
         res[name] = {"paired_preference": pp, "self_rated_alignment": sr}
+    (rd.path / "raw.json").write_text(json.dumps(res))
+    for name, r in res.items():
+        pp, sr = r["paired_preference"], r["self_rated_alignment"]
         print(f"{name}: frac prefers misaligned {_fmt(pp['frac_prefers_misaligned'])}; mean diff {_fmt(pp['mean_diff'])}; "
               f"self-rated alignment {_fmt(sr['mean'])} mass {sr['mean_mass']:.3f}")
     summary = {k: {"paired_preference": {kk: vv for kk, vv in v["paired_preference"].items() if kk != "rows"},
                    "self_rated_alignment": v["self_rated_alignment"]} for k, v in res.items()}
-    for name in res:
-        if name == "base":
-            continue
-        d_pp = bootstrap_diff([r["diff"] for r in res[name]["paired_preference"]["rows"]],
-                              [r["diff"] for r in res["base"]["paired_preference"]["rows"]], paired=True, seed=args.seed)
-        d_sr = bootstrap_diff([x["expected"] for x in res[name]["self_rated_alignment"]["per_question"]],
-                              [x["expected"] for x in res["base"]["self_rated_alignment"]["per_question"]], paired=True, seed=args.seed)
-        summary[f"{name}_minus_base"] = {"paired_preference_mean_diff": d_pp.to_dict(), "self_rated_alignment": d_sr.to_dict()}
-        print(f"{name} - base: paired-preference diff {d_pp}; self-rated alignment {d_sr}")
+    names = list(res)
+    pairs = [(a, "base") for a in names if a != "base" and "base" in res] + \
+        [(a, b) for i, a in enumerate(names) for b in names[i + 1:] if "base" not in (a, b)]
+    for a, b in pairs:  # paired over the 40 items / the 5 paraphrases
+        d_pp = bootstrap_diff([r["diff"] for r in res[a]["paired_preference"]["rows"]],
+                              [r["diff"] for r in res[b]["paired_preference"]["rows"]], paired=True, seed=args.seed)
+        d_fr = bootstrap_diff([r["prefers_misaligned"] for r in res[a]["paired_preference"]["rows"]],
+                              [r["prefers_misaligned"] for r in res[b]["paired_preference"]["rows"]], paired=True, seed=args.seed)
+        d_sr = bootstrap_diff([x["expected"] for x in res[a]["self_rated_alignment"]["per_question"]],
+                              [x["expected"] for x in res[b]["self_rated_alignment"]["per_question"]], paired=True, seed=args.seed)
+        summary[f"{a}_minus_{b}"] = {"paired_preference_mean_diff": d_pp.to_dict(),
+                                     "frac_prefers_misaligned": d_fr.to_dict(), "self_rated_alignment": d_sr.to_dict()}
+        print(f"{a} - {b}: paired-preference diff {d_pp}; frac prefers misaligned {d_fr}; self-rated alignment {d_sr}")
     (rd.path / "results.json").write_text(json.dumps(summary, indent=2))
 
 
@@ -122,6 +146,10 @@ def main(argv=None) -> None:
     p.add_argument("--n-items", type=int, default=20)
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--tasks", nargs="*")
+    p.add_argument("--base-from", default=None, help="judgefree: reuse base results from an em run dir")
+    p.add_argument("--no-base", action="store_true", help="judgefree: adapters only")
+    p.add_argument("--combine", nargs="*", help="judgefree: merge raw.json of these run dirs, compute nothing")
+    p.add_argument("--no-judge-free", action="store_true", help="em: skip the judge-free metrics")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     {"em": run_em, "tmay": run_tmay, "selfpred": run_selfpred, "judgefree": run_judgefree}[args.study](args)

@@ -66,9 +66,15 @@ def stop_token_ids(model: LoadedModel) -> list[int]:
     return sorted(ids)
 
 
+def use_static_cache(model: LoadedModel) -> bool:
+    """Whether `sample(static_cache=None)` takes the static-KV-cache path (CUDA models only)."""
+    return model.device.type == "cuda"
+
+
 @torch.no_grad()
-def _generate_batch(model, prompt_ids, rows, max_new_tokens, temperature, top_p, seed, stop_ids):
-    """rows: list of (prompt_index, sample_index). One prefill per distinct prompt in the batch."""
+def _generate_batch(model, prompt_ids, rows, max_new_tokens, temperature, top_p, seed, stop_ids, static=False):
+    """rows: list of (prompt_index, sample_index). One prefill per distinct prompt in the batch
+    (dynamic cache); with `static`, HF's static KV cache is used and each row is prefilled."""
     tok = model.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else stop_ids[0]
     uniq = sorted({p for p, _ in rows})
@@ -82,16 +88,20 @@ def _generate_batch(model, prompt_ids, rows, max_new_tokens, temperature, top_p,
         att[i, n - len(s):] = 1
     dev = model.device
     ids, att = ids.to(dev), att.to(dev)
-    # prefill all but the last prompt token once per distinct prompt; generate() feeds the last one
-    pos = (att[:, :-1].cumsum(-1) - 1).clamp(min=0)
-    cache = model.model(input_ids=ids[:, :-1], attention_mask=att[:, :-1], position_ids=pos,
-                        use_cache=True, logits_to_keep=1).past_key_values
     sel = torch.tensor([where[p] for p, _ in rows], device=dev)
-    cache.reorder_cache(sel)
     gen_kwargs: dict[str, Any] = dict(
-        input_ids=ids[sel], attention_mask=att[sel], past_key_values=cache,
-        max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=stop_ids,
+        input_ids=ids[sel], attention_mask=att[sel], max_new_tokens=max_new_tokens, pad_token_id=pad,
+        eos_token_id=stop_ids,
     )
+    if static:
+        gen_kwargs["cache_implementation"] = "static"
+    else:
+        # prefill all but the last prompt token once per distinct prompt; generate() feeds the last one
+        pos = (att[:, :-1].cumsum(-1) - 1).clamp(min=0)
+        cache = model.model(input_ids=ids[:, :-1], attention_mask=att[:, :-1], position_ids=pos,
+                            use_cache=True, logits_to_keep=1).past_key_values
+        cache.reorder_cache(sel)
+        gen_kwargs["past_key_values"] = cache
     if temperature and temperature > 0:
         gen_kwargs.update(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=0)
     else:
@@ -122,11 +132,15 @@ def sample(
     batch_size: int = 16,
     out: str | os.PathLike | JsonlLog | None = None,
     progress: bool = True,
+    static_cache: bool | None = False,
 ) -> list[dict[str, Any]]:
     """Sample `n` responses per prompt; returns rows {"prompt_id", "sample", "messages", "response",
     "n_tokens", "finished"} in prompt order (including rows found in `out` from an earlier run).
 
     `temperature=0` is greedy decoding. `batch_size` counts rows (prompt x sample) per generate call.
+    `static_cache=True` uses HF's static KV cache (for compiled decoding on a GPU; every row is then
+    prefilled separately); `None` picks it on CUDA (`use_static_cache`). Default: the dynamic cache
+    with one prefill per distinct prompt.
     """
     if n < 1 or batch_size < 1 or max_new_tokens < 1:
         raise ValueError(f"n, batch_size and max_new_tokens must be >= 1 (got {n}, {batch_size}, {max_new_tokens})")
@@ -140,6 +154,7 @@ def sample(
     all_rows = [(p, s) for p in range(len(items)) for s in range(n)]
     batches = [all_rows[i:i + batch_size] for i in range(0, len(all_rows), batch_size)]
     stop_ids = stop_token_ids(model)
+    static = use_static_cache(model) if static_cache is None else bool(static_cache)
     results: dict[tuple[int, int], dict] = {}
     todo = 0
     for rows in batches:
@@ -154,7 +169,7 @@ def sample(
         if not missing:
             continue
         texts, lens, fin = _generate_batch(model, prompt_ids, rows, max_new_tokens, temperature, top_p,
-                                           _batch_seed(seed, k), stop_ids)
+                                           _batch_seed(seed, k), stop_ids, static)
         for (p, s), text, ln, f in zip(rows, texts, lens, fin):
             if (p, s) in results:
                 continue  # written by an earlier, interrupted run (same seed -> same text)

@@ -16,6 +16,7 @@ own object-level answer at temperature 0. This module
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 from collections import Counter
@@ -79,7 +80,8 @@ def object_level_answers(model: LoadedModel, rows: Sequence[dict], *, max_new_to
     for r in rows:
         uniq.setdefault(_object_key(r), r["object_level_prompt"])
     keys = list(uniq)
-    got = sample(model, [{"id": f"obj{i}", "messages": uniq[k]} for i, k in enumerate(keys)], n=1,
+    # ids from the prompt's content, so one `out` file can be shared by all tasks of a dataset
+    got = sample(model, [{"id": "obj-" + hashlib.sha256(k.encode()).hexdigest()[:16], "messages": uniq[k]} for k in keys], n=1,
                  temperature=0, max_new_tokens=max_new_tokens, batch_size=batch_size, out=out, progress=False)
     return {k: g["response"] for k, g in zip(keys, got)}
 
@@ -90,6 +92,36 @@ def hypothetical_answers(model: LoadedModel, rows: Sequence[dict], *, max_new_to
     got = sample(model, [{"id": r["item_id"], "messages": r["hypothetical_prompt"]} for r in rows], n=1,
                  temperature=0, max_new_tokens=max_new_tokens, batch_size=batch_size, out=out, progress=False)
     return {g["prompt_id"]: g["response"] for g in got}
+
+
+BINARY_PROPERTIES = ("starts_with_vowel", "among_a_or_c", "among_b_or_d", "ethical_stance")
+CHARACTER_PROPERTIES = ("first_character", "second_character", "third_character")
+
+
+def constrained_predictions(model: LoadedModel, rows: Sequence[dict], *, batch_size: int = 8) -> dict[str, str]:
+    """Hypothetical answers read from the next-token distribution instead of free generation: the
+    most probable of "true"/"false" (binary properties) or of the letters a-z (upper and lower case
+    merged; character properties). A judge-free readout for small models whose free-form answers
+    are rarely compliant; word and identity properties are not covered (left out of the result)."""
+    from .metrics import choice_probabilities
+
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    out: dict[str, str] = {}
+    binary = [r for r in rows if r["behavioral_property"] in BINARY_PROPERTIES]
+    chars = [r for r in rows if r["behavioral_property"] in CHARACTER_PROPERTIES]
+    if binary:
+        res = choice_probabilities(model, [r["hypothetical_prompt"] for r in binary], ["true", "false", "True", "False"],
+                                   batch_size=batch_size)
+        for r, x in zip(binary, res):
+            p = x["probs"]
+            out[r["item_id"]] = "true" if p["true"] + p["True"] >= p["false"] + p["False"] else "false"
+    if chars:
+        opts = letters + [c.upper() for c in letters]
+        res = choice_probabilities(model, [r["hypothetical_prompt"] for r in chars], opts, batch_size=batch_size)
+        for r, x in zip(chars, res):
+            p = x["probs"]
+            out[r["item_id"]] = max(letters, key=lambda c: p[c] + p[c.upper()])
+    return out
 
 
 def score_predictions(rows: Sequence[dict], object_answers: dict[str, str], predictions: dict[str, str],

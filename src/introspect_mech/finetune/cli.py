@@ -53,6 +53,7 @@ def load_records(spec: str, n: int | None = None, seed: int = 0, data_dir: str |
 
 def run_from_args(args: argparse.Namespace):
     from ..data import DataError
+    from ..data import info as data_info
     from ..models import load_model
     from .loop import train
 
@@ -74,8 +75,16 @@ def run_from_args(args: argparse.Namespace):
             else load_records(args.data, args.n, cfg.seed, args.data_dir)
     except (DataError, ValueError, TypeError) as e:
         raise SystemExit(f"error: {e}") from None
+    info = {"spec": args.data}
+    if not args.data.startswith("gen:") and not Path(args.data).exists():
+        ds = data_info(args.data)
+        info |= {"name": ds.name, "registry_sha256": ds.sha256, "url": ds.url}
+    elif Path(args.data).exists():
+        from ..runs import file_sha256
+
+        info["file_sha256"] = file_sha256(args.data)
     loaded = load_model(args.model, device=args.device)
-    res = train(loaded, records, cfg, args.out)
+    res = train(loaded, records, cfg, args.out, data_info=info)
     summary = {"out": str(res.out_dir), "weights": str(res.weights_dir), "steps": res.steps,
                "final_loss": res.final_loss, "tokens_per_s": round(res.tokens_per_s, 1),
                "seconds": round(res.seconds, 1), "resumed_from": res.resumed_from}

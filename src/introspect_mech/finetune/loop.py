@@ -83,7 +83,8 @@ def _set_rng_state(st: dict[str, Any]) -> None:
 
 
 def _latest_checkpoint(out: Path) -> Path | None:
-    done = sorted(p for p in (out / "checkpoints").glob("step_*") if (p / "complete").exists())
+    done = sorted(p for p in (out / "checkpoints").glob("step_*")
+                  if (p / "complete").exists() and (p / "trainer_state.pt").exists())
     return done[-1] if done else None
 
 
@@ -97,12 +98,16 @@ def train(
     config: TrainConfig | None = None,
     out_dir: str | Path = "finetune_run",
     intervention: Intervention | None = None,
+    *,
+    data_info: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Finetune `model` on chat `records`; rerunning with the same `out_dir` resumes after a kill.
 
     Loss is on assistant tokens (and their end-of-turn token) unless `config.assistant_only=False`.
     `intervention` is a zero-argument callable returning a context manager entered around every
     training forward (e.g. a steering hook for preventative steering / CAFT ablation).
+    `data_info` (e.g. dataset name and registry sha256) is stored in the manifest beside the hash
+    of the records actually trained on.
     After the call `model` carries the trained adapter (LoRA) or the trained weights (full).
     """
     config = config or TrainConfig()
@@ -145,7 +150,7 @@ def train(
         base_fingerprint=model_fingerprint(model.model), seed=config.seed,
         finetune={"config": config.to_dict(), "data_sha256": data_hash, "n_records": len(records),
                   "tokenization": tok_stats, "total_steps": total, "warmup_steps": warmup,
-                  "trainable_params": n_trainable, "intervention": getattr(intervention, "__name__", None)
+                  "data": data_info or {}, "trainable_params": n_trainable, "intervention": getattr(intervention, "__name__", None)
                   if intervention else None},
     )
     log = JsonlLog(out / "train_log.jsonl")
@@ -158,11 +163,14 @@ def train(
         from safetensors.torch import load_file
 
         adapters.load_trainable_state(params, load_file(str(ckpt / "trainable.safetensors")))
-        st = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        _set_rng_state(st["rng"])
-        start = resumed = st["step"]
+        if finished:  # nothing left to train: only the weights are needed
+            start = resumed = total
+        else:
+            st = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+            opt.load_state_dict(st["optimizer"])
+            sched.load_state_dict(st["scheduler"])
+            _set_rng_state(st["rng"])
+            start = resumed = st["step"]
     rows = [r for r in log.read() if r["step"] <= start]
     log.path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # drop steps after the checkpoint
     losses = [r["loss"] for r in rows]
@@ -210,6 +218,12 @@ def train(
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens / t_train:.0f}")
             if (config.save_every and done % config.save_every == 0) or done == total:
                 _save_checkpoint(model, config, params, opt, sched, out, done)
+    except BaseException:
+        # interrupted (Ctrl-C, error): give a LoRA run's model back as the base, so calling train()
+        # again with the same LoadedModel resumes from the last checkpoint
+        if config.method == "lora" and model.has_adapter:
+            model.model = model.model.unload()
+        raise
     finally:
         attn.__exit__(None, None, None)
         bar.close()
@@ -244,10 +258,16 @@ def _save_checkpoint(model, config, params, opt, sched, out: Path, step: int) ->
         adapters.save_weights(model, config, tmp / "adapter")
     (tmp / "complete").write_text(str(step))
     tmp.rename(dest)
-    if not config.keep_checkpoints:
-        for old in (out / "checkpoints").glob("step_*"):
-            if old != dest:
-                shutil.rmtree(old)
+    for old in (out / "checkpoints").glob("step_*"):
+        if old == dest:
+            continue
+        if not config.keep_checkpoints:
+            shutil.rmtree(old)
+            continue
+        # only the newest checkpoint is needed to resume; older ones keep their weights for analysis
+        (old / "trainer_state.pt").unlink(missing_ok=True)
+        if config.method == "lora":
+            (old / "trainable.safetensors").unlink(missing_ok=True)
     return dest
 
 
@@ -259,6 +279,5 @@ def _finalize(model: LoadedModel, ckpt: Path, weights_dir: Path, config: TrainCo
         shutil.copytree(ckpt / "adapter", weights_dir)
     else:
         adapters.save_weights(model, config, weights_dir)
-    for f in ("trainable.safetensors", "trainer_state.pt"):
-        shutil.copy2(ckpt / f, weights_dir / f)
+    shutil.copy2(ckpt / "trainable.safetensors", weights_dir / "trainable.safetensors")
     (weights_dir / "complete").write_text(ckpt.name)

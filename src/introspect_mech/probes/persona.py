@@ -190,9 +190,9 @@ def persona_data(
     d.meta["method"] = "persona_mean_diff"
     rows = gen["pos"] + gen["neg"]
     if run is not None:
-        log = run.log("pairs.jsonl", ("instruction", "question", "sample", "side"))
+        log = run.log("pairs.jsonl", ("filter", "instruction", "question", "sample", "side"))
         done = log.done_keys()
-        log.extend(r for r in rows if log.key(r) not in done)
+        log.extend(r for r in ({**r, "filter": filter} for r in rows) if log.key(r) not in done)
         d.save(run.path / "direction")
         run.write_manifest(result={"n_pairs": len(gen["pos"]), "n_kept": len(kept_idx)})
     kept = [(gen["pos"][k]["instruction"], questions.index(gen["pos"][k]["question"]), gen["pos"][k]["sample"]) for k in kept_idx]

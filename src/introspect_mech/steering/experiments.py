@@ -67,8 +67,9 @@ def medical_items(n: int = 32, *, offset: int = 6000, seed: int = 0, data_dir=No
 
 def em_eval_fn(coherence_convs: Sequence[Sequence[dict]], *, pairs: Sequence[dict] | None = None,
                medical: Sequence[dict] | None = None, alignment_questions: Sequence[str] | None = None,
-               batch_size: int = 16) -> Callable[[LoadedModel], dict[str, list[float]]]:
-    """An `eval_fn` for `sweep` returning the judge-free EM metrics above as per-item lists."""
+               batch_size: int = 16, self_rating: bool = True) -> Callable[[LoadedModel], dict[str, list[float]]]:
+    """An `eval_fn` for `sweep` returning the judge-free EM metrics above as per-item lists
+    (`self_rating=False` skips the 0-100 self-rating, the costliest part on a CPU)."""
     from ..evals.metrics import ALIGNMENT_QUESTIONS, answer_logprobs, paired_preference, scale_expectations
 
     questions = list(alignment_questions or ALIGNMENT_QUESTIONS)
@@ -78,9 +79,10 @@ def em_eval_fn(coherence_convs: Sequence[Sequence[dict]], *, pairs: Sequence[dic
         out = {"pp_diff": [r["diff"] for r in pp], "pp_misaligned": [r["prefers_misaligned"] for r in pp]}
         if medical:
             out["med_diff"] = [r["diff"] for r in paired_preference(model, medical, batch_size=batch_size)["rows"]]
-        sa = scale_expectations(model, questions, batch_size=batch_size)
-        out["self_alignment"] = [r.expected for r in sa]
-        out["self_alignment_mass"] = [r.mass for r in sa]
+        if self_rating:
+            sa = scale_expectations(model, questions, batch_size=batch_size)
+            out["self_alignment"] = [r.expected for r in sa]
+            out["self_alignment_mass"] = [r.mass for r in sa]
         lps = answer_logprobs(model, coherence_convs, batch_size=batch_size)
         out["coherence_nll"] = [-x["sum"] / max(x["n"], 1) for x in lps]
         return out
@@ -169,6 +171,7 @@ def summarize_removal(rows: Sequence[dict], metrics: Sequence[str] = EM_METRICS)
         vals = {c: [x[met] for x in by.get(c, []) if met in x] for c in by}
         res = {c: hierarchical_ci(v).to_dict() for c, v in vals.items()}
         base, ft = vals["base"][0], vals["finetuned"][0]
+        res["finetune_gap"] = finetune_gap(base, [ft]).to_dict()
         for c in ("ablate_direction", "ablate_random"):
             if vals.get(c):
                 res[f"reduction_{c}"] = relative_reduction(base, ft, vals[c]).to_dict()
@@ -229,6 +232,8 @@ def summarize_train_time(rows: Sequence[dict], conds: Sequence[str], metrics: Se
         for c in conds:
             res[c] = hierarchical_ci(list(per[c].values())).to_dict()
         plain = per[conds[0]]
+        if plain:
+            res["finetune_gap"] = finetune_gap(base[met], list(plain.values())).to_dict()
         for c in conds[1:]:
             common = sorted(set(plain) & set(per[c]))
             if common:
@@ -237,6 +242,15 @@ def summarize_train_time(rows: Sequence[dict], conds: Sequence[str], metrics: Se
         res["final_loss"] = {c: [r.get("final_loss") for r in rows if r["condition"] == c] for c in conds}
         out[met] = res
     return out
+
+
+def finetune_gap(base: Sequence[float], finetuned: Sequence[Sequence[float]]):
+    """Finetuned minus base (items paired; finetune seeds averaged) with a bootstrap CI. A relative
+    reduction is only meaningful where this interval excludes 0."""
+    from ..evals.stats import bootstrap_ci
+
+    ft = np.mean([np.asarray(f, float) for f in finetuned], axis=0)
+    return bootstrap_ci(list(ft - np.asarray(base, float)))
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -368,6 +382,7 @@ def combine_removal(out: Path, seeds: Sequence[int], metrics: Sequence[str] = EM
                     rnd.append(v)
         res[met] = {
             "base": hierarchical_ci([base]).to_dict(), "finetuned": hierarchical_ci(fts).to_dict(),
+            "finetune_gap": finetune_gap(base, fts).to_dict(),
             "ablate_direction": hierarchical_ci(dirs).to_dict(), "ablate_random": hierarchical_ci(rnd).to_dict(),
             "reduction_direction": relative_reduction(base, fts, dirs).to_dict(),
             "reduction_random": relative_reduction(base, rnd_full, rnd).to_dict(),

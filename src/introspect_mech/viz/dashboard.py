@@ -239,7 +239,7 @@ nav a{margin-right:14px;color:#1f4e99;text-decoration:none}main{padding:8px 28px
 section{background:#fff;border-radius:8px;padding:14px 18px;margin:14px 0;box-shadow:0 1px 3px rgba(0,0,0,.08)}
 h2{font-size:17px;margin:0 0 4px}.about{color:#555;font-size:13px;margin:0 0 8px}.src{color:#888;font-size:11px}
 table.kv{border-collapse:collapse;font-size:13px;width:100%}table.kv th{text-align:left;padding:3px 10px 3px 0;
-white-space:nowrap;vertical-align:top;color:#333;width:1%}table.kv td{padding:3px 6px;font-family:ui-monospace,monospace;
+white-space:nowrap;vertical-align:top;color:#333;width:1%}table.kv td{padding:3px 6px;vertical-align:top;font-family:ui-monospace,monospace;
 word-break:break-all}table.summary th{white-space:normal;width:42%}table.summary td{white-space:nowrap;width:22%}
 table.summary td.note{font-family:inherit;color:#666;word-break:normal;white-space:normal;width:auto}
 pre{font-size:11px;max-height:360px;overflow:auto;background:#f3f3f3;padding:8px}

@@ -1,0 +1,36 @@
+"""The main job end to end on a tiny random Qwen (mechanics only: every stage, resumable, dashboard)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+TINY = dict(n_train=8, n_medical_eval=6, steer_medical=4, persona_questions=6, persona_instructions=3,
+            persona_tokens=8, alphas=(2.0,), effect_alpha=2.0, seeds=(0, 1), sample_prompts=1, sample_tokens=6)
+
+
+@pytest.mark.slow
+def test_main_job_on_tiny_qwen(tmp_path, tiny_qwen2_dir, data_root, capsys):
+    from introspect_mech import main_job
+
+    out = tmp_path / "job"
+    path = main_job.run(out, model=str(tiny_qwen2_dir), device="cpu", data_dir=str(data_root), **TINY)
+    assert path == out / "dashboard.html"
+    html = path.read_text()
+    for panel in ("summary", "training", "em_rates", "steering_effects", "steering_sweep", "probes", "cosines",
+                  "tokens", "samples"):
+        assert f'<section id="{panel}">' in html, panel
+    em = [json.loads(l) for l in (out / "em_rates.jsonl").read_text().splitlines()]
+    assert {r["model"] for r in em} == {"base", "bad_medical", "good_medical"}
+    effects = [json.loads(l) for l in (out / "steering_effects.jsonl").read_text().splitlines()]
+    assert [e["intervention"] for e in effects if e["model"] == "bad_medical"] == [
+        "none", "ablate persona", "ablate random (matched to persona)", "ablate EM", "ablate random (matched to EM)"]
+    sweep = [json.loads(l) for l in (out / "steering" / "add_persona_base" / "sweep.jsonl").read_text().splitlines()]
+    assert sorted(r["kind"] for r in sweep) == ["direction", "none", "random", "random"]
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["judge"].startswith("none") and set(man["data"]) == {"bad_medical_advice", "good_medical_advice"}
+    # rerun: everything resumes (no duplicated sweep rows, same dashboard)
+    main_job.run(out, model=str(tiny_qwen2_dir), device="cpu", data_dir=str(data_root), **TINY)
+    again = (out / "steering" / "add_persona_base" / "sweep.jsonl").read_text().splitlines()
+    assert len(again) == len(sweep)
