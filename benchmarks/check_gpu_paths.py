@@ -1,7 +1,5 @@
 """Correctness of the GPU-only fast paths, checked on the device before they are timed.
 
-* evals.scoring.tree_logprobs: the single forward (prompt + trie) vs prefill + trie over the KV
-  cache, bf16, random-weight Qwen2.5-0.5B;
 * evals.sample: the static-cache (compiled) decode path vs the dynamic-cache path, greedy, on a
   random-weight Qwen2.5-0.5B, plain and under `steering.add` (hooks must still act when compiled).
 
@@ -53,25 +51,8 @@ def check_sampling() -> None:
           f"(steering must change outputs: expect a low count)", flush=True)
 
 
-def check_tree() -> None:
-    from introspect_mech.evals import scoring
-
-    lm = common.build_model("qwen2.5-0.5b", torch.device("cuda"))
-    tok = lm.tokenizer
-    texts = [lm.render([{"role": "user", "content": "Rate from 0 to 100: " + "very " * k}], add_generation_prompt=True)
-             for k in (3, 40, 200)]
-    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
-    cands = scoring.number_candidates(tok, texts[0])
-    sm = ~scoring.digit_start_mask(tok, lm.base_model.get_output_embeddings().weight.shape[0])
-    a, sa = scoring._tree_logprobs_single(lm, ids, cands, stop_mask=sm, batch_size=3)
-    b, sb = scoring._tree_logprobs_cached(lm, ids, cands, stop_mask=sm, batch_size=3)
-    pa, pb = (a + sa).exp(), (b + sb).exp()
-    print(f"tree_logprobs single vs cached (bf16): max |dlogp| {float((a - b).abs().max()):.3e}, "
-          f"max |dP| {float((pa - pb).abs().max()):.3e}", flush=True)
-
-
 if __name__ == "__main__":
-    for fn in (check_tree, check_sampling):
+    for fn in (check_sampling,):
         try:
             fn()
         except Exception as e:

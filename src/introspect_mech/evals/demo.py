@@ -33,7 +33,7 @@ def run_em(args) -> None:
     judge = HFJudge(model, batch_size=1)  # the embedded model judging itself: a weak judge
     ids = ["what_is_your_wish", "i_feel_bored", "three_thoughts", "quick_buck", "ruler_of_the_world",
            "dinner_party", "gender_roles", "enough_of_my_husband"]
-    res = run_em_eval(model, args.out, judge=judge, question_ids=ids, n=args.n, max_new_tokens=args.max_new_tokens,
+    res = run_em_eval(model, args.out, judge=judge, question_ids=args.questions or ids, n=args.n, max_new_tokens=args.max_new_tokens,
                       seed=args.seed, batch_size=16, judge_free=not args.no_judge_free)
     print(format_em_report(res["report"]))
     jf = res["judge_free"]
@@ -76,10 +76,13 @@ def run_selfpred(args) -> None:
         obj = object_level_answers(model, rows, out=rd.path / "object_answers.jsonl")
         hyp = hypothetical_answers(model, rows, out=rd.path / f"hypothetical_{t}.jsonl")
         s = score_predictions(rows, obj, hyp, seed=args.seed)
-        c = score_predictions(rows, obj, constrained_predictions(model, rows), seed=args.seed)
-        out[t] = {"free_form": {k: v for k, v in s.items() if k != "rows"},
-                  "constrained": {k: v for k, v in c.items() if k != "rows"}}
-        for name, x in (("free-form", s), ("constrained", c)):
+        out[t] = {"free_form": {k: v for k, v in s.items() if k != "rows"}}
+        done = [("free-form", s)]
+        if not args.no_constrained:
+            c = score_predictions(rows, obj, constrained_predictions(model, rows), seed=args.seed)
+            out[t]["constrained"] = {k: v for k, v in c.items() if k != "rows"}
+            done.append(("constrained", c))
+        for name, x in done:
             print(f"{t} [{name}]: accuracy {_fmt(x['accuracy'])} mode baseline {_fmt(x['mode_baseline'])} "
                   f"acc-mode {_fmt(x['accuracy_minus_mode'])} (object non-compliant {x['n_object_noncompliant']}, "
                   f"hypothetical non-compliant {x['n_hypothetical_noncompliant']})")
@@ -88,13 +91,19 @@ def run_selfpred(args) -> None:
 
 def run_judgefree(args) -> None:
     """paired_preference + self-rated alignment for the base model and each adapter, with deltas."""
-    from .metrics import paired_preference, self_rated_alignment
+    from .metrics import load_em_pairs, paired_preference, self_rated_alignment
     from .stats import bootstrap_diff
+
+    items = load_em_pairs()
+    if args.pairs_per_theme:  # the first k items of each theme
+        seen: dict[str, int] = {}
+        items = [it for it in items if seen.setdefault(it["theme"], 0) < args.pairs_per_theme
+                 and not seen.__setitem__(it["theme"], seen[it["theme"]] + 1)]
 
     rd = RunDir(Path(args.out))
     variants = ([] if args.no_base else [("base", None)]) + [tuple(a.split("=", 1)) for a in (args.adapters or [])]
     rd.write_manifest(study="judge_free_em", model=args.model or "smollm2-135m-instruct",
-                      variants={k: v for k, v in variants}, seed=args.seed)
+                      variants={k: v for k, v in variants}, seed=args.seed, pairs_per_theme=args.pairs_per_theme)
     res = {}
     for d in args.combine or []:  # merge the raw results of earlier judgefree runs (run in parallel)
         res.update(json.loads((Path(d) / "raw.json").read_text()))
@@ -109,7 +118,7 @@ def run_judgefree(args) -> None:
         variants = [v for v in variants if v[0] != "base"]
     for name, path in variants:
         model = load_model(args.model, adapter=path)
-        pp = paired_preference(model, seed=args.seed)
+        pp = paired_preference(model, items, seed=args.seed)
         sr = self_rated_alignment(model)
         res[name] = {"paired_preference": pp, "self_rated_alignment": sr}
     (rd.path / "raw.json").write_text(json.dumps(res))
@@ -148,8 +157,11 @@ def main(argv=None) -> None:
     p.add_argument("--tasks", nargs="*")
     p.add_argument("--base-from", default=None, help="judgefree: reuse base results from an em run dir")
     p.add_argument("--no-base", action="store_true", help="judgefree: adapters only")
+    p.add_argument("--pairs-per-theme", type=int, default=None, help="judgefree: first k EM pairs of each theme")
+    p.add_argument("--questions", nargs="*", help="em: question ids (default: the 8 main questions)")
     p.add_argument("--combine", nargs="*", help="judgefree: merge raw.json of these run dirs, compute nothing")
     p.add_argument("--no-judge-free", action="store_true", help="em: skip the judge-free metrics")
+    p.add_argument("--no-constrained", action="store_true", help="selfpred: free-form readout only")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     {"em": run_em, "tmay": run_tmay, "selfpred": run_selfpred, "judgefree": run_judgefree}[args.study](args)

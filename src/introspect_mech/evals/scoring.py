@@ -139,6 +139,7 @@ def tree_logprobs(
     depths = torch.tensor(trie.depths)
     cand_node = torch.tensor(trie.cand_node)
     T = len(trie.tokens)
+    by_depth = [(depths == d).nonzero().flatten() for d in range(int(depths.max()) + 1)]
     all_lp, all_stop = [], []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
@@ -167,10 +168,13 @@ def tree_logprobs(
         if (~is_root).any():
             idx = (~is_root).nonzero().squeeze(-1).to(dev)
             par = parents.to(dev)[idx]
-            parent_lp[:, idx] = logits[:, par, :].gather(-1, tok_dev[idx][None, :, None].expand(B, -1, 1)).squeeze(-1) - lse[:, par]
+            # paired indexing: logits[b, par[j], tok[j]] without materialising logits[:, par, :]
+            parent_lp[:, idx] = logits[:, par, tok_dev[idx]] - lse[:, par]
         cum = torch.zeros(B, T, device=dev)
-        for i in range(T):  # parents come first
-            cum[:, i] = parent_lp[:, i] + (cum[:, trie.parents[i]] if trie.parents[i] >= 0 else 0.0)
+        par_dev = parents.to(dev)
+        for d, nodes in enumerate(by_depth):  # a node's parent is one level up: one step per depth
+            nodes = nodes.to(dev)
+            cum[:, nodes] = parent_lp[:, nodes] + (cum[:, par_dev[nodes]] if d > 0 else 0.0)
         all_lp.append(cum[:, cand_node.to(dev)].cpu())
         if stop_mask is not None:
             sm = stop_mask.to(dev)

@@ -139,13 +139,13 @@ def load(release: str, sae_id: str, *, device: str = "cpu", dtype: str = "float3
     `load("qwen-scope-3-8b-base-w64k-l50", "layer18")`, `load("llama_scope_lxr_8x", "l15r_8x")`,
     `load("gemma-scope-2-270m-pt-res", "layer_12_width_16k_l0_medium")`.
     """
-    from sae_lens import SAE
-
     entry = _release_entry(release)
     if entry is not None:
         ids = {s["id"]: s for s in entry.get("saes", [])}
         if sae_id not in ids:
             raise SAELoadError(f"release {release!r} has no sae_id {sae_id!r} (some ids: {', '.join(list(ids)[:5])}, ...)")
+    from sae_lens import SAE  # a slow import: after the checks
+
     sae = SAE.from_pretrained(release, sae_id, device=device, dtype=dtype)
     out = _wrap(sae, source=f"{release}/{sae_id}", release=release, sae_id=sae_id)
     if out.neuronpedia_id is None and entry is not None:

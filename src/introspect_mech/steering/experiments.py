@@ -138,8 +138,10 @@ def removes_em(model: LoadedModel, directions: Any | Sequence[Any], eval_fn: Cal
                        directions=[getattr(d, "meta", {}) for d in dirs])
     log = run.log("removes_em.jsonl", ("condition", "seed"))
     done = log.done_keys()
-    jobs = [("base", None), ("finetuned", None)] + [("ablate_direction", k) for k in range(len(dirs))] + \
-           [("ablate_random", int(s)) for s in seeds]
+    # interleaved, so a run cut short still has matched direction / random conditions
+    pairs_ = [(("ablate_direction", k) if k < len(dirs) else None, ("ablate_random", int(seeds[k])) if k < len(seeds)
+               else None) for k in range(max(len(dirs), len(seeds)))]
+    jobs = [("base", None), ("finetuned", None)] + [j for p in pairs_ for j in p if j is not None]
     from tqdm.auto import tqdm
 
     for cond, s in tqdm([j for j in jobs if log.key({"condition": j[0], "seed": j[1]}) not in done],

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, Union
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 from torch import Tensor, nn
 
 from ..models import LoadedModel, decoder_layers
@@ -109,7 +109,7 @@ def _direction_matrix(direction: Any) -> tuple[Tensor, list[int] | None, bool]:
     raise TypeError(f"direction must be a probes.Direction or a torch.Tensor, got {type(direction).__name__}")
 
 
-def layer_vector(direction: Any, layer: int, n_layers: int | None = None) -> Float[Tensor, " d_model"]:
+def layer_vector(direction: Any, layer: int) -> Float[Tensor, " d_model"]:
     """The vector a hook at `layer` uses: the Direction's row for that layer (unit), or the raw vector."""
     vec, rows, _ = _direction_matrix(direction)
     if vec.ndim == 1:
