@@ -136,18 +136,22 @@ def self_prediction_figure(rows: Sequence[Row]) -> go.Figure:
 def loss_curves(logs: dict[str, Sequence[Row]], y: str = "loss") -> go.Figure:
     """Training curves: `{run label: train_log rows}` with `step` and `loss` (and `lr`, `tokens_per_s`)."""
     fig = make_subplots(specs=[[{"secondary_y": True}]])
+    max_lr = 0.0
     for i, (label, rows) in enumerate(logs.items()):
         pts = [r for r in rows if r.get(y) is not None and r.get("step") is not None]
         fig.add_scatter(name=str(label), x=[r["step"] for r in pts], y=[r[y] for r in pts], mode="lines+markers",
                         line=dict(color=PALETTE[i % len(PALETTE)]), marker=dict(size=4), secondary_y=False)
         lr = [r for r in pts if r.get("lr") is not None]
         if lr:
+            max_lr = max([max_lr] + [float(r["lr"]) for r in lr])
             fig.add_scatter(name=f"{label} lr", x=[r["step"] for r in lr], y=[r["lr"] for r in lr], mode="lines",
                             line=dict(color=PALETTE[i % len(PALETTE)], dash="dot", width=1),
                             secondary_y=True, visible="legendonly")
     fig.update_xaxes(title_text="optimizer step")
     fig.update_yaxes(title_text=y, secondary_y=False)
-    fig.update_yaxes(title_text="learning rate", secondary_y=True, showgrid=False)
+    # the lr traces start hidden: fix the right axis so it does not autoscale to nothing
+    fig.update_yaxes(title_text="learning rate", secondary_y=True, showgrid=False, exponentformat="e",
+                     range=[0, 1.05 * max_lr] if max_lr > 0 else None)
     return _layout(fig, "Training loss")
 
 
