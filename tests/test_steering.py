@@ -351,7 +351,7 @@ def test_evals_sample_and_activation_cache(tiny_qwen2):
     from introspect_mech.evals.sampling import sample
 
     m = tiny_qwen2
-    v = torch.randn(m.d_model) * 50
+    v = torch.randn(m.d_model, generator=torch.Generator().manual_seed(0)) * 50
     kw = dict(n=2, max_new_tokens=6, temperature=0, seed=0, batch_size=4)
     plain = sample(m, [MSGS], **kw)
     with steering.add(m, v, "all", 1.0, positions="response"):
@@ -361,11 +361,14 @@ def test_evals_sample_and_activation_cache(tiny_qwen2):
     assert [r["response"] for r in steered] != [r["response"] for r in plain]
     conv = [MSGS + [{"role": "assistant", "content": "Read a book."}]]
     a0 = cache(m, conv, layers=[1, 2], positions="response_mean")
-    u = v / v.norm()
-    with steering.ablate(m, v, layers=[1]):
+    # ablate a direction the cached activation really has a component along (tiny-model activations
+    # are ~1e-2 in size, so a random direction's component can be too small to tell from zero)
+    d = a0[0, 0] + 0.5 * a0[0, 0].norm() * v / v.norm()
+    u = d / d.norm()
+    with steering.ablate(m, d, layers=[1]):
         a1 = cache(m, conv, layers=[1, 2], positions="response_mean")
-    assert float(a0[0, 0] @ u) != pytest.approx(0.0, abs=1e-3)
-    assert float(a1[0, 0] @ u) == pytest.approx(0.0, abs=1e-4)
+    assert abs(float(a0[0, 0] @ u)) > 0.5 * float(a0[0, 0].norm())
+    assert float(a1[0, 0] @ u) == pytest.approx(0.0, abs=1e-6 * float(a0[0, 0].norm()) + 1e-8)
     assert torch.equal(cache(m, conv, layers=[1, 2], positions="response_mean"), a0)
     assert _no_hooks(m)
 
