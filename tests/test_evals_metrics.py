@@ -77,6 +77,27 @@ def test_answer_logprobs_counts_assistant_tokens(tiny_qwen2):
     assert out[0]["n"] > 0 and out[0]["sum"] < 0
 
 
+@pytest.mark.parametrize("peft", [False, True])
+def test_answer_logprobs_equals_full_forward(tiny_qwen2, peft):
+    """Length-sorted batches with the lm_head on answer positions only give, in the input order,
+    the log-probs of an unpadded full-logits forward of each conversation alone (with a LoRA too)."""
+    from peft import LoraConfig, get_peft_model
+
+    m = tiny_qwen2
+    if peft:
+        m.model = get_peft_model(m.model, LoraConfig(r=2, target_modules=["q_proj", "down_proj"], init_lora_weights=False))
+    convs = [[{"role": "user", "content": "q" * k}, {"role": "assistant", "content": "answer " * (1 + 3 * k % 7)}]
+             for k in range(1, 8)]
+    got = answer_logprobs(m, convs, batch_size=3)
+    for c, g in zip(convs, got):
+        t = m.tokenize_chat(c)
+        with torch.no_grad():
+            logits = m.model(input_ids=t.input_ids[None]).logits[0].float()
+        lp = torch.log_softmax(logits[:-1], -1).gather(-1, t.input_ids[1:, None]).squeeze(-1)[t.assistant_mask[1:]]
+        assert g["n"] == int(t.assistant_mask[1:].sum()) > 0
+        assert g["sum"] == pytest.approx(float(lp.sum()), abs=1e-4)
+
+
 def test_em_report_rates_and_none_counts():
     rows = (
         [{"question_id": "q1", "aligned": 10, "coherent": 80}] * 3          # EM

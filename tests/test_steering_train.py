@@ -161,3 +161,35 @@ def test_relative_reduction_per_group_full():
     assert est.value == pytest.approx(2 / 3)
     with pytest.raises(ValueError):
         relative_reduction(base, fulls, treated[:1])
+
+
+def test_study_train_time_and_removal_resume(tiny_qwen2_dir, tmp_path, data_root):
+    """run_study stages b+c on tiny Qwen (cpu preset sizes shrunk): every (condition, seed) is logged
+    once, each seed's CAFT uses that seed's direction, the removal pools finetune seeds, and a rerun
+    of the finished study adds no rows (resume without duplicates)."""
+    from introspect_mech.runs import JsonlLog
+    from introspect_mech.steering.experiments import run_study
+
+    kw = dict(model_name=str(tiny_qwen2_dir), stages="bc", seeds=(0, 1), preset="cpu", n_train=4, persona=False,
+              n_dir_pairs=4, batch_size=8, quick=True, ablate_layers=[1, 2])
+    res = run_study(tmp_path, **kw)
+    tt = JsonlLog(tmp_path / "caft" / "train_time.jsonl").read()
+    keys = sorted((r["condition"], str(r["seed"])) for r in tt)
+    assert keys == sorted([("base", "None")] + [(c, str(s)) for c in ("plain", "caft", "caft_random") for s in (0, 1)])
+    man = json.loads((tmp_path / "caft" / "manifest.json").read_text())
+    assert [d["seed"] for d in man["directions"]] == [0, 1]  # one base-model EM direction per seed
+    rem = res["removes_em_L1-2"]["med_diff"]
+    assert set(rem) >= {"base", "finetuned", "finetune_gap", "ablate_direction", "ablate_random",
+                        "reduction_direction", "reduction_random"}
+    for s in (0, 1):
+        rows = JsonlLog(tmp_path / f"removes_em_L1-2_seed{s}" / "removes_em.jsonl").read()
+        assert sorted((r["condition"], str(r["seed"])) for r in rows) == sorted(
+            [("base", "None"), ("finetuned", "None"), ("ablate_direction", "0"), ("ablate_random", "0"),
+             ("ablate_random", "1")])
+        assert json.loads((tmp_path / f"removes_em_L1-2_seed{s}" / "manifest.json").read_text())["layers"] == [1, 2]
+    # finetuned and base differ (the adapter is on), and a rerun adds nothing
+    n = len(tt)
+    run_study(tmp_path, **kw)
+    assert len(JsonlLog(tmp_path / "caft" / "train_time.jsonl").read()) == n
+    with pytest.raises(ValueError, match="unknown study preset"):
+        run_study(tmp_path / "x", **{**kw, "preset": "nope"})

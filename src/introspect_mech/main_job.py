@@ -297,7 +297,10 @@ def run(out: str | Path = "runs/main_job", config: JobConfig | None = None, **ov
     for dname, d in (("persona", persona), ("EM", em_ft)):
         abl[dname] = sweep(models["bad_medical"], d, "all", [0.0], steer_eval,
                            out / "steering" / f"ablate_{dname.lower()}_finetune", op="ablate", seeds=cfg.seeds,
-                           layers_together=True)
+                           layers_together=True, control=dname == "persona", baseline=dname == "persona")
+    # Ablation uses unit vectors, and random_like(d, seed) draws the same unit vectors for any d of this
+    # shape: the persona sweep's random controls and unsteered rows serve the EM ablation unchanged.
+    abl["EM"] += [r for r in abl["persona"] if r["kind"] in ("none", "random")]
     sweep_rows = []
     for metric, label in (("em_diff", "EM themes"), ("med_diff", "medical (held-out)")):
         fl = {(s["layer"], s["alpha"], s["kind"]): s for s in summarize(add_rows, "fluency")}

@@ -111,12 +111,24 @@ def load_em_pairs(path: str | None = None) -> list[dict[str, str]]:
 
 @torch.no_grad()
 def answer_logprobs(model: LoadedModel, conversations: Sequence[Sequence[Message]], *, batch_size: int = 8) -> list[dict[str, float]]:
-    """Sum and count of log-probs of the assistant-content tokens of each conversation."""
+    """Sum and count of log-probs of the assistant-content tokens of each conversation.
+
+    Conversations are batched by length (less padding) and the lm_head runs only on the positions
+    that predict assistant tokens, not on the whole sequence: the full-vocabulary logits of the
+    prompt were most of the cost on a CPU. Decoder-layer hooks (steering) apply as usual.
+    """
     toks = [model.tokenize_chat(c) for c in conversations]
     pad = model.tokenizer.pad_token_id or 0
-    out = []
-    for s in range(0, len(toks), batch_size):
-        chunk = toks[s:s + batch_size]
+    base = model.base_model
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else base.model
+    head = base.get_output_embeddings()
+    cfg = getattr(base.config, "text_config", None) or base.config
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    dev = model.device
+    order = sorted(range(len(toks)), key=lambda i: -len(toks[i].input_ids))
+    out: list[dict[str, float]] = [{}] * len(toks)
+    for s in range(0, len(order), batch_size):
+        chunk = [toks[i] for i in order[s:s + batch_size]]
         n = max(len(t.input_ids) for t in chunk)
         ids = torch.full((len(chunk), n), pad, dtype=torch.long)
         att = torch.zeros((len(chunk), n), dtype=torch.long)
@@ -125,12 +137,16 @@ def answer_logprobs(model: LoadedModel, conversations: Sequence[Sequence[Message
             ids[i, :len(t.input_ids)] = t.input_ids
             att[i, :len(t.input_ids)] = 1
             msk[i, :len(t.input_ids)] = t.assistant_mask
-        dev = model.device
-        logits = model.model(input_ids=ids.to(dev), attention_mask=att.to(dev)).logits.float()
-        lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None].to(dev)).squeeze(-1).cpu()
-        m = msk[:, 1:]
-        for i in range(len(chunk)):
-            out.append({"sum": float(lp[i][m[i]].sum()), "n": int(m[i].sum())})
+        m = msk[:, 1:]  # position j predicts token j + 1
+        with torch.no_grad():
+            hidden = decoder(input_ids=ids.to(dev), attention_mask=att.to(dev), use_cache=False).last_hidden_state
+            logits = head(hidden[:, :-1][m.to(dev)]).float()
+            if cap:
+                logits = torch.tanh(logits / cap) * cap
+            lp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:][m].to(dev)[:, None]).squeeze(-1).cpu()
+        counts = m.sum(1).tolist()
+        for i, part in enumerate(torch.split(lp, counts)):
+            out[order[s + i]] = {"sum": float(part.sum()), "n": int(counts[i])}
     return out
 
 

@@ -189,6 +189,8 @@ def train_time(load: Callable[[], LoadedModel], records: Sequence[dict], config:
     """Finetune with and without a train-time intervention (`kind="caft"`: ablate the direction;
     `"preventative"`: add `alpha` times it) and with the same intervention on a norm-matched random
     direction, for each seed; evaluate each finetuned model unsteered. `load()` returns a fresh base.
+    `direction` is one Direction for every seed, or a list with one per seed (e.g. extracted from
+    different data subsets), so the seeds vary the direction as well as the finetune.
     Summary: each condition's metrics with CIs (seeds x items) and the relative reduction
     (plain - intervened) / (plain - base), per seed pairs.
     """
@@ -197,20 +199,23 @@ def train_time(load: Callable[[], LoadedModel], records: Sequence[dict], config:
 
     if kind not in ("caft", "preventative"):
         raise ValueError(f"kind must be 'caft' or 'preventative', got {kind!r}")
+    per_seed = list(direction) if isinstance(direction, (list, tuple)) else [direction] * len(seeds)
+    if len(per_seed) != len(seeds):
+        raise ValueError(f"train_time: {len(per_seed)} directions for {len(seeds)} seeds")
     run = RunDir(out)
     run.write_manifest(stage="steering_train_time", kind=kind, alpha=alpha, scale=scale, seeds=list(seeds),
-                       direction=getattr(direction, "meta", {}), config=config.to_dict())
+                       directions=[getattr(d, "meta", {}) for d in per_seed], config=config.to_dict())
     log = run.log("train_time.jsonl", ("condition", "seed"))
     done = log.done_keys()
     conds = ["plain", kind] + ([f"{kind}_random"] if control else [])
     if log.key({"condition": "base", "seed": None}) not in done:
         log.append({"condition": "base", "seed": None, "metrics": eval_fn(load())})
-    for s in seeds:
+    for s, direction_s in zip(seeds, per_seed):
         for cond in conds:
             if log.key({"condition": cond, "seed": int(s)}) in done:
                 continue
             m = load()
-            d = random_like(direction, 1000 + int(s)) if cond.endswith("_random") else direction
+            d = random_like(direction_s, 1000 + int(s)) if cond.endswith("_random") else direction_s
             iv = None
             if cond != "plain":
                 iv = caft(m, d, layers) if kind == "caft" else preventative_steering(m, d, layers, alpha, scale=scale)
@@ -281,11 +286,27 @@ def _em_directions(model: LoadedModel, pool: Sequence[tuple], seeds: Sequence[in
     return dirs
 
 
+# Study sizes. "gpu": the finetune of the GPU run (2000 examples, effective batch 16, 125 steps).
+# "cpu": the main job's finetune (64 examples, batch 4, lr 2e-4: 16 steps, ~3 min for the embedded
+# model on one CPU core) so 3 seeds x (plain, CAFT, random CAFT) fit a 2-core machine; its evals skip
+# the 0-100 self-rating (the costliest metric, and the 135M model puts ~13 % of its mass on numbers).
+STUDY_PRESETS: dict[str, dict[str, Any]] = {
+    "gpu": dict(n_train=2000, lr=1e-4, train=dict(batch_size=16, max_seq_len=1024, warmup_steps=5), self_rating=True),
+    "cpu": dict(n_train=64, lr=2e-4, train=dict(batch_size=4, max_seq_len=384, warmup_steps=2), self_rating=False),
+}
+
+
 def run_study(out: str | os.PathLike, *, model_name: str | None = None, stages: str = "abc",
               seeds: Sequence[int] = (0, 1, 2), layers: Sequence[int] | None = None,
-              alphas: Sequence[float] = (1.0, 2.0, 4.0, 8.0), n_train: int = 2000, lr: float = 1e-4,
-              n_dir_pairs: int = 64, persona: bool = True, batch_size: int = 16, quick: bool = False) -> dict:
-    """Run (a) creates-EM, (b) removes-EM and (c) CAFT on one model; everything resumable under `out`."""
+              alphas: Sequence[float] = (1.0, 2.0, 4.0, 8.0), preset: str = "gpu", n_train: int | None = None,
+              lr: float | None = None, n_dir_pairs: int = 64, persona: bool = True, batch_size: int = 16,
+              ablate_layers: LayerSpec = "all", quick: bool = False) -> dict:
+    """Run (a) creates-EM, (b) removes-EM and (c) CAFT on one model; everything resumable under `out`.
+
+    (c) finetunes each seed three ways (plain, CAFT with the seed's base-model EM direction, CAFT with
+    a norm-matched random direction); (b) reuses each seed's plain finetune, extracts the EM
+    direction in it and ablates that (at `ablate_layers`) vs norm-matched random directions.
+    """
     import json
 
     import torch
@@ -295,9 +316,17 @@ def run_study(out: str | os.PathLike, *, model_name: str | None = None, stages: 
     from ..probes.direction import Direction
     from ..probes.em import medical_advice_pairs
 
+    if preset not in STUDY_PRESETS:
+        raise ValueError(f"unknown study preset {preset!r}; presets: {', '.join(STUDY_PRESETS)}")
+    sizes = STUDY_PRESETS[preset]
+    n_train = sizes["n_train"] if n_train is None else n_train
+    lr = sizes["lr"] if lr is None else lr
     out = Path(out)
     base = load_model(model_name, dtype=torch.float32)  # float32 on GPU too: comparable with CPU runs
     layers = list(layers) if layers is not None else [round(base.n_layers * f) for f in (0.2, 0.35, 0.5, 0.65)]
+    RunDir(out).write_manifest(stage="steering_study", model=base.name, preset=preset, n_train=n_train, lr=lr,
+                               seeds=list(seeds), ablate_layers=ablate_layers if isinstance(ablate_layers, str)
+                               else list(ablate_layers))
     n_ref = 4 if quick else len(NEUTRAL_PROMPTS)
     ref_file = out / "reference_answers.json"
     if ref_file.exists():
@@ -314,7 +343,7 @@ def run_study(out: str | os.PathLike, *, model_name: str | None = None, stages: 
     from ..evals.metrics import load_em_pairs
 
     pairs = load_em_pairs()[: 8 if quick else None]
-    eval_fn = em_eval_fn(refs, pairs=pairs, medical=medical, batch_size=batch_size)
+    eval_fn = em_eval_fn(refs, pairs=pairs, medical=medical, batch_size=batch_size, self_rating=sizes["self_rating"])
     results: dict[str, Any] = {}
 
     def directions(name: str, make: Callable[[], list], which: Sequence[int] = tuple(seeds)) -> list:
@@ -342,32 +371,41 @@ def run_study(out: str | os.PathLike, *, model_name: str | None = None, stages: 
     if "a" in stages:
         results["creates_em"] = {k: creates_em(base, ds, layers, alphas, eval_fn, out / f"creates_em_{k}", seeds=seeds)
                                  for k, ds in dir_sets.items()}
+    train_sizes = dict(batch_size=4, max_seq_len=256, warmup_steps=2) if quick else sizes["train"]
     cfg = TrainConfig(r=8 if quick else 32, lora_alpha=16.0 if quick else 64.0, lr=lr, n_examples=n_train,
-                      batch_size=4 if quick else 16, max_seq_len=256 if quick else 1024, warmup_steps=2 if quick else 5)
+                      **train_sizes)
     from ..data import load as load_data
 
     records = load_data("bad_medical_advice")[:6000]
     if "c" in stages or "b" in stages:
-        results["caft"] = train_time(lambda: load_model(model_name, dtype=torch.float32), records, cfg, em_base[0], eval_fn,
+        results["caft"] = train_time(lambda: load_model(model_name, dtype=torch.float32), records, cfg, em_base, eval_fn,
                                      out / "caft", kind="caft", seeds=seeds)
     if "b" in stages:
         from ..models import attach_adapter
 
-        rem = []
+        tag = removal_tag(ablate_layers)
         for s in seeds:
             ft = attach_adapter(load_model(model_name, dtype=torch.float32), out / "caft" / f"plain_seed{s}" / "adapter")
             dirs = directions("em_finetuned", lambda: _em_directions(ft, pool, [s], n_dir_pairs, batch_size), [s])
-            rem.append(removes_em(ft, dirs, eval_fn, out / f"removes_em_seed{s}", seeds=seeds))
-        results["removes_em"] = combine_removal(out, seeds)
+            removes_em(ft, dirs, eval_fn, out / f"removes_em{tag}_seed{s}", layers=ablate_layers, seeds=seeds)
+        results[f"removes_em{tag}"] = combine_removal(out, seeds, tag=tag)
     _write_json(out / "results.json", results)
     return results
 
 
-def combine_removal(out: Path, seeds: Sequence[int], metrics: Sequence[str] = EM_METRICS) -> dict[str, Any]:
+def removal_tag(ablate_layers: LayerSpec) -> str:
+    """'' for ablation at every block (the default), else '_L6-10-15' (the run directories' suffix)."""
+    if isinstance(ablate_layers, str):
+        return "" if ablate_layers == "all" else f"_{ablate_layers}"
+    return "_L" + "-".join(str(int(x)) for x in ablate_layers)
+
+
+def combine_removal(out: Path, seeds: Sequence[int], metrics: Sequence[str] = EM_METRICS, *,
+                    tag: str = "") -> dict[str, Any]:
     """Pool removes_em over finetune seeds: each seed's finetune paired with its own ablations."""
     from ..runs import JsonlLog
 
-    per = {s: JsonlLog(Path(out) / f"removes_em_seed{s}" / "removes_em.jsonl").read() for s in seeds}
+    per = {s: JsonlLog(Path(out) / f"removes_em{tag}_seed{s}" / "removes_em.jsonl").read() for s in seeds}
     res: dict[str, Any] = {}
     for met in metrics:
         get = {s: {(r["condition"], r["seed"]): r["metrics"].get(met) for r in rows} for s, rows in per.items()}
@@ -389,7 +427,7 @@ def combine_removal(out: Path, seeds: Sequence[int], metrics: Sequence[str] = EM
             "reduction_direction": relative_reduction(base, fts, dirs).to_dict(),
             "reduction_random": relative_reduction(base, rnd_full, rnd).to_dict(),
         }
-    _write_json(Path(out) / "removes_em_summary.json", res)
+    _write_json(Path(out) / f"removes_em{tag}_summary.json", res)
     return res
 
 
@@ -403,16 +441,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--layers", default=None, help="comma-separated blocks for (a); default 20/35/50/65 %% depth")
     p.add_argument("--alphas", default="1,2,4,8", help="(a) in units of the direction's class-mean distance")
-    p.add_argument("--n-train", type=int, default=2000)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--preset", default="gpu", choices=sorted(STUDY_PRESETS),
+                   help="finetune and eval sizes: gpu (2000 examples) or cpu (64 examples, no self-rating)")
+    p.add_argument("--n-train", type=int, default=None, help="override the preset's number of training examples")
+    p.add_argument("--lr", type=float, default=None, help="override the preset's learning rate")
+    p.add_argument("--ablate-layers", default="all", help="(b) blocks to ablate at: 'all' or comma-separated")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--no-persona", action="store_true")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     a = p.parse_args(argv)
     run_study(a.out, model_name=a.model, stages=a.stages, seeds=[int(s) for s in a.seeds.split(",")],
               layers=[int(x) for x in a.layers.split(",")] if a.layers else None,
-              alphas=[float(x) for x in a.alphas.split(",")], n_train=a.n_train, lr=a.lr,
-              batch_size=a.batch_size, persona=not a.no_persona, quick=a.quick)
+              alphas=[float(x) for x in a.alphas.split(",")], preset=a.preset, n_train=a.n_train, lr=a.lr,
+              batch_size=a.batch_size, persona=not a.no_persona, quick=a.quick,
+              ablate_layers="all" if a.ablate_layers == "all" else [int(x) for x in a.ablate_layers.split(",")])
     return 0
 
 

@@ -200,6 +200,8 @@ def relative_reduction(base: Sequence[float], full: Sequence[float] | Sequence[S
         raise ValueError(f"relative_reduction: {len(fs)} finetuned groups for {len(ts)} treated groups")
     if not ts or any(len(x) != n for x in fs + ts):
         raise ValueError("relative_reduction needs per-item values on the same items in every condition")
+    if n == 0:  # a metric with no items (e.g. no usable reference answers): no estimate
+        return Estimate(None, None, None, 0)
 
     def stat(ii: np.ndarray, gi: Sequence[int]) -> float:
         # ratio of means over the groups (stable when one group's gap is small)
