@@ -187,6 +187,10 @@ def test_study_train_time_and_removal_resume(tiny_qwen2_dir, tmp_path, data_root
             [("base", "None"), ("finetuned", "None"), ("ablate_direction", "0"), ("ablate_random", "0"),
              ("ablate_random", "1")])
         assert json.loads((tmp_path / f"removes_em_L1-2_seed{s}" / "manifest.json").read_text())["layers"] == [1, 2]
+        by = {r["condition"]: r for r in rows}  # base and unsteered finetune reused from (c), not re-evaluated
+        assert by["base"]["metrics"] == next(r for r in tt if r["condition"] == "base")["metrics"]
+        assert by["finetuned"]["metrics"] == next(r for r in tt if (r["condition"], r["seed"]) == ("plain", s))["metrics"]
+        assert "copied_from" in by["finetuned"] and "copied_from" not in by["ablate_random"]
     # finetuned and base differ (the adapter is on), and a rerun adds nothing
     n = len(tt)
     run_study(tmp_path, **kw)

@@ -383,8 +383,17 @@ def run_study(out: str | os.PathLike, *, model_name: str | None = None, stages: 
     if "b" in stages:
         from ..models import attach_adapter
 
+        from ..runs import JsonlLog
+
         tag = removal_tag(ablate_layers)
+        trained = {(r["condition"], r["seed"]): r["metrics"] for r in JsonlLog(out / "caft" / "train_time.jsonl").read()}
         for s in seeds:
+            # the base and the unsteered finetune were evaluated with the same eval_fn in (c): reuse those rows
+            rlog = RunDir(out / f"removes_em{tag}_seed{s}").log("removes_em.jsonl", ("condition", "seed"))
+            for cond, src in (("base", ("base", None)), ("finetuned", ("plain", int(s)))):
+                if src in trained and rlog.key({"condition": cond, "seed": None}) not in rlog.done_keys():
+                    rlog.append({"condition": cond, "seed": None, "metrics": trained[src],
+                                 "copied_from": f"caft/train_time.jsonl {src}"})
             ft = attach_adapter(load_model(model_name, dtype=torch.float32), out / "caft" / f"plain_seed{s}" / "adapter")
             dirs = directions("em_finetuned", lambda: _em_directions(ft, pool, [s], n_dir_pairs, batch_size), [s])
             removes_em(ft, dirs, eval_fn, out / f"removes_em{tag}_seed{s}", layers=ablate_layers, seeds=seeds)
