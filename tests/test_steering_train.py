@@ -195,5 +195,11 @@ def test_study_train_time_and_removal_resume(tiny_qwen2_dir, tmp_path, data_root
     n = len(tt)
     run_study(tmp_path, **kw)
     assert len(JsonlLog(tmp_path / "caft" / "train_time.jsonl").read()) == n
+    # one random control per finetune, rotated: finetune seed k gets random seed k
+    run_study(tmp_path, **{**kw, "ablate_layers": [2], "random_per_finetune": 1})
+    for s in (0, 1):
+        rows = JsonlLog(tmp_path / f"removes_em_L2_seed{s}" / "removes_em.jsonl").read()
+        assert [r["seed"] for r in rows if r["condition"] == "ablate_random"] == [s]
+    assert len(JsonlLog(tmp_path / "caft" / "train_time.jsonl").read()) == n  # finetunes reused
     with pytest.raises(ValueError, match="unknown study preset"):
         run_study(tmp_path / "x", **{**kw, "preset": "nope"})

@@ -300,12 +300,14 @@ def run_study(out: str | os.PathLike, *, model_name: str | None = None, stages: 
               seeds: Sequence[int] = (0, 1, 2), layers: Sequence[int] | None = None,
               alphas: Sequence[float] = (1.0, 2.0, 4.0, 8.0), preset: str = "gpu", n_train: int | None = None,
               lr: float | None = None, n_dir_pairs: int = 64, persona: bool = True, batch_size: int = 16,
-              ablate_layers: LayerSpec = "all", quick: bool = False) -> dict:
+              ablate_layers: LayerSpec = "all", random_per_finetune: int | None = None, quick: bool = False) -> dict:
     """Run (a) creates-EM, (b) removes-EM and (c) CAFT on one model; everything resumable under `out`.
 
     (c) finetunes each seed three ways (plain, CAFT with the seed's base-model EM direction, CAFT with
     a norm-matched random direction); (b) reuses each seed's plain finetune, extracts the EM
-    direction in it and ablates that (at `ablate_layers`) vs norm-matched random directions.
+    direction in it and ablates that (at `ablate_layers`) vs norm-matched random directions: all
+    `seeds` per finetune, or `random_per_finetune` of them (rotated, so finetune seed k gets random
+    seeds k, k+1, ...; with 1, each finetune gets its own random seed).
     """
     import json
 
@@ -387,7 +389,9 @@ def run_study(out: str | os.PathLike, *, model_name: str | None = None, stages: 
 
         tag = removal_tag(ablate_layers)
         trained = {(r["condition"], r["seed"]): r["metrics"] for r in JsonlLog(out / "caft" / "train_time.jsonl").read()}
-        for s in seeds:
+        for i, s in enumerate(seeds):
+            k = len(seeds) if random_per_finetune is None else max(1, min(random_per_finetune, len(seeds)))
+            random_seeds = [seeds[(i + j) % len(seeds)] for j in range(k)]
             # the base and the unsteered finetune were evaluated with the same eval_fn in (c): reuse those rows
             rlog = RunDir(out / f"removes_em{tag}_seed{s}").log("removes_em.jsonl", ("condition", "seed"))
             for cond, src in (("base", ("base", None)), ("finetuned", ("plain", int(s)))):
@@ -396,7 +400,7 @@ def run_study(out: str | os.PathLike, *, model_name: str | None = None, stages: 
                                  "copied_from": f"caft/train_time.jsonl {src}"})
             ft = attach_adapter(load_model(model_name, dtype=torch.float32), out / "caft" / f"plain_seed{s}" / "adapter")
             dirs = directions("em_finetuned", lambda: _em_directions(ft, pool, [s], n_dir_pairs, batch_size), [s])
-            removes_em(ft, dirs, eval_fn, out / f"removes_em{tag}_seed{s}", layers=ablate_layers, seeds=seeds)
+            removes_em(ft, dirs, eval_fn, out / f"removes_em{tag}_seed{s}", layers=ablate_layers, seeds=random_seeds)
         results[f"removes_em{tag}"] = combine_removal(out, seeds, tag=tag)
     _write_json(out / "results.json", results)
     return results
@@ -455,6 +459,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--n-train", type=int, default=None, help="override the preset's number of training examples")
     p.add_argument("--lr", type=float, default=None, help="override the preset's learning rate")
     p.add_argument("--ablate-layers", default="all", help="(b) blocks to ablate at: 'all' or comma-separated")
+    p.add_argument("--random-per-finetune", type=int, default=None,
+                   help="(b) random-direction controls per finetune seed (default: one per seed in --seeds)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--no-persona", action="store_true")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
@@ -463,7 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               layers=[int(x) for x in a.layers.split(",")] if a.layers else None,
               alphas=[float(x) for x in a.alphas.split(",")], preset=a.preset, n_train=a.n_train, lr=a.lr,
               batch_size=a.batch_size, persona=not a.no_persona, quick=a.quick,
-              ablate_layers="all" if a.ablate_layers == "all" else [int(x) for x in a.ablate_layers.split(",")])
+              ablate_layers="all" if a.ablate_layers == "all" else [int(x) for x in a.ablate_layers.split(",")],
+              random_per_finetune=a.random_per_finetune)
     return 0
 
 
