@@ -1,8 +1,8 @@
 """Small real runs of the three studies' evals (used for the numbers in docs/evals.md).
 
-    python -m introspect_mech.evals.demo em   --out /work/runs/evals/em_base [--n 1 --questions ...]
-    python -m introspect_mech.evals.demo tmay --out /work/runs/evals/tmay_base --n-items 40 --n 3
-    python -m introspect_mech.evals.demo selfpred --out /work/runs/evals/selfpred_base --n-items 20
+    python -m introspect_mech.evals.demo em   --out runs/evals/em_base [--n 1 --questions ...]
+    python -m introspect_mech.evals.demo tmay --out runs/evals/tmay_base --n-items 40 --n 3
+    python -m introspect_mech.evals.demo selfpred --out runs/evals/selfpred_base --n-items 20
     python -m introspect_mech.evals.demo judgefree --out DIR --adapters bad=PATH good=PATH [--pairs-per-theme 2]
     python -m introspect_mech.evals.demo judgefree --out DIR --combine DIR1 DIR2 ...  (merge parallel runs)
 
