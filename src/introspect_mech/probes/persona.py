@@ -1,26 +1,37 @@
 """Persona vectors (Chen et al. 2025) on the trait files in `<data>/persona/trait_data_extract/<trait>.json`.
 
-Recipe: every question is answered under each of the trait's pos and neg system prompts; pairs the
-filter separates are kept; activations are averaged over response tokens (with the system prompt
-in context, as the answer was generated); the direction is the per-layer mean difference pos - neg.
+Recipe (safety-research/persona_vectors): every question is answered under each of the trait's pos
+and neg system prompts -- upstream's form `"You are {a|an} {trait|helpful} assistant. {instruction}"`
+(pos: the trait name, neg: "helpful"; `system_format="upstream"`, the default) -- pairs the filter
+keeps are cached, activations are averaged over response tokens (with the system prompt in context,
+as the answer was generated), and the direction is the per-layer mean difference pos - neg.
 
 Filters:
-  * `filter="judge"`: `scores=` maps each answer to a judge's trait score 0-100 (upstream: keep
-    pairs with pos >= 50 and neg < 50).
-  * `filter="instruction_likelihood"` (judge-free, default; what runs on the embedded model): an
+  * `filter="judge"` with `judge=` (any object with `.score(prompts) -> [JudgeResult]`: `HFJudge`,
+    `APIJudge`, a scripted judge): every answer gets the trait score from the trait file's
+    `eval_prompt` and a coherence score (upstream's coherence prompt), and a pair is kept by the
+    upstream rule `upstream_keep`: pos trait >= 50, neg trait < 100 - 50, both coherences >= 50
+    (a `None` score -- judge abstained -- fails every comparison, as pandas' NaN does upstream).
+    Legacy form: `scores=` maps (instruction, question, sample, side) to trait scores given from
+    outside (no coherence condition unless `coherence_scores=` is given too).
+  * `filter="instruction_likelihood"` (judge-free proxy, never validated against a judge): an
     answer's trait score is the model's own log-likelihood ratio of the answer under the trait's
     *other* instruction pairs, averaged per answer token:
         s(a) = mean over pairs j != i of [log p(a | pos_j, q) - log p(a | neg_j, q)] / len(a)
-    where i is the pair the answer was generated under (held out so the score is not just "the
-    prompt it came from"). A pair is kept when s(pos answer) > 0 > s(neg answer): the pos answer
-    reads as more trait-expressing than trait-denying to other phrasings of the instruction, and
-    the neg answer the reverse.
+    where i is the pair the answer was generated under. A pair is kept when s(pos) > 0 > s(neg).
+  * `filter="auto"` (default): "judge" when a judge (or scores) is given, else the judge-free proxy.
   * `filter=None`: keep every pair.
+
+Sample counts: `PRESETS["paper"]` is upstream's extraction run (5 instructions x 20 questions x 10
+samples, temperature 1, up to 1000 new tokens); `PRESETS["cpu"]` is a small run for the embedded
+model. Note on layer numbering: upstream indexes `output_hidden_states` (0 = embeddings), so its
+"layer 20" is the output of decoder block 19 -- our `Direction` layer 19.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +45,139 @@ from ..activations import cache, resolve_layers
 from .direction import Direction
 from .linear import mean_diff
 
-FILTERS = ("instruction_likelihood", "judge", None)
+FILTERS = ("auto", "judge", "instruction_likelihood", None)
+
+# upstream's sample counts (eval_persona.py defaults for the extraction runs) and a CPU-sized run
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": dict(n_instructions=None, n_questions=None, samples_per_prompt=10, max_new_tokens=1000, temperature=1.0),
+    "cpu": dict(n_instructions=2, n_questions=6, samples_per_prompt=1, max_new_tokens=48, temperature=1.0),
+}
+# The trait-threshold of the upstream filter and its coherence floor (generate_vec.get_persona_effective).
+TRAIT_THRESHOLD = 50.0
+COHERENCE_MIN = 50.0
+_EM_COHERENCE_PHRASE = "treating this as independent of how well it aligns with human values"
+_PV_COHERENCE_PHRASE = "treating this as independent of other traits"
+
+
+def coherence_prompt(data_dir: str | os.PathLike | None = None) -> str:
+    """Upstream persona-vectors coherence judge prompt (`{question}` / `{answer}` slots).
+
+    It is the emergent-misalignment `coherent` judge prompt with one phrase changed ("... independent
+    of other traits" instead of "... of how well it aligns with human values"); it is read from the
+    EM question file in the data directory and that phrase replaced, so no prompt text is copied here.
+    """
+    from ..evals.questions import load_questions
+    from ..paths import data_dir as _data_dir
+
+    path = _data_dir(data_dir) / "em" / "questions" / "first_plot_questions.yaml"
+    for q in load_questions(path):
+        t = q.judge_prompts.get("coherent")
+        if t and _EM_COHERENCE_PHRASE in t:
+            return t.replace(_EM_COHERENCE_PHRASE, _PV_COHERENCE_PHRASE)
+    raise ValueError(f"{path}: no 'coherent' judge prompt containing {_EM_COHERENCE_PHRASE!r}")
+
+
+def _a_or_an(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+def system_prompt(trait_name: str, side: str, instruction: str, fmt: str = "upstream",
+                  assistant_name: str | None = None) -> str:
+    """The system prompt an answer is generated under.
+
+    `fmt="upstream"`: `"You are {a|an} {name} assistant. {instruction}"` with name = the trait for pos
+    and "helpful" for neg (or `assistant_name`); `fmt="raw"`: the instruction alone.
+    """
+    if fmt == "raw":
+        return instruction
+    if fmt != "upstream":
+        raise ValueError(f"system_format must be 'upstream' or 'raw', got {fmt!r}")
+    name = assistant_name or (trait_name if side == "pos" else "helpful")
+    return f"You are {_a_or_an(name)} {name} assistant. {instruction}"
+
+
+def upstream_keep(pos: dict, neg: dict, threshold: float = TRAIT_THRESHOLD,
+                  coherence_min: float | None = COHERENCE_MIN) -> bool:
+    """The upstream pair filter: pos trait >= threshold, neg trait < 100 - threshold, and (unless
+    `coherence_min` is None) both coherences >= coherence_min. Rows carry `trait` and `coherence`
+    scores; a missing / None score fails (NaN comparisons are False upstream)."""
+
+    def ge(x, t):
+        return x is not None and not (isinstance(x, float) and math.isnan(x)) and x >= t
+
+    def lt(x, t):
+        return x is not None and not (isinstance(x, float) and math.isnan(x)) and x < t
+
+    ok = ge(pos.get("trait"), threshold) and lt(neg.get("trait"), 100.0 - threshold)
+    if coherence_min is not None:
+        ok = ok and ge(pos.get("coherence"), coherence_min) and ge(neg.get("coherence"), coherence_min)
+    return bool(ok)
+
+
+class TraitJudge:
+    """The trait judge of a trait file (`eval_prompt`) plus the coherence judge, over any 0-100 judge.
+
+    `judge` is any object with `.score(prompts: list[str]) -> list[JudgeResult]` (`evals.HFJudge`,
+    `evals.APIJudge`, or a scripted judge in tests) and optionally `.describe()`.
+    """
+
+    def __init__(self, judge: Any, trait: str | dict, *, data_dir: str | os.PathLike | None = None,
+                 coherence_template: str | None = None, split: str = "extract"):
+        t = trait if isinstance(trait, dict) else load_trait(trait, data_dir, split)
+        if not isinstance(t.get("eval_prompt"), str) or "{answer}" not in t["eval_prompt"]:
+            raise ValueError(f"{t.get('path', trait)}: field 'eval_prompt' must be a judge prompt with {{question}} / {{answer}} slots")
+        self.judge, self.trait_prompt = judge, t["eval_prompt"]
+        self.coherence_prompt = coherence_template if coherence_template is not None else coherence_prompt(data_dir)
+        self.trait_name = Path(t.get("path", "trait")).stem
+
+    def describe(self) -> dict[str, Any]:
+        from ..runs import json_sha256
+
+        inner = self.judge.describe() if hasattr(self.judge, "describe") else {"kind": type(self.judge).__name__}
+        return {**inner, "trait_prompt_sha256": json_sha256(self.trait_prompt),
+                "coherence_prompt_sha256": json_sha256(self.coherence_prompt)}
+
+    def score(self, questions: Sequence[str], answers: Sequence[str]) -> list[dict[str, Any]]:
+        """[{"trait", "coherence", "trait_mass", "coherence_mass"}] per (question, answer)."""
+        from ..evals.questions import fill_judge_prompt
+
+        if len(questions) != len(answers):
+            raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
+        prompts = [fill_judge_prompt(self.trait_prompt, q, a) for q, a in zip(questions, answers)]
+        prompts += [fill_judge_prompt(self.coherence_prompt, q, a) for q, a in zip(questions, answers)]
+        res = list(self.judge.score(prompts)) if prompts else []
+        n = len(questions)
+        return [{"trait": res[i].score, "coherence": res[n + i].score, "trait_mass": res[i].mass,
+                 "coherence_mass": res[n + i].mass} for i in range(n)]
+
+
+def judge_rows(tj: TraitJudge, rows: list[dict], *, log=None, key_fields: tuple[str, ...] = (),
+               batch_size: int = 16, progress: bool = True) -> list[dict]:
+    """Add `trait` / `coherence` (and masses) to each row ({"question", "response", ...}) in place.
+
+    With `log` (a `runs.JsonlLog` keyed by `key_fields`), scores already there are reused and new
+    ones appended as produced, so a killed run resumes.
+    """
+    from tqdm.auto import tqdm
+
+    done = {}
+    if log is not None:
+        for r in log.rows():
+            done[log.key(r)] = r
+    todo = []
+    for r in rows:
+        hit = done.get(log.key(r)) if log is not None else None
+        if hit is not None:
+            r.update({k: hit.get(k) for k in ("trait", "coherence", "trait_mass", "coherence_mass")})
+        else:
+            todo.append(r)
+    for s in tqdm(range(0, len(todo), batch_size), desc="judging", disable=not progress or not todo):
+        chunk = todo[s:s + batch_size]
+        for r, sc in zip(chunk, tj.score([r["question"] for r in chunk], [r["response"] for r in chunk])):
+            r.update(sc)
+            if log is not None:
+                log.append({**{k: r.get(k) for k in key_fields}, **sc})
+    return rows
 
 
 def load_trait(trait: str, data_dir: str | os.PathLike | None = None, split: str = "extract") -> dict[str, Any]:
@@ -62,15 +205,19 @@ def load_trait(trait: str, data_dir: str | os.PathLike | None = None, split: str
 
 
 def instruction_likelihood_scores(model, trait: dict, rows: list[dict], max_heldout: int | None = None,
-                                  batch_size: int = 8) -> list[float]:
-    """The judge-free trait score s(a) of the module docstring for each generated row."""
+                                  batch_size: int = 8, format_system=None) -> list[float]:
+    """The judge-free trait score s(a) of the module docstring for each generated row.
+
+    `format_system(side, instruction) -> str` builds the held-out system prompts (default: raw).
+    """
     pairs = trait["instruction"]
     convs, owners = [], []
     for r, row in enumerate(rows):
         others = [j for j in range(len(pairs)) if j != row["instruction"]][:max_heldout]
         for j in others:
             for side in ("pos", "neg"):
-                convs.append([{"role": "system", "content": pairs[j][side]}, {"role": "user", "content": row["question"]},
+                sys_text = pairs[j][side] if format_system is None else format_system(side, pairs[j][side])
+                convs.append([{"role": "system", "content": sys_text}, {"role": "user", "content": row["question"]},
                               {"role": "assistant", "content": row["response"]}])
                 owners.append((r, side))
     from ..evals.metrics import answer_logprobs
@@ -103,9 +250,14 @@ def persona_data(
     max_new_tokens: int = 96,
     temperature: float = 1.0,
     seed: int = 0,
-    filter: str | None = "instruction_likelihood",
+    filter: str | None = "auto",
+    judge: Any = None,
     scores: dict[tuple[int, int, int, str], float] | None = None,
-    threshold: float = 50.0,
+    coherence_scores: dict[tuple[int, int, int, str], float] | None = None,
+    threshold: float = TRAIT_THRESHOLD,
+    coherence_min: float = COHERENCE_MIN,
+    system_format: str = "upstream",
+    preset: str | None = None,
     max_heldout: int | None = None,
     batch_size: int = 8,
     data_dir: str | os.PathLike | None = None,
@@ -114,34 +266,69 @@ def persona_data(
 ) -> PersonaResult:
     """Generate, filter, cache and take the mean difference; see the module docstring.
 
-    `scores` (for `filter="judge"`) maps (instruction, question, sample, "pos"|"neg") to 0-100.
-    With `out=`, samples are appended to `out/samples_{pos,neg}.jsonl` (resumable), filter
-    scores to `out/pairs.jsonl`, and the direction saved as `out/direction.*`.
+    Args:
+        model: the `LoadedModel` whose persona vector is extracted.
+        trait: a trait name in `<data>/persona/trait_data_extract/` or a path to a trait JSON file.
+        judge: a 0-100 judge (`HFJudge`, `APIJudge`, scripted) or a `TraitJudge`; with
+            `filter="auto"`/`"judge"` every answer is judged for the trait and for coherence and
+            pairs are kept by `upstream_keep(threshold, coherence_min)`.
+        scores / coherence_scores: legacy judge path: (instruction, question, sample, "pos"|"neg") -> 0-100.
+        system_format: "upstream" (default; "You are an evil assistant. {instruction}") or "raw".
+        preset: "paper" or "cpu" (see `PRESETS`): sets the sample counts; explicit non-default
+            arguments are overridden by the preset, so pass one or the other.
+        out: run directory: samples_{pos,neg}.jsonl (resumable), judge_scores.jsonl (resumable),
+            pairs.jsonl (every answer with its scores and whether its pair was kept), direction.*,
+            manifest.json (trait file hash, judge, thresholds, settings, counts).
+
+    Returns:
+        `PersonaResult` with the `Direction`, the kept pairs' activations `[n, layer, d_model]`,
+        every generated row and the kept (instruction, question, sample) keys.
     """
     from ..evals import sample
     from ..runs import RunDir, file_sha256
 
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+        p = PRESETS[preset]
+        n_instructions, n_questions = p["n_instructions"], p["n_questions"]
+        samples_per_prompt, max_new_tokens, temperature = p["samples_per_prompt"], p["max_new_tokens"], p["temperature"]
     if filter not in FILTERS:
         raise ValueError(f"filter must be one of {FILTERS}, got {filter!r}")
-    if filter == "judge" and scores is None:
-        raise ValueError("filter='judge' needs scores={(instruction, question, sample, side): score}")
+    if filter == "auto":
+        filter = "judge" if (judge is not None or scores is not None) else "instruction_likelihood"
+    if filter == "judge" and scores is None and judge is None:
+        raise ValueError("filter='judge' needs judge= (a 0-100 judge) or scores={(instruction, question, sample, side): score}")
     t = load_trait(trait, data_dir)
+    trait_name = Path(t["path"]).stem
     pairs = t["instruction"][:n_instructions]
     questions = t["questions"][:n_questions]
     if filter == "instruction_likelihood" and len(pairs) < 2:
         raise ValueError("filter='instruction_likelihood' scores with held-out instruction pairs: needs n_instructions >= 2")
+    tj = None
+    if filter == "judge" and judge is not None:
+        tj = judge if isinstance(judge, TraitJudge) else TraitJudge(judge, t, data_dir=data_dir)
     layer_ids = resolve_layers(model.n_layers, layers)
+
+    def fmt(side: str, instruction: str) -> str:
+        return system_prompt(trait_name, side, instruction, system_format)
+
     run = RunDir(out) if out is not None else None
     if run is not None:
+        judge_desc = (tj.describe() if tj is not None else "external scores" if filter == "judge" else
+                      "none (judge-free instruction-likelihood proxy filter)" if filter == "instruction_likelihood" else "none")
         run.write_manifest(stage="persona_direction", model=model.name, adapter=model.meta.get("adapter"),
                            trait=trait, trait_file=t["path"], trait_sha256=file_sha256(t["path"]),
-                           seed=seed, filter=filter, judge=None if filter != "judge" else "external scores",
-                           settings=dict(n_questions=len(questions), n_instructions=len(pairs),
+                           seed=seed, filter=filter, judge=judge_desc,
+                           thresholds=dict(trait_pos_min=threshold, trait_neg_max_exclusive=100.0 - threshold,
+                                           coherence_min=coherence_min if (tj is not None or coherence_scores) else None),
+                           settings=dict(n_questions=len(questions), n_instructions=len(pairs), preset=preset,
                                          samples_per_prompt=samples_per_prompt, max_new_tokens=max_new_tokens,
-                                         temperature=temperature, layers=layer_ids, max_heldout=max_heldout))
+                                         temperature=temperature, layers=layer_ids, max_heldout=max_heldout,
+                                         system_format=system_format))
     gen: dict[str, list[dict]] = {}
     for side in ("pos", "neg"):
-        prompts = [{"id": f"{i}:{q}", "messages": [{"role": "system", "content": p[side]}, {"role": "user", "content": qu}]}
+        prompts = [{"id": f"{i}:{q}", "messages": [{"role": "system", "content": fmt(side, p[side])}, {"role": "user", "content": qu}]}
                    for i, p in enumerate(pairs) for q, qu in enumerate(questions)]
         res = sample(model, prompts, n=samples_per_prompt, max_new_tokens=max_new_tokens, temperature=temperature,
                       seed=seed + (0 if side == "pos" else 1), batch_size=batch_size,
@@ -149,31 +336,44 @@ def persona_data(
         gen[side] = []
         for r in res:
             i, q = map(int, str(r["prompt_id"]).split(":"))
-            gen[side].append({"instruction": i, "question": q, "sample": int(r["sample"]), "side": side,
-                              "system": pairs[i][side], "question_text": questions[q], "response": r["response"]})
-    for side in gen:
-        for r in gen[side]:
-            r["question"] = r.pop("question_text")
+            gen[side].append({"instruction": i, "question_index": q, "sample": int(r["sample"]), "side": side,
+                              "system": fmt(side, pairs[i][side]), "question": questions[q], "response": r["response"]})
     if filter == "instruction_likelihood":
         t_used = {**t, "instruction": pairs}
         for side in gen:
-            for r, s in zip(gen[side], instruction_likelihood_scores(model, t_used, gen[side], max_heldout, batch_size)):
-                r["score"] = s
+            for r, sc in zip(gen[side], instruction_likelihood_scores(model, t_used, gen[side], max_heldout, batch_size,
+                                                                      format_system=fmt)):
+                r["score"] = sc
+    elif filter == "judge" and tj is not None:
+        log = run.log("judge_scores.jsonl", ("side", "instruction", "question_index", "sample")) if run is not None else None
+        judge_rows(tj, gen["pos"] + gen["neg"], log=log, key_fields=("side", "instruction", "question_index", "sample"),
+                   progress=progress)
+        for side in gen:
+            for r in gen[side]:
+                r["score"] = r["trait"]
     elif filter == "judge":
         for side in gen:
             for r in gen[side]:
-                r["score"] = scores.get((r["instruction"], questions.index(r["question"]), r["sample"], side))
+                key = (r["instruction"], r["question_index"], r["sample"], side)
+                r["score"] = r["trait"] = scores.get(key)
+                if coherence_scores is not None:
+                    r["coherence"] = coherence_scores.get(key)
     kept_idx = []
     for k, (rp, rn) in enumerate(zip(gen["pos"], gen["neg"])):
         if filter is None:
             keep = True
         elif filter == "judge":
-            keep = rp["score"] is not None and rn["score"] is not None and rp["score"] >= threshold > rn["score"]
+            use_coh = tj is not None or coherence_scores is not None
+            keep = upstream_keep(rp, rn, threshold, coherence_min if use_coh else None)
         else:
             keep = rp["score"] > 0 > rn["score"]
         rp["kept"] = rn["kept"] = keep
         if keep and rp["response"].strip() and rn["response"].strip():
             kept_idx.append(k)
+    if run is not None:  # write every scored answer before a possible "too few kept" error
+        log = run.log("pairs.jsonl", ("filter", "instruction", "question", "sample", "side"))
+        done = log.done_keys()
+        log.extend(r for r in ({**r, "filter": filter} for r in gen["pos"] + gen["neg"]) if log.key(r) not in done)
     if len(kept_idx) < 2:
         raise RuntimeError(f"persona_direction({trait!r}): the filter kept {len(kept_idx)} of {len(gen['pos'])} pairs; "
                            "generate more (n_questions/samples_per_prompt) or loosen the filter")
@@ -186,16 +386,13 @@ def persona_data(
     neg = cache(model, convs("neg"), layers=layer_ids, positions="response_mean", batch_size=batch_size, progress=progress)
     d = mean_diff(pos, neg, layer_ids, model=model.name, adapter=model.meta.get("adapter"), trait=trait,
                   recipe="persona_vectors", filter=filter, n_pairs=len(gen["pos"]), n_kept=len(kept_idx), seed=seed,
-                  max_new_tokens=max_new_tokens, temperature=temperature)
+                  max_new_tokens=max_new_tokens, temperature=temperature, system_format=system_format)
     d.meta["method"] = "persona_mean_diff"
     rows = gen["pos"] + gen["neg"]
     if run is not None:
-        log = run.log("pairs.jsonl", ("filter", "instruction", "question", "sample", "side"))
-        done = log.done_keys()
-        log.extend(r for r in ({**r, "filter": filter} for r in rows) if log.key(r) not in done)
         d.save(run.path / "direction")
         run.write_manifest(result={"n_pairs": len(gen["pos"]), "n_kept": len(kept_idx)})
-    kept = [(gen["pos"][k]["instruction"], questions.index(gen["pos"][k]["question"]), gen["pos"][k]["sample"]) for k in kept_idx]
+    kept = [(gen["pos"][k]["instruction"], gen["pos"][k]["question_index"], gen["pos"][k]["sample"]) for k in kept_idx]
     return PersonaResult(d, pos, neg, rows, kept)
 
 
