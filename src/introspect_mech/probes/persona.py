@@ -399,3 +399,78 @@ def persona_data(
 def persona_direction(model, trait: str = "evil", **kw) -> Direction:
     """The persona vector for `trait` (e.g. "evil": the malicious-persona direction); see `persona_data`."""
     return persona_data(model, trait, **kw).direction
+
+
+def _prompt_and_answer(rec: Any, i: int) -> tuple[list[dict], str]:
+    msgs = rec.get("messages") if isinstance(rec, dict) else rec
+    if not isinstance(msgs, list) or not msgs or not isinstance(msgs[-1], dict) or msgs[-1].get("role") != "assistant":
+        raise ValueError(f"records[{i}]: needs 'messages' ending with an assistant turn")
+    return [dict(m) for m in msgs[:-1]], str(msgs[-1].get("content", ""))
+
+
+def projection_difference(
+    model,
+    direction: Any,
+    records: Sequence[Any],
+    *,
+    layer: int,
+    base_responses: Sequence[str] | None = None,
+    max_new_tokens: int = 256,
+    temperature: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 8,
+    out: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Projection-difference screening of a finetuning dataset (persona vectors, Sec. 5).
+
+    For every record (a chat ending in the dataset's assistant answer), the base `model` answers the
+    same prompt itself; both answers are run through the base model and their response-averaged
+    activations after block `layer` projected on the unit persona direction. The screening score is
+    `delta = proj(dataset answer) - proj(base model's own answer)`: how much further along the
+    persona direction the data would pull the model than where it already answers. (A raw projection,
+    `probes.em.project`, ranks answers that are on-trait for the base model too.)
+
+    Args:
+        model: the base model (before finetuning).
+        direction: a `Direction` (or raw vector) with a vector for `layer`.
+        records: chat records `{"messages": [..., {"role": "assistant", ...}]}`.
+        layer: block index whose output is projected.
+        base_responses: the base model's answers if already sampled (else sampled here, seeded).
+        out: run directory: base_responses.jsonl (resumable sampling), screening.jsonl, manifest.
+
+    Returns:
+        One row per record in input order: index, proj_dataset, proj_base, delta, rank (0 = largest delta).
+    """
+    from ..evals import sample
+    from ..runs import RunDir, json_sha256
+    from ..steering.hooks import layer_vector
+
+    pa = [_prompt_and_answer(r, i) for i, r in enumerate(records)]
+    v = layer_vector(direction, int(layer)).float()
+    v = v / v.norm().clamp_min(1e-12)
+    run = RunDir(out) if out is not None else None
+    if run is not None:
+        run.write_manifest(stage="projection_difference_screening", model=model.name, adapter=model.meta.get("adapter"),
+                           layer=int(layer), data={"records_sha256": json_sha256([p + [{"a": a}] for p, a in pa]), "n": len(pa)},
+                           base_sampling=None if base_responses is not None else
+                           dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed))
+    if base_responses is None:
+        rows = sample(model, [{"id": str(i), "messages": p} for i, (p, _) in enumerate(pa)], n=1,
+                      max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, batch_size=batch_size,
+                      out=None if run is None else run.path / "base_responses.jsonl", progress=progress)
+        base_responses = [r["response"] for r in rows]
+    if len(base_responses) != len(pa):
+        raise ValueError(f"{len(base_responses)} base responses for {len(pa)} records")
+    convs = [p + [{"role": "assistant", "content": a}] for p, a in pa]
+    convs += [p + [{"role": "assistant", "content": b}] for (p, _), b in zip(pa, base_responses)]
+    acts = cache(model, convs, layers=[int(layer)], positions="response_mean", batch_size=batch_size, progress=progress)
+    proj = (acts[:, 0].float() @ v.to(acts.device)).tolist()
+    n = len(pa)
+    out_rows = [{"index": i, "proj_dataset": proj[i], "proj_base": proj[n + i], "delta": proj[i] - proj[n + i],
+                 "base_response": base_responses[i]} for i in range(n)]
+    for rank, i in enumerate(sorted(range(n), key=lambda i: (-out_rows[i]["delta"], i))):
+        out_rows[i]["rank"] = rank
+    if run is not None:
+        (run.path / "screening.jsonl").write_text("".join(json.dumps(r) + "\n" for r in out_rows))
+    return out_rows
