@@ -17,6 +17,7 @@ appears only when its file exists and has rows. Row schemas (required fields; `?
 | samples.jsonl             | Model answers, side by side            | response, model?, prompt? (or messages, as evals.sample writes) |
 | self_awareness.jsonl      | Self-report vs behaviour scatter       | model, behaviour, self_report, question?, *_lo?, *_hi? |
 | self_prediction.jsonl     | Self-prediction vs baseline and cross  | task, kind, accuracy, ci_lo?, ci_hi?, mode_baseline? |
+| caft_components.jsonl     | CAFT components to pick (viz.caft)     | layer, component, explained?, logit_top?, logit_bottom?, top_examples?, bottom_examples? |
 
 `examples` in sae_diff rows is a list of `{"tokens": [...], "acts": [...], "text"?}`.
 A malformed file fails with `DashboardError("file:line: ...")` before anything is written.
@@ -85,6 +86,9 @@ PANELS: tuple[Panel, ...] = (
     Panel("self_prediction", "Introspective self-prediction", "self_prediction.jsonl", ("task", "kind", "accuracy"),
           "Accuracy of predicting a property of one's own object-level answer, vs the mode baseline "
           "and vs another model trained on the same model's labels (cross-prediction)."),
+    Panel("caft_components", "CAFT: components to pick", "caft_components.jsonl", ("layer", "component"),
+          "Principal components of finetuned-minus-base activation differences: logit-lens tokens and the "
+          "examples projecting highest / lowest on each, for a person to pick the ones to ablate in CAFT."),
 )
 PANEL_FILES = {p.key: p.file for p in PANELS}
 
@@ -228,6 +232,9 @@ def panel_figures(key: str, data: Any) -> list[go.Figure | str]:
         return [F.self_report_scatter(data)]
     if key == "self_prediction":
         return [F.self_prediction_figure(data)]
+    if key == "caft_components":
+        from .caft import caft_components_html
+        return [caft_components_html(data)]
     raise KeyError(key)
 
 

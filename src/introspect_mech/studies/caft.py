@@ -1,0 +1,245 @@
+"""CAFT: concept-ablation finetuning (Casademunt et al. 2025) as the paper ran it.
+
+1. Finetune once without intervention (the model that shows the unwanted generalisation).
+2. `activation_differences`: on generic prompts answered by the finetuned model, run base and
+   finetuned model on the same tokens and take the per-token difference of the residual stream
+   `h_ft - h_base` after each chosen block (response tokens).
+3. `pca`: principal components of those differences per layer.
+4. `component_cards`: for each component, its top-activating examples (tokens where the base
+   model's activation projects highest / lowest on it) and its logit-lens tokens (the unembedding
+   of the component through the final norm's gain, both signs), so a person can say what it means
+   and pick the ones to ablate (the dashboard's "CAFT components" panel, `viz.caft`).
+5. `picked_subspace`: the chosen components per layer; `random_subspace`: random subspaces of the
+   same dimension per layer (the control).
+6. Finetune again from the base model with `steering.train_time.caft_subspace` (the subspace is
+   projected out at every position of every training forward, and nothing at inference) and with
+   the random controls; report in-domain held-out performance kept and the out-of-domain EM change.
+
+Deviations from the paper are listed in docs/caft.md (generic prompts, interpretation texts, judge).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ..runs import RunDir
+from ..sae.tokens import TokenActs, token_activations
+
+# "paper": Casademunt et al. on Qwen2.5-Coder-32B-Instruct (64 blocks): PCA at 3 layers spread
+# over depth, top ~20 components inspected per layer; "cpu": the embedded model (30 blocks).
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": dict(layer_fractions=(0.19, 0.5, 0.78), n_components=20, n_top_examples=20, n_logit_tokens=10),
+    "cpu": dict(layer_fractions=(0.3, 0.5, 0.7), n_components=6, n_top_examples=4, n_logit_tokens=8),
+}
+
+
+def preset_layers(n_layers: int, fractions: Sequence[float]) -> list[int]:
+    """Block indices at relative depths (e.g. 0.5 = the middle block), deduplicated, ascending."""
+    return sorted({min(n_layers - 1, max(0, int(round(f * (n_layers - 1))))) for f in fractions})
+
+
+@torch.no_grad()
+def activation_differences(base, finetuned, conversations: Sequence[Any], layers: Sequence[int], *,
+                           positions: str = "response", batch_size: int = 8, max_length: int | None = 512,
+                           progress: bool = True) -> dict[int, Float[Tensor, "tokens d_model"]]:
+    """Per-token `h_finetuned - h_base` after each block in `layers`, over the selected tokens.
+
+    Both models read the same token sequences (the conversations, e.g. generic prompts with the
+    finetuned model's answers); rows are concatenated over conversations.
+    """
+    out = {}
+    for l in layers:
+        eb = token_activations(base, conversations, int(l), batch_size=batch_size, max_length=max_length,
+                               progress=progress, desc=f"base L{l}")
+        ef = token_activations(finetuned, conversations, int(l), batch_size=batch_size, max_length=max_length,
+                               progress=progress, desc=f"finetuned L{l}")
+        rows = []
+        for a, b in zip(eb, ef):
+            if not torch.equal(a.input_ids, b.input_ids):
+                raise RuntimeError("base and finetuned model tokenised a conversation differently")
+            sel = a.mask(positions)
+            rows.append(b.acts[sel] - a.acts[sel])
+        out[int(l)] = torch.cat(rows) if rows else torch.zeros(0, base.d_model)
+        if len(out[int(l)]) == 0:
+            raise ValueError(f"no tokens selected with positions={positions!r}")
+    return out
+
+
+def pca(x: Float[Tensor, "n d_model"], k: int, *, center: bool = True) -> dict[str, Tensor]:
+    """Top-`k` principal components (rows, unit norm) of `x`, their explained-variance ratios and the mean.
+
+    Sign convention: each component is oriented so that the mean of `x` projects non-negatively
+    on it (the direction the finetune moved along), which makes "top-activating" examples comparable.
+    """
+    x = x.double()
+    mu = x.mean(0)
+    xc = x - mu if center else x
+    _, s, vh = torch.linalg.svd(xc, full_matrices=False)
+    k = min(k, vh.shape[0])
+    comps = vh[:k]
+    sign = torch.where(comps @ mu < 0, -1.0, 1.0).to(comps.dtype)
+    comps = comps * sign[:, None]
+    var = s ** 2
+    return {"components": comps.float(), "explained": (var[:k] / var.sum().clamp_min(1e-30)).float(), "mean": mu.float()}
+
+
+@torch.no_grad()
+def logit_lens(model, v: Float[Tensor, " d_model"], k: int = 10) -> dict[str, list[str]]:
+    """Tokens the unembedding ranks highest ("top") and lowest ("bottom") for direction `v`,
+    read through the final norm's per-channel gain (the scale of an RMS norm does not change a ranking)."""
+    base = model.base_model
+    head = base.get_output_embeddings().weight.float()
+    norm = getattr(getattr(base, "model", base), "norm", None)
+    g = getattr(norm, "weight", None)
+    u = v.float().to(head.device)
+    if g is not None:
+        u = u * g.float().to(head.device)
+    logits = head @ u
+    dec = lambda ids: [model.tokenizer.decode([int(i)]) for i in ids]  # noqa: E731
+    return {"top": dec(logits.topk(k).indices), "bottom": dec((-logits).topk(k).indices)}
+
+
+def top_examples(model, examples: Sequence[TokenActs], v: Tensor, *, n: int = 5, window: int = 10,
+                 positions: str = "all", sign: float = 1.0) -> list[dict[str, Any]]:
+    """The `n` examples whose highest (sign=+1) or lowest (sign=-1) token projection on `v` is most
+    extreme (one peak per example), with the token window and each token's projection."""
+    peaks = []
+    for i, ex in enumerate(examples):
+        p = (ex.acts.float() @ v.float()) * sign
+        p = p.masked_fill(~ex.mask(positions), float("-inf"))
+        j = int(p.argmax())
+        if torch.isfinite(p[j]):
+            peaks.append((float(p[j]), i, j))
+    out = []
+    for val, i, j in sorted(peaks, reverse=True)[:n]:
+        ex = examples[i]
+        lo, hi = max(0, j - window), min(len(ex.input_ids), j + window // 2 + 1)
+        proj = (ex.acts[lo:hi].float() @ v.float()).tolist()
+        out.append({"item": i, "token_index": j, "value": round(val * sign, 4),
+                    "tokens": [model.tokenizer.decode([int(t)]) for t in ex.input_ids[lo:hi]],
+                    "acts": [round(x, 4) for x in proj], "peak_offset": j - lo})
+    return out
+
+
+def component_cards(model, pcs: Mapping[int, Mapping[str, Tensor]], texts: Sequence[Any], *, n_top: int = 5,
+                    n_tokens: int = 10, positions: str = "all", batch_size: int = 8,
+                    progress: bool = True) -> list[dict[str, Any]]:
+    """One card per (layer, component): explained variance, top / bottom activating examples of the
+    (base) `model` on `texts`, and logit-lens tokens. Rows match the dashboard's `caft_components.jsonl`."""
+    cards = []
+    for l, p in sorted(pcs.items()):
+        ex = token_activations(model, texts, int(l), batch_size=batch_size, progress=progress, desc=f"cards L{l}")
+        for c, v in enumerate(p["components"]):
+            ll = logit_lens(model, v, n_tokens)
+            cards.append({"layer": int(l), "component": c, "explained": float(p["explained"][c]),
+                          "logit_top": ll["top"], "logit_bottom": ll["bottom"],
+                          "top_examples": top_examples(model, ex, v, n=n_top, positions=positions, sign=1.0),
+                          "bottom_examples": top_examples(model, ex, v, n=n_top, positions=positions, sign=-1.0)})
+    return cards
+
+
+def parse_picks(spec: str | Mapping[Any, Sequence[int]]) -> dict[int, list[int]]:
+    """"15:0,2;20:1" (or {15: [0, 2], 20: [1]}) -> {15: [0, 2], 20: [1]}; errors name the bad part."""
+    if isinstance(spec, Mapping):
+        return {int(k): sorted({int(c) for c in v}) for k, v in spec.items() if len(v)}
+    out: dict[int, list[int]] = {}
+    for part in str(spec).split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        if ":" not in part:
+            raise ValueError(f"pick {part!r}: expected LAYER:COMPONENT[,COMPONENT...] (e.g. 15:0,2)")
+        l, cs = part.split(":", 1)
+        try:
+            out[int(l)] = sorted({int(c) for c in cs.split(",") if c.strip()})
+        except ValueError:
+            raise ValueError(f"pick {part!r}: layer and components must be integers") from None
+    if not out or not any(out.values()):
+        raise ValueError(f"no components picked in {spec!r}")
+    return out
+
+
+def picked_subspace(pcs: Mapping[int, Mapping[str, Tensor]], picks: Mapping[int, Sequence[int]]) -> dict[int, Tensor]:
+    """{layer: the picked components' rows} for `steering.train_time.caft_subspace`."""
+    out = {}
+    for l, cs in picks.items():
+        if l not in pcs:
+            raise ValueError(f"picked layer {l} has no components (layers: {sorted(pcs)})")
+        comps = pcs[l]["components"]
+        bad = [c for c in cs if not 0 <= c < len(comps)]
+        if bad:
+            raise ValueError(f"layer {l}: components {bad} out of range (0..{len(comps) - 1})")
+        out[int(l)] = comps[list(cs)].clone()
+    return out
+
+
+def random_subspace(dims: Mapping[int, int], d_model: int, seed: int = 0) -> dict[int, Tensor]:
+    """Random subspaces with the same dimension per layer (isotropic Gaussian rows, seeded)."""
+    g = torch.Generator().manual_seed(int(seed))
+    return {int(l): torch.randn(int(k), d_model, generator=g) for l, k in sorted(dims.items())}
+
+
+def save_components(path: str | os.PathLike, pcs: Mapping[int, Mapping[str, Tensor]]) -> None:
+    """Components, explained ratios and means per layer as safetensors (never pickle)."""
+    from safetensors.torch import save_file
+
+    t = {}
+    for l, p in pcs.items():
+        for k in ("components", "explained", "mean"):
+            t[f"L{l}.{k}"] = p[k].contiguous()
+    save_file(t, str(path))
+
+
+def load_components(path: str | os.PathLike) -> dict[int, dict[str, Tensor]]:
+    from safetensors.torch import load_file
+
+    out: dict[int, dict[str, Tensor]] = {}
+    for key, v in load_file(str(path)).items():
+        l, k = key.split(".", 1)
+        out.setdefault(int(l[1:]), {})[k] = v
+    return out
+
+
+def in_domain_logprob(model, conversations: Sequence[Sequence[dict]], batch_size: int = 8) -> float:
+    """Mean per-token log-prob of held-out answers of the finetuning distribution (higher = learned)."""
+    from ..evals import answer_logprobs
+
+    r = answer_logprobs(model, conversations, batch_size=batch_size)
+    return sum(x["sum"] for x in r) / max(1, sum(x["n"] for x in r))
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], *, in_key: str = "in_domain", ood_key: str = "ood") -> dict[str, Any]:
+    """In-domain learning kept and out-of-domain change per condition, relative to the base and the plain finetune.
+
+    `rows`: {"condition": "base"|"plain"|"caft"|"random_<seed>", in_key, ood_key}. In-domain kept =
+    (cond - base) / (plain - base); OOD change = cond - plain; random controls also averaged.
+    """
+    by = {r["condition"]: r for r in rows}
+    if "base" not in by or "plain" not in by:
+        raise ValueError("summarize needs 'base' and 'plain' rows")
+    b, p = by["base"], by["plain"]
+    learned = p[in_key] - b[in_key]
+    out: dict[str, Any] = {"in_domain_learned_by_plain": learned, "ood_shift_by_plain": p[ood_key] - b[ood_key]}
+    for name, r in by.items():
+        if name in ("base", "plain"):
+            continue
+        out[name] = {"in_domain_kept": (r[in_key] - b[in_key]) / learned if learned else float("nan"),
+                     "ood_change_vs_plain": r[ood_key] - p[ood_key]}
+    rnd = [v for k, v in out.items() if k.startswith("random")]
+    if rnd:
+        out["random_mean"] = {k: sum(v[k] for v in rnd) / len(rnd) for k in ("in_domain_kept", "ood_change_vs_plain")}
+    return out
+
+
+def write_cards(run_dir: str | os.PathLike, cards: Sequence[Mapping[str, Any]]) -> Path:
+    """Write the component cards as `caft_components.jsonl` (the dashboard panel's file)."""
+    p = RunDir(run_dir).path / "caft_components.jsonl"
+    p.write_text("".join(json.dumps(c) + "\n" for c in cards))
+    return p
