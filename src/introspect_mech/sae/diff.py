@@ -285,3 +285,108 @@ def steer_latents(
             if log is not None:
                 log.append(row)
     return rows
+
+
+# ---- persona features (Wang et al. 2025): causal screening and the best latent as a detector ----
+def screen_latents(
+    model: LoadedModel,
+    sae: LayerSAE,
+    latents: Sequence[int],
+    judge_fn: Callable[[LoadedModel], dict[str, float]],
+    *,
+    alpha: float,
+    coherence_min: float = 50.0,
+    positions: str = "all",
+    out: str | os.PathLike | None = None,
+) -> list[dict[str, Any]]:
+    """Steer with each latent in turn and judge the answers: the ranked table of persona features.
+
+    For each latent, `alpha *` its unit decoder vector is added after the SAE's block (`positions`,
+    default every position) while `judge_fn(model)` runs; `judge_fn` samples and judges answers
+    (e.g. EM questions with the aligned / coherent judge) and returns {"misaligned": ...,
+    "coherence": ..., ...}. A first row "none" is the unsteered model. Rows are ranked by
+    misalignment among latents whose coherence >= `coherence_min` (the others after them, also by
+    misalignment); `rank` is the position in that order. With `out`, rows are appended to
+    `out/latent_screen.jsonl` as measured (a rerun skips them).
+
+    Returns:
+        Rows {"target", "latent", "alpha", "misaligned", "coherence", ..., "coherent_enough", "rank"}, ranked.
+    """
+    from .. import steering
+
+    log = RunDir(out).log("latent_screen.jsonl", ("target", "alpha")) if out is not None else None
+    done = {log.key(r): r for r in log.rows()} if log is not None else {}
+    rows = []
+    targets = [("none", None)] + [(f"latent_{int(j)}", int(j)) for j in latents]
+    for name, j in targets:
+        row = {"target": name, "latent": j, "alpha": float(alpha) if j is not None else 0.0, "layer": sae.layer}
+        key = log.key(row) if log is not None else None
+        if key in done:
+            rows.append(done[key])
+            continue
+        if j is None:
+            res = judge_fn(model)
+        else:
+            vec = sae.decoder_direction(j).float()
+            vec = (vec / vec.norm().clamp_min(1e-12)).to(model.dtype)
+            with steering.add(model, vec, layers=[sae.layer], alpha=float(alpha), positions=positions):
+                res = judge_fn(model)
+        if "misaligned" not in res or "coherence" not in res:
+            raise ValueError(f"judge_fn must return 'misaligned' and 'coherence', got {sorted(res)}")
+        row.update({k: (float(v) if isinstance(v, (int, float)) and v is not None else v) for k, v in res.items()})
+        rows.append(row)
+        if log is not None:
+            log.append(row)
+    return rank_screen(rows, coherence_min)
+
+
+def rank_screen(rows: Sequence[dict[str, Any]], coherence_min: float = 50.0) -> list[dict[str, Any]]:
+    """Order latent-screen rows: coherent enough first, then by misalignment (desc); None scores last."""
+
+    def num(x):
+        return float("-inf") if x is None or (isinstance(x, float) and x != x) else float(x)
+
+    out = []
+    for r in rows:
+        r = dict(r)
+        r["coherent_enough"] = r.get("coherence") is not None and num(r["coherence"]) >= coherence_min
+        out.append(r)
+    out.sort(key=lambda r: (not r["coherent_enough"], -num(r.get("misaligned"))))
+    for k, r in enumerate(out):
+        r["rank"] = k
+    return out
+
+
+@torch.no_grad()
+def latent_scores(model: LoadedModel, sae: LayerSAE, conversations: Sequence[Any], latents: Sequence[int], *,
+                  positions: str = "response", batch_size: int = 8, max_length: int | None = 512,
+                  progress: bool = True) -> Float[Tensor, "n k"]:
+    """Mean activation of each chosen latent over the selected tokens of each conversation (NaN when
+    a conversation has no selected token)."""
+    convs = [as_messages(c, i) for i, c in enumerate(conversations)]
+    ex = token_activations(model, convs, sae.layer, batch_size=batch_size, max_length=max_length, progress=progress,
+                           desc="latent scores")
+    codes = latent_codes(sae, ex, latents)
+    rows = []
+    for e, c in zip(ex, codes):
+        sel = e.mask(positions)
+        rows.append(c[sel].mean(0) if sel.any() else torch.full((c.shape[1],), float("nan")))
+    return torch.stack(rows)
+
+
+def detector_auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
+    """AUROC of `scores` separating label 1 (misaligned) from 0 (aligned); NaN with one class.
+
+    Ties count one half (the Mann-Whitney form), so it needs no sklearn and is exact for few units."""
+    s = [float(x) for x in scores]
+    y = [int(v) for v in labels]
+    if len(s) != len(y):
+        raise ValueError(f"{len(s)} scores but {len(y)} labels")
+    if any(x != x for x in s):
+        raise ValueError("a detector score is NaN (a unit with no selected tokens?)")
+    pos = [a for a, l in zip(s, y) if l == 1]
+    neg = [a for a, l in zip(s, y) if l == 0]
+    if not pos or not neg:
+        return float("nan")
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
