@@ -104,7 +104,7 @@ class SubspaceAblation:
 
     @property
     def dims(self) -> dict[int, int]:
-        return {l: int(q.shape[0]) for l, q in self.bases.items()}
+        return {l: int(q.shape[0]) for l, q in sorted(self.bases.items())}
 
     def _hook(self, q: Tensor):
         def hook(module, args, output):
@@ -154,6 +154,9 @@ def caft_subspace(model: LoadedModel, components: Mapping[int, Tensor]) -> Calla
         _check_no_checkpointing(model)
         return abl
 
-    intervention.__name__ = f"caft_subspace(dims={abl.dims})"
+    import hashlib
+
+    h = hashlib.sha256(b"".join(abl.bases[l].float().cpu().numpy().tobytes() for l in sorted(abl.bases))).hexdigest()
+    intervention.__name__ = f"caft_subspace(dims={abl.dims}, bases_sha256={h[:16]})"
     intervention.steering = abl  # type: ignore[attr-defined]
     return intervention
