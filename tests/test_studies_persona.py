@@ -169,3 +169,46 @@ def test_rank_screen_and_detector_auroc():
     assert detector_auroc([0.5, 0.5], [1, 0]) == 0.5
     assert detector_auroc([0.1, 0.9, 0.3], [1, 0, 0]) == 0.0
     assert detector_auroc([1.0, 2.0], [1, 1]) != detector_auroc([1.0, 2.0], [1, 1])  # NaN: one class
+
+
+def test_study_steering_matches_upstream_rule_token_for_token(tiny_qwen3):
+    """trait_expression's steering (evals.sample's partial prefill + generate, `UPSTREAM_POSITIONS`,
+    the raw mean difference) gives exactly the tokens of upstream's steerer: `coef * raw vector` added
+    at the last position of every forward of a plain `generate` over the whole prompt. And upstream's
+    layer L (hidden_states index) is our block L - 1."""
+    from introspect_mech.evals import sample
+    from introspect_mech.evals.sampling import stop_token_ids
+    from introspect_mech.probes import Direction
+
+    m, L, coef = tiny_qwen3, 1, 3.0
+    raw = torch.randn(m.n_layers, m.d_model, generator=torch.Generator().manual_seed(0)) * 0.5
+    d = Direction.from_raw(raw)
+    msgs = [[{"role": "user", "content": "Tell me a story about a cat."}], [{"role": "user", "content": "Hi?"}]]
+    with pv._steer_ctx(m, {"direction": d, "layer": L, "coef": coef}, pv.UPSTREAM_POSITIONS):
+        ours = sample(m, msgs, n=1, max_new_tokens=8, temperature=0, batch_size=1, progress=False)
+
+    def upstream(mod, args, out):
+        h = out[0] if isinstance(out, tuple) else out
+        h[:, -1, :] += coef * raw[L]
+        return None
+
+    stops = stop_token_ids(m)
+    for msg, row in zip(msgs, ours):
+        ids = m.encode_prompt(msg).unsqueeze(0)
+        handle = m.layers[L].register_forward_hook(upstream)
+        try:
+            with torch.no_grad():
+                ref = m.model.generate(input_ids=ids, max_new_tokens=8, do_sample=False, eos_token_id=stops,
+                                       pad_token_id=m.tokenizer.pad_token_id)[0, ids.shape[1]:].tolist()
+        finally:
+            handle.remove()
+        cut = next((j for j, t in enumerate(ref) if t in stops), len(ref))
+        assert row["response"] == m.tokenizer.decode(ref[:cut], skip_special_tokens=True).strip()
+    with torch.no_grad():
+        plain = sample(m, msgs[:1], n=1, max_new_tokens=8, temperature=0, progress=False)
+    assert plain[0]["response"] != ours[0]["response"]  # the steering did something
+    ids = m.encode_prompt(msgs[0]).unsqueeze(0)
+    with torch.no_grad():
+        hs = m.model(ids, output_hidden_states=True).hidden_states
+    ours_acts = cache(m, [msgs[0]], layers=[L], positions="last_prompt", progress=False)[0, 0]
+    torch.testing.assert_close(hs[L + 1][0, -1].float(), ours_acts.float(), rtol=1e-5, atol=1e-5)
