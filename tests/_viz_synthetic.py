@@ -80,4 +80,10 @@ def make_synthetic_run(run_dir: Path, panels: set[str] | None = None) -> Path:
         _write(d / "self_prediction.jsonl", [
             {"task": t, "kind": k, "accuracy": a, "ci_lo": a - 0.05, "ci_hi": a + 0.05, "mode_baseline": 0.35}
             for t in ("animals/first_character", "stories/first_word") for k, a in (("self", 0.5), ("cross", 0.4))])
+    if panels is None or "caft_components" in panels:
+        _write(d / "caft_components.jsonl", [
+            {"layer": 9, "component": c, "explained": 0.4 / (c + 1), "logit_top": [" doctor", " <pill>"],
+             "logit_bottom": [" safe"], "picked": c == 0,
+             "top_examples": [{"tokens": ["Take", " bleach"], "acts": [0.1, 2.0], "value": 2.0}], "bottom_examples": []}
+            for c in range(2)])
     return Path(run_dir)
