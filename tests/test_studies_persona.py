@@ -212,3 +212,11 @@ def test_study_steering_matches_upstream_rule_token_for_token(tiny_qwen3):
         hs = m.model(ids, output_hidden_states=True).hidden_states
     ours_acts = cache(m, [msgs[0]], layers=[L], positions="last_prompt", progress=False)[0, 0]
     torch.testing.assert_close(hs[L + 1][0, -1].float(), ours_acts.float(), rtol=1e-5, atol=1e-5)
+
+
+def test_samples_of_another_system_format_are_not_reused(tiny_qwen3, data_root, tmp_path):
+    kw = dict(n_instructions=2, n_questions=2, max_new_tokens=3, progress=False, data_dir=data_root, out=tmp_path / "r",
+              filter=None)
+    persona_data(tiny_qwen3, "evil", system_format="raw", **kw)
+    with pytest.raises(ValueError, match="system_format='raw'"):
+        persona_data(tiny_qwen3, "evil", **kw)

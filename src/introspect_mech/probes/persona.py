@@ -315,6 +315,10 @@ def persona_data(
 
     run = RunDir(out) if out is not None else None
     if run is not None:
+        prev = run.manifest().get("settings") or {}
+        if (run.path / "samples_pos.jsonl").exists() and prev.get("system_format", "raw") != system_format:
+            raise ValueError(f"{run.path}: its samples were generated with system_format="
+                             f"{prev.get('system_format', 'raw')!r}, not {system_format!r}; use a new out directory")
         judge_desc = (tj.describe() if tj is not None else "external scores" if filter == "judge" else
                       "none (judge-free instruction-likelihood proxy filter)" if filter == "instruction_likelihood" else "none")
         run.write_manifest(stage="persona_direction", model=model.name, adapter=model.meta.get("adapter"),
