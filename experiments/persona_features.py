@@ -42,6 +42,7 @@ def main() -> None:
     p.add_argument("--n-eval", type=int, default=2, help="samples per EM question paraphrase for the diff")
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--alpha", type=float, default=None)
+    p.add_argument("--bad-adapter", default=None, help="reuse a bad-medical-advice adapter (e.g. experiments/caft.py's plain finetune)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/persona_features")
     a = p.parse_args()
@@ -63,7 +64,10 @@ def main() -> None:
     tuned = {}
     for name in ("bad_medical_advice", "good_medical_advice"):
         d = out / "finetunes" / name
-        if not (d / "adapter" / "complete").exists():
+        if name == "bad_medical_advice" and a.bad_adapter:
+            d = Path(a.bad_adapter).parent
+            run.write_manifest(bad_adapter=str(Path(a.bad_adapter).resolve()))
+        elif not (d / "adapter" / "complete").exists():
             train(load(), load_records(name)[: a.n_train], cfg, d)
         tuned[name] = d
     ft = load(tuned["bad_medical_advice"] / "adapter")
@@ -86,7 +90,8 @@ def main() -> None:
           else pf.proxy_fn())
     det = {"base": (base, 0)}
     for name, lab in (("bad_medical_advice", 1), ("good_medical_advice", 0)):
-        for ck in sorted((tuned[name] / "checkpoints").glob("step_*")):
+        cks = sorted(c for c in (tuned[name] / "checkpoints").glob("step_*") if (c / "adapter").exists())
+        for ck in cks or [tuned[name]]:
             det[f"{name}/{ck.name}"] = (load(ck / "adapter"), lab)
     res = pf.run(base, ft, sae, convs, judge_fn=fn, alpha=alpha, top_k=pr["top_k"], detector_models=det, out=out)
     summary = [{"name": f"screened latent {r['latent']} (rank {r['rank']})", "value": r.get("misaligned"),
