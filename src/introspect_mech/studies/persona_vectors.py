@@ -176,7 +176,8 @@ def select_layer(model, trait: str, direction: Any, judge: Any, *, layers: Seque
         (rd.path / "steering_sweep.jsonl").write_text("".join(
             json.dumps({"direction": f"{trait} persona", "layer": l, "alpha": coef,
                                       "metric": r["trait"]["value"], "coherence": r["coherence"]["value"],
-                                      "metric_name": "trait score (judge)"}) + "\n" for l, r in results.items()))
+                                      "metric_name": "trait score (judge)"}) + "\n" for l, r in results.items()
+            if r["trait"]["value"] is not None))
     return {"per_layer": results, "selected_layer": best, "coherence_min": coherence_min, "coef": coef}
 
 
