@@ -42,6 +42,7 @@ def main() -> None:
     p.add_argument("--n-eval", type=int, default=2, help="samples per EM question paraphrase for the diff")
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--alpha", type=float, default=None)
+    p.add_argument("--sae-texts", type=int, default=150, help="records per advice dataset to train the SAE on")
     p.add_argument("--bad-adapter", default=None, help="reuse a bad-medical-advice adapter (e.g. experiments/caft.py's plain finetune)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/persona_features")
@@ -83,8 +84,9 @@ def main() -> None:
     elif (out / "sae" / "sae").exists():
         sae = S.load_local(out / "sae" / "sae")
     else:
-        texts = [r["messages"] for r in load_records("good_medical_advice")[6000:6150]] + \
-                [r["messages"] for r in load_records("bad_medical_advice")[6000:6150]] + convs
+        k = a.sae_texts
+        texts = [r["messages"] for r in load_records("good_medical_advice")[6000:6000 + k]] + \
+                [r["messages"] for r in load_records("bad_medical_advice")[6000:6000 + k]] + convs
         sae = S.train(base, a.layer, texts, S.SAETrainConfig(expansion=4, k=16, epochs=3.0), out / "sae").sae
     fn = (pf.em_judge_fn(judge, qs, n_per_question=1, max_new_tokens=mnt, seed=a.seed) if judge is not None
           else pf.proxy_fn())
