@@ -82,17 +82,17 @@ def main() -> None:
         train(load(), train_recs, cfg, plain_dir)
     ft = load(plain_dir / "adapter")
     comp_file = out / "components.safetensors"
+    prompts = [{"id": str(i), "messages": m} for i, m in enumerate(generic_prompts(a.n_prompts))]
+    rows = sample(ft, prompts, n=1, max_new_tokens=a.max_new_tokens, seed=a.seed, out=out / "generic_answers.jsonl")
+    convs = [r["messages"] + [{"role": "assistant", "content": r["response"]}] for r in rows if r["response"].strip()]
     if not comp_file.exists():
-        prompts = [{"id": str(i), "messages": m} for i, m in enumerate(generic_prompts(a.n_prompts))]
-        rows = sample(ft, prompts, n=1, max_new_tokens=a.max_new_tokens, seed=a.seed, out=out / "generic_answers.jsonl")
-        convs = [r["messages"] + [{"role": "assistant", "content": r["response"]}] for r in rows if r["response"].strip()]
         deltas = C.activation_differences(base, ft, convs, layers)
-        pcs = {l: C.pca(x, pr["n_components"]) for l, x in deltas.items()}
-        C.save_components(comp_file, pcs)
+        C.save_components(comp_file, {l: C.pca(x, pr["n_components"]) for l, x in deltas.items()})
+    pcs = C.load_components(comp_file)
+    if not (out / "caft_components.jsonl").exists():
         texts = convs + heldout  # interpretation texts (the paper: pretraining text; see docs)
         cards = C.component_cards(base, pcs, texts, n_top=pr["n_top_examples"], n_tokens=pr["n_logit_tokens"])
         C.write_cards(out, cards)
-    pcs = C.load_components(comp_file)
     if a.pick is None:
         print(f"component cards: {out / 'caft_components.jsonl'}; dashboard: {export_dashboard(out).resolve()}")
         print('read the cards, then rerun with --pick "LAYER:C1,C2;LAYER:C3"')
