@@ -136,6 +136,7 @@ def sample(
     out: str | os.PathLike | JsonlLog | None = None,
     progress: bool = True,
     static_cache: bool | None = False,
+    engine: Any = None,
 ) -> list[dict[str, Any]]:
     """Sample `n` responses per prompt; returns rows {"prompt_id", "sample", "messages", "response",
     "n_tokens", "finished"} in prompt order (including rows found in `out` from an earlier run).
@@ -143,8 +144,14 @@ def sample(
     `temperature=0` is greedy decoding. `batch_size` counts rows (prompt x sample) per generate call.
     `static_cache=True` uses HF's static KV cache (for compiled decoding on a GPU; every row is then
     prefilled separately); `None` picks it on CUDA (`use_static_cache`). Default: the dynamic cache
-    with one prefill per distinct prompt.
+    with one prefill per distinct prompt. `engine=VLLMEngine(...)` (`evals.vllm_engine`) samples on vLLM
+    with the same semantics and rows (`model` then only tokenises; steering contexts are refused).
     """
+    if engine is not None:
+        from .vllm_engine import sample_vllm
+
+        return sample_vllm(engine, model, prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                           top_p=top_p, seed=seed, out=out, progress=progress)
     if n < 1 or batch_size < 1 or max_new_tokens < 1:
         raise ValueError(f"n, batch_size and max_new_tokens must be >= 1 (got {n}, {batch_size}, {max_new_tokens})")
     items = normalise_prompts(prompts)
