@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -47,6 +48,21 @@ def normalise_prompts(prompts: Sequence[Any]) -> list[dict[str, Any]]:
         dup = next(x for x in ids if ids.count(x) > 1)
         raise ValueError(f"duplicate prompt id {dup!r}")
     return out
+
+
+_NOTICES: set[str] = set()
+
+
+def _notice_once(msg: str) -> None:
+    if msg not in _NOTICES:
+        _NOTICES.add(msg)
+        warnings.warn(msg, stacklevel=3)
+
+
+def is_steered(model: LoadedModel) -> bool:
+    from ..steering.hooks import is_steered as _is_steered
+
+    return _is_steered(model)
 
 
 def _batch_seed(seed: int, k: int) -> int:
@@ -97,6 +113,11 @@ def _generate_batch(model, prompt_ids, rows, max_new_tokens, temperature, top_p,
     )
     if static:
         gen_kwargs["cache_implementation"] = "static"
+        if is_steered(model):
+            # HF compiles the static-cache decode step on CUDA; a compiled graph would run the steering
+            # hooks' Python position bookkeeping at trace time only. Keep the static cache, skip the compile.
+            gen_kwargs["disable_compile"] = True
+            _notice_once("steering is active: static-cache sampling runs without torch.compile (hooks stay exact)")
     else:
         # prefill all but the last prompt token once per distinct prompt; generate() feeds the last one
         pos = (att[:, :-1].cumsum(-1) - 1).clamp(min=0)
