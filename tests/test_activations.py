@@ -135,7 +135,7 @@ def test_bad_input_is_named_before_work(tiny_qwen2):
     with pytest.raises(ValueError, match="positions must be"):
         tokenize(tiny_qwen2, CONVS, positions="middle")
     with pytest.raises(ValueError, match="out of range"):
-        resolve_layers(4, [4])
+        resolve_layers([4], 4)
 
 
 @pytest.mark.slow

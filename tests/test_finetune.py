@@ -132,7 +132,7 @@ def test_rank1_single_layer_trains_only_that_layer(tiny_qwen3_dir, tmp_path):
     m = load_model(tiny_qwen3_dir)
     before = {n: p.detach().clone() for n, p in m.model.named_parameters()}
     cfg = PRESETS["rank1"].replace(lr=1e-2, batch_size=4, warmup_steps=0, progress=False, max_steps=3)
-    assert cfg.layers == (0.5,)
+    assert cfg.layers == "middle"
     train(m, records(8), cfg, tmp_path / "r1")
     trainable = [n for n, p in m.model.named_parameters() if p.requires_grad]
     assert trainable and all(".layers.2.mlp.down_proj.lora_" in n for n in trainable)

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..activations import resolve_layers
+from ..layers import resolve_layers
 from .common import assemble, padded_batches
 
 
@@ -73,7 +73,7 @@ def cache_nnsight(
     inner = nn_model._module if hasattr(nn_model, "_module") else nn_model._model
     path = layers_path(inner)
     n_blocks = len(_envoy(nn_model, path))
-    layer_ids = resolve_layers(n_blocks, layers)
+    layer_ids = resolve_layers(layers, n_blocks)
     n, lengths, batches = padded_batches(tokenizer_model, conversations, positions, batch_size)
     d = int(getattr(getattr(inner, "config", None), "hidden_size", 0) or tokenizer_model.d_model)
     out_dtype = dtype or next(inner.parameters()).dtype

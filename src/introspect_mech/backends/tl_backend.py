@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ..activations import resolve_layers
+from ..layers import resolve_layers
 from .common import assemble, padded_batches, _pool
 
 
@@ -49,7 +49,7 @@ def cache_transformer_lens(
     """`activations.cache` through the bridge: `run_with_cache` on `blocks.{i}.hook_out` with
     `stop_at_layer` after the last requested block; same tokenisation (`tokenizer_model`)."""
     n_blocks = int(bridge.cfg.n_layers)
-    layer_ids = resolve_layers(n_blocks, layers)
+    layer_ids = resolve_layers(layers, n_blocks)
     names = [f"blocks.{i}.hook_out" for i in layer_ids]
     n, lengths, batches = padded_batches(tokenizer_model, conversations, positions, batch_size)
     out_dtype = dtype or tokenizer_model.dtype

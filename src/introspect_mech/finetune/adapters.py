@@ -8,27 +8,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..layers import resolve_layers
 from ..models import LoadedModel, model_fingerprint
 from .config import TrainConfig
-
-
-def resolve_layers(layers, n_layers: int) -> list[int] | None:
-    """Config layer spec -> sorted layer indices (ints, negatives from the end, floats = relative depth)."""
-    if layers is None:
-        return None
-    out = set()
-    for x in layers:
-        if isinstance(x, float) and not float(x).is_integer():
-            if not 0.0 < x < 1.0:
-                raise ValueError(f"relative layer depth must be in (0, 1), got {x}")
-            i = int(x * n_layers)
-        else:
-            i = int(x)
-            i = i + n_layers if i < 0 else i
-        if not 0 <= i < n_layers:
-            raise ValueError(f"layer {x} out of range for a model with {n_layers} layers")
-        out.add(i)
-    return sorted(out)
 
 
 def _layers_pattern(loaded: LoadedModel) -> str:
@@ -41,7 +23,7 @@ def _layers_pattern(loaded: LoadedModel) -> str:
 
 def prepare(loaded: LoadedModel, config: TrainConfig) -> list[tuple[str, nn.Parameter]]:
     """Make `loaded` trainable per `config` (wrapping it in a PEFT model for LoRA); return trainable params."""
-    layers = resolve_layers(config.layers, loaded.n_layers)
+    layers = None if config.layers is None else resolve_layers(config.layers, loaded.n_layers)
     if config.method == "lora":
         if loaded.has_adapter:
             raise ValueError("model already carries a PEFT adapter; load the base model (or merge the adapter) "

@@ -21,8 +21,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..activations import cache, resolve_layers
-from .direction import Direction, as_vectors
+from ..activations import cache
+from ..layers import resolve_layers
+from ..direction import Direction, DirectionLike, as_vectors
 from .linear import mean_diff
 
 
@@ -76,7 +77,7 @@ def em_direction_from_pairs(model, misaligned: Sequence[Sequence[dict]], aligned
                             layers: int | Sequence[int] | None = None, batch_size: int = 8,
                             progress: bool = True) -> Direction:
     """Judge-free EM direction: teacher-forced response means, misaligned minus aligned conversations."""
-    layer_ids = resolve_layers(model.n_layers, layers)
+    layer_ids = resolve_layers(layers, model.n_layers)
     pos = cache(model, misaligned, layers=layer_ids, positions="response_mean", batch_size=batch_size, progress=progress)
     neg = cache(model, aligned, layers=layer_ids, positions="response_mean", batch_size=batch_size, progress=progress)
     d = mean_diff(pos, neg, layer_ids, model=model.name, adapter=model.meta.get("adapter"), recipe="em_pairs_teacher_forced")
@@ -121,9 +122,9 @@ def project(model, direction: "Direction | Tensor", conversations: Sequence[Any]
     Layers default to the direction's layers (all blocks for a raw vector).
     """
     if layers is None:
-        layer_ids = list(direction.layers) if isinstance(direction, Direction) else resolve_layers(model.n_layers, None)
+        layer_ids = list(direction.layers) if isinstance(direction, Direction) else resolve_layers(None, model.n_layers)
     else:
-        layer_ids = resolve_layers(model.n_layers, layers)
+        layer_ids = resolve_layers(layers, model.n_layers)
     v = as_vectors(direction, layer_ids)
     if v.shape[-1] != model.d_model:
         raise ValueError(f"direction has d_model {v.shape[-1]}, model {model.name} has {model.d_model}")

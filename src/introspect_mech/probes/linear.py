@@ -12,7 +12,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .direction import Direction
+from ..direction import Direction
 
 
 def _acts(x) -> Tensor:

@@ -30,8 +30,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..activations import cache, resolve_layers
-from .direction import Direction
+from ..activations import cache
+from ..layers import resolve_layers
+from ..direction import Direction
 from .linear import mean_diff
 
 FILTERS = ("instruction_likelihood", "judge", None)
@@ -130,7 +131,7 @@ def persona_data(
     questions = t["questions"][:n_questions]
     if filter == "instruction_likelihood" and len(pairs) < 2:
         raise ValueError("filter='instruction_likelihood' scores with held-out instruction pairs: needs n_instructions >= 2")
-    layer_ids = resolve_layers(model.n_layers, layers)
+    layer_ids = resolve_layers(layers, model.n_layers)
     run = RunDir(out) if out is not None else None
     if run is not None:
         run.write_manifest(stage="persona_direction", model=model.name, adapter=model.meta.get("adapter"),

@@ -15,7 +15,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ..activations import cache, resolve_layers
+from ..activations import cache
+from ..layers import resolve_layers
 from .linear import SweepResult, layer_sweep
 
 
@@ -71,7 +72,7 @@ def self_prediction_probe(
     if len({labels[i] for i in keep}) < 2:
         raise RuntimeError(f"self_prediction_probe: the model's answers give classes {dict(counts)}; "
                            f"need >= 2 classes with >= {min_class} rows each")
-    layer_ids = resolve_layers(model.n_layers, layers)
+    layer_ids = resolve_layers(layers, model.n_layers)
     key = "hypothetical_prompt" if source == "hypothetical" else "object_level_prompt"
     acts = cache(model, [rows[i][key] for i in keep], layers=layer_ids, positions="last_prompt",
                  batch_size=batch_size, progress=progress)

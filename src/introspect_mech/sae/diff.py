@@ -21,10 +21,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ..direction import DirectionLike
 from ..models import LoadedModel
 from ..runs import RunDir, json_sha256
 from .loading import LayerSAE
-from .tokens import POSITIONS, TokenActs, as_messages, token_activations
+from .tokens import TOKEN_POSITIONS, TokenActs, TokenPositions, as_messages, token_activations
 
 
 @dataclass
@@ -77,7 +78,7 @@ def _rank(key: Tensor, tie: Tensor) -> Tensor:
     return torch.from_numpy(np.lexsort((-tie.double().numpy(), -key.double().numpy())).copy())
 
 
-def _direction_vector(direction: Any, layer: int) -> Tensor | None:
+def _direction_vector(direction: DirectionLike | None, layer: int) -> Tensor | None:
     if direction is None:
         return None
     from ..steering import layer_vector
@@ -86,9 +87,18 @@ def _direction_vector(direction: Any, layer: int) -> Tensor | None:
     return v / v.norm().clamp_min(1e-12)
 
 
-def decoder_cosines(sae: LayerSAE, direction: Any) -> Float[Tensor, " d_sae"]:
-    """Cosine of every latent's decoder vector with `direction` at the SAE's layer."""
+def decoder_cosines(sae: LayerSAE, direction: DirectionLike) -> Float[Tensor, " d_sae"]:
+    """Cosine of every latent's decoder vector with `direction` at the SAE's layer.
+
+    Args:
+        sae: a `LayerSAE`.
+        direction: a `Direction` or a raw `[d_model]` / `[layer, d_model]` tensor.
+
+    Returns:
+        `[d_sae]` cosines.
+    """
     v = _direction_vector(direction, sae.layer)
+    assert v is not None
     W = sae.W_dec.float().cpu()
     return (W @ v) / W.norm(dim=-1).clamp_min(1e-12)
 
@@ -116,7 +126,7 @@ def latent_codes(sae: LayerSAE, examples: list[TokenActs], latents: Sequence[int
     return [sae.encode(ex.acts).cpu()[:, idx] for ex in examples]
 
 
-def top_examples(model: LoadedModel, examples: list[TokenActs], codes: list[Tensor], latent: int, positions: str,
+def top_examples(model: LoadedModel, examples: list[TokenActs], codes: list[Tensor], latent: int, positions: TokenPositions,
                  n: int = 5, window: int = 12) -> list[dict[str, Any]]:
     """The `n` examples where a latent peaks highest (one peak per example), with token activations.
 
@@ -147,8 +157,8 @@ def model_diff(
     sae: LayerSAE,
     conversations: Sequence[Any],
     *,
-    positions: str = "response",
-    direction: Any = None,
+    positions: TokenPositions = "response",
+    direction: DirectionLike | None = None,
     top_k: int = 20,
     n_examples: int = 5,
     batch_size: int = 8,
@@ -163,8 +173,8 @@ def model_diff(
     persona direction) whose cosine with each top latent's decoder vector is reported. With `out`,
     writes manifest.json, latents.jsonl (top increases / decreases with examples) and summary.json.
     """
-    if positions not in POSITIONS:
-        raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+    if positions not in TOKEN_POSITIONS:
+        raise ValueError(f"positions must be one of {TOKEN_POSITIONS}, got {positions!r}")
     convs = [as_messages(c, i) for i, c in enumerate(conversations)]
     sae.check_fits(base)
     sae.check_fits(finetuned)

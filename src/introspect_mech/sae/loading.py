@@ -132,12 +132,12 @@ def _wrap(sae, *, source: str, release=None, sae_id=None, layer: int | None = No
                     meta={"model_name": md.get("model_name"), "architecture": sae.cfg.architecture()})
 
 
-def load(release: str, sae_id: str, *, device: str = "cpu", dtype: str = "float32") -> LayerSAE:
+def load_release(release: str, sae_id: str, *, device: str = "cpu", dtype: str = "float32") -> LayerSAE:
     """Load a released SAE through sae-lens (`SAE.from_pretrained`; downloads, so online only).
 
-    Examples: `load("qwen2.5-7b-instruct-andyrdt", "resid_post_layer_15_trainer_1")`,
-    `load("qwen-scope-3-8b-base-w64k-l50", "layer18")`, `load("llama_scope_lxr_8x", "l15r_8x")`,
-    `load("gemma-scope-2-270m-pt-res", "layer_12_width_16k_l0_medium")`.
+    Examples: `load_release("qwen2.5-7b-instruct-andyrdt", "resid_post_layer_15_trainer_1")`,
+    `load_release("qwen-scope-3-8b-base-w64k-l50", "layer18")`, `load_release("llama_scope_lxr_8x", "l15r_8x")`,
+    `load_release("gemma-scope-2-270m-pt-res", "layer_12_width_16k_l0_medium")`.
     """
     entry = _release_entry(release)
     if entry is not None:

@@ -27,7 +27,7 @@ from torch import Tensor
 from ..models import LoadedModel
 from ..runs import RunDir, json_sha256
 from .loading import LayerSAE, save
-from .tokens import as_messages, stack_selected, token_activations, tokenize
+from .tokens import as_messages, stack_selected, token_activations, tokenize_item
 
 ARCHITECTURES = ("topk", "batchtopk", "standard")
 
@@ -120,7 +120,7 @@ def collect(model: LoadedModel, items: Sequence[Any], layer: int, *, batch_size:
                                             desc=f"L{layer} activations"), "all")
 
 
-def train(
+def train_sae(
     model: LoadedModel | None,
     layer: int,
     data: Sequence[Any] | Float[Tensor, "n d_model"],
@@ -254,7 +254,7 @@ def splice_loss(model: LoadedModel, sae: LayerSAE, items: Sequence[Any], *, max_
     res = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     n = 0
     for i, it in enumerate(items):
-        ids = it[:max_length] if isinstance(it, Tensor) else tokenize(model, as_messages(it, i), max_length)[0]
+        ids = it[:max_length] if isinstance(it, Tensor) else tokenize_item(model, as_messages(it, i), max_length)[0]
         x = ids[None].to(model.device)
         for mode in res:
             h = None

@@ -15,29 +15,44 @@ from __future__ import annotations
 
 import inspect
 import os
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..direction import Direction, DirectionLike
 from ..evals.stats import Estimate
+from ..layers import LayerSpec, resolve_layers
 from ..models import LoadedModel
 from ..runs import JsonlLog, RunDir
-from .hooks import LayerSpec, Positions, ablate, add, clamp, random_like, resolve_layers
+from .hooks import Positions, Steering, ablate, add, clamp, random_like
 
 KEY = ("op", "layer", "alpha", "kind", "seed")
 OPS = {"add": add, "ablate": ablate, "clamp": clamp}
 
 
-def steer(op: str, model: LoadedModel, direction: Any, layers: LayerSpec, alpha: float = 0.0,
-          positions: Positions = "all", scale: str = "unit"):
-    """The context manager for `op` ("add" | "ablate" | "clamp") with one calling convention."""
+def steer(op: str, model: LoadedModel, direction: DirectionLike, *, layers: LayerSpec, alpha: float = 0.0,
+          positions: Positions = "all", scale: Literal["unit", "norm"] = "unit") -> Steering:
+    """The context manager for `op` with one calling convention.
+
+    Args:
+        op: "add", "ablate" or "clamp".
+        model: a `LoadedModel`.
+        direction: a `Direction` or a raw `[d_model]` / `[layer, d_model]` tensor.
+        layers: a `LayerSpec`.
+        alpha: `alpha` of "add", `value` of "clamp" (ignored by "ablate").
+        positions: `Positions` changed.
+        scale: "unit" or "norm" ("add" only).
+
+    Returns:
+        A `Steering` context manager.
+    """
     if op == "add":
-        return add(model, direction, layers, alpha, positions=positions, scale=scale)
+        return add(model, direction, layers=layers, alpha=alpha, positions=positions, scale=scale)
     if op == "ablate":
-        return ablate(model, direction, layers, positions=positions)
+        return ablate(model, direction, layers=layers, positions=positions)
     if op == "clamp":
-        return clamp(model, direction, alpha, layers, positions=positions)
+        return clamp(model, direction, value=alpha, layers=layers, positions=positions)
     raise ValueError(f"op must be one of {sorted(OPS)}, got {op!r}")
 
 
@@ -52,25 +67,26 @@ def _call(eval_fn: Callable, model: LoadedModel, seed: int) -> dict[str, Any]:
     return res
 
 
-def _direction_meta(direction: Any) -> dict[str, Any]:
-    meta = getattr(direction, "meta", None)
-    return dict(meta) if isinstance(meta, dict) else {"raw_tensor_shape": list(getattr(direction, "shape", []))}
+def _direction_meta(direction: DirectionLike) -> dict[str, Any]:
+    if isinstance(direction, Direction):
+        return dict(direction.meta)
+    return {"raw_tensor_shape": list(direction.shape)}
 
 
 def sweep(
     model: LoadedModel,
-    direction: Any,
+    direction: DirectionLike,
+    *,
     layers: LayerSpec,
     alphas: Sequence[float],
     eval_fn: Callable[..., dict[str, Any]],
     out: str | os.PathLike | None = None,
-    *,
     op: str = "add",
     seeds: Sequence[int] = (0, 1, 2),
     control: bool = True,
     baseline: bool = True,
     positions: Positions = "all",
-    scale: str = "unit",
+    scale: Literal["unit", "norm"] = "unit",
     layers_together: bool = False,
     log_name: str = "sweep.jsonl",
     manifest: dict[str, Any] | None = None,
@@ -129,7 +145,7 @@ def sweep(
             metrics = _call(eval_fn, model, s)
         else:
             d = direction if job["kind"] == "direction" else random_like(direction, s)
-            with steer(op, model, d, job["layer"], job["alpha"], positions, scale):
+            with steer(op, model, d, layers=job["layer"], alpha=job["alpha"], positions=positions, scale=scale):
                 metrics = _call(eval_fn, model, s)
         row = {**job, "metrics": metrics}
         rows.append(row)
