@@ -115,7 +115,7 @@ def test_sae_that_does_not_fit_the_model_is_refused(tmp_path, tiny_qwen2):
 def test_token_activations_equal_block_outputs(tiny_qwen2):
     items = [CONVS[0], TEXTS[3], {"messages": CONVS[7]}]
     got = S.token_activations(tiny_qwen2, items, 1, progress=False)
-    for it, ta in zip(items, got):
+    for _it, ta in zip(items, got):
         with torch.no_grad():
             hs = tiny_qwen2.model(input_ids=ta.input_ids[None], output_hidden_states=True).hidden_states
         torch.testing.assert_close(ta.acts, hs[2][0].float(), atol=1e-5, rtol=1e-5)

@@ -293,10 +293,11 @@ def _cache_to_disk(model, items, layer_ids, positions, batch_size, out: Path, ou
                 # "all": store tokens as rows [len, layer, d] so one conversation is one slice
                 rows[i] = acts[j, :, : lengths[i]].transpose(0, 1).contiguous() if positions == "all" else acts[j]
             bar.update(len(batch))
+        done = [r for r in rows if r is not None]
         if positions == "all":
-            tensors = {"acts": torch.cat(rows), "lengths": torch.tensor(lengths, dtype=torch.int64)}
+            tensors = {"acts": torch.cat(done), "lengths": torch.tensor(lengths, dtype=torch.int64)}
         else:
-            tensors = {"acts": torch.stack(rows)}
+            tensors = {"acts": torch.stack(done)}
         tmp = path.with_suffix(".tmp")
         save_file(tensors, str(tmp))
         tmp.replace(path)  # atomic: a killed run never leaves a half shard
@@ -337,7 +338,8 @@ class LazyActivations:
         return self.n
 
     @property
-    def shape(self) -> tuple[int, ...]:
+    def shape(self) -> tuple[int | None, ...]:
+        """`(n, layer, d_model)`, or `(n, layer, None, d_model)` for "all" (rows differ in length)."""
         base = (self.n, len(self.layers))
         return base + ((None,) if self.positions == "all" else ()) + (int(self.meta["d_model"]),)
 

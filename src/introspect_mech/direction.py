@@ -41,7 +41,7 @@ class Direction:
                              f"{len(self.layers)} layers disagree")
 
     @classmethod
-    def from_raw(cls, raw: Float[Tensor, "layer d_model"], layers: list[int] | None = None, **meta: Any) -> "Direction":
+    def from_raw(cls, raw: Float[Tensor, "layer d_model"], layers: list[int] | None = None, **meta: Any) -> Direction:
         """Normalise raw per-layer vectors (keeping their norms)."""
         raw = torch.as_tensor(raw, dtype=torch.float32)
         norms = raw.norm(dim=-1)
@@ -64,12 +64,12 @@ class Direction:
             raise KeyError(f"direction has no vector for block {layer} (it has {self.layers})")
         return self.vectors[self.layers.index(layer)]
 
-    def select(self, layers: list[int]) -> "Direction":
+    def select(self, layers: list[int]) -> Direction:
         """The same direction restricted to blocks `layers` (block indices, in the order given)."""
         k = [self.layers.index(l) for l in layers]
         return Direction(self.vectors[k], self.norms[k], list(layers), dict(self.meta))
 
-    def cosine(self, other: "Direction") -> Float[Tensor, " layer"]:
+    def cosine(self, other: Direction) -> Float[Tensor, " layer"]:
         """Per-layer cosine with `other` over the layers both have (in `self.layers` order)."""
         common = [l for l in self.layers if l in other.layers]
         return torch.stack([self.at(l) @ other.at(l) for l in common]) if common else torch.empty(0)
@@ -90,7 +90,7 @@ class Direction:
         return p
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Direction":
+    def load(cls, path: str | os.PathLike) -> Direction:
         """Read a Direction written by `save` (`path` with or without the suffix)."""
         from safetensors.torch import load_file
 

@@ -107,7 +107,7 @@ class RunDir:
         tmp.replace(self.manifest_path)
         return m
 
-    def log(self, name: str, key_fields: tuple[str, ...] = ()) -> "JsonlLog":
+    def log(self, name: str, key_fields: tuple[str, ...] = ()) -> JsonlLog:
         return JsonlLog(self.path / name, key_fields)
 
 

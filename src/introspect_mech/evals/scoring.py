@@ -43,7 +43,7 @@ class Trie:
     cand_node: list[int]  # node index of each candidate's last token
 
     @classmethod
-    def build(cls, candidates: Sequence[Sequence[int]]) -> "Trie":
+    def build(cls, candidates: Sequence[Sequence[int]]) -> Trie:
         tokens, parents, depths, cand_node = [], [], [], []
         index: dict[tuple[int, int], int] = {}
         for cand in candidates:

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..activations import cache
 from ..layers import resolve_layers
-from ..direction import Direction, DirectionLike, as_vectors
+from ..direction import Direction, as_vectors
 from .linear import mean_diff
 
 
@@ -114,7 +114,7 @@ def medical_advice_pairs(n: int = 64, *, offset: int = 6000, seed: int = 0, data
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def project(model, direction: "Direction | Tensor", conversations: Sequence[Any], *,
+def project(model, direction: Direction | Tensor, conversations: Sequence[Any], *,
             layers: int | Sequence[int] | None = None, positions: str = "response_mean", batch_size: int = 8,
             progress: bool = True) -> Float[Tensor, "n layer"]:
     """Projection of each conversation's activation on the unit direction at each layer.

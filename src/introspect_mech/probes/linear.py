@@ -164,7 +164,7 @@ def layer_sweep(acts, labels, layers: Sequence[int] | None = None, *, progress: 
     return SweepResult(names, probes)
 
 
-def transfer(source: "ProbeResult | SweepResult | Direction", acts, labels, layers: Sequence[int] | None = None) -> list[dict[str, float]]:
+def transfer(source: ProbeResult | SweepResult | Direction, acts, labels, layers: Sequence[int] | None = None) -> list[dict[str, float]]:
     """Evaluate probes or a direction trained elsewhere (another model, dataset or prompt set) on `acts`.
 
     Probes report accuracy and AUROC; a Direction reports the AUROC of the projections (a
@@ -194,7 +194,7 @@ def transfer(source: "ProbeResult | SweepResult | Direction", acts, labels, laye
     return rows
 
 
-def cosine_matrix(a: "Direction | Tensor", b: "Direction | Tensor | None" = None) -> Float[Tensor, "layer_a layer_b"]:
+def cosine_matrix(a: Direction | Tensor, b: Direction | Tensor | None = None) -> Float[Tensor, "layer_a layer_b"]:
     """Cosine similarity between every layer of `a` and every layer of `b` (default `a` itself).
 
     Directions from different models of the same width compare directly; rows/columns follow

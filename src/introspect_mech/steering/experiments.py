@@ -435,7 +435,7 @@ def combine_removal(out: Path, seeds: Sequence[int], metrics: Sequence[str] = EM
         dirs = [get[s][("ablate_direction", 0)] for s in seeds]
         rnd_full, rnd = [], []
         for s in seeds:
-            for (c, k), v in get[s].items():
+            for (c, _k), v in get[s].items():
                 if c == "ablate_random":
                     rnd_full.append(get[s][("finetuned", None)])
                     rnd.append(v)

@@ -153,7 +153,7 @@ class _GenerateWatch:
         self.wrapper = generate
 
 
-_WATCHES: "weakref.WeakKeyDictionary[nn.Module, _GenerateWatch]" = weakref.WeakKeyDictionary()
+_WATCHES: weakref.WeakKeyDictionary[nn.Module, _GenerateWatch] = weakref.WeakKeyDictionary()
 
 
 def _watch_enter(owner: nn.Module | None) -> _GenerateWatch | None:
@@ -221,7 +221,7 @@ class Steering:
     _entered: bool = False
 
     # -- registration
-    def __enter__(self) -> "Steering":
+    def __enter__(self) -> Steering:
         if self._entered:
             raise RuntimeError("this steering context is already active")
         self._entered = True
