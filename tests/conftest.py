@@ -13,7 +13,8 @@ import pytest
 if os.environ.get("INTROSPECT_MECH_TYPECHECK", "1") != "0":
     from jaxtyping import install_import_hook
 
-    install_import_hook("introspect_mech", "beartype.beartype")
+    # is_pep484_tower: an int is a valid float (PEP 484's numeric tower), as for a type checker
+    install_import_hook("introspect_mech", "beartype.beartype(conf=beartype.BeartypeConf(is_pep484_tower=True))")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("INTROSPECT_MECH_SHARED", REPO.parent / "shared"))

@@ -164,7 +164,7 @@ def test_other_architectures_train_from_cached_activations(trained, arch):
 
 
 def test_training_input_errors(tiny_qwen2):
-    with pytest.raises(ValueError, match=r"\[n_tokens, d_model\]"):
+    with pytest.raises((ValueError, TypeError), match="n_tokens"):  # TypeError: the shape checker of the tests
         S.train_sae(None, 1, torch.zeros(4, 2, 64))
     with pytest.raises(ValueError, match="width 32"):
         S.train_sae(tiny_qwen2, 1, torch.zeros(100, 32))
@@ -273,7 +273,10 @@ def test_predictive_latents_finds_the_informative_latent():
         S.predictive_latents(None, _FakeSAE(), [None] * 4, [1, 1, 1, 1], latents=z[:4])
 
 
-class _FakeSAE:
+class _FakeSAE(S.LayerSAE):
+    def __init__(self):  # no sae-lens SAE behind it: predictive_latents only asks for urls
+        pass
+
     def url(self, j):
         return None
 

@@ -206,7 +206,7 @@ def layer_sweep(acts: Activations, labels: Any, layers: Sequence[int] | None = N
 
 
 def transfer(source: ProbeResult | SweepResult | Direction, acts: Activations, labels: Any,
-             layers: Sequence[int] | None = None) -> list[dict[str, float]]:
+             layers: Sequence[int] | None = None) -> list[dict[str, Any]]:
     """Evaluate probes or a direction trained elsewhere (another model, dataset or prompt set) on `acts`.
 
     Args:

@@ -72,7 +72,7 @@ def _eta2_columns(z: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def predictive_latents(
-    model: LoadedModel,
+    model: LoadedModel | None,
     sae: LayerSAE,
     prompts: Sequence[Any],
     labels: Sequence[Hashable],

@@ -123,7 +123,7 @@ def collect(model: LoadedModel, items: Sequence[Any], layer: int, *, batch_size:
 def train_sae(
     model: LoadedModel | None,
     layer: int,
-    data: Sequence[Any] | Float[Tensor, "n d_model"],
+    data: Sequence[Any] | Float[Tensor, "n_tokens d_model"],
     config: SAETrainConfig | None = None,
     out_dir: str | os.PathLike | None = None,
     *,

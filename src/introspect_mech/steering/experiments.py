@@ -27,7 +27,7 @@ from ..runs import RunDir
 from ..direction import Direction, DirectionLike
 from ..layers import LayerSpec, resolve_layers
 from .hooks import ablate, random_like
-from .sweep import hierarchical_ci, relative_reduction, summarize, sweep
+from .sweep import Values, hierarchical_ci, relative_reduction, summarize, sweep
 
 NEUTRAL_PROMPTS = [
     "Explain how photosynthesis works in a few sentences.",
@@ -256,7 +256,7 @@ def summarize_train_time(rows: Sequence[dict], conds: Sequence[str], metrics: Se
     return out
 
 
-def finetune_gap(base: Sequence[float], finetuned: Sequence[Sequence[float]]):
+def finetune_gap(base: Values, finetuned: Sequence[Values]):
     """Finetuned minus base (items paired; finetune seeds averaged) with a bootstrap CI. A relative
     reduction is only meaningful where this interval excludes 0."""
     from ..evals.stats import bootstrap_ci

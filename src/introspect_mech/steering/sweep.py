@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence, Union
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -28,6 +28,7 @@ from ..runs import JsonlLog, RunDir
 from .hooks import Positions, Steering, ablate, add, clamp, random_like
 
 KEY = ("op", "layer", "alpha", "kind", "seed")
+Values = Union[Sequence[float], np.ndarray]  # per-item numbers of one evaluation
 OPS = {"add": add, "ablate": ablate, "clamp": clamp}
 
 
@@ -161,7 +162,7 @@ def _values(metric_value: Any) -> np.ndarray:
     return np.asarray([float(metric_value)], dtype=float)
 
 
-def hierarchical_ci(groups: Sequence[Sequence[float]], *, n_boot: int = 2000, alpha: float = 0.05,
+def hierarchical_ci(groups: Sequence[Values], *, n_boot: int = 2000, alpha: float = 0.05,
                     seed: int = 0) -> Estimate:
     """Mean over groups (e.g. random-direction seeds) of the mean over items, with a bootstrap that
     resamples groups and then items within each group. One group = an item bootstrap."""
@@ -197,8 +198,8 @@ def summarize(rows: Iterable[dict[str, Any]], metric: str, **ci_kw) -> list[dict
     return sorted(out, key=lambda d: (str(d["layer"]), d["alpha"], kinds.get(d["kind"], 3)))
 
 
-def relative_reduction(base: Sequence[float], full: Sequence[float] | Sequence[Sequence[float]],
-                       treated: Sequence[Sequence[float]], *, n_boot: int = 2000, alpha: float = 0.05,
+def relative_reduction(base: Values, full: Values | Sequence[Values],
+                       treated: Sequence[Values], *, n_boot: int = 2000, alpha: float = 0.05,
                        seed: int = 0) -> Estimate:
     """(full - treated) / (full - base): the fraction of the finetuning-induced change that an
     intervention removes (1 = back to base, 0 = no effect, < 0 = worse), per the model-organisms
@@ -219,7 +220,7 @@ def relative_reduction(base: Sequence[float], full: Sequence[float] | Sequence[S
     if n == 0:  # a metric with no items (e.g. no usable reference answers): no estimate
         return Estimate(None, None, None, 0)
 
-    def stat(ii: np.ndarray, gi: Sequence[int]) -> float:
+    def stat(ii: np.ndarray, gi: Sequence[int] | np.ndarray) -> float:
         # ratio of means over the groups (stable when one group's gap is small)
         f_mean = np.mean([fs[g][ii].mean() for g in gi])
         t_mean = np.mean([ts[g][ii].mean() for g in gi])
