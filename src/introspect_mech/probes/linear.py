@@ -95,6 +95,7 @@ class ProbeResult:
     n: int = 0
 
     def as_dict(self) -> dict[str, float]:
+        """The metrics (accuracy, auroc, accuracy_std, chance, n) as a dict."""
         return {"accuracy": self.accuracy, "auroc": self.auroc, "accuracy_std": self.accuracy_std,
                 "chance": self.chance, "n": self.n}
 
@@ -157,18 +158,23 @@ def train_probe(x: Float[Tensor, "n d_model"], y: Any, *, cv: int = 5, C: float 
 
 @dataclass
 class SweepResult:
+    """One `ProbeResult` per layer column, as `layer_sweep` returns."""
+
     layers: list[int]
     probes: list[ProbeResult]
 
     @property
     def accuracy(self) -> list[float]:
+        """CV accuracy per layer."""
         return [p.accuracy for p in self.probes]
 
     @property
     def auroc(self) -> list[float]:
+        """CV AUROC per layer."""
         return [p.auroc for p in self.probes]
 
     def best(self) -> tuple[int, ProbeResult]:
+        """The layer with the highest AUROC (accuracy if every AUROC is NaN) and its probe."""
         k = int(np.nanargmax(self.auroc)) if not all(np.isnan(self.auroc)) else int(np.argmax(self.accuracy))
         return self.layers[k], self.probes[k]
 
@@ -178,6 +184,7 @@ class SweepResult:
                          {"method": "logistic_probe", **meta})
 
     def rows(self) -> list[dict[str, float]]:
+        """One dict per layer: layer, accuracy, auroc, accuracy_std, chance, n."""
         return [{"layer": l, **p.as_dict()} for l, p in zip(self.layers, self.probes)]
 
 

@@ -16,12 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..activations import cache
-from ..layers import resolve_layers
+from ..layers import LayerSpec, resolve_layers
+from ..models import LoadedModel
 from .linear import SweepResult, layer_sweep
 
 
 @dataclass
 class SelfPredictionResult:
+    """What `self_prediction_probe` returns: the per-layer probes and the labels they were fit to."""
+
     sweep: SweepResult
     labels: list[str]
     answers: list[str] = field(repr=False)
@@ -29,14 +32,15 @@ class SelfPredictionResult:
     dropped: int = 0  # rows whose answer lacked the property or whose class was too rare
 
     def rows(self) -> list[dict[str, Any]]:
+        """The sweep's rows (one per layer)."""
         return self.sweep.rows()
 
 
 def self_prediction_probe(
-    model,
+    model: LoadedModel,
     rows: Sequence[dict],
     *,
-    layers: int | Sequence[int] | None = None,
+    layers: LayerSpec = None,
     source: str = "hypothetical",
     answers: dict[str, str] | None = None,
     max_new_tokens: int = 12,
@@ -48,11 +52,23 @@ def self_prediction_probe(
 ) -> SelfPredictionResult:
     """Per-layer probes predicting the property of the model's own greedy object-level answer.
 
-    `rows`: introspection rows (`evals.load_task(name)`), one behavioural property. Answers come
-    from `evals.object_level_answers` (greedy) and labels from `evals.extract_property`;
-    non-compliant answers and classes with fewer than `min_class` rows are dropped (counted).
-    `answers` ({object key: answer}, as `object_level_answers` returns) reuses answers from an
-    earlier run instead of generating.
+    Args:
+        model: the model probed (and whose answers are labelled).
+        rows: introspection rows (`evals.load_task(name)`) of one behavioural property.
+        layers: a `LayerSpec` (default: every block).
+        source: read the last prompt token of the "hypothetical" or the "object" prompt.
+        answers: {object key: answer}, as `evals.object_level_answers` returns, to reuse answers
+            of an earlier run instead of generating (greedy).
+        max_new_tokens: length of generated answers.
+        min_class: classes with fewer rows are dropped (counted in `dropped`).
+        batch_size: batch size of generation and caching.
+        cv: cross-validation folds.
+        seed: fold seed.
+        progress: show tqdm bars.
+
+    Returns:
+        A `SelfPredictionResult`; labels come from `evals.extract_property`, non-compliant answers
+        are dropped.
     """
     from ..evals.properties import extract_property
     from ..evals.self_prediction import _object_key, object_level_answers
