@@ -30,12 +30,12 @@ class Estimate:
         return asdict(self)
 
 
-def _clean(values: Sequence[float | None]) -> np.ndarray:
+def _clean(values: Sequence[float | None] | np.ndarray) -> np.ndarray:
     return np.asarray([float(v) for v in values if v is not None and not np.isnan(float(v))], dtype=float)
 
 
 def bootstrap_ci(
-    values: Sequence[float | None],
+    values: Sequence[float | None] | np.ndarray,
     stat: Callable[[np.ndarray], float] = np.mean,
     *,
     n_boot: int = 2000,
@@ -57,8 +57,8 @@ def bootstrap_ci(
 
 
 def bootstrap_diff(
-    a: Sequence[float | None],
-    b: Sequence[float | None],
+    a: Sequence[float | None] | np.ndarray,
+    b: Sequence[float | None] | np.ndarray,
     *,
     paired: bool = False,
     n_boot: int = 2000,
