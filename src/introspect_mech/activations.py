@@ -373,12 +373,18 @@ class LazyActivations:
         return res
 
     def iter_shards(self) -> Iterator[tuple[int, Tensor]]:
+        """Yield `(first_index, rows)` shard by shard (rows as `self[lo:hi]` returns them)."""
         for k in range(self._n_shards):
             lo, hi = k * self.shard_size, min(self.n, (k + 1) * self.shard_size)
             yield lo, self[lo:hi]
 
     def load(self) -> Tensor:
-        """All rows in memory (the same tensor `cache()` without `out=` returns)."""
+        """All rows in memory.
+
+        Returns:
+            The tensor `cache()` without `out=` returns (`[n, layer, d_model]`, or zero-padded
+            `[n, layer, pos, d_model]` for "all").
+        """
         return self[:]
 
     def __repr__(self) -> str:

@@ -42,7 +42,16 @@ class Direction:
 
     @classmethod
     def from_raw(cls, raw: Float[Tensor, "layer d_model"], layers: list[int] | None = None, **meta: Any) -> Direction:
-        """Normalise raw per-layer vectors (keeping their norms)."""
+        """A Direction from raw per-layer vectors (normalised; their norms kept in `norms`).
+
+        Args:
+            raw: `[layer, d_model]` raw vectors (e.g. class-mean differences).
+            layers: the block index of each row (default 0..L-1).
+            **meta: provenance.
+
+        Returns:
+            The Direction.
+        """
         raw = torch.as_tensor(raw, dtype=torch.float32)
         norms = raw.norm(dim=-1)
         vecs = raw / norms.clamp_min(1e-12).unsqueeze(-1)
@@ -59,24 +68,55 @@ class Direction:
         return self.vectors * self.norms.unsqueeze(-1)
 
     def at(self, layer: int) -> Float[Tensor, " d_model"]:
-        """The unit vector at block `layer` (a block index, not a position in `layers`)."""
+        """The unit vector at block `layer`.
+
+        Args:
+            layer: a block index (not a position in `layers`).
+
+        Returns:
+            `[d_model]` unit vector.
+
+        Raises:
+            KeyError: the direction has no vector for that block.
+        """
         if layer not in self.layers:
             raise KeyError(f"direction has no vector for block {layer} (it has {self.layers})")
         return self.vectors[self.layers.index(layer)]
 
     def select(self, layers: list[int]) -> Direction:
-        """The same direction restricted to blocks `layers` (block indices, in the order given)."""
+        """The same direction restricted to some blocks.
+
+        Args:
+            layers: block indices, in the order wanted.
+
+        Returns:
+            A new Direction with those rows.
+        """
         k = [self.layers.index(l) for l in layers]
         return Direction(self.vectors[k], self.norms[k], list(layers), dict(self.meta))
 
     def cosine(self, other: Direction) -> Float[Tensor, " layer"]:
-        """Per-layer cosine with `other` over the layers both have (in `self.layers` order)."""
+        """Per-layer cosine with another Direction.
+
+        Args:
+            other: a Direction of the same width.
+
+        Returns:
+            `[layer]` cosines over the blocks both have, in `self.layers` order.
+        """
         common = [l for l in self.layers if l in other.layers]
         return torch.stack([self.at(l) @ other.at(l) for l in common]) if common else torch.empty(0)
 
     # ---- persistence ---------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write `path.safetensors` (vectors, norms, layers) and `path.json` (meta); returns the stem."""
+        """Write `path.safetensors` (vectors, norms, layers) and `path.json` (meta).
+
+        Args:
+            path: the stem (a `.safetensors` / `.json` suffix is dropped).
+
+        Returns:
+            The stem written.
+        """
         from safetensors.torch import save_file
 
         p = Path(path)
@@ -91,7 +131,18 @@ class Direction:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Direction:
-        """Read a Direction written by `save` (`path` with or without the suffix)."""
+        """Read a Direction written by `save`.
+
+        Args:
+            path: the stem, with or without the `.safetensors` / `.json` suffix.
+
+        Returns:
+            The Direction.
+
+        Raises:
+            FileNotFoundError: a missing file.
+            ValueError: the two files disagree.
+        """
         from safetensors.torch import load_file
 
         p = Path(path)
@@ -116,7 +167,15 @@ DirectionLike = Union[Direction, Float[Tensor, " d_model"], Float[Tensor, "layer
 
 
 def check_direction(direction: object) -> None:
-    """Raise a one-line `TypeError` / `ValueError` unless `direction` is a `DirectionLike`."""
+    """Check that `direction` is a `DirectionLike`.
+
+    Args:
+        direction: anything.
+
+    Raises:
+        TypeError: not a Direction or a tensor.
+        ValueError: a tensor that is not `[d_model]` or `[layer, d_model]`.
+    """
     if isinstance(direction, Direction):
         return
     if not isinstance(direction, Tensor):

@@ -66,7 +66,18 @@ class TokenActs:
 
 
 def as_messages(item: Any, i: int = 0) -> list[dict] | str:
-    """A conversation (message list, or dict with "messages") or a plain text, checked."""
+    """A conversation (message list, or dict with "messages") or a plain text, checked.
+
+    Args:
+        item: the input.
+        i: its index, for the error message.
+
+    Returns:
+        The message list, or the text.
+
+    Raises:
+        ValueError: naming item `i`.
+    """
     if isinstance(item, str):
         return item
     if isinstance(item, dict) and "messages" in item:
@@ -113,10 +124,21 @@ def token_activations(
 ) -> list[TokenActs]:
     """Every token's residual stream after block `layer`, per item (float32, on CPU).
 
-    Conversations go through the shared `activations.cache(..., positions="all")` (in chunks of
-    `chunk` conversations, so the zero-padded result stays small); plain texts (no chat template)
-    through the same forward machinery (`activations._run_batch`). Sequences longer than
-    `max_length` tokens are cut.
+    Conversations go through the shared `activations.cache(..., positions="all")`; plain texts (no
+    chat template) through the same forward machinery.
+
+    Args:
+        model: a `LoadedModel`.
+        items: conversations (message lists or dicts with "messages") or plain texts.
+        layer: a block index.
+        batch_size: sequences per forward.
+        max_length: cut sequences after this many tokens.
+        chunk: conversations per `cache` call (so the zero-padded result stays small).
+        progress: show a tqdm bar.
+        desc: the bar's label.
+
+    Returns:
+        One `TokenActs` per item, in input order.
     """
     from .. import activations as A
 

@@ -92,18 +92,33 @@ def sweep(
     log_name: str = "sweep.jsonl",
     manifest: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run `eval_fn` under steering at each (layer, alpha); return all rows (old and new).
+    """Run `eval_fn` under steering at each (layer, alpha), with norm-matched random controls.
 
-    Rows: `{"op", "layer", "alpha", "kind": "none"|"direction"|"random", "seed", "metrics": {...}}`.
-    * `kind="none"`: no hook (baseline), once per seed when `eval_fn` takes a seed, else once;
-    * `kind="direction"`: the direction, once per seed if `eval_fn` takes one (its sampling seed);
-    * `kind="random"`: `random_like(direction, seed)` (norm-matched) for each seed in `seeds`.
-    `control=False` / `baseline=False` skip the random / unsteered rows (e.g. for a second
-    direction whose controls were already run).
-    `op="ablate"` ignores `alphas` (one alpha, 0). `layers_together=True` steers all `layers` at
-    once (`layer` is then the list) instead of one at a time. `scale="norm"` (with a Direction)
-    makes alpha count class-mean distances (`Direction.norms`) instead of unit vectors; the random
-    control keeps the norms, so it stays matched.
+    Rows: `{"op", "layer", "alpha", "kind": "none"|"direction"|"random", "seed", "metrics": {...}}`:
+    `kind="none"` is the unsteered baseline (once per seed when `eval_fn` takes a seed, else once),
+    `"direction"` the direction (once per seed if `eval_fn` takes one: its sampling seed),
+    `"random"` `random_like(direction, seed)` for each seed in `seeds`.
+
+    Args:
+        model: the model steered.
+        direction: a `Direction` or a raw `[d_model]` / `[layer, d_model]` tensor.
+        layers: a `LayerSpec`; each layer is steered on its own unless `layers_together`.
+        alphas: multipliers (`op="ablate"` ignores them: one alpha, 0).
+        eval_fn: `eval_fn(model)` or `eval_fn(model, seed=...)` -> {metric: number or per-item list}.
+        out: a run directory; rows are appended to `out/<log_name>` and a rerun skips done rows.
+        op: "add", "ablate" or "clamp".
+        seeds: random-control seeds (and eval seeds when `eval_fn` takes one).
+        control: run the random controls.
+        baseline: run the unsteered baseline.
+        positions: `Positions` changed.
+        scale: "unit" or "norm" (with a Direction, alpha counts class-mean distances; the random
+            control keeps the norms, so it stays matched).
+        layers_together: steer all `layers` at once (`layer` in the rows is then the list).
+        log_name: file name of the JSONL log.
+        manifest: extra manifest fields.
+
+    Returns:
+        All rows (old and new).
     """
     if op not in OPS:
         raise ValueError(f"op must be one of {sorted(OPS)}, got {op!r}")
@@ -164,8 +179,18 @@ def _values(metric_value: Any) -> np.ndarray:
 
 def hierarchical_ci(groups: Sequence[Values], *, n_boot: int = 2000, alpha: float = 0.05,
                     seed: int = 0) -> Estimate:
-    """Mean over groups (e.g. random-direction seeds) of the mean over items, with a bootstrap that
-    resamples groups and then items within each group. One group = an item bootstrap."""
+    """Mean over groups of the mean over items, with a two-level bootstrap CI.
+
+    Args:
+        groups: per-item values of each group (e.g. one group per random-direction seed).
+        n_boot: bootstrap resamples (groups first, then items within each group; one group = an
+            item bootstrap).
+        alpha: 1 - confidence level.
+        seed: bootstrap seed.
+
+    Returns:
+        An `Estimate` (point, lo, hi, n items); all None when no group has a finite value.
+    """
     gs = [np.asarray([float(x) for x in g if x is not None and not np.isnan(float(x))]) for g in groups]
     gs = [g for g in gs if len(g)]
     if not gs:
@@ -180,9 +205,18 @@ def hierarchical_ci(groups: Sequence[Values], *, n_boot: int = 2000, alpha: floa
     return Estimate(point, float(lo), float(hi), sum(len(g) for g in gs))
 
 
-def summarize(rows: Iterable[dict[str, Any]], metric: str, **ci_kw) -> list[dict[str, Any]]:
-    """One line per (op, layer, alpha, kind): mean of `metric` with a hierarchical bootstrap CI
-    (groups = seeds, items = the per-item values the eval returned)."""
+def summarize(rows: Iterable[dict[str, Any]], metric: str, **ci_kw: Any) -> list[dict[str, Any]]:
+    """Summarise sweep rows per (op, layer, alpha, kind).
+
+    Args:
+        rows: rows from `sweep`.
+        metric: the metric name to summarise (rows without it are skipped).
+        **ci_kw: passed to `hierarchical_ci` (n_boot, alpha, seed).
+
+    Returns:
+        One dict per (op, layer, alpha, kind): the mean of `metric` with a hierarchical bootstrap CI
+        (groups = seeds, items = the per-item values the eval returned), sorted by layer, alpha, kind.
+    """
     groups: dict[tuple, list[np.ndarray]] = {}
     for r in rows:
         if metric not in r.get("metrics", {}):
@@ -201,12 +235,26 @@ def summarize(rows: Iterable[dict[str, Any]], metric: str, **ci_kw) -> list[dict
 def relative_reduction(base: Values, full: Values | Sequence[Values],
                        treated: Sequence[Values], *, n_boot: int = 2000, alpha: float = 0.05,
                        seed: int = 0) -> Estimate:
-    """(full - treated) / (full - base): the fraction of the finetuning-induced change that an
-    intervention removes (1 = back to base, 0 = no effect, < 0 = worse), per the model-organisms
-    papers. `base`, `full` and each group in `treated` are per-item values on the same items
-    (paired). `treated` may hold several groups (random seeds, finetune seeds); `full` is one
-    sequence shared by all groups or one per group (e.g. each finetune seed with its own
-    intervened run). The estimate is a ratio of means over groups; the bootstrap resamples groups, then items.
+    """(full - treated) / (full - base): the fraction of the finetuning-induced change an intervention removes.
+
+    1 = back to base, 0 = no effect, < 0 = worse (as in the model-organisms papers). The estimate
+    is a ratio of means over groups; the bootstrap resamples groups, then items.
+
+    Args:
+        base: per-item values of the base model.
+        full: per-item values of the finetuned model: one sequence shared by all groups, or one per
+            group (e.g. each finetune seed with its own intervened run).
+        treated: per-item values of each intervened group (random seeds, finetune seeds), paired
+            with `base` and `full` item by item.
+        n_boot: bootstrap resamples.
+        alpha: 1 - confidence level.
+        seed: bootstrap seed.
+
+    Returns:
+        An `Estimate`; all None when there are no items or the finetuning gap is zero.
+
+    Raises:
+        ValueError: conditions that are not on the same items, or mismatched group counts.
     """
     b = np.asarray(base, float)
     ts = [np.asarray(t, float) for t in treated]
