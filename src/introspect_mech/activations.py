@@ -359,7 +359,8 @@ class LazyActivations:
             off = self._offsets[k]
             return f.get_slice("acts")[int(off[r]) : int(off[r + 1])].transpose(0, 1)
 
-    def __getitem__(self, key) -> Tensor:
+    def __getitem__(self, key: int | slice | Sequence[int] | Tensor
+                    ) -> Float[Tensor, "layer *pos d_model"] | Float[Tensor, "n layer *pos d_model"]:
         if isinstance(key, numbers.Integral) or (isinstance(key, Tensor) and key.ndim == 0):
             return self._row(int(key))
         idx = range(self.n)[key] if isinstance(key, slice) else [int(i) for i in key]
@@ -378,7 +379,7 @@ class LazyActivations:
             lo, hi = k * self.shard_size, min(self.n, (k + 1) * self.shard_size)
             yield lo, self[lo:hi]
 
-    def load(self) -> Tensor:
+    def load(self) -> Acts:
         """All rows in memory.
 
         Returns:

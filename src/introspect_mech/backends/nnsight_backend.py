@@ -14,9 +14,10 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from ..layers import resolve_layers
+from ..activations import Acts, Pooling
+from ..layers import LayerSpec, resolve_layers
 from .common import assemble, padded_batches
 
 
@@ -53,14 +54,14 @@ def _envoy(root, path: str):
 def cache_nnsight(
     nn_model,
     conversations: Sequence[Any],
-    layers: int | Sequence[int] | None = None,
-    positions: str = "response_mean",
+    layers: LayerSpec = None,
+    positions: Pooling = "response_mean",
     batch_size: int = 8,
     *,
     tokenizer_model=None,
     remote: bool = False,
     dtype: torch.dtype | None = None,
-) -> Tensor:
+) -> Acts:
     """`activations.cache` through nnsight: block outputs saved inside `trace`, pooled in the trace,
     and the trace stopped after the last requested block.
 

@@ -13,9 +13,9 @@ import copy
 from typing import Any, Sequence
 
 import torch
-from torch import Tensor
 
-from ..layers import resolve_layers
+from ..activations import Acts, Pooling
+from ..layers import LayerSpec, resolve_layers
 from .common import assemble, padded_batches, _pool
 
 
@@ -39,13 +39,13 @@ def to_transformer_lens(model, **kwargs: Any):
 def cache_transformer_lens(
     bridge,
     conversations: Sequence[Any],
-    layers: int | Sequence[int] | None = None,
-    positions: str = "response_mean",
+    layers: LayerSpec = None,
+    positions: Pooling = "response_mean",
     batch_size: int = 8,
     *,
     tokenizer_model,
     dtype: torch.dtype | None = None,
-) -> Tensor:
+) -> Acts:
     """`activations.cache` through the bridge: `run_with_cache` on `blocks.{i}.hook_out` with
     `stop_at_layer` after the last requested block; same tokenisation (`tokenizer_model`)."""
     n_blocks = int(bridge.cfg.n_layers)

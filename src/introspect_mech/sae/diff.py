@@ -119,18 +119,39 @@ def _encode_all(sae: LayerSAE, examples: list[TokenActs], positions: str) -> tup
     return total / n, fired / n, n
 
 
-def latent_codes(sae: LayerSAE, examples: list[TokenActs], latents: Sequence[int]) -> list[Tensor]:
-    """Per example, the activations `[seq, len(latents)]` of the chosen latents on every token."""
+def latent_codes(sae: LayerSAE, examples: list[TokenActs], latents: Sequence[int]) -> list[Float[Tensor, "seq k"]]:
+    """The chosen latents' activations on every token of each example.
+
+    Args:
+        sae: a `LayerSAE`.
+        examples: `TokenActs` from `token_activations`.
+        latents: the `k` latent indices.
+
+    Returns:
+        Per example, `[seq, k]` activations (on the CPU).
+    """
     idx = torch.tensor([int(j) for j in latents], dtype=torch.long)
     return [sae.encode(ex.acts).cpu()[:, idx] for ex in examples]
 
 
-def top_examples(model: LoadedModel, examples: list[TokenActs], codes: list[Tensor], latent: int, positions: TokenPositions,
-                 n: int = 5, window: int = 12) -> list[dict[str, Any]]:
+def top_examples(model: LoadedModel, examples: list[TokenActs],
+                 codes: Sequence[Float[Tensor, " seq"] | Float[Tensor, "seq k"]], latent: int,
+                 positions: TokenPositions, n: int = 5, window: int = 12) -> list[dict[str, Any]]:
     """The `n` examples where a latent peaks highest (one peak per example), with token activations.
 
-    `codes[i]` holds that latent's activation on every token of example `i` (`[seq]`, or `[seq, k]`
-    with `latent` the column index)."""
+    Args:
+        model: the model (for decoding tokens).
+        examples: `TokenActs` from `token_activations`.
+        codes: per example, the latent's activation on every token (`[seq]`), or `[seq, k]` codes
+            with `latent` the column index.
+        latent: the latent (or column) index.
+        positions: the `TokenPositions` where a peak may be.
+        n: number of examples.
+        window: tokens shown on each side of the peak.
+
+    Returns:
+        Up to `n` dicts (example index, peak position and value, tokens and their activations).
+    """
     cols = [c if c.ndim == 1 else c[:, latent] for c in codes]
     peaks = []
     for i, (ex, a) in enumerate(zip(examples, cols)):
