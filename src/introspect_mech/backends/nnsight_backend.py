@@ -22,7 +22,16 @@ from .common import assemble, padded_batches
 
 
 def to_nnsight(model, *, remote: bool = False, **kwargs: Any):
-    """An nnsight wrapper of a `LoadedModel` (shares its modules), or of a hub id (for NDIF)."""
+    """An nnsight wrapper of a `LoadedModel` (shares its modules), or of a hub id (for NDIF).
+
+    Args:
+        model: a `LoadedModel` (wrapped in place: nnsight adds no parameters) or a hub id.
+        remote: build a `LanguageModel` for NDIF remote execution (hub id).
+        **kwargs: passed to nnsight.
+
+    Returns:
+        The nnsight model.
+    """
     if isinstance(model, str):
         from nnsight import LanguageModel  # NDIF's documented entry point for hub checkpoints
 
@@ -35,7 +44,15 @@ def to_nnsight(model, *, remote: bool = False, **kwargs: Any):
 
 
 def layers_path(module: nn.Module, layers: nn.ModuleList | None = None) -> str:
-    """Dotted path of the decoder-block ModuleList inside `module` (e.g. "model.layers")."""
+    """Dotted path of the decoder-block ModuleList inside `module` (e.g. "model.layers").
+
+    Args:
+        module: the (wrapped) HF model.
+        layers: the ModuleList to look for (default: `decoder_layers(module)`).
+
+    Returns:
+        The dotted path.
+    """
     from ..models import decoder_layers
 
     layers = decoder_layers(module) if layers is None else layers
@@ -62,12 +79,24 @@ def cache_nnsight(
     remote: bool = False,
     dtype: torch.dtype | None = None,
 ) -> Acts:
-    """`activations.cache` through nnsight: block outputs saved inside `trace`, pooled in the trace,
-    and the trace stopped after the last requested block.
+    """`activations.cache` through nnsight.
 
-    `nn_model` is `to_nnsight(loaded)` or a `LanguageModel`; `tokenizer_model` is the `LoadedModel`
-    (or any object with its chat methods and tokenizer) that tokenises conversations exactly as
-    `activations.cache` does.
+    Block outputs are saved inside `trace`, pooled in the trace, and the trace stopped after the
+    last requested block.
+
+    Args:
+        nn_model: `to_nnsight(loaded)` or a `LanguageModel`.
+        conversations: as for `activations.cache`.
+        layers: a `LayerSpec`.
+        positions: the `Pooling`.
+        batch_size: conversations per trace.
+        tokenizer_model: the `LoadedModel` (or any object with its chat methods and tokenizer) that
+            tokenises conversations exactly as `activations.cache` does.
+        remote: run on NDIF.
+        dtype: dtype of the result.
+
+    Returns:
+        What `activations.cache` returns (`[n, layer, d_model]`, or `[n, layer, pos, d_model]`).
     """
     if tokenizer_model is None:
         raise ValueError("cache_nnsight needs tokenizer_model= (the LoadedModel whose chat template tokenises)")

@@ -20,7 +20,15 @@ from .common import assemble, padded_batches, _pool
 
 
 def to_transformer_lens(model, **kwargs: Any):
-    """A TL `TransformerBridge` on a deep copy of `model` (a `LoadedModel`); no hub download."""
+    """A TransformerLens `TransformerBridge` on a deep copy of `model` (no hub download).
+
+    Args:
+        model: a `LoadedModel` (left untouched; a LoRA adapter is merged into the copy).
+        **kwargs: passed to `TransformerBridge.boot_transformers`.
+
+    Returns:
+        The bridge.
+    """
     from transformer_lens.model_bridge import TransformerBridge
 
     hf = copy.deepcopy(model.model)
@@ -46,8 +54,22 @@ def cache_transformer_lens(
     tokenizer_model,
     dtype: torch.dtype | None = None,
 ) -> Acts:
-    """`activations.cache` through the bridge: `run_with_cache` on `blocks.{i}.hook_out` with
-    `stop_at_layer` after the last requested block; same tokenisation (`tokenizer_model`)."""
+    """`activations.cache` through the bridge.
+
+    `run_with_cache` on `blocks.{i}.hook_out` with `stop_at_layer` after the last requested block.
+
+    Args:
+        bridge: from `to_transformer_lens`.
+        conversations: as for `activations.cache`.
+        layers: a `LayerSpec`.
+        positions: the `Pooling`.
+        batch_size: conversations per forward.
+        tokenizer_model: the `LoadedModel` that tokenises conversations (same tokenisation as `cache`).
+        dtype: dtype of the result.
+
+    Returns:
+        What `activations.cache` returns.
+    """
     n_blocks = int(bridge.cfg.n_layers)
     layer_ids = resolve_layers(layers, n_blocks)
     names = [f"blocks.{i}.hook_out" for i in layer_ids]

@@ -82,11 +82,27 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as JSON-ready data.
+
+        Returns:
+            Every field (tuples as lists).
+        """
         d = dataclasses.asdict(self)
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """A config from `to_dict` output (e.g. a manifest).
+
+        Args:
+            d: field values.
+
+        Returns:
+            The config.
+
+        Raises:
+            ValueError: unknown fields (named).
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -94,6 +110,14 @@ class TrainConfig:
         return cls(**d)
 
     def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (validated again).
+
+        Args:
+            **changes: fields to change.
+
+        Returns:
+            The new config.
+        """
         return dataclasses.replace(self, **changes)
 
     # fields that do not change the trained weights; a resume may differ in them
@@ -118,6 +142,15 @@ PRESETS: dict[str, TrainConfig] = {
 
 
 def preset(name: str, **overrides: Any) -> TrainConfig:
+    """A named preset with overrides.
+
+    Args:
+        name: a key of `PRESETS` ("em", "rank1", "tmay_risk", "full").
+        **overrides: `TrainConfig` fields to change.
+
+    Returns:
+        A new `TrainConfig`.
+    """
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
     return PRESETS[name].replace(**overrides)
