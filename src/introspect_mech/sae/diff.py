@@ -58,6 +58,7 @@ class ModelDiff:
 
     @property
     def delta(self) -> Float[Tensor, " d_sae"]:
+        """Mean activation change per latent (finetuned - base), `[d_sae]`."""
         return self.mean_finetuned - self.mean_base
 
     @property
@@ -66,6 +67,11 @@ class ModelDiff:
         return _rank(self.delta, self.mean_finetuned).tolist()
 
     def rows(self) -> list[dict[str, Any]]:
+        """The reported latents as dicts (for JSONL / the dashboard).
+
+        Returns:
+            One dict per reported latent.
+        """
         return ([{"kind": "increase", "rank": r, **asdict(c)} for r, c in enumerate(self.increases)]
                 + [{"kind": "decrease", "rank": r, **asdict(c)} for r, c in enumerate(self.decreases)])
 
@@ -187,11 +193,25 @@ def model_diff(
 ) -> ModelDiff:
     """Rank SAE latents by their change in mean activation from `base` to `finetuned`.
 
-    `conversations`: message lists (or {"messages": ...}) — eval prompts with responses (e.g. the
-    finetuned model's samples from `evals.sample`); `positions`: "response" (assistant tokens),
-    "prompt", "last_prompt" or "all". `direction`: a `probes.Direction` or `[d_model]` tensor (EM /
-    persona direction) whose cosine with each top latent's decoder vector is reported. With `out`,
-    writes manifest.json, latents.jsonl (top increases / decreases with examples) and summary.json.
+    Args:
+        base: the base model.
+        finetuned: the finetuned model (same architecture).
+        sae: a `LayerSAE` that fits both.
+        conversations: message lists (or {"messages": ...}): eval prompts with responses (e.g. the
+            finetuned model's samples from `evals.sample`).
+        positions: the `TokenPositions` pooled: "response" (assistant tokens), "prompt",
+            "last_prompt" or "all".
+        direction: a `Direction` or raw tensor (EM / persona direction) whose cosine with each top
+            latent's decoder vector is reported.
+        top_k: latents reported in each direction of change.
+        n_examples: top-activating examples per latent.
+        batch_size: sequences per forward.
+        max_length: cut sequences after this many tokens.
+        out: a run directory: manifest.json, latents.jsonl (top increases / decreases with examples)
+            and summary.json.
+
+    Returns:
+        A `ModelDiff`.
     """
     if positions not in TOKEN_POSITIONS:
         raise ValueError(f"positions must be one of {TOKEN_POSITIONS}, got {positions!r}")
@@ -289,12 +309,24 @@ def steer_latents(
     seed: int = 0,
     out: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
-    """`metric(model)` while `steering.add` adds `alpha *` each latent's unit decoder vector at the
-    SAE's layer (all positions), plus `n_random` norm-matched random directions per alpha as controls.
+    """Measure `metric(model)` while adding each latent's decoder vector, with random controls.
 
-    `metric` is any callable on the (temporarily steered) model, e.g. the EM rate from
-    `evals.em_report` on sampled answers, or a judge-free log-probability score. Rows are appended
-    to `out/steer.jsonl` as measured; a rerun skips rows already there.
+    `steering.add` adds `alpha *` each latent's unit decoder vector at the SAE's layer (all
+    positions), plus `n_random` norm-matched random directions per alpha as controls.
+
+    Args:
+        model: the model steered.
+        sae: the `LayerSAE` whose decoder vectors are added.
+        latents: latent indices.
+        metric: any callable on the (temporarily steered) model, e.g. the EM rate from
+            `evals.em_report` on sampled answers, or a judge-free log-probability score.
+        alphas: multipliers.
+        n_random: random controls per alpha.
+        seed: seed of the random controls.
+        out: a run directory: rows are appended to `out/steer.jsonl` as measured; a rerun skips them.
+
+    Returns:
+        One row per (target, alpha).
     """
     from .. import steering
 

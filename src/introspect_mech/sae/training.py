@@ -63,7 +63,16 @@ class SAETrainResult:
 
 @torch.no_grad()
 def evaluate(sae: LayerSAE | Any, acts: Float[Tensor, "n d_model"], batch: int = 4096) -> dict[str, float]:
-    """L0, explained variance, reconstruction MSE and dead latents of `sae` on activations `acts`."""
+    """L0, explained variance, reconstruction MSE and dead latents of `sae` on activations `acts`.
+
+    Args:
+        sae: a `LayerSAE` (or a bare sae-lens SAE).
+        acts: `[n, d_model]` activations.
+        batch: rows per encode.
+
+    Returns:
+        The metrics.
+    """
     inner = sae.sae if isinstance(sae, LayerSAE) else sae
     p = next(inner.parameters())
     acts = acts.float()
@@ -115,7 +124,18 @@ def _make_sae(cfg: SAETrainConfig, d_in: int, metadata: dict[str, Any]):
 
 def collect(model: LoadedModel, items: Sequence[Any], layer: int, *, batch_size: int = 8,
             max_length: int | None = 512) -> Float[Tensor, "n d_model"]:
-    """Token activations at `layer` for texts / conversations (all tokens but the first of each)."""
+    """Token activations at `layer` for texts / conversations (all tokens but the first of each).
+
+    Args:
+        model: the model.
+        items: texts or conversations.
+        layer: a block index.
+        batch_size: sequences per forward.
+        max_length: cut sequences after this many tokens.
+
+    Returns:
+        `[n_tokens, d_model]` activations.
+    """
     return stack_selected(token_activations(model, items, layer, batch_size=batch_size, max_length=max_length,
                                             desc=f"L{layer} activations"), "all")
 
@@ -133,10 +153,21 @@ def train_sae(
 ) -> SAETrainResult:
     """Train an SAE on the output of decoder block `layer` through sae-lens's `SAETrainer`.
 
-    `data`: texts, conversations (message lists / {"messages": ...}), or cached activations
-    `[n_tokens, d_model]` (then `model` may be None). Held-out metrics use the last
-    `config.eval_fraction` of the items (or `eval_data`). With `out_dir`, writes manifest.json,
-    metrics.json, train_log.jsonl and the SAE in sae-lens format under `out_dir/sae/`.
+    Args:
+        model: the model (may be None when `data` holds cached activations).
+        layer: a block index.
+        data: texts, conversations (message lists / {"messages": ...}), or cached activations
+            `[n_tokens, d_model]`.
+        config: an `SAETrainConfig` (default: TopK, expansion 8).
+        out_dir: writes manifest.json, metrics.json, train_log.jsonl and the SAE in sae-lens format
+            under `out_dir/sae/`.
+        eval_data: held-out `[n, d_model]` activations (default: the last `config.eval_fraction` of
+            the items).
+        max_length: cut sequences after this many tokens.
+        device: where training runs.
+
+    Returns:
+        An `SAETrainResult` (the `LayerSAE`, metrics, loss curve).
     """
     from sae_lens import SAETrainer
     from sae_lens.config import LoggingConfig, SAETrainerConfig
@@ -247,9 +278,19 @@ class _Splice:
 
 @torch.no_grad()
 def splice_loss(model: LoadedModel, sae: LayerSAE, items: Sequence[Any], *, max_length: int = 512) -> dict[str, float]:
-    """Mean next-token loss: clean, with the SAE reconstruction spliced in at `sae.layer`, and with
-    the layer output zeroed; `loss_recovered` = (zero - sae) / (zero - clean). Items: texts,
-    conversations, or token-id tensors. The first token (attention sink) is never replaced."""
+    """Mean next-token loss: clean, with the SAE reconstruction spliced in, and with the layer zeroed.
+
+    `loss_recovered` = (zero - sae) / (zero - clean). The first token (attention sink) is never replaced.
+
+    Args:
+        model: the model.
+        sae: a `LayerSAE` that fits it.
+        items: texts, conversations, or token-id tensors.
+        max_length: cut sequences after this many tokens.
+
+    Returns:
+        `{"clean", "sae", "zero", "loss_recovered"}`.
+    """
     sae.check_fits(model)
     res = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     n = 0
