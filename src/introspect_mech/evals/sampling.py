@@ -29,7 +29,14 @@ Message = dict[str, str]
 
 
 def normalise_prompts(prompts: Sequence[Any]) -> list[dict[str, Any]]:
-    """Accept message lists, plain strings (one user turn) or dicts with "id" and "messages"."""
+    """Accept message lists, plain strings (one user turn) or dicts with "id" and "messages".
+
+    Args:
+        prompts: the prompts.
+
+    Returns:
+        `{"id", "messages"}` dicts (ids default to the index).
+    """
     out = []
     for i, p in enumerate(prompts):
         if isinstance(p, str):
@@ -52,7 +59,14 @@ def _batch_seed(seed: int, k: int) -> int:
 
 
 def stop_token_ids(model: LoadedModel) -> list[int]:
-    """eos plus the chat end-of-turn tokens the tokenizer knows (<|im_end|>, <end_of_turn>, <|eot_id|>)."""
+    """eos plus the chat end-of-turn tokens the tokenizer knows (<|im_end|>, <end_of_turn>, <|eot_id|>).
+
+    Args:
+        model: the model.
+
+    Returns:
+        The token ids that end a response.
+    """
     tok = model.tokenizer
     ids = set()
     gen_eos = getattr(getattr(model.base_model, "generation_config", None), "eos_token_id", None)
@@ -67,7 +81,14 @@ def stop_token_ids(model: LoadedModel) -> list[int]:
 
 
 def use_static_cache(model: LoadedModel) -> bool:
-    """Whether `sample(static_cache=None)` takes the static-KV-cache path (CUDA models only)."""
+    """Whether `sample(static_cache=None)` takes the static-KV-cache path (CUDA models only).
+
+    Args:
+        model: the model.
+
+    Returns:
+        True on CUDA.
+    """
     return model.device.type == "cuda"
 
 
@@ -134,13 +155,27 @@ def sample(
     progress: bool = True,
     static_cache: bool | None = False,
 ) -> list[dict[str, Any]]:
-    """Sample `n` responses per prompt; returns rows {"prompt_id", "sample", "messages", "response",
-    "n_tokens", "finished"} in prompt order (including rows found in `out` from an earlier run).
+    """Sample `n` responses per prompt, resumably.
 
-    `temperature=0` is greedy decoding. `batch_size` counts rows (prompt x sample) per generate call.
-    `static_cache=True` uses HF's static KV cache (for compiled decoding on a GPU; every row is then
-    prefilled separately); `None` picks it on CUDA (`use_static_cache`). Default: the dynamic cache
-    with one prefill per distinct prompt.
+    Args:
+        model: the model (steering contexts around the call apply).
+        prompts: message lists, plain strings (one user turn) or dicts with "id" and "messages".
+        n: samples per prompt.
+        max_new_tokens: length limit of each response.
+        temperature: 0 is greedy decoding.
+        top_p: nucleus sampling.
+        seed: sampling seed (each row's generator is seeded from it, so results do not depend on
+            batching).
+        batch_size: rows (prompt x sample) per generate call.
+        out: a JSONL path or `JsonlLog`: rows are appended as produced; a rerun skips done rows.
+        progress: show a tqdm bar.
+        static_cache: True uses HF's static KV cache (compiled decoding on a GPU; every row is then
+            prefilled separately); None picks it on CUDA (`use_static_cache`); False (default): the
+            dynamic cache with one prefill per distinct prompt.
+
+    Returns:
+        Rows `{"prompt_id", "sample", "messages", "response", "n_tokens", "finished"}` in prompt
+        order (including rows found in `out` from an earlier run).
     """
     if n < 1 or batch_size < 1 or max_new_tokens < 1:
         raise ValueError(f"n, batch_size and max_new_tokens must be >= 1 (got {n}, {batch_size}, {max_new_tokens})")

@@ -27,6 +27,11 @@ class Estimate:
         return f"{self.value:.3f} [{self.lo:.3f}, {self.hi:.3f}] (n={self.n})"
 
     def to_dict(self) -> dict:
+        """The estimate as a JSON-ready dict.
+
+        Returns:
+            `{"value", "lo", "hi", "n"}`.
+        """
         return asdict(self)
 
 
@@ -42,7 +47,18 @@ def bootstrap_ci(
     alpha: float = 0.05,
     seed: int = 0,
 ) -> Estimate:
-    """`stat` of the non-missing `values` with a (1 - alpha) percentile-bootstrap interval."""
+    """`stat` of the non-missing `values` with a (1 - alpha) percentile-bootstrap interval.
+
+    Args:
+        values: numbers (None / NaN are dropped).
+        stat: the statistic (default: the mean).
+        n_boot: resamples.
+        alpha: 1 - confidence level.
+        seed: bootstrap seed.
+
+    Returns:
+        An `Estimate` (point, lo, hi, n); all None without values.
+    """
     x = _clean(values)
     if len(x) == 0:
         return Estimate(None, None, None, 0)
@@ -65,8 +81,20 @@ def bootstrap_diff(
     alpha: float = 0.05,
     seed: int = 0,
 ) -> Estimate:
-    """mean(a) - mean(b) with a bootstrap interval; `paired=True` resamples pairs (same length,
-    pairs with a missing side dropped), otherwise the two groups are resampled independently."""
+    """mean(a) - mean(b) with a bootstrap interval.
+
+    Args:
+        a: numbers of the first group.
+        b: numbers of the second group.
+        paired: resample pairs (same length; pairs with a missing side dropped); otherwise the two
+            groups are resampled independently.
+        n_boot: resamples.
+        alpha: 1 - confidence level.
+        seed: bootstrap seed.
+
+    Returns:
+        An `Estimate`.
+    """
     rng = np.random.default_rng(seed)
     if paired:
         if len(a) != len(b):
