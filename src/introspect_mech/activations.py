@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence, Union
 
 import torch
+from einops import rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
@@ -291,7 +292,8 @@ def _cache_to_disk(model, items, layer_ids, positions, batch_size, out: Path, ou
             acts = _run_batch(model, [sub[i] for i in batch], layer_ids, positions, out_dtype)
             for j, i in enumerate(batch):
                 # "all": store tokens as rows [len, layer, d] so one conversation is one slice
-                rows[i] = acts[j, :, : lengths[i]].transpose(0, 1).contiguous() if positions == "all" else acts[j]
+                rows[i] = (rearrange(acts[j, :, : lengths[i]], "layer pos d -> pos layer d").contiguous()
+                           if positions == "all" else acts[j])
             bar.update(len(batch))
         done = [r for r in rows if r is not None]
         if positions == "all":
@@ -357,7 +359,7 @@ class LazyActivations:
                 lengths = f.get_tensor("lengths")
                 self._offsets[k] = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
             off = self._offsets[k]
-            return f.get_slice("acts")[int(off[r]) : int(off[r + 1])].transpose(0, 1)
+            return rearrange(f.get_slice("acts")[int(off[r]) : int(off[r + 1])], "pos layer d -> layer pos d")
 
     def __getitem__(self, key: int | slice | Sequence[int] | Tensor
                     ) -> Float[Tensor, "layer *pos d_model"] | Float[Tensor, "n layer *pos d_model"]:

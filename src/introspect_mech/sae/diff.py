@@ -125,7 +125,7 @@ def _encode_all(sae: LayerSAE, examples: list[TokenActs], positions: str) -> tup
     return total / n, fired / n, n
 
 
-def latent_codes(sae: LayerSAE, examples: list[TokenActs], latents: Sequence[int]) -> list[Float[Tensor, "seq k"]]:
+def latent_codes(sae: LayerSAE, examples: list[TokenActs], latents: Sequence[int]) -> list[Float[Tensor, "_seq k"]]:
     """The chosen latents' activations on every token of each example.
 
     Args:
@@ -141,7 +141,7 @@ def latent_codes(sae: LayerSAE, examples: list[TokenActs], latents: Sequence[int
 
 
 def top_examples(model: LoadedModel, examples: list[TokenActs],
-                 codes: Sequence[Float[Tensor, " seq"] | Float[Tensor, "seq k"]], latent: int,
+                 codes: Sequence[Float[Tensor, " _seq"] | Float[Tensor, "_seq k"]], latent: int,
                  positions: TokenPositions, n: int = 5, window: int = 12) -> list[dict[str, Any]]:
     """The `n` examples where a latent peaks highest (one peak per example), with token activations.
 
