@@ -130,8 +130,19 @@ def tree_logprobs(
     stop_mask: Bool[Tensor, " vocab"] | None = None,
     batch_size: int = 4,
 ) -> tuple[Float[Tensor, "prompt cand"], Float[Tensor, "prompt cand"] | None]:
-    """log P(candidate tokens | prompt) for every prompt x candidate, and with `stop_mask`
-    log P(next token in stop_mask | prompt + candidate) (the end-of-answer term)."""
+    """Exact multi-token scores of candidate continuations (one shared prefix tree per prompt).
+
+    Args:
+        model: the model.
+        prompts: token ids of each prompt.
+        candidates: token ids of each candidate continuation.
+        stop_mask: tokens that end an answer; with it, the end-of-answer term is returned too.
+        batch_size: prompts per forward.
+
+    Returns:
+        `log P(candidate | prompt)`, `[prompt, cand]`; and with `stop_mask`
+        `log P(next token in stop_mask | prompt + candidate)`, `[prompt, cand]` (else None).
+    """
     trie = Trie.build(candidates)
     anc = trie.ancestor_mask()
     tokens = torch.tensor(trie.tokens)
@@ -236,7 +247,18 @@ class NumberDist:
 def number_distributions(
     model: LoadedModel, prompt_texts: Sequence[str], lo: int = 0, hi: int = 100, batch_size: int = 4
 ) -> list[NumberDist]:
-    """Exact P(answer = k) for k in lo..hi after each (already rendered) prompt text."""
+    """Exact P(answer = k) for k in lo..hi after each (already rendered) prompt text.
+
+    Args:
+        model: the model.
+        prompt_texts: rendered prompts (ending with the assistant header).
+        lo: smallest number.
+        hi: largest number.
+        batch_size: prompts per forward.
+
+    Returns:
+        One `NumberDist` per prompt.
+    """
     tok = model.tokenizer
     out: list[NumberDist | None] = [None] * len(prompt_texts)
     # group prompts by candidate tokenization (it depends only on the prompt's tail)
