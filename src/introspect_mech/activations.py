@@ -363,7 +363,7 @@ class LazyActivations:
 
     def __getitem__(self, key: int | slice | Sequence[int] | Tensor
                     ) -> Float[Tensor, "layer *pos d_model"] | Float[Tensor, "n layer *pos d_model"]:
-        if isinstance(key, numbers.Integral) or (isinstance(key, Tensor) and key.ndim == 0):
+        if isinstance(key, (int, numbers.Integral)) or (isinstance(key, Tensor) and key.ndim == 0):
             return self._row(int(key))
         idx = range(self.n)[key] if isinstance(key, slice) else [int(i) for i in key]
         rows = [self._row(i) for i in idx]

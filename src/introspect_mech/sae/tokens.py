@@ -157,6 +157,7 @@ def token_activations(
             if convs:
                 h = A.cache(model, [parsed[i] for i in convs], layers=[layer], positions="all",
                             batch_size=batch_size, dtype=torch.float32, progress=False)
+                assert isinstance(h, Tensor)  # no out=: a tensor, not a LazyActivations
                 for r, i in enumerate(convs):
                     n = len(toks[i][0])
                     result[i] = TokenActs(h[r, 0, :n].clone(), toks[i][0], toks[i][1])
