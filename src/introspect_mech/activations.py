@@ -37,6 +37,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from .layers import LayerSpec, resolve_layers
+from .models import LoadedModel
 
 Pooling = Literal["last_prompt", "response_mean", "response_last", "all"]
 """How `cache` pools a conversation's positions into one vector per layer (the `positions=` argument):
@@ -195,7 +196,7 @@ def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
 
 
 def cache(
-    model,
+    model: LoadedModel,
     conversations: Sequence[Any],
     layers: LayerSpec = None,
     positions: Pooling = "response_mean",

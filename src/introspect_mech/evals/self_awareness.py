@@ -130,7 +130,7 @@ def backdoor_awareness(model: LoadedModel, *, seed: int = 0) -> dict[str, Any]:
 
 
 def run_tmay_eval(model: LoadedModel, run_dir: str | os.PathLike | None = None, *, n_lotteries: int | None = None,
-                  n_words: int = 5, seed: int = 0, data_dir=None) -> dict[str, Any]:
+                  n_words: int = 5, seed: int = 0, data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """All Tell-me-about-yourself measurements for one model.
 
     Args:
