@@ -9,12 +9,13 @@ here takes a `LoadedModel` and a `DirectionLike` (a `Direction`, or a raw `[d_mo
 """
 
 from ..layers import LayerSpec, resolve_layers
-from .hooks import Positions, Steering, ablate, add, clamp, component, layer_vector, random_like
+from ..positions import PositionError, prompt_scope
+from .hooks import Positions, Steering, ablate, add, clamp, component, is_steered, layer_vector, random_like
 from .sweep import hierarchical_ci, relative_reduction, steer, summarize, sweep
 from .train_time import caft, preventative_steering
 
 __all__ = [
-    "Steering", "Positions", "LayerSpec", "add", "ablate", "clamp", "random_like", "component", "layer_vector",
-    "resolve_layers", "steer", "sweep", "summarize", "hierarchical_ci", "relative_reduction", "caft",
-    "preventative_steering",
+    "Steering", "Positions", "LayerSpec", "PositionError", "is_steered", "prompt_scope", "add", "ablate", "clamp",
+    "random_like", "component", "layer_vector", "resolve_layers", "steer", "sweep", "summarize", "hierarchical_ci",
+    "relative_reduction", "caft", "preventative_steering",
 ]
