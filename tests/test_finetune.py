@@ -219,7 +219,7 @@ def test_em_preset_builds_the_papers_adapter(tiny_qwen3_dir):
             assert any(f"layers.{layer}." in n and f".{proj}." in n and "lora_A" in n for n in names), (layer, proj)
     assert all("lora_" in n for n in names)
     scalings = {float(mod.scaling["default"]) for mod in m.model.modules() if hasattr(mod, "scaling")
-                and isinstance(getattr(mod, "scaling"), dict) and "default" in mod.scaling}
+                and isinstance(mod.scaling, dict) and "default" in mod.scaling}
     assert len(scalings) == 1 and scalings.pop() == pytest.approx(cfg.lora_alpha / cfg.r ** 0.5)
     with pytest.raises(ValueError):
         TrainConfig(method="qlora")

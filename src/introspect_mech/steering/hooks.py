@@ -61,7 +61,7 @@ from torch import Tensor, nn
 from ..direction import Direction, DirectionLike, check_direction
 from ..layers import LayerSpec, resolve_layers
 from ..models import LoadedModel, decoder_layers
-from ..positions import PositionError, _Tracker, _tracker_enter, _tracker_exit, prompt_scope, selected_range
+from ..positions import PositionError, _Tracker, _tracker_enter, _tracker_exit, selected_range
 
 Positions = Union[Literal["all", "prompt", "response", "last_prompt_and_response"], Bool[Tensor, " seq"],
                   Bool[Tensor, "batch seq"]]
