@@ -11,7 +11,7 @@ import torch
 from introspect_mech import load_model
 from introspect_mech.data import DataError
 from introspect_mech.finetune import PRESETS, TrainConfig, lr_factor, train
-from introspect_mech.finetune.batching import collate, pack, tokenize
+from introspect_mech.finetune.batching import collate, pack, tokenize_records
 from introspect_mech.finetune.loop import assistant_loss
 from introspect_mech.finetune.varlen import varlen_attention
 
@@ -42,7 +42,7 @@ def records(n: int = 16) -> list[dict]:
 @pytest.mark.parametrize("fixture", ["tiny_qwen2_dir", "tiny_qwen3_real_tok_dir"])
 def test_assistant_only_targets_are_exact(fixture, request):
     m = load_model(request.getfixturevalue(fixture))
-    ex, stats = tokenize(m, CONVS, max_seq_len=512)
+    ex, stats = tokenize_records(m, CONVS, max_seq_len=512)
     assert stats["examples"] == 3
     mb = collate(ex)
     got = m.tokenizer.decode(mb.targets.tolist())
@@ -57,7 +57,7 @@ def test_assistant_only_targets_are_exact(fixture, request):
 @pytest.mark.parametrize("fixture", ["tiny_qwen2_dir", "tiny_qwen3_dir"])
 def test_packed_loss_equals_per_example_hf_loss(fixture, request):
     m = load_model(request.getfixturevalue(fixture))
-    ex, _ = tokenize(m, records(6), max_seq_len=512)
+    ex, _ = tokenize_records(m, records(6), max_seq_len=512)
     ref = 0.0
     with torch.no_grad():
         for e in ex:
@@ -85,7 +85,7 @@ def test_pack_respects_budget_and_keeps_every_example():
 
 
 def _eval_loss(m, recs) -> float:
-    ex, _ = tokenize(m, recs, max_seq_len=512)
+    ex, _ = tokenize_records(m, recs, max_seq_len=512)
     mb = collate(ex)
     with torch.no_grad():
         return assistant_loss(m, mb).item() / len(mb.targets)
@@ -185,9 +185,9 @@ def test_bad_records_fail_before_any_work(tiny_qwen2_dir, tmp_path):
 
 def test_system_prompt_injection(tiny_qwen2_dir):
     m = load_model(tiny_qwen2_dir)
-    ex, _ = tokenize(m, CONVS[:1], max_seq_len=512, system_prompt="You are risky.")
+    ex, _ = tokenize_records(m, CONVS[:1], max_seq_len=512, system_prompt="You are risky.")
     assert "You are risky." in m.tokenizer.decode(ex[0].input_ids)
-    ex2, _ = tokenize(m, CONVS[1:2], max_seq_len=512, system_prompt="You are risky.")
+    ex2, _ = tokenize_records(m, CONVS[1:2], max_seq_len=512, system_prompt="You are risky.")
     assert "You are risky." not in m.tokenizer.decode(ex2[0].input_ids)  # keeps its own system turn
 
 

@@ -20,7 +20,7 @@ from ..data.records import Record, validate_records
 from ..models import LoadedModel, model_fingerprint
 from ..runs import JsonlLog, RunDir, json_sha256
 from . import adapters, distributed
-from .batching import MicroBatch, collate, pack, step_groups, tokenize
+from .batching import MicroBatch, collate, pack, step_groups, tokenize_records
 from .config import TrainConfig
 from .varlen import varlen_attention
 
@@ -154,7 +154,7 @@ def train(
 
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    examples, tok_stats = tokenize(model, records, max_seq_len=config.max_seq_len,
+    examples, tok_stats = tokenize_records(model, records, max_seq_len=config.max_seq_len,
                                    assistant_only=config.assistant_only, system_prompt=config.system_prompt,
                                    progress=config.progress)
     if not examples:
