@@ -37,12 +37,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..activations import cache, resolve_layers
-from .direction import Direction
+from ..activations import cache
+from ..direction import Direction
+from ..layers import LayerSpec, resolve_layers
+from ..models import LoadedModel
 from .linear import mean_diff
 
 FILTERS = ("auto", "judge", "instruction_likelihood", None)
@@ -181,7 +182,20 @@ def judge_rows(tj: TraitJudge, rows: list[dict], *, log=None, key_fields: tuple[
 
 
 def load_trait(trait: str, data_dir: str | os.PathLike | None = None, split: str = "extract") -> dict[str, Any]:
-    """Read and check a trait file; errors name the file and the field."""
+    """Read and check a persona-vectors trait file.
+
+    Args:
+        trait: a trait name ("evil", "sycophantic", ...) or a path to a `.json` trait file.
+        data_dir: the data directory (default: `paths.data_dir()`).
+        split: "extract" (direction extraction) or "eval".
+
+    Returns:
+        The trait dict: "instruction" (pos/neg system-prompt pairs), "questions", "eval_prompt".
+
+    Raises:
+        FileNotFoundError: no such trait file (the available traits are listed).
+        ValueError: a malformed file, naming the file and the field.
+    """
     from ..paths import data_dir as _data_dir
 
     path = Path(trait) if str(trait).endswith(".json") else _data_dir(data_dir) / "persona" / f"trait_data_{split}" / f"{trait}.json"
@@ -204,11 +218,20 @@ def load_trait(trait: str, data_dir: str | os.PathLike | None = None, split: str
     return d
 
 
-def instruction_likelihood_scores(model, trait: dict, rows: list[dict], max_heldout: int | None = None,
-                                  batch_size: int = 8, format_system=None) -> list[float]:
+def instruction_likelihood_scores(model: LoadedModel, trait: dict, rows: list[dict], max_heldout: int | None = None,
+                                  batch_size: int = 8, format_system: Any = None) -> list[float]:
     """The judge-free trait score s(a) of the module docstring for each generated row.
 
-    `format_system(side, instruction) -> str` builds the held-out system prompts (default: raw).
+    Args:
+        model: the model that generated the rows.
+        trait: a trait dict from `load_trait`.
+        rows: generated rows with "instruction" (index of the pair used), "question", "response".
+        max_heldout: at most this many held-out instruction pairs per row (default: all others).
+        batch_size: conversations per forward.
+        format_system: `(side, instruction) -> str` building the held-out system prompts (default: raw).
+
+    Returns:
+        One score per row.
     """
     pairs = trait["instruction"]
     convs, owners = [], []
@@ -232,6 +255,8 @@ def instruction_likelihood_scores(model, trait: dict, rows: list[dict], max_held
 
 @dataclass
 class PersonaResult:
+    """What `persona_data` returns: the direction, the activations it came from and the kept rows."""
+
     direction: Direction
     pos_acts: Float[Tensor, "n layer d_model"]
     neg_acts: Float[Tensor, "n layer d_model"]
@@ -240,10 +265,10 @@ class PersonaResult:
 
 
 def persona_data(
-    model,
+    model: LoadedModel,
     trait: str = "evil",
     *,
-    layers: int | Sequence[int] | None = None,
+    layers: LayerSpec = None,
     n_questions: int | None = None,
     n_instructions: int | None = None,
     samples_per_prompt: int = 1,
@@ -264,25 +289,38 @@ def persona_data(
     out: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> PersonaResult:
-    """Generate, filter, cache and take the mean difference; see the module docstring.
+    """Generate, filter, cache and take the mean difference (the persona-vectors pipeline).
 
     Args:
-        model: the `LoadedModel` whose persona vector is extracted.
-        trait: a trait name in `<data>/persona/trait_data_extract/` or a path to a trait JSON file.
-        judge: a 0-100 judge (`HFJudge`, `APIJudge`, scripted) or a `TraitJudge`; with
-            `filter="auto"`/`"judge"` every answer is judged for the trait and for coherence and
-            pairs are kept by `upstream_keep(threshold, coherence_min)`.
-        scores / coherence_scores: legacy judge path: (instruction, question, sample, "pos"|"neg") -> 0-100.
+        model: the model whose persona direction is extracted.
+        trait: a trait name in `<data>/persona/trait_data_extract/` or a `.json` path (`load_trait`).
+        layers: a `LayerSpec` (default: every block).
+        n_questions: use the first n questions (default: all).
+        n_instructions: use the first n instruction pairs (default: all).
+        samples_per_prompt: samples per (instruction, question, side).
+        max_new_tokens: length of each sample.
+        temperature: sampling temperature.
+        seed: sampling seed.
+        filter: "auto" (default: "judge" when `judge` or `scores` is given, else the judge-free
+            "instruction_likelihood" proxy), "judge", "instruction_likelihood" or None (keep all).
+        judge: a 0-100 judge (`HFJudge`, `APIJudge`, scripted) or a `TraitJudge`: every answer is
+            judged for the trait (`eval_prompt`) and coherence, pairs kept by `upstream_keep`.
+        scores: legacy judge path: (instruction, question, sample, "pos"|"neg") -> 0-100 trait score.
+        coherence_scores: the same keys -> coherence (with `scores`; else no coherence condition).
+        threshold: trait threshold of the filter (pos >= threshold, neg < 100 - threshold).
+        coherence_min: coherence floor of the filter.
         system_format: "upstream" (default; "You are an evil assistant. {instruction}") or "raw".
-        preset: "paper" or "cpu" (see `PRESETS`): sets the sample counts; explicit non-default
-            arguments are overridden by the preset, so pass one or the other.
-        out: run directory: samples_{pos,neg}.jsonl (resumable), judge_scores.jsonl (resumable),
+        preset: "paper" or "cpu" (`PRESETS`): sets the sample counts (overrides those arguments).
+        max_heldout: held-out instruction pairs per row for the judge-free filter.
+        batch_size: batch size of sampling and caching.
+        data_dir: the data directory.
+        out: a run directory: samples_{pos,neg}.jsonl (resumable), judge_scores.jsonl (resumable),
             pairs.jsonl (every answer with its scores and whether its pair was kept), direction.*,
             manifest.json (trait file hash, judge, thresholds, settings, counts).
+        progress: show tqdm bars.
 
     Returns:
-        `PersonaResult` with the `Direction`, the kept pairs' activations `[n, layer, d_model]`,
-        every generated row and the kept (instruction, question, sample) keys.
+        A `PersonaResult` (direction, `[n, layer, d_model]` pos / neg activations, rows, kept ids).
     """
     from ..evals import sample
     from ..runs import RunDir, file_sha256
@@ -308,7 +346,7 @@ def persona_data(
     tj = None
     if filter == "judge" and judge is not None:
         tj = judge if isinstance(judge, TraitJudge) else TraitJudge(judge, t, data_dir=data_dir)
-    layer_ids = resolve_layers(model.n_layers, layers)
+    layer_ids = resolve_layers(layers, model.n_layers)
 
     def fmt(side: str, instruction: str) -> str:
         return system_prompt(trait_name, side, instruction, system_format)
@@ -400,8 +438,17 @@ def persona_data(
     return PersonaResult(d, pos, neg, rows, kept)
 
 
-def persona_direction(model, trait: str = "evil", **kw) -> Direction:
-    """The persona vector for `trait` (e.g. "evil": the malicious-persona direction); see `persona_data`."""
+def persona_direction(model: LoadedModel, trait: str = "evil", **kw: Any) -> Direction:
+    """The persona vector for `trait` (e.g. "evil": the malicious-persona direction).
+
+    Args:
+        model: the model whose persona direction is extracted.
+        trait: a trait name or `.json` path.
+        **kw: the keyword arguments of `persona_data`.
+
+    Returns:
+        `persona_data(model, trait, **kw).direction`.
+    """
     return persona_data(model, trait, **kw).direction
 
 
