@@ -24,7 +24,6 @@ from introspect_mech import load_model
 from introspect_mech.activations import cache
 from introspect_mech.evals import paired_preference
 from introspect_mech.finetune import preset as train_preset
-from introspect_mech.finetune import train
 from introspect_mech.finetune.cli import load_records
 from introspect_mech.probes import layer_sweep, load_trait, medical_advice_pairs
 from introspect_mech.runs import RunDir

@@ -20,7 +20,7 @@ these helpers refuse a model with gradient checkpointing enabled.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Mapping
+from typing import Callable, Literal, Mapping
 
 import torch
 from torch import Tensor

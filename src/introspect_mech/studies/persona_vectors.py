@@ -193,8 +193,8 @@ def finetune_and_express(load: Callable[[], Any], records: Sequence[dict], confi
     m = load()
     iv = None
     if preventative:
-        iv = preventative_steering(m, preventative["direction"], [int(preventative["layer"])],
-                                   float(preventative["coef"]), scale=preventative.get("scale", "norm"))
+        iv = preventative_steering(m, preventative["direction"], layers=[int(preventative["layer"])],
+                                   alpha=float(preventative["coef"]), scale=preventative.get("scale", "norm"))
     train(m, records, config, out, intervention=iv)
     if any(l._forward_hooks for l in m.layers):
         raise RuntimeError("a hook was left on the model after finetuning")
