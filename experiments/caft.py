@@ -57,6 +57,7 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--pick", default=None, help='components to ablate, e.g. "9:0;14:0,1" (after reading the cards)')
     p.add_argument("--n-random", type=int, default=2)
+    p.add_argument("--conditions", default=None, help="run only these conditions now, e.g. caft,base (parallel processes)")
     p.add_argument("--judge", default="none", help="none | hf:<model> | api:<base_url>|<model> (judged EM rate)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/caft")
@@ -111,8 +112,9 @@ def main() -> None:
     dims = {l: int(x.shape[0]) for l, x in chosen.items()}
     for k in range(a.n_random):
         conds[f"random_{k}"] = C.random_subspace(dims, base.d_model, seed=a.seed + 1 + k)
+    only = set(a.conditions.split(",")) if a.conditions else set(conds)
     for name, spec in conds.items():
-        if name in done:
+        if name in done or name not in only:
             continue
         if name == "base":
             m = base
@@ -136,7 +138,11 @@ def main() -> None:
         log.append(row)
         done[name] = row
         print(json.dumps(row))
-    summ = C.summarize(list(done.values()))
+    done = {r["condition"]: r for r in log.rows() if r.get("pick") == a.pick}
+    if any(c not in done for c in conds):
+        print(f"conditions still to run: {[c for c in conds if c not in done]}")
+        return
+    summ = C.summarize([done[c] for c in conds])
     (out / "caft_summary.json").write_text(json.dumps(summ, indent=2))
     rows = [{"name": "in-domain held-out log-prob/token learned by the plain finetune", "value": summ["in_domain_learned_by_plain"]},
             {"name": "OOD proxy shift by the plain finetune (nats/token)", "value": summ["ood_shift_by_plain"]}]
