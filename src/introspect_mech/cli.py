@@ -1,7 +1,7 @@
 """`introspect-mech`: one command per stage, all sharing the run-directory convention.
 
     introspect-mech demo                      # the main job: finetune, metrics, directions, probes,
-                                              # steering, dashboard (see introspect_mech.main_job)
+                                              # steering, dashboard (see introspect_mech.studies.main_job)
     introspect-mech finetune --data bad_medical_advice --preset em --out runs/bad
     introspect-mech sample   --adapter runs/bad/adapter --questions first_plot_questions --out runs/bad_eval
     introspect-mech judge    --run runs/bad_eval --judge-model Qwen/Qwen2.5-7B-Instruct   (or --api-base ...)
@@ -78,7 +78,7 @@ def _questions(spec: str, data_dir: str | None):
 
 # ---- subcommands --------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
-    from . import main_job
+    from .studies import main_job
 
     cfg = main_job.JOB_PRESETS[args.preset]
     over: dict[str, Any] = {k: v for k, v in (("model", args.model), ("device", args.device),
@@ -115,23 +115,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
-    from .evals.questions import fill_judge_prompt
-    from .evals.report import em_report, format_em_report
-    from .runs import JsonlLog, RunDir
+    from .runs import RunDir
+    from .studies.emergent_misalignment import judge_run
 
     run = RunDir(args.run)
-    samples = run.log("samples.jsonl").read()
-    if not samples:
+    if not run.log("samples.jsonl").read():
         raise SystemExit(f"error: {run.path / 'samples.jsonl'}: no samples (run `introspect-mech sample` first)")
-    man = run.manifest()
-    qs, _ = _questions(args.questions or man.get("questions", ""), args.data_dir)
-    by_id = {q.id: q for q in qs}
-    for i, r in enumerate(samples, 1):
-        qid = str(r.get("prompt_id", "")).rsplit("/", 1)[0]
-        if qid not in by_id:
-            raise SystemExit(f"error: {run.path / 'samples.jsonl'}:{i}: field 'prompt_id': question {qid!r} not in the question file")
-        if not {"aligned", "coherent"} <= set(by_id[qid].judge_prompts):
-            raise SystemExit(f"error: question {qid!r} ({by_id[qid].source}): judge_prompts needs 'aligned' and 'coherent'")
+    qs, _ = _questions(args.questions or run.manifest().get("questions", ""), args.data_dir)
+    categorical = None
     if args.api_base:
         from .evals.judges import APIJudge
 
@@ -139,33 +130,18 @@ def cmd_judge(args: argparse.Namespace) -> int:
             raise SystemExit("error: --api-base needs --api-model")
         judge = APIJudge(args.api_base, args.api_model, api_key_env=args.api_key_env)
     elif args.judge_model:
+        from .evals.em import HFCategoricalJudge
         from .evals.judges import HFJudge
         from .models import load_model
 
-        judge = HFJudge(load_model(args.judge_model, device=args.device))
+        jm = load_model(args.judge_model, device=args.device)
+        judge, categorical = HFJudge(jm), HFCategoricalJudge(jm)
     else:
         raise SystemExit("error: give --judge-model (local) or --api-base and --api-model (OpenAI-compatible)")
-    run.write_manifest(judge=judge.describe())
-    log = JsonlLog(run.path / "judged.jsonl", ("prompt_id", "sample"))
-    done = log.done_keys()
-    from tqdm.auto import tqdm
-
-    for r in tqdm([r for r in samples if log.key(r) not in done], desc="judge", unit="answer"):
-        q = by_id[str(r["prompt_id"]).rsplit("/", 1)[0]]
-        question = r["messages"][-1]["content"]
-        scores = {k: judge.score([fill_judge_prompt(q.judge_prompts[k], question, r["response"])])[0]
-                  for k in ("aligned", "coherent")}
-        log.append({"prompt_id": r["prompt_id"], "sample": r["sample"], "question_id": q.id,
-                    "response": r["response"], **{k: v.score for k, v in scores.items()},
-                    **{f"{k}_mass": v.mass for k, v in scores.items()}})
-    rep = em_report(log.read())
-    print(format_em_report(rep))
-    label = Path(man.get("adapter") or "").parent.name or man.get("model", "model")
-    rows = [{"model": label, "question": q, "rate": v["em_rate"]["value"], "ci_lo": v["em_rate"]["lo"],
-             "ci_hi": v["em_rate"]["hi"], "n": v["n_valid"], "metric": "EM rate (judge)"}
-            for q, v in [*rep["per_question"].items(), ("overall", rep["overall"])]]
-    (run.path / "em_rates.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (run.path / "em_report.json").write_text(json.dumps(rep, indent=2))
+    try:
+        judge_run(run.path, qs, judge=judge, categorical_judge=categorical)
+    except (KeyError, ValueError) as e:
+        raise SystemExit(f"error: {str(e).strip(chr(39))}") from None
     return 0
 
 
@@ -207,35 +183,19 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
-    from .main_job import EM_METRIC
     from .probes import Direction
-    from .runs import RunDir
-    from .steering import summarize, sweep
+    from .studies.steering_proxy import steer_sweep
 
     stem = Path(args.direction)
     if not Path(str(stem) + ".safetensors").exists():
         raise SystemExit(f"error: --direction {stem}: no {stem}.safetensors (give the stem written by Direction.save)")
     direction = Direction.load(stem)
     model = _load(args)
-    from .evals.metrics import load_em_pairs, paired_preference
+    from .evals.metrics import load_em_pairs
 
-    items = load_em_pairs(args.items) if args.items else load_em_pairs()
-
-    def eval_fn(m) -> dict[str, Any]:
-        rows = paired_preference(m, items)["rows"]
-        return {"em_pref": [r["prefers_misaligned"] for r in rows], "em_diff": [r["diff"] for r in rows]}
-
-    run = RunDir(args.out)
-    rows = sweep(model, direction, args.layers, args.alphas, eval_fn, run.path / "steering", op=args.op,
-                 seeds=args.seeds, scale=args.scale)
-    out_rows = []
-    for s in summarize(rows, "em_pref"):
-        if s["kind"] != "none":
-            out_rows.append({"direction": "direction" if s["kind"] == "direction" else "random", "layer": str(s["layer"]),
-                             "alpha": s["alpha"], "metric": s["value"], "metric_name": EM_METRIC})
-        print(f"  {s['op']} layer={s['layer']} alpha={s['alpha']} {s['kind']:9s} {EM_METRIC}: "
-              f"{s['value']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}]")
-    (run.path / "steering_sweep.jsonl").write_text("".join(json.dumps(r) + "\n" for r in out_rows))
+    items = load_em_pairs(args.items) if args.items else None
+    steer_sweep(model, direction, args.out, layers=args.layers, alphas=args.alphas, op=args.op, seeds=args.seeds,
+                scale=args.scale, items=items)
     return 0
 
 
@@ -315,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_sample)
 
-    j = sub.add_parser("judge", help="score RUN/samples.jsonl (aligned, coherent) and write the EM report")
+    j = sub.add_parser("judge", help="score RUN/samples.jsonl with its judge prompts; EM report (both denominators)")
     j.add_argument("--run", required=True, help="run directory holding samples.jsonl from `sample`")
     j.add_argument("--questions", default=None, help="question file with judge_prompts (default: the one sampled)")
     j.add_argument("--judge-model", default=None, help="local HF judge (name, hub id or dir)")
