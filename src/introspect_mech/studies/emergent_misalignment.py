@@ -267,6 +267,8 @@ def run(out: str | Path, config: EMConfig | None = None, *, judge=None, categori
         ids[name] = train_ids(name, len(r), cfg.n_train, cfg.seed)
         recs[name] = [r[i] for i in ids[name]]
         sources[name] = {**src, "train_sha256": json_sha256([x["messages"] for x in recs[name]])}
+        if all("row" in (x.get("meta") or {}) for x in recs[name]):  # a stand-in built from canonical rows
+            sources[name]["source_row_ids"] = [x["meta"]["row"] for x in recs[name]]
     proxy_items = medical_heldout_items(16, seed=cfg.seed, data_dir=cfg.data_dir) if cfg.proxy else None
     over = {k: v for k, v in (("lr", cfg.lr), ("batch_size", cfg.batch_size), ("epochs", cfg.epochs)) if v is not None}
     tcfg = preset(cfg.finetune_preset, max_seq_len=cfg.max_seq_len, seed=cfg.seed,
