@@ -333,8 +333,11 @@ def run_em_eval(
     )
     result: dict[str, Any] = {"report": None, "labels": None, "judge_free": None}
     rows = []
+    groups: dict[int, list[Question]] = defaultdict(list)  # one batched sampling call per n (fills batches)
     for q in qs:
-        rows += sample(model, q.prompts(), n=n or q.samples_per_paraphrase, max_new_tokens=max_new_tokens,
+        groups[n or q.samples_per_paraphrase].append(q)
+    for k, group in groups.items():
+        rows += sample(model, [p for q in group for p in q.prompts()], n=k, max_new_tokens=max_new_tokens,
                        temperature=temperature, seed=seed, batch_size=batch_size, out=rd.log("samples.jsonl"),
                        progress=progress)
     if judge is not None or categorical_judge is not None:
