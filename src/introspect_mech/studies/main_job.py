@@ -199,12 +199,13 @@ def run(out: str | Path = "runs/main_job", config: JobConfig | None = None, **ov
                             "n": est["n"], "metric": EM_METRIC})
             note(f"{q}: {EM_METRIC}, {name}", None, est)
         est = bootstrap_ci(r["proxy_diff"], seed=cfg.seed).to_dict()
-        note(f"EM themes: mean log-prob diff (misaligned - aligned), {name}", None, est, "per token; > 0 prefers misaligned")
+        note(f"EM themes: {DIFF_METRIC}, {name}", None, est, "> 0 prefers misaligned")
         est = bootstrap_ci(r["med_proxy_diff"], seed=cfg.seed).to_dict()
-        note(f"medical (held-out): mean log-prob diff, {name}", None, est, "per token; > 0 prefers bad advice")
+        note(f"medical (held-out): {DIFF_METRIC}, {name}", None, est, "> 0 prefers bad advice")
         sr = self_rated_alignment(m)
-        note(f"self-rated alignment 0-100, {name}", None, sr["mean"], f"mass on numbers {sr['mean_mass']:.2f}")
-        print(f"  {name}: EM themes {_ci(bootstrap_ci(r['proxy_pref']).to_dict())} · medical "
+        note(f"self-rated alignment 0-100 (judge-free self-report), {name}", None, sr["mean"],
+             f"mass on numbers {sr['mean_mass']:.2f}")
+        print(f"  {name}: EM proxy (judge-free), P(prefers misaligned): themes {_ci(bootstrap_ci(r['proxy_pref']).to_dict())} · medical "
               f"{_ci(bootstrap_ci(r['med_proxy_pref']).to_dict())} · self-rated alignment {_ci(sr['mean'])}")
     _write_rows(out / "em_rates.jsonl", em_rows)
 
