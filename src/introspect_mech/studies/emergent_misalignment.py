@@ -100,7 +100,7 @@ PRESETS: dict[str, EMConfig] = {
     "paper_evil_numbers": EMConfig(model="Qwen/Qwen2.5-7B-Instruct", datasets=("evil_numbers",), allow_download=True),
     # the embedded 135M model on a 2-core CPU
     "cpu": EMConfig(datasets=("bad_medical_advice", "good_medical_advice"), n_train=64, lr=2e-4, batch_size=4,
-                    max_seq_len=384, question_sets=("main",), n_samples=2, max_new_tokens=48),
+                    max_seq_len=384, question_sets=("main",), n_samples=1, max_new_tokens=48),
 }
 
 

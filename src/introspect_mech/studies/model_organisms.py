@@ -61,6 +61,7 @@ class MOConfig:
     question_ids: tuple[str, ...] = MAIN_QUESTIONS
     n_samples: int = 50  # per paraphrase, final model and ablations
     checkpoint_samples: int = 10  # per paraphrase, each checkpoint
+    checkpoint_questions: int | None = None  # the first k of question_ids at each checkpoint (None = all)
     max_new_tokens: int = 600
     temperature: float = 1.0
     direction_layer: float | int = 0.5  # int: block index; float in (0, 1): relative depth (24/48 = 0.5)
@@ -81,8 +82,10 @@ PRESETS: dict[str, MOConfig] = {
     "paper_r32": MOConfig(model="Qwen/Qwen2.5-14B-Instruct", finetune_preset="em", save_every=10,
                           checkpoint_samples=20),
     # a 2-core CPU with the embedded 135M model: a few minutes of training, short answers
-    "cpu": MOConfig(n_train=64, lr=2e-4, batch_size=4, max_seq_len=384, save_every=4, n_samples=2,
-                    checkpoint_samples=1, max_new_tokens=48, question_ids=MAIN_QUESTIONS, n_random=3),
+    # (the embedded model judging itself costs ~20 s per judge prompt on the shared 2-core CPU)
+    "cpu": MOConfig(n_train=64, lr=2e-4, batch_size=4, max_seq_len=384, save_every=4, n_samples=1,
+                    checkpoint_samples=1, checkpoint_questions=4, max_new_tokens=48, question_ids=MAIN_QUESTIONS,
+                    n_random=3),
 }
 
 
@@ -262,8 +265,9 @@ def run(out: str | Path, config: MOConfig | None = None, *, judge=None, **overri
     ft.model.eval()
     print(f"finetune: {res.steps} steps, final loss {res.final_loss:.3f}", flush=True)
 
-    def evaluate(model, tag: str, n: int) -> tuple[list[dict], list[dict], dict]:
-        r = run_em_eval(model, out / "eval" / tag, judge=judge, questions=qs, n=n, max_new_tokens=cfg.max_new_tokens,
+    def evaluate(model, tag: str, n: int, questions=None) -> tuple[list[dict], list[dict], dict]:
+        r = run_em_eval(model, out / "eval" / tag, judge=judge, questions=questions or qs, n=n,
+                        max_new_tokens=cfg.max_new_tokens,
                         temperature=cfg.temperature, seed=cfg.seed, batch_size=cfg.batch, judge_free=False,
                         aligned_max=cfg.aligned_max, coherent_min=cfg.coherent_min, progress=True)
         judged, samples = _judged_with_samples(out / "eval" / tag)
@@ -332,7 +336,7 @@ def run(out: str | Path, config: MOConfig | None = None, *, judge=None, **overri
             continue
         m = load_model(cfg.model, adapter=ck / "adapter", device=cfg.device)
         m.model.eval()
-        jc, sc, _ = evaluate(m, f"checkpoint_{step:04d}", cfg.checkpoint_samples)
+        jc, sc, _ = evaluate(m, f"checkpoint_{step:04d}", cfg.checkpoint_samples, qs[: cfg.checkpoint_questions])
         d, dinfo = em_direction_from_answers(m, jc, sc, cfg, batch_size=cfg.batch)
         cos = None
         if d is not None and direction is not None:
