@@ -77,6 +77,7 @@ class EMConfig:
     epochs: int | None = None
     max_seq_len: int = 2048
     question_sets: tuple[str, ...] = ("main", "main_json", "main_template")
+    question_limit: int | None = None  # the first k questions of each set (None = all; CPU runs only)
     n_samples: int | None = None  # per paraphrase; None = each question's samples_per_paraphrase
     max_new_tokens: int = 600
     temperature: float = 1.0
@@ -100,7 +101,7 @@ PRESETS: dict[str, EMConfig] = {
     "paper_evil_numbers": EMConfig(model="Qwen/Qwen2.5-7B-Instruct", datasets=("evil_numbers",), allow_download=True),
     # the embedded 135M model on a 2-core CPU
     "cpu": EMConfig(datasets=("bad_medical_advice", "good_medical_advice"), n_train=64, lr=2e-4, batch_size=4,
-                    max_seq_len=384, question_sets=("main",), n_samples=1, max_new_tokens=48),
+                    max_seq_len=384, question_sets=("main",), question_limit=2, n_samples=1, max_new_tokens=48),
 }
 
 
@@ -260,7 +261,7 @@ def run(out: str | Path, config: EMConfig | None = None, *, judge=None, categori
     base = load_model(cfg.model, device=cfg.device)
     judge = judge if judge is not None else HFJudge(base)
     categorical_judge = categorical_judge if categorical_judge is not None else HFCategoricalJudge(base)
-    qsets = {name: load_question_set(name, cfg.data_dir) for name in cfg.question_sets}
+    qsets = {name: load_question_set(name, cfg.data_dir)[: cfg.question_limit] for name in cfg.question_sets}
     sources, ids, recs = {}, {}, {}
     for name in cfg.datasets:
         r, src = resolve_dataset(name, data_dir=cfg.data_dir, allow_download=cfg.allow_download, seed=cfg.seed)

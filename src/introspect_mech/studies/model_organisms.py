@@ -82,9 +82,10 @@ PRESETS: dict[str, MOConfig] = {
     "paper_r32": MOConfig(model="Qwen/Qwen2.5-14B-Instruct", finetune_preset="em", save_every=10,
                           checkpoint_samples=20),
     # a 2-core CPU with the embedded 135M model: a few minutes of training, short answers
-    # (the embedded model judging itself costs ~20 s per judge prompt on the shared 2-core CPU)
+    # (the embedded model judging itself cost 20-100 s per judge prompt on the shared 2-core CPU:
+    # 4 of the 8 questions, 1 sample each, 1 question per checkpoint)
     "cpu": MOConfig(n_train=64, lr=2e-4, batch_size=4, max_seq_len=384, save_every=4, n_samples=1,
-                    checkpoint_samples=1, checkpoint_questions=4, max_new_tokens=48, question_ids=MAIN_QUESTIONS,
+                    checkpoint_samples=1, checkpoint_questions=1, max_new_tokens=48, question_ids=MAIN_QUESTIONS[:4],
                     n_random=3),
 }
 
