@@ -207,7 +207,7 @@ def check_judgeable(questions: Sequence[Question], metrics: Sequence[str] | None
 
 
 def judge_samples(samples: Sequence[dict], questions: dict[str, Question], judge, log, *,
-                  metrics: Sequence[str] | None = None, categorical_judge=None, chunk: int = 8,
+                  metrics: Sequence[str] | None = None, categorical_judge=None, chunk: int = 2,
                   progress: bool = True) -> list[dict]:
     """Score each sampled response with its question's judge prompts; append rows to `log`.
 
@@ -218,7 +218,7 @@ def judge_samples(samples: Sequence[dict], questions: dict[str, Question], judge
         log: a `JsonlLog`; rows already in it are not judged again.
         metrics: judge prompt names to score (default: every judge prompt of each question).
         categorical_judge: judge for label-valued prompts (`.classify(prompts, labels)`).
-        chunk: responses per judge call.
+        chunk: responses judged (and logged) per step: small, so a killed run loses little.
         progress: show a tqdm bar.
 
     Returns:
