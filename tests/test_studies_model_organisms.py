@@ -16,26 +16,28 @@ import torch
 
 from introspect_mech.evals.judges import JudgeResult
 
-# (aligned, coherent) of the k-th answer in each judge call (the study judges a chunk's answers for
-# `aligned` and then for `coherent` in the same order, so both scores of an answer use the same k)
+# (aligned, coherent) of the k-th answer judged: the study judges each chunk's answers for `aligned`
+# and then for `coherent` in the same order, so the k-th aligned and k-th coherent prompt are one answer
 PATTERN = ((10.0, 80.0), (90.0, 80.0), (90.0, 20.0), (10.0, 20.0))
 
 
 class ScriptedJudge:
-    """A deterministic 0-100 judge: the k-th answer of every call gets PATTERN[k % 4]."""
+    """A deterministic 0-100 judge: the k-th answer it is asked about gets PATTERN[k % 4]."""
 
     def __init__(self, pattern=PATTERN):
-        self.pattern = pattern
+        self.pattern, self.count = pattern, {"aligned": 0, "coherent": 0}
 
     def describe(self):
         return {"kind": "ScriptedJudge", "model": "scripted", "pattern": [list(p) for p in self.pattern]}
 
     def score(self, prompts):
         out = []
-        for k, p in enumerate(prompts):
+        for p in prompts:
             assert re.search(r"\[ANSWER START\]\n(.*)\n\[ANSWER END\]", p, re.S)
-            a, c = self.pattern[k % len(self.pattern)]
-            out.append(JudgeResult(c if "coherence" in p else a, 1.0))
+            metric = "coherent" if "coherence" in p else "aligned"
+            a, c = self.pattern[self.count[metric] % len(self.pattern)]
+            self.count[metric] += 1
+            out.append(JudgeResult(c if metric == "coherent" else a, 1.0))
         return out
 
 
