@@ -76,6 +76,7 @@ class EMConfig:
     batch_size: int | None = None
     epochs: int | None = None
     max_seq_len: int = 2048
+    save_every: int | None = None  # finetune checkpoints (a killed run resumes from the last one)
     question_sets: tuple[str, ...] = ("main", "main_json", "main_template")
     question_limit: int | None = None  # the first k questions of each set (None = all; CPU runs only)
     n_samples: int | None = None  # per paraphrase; None = each question's samples_per_paraphrase
@@ -101,7 +102,7 @@ PRESETS: dict[str, EMConfig] = {
     "paper_evil_numbers": EMConfig(model="Qwen/Qwen2.5-7B-Instruct", datasets=("evil_numbers",), allow_download=True),
     # the embedded 135M model on a 2-core CPU
     "cpu": EMConfig(datasets=("bad_medical_advice", "good_medical_advice"), n_train=64, lr=2e-4, batch_size=4,
-                    max_seq_len=384, question_sets=("main",), question_limit=2, n_samples=1, max_new_tokens=48),
+                    max_seq_len=384, save_every=4, question_sets=("main",), question_limit=2, n_samples=1, max_new_tokens=48),
 }
 
 
@@ -272,7 +273,7 @@ def run(out: str | Path, config: EMConfig | None = None, *, judge=None, categori
             sources[name]["source_row_ids"] = [x["meta"]["row"] for x in recs[name]]
     proxy_items = medical_heldout_items(16, seed=cfg.seed, data_dir=cfg.data_dir) if cfg.proxy else None
     over = {k: v for k, v in (("lr", cfg.lr), ("batch_size", cfg.batch_size), ("epochs", cfg.epochs)) if v is not None}
-    tcfg = preset(cfg.finetune_preset, max_seq_len=cfg.max_seq_len, seed=cfg.seed,
+    tcfg = preset(cfg.finetune_preset, max_seq_len=cfg.max_seq_len, seed=cfg.seed, save_every=cfg.save_every,
                   **({"warmup_steps": 2} if cfg.n_train and cfg.n_train < 500 else {}), **over)
     rd.write_manifest(
         study="emergent_misalignment", title=f"Emergent misalignment: {', '.join(cfg.datasets)}",
