@@ -206,7 +206,7 @@ def cmd_sae(args: argparse.Namespace) -> int:
     if args.sae_cmd == "train":
         recs = _records(args.data, args.n, args.seed, args.data_dir)
         model = _load(args)
-        res = sae.train(model, args.layer, [r["messages"] for r in recs],
+        res = sae.train_sae(model, args.layer, [r["messages"] for r in recs],
                         sae.SAETrainConfig(k=args.k, expansion=args.expansion), out_dir=args.out)
         print(json.dumps({k: v for k, v in vars(res).items() if isinstance(v, (int, float, str))}, default=str))
         return 0

@@ -238,7 +238,7 @@ def judge_samples(samples: Sequence[dict], questions: dict[str, Question], judge
         rows = [{"prompt_id": s["prompt_id"], "sample": s["sample"], "question_id": s["prompt_id"].rsplit("/", 1)[0],
                  "response": s["response"]} for s in part]
         groups: dict[tuple, list[int]] = defaultdict(list)  # (metric, label prompt?, labels) -> row indices
-        for k, s in enumerate(part):
+        for k in range(len(part)):
             q = questions[rows[k]["question_id"]]
             for m in (metrics if metrics is not None else q.judge_prompts):
                 labels = tuple(labels_from_prompt(q.judge_prompts[m])) if is_label_prompt(q) else None
