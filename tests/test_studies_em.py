@@ -177,3 +177,22 @@ def test_run_names_standins_and_keeps_splits_disjoint(tmp_path, tiny_qwen2_dir, 
     assert "proxy" in res["proxy"]["metrics"]["proxy_pref"].lower()
     rates = [json.loads(x) for x in (tmp_path / "em_rates.jsonl").read_text().splitlines()]
     assert {r["metric"] for r in rates} >= {"EM rate (judge; denominator: coherent)", "EM rate (judge; denominator: all)"}
+
+
+def test_unverified_registry_entry_is_used_but_never_called_verified(tmp_path):
+    """Upstream controls have no pinned sha256 yet: a local copy is used with a warning naming its hash."""
+    import hashlib
+
+    from introspect_mech import data
+    from introspect_mech.data.registry import UnverifiedDataWarning
+
+    for name in ("secure", "educational", "backdoor", "evil_numbers"):
+        info = data.info(name)
+        assert not info.verified and info.sha256 is None and "emergent-misalignment" in info.url
+    body = json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}) + "\n"
+    (tmp_path / "em").mkdir()
+    (tmp_path / "em" / "secure.jsonl").write_text(body)
+    with pytest.warns(UnverifiedDataWarning, match=hashlib.sha256(body.encode()).hexdigest()):
+        recs = data.load("secure", tmp_path)
+    assert len(recs) == 1
+    assert data.info("insecure").verified

@@ -10,8 +10,8 @@ Resolution order (`locate`): the explicit `data_dir`, then `$INTROSPECT_MECH_DAT
 cache (`cache_dir()/data`). When the file is in none of them, it is downloaded from its URL into
 the user cache, checked against the recorded sha256 and only then kept. Entries whose sha256 is
 still `null` (upstream files nobody here could download yet: secure, educational, backdoor,
-evil_numbers) are used but never called verified: each use warns (`UnverifiedDataWarning`) with the
-hash the bytes actually have, and `DatasetInfo.verified` is False.
+evil_numbers) are used but never called verified: the first use of each file in a process warns
+(`UnverifiedDataWarning`) with the hash its bytes actually have, and `DatasetInfo.verified` is False.
 """
 
 from __future__ import annotations

@@ -132,8 +132,12 @@ def resolve_dataset(name: str, *, data_dir: Any = None, allow_download: bool = F
         path = data.locate(reg, data_dir, fetch=allow_download)
         ds = data.info(reg)
         recs = data.load(reg, data_dir)
+        import hashlib
+
+        from ..data.records import read_bytes
+
         return recs, {"kind": "upstream", "registry": reg, "path": str(path), "url": ds.url, "sha256": ds.sha256,
-                      "sha256_verified": ds.sha256 is not None}
+                      "sha256_verified": ds.verified, "bytes_sha256": hashlib.sha256(read_bytes(path)).hexdigest()}
     except DataError as e:
         if standin is None:
             raise
