@@ -394,6 +394,22 @@ def medical_heldout_items(n: int | None, *, seed: int = 0, data_dir: Any = None)
 
 
 # ---- the judge-free proxy ------------------------------------------------------------------------
+def proxy_items(per_theme: int | None = None) -> list[dict]:
+    """The project's 40 EM items (`load_em_pairs()`), or the first `per_theme` of each of its 8 themes."""
+    from .metrics import load_em_pairs
+
+    items = load_em_pairs()
+    if per_theme is None:
+        return items
+    seen: dict[str, int] = defaultdict(int)
+    out = []
+    for it in items:
+        if seen[it["theme"]] < per_theme:
+            seen[it["theme"]] += 1
+            out.append(it)
+    return out
+
+
 def em_proxy_fn(items: Sequence[dict] | None = None, *, medical: Sequence[dict] | None = None,
                 coherence_convs: Sequence[Sequence[dict]] | None = None, self_rating: bool = False,
                 batch_size: int = 16) -> Callable[[LoadedModel], dict[str, list]]:

@@ -72,6 +72,8 @@ class MOConfig:
     seed: int = 0
     batch: int = 16
     proxy: bool = True  # also report the judge-free proxy (labelled a proxy)
+    proxy_per_theme: int | None = None  # proxy items per theme (None = all 40; CPU presets use fewer)
+    proxy_medical: int = 16  # held-out medical pairs in the proxy
 
 
 PRESETS: dict[str, MOConfig] = {
@@ -86,7 +88,7 @@ PRESETS: dict[str, MOConfig] = {
     # 4 of the 8 questions, 1 sample each, 1 question per checkpoint)
     "cpu": MOConfig(n_train=64, lr=2e-4, batch_size=4, max_seq_len=384, save_every=4, n_samples=1,
                     checkpoint_samples=1, checkpoint_questions=1, max_new_tokens=48, question_ids=MAIN_QUESTIONS[:4],
-                    n_random=3),
+                    n_random=3, proxy_per_theme=1, proxy_medical=4),
 }
 
 
@@ -207,6 +209,7 @@ def run(out: str | Path, config: MOConfig | None = None, *, judge=None, **overri
     from ..data import load
     from ..evals.em import (
         DENOMINATORS, MEDICAL_TRAIN_ROWS, PROXY_DIFF, PROXY_PREF, em_flags, em_proxy_fn, medical_heldout_items,
+        proxy_items as em_proxy_items,
         medical_train_rows, run_em_eval,
     )
     from ..evals.judges import HFJudge
@@ -243,7 +246,7 @@ def run(out: str | Path, config: MOConfig | None = None, *, judge=None, **overri
     missing = sorted(set(cfg.question_ids) - {q.id for q in qs})
     if missing:
         raise ValueError(f"{qfile}: unknown question ids {missing}")
-    proxy_items = medical_heldout_items(16, seed=cfg.seed, data_dir=cfg.data_dir) if cfg.proxy and medical else None
+    proxy_items = medical_heldout_items(cfg.proxy_medical, seed=cfg.seed, data_dir=cfg.data_dir) if cfg.proxy and medical else None
     L = resolve_layer(cfg.direction_layer, base.n_layers)
     rd.write_manifest(
         study="model_organisms", title=f"Model organisms for EM: {cfg.dataset}, {cfg.finetune_preset} adapter",
@@ -351,7 +354,7 @@ def run(out: str | Path, config: MOConfig | None = None, *, judge=None, **overri
 
     # judge-free proxy beside (never compared with the papers' EM rates)
     if cfg.proxy:
-        fn = em_proxy_fn(medical=proxy_items, batch_size=cfg.batch)
+        fn = em_proxy_fn(em_proxy_items(cfg.proxy_per_theme), medical=proxy_items, batch_size=cfg.batch)
         prox = {}
         for name, m in (("base", base), ("finetuned", ft)):
             r = fn(m)
