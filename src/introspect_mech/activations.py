@@ -197,6 +197,7 @@ def cache(
     dtype: torch.dtype | None = None,
     shard_size: int = 256,
     progress: bool = True,
+    truncate: bool = False,
 ):
     """Residual-stream activations after decoder blocks `layers` for each conversation.
 
@@ -205,16 +206,30 @@ def cache(
     safetensors shards written to `out` (`shard_size` conversations per shard). `dtype` defaults to
     the model's dtype. `conversations` are message lists (or dicts with "messages") that include
     the assistant answer; for "last_prompt"/"all" a prompt without answer is accepted too.
+    A conversation longer than the model's context is refused (`DataError`) unless `truncate=True`,
+    which drops its oldest tokens down to the context length (pooling covers the positions kept; with `out=` the
+    cut conversations are listed in activations.json as `truncated`). `layers=[]` is a ValueError.
     """
     from tqdm.auto import tqdm
 
+    from .models import check_context
+    from .validate import int_layers
+
+    int_layers("layers", layers)
+    if layers is not None and not isinstance(layers, int) and len(layers) == 0:
+        raise ValueError("layers=[]: give at least one layer (or None for all blocks)")
     layer_ids = resolve_layers(model.n_layers, layers)
     items = tokenize(model, conversations, positions)
+    limit, cut = check_context(model, [len(t.input_ids) for t in items], truncate=truncate, what="conversation")
+    if any(cut):
+        items = [Tokenized(t.input_ids[c:], t.select[c:]) if c else t for t, c in zip(items, cut)]
+        if not all(bool(t.select.any()) for t in items):
+            raise ValueError(f"truncation to {limit} tokens leaves a conversation with no {positions!r} position")
     out_dtype = dtype or model.dtype
     lengths = [len(t.input_ids) for t in items]
     if out is not None:
         return _cache_to_disk(model, items, layer_ids, positions, batch_size, Path(out), out_dtype,
-                              shard_size, progress, conversations)
+                              shard_size, progress, conversations, [i for i, c in enumerate(cut) if c])
     n, d = len(items), model.d_model
     shape = (n, len(layer_ids), max(lengths, default=0), d) if positions == "all" else (n, len(layer_ids), d)
     result = torch.zeros(shape, dtype=out_dtype)
@@ -236,7 +251,7 @@ def cache(
 
 # ---- streaming to disk -----------------------------------------------------------------------
 def _cache_to_disk(model, items, layer_ids, positions, batch_size, out: Path, out_dtype, shard_size,
-                   progress, conversations) -> "LazyActivations":
+                   progress, conversations, truncated=()) -> "LazyActivations":
     """Shard k holds conversations [k*shard_size, (k+1)*shard_size) in input order."""
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
@@ -250,6 +265,7 @@ def _cache_to_disk(model, items, layer_ids, positions, batch_size, out: Path, ou
         "positions": positions, "d_model": model.d_model, "dtype": str(out_dtype).replace("torch.", ""),
         "shard_size": shard_size, "inputs_sha256": json_sha256([t.input_ids.tolist() for t in items]),
         "conversations_sha256": json_sha256([_messages(c, i) for i, c in enumerate(conversations)]),
+        **({"truncated": list(truncated)} if truncated else {}),
     }
     meta_path = out / "activations.json"
     if meta_path.exists():

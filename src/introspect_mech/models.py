@@ -352,6 +352,45 @@ def max_positions(model: "LoadedModel | nn.Module") -> int | None:
     return int(n) if isinstance(n, int) and n > 0 else None
 
 
+def check_context(model: "LoadedModel", lengths: Sequence[int], *, reserve: int = 0, truncate: bool = False,
+                  names: Sequence[str] | None = None, what: str = "prompt") -> tuple[int | None, list[int]]:
+    """Check sequence lengths (+ `reserve` new tokens) against the model's context length.
+
+    Args:
+        model: the model (its `max_position_embeddings` is the limit; no limit when unknown).
+        lengths: token count of each sequence.
+        reserve: tokens that will be added to each (e.g. `max_new_tokens`).
+        truncate: allow sequences over the limit (the caller cuts them); otherwise refuse.
+        names: how to name each sequence in the error (default: its index).
+        what: the kind of sequence, for the message.
+
+    Returns:
+        (limit for the sequence itself or None, tokens to cut from each sequence: 0 when it fits).
+
+    Raises:
+        DataError: a sequence does not fit and `truncate` is False (names the first one).
+    """
+    from .data.records import DataError
+
+    n_pos = max_positions(model)
+    if n_pos is None:
+        return None, [0] * len(lengths)
+    limit = n_pos - reserve
+    if limit < 1:
+        raise DataError(model.name, None, "max_new_tokens",
+                        f"{reserve} new tokens do not fit the model's context of {n_pos} positions")
+    cut = [max(0, int(n) - limit) for n in lengths]
+    over = [i for i, c in enumerate(cut) if c]
+    if over and not truncate:
+        i = over[0]
+        name = names[i] if names is not None else str(i)
+        extra = f" + {reserve} new tokens" if reserve else ""
+        raise DataError(f"{what} {name}", None, "length",
+                        f"{lengths[i]} tokens{extra} exceed the context of {model.name} ({n_pos} positions); "
+                        f"{len(over)} of {len(lengths)} {what}s are too long (shorten them, or ask for truncation)")
+    return limit, cut
+
+
 def model_fingerprint(model: nn.Module) -> dict[str, Any]:
     """Facts an adapter must agree with (written beside every adapter we save).
 

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..models import LoadedModel
+from ..models import LoadedModel, check_context
 from ..runs import JsonlLog
 
 Message = dict[str, str]
@@ -133,6 +133,7 @@ def sample(
     out: str | os.PathLike | JsonlLog | None = None,
     progress: bool = True,
     static_cache: bool | None = False,
+    truncate: bool = False,
 ) -> list[dict[str, Any]]:
     """Sample `n` responses per prompt; returns rows {"prompt_id", "sample", "messages", "response",
     "n_tokens", "finished"} in prompt order (including rows found in `out` from an earlier run).
@@ -141,6 +142,9 @@ def sample(
     `static_cache=True` uses HF's static KV cache (for compiled decoding on a GPU; every row is then
     prefilled separately); `None` picks it on CUDA (`use_static_cache`). Default: the dynamic cache
     with one prefill per distinct prompt.
+    A prompt whose tokens plus `max_new_tokens` exceed the model's context length is refused
+    (`DataError`) unless `truncate=True`, which drops its oldest tokens and records how many in the
+    row (`prompt_truncated_tokens`).
     """
     if n < 1 or batch_size < 1 or max_new_tokens < 1:
         raise ValueError(f"n, batch_size and max_new_tokens must be >= 1 (got {n}, {batch_size}, {max_new_tokens})")
@@ -151,6 +155,9 @@ def sample(
         for r in log.rows():
             done[(str(r["prompt_id"]), int(r["sample"]))] = r
     prompt_ids = [model.encode_prompt(it["messages"]).tolist() for it in items]
+    _, cut = check_context(model, [len(x) for x in prompt_ids], reserve=max_new_tokens, truncate=truncate,
+                           names=[it["id"] for it in items])
+    prompt_ids = [x[c:] for x, c in zip(prompt_ids, cut)]  # keeps the end: the generation header
     all_rows = [(p, s) for p in range(len(items)) for s in range(n)]
     batches = [all_rows[i:i + batch_size] for i in range(0, len(all_rows), batch_size)]
     stop_ids = stop_token_ids(model)
@@ -174,7 +181,8 @@ def sample(
             if (p, s) in results:
                 continue  # written by an earlier, interrupted run (same seed -> same text)
             row = {"prompt_id": items[p]["id"], "sample": s, "messages": items[p]["messages"],
-                   "response": text, "n_tokens": ln, "finished": f}
+                   "response": text, "n_tokens": ln, "finished": f,
+                   **({"prompt_truncated_tokens": cut[p]} if cut[p] else {})}
             results[(p, s)] = row
             if log is not None:
                 log.append(row)

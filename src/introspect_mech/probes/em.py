@@ -22,6 +22,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..activations import cache, resolve_layers
+from ..validate import finite_tensor, int_layers
 from .direction import Direction, as_vectors
 from .linear import mean_diff
 
@@ -120,12 +121,21 @@ def project(model, direction: "Direction | Tensor", conversations: Sequence[Any]
 
     Layers default to the direction's layers (all blocks for a raw vector).
     """
+    int_layers("layers", layers)
+    if isinstance(direction, Tensor):
+        finite_tensor("direction", direction)
     if layers is None:
         layer_ids = list(direction.layers) if isinstance(direction, Direction) else resolve_layers(model.n_layers, None)
     else:
         layer_ids = resolve_layers(model.n_layers, layers)
-    v = as_vectors(direction, layer_ids)
-    if v.shape[-1] != model.d_model:
-        raise ValueError(f"direction has d_model {v.shape[-1]}, model {model.name} has {model.d_model}")
+    if isinstance(direction, Tensor) and direction.ndim == 2:  # raw [layer, d_model]: row i is block i
+        if tuple(direction.shape) != (model.n_layers, model.d_model):
+            raise ValueError(f"a raw [layer, d_model] direction must have shape {(model.n_layers, model.d_model)} "
+                             f"(row i = block i), got {tuple(direction.shape)}")
+        direction = direction[layer_ids]
+    v = finite_tensor("direction", as_vectors(direction, layer_ids))
+    if tuple(v.shape) != (len(layer_ids), model.d_model):
+        raise ValueError(f"direction gives vectors of shape {tuple(v.shape)}; expected {(len(layer_ids), model.d_model)} "
+                         f"for layers {layer_ids} of {model.name}")
     acts = cache(model, conversations, layers=layer_ids, positions=positions, batch_size=batch_size, progress=progress)
     return torch.einsum("nld,ld->nl", acts.float(), v)

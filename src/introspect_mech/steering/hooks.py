@@ -50,6 +50,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from ..models import LoadedModel, decoder_layers
+from ..validate import finite_scalar, finite_tensor, int_layers
 
 Positions = Union[str, Tensor]
 LayerSpec = Union[int, Sequence[int], str, None]
@@ -317,6 +318,10 @@ class Steering:
 
 def _build(op: str, model, direction, layers: LayerSpec, scalar: float, positions: Positions,
            normalise: bool, scale: str = "unit") -> Steering:
+    int_layers("layers", layers)
+    scalar = finite_scalar("alpha" if op == "add" else "value", scalar)
+    if isinstance(direction, Tensor):
+        finite_tensor("direction", direction)
     layers_mod = _layers_of(model)
     idx = resolve_layers(layers, len(layers_mod))
     if isinstance(positions, str):
@@ -329,7 +334,7 @@ def _build(op: str, model, direction, layers: LayerSpec, scalar: float, position
     _, _, is_direction = _direction_matrix(direction)
     vectors, masks = {}, {}
     for layer in idx:
-        v = layer_vector(direction, layer).float()
+        v = finite_tensor(f"direction (layer {layer})", layer_vector(direction, layer).float())
         d = _layers_hidden(model, layers_mod)
         if d is not None and v.shape[-1] != d:
             raise ValueError(f"direction has d_model {v.shape[-1]}, the model has {d}")
@@ -339,7 +344,7 @@ def _build(op: str, model, direction, layers: LayerSpec, scalar: float, position
                 raise ValueError(f"direction vector for layer {layer} is zero")
             v = v / n
         if scale == "norm" and is_direction:
-            v = v * layer_norm(direction, layer)
+            v = v * finite_scalar(f"direction norm (layer {layer})", layer_norm(direction, layer))
         p = _param_of(layers_mod[layer])
         vectors[layer] = v.to(device=p.device, dtype=p.dtype).contiguous()
         if isinstance(positions, Tensor):
