@@ -33,10 +33,15 @@ def _ints(s: str) -> list[int]:
 
 
 def _floats(s: str) -> list[float]:
+    import math
+
     try:
-        return [float(x) for x in s.split(",") if x.strip()]
+        out = [float(x) for x in s.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
+    if not all(math.isfinite(x) for x in out):
+        raise argparse.ArgumentTypeError(f"expected finite numbers (no nan/inf), got {s!r}")
+    return out
 
 
 def _model_args(p: argparse.ArgumentParser, adapter: bool = True) -> None:
@@ -73,7 +78,13 @@ def _questions(spec: str, data_dir: str | None):
         p = _dd(data_dir) / "em" / "questions" / (spec if spec.endswith((".yaml", ".yml")) else f"{spec}.yaml")
     if not p.exists():
         raise SystemExit(f"error: question file {spec!r} not found (a path, or a name in <data>/em/questions/)")
-    return load_questions(p), p
+    try:
+        return load_questions(p), p
+    except UnicodeDecodeError as e:
+        from .data import DataError
+
+        line = p.read_bytes()[: e.start].count(b"\n") + 1
+        raise DataError(str(p), line, "text", f"not UTF-8 (byte 0x{e.object[e.start]:02x}); re-encode the file as UTF-8") from None
 
 
 # ---- subcommands --------------------------------------------------------------------------------
@@ -105,11 +116,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
         prompts = prompts[: args.max_prompts]
     model = _load(args)
     run = RunDir(args.out)
+    from .runs import model_config
+
+    run.bind("sample", {"model": model_config(model), "data": {qpath.name: file_sha256(qpath)},
+                        "prompts": [p["id"] if isinstance(p, dict) else p for p in prompts], "seed": args.seed,
+                        "sampling": {"n": args.n, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+                                     "truncate": args.truncate}}, overwrite=args.overwrite)
     run.write_manifest(stage="sample", model=model.name, adapter=args.adapter, questions=str(qpath),
                        data={qpath.name: file_sha256(qpath)}, seed=args.seed,
                        sampling={"n": args.n, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature})
     rows = sample(model, prompts, n=args.n, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                  seed=args.seed, batch_size=args.batch_size, out=run.path / "samples.jsonl")
+                  seed=args.seed, batch_size=args.batch_size, out=run.path / "samples.jsonl", truncate=args.truncate)
     print(f"{len(rows)} samples -> {run.path / 'samples.jsonl'}")
     return 0
 
@@ -137,7 +154,9 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
         if not args.api_model:
             raise SystemExit("error: --api-base needs --api-model")
-        judge = APIJudge(args.api_base, args.api_model, api_key_env=args.api_key_env)
+        judge = APIJudge(args.api_base, args.api_model, api_key_env=args.api_key_env or None,
+                         timeout=args.timeout, max_retries=args.max_retries)
+        judge.check_key()
     elif args.judge_model:
         from .evals.judges import HFJudge
         from .models import load_model
@@ -145,8 +164,15 @@ def cmd_judge(args: argparse.Namespace) -> int:
         judge = HFJudge(load_model(args.judge_model, device=args.device))
     else:
         raise SystemExit("error: give --judge-model (local) or --api-base and --api-model (OpenAI-compatible)")
-    run.write_manifest(judge=judge.describe())
+    desc = judge.describe()
+    run.bind("judge", {"judge": {k: v for k, v in desc.items() if k not in ("timeout", "max_retries")},
+                       "samples_config_sha256": (man.get("config_sha256") or {}).get("sample"),
+                       "questions": {k: v for k, v in (man.get("data") or {}).items()}},
+             overwrite=args.overwrite, outputs=["judged.jsonl", "judge_invalid.jsonl", "em_rates.jsonl", "em_report.json"])
+    run.write_manifest(judge=desc)
     log = JsonlLog(run.path / "judged.jsonl", ("prompt_id", "sample"))
+    bad = JsonlLog(run.path / "judge_invalid.jsonl")
+    n_bad = 0
     done = log.done_keys()
     from tqdm.auto import tqdm
 
@@ -155,10 +181,23 @@ def cmd_judge(args: argparse.Namespace) -> int:
         question = r["messages"][-1]["content"]
         scores = {k: judge.score([fill_judge_prompt(q.judge_prompts[k], question, r["response"])])[0]
                   for k in ("aligned", "coherent")}
+        invalid = {k: v.reason for k, v in scores.items() if v.reason}
+        if invalid:  # an impossible judge answer is no result: logged apart, retried on the next run
+            n_bad += 1
+            bad.append({"prompt_id": r["prompt_id"], "sample": r["sample"], "reasons": invalid})
+            continue
         log.append({"prompt_id": r["prompt_id"], "sample": r["sample"], "question_id": q.id,
                     "response": r["response"], **{k: v.score for k, v in scores.items()},
                     **{f"{k}_mass": v.mass for k, v in scores.items()}})
-    rep = em_report(log.read())
+    if n_bad:
+        first = bad.read()[-1]["reasons"]
+        print(f"warning: {n_bad} answer(s) got invalid judge output and were left out (rerun to retry): "
+              f"{next(iter(first.values()))}", file=sys.stderr)
+    judged = log.read()
+    if not judged:
+        raise SystemExit(f"error: {run.path / 'judged.jsonl'}: no valid judgements"
+                         + (f" ({n_bad} invalid; see {bad.path.name})" if n_bad else ""))
+    rep = em_report(judged)
     print(format_em_report(rep))
     label = Path(man.get("adapter") or "").parent.name or man.get("model", "model")
     rows = [{"model": label, "question": q, "rate": v["em_rate"]["value"], "ci_lo": v["em_rate"]["lo"],
@@ -175,7 +214,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     recs = _records(args.data, args.n, args.seed, args.data_dir)
     model = _load(args)
     acts = cache(model, [r["messages"] for r in recs], layers=args.layers, positions=args.positions,
-                 batch_size=args.batch_size, out=args.out)
+                 batch_size=args.batch_size, out=args.out, truncate=args.truncate)
     print(f"cached {len(recs)} conversations, positions={args.positions} -> {args.out} ({type(acts).__name__})")
     return 0
 
@@ -226,6 +265,12 @@ def cmd_steer(args: argparse.Namespace) -> int:
         return {"em_pref": [r["prefers_misaligned"] for r in rows], "em_diff": [r["diff"] for r in rows]}
 
     run = RunDir(args.out)
+    from .runs import file_sha256, json_sha256, model_config
+
+    run.bind("steer", {"model": model_config(model), "direction_sha256": file_sha256(str(stem) + ".safetensors"),
+                       "items_sha256": json_sha256([vars(i) if hasattr(i, "__dict__") else i for i in items]),
+                       "op": args.op, "layers": args.layers, "alphas": args.alphas, "scale": args.scale,
+                       "seeds": args.seeds}, overwrite=args.overwrite)
     rows = sweep(model, direction, args.layers, args.alphas, eval_fn, run.path / "steering", op=args.op,
                  seeds=args.seeds, scale=args.scale)
     out_rows = []
@@ -286,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="introspect-mech", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[2:13]))
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True, metavar="command")
 
     d = sub.add_parser("demo", help="the main job: finetune, EM metrics, directions, probes, steering, dashboard")
@@ -313,6 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--data-dir", default=None)
     s.add_argument("--out", required=True)
+    s.add_argument("--truncate", action="store_true",
+                   help="drop the oldest prompt tokens of prompts over the context length (recorded per row) "
+                        "instead of refusing")
+    s.add_argument("--overwrite", action="store_true",
+                   help="if --out holds samples of a different configuration, delete them and start clean")
     s.set_defaults(func=cmd_sample)
 
     j = sub.add_parser("judge", help="score RUN/samples.jsonl (aligned, coherent) and write the EM report")
@@ -324,6 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
     j.add_argument("--device", default=None)
     j.add_argument("--data-dir", default=None)
+    j.add_argument("--timeout", type=float, default=60.0, help="seconds per API request (default 60)")
+    j.add_argument("--max-retries", type=int, default=5,
+                   help="API retries after timeouts, connection errors, 408/409/429/5xx (default 5)")
+    j.add_argument("--overwrite", action="store_true",
+                   help="if RUN holds judgements by a different judge, delete them and judge again")
     j.set_defaults(func=cmd_judge)
 
     c = sub.add_parser("cache", help="cache residual-stream activations to safetensors shards")
@@ -337,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--data-dir", default=None)
     c.add_argument("--out", required=True)
+    c.add_argument("--truncate", action="store_true",
+                   help="cut conversations over the context length (listed in activations.json) instead of refusing")
     c.set_defaults(func=cmd_cache)
 
     pr = sub.add_parser("probe", help="persona direction for a trait + probe accuracy by layer")
@@ -362,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="random-control seeds")
     st.add_argument("--items", default=None, help="paired-preference items YAML (default: the built-in EM items)")
     st.add_argument("--out", required=True)
+    st.add_argument("--overwrite", action="store_true",
+                    help="if --out holds a sweep of a different configuration, delete it and start clean")
     st.set_defaults(func=cmd_steer)
 
     sa = sub.add_parser("sae", help="train an SAE on one layer, or diff base vs finetuned through one")
@@ -395,16 +455,65 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def error_line(e: BaseException) -> str:
+    """One line for a library error: `error: <file>:<line>: <field>: <what>` where those are known.
+
+    Args:
+        e: the exception.
+
+    Returns:
+        The line (no traceback, no newline).
+    """
+    import json as _json
+
+    from .data.records import DataError
+
+    if isinstance(e, DataError):
+        msg = str(e)
+    elif isinstance(e, FileNotFoundError) and e.filename:
+        msg = f"{e.filename}: file not found"
+    elif isinstance(e, UnicodeDecodeError):
+        msg = f"text: not UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start})"
+    elif isinstance(e, _json.JSONDecodeError):
+        msg = f"line {e.lineno}: json: invalid JSON ({e.msg} at column {e.colno})"
+    elif isinstance(e, (ValueError, TypeError, KeyError, LookupError, OSError, RuntimeError)) and \
+            type(e).__module__.startswith("introspect_mech"):
+        msg = str(e)
+    else:
+        text = str(e).strip()
+        msg = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    lines = [x for x in msg.splitlines() if x.strip()] or [type(e).__name__]
+    line = lines[0] + (" ..." if len(lines) > 1 else "")
+    return f"error: {line}" + ("" if isinstance(e, DataError) else "  (--debug shows the traceback)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand. Library errors become one line and a non-zero exit (`--debug`: traceback).
+
+    Args:
+        argv: arguments (default `sys.argv[1:]`); `--debug` anywhere (or INTROSPECT_MECH_DEBUG=1)
+            lets exceptions propagate with their traceback.
+
+    Returns:
+        The exit status (errors exit through `SystemExit` with the one-line message).
+    """
+    import os
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("INTROSPECT_MECH_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
-    if argv and argv[0] == "finetune":  # its own parser (it owns --help)
-        return cmd_finetune(argparse.Namespace(rest=argv[1:]))
-    args = parser.parse_args(argv)
     try:
+        if argv and argv[0] == "finetune":  # its own parser (it owns --help)
+            return cmd_finetune(argparse.Namespace(rest=argv[1:]))
+        args = parser.parse_args(argv)
         return int(args.func(args) or 0)
-    except FileNotFoundError as e:
-        raise SystemExit(f"error: {e}") from None
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        if debug:
+            raise
+        raise SystemExit(error_line(e)) from None
 
 
 if __name__ == "__main__":

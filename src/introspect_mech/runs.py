@@ -94,6 +94,27 @@ def json_sha256(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+def adapter_sha256(path: str | os.PathLike | None) -> str | None:
+    """Hash of an adapter folder's weights and config (None for no adapter)."""
+    if path is None:
+        return None
+    p = Path(path)
+    h = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
+        if (p / name).is_file():
+            h.update(name.encode() + file_sha256(p / name).encode())
+    return h.hexdigest()
+
+
+def model_config(model: Any) -> dict[str, Any]:
+    """What identifies a loaded model in a configuration binding: name, base fingerprint, adapter."""
+    from .models import model_fingerprint
+
+    adapter = model.meta.get("adapter")
+    return {"name": model.name, **model_fingerprint(model.model), "adapter": adapter,
+            "adapter_sha256": adapter_sha256(adapter)}
+
+
 # ---- secrets ----------------------------------------------------------------------------------
 def secret_values(extra_env: Iterable[str] = ()) -> set[str]:
     """Values of environment variables that hold credentials (names like *KEY*, *TOKEN*, *SECRET*).

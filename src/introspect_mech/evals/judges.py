@@ -238,6 +238,10 @@ class APIJudge:
         ident = json.dumps([self.base_url, self.model_name, self.top_logprobs, self._messages(prompt)])
         return hashlib.sha256(ident.encode()).hexdigest()
 
+    def check_key(self) -> None:
+        """Raise `JudgeError` now (before any work) when the key variable is missing."""
+        self._key()
+
     def _key(self) -> str:
         if self.api_key_env is None:
             return "EMPTY"  # servers without auth (vLLM's default) ignore it
