@@ -321,6 +321,10 @@ class RunDir:
             else:
                 m.get("config", {}).pop(stage, None)
                 m.get("config_sha256", {}).pop(stage, None)
+                others = {k for c in m.get("config", {}).values() if isinstance(c, dict) for k in c}
+                for k in old:  # the old stage's recorded fields go with its results
+                    if k not in others:
+                        m.pop(k, None)
             event = "overwrite"
         elif old is not None:
             event = "resume"
