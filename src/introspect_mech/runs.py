@@ -309,23 +309,17 @@ class RunDir:
         old = (m.get("config") or {}).get(stage)
         event = "new"
         if old is not None and json_sha256(old) != digest:
-            if not overwrite:
-                raise RunConfigError(
-                    str(self.manifest_path), None, f"config.{stage}",
-                    f"this run directory holds {stage} results made with a different config: "
-                    f"{describe_diff(old, cfg)}; use another output directory or --overwrite to start clean")
-            self._clear(outputs)
-            m = self.manifest()
-            if outputs is None:
-                m = {}
+            if self._has_outputs(outputs):
+                if not overwrite:
+                    raise RunConfigError(
+                        str(self.manifest_path), None, f"config.{stage}",
+                        f"this run directory holds {stage} results made with a different config: "
+                        f"{describe_diff(old, cfg)}; use another output directory or --overwrite to start clean")
+                self._clear(outputs)
+                event = "overwrite"
             else:
-                m.get("config", {}).pop(stage, None)
-                m.get("config_sha256", {}).pop(stage, None)
-                others = {k for c in m.get("config", {}).values() if isinstance(c, dict) for k in c}
-                for k in old:  # the old stage's recorded fields go with its results
-                    if k not in others:
-                        m.pop(k, None)
-            event = "overwrite"
+                event = "rebind"  # the earlier attempt stopped before writing any result: nothing to mix
+            m = {} if outputs is None and event == "overwrite" else self._drop_stage(self.manifest(), stage, old)
         elif old is not None:
             event = "resume"
         if not m:
@@ -334,8 +328,31 @@ class RunDir:
         m.setdefault("config_sha256", {})[stage] = digest
         self._write(m)
         self.append_provenance({"event": event, "stage": stage, "config_sha256": digest,
-                                **({"previous_sha256": json_sha256(old)} if event == "overwrite" else {})})
+                                **({"previous_sha256": json_sha256(old)} if event in ("overwrite", "rebind") else {})})
         return digest
+
+    @staticmethod
+    def _drop_stage(m: dict[str, Any], stage: str, old: dict[str, Any]) -> dict[str, Any]:
+        """Forget a stage's binding and the manifest fields only it covered."""
+        m.get("config", {}).pop(stage, None)
+        m.get("config_sha256", {}).pop(stage, None)
+        others = {k for c in m.get("config", {}).values() if isinstance(c, dict) for k in c}
+        for k in old:
+            if k not in others:
+                m.pop(k, None)
+        return m
+
+    def _has_outputs(self, outputs: Sequence[str] | None) -> bool:
+        """Whether any result of the stage is on disk (non-empty files / folders)."""
+        keep = {self.manifest_path.name, self.provenance_path.name, self.manifest_path.with_suffix(".tmp").name}
+        paths = [p for p in self.path.iterdir() if p.name not in keep] if outputs is None else \
+            [self.path / n for n in outputs]
+        for p in paths:
+            if p.is_dir() and any(p.iterdir()):
+                return True
+            if p.is_file() and p.stat().st_size > 0:
+                return True
+        return False
 
     def _clear(self, outputs: Sequence[str] | None) -> None:
         names = [p.name for p in self.path.iterdir()] if outputs is None else list(outputs)
