@@ -110,9 +110,8 @@ def model_config(model: Any) -> dict[str, Any]:
     """What identifies a loaded model in a configuration binding: name, base fingerprint, adapter."""
     from .models import model_fingerprint
 
-    adapter = model.meta.get("adapter")
-    return {"name": model.name, **model_fingerprint(model.model), "adapter": adapter,
-            "adapter_sha256": adapter_sha256(adapter)}
+    adapter = model.meta.get("adapter")  # by content: the same adapter under another path is the same
+    return {"name": model.name, **model_fingerprint(model.model), "adapter_sha256": adapter_sha256(adapter)}
 
 
 # ---- secrets ----------------------------------------------------------------------------------
@@ -126,7 +125,8 @@ def secret_values(extra_env: Iterable[str] = ()) -> set[str]:
         The set of secret strings (only values of 8 characters or more, so short flags are kept).
     """
     names = {k for k in os.environ if _SECRET_ENV.search(k)} | {e for e in extra_env if e}
-    return {v for k in names if len(v := os.environ.get(k, "")) >= 8}
+    # paths (SSH_AUTH_SOCK, XAUTHORITY, ...) are not credentials
+    return {v for k in names if len(v := os.environ.get(k, "")) >= 8 and not v.startswith(("/", "~", "."))}
 
 
 def looks_like_secret(value: str) -> bool:
