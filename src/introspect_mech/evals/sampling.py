@@ -22,7 +22,9 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..kv_cache import cache_kwargs, output_cache
 from ..models import LoadedModel, check_context
+from ..positions import prompt_scope
 from ..runs import JsonlLog
 
 Message = dict[str, str]
@@ -98,10 +100,11 @@ def _generate_batch(model, prompt_ids, rows, max_new_tokens, temperature, top_p,
     else:
         # prefill all but the last prompt token once per distinct prompt; generate() feeds the last one
         pos = (att[:, :-1].cumsum(-1) - 1).clamp(min=0)
-        cache = model.model(input_ids=ids[:, :-1], attention_mask=att[:, :-1], position_ids=pos,
-                            use_cache=True, logits_to_keep=1).past_key_values
+        with prompt_scope(model, n):  # steering contexts: these n - 1 tokens are prompt
+            cache = output_cache(model.model(input_ids=ids[:, :-1], attention_mask=att[:, :-1], position_ids=pos,
+                                             use_cache=True, logits_to_keep=1))
         cache.reorder_cache(sel)
-        gen_kwargs["past_key_values"] = cache
+        gen_kwargs.update(cache_kwargs(model, cache))
     if temperature and temperature > 0:
         gen_kwargs.update(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=0)
     else:
