@@ -226,6 +226,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     model = _load(args)
     run = RunDir(args.out)
+    from .runs import model_config
+
+    run.bind("probe", {"probe_inputs": {"model": model_config(model), "trait": args.trait, "questions": args.questions,
+                                        "instructions": args.instructions, "max_new_tokens": args.max_new_tokens,
+                                        "seed": args.seed}}, overwrite=args.overwrite)
     res = persona_data(model, args.trait, n_questions=args.questions, n_instructions=args.instructions,
                        max_new_tokens=args.max_new_tokens, seed=args.seed, data_dir=args.data_dir,
                        batch_size=args.batch_size, out=run.path / "persona")
@@ -291,6 +296,11 @@ def cmd_sae(args: argparse.Namespace) -> int:
     if args.sae_cmd == "train":
         recs = _records(args.data, args.n, args.seed, args.data_dir)
         model = _load(args)
+        from .runs import json_sha256, model_config
+
+        RunDir(args.out).bind("sae_train", {"sae_inputs": {
+            "model": model_config(model), "layer": args.layer, "data": json_sha256([r["messages"] for r in recs]),
+            "k": args.k, "expansion": args.expansion, "seed": args.seed}}, overwrite=args.overwrite)
         res = sae.train(model, args.layer, [r["messages"] for r in recs],
                         sae.SAETrainConfig(k=args.k, expansion=args.expansion), out_dir=args.out)
         print(json.dumps({k: v for k, v in vars(res).items() if isinstance(v, (int, float, str))}, default=str))
@@ -407,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--data-dir", default=None)
     pr.add_argument("--out", required=True)
+    pr.add_argument("--overwrite", action="store_true",
+                    help="if --out holds results of a different configuration, delete them and start clean")
     pr.set_defaults(func=cmd_probe)
 
     st = sub.add_parser("steer", help="steering sweep with a saved direction and the random control")
@@ -436,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--data-dir", default=None)
     t.add_argument("--out", required=True)
+    t.add_argument("--overwrite", action="store_true",
+                   help="if --out holds an SAE of a different configuration, delete it and start clean")
     df = sa_sub.add_parser("diff", help="rank SAE latents by their change from base to finetuned")
     _model_args(df)
     df.add_argument("--sae", required=True, help="SAE directory in sae-lens format")

@@ -136,6 +136,6 @@ def project(model, direction: "Direction | Tensor", conversations: Sequence[Any]
     v = finite_tensor("direction", as_vectors(direction, layer_ids))
     if tuple(v.shape) != (len(layer_ids), model.d_model):
         raise ValueError(f"direction gives vectors of shape {tuple(v.shape)}; expected {(len(layer_ids), model.d_model)} "
-                         f"for layers {layer_ids} of {model.name}")
+                         f"(layer, d_model) for layers {layer_ids} of {model.name}")
     acts = cache(model, conversations, layers=layer_ids, positions=positions, batch_size=batch_size, progress=progress)
     return torch.einsum("nld,ld->nl", acts.float(), v)
