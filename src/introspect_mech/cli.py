@@ -134,14 +134,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_judge(args: argparse.Namespace) -> int:
     from .evals.questions import fill_judge_prompt
     from .evals.report import em_report, format_em_report
-    from .runs import JsonlLog, RunDir
+    from .runs import JsonlLog, RunDir, file_sha256
 
     run = RunDir(args.run)
     samples = run.log("samples.jsonl").read()
     if not samples:
         raise SystemExit(f"error: {run.path / 'samples.jsonl'}: no samples (run `introspect-mech sample` first)")
     man = run.manifest()
-    qs, _ = _questions(args.questions or man.get("questions", ""), args.data_dir)
+    qs, judge_qpath = _questions(args.questions or man.get("questions", ""), args.data_dir)
     by_id = {q.id: q for q in qs}
     for i, r in enumerate(samples, 1):
         qid = str(r.get("prompt_id", "")).rsplit("/", 1)[0]
@@ -167,7 +167,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
     desc = judge.describe()
     run.bind("judge", {"judge": {k: v for k, v in desc.items() if k not in ("timeout", "max_retries")},
                        "samples_config_sha256": (man.get("config_sha256") or {}).get("sample"),
-                       "questions": {k: v for k, v in (man.get("data") or {}).items()}},
+                       "judge_prompts_file_sha256": file_sha256(judge_qpath)},
              overwrite=args.overwrite, outputs=["judged.jsonl", "judge_invalid.jsonl", "em_rates.jsonl", "em_report.json"])
     run.write_manifest(judge=desc)
     log = JsonlLog(run.path / "judged.jsonl", ("prompt_id", "sample"))
