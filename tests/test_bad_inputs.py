@@ -100,7 +100,7 @@ def test_A1_sample_rerun_with_other_settings_is_refused_and_changes_nothing(tmp_
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "provenance.jsonl"}
     msg = cli_error(["sample", "--model", str(other_qwen2_dir), "--questions", str(qfile), "--n", "1",
                      "--max-new-tokens", "5", "--temperature", "0", "--device", "cpu", "--out", str(out)],
-                    "manifest.json: config.sample:", "model.weights_sha256", "sampling.temperature",
+                    "manifest.json: bindings.sample:", "model.weights_sha256", "sampling.temperature",
                     "sampling.max_new_tokens", "--overwrite")
     assert "model.name" in msg
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "provenance.jsonl"} == before
@@ -111,7 +111,7 @@ def test_A2_sample_overwrite_starts_clean(tmp_path, tiny_qwen2_dir, qfile):
     assert _sample(tiny_qwen2_dir, qfile, out) == 0
     assert _sample(tiny_qwen2_dir, qfile, out, "--temperature", "0", "--overwrite") == 0
     man = json.loads((out / "manifest.json").read_text())
-    assert man["sampling"]["temperature"] == 0.0 and man["config"]["sample"]["sampling"]["temperature"] == 0.0
+    assert man["sampling"]["temperature"] == 0.0 and man["bindings"]["sample"]["config"]["sampling"]["temperature"] == 0.0
     assert len((out / "samples.jsonl").read_text().splitlines()) == 2
     ev = [json.loads(x)["event"] for x in (out / "provenance.jsonl").read_text().splitlines()]
     assert ev == ["new", "overwrite"]
@@ -148,7 +148,7 @@ def test_A3_finetune_resume_on_another_base_is_refused(tmp_path, tiny_qwen2_dir,
         train(load_model(tiny_qwen2_dir), _recs(), _cfg(), tmp_path / "ft", intervention=kill_at_2)
     listing = sorted(str(p) for p in (tmp_path / "ft").rglob("*") if p.name != "provenance.jsonl")
     lib_error(RunConfigError, lambda: train(load_model(other_qwen2_dir), _recs(), _cfg(), tmp_path / "ft"),
-              "config.finetune:", "different config", "model.weights_sha256")
+              "bindings.finetune:", "different config", "model.weights_sha256")
     assert sorted(str(p) for p in (tmp_path / "ft").rglob("*") if p.name != "provenance.jsonl") == listing
     # the same base resumes exactly where it stopped
     assert train(load_model(tiny_qwen2_dir), _recs(), _cfg(), tmp_path / "ft").resumed_from == 1
@@ -160,7 +160,7 @@ def test_A4_finetune_cli_other_lr_is_one_line(tmp_path, tiny_qwen2_dir):
     base = ["finetune", "--model", str(tiny_qwen2_dir), "--data", str(data), "--out", str(tmp_path / "ft"),
             "--max-steps", "1", "--device", "cpu", "--set", "r=2", "--set", "progress=false"]
     assert main(base) == 0
-    cli_error(base + ["--lr", "0.5"], "config.finetune:", "config.lr")
+    cli_error(base + ["--lr", "0.5"], "bindings.finetune:", "config.lr")
     assert main(base + ["--lr", "0.5", "--overwrite"]) == 0
 
 
@@ -234,7 +234,7 @@ def test_B5_other_judge_into_the_same_run_is_refused(judge_run, server):
     assert main(_judge_cli(judge_run, server)) == 0
     argv = _judge_cli(judge_run, server)
     argv[argv.index("--api-model") + 1] = "other-judge"
-    cli_error(argv, "config.judge:", "judge.model")
+    cli_error(argv, "bindings.judge:", "judge.model")
     assert main(argv + ["--overwrite"]) == 0
 
 

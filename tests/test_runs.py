@@ -47,7 +47,7 @@ def test_bind_resumes_same_config_and_refuses_another_naming_fields(tmp_path):
     with pytest.raises(RunConfigError) as ei:
         run.bind("sample", other)
     msg = str(ei.value)
-    assert "\n" not in msg and msg.startswith(f"{run.manifest_path}: config.sample:")
+    assert "\n" not in msg and msg.startswith(f"{run.manifest_path}: bindings.sample:")
     for f in ("model.name", "model.weights_sha256", "sampling.temperature"):
         assert f in msg
     assert "seed" not in msg.split("config:")[-1].split(";")[0]
@@ -66,7 +66,7 @@ def test_bind_overwrite_starts_clean_and_provenance_is_append_only(tmp_path):
     run.bind("sample", {"seed": 1}, overwrite=True)
     assert sorted(p.name for p in run.path.iterdir()) == ["manifest.json", "provenance.jsonl"]
     m = run.manifest()
-    assert m["config"] == {"sample": {"seed": 1}} and "model" not in m
+    assert m["bindings"]["sample"]["config"] == {"seed": 1} and "model" not in m
     ev = [json.loads(x) for x in run.provenance_path.read_text().splitlines()]
     assert [e["event"] for e in ev] == ["new", "overwrite"] and ev[1]["previous_sha256"] == ev[0]["config_sha256"]
 

@@ -166,7 +166,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
         raise SystemExit("error: give --judge-model (local) or --api-base and --api-model (OpenAI-compatible)")
     desc = judge.describe()
     run.bind("judge", {"judge": {k: v for k, v in desc.items() if k not in ("timeout", "max_retries")},
-                       "samples_config_sha256": (man.get("config_sha256") or {}).get("sample"),
+                       "samples_config_sha256": ((man.get("bindings") or {}).get("sample") or {}).get("sha256"),
                        "judge_prompts_file_sha256": file_sha256(judge_qpath)},
              overwrite=args.overwrite, outputs=["judged.jsonl", "judge_invalid.jsonl", "em_rates.jsonl", "em_report.json"])
     run.write_manifest(judge=desc)

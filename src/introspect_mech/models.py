@@ -335,7 +335,8 @@ def weights_fingerprint(model: nn.Module, samples: int = 512) -> str:
                 continue
             flat = p.detach().reshape(-1)
             n = flat.numel()
-            idx = torch.linspace(0, n - 1, steps=min(samples, n), device=flat.device).round().long()
+            k = min(samples, n)  # integer spacing (a float linspace overshoots on large tensors)
+            idx = (torch.arange(k, dtype=torch.int64, device=flat.device) * (n - 1)) // max(k - 1, 1)
             vals = flat.index_select(0, idx).to(torch.bfloat16).view(torch.int16).cpu()
             h.update(f"{name.replace('.base_layer.', '.')}|{tuple(p.shape)}|".encode())
             h.update(vals.numpy().tobytes())

@@ -5,7 +5,7 @@ directory with the same convention:
 
     run_dir/
       manifest.json     model, adapter, data hashes, seeds, judge, package versions (never API keys),
-                        and `config` / `config_sha256`: what each stage's results were made with
+                        and `bindings.<stage>` = {config, sha256}: what each stage's results were made with
       provenance.jsonl  append-only history: one line per bind (new / resume / overwrite)
       *.jsonl           results, one JSON object per line, appended and flushed as produced
 
@@ -282,7 +282,7 @@ class RunDir:
 
     def bound(self, stage: str = "run") -> dict[str, Any] | None:
         """The configuration `stage` was bound to (None when unbound)."""
-        return (self.manifest().get("config") or {}).get(stage)
+        return ((self.manifest().get("bindings") or {}).get(stage) or {}).get("config")
 
     def bind(self, stage: str, config: dict[str, Any], *, overwrite: bool = False,
              outputs: Sequence[str] | None = None) -> str:
@@ -306,13 +306,13 @@ class RunDir:
         cfg = _normal(_scrub(config))
         digest = json_sha256(cfg)
         m = self.manifest()
-        old = (m.get("config") or {}).get(stage)
+        old = self.bound(stage)
         event = "new"
         if old is not None and json_sha256(old) != digest:
             if self._has_outputs(outputs):
                 if not overwrite:
                     raise RunConfigError(
-                        str(self.manifest_path), None, f"config.{stage}",
+                        str(self.manifest_path), None, f"bindings.{stage}",
                         f"this run directory holds {stage} results made with a different config: "
                         f"{describe_diff(old, cfg)}; use another output directory or --overwrite to start clean")
                 self._clear(outputs)
@@ -324,8 +324,7 @@ class RunDir:
             event = "resume"
         if not m:
             m = self._new_manifest()
-        m.setdefault("config", {})[stage] = cfg
-        m.setdefault("config_sha256", {})[stage] = digest
+        m.setdefault("bindings", {})[stage] = {"config": cfg, "sha256": digest}
         self._write(m)
         self.append_provenance({"event": event, "stage": stage, "config_sha256": digest,
                                 **({"previous_sha256": json_sha256(old)} if event in ("overwrite", "rebind") else {})})
@@ -334,9 +333,8 @@ class RunDir:
     @staticmethod
     def _drop_stage(m: dict[str, Any], stage: str, old: dict[str, Any]) -> dict[str, Any]:
         """Forget a stage's binding and the manifest fields only it covered."""
-        m.get("config", {}).pop(stage, None)
-        m.get("config_sha256", {}).pop(stage, None)
-        others = {k for c in m.get("config", {}).values() if isinstance(c, dict) for k in c}
+        m.get("bindings", {}).pop(stage, None)
+        others = {k for b in m.get("bindings", {}).values() for k in (b.get("config") or {})}
         for k in old:
             if k not in others:
                 m.pop(k, None)
@@ -387,7 +385,8 @@ class RunDir:
         m = self.manifest() or self._new_manifest()
         new = _scrub(fields)
         bound_names: dict[str, str] = {}
-        for stage, cfg in (m.get("config") or {}).items():
+        for stage, b in (m.get("bindings") or {}).items():
+            cfg = b.get("config") if isinstance(b, dict) else None
             if isinstance(cfg, dict):
                 for k in cfg:
                     bound_names.setdefault(k, stage)
