@@ -136,3 +136,13 @@ def test_corrupt_manifest_is_one_line(tmp_path):
     (tmp_path / "manifest.json").write_text('{"a": 1,\n "b": }')
     with pytest.raises(DataError, match=r"manifest.json:2: manifest: invalid JSON"):
         RunDir(tmp_path).manifest()
+
+
+def test_key_shaped_words_in_argv_never_reach_provenance(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["introspect-mech", "judge", "--api-key-env", "sk-proj-ABCDEFGHIJ0123456789"])
+    run = RunDir(tmp_path / "r")
+    run.bind("judge", {"x": 1})
+    text = run.provenance_path.read_text()
+    assert "sk-proj-ABCDEFGHIJ0123456789" not in text and "<redacted>" in text

@@ -54,6 +54,7 @@ _URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<info>[^/@
 _KEY_QUERY = re.compile(r"(?P<name>[?&;](?:api[_-]?key|key|token|access[_-]?token|secret|sig|signature|"
                         r"password|auth|code)=)(?P<value>[^&#\s]+)", re.I)
 _KEY_LIKE = re.compile(r"^(sk-|sk_|pk-|hf_|ghp_|gho_|xox[abp]-|AKIA|AIza)[A-Za-z0-9_\-]{6,}")
+_KEY_WORD = re.compile(r"(?<![A-Za-z0-9_\-])(sk-|sk_|hf_|ghp_|gho_|xox[abp]-|AKIA|AIza)[A-Za-z0-9_\-]{16,}")
 
 
 class RunConfigError(DataError):
@@ -135,12 +136,13 @@ def looks_like_secret(value: str) -> bool:
 
 
 def scrub_text(s: str, secrets: Iterable[str] = ()) -> str:
-    """Redact secret values, URL userinfo and key-like query parameters inside a string."""
+    """Redact secret values, URL userinfo, key-like query parameters and key-shaped words (`sk-...`)."""
     for v in sorted(set(secrets), key=len, reverse=True):
         if v and v in s:
             s = s.replace(v, REDACTED)
     s = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{REDACTED}@", s)
     s = _KEY_QUERY.sub(lambda m: f"{m['name']}{REDACTED}", s)
+    s = _KEY_WORD.sub(REDACTED, s)
     return s
 
 
