@@ -310,3 +310,18 @@ def test_parse_top_logprobs_rejects_missing_fields():
     with pytest.raises(JudgeError):
         parse_top_logprobs({"choices": []})
     assert parse_top_logprobs({"choices": [{"logprobs": {"content": [{"token": "5", "logprob": 0.0}]}}]}) == [("5", 0.0)]
+
+
+def test_hfjudge_impossible_mass_is_invalid(monkeypatch, tiny_qwen3):
+    from introspect_mech.evals import judges
+
+    class Dist:
+        def __init__(self, mass):
+            self.mass = mass
+
+        def expected(self, min_mass):
+            return 50.0
+
+    monkeypatch.setattr(judges, "number_distributions", lambda *a, **k: [Dist(float("nan")), Dist(1.5), Dist(0.9)])
+    res = HFJudge(tiny_qwen3).score(["a", "b", "c"])
+    assert [r.invalid for r in res] == [True, True, False] and res[0].score is None and res[2].score == 50.0
