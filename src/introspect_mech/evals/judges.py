@@ -248,7 +248,7 @@ class APIJudge:
         key = os.environ.get(self.api_key_env, "")
         if not key.strip():
             raise JudgeError(f"environment variable {self.api_key_env} is not set: it must hold the API key for "
-                             f"{self._shown_url} (or pass --api-key-env NAME / api_key_env=None for a server without auth)")
+                             f"{self._shown_url} (set it, or use --api-key-env '' / api_key_env=None for a server without auth)")
         return key
 
     def _client(self):
