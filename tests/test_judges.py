@@ -1,7 +1,8 @@
 """Judges: HFJudge exactness and None threshold; APIJudge (openai SDK) against a local loopback server.
 
-No sleeps: a hanging server waits on an event that the test releases, and retries are immediate
-(the server answers `retry-after-ms: 1`)."""
+No sleeps: a hanging server waits on an event that the test releases; retries after an HTTP error
+are immediate (the server answers `retry-after-ms: 1`), a retry after a timeout waits the SDK's
+backoff (about 0.5 s)."""
 
 from __future__ import annotations
 
