@@ -309,21 +309,11 @@ class RunDir:
         digest = json_sha256(cfg)
         m = self.manifest()
         old = self.bound(stage)
-        event = "new"
-        if old is not None and json_sha256(old) != digest:
-            if self._has_outputs(outputs):
-                if not overwrite:
-                    raise RunConfigError(
-                        str(self.manifest_path), None, f"bindings.{stage}",
-                        f"this run directory holds {stage} results made with a different config: "
-                        f"{describe_diff(old, cfg)}; use another output directory or --overwrite to start clean")
-                self._clear(outputs)
-                event = "overwrite"
-            else:
-                event = "rebind"  # the earlier attempt stopped before writing any result: nothing to mix
+        event = self.check_binding(stage, config, overwrite=overwrite, outputs=outputs)
+        if event == "overwrite":
+            self._clear(outputs)
+        if event in ("overwrite", "rebind"):
             m = {} if outputs is None and event == "overwrite" else self._drop_stage(self.manifest(), stage, old)
-        elif old is not None:
-            event = "resume"
         if not m:
             m = self._new_manifest()
         m.setdefault("bindings", {})[stage] = {"config": cfg, "sha256": digest}
@@ -331,6 +321,28 @@ class RunDir:
         self.append_provenance({"event": event, "stage": stage, "config_sha256": digest,
                                 **({"previous_sha256": json_sha256(old)} if event in ("overwrite", "rebind") else {})})
         return digest
+
+    def check_binding(self, stage: str, config: dict[str, Any], *, overwrite: bool = False,
+                      outputs: Sequence[str] | None = None) -> str:
+        """What `bind` would do, without writing: "new", "resume", "rebind" or "overwrite".
+
+        Raises:
+            RunConfigError: `bind` would refuse (a different configuration with results on disk).
+        """
+        cfg = _normal(_scrub(config))
+        old = self.bound(stage)
+        if old is None:
+            return "new"
+        if json_sha256(old) == json_sha256(cfg):
+            return "resume"
+        if not self._has_outputs(outputs):
+            return "rebind"  # the earlier attempt stopped before writing any result: nothing to mix
+        if not overwrite:
+            raise RunConfigError(
+                str(self.manifest_path), None, f"bindings.{stage}",
+                f"this run directory holds {stage} results made with a different config: "
+                f"{describe_diff(old, cfg)}; use another output directory or --overwrite to start clean")
+        return "overwrite"
 
     @staticmethod
     def _drop_stage(m: dict[str, Any], stage: str, old: dict[str, Any]) -> dict[str, Any]:

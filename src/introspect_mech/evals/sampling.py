@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -47,6 +48,21 @@ def normalise_prompts(prompts: Sequence[Any]) -> list[dict[str, Any]]:
         dup = next(x for x in ids if ids.count(x) > 1)
         raise ValueError(f"duplicate prompt id {dup!r}")
     return out
+
+
+_NOTICES: set[str] = set()
+
+
+def _notice_once(msg: str) -> None:
+    if msg not in _NOTICES:
+        _NOTICES.add(msg)
+        warnings.warn(msg, stacklevel=3)
+
+
+def is_steered(model: LoadedModel) -> bool:
+    from ..steering.hooks import is_steered as _is_steered
+
+    return _is_steered(model)
 
 
 def _batch_seed(seed: int, k: int) -> int:
@@ -97,6 +113,11 @@ def _generate_batch(model, prompt_ids, rows, max_new_tokens, temperature, top_p,
     )
     if static:
         gen_kwargs["cache_implementation"] = "static"
+        if is_steered(model):
+            # HF compiles the static-cache decode step on CUDA; a compiled graph would run the steering
+            # hooks' Python position bookkeeping at trace time only. Keep the static cache, skip the compile.
+            gen_kwargs["disable_compile"] = True
+            _notice_once("steering is active: static-cache sampling runs without torch.compile (hooks stay exact)")
     else:
         # prefill all but the last prompt token once per distinct prompt; generate() feeds the last one
         pos = (att[:, :-1].cumsum(-1) - 1).clamp(min=0)
@@ -136,6 +157,7 @@ def sample(
     out: str | os.PathLike | JsonlLog | None = None,
     progress: bool = True,
     static_cache: bool | None = False,
+    engine: Any = None,
     truncate: bool = False,
 ) -> list[dict[str, Any]]:
     """Sample `n` responses per prompt; returns rows {"prompt_id", "sample", "messages", "response",
@@ -144,11 +166,17 @@ def sample(
     `temperature=0` is greedy decoding. `batch_size` counts rows (prompt x sample) per generate call.
     `static_cache=True` uses HF's static KV cache (for compiled decoding on a GPU; every row is then
     prefilled separately); `None` picks it on CUDA (`use_static_cache`). Default: the dynamic cache
-    with one prefill per distinct prompt.
+    with one prefill per distinct prompt. `engine=VLLMEngine(...)` (`evals.vllm_engine`) samples on vLLM
+    with the same semantics and rows (`model` then only tokenises; steering contexts are refused).
     A prompt whose tokens plus `max_new_tokens` exceed the model's context length is refused
     (`DataError`) unless `truncate=True`, which drops its oldest tokens and records how many in the
-    row (`prompt_truncated_tokens`).
+    row (`prompt_truncated_tokens`) (the HF path; vLLM applies its own limit).
     """
+    if engine is not None:
+        from .vllm_engine import sample_vllm
+
+        return sample_vllm(engine, model, prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                           top_p=top_p, seed=seed, out=out, progress=progress)
     if n < 1 or batch_size < 1 or max_new_tokens < 1:
         raise ValueError(f"n, batch_size and max_new_tokens must be >= 1 (got {n}, {batch_size}, {max_new_tokens})")
     items = normalise_prompts(prompts)

@@ -19,7 +19,7 @@ from torch import Tensor
 from ..data.records import DataError, Record, validate_records
 from ..models import LoadedModel, max_positions, model_fingerprint
 from ..runs import JsonlLog, RunConfigError, RunDir, json_sha256
-from . import adapters
+from . import adapters, distributed
 from .batching import MicroBatch, collate, pack, step_groups, tokenize
 from .config import TrainConfig
 from .varlen import varlen_attention
@@ -217,10 +217,15 @@ def train(
             raise RunConfigError(str(run.manifest_path), None, "finetune",
                                  f"{out} holds a finetune with a different config or data; use a new out_dir")
     fingerprint = model_fingerprint(model.model)
-    run.bind("finetune", {
+    binding = {  # the intervention is a callable: recorded in the manifest, not bound (name it in data_info)
         "model": {"name": model.name, "adapter": model.meta.get("adapter"), **fingerprint},
         "config": _comparable(config.to_dict()), "data_sha256": data_hash, "data": data_info or {},
-    }, overwrite=overwrite)  # the intervention is a callable: recorded below, not bound (name it in data_info)
+    }
+    run.check_binding("finetune", binding, overwrite=overwrite)  # every rank refuses alike, before any write
+    distributed.barrier()
+    if distributed.is_main():
+        run.bind("finetune", binding, overwrite=overwrite)
+    distributed.barrier()
     weights_dir = out / ("adapter" if config.method == "lora" else "model")
 
     torch.manual_seed(config.seed)
@@ -244,15 +249,19 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, total, warmup, config.schedule, config.min_lr_ratio))
 
-    manifest = run.write_manifest(
-        stage="finetune", model=model.name, model_source=model.meta.get("source"),
-        base_fingerprint=fingerprint, seed=config.seed,
-        finetune={"config": config.to_dict(), "data_sha256": data_hash, "n_records": len(records),
-                  "tokenization": {**tok_stats, "max_seq_len": config.max_seq_len, "model_max_positions": n_pos},
-                  "total_steps": total, "warmup_steps": warmup,
-                  "data": data_info or {}, "trainable_params": n_trainable, "intervention": getattr(intervention, "__name__", None)
-                  if intervention else None},
-    )
+    if distributed.is_main():
+        manifest = run.write_manifest(
+            stage="finetune", model=model.name, model_source=model.meta.get("source"),
+            base_fingerprint=fingerprint, seed=config.seed,
+            finetune={"config": config.to_dict(), "data_sha256": data_hash, "n_records": len(records),
+                      "tokenization": {**tok_stats, "max_seq_len": config.max_seq_len, "model_max_positions": n_pos},
+                      "total_steps": total, "warmup_steps": warmup,
+                      "data": data_info or {}, "trainable_params": n_trainable, "intervention": getattr(intervention, "__name__", None)
+                      if intervention else None},
+        )
+    distributed.barrier()
+    if not distributed.is_main():
+        manifest = run.manifest()
     log = JsonlLog(out / "train_log.jsonl")
     start, resumed = 0, None
     finished = manifest.get("finetune", {}).get("finished") and (weights_dir / "complete").exists()
@@ -268,7 +277,9 @@ def train(
         else:
             start = resumed = load_trainer_state(ckpt, opt, sched)
     rows = [r for r in log.read() if r["step"] <= start]
-    log.path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # drop steps after the checkpoint
+    if distributed.is_main():
+        log.path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # drop steps after the checkpoint
+    distributed.barrier()
     losses = [r["loss"] for r in rows]
 
     device = model.device
@@ -284,8 +295,9 @@ def train(
     try:
         for step in range(start, total):
             t0 = time.perf_counter()
-            exs = [examples[i] for i in groups[step]]
-            n_loss = sum(e.n_loss for e in exs)
+            step_exs = [examples[i] for i in groups[step]]
+            n_loss = sum(e.n_loss for e in step_exs)  # the global count: every rank divides by it
+            exs = distributed.shard(step_exs)  # this rank's share (all of them in one process)
             step_tokens, loss_sum = 0, 0.0
             for bin_ in pack(exs, config.micro_batch_tokens):
                 mb = collate([exs[i] for i in bin_])
@@ -294,6 +306,8 @@ def train(
                 (loss / n_loss).backward()
                 loss_sum += loss.item()
                 step_tokens += mb.n_tokens
+            distributed.all_reduce_grads_([p for _, p in params])
+            loss_sum, step_tokens = distributed.all_reduce_float(loss_sum), int(distributed.all_reduce_float(step_tokens))
             gnorm = (torch.nn.utils.clip_grad_norm_([p for _, p in params], config.max_grad_norm).item()
                      if config.max_grad_norm else None)
             lr = sched.get_last_lr()[0]
@@ -305,7 +319,7 @@ def train(
             t_train += dt
             losses.append(loss_sum / n_loss)
             done = step + 1
-            if done % config.log_every == 0 or done == total:
+            if (done % config.log_every == 0 or done == total) and distributed.is_main():
                 log.append({"step": done, "epoch": round(done / (len(groups) / config.epochs), 4),
                             "loss": losses[-1], "lr": lr, "grad_norm": gnorm, "tokens": step_tokens,
                             "loss_tokens": n_loss, "tokens_per_s": step_tokens / dt,
@@ -313,7 +327,9 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens / t_train:.0f}")
             if (config.save_every and done % config.save_every == 0) or done == total:
-                _save_checkpoint(model, config, params, opt, sched, out, done)
+                if distributed.is_main():
+                    _save_checkpoint(model, config, params, opt, sched, out, done)
+                distributed.barrier()
     except BaseException:
         # interrupted (Ctrl-C, error): give a LoRA run's model back as the base, so calling train()
         # again with the same LoadedModel resumes from the last checkpoint
@@ -325,15 +341,18 @@ def train(
         bar.close()
         model.model.eval()
     last = _latest_checkpoint(out)
-    if not finished:
+    if not finished and distributed.is_main():
         _finalize(model, last, weights_dir, config)
+    distributed.barrier()
     tps = tokens / t_train if t_train else 0.0
     result = TrainResult(out_dir=out, weights_dir=weights_dir, steps=total, losses=losses,
                          final_loss=losses[-1] if losses else float("nan"), tokens=tokens, seconds=t_train,
                          tokens_per_s=tps, resumed_from=resumed, stats=tok_stats)
-    run.write_manifest(finetune={"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "final_loss": result.final_loss,
-                                 "weights_dir": str(weights_dir), "tokens_per_s_last_call": tps,
-                                 "train_seconds_last_call": t_train, "resumed_from": resumed})
+    if distributed.is_main():
+        run.write_manifest(finetune={"finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                     "final_loss": result.final_loss,
+                                     "weights_dir": str(weights_dir), "tokens_per_s_last_call": tps,
+                                     "train_seconds_last_call": t_train, "resumed_from": resumed})
     return result
 
 

@@ -49,6 +49,7 @@ contexts apply in the order they were entered. An exception inside the block sti
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, Union
 
@@ -138,6 +139,17 @@ def _param_of(module: nn.Module) -> Tensor:
     raise ValueError("decoder layer has no parameters")
 
 
+_ACTIVE: "weakref.WeakKeyDictionary[nn.ModuleList, int]" = weakref.WeakKeyDictionary()
+
+
+def is_steered(model: LoadedModel | nn.Module) -> bool:
+    """Whether a steering context (`add` / `ablate` / `clamp`) is active on the model's decoder blocks."""
+    try:
+        return _ACTIVE.get(_layers_of(model), 0) > 0
+    except (ValueError, AttributeError):
+        return False
+
+
 @dataclass
 class Steering:
     """A reusable steering context: hooks are registered on `__enter__` and removed on `__exit__`.
@@ -168,6 +180,7 @@ class Steering:
                 self._tracker = _tracker_enter(self.gen_owner, self.layers_mod)
             for layer in self.layers:
                 self.handles.append(self.layers_mod[layer].register_forward_hook(self._hook_for(layer)))
+            _ACTIVE[self.layers_mod] = _ACTIVE.get(self.layers_mod, 0) + 1
         except BaseException:
             self.remove()
             raise
@@ -177,6 +190,12 @@ class Steering:
         self.remove()
 
     def remove(self) -> None:
+        if self.handles:
+            left = _ACTIVE.get(self.layers_mod, 0) - 1
+            if left > 0:
+                _ACTIVE[self.layers_mod] = left
+            else:
+                _ACTIVE.pop(self.layers_mod, None)
         while self.handles:
             self.handles.pop().remove()
         _tracker_exit(self._tracker)
