@@ -497,8 +497,8 @@ def test_real_process_exit_status_and_stderr(tmp_path):
     p = tmp_path / "empty.jsonl"
     p.write_bytes(b"")
     cmd = [sys.executable, "-m", "introspect_mech.cli", "cache", "--data", str(p), "--out", str(tmp_path / "a")]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    r = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), check=False)
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.strip().splitlines() == [f"error: {p}: records: empty file (no JSON lines)"]
-    r = subprocess.run(cmd + ["--debug"], capture_output=True, text=True, env=os.environ.copy())
+    r = subprocess.run(cmd + ["--debug"], capture_output=True, text=True, env=os.environ.copy(), check=False)
     assert r.returncode == 1 and "Traceback" in r.stderr and "DataError" in r.stderr

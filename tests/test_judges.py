@@ -16,7 +16,13 @@ import torch
 
 from introspect_mech import load_model
 from introspect_mech.evals.judges import (
-    APIJudge, HFJudge, JudgeError, JudgeResult, check_logprobs, parse_top_logprobs, probs_from_top_logprobs,
+    APIJudge,
+    HFJudge,
+    JudgeError,
+    JudgeResult,
+    check_logprobs,
+    parse_top_logprobs,
+    probs_from_top_logprobs,
     score_from_probs,
 )
 from introspect_mech.evals.scoring import digit_start_mask, number_candidates

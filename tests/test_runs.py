@@ -1,6 +1,17 @@
 """Run directories: manifest merging, credential scrubbing, JSONL resume after a torn write."""
 
-from introspect_mech.runs import JsonlLog, RunDir
+import json
+
+import pytest
+
+from introspect_mech.data import DataError
+from introspect_mech.runs import (
+    JsonlLog,
+    RunConfigError,
+    RunDir,
+    config_diff,
+    scrub_text,
+)
 
 
 def test_manifest_merges_and_never_stores_keys(tmp_path):
@@ -29,12 +40,6 @@ def test_jsonl_resume_skips_done_and_drops_torn_line(tmp_path):
 
 
 # ---- configuration binding ----------------------------------------------------------------------
-import json  # noqa: E402
-
-import pytest  # noqa: E402
-
-from introspect_mech.data import DataError  # noqa: E402
-from introspect_mech.runs import RunConfigError, config_diff, scrub_text  # noqa: E402
 
 
 def test_bind_resumes_same_config_and_refuses_another_naming_fields(tmp_path):

@@ -343,7 +343,7 @@ def weights_fingerprint(model: nn.Module, samples: int = 512) -> str:
     return h.hexdigest()[:32]
 
 
-def max_positions(model: "LoadedModel | nn.Module") -> int | None:
+def max_positions(model: LoadedModel | nn.Module) -> int | None:
     """The model's context length (`max_position_embeddings`; None when the config has none)."""
     base = model.base_model if isinstance(model, LoadedModel) else (
         model.get_base_model() if hasattr(model, "get_base_model") else model)
@@ -353,7 +353,7 @@ def max_positions(model: "LoadedModel | nn.Module") -> int | None:
     return int(n) if isinstance(n, int) and n > 0 else None
 
 
-def check_context(model: "LoadedModel", lengths: Sequence[int], *, reserve: int = 0, truncate: bool = False,
+def check_context(model: LoadedModel, lengths: Sequence[int], *, reserve: int = 0, truncate: bool = False,
                   names: Sequence[str] | None = None, what: str = "prompt") -> tuple[int | None, list[int]]:
     """Check sequence lengths (+ `reserve` new tokens) against the model's context length.
 
@@ -454,7 +454,7 @@ def attach_adapter(loaded: LoadedModel, adapter: str | os.PathLike, name: str = 
             loaded.model.load_adapter(str(path), adapter_name=name)
         else:
             loaded.model = PeftModel.from_pretrained(loaded.model, str(path), adapter_name=name)
-    except Exception as e:  # corrupt safetensors, shape mismatch, ...
+    except Exception as e:  # noqa: BLE001 - corrupt safetensors, shape mismatch, ...
         base = adapter_cfg.get("base_model_name_or_path")
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"adapter {adapter} (base {base!r}) cannot be loaded into model {loaded.name!r}: "

@@ -47,12 +47,12 @@ PACKAGES = (
     "nnsight", "plotly", "scikit-learn", "safetensors", "gguf", "numpy", "openai",
 )
 REDACTED = "<redacted>"
-_SECRET_KEY = re.compile(r"(api[_-]?key|(^|_)token$|secret|password|authorization)", re.I)
-_SECRET_ENV = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH)", re.I)
+_SECRET_KEY = re.compile(r"(api[_-]?key|(^|_)token$|secret|password|authorization)", re.IGNORECASE)
+_SECRET_ENV = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH)", re.IGNORECASE)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<info>[^/@\s?#]+)@")
 _KEY_QUERY = re.compile(r"(?P<name>[?&;](?:api[_-]?key|key|token|access[_-]?token|secret|sig|signature|"
-                        r"password|auth|code)=)(?P<value>[^&#\s]+)", re.I)
+                        r"password|auth|code)=)(?P<value>[^&#\s]+)", re.IGNORECASE)
 _KEY_LIKE = re.compile(r"^(sk-|sk_|pk-|hf_|ghp_|gho_|xox[abp]-|AKIA|AIza)[A-Za-z0-9_\-]{6,}")
 _KEY_WORD = re.compile(r"(?<![A-Za-z0-9_\-])(sk-|sk_|hf_|ghp_|gho_|xox[abp]-|AKIA|AIza)[A-Za-z0-9_\-]{16,}")
 
@@ -423,7 +423,7 @@ class RunDir:
         self._write(m)
         return m
 
-    def log(self, name: str, key_fields: tuple[str, ...] = ()) -> "JsonlLog":
+    def log(self, name: str, key_fields: tuple[str, ...] = ()) -> JsonlLog:
         return JsonlLog(self.path / name, key_fields)
 
 

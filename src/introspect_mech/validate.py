@@ -25,7 +25,7 @@ def finite_scalar(name: str, value: Any) -> float:
         float(value).
     """
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, Tensor)):
-        raise ValueError(f"{name} must be a finite number, got {type(value).__name__} {value!r}")
+        raise ValueError(f"{name} must be a finite number, got {type(value).__name__} {value!r}")  # noqa: TRY004
     if isinstance(value, Tensor):
         if value.numel() != 1:
             raise ValueError(f"{name} must be a single number, got a tensor of shape {tuple(value.shape)}")
@@ -59,5 +59,5 @@ def int_layers(name: str, layers: Any) -> Any:
         raise ValueError(f"{name} must be integers, got a {layers.dtype} tensor")
     for x in items:
         if isinstance(x, bool) or not isinstance(x, numbers.Integral):
-            raise ValueError(f"{name} must be integers (block indices), got {x!r}")
+            raise ValueError(f"{name} must be integers (block indices), got {x!r}")  # noqa: TRY004
     return layers

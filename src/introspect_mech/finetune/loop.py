@@ -132,7 +132,7 @@ def load_trainer_state(src: Path, opt: torch.optim.Optimizer, sched: Any) -> int
     try:
         js = json.loads((src / STATE_JSON).read_text(encoding="utf-8"))
         tensors = load_file(str(src / STATE_TENSORS))
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any unreadable file becomes one DataError
         raise DataError(str(src), None, "trainer_state", f"unreadable checkpoint ({type(e).__name__}: "
                         f"{str(e).splitlines()[0][:160] if str(e) else ''}); delete the checkpoint folder to redo it") from None
     state: dict[int, dict[str, Any]] = {}
@@ -212,10 +212,10 @@ def train(
                         "and counted in the manifest)")
     run = RunDir(out)
     prev = run.manifest().get("finetune")
-    if prev and run.bound("finetune") is None and not overwrite:  # a run directory from before config binding
-        if _comparable(prev["config"]) != _comparable(config.to_dict()) or prev["data_sha256"] != data_hash:
-            raise RunConfigError(str(run.manifest_path), None, "finetune",
-                                 f"{out} holds a finetune with a different config or data; use a new out_dir")
+    legacy = prev and run.bound("finetune") is None and not overwrite  # a run directory from before binding
+    if legacy and (_comparable(prev["config"]) != _comparable(config.to_dict()) or prev["data_sha256"] != data_hash):
+        raise RunConfigError(str(run.manifest_path), None, "finetune",
+                             f"{out} holds a finetune with a different config or data; use a new out_dir")
     fingerprint = model_fingerprint(model.model)
     binding = {  # the intervention is a callable: recorded in the manifest, not bound (name it in data_info)
         "model": {"name": model.name, "adapter": model.meta.get("adapter"), **fingerprint},
