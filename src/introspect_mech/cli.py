@@ -276,7 +276,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
                        "items_sha256": json_sha256([vars(i) if hasattr(i, "__dict__") else i for i in items]),
                        "op": args.op, "layers": args.layers, "alphas": args.alphas, "scale": args.scale,
                        "seeds": args.seeds}, overwrite=args.overwrite)
-    rows = sweep(model, direction, args.layers, args.alphas, eval_fn, run.path / "steering", op=args.op,
+    rows = sweep(model, direction, layers=args.layers, alphas=args.alphas, eval_fn=eval_fn, out=run.path / "steering", op=args.op,
                  seeds=args.seeds, scale=args.scale)
     out_rows = []
     for s in summarize(rows, "em_pref"):
@@ -301,7 +301,7 @@ def cmd_sae(args: argparse.Namespace) -> int:
         RunDir(args.out).bind("sae_train", {"sae_inputs": {
             "model": model_config(model), "layer": args.layer, "data": json_sha256([r["messages"] for r in recs]),
             "k": args.k, "expansion": args.expansion, "seed": args.seed}}, overwrite=args.overwrite)
-        res = sae.train(model, args.layer, [r["messages"] for r in recs],
+        res = sae.train_sae(model, args.layer, [r["messages"] for r in recs],
                         sae.SAETrainConfig(k=args.k, expansion=args.expansion), out_dir=args.out)
         print(json.dumps({k: v for k, v in vars(res).items() if isinstance(v, (int, float, str))}, default=str))
         return 0

@@ -63,13 +63,13 @@ class RunConfigError(DataError):
 
 # ---- versions and hashes --------------------------------------------------------------------
 def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
-    """Installed versions of the stack (None when a package is absent).
+    """Installed versions of the stack.
 
     Args:
-        names: distribution names to look up.
+        names: distribution names.
 
     Returns:
-        {name: version or None}.
+        `{name: version or None when absent}`.
     """
     out: dict[str, str | None] = {}
     for name in names:
@@ -81,7 +81,15 @@ def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes (hex)."""
+    """SHA-256 of a file's bytes.
+
+    Args:
+        path: the file.
+        chunk: read size.
+
+    Returns:
+        The hex digest.
+    """
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -90,7 +98,14 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def json_sha256(obj: Any) -> str:
-    """Stable hash of a JSON-serialisable object (e.g. in-memory records)."""
+    """Stable hash of a JSON-serialisable object (e.g. in-memory records).
+
+    Args:
+        obj: the object (keys sorted before hashing).
+
+    Returns:
+        The hex digest.
+    """
     blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()
     return hashlib.sha256(blob).hexdigest()
 
@@ -241,7 +256,7 @@ class RunDir:
     refused instead of mixing results from two configurations.
     """
 
-    path: Path
+    path: Path | str | os.PathLike  # a Path after __init__
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -252,6 +267,7 @@ class RunDir:
 
     @property
     def manifest_path(self) -> Path:
+        """`path/manifest.json`."""
         return self.path / "manifest.json"
 
     @property
@@ -393,6 +409,12 @@ class RunDir:
         A field a bound configuration covers (same top-level name, e.g. `model` when a binding
         holds `model`) cannot change its value: that would describe results the run did not make.
 
+        Args:
+            **fields: top-level fields; dict values are merged into existing dict sections.
+
+        Returns:
+            The manifest as written (atomically).
+
         Raises:
             RunConfigError: `fields` would rewrite a bound field with another value.
         """
@@ -424,6 +446,15 @@ class RunDir:
         return m
 
     def log(self, name: str, key_fields: tuple[str, ...] = ()) -> JsonlLog:
+        """A resumable JSONL log in this run directory.
+
+        Args:
+            name: file name, e.g. "samples.jsonl".
+            key_fields: row fields that identify a unit of work (for `done_keys`).
+
+        Returns:
+            The `JsonlLog`.
+        """
         return JsonlLog(self.path / name, key_fields)
 
 
@@ -451,10 +482,21 @@ class JsonlLog:
                 f.truncate(cut)
 
     def key(self, row: dict[str, Any]) -> tuple:
+        """The identity of a row.
+
+        Args:
+            row: a row.
+
+        Returns:
+            The JSON-encoded values of `key_fields`.
+        """
         return tuple(json.dumps(row.get(k), sort_keys=True, default=str) for k in self.key_fields)
 
     def rows(self) -> Iterator[dict[str, Any]]:
-        """The rows in file order.
+        """Iterate over the rows written so far, in file order.
+
+        Yields:
+            One dict per line.
 
         Raises:
             DataError: a line that is not UTF-8 or not a JSON object (file and line named).
@@ -480,17 +522,37 @@ class JsonlLog:
                 yield row
 
     def read(self) -> list[dict[str, Any]]:
+        """All rows written so far.
+
+        Returns:
+            The rows, in file order.
+        """
         return list(self.rows())
 
     def done_keys(self) -> set[tuple]:
+        """Keys of the rows already written (a rerun skips them).
+
+        Returns:
+            The set of `key(row)`.
+        """
         return {self.key(r) for r in self.rows()}
 
     def append(self, row: dict[str, Any]) -> None:
+        """Append one row, flushed and fsync'd (credential-looking keys redacted).
+
+        Args:
+            row: a JSON-serialisable dict.
+        """
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(_scrub(row, text=False), ensure_ascii=False, default=str) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
     def extend(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Append rows one by one.
+
+        Args:
+            rows: JSON-serialisable dicts.
+        """
         for r in rows:
             self.append(r)

@@ -1,7 +1,8 @@
-"""Boundary checks shared by the stages: finite numbers, integer layers, tensor shapes.
+"""Boundary checks shared by the stages: finite numbers and finite tensors.
 
-Every check raises `ValueError` with one line that names the argument, what was expected and what
-was given, before any forward pass runs. No NaN or infinity passes silently.
+Every check raises one line that names the argument, what was expected and what was given, before
+any forward pass runs (`ValueError` for a wrong value, `TypeError` for a wrong type). No NaN or
+infinity passes silently. Integer layers are checked by `layers.resolve_layers`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def finite_scalar(name: str, value: Any) -> float:
         float(value).
     """
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, Tensor)):
-        raise ValueError(f"{name} must be a finite number, got {type(value).__name__} {value!r}")  # noqa: TRY004
+        raise TypeError(f"{name} must be a finite number, got {type(value).__name__} {value!r}")
     if isinstance(value, Tensor):
         if value.numel() != 1:
             raise ValueError(f"{name} must be a single number, got a tensor of shape {tuple(value.shape)}")
@@ -44,20 +45,3 @@ def finite_tensor(name: str, t: Tensor) -> Tensor:
             first = tuple(int(i) for i in bad.nonzero()[0])
             raise ValueError(f"{name} contains {int(bad.sum())} non-finite value(s) (NaN/inf), first at index {first}")
     return t
-
-
-def int_layers(name: str, layers: Any) -> Any:
-    """Refuse float (or other non-integer) layer indices instead of truncating them to a block.
-
-    Accepts None, "all", an int, an integer tensor, or a sequence of those; returns `layers` unchanged.
-    """
-    if layers is None or isinstance(layers, str):
-        return layers
-    items = layers.flatten().tolist() if isinstance(layers, Tensor) else (
-        [layers] if not isinstance(layers, (list, tuple, range)) else list(layers))
-    if isinstance(layers, Tensor) and layers.is_floating_point():
-        raise ValueError(f"{name} must be integers, got a {layers.dtype} tensor")
-    for x in items:
-        if isinstance(x, bool) or not isinstance(x, numbers.Integral):
-            raise ValueError(f"{name} must be integers (block indices), got {x!r}")  # noqa: TRY004
-    return layers

@@ -44,7 +44,7 @@ class Trie:
     cand_node: list[int]  # node index of each candidate's last token
 
     @classmethod
-    def build(cls, candidates: Sequence[Sequence[int]]) -> "Trie":
+    def build(cls, candidates: Sequence[Sequence[int]]) -> Trie:
         tokens, parents, depths, cand_node = [], [], [], []
         index: dict[tuple[int, int], int] = {}
         for cand in candidates:
@@ -167,7 +167,20 @@ def tree_logprobs(
     that KV cache. `single_forward=True` scores prompt + trie in one forward with a tree attention mask
     (the lm_head only on the last prompt position and the trie): fewer kernel launches on a GPU; `None`
     picks it on CUDA. While a steering context is active the two-forward path is kept, so position-
-    dependent steering sees the candidates as response tokens either way."""
+    dependent steering sees the candidates as response tokens either way.
+
+    Args:
+        model: the model.
+        prompts: token ids of each prompt.
+        candidates: token ids of each candidate continuation.
+        stop_mask: tokens that end an answer; with it, the end-of-answer term is returned too.
+        batch_size: prompts per forward.
+        single_forward: one forward over prompt + trie (True), prefill + trie forward (False), or by device (None).
+
+    Returns:
+        `log P(candidate | prompt)`, `[prompt, cand]`; and with `stop_mask`
+        `log P(next token in stop_mask | prompt + candidate)`, `[prompt, cand]` (else None).
+    """
     if single_forward is None:
         single_forward = model.device.type == "cuda"
     if single_forward:
@@ -284,8 +297,18 @@ def number_distributions(
     model: LoadedModel, prompt_texts: Sequence[str], lo: int = 0, hi: int = 100, batch_size: int = 4,
     single_forward: bool | None = False,
 ) -> list[NumberDist]:
-    """Exact P(answer = k) for k in lo..hi after each (already rendered) prompt text
-    (`single_forward`: see `tree_logprobs`)."""
+    """Exact P(answer = k) for k in lo..hi after each (already rendered) prompt text.
+
+    Args:
+        model: the model.
+        prompt_texts: rendered prompts (ending with the assistant header).
+        lo: smallest number. hi: largest number.
+        batch_size: prompts per forward.
+        single_forward: see `tree_logprobs`.
+
+    Returns:
+        One `NumberDist` per prompt.
+    """
     tok = model.tokenizer
     out: list[NumberDist | None] = [None] * len(prompt_texts)
     # group prompts by candidate tokenization (it depends only on the prompt's tail)

@@ -20,7 +20,7 @@ from ..data.records import DataError, Record, validate_records
 from ..models import LoadedModel, max_positions, model_fingerprint
 from ..runs import JsonlLog, RunConfigError, RunDir, json_sha256
 from . import adapters, distributed
-from .batching import MicroBatch, collate, pack, step_groups, tokenize
+from .batching import MicroBatch, collate, pack, step_groups, tokenize_records
 from .config import TrainConfig
 from .varlen import varlen_attention
 
@@ -42,7 +42,18 @@ class TrainResult:
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float = 0.0) -> float:
-    """Multiplier of the base lr at optimizer step `step` (HF conventions: 0 at step 0 when warming up)."""
+    """Multiplier of the base lr at optimizer step `step` (HF conventions: 0 at step 0 when warming up).
+
+    Args:
+        step: optimizer step (0-based).
+        total: total optimizer steps.
+        warmup: warmup steps (linear from 0).
+        schedule: "linear", "cosine" or "constant" after warmup.
+        min_ratio: floor of the decay, as a fraction of the base lr.
+
+    Returns:
+        The factor in [0, 1].
+    """
     if step < warmup:
         return step / max(1, warmup)
     if schedule == "constant":
@@ -207,18 +218,28 @@ def train(
 ) -> TrainResult:
     """Finetune `model` on chat `records`; rerunning with the same `out_dir` resumes after a kill.
 
-    Loss is on assistant tokens (and their end-of-turn token) unless `config.assistant_only=False`.
-    `intervention` is a zero-argument callable returning a context manager entered around every
-    training forward (e.g. a steering hook for preventative steering / CAFT ablation).
-    `data_info` (e.g. dataset name and registry sha256) is stored in the manifest beside the hash
-    of the records actually trained on.
+    After the call `model` carries the trained adapter (LoRA) or the trained weights (full).
+
+    Args:
+        model: the model to train (the base model for LoRA).
+        records: chat records (`{"messages": [...]}`); loss on assistant tokens (and their
+            end-of-turn token) unless `config.assistant_only=False`.
+        config: a `TrainConfig` (default: `TrainConfig()`, the EM recipe).
+        out_dir: the run directory (manifest, loss log, checkpoints, the adapter / weights).
+        intervention: a zero-argument callable returning a context manager entered around every
+            training forward (e.g. `steering.caft(...)` / `steering.preventative_steering(...)`).
+        data_info: stored in the manifest beside the hash of the records actually trained on (e.g.
+            dataset name and registry sha256).
+        overwrite: when `out_dir` holds a run of another configuration, delete it and start
+            clean (otherwise `RunConfigError`).
 
     The run directory is bound to the configuration (model name and weights fingerprint, adapter,
-    TrainConfig, data hash, intervention): a rerun with any of them changed raises
-    `RunConfigError` naming the fields, unless `overwrite=True`, which deletes the old run and
-    starts clean. `config.max_seq_len` may not exceed the model's context length; examples longer
-    than it are truncated and counted (`tokenization.truncated` in the manifest).
-    After the call `model` carries the trained adapter (LoRA) or the trained weights (full).
+    TrainConfig, data hash): a rerun with any of them changed raises `RunConfigError` naming the
+    fields. `config.max_seq_len` may not exceed the model's context length (`DataError`); examples
+    longer than it are truncated and counted (`tokenization.truncated` in the manifest).
+
+    Returns:
+        A `TrainResult` (losses, steps, the saved weights' path).
     """
     config = config or TrainConfig()
     out = Path(out_dir)
@@ -253,7 +274,7 @@ def train(
 
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    examples, tok_stats = tokenize(model, records, max_seq_len=config.max_seq_len,
+    examples, tok_stats = tokenize_records(model, records, max_seq_len=config.max_seq_len,
                                    assistant_only=config.assistant_only, system_prompt=config.system_prompt,
                                    progress=config.progress)
     if not examples:
