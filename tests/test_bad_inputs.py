@@ -255,14 +255,30 @@ CONV = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo
     ("alpha nan", lambda m, st: st.add(m, torch.randn(m.d_model), layers=[1], alpha=float("nan")), "alpha must be a finite number"),
     ("alpha inf", lambda m, st: st.add(m, torch.randn(m.d_model), layers=[1], alpha=float("inf")), "alpha must be a finite number"),
     ("clamp value nan", lambda m, st: st.clamp(m, torch.randn(m.d_model), layers=[1], value=float("nan")), "value must be a finite"),
-    ("float layer 0.5", lambda m, st: st.add(m, torch.randn(m.d_model), layers=[0.5], alpha=1.0), "layers must be ints"),
-    ("float layer 1.7", lambda m, st: st.ablate(m, torch.randn(m.d_model), layers=1.7), "layers must be ints"),
 ])
 def test_C1_steering_refuses_nan_and_float_layers(tiny_qwen2, case, call, words):
     from introspect_mech import steering
 
     lib_error((ValueError, TypeError), lambda: call(tiny_qwen2, steering), words)
     assert all(not layer._forward_hooks for layer in tiny_qwen2.layers)  # nothing left attached
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, st, pr: st.add(m, torch.randn(m.d_model), layers=[0.5], alpha=1.0),
+    lambda m, st, pr: st.ablate(m, torch.randn(m.d_model), layers=1.7),
+    lambda m, st, pr: pr(m, torch.randn(m.d_model), CONV, layers=[1.5], progress=False),
+])
+def test_C1b_float_layers_are_refused_not_truncated(tiny_qwen2, call):
+    """`layers.resolve_layers` refuses floats (TypeError); under the tests' type checker the call
+    is refused one step earlier, by the `LayerSpec` annotation. Either way: one line, naming layers."""
+    from introspect_mech import steering
+    from introspect_mech.cli import error_line
+    from introspect_mech.probes.em import project
+
+    with pytest.raises(TypeError) as ei:
+        call(tiny_qwen2, steering, project)
+    assert "layers" in str(ei.value)
+    one_line(error_line(ei.value))
 
 
 def test_C2_project_and_cache_shapes(tiny_qwen2):
@@ -273,7 +289,6 @@ def test_C2_project_and_cache_shapes(tiny_qwen2):
     lib_error(ValueError, lambda: project(m, torch.randn(3, m.d_model), CONV, layers=[2], progress=False),
               f"must have shape {(m.n_layers, m.d_model)}", "got (3, 64)")
     lib_error(ValueError, lambda: project(m, _nan_vec(m.d_model), CONV, layers=[2], progress=False), "non-finite")
-    lib_error(TypeError, lambda: project(m, torch.randn(m.d_model), CONV, layers=[1.5], progress=False), "layers must be ints")
     lib_error(ValueError, lambda: cache(m, CONV, layers=[], progress=False), "layers is empty")
 
 
