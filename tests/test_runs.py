@@ -151,3 +151,16 @@ def test_key_shaped_words_in_argv_never_reach_provenance(tmp_path, monkeypatch):
     run.bind("judge", {"x": 1})
     text = run.provenance_path.read_text()
     assert "sk-proj-ABCDEFGHIJ0123456789" not in text and "<redacted>" in text
+
+
+def test_token_fields_of_results_are_data_not_secrets(tmp_path):
+    """Vocabulary-token fields in result rows are kept; credential fields in manifests are redacted."""
+    from introspect_mech.runs import JsonlLog, RunDir
+
+    log = JsonlLog(tmp_path / "r.jsonl")
+    row = {"token": " Paris", "top_token": "cat", "tokens": ["a", "b"], "n_tokens": 3}
+    log.append(row)
+    assert list(log.rows()) == [row]
+    run = RunDir(tmp_path / "run")
+    m = run.write_manifest(judge={"hf_token": "abc123secretvalue", "api_key": "xyz", "token": "fine"})
+    assert m["judge"]["hf_token"] == m["judge"]["api_key"] == "<redacted>" and m["judge"]["token"] == "fine"

@@ -47,7 +47,10 @@ PACKAGES = (
     "nnsight", "plotly", "scikit-learn", "safetensors", "gguf", "numpy", "openai",
 )
 REDACTED = "<redacted>"
-_SECRET_KEY = re.compile(r"(api[_-]?key|(^|_)token$|secret|password|authorization)", re.IGNORECASE)
+# Field names that hold credentials. A bare `token` (or `top_token`, `next_token`, ...) is NOT one: result
+# rows of an interpretability run name vocabulary tokens so; only known credential-token names are.
+_SECRET_KEY = re.compile(r"(api[_-]?key|(^|_)(access|auth|api|bearer|hf|hub|refresh|session|github|gh|openai|"
+                         r"secret|private)[_-]?token$|secret|password|passwd|authorization|credential)", re.IGNORECASE)
 _SECRET_ENV = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH)", re.IGNORECASE)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<info>[^/@\s?#]+)@")
