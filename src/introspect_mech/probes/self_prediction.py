@@ -43,6 +43,7 @@ def self_prediction_probe(
     batch_size: int = 8,
     cv: int = 5,
     seed: int = 0,
+    shuffle_labels: bool = False,
     progress: bool = True,
 ) -> SelfPredictionResult:
     """Per-layer probes predicting the property of the model's own greedy object-level answer.
@@ -51,7 +52,10 @@ def self_prediction_probe(
     from `evals.object_level_answers` (greedy) and labels from `evals.extract_property`;
     non-compliant answers and classes with fewer than `min_class` rows are dropped (counted).
     `answers` ({object key: answer}, as `object_level_answers` returns) reuses answers from an
-    earlier run instead of generating.
+    earlier run instead of generating -- or gives ANOTHER model's answers (e.g. read the
+    self-trained model's behaviour from the cross model's activations). `shuffle_labels=True`
+    permutes the labels (seeded) before probing: the control that shows what a probe reaches on
+    activations with no relation to the labels.
     """
     from ..evals.properties import extract_property
     from ..evals.self_prediction import _object_key, object_level_answers
@@ -76,6 +80,53 @@ def self_prediction_probe(
     acts = cache(model, [rows[i][key] for i in keep], layers=layer_ids, positions="last_prompt",
                  batch_size=batch_size, progress=progress)
     y = [labels[i] for i in keep]
+    if shuffle_labels:
+        import random
+
+        random.Random(seed).shuffle(y)
     sweep = layer_sweep(acts, y, layer_ids, cv=cv, seed=seed, progress=progress)
     chance = max(Counter(y).values()) / len(y)
     return SelfPredictionResult(sweep, y, [got[i] for i in keep], chance, len(rows) - len(keep))
+
+
+def property_probe(
+    model,
+    rows: Sequence[dict],
+    answers: dict[str, str],
+    *,
+    layers: Sequence[int | float] = (0.25, 0.5, 0.75),
+    shuffle_labels: bool = False,
+    min_class: int = 3,
+    cv: int = 3,
+    seed: int = 0,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """A JSON summary of `self_prediction_probe` at a few layers (floats in (0, 1) are relative depths).
+
+    Args:
+        model: the model whose activations on the hypothetical prompts are read.
+        rows: introspection rows of one property.
+        answers: {object key: object-level answer} of the model whose behaviour is the label.
+        layers: block indices or relative depths.
+        shuffle_labels: the shuffled-label control.
+        min_class, cv, seed, batch_size, progress: as in `self_prediction_probe`.
+
+    Returns:
+        {"layers": [{layer, accuracy, auroc, chance, n}], "best_layer", "best_accuracy", "chance"
+        (majority-class rate = the mode baseline of the probed rows), "n", "classes", "dropped"}.
+
+    Raises:
+        ValueError: fewer than two classes with `min_class` rows (nothing to probe).
+    """
+    n = model.n_layers
+    ids = sorted({(int(round(l * (n - 1))) if isinstance(l, float) and 0 < l < 1 else int(l)) for l in layers})
+    try:
+        res = self_prediction_probe(model, rows, layers=ids, answers=answers, min_class=min_class, cv=cv, seed=seed,
+                                    shuffle_labels=shuffle_labels, batch_size=batch_size, progress=progress)
+    except RuntimeError as e:
+        raise ValueError(str(e)) from None
+    rows_out = res.rows()
+    best = max(rows_out, key=lambda r: r["accuracy"])
+    return {"layers": rows_out, "best_layer": best["layer"], "best_accuracy": best["accuracy"], "chance": res.chance,
+            "n": len(res.labels), "classes": sorted(Counter(res.labels)), "dropped": res.dropped}
