@@ -61,9 +61,9 @@ Finetune = Callable[[LoadedModel, list, TrainConfig, Path], Any]
 class LIConfig:
     """Sizes and settings of one Looking Inward run (see `PRESETS`)."""
 
-    n_train: int | None = 12  # questions per train dataset (None: all)
-    n_test: int | None = 12  # questions per test dataset (None: all not used for the shift)
-    n_shift: int = 12  # questions per shift dataset for the shift finetune (disjoint from n_test)
+    n_train: int | None = 8  # questions per train dataset (None: all)
+    n_test: int | None = 4  # questions per test dataset (None: all not used for the shift)
+    n_shift: int = 8  # questions per shift dataset for the shift finetune (disjoint from n_test)
     train_datasets: tuple[str, ...] | None = None  # None: every dataset under train/
     test_datasets: tuple[str, ...] | None = None  # None: every dataset under test/
     properties: tuple[str, ...] | None = None  # None: every property the data carry
@@ -72,8 +72,8 @@ class LIConfig:
     shift_targets: str = "auto"  # "other" (the other model's answers), "rule" (planted rewrite), "auto"
     probes: bool = True
     probe_layers: tuple[float, ...] = (0.25, 0.5, 0.75)  # relative depths
-    obj_max_new_tokens: int = 24
-    hyp_max_new_tokens: int = 6
+    obj_max_new_tokens: int = 12  # enough for the first three words / characters
+    hyp_max_new_tokens: int = 5
     gen_batch_size: int = 16
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, epochs=1, batch_size=8, warmup_steps=2))
     shift_finetune: TrainConfig = field(default_factory=lambda: TrainConfig(lr=2e-4, epochs=2, batch_size=4,
@@ -91,7 +91,8 @@ class LIConfig:
 
 
 PRESETS: dict[str, LIConfig] = {
-    # 2-core CPU, embedded SmolLM2-135M: 12 questions per dataset, the full task x property grid.
+    # 2-core CPU shared by parallel jobs, embedded SmolLM2-135M: the full task x property grid with
+    # 8 questions per train dataset (192 training records) and 4 per test dataset (92 scored items).
     "cpu": LIConfig(),
     # A GPU with Qwen2.5-7B/Qwen3-8B-class models: this project's sizes, not the paper's exact counts
     # (the paper finetuned GPT-4o / GPT-4 / Llama-70B on many thousands of examples).
@@ -254,6 +255,7 @@ def run_study(
     config: LIConfig | None = None,
     data_dir: Any = None,
     finetune: Finetune | None = None,
+    seeds: Mapping[str, int] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the Looking Inward protocol for one or two models; rerun the same call to resume.
@@ -267,6 +269,9 @@ def run_study(
         data_dir: data folder (default: the project's data dir).
         finetune: `(model, records, TrainConfig, out_dir)` trainer (default `finetune.train`); tests
             pass a planted one.
+        seeds: per model, the seed of the finetunes that model undergoes (default `config.seed`).
+            Two names with the SAME loader object are a differently-seeded twin: one base model,
+            whose untrained answers are computed once and shared.
         progress: print stage lines and show tqdm bars.
 
     Returns:
@@ -277,13 +282,17 @@ def run_study(
     names = list(models)
     if not 1 <= len(names) <= 2:
         raise ValueError(f"give one or two models, got {names}")
+    seed_of = {n: (seeds or {}).get(n, cfg.seed) for n in names}
+    twin = len(names) == 2 and models[names[0]] is models[names[1]]
+    if twin and seed_of[names[0]] == seed_of[names[1]]:
+        raise ValueError("a twin (the same loader twice) needs two different finetune seeds")
     run = RunDir(out)
     splits = make_splits(cfg, data_dir)
     all_rows = splits.train + splits.test + splits.shift_train
     run.write_manifest(
         title="Looking Inward (Binder et al. 2024): self- vs cross-prediction vs mode baseline",
         study="self_prediction", models={n: dict((model_info or {}).get(n, {})) for n in names},
-        config=cfg.to_dict(), seed=cfg.seed, decoding="greedy (temperature 0)", judge="none",
+        config=cfg.to_dict(), seed=cfg.seed, finetune_seeds=seed_of, twin=twin, decoding="greedy (temperature 0)", judge="none",
         ground_truth="object-level answers of the scored model after its self-prediction finetune",
         splits=splits.item_ids(), data={"files_sha256": _data_hashes(all_rows, data_dir),
                                         "train_datasets": sorted({task_property(r["item_id"].split('/')[0])[0]
@@ -303,13 +312,16 @@ def run_study(
         trained_records[name] = records
         (ftdir / name).mkdir(parents=True, exist_ok=True)
         (ftdir / name / "records_sha256.txt").write_text(json_sha256([r["messages"] for r in records]) + "\n")
-        ft(m, records, tcfg.replace(seed=cfg.seed), ftdir / name)
+        ft(m, records, tcfg.replace(seed=seed_of[base]), ftdir / name)
         m.model.eval()
         return m
 
     # 1. base models: object-level behaviour (train questions -> self-prediction labels; test questions
     #    -> the untrained model's own reference score) and untrained hypothetical answers
     for n in names:
+        if twin and n == names[1]:  # the same untrained model: the same greedy answers
+            st.obj[f"{n}_base"], st.hyp[f"{n}_base"] = st.obj[f"{names[0]}_base"], st.hyp[f"{names[0]}_base"]
+            continue
         _say(progress, f"{n} base: object-level and hypothetical answers")
         m = models[n]()
         m.model.eval()
