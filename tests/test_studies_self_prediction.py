@@ -91,11 +91,13 @@ class Planter:
     def __init__(self):
         self.records: dict[str, list] = {}
         self.calls: list[str] = []
+        self.seeds: dict[str, int] = {}
 
     def __call__(self, model, records, cfg, out_dir):
         name = Path(out_dir).name
         self.calls.append(name)
         self.records[name] = list(records)
+        self.seeds[name] = cfg.seed
         ch = self.PLANTS.get(name)
         if ch is None:
             return None
@@ -142,7 +144,7 @@ def planted_run(tiny_qwen2_dir, tiny_qwen3_dir, data_root, tmp_path_factory):
 
     models = {"A": loader(tiny_qwen2_dir, "m"), "B": loader(tiny_qwen3_dir, "n")}
     res = run_study(out, models=models, config=_cfg(probes=False, shift_targets="rule"), data_dir=data_root,
-                    finetune=planter, progress=False)
+                    finetune=planter, seeds={"A": 0, "B": 5}, progress=False)
     return res, planter, out
 
 
@@ -181,6 +183,33 @@ def test_cross_models_trained_on_finetuned_targets_labels_both_directions(plante
     test_ids = set(json.loads((planted_run[2] / "manifest.json").read_text())["splits"]["test"])
     assert not {r["item_id"] for r in self_recs} & test_ids
     assert planter.calls.index("self_A") < planter.calls.index("cross_B_predicts_A")
+    # each finetune is seeded by the model it trains
+    assert (planter.seeds["self_A"], planter.seeds["cross_B_predicts_A"], planter.seeds["cross_A_predicts_B"]) == (0, 5, 0)
+
+
+def test_twin_needs_two_seeds(tiny_qwen2_dir, data_root, tmp_path):
+    load = lambda: load_model(tiny_qwen2_dir)  # noqa: E731
+    with pytest.raises(ValueError, match="twin"):
+        run_study(tmp_path, models={"A": load, "B": load}, config=_cfg(), data_dir=data_root, progress=False)
+    assert not (tmp_path / "object").exists()
+
+
+def test_probe_from_acts_and_shuffled_control():
+    from introspect_mech.probes.self_prediction import probe_property_from_acts, relative_layers
+
+    rows = [{"item_id": f"t_first_character/{i}", "behavioral_property": "first_character",
+             "object_level_prompt": [{"role": "user", "content": f"q{i}"}]} for i in range(40)]
+    answers = {object_key(r): ("apple" if i % 2 else "banana") for i, r in enumerate(rows)}
+    g = torch.Generator().manual_seed(0)
+    acts = torch.randn(40, 2, 8, generator=g)
+    acts[:, 1, 0] += torch.tensor([3.0 if i % 2 else -3.0 for i in range(40)])  # the label lives in layer 1
+    res = probe_property_from_acts(acts, rows, answers, [0, 1])
+    assert res["best_layer"] == 1 and res["best_accuracy"] > 0.95 and res["chance"] == 0.5
+    ctrl = probe_property_from_acts(acts, rows, answers, [0, 1], shuffle_labels=True)
+    assert ctrl["best_accuracy"] < 0.8 and ctrl["n"] == 40
+    with pytest.raises(ValueError, match="classes"):
+        probe_property_from_acts(acts, rows, {k: "apple" for k in answers}, [0, 1])
+    assert relative_layers(30, (0.25, 0.5, -1)) == [7, 14, 29]
 
 
 def test_shift_scored_against_new_behaviour(planted_run):

@@ -89,44 +89,65 @@ def self_prediction_probe(
     return SelfPredictionResult(sweep, y, [got[i] for i in keep], chance, len(rows) - len(keep))
 
 
-def property_probe(
-    model,
+def relative_layers(n_layers: int, layers: Sequence[int | float]) -> list[int]:
+    """Block indices from ints (negative from the end) or relative depths (floats in (0, 1))."""
+    ids = [int(round(l * (n_layers - 1))) if isinstance(l, float) and 0 < l < 1 else int(l) for l in layers]
+    return resolve_layers(n_layers, ids)
+
+
+def probe_property_from_acts(
+    acts,
     rows: Sequence[dict],
     answers: dict[str, str],
+    layer_ids: Sequence[int],
     *,
-    layers: Sequence[int | float] = (0.25, 0.5, 0.75),
     shuffle_labels: bool = False,
     min_class: int = 3,
     cv: int = 3,
     seed: int = 0,
-    batch_size: int = 8,
-    progress: bool = False,
 ) -> dict[str, Any]:
-    """A JSON summary of `self_prediction_probe` at a few layers (floats in (0, 1) are relative depths).
+    """Probe one property from precomputed activations (one row per row of `rows`).
 
     Args:
-        model: the model whose activations on the hypothetical prompts are read.
-        rows: introspection rows of one property.
+        acts: Float[Tensor, "n layer d_model"] activations of the reader model on the rows'
+            hypothetical prompts (last prompt token), layers in the order of `layer_ids`.
+        rows: introspection rows of ONE property, aligned with `acts`.
         answers: {object key: object-level answer} of the model whose behaviour is the label.
-        layers: block indices or relative depths.
-        shuffle_labels: the shuffled-label control.
-        min_class, cv, seed, batch_size, progress: as in `self_prediction_probe`.
+        layer_ids: the block index of each layer column.
+        shuffle_labels: the shuffled-label control (labels permuted, seeded).
+        min_class: classes with fewer rows are dropped (counted in `dropped`).
+        cv: folds of the cross-validation.
+        seed: fold and shuffle seed.
 
     Returns:
         {"layers": [{layer, accuracy, auroc, chance, n}], "best_layer", "best_accuracy", "chance"
-        (majority-class rate = the mode baseline of the probed rows), "n", "classes", "dropped"}.
+        (majority-class rate of the probed rows = their mode baseline), "n", "classes", "dropped"}.
+        `best_accuracy` is the maximum over layers (selected on the same CV folds; the shuffled
+        control goes through the same selection).
 
     Raises:
-        ValueError: fewer than two classes with `min_class` rows (nothing to probe).
+        ValueError: fewer than two classes with `min_class` rows.
     """
-    n = model.n_layers
-    ids = sorted({(int(round(l * (n - 1))) if isinstance(l, float) and 0 < l < 1 else int(l)) for l in layers})
-    try:
-        res = self_prediction_probe(model, rows, layers=ids, answers=answers, min_class=min_class, cv=cv, seed=seed,
-                                    shuffle_labels=shuffle_labels, batch_size=batch_size, progress=progress)
-    except RuntimeError as e:
-        raise ValueError(str(e)) from None
-    rows_out = res.rows()
+    from ..evals.properties import extract_property
+    from ..evals.self_prediction import object_key
+
+    props = {r["behavioral_property"] for r in rows}
+    if len(props) != 1:
+        raise ValueError(f"rows mix behavioral properties {sorted(props)}")
+    prop = props.pop()
+    labels = [extract_property(answers.get(object_key(r)), prop, r.get("option_matching_ethical_stance")) for r in rows]
+    counts = Counter(l for l in labels if l is not None)
+    keep = [i for i, l in enumerate(labels) if l is not None and counts[l] >= min_class]
+    if len({labels[i] for i in keep}) < 2:
+        raise ValueError(f"classes {dict(counts)}: need >= 2 classes with >= {min_class} rows each")
+    y = [labels[i] for i in keep]
+    if shuffle_labels:
+        import random
+
+        random.Random(seed).shuffle(y)
+    sweep = layer_sweep(acts[keep], y, list(layer_ids), cv=cv, seed=seed)
+    rows_out = sweep.rows()
     best = max(rows_out, key=lambda r: r["accuracy"])
-    return {"layers": rows_out, "best_layer": best["layer"], "best_accuracy": best["accuracy"], "chance": res.chance,
-            "n": len(res.labels), "classes": sorted(Counter(res.labels)), "dropped": res.dropped}
+    return {"layers": rows_out, "best_layer": best["layer"], "best_accuracy": best["accuracy"],
+            "chance": max(Counter(y).values()) / len(y), "n": len(y), "classes": sorted(Counter(y)),
+            "dropped": len(rows) - len(keep)}

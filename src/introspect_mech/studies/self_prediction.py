@@ -69,6 +69,9 @@ class LIConfig:
     properties: tuple[str, ...] | None = None  # None: every property the data carry
     shift_datasets: tuple[str, ...] = ("animals_long", "english_words_long")
     shift: bool = True
+    shift_all_models: bool = True  # False: only the first model gets the shift finetune (CPU)
+    base_reference: bool = True  # also score the untrained models' hypotheticals (a reference)
+    probe_all_targets: bool = True  # False: probes only for the first model's behaviour (CPU)
     shift_targets: str = "auto"  # "other" (the other model's answers), "rule" (planted rewrite), "auto"
     probes: bool = True
     probe_layers: tuple[float, ...] = (0.25, 0.5, 0.75)  # relative depths
@@ -92,8 +95,10 @@ class LIConfig:
 
 PRESETS: dict[str, LIConfig] = {
     # 2-core CPU shared by parallel jobs, embedded SmolLM2-135M: the full task x property grid with
-    # 8 questions per train dataset (192 training records) and 4 per test dataset (92 scored items).
-    "cpu": LIConfig(),
+    # 6 questions per train dataset (144 training records) and 3 per test dataset (69 scored items);
+    # the shift and the probes for model A only; no untrained-model reference.
+    "cpu": LIConfig(n_train=6, n_test=3, n_shift=6, shift_all_models=False, base_reference=False,
+                    probe_all_targets=False),
     # A GPU with Qwen2.5-7B/Qwen3-8B-class models: this project's sizes, not the paper's exact counts
     # (the paper finetuned GPT-4o / GPT-4 / Llama-70B on many thousands of examples).
     "gpu": LIConfig(n_train=1000, n_test=500, n_shift=500, obj_max_new_tokens=48, gen_batch_size=64,
@@ -320,13 +325,16 @@ def run_study(
     #    -> the untrained model's own reference score) and untrained hypothetical answers
     for n in names:
         if twin and n == names[1]:  # the same untrained model: the same greedy answers
-            st.obj[f"{n}_base"], st.hyp[f"{n}_base"] = st.obj[f"{names[0]}_base"], st.hyp[f"{names[0]}_base"]
+            st.obj[f"{n}_base"] = st.obj[f"{names[0]}_base"]
+            if cfg.base_reference:
+                st.hyp[f"{n}_base"] = st.hyp[f"{names[0]}_base"]
             continue
         _say(progress, f"{n} base: object-level and hypothetical answers")
         m = models[n]()
         m.model.eval()
-        st.object(f"{n}_base", m, splits.train + splits.test)
-        st.hypothetical(f"{n}_base", m, splits.test)
+        st.object(f"{n}_base", m, splits.train + (splits.test if cfg.base_reference else []))
+        if cfg.base_reference:
+            st.hypothetical(f"{n}_base", m, splits.test)
         del m
     # 2-3. self-prediction finetune of each model, then its own behaviour recomputed
     self_models: dict[str, LoadedModel] = {}
@@ -334,7 +342,8 @@ def run_study(
         _say(progress, f"{n}: self-prediction finetune on its own (base) behaviour")
         recs = prediction_training_data(splits.train, st.obj[f"{n}_base"], source=f"{n}_base")
         m = finetuned(f"self_{n}", n, recs, cfg.finetune)
-        st.object(f"{n}_self", m, splits.train + splits.test + splits.shift_train)
+        shifted_here = cfg.shift and (cfg.shift_all_models or n == names[0])
+        st.object(f"{n}_self", m, splits.train + splits.test + (splits.shift_train if shifted_here else []))
         st.hypothetical(f"{n}_self", m, splits.test)
         self_models[n] = m
     # 4. cross-prediction: P (untouched) trained on the finetuned T's behaviour
@@ -357,12 +366,17 @@ def run_study(
     for t in names:
         gt = st.obj[f"{t}_self"]
         sc[f"{t}_predicts_{t}"] = score_predictions(splits.test, gt, st.hyp[f"{t}_self"], seed=seed)
-        sc[f"{t}_base_predicts_{t}_base"] = score_predictions(splits.test, st.obj[f"{t}_base"], st.hyp[f"{t}_base"],
-                                                              seed=seed)
-        # diagnostic only (what the pre-protocol code scored): the finetuned model against its OLD behaviour
-        results["diagnostics"][f"{t}_self_vs_pre_finetune_behaviour"] = _brief(
-            score_predictions(splits.test, st.obj[f"{t}_base"], st.hyp[f"{t}_self"], seed=seed))
-        results["diagnostics"][f"{t}_behaviour_changed_by_self_finetune"] = _changed(splits.test, st.obj[f"{t}_base"], gt)
+        if cfg.base_reference:
+            sc[f"{t}_base_predicts_{t}_base"] = score_predictions(splits.test, st.obj[f"{t}_base"],
+                                                                  st.hyp[f"{t}_base"], seed=seed)
+            # diagnostic only (what the pre-protocol code scored): the finetuned model vs its OLD behaviour
+            results["diagnostics"][f"{t}_self_vs_pre_finetune_behaviour"] = _brief(
+                score_predictions(splits.test, st.obj[f"{t}_base"], st.hyp[f"{t}_self"], seed=seed))
+            results["diagnostics"][f"{t}_behaviour_changed_by_self_finetune"] = _changed(
+                splits.test, st.obj[f"{t}_base"], gt)
+        # on the train questions (always computed): how far the self finetune moved the model's behaviour
+        results["diagnostics"][f"{t}_train_behaviour_changed_by_self_finetune"] = _changed(
+            splits.train, st.obj[f"{t}_base"], st.obj[f"{t}_self"])
         for p in names:
             if p == t:
                 continue
@@ -376,7 +390,7 @@ def run_study(
     # 7. behaviour shift (last: it merges and retrains the self-prediction-trained models)
     if cfg.shift:
         results["shift"] = {}
-        for n in names:
+        for n in (names if cfg.shift_all_models else names[:1]):
             mode = cfg.shift_targets
             if mode == "auto":
                 mode = "other" if len(names) == 2 else "rule"
@@ -450,37 +464,46 @@ def _dashboard_rows(run: RunDir, results: dict[str, Any]) -> None:
 
 def _features(names, models, self_models, cross_models, test_rows, st: _States, cfg: LIConfig,
               progress: bool) -> dict[str, Any]:
-    from ..probes.self_prediction import property_probe
+    """Probes reading the target's object-level property from each reader's activations at the last
+    token of the hypothetical prompts (one activation cache per reader, shared by all properties and
+    by the shuffled-label control)."""
+    from ..probes.self_prediction import probe_property_from_acts, relative_layers
+    from ..activations import cache
 
     out: dict[str, Any] = {}
     log = JsonlLog(st.run.path / "probes.jsonl", ("target", "reader", "property", "control"))
     done = {log.key(r): r for r in log.rows()}
     props = sorted({r["behavioral_property"] for r in test_rows})
-    for t in names:
-        readers = {f"{t}_self": self_models[t]}
-        base = models[t]()
-        base.model.eval()
-        readers[f"{t}_base"] = base
+    for t in (names if cfg.probe_all_targets else names[:1]):
+        readers: dict[str, Callable[[], LoadedModel]] = {f"{t}_self": lambda t=t: self_models[t],
+                                                         f"{t}_base": lambda t=t: models[t]()}
         for (p, tt), m in cross_models.items():
             if tt == t:
-                readers[f"{p}_predicts_{t}"] = m
-        for prop in props:
-            rows = [r for r in test_rows if r["behavioral_property"] == prop]
-            for reader, m in readers.items():
-                for control in ("none", "shuffled_labels"):
-                    key = (t, reader, prop, control)
-                    if key not in done:
-                        _say(progress, f"probe {reader} for {t}_self's {prop} ({control})")
-                        try:
-                            res = property_probe(m, rows, st.obj[f"{t}_self"], layers=cfg.probe_layers,
-                                                 shuffle_labels=control == "shuffled_labels", seed=cfg.seed,
-                                                 progress=False)
-                            row = {"target": t, "reader": reader, "property": prop, "control": control, **res}
-                        except ValueError as e:
-                            row = {"target": t, "reader": reader, "property": prop, "control": control,
-                                   "skipped": str(e)}
-                        log.append(row)
-                        done[key] = row
-                    out.setdefault(t, {}).setdefault(prop, {}).setdefault(reader, {})[control] = done[key]
-        del base
+                readers[f"{p}_predicts_{t}"] = lambda m=m: m
+        for reader, get in readers.items():
+            keys = [(t, reader, prop, c) for prop in props for c in ("none", "shuffled_labels")]
+            if all(k in done for k in keys):
+                acts = None
+            else:
+                _say(progress, f"probes: {reader} activations on the hypothetical prompts")
+                m = get()
+                m.model.eval()
+                layer_ids = relative_layers(m.n_layers, cfg.probe_layers)
+                acts = cache(m, [r["hypothetical_prompt"] for r in test_rows], layers=layer_ids,
+                             positions="last_prompt", batch_size=cfg.gen_batch_size, progress=progress)
+                del m
+            for (tt, rd, prop, control) in keys:
+                key = (tt, rd, prop, control)
+                if key not in done:
+                    idx = [i for i, r in enumerate(test_rows) if r["behavioral_property"] == prop]
+                    try:
+                        res = probe_property_from_acts(acts[idx], [test_rows[i] for i in idx], st.obj[f"{t}_self"],
+                                                       layer_ids, shuffle_labels=control == "shuffled_labels",
+                                                       seed=cfg.seed)
+                        row = {"target": t, "reader": rd, "property": prop, "control": control, **res}
+                    except ValueError as e:
+                        row = {"target": t, "reader": rd, "property": prop, "control": control, "skipped": str(e)}
+                    log.append(row)
+                    done[key] = row
+                out.setdefault(t, {}).setdefault(prop, {}).setdefault(rd, {})[control] = done[key]
     return out
