@@ -257,3 +257,22 @@ def test_end_to_end_real_finetune_and_resume(tiny_qwen2_dir, data_root, tmp_path
     res2 = run_study(tmp_path, models=models, config=cfg, data_dir=data_root, progress=False)  # resume
     assert len((tmp_path / "object" / "A_self.jsonl").read_text().splitlines()) == n_obj
     assert res2["scores"]["A_predicts_A"]["accuracy"] == res["scores"]["A_predicts_A"]["accuracy"]
+
+
+def test_twin_shares_the_untrained_answers(tiny_qwen2_dir, data_root, tmp_path):
+    planter = Planter()
+
+    def load():
+        m = load_model(tiny_qwen2_dir)
+        Planter.plant(m, "m", 500.0)
+        return m
+
+    cfg = _cfg(shift=False, probes=False, base_reference=False)
+    res = run_study(tmp_path, models={"A": load, "B": load}, config=cfg, data_dir=data_root, finetune=planter,
+                    seeds={"A": 0, "B": 1}, progress=False)
+    assert not (tmp_path / "object" / "B_base.jsonl").exists()  # computed once, for A
+    msgs = {k: [r["messages"] for r in planter.records[k]] for k in ("self_A", "self_B")}
+    assert msgs["self_A"] == msgs["self_B"]  # same labels, different seeds
+    assert (planter.seeds["self_A"], planter.seeds["self_B"]) == (0, 1)
+    assert set(res["scores"]) == {"A_predicts_A", "B_predicts_B", "B_predicts_A", "A_predicts_B"}
+    assert json.loads((tmp_path / "manifest.json").read_text())["twin"] is True

@@ -94,11 +94,14 @@ class LIConfig:
 
 
 PRESETS: dict[str, LIConfig] = {
-    # 2-core CPU shared by parallel jobs, embedded SmolLM2-135M: the full task x property grid with
-    # 6 questions per train dataset (144 training records) and 3 per test dataset (69 scored items);
-    # the shift and the probes for model A only; no untrained-model reference.
-    "cpu": LIConfig(n_train=6, n_test=3, n_shift=6, shift_all_models=False, base_reference=False,
-                    probe_all_targets=False),
+    # 2-core CPU shared by ~9 parallel jobs (training ran at ~27 tokens/s), embedded SmolLM2-135M:
+    # the full task x property grid with 3 questions per train dataset (72 training records) and 2
+    # per test dataset (46 scored items per model); shift and probes for model A only; no
+    # untrained-model reference. A mechanics-scale run: its CIs are wide by construction.
+    "cpu": LIConfig(n_train=3, n_test=2, n_shift=4, shift_all_models=False, base_reference=False,
+                    probe_all_targets=False,
+                    finetune=TrainConfig(lr=5e-4, epochs=1, batch_size=4, warmup_steps=2),
+                    shift_finetune=TrainConfig(lr=5e-4, epochs=2, batch_size=4, warmup_steps=1)),
     # A GPU with Qwen2.5-7B/Qwen3-8B-class models: this project's sizes, not the paper's exact counts
     # (the paper finetuned GPT-4o / GPT-4 / Llama-70B on many thousands of examples).
     "gpu": LIConfig(n_train=1000, n_test=500, n_shift=500, obj_max_new_tokens=48, gen_batch_size=64,
