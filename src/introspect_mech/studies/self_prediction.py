@@ -73,6 +73,7 @@ class LIConfig:
     base_reference: bool = True  # also score the untrained models' hypotheticals (a reference)
     probe_all_targets: bool = True  # False: probes only for the first model's behaviour (CPU)
     shift_targets: str = "auto"  # "other" (the other model's answers), "rule" (planted rewrite), "auto"
+    # ("auto": "other" for two distinct models, "rule" for one model or a twin)
     probes: bool = True
     probe_layers: tuple[float, ...] = (0.25, 0.5, 0.75)  # relative depths
     obj_max_new_tokens: int = 12  # enough for the first three words / characters
@@ -395,8 +396,8 @@ def run_study(
         results["shift"] = {}
         for n in (names if cfg.shift_all_models else names[:1]):
             mode = cfg.shift_targets
-            if mode == "auto":
-                mode = "other" if len(names) == 2 else "rule"
+            if mode == "auto":  # a twin's answers barely differ from the model's own: plant a rule instead
+                mode = "other" if len(names) == 2 and not twin else "rule"
             if mode == "other" and len(names) < 2:
                 raise ValueError("shift_targets='other' needs two models")
             if mode == "other":
