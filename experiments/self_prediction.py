@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--no-shift", action="store_true", help="skip the behaviour-shift test")
     p.add_argument("--no-probes", action="store_true", help="skip the probes on the hypothetical prompt")
+    p.add_argument("--probe-n-test", type=int, default=None,
+                   help="probes on their own draw of N test questions per dataset (labels: the target's answers)")
+    p.add_argument("--probe-properties", default=None, help="comma-separated properties to probe (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--data-dir", default=None)
@@ -54,6 +57,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     a = build_parser().parse_args(argv)
     cfg = PRESETS[a.preset].replace(seed=a.seed, shift=not a.no_shift, probes=not a.no_probes)
+    if a.probe_n_test is not None:
+        cfg = cfg.replace(probe_n_test=a.probe_n_test)
+    if a.probe_properties:
+        cfg = cfg.replace(probe_properties=tuple(a.probe_properties.split(",")))
     for k in ("n_train", "n_test", "n_shift"):
         if getattr(a, k) is not None:
             cfg = cfg.replace(**{k: getattr(a, k)})

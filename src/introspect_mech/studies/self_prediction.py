@@ -76,6 +76,8 @@ class LIConfig:
     # ("auto": "other" for two distinct models, "rule" for one model or a twin)
     probes: bool = True
     probe_layers: tuple[float, ...] = (0.25, 0.5, 0.75)  # relative depths
+    probe_n_test: int | None = None  # probes on their own draw of this many test questions per dataset
+    probe_properties: tuple[str, ...] | None = None  # None: every test property
     obj_max_new_tokens: int = 12  # enough for the first three words / characters
     hyp_max_new_tokens: int = 5
     gen_batch_size: int = 16
@@ -389,7 +391,15 @@ def run_study(
                                                                              sc[f"{p}_predicts_{t}"], seed=seed)
     # 6. features: probes on the hypothetical prompt for the target's object-level property
     if cfg.probes:
-        results["features"] = _features(names, models, self_models, cross_models, splits.test, st, cfg, progress)
+        probe_rows = splits.test
+        if cfg.probe_n_test is not None:  # a larger draw of test questions, used by the probes only
+            probe_rows = make_splits(cfg.replace(n_test=cfg.probe_n_test, shift=False), data_dir).test
+            run.write_manifest(probe_item_ids=[r["item_id"] for r in probe_rows])
+        if cfg.probe_properties is not None:
+            probe_rows = [r for r in probe_rows if r["behavioral_property"] in cfg.probe_properties]
+        for t in (names if cfg.probe_all_targets else names[:1]):  # the target's labels on these questions
+            st.object(f"{t}_self", self_models[t], probe_rows)
+        results["features"] = _features(names, models, self_models, cross_models, probe_rows, st, cfg, progress)
     cross_models.clear()
     # 7. behaviour shift (last: it merges and retrains the self-prediction-trained models)
     if cfg.shift:
@@ -418,7 +428,8 @@ def run_study(
             r = behaviour_shift(splits.shift_eval, st.obj[f"{n}_self"], st.obj[f"{n}_shifted"],
                                 st.hyp[f"{n}_shifted"], seed=seed)
             r["targets"] = mode
-            r["shift_train_accuracy"] = _changed(splits.shift_train, st.obj[f"{n}_self"], targets)
+            # how many shift targets differ (in property) from the model's own pre-shift answers
+            r["shift_targets_differ_from_own"] = _changed(splits.shift_train, st.obj[f"{n}_self"], targets)
             r["self_prediction_before_shift"] = _brief(score_predictions(splits.shift_eval, st.obj[f"{n}_self"],
                                                                          st.hyp[f"{n}_self"], seed=seed))
             results["shift"][n] = r
@@ -475,7 +486,8 @@ def _features(names, models, self_models, cross_models, test_rows, st: _States, 
     from ..activations import cache
 
     out: dict[str, Any] = {}
-    log = JsonlLog(st.run.path / "probes.jsonl", ("target", "reader", "property", "control"))
+    name = "probes.jsonl" if cfg.probe_n_test is None else f"probes_n{cfg.probe_n_test}.jsonl"
+    log = JsonlLog(st.run.path / name, ("target", "reader", "property", "control"))
     done = {log.key(r): r for r in log.rows()}
     props = sorted({r["behavioral_property"] for r in test_rows})
     for t in (names if cfg.probe_all_targets else names[:1]):
