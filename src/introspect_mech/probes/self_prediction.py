@@ -15,12 +15,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ..activations import cache, resolve_layers
+from ..activations import cache
+from ..layers import LayerSpec, resolve_layers
+from ..models import LoadedModel
 from .linear import SweepResult, layer_sweep
 
 
 @dataclass
 class SelfPredictionResult:
+    """What `self_prediction_probe` returns: the per-layer probes and the labels they were fit to."""
+
     sweep: SweepResult
     labels: list[str]
     answers: list[str] = field(repr=False)
@@ -28,14 +32,15 @@ class SelfPredictionResult:
     dropped: int = 0  # rows whose answer lacked the property or whose class was too rare
 
     def rows(self) -> list[dict[str, Any]]:
+        """The sweep's rows (one per layer)."""
         return self.sweep.rows()
 
 
 def self_prediction_probe(
-    model,
+    model: LoadedModel,
     rows: Sequence[dict],
     *,
-    layers: int | Sequence[int] | None = None,
+    layers: LayerSpec = None,
     source: str = "hypothetical",
     answers: dict[str, str] | None = None,
     max_new_tokens: int = 12,
@@ -75,7 +80,7 @@ def self_prediction_probe(
     if len({labels[i] for i in keep}) < 2:
         raise RuntimeError(f"self_prediction_probe: the model's answers give classes {dict(counts)}; "
                            f"need >= 2 classes with >= {min_class} rows each")
-    layer_ids = resolve_layers(model.n_layers, layers)
+    layer_ids = resolve_layers(layers, model.n_layers)
     key = "hypothetical_prompt" if source == "hypothetical" else "object_level_prompt"
     acts = cache(model, [rows[i][key] for i in keep], layers=layer_ids, positions="last_prompt",
                  batch_size=batch_size, progress=progress)
@@ -92,7 +97,7 @@ def self_prediction_probe(
 def relative_layers(n_layers: int, layers: Sequence[int | float]) -> list[int]:
     """Block indices from ints (negative from the end) or relative depths (floats in (0, 1))."""
     ids = [int(round(l * (n_layers - 1))) if isinstance(l, float) and 0 < l < 1 else int(l) for l in layers]
-    return resolve_layers(n_layers, ids)
+    return resolve_layers(ids, n_layers)
 
 
 def probe_property_from_acts(
