@@ -3,6 +3,7 @@ cosine matrices, the persona (e.g. malicious "evil") and EM directions, projecti
 self-prediction probes. Directions are `Direction` objects (per-layer unit vectors + norms +
 provenance) saved as safetensors + JSON."""
 
+from .concepts import concept_vector, concept_vectors, load_words, word_lists
 from .direction import Direction, as_vectors
 from .em import em_direction, em_direction_from_pairs, medical_advice_pairs, project
 from .linear import (ProbeResult, SweepResult, cosine_matrix, layer_sweep, mean_diff, pca_direction, train_probe,
@@ -15,4 +16,5 @@ __all__ = [
     "SweepResult", "transfer", "cosine_matrix", "persona_direction", "persona_data", "PersonaResult", "load_trait",
     "em_direction", "em_direction_from_pairs", "medical_advice_pairs", "project",
     "self_prediction_probe", "SelfPredictionResult",
+    "concept_vector", "concept_vectors", "load_words", "word_lists",
 ]
