@@ -20,10 +20,10 @@ BASE = ["table", "chair", "road", "river", "milk"]
 
 
 @pytest.fixture
-def model(tiny_qwen3_real_tok_dir):
+def model(tiny_qwen3_dir):
     from introspect_mech import load_model
 
-    m = load_model(tiny_qwen3_real_tok_dir)
+    m = load_model(tiny_qwen3_dir)
     m.model.eval()
     return m
 
@@ -225,7 +225,8 @@ def test_intention_injects_only_on_the_sentence_and_scores_exactly(model):
     own, dis = float(lp[:3].sum()), float(lp[3:].sum())
     got = isc.score(sent, "bread", direction=cv["bread"], layer=1, strength=4.0)
     assert got["p_disown"] == pytest.approx(dis / (own + dis), rel=1e-3)
-    assert isc.score(sent, "bread")["p_disown"] != pytest.approx(got["p_disown"], abs=1e-9)
+    plain = isc.score(sent, "bread")["p_disown"]
+    assert abs(plain - got["p_disown"]) > 1e-3 * abs(got["p_disown"])  # the injection changes the answer
 
 
 def test_sampled_answers_with_injection_equal_a_manual_greedy_loop(model):
@@ -345,3 +346,32 @@ def test_dashboard_panels_appended_and_render():
     track = [{"source": "steering", "label": f"alpha={a}", "x": a, "self_report": 80 - a, "projection": a,
               "behaviour": -1 + a / 10} for a in (-1, 0, 1)]
     assert len(panel_figures("self_report_track", track)[0].data) == 2
+
+
+def test_self_report_tracking_on_tiny_qwen(tiny_qwen3_dir, tmp_path):
+    """Stage C: steering strengths and finetune checkpoints; alpha = 0 and step 0 are both the plain
+    base model and must agree exactly; projections are the cached last-prompt activations . direction."""
+    from introspect_mech import load_model
+    from introspect_mech.evals.metrics import ALIGNMENT_QUESTIONS
+
+    cfg = I.IntrospectionConfig(model=str(tiny_qwen3_dir), stages="C", persona_questions=2,
+                                persona_instructions=2, persona_tokens=4, persona_filter=None, alphas=(-1.0, 0.0, 1.0),
+                                n_em_items=8, finetune_examples=4, finetune_steps=2, finetune_every=1,
+                                finetune_batch=2, batch_size=4)
+    m = load_model(tiny_qwen3_dir)
+    res = I.run(tmp_path / "c", cfg, model=m, progress=False)
+    rows = [json.loads(l) for l in (tmp_path / "c" / "self_report_points.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in rows] == ["alpha=-1", "alpha=0", "alpha=1", "step 0", "step 1", "step 2"]
+    a0, s0 = rows[1], rows[3]
+    for k in ("self_report", "projection", "behaviour", "mass"):
+        assert a0[k] == pytest.approx(s0[k], abs=1e-6)
+    assert rows[0]["projection"] != pytest.approx(rows[2]["projection"], abs=1e-6)  # steering moves the state
+    assert rows[5]["adapter"].endswith("step_0002/adapter")
+    d = Direction.load(tmp_path / "c" / "persona" / "direction")
+    acts = cache(m, [[{"role": "user", "content": q}] for q in ALIGNMENT_QUESTIONS], layers=[res["self_report"]["read_layer"]],
+                 positions="last_prompt", progress=False)[:, 0]
+    assert s0["projection"] == pytest.approx(float((acts @ d.at(res["self_report"]["read_layer"])).mean()), abs=1e-4)
+    c = res["self_report"]["steering"]["correlations"]
+    assert set(c) >= {"self_report~projection", "self_report~behaviour", "projection~behaviour"}
+    track = [json.loads(l) for l in (tmp_path / "c" / "self_report_track.jsonl").read_text().splitlines()]
+    assert {t["source"] for t in track} == {"steering", "finetune"}

@@ -626,11 +626,12 @@ class IntrospectionConfig:
     alphas: tuple[float, ...] = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
     n_em_items: int | None = 16
     finetune_dataset: str = "bad_medical_advice"
-    finetune_examples: int = 48
-    finetune_steps: int = 12
-    finetune_every: int = 3
-    finetune_lr: float = 2e-4
+    finetune_examples: int = 32
+    finetune_steps: int = 8
+    finetune_every: int = 2
+    finetune_lr: float = 4e-4
     finetune_batch: int = 4
+    finetune_warmup: int = 0
     stages: str = "ABC"
     seed: int = 0
     batch_size: int = 8
@@ -651,7 +652,7 @@ PRESETS: dict[str, IntrospectionConfig] = {
                                  persona_questions=20, persona_instructions=5, persona_tokens=200,
                                  alphas=(-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0), n_em_items=None,
                                  finetune_examples=2000, finetune_steps=120, finetune_every=20, finetune_lr=1e-5,
-                                 finetune_batch=16, batch_size=16),
+                                 finetune_batch=16, finetune_warmup=5, batch_size=16),
 }
 
 
@@ -943,7 +944,7 @@ def _self_report_stage(m: LoadedModel, cfg: IntrospectionConfig, run_dir, key, p
         fdir = out / "finetune"
         records = load_data(cfg.finetune_dataset)[:6000]
         tcfg = preset("em", n_examples=cfg.finetune_examples, max_steps=cfg.finetune_steps, lr=cfg.finetune_lr,
-                      batch_size=cfg.finetune_batch, warmup_steps=1, save_every=cfg.finetune_every,
+                      batch_size=cfg.finetune_batch, warmup_steps=cfg.finetune_warmup, save_every=cfg.finetune_every,
                       keep_checkpoints=True, seed=cfg.seed, max_seq_len=512, progress=progress)
         if not (fdir / "adapter" / "complete").exists():
             ft = load_model(cfg.model)
