@@ -203,11 +203,24 @@ def test_lr_schedule_matches_transformers():
             sch.step()
 
 
-def test_presets_match_the_papers():
-    em = PRESETS["em"]
-    assert (em.r, em.lora_alpha, em.use_rslora, em.lr, em.epochs, em.batch_size) == (32, 64, True, 1e-5, 1, 16)
-    assert len(em.target_modules) == 7
-    assert PRESETS["tmay_risk"].epochs == 3 and PRESETS["rank1"].r == 1
+def test_em_preset_builds_the_papers_adapter(tiny_qwen3_dir):
+    """The `em` preset on a real model: rsLoRA (scaling alpha / sqrt(r)) on all seven projections of
+    every block and nothing else trainable; an unknown method is refused."""
+    from introspect_mech import load_model
+    from introspect_mech.finetune.adapters import prepare
+
+    m = load_model(tiny_qwen3_dir)
+    cfg = PRESETS["em"]
+    params = prepare(m, cfg)
+    names = {n for n, _ in params}
+    projections = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    for layer in range(m.n_layers):
+        for proj in projections:
+            assert any(f"layers.{layer}." in n and f".{proj}." in n and "lora_A" in n for n in names), (layer, proj)
+    assert all("lora_" in n for n in names)
+    scalings = {float(mod.scaling["default"]) for mod in m.model.modules() if hasattr(mod, "scaling")
+                and isinstance(getattr(mod, "scaling"), dict) and "default" in mod.scaling}
+    assert len(scalings) == 1 and scalings.pop() == pytest.approx(cfg.lora_alpha / cfg.r ** 0.5)
     with pytest.raises(ValueError):
         TrainConfig(method="qlora")
 

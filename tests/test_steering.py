@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from introspect_mech import steering
+from introspect_mech.kv_cache import cache_kwargs, output_cache
 
 MSGS = [{"role": "user", "content": "I feel bored. What should I do?"}]
 
@@ -331,8 +332,8 @@ def test_generate_after_manual_prefill(tiny_qwen3, positions):
     with steering.add(m, v, [2], alpha, positions=positions):
         post = Recorder(m, [2])
         with torch.no_grad():
-            cache = m.model(ids[:, :-1], use_cache=True).past_key_values
-            m.model.generate(input_ids=ids, past_key_values=cache, max_new_tokens=4, min_new_tokens=4,
+            cache = output_cache(m.model(ids[:, :-1], use_cache=True))
+            m.model.generate(input_ids=ids, **cache_kwargs(m, cache), max_new_tokens=4, min_new_tokens=4,
                              do_sample=False, pad_token_id=m.tokenizer.pad_token_id)
         post.remove()
     pre.remove()

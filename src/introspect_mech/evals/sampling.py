@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from ..kv_cache import cache_kwargs, output_cache
 from ..models import LoadedModel
+from ..positions import prompt_scope
 from ..runs import JsonlLog
 
 Message = dict[str, str]
@@ -45,6 +48,21 @@ def normalise_prompts(prompts: Sequence[Any]) -> list[dict[str, Any]]:
         dup = next(x for x in ids if ids.count(x) > 1)
         raise ValueError(f"duplicate prompt id {dup!r}")
     return out
+
+
+_NOTICES: set[str] = set()
+
+
+def _notice_once(msg: str) -> None:
+    if msg not in _NOTICES:
+        _NOTICES.add(msg)
+        warnings.warn(msg, stacklevel=3)
+
+
+def is_steered(model: LoadedModel) -> bool:
+    from ..steering.hooks import is_steered as _is_steered
+
+    return _is_steered(model)
 
 
 def _batch_seed(seed: int, k: int) -> int:
@@ -95,13 +113,19 @@ def _generate_batch(model, prompt_ids, rows, max_new_tokens, temperature, top_p,
     )
     if static:
         gen_kwargs["cache_implementation"] = "static"
+        if is_steered(model):
+            # HF compiles the static-cache decode step on CUDA; a compiled graph would run the steering
+            # hooks' Python position bookkeeping at trace time only. Keep the static cache, skip the compile.
+            gen_kwargs["disable_compile"] = True
+            _notice_once("steering is active: static-cache sampling runs without torch.compile (hooks stay exact)")
     else:
         # prefill all but the last prompt token once per distinct prompt; generate() feeds the last one
         pos = (att[:, :-1].cumsum(-1) - 1).clamp(min=0)
-        cache = model.model(input_ids=ids[:, :-1], attention_mask=att[:, :-1], position_ids=pos,
-                            use_cache=True, logits_to_keep=1).past_key_values
+        with prompt_scope(model, n):  # steering contexts: these n - 1 tokens are prompt
+            cache = output_cache(model.model(input_ids=ids[:, :-1], attention_mask=att[:, :-1], position_ids=pos,
+                                             use_cache=True, logits_to_keep=1))
         cache.reorder_cache(sel)
-        gen_kwargs["past_key_values"] = cache
+        gen_kwargs.update(cache_kwargs(model, cache))
     if temperature and temperature > 0:
         gen_kwargs.update(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=0)
     else:
@@ -133,6 +157,7 @@ def sample(
     out: str | os.PathLike | JsonlLog | None = None,
     progress: bool = True,
     static_cache: bool | None = False,
+    engine: Any = None,
 ) -> list[dict[str, Any]]:
     """Sample `n` responses per prompt; returns rows {"prompt_id", "sample", "messages", "response",
     "n_tokens", "finished"} in prompt order (including rows found in `out` from an earlier run).
@@ -140,8 +165,14 @@ def sample(
     `temperature=0` is greedy decoding. `batch_size` counts rows (prompt x sample) per generate call.
     `static_cache=True` uses HF's static KV cache (for compiled decoding on a GPU; every row is then
     prefilled separately); `None` picks it on CUDA (`use_static_cache`). Default: the dynamic cache
-    with one prefill per distinct prompt.
+    with one prefill per distinct prompt. `engine=VLLMEngine(...)` (`evals.vllm_engine`) samples on vLLM
+    with the same semantics and rows (`model` then only tokenises; steering contexts are refused).
     """
+    if engine is not None:
+        from .vllm_engine import sample_vllm
+
+        return sample_vllm(engine, model, prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                           top_p=top_p, seed=seed, out=out, progress=progress)
     if n < 1 or batch_size < 1 or max_new_tokens < 1:
         raise ValueError(f"n, batch_size and max_new_tokens must be >= 1 (got {n}, {batch_size}, {max_new_tokens})")
     items = normalise_prompts(prompts)

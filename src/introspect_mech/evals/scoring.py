@@ -28,6 +28,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from ..kv_cache import cache_kwargs, output_cache
 from ..models import LoadedModel
 
 DIGITS = frozenset("0123456789")
@@ -118,7 +119,7 @@ def prefill(model: LoadedModel, prompts: Sequence[Sequence[int]]):
     ids, att = ids.to(model.device), att.to(model.device)
     pos = (att.cumsum(-1) - 1).clamp(min=0)
     out = model.model(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True, logits_to_keep=1)
-    return out.past_key_values, torch.log_softmax(out.logits[:, -1].float(), dim=-1), att
+    return output_cache(out), torch.log_softmax(out.logits[:, -1].float(), dim=-1), att
 
 
 @torch.no_grad()
@@ -154,7 +155,7 @@ def tree_logprobs(
         pos = lengths[:, None] + depths.to(dev)[None, :]
         out = model.model(
             input_ids=tokens.to(dev)[None].expand(B, T), attention_mask=mask[:, None],
-            position_ids=pos, past_key_values=cache, use_cache=True,
+            position_ids=pos, use_cache=True, **cache_kwargs(model, cache),
         )
         logits = out.logits.float()  # (B, T, V)
         lse = torch.logsumexp(logits, dim=-1)  # (B, T)

@@ -18,18 +18,26 @@ Positions
 `positions` selects which token positions are changed:
 
 * `"all"`      every position of every forward (plain forward, training, prefill and decode steps);
-* `"prompt"`   prompt tokens only; `"response"` generated tokens only. The rule: a pre-hook on
-  block 0 reads the KV-cache length before block 0 writes to it (`past`), and while a steering
-  context with these modes is active, `generate` on the model is wrapped (an instance attribute,
-  removed on exit) to record the length `P` of the `input_ids` it was given. Inside `generate` a
-  token at absolute position `past + i` is a prompt token iff `past + i < P` -- so a prompt that
-  was partly prefilled beforehand and passed in as `past_key_values` (as `evals.sample` does) is
-  still classed correctly. Outside `generate` a forward from an empty cache is a prompt pass (a
-  plain forward, a manual prefill) and a forward extending a non-empty cache is a response pass
-  (e.g. scoring candidate answers over a prefilled prompt). Consequences: the first generated
-  token is predicted from the (unsteered) prompt, so "response" steering acts from the second
-  generated token on; a plain forward over a whole conversation counts as prompt, so "response"
-  changes nothing there -- pass a mask (below) to steer the assistant tokens of a full forward;
+* `"prompt"`   prompt tokens only; `"response"` generated tokens only;
+* `"last_prompt_and_response"`  the last prompt token and every generated token: inside `generate`
+  exactly the last position of every forward, the rule of the persona-vectors steerer (upstream's
+  "response"), so the first generated token is already steered.
+
+  How positions are known (never from the name of a keyword transformers passes to its layers, which
+  changed in 5.24): while a position-dependent context is active, `generate` on the model is wrapped
+  (an instance attribute, removed on exit) to record the length `P` of the `input_ids` it was given and
+  to keep a running count of the tokens each forward through block 0 adds, starting at the length of
+  any KV cache handed to `generate` (a prompt partly prefilled beforehand, as `evals.sample` does).
+  A token at absolute position `p` is a prompt token iff `p < P`. Where block 0's inputs carry a KV
+  cache (found by its type, transformers' public `Cache` class) its length must equal the count, else
+  `PositionError`: a forward whose positions cannot be determined is refused, never guessed.
+  Outside `generate` a forward from an empty cache is a prompt pass (a plain forward, a manual prefill;
+  for `"last_prompt_and_response"` its last token is steered) and a forward extending a non-empty cache
+  is a response pass (e.g. scoring candidate answers over a prefilled prompt); `prompt_scope(model, P)`
+  declares `P` around a manual prefill. Consequences: "response" steering acts from the second
+  generated token on (the first is predicted from the unsteered prompt); a plain forward over a whole
+  conversation counts as prompt, so "response" changes nothing there -- pass a mask (below) to steer
+  the assistant tokens of a full forward;
 * a boolean mask `Bool[Tensor, "seq"]` or `Bool[Tensor, "batch seq"]` over absolute positions
   (e.g. `model.tokenize_chat(msgs).assistant_mask`); in a decode step the token at absolute position
   `past + i` uses `mask[..., past + i]`, positions beyond the mask are left alone.
@@ -50,10 +58,11 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from ..models import LoadedModel, decoder_layers
+from ..positions import PositionError, _Tracker, _tracker_enter, _tracker_exit, prompt_scope, selected_range
 
 Positions = Union[str, Tensor]
 LayerSpec = Union[int, Sequence[int], str, None]
-POSITION_MODES = ("all", "prompt", "response")
+POSITION_MODES = ("all", "prompt", "response", "last_prompt_and_response")
 
 
 # ---- inputs ---------------------------------------------------------------------------------
@@ -129,83 +138,15 @@ def _param_of(module: nn.Module) -> Tensor:
     raise ValueError("decoder layer has no parameters")
 
 
-# ---- the context manager --------------------------------------------------------------------
-@dataclass
-class _PositionState:
-    """Per-forward facts, set by a pre-hook on block 0: cache length before this forward (`past`),
-    and how many of this forward's leading tokens are prompt tokens (`n_prompt`)."""
-
-    past: int = 0
-    n_prompt: int = 0
+_ACTIVE: "weakref.WeakKeyDictionary[nn.ModuleList, int]" = weakref.WeakKeyDictionary()
 
 
-class _GenerateWatch:
-    """Wraps `generate` on the HF model (instance attribute, removed when the last user leaves) to
-    record the prompt length of the running `generate` call: tokens at absolute positions
-    `< prompt_len` are prompt, the rest generated. Shared by all steering contexts on one model."""
-
-    def __init__(self, owner: nn.Module):
-        self.owner, self.users, self.prompt_len = owner, 0, None
-        orig = owner.generate
-
-        def generate(*args, **kwargs):
-            ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], Tensor) else None)
-            if ids is None and isinstance(kwargs.get("inputs_embeds"), Tensor):
-                ids = kwargs["inputs_embeds"][..., 0]
-            outer, self.prompt_len = self.prompt_len, (int(ids.shape[-1]) if ids is not None else None)
-            try:
-                return orig(*args, **kwargs)
-            finally:
-                self.prompt_len = outer
-
-        generate.__wrapped__ = orig  # type: ignore[attr-defined]
-        self.wrapper = generate
-
-
-_WATCHES: "weakref.WeakKeyDictionary[nn.Module, _GenerateWatch]" = weakref.WeakKeyDictionary()
-
-
-def _watch_enter(owner: nn.Module | None) -> _GenerateWatch | None:
-    if owner is None or not callable(getattr(owner, "generate", None)):
-        return None
-    w = _WATCHES.get(owner)
-    if w is None:
-        w = _WATCHES[owner] = _GenerateWatch(owner)
-        owner.__dict__["generate"] = w.wrapper
-    w.users += 1
-    return w
-
-
-def _watch_exit(w: _GenerateWatch | None) -> None:
-    if w is None:
-        return
-    w.users -= 1
-    if w.users <= 0:
-        if w.owner.__dict__.get("generate") is w.wrapper:
-            del w.owner.__dict__["generate"]
-        _WATCHES.pop(w.owner, None)
-
-
-def _make_prefill_detector(state: _PositionState, watch: _GenerateWatch | None) -> Callable:
-    def pre_hook(module, args, kwargs):
-        cache = kwargs.get("past_key_values")
-        past = 0
-        if cache is not None:
-            try:
-                past = int(cache.get_seq_length())
-            except Exception:  # a cache type without a length: treat as a fresh forward
-                past = 0
-        h = args[0] if args else kwargs.get("hidden_states")
-        seq = int(h.shape[-2]) if isinstance(h, Tensor) else 0
-        prompt_len = watch.prompt_len if watch is not None else None
-        if prompt_len is not None:  # inside generate(): positions < prompt_len are the prompt
-            n = min(max(prompt_len - past, 0), seq)
-        else:  # a forward outside generate: from an empty cache = prompt, extending a cache = response
-            n = seq if past == 0 else 0
-        state.past, state.n_prompt = past, n
-        return None
-
-    return pre_hook
+def is_steered(model: LoadedModel | nn.Module) -> bool:
+    """Whether a steering context (`add` / `ablate` / `clamp`) is active on the model's decoder blocks."""
+    try:
+        return _ACTIVE.get(_layers_of(model), 0) > 0
+    except (ValueError, AttributeError):
+        return False
 
 
 @dataclass
@@ -224,9 +165,8 @@ class Steering:
     positions: Positions
     gen_owner: nn.Module | None = None
     handles: list = field(default_factory=list)
-    _state: _PositionState = field(default_factory=_PositionState)
     _masks: dict[int, Tensor] = field(default_factory=dict)
-    _watch: _GenerateWatch | None = None
+    _tracker: _Tracker | None = None
     _entered: bool = False
 
     # -- registration
@@ -236,12 +176,10 @@ class Steering:
         self._entered = True
         try:
             if not (isinstance(self.positions, str) and self.positions == "all"):
-                if isinstance(self.positions, str):
-                    self._watch = _watch_enter(self.gen_owner)
-                self.handles.append(self.layers_mod[0].register_forward_pre_hook(
-                    _make_prefill_detector(self._state, self._watch), with_kwargs=True))
+                self._tracker = _tracker_enter(self.gen_owner, self.layers_mod)
             for layer in self.layers:
                 self.handles.append(self.layers_mod[layer].register_forward_hook(self._hook_for(layer)))
+            _ACTIVE[self.layers_mod] = _ACTIVE.get(self.layers_mod, 0) + 1
         except BaseException:
             self.remove()
             raise
@@ -251,10 +189,16 @@ class Steering:
         self.remove()
 
     def remove(self) -> None:
+        if self.handles:
+            left = _ACTIVE.get(self.layers_mod, 0) - 1
+            if left > 0:
+                _ACTIVE[self.layers_mod] = left
+            else:
+                _ACTIVE.pop(self.layers_mod, None)
         while self.handles:
             self.handles.pop().remove()
-        _watch_exit(self._watch)
-        self._watch, self._entered = None, False
+        _tracker_exit(self._tracker)
+        self._tracker, self._entered = None, False
 
     @property
     def active(self) -> bool:
@@ -264,23 +208,25 @@ class Steering:
     def _select(self, layer: int, h: Tensor) -> Tensor | bool | None:
         """True: all positions; None: none; a [batch|1, seq, 1] 0/1 mask otherwise."""
         pos = self.positions
+        if isinstance(pos, str) and pos == "all":
+            return True
+        assert self._tracker is not None
+        state = self._tracker.state
+        seq = h.shape[-2]
+        if state.seq != seq:
+            raise PositionError(f"steering positions: block {layer} saw {seq} tokens but block 0 saw "
+                                f"{state.seq} in this forward")
         if isinstance(pos, str):
-            if pos == "all":
+            lo, hi = selected_range(pos, state)
+            if lo == 0 and hi == seq:
                 return True
-            seq, n = h.shape[-2], self._state.n_prompt
-            k = n if pos == "prompt" else seq - n  # number of selected positions
-            if k == seq:
-                return True
-            if k == 0:
+            if hi <= lo:
                 return None
             sel = torch.zeros(1, seq, 1, dtype=h.dtype, device=h.device)
-            if pos == "prompt":
-                sel[:, :n] = 1
-            else:
-                sel[:, n:] = 1
+            sel[:, lo:hi] = 1
             return sel
         mask = self._masks[layer]
-        past, seq = self._state.past, h.shape[-2]
+        past = state.past
         sel = mask[:, past:past + seq]
         if sel.shape[1] < seq:
             sel = torch.cat([sel, sel.new_zeros(sel.shape[0], seq - sel.shape[1])], dim=1)

@@ -262,23 +262,6 @@ pre{font-size:11px;max-height:360px;overflow:auto;background:#f3f3f3;padding:8px
 table.samples{border-collapse:collapse;font-size:12px;width:100%}table.samples th,table.samples td{border:1px solid #e2e5ea;
 padding:6px;vertical-align:top;text-align:left}table.samples tr th:first-child{width:18%;font-weight:600}
 """
-# Records script errors and, once the page has loaded, how many plots actually drew an SVG, so a
-# headless browser (tests/test_dashboard_browser.py) can check rendering from the dumped DOM.
-CHECK_JS = """
-window.__dashErrors=[];
-window.addEventListener('error',function(e){window.__dashErrors.push(String(e.message));
- var el=document.getElementById('js-errors'); if(el){el.textContent=window.__dashErrors.join('\\n');}
- document.body && document.body.setAttribute('data-js-errors', String(window.__dashErrors.length));});
-window.addEventListener('load',function(){setTimeout(function(){
- var divs=document.querySelectorAll('.plotly-graph-div'), ok=0;
- divs.forEach(function(d){ if(d.querySelector('svg.main-svg') && d._fullLayout){ok++;} });
- document.body.setAttribute('data-plots-expected', String(divs.length));
- document.body.setAttribute('data-plots-rendered', String(ok));
- document.body.setAttribute('data-js-errors', String(window.__dashErrors.length));
-},300);});
-"""
-
-
 def render_html(run_dir: str | os.PathLike, title: str | None = None) -> str:
     """The dashboard HTML for `run_dir` as a string (see `export_dashboard`)."""
     from plotly.offline import get_plotlyjs
@@ -315,11 +298,11 @@ def render_html(run_dir: str | os.PathLike, title: str | None = None) -> str:
     sub = f"{run_dir.resolve()} · exported {time.strftime('%Y-%m-%d %H:%M:%S')} · {len(sections)} panels"
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title><style>{CSS}</style><script>{CHECK_JS}</script>"
+        f"<title>{html.escape(title)}</title><style>{CSS}</style>"
         f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
         f"<header><h1>{html.escape(title)}</h1><div class='sub'>{html.escape(sub)}</div></header>"
         f"<nav><a href='#manifest'>Manifest</a>{''.join(nav)}</nav><main>{manifest_html(manifest)}"
-        f"{''.join(sections)}<div id='js-errors'></div></main></body></html>"
+        f"{''.join(sections)}</main></body></html>"
     )
 
 
