@@ -857,6 +857,13 @@ def run(out: str | os.PathLike, config: IntrospectionConfig | None = None, *, mo
     if "C" in cfg.stages:
         summary["self_report"] = _self_report_stage(m, cfg, run_dir, key, progress)
 
+    # a run of some stages keeps the other stages' numbers from earlier runs into the same directory
+    old_rows = [json.loads(x) for x in (out / "summary.jsonl").read_text().splitlines() if x.strip()] \
+        if (out / "summary.jsonl").exists() else []
+    names = {r["name"] for r in key_rows}
+    key_rows = [r for r in old_rows if r["name"] not in names] + key_rows
+    if (out / "summary.json").exists():
+        summary = {**json.loads((out / "summary.json").read_text()), **summary}
     _write(out / "summary.jsonl", key_rows)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_default))
     run_dir.write_manifest(result={r["name"]: r["value"] for r in key_rows})
