@@ -314,7 +314,7 @@ def test_run_end_to_end_on_tiny_qwen_resumes_and_exports(model, tmp_path, monkey
     res = I.run(out, cfg, model=model, progress=False)
     assert (out / "introspection_grid.jsonl").exists() and (out / "intention.jsonl").exists()
     trials = [json.loads(l) for l in (out / "trials.jsonl").read_text().splitlines()]
-    n_expected = 2 * (1 + 3 * 2)  # variants x (control + words x {concept, random})
+    n_expected = 2 * (10 + 3 * 2)  # variants x (10 control trials + words x {concept, random})
     assert len(trials) == n_expected
     man = json.loads((out / "manifest.json").read_text())
     assert man["config"]["strengths"] == [2.0] and man["words"] == ["dust", "milk", "bread"]

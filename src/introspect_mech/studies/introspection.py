@@ -598,7 +598,8 @@ class IntrospectionConfig:
     baseline: str = "baseline"
     concept_positions: str = "last_prompt"
     variants: tuple[str, ...] = VARIANTS
-    trials: tuple[int, ...] = (1,)  # trial numbers (prompt variation; control trials use the same)
+    trials: tuple[int, ...] = (1,)  # trial numbers of injected trials (prompt variation)
+    control_trials: tuple[int, ...] = tuple(range(1, 11))  # trial numbers of no-injection trials (cheap: one forward each)
     layer_fractions: tuple[float, ...] = (0.5, 0.67, 0.83)
     strengths: tuple[float, ...] = (2.0, 4.0, 8.0)
     inject_from: str = "prompt_end"
@@ -645,7 +646,8 @@ PRESETS: dict[str, IntrospectionConfig] = {
     "cpu": IntrospectionConfig(),
     # Qwen on one GPU: the anchors' depth (~2/3) and strengths (1-8; 2-4 were best for the anchor), the
     # full word lists, several trial numbers, more samples, all finetune records
-    "paper": IntrospectionConfig(n_words=None, trials=(1, 2, 3, 4, 5), layer_fractions=(0.5, 0.6, 0.67, 0.75, 0.85),
+    "paper": IntrospectionConfig(n_words=None, trials=(1, 2, 3, 4, 5), control_trials=tuple(range(1, 51)),
+                                 layer_fractions=(0.5, 0.6, 0.67, 0.75, 0.85),
                                  strengths=(1.0, 2.0, 4.0, 8.0), headline_fraction=0.67, headline_strength=2.0,
                                  n_samples=10, sample_words=20, max_new_tokens=100, coherence_prompts=12,
                                  coherence_words=8, n_sentences=12, intention_strengths=(1.0, 2.0, 4.0, 8.0),
@@ -732,7 +734,7 @@ def run(out: str | os.PathLike, config: IntrospectionConfig | None = None, *, mo
         done = log.done_keys()
         specs: list[tuple[TrialSpec, Any]] = []
         for v in cfg.variants:
-            for t in cfg.trials:
+            for t in sorted({*cfg.trials, *cfg.control_trials}):
                 specs.append((TrialSpec(v, t, "none"), None))
             for L in layers:
                 for s in cfg.strengths:
