@@ -783,6 +783,10 @@ def run(out: str | os.PathLike, config: IntrospectionConfig | None = None, *, mo
             inj = [r for r in rows if r["variant"] == c["variant"] and r["layer"] == c["layer"]
                    and r["strength"] == c["strength"] and r["condition"] == c["condition"]]
             ident = identification_controls(inj, ctrl[c["variant"]], seed=cfg.seed)
+            rnd = {(r["word"], r["trial"]): r["p_yes"] for r in rows if r["variant"] == c["variant"]
+                   and r["layer"] == c["layer"] and r["strength"] == c["strength"] and r["condition"] == "random"}
+            vs_random = _by_word_ci([{"word": r["word"], "v": r["p_yes"] - rnd[(r["word"], r["trial"])]} for r in inj
+                                     if (r["word"], r["trial"]) in rnd], "v", cfg.seed) if c["condition"] == "concept" else None
             nll = next((r["nll"] for r in coh if r["layer"] == c["layer"] and r["strength"] == c["strength"]
                         and r["condition"] == c["condition"]), None)
             grid.append({"variant": c["variant"], "layer": c["layer"], "layer_fraction": c["layer"] / max(m.n_layers - 1, 1),
@@ -794,6 +798,9 @@ def run(out: str | os.PathLike, config: IntrospectionConfig | None = None, *, mo
                          "top1_hi": ident["matched_top1"]["hi"], "wrong_concept_top1": ident["wrong_concept_top1"]["value"],
                          "no_injection_top1": ident["no_injection_top1"]["value"], "chance_top1": ident["chance"],
                          "logprob_shift": ident["logprob_shift"]["value"],
+                         "p_yes_minus_random": None if vs_random is None else vs_random["value"],
+                         "p_yes_minus_random_lo": None if vs_random is None else vs_random["lo"],
+                         "p_yes_minus_random_hi": None if vs_random is None else vs_random["hi"],
                          "coherence_nll": None if nll is None else nll["value"], "coherence_nll_base": base_nll})
         _write(out / "introspection_grid.jsonl", grid)
         summary["detection"] = {"cells": table, "grid": grid, "coherence": coh}
