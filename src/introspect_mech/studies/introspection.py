@@ -813,6 +813,12 @@ def run(out: str | os.PathLike, config: IntrospectionConfig | None = None, *, mo
                 key(f"[{v}] detection claims, injected (greedy Yes>No)", cell["concept"]["claims"], "proxy detection rate")
                 key(f"[{v}] false-positive claims, no injection", cell["none"]["claims"], "proxy FP rate")
                 key(f"[{v}] P(yes) with a random vector", cell["random"]["p_yes"], "norm-matched control")
+                g = next((x for x in grid if x["variant"] == v and x["layer"] == hl and x["strength"] == hs
+                          and x["condition"] == "concept"), None)
+                if g is not None and g["p_yes_minus_random"] is not None:
+                    key(f"[{v}] P(yes): concept - random vector (paired)", {"value": g["p_yes_minus_random"],
+                        "lo": g["p_yes_minus_random_lo"], "hi": g["p_yes_minus_random_hi"], "n": len(words)},
+                        "concept-specific part of the P(yes) change")
                 key(f"[{v}] identification top-1 (of {len(words)})", cell["concept"]["top1"], f"chance {1 / len(words):.3f}")
         # sampled answers at the headline cell
         if cfg.n_samples > 0:
