@@ -22,7 +22,7 @@ def _base(model: Any) -> nn.Module:
 
 
 @lru_cache(maxsize=64)
-def _name_for(cls: type) -> str:
+def _name_for(cls: type[nn.Module]) -> str:
     params = inspect.signature(cls.forward).parameters
     if "cache" in params:
         return "cache"

@@ -32,7 +32,14 @@ Message = dict[str, str]
 
 
 def normalise_prompts(prompts: Sequence[Any]) -> list[dict[str, Any]]:
-    """Accept message lists, plain strings (one user turn) or dicts with "id" and "messages"."""
+    """Accept message lists, plain strings (one user turn) or dicts with "id" and "messages".
+
+    Args:
+        prompts: the prompts.
+
+    Returns:
+        `{"id", "messages"}` dicts (ids default to the index).
+    """
     out = []
     for i, p in enumerate(prompts):
         if isinstance(p, str):
@@ -70,7 +77,14 @@ def _batch_seed(seed: int, k: int) -> int:
 
 
 def stop_token_ids(model: LoadedModel) -> list[int]:
-    """eos plus the chat end-of-turn tokens the tokenizer knows (<|im_end|>, <end_of_turn>, <|eot_id|>)."""
+    """eos plus the chat end-of-turn tokens the tokenizer knows (<|im_end|>, <end_of_turn>, <|eot_id|>).
+
+    Args:
+        model: the model.
+
+    Returns:
+        The token ids that end a response.
+    """
     tok = model.tokenizer
     ids = set()
     gen_eos = getattr(getattr(model.base_model, "generation_config", None), "eos_token_id", None)
@@ -85,7 +99,14 @@ def stop_token_ids(model: LoadedModel) -> list[int]:
 
 
 def use_static_cache(model: LoadedModel) -> bool:
-    """Whether `sample(static_cache=None)` takes the static-KV-cache path (CUDA models only)."""
+    """Whether `sample(static_cache=None)` takes the static-KV-cache path (CUDA models only).
+
+    Args:
+        model: the model.
+
+    Returns:
+        True on CUDA.
+    """
     return model.device.type == "cuda"
 
 
@@ -159,14 +180,29 @@ def sample(
     static_cache: bool | None = False,
     engine: Any = None,
 ) -> list[dict[str, Any]]:
-    """Sample `n` responses per prompt; returns rows {"prompt_id", "sample", "messages", "response",
-    "n_tokens", "finished"} in prompt order (including rows found in `out` from an earlier run).
+    """Sample `n` responses per prompt, resumably.
 
-    `temperature=0` is greedy decoding. `batch_size` counts rows (prompt x sample) per generate call.
-    `static_cache=True` uses HF's static KV cache (for compiled decoding on a GPU; every row is then
-    prefilled separately); `None` picks it on CUDA (`use_static_cache`). Default: the dynamic cache
-    with one prefill per distinct prompt. `engine=VLLMEngine(...)` (`evals.vllm_engine`) samples on vLLM
-    with the same semantics and rows (`model` then only tokenises; steering contexts are refused).
+    Args:
+        model: the model (steering contexts around the call apply).
+        prompts: message lists, plain strings (one user turn) or dicts with "id" and "messages".
+        n: samples per prompt.
+        max_new_tokens: length limit of each response.
+        temperature: 0 is greedy decoding.
+        top_p: nucleus sampling.
+        seed: sampling seed (each row's generator is seeded from it, so results do not depend on
+            batching).
+        batch_size: rows (prompt x sample) per generate call.
+        out: a JSONL path or `JsonlLog`: rows are appended as produced; a rerun skips done rows.
+        progress: show a tqdm bar.
+        static_cache: True uses HF's static KV cache (compiled decoding on a GPU; every row is then
+            prefilled separately); None picks it on CUDA (`use_static_cache`); False (default): the
+            dynamic cache with one prefill per distinct prompt.
+        engine: a `VLLMEngine` (`evals.vllm_engine`) to sample on vLLM with the same semantics and
+            rows (`model` then only tokenises; steering contexts are refused).
+
+    Returns:
+        Rows `{"prompt_id", "sample", "messages", "response", "n_tokens", "finished"}` in prompt
+        order (including rows found in `out` from an earlier run).
     """
     if engine is not None:
         from .vllm_engine import sample_vllm

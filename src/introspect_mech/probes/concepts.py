@@ -28,7 +28,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..activations import cache, resolve_layers
-from .direction import Direction
+from ..direction import Direction
 
 PROMPT = "Tell me about {word}"
 KINDS = ("concrete", "abstract", "baseline")

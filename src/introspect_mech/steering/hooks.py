@@ -49,19 +49,25 @@ contexts apply in the order they were entered. An exception inside the block sti
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, Union
+from typing import Callable, Literal, Union
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
+from ..direction import Direction, DirectionLike, check_direction
+from ..layers import LayerSpec, resolve_layers
 from ..models import LoadedModel, decoder_layers
-from ..positions import PositionError, _Tracker, _tracker_enter, _tracker_exit, prompt_scope, selected_range
+from ..positions import PositionError, _Tracker, _tracker_enter, _tracker_exit, selected_range
 
-Positions = Union[str, Tensor]
-LayerSpec = Union[int, Sequence[int], str, None]
+Positions = Union[Literal["all", "prompt", "response", "last_prompt_and_response"], Bool[Tensor, " seq"],
+                  Bool[Tensor, "batch seq"]]
+"""Which token positions a steering hook changes: "all", "prompt", "response",
+"last_prompt_and_response" or a boolean mask over absolute positions (see the module docstring).
+Not to be confused with `activations.Pooling`."""
 POSITION_MODES = ("all", "prompt", "response", "last_prompt_and_response")
 
 
@@ -70,56 +76,43 @@ def _layers_of(model: LoadedModel | nn.Module) -> nn.ModuleList:
     return model.layers if isinstance(model, LoadedModel) else decoder_layers(model)
 
 
-def resolve_layers(layers: LayerSpec, n_layers: int) -> list[int]:
-    """`"all"`/None -> every layer; an int or a list of ints (negative counts from the end)."""
-    if layers is None or (isinstance(layers, str) and layers == "all"):
-        return list(range(n_layers))
-    if isinstance(layers, str):
-        raise ValueError(f"layers must be 'all', an int or a list of ints, got {layers!r}")
-    idx = [int(layers)] if isinstance(layers, (int,)) or (isinstance(layers, Tensor) and layers.ndim == 0) \
-        else [int(i) for i in layers]
-    out = []
-    for i in idx:
-        j = i + n_layers if i < 0 else i
-        if not 0 <= j < n_layers:
-            raise ValueError(f"layer {i} out of range for a model with {n_layers} layers")
-        out.append(j)
-    if not out:
-        raise ValueError("layers is empty")
-    return out
+def layer_norm(direction: DirectionLike, layer: int) -> float:
+    """`Direction.norms` at block `layer` (1.0 for a raw tensor).
 
+    Args:
+        direction: a `Direction` or a raw `[d_model]` / `[layer, d_model]` tensor.
+        layer: a block index.
 
-def layer_norm(direction: Any, layer: int) -> float:
-    """`Direction.norms` at block `layer` (1.0 for a raw tensor)."""
-    vec, rows, is_direction = _direction_matrix(direction)
-    if not is_direction:
-        return 1.0
-    norms = getattr(direction, "norms")
-    return float(norms[rows.index(layer)] if rows is not None else norms[layer])
-
-
-def _direction_matrix(direction: Any) -> tuple[Tensor, list[int] | None, bool]:
-    """(vectors, layer indices of the rows or None, is_direction) for a Direction or a raw tensor.
-
-    A `probes.Direction` is read by duck typing: a `[layer, d_model]` tensor of unit vectors in one
-    of the attributes `vectors` / `unit` / `directions`, and optionally `layers` (which model layer
-    each row belongs to; default row i = layer i).
+    Returns:
+        The raw vector's norm at that block (for a mean difference: the class-mean distance).
     """
-    if isinstance(direction, Tensor):
-        if direction.ndim not in (1, 2):
-            raise ValueError(f"a raw direction must be [d_model] or [layer, d_model], got shape {tuple(direction.shape)}")
-        return direction.detach(), None, False
-    for name in ("vectors", "unit", "directions"):
-        vec = getattr(direction, name, None)
-        if isinstance(vec, Tensor):
-            rows = getattr(direction, "layers", None)
-            rows = [int(r) for r in rows] if rows is not None else None
-            return vec.detach(), rows, True
-    raise TypeError(f"direction must be a probes.Direction or a torch.Tensor, got {type(direction).__name__}")
+    check_direction(direction)
+    if not isinstance(direction, Direction):
+        return 1.0
+    if layer not in direction.layers:
+        raise ValueError(f"direction has no vector for layer {layer} (it has layers {direction.layers})")
+    return float(direction.norms[direction.layers.index(layer)])
 
 
-def layer_vector(direction: Any, layer: int) -> Float[Tensor, " d_model"]:
-    """The vector a hook at `layer` uses: the Direction's row for that layer (unit), or the raw vector."""
+def _direction_matrix(direction: DirectionLike) -> tuple[Tensor, list[int] | None, bool]:
+    """(vectors, block index of each row or None for "row i = block i", is_direction)."""
+    check_direction(direction)
+    if isinstance(direction, Direction):
+        return direction.vectors.detach(), list(direction.layers), True
+    return direction.detach(), None, False
+
+
+def layer_vector(direction: DirectionLike, layer: int) -> Float[Tensor, " d_model"]:
+    """The vector a hook at block `layer` uses.
+
+    Args:
+        direction: a `Direction` (its unit vector at `layer`), a raw `[d_model]` vector (returned as
+            is) or a raw `[layer, d_model]` matrix (row `layer`).
+        layer: a block index.
+
+    Returns:
+        `[d_model]` vector.
+    """
     vec, rows, _ = _direction_matrix(direction)
     if vec.ndim == 1:
         return vec
@@ -170,7 +163,7 @@ class Steering:
     _entered: bool = False
 
     # -- registration
-    def __enter__(self) -> "Steering":
+    def __enter__(self) -> Steering:
         if self._entered:
             raise RuntimeError("this steering context is already active")
         self._entered = True
@@ -261,7 +254,7 @@ class Steering:
         return hook
 
 
-def _build(op: str, model, direction, layers: LayerSpec, scalar: float, positions: Positions,
+def _build(op: str, model, direction: DirectionLike, layers: LayerSpec, scalar: float, positions: Positions,
            normalise: bool, scale: str = "unit") -> Steering:
     layers_mod = _layers_of(model)
     idx = resolve_layers(layers, len(layers_mod))
@@ -304,67 +297,96 @@ def _layers_hidden(model, layers_mod) -> int | None:
 
 
 # ---- public API ------------------------------------------------------------------------------
-def add(model: LoadedModel, direction: Any, layers: LayerSpec, alpha: float,
-        positions: Positions = "all", scale: str = "unit") -> Steering:
+def add(model: LoadedModel | nn.Module, direction: DirectionLike, *, layers: LayerSpec, alpha: float,
+        positions: Positions = "all", scale: Literal["unit", "norm"] = "unit") -> Steering:
     """Add `alpha * v` to the residual stream after each block in `layers`.
 
-    `v` is the Direction's unit vector for that layer (`scale="unit"`), or its raw vector
-    (`scale="norm"`: unit vector times `Direction.norms`, e.g. the mean difference, so `alpha=1`
-    moves by one class-mean distance), or a raw `[d_model]` / `[layer, d_model]` tensor used as
-    given (`alpha` multiplies its norm). See the module docstring for `positions`.
+    Args:
+        model: a `LoadedModel` (or a bare HF causal LM).
+        direction: a `Direction` (`v` is its unit vector at each layer, or with `scale="norm"` its
+            raw vector: unit vector times `Direction.norms`, e.g. the mean difference, so `alpha=1`
+            moves by one class-mean distance), or a raw `[d_model]` / `[layer, d_model]` tensor used
+            as given (`alpha` multiplies its norm).
+        layers: a `LayerSpec` (ints, "all", "middle").
+        alpha: the multiplier.
+        positions: `Positions` changed: "all", "prompt", "response" or a boolean mask (module docstring).
+        scale: "unit" or "norm" (see `direction`).
+
+    Returns:
+        A `Steering` context manager (hooks live while the `with` block runs).
+
+    Example:
+        >>> with steering.add(model, d, layers=[12], alpha=4.0, positions="response"):
+        ...     rows = im.sample(model, prompts)
     """
     return _build("add", model, direction, layers, alpha, positions, normalise=False, scale=scale)
 
 
-def ablate(model: LoadedModel, direction: Any, layers: LayerSpec = "all",
+def ablate(model: LoadedModel | nn.Module, direction: DirectionLike, *, layers: LayerSpec = "all",
            positions: Positions = "all") -> Steering:
-    """Project the (normalised) direction out of the residual stream after each block in `layers`."""
+    """Project the (normalised) direction out of the residual stream: `h <- h - (h . v) v`.
+
+    Args:
+        model: a `LoadedModel` (or a bare HF causal LM).
+        direction: a `Direction` or a raw `[d_model]` / `[layer, d_model]` tensor (normalised).
+        layers: a `LayerSpec` (default: every block).
+        positions: `Positions` changed.
+
+    Returns:
+        A `Steering` context manager.
+    """
     return _build("ablate", model, direction, layers, 0.0, positions, normalise=True)
 
 
-def clamp(model: LoadedModel, direction: Any, value: float, layers: LayerSpec,
+def clamp(model: LoadedModel | nn.Module, direction: DirectionLike, *, value: float, layers: LayerSpec,
           positions: Positions = "all") -> Steering:
-    """Set the component of the residual stream along the (normalised) direction to `value`."""
+    """Set the component of the residual stream along the (normalised) direction to `value`.
+
+    Args:
+        model: a `LoadedModel` (or a bare HF causal LM).
+        direction: a `Direction` or a raw `[d_model]` / `[layer, d_model]` tensor (normalised).
+        value: the component `h . v` after the hook.
+        layers: a `LayerSpec`.
+        positions: `Positions` changed.
+
+    Returns:
+        A `Steering` context manager.
+    """
     return _build("clamp", model, direction, layers, value, positions, normalise=True)
 
 
-def random_like(direction: Any, seed: int = 0) -> Any:
+def random_like(direction: DirectionLike, seed: int = 0) -> DirectionLike:
     """A norm-matched random control: same type, shape and per-layer norms, random orientation.
 
-    For a Direction the unit vectors are replaced by random unit vectors (one per layer, drawn
-    from an isotropic Gaussian with `torch.Generator().manual_seed(seed)`), norms and layers kept,
-    `meta["random_like"] = seed`. For a raw tensor each row gets a random direction with that row's norm.
+    Args:
+        direction: a `Direction` or a raw `[d_model]` / `[layer, d_model]` tensor.
+        seed: seed of the `torch.Generator` the isotropic Gaussian draws come from.
+
+    Returns:
+        For a Direction: a Direction with random unit vectors (one per layer), the same norms and
+        layers, and `meta["random_like"] = seed`. For a raw tensor: a tensor of the same shape whose
+        rows have random orientations and the original rows' norms.
     """
-    vec, rows, is_direction = _direction_matrix(direction)
+    vec, _, is_direction = _direction_matrix(direction)
     g = torch.Generator().manual_seed(int(seed))
     r = torch.randn(vec.shape, generator=g, dtype=torch.float64)
     r = r / r.norm(dim=-1, keepdim=True)
     norms = vec.double().norm(dim=-1, keepdim=True)
-    if not is_direction:
+    if not isinstance(direction, Direction):
         return (r * norms).to(vec.dtype)
-    return _replace_vectors(direction, r.to(vec.dtype), seed)
+    meta = {**direction.meta, "random_like": int(seed)}
+    return dataclasses.replace(direction, vectors=r.to(vec.dtype), meta=meta)
 
 
-def _replace_vectors(direction: Any, vectors: Tensor, seed: int) -> Any:
-    import copy
-    import dataclasses
+def component(h: Float[Tensor, "*batch d_model"], direction: Float[Tensor, " d_model"]) -> Float[Tensor, "*batch"]:
+    """Scalar projection of activations on a (normalised) direction.
 
-    name = next(n for n in ("vectors", "unit", "directions") if isinstance(getattr(direction, n, None), Tensor))
-    meta = dict(getattr(direction, "meta", {}) or {})
-    meta["random_like"] = int(seed)
-    if dataclasses.is_dataclass(direction):
-        kw = {name: vectors}
-        if any(f.name == "meta" for f in dataclasses.fields(direction)):
-            kw["meta"] = meta
-        return dataclasses.replace(direction, **kw)
-    out = copy.copy(direction)
-    setattr(out, name, vectors)
-    if hasattr(out, "meta"):
-        out.meta = meta
-    return out
+    Args:
+        h: activations `[..., d_model]`.
+        direction: a `[d_model]` vector (normalised here).
 
-
-def component(h: Float[Tensor, "... d_model"], direction: Float[Tensor, " d_model"]) -> Float[Tensor, "..."]:
-    """Scalar projection of activations on a (normalised) direction."""
+    Returns:
+        `h . v / |v|`, shape `[...]`.
+    """
     v = direction.to(h.dtype)
     return h @ (v / v.norm())

@@ -63,7 +63,7 @@ from .. import steering
 from ..evals.scoring import Trie
 from ..evals.stats import bootstrap_ci
 from ..models import LoadedModel
-from ..probes.direction import Direction
+from ..direction import Direction
 
 Message = dict[str, str]
 
