@@ -27,7 +27,8 @@ import yaml
 from jaxtyping import Float
 from torch import Tensor
 
-from ..activations import cache, resolve_layers
+from ..activations import cache
+from ..layers import resolve_layers
 from ..direction import Direction
 
 PROMPT = "Tell me about {word}"
@@ -99,7 +100,7 @@ def word_activations(model, words: Sequence[str], *, layers: int | Sequence[int]
     (last prompt token, or mean over the model's greedy answer of `max_new_tokens`)."""
     if positions not in POSITIONS:
         raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
-    layer_ids = resolve_layers(model.n_layers, layers)
+    layer_ids = resolve_layers(layers, n_layers=model.n_layers)
     convs = concept_prompts(words, template)
     if positions == "response_mean":
         from ..evals.sampling import sample
@@ -132,7 +133,7 @@ def concept_vectors(model, words: Sequence[str], baseline: Sequence[str] | None 
     base = list(dict.fromkeys(baseline if baseline is not None else load_words("baseline")))
     if not words or len(base) < 2:
         raise ValueError(f"need at least one word and two baseline words (got {len(words)} and {len(base)})")
-    layer_ids = resolve_layers(model.n_layers, layers)
+    layer_ids = resolve_layers(layers, n_layers=model.n_layers)
     kw = dict(layers=layer_ids, positions=positions, template=template, max_new_tokens=max_new_tokens,
               batch_size=batch_size, progress=progress)
     a_words = word_activations(model, words, **kw).float()

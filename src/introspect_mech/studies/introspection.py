@@ -457,7 +457,8 @@ class IntentionScorer:
 
 
 # ---- statistics --------------------------------------------------------------------------------------
-def correlation(x: Sequence[float], y: Sequence[float], *, alpha: float = 0.05) -> dict[str, Any]:
+def correlation(x: Sequence[float | None] | np.ndarray, y: Sequence[float | None] | np.ndarray, *,
+                alpha: float = 0.05) -> dict[str, Any]:
     """Pearson r with a Fisher-z (1 - alpha) interval, and Spearman rho, over paired finite values."""
     pairs = [(float(a), float(b)) for a, b in zip(x, y) if a is not None and b is not None
              and math.isfinite(float(a)) and math.isfinite(float(b))]
