@@ -375,3 +375,21 @@ def test_self_report_tracking_on_tiny_qwen(tiny_qwen3_dir, tmp_path):
     assert set(c) >= {"self_report~projection", "self_report~behaviour", "projection~behaviour"}
     track = [json.loads(l) for l in (tmp_path / "c" / "self_report_track.jsonl").read_text().splitlines()]
     assert {t["source"] for t in track} == {"steering", "finetune"}
+
+
+@pytest.mark.slow
+def test_embedded_model_trial_scores_and_concept_vectors(embedded):
+    """End to end on the embedded model: concept vectors at 2/3 depth and one scored trial per
+    condition; the no-injection trial equals brute-force scoring of the plain model."""
+    L = I.layer_at(embedded, 2 / 3)
+    cv = concept_vectors(embedded, ["dust", "bread"], load_words("baseline")[:20], layers=[L])
+    assert cv["dust"].norms[0] > 0 and cv["dust"].layers == [L]
+    sc = I.DetectionScorer(embedded, ["dust", "bread"])
+    p, cands, start = sc.prompt("anchor", 1)
+    none = sc.score(I.TrialSpec("anchor", 1, "none"))
+    plain = _brute(embedded, p.ids, cands[:2])
+    y, n = plain[0].exp(), plain[1].exp()
+    assert none["p_yes"] == pytest.approx(float(y / (y + n)), abs=1e-4)
+    inj = sc.score(I.TrialSpec("anchor", 1, "concept", "dust", L, 4.0), cv["dust"])
+    assert inj["p_yes"] != pytest.approx(none["p_yes"], abs=1e-6) and inj["rank"] in (1, 2)
+    assert all(len(l._forward_hooks) == 0 for l in embedded.layers)
