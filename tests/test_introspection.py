@@ -393,3 +393,21 @@ def test_embedded_model_trial_scores_and_concept_vectors(embedded):
     inj = sc.score(I.TrialSpec("anchor", 1, "concept", "dust", L, 4.0), cv["dust"])
     assert inj["p_yes"] != pytest.approx(none["p_yes"], abs=1e-6) and inj["rank"] in (1, 2)
     assert all(len(l._forward_hooks) == 0 for l in embedded.layers)
+
+
+def test_cli_runs_stage_b_on_tiny_qwen(tiny_qwen3_dir, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "introspection.py"
+    spec = importlib.util.spec_from_file_location("exp_introspection", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "cli"
+    assert mod.main(["--model", str(tiny_qwen3_dir), "--out", str(out), "--stages", "B", "--words", "dust,milk",
+                     "--no-dashboard"]) == 0
+    rows = [json.loads(l) for l in (out / "intention.jsonl").read_text().splitlines()]
+    assert {r["condition"] for r in rows} == {"none", "matched", "wrong_concept", "random"}
+    assert "P(disown" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="stages"):
+        mod.main(["--model", str(tiny_qwen3_dir), "--out", str(out), "--stages", "Z", "--no-dashboard"])
