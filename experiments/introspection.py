@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
     p.add_argument("--preset", default="cpu", choices=sorted(study.PRESETS))
     p.add_argument("--out", default="runs/introspection")
-    p.add_argument("--stages", default=None, help="letters of A (detection), B (prefill/intention), C (self-report)")
+    p.add_argument("--stages", default=None, help="letters of A (detection), B (prefill/intention), C (self-report: alignment), D (self-report: risk)")
     p.add_argument("--words", default=None, help="shipped list name (concrete, abstract), a word file, or w1,w2,...")
     p.add_argument("--n-words", type=int, default=None)
     p.add_argument("--layer-fractions", type=_floats, default=None)

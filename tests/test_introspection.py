@@ -411,3 +411,35 @@ def test_cli_runs_stage_b_on_tiny_qwen(tiny_qwen3_dir, tmp_path, capsys):
     assert "P(disown" in capsys.readouterr().out
     with pytest.raises(ValueError, match="stages"):
         mod.main(["--model", str(tiny_qwen3_dir), "--out", str(out), "--stages", "Z", "--no-dashboard"])
+
+
+def test_risk_self_report_tracking_on_tiny_qwen(tiny_qwen3_dir, tmp_path, monkeypatch):
+    """Stage D: risk scale vs risk direction vs P(risky); alpha = 0 equals checkpoint step 0, the
+    behaviour equals `risk_behaviour` of the plain model, and the finetune never sees test lotteries."""
+    from introspect_mech import load_model
+    from introspect_mech.evals.self_awareness import lotteries, risk_behaviour
+
+    cfg = I.IntrospectionConfig(model=str(tiny_qwen3_dir), stages="D", alphas=(-1.0, 0.0, 1.0), n_lotteries=6,
+                                risk_direction_items=8, finetune_examples=4, finetune_steps=2, finetune_every=1,
+                                finetune_batch=2, batch_size=4)
+    import introspect_mech.finetune as ft
+
+    seen = []
+    orig = ft.train
+    monkeypatch.setattr(ft, "train", lambda model, records, *a, **k: seen.extend(records) or orig(model, records, *a, **k))
+    m = load_model(tiny_qwen3_dir)
+    res = I.run(tmp_path / "d", cfg, model=m, progress=False)
+    rows = [json.loads(l) for l in (tmp_path / "d" / "self_report_points_risk.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in rows] == ["alpha=-1", "alpha=0", "alpha=1", "step 0", "step 1", "step 2"]
+    for k in ("self_report", "projection", "behaviour"):
+        assert rows[1][k] == pytest.approx(rows[3][k], abs=1e-6)
+    want = risk_behaviour(m, lotteries("test")[:6])["p_risky"]["value"]
+    assert rows[3]["behaviour"] == pytest.approx(want, abs=1e-6)
+    d = Direction.load(tmp_path / "d" / "risk_direction")
+    assert d.meta["method"] == "risk_mean_diff" and res["self_report_risk"]["read_layer"] in d.layers
+    test_q = {it["messages"][0]["content"] for it in lotteries("test")[:6]}
+    trained = {r["messages"][0]["content"] for r in seen}
+    assert trained and not trained & test_q
+    assert all(r["messages"][-1]["content"] in ("A", "B") for r in seen)
+    track = [json.loads(l) for l in (tmp_path / "d" / "self_report_track.jsonl").read_text().splitlines()]
+    assert {t["source"] for t in track} == {"steering (risk)", "finetune (risk)"}

@@ -42,6 +42,11 @@ and across the checkpoints of a small finetune, correlate the self-rated alignme
 value over 0-100 with its mass on numbers) with the projection of the self-report prompts' last
 token on the persona direction and with behaviour (paired-preference EM proxy); Pearson r with
 Fisher-z 95 % CIs and Spearman rho.
+
+Protocol (D) -- the same for risk (Tell Me About Yourself): self-reported risk-seeking (exact expected
+0-100 on the risk-predisposition scale) vs the projection on a risk direction (risky minus safe
+answer to the same training lotteries) vs behaviour P(risky) on held-out lotteries, across steering
+strengths of the risk direction and the checkpoints of a small finetune on risky answers.
 """
 
 from __future__ import annotations
@@ -634,7 +639,10 @@ class IntrospectionConfig:
     finetune_lr: float = 4e-4
     finetune_batch: int = 4
     finetune_warmup: int = 0
-    stages: str = "ABC"
+    # stage D (risk self-report): test lotteries for P(risky), train lotteries for the risk direction
+    n_lotteries: int | None = 24
+    risk_direction_items: int = 48
+    stages: str = "ABCD"
     seed: int = 0
     batch_size: int = 8
 
@@ -655,7 +663,8 @@ PRESETS: dict[str, IntrospectionConfig] = {
                                  persona_questions=20, persona_instructions=5, persona_tokens=200,
                                  alphas=(-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0), n_em_items=None,
                                  finetune_examples=2000, finetune_steps=120, finetune_every=20, finetune_lr=1e-5,
-                                 finetune_batch=16, finetune_warmup=5, batch_size=16),
+                                 finetune_batch=16, finetune_warmup=5, n_lotteries=None, risk_direction_items=200,
+                                 batch_size=16),
 }
 
 
@@ -693,8 +702,8 @@ def run(out: str | os.PathLike, config: IntrospectionConfig | None = None, *, mo
 
     cfg = config or IntrospectionConfig()
     for s in cfg.stages:
-        if s not in "ABC":
-            raise ValueError(f"stages must be letters from 'ABC', got {cfg.stages!r}")
+        if s not in "ABCD":
+            raise ValueError(f"stages must be letters from 'ABCD', got {cfg.stages!r}")
     for v in cfg.variants:
         if v not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {v!r}")
@@ -872,6 +881,8 @@ def run(out: str | os.PathLike, config: IntrospectionConfig | None = None, *, mo
     # ---- C: self-report vs internal state -----------------------------------------------------------
     if "C" in cfg.stages:
         summary["self_report"] = _self_report_stage(m, cfg, run_dir, key, progress)
+    if "D" in cfg.stages:
+        summary["self_report_risk"] = _risk_stage(m, cfg, run_dir, key, progress)
 
     # a run of some stages keeps the other stages' numbers from earlier runs into the same directory
     old_rows = [json.loads(x) for x in (out / "summary.jsonl").read_text().splitlines() if x.strip()] \
@@ -997,8 +1008,122 @@ def _self_report_stage(m: LoadedModel, cfg: IntrospectionConfig, run_dir, key, p
             c = res[src]["correlations"]["self_report~behaviour"]
             key(f"r(self-report, behaviour), {src}", None if c["r"] is None else
                 {"value": c["r"], "lo": c["lo"], "hi": c["hi"], "n": c["n"]}, "Pearson, Fisher-z CI")
+    _write_track(run_dir)
+    return res
+
+
+TRACK_LOGS = ("self_report_points.jsonl", "self_report_points_risk.jsonl")
+
+
+def _write_track(run_dir) -> None:
+    """`self_report_track.jsonl` (the dashboard's rows) from every self-report log present."""
     track = []
-    for r in rows:
-        track.append({k: r.get(k) for k in ("source", "label", "x", "self_report", "mass", "projection", "behaviour")})
-    _write(out / "self_report_track.jsonl", track)
+    for name in TRACK_LOGS:
+        for r in run_dir.log(name).read():
+            track.append({k: r.get(k) for k in ("source", "label", "x", "self_report", "mass", "projection", "behaviour")})
+    _write(run_dir.path / "self_report_track.jsonl", track)
+
+
+def risk_direction(model: LoadedModel, items: Sequence[dict], *, layers: Sequence[int], batch_size: int = 8) -> Direction:
+    """Mean difference of the residual stream over the answer letter when the risky vs the safe
+    option of the same lotteries is answered (`evals.self_awareness.lotteries` items)."""
+    from ..activations import cache
+    from ..probes.linear import mean_diff
+
+    conv = lambda it, side: it["messages"] + [{"role": "assistant", "content": it[side]}]  # noqa: E731
+    pos = cache(model, [conv(it, "risky") for it in items], layers=list(layers), positions="response_mean",
+                batch_size=batch_size, progress=False)
+    neg = cache(model, [conv(it, "safe") for it in items], layers=list(layers), positions="response_mean",
+                batch_size=batch_size, progress=False)
+    d = mean_diff(pos, neg, list(layers), model=model.name, recipe="risky minus safe answer, same lotteries",
+                  n=len(items))
+    d.meta["method"] = "risk_mean_diff"
+    return d
+
+
+def risk_report_point(model: LoadedModel, direction: Direction, *, read_layer: int, questions: Sequence[str],
+                      items: Sequence[dict], batch_size: int = 8) -> dict[str, Any]:
+    """Self-reported risk-seeking (exact expected 0-100 + mass), projection of the self-report
+    prompts' last token on the risk direction at `read_layer`, and behaviour P(risky) on lotteries."""
+    from ..activations import cache
+    from ..evals.metrics import scale_expectations
+    from ..evals.self_awareness import risk_behaviour
+
+    sr = scale_expectations(model, list(questions))
+    acts = cache(model, [[{"role": "user", "content": q}] for q in questions], layers=[read_layer],
+                 positions="last_prompt", batch_size=batch_size, progress=False)[:, 0].float()
+    proj = (acts @ direction.at(read_layer)).tolist()
+    beh = risk_behaviour(model, list(items))
+    exp = [r.expected for r in sr]
+    return {"self_report": float(np.mean([e for e in exp if e is not None])) if any(e is not None for e in exp) else None,
+            "self_report_per_question": exp, "mass": float(np.mean([r.mass for r in sr])),
+            "projection": float(np.mean(proj)), "projection_per_question": proj,
+            "behaviour": beh["p_risky"]["value"], "mass_ab": beh["mass_ab"]}
+
+
+def _risk_stage(m: LoadedModel, cfg: IntrospectionConfig, run_dir, key, progress: bool) -> dict[str, Any]:
+    """Stage D: the self-awareness analogue of stage C -- self-reported risk (0-100 risk scale) vs the
+    projection on a risk direction vs P(risky), across steering strengths of that direction and the
+    checkpoints of a small finetune on risky lottery answers (train split only)."""
+    from .. import load_model
+    from ..evals.questions import load_questions
+    from ..evals.self_awareness import lotteries
+    from ..finetune import preset, train
+    from ..paths import data_dir
+
+    out = run_dir.path
+    steer_l, read_l = layer_at(m, cfg.steer_fraction), layer_at(m, cfg.read_fraction)
+    train_items, test_items = lotteries("train"), lotteries("test")[:cfg.n_lotteries]
+    rdir = out / "risk_direction"
+    if (rdir.with_suffix(".safetensors")).exists():
+        d = Direction.load(rdir)
+    else:
+        d = risk_direction(m, train_items[:cfg.risk_direction_items], layers=sorted({steer_l, read_l}),
+                           batch_size=cfg.batch_size)
+        d.save(rdir)
+    qfile = data_dir() / "self_awareness" / "questions" / "risk_predisposition_scale.yaml"
+    questions = [p for q in load_questions(qfile) for p in q.paraphrases]
+    kw = dict(read_layer=read_l, questions=questions, items=test_items, batch_size=cfg.batch_size)
+    log = run_dir.log("self_report_points_risk.jsonl", ("source", "label"))
+    done = log.done_keys()
+    for a in cfg.alphas:
+        r = {"source": "steering (risk)", "label": f"alpha={a:g}", "x": float(a)}
+        if log.key(r) not in done:
+            with steering.add(m, d, layers=[steer_l], alpha=float(a), scale="norm", positions="all"):
+                log.append({**r, **risk_report_point(m, d, **kw)})
+    if cfg.finetune_steps > 0:
+        fdir = out / "finetune_risky"
+        held = {it["messages"][0]["content"] for it in test_items}
+        records = [{"messages": it["messages"] + [{"role": "assistant", "content": it["risky"]}]} for it in train_items
+                   if it["messages"][0]["content"] not in held]
+        tcfg = preset("tmay_risk", n_examples=min(cfg.finetune_examples, len(records)), max_steps=cfg.finetune_steps,
+                      lr=cfg.finetune_lr, batch_size=cfg.finetune_batch, warmup_steps=cfg.finetune_warmup,
+                      save_every=cfg.finetune_every, keep_checkpoints=True, seed=cfg.seed, max_seq_len=512,
+                      progress=progress)
+        if not (fdir / "adapter" / "complete").exists():
+            ft = load_model(cfg.model)
+            train(ft, records, tcfg, fdir)
+            del ft
+        ckpts = [(0, None)] + sorted((int(p.name.split("_")[1]), p / "adapter") for p in (fdir / "checkpoints").glob("step_*")
+                                     if (p / "adapter").exists())
+        for step, path in ckpts:
+            r = {"source": "finetune (risk)", "label": f"step {step}", "x": float(step)}
+            if log.key(r) in done:
+                continue
+            mm = m if path is None else load_model(cfg.model, adapter=str(path))
+            mm.model.eval()
+            log.append({**r, "adapter": None if path is None else str(path), **risk_report_point(mm, d, **kw)})
+    rows = log.read()
+    res: dict[str, Any] = {"steer_layer": steer_l, "read_layer": read_l, "direction": d.meta.get("method"),
+                           "n_questions": len(questions), "n_lotteries": len(test_items)}
+    for src in ("steering (risk)", "finetune (risk)"):
+        pts = sorted([r for r in rows if r["source"] == src], key=lambda r: r["x"])
+        if len(pts) >= 3:
+            res[src] = {"points": [{k: p[k] for k in ("label", "x", "self_report", "mass", "projection", "behaviour",
+                                                      "mass_ab")} for p in pts], "correlations": track_correlations(pts)}
+            for pair in ("self_report~projection", "self_report~behaviour"):
+                c = res[src]["correlations"][pair]
+                key(f"r({pair.replace('~', ', ')}), {src}", None if c["r"] is None else
+                    {"value": c["r"], "lo": c["lo"], "hi": c["hi"], "n": c["n"]}, "Pearson, Fisher-z CI")
+    _write_track(run_dir)
     return res

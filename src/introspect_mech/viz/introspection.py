@@ -90,9 +90,9 @@ def self_report_track_figure(rows: Sequence[Row]) -> go.Figure:
                             text=[str(r.get("label", "")) for r in sel], textposition="top center", name=str(src),
                             legendgroup=str(src), showlegend=col == 1,
                             marker=dict(size=10, color=PALETTE[i % len(PALETTE)]), row=1, col=col)
-    fig.update_xaxes(title_text="projection of the self-report prompt on the persona direction", row=1, col=1)
-    fig.update_xaxes(title_text="behaviour: misaligned - aligned log-prob per token", row=1, col=2)
-    fig.update_yaxes(title_text="self-rated alignment (expected 0-100)", row=1, col=1)
+    fig.update_xaxes(title_text="projection of the self-report prompt on the direction", row=1, col=1)
+    fig.update_xaxes(title_text="behaviour (misaligned - aligned nats/token; risk: P(risky))", row=1, col=2)
+    fig.update_yaxes(title_text="self-report (expected 0-100: alignment / risk)", row=1, col=1)
     return _layout(fig, "Does the self-report track the internal state?", height=440)
 
 
