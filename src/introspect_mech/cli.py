@@ -33,10 +33,15 @@ def _ints(s: str) -> list[int]:
 
 
 def _floats(s: str) -> list[float]:
+    import math
+
     try:
-        return [float(x) for x in s.split(",") if x.strip()]
+        out = [float(x) for x in s.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
+    if not all(math.isfinite(x) for x in out):
+        raise argparse.ArgumentTypeError(f"expected finite numbers (no nan/inf), got {s!r}")
+    return out
 
 
 def _model_args(p: argparse.ArgumentParser, adapter: bool = True) -> None:
@@ -73,7 +78,13 @@ def _questions(spec: str, data_dir: str | None):
         p = _dd(data_dir) / "em" / "questions" / (spec if spec.endswith((".yaml", ".yml")) else f"{spec}.yaml")
     if not p.exists():
         raise SystemExit(f"error: question file {spec!r} not found (a path, or a name in <data>/em/questions/)")
-    return load_questions(p), p
+    try:
+        return load_questions(p), p
+    except UnicodeDecodeError as e:
+        from .data import DataError
+
+        line = p.read_bytes()[: e.start].count(b"\n") + 1
+        raise DataError(str(p), line, "text", f"not UTF-8 (byte 0x{e.object[e.start]:02x}); re-encode the file as UTF-8") from None
 
 
 # ---- subcommands --------------------------------------------------------------------------------
@@ -105,30 +116,39 @@ def cmd_sample(args: argparse.Namespace) -> int:
         prompts = prompts[: args.max_prompts]
     model = _load(args)
     run = RunDir(args.out)
+    from .runs import model_config
+
+    run.bind("sample", {"model": model_config(model), "data": {qpath.name: file_sha256(qpath)},
+                        "prompts": [p["id"] if isinstance(p, dict) else p for p in prompts], "seed": args.seed,
+                        "sampling": {"n": args.n, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+                                     "truncate": args.truncate}}, overwrite=args.overwrite)
     run.write_manifest(stage="sample", model=model.name, adapter=args.adapter, questions=str(qpath),
                        data={qpath.name: file_sha256(qpath)}, seed=args.seed,
                        sampling={"n": args.n, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature})
     rows = sample(model, prompts, n=args.n, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                  seed=args.seed, batch_size=args.batch_size, out=run.path / "samples.jsonl")
+                  seed=args.seed, batch_size=args.batch_size, out=run.path / "samples.jsonl", truncate=args.truncate)
     print(f"{len(rows)} samples -> {run.path / 'samples.jsonl'}")
     return 0
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
-    from .runs import RunDir
+    from .runs import RunDir, file_sha256
     from .studies.emergent_misalignment import judge_run
 
     run = RunDir(args.run)
     if not run.log("samples.jsonl").read():
         raise SystemExit(f"error: {run.path / 'samples.jsonl'}: no samples (run `introspect-mech sample` first)")
-    qs, _ = _questions(args.questions or run.manifest().get("questions", ""), args.data_dir)
+    man = run.manifest()
+    qs, judge_qpath = _questions(args.questions or man.get("questions", ""), args.data_dir)
     categorical = None
     if args.api_base:
         from .evals.judges import APIJudge
 
         if not args.api_model:
             raise SystemExit("error: --api-base needs --api-model")
-        judge = APIJudge(args.api_base, args.api_model, api_key_env=args.api_key_env)
+        judge = APIJudge(args.api_base, args.api_model, api_key_env=args.api_key_env or None,
+                         timeout=args.timeout, max_retries=args.max_retries)
+        judge.check_key()
     elif args.judge_model:
         from .evals.em import HFCategoricalJudge
         from .evals.judges import HFJudge
@@ -138,6 +158,13 @@ def cmd_judge(args: argparse.Namespace) -> int:
         judge, categorical = HFJudge(jm), HFCategoricalJudge(jm)
     else:
         raise SystemExit("error: give --judge-model (local) or --api-base and --api-model (OpenAI-compatible)")
+    desc = judge.describe()
+    run.bind("judge", {"judge": {k: v for k, v in desc.items() if k not in ("timeout", "max_retries")},
+                       "categorical_judge": categorical.describe() if categorical is not None else None,
+                       "samples_config_sha256": ((man.get("bindings") or {}).get("sample") or {}).get("sha256"),
+                       "judge_prompts_file_sha256": file_sha256(judge_qpath)},
+             overwrite=args.overwrite, outputs=["judged.jsonl", "judge_invalid.jsonl", "em_rates.jsonl", "em_report.json",
+                                                "labels.json"])
     try:
         judge_run(run.path, qs, judge=judge, categorical_judge=categorical)
     except (KeyError, ValueError) as e:
@@ -151,7 +178,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     recs = _records(args.data, args.n, args.seed, args.data_dir)
     model = _load(args)
     acts = cache(model, [r["messages"] for r in recs], layers=args.layers, positions=args.positions,
-                 batch_size=args.batch_size, out=args.out)
+                 batch_size=args.batch_size, out=args.out, truncate=args.truncate)
     print(f"cached {len(recs)} conversations, positions={args.positions} -> {args.out} ({type(acts).__name__})")
     return 0
 
@@ -163,6 +190,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     model = _load(args)
     run = RunDir(args.out)
+    from .runs import model_config
+
+    run.bind("probe", {"probe_inputs": {"model": model_config(model), "trait": args.trait, "questions": args.questions,
+                                        "instructions": args.instructions, "max_new_tokens": args.max_new_tokens,
+                                        "seed": args.seed}}, overwrite=args.overwrite)
     res = persona_data(model, args.trait, n_questions=args.questions, n_instructions=args.instructions,
                        max_new_tokens=args.max_new_tokens, seed=args.seed, data_dir=args.data_dir,
                        batch_size=args.batch_size, out=run.path / "persona")
@@ -194,6 +226,12 @@ def cmd_steer(args: argparse.Namespace) -> int:
     from .evals.metrics import load_em_pairs
 
     items = load_em_pairs(args.items) if args.items else None
+    from .runs import RunDir, file_sha256, json_sha256, model_config
+
+    RunDir(args.out).bind("steer", {"model": model_config(model), "direction_sha256": file_sha256(str(stem) + ".safetensors"),
+                                    "items_sha256": json_sha256(items if items is not None else load_em_pairs()),
+                                    "op": args.op, "layers": args.layers, "alphas": args.alphas, "scale": args.scale,
+                                    "seeds": args.seeds}, overwrite=args.overwrite)
     steer_sweep(model, direction, args.out, layers=args.layers, alphas=args.alphas, op=args.op, seeds=args.seeds,
                 scale=args.scale, items=items)
     return 0
@@ -206,6 +244,11 @@ def cmd_sae(args: argparse.Namespace) -> int:
     if args.sae_cmd == "train":
         recs = _records(args.data, args.n, args.seed, args.data_dir)
         model = _load(args)
+        from .runs import json_sha256, model_config
+
+        RunDir(args.out).bind("sae_train", {"sae_inputs": {
+            "model": model_config(model), "layer": args.layer, "data": json_sha256([r["messages"] for r in recs]),
+            "k": args.k, "expansion": args.expansion, "seed": args.seed}}, overwrite=args.overwrite)
         res = sae.train_sae(model, args.layer, [r["messages"] for r in recs],
                         sae.SAETrainConfig(k=args.k, expansion=args.expansion), out_dir=args.out)
         print(json.dumps({k: v for k, v in vars(res).items() if isinstance(v, (int, float, str))}, default=str))
@@ -246,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="introspect-mech", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[2:13]))
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True, metavar="command")
 
     d = sub.add_parser("demo", help="the main job: finetune, EM metrics, directions, probes, steering, dashboard")
@@ -273,6 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--data-dir", default=None)
     s.add_argument("--out", required=True)
+    s.add_argument("--truncate", action="store_true",
+                   help="drop the oldest prompt tokens of prompts over the context length (recorded per row) "
+                        "instead of refusing")
+    s.add_argument("--overwrite", action="store_true",
+                   help="if --out holds samples of a different configuration, delete them and start clean")
     s.set_defaults(func=cmd_sample)
 
     j = sub.add_parser("judge", help="score RUN/samples.jsonl with its judge prompts; EM report (both denominators)")
@@ -284,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
     j.add_argument("--device", default=None)
     j.add_argument("--data-dir", default=None)
+    j.add_argument("--timeout", type=float, default=60.0, help="seconds per API request (default 60)")
+    j.add_argument("--max-retries", type=int, default=5,
+                   help="API retries after timeouts, connection errors, 408/409/429/5xx (default 5)")
+    j.add_argument("--overwrite", action="store_true",
+                   help="if RUN holds judgements by a different judge, delete them and judge again")
     j.set_defaults(func=cmd_judge)
 
     c = sub.add_parser("cache", help="cache residual-stream activations to safetensors shards")
@@ -297,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--data-dir", default=None)
     c.add_argument("--out", required=True)
+    c.add_argument("--truncate", action="store_true",
+                   help="cut conversations over the context length (listed in activations.json) instead of refusing")
     c.set_defaults(func=cmd_cache)
 
     pr = sub.add_parser("probe", help="persona direction for a trait + probe accuracy by layer")
@@ -309,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--data-dir", default=None)
     pr.add_argument("--out", required=True)
+    pr.add_argument("--overwrite", action="store_true",
+                    help="if --out holds results of a different configuration, delete them and start clean")
     pr.set_defaults(func=cmd_probe)
 
     st = sub.add_parser("steer", help="steering sweep with a saved direction and the random control")
@@ -322,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="random-control seeds")
     st.add_argument("--items", default=None, help="paired-preference items YAML (default: the built-in EM items)")
     st.add_argument("--out", required=True)
+    st.add_argument("--overwrite", action="store_true",
+                    help="if --out holds a sweep of a different configuration, delete it and start clean")
     st.set_defaults(func=cmd_steer)
 
     sa = sub.add_parser("sae", help="train an SAE on one layer, or diff base vs finetuned through one")
@@ -336,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--data-dir", default=None)
     t.add_argument("--out", required=True)
+    t.add_argument("--overwrite", action="store_true",
+                   help="if --out holds an SAE of a different configuration, delete it and start clean")
     df = sa_sub.add_parser("diff", help="rank SAE latents by their change from base to finetuned")
     _model_args(df)
     df.add_argument("--sae", required=True, help="SAE directory in sae-lens format")
@@ -355,16 +417,65 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def error_line(e: BaseException) -> str:
+    """One line for a library error: `error: <file>:<line>: <field>: <what>` where those are known.
+
+    Args:
+        e: the exception.
+
+    Returns:
+        The line (no traceback, no newline).
+    """
+    import json as _json
+
+    from .data.records import DataError
+
+    if isinstance(e, DataError):
+        msg = str(e)
+    elif isinstance(e, FileNotFoundError) and e.filename:
+        msg = f"{e.filename}: file not found"
+    elif isinstance(e, UnicodeDecodeError):
+        msg = f"text: not UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start})"
+    elif isinstance(e, _json.JSONDecodeError):
+        msg = f"line {e.lineno}: json: invalid JSON ({e.msg} at column {e.colno})"
+    elif isinstance(e, (ValueError, TypeError, KeyError, LookupError, OSError, RuntimeError)) and \
+            type(e).__module__.startswith("introspect_mech"):
+        msg = str(e)
+    else:
+        text = str(e).strip()
+        msg = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    lines = [x for x in msg.splitlines() if x.strip()] or [type(e).__name__]
+    line = lines[0] + (" ..." if len(lines) > 1 else "")
+    return f"error: {line}" + ("" if isinstance(e, DataError) else "  (--debug shows the traceback)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand. Library errors become one line and a non-zero exit (`--debug`: traceback).
+
+    Args:
+        argv: arguments (default `sys.argv[1:]`); `--debug` anywhere (or INTROSPECT_MECH_DEBUG=1)
+            lets exceptions propagate with their traceback.
+
+    Returns:
+        The exit status (errors exit through `SystemExit` with the one-line message).
+    """
+    import os
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("INTROSPECT_MECH_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
-    if argv and argv[0] == "finetune":  # its own parser (it owns --help)
-        return cmd_finetune(argparse.Namespace(rest=argv[1:]))
-    args = parser.parse_args(argv)
     try:
+        if argv and argv[0] == "finetune":  # its own parser (it owns --help)
+            return cmd_finetune(argparse.Namespace(rest=argv[1:]))
+        args = parser.parse_args(argv)
         return int(args.func(args) or 0)
-    except FileNotFoundError as e:
-        raise SystemExit(f"error: {e}") from None
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        if debug:
+            raise
+        raise SystemExit(error_line(e)) from None
 
 
 if __name__ == "__main__":

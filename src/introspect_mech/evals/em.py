@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 from tqdm.auto import tqdm
 
 from ..models import LoadedModel
-from ..runs import RunDir, file_sha256, json_sha256
+from ..runs import JsonlLog, RunDir, file_sha256, json_sha256
 from .questions import Question, fill_judge_prompt, load_questions
 from .report import em_report, format_em_report
 from .sampling import sample
@@ -232,6 +232,7 @@ def judge_samples(samples: Sequence[dict], questions: dict[str, Question], judge
     check_judgeable([questions[q] for q in sorted(qids)], metrics, judge, categorical_judge)
     done = {(r["prompt_id"], r["sample"]): r for r in log.rows()}
     todo = [s for s in samples if (s["prompt_id"], s["sample"]) not in done]
+    n_invalid = 0
     bar = tqdm(total=len(todo), desc="judging", unit="resp", disable=not progress or not todo)
     for i in range(0, len(todo), chunk):
         part = todo[i:i + chunk]
@@ -249,15 +250,27 @@ def judge_samples(samples: Sequence[dict], questions: dict[str, Question], judge
             if labels is None:
                 for k, res in zip(idx, judge.score(prompts)):
                     rows[k][m], rows[k][f"{m}_mass"] = res.score, res.mass
+                    if getattr(res, "reason", None):  # an impossible judge answer: no result
+                        rows[k].setdefault("_invalid", {})[m] = res.reason
             else:
                 for k, res in zip(idx, categorical_judge.classify(prompts, list(labels))):
                     rows[k][m], rows[k][f"{m}_mass"], rows[k][f"{m}_probs"] = res.label, res.mass, res.probs
         for k, s in enumerate(part):
+            if "_invalid" in rows[k]:  # logged apart and retried on the next run, never scored
+                n_invalid += 1
+                JsonlLog(Path(log.path).with_name("judge_invalid.jsonl")).append(
+                    {"prompt_id": s["prompt_id"], "sample": s["sample"], "reasons": rows[k]["_invalid"]})
+                continue
             log.append(rows[k])
             done[(s["prompt_id"], s["sample"])] = rows[k]
         bar.update(len(part))
     bar.close()
-    return [done[(s["prompt_id"], s["sample"])] for s in samples]
+    if n_invalid:
+        import sys
+
+        print(f"warning: {n_invalid} answer(s) got invalid judge output and were left out (rerun to retry); "
+              f"see {Path(log.path).with_name('judge_invalid.jsonl')}", file=sys.stderr)
+    return [done[(s["prompt_id"], s["sample"])] for s in samples if (s["prompt_id"], s["sample"]) in done]
 
 
 def run_em_eval(

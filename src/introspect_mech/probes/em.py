@@ -26,6 +26,7 @@ from ..activations import Pooling, cache
 from ..direction import Direction, DirectionLike, as_vectors
 from ..layers import LayerSpec, resolve_layers
 from ..models import LoadedModel
+from ..validate import finite_tensor
 from .linear import mean_diff
 
 
@@ -175,12 +176,20 @@ def project(model: LoadedModel, direction: DirectionLike, conversations: Sequenc
     Returns:
         `[n, layer]` scalar projections (screening a finetuning dataset, monitoring training).
     """
+    if isinstance(direction, Tensor):
+        finite_tensor("direction", direction)
     if layers is None:
         layer_ids = list(direction.layers) if isinstance(direction, Direction) else resolve_layers(None, model.n_layers)
     else:
         layer_ids = resolve_layers(layers, model.n_layers)
-    v = as_vectors(direction, layer_ids)
-    if v.shape[-1] != model.d_model:
-        raise ValueError(f"direction has d_model {v.shape[-1]}, model {model.name} has {model.d_model}")
+    if isinstance(direction, Tensor) and direction.ndim == 2:  # raw [layer, d_model]: row i is block i
+        if tuple(direction.shape) != (model.n_layers, model.d_model):
+            raise ValueError(f"a raw [layer, d_model] direction must have shape {(model.n_layers, model.d_model)} "
+                             f"(row i = block i), got {tuple(direction.shape)}")
+        direction = direction[layer_ids]
+    v = finite_tensor("direction", as_vectors(direction, layer_ids))
+    if tuple(v.shape) != (len(layer_ids), model.d_model):
+        raise ValueError(f"direction gives vectors of shape {tuple(v.shape)}; expected {(len(layer_ids), model.d_model)} "
+                         f"(layer, d_model) for layers {layer_ids} of {model.name}")
     acts = cache(model, conversations, layers=layer_ids, positions=positions, batch_size=batch_size, progress=progress)
     return torch.einsum("nld,ld->nl", acts.float(), v)
