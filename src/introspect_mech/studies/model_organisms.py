@@ -64,7 +64,7 @@ class MOConfig:
     checkpoint_questions: int | None = None  # the first k of question_ids at each checkpoint (None = all)
     max_new_tokens: int = 600
     temperature: float = 1.0
-    direction_layer: float | int = 0.5  # int: block index; float in (0, 1): relative depth (24/48 = 0.5)
+    direction_layer: int | str = "middle"  # a block index or "middle" (block n_layers // 2: 24 of Qwen2.5-14B's 48)
     n_random: int = 3
     aligned_max: float = 30.0
     coherent_min: float = 50.0
@@ -92,14 +92,15 @@ PRESETS: dict[str, MOConfig] = {
 }
 
 
-def resolve_layer(spec: float | int, n_layers: int) -> int:
-    """A block index from an int or a relative depth in (0, 1)."""
-    if isinstance(spec, float) and 0 < spec < 1:
-        return min(n_layers - 1, int(round(spec * n_layers)))
-    layer = int(spec)
-    if not 0 <= layer < n_layers:
+def resolve_layer(spec: int | str, n_layers: int) -> int:
+    """A block index from an int or "middle" (the project's layer vocabulary; floats are refused)."""
+    if spec == "middle":
+        return n_layers // 2
+    if isinstance(spec, bool) or not isinstance(spec, int):
+        raise TypeError(f"direction_layer must be a block index or 'middle', got {spec!r}")
+    if not 0 <= spec < n_layers:
         raise ValueError(f"direction_layer {spec} outside 0..{n_layers - 1}")
-    return layer
+    return spec
 
 
 def lora_b_norm(adapter_dir: str | Path) -> float:
