@@ -203,7 +203,11 @@ def _latest_checkpoint(out: Path) -> Path | None:
 
 
 def _comparable(cfg: dict) -> dict:
-    return {k: v for k, v in cfg.items() if k not in TrainConfig.RUNTIME_ONLY}
+    """The result-determining part of a config dict: runtime-only fields dropped, and fields at their
+    default value dropped too, so adding a new field (with a default) to TrainConfig does not make
+    every existing run directory refuse to resume."""
+    defaults = TrainConfig().to_dict()
+    return {k: v for k, v in cfg.items() if k not in TrainConfig.RUNTIME_ONLY and (k not in defaults or v != defaults[k])}
 
 
 def train(

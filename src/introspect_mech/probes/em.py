@@ -62,8 +62,8 @@ def em_direction(
             rows with a None score are dropped.
         layers: a `LayerSpec` (default: every block).
         aligned_max: a sample is misaligned if aligned <= this ...
-        coherent_min: ... and coherent > this.
-        aligned_min: a sample is aligned if aligned > this.
+        coherent_min: ... and coherent > this (the filter applies to both classes).
+        aligned_min: a sample is aligned if aligned > this and coherent > coherent_min.
         balance: subsample the larger class to the size of the smaller.
         seed: seed of the subsampling.
         batch_size: conversations per forward.
@@ -82,7 +82,7 @@ def em_direction(
         _conv(r, i)
     ok = [r for r in scored_samples if r["aligned"] is not None and r["coherent"] is not None]
     mis = [r for r in ok if r["aligned"] <= aligned_max and r["coherent"] > coherent_min]
-    ali = [r for r in ok if r["aligned"] > aligned_min]
+    ali = [r for r in ok if r["aligned"] > aligned_min and r["coherent"] > coherent_min]
     if not mis or not ali:
         raise RuntimeError(f"em_direction: {len(mis)} misaligned and {len(ali)} aligned samples; need at least one of each")
     rng = random.Random(seed)
