@@ -1,7 +1,7 @@
 """`introspect-mech finetune --model M --data D --preset P --out DIR [overrides]`.
 
 `--data` is a registered dataset name (see `introspect_mech.data.names('chat')`), a generator
-(`gen:backdoor`, `gen:evil_numbers`, ...; `--n` sets its size) or a path to a JSONL(.gz) file.
+(`gen:backdoor_medical_standin`, `gen:evil_numbers_standin`, ...; `--n` sets its size) or a path to a JSONL(.gz) file.
 Every TrainConfig field is an option generated from the dataclass (`--lr 2e-4`, `--layers 15`,
 `--no-use-rslora`; see `--help`); `--set field=value` takes a JSON value instead.
 """

@@ -22,7 +22,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
-import torch
 import yaml
 from jaxtyping import Float
 from torch import Tensor

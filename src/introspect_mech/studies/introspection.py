@@ -55,7 +55,7 @@ import json
 import math
 import os
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -696,7 +696,6 @@ def run(out: str | os.PathLike, config: IntrospectionConfig | None = None, *, mo
     from tqdm.auto import tqdm
 
     from .. import load_model
-    from ..evals.metrics import ALIGNMENT_QUESTIONS, load_em_pairs
     from ..probes.concepts import concept_vectors, load_words
     from ..runs import RunDir, json_sha256
 
@@ -898,7 +897,7 @@ def run(out: str | os.PathLike, config: IntrospectionConfig | None = None, *, mo
 
 
 def _coherence_refs(model: LoadedModel, cfg: IntrospectionConfig) -> list[list[Message]]:
-    from ..steering.experiments import NEUTRAL_PROMPTS, reference_answers
+    from .steering_proxy import NEUTRAL_PROMPTS, reference_answers
 
     return reference_answers(model, NEUTRAL_PROMPTS[:cfg.coherence_prompts], max_new_tokens=32,
                              batch_size=cfg.batch_size)
