@@ -90,15 +90,21 @@ def _scrub(obj: Any) -> Any:
     return obj
 
 
-@dataclass
+@dataclass(init=False)
 class RunDir:
-    """A run directory. `RunDir(path).write_manifest(model=..., seed=...)` merges into manifest.json."""
+    """A run directory. `RunDir(path).write_manifest(model=..., seed=...)` merges into manifest.json.
 
-    path: Path | str | os.PathLike  # a Path after __init__
+    Args:
+        path: the directory (created if missing).
+        meta: free-form extra information kept on the object.
+    """
+
+    path: Path
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        self.path = Path(self.path)
+    def __init__(self, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> None:
+        self.path = Path(path)
+        self.meta = dict(meta or {})
         self.path.mkdir(parents=True, exist_ok=True)
 
     @property

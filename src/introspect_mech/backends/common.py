@@ -8,10 +8,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..activations import Tokenized, _batches, _pool, tokenize
+from ..activations import Pooling, Tokenized, _batches, _pool, tokenize
 
 
-def padded_batches(model, conversations: Sequence[Any], positions: str, batch_size: int
+def padded_batches(model, conversations: Sequence[Any], positions: Pooling, batch_size: int
                    ) -> tuple[int, list[int], Iterator[tuple[list[int], Tensor, Tensor, Tensor]]]:
     """(n, lengths, iterator of (indices, input_ids, attention_mask, select)), right-padded, longest first."""
     items: list[Tokenized] = tokenize(model, conversations, positions)

@@ -183,4 +183,5 @@ def project(model: LoadedModel, direction: DirectionLike, conversations: Sequenc
     if v.shape[-1] != model.d_model:
         raise ValueError(f"direction has d_model {v.shape[-1]}, model {model.name} has {model.d_model}")
     acts = cache(model, conversations, layers=layer_ids, positions=positions, batch_size=batch_size, progress=progress)
+    assert isinstance(acts, Tensor)  # no out=: a tensor
     return torch.einsum("nld,ld->nl", acts.float(), v)
