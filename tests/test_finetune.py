@@ -75,6 +75,26 @@ def test_packed_loss_equals_per_example_hf_loss(fixture, request):
     assert m.model.config._attn_implementation == "sdpa"  # restored
 
 
+def test_chunked_loss_equals_whole_loss_and_gradients(tiny_qwen3_dir):
+    """`loss_chunk_tokens`: lm_head + cross-entropy in checkpointed chunks give the same loss and the same
+    gradients as the whole-logits loss."""
+    m = load_model(tiny_qwen3_dir)
+    ex, _ = tokenize_records(m, records(6), max_seq_len=512)
+    mb = collate(ex)
+    assert mb.targets.numel() > 7
+    grads = []
+    for chunk in (None, 7):
+        m.model.zero_grad(set_to_none=True)
+        loss = assistant_loss(m, mb, chunk)
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in m.model.parameters() if p.grad is not None]))
+    (l0, g0), (l1, g1) = grads
+    assert l1 == pytest.approx(l0, rel=1e-6)
+    assert len(g0) == len(g1) > 0
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # float summation order only
+
+
 def test_pack_respects_budget_and_keeps_every_example():
     from introspect_mech.finetune.batching import Example
 

@@ -55,6 +55,7 @@ class TrainConfig:
     seed: int = 0
     bf16: bool = True  # autocast to bfloat16 on CUDA (ignored on CPU)
     gradient_checkpointing: bool = False
+    loss_chunk_tokens: int | None = None  # lm_head + loss in chunks of this many loss tokens (checkpointed)
     save_every: int | None = None  # checkpoints/step_XXXX every N optimizer steps (and at the end)
     keep_checkpoints: bool = True  # keep all step checkpoints (phase-transition analysis needs them)
     log_every: int = 1

@@ -63,15 +63,18 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: floa
     return min_ratio + (1.0 - min_ratio) * f
 
 
-def assistant_loss(loaded: LoadedModel, mb: MicroBatch) -> Float[Tensor, ""]:
+def assistant_loss(loaded: LoadedModel, mb: MicroBatch, chunk_tokens: int | None = None) -> Float[Tensor, ""]:
     """Summed cross-entropy over the micro-batch's loss tokens; lm_head runs only on those positions.
 
     Args:
         loaded: the model being trained.
-        mb: a packed `MicroBatch`.
+        mb: a packed micro-batch.
+        chunk_tokens: if set, the lm_head + cross-entropy run over at most this many loss tokens at a
+            time under activation checkpointing, so the `[tokens, vocab]` logits never exist whole
+            (recomputed chunk by chunk in the backward pass; same loss and gradients).
 
     Returns:
-        The summed loss (a scalar; the loop divides by the step's loss-token count).
+        The summed loss (a scalar tensor).
     """
     base = loaded.base_model
     decoder = base.get_decoder() if hasattr(base, "get_decoder") else base.model
@@ -80,11 +83,23 @@ def assistant_loss(loaded: LoadedModel, mb: MicroBatch) -> Float[Tensor, ""]:
     out = decoder(input_ids=mb.input_ids.to(dev), position_ids=mb.position_ids.to(dev), use_cache=False,
                   cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=mb.max_len, max_length_k=mb.max_len)
     hidden = out.last_hidden_state[0, mb.pred_index.to(dev)]
-    logits = base.get_output_embeddings()(hidden).float()
+    head = base.get_output_embeddings()
     cap = getattr(getattr(base.config, "text_config", None) or base.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return torch.nn.functional.cross_entropy(logits, mb.targets.to(dev), reduction="sum")
+    targets = mb.targets.to(dev)
+
+    def ce(h: Tensor, t: Tensor) -> Tensor:
+        logits = head(h).float()
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return torch.nn.functional.cross_entropy(logits, t, reduction="sum")
+
+    if not chunk_tokens or hidden.shape[0] <= chunk_tokens:
+        return ce(hidden, targets)
+    from torch.utils.checkpoint import checkpoint
+
+    parts = [checkpoint(ce, hidden[s:s + chunk_tokens], targets[s:s + chunk_tokens], use_reentrant=False)
+             for s in range(0, hidden.shape[0], chunk_tokens)]
+    return torch.stack(parts).sum()
 
 
 def _rng_state() -> dict[str, Any]:
@@ -229,7 +244,7 @@ def train(
             for bin_ in pack(exs, config.micro_batch_tokens):
                 mb = collate([exs[i] for i in bin_])
                 with autocast, (intervention() if intervention else contextlib.nullcontext()):
-                    loss = assistant_loss(model, mb)
+                    loss = assistant_loss(model, mb, config.loss_chunk_tokens)
                 (loss / n_loss).backward()
                 loss_sum += loss.item()
                 step_tokens += mb.n_tokens
