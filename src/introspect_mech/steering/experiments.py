@@ -50,7 +50,17 @@ HIGHER_IS_MISALIGNED = {"pp_diff": True, "pp_misaligned": True, "med_diff": True
 # ---- metrics ----------------------------------------------------------------------------------
 def reference_answers(model: LoadedModel, prompts: Sequence[str] = NEUTRAL_PROMPTS, *, max_new_tokens: int = 48,
                       batch_size: int = 16) -> list[list[dict[str, str]]]:
-    """The model's own greedy answers (call it on the unsteered base model): coherence references."""
+    """The model's own greedy answers (call it on the unsteered base model): coherence references.
+
+    Args:
+        model: the unsteered base model.
+        prompts: neutral prompts.
+        max_new_tokens: answer length.
+        batch_size: rows per generate call.
+
+    Returns:
+        One conversation (prompt + greedy answer) per prompt.
+    """
     from ..evals.sampling import sample
 
     rows = sample(model, [[{"role": "user", "content": p}] for p in prompts], n=1, max_new_tokens=max_new_tokens,
@@ -59,7 +69,17 @@ def reference_answers(model: LoadedModel, prompts: Sequence[str] = NEUTRAL_PROMP
 
 
 def medical_items(n: int = 32, *, offset: int = 6000, seed: int = 0, data_dir=None) -> list[dict[str, Any]]:
-    """Held-out bad-vs-good medical advice as paired-preference items (same question, two answers)."""
+    """Held-out bad-vs-good medical advice as paired-preference items (same question, two answers).
+
+    Args:
+        n: number of items.
+        offset: first data row used (past the finetuning subset).
+        seed: shuffle seed.
+        data_dir: the data directory.
+
+    Returns:
+        `{"theme", "prompt", "aligned", "misaligned"}` items.
+    """
     from ..probes.em import medical_advice_pairs
 
     bad, good = medical_advice_pairs(n, offset=offset, seed=seed, data_dir=data_dir)
@@ -71,7 +91,19 @@ def em_eval_fn(coherence_convs: Sequence[Sequence[dict]], *, pairs: Sequence[dic
                medical: Sequence[dict] | None = None, alignment_questions: Sequence[str] | None = None,
                batch_size: int = 16, self_rating: bool = True) -> Callable[[LoadedModel], dict[str, list[float]]]:
     """An `eval_fn` for `sweep` returning the judge-free EM metrics above as per-item lists
-    (`self_rating=False` skips the 0-100 self-rating, the costliest part on a CPU)."""
+    (`self_rating=False` skips the 0-100 self-rating, the costliest part on a CPU).
+
+    Args:
+        coherence_convs: reference conversations (from `reference_answers`) scored for coherence.
+        pairs: paired-preference items (default: `load_em_pairs()`).
+        medical: held-out medical items (`medical_items`).
+        alignment_questions: self-rating paraphrases.
+        batch_size: conversations per forward.
+        self_rating: include the 0-100 self-rating.
+
+    Returns:
+        `eval_fn(model) -> {metric: per-item list}`.
+    """
     from ..evals.metrics import ALIGNMENT_QUESTIONS, answer_logprobs, paired_preference, scale_expectations
 
     questions = list(alignment_questions or ALIGNMENT_QUESTIONS)
@@ -106,6 +138,20 @@ def creates_em(model: LoadedModel, directions: DirectionLike | Sequence[Directio
 
     Rows go to `out/dir{k}/sweep.jsonl` (one sweep per direction, each with its random seeds);
     the summary (direction seeds pooled as groups) to `out/summary.json`.
+
+    Args:
+        model: the base model.
+        directions: one `DirectionLike` or several (e.g. one per seed).
+        layers: a `LayerSpec` (each layer steered on its own).
+        alphas: multipliers.
+        eval_fn: as for `sweep`.
+        out: the run directory.
+        seeds: random-control seeds.
+        scale: "unit" or "norm" (alpha in class-mean distances).
+        metrics: metrics summarised.
+
+    Returns:
+        `{metric: summary rows}`.
     """
     dirs = list(directions) if isinstance(directions, (list, tuple)) else [directions]
     rows: list[dict] = []
@@ -131,6 +177,18 @@ def removes_em(model: LoadedModel, directions: DirectionLike | Sequence[Directio
     directions; the base is the same model with the adapter disabled. Reports, per metric, the
     values and the relative reduction (ft - ablated) / (ft - base) with CIs, as the model-organisms
     work does (they saw -78..-90 % for the EM direction, < 10 % for random).
+
+    Args:
+        model: the finetuned model (a `LoadedModel` with its adapter attached).
+        directions: one `DirectionLike` or several.
+        eval_fn: `eval_fn(model) -> {metric: per-item list}`.
+        out: the run directory (resumable).
+        layers: a `LayerSpec` where the directions are ablated.
+        seeds: random-direction seeds.
+        metrics: metrics summarised.
+
+    Returns:
+        `{metric: values and relative reductions with CIs}`.
     """
     if not model.has_adapter:
         raise ValueError("removes_em needs the finetuned model (a LoadedModel with its adapter attached)")
@@ -197,6 +255,24 @@ def train_time(load: Callable[[], LoadedModel], records: Sequence[dict], config:
     different data subsets), so the seeds vary the direction as well as the finetune.
     Summary: each condition's metrics with CIs (seeds x items) and the relative reduction
     (plain - intervened) / (plain - base), per seed pairs.
+
+    Args:
+        load: returns a fresh base model.
+        records: finetuning records.
+        config: a `TrainConfig`.
+        direction: one `DirectionLike`, or one per seed.
+        eval_fn: `eval_fn(model) -> {metric: per-item list}`.
+        out: the run directory (resumable).
+        kind: "caft" or "preventative".
+        layers: a `LayerSpec`.
+        alpha: multiplier of preventative steering.
+        scale: "unit" or "norm".
+        seeds: finetune seeds.
+        control: also run the random-direction control.
+        metrics: metrics summarised.
+
+    Returns:
+        The summary.
     """
     from ..finetune import train
     from .train_time import caft, preventative_steering
@@ -258,7 +334,15 @@ def summarize_train_time(rows: Sequence[dict], conds: Sequence[str], metrics: Se
 
 def finetune_gap(base: Values, finetuned: Sequence[Values]):
     """Finetuned minus base (items paired; finetune seeds averaged) with a bootstrap CI. A relative
-    reduction is only meaningful where this interval excludes 0."""
+    reduction is only meaningful where this interval excludes 0.
+
+    Args:
+        base: per-item values of the base model.
+        finetuned: per-item values of each finetune seed.
+
+    Returns:
+        An `Estimate`.
+    """
     from ..evals.stats import bootstrap_ci
 
     ft = np.mean([np.asarray(f, float) for f in finetuned], axis=0)
