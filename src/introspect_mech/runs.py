@@ -337,7 +337,7 @@ class RunDir:
         if event == "overwrite":
             self._clear(outputs)
         if event in ("overwrite", "rebind"):
-            m = {} if outputs is None and event == "overwrite" else self._drop_stage(self.manifest(), stage, old)
+            m = {} if outputs is None and event == "overwrite" else self._drop_stage(self.manifest(), stage, old or {})
         if not m:
             m = self._new_manifest()
         m.setdefault("bindings", {})[stage] = {"config": cfg, "sha256": digest}
