@@ -53,6 +53,7 @@ which positions a steering hook changes.
 POOLINGS: tuple[str, ...] = ("last_prompt", "response_mean", "response_last", "all")
 POSITIONS = POOLINGS  # deprecated alias of POOLINGS
 Conversation = Sequence[dict[str, str]]
+__all__ = ["cache", "LazyActivations", "Pooling", "POOLINGS", "Acts", "tokenize", "Tokenized"]
 Acts = Union[Float[Tensor, "n layer d_model"], Float[Tensor, "n layer pos d_model"]]
 
 

@@ -17,6 +17,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+__all__ = ["Direction", "DirectionLike", "as_vectors", "check_direction"]
+
 
 @dataclass
 class Direction:

@@ -251,19 +251,24 @@ def describe_diff(old: dict[str, Any], new: dict[str, Any], limit: int = 6) -> s
 
 
 # ---- run directory ----------------------------------------------------------------------------
-@dataclass
+@dataclass(init=False)
 class RunDir:
     """A run directory. `RunDir(path).write_manifest(model=..., seed=...)` merges into manifest.json.
 
     Bind a stage's configuration first (`bind("sample", {...})`) so a rerun with other settings is
     refused instead of mixing results from two configurations.
+
+    Args:
+        path: the directory (created if missing).
+        meta: free-form extra information kept on the object.
     """
 
-    path: Path | str | os.PathLike  # a Path after __init__
+    path: Path
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        self.path = Path(self.path)
+    def __init__(self, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> None:
+        self.path = Path(path)
+        self.meta = dict(meta or {})
         if self.path.exists() and not self.path.is_dir():
             raise DataError(str(self.path), None, "out", "exists and is not a directory")
         self.path.mkdir(parents=True, exist_ok=True)
@@ -332,7 +337,7 @@ class RunDir:
         if event == "overwrite":
             self._clear(outputs)
         if event in ("overwrite", "rebind"):
-            m = {} if outputs is None and event == "overwrite" else self._drop_stage(self.manifest(), stage, old)
+            m = {} if outputs is None and event == "overwrite" else self._drop_stage(self.manifest(), stage, old or {})
         if not m:
             m = self._new_manifest()
         m.setdefault("bindings", {})[stage] = {"config": cfg, "sha256": digest}

@@ -38,7 +38,14 @@ _CORPUS = [
 
 
 def train_tokenizer(vocab_size: int = 512):
-    """A byte-level BPE tokenizer trained on the built-in corpus, digits split individually."""
+    """A byte-level BPE tokenizer trained on the built-in corpus, digits split individually.
+
+    Args:
+        vocab_size: vocabulary size.
+
+    Returns:
+        A `PreTrainedTokenizerFast`.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -74,7 +81,23 @@ def tiny_qwen(
     tokenizer_dir: str | os.PathLike | None = None,
     vocab_size: int = 512,
 ) -> Path:
-    """Write a tiny random Qwen2/Qwen3 checkpoint (weights + tokenizer + chat template) to `path`."""
+    """Write a tiny random Qwen2/Qwen3 checkpoint (weights + tokenizer + chat template) to `path`.
+
+    Args:
+        path: the directory.
+        arch: "qwen2" or "qwen3".
+        n_layers: decoder blocks.
+        d_model: residual width.
+        n_heads: attention heads.
+        n_kv_heads: key/value heads.
+        d_mlp: MLP width.
+        seed: weight seed.
+        tokenizer_dir: use this tokenizer (and chat template) instead of training one.
+        vocab_size: vocabulary of the trained tokenizer.
+
+    Returns:
+        `path`.
+    """
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     if arch not in ("qwen2", "qwen3"):

@@ -8,12 +8,22 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..activations import Tokenized, _batches, _pool, tokenize
+from ..activations import Pooling, Tokenized, _batches, _pool, tokenize
 
 
-def padded_batches(model, conversations: Sequence[Any], positions: str, batch_size: int
+def padded_batches(model, conversations: Sequence[Any], positions: Pooling, batch_size: int
                    ) -> tuple[int, list[int], Iterator[tuple[list[int], Tensor, Tensor, Tensor]]]:
-    """(n, lengths, iterator of (indices, input_ids, attention_mask, select)), right-padded, longest first."""
+    """(n, lengths, iterator of (indices, input_ids, attention_mask, select)), right-padded, longest first.
+
+    Args:
+        model: the `LoadedModel` that tokenises (as `activations.cache` does).
+        conversations: the conversations.
+        positions: the `Pooling`.
+        batch_size: conversations per batch.
+
+    Returns:
+        `(n, lengths, batches)`.
+    """
     items: list[Tokenized] = tokenize(model, conversations, positions)
     lengths = [len(t.input_ids) for t in items]
     pad = model.tokenizer.pad_token_id or 0
@@ -33,7 +43,20 @@ def padded_batches(model, conversations: Sequence[Any], positions: str, batch_si
 
 def assemble(n: int, lengths: list[int], n_layers: int, d: int, positions: str, dtype,
              parts: list[tuple[list[int], Tensor]]) -> Float[Tensor, "n layer *pos d_model"]:
-    """Scatter per-batch [b, layer, d] (or [b, layer, s, d]) results back into input order."""
+    """Scatter per-batch [b, layer, d] (or [b, layer, s, d]) results back into input order.
+
+    Args:
+        n: number of conversations.
+        lengths: their token counts.
+        n_layers: layers cached.
+        d: d_model.
+        positions: the `Pooling` ("all" keeps positions).
+        dtype: dtype of the result.
+        parts: `(indices, activations)` per batch.
+
+    Returns:
+        `[n, layer, d_model]` (or `[n, layer, pos, d_model]` for "all").
+    """
     shape = (n, n_layers, max(lengths, default=0), d) if positions == "all" else (n, n_layers, d)
     out = torch.zeros(shape, dtype=dtype)
     for idx, acts in parts:

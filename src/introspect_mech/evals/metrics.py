@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import torch
 import yaml
+from jaxtyping import Float
 
 from ..models import LoadedModel
 from .scoring import number_distributions, tree_logprobs
@@ -26,15 +27,17 @@ Message = dict[str, str]
 
 @dataclass
 class ScaleResult:
+    """What `scale_expectation` returns."""
+
     expected: float | None  # renormalised expectation over lo..hi; None when mass < min_mass
     mass: float             # probability that the answer is an integer in lo..hi
-    probs: torch.Tensor     # P(answer == k), k = lo..hi (unnormalised)
+    probs: Float[torch.Tensor, " k"]  # P(answer == k), k = lo..hi (unnormalised)
 
     def to_dict(self) -> dict:
         """The result as a JSON-ready dict.
 
         Returns:
-            Its fields.
+            `{"expected", "mass"}`.
         """
         return {"expected": self.expected, "mass": self.mass}
 

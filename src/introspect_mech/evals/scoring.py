@@ -282,6 +282,7 @@ class NumberDist:
 
     @property
     def mass(self) -> float:
+        """Total probability of the numbers lo..hi."""
         return float(self.probs.sum())
 
     def expected(self, min_mass: float = 0.0) -> float | None:

@@ -47,6 +47,15 @@ class MicroBatch:
 
 
 def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
+    """The messages with `system_prompt` injected when they have no system turn.
+
+    Args:
+        messages: the conversation.
+        system_prompt: the system prompt (None: unchanged).
+
+    Returns:
+        The messages.
+    """
     if system_prompt is None or (messages and messages[0]["role"] == "system"):
         return messages
     return [{"role": "system", "content": system_prompt}, *messages]
@@ -86,14 +95,33 @@ def tokenize_records(loaded, records: Sequence[Record], *, max_seq_len: int, ass
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The data order of one epoch: a permutation that depends only on (seed, epoch)."""
+    """The data order of one epoch: a permutation that depends only on (seed, epoch).
+
+    Args:
+        n: number of examples.
+        seed: data seed.
+        epoch: epoch index.
+
+    Returns:
+        A permutation of range(n).
+    """
     idx = list(range(n))
     random.Random(f"{seed}-{epoch}").shuffle(idx)
     return idx
 
 
 def step_groups(n: int, batch_size: int, seed: int, epochs: int) -> list[list[int]]:
-    """Example indices of every optimizer step over all epochs (last step of an epoch may be short)."""
+    """Example indices of every optimizer step over all epochs (last step of an epoch may be short).
+
+    Args:
+        n: number of examples.
+        batch_size: examples per optimizer step.
+        seed: data seed.
+        epochs: number of epochs.
+
+    Returns:
+        One list of example indices per optimizer step.
+    """
     steps = []
     for e in range(epochs):
         order = epoch_order(n, seed, e)
@@ -102,7 +130,15 @@ def step_groups(n: int, batch_size: int, seed: int, epochs: int) -> list[list[in
 
 
 def pack(examples: Sequence[Example], max_tokens: int) -> list[list[int]]:
-    """Greedy first-fit-decreasing packing of example indices into micro-batches of <= max_tokens."""
+    """Greedy first-fit-decreasing packing of example indices into micro-batches of <= max_tokens.
+
+    Args:
+        examples: tokenised examples.
+        max_tokens: token budget of a micro-batch.
+
+    Returns:
+        Example indices per micro-batch.
+    """
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
     bins: list[list[int]] = []
     room: list[int] = []
@@ -120,7 +156,14 @@ def pack(examples: Sequence[Example], max_tokens: int) -> list[list[int]]:
 
 
 def collate(examples: Sequence[Example]) -> MicroBatch:
-    """Concatenate examples into one padding-free row with per-example position ids."""
+    """Concatenate examples into one padding-free row with per-example position ids.
+
+    Args:
+        examples: the examples of one micro-batch.
+
+    Returns:
+        The `MicroBatch`.
+    """
     ids, pos, pred, tgt, cu = [], [], [], [], [0]
     off = 0
     for ex in examples:

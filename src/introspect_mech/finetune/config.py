@@ -31,7 +31,7 @@ class TrainConfig:
     # Restrict LoRA (or full finetuning) to these decoder layers: a `LayerSpec` (see
     # introspect_mech.layers): ints (negative from the end), "middle" (block n_layers // 2) or "all";
     # None = no restriction. Floats are rejected.
-    layers: int | str | tuple[int, ...] | None = None
+    layers: int | str | tuple[int, ...] | list[int] | None = None  # a tuple after __init__
     # optimisation
     lr: float = 1e-5
     epochs: int = 1

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import yaml
 from jaxtyping import Float
@@ -107,7 +107,10 @@ def word_activations(model, words: Sequence[str], *, layers: int | Sequence[int]
         rows = sample(model, convs, n=1, max_new_tokens=max_new_tokens, temperature=0, seed=0,
                       batch_size=batch_size, progress=progress)
         convs = [c + [{"role": "assistant", "content": r["response"] or "."}] for c, r in zip(convs, rows)]
-    return cache(model, convs, layers=layer_ids, positions=positions, batch_size=batch_size, progress=progress)
+    acts = cache(model, convs, layers=layer_ids, positions=positions,  # type: ignore[arg-type]  # checked above
+                 batch_size=batch_size, progress=progress)
+    assert isinstance(acts, Tensor)  # no out=: a tensor
+    return acts
 
 
 def concept_vectors(model, words: Sequence[str], baseline: Sequence[str] | None = None, *,
@@ -133,8 +136,8 @@ def concept_vectors(model, words: Sequence[str], baseline: Sequence[str] | None 
     if not words or len(base) < 2:
         raise ValueError(f"need at least one word and two baseline words (got {len(words)} and {len(base)})")
     layer_ids = resolve_layers(layers, n_layers=model.n_layers)
-    kw = dict(layers=layer_ids, positions=positions, template=template, max_new_tokens=max_new_tokens,
-              batch_size=batch_size, progress=progress)
+    kw: dict[str, Any] = dict(layers=layer_ids, positions=positions, template=template,
+                              max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
     a_words = word_activations(model, words, **kw).float()
     a_base = word_activations(model, base, **kw).float()
     total = a_base.sum(0)

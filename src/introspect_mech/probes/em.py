@@ -192,4 +192,5 @@ def project(model: LoadedModel, direction: DirectionLike, conversations: Sequenc
         raise ValueError(f"direction gives vectors of shape {tuple(v.shape)}; expected {(len(layer_ids), model.d_model)} "
                          f"(layer, d_model) for layers {layer_ids} of {model.name}")
     acts = cache(model, conversations, layers=layer_ids, positions=positions, batch_size=batch_size, progress=progress)
+    assert isinstance(acts, Tensor)  # no out=: a tensor
     return torch.einsum("nld,ld->nl", acts.float(), v)

@@ -46,7 +46,7 @@ def mean_diff(pos: PosActs, neg: NegActs, layers: Sequence[int] | None = None, *
     p, n = _acts(pos), _acts(neg)
     if p.shape[1:] != n.shape[1:] or len(p) == 0 or len(n) == 0:
         raise ValueError(f"mean_diff: pos {tuple(p.shape)} and neg {tuple(n.shape)} must be non-empty with equal layer/d_model")
-    return Direction.from_raw(p.mean(0) - n.mean(0), layers, method="mean_diff", n_pos=len(p), n_neg=len(n), **meta)
+    return Direction.from_raw(p.mean(0) - n.mean(0), None if layers is None else list(layers), method="mean_diff", n_pos=len(p), n_neg=len(n), **meta)
 
 
 def pca_direction(acts: Activations, labels: Any = None, layers: Sequence[int] | None = None,

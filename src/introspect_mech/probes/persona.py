@@ -394,6 +394,7 @@ def persona_data(
             for r in gen[side]:
                 r["score"] = r["trait"]
     elif filter == "judge":
+        assert scores is not None  # checked at entry
         for side in gen:
             for r in gen[side]:
                 key = (r["instruction"], r["question_index"], r["sample"], side)
@@ -426,6 +427,7 @@ def persona_data(
 
     pos = cache(model, convs("pos"), layers=layer_ids, positions="response_mean", batch_size=batch_size, progress=progress)
     neg = cache(model, convs("neg"), layers=layer_ids, positions="response_mean", batch_size=batch_size, progress=progress)
+    assert isinstance(pos, Tensor) and isinstance(neg, Tensor)  # no out=: tensors
     d = mean_diff(pos, neg, layer_ids, model=model.name, adapter=model.meta.get("adapter"), trait=trait,
                   recipe="persona_vectors", filter=filter, n_pairs=len(gen["pos"]), n_kept=len(kept_idx), seed=seed,
                   max_new_tokens=max_new_tokens, temperature=temperature, system_format=system_format)

@@ -84,14 +84,15 @@ def self_prediction_probe(
     key = "hypothetical_prompt" if source == "hypothetical" else "object_level_prompt"
     acts = cache(model, [rows[i][key] for i in keep], layers=layer_ids, positions="last_prompt",
                  batch_size=batch_size, progress=progress)
-    y = [labels[i] for i in keep]
+    y = [str(labels[i]) for i in keep]  # kept labels are never None
     if shuffle_labels:
         import random
 
         random.Random(seed).shuffle(y)
     sweep = layer_sweep(acts, y, layer_ids, cv=cv, seed=seed, progress=progress)
     chance = max(Counter(y).values()) / len(y)
-    return SelfPredictionResult(sweep, y, [got[i] for i in keep], chance, len(rows) - len(keep))
+    return SelfPredictionResult(sweep, y, [a for i in keep if (a := got[i]) is not None], chance,
+                                len(rows) - len(keep))
 
 
 def relative_layers(n_layers: int, layers: Sequence[int | float]) -> list[int]:

@@ -108,7 +108,7 @@ def decoder_cosines(sae: LayerSAE, direction: DirectionLike) -> Float[Tensor, " 
     return (W @ v) / W.norm(dim=-1).clamp_min(1e-12)
 
 
-def _encode_all(sae: LayerSAE, examples: list[TokenActs], positions: str) -> tuple[Tensor, Tensor, int]:
+def _encode_all(sae: LayerSAE, examples: list[TokenActs], positions: TokenPositions) -> tuple[Tensor, Tensor, int]:
     """Token-weighted mean latent activation and firing fraction over the selected tokens
     (streamed: no [tokens, d_sae] matrix is kept, so 100k-latent SAEs fit)."""
     total, fired, n = torch.zeros(sae.d_sae), torch.zeros(sae.d_sae), 0
@@ -252,6 +252,7 @@ def model_diff(
     }
     if cos is not None:
         v = _direction_vector(direction, sae.layer)
+        assert v is not None  # cos is only computed with a direction
         shift = sel_f - sel_b
         summary.update({
             "resid_mean_shift_cosine_with_direction": float(shift @ v / shift.norm().clamp_min(1e-12)),
@@ -281,7 +282,7 @@ def model_diff(
     return result
 
 
-def _per_example_means(examples: list[TokenActs], positions: str) -> Tensor:
+def _per_example_means(examples: list[TokenActs], positions: TokenPositions) -> Tensor:
     d = examples[0].acts.shape[1]
     rows = []
     for e in examples:
@@ -334,7 +335,9 @@ def steer_latents(
     done = log.done_keys() if log is not None else set()
     targets: list[tuple[str, Tensor]] = [(f"latent_{int(j)}", sae.decoder_direction(int(j))) for j in latents]
     for r in range(n_random):
-        targets.append((f"random_{r}", steering.random_like(sae.decoder_direction(int(latents[0])), seed + r)))
+        rnd = steering.random_like(sae.decoder_direction(int(latents[0])), seed + r)
+        assert isinstance(rnd, Tensor)  # random_like keeps the type: a tensor for a tensor
+        targets.append((f"random_{r}", rnd))
     rows = []
     for name, vec in targets:
         for alpha in alphas:

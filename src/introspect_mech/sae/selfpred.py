@@ -45,8 +45,9 @@ def prompt_latents(model: LoadedModel, sae: LayerSAE, prompts: Sequence[Any], *,
 
     sae.check_fits(model)
     acts = cache(model, list(prompts), layers=[sae.layer], positions="last_prompt", batch_size=batch_size,
-                 dtype=torch.float32, progress=False)[:, 0]
-    return sae.encode(acts).cpu()
+                 dtype=torch.float32, progress=False)
+    assert isinstance(acts, torch.Tensor)  # no out=: a tensor
+    return sae.encode(acts[:, 0]).cpu()
 
 
 def prompt_diff(base: LoadedModel, trained: LoadedModel, sae: LayerSAE, prompts: Sequence[Any], *,
@@ -134,7 +135,9 @@ def predictive_latents(
     if len(classes) < 2:
         raise ValueError(f"labels have a single class ({classes[0]!r}): nothing to predict")
     y = np.array([classes.index(l) for l in labels])
-    z = (latents if latents is not None else prompt_latents(model, sae, prompts, batch_size=batch_size)).numpy()
+    if latents is None and model is None:
+        raise ValueError("predictive_latents needs a model or precomputed latents=")
+    z = (latents if latents is not None else prompt_latents(model, sae, prompts, batch_size=batch_size)).numpy()  # type: ignore[arg-type]
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(y))
     n_test = max(2, int(round(len(y) * test_fraction)))
@@ -158,7 +161,8 @@ def predictive_latents(
               "n_train": len(train), "n_test": len(test), "n_alive_latents": int(alive.sum()), "top": rows}
     if out is not None:
         rd = RunDir(out)
-        rd.write_manifest(stage="sae_self_prediction", model=model.name, adapter=model.meta.get("adapter"),
+        rd.write_manifest(stage="sae_self_prediction", model=model.name if model is not None else None,
+                          adapter=model.meta.get("adapter") if model is not None else None,
                           sae=sae.source, sae_layer=sae.layer, seed=seed,
                           data={"prompts_sha256": json_sha256(list(prompts)), "n": len(prompts)})
         (rd.path / "predictive_latents.json").write_text(json.dumps(result, indent=2))

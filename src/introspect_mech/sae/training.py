@@ -182,7 +182,7 @@ def train_sae(
             raise ValueError(f"activations have width {data.shape[1]}, model {model.name} has d_model {model.d_model}")
         n_eval = max(1, int(len(data) * cfg.eval_fraction)) if eval_data is None else 0
         train_acts, held = data[: len(data) - n_eval], (eval_data if eval_data is not None else data[len(data) - n_eval:])
-        data_hash = {"n_tokens": len(data)}
+        data_hash: dict[str, Any] = {"n_tokens": len(data)}
     else:
         if model is None:
             raise ValueError("training from texts or conversations needs a model")
@@ -233,7 +233,7 @@ def train_sae(
             from sae_lens import SAE
 
             inference = SAE.load_from_disk(tmp, device=device)
-    layer_sae = LayerSAE(sae=inference, layer=layer, hook_name=metadata["hook_name"],
+    layer_sae = LayerSAE(sae=inference, layer=layer, hook_name=str(metadata["hook_name"]),
                          source=str(out_dir) if out_dir else None,
                          meta={"model_name": metadata["model_name"], "architecture": cfg.architecture})
     after = evaluate(layer_sae, held)

@@ -258,7 +258,7 @@ def relative_reduction(base: Values, full: Values | Sequence[Values],
     """
     b = np.asarray(base, float)
     ts = [np.asarray(t, float) for t in treated]
-    full_arr = [np.asarray(f, float) for f in full] if np.ndim(full) == 2 else None
+    full_arr = [np.asarray(f, float) for f in full] if np.ndim(full) == 2 else None  # type: ignore[arg-type]
     fs = full_arr if full_arr is not None else [np.asarray(full, float)] * len(ts)
     n = len(b)
     if len(fs) != len(ts):

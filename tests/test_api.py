@@ -1,0 +1,91 @@
+"""The public surface: one layer spec, the lazy top level (visible to tools), one meaning per name."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import introspect_mech as im
+from introspect_mech.layers import resolve_layers
+
+
+def test_resolve_layers_is_the_one_spec():
+    assert resolve_layers(None, 4) == resolve_layers("all", 4) == [0, 1, 2, 3]
+    assert resolve_layers("middle", 4) == [2] and resolve_layers("middle", 5) == [2]
+    assert resolve_layers(-1, 4) == [3]
+    assert resolve_layers([3, -4, 3, 1], 4) == [0, 1, 3]  # sorted, unique, negatives from the end
+    assert resolve_layers(torch.tensor([2, 0]), 4) == [0, 2] and resolve_layers(torch.tensor(1), 4) == [1]
+    with pytest.raises(TypeError, match="layers"):  # from resolve_layers, or the tests' shape checker
+        resolve_layers(0.5, 4)  # a float is an error, never truncated
+    with pytest.raises(TypeError, match="layers"):
+        resolve_layers([1, 2.0], 4)
+    with pytest.raises(TypeError):
+        resolve_layers(torch.tensor([0.5]), 4)
+    with pytest.raises(ValueError, match="out of range"):
+        resolve_layers([4], 4)
+    with pytest.raises(ValueError, match="out of range"):
+        resolve_layers(-5, 4)
+    with pytest.raises(ValueError, match="empty"):
+        resolve_layers([], 4)
+    with pytest.raises(ValueError, match="'all', 'middle'"):
+        resolve_layers("last", 4)
+
+
+def test_every_stage_uses_the_same_resolver():
+    from introspect_mech import activations, steering
+    from introspect_mech.finetune import adapters
+    from introspect_mech.probes import em, persona
+
+    for mod in (activations, steering, adapters, em, persona):
+        assert mod.resolve_layers is resolve_layers
+
+
+def test_train_config_layers_reject_floats():
+    from introspect_mech.finetune import TrainConfig
+
+    assert TrainConfig(layers="middle").layers == "middle"
+    assert TrainConfig(layers=[1, -1]).layers == (1, -1)
+    with pytest.raises((ValueError, TypeError), match="layers"):  # TypeError: the tests' shape checker
+        TrainConfig(layers=(0.5,))
+    with pytest.raises(ValueError, match="layers"):
+        TrainConfig(layers="half")
+
+
+def test_top_level_is_small_lazy_and_visible():
+    names = set(im.__all__)
+    assert {"load_model", "cache", "train", "sample", "Direction", "mean_diff", "steering", "probes"} <= names
+    assert set(dir(im)) >= names  # __dir__ lists the lazy names for IDEs
+    assert im.Direction is __import__("introspect_mech.direction", fromlist=["Direction"]).Direction
+    assert im.cache is im.activations.cache and im.train is im.finetune.train
+    assert im.HFJudge is im.evals.HFJudge  # an old top-level name still resolves (not advertised)
+    with pytest.raises(AttributeError):
+        im.no_such_name  # noqa: B018
+
+
+def test_direction_lives_in_a_core_module():
+    import introspect_mech.probes.direction as compat
+    from introspect_mech import probes
+    from introspect_mech.direction import Direction
+
+    assert probes.Direction is Direction and compat.Direction is Direction
+
+
+def test_renamed_sae_names_warn():
+    from introspect_mech import sae
+
+    with pytest.warns(DeprecationWarning, match="train_sae"):
+        assert sae.train is sae.train_sae
+    with pytest.warns(DeprecationWarning, match="load_release"):
+        assert sae.load is sae.load_release
+
+
+def test_pooling_and_positions_are_distinct_names():
+    import typing
+
+    from introspect_mech import activations, steering
+    from introspect_mech.sae import TOKEN_POSITIONS
+
+    assert set(typing.get_args(activations.Pooling)) == {"last_prompt", "response_mean", "response_last", "all"}
+    assert set(activations.POOLINGS) == set(typing.get_args(activations.Pooling))
+    assert "response_mean" not in typing.get_args(typing.get_args(steering.Positions)[0])
+    assert set(TOKEN_POSITIONS) == {"response", "prompt", "last_prompt", "all"}
