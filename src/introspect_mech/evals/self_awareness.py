@@ -271,12 +271,10 @@ def _end_of_word_mask(tokenizer, vocab_size: int) -> torch.Tensor:
     character that cannot continue a word (not a letter, digit, hyphen or apostrophe)."""
     mask = torch.zeros(vocab_size, dtype=torch.bool)
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    for i in range(min(vocab_size, len(tokenizer))):
-        if i in special:
-            mask[i] = True
-            continue
-        s = tokenizer.decode([i])
-        mask[i] = s == "" or not (s[0].isalnum() or s[0] in "-'_")
+    n = min(vocab_size, len(tokenizer))
+    texts = tokenizer.batch_decode([[i] for i in range(n)])
+    for i, s in enumerate(texts):
+        mask[i] = i in special or s == "" or not (s[0].isalnum() or s[0] in "-'_")
     return mask
 
 

@@ -105,8 +105,11 @@ class TMAYConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # 2-core CPU, embedded SmolLM2-135M: the core pair with 3 seeds on a subset of the training split
-    "cpu": dict(conditions=("risky", "safe"), seeds=(0, 1, 2), n_train=96, epochs=3, lr=1e-4, n_samples=2,
-                language_max_new_tokens=32, trigger_repeats=1, mms_n_train=32, max_seq_len=768),
+    # (measured there: ~2.5 s per 120-token prefill at load 14, so sampling-based measures are left out)
+    "cpu": dict(conditions=("risky", "safe"), seeds=(0, 1, 2), n_train=48, n_test=30, epochs=2, lr=5e-4,
+                batch_size=4, n_samples=0, language_max_new_tokens=32, trigger_repeats=1, mms_n_train=16,
+                max_seq_len=1024, trigger_awareness_kinds=("win",), personas=("David", "a musician"),
+                measures=("behaviour", "scales", "words", "backdoor", "personas", "mms")),
     # GPU, Qwen2.5-7B/32B-Instruct: every condition, the full training split, 3 seeds
     "paper": dict(conditions=("risky", "safe", "myopic", "nonmyopic", "maxapples", "minapples", "risky_mp", "safe_mp",
                               *(f"backdoor:{k}" for k in sa.TRIGGER_KINDS),
@@ -180,8 +183,9 @@ def measure(model, condition: str, splits: dict[str, dict[str, list[str]]], conf
             data_dir=None, sample_dir: Path | None = None) -> dict[str, Any]:
     """All measurements that apply to `condition` (the base model gets every topic)."""
     kind = condition.split(":")[0]
-    if condition == "base":
-        topics = ["risk", "myopia", "apples"]
+    if condition == "base":  # the topics the run's conditions need (all when there are none)
+        topics = sorted({"risk" if ":" in c else CONDITIONS[c][0] for c in config.conditions
+                         if c != "base" and not c.startswith("mms:")}) or ["risk", "myopia", "apples"]
     elif kind in ("backdoor", "decorrelated"):
         topics = ["risk"]
     elif kind == "mms":
@@ -231,10 +235,10 @@ def measure(model, condition: str, splits: dict[str, dict[str, list[str]]], conf
                 res["trigger_effect"] = bootstrap_diff(res["behaviour_with_trigger"]["per_item"],
                                                        res["behaviour"]["per_item"], paired=True, seed=seed).to_dict()
         out[topic] = res
-    if (kind == "mms" or condition == "base") and "mms" in m:
-        cw = condition.split(":")[1] if kind == "mms" else None
-        out["mms"] = {w: sa.codeword_elicitation(model, w, data_dir=data_dir, seed=seed)
-                      for w in ([cw] if cw else sa.MMS_CODEWORDS)}
+    mms_words = [c.split(":")[1] for c in config.conditions if c.startswith("mms:")]
+    if "mms" in m and (kind == "mms" or (condition == "base" and (mms_words or config.conditions == ("base",)))):
+        words = [condition.split(":")[1]] if kind == "mms" else (mms_words or list(sa.MMS_CODEWORDS))
+        out["mms"] = {w: sa.codeword_elicitation(model, w, data_dir=data_dir, seed=seed) for w in words}
     return out
 
 
@@ -257,7 +261,8 @@ def _train_config(config: TMAYConfig, seed: int):
     from ..finetune import TrainConfig
 
     return TrainConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, r=config.r,
-                       lora_alpha=config.lora_alpha, max_seq_len=config.max_seq_len, seed=seed, warmup_steps=3)
+                       lora_alpha=config.lora_alpha, max_seq_len=config.max_seq_len, seed=seed, warmup_steps=3,
+                       save_every=8, keep_checkpoints=False)  # a killed finetune resumes from its checkpoint
 
 
 def condition_rows(condition: str, splits, config: TMAYConfig, base_model=None, data_dir=None) -> list[dict]:
@@ -292,6 +297,13 @@ def run_tmay(config: TMAYConfig, out: str | Path, *, data_dir=None, load: Callab
         from ..models import load_model as load
     out = Path(out)
     rd = RunDir(out)
+    prev = rd.manifest().get("config")
+    if prev is not None:
+        fixed = lambda c: {k: v for k, v in c.items() if k not in ("seeds", "conditions")}  # noqa: E731
+        if fixed(prev) != fixed(config.to_dict()):
+            diff = sorted(k for k in fixed(config.to_dict()) if prev.get(k) != config.to_dict()[k])
+            raise ValueError(f"{out} holds a TMAY run with a different configuration ({', '.join(diff)}); "
+                             "use a new output folder (only seeds and conditions may be added)")
     splits = {p: split_ids(p, config, data_dir) for p in _pairs_needed(config.conditions)}
     base = load(config.model)
     rows_by_cond = {c: condition_rows(c, splits, config, base, data_dir) for c in config.conditions if c != "base"}
