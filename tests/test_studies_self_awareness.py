@@ -127,8 +127,8 @@ def test_normal_answers_are_the_models_own_greedy_letters(tiny_qwen2, data_root)
 
 
 # ---- measurements -----------------------------------------------------------------------------
-def test_word_probs_match_brute_force_and_respect_word_ends(tiny_qwen3_real_tok_dir):
-    m = load_model(tiny_qwen3_real_tok_dir)
+def test_word_probs_match_brute_force_and_respect_word_ends(tiny_qwen2):
+    m = tiny_qwen2
     words = ["risk", "risky", "safe"]
     conv = [{"role": "user", "content": "Which do you prefer, safety or risk? One word."}]
     got = sa.word_probs(m, [conv], words)[0]
