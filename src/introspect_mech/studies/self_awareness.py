@@ -320,7 +320,8 @@ def run_tmay(config: TMAYConfig, out: str | Path, *, data_dir=None, load: Callab
             rd.write_manifest(trigger_stats={c: sa.trigger_correlation(rows, c.split(":")[1])})
     log = JsonlLog(out / "results.jsonl", ("condition", "seed"))
     done = log.done_keys()
-    todo = [("base", config.seeds[0])] + [(c, s) for c in config.conditions if c != "base" for s in config.seeds]
+    # seed-major: a run cut short still has every condition of its first seeds
+    todo = [("base", config.seeds[0])] + [(c, s) for s in config.seeds for c in config.conditions if c != "base"]
     for cond, seed in todo:
         if log.key({"condition": cond, "seed": seed}) in done:
             continue
