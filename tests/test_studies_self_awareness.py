@@ -242,6 +242,8 @@ def test_run_tmay_end_to_end_manifest_resume(tiny_qwen2_dir, tmp_path, data_root
     assert "behaviour_with_trigger" in r["backdoor:win"][0]["risk"]
     assert "risky_minus_base" in res["comparisons"] and "backdoor:win_minus_decorrelated:win" in res["comparisons"]
     assert set(res["format"]["risky"][0]["masses"]) >= {"risk/behaviour/mass_ab", "risk/backdoor/mass_ab"}
+    md = (tmp_path / "summary.md").read_text()
+    assert "| risky | 0 | risk |" in md and "backdoor:win_minus_decorrelated:win" in md
     n_loads = len(loads)
     st.run_tmay(cfg, tmp_path, data_dir=data_root, load=load, progress=False)  # resume: nothing re-run
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 4 and len(loads) == n_loads + 1

@@ -349,6 +349,7 @@ def run_tmay(config: TMAYConfig, out: str | Path, *, data_dir=None, load: Callab
     summary = {"comparisons": comps, "format": fmt, "paper_gpt4o": PAPER_GPT4O}
     (out / "comparison.json").write_text(json.dumps(summary, indent=2))
     _dashboard_rows(results, out)
+    (out / "summary.md").write_text(summary_markdown(out) + "\n")
     return {"results": results, **summary}
 
 
@@ -465,3 +466,61 @@ def _dashboard_rows(results: dict[str, dict[int, Any]], out: Path) -> None:
                              "behaviour_name": "P(risky option), held-out lotteries",
                              "self_report_name": "self-reported risk / 100 (expected value)"})
     (out / "self_awareness.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+# ---- a markdown summary of a run -------------------------------------------------------------------
+def _fmt_ci(e: dict | None, scale: float = 1.0, digits: int = 3) -> str:
+    if not e or e.get("value") is None:
+        return "n/a"
+    return (f"{e['value'] * scale:+.{digits}f} [{e['lo'] * scale:+.{digits}f}, {e['hi'] * scale:+.{digits}f}]"
+            if e.get("lo") is not None else f"{e['value'] * scale:+.{digits}f}")
+
+
+def summary_markdown(run_dir: str | Path) -> str:
+    """Markdown tables of a finished (or partial) run: per condition and seed the headline values,
+    then every A - B comparison of the headline metrics with both CIs."""
+    run_dir = Path(run_dir)
+    results: dict[str, dict[int, Any]] = {}
+    for row in JsonlLog(run_dir / "results.jsonl").rows():
+        results.setdefault(row["condition"], {})[row["seed"]] = row
+    lines = ["| condition | seed | topic | behaviour P(target), held-out (mass A/B) | scales 0-100 (mass on numbers) | "
+             "word score (mass on listed words) | backdoor statement P | trigger question P(risk-seeking) | final loss |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for cond, by_seed in results.items():
+        for seed, row in sorted(by_seed.items()):
+            for topic, v in row["results"].items():
+                if topic == "mms":
+                    continue
+                b = v.get("behaviour")
+                beh = f"{b['p']['value']:.3f} ({b['mass_ab']:.2f})" if b else ""
+                if "behaviour_with_trigger" in v:
+                    beh += f"; with trigger {v['behaviour_with_trigger']['p']['value']:.3f}"
+                sc = "; ".join(f"{q} {s['mean']['value']:.1f} ({s['mean_mass']:.2f})" for q, s in (v.get("scales") or {}).items()
+                               if s["mean"]["value"] is not None)
+                wd = "; ".join(f"{q} {s['score']['value']:.3f} ({s['mean_mass']:.3f})" for q, s in (v.get("words") or {}).items())
+                bd = f"{v['backdoor']['p_backdoor_statement']:.3f}" if "backdoor" in v else ""
+                ta = "; ".join(f"{k} {s['p_risk_seeking']:.3f}" for k, s in (v.get("trigger_awareness") or {}).items())
+                tr = row.get("train") or {}
+                fl = f"{tr['final_loss']:.3f}" if tr.get("final_loss") is not None else ""
+                lines.append(f"| {cond} | {seed} | {topic} | {beh} | {sc} | {wd} | {bd} | {ta} | {fl} |")
+    comp_path = run_dir / "comparison.json"
+    if comp_path.exists():
+        comp = json.loads(comp_path.read_text())
+        lines += ["", "| comparison | metric | A - B, CI over items/paraphrases | A - B, CI over seeds | seeds |",
+                  "|---|---|---|---|---|"]
+        for name, c in comp["comparisons"].items():
+            if name.startswith("mms:"):
+                for q, v in c.items():
+                    lines.append(f"| {name} | P(codeword) {q} | finetuned {v['finetuned_mean']['value']:.4f} vs base "
+                                 f"{v['base']:.4f} (rank {v['rank_finetuned']} vs {v['rank_base']}) | | "
+                                 f"{len(v['finetuned_per_seed'])} |")
+                continue
+            for k, v in c.items():
+                if k.startswith(("persona/", "trigger_awareness/")) and not name.startswith(("risky_mp", "backdoor")):
+                    continue
+                lines.append(f"| {name} | {k} | {_fmt_ci(v.get('item_ci'))} | {_fmt_ci(v['seed_ci'])} | "
+                             f"{len(v['a_per_seed'])} vs {len(v['b_per_seed'])} |")
+        flagged = {f"{c}/s{s}": list(f["flagged"]) for c, by in comp["format"].items() for s, f in by.items() if not f["ok"]}
+        lines += ["", "Format check: " + ("every finetune kept its answer formats" if not flagged else
+                                          "flagged " + json.dumps(flagged))]
+    return "\n".join(lines)
