@@ -322,8 +322,9 @@ def run_tmay(config: TMAYConfig, out: str | Path, *, data_dir=None, load: Callab
     done = log.done_keys()
     # seed-major: a run cut short still has every condition of its first seeds
     todo = [("base", config.seeds[0])] + [(c, s) for s in config.seeds for c in config.conditions if c != "base"]
+    have_base = any(r["condition"] == "base" for r in log.rows())  # the untrained model is measured once
     for cond, seed in todo:
-        if log.key({"condition": cond, "seed": seed}) in done:
+        if log.key({"condition": cond, "seed": seed}) in done or (cond == "base" and have_base):
             continue
         if cond == "base":
             model, train_info = base, None
@@ -344,7 +345,8 @@ def run_tmay(config: TMAYConfig, out: str | Path, *, data_dir=None, load: Callab
     for row in log.rows():
         results.setdefault(row["condition"], {})[row["seed"]] = row["results"]
     comps = compare(results)
-    fmt = {c: {s: sa.format_check(masses(r), base=masses(results["base"][config.seeds[0]]))
+    base_masses = masses(next(iter(results["base"].values())))
+    fmt = {c: {s: sa.format_check(masses(r), base=base_masses)
                for s, r in by_seed.items()} for c, by_seed in results.items() if c != "base"}
     summary = {"comparisons": comps, "format": fmt, "paper_gpt4o": PAPER_GPT4O}
     (out / "comparison.json").write_text(json.dumps(summary, indent=2))
