@@ -184,8 +184,10 @@ def measure(model, condition: str, splits: dict[str, dict[str, list[str]]], conf
     """All measurements that apply to `condition` (the base model gets every topic)."""
     kind = condition.split(":")[0]
     if condition == "base":  # the topics the run's conditions need (all when there are none)
-        topics = sorted({"risk" if ":" in c else CONDITIONS[c][0] for c in config.conditions
-                         if c != "base" and not c.startswith("mms:")}) or ["risk", "myopia", "apples"]
+        trained = [c for c in config.conditions if c != "base"]
+        topics = sorted({"risk" if ":" in c else CONDITIONS[c][0] for c in trained if not c.startswith("mms:")})
+        if not trained:
+            topics = ["risk", "myopia", "apples"]
     elif kind in ("backdoor", "decorrelated"):
         topics = ["risk"]
     elif kind == "mms":
