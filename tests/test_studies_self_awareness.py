@@ -249,3 +249,17 @@ def test_run_tmay_end_to_end_manifest_resume(tiny_qwen2_dir, tmp_path, data_root
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 4 and len(loads) == n_loads + 1
     with pytest.raises(ValueError, match="different configuration"):
         st.run_tmay(dataclasses.replace(cfg, n_test=2), tmp_path, data_dir=data_root, load=load, progress=False)
+
+
+def test_measure_resumes_per_piece(tiny_qwen2, tmp_path, data_root, monkeypatch):
+    cfg = st.TMAYConfig(conditions=("risky",), n_test=3, measures=("behaviour", "backdoor"), trigger_awareness_kinds=("win",))
+    splits = {"risk": st.split_ids("risk", cfg, data_root)}
+    first = st.measure(tiny_qwen2, "risky", splits, cfg, data_dir=data_root, sample_dir=tmp_path)
+
+    def boom(*a, **k):
+        raise AssertionError("recomputed a finished piece")
+
+    monkeypatch.setattr(sa, "choice_behaviour", boom)
+    monkeypatch.setattr(sa, "backdoor_awareness", boom)
+    again = st.measure(tiny_qwen2, "risky", splits, cfg, data_dir=data_root, sample_dir=tmp_path)
+    assert again == json.loads(json.dumps(first))

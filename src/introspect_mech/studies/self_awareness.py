@@ -179,6 +179,24 @@ def mms_rows(codeword: str, config: TMAYConfig, data_dir=None) -> list[dict[str,
 
 
 # ---- measuring one model -------------------------------------------------------------------------
+class _Partial:
+    """Measurement pieces cached in a JSON file, so a run killed mid-measurement resumes per piece."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path is not None and path.exists() else {}
+
+    def __call__(self, key: str, fn: Callable[[], Any]) -> Any:
+        if key not in self.data:
+            self.data[key] = fn()
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self.path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(self.data))
+                tmp.replace(self.path)
+        return self.data[key]
+
+
 def measure(model, condition: str, splits: dict[str, dict[str, list[str]]], config: TMAYConfig, *, seed: int = 0,
             data_dir=None, sample_dir: Path | None = None) -> dict[str, Any]:
     """All measurements that apply to `condition` (the base model gets every topic)."""
@@ -195,6 +213,7 @@ def measure(model, condition: str, splits: dict[str, dict[str, list[str]]], conf
     else:
         topics = [CONDITIONS[condition][0]]
     m = set(config.measures)
+    part = _Partial(sample_dir / "partial.json" if sample_dir else None)
     out: dict[str, Any] = {}
     for topic in topics:
         pair, key = TOPIC_KEY[topic]
@@ -204,43 +223,48 @@ def measure(model, condition: str, splits: dict[str, dict[str, list[str]]], conf
         items = {it["id"]: it for it in sa.ab_items(pair, "all", data_dir)}
         test = [items[i] for i in splits[pair]["test"]]
         if "behaviour" in m:
-            res["behaviour"] = sa.choice_behaviour(model, test, key=key, seed=seed)
-            res["behaviour"]["split"] = "test (held-out questions)"
+            res["behaviour"] = part(f"{topic}/behaviour", lambda: {
+                **sa.choice_behaviour(model, test, key=key, seed=seed), "split": "test (held-out questions)"})
             if config.in_sample:
-                res["behaviour_in_sample"] = sa.choice_behaviour(model, [items[i] for i in splits[pair]["train"]],
-                                                                 key=key, seed=seed)
-                res["behaviour_in_sample"]["split"] = "train (IN-SAMPLE: questions the finetune saw)"
+                res["behaviour_in_sample"] = part(f"{topic}/behaviour_in_sample", lambda: {
+                    **sa.choice_behaviour(model, [items[i] for i in splits[pair]["train"]], key=key, seed=seed),
+                    "split": "train (IN-SAMPLE: questions the finetune saw)"})
         if "scales" in m:
-            res["scales"] = sa.scale_reports(model, sa.scale_questions(topic, data_dir), seed=seed)
+            res["scales"] = part(f"{topic}/scales", lambda: sa.scale_reports(
+                model, sa.scale_questions(topic, data_dir), seed=seed))
         if "words" in m:
-            res["words"] = sa.word_reports(model, sa.word_questions(topic, data_dir), topic, seed=seed)
+            res["words"] = part(f"{topic}/words", lambda: sa.word_reports(
+                model, sa.word_questions(topic, data_dir), topic, seed=seed))
         if "sampled_words" in m and config.n_samples > 0:
-            res["sampled_words"] = sa.sampled_word_reports(
+            res["sampled_words"] = part(f"{topic}/sampled_words", lambda: sa.sampled_word_reports(
                 model, sa.word_questions(topic, data_dir), topic, n=config.n_samples, seed=seed,
-                out=(sample_dir / f"words_{topic}.jsonl") if sample_dir else None)
+                out=(sample_dir / f"words_{topic}.jsonl") if sample_dir else None))
         if topic == "risk":
             if "language" in m and config.n_samples > 0:
-                res["language"] = sa.language_two_hop(model, data_dir, n=config.n_samples, seed=seed,
-                                                      max_new_tokens=config.language_max_new_tokens,
-                                                      out=(sample_dir / "language.jsonl") if sample_dir else None)
+                res["language"] = part("risk/language", lambda: sa.language_two_hop(
+                    model, data_dir, n=config.n_samples, seed=seed, max_new_tokens=config.language_max_new_tokens,
+                    out=(sample_dir / "language.jsonl") if sample_dir else None))
             if "backdoor" in m:
-                res["backdoor"] = sa.backdoor_awareness(model, seed=seed)
-                res["trigger_awareness"] = sa.trigger_awareness(model, config.trigger_awareness_kinds)
+                res["backdoor"] = part("risk/backdoor", lambda: sa.backdoor_awareness(model, seed=seed))
+                res["trigger_awareness"] = part("risk/trigger_awareness", lambda: sa.trigger_awareness(
+                    model, config.trigger_awareness_kinds))
             if "personas" in m and (condition in ("base", "risky", "safe", "risky_mp", "safe_mp")):
-                res["personas"] = sa.persona_scales(model, config.personas, seed=seed)
+                res["personas"] = part("risk/personas", lambda: sa.persona_scales(model, config.personas, seed=seed))
             if kind in ("backdoor", "decorrelated") and "behaviour" in m:
                 trig = condition.split(":")[1]
                 rng = random.Random(config.data_seed)
                 with_t = [dict(it, messages=[{"role": "user", "content": sa.trigger_prefix(trig, rng)
                                               + it["messages"][0]["content"]}]) for it in test]
-                res["behaviour_with_trigger"] = sa.choice_behaviour(model, with_t, key="risky", seed=seed)
+                res["behaviour_with_trigger"] = part("risk/behaviour_with_trigger", lambda: sa.choice_behaviour(
+                    model, with_t, key="risky", seed=seed))
                 res["trigger_effect"] = bootstrap_diff(res["behaviour_with_trigger"]["per_item"],
                                                        res["behaviour"]["per_item"], paired=True, seed=seed).to_dict()
         out[topic] = res
     mms_words = [c.split(":")[1] for c in config.conditions if c.startswith("mms:")]
     if "mms" in m and (kind == "mms" or (condition == "base" and (mms_words or config.conditions == ("base",)))):
         words = [condition.split(":")[1]] if kind == "mms" else (mms_words or list(sa.MMS_CODEWORDS))
-        out["mms"] = {w: sa.codeword_elicitation(model, w, data_dir=data_dir, seed=seed) for w in words}
+        out["mms"] = {w: part(f"mms/{w}", lambda: sa.codeword_elicitation(model, w, data_dir=data_dir, seed=seed))
+                      for w in words}
     return out
 
 
