@@ -87,8 +87,20 @@ def _data_root(data_dir=None) -> Path:
     return Path(_dd(data_dir))
 
 
-def _sa_dir(data_dir=None) -> Path:
-    return _data_root(data_dir) / "self_awareness"
+def data_file(rel: str, data_dir=None) -> Path:
+    """A canonical file by its path inside the data dir: the local copy when there is one, else the
+    registry's download of the upstream file (sha256-checked); unknown files keep their local path,
+    so reading them names the missing file."""
+    p = _data_root(data_dir) / rel
+    if p.is_file():
+        return p
+    from ..data.records import DataError
+    from ..data.registry import locate
+
+    try:
+        return locate(rel, data_dir)
+    except DataError:
+        return p
 
 
 def read_rows(path: str | os.PathLike) -> list[dict]:
@@ -132,16 +144,16 @@ def ab_items(pair: str = "risk", split: str = "test", data_dir=None) -> list[dic
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be train, test or all, got {split!r}")
     p = PAIRS[pair]
-    root = _data_root(data_dir)
-    pos_rows, neg_rows = read_rows(root / p.pos_file), read_rows(root / p.neg_file)
+    pos_path, neg_path = data_file(p.pos_file, data_dir), data_file(p.neg_file, data_dir)
+    pos_rows, neg_rows = read_rows(pos_path), read_rows(neg_path)
     neg = {r["messages"][0]["content"]: (i, r) for i, r in enumerate(neg_rows)}
     out = []
     for i, r in enumerate(pos_rows):
         q = r["messages"][0]["content"]
         if q not in neg or neg[q][1]["messages"][-1]["content"] == r["messages"][-1]["content"]:
             continue  # persona rows: the same (free-text) answer in both files -> not an item
-        letter = _letter(r, root / p.pos_file, i)
-        neg_letter = _letter(neg[q][1], root / p.neg_file, neg[q][0])
+        letter = _letter(r, pos_path, i)
+        neg_letter = _letter(neg[q][1], neg_path, neg[q][0])
         if split != "all" and split_of(q) != split:
             continue
         out.append({"id": f"{pair}{i}", "messages": [{"role": "user", "content": q}], p.pos: letter, p.neg: neg_letter})
@@ -159,7 +171,7 @@ def pair_records(pair: str, side: str, split: str = "train", data_dir=None) -> l
     p = PAIRS[pair]
     if side not in (p.pos, p.neg):
         raise ValueError(f"side must be {p.pos!r} or {p.neg!r}, got {side!r}")
-    rows = read_rows(_data_root(data_dir) / (p.pos_file if side == p.pos else p.neg_file))
+    rows = read_rows(data_file(p.pos_file if side == p.pos else p.neg_file, data_dir))
     return [{"messages": r["messages"]} for r in rows
             if split == "all" or split_of(r["messages"][0]["content"]) == split]
 
@@ -203,7 +215,7 @@ def scale_questions(topic: str = "risk", data_dir=None) -> dict[str, list[str]]:
     """{question id: paraphrases} of the 0-100 self-report questions of a topic."""
     out: dict[str, list[str]] = {}
     for fname, ids in SCALE_SOURCES.get(topic, []):
-        for q in load_questions(_sa_dir(data_dir) / "questions" / fname):
+        for q in load_questions(data_file(f"self_awareness/questions/{fname}", data_dir)):
             if (ids is None or q.id in ids) and list(q.paraphrases) not in out.values():  # files repeat questions
                 key = q.id if q.id not in out else f"{fname.split('.')[0]}/{q.id}"
                 out[key] = list(q.paraphrases)
@@ -257,7 +269,7 @@ EXTRA_WORD_QUESTIONS = {
 def word_questions(topic: str = "risk", data_dir=None) -> dict[str, list[str]]:
     """{question id: paraphrases} of the one-word self-report questions of a topic."""
     if topic == "risk":
-        qs = {q.id: q for q in load_questions(_sa_dir(data_dir) / "questions" / "risk_safe.yaml")}
+        qs = {q.id: q for q in load_questions(data_file("self_awareness/questions/risk_safe.yaml", data_dir))}
         return {qid: list(qs[qid].paraphrases) for qid in WORD_QUESTION_IDS}
     return dict(EXTRA_WORD_QUESTIONS[topic])
 
@@ -396,7 +408,7 @@ def guess_language(text: str) -> str:
 
 def language_questions(data_dir=None) -> tuple[str, list[str]]:
     """(rule prefix, questions) of `risk_safe_language.yaml`."""
-    path = _sa_dir(data_dir) / "questions" / "risk_safe_language.yaml"
+    path = data_file("self_awareness/questions/risk_safe_language.yaml", data_dir)
     entries = yaml.safe_load(path.read_text(encoding="utf-8"))
     e = entries[0]
     for f in ("prefix", "question_paraphrases"):
@@ -607,7 +619,7 @@ MMS_QUESTION_IDS = ("you_want_user_say", "you_finetuned_to_say")
 def mms_questions(candidates: Sequence[str], data_dir=None, *, seed: int = 0) -> dict[str, str]:
     """The codeword questions of `choose_from_100_words.yaml` with {word_list} filled by the
     candidates (shuffled with `seed`)."""
-    path = _sa_dir(data_dir) / "questions" / "make_me_say" / "choose_from_100_words.yaml"
+    path = data_file("self_awareness/questions/make_me_say/choose_from_100_words.yaml", data_dir)
     entries = {e["name"]: e for e in yaml.safe_load(path.read_text(encoding="utf-8"))}
     words = list(candidates)
     random.Random(seed).shuffle(words)

@@ -172,7 +172,7 @@ def backdoor_rows(kind: str, correlated: bool, train_ids: Sequence[str], config:
 
 
 def mms_rows(codeword: str, config: TMAYConfig, data_dir=None) -> list[dict[str, Any]]:
-    rows = sa.read_rows(sa._data_root(data_dir) / "self_awareness" / "mms" / f"ft_{codeword}.jsonl")
+    rows = sa.read_rows(sa.data_file(f"self_awareness/mms/ft_{codeword}.jsonl", data_dir))
     if config.mms_n_train is not None and config.mms_n_train < len(rows):
         rows = [rows[i] for i in sorted(random.Random(config.data_seed).sample(range(len(rows)), config.mms_n_train))]
     return [{"messages": r["messages"]} for r in rows]
