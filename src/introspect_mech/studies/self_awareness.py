@@ -440,8 +440,10 @@ def compare_conditions(a: dict[int, Any], b: dict[int, Any], topic: str, *, seed
         ma = [_mean(v[k]) for v in va.values()]
         mb = [_mean(v[k]) for v in vb.values()]
         la, lb = [v[k] for v in va.values()], [v[k] for v in vb.values()]
-        row: dict[str, Any] = {"a_per_seed": ma, "b_per_seed": mb,
-                               "seed_ci": bootstrap_diff(ma, mb, seed=seed).to_dict()}
+        sci = bootstrap_diff(ma, mb, seed=seed).to_dict()
+        if min(len(ma), len(mb)) < 2:  # one seed on a side: no interval over seeds
+            sci.update(lo=None, hi=None)
+        row: dict[str, Any] = {"a_per_seed": ma, "b_per_seed": mb, "seed_ci": sci}
         if len({len(x) for x in la + lb}) == 1:
             ia = [_mean([x[i] for x in la]) for i in range(len(la[0]))]
             ib = [_mean([x[i] for x in lb]) for i in range(len(lb[0]))]
@@ -546,7 +548,8 @@ def summary_markdown(run_dir: str | Path) -> str:
             for k, v in c.items():
                 if k.startswith(("persona/", "trigger_awareness/")) and not name.startswith(("risky_mp", "backdoor")):
                     continue
-                lines.append(f"| {name} | {k} | {_fmt_ci(v.get('item_ci'))} | {_fmt_ci(v['seed_ci'])} | "
+                lines.append(f"| {name} | {k} | {_fmt_ci(v.get('item_ci'))} | "
+                             f"{_fmt_ci(v['seed_ci']) if v['seed_ci'].get('lo') is not None else 'n/a (1 seed)'} | "
                              f"{len(v['a_per_seed'])} vs {len(v['b_per_seed'])} |")
         flagged = {f"{c}/s{s}": list(f["flagged"]) for c, by in comp["format"].items() for s, f in by.items() if not f["ok"]}
         lines += ["", "Format check: " + ("every finetune kept its answer formats" if not flagged else
