@@ -1,0 +1,166 @@
+"""Command-line options generated from config dataclasses: one source of truth per option.
+
+    p = argparse.ArgumentParser()
+    add_dataclass_args(p, TrainConfig)                 # --lr, --batch-size, --use-rslora/--no-use-rslora, ...
+    cfg = preset("em", **dataclass_overrides(p.parse_args(argv), TrainConfig))
+
+Each field becomes `--field-name`; its help is the field's trailing `# comment` in the class source (or a
+`help` entry in the field's metadata); options that are not given stay absent from the namespace, so
+`dataclass_overrides` returns only what the user set and a preset's values are kept otherwise.
+Types: `bool` -> `--x/--no-x`; `int`, `float`, `str`; `X | None` accepts `none`; tuples and lists take
+several values; `Literal[...]` becomes `choices`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import re
+import types
+import typing
+from typing import Any, Callable, Iterable
+
+_COMMENT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*:[^#]*#\s*(.+?)\s*$")
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Help text per field: the `help` metadata entry, else the field's trailing `# comment` in the source."""
+    out: dict[str, str] = {}
+    try:
+        for line in inspect.getsource(cls).splitlines():
+            if m := _COMMENT.match(line):
+                out[m.group(1)] = m.group(2)
+    except (OSError, TypeError):
+        pass
+    for f in dataclasses.fields(cls):
+        if "help" in f.metadata:
+            out[f.name] = str(f.metadata["help"])
+    return out
+
+
+def _optional_inner(tp: Any) -> tuple[Any, bool]:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]), True
+    return tp, False
+
+
+def _scalar(tp: Any, name: str) -> Callable[[str], Any]:
+    if tp in (int, float, str):
+        return tp
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and set(args) <= {int, float, str}:
+        order = [t for t in (int, float, str) if t in args]
+
+        def value(s: str) -> int | float | str:
+            for t in order:
+                try:
+                    return t(s)
+                except ValueError:
+                    continue
+            raise argparse.ArgumentTypeError(f"invalid value {s!r} (expected {' or '.join(t.__name__ for t in order)})")
+        value.__name__ = "|".join(t.__name__ for t in order)
+        return value
+    raise TypeError(f"{name}: no command-line type for {tp!r}")
+
+
+def _split_union(tp: Any) -> tuple[Any, Any | None]:
+    """(scalar part, sequence part) of a union such as `int | str | tuple[int, ...]`."""
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return tp, None
+    seqs = [a for a in typing.get_args(tp) if typing.get_origin(a) in (tuple, list)]
+    if not seqs:
+        return tp, None
+    scalars = [a for a in typing.get_args(tp) if a not in seqs]
+    return (typing.Union[tuple(scalars)] if len(scalars) > 1 else scalars[0]) if scalars else None, seqs[0]
+
+
+def _none_or(fn: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(s: str) -> Any:
+        return None if s.lower() in ("none", "null") else fn(s)
+    parse.__name__ = getattr(fn, "__name__", "value")
+    return parse
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, exclude: Iterable[str] = (),
+                       title: str | None = None) -> list[str]:
+    """Add one option per field of the dataclass `cls` to `parser`.
+
+    Args:
+        parser: the parser (or subparser) to extend.
+        cls: a dataclass type; its defaults are shown in the help but not stored (absent options stay absent).
+        exclude: field names to leave out (options the command names itself).
+        title: an argument-group title (default: the class name).
+
+    Returns:
+        The field names added (the namespace attribute of each is the field name).
+    """
+    hints = typing.get_type_hints(cls)
+    helps = field_help(cls)
+    group = parser.add_argument_group(title or f"{cls.__name__} fields")
+    added = []
+    skip = set(exclude)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not f.init:
+            continue
+        tp, optional = _optional_inner(hints[f.name])
+        scalar_part, seq_part = _split_union(tp)
+        if seq_part is not None:  # e.g. int | str | tuple[int, ...]: one value or several
+            elems = [a for a in typing.get_args(seq_part) if a is not Ellipsis]
+            parts = set(typing.get_args(scalar_part)) if typing.get_args(scalar_part) else {scalar_part}
+            parts |= set(elems)
+            parts.discard(None)
+            tp = tuple[typing.Union[tuple(parts)] if len(parts) > 1 else parts.pop(), ...]  # type: ignore[misc]
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
+                              "help": f"{helps.get(f.name, '')} (default: {default!r})".strip()}
+        flag = "--" + f.name.replace("_", "-")
+        origin = typing.get_origin(tp)
+        if tp is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif origin is typing.Literal:
+            kw["choices"] = list(typing.get_args(tp))
+            kw["type"] = type(kw["choices"][0])
+        elif origin in (tuple, list):
+            targs = typing.get_args(tp)
+            elems = [a for a in targs if a is not Ellipsis]
+            fn = _scalar(elems[0] if elems else str, f.name)
+            fixed = origin is tuple and Ellipsis not in targs and len(elems) > 1 and not optional
+            kw["nargs"] = len(elems) if fixed else "+"
+            kw["type"] = _none_or(fn) if optional else fn
+        else:
+            fn = _scalar(tp, f.name)
+            kw["type"] = _none_or(fn) if optional else fn
+        group.add_argument(flag, **kw)
+        added.append(f.name)
+    return added
+
+
+def dataclass_overrides(ns: argparse.Namespace, cls: type, *, exclude: Iterable[str] = ()) -> dict[str, Any]:
+    """The fields of `cls` the user set on the command line (lists turned into the field's tuple type;
+    a single `none` into None)."""
+    hints = typing.get_type_hints(cls)
+    skip = set(exclude)
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not hasattr(ns, f.name):
+            continue
+        v = getattr(ns, f.name)
+        tp, optional = _optional_inner(hints[f.name])
+        if isinstance(v, list):
+            if optional and v == [None]:
+                v = None
+            elif None in v:
+                raise ValueError(f"--{f.name.replace('_', '-')}: 'none' must be the only value")
+            else:
+                scalar_part, seq_part = _split_union(tp)
+                scalars = set(typing.get_args(scalar_part) or (scalar_part,)) if seq_part is not None else set()
+                if seq_part is not None and len(v) == 1 and type(v[0]) in scalars:
+                    v = v[0]  # e.g. `--layers all` or `--layers 15` for `int | str | tuple[int, ...]`
+                elif typing.get_origin(tp) is tuple or seq_part is not None:
+                    v = tuple(v)
+        out[f.name] = v
+    return out
