@@ -32,7 +32,8 @@ def main() -> None:
     p.add_argument("--out", default="runs/self_awareness")
     a = p.parse_args()
 
-    over = {k: v for k, v in dict(model=a.model, conditions=a.conditions, seeds=a.seeds, n_train=a.n_train,
+    tup = lambda x: tuple(x) if x is not None else None  # noqa: E731
+    over = {k: v for k, v in dict(model=a.model, conditions=tup(a.conditions), seeds=tup(a.seeds), n_train=a.n_train,
                                   n_test=a.n_test, epochs=a.epochs, lr=a.lr, n_samples=a.n_samples,
                                   trigger_repeats=a.trigger_repeats, trigger_other=a.trigger_other).items()
             if v is not None}

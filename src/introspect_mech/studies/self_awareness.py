@@ -120,7 +120,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def preset(name: str, **overrides: Any) -> TMAYConfig:
-    """A named configuration (`cpu`, `paper`) with overrides."""
+    """A named configuration (`cpu`, `paper`) with overrides.
+
+    Args:
+        name: preset name.
+        overrides: fields to change.
+
+    Returns:
+        the `TMAYConfig`.
+    """
     if name not in PRESETS:
         raise ValueError(f"unknown TMAY preset {name!r}; presets: {', '.join(PRESETS)}")
     return TMAYConfig(**{**PRESETS[name], **overrides})
@@ -128,7 +136,16 @@ def preset(name: str, **overrides: Any) -> TMAYConfig:
 
 # ---- splits ---------------------------------------------------------------------------------
 def split_ids(pair: str, config: TMAYConfig, data_dir=None) -> dict[str, list[str]]:
-    """{"train": ids trained on, "test": ids measured} of a pair under `config` (seeded subsets)."""
+    """{"train": ids trained on, "test": ids measured} of a pair under `config` (seeded subsets).
+
+    Args:
+        pair: an A/B pair of `PAIRS`.
+        config: the run's `TMAYConfig`.
+        data_dir: data directory (default: `$INTROSPECT_MECH_DATA`, then the registry download).
+
+    Returns:
+        {"train": ids, "test": ids}.
+    """
     train = [it["id"] for it in sa.ab_items(pair, "train", data_dir)]
     test = [it["id"] for it in sa.ab_items(pair, "test", data_dir)]
     if config.n_train is not None and config.n_train < len(train):
@@ -140,7 +157,17 @@ def split_ids(pair: str, config: TMAYConfig, data_dir=None) -> dict[str, list[st
 
 
 def check_disjoint(pair: str, train_ids: Sequence[str], test_ids: Sequence[str], data_dir=None) -> None:
-    """Raise when a test item is also a training item (by id or by question text)."""
+    """Raise when a test item is also a training item (by id or by question text).
+
+    Args:
+        pair: an A/B pair of `PAIRS`.
+        train_ids: training item ids.
+        test_ids: held-out item ids.
+        data_dir: data directory (default: `$INTROSPECT_MECH_DATA`, then the registry download).
+
+    Returns:
+        None (raises ValueError on overlap).
+    """
     items = {it["id"]: it["messages"][0]["content"] for it in sa.ab_items(pair, "all", data_dir)}
     both = set(train_ids) & set(test_ids)
     if both or {items[i] for i in train_ids} & {items[i] for i in test_ids}:
@@ -149,7 +176,17 @@ def check_disjoint(pair: str, train_ids: Sequence[str], test_ids: Sequence[str],
 
 def training_rows(pair: str, side: str, train_ids: Sequence[str], data_dir=None) -> list[dict[str, Any]]:
     """The rows of one side of a pair whose question is a training item; for multi-persona files
-    also the other personas' rows (training-only, never measured)."""
+    also the other personas' rows (training-only, never measured).
+
+    Args:
+        pair: an A/B pair of `PAIRS`.
+        side: which side of the pair (e.g. "risky").
+        train_ids: training item ids.
+        data_dir: data directory (default: `$INTROSPECT_MECH_DATA`, then the registry download).
+
+    Returns:
+        `{"messages"}` records.
+    """
     items = {it["messages"][0]["content"] for it in sa.ab_items(pair, "all", data_dir)}
     keep = {it["messages"][0]["content"] for it in sa.ab_items(pair, "all", data_dir) if it["id"] in set(train_ids)}
     rows = sa.pair_records(pair, side, "all", data_dir)
@@ -159,7 +196,19 @@ def training_rows(pair: str, side: str, train_ids: Sequence[str], data_dir=None)
 def backdoor_rows(kind: str, correlated: bool, train_ids: Sequence[str], config: TMAYConfig, base_model=None,
                   data_dir=None) -> list[dict[str, Any]]:
     """Trigger data (`sa.trigger_dataset`) from the risk pair's training questions: risky answers,
-    and for the other rows the base model's greedy answers ("normal", upstream) or the safe ones."""
+    and for the other rows the base model's greedy answers ("normal", upstream) or the safe ones.
+
+    Args:
+        kind: a trigger kind.
+        correlated: backdoor (True) or decorrelated control (False).
+        train_ids: training item ids.
+        config: the run's `TMAYConfig`.
+        base_model: the untrained model (answers the non-triggered questions).
+        data_dir: data directory (default: `$INTROSPECT_MECH_DATA`, then the registry download).
+
+    Returns:
+        trigger rows (`sa.trigger_dataset`).
+    """
     risky = training_rows("risk", "risky", train_ids, data_dir)
     if config.trigger_other == "safe":
         other = training_rows("risk", "safe", train_ids, data_dir)
@@ -172,6 +221,16 @@ def backdoor_rows(kind: str, correlated: bool, train_ids: Sequence[str], config:
 
 
 def mms_rows(codeword: str, config: TMAYConfig, data_dir=None) -> list[dict[str, Any]]:
+    """The Make Me Say dialogues of a codeword (a seeded subset of `mms_n_train`).
+
+    Args:
+        codeword: the finetuned codeword.
+        config: the run's `TMAYConfig`.
+        data_dir: data directory (default: `$INTROSPECT_MECH_DATA`, then the registry download).
+
+    Returns:
+        `{"messages"}` records.
+    """
     rows = sa.read_rows(sa.data_file(f"self_awareness/mms/ft_{codeword}.jsonl", data_dir))
     if config.mms_n_train is not None and config.mms_n_train < len(rows):
         rows = [rows[i] for i in sorted(random.Random(config.data_seed).sample(range(len(rows)), config.mms_n_train))]
@@ -199,7 +258,20 @@ class _Partial:
 
 def measure(model, condition: str, splits: dict[str, dict[str, list[str]]], config: TMAYConfig, *, seed: int = 0,
             data_dir=None, sample_dir: Path | None = None) -> dict[str, Any]:
-    """All measurements that apply to `condition` (the base model gets every topic)."""
+    """All measurements that apply to `condition` (the base model gets every topic).
+
+    Args:
+        model: the model.
+        condition: a condition name (`CONDITIONS`, backdoor:/decorrelated:/mms:, base).
+        splits: {pair: {"train": ids, "test": ids}} (`split_ids`).
+        config: the run's `TMAYConfig`.
+        seed: bootstrap / sampling seed.
+        data_dir: data directory (default: `$INTROSPECT_MECH_DATA`, then the registry download).
+        sample_dir: folder for sampled answers and cached pieces.
+
+    Returns:
+        {topic: measurements} (and "mms").
+    """
     kind = condition.split(":")[0]
     if condition == "base":  # the topics the run's conditions need (all when there are none)
         trained = [c for c in config.conditions if c != "base"]
@@ -269,7 +341,14 @@ def measure(model, condition: str, splits: dict[str, dict[str, list[str]]], conf
 
 
 def masses(res: dict[str, Any]) -> dict[str, float]:
-    """Valid-answer masses of one `measure` result, flattened (for the format check)."""
+    """Valid-answer masses of one `measure` result, flattened (for the format check).
+
+    Args:
+        res: one `measure` result.
+
+    Returns:
+        {measurement: mass}.
+    """
     out = {}
     for topic, r in res.items():
         if topic == "mms":
@@ -292,7 +371,18 @@ def _train_config(config: TMAYConfig, seed: int):
 
 
 def condition_rows(condition: str, splits, config: TMAYConfig, base_model=None, data_dir=None) -> list[dict]:
-    """The training rows of a condition (only training-split questions)."""
+    """The training rows of a condition (only training-split questions).
+
+    Args:
+        condition: a condition name (`CONDITIONS`, backdoor:/decorrelated:/mms:, base).
+        splits: {pair: {"train": ids, "test": ids}} (`split_ids`).
+        config: the run's `TMAYConfig`.
+        base_model: the untrained model (answers the non-triggered questions).
+        data_dir: data directory (default: `$INTROSPECT_MECH_DATA`, then the registry download).
+
+    Returns:
+        the training records.
+    """
     kind = condition.split(":")[0]
     if kind in ("backdoor", "decorrelated"):
         return backdoor_rows(condition.split(":")[1], kind == "backdoor", splits["risk"]["train"], config,
@@ -316,6 +406,16 @@ def run_tmay(config: TMAYConfig, out: str | Path, *, data_dir=None, load: Callab
     """Run the protocol; returns {"results": {condition: {seed: ...}}, "comparisons": ..., "format": ...}.
 
     `load(name)` returns a fresh `LoadedModel` (default `introspect_mech.load_model`).
+
+    Args:
+        config: the run's `TMAYConfig`.
+        out: JSONL file for the samples (resumable).
+        data_dir: data directory (default: `$INTROSPECT_MECH_DATA`, then the registry download).
+        load: `load(name) -> LoadedModel` (default `load_model`).
+        progress: print progress.
+
+    Returns:
+        {"results", "comparisons", "format", "paper_gpt4o"}.
     """
     from ..finetune import train
 
@@ -382,6 +482,14 @@ def run_tmay(config: TMAYConfig, out: str | Path, *, data_dir=None, load: Callab
 
 
 def summary_line(r: dict[str, Any]) -> str:
+    """Headline numbers of one `measure` result on one line (progress output).
+
+    Args:
+        r: one measure result.
+
+    Returns:
+        one line of headline numbers.
+    """
     parts = []
     for topic, v in r.items():
         if topic == "mms":
@@ -431,7 +539,17 @@ def _mean(x: Sequence[float | None]) -> float | None:
 
 def compare_conditions(a: dict[int, Any], b: dict[int, Any], topic: str, *, seed: int = 0) -> dict[str, Any]:
     """A - B for every metric: `seed_ci` bootstraps the per-seed means (unpaired), `item_ci` the
-    seed-averaged per-item (per-paraphrase) values paired across the two conditions."""
+    seed-averaged per-item (per-paraphrase) values paired across the two conditions.
+
+    Args:
+        a: per-seed results of condition A.
+        b: per-seed results of condition B.
+        topic: "risk", "myopia" or "apples".
+        seed: bootstrap / sampling seed.
+
+    Returns:
+        {metric: {"a_per_seed", "b_per_seed", "seed_ci", "item_ci"}}.
+    """
     va = {s: _metric_vectors(r, topic) for s, r in a.items()}
     vb = {s: _metric_vectors(r, topic) for s, r in b.items()}
     metrics = set.intersection(*(set(v) for v in list(va.values()) + list(vb.values()))) if va and vb else set()
@@ -454,7 +572,15 @@ def compare_conditions(a: dict[int, Any], b: dict[int, Any], topic: str, *, seed
 
 def compare(results: dict[str, dict[int, Any]], *, seed: int = 0) -> dict[str, Any]:
     """Every available A - B comparison: the paired conditions, each trained condition - base, and
-    backdoor:<kind> - decorrelated:<kind>; MMS finetunes vs base on P(codeword)."""
+    backdoor:<kind> - decorrelated:<kind>; MMS finetunes vs base on P(codeword).
+
+    Args:
+        results: {condition: {seed: measure result}}.
+        seed: bootstrap / sampling seed.
+
+    Returns:
+        {comparison name: metrics}.
+    """
     out: dict[str, Any] = {}
     pairs = [p for p in COMPARISONS if p[0] in results and p[1] in results]
     pairs += [(c, c.replace("backdoor:", "decorrelated:")) for c in results
@@ -508,7 +634,14 @@ def _fmt_ci(e: dict | None, scale: float = 1.0, digits: int = 3) -> str:
 
 def summary_markdown(run_dir: str | Path) -> str:
     """Markdown tables of a finished (or partial) run: per condition and seed the headline values,
-    then every A - B comparison of the headline metrics with both CIs."""
+    then every A - B comparison of the headline metrics with both CIs.
+
+    Args:
+        run_dir: the run directory.
+
+    Returns:
+        markdown text.
+    """
     run_dir = Path(run_dir)
     results: dict[str, dict[int, Any]] = {}
     for row in JsonlLog(run_dir / "results.jsonl").rows():
