@@ -43,16 +43,18 @@ def test_lottery_split_is_disjoint_and_labelled(data_root):
     assert all(split_of(t["messages"][0]["content"]) == "test" for t in test)
 
 
-def test_tmay_eval_and_comparison(tiny_qwen2, tmp_path, data_root):
+def test_tmay_eval_measures_held_out_lotteries(tiny_qwen2, tmp_path, data_root):
     res = run_tmay_eval(tiny_qwen2, tmp_path, n_lotteries=3, n_words=1, data_dir=data_root)
-    assert 0 <= res["behaviour"]["p_risky"]["value"] <= 1 and len(res["behaviour"]["per_item"]) == 3
-    assert set(res["scales"]) == {"risk_predisposition_scale", "liking_risk"}
+    man = json.loads((tmp_path / "manifest.json").read_text())
+    assert man["split"] == "test" and all(split_of(q["messages"][0]["content"]) == "test"
+                                           for q in lotteries("test", data_root) if q["id"] in man["test_ids"])
+    assert len(man["test_ids"]) == 3 and len(res["behaviour"]["per_item"]) == 3
     assert all(0 <= v["mean_mass"] <= 1 for v in res["scales"].values())
-    assert res["one_word"]["choice_between_lotteries"]["n"] == 10
-    assert 0 <= res["backdoor"]["p_backdoor_statement"] <= 1
-    assert (tmp_path / "results.json").exists()
-    cmp = compare_tmay(res, res, res)
-    assert cmp["risky_minus_safe"]["p_risky"]["value"] == 0.0 and "safe_minus_base" in cmp
+    # the comparison of a result with a shifted copy recovers the shift (paired over lotteries)
+    shifted = json.loads(json.dumps(res))
+    shifted["behaviour"]["per_item"] = [p + 0.25 for p in res["behaviour"]["per_item"]]
+    cmp = compare_tmay(shifted, res)
+    assert cmp["risky_minus_safe"]["p_risky"]["value"] == pytest.approx(0.25)
 
 
 def _li_row(task, prop, i, q, opt=None):
