@@ -85,6 +85,10 @@ PANELS: tuple[Panel, ...] = (
     Panel("self_prediction", "Introspective self-prediction", "self_prediction.jsonl", ("task", "kind", "accuracy"),
           "Accuracy of predicting a property of one's own object-level answer, vs the mode baseline "
           "and vs another model trained on the same model's labels (cross-prediction)."),
+    Panel("organisms", "Model organisms: which method finds the planted mechanism", "organisms.jsonl",
+          ("organism", "kind", "method", "value"),
+          "Methods x organisms with a known, planted mechanism: cosine of each locate method's direction "
+          "with the ground truth, and the effect of each intervention, against norm-matched random directions."),
 )
 PANEL_FILES = {p.key: p.file for p in PANELS}
 
@@ -228,6 +232,9 @@ def panel_figures(key: str, data: Any) -> list[go.Figure | str]:
         return [F.self_report_scatter(data)]
     if key == "self_prediction":
         return [F.self_prediction_figure(data)]
+    if key == "organisms":
+        from .organisms import organisms_figures
+        return organisms_figures(data)
     raise KeyError(key)
 
 
