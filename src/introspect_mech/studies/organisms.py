@@ -127,11 +127,12 @@ class OrganismsConfig:
     alpha: float = 4.0  # |vec| at L in units of the persona direction's class-mean distance at L
     directions: tuple[str, ...] = ("persona", "concept", "random")  # steering-distillation directions
     seeds: tuple[int, ...] = (0, 1, 2)  # sampling + finetune seeds of distill_persona (others: seeds[0])
-    n_train: int = 24  # prompts per finetune
+    n_train: int = 16  # prompts per finetune
     n_eval: int = 8  # held-out prompts for the behaviour metrics
-    max_new_tokens: int = 40
+    max_new_tokens: int = 32
     temperature: float = 1.0
     lora_r: int = 8
+    lora_layers: str = "all"  # "all" | "up_to_L": LoRA only on blocks 0..L (the change must happen by L)
     lr: float = 1e-3
     epochs: int = 2
     batch_size: int = 8
@@ -222,6 +223,14 @@ def expression_items(rows_evil: list[dict], rows_help: list[dict]) -> list[dict]
             for e, h in zip(rows_evil, rows_help) if e["response"].strip() and h["response"].strip()]
 
 
+def distillation_records(rows: Sequence[dict], system: str | None = None) -> list[dict]:
+    """Finetuning records from sampled rows: (user prompt, sampled answer). Whatever system prompt or
+    steering produced the answer is NOT in the record, unless `system` is given (inoculation keeps
+    the evil system prompt in the training data)."""
+    return [{"messages": _msgs(r["messages"][-1]["content"], r["response"], system=system)}
+            for r in rows if r["response"].strip()]
+
+
 def persona_expression(model: LoadedModel, items: Sequence[dict], *, batch_size: int = 8) -> list[float]:
     """Per item: mean per-token log-prob of the evil-prompt answer minus the helpful-prompt answer,
     asked without a system prompt (> 0: the model leans to the evil persona). A judge-free PROXY."""
@@ -252,21 +261,52 @@ class _Ctx:
     log: Callable[[str], None] = print
 
 
-def _train_cfg(cfg: OrganismsConfig, seed: int) -> TrainConfig:
+def _train_cfg(cfg: OrganismsConfig, seed: int, L: int) -> TrainConfig:
+    if cfg.lora_layers not in ("all", "up_to_L"):
+        raise ValueError(f"OrganismsConfig.lora_layers must be 'all' or 'up_to_L', got {cfg.lora_layers!r}")
     return TrainConfig(r=cfg.lora_r, lora_alpha=2.0 * cfg.lora_r, lr=cfg.lr, epochs=cfg.epochs,
-                       batch_size=cfg.batch_size, warmup_steps=1, seed=seed, max_seq_len=512, progress=False)
+                       batch_size=cfg.batch_size, warmup_steps=1, seed=seed, max_seq_len=512, progress=False,
+                       layers=tuple(range(L + 1)) if cfg.lora_layers == "up_to_L" else None)
 
 
 def _finetune(ctx: _Ctx, records: list[dict], out: Path, seed: int, intervention_fn=None) -> tuple[LoadedModel, dict]:
-    """A fresh copy of the base model, LoRA-finetuned on `records` (resumes / reuses `out`)."""
-    tuned = load_model(ctx.name) if ctx.name != "__copy__" else copy.deepcopy(ctx.base)
+    return finetune_copy(ctx.base, records, _train_cfg(ctx.cfg, seed, ctx.L), out, model_name=ctx.name,
+                         intervention_fn=intervention_fn)
+
+
+def finetune_copy(base: LoadedModel, records: list[dict], train_config: TrainConfig, out: str | Path, *,
+                  model_name: str | None = "__copy__", intervention_fn=None) -> tuple[LoadedModel, dict]:
+    """A fresh copy of the base model (reloaded by `model_name`, or deep-copied when "__copy__"),
+    LoRA-finetuned on `records` with the project's loop (resumes / reuses `out`). `base` is untouched."""
+    tuned = load_model(model_name) if model_name != "__copy__" else copy.deepcopy(base)
     iv = intervention_fn(tuned) if intervention_fn else None
     t0 = time.time()
-    res = finetune_train(tuned, records, _train_cfg(ctx.cfg, seed), out, intervention=iv,
+    res = finetune_train(tuned, records, train_config, out, intervention=iv,
                          data_info={"source": "organisms study", "n": len(records)})
     tuned.meta["adapter"] = str(res.weights_dir)
     return tuned, {"final_loss": res.final_loss, "first_loss": res.losses[0] if res.losses else None,
-                   "train_seconds": round(time.time() - t0, 1), "steps": res.steps}
+                   "train_seconds": round(time.time() - t0, 1), "steps": res.steps, "n_records": len(records)}
+
+
+def steering_distillation(base: LoadedModel, vector: Tensor, layer: int, prompts: Sequence[str],
+                          train_config: TrainConfig, out: str | Path, *, seed: int = 0, max_new_tokens: int = 40,
+                          temperature: float = 1.0, model_name: str | None = "__copy__",
+                          ) -> tuple[LoadedModel, dict]:
+    """The steering-distillation organism: `base` steered with `vector` added after block `layer`
+    (every position) answers `prompts`; a copy of the base is finetuned on (prompt, answer) records
+    without the hook. Samples go to `out/samples.jsonl`, the finetune to `out/` (both resume).
+
+    Returns:
+        `(finetuned model, info)`; info has the losses, timing and record count.
+    """
+    out = Path(out)
+    with steering.add(base, vector, layers=[layer], alpha=1.0):
+        rows = sample(base, [_msgs(q) for q in prompts], n=1, max_new_tokens=max_new_tokens, temperature=temperature,
+                      seed=seed, out=out.parent / f"{out.name}_samples.jsonl", progress=False)
+    records = distillation_records(rows)
+    if not records:
+        raise RuntimeError("steering_distillation: the steered model produced no non-empty answers")
+    return finetune_copy(base, records, train_config.replace(seed=seed), out, model_name=model_name)
 
 
 def _kl_items(model: LoadedModel, ref: list[Tensor], convs: list) -> list[float]:
@@ -304,16 +344,18 @@ def _steering_interventions(ctx: _Ctx, org: str, tuned: LoadedModel, found: Dire
         }
 
     for src, d in sources.items():
+        n_rand = ctx.cfg.n_random if src == "activation_difference" else 0  # ground truth: oracle reference
         for op in ops(d):
             vals = {}
             for kind, dd in [("direction", d)] + [(f"random_{i}", steering.random_like(d, 100 + i))
-                                                  for i in range(ctx.cfg.n_random)]:
+                                                  for i in range(n_rand)]:
                 model, make, ref, _ = ops(dd)[op]
                 with make():
                     vals[kind] = _kl_items(model, ref, convs)
             full = ops(d)[op][3]
             eff = _removed([full], [vals["direction"]])
-            rnd = _removed([full], [vals[k] for k in vals if k != "direction"])
+            rnd = _removed([full], [vals[k] for k in vals if k != "direction"]) if n_rand else \
+                {"value": None, "ci_lo": None, "ci_hi": None}
             rows.append({"organism": org, "source": src, "intervention": op, "metric": "removed fraction of KL",
                          **eff, "random": rnd["value"], "random_ci_lo": rnd["ci_lo"], "random_ci_hi": rnd["ci_hi"],
                          "kl_full": float(np.mean(full)), "kl_treated": float(np.mean(vals["direction"])),
@@ -327,6 +369,7 @@ def _persona_interventions(ctx: _Ctx, org: str, tuned: LoadedModel, found: Direc
     L, rows = ctx.L, []
     truth = ctx.truth["persona"]
     for src, d in {"activation_difference": found, "ground_truth": truth}.items():
+        n_rand = ctx.cfg.n_random if src == "activation_difference" else 0  # ground truth: oracle reference
         spec = {
             "ablate in finetune": (tuned, lambda dd: steering.ablate(tuned, dd, layers=dd.layers)),
             "subtract from finetune": (tuned, lambda dd: steering.add(tuned, dd, layers=[L], alpha=-1.0, scale="norm")),
@@ -335,14 +378,17 @@ def _persona_interventions(ctx: _Ctx, org: str, tuned: LoadedModel, found: Direc
         for op, (model, make) in spec.items():
             vals = {}
             for kind, dd in [("direction", d)] + [(f"random_{i}", steering.random_like(d, 100 + i))
-                                                  for i in range(ctx.cfg.n_random)]:
+                                                  for i in range(n_rand)]:
                 with make(dd):
                     vals[kind] = persona_expression(model, items)
             rnd_groups = [vals[k] for k in vals if k != "direction"]
+            none = {"value": None, "ci_lo": None, "ci_hi": None}
             if op == "add to base":  # fraction of the finetune's shift created in the base
-                eff, rnd = _removed([e_base], [vals["direction"]], [e_tuned]), _removed([e_base], rnd_groups, [e_tuned])
+                eff = _removed([e_base], [vals["direction"]], [e_tuned])
+                rnd = _removed([e_base], rnd_groups, [e_tuned]) if rnd_groups else none
             else:
-                eff, rnd = _removed([e_tuned], [vals["direction"]], [e_base]), _removed([e_tuned], rnd_groups, [e_base])
+                eff = _removed([e_tuned], [vals["direction"]], [e_base])
+                rnd = _removed([e_tuned], rnd_groups, [e_base]) if rnd_groups else none
             rows.append({"organism": org, "source": src, "intervention": op,
                          "metric": "removed fraction of persona expression (proxy)" if op != "add to base"
                          else "created fraction of persona expression (proxy)",
@@ -462,28 +508,30 @@ def run(model: str | None = None, out: str | Path = "runs/organisms", config: Or
             eval_rows = sample(base, [_msgs(q) for q in prompts_eval], n=1, max_new_tokens=cfg.max_new_tokens,
                                temperature=0.0, out=out / "samples" / f"eval_steered_{kind}.jsonl", progress=False)
         convs = [_msgs(r["messages"][-1]["content"], r["response"]) for r in eval_rows if r["response"].strip()]
+        if len(convs) < 2:
+            raise RuntimeError(f"{dname}: the steered base wrote {len(convs)} non-empty answers to the {len(eval_rows)} "
+                               "held-out prompts; the KL metric needs >= 2 (raise max_new_tokens or lower alpha)")
         ref_base = diffing.response_logprobs(base, convs)
         with steering.add(base, vec, layers=[L], alpha=1.0):
             ref_steered = diffing.response_logprobs(base, convs)
-        kl_base_steered = diffing.response_kl(base, ref_steered, convs)
+        with steering.add(base, vec, layers=[L], alpha=1.0):
+            kl_steered_base = diffing.response_kl(base, ref_base, convs)
         seeds = cfg.seeds if kind == "persona" and dname != "planted" else cfg.seeds[:1]
         for seed in seeds:
             org = dname
             if dname == "planted":
                 tuned, info = planted_copy(base, vec, L), {"train_seconds": 0.0}
             else:
-                with steering.add(base, vec, layers=[L], alpha=1.0):
-                    tr = sample(base, [_msgs(q) for q in prompts_train], n=1, max_new_tokens=cfg.max_new_tokens,
-                                temperature=cfg.temperature, seed=seed,
-                                out=out / "samples" / f"train_steered_{kind}_seed{seed}.jsonl", progress=False)
-                records = [{"messages": _msgs(r["messages"][-1]["content"], r["response"])} for r in tr
-                           if r["response"].strip()]
-                tuned, info = _finetune(ctx, records, out / "finetunes" / f"{dname}_seed{seed}", seed)
+                tuned, info = steering_distillation(base, vec, L, prompts_train, _train_cfg(cfg, seed, L),
+                                                    out / "finetunes" / f"{dname}_seed{seed}", seed=seed,
+                                                    max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                                    model_name=name)
+                records = distillation_records(JsonlLog(out / "finetunes" / f"{dname}_seed{seed}_samples.jsonl").read())
             ref_tuned = diffing.response_logprobs(tuned, convs)
             kl_ft = diffing.response_kl(tuned, ref_base, convs)
             kl_ft_steered = diffing.response_kl(tuned, ref_steered, convs)
             beh = {"organism": org, "seed": seed, "metric": "KL to base (nats/token)",
-                   "finetune": float(np.mean(kl_ft)), "steered_base": float(np.mean(kl_base_steered)),
+                   "finetune": float(np.mean(kl_ft)), "steered_base": float(np.mean(kl_steered_base)),
                    "finetune_to_steered": float(np.mean(kl_ft_steered)), **info}
             record([beh], beh_log, behaviour_rows)
             rows, cmp = _locate(ctx, org, tuned, convs, vec, seed)
@@ -512,6 +560,14 @@ def run(model: str | None = None, out: str | Path = "runs/organisms", config: Or
         hp = sample(base, [_msgs(q, system=helpful) for q in prompts_eval], n=1, max_new_tokens=cfg.max_new_tokens,
                     temperature=0.0, out=out / "samples" / "eval_helpful.jsonl", progress=False)
         items = expression_items(ev, hp)
+        if len(items) < 2:
+            why = f"the base wrote {len(items)} usable evil/helpful answer pairs to the held-out questions (need >= 2)"
+            log(f"[persona organisms] skipped: {why}")
+            record([{"organism": o, "seed": None, "method": m, "layer": None, "cosine": None, "error": why}
+                    for o, on in (("persona_distill", cfg.persona_distill), ("inoculated", cfg.inoculation)) if on
+                    for m in diffing.METHODS], rec_log, recovery_rows)
+            items = None
+    if (cfg.persona_distill or cfg.inoculation) and items is not None:
         convs = [_msgs(it["question"], it[s]) for it in items for s in ("evil", "helpful")]
         e_base = persona_expression(base, items)
         med_prompts = medical_q[:cfg.n_train]
@@ -521,8 +577,7 @@ def run(model: str | None = None, out: str | Path = "runs/organisms", config: Or
         for org, keep_system in (("persona_distill", False), ("inoculated", True)):
             if (org == "persona_distill" and not cfg.persona_distill) or (org == "inoculated" and not cfg.inoculation):
                 continue
-            records = [{"messages": _msgs(r["messages"][-1]["content"], r["response"],
-                                          system=evil if keep_system else None)} for r in tr if r["response"].strip()]
+            records = distillation_records(tr, system=evil if keep_system else None)
             seed = cfg.seeds[0]
             tuned, info = _finetune(ctx, records, out / "finetunes" / f"{org}_seed{seed}", seed)
             e_t = persona_expression(tuned, items)
