@@ -344,7 +344,7 @@ def logit_lens(model: LoadedModel, direction: Any, layer: int | None = None, k: 
         k: how many tokens per side.
 
     Returns:
-        `{"promoted": [{"token", "logit"}...], "suppressed": [...]}`, largest effect first.
+        `{"promoted": [{"text", "id", "logit"}...], "suppressed": [...]}`, largest effect first.
     """
     if isinstance(direction, Direction):
         v = direction.at(direction.layers[0] if layer is None else layer)
@@ -360,7 +360,7 @@ def logit_lens(model: LoadedModel, direction: Any, layer: int | None = None, k: 
     tok = model.tokenizer
 
     def rows(idx: Tensor) -> list[dict]:
-        return [{"token": tok.decode([int(i)]), "id": int(i), "logit": round(float(logits[i]), 4)} for i in idx]
+        return [{"text": tok.decode([int(i)]), "id": int(i), "logit": round(float(logits[i]), 4)} for i in idx]
 
     return {"promoted": rows(logits.topk(k).indices), "suppressed": rows((-logits).topk(k).indices)}
 

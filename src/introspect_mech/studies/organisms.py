@@ -147,7 +147,8 @@ class OrganismsConfig:
     sae_expansion: int = 4
     sae_k: int = 16
     sae_records: int = 48
-    sae_epochs: float = 4.0
+    sae_epochs: float = 10.0  # a few thousand tokens: several passes (4 x 1024 left explained variance < 0)
+    sae_batch: int = 256
     persona_distill: bool = True
     inoculation: bool = True
     train_time: tuple[str, ...] = ("preventative",)  # "preventative" and/or "caft" on distill_persona seed 0
@@ -476,8 +477,9 @@ def run(model: str | None = None, out: str | Path = "runs/organisms", config: Or
         from ..data import load as data_load
 
         med = data_load("good_medical_advice")[:cfg.sae_records]
-        res = sae_mod.train(base, L, [r["messages"] for r in med] + list(UNRELATED_TEXTS),
-                            sae_mod.SAETrainConfig(expansion=cfg.sae_expansion, k=cfg.sae_k, epochs=cfg.sae_epochs),
+        res = sae_mod.train(base, L, list(UNRELATED_TEXTS) + [r["messages"] for r in med],  # held out: medical
+                            sae_mod.SAETrainConfig(expansion=cfg.sae_expansion, k=cfg.sae_k, epochs=cfg.sae_epochs,
+                                                   batch_size=cfg.sae_batch),
                             out_dir=out / "sae")
         ctx.sae = res.sae
         m = res.metrics
