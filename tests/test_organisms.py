@@ -94,6 +94,8 @@ def test_run_end_to_end_on_tiny(tiny_qwen2, shared_dir, tmp_path):
     out = tmp_path / "org"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["layer"] == 2 and manifest["config"]["alpha"] == 6.0 and manifest["wall_time_s"] > 0
+    readout = [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
+    assert {r["model"] for r in readout} == {"base", "base + planted activation difference"}
     text = organisms.format_table(res["table"])
     assert "planted" in text and "fail" in text  # the missing SAE shows up in the table
     from introspect_mech.viz import export_dashboard

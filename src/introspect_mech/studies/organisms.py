@@ -448,7 +448,7 @@ def run(model: str | None = None, out: str | Path = "runs/organisms", config: Or
                       judge="none: judge-free proxies (KL to base; persona-expression log-prob difference)")
     rec_log, int_log = rd.log("recovery.jsonl"), rd.log("interventions.jsonl")
     beh_log, lens_log = rd.log("behaviour.jsonl"), rd.log("logit_lens.jsonl")
-    for lg in (rec_log, int_log, beh_log, lens_log):
+    for lg in (rec_log, int_log, beh_log, lens_log, JsonlLog(out / "samples.jsonl")):
         lg.path.write_text("")  # recomputed each run (cheap); finetunes and samples resume from disk
     stage_t: dict[str, float] = {}
 
@@ -541,6 +541,8 @@ def run(model: str | None = None, out: str | Path = "runs/organisms", config: Or
             adl = cmp.directions["activation_difference"]
             lens_log.append({"organism": org, "seed": seed, "what": "activation_difference",
                              **diffing.logit_lens(base, adl, L, k=8)})
+            if seed == cfg.seeds[0] and dname in ("planted", "distill_persona"):
+                _readout(ctx, org, adl, prompts_eval[:2])
             irows = _steering_interventions(ctx, org, tuned, adl, vec, convs, ref_base, ref_tuned)
             record([{**r, "seed": seed} for r in irows], int_log, intervention_rows)
             c = {r["method"]: r["cosine"] for r in rows if r.get("layer") == L}
@@ -594,6 +596,7 @@ def run(model: str | None = None, out: str | Path = "runs/organisms", config: Or
             lens_log.append({"organism": org, "seed": seed, "what": "activation_difference",
                              **diffing.logit_lens(base, adl, L, k=8)})
             if org == "persona_distill":
+                _readout(ctx, org, adl, prompts_eval[:2])
                 irows = _persona_interventions(ctx, org, tuned, adl, items, e_base, e_t)
                 record([{**r, "seed": seed} for r in irows], int_log, intervention_rows)
             c = {r["method"]: r["cosine"] for r in rows if r.get("layer") == L}
@@ -613,6 +616,15 @@ def run(model: str | None = None, out: str | Path = "runs/organisms", config: Or
                       stage_seconds={k: round(v, 1) for k, v in stage_t.items()}, torch_threads=torch.get_num_threads())
     return {"recovery": recovery_rows, "interventions": intervention_rows, "behaviour": behaviour_rows,
             "table": table, "seconds": seconds, "layer": L}
+
+
+def _readout(ctx: _Ctx, org: str, found: Direction, prompts: list[str]) -> None:
+    """What the found difference encodes: the base's greedy answers with it added at L (+1 x its
+    norm), appended to samples.jsonl (the dashboard's side-by-side panel)."""
+    log = JsonlLog(ctx.out / "samples.jsonl")
+    for r in diffing.steer_readout(ctx.base, found, ctx.L, 1.0, prompts, max_new_tokens=24):
+        log.append({"model": f"base + {org} activation difference" if r["steered"] else "base",
+                    "prompt": r["prompt"], "response": r["response"]})
 
 
 def _train_time(ctx: _Ctx, records, seed, vec, convs, ref_base, kl_ft, int_log: JsonlLog) -> list[dict]:
