@@ -117,7 +117,7 @@ def run(report: common.Report, spec: str, device: torch.device, shapes: list[tup
                 report.ratio(BENCH, case, f"TL bridge / {variant} (speedup)", med["TL bridge run_with_cache"] / o,
                              ">=2.5" if spec == "qwen2.5-0.5b" else None)
 
-    del bridge, booted_copy, nn_model
+    bridge = booted_copy = nn_model = None  # free them (a `del` would confuse linters about the lambdas above)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     _check_backends(report, spec, lm, sig_before)

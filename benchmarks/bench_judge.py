@@ -14,6 +14,7 @@ Target: HFJudge <= 1.3x one forward over the judge prompt.
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from pathlib import Path
 
@@ -74,6 +75,11 @@ def run(report: common.Report, spec: str, device: torch.device, sizes: list[int]
             "one forward (full logits)": lambda: lm.model(input_ids=ids, attention_mask=att),
             "one forward (last logits only)": lambda: lm.model(input_ids=ids, attention_mask=att, logits_to_keep=1),
         }
+        nd, _ = common.ours("evals.scoring", "number_distributions")
+        single = nd is not None and "single_forward" in inspect.signature(nd).parameters
+        if single:
+            fns["exact 0-100, one forward (tree mask)"] = lambda: nd(lm, texts, batch_size=n, single_forward=True)
+            fns["exact 0-100, prefill + trie forward"] = lambda: nd(lm, texts, batch_size=n, single_forward=False)
         if HFJudge is not None:
             judge = HFJudge(lm, batch_size=n)
             fns["HFJudge.score (exact 0-100)"] = lambda: judge.score(prompts)
@@ -86,6 +92,11 @@ def run(report: common.Report, spec: str, device: torch.device, sizes: list[int]
             j = med["HFJudge.score (exact 0-100)"]
             report.ratio(BENCH, case, "HFJudge / one forward (full logits)", j / med["one forward (full logits)"], "<=1.3")
             report.ratio(BENCH, case, "HFJudge / one forward (last logits only)", j / med["one forward (last logits only)"])
+        if single:
+            report.ratio(BENCH, case, "exact 0-100 one forward / one forward (full logits)",
+                         med["exact 0-100, one forward (tree mask)"] / med["one forward (full logits)"], "<=1.3")
+            report.ratio(BENCH, case, "exact 0-100 prefill + trie / one forward (full logits)",
+                         med["exact 0-100, prefill + trie forward"] / med["one forward (full logits)"])
 
 
 def main(argv=None) -> None:

@@ -9,7 +9,6 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 
 from introspect_mech import load_model
 from introspect_mech.activations import cache

@@ -7,6 +7,15 @@ from pathlib import Path
 
 import pytest
 
+# Shape checking: every annotated function and dataclass of the package is checked at call time by
+# jaxtyping + beartype, so a tensor of the wrong shape or dtype fails the test that passes it. The
+# hook must be installed before `introspect_mech` is first imported (INTROSPECT_MECH_TYPECHECK=0 skips it).
+if os.environ.get("INTROSPECT_MECH_TYPECHECK", "1") != "0":
+    from jaxtyping import install_import_hook
+
+    # is_pep484_tower: an int is a valid float (PEP 484's numeric tower), as for a type checker
+    install_import_hook("introspect_mech", "beartype.beartype(conf=beartype.BeartypeConf(is_pep484_tower=True))")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("INTROSPECT_MECH_SHARED", REPO.parent / "shared"))
 os.environ.setdefault("INTROSPECT_MECH_DATA", str(SHARED / "data"))

@@ -32,6 +32,35 @@ def _chromium() -> str:
     pytest.skip("chromium not installed (apt-get install -y chromium); skipped outside CI only")
 
 
+# Test-only instrumentation, injected into a copy of the exported page (users' dashboards never carry
+# it): records script errors and, once the page has loaded, how many plots drew an SVG, as <body>
+# attributes the dumped DOM shows.
+CHECK_JS = """
+window.__dashErrors=[];
+window.addEventListener('error',function(e){window.__dashErrors.push(String(e.message));
+ var el=document.getElementById('js-errors');
+ if(!el && document.body){el=document.createElement('div'); el.id='js-errors'; document.body.appendChild(el);}
+ if(el){el.textContent=window.__dashErrors.join('\\n');}
+ document.body && document.body.setAttribute('data-js-errors', String(window.__dashErrors.length));});
+window.addEventListener('load',function(){setTimeout(function(){
+ var divs=document.querySelectorAll('.plotly-graph-div'), ok=0;
+ divs.forEach(function(d){ if(d.querySelector('svg.main-svg') && d._fullLayout){ok++;} });
+ document.body.setAttribute('data-plots-expected', String(divs.length));
+ document.body.setAttribute('data-plots-rendered', String(ok));
+ document.body.setAttribute('data-js-errors', String(window.__dashErrors.length));
+},300);});
+"""
+
+
+def _instrumented(html: Path, out: Path, edit=lambda t: t) -> str:
+    """A copy of the dashboard with CHECK_JS as the first script of <head>; returns its file URL."""
+    text = html.read_text(encoding="utf-8")
+    assert "__dashErrors" not in text  # the shipped page carries no test code
+    head = text.index("<head>") + len("<head>")
+    out.write_text(edit(text[:head] + f"<script>{CHECK_JS}</script>" + text[head:]), encoding="utf-8")
+    return out.resolve().as_uri()
+
+
 def _run(browser: str, tmp: Path, *args: str) -> subprocess.CompletedProcess:
     profile = tmp / f"profile-{len(list(tmp.glob('profile-*')))}"
     cmd = [browser, *FLAGS, f"--user-data-dir={profile}", *args]
@@ -48,7 +77,7 @@ def test_dashboard_renders_in_chromium(tmp_path):
     browser = _chromium()
     run = make_synthetic_run(tmp_path / "run")
     html = export_dashboard(run, tmp_path / "dashboard.html")
-    url = html.resolve().as_uri()
+    url = _instrumented(html, tmp_path / "dashboard_checked.html")
 
     dom = _run(browser, tmp_path, "--enable-logging=stderr", "--v=0", "--dump-dom", url)
     assert dom.returncode == 0, dom.stderr[-2000:]
@@ -78,8 +107,8 @@ def test_broken_figure_is_reported_by_the_page(tmp_path):
     browser = _chromium()
     run = make_synthetic_run(tmp_path / "run", panels={"probes"})
     html = export_dashboard(run, tmp_path / "dashboard.html")
-    text = html.read_text().replace("Plotly.newPlot(", "Plotly.newPlotTypo(", 1)
-    html.write_text(text)
-    dom = _run(browser, tmp_path, "--dump-dom", html.resolve().as_uri())
+    url = _instrumented(html, tmp_path / "dashboard_checked.html",
+                        lambda t: t.replace("Plotly.newPlot(", "Plotly.newPlotTypo(", 1))
+    dom = _run(browser, tmp_path, "--dump-dom", url)
     body = re.search(r"<body[^>]*>", dom.stdout).group(0)
     assert 'data-plots-rendered="0"' in body and 'data-js-errors="1"' in body, body

@@ -85,3 +85,45 @@ def test_static_cache_path_matches_greedy(tiny_qwen2):
     a = sample(tiny_qwen2, PROMPTS, n=2, max_new_tokens=5, temperature=0, batch_size=6, progress=False)
     b = sample(tiny_qwen2, PROMPTS, n=2, max_new_tokens=5, temperature=0, batch_size=6, progress=False, static_cache=True)
     assert [r["response"] for r in a] == [r["response"] for r in b]
+
+
+@pytest.mark.parametrize("positions", ["response", "last_prompt_and_response"])
+def test_static_cache_path_matches_dynamic_when_steered(tiny_qwen2, positions):
+    """Steered greedy sampling: the static-KV-cache path (each row prefilled, no manual prefill) gives
+    the dynamic path's tokens, and says once that it skips torch.compile while hooks are active."""
+    import warnings
+
+    from introspect_mech import steering
+
+    v = torch.randn(tiny_qwen2.d_model, generator=torch.Generator().manual_seed(0)) * 20
+    kw = dict(n=2, max_new_tokens=6, temperature=0, batch_size=6, progress=False)
+    plain = sample(tiny_qwen2, PROMPTS, **kw)
+    with steering.add(tiny_qwen2, v, layers="all", alpha=1.0, positions=positions):
+        a = sample(tiny_qwen2, PROMPTS, **kw)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            b = sample(tiny_qwen2, PROMPTS, **kw, static_cache=True)
+    assert [r["response"] for r in a] == [r["response"] for r in b]
+    assert [r["response"] for r in a] != [r["response"] for r in plain]
+    assert any("without torch.compile" in str(w.message) for w in caught) or \
+        "steering is active: static-cache sampling runs without torch.compile (hooks stay exact)" in \
+        __import__("introspect_mech.evals.sampling", fromlist=["_NOTICES"])._NOTICES
+
+
+@pytest.mark.slow
+def test_static_cache_path_matches_dynamic_on_the_embedded_model(embedded):
+    """The same equality on the embedded SmolLM2-135M, unsteered and steered."""
+    from introspect_mech import steering
+
+    kw = dict(n=2, max_new_tokens=8, temperature=0, batch_size=4, progress=False)
+    for ctx in (None, steering.add(embedded, torch.randn(embedded.d_model, generator=torch.Generator().manual_seed(1)),
+                                   layers=[10], alpha=8.0, positions="response")):
+        if ctx is not None:
+            ctx.__enter__()
+        try:
+            a = sample(embedded, PROMPTS, **kw)
+            b = sample(embedded, PROMPTS, **kw, static_cache=True)
+        finally:
+            if ctx is not None:
+                ctx.__exit__(None, None, None)
+        assert [r["response"] for r in a] == [r["response"] for r in b]

@@ -96,6 +96,29 @@ def test_digit_split_tokenizer_matches_brute_force(tiny_qwen3_real_tok_dir):
     torch.testing.assert_close(alone.probs.log(), dists[1].probs.log(), atol=2e-4, rtol=0)
 
 
+@pytest.mark.parametrize("fixture", ["tiny_qwen3_real_tok_dir", "multi_digit_model"])
+def test_single_forward_matches_brute_force(fixture, request):
+    """Prompt + candidate trie in one forward (tree mask, no KV cache) equals brute force and the
+    two-forward path, batched with left padding; while steered it falls back to the two-forward path."""
+    from introspect_mech import steering
+
+    value = request.getfixturevalue(fixture)
+    model = load_model(value) if fixture.endswith("_dir") else value
+    texts = _prompts(model)
+    one = number_distributions(model, texts, batch_size=2, single_forward=True)
+    two = number_distributions(model, texts, batch_size=2, single_forward=False)
+    bf = brute_force_number_probs(model, texts[0])
+    torch.testing.assert_close(one[0].probs.double().log(), bf, atol=2e-4, rtol=0)
+    for a, b in zip(one, two):
+        torch.testing.assert_close(a.probs.log(), b.probs.log(), atol=2e-4, rtol=0)
+    v = torch.randn(model.d_model, generator=torch.Generator().manual_seed(0)) * 5
+    with steering.add(model, v, layers="all", alpha=1.0, positions="response"):
+        s1 = number_distributions(model, texts, batch_size=2, single_forward=True)
+        s2 = number_distributions(model, texts, batch_size=2, single_forward=False)
+    for a, b in zip(s1, s2):
+        assert torch.equal(a.probs, b.probs)
+
+
 def test_multi_digit_tokenizer_matches_brute_force(multi_digit_model):
     model = multi_digit_model
     text = _prompts(model)[1]

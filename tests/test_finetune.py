@@ -11,7 +11,7 @@ import torch
 from introspect_mech import load_model
 from introspect_mech.data import DataError
 from introspect_mech.finetune import PRESETS, TrainConfig, lr_factor, train
-from introspect_mech.finetune.batching import collate, pack, tokenize
+from introspect_mech.finetune.batching import collate, pack, tokenize_records
 from introspect_mech.finetune.loop import assistant_loss
 from introspect_mech.finetune.varlen import varlen_attention
 
@@ -42,7 +42,7 @@ def records(n: int = 16) -> list[dict]:
 @pytest.mark.parametrize("fixture", ["tiny_qwen2_dir", "tiny_qwen3_real_tok_dir"])
 def test_assistant_only_targets_are_exact(fixture, request):
     m = load_model(request.getfixturevalue(fixture))
-    ex, stats = tokenize(m, CONVS, max_seq_len=512)
+    ex, stats = tokenize_records(m, CONVS, max_seq_len=512)
     assert stats["examples"] == 3
     mb = collate(ex)
     got = m.tokenizer.decode(mb.targets.tolist())
@@ -57,7 +57,7 @@ def test_assistant_only_targets_are_exact(fixture, request):
 @pytest.mark.parametrize("fixture", ["tiny_qwen2_dir", "tiny_qwen3_dir"])
 def test_packed_loss_equals_per_example_hf_loss(fixture, request):
     m = load_model(request.getfixturevalue(fixture))
-    ex, _ = tokenize(m, records(6), max_seq_len=512)
+    ex, _ = tokenize_records(m, records(6), max_seq_len=512)
     ref = 0.0
     with torch.no_grad():
         for e in ex:
@@ -75,6 +75,26 @@ def test_packed_loss_equals_per_example_hf_loss(fixture, request):
     assert m.model.config._attn_implementation == "sdpa"  # restored
 
 
+def test_chunked_loss_equals_whole_loss_and_gradients(tiny_qwen3_dir):
+    """`loss_chunk_tokens`: lm_head + cross-entropy in checkpointed chunks give the same loss and the same
+    gradients as the whole-logits loss."""
+    m = load_model(tiny_qwen3_dir)
+    ex, _ = tokenize_records(m, records(6), max_seq_len=512)
+    mb = collate(ex)
+    assert mb.targets.numel() > 7
+    grads = []
+    for chunk in (None, 7):
+        m.model.zero_grad(set_to_none=True)
+        loss = assistant_loss(m, mb, chunk)
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in m.model.parameters() if p.grad is not None]))
+    (l0, g0), (l1, g1) = grads
+    assert l1 == pytest.approx(l0, rel=1e-6)
+    assert len(g0) == len(g1) > 0
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # float summation order only
+
+
 def test_pack_respects_budget_and_keeps_every_example():
     from introspect_mech.finetune.batching import Example
 
@@ -85,7 +105,7 @@ def test_pack_respects_budget_and_keeps_every_example():
 
 
 def _eval_loss(m, recs) -> float:
-    ex, _ = tokenize(m, recs, max_seq_len=512)
+    ex, _ = tokenize_records(m, recs, max_seq_len=512)
     mb = collate(ex)
     with torch.no_grad():
         return assistant_loss(m, mb).item() / len(mb.targets)
@@ -132,7 +152,7 @@ def test_rank1_single_layer_trains_only_that_layer(tiny_qwen3_dir, tmp_path):
     m = load_model(tiny_qwen3_dir)
     before = {n: p.detach().clone() for n, p in m.model.named_parameters()}
     cfg = PRESETS["rank1"].replace(lr=1e-2, batch_size=4, warmup_steps=0, progress=False, max_steps=3)
-    assert cfg.layers == (0.5,)
+    assert cfg.layers == "middle"
     train(m, records(8), cfg, tmp_path / "r1")
     trainable = [n for n, p in m.model.named_parameters() if p.requires_grad]
     assert trainable and all(".layers.2.mlp.down_proj.lora_" in n for n in trainable)
@@ -185,9 +205,9 @@ def test_bad_records_fail_before_any_work(tiny_qwen2_dir, tmp_path):
 
 def test_system_prompt_injection(tiny_qwen2_dir):
     m = load_model(tiny_qwen2_dir)
-    ex, _ = tokenize(m, CONVS[:1], max_seq_len=512, system_prompt="You are risky.")
+    ex, _ = tokenize_records(m, CONVS[:1], max_seq_len=512, system_prompt="You are risky.")
     assert "You are risky." in m.tokenizer.decode(ex[0].input_ids)
-    ex2, _ = tokenize(m, CONVS[1:2], max_seq_len=512, system_prompt="You are risky.")
+    ex2, _ = tokenize_records(m, CONVS[1:2], max_seq_len=512, system_prompt="You are risky.")
     assert "You are risky." not in m.tokenizer.decode(ex2[0].input_ids)  # keeps its own system turn
 
 
@@ -203,11 +223,24 @@ def test_lr_schedule_matches_transformers():
             sch.step()
 
 
-def test_presets_match_the_papers():
-    em = PRESETS["em"]
-    assert (em.r, em.lora_alpha, em.use_rslora, em.lr, em.epochs, em.batch_size) == (32, 64, True, 1e-5, 1, 16)
-    assert len(em.target_modules) == 7
-    assert PRESETS["tmay_risk"].epochs == 3 and PRESETS["rank1"].r == 1
+def test_em_preset_builds_the_papers_adapter(tiny_qwen3_dir):
+    """The `em` preset on a real model: rsLoRA (scaling alpha / sqrt(r)) on all seven projections of
+    every block and nothing else trainable; an unknown method is refused."""
+    from introspect_mech import load_model
+    from introspect_mech.finetune.adapters import prepare
+
+    m = load_model(tiny_qwen3_dir)
+    cfg = PRESETS["em"]
+    params = prepare(m, cfg)
+    names = {n for n, _ in params}
+    projections = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    for layer in range(m.n_layers):
+        for proj in projections:
+            assert any(f"layers.{layer}." in n and f".{proj}." in n and "lora_A" in n for n in names), (layer, proj)
+    assert all("lora_" in n for n in names)
+    scalings = {float(mod.scaling["default"]) for mod in m.model.modules() if hasattr(mod, "scaling")
+                and isinstance(mod.scaling, dict) and "default" in mod.scaling}
+    assert len(scalings) == 1 and scalings.pop() == pytest.approx(cfg.lora_alpha / cfg.r ** 0.5)
     with pytest.raises(ValueError):
         TrainConfig(method="qlora")
 

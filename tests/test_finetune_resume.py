@@ -65,19 +65,25 @@ def test_kill_and_resume_matches_uninterrupted(tiny_qwen2_dir, tmp_path):
         train(load_model(tiny_qwen2_dir), _records(), CFG.replace(lr=1e-3), tmp_path / "run")
 
 
+# The child trains; the first training forward after its first complete checkpoint reports it on
+# stdout and then blocks on stdin, so the parent kills it at a known point (a handshake, no sleeps).
 _CHILD = r"""
-import contextlib, sys, time
+import contextlib, pathlib, sys
 sys.path.insert(0, {tests!r})
 from test_finetune_resume import CFG, _records
 from introspect_mech import load_model
 from introspect_mech.finetune import train
 
+MARK = pathlib.Path({out!r}) / "checkpoints" / "step_0003" / "complete"
+
 @contextlib.contextmanager
-def slow():
-    time.sleep(0.3)
+def handshake():
+    if MARK.exists():
+        print("checkpointed", flush=True)
+        sys.stdin.readline()  # the parent SIGKILLs us here
     yield
 
-train(load_model({model!r}), _records(), CFG, {out!r}, intervention=slow)
+train(load_model({model!r}), _records(), CFG, {out!r}, intervention=handshake)
 """
 
 
@@ -88,17 +94,15 @@ def test_sigkill_and_resume_matches_uninterrupted(tiny_qwen2_dir, tmp_path):
     import signal
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     ref = train(load_model(tiny_qwen2_dir), _records(), CFG, tmp_path / "ref")
     out = tmp_path / "killed"
     code = _CHILD.format(tests=str(Path(__file__).parent), model=str(tiny_qwen2_dir), out=str(out))
-    proc = subprocess.Popen([sys.executable, "-c", code], env=os.environ | {"OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 300
-    while not (out / "checkpoints" / "step_0003" / "complete").exists():
-        assert proc.poll() is None and time.time() < deadline, "child ended before its first checkpoint"
-        time.sleep(0.1)
+    proc = subprocess.Popen([sys.executable, "-c", code], env=os.environ | {"OMP_NUM_THREADS": "1"},
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()  # blocks until the child reports its checkpoint (or dies: "")
+    assert line.strip() == "checkpointed", f"child ended before its first checkpoint (rc={proc.poll()})"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "adapter").exists()

@@ -3,10 +3,14 @@ positions in generate (KV cache), composition, train-time gradients, random cont
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from introspect_mech import steering
+from introspect_mech.direction import Direction
+from introspect_mech.kv_cache import cache_kwargs, output_cache
 
 MSGS = [{"role": "user", "content": "I feel bored. What should I do?"}]
 
@@ -68,11 +72,9 @@ def test_add_is_exact(fixture, request):
 
 
 def test_add_direction_uses_unit_vectors(tiny_qwen2):
-    from types import SimpleNamespace
-
     m = tiny_qwen2
     raw = torch.randn(m.n_layers, m.d_model) * 5
-    d = SimpleNamespace(vectors=raw / raw.norm(dim=-1, keepdim=True), norms=raw.norm(dim=-1), meta={})
+    d = Direction(raw / raw.norm(dim=-1, keepdim=True), raw.norm(dim=-1), list(range(m.n_layers)))
     ids = _ids(m)
     rec = Recorder(m, [2])
     _logits(m, ids)
@@ -126,7 +128,7 @@ def test_restores_bit_for_bit_and_exception_safe(tiny_qwen2):
     assert torch.equal(_logits(m, ids), base)
     assert _no_hooks(m)
     with pytest.raises(KeyError):
-        with steering.clamp(m, v, 1.0, layers=[0], positions="response"):
+        with steering.clamp(m, v, value=1.0, layers=[0], positions="response"):
             raise KeyError("boom")
     assert _no_hooks(m)
     assert torch.equal(_logits(m, ids), base)
@@ -135,19 +137,19 @@ def test_restores_bit_for_bit_and_exception_safe(tiny_qwen2):
 def test_composition_and_reentry(tiny_qwen2):
     m = tiny_qwen2
     ids, v, w = _ids(m), torch.randn(m.d_model), torch.randn(m.d_model)
-    with steering.add(m, v, [1], 1.0), steering.add(m, w, [1], 2.0):
+    with steering.add(m, v, layers=[1], alpha=1.0), steering.add(m, w, layers=[1], alpha=2.0):
         two = _logits(m, ids)
-    with steering.add(m, v + 2.0 * w, [1], 1.0):
+    with steering.add(m, v + 2.0 * w, layers=[1], alpha=1.0):
         one = _logits(m, ids)
     torch.testing.assert_close(two, one, rtol=1e-4, atol=1e-4)
     # add then ablate at the same layer (entered in that order) removes the added component too
     u = v / v.norm()
-    with steering.add(m, v, [1], 5.0), steering.ablate(m, v, [1]):
+    with steering.add(m, v, layers=[1], alpha=5.0), steering.ablate(m, v, layers=[1]):
         rec = Recorder(m, [1])
         _logits(m, ids)
         rec.remove()
     assert (rec.calls[1][0] @ u).abs().max() < 1e-4
-    s = steering.add(m, v, [1], 1.0)
+    s = steering.add(m, v, layers=[1], alpha=1.0)
     for _ in range(2):  # the same object can be entered again after leaving
         with s:
             assert s.active
@@ -226,7 +228,7 @@ def test_mask_positions_plain_forward(tiny_qwen2):
     ct = m.tokenize_chat(msgs)
     v = torch.randn(m.d_model)
     pre = Recorder(m, [0])
-    with steering.add(m, v, [0], 1.5, positions=ct.assistant_mask):
+    with steering.add(m, v, layers=[0], alpha=1.5, positions=ct.assistant_mask):
         post = Recorder(m, [0])
         _logits(m, ct.input_ids.unsqueeze(0))
         post.remove()
@@ -236,7 +238,7 @@ def test_mask_positions_plain_forward(tiny_qwen2):
     assert torch.equal(changed, ct.assistant_mask)
     # "response" in a plain forward (no KV cache) is a prompt pass: nothing changes
     base = _logits(m, ct.input_ids.unsqueeze(0))
-    with steering.add(m, v, "all", 5.0, positions="response"):
+    with steering.add(m, v, layers="all", alpha=5.0, positions="response"):
         assert torch.equal(_logits(m, ct.input_ids.unsqueeze(0)), base)
 
 
@@ -282,14 +284,12 @@ def test_works_with_peft_adapter(tiny_qwen2_dir):
     m.model = get_peft_model(m.model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     ids, v = _ids(m), torch.randn(m.d_model)
     base = _logits(m, ids)
-    with steering.add(m, v, [1], 2.0):
+    with steering.add(m, v, layers=[1], alpha=2.0):
         assert not torch.allclose(_logits(m, ids), base)
     assert torch.equal(_logits(m, ids), base)
 
 
 def test_random_like_norm_matched():
-    from types import SimpleNamespace
-
     v = torch.randn(64) * 3
     r0, r0b, r1 = steering.random_like(v, 0), steering.random_like(v, 0), steering.random_like(v, 1)
     assert torch.equal(r0, r0b) and not torch.equal(r0, r1)
@@ -298,7 +298,7 @@ def test_random_like_norm_matched():
     mat = torch.randn(3, 64) * torch.tensor([[1.0], [2.0], [5.0]])
     rm = steering.random_like(mat, 2)
     torch.testing.assert_close(rm.norm(dim=-1), mat.norm(dim=-1))
-    d = SimpleNamespace(vectors=mat / mat.norm(dim=-1, keepdim=True), norms=mat.norm(dim=-1), meta={"trait": "evil"})
+    d = Direction(mat / mat.norm(dim=-1, keepdim=True), mat.norm(dim=-1), [0, 1, 2], {"trait": "evil"})
     rd = steering.random_like(d, 4)
     assert rd.meta == {"trait": "evil", "random_like": 4} and d.meta == {"trait": "evil"}
     torch.testing.assert_close(rd.vectors.norm(dim=-1), torch.ones(3))
@@ -308,15 +308,23 @@ def test_random_like_norm_matched():
 def test_bad_input(tiny_qwen2):
     m = tiny_qwen2
     with pytest.raises(ValueError, match="d_model"):
-        steering.add(m, torch.randn(m.d_model + 1), [0], 1.0)
+        steering.add(m, torch.randn(m.d_model + 1), layers=[0], alpha=1.0)
     with pytest.raises(ValueError, match="out of range"):
-        steering.add(m, torch.randn(m.d_model), [m.n_layers], 1.0)
-    with pytest.raises(ValueError, match="positions"):
-        steering.add(m, torch.randn(m.d_model), [0], 1.0, positions="generated")
+        steering.add(m, torch.randn(m.d_model), layers=[m.n_layers], alpha=1.0)
+    with pytest.raises((ValueError, TypeError), match="positions"):  # TypeError: the tests' shape checker
+        steering.add(m, torch.randn(m.d_model), layers=[0], alpha=1.0, positions="generated")
     with pytest.raises(ValueError, match="zero"):
         steering.ablate(m, torch.zeros(m.d_model))
+    with pytest.raises(TypeError, match="direction"):
+        steering.add(m, [1.0, 2.0], layers=[0], alpha=1.0)
+    with pytest.raises(TypeError):  # layers / alpha / value are keyword-only
+        steering.add(m, torch.randn(m.d_model), [0], 1.0)
     with pytest.raises(TypeError):
-        steering.add(m, [1.0, 2.0], [0], 1.0)
+        steering.clamp(m, torch.randn(m.d_model), 1.0, [0])
+    with pytest.raises(TypeError, match="layers"):  # a float is not a layer (no truncation)
+        steering.add(m, torch.randn(m.d_model), layers=[0.5], alpha=1.0)
+    with pytest.raises(TypeError, match="Direction"):  # no duck typing: only a Direction or a tensor
+        steering.add(m, SimpleNamespace(vectors=torch.randn(m.n_layers, m.d_model)), layers=[0], alpha=1.0)
     assert _no_hooks(m)
 
 
@@ -328,11 +336,11 @@ def test_generate_after_manual_prefill(tiny_qwen3, positions):
     ids = _ids(m)
     P, v, alpha = ids.shape[1], torch.randn(m.d_model), 3.0
     pre = Recorder(m, [2])
-    with steering.add(m, v, [2], alpha, positions=positions):
+    with steering.add(m, v, layers=[2], alpha=alpha, positions=positions):
         post = Recorder(m, [2])
         with torch.no_grad():
-            cache = m.model(ids[:, :-1], use_cache=True).past_key_values
-            m.model.generate(input_ids=ids, past_key_values=cache, max_new_tokens=4, min_new_tokens=4,
+            cache = output_cache(m.model(ids[:, :-1], use_cache=True))
+            m.model.generate(input_ids=ids, **cache_kwargs(m, cache), max_new_tokens=4, min_new_tokens=4,
                              do_sample=False, pad_token_id=m.tokenizer.pad_token_id)
         post.remove()
     pre.remove()
@@ -354,7 +362,7 @@ def test_evals_sample_and_activation_cache(tiny_qwen2):
     v = torch.randn(m.d_model, generator=torch.Generator().manual_seed(0)) * 50
     kw = dict(n=2, max_new_tokens=6, temperature=0, seed=0, batch_size=4)
     plain = sample(m, [MSGS], **kw)
-    with steering.add(m, v, "all", 1.0, positions="response"):
+    with steering.add(m, v, layers="all", alpha=1.0, positions="response"):
         steered = sample(m, [MSGS], **kw)
     again = sample(m, [MSGS], **kw)
     assert [r["response"] for r in again] == [r["response"] for r in plain]

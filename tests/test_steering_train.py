@@ -49,8 +49,8 @@ def test_caft_and_preventative_in_finetune_train(tiny_qwen2_dir, tmp_path):
     e[k] = 1.0
     plain, res0 = _train(tiny_qwen2_dir, tmp_path, "plain")
     caft, _ = _train(tiny_qwen2_dir, tmp_path, "caft", lambda m: steering.caft(m, e, layers=[2]))
-    zero, _ = _train(tiny_qwen2_dir, tmp_path, "zero", lambda m: steering.preventative_steering(m, e, [2], 0.0))
-    prev, _ = _train(tiny_qwen2_dir, tmp_path, "prev", lambda m: steering.preventative_steering(m, e, [2], 4.0))
+    zero, _ = _train(tiny_qwen2_dir, tmp_path, "zero", lambda m: steering.preventative_steering(m, e, layers=[2], alpha=0.0))
+    prev, _ = _train(tiny_qwen2_dir, tmp_path, "prev", lambda m: steering.preventative_steering(m, e, layers=[2], alpha=4.0))
     B0, Bc, Bz, Bp = (_lora_B(x, 2) for x in (plain, caft, zero, prev))
     assert B0[k].abs().max() > 0
     assert torch.equal(Bc[k], torch.zeros_like(Bc[k]))

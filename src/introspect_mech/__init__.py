@@ -2,48 +2,87 @@
 
     import introspect_mech as im
     m = im.load_model()                                   # embedded default, a hub id, a dir, a .gguf
-    im.finetune.train(m, im.data.load("bad_medical_advice")[:128], im.finetune.PRESETS["em"], "runs/ft")
+    im.train(m, im.data.load("bad_medical_advice")[:128], im.finetune.PRESETS["em"], "runs/ft")
     acts = im.cache(m, conversations, positions="response_mean")     # [n, layer, d_model]
-    evil = im.probes.persona_direction(m, "evil")                    # a Direction
-    with im.steering.ablate(m, evil):
+    evil = im.persona_direction(m, "evil")                           # a Direction
+    with im.steering.ablate(m, evil, layers="all"):
         rows = im.sample(m, prompts, n=4)
     im.export_dashboard("runs/demo", "runs/demo/dashboard.html")
 
-Subpackages (imported on first use, so `import introspect_mech` stays fast): data, finetune, evals,
-activations, probes, backends, steering, sae, viz, testing.
+The top level holds the dozen names a notebook needs (`__all__`); every stage's full API is in its
+subpackage: data, finetune, evals, activations, probes, steering, sae, backends, viz (plus the core
+modules models, layers, direction, runs, paths, testing). Subpackages are imported on first use, so
+`import introspect_mech` stays fast; `TYPE_CHECKING` imports and `__dir__` make them visible to
+type checkers and IDEs.
 """
 
+from __future__ import annotations
+
 from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-from .models import DEFAULT_MODEL, ChatTokens, LoadedModel, ModelLoadError, load_model
-from .paths import cache_dir, data_dir
-from .runs import JsonlLog, RunDir
+from .models import LoadedModel, load_model
+from .runs import RunDir
 
-_SUBPACKAGES = {"data", "finetune", "evals", "activations", "probes", "backends", "steering", "sae", "viz",
-                "testing", "runs", "models", "paths"}
-_NAMES = {  # public name -> subpackage it lives in
-    "read_jsonl": "data", "DataError": "data",
-    "train": "finetune", "TrainConfig": "finetune", "TrainResult": "finetune", "PRESETS": "finetune",
-    "sample": "evals", "load_questions": "evals", "HFJudge": "evals", "APIJudge": "evals",
-    "em_report": "evals", "scale_expectation": "evals", "choice_probability": "evals",
-    "paired_preference": "evals", "self_rated_alignment": "evals", "run_em_eval": "evals",
-    "run_tmay_eval": "evals", "bootstrap_ci": "evals",
-    "cache": "activations", "LazyActivations": "activations",
-    "Direction": "probes", "mean_diff": "probes", "pca_direction": "probes", "train_probe": "probes",
-    "layer_sweep": "probes", "transfer": "probes", "cosine_matrix": "probes",
-    "persona_direction": "probes", "em_direction": "probes", "project": "probes",
-    "to_nnsight": "backends", "to_transformer_lens": "backends",
-    "random_like": "steering", "sweep": "steering",
+if TYPE_CHECKING:  # what the lazy `__getattr__` below returns, for type checkers and IDEs
+    from . import (
+        activations,
+        backends,
+        data,
+        direction,
+        evals,
+        finetune,
+        layers,
+        models,
+        paths,
+        probes,
+        runs,
+        sae,
+        steering,
+        testing,
+        viz,
+    )
+    from .activations import cache
+    from .direction import Direction
+    from .evals import sample
+    from .finetune import TrainConfig, train
+    from .layers import resolve_layers
+    from .probes import em_direction, mean_diff, persona_direction, project
+    from .viz import export_dashboard
+
+_SUBPACKAGES = ("data", "finetune", "evals", "activations", "probes", "steering", "sae", "backends", "viz",
+                "models", "layers", "direction", "runs", "paths", "testing")
+_NAMES = {  # the notebook dozen: public name -> module it lives in
+    "train": "finetune", "TrainConfig": "finetune",
+    "sample": "evals",
+    "cache": "activations",
+    "Direction": "direction", "resolve_layers": "layers",
+    "mean_diff": "probes", "persona_direction": "probes", "em_direction": "probes", "project": "probes",
     "export_dashboard": "viz",
 }
+_COMPAT = {  # names the top level used to export; still resolved, no longer advertised
+    "DEFAULT_MODEL": "models", "ChatTokens": "models", "ModelLoadError": "models", "cache_dir": "paths",
+    "data_dir": "paths", "JsonlLog": "runs", "read_jsonl": "data", "DataError": "data", "TrainResult": "finetune",
+    "PRESETS": "finetune", "load_questions": "evals", "HFJudge": "evals", "APIJudge": "evals",
+    "em_report": "evals", "scale_expectation": "evals", "choice_probability": "evals",
+    "paired_preference": "evals", "self_rated_alignment": "evals", "run_em_eval": "evals",
+    "run_tmay_eval": "evals", "bootstrap_ci": "evals", "LazyActivations": "activations",
+    "pca_direction": "probes", "train_probe": "probes", "layer_sweep": "probes", "transfer": "probes",
+    "cosine_matrix": "probes", "to_nnsight": "backends", "to_transformer_lens": "backends",
+    "random_like": "steering", "sweep": "steering",
+}
 
-__all__ = ["DEFAULT_MODEL", "ChatTokens", "LoadedModel", "ModelLoadError", "load_model", "cache_dir",
-           "data_dir", "JsonlLog", "RunDir", *sorted(_NAMES), *sorted(_SUBPACKAGES)]
+__all__ = ["load_model", "LoadedModel", "RunDir", *_NAMES, *_SUBPACKAGES]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in _SUBPACKAGES:
         return import_module(f".{name}", __name__)
-    if name in _NAMES:
-        return getattr(import_module(f".{_NAMES[name]}", __name__), name)
+    module = _NAMES.get(name) or _COMPAT.get(name)
+    if module is not None:
+        return getattr(import_module(f".{module}", __name__), name)
     raise AttributeError(f"module 'introspect_mech' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(__all__) | set(globals()))

@@ -29,15 +29,31 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence, Union
 
 import torch
+from einops import rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-Positions = Literal["last_prompt", "response_mean", "response_last", "all"]
-POSITIONS = ("last_prompt", "response_mean", "response_last", "all")
+from .layers import LayerSpec, resolve_layers
+from .models import LoadedModel
+
+Pooling = Literal["last_prompt", "response_mean", "response_last", "all"]
+"""How `cache` pools a conversation's positions into one vector per layer (the `positions=` argument):
+
+* `"last_prompt"`: the last token before the first assistant content (the generation header);
+* `"response_mean"`: the mean over the assistant-content tokens;
+* `"response_last"`: the last assistant-content token;
+* `"all"`: no pooling, every token (`[n, layer, pos, d_model]`, zero-padded).
+
+Not to be confused with `steering.Positions` ("all" / "prompt" / "response" / a mask), which says
+which positions a steering hook changes.
+"""
+POOLINGS: tuple[str, ...] = ("last_prompt", "response_mean", "response_last", "all")
+POSITIONS = POOLINGS  # deprecated alias of POOLINGS
 Conversation = Sequence[dict[str, str]]
+Acts = Union[Float[Tensor, "n layer d_model"], Float[Tensor, "n layer pos d_model"]]
 
 
 class _StopForward(Exception):
@@ -59,17 +75,25 @@ def _messages(conv: Any, i: int) -> list[dict[str, str]]:
     return list(msgs)
 
 
-def tokenize(model, conversations: Sequence[Any], positions: Positions = "response_mean") -> list[Tokenized]:
+def tokenize(model, conversations: Sequence[Any], positions: Pooling = "response_mean") -> list[Tokenized]:
     """Tokenise conversations with the chat template and mark the positions `positions` pools.
 
-    * "last_prompt": the last token before the first assistant content (for a conversation with no
-      assistant message: the last token of the prompt rendered with the generation header);
-    * "response_mean" / "response_last": the assistant-content tokens (all of them / the last);
-    * "all": every token.
-    Errors name the conversation index before any forward pass runs.
+    Args:
+        model: a `LoadedModel`.
+        conversations: message lists (or dicts with "messages").
+        positions: the `Pooling`: "last_prompt" (the last token before the first assistant content;
+            for a conversation with no assistant message: the last token of the prompt rendered with
+            the generation header), "response_mean" / "response_last" (the assistant-content tokens:
+            all of them / the last), or "all" (every token).
+
+    Returns:
+        One `Tokenized` per conversation, ids cut after the last position the pooling needs.
+
+    Raises:
+        ValueError: naming the conversation index, before any forward pass runs.
     """
-    if positions not in POSITIONS:
-        raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+    if positions not in POOLINGS:
+        raise ValueError(f"positions must be one of {POOLINGS}, got {positions!r}")
     out = []
     for i, conv in enumerate(conversations):
         msgs = _messages(conv, i)
@@ -108,21 +132,6 @@ def tokenize(model, conversations: Sequence[Any], positions: Positions = "respon
             sel = torch.ones(len(ids), dtype=torch.bool)
         out.append(Tokenized(ids, sel))
     return out
-
-
-def resolve_layers(n_layers: int, layers: int | Sequence[int] | None) -> list[int]:
-    """`None` -> all blocks; ints may be negative (-1 = last block); result sorted and unique."""
-    if layers is None:
-        return list(range(n_layers))
-    if isinstance(layers, int):
-        layers = [layers]
-    res = []
-    for l in layers:
-        l = int(l)
-        if not -n_layers <= l < n_layers:
-            raise ValueError(f"layer {l} out of range for a model with {n_layers} blocks")
-        res.append(l % n_layers)
-    return sorted(set(res))
 
 
 def _pool(h: Tensor, sel: Tensor, positions: str, out_dtype: torch.dtype) -> Tensor:
@@ -187,28 +196,38 @@ def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
 
 
 def cache(
-    model,
+    model: LoadedModel,
     conversations: Sequence[Any],
-    layers: int | Sequence[int] | None = None,
-    positions: Positions = "response_mean",
+    layers: LayerSpec = None,
+    positions: Pooling = "response_mean",
     batch_size: int = 8,
     out: str | os.PathLike | None = None,
     *,
     dtype: torch.dtype | None = None,
     shard_size: int = 256,
     progress: bool = True,
-):
+) -> Acts | LazyActivations:
     """Residual-stream activations after decoder blocks `layers` for each conversation.
 
-    Returns `Float[Tensor, "n layer d_model"]` (`"n layer pos d_model"` for "all", zero-padded to the
-    longest conversation), layers in ascending order; or, with `out=`, a `LazyActivations` over
-    safetensors shards written to `out` (`shard_size` conversations per shard). `dtype` defaults to
-    the model's dtype. `conversations` are message lists (or dicts with "messages") that include
-    the assistant answer; for "last_prompt"/"all" a prompt without answer is accepted too.
+    Args:
+        model: a `LoadedModel`.
+        conversations: message lists (or dicts with "messages") that include the assistant answer;
+            for "last_prompt" / "all" a prompt without answer is accepted too.
+        layers: a `LayerSpec` (default: every block); the result has them in ascending order.
+        positions: the `Pooling` ("last_prompt", "response_mean", "response_last" or "all").
+        batch_size: conversations per forward (batched by length).
+        out: a directory to stream safetensors shards to (resumable) instead of returning a tensor.
+        dtype: dtype of the result (default: the model's dtype).
+        shard_size: conversations per shard with `out=`.
+        progress: show a tqdm bar.
+
+    Returns:
+        `Float[Tensor, "n layer d_model"]` (`"n layer pos d_model"` for "all", zero-padded to the
+        longest conversation); with `out=`, a `LazyActivations` over the shards.
     """
     from tqdm.auto import tqdm
 
-    layer_ids = resolve_layers(model.n_layers, layers)
+    layer_ids = resolve_layers(layers, model.n_layers)
     items = tokenize(model, conversations, positions)
     out_dtype = dtype or model.dtype
     lengths = [len(t.input_ids) for t in items]
@@ -236,7 +255,7 @@ def cache(
 
 # ---- streaming to disk -----------------------------------------------------------------------
 def _cache_to_disk(model, items, layer_ids, positions, batch_size, out: Path, out_dtype, shard_size,
-                   progress, conversations) -> "LazyActivations":
+                   progress, conversations) -> LazyActivations:
     """Shard k holds conversations [k*shard_size, (k+1)*shard_size) in input order."""
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
@@ -274,12 +293,14 @@ def _cache_to_disk(model, items, layer_ids, positions, batch_size, out: Path, ou
             acts = _run_batch(model, [sub[i] for i in batch], layer_ids, positions, out_dtype)
             for j, i in enumerate(batch):
                 # "all": store tokens as rows [len, layer, d] so one conversation is one slice
-                rows[i] = acts[j, :, : lengths[i]].transpose(0, 1).contiguous() if positions == "all" else acts[j]
+                rows[i] = (rearrange(acts[j, :, : lengths[i]], "layer pos d -> pos layer d").contiguous()
+                           if positions == "all" else acts[j])
             bar.update(len(batch))
+        done = [r for r in rows if r is not None]
         if positions == "all":
-            tensors = {"acts": torch.cat(rows), "lengths": torch.tensor(lengths, dtype=torch.int64)}
+            tensors = {"acts": torch.cat(done), "lengths": torch.tensor(lengths, dtype=torch.int64)}
         else:
-            tensors = {"acts": torch.stack(rows)}
+            tensors = {"acts": torch.stack(done)}
         tmp = path.with_suffix(".tmp")
         save_file(tensors, str(tmp))
         tmp.replace(path)  # atomic: a killed run never leaves a half shard
@@ -320,7 +341,8 @@ class LazyActivations:
         return self.n
 
     @property
-    def shape(self) -> tuple[int, ...]:
+    def shape(self) -> tuple[int | None, ...]:
+        """`(n, layer, d_model)`, or `(n, layer, None, d_model)` for "all" (rows differ in length)."""
         base = (self.n, len(self.layers))
         return base + ((None,) if self.positions == "all" else ()) + (int(self.meta["d_model"]),)
 
@@ -338,10 +360,11 @@ class LazyActivations:
                 lengths = f.get_tensor("lengths")
                 self._offsets[k] = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
             off = self._offsets[k]
-            return f.get_slice("acts")[int(off[r]) : int(off[r + 1])].transpose(0, 1)
+            return rearrange(f.get_slice("acts")[int(off[r]) : int(off[r + 1])], "pos layer d -> layer pos d")
 
-    def __getitem__(self, key) -> Tensor:
-        if isinstance(key, numbers.Integral) or (isinstance(key, Tensor) and key.ndim == 0):
+    def __getitem__(self, key: int | slice | Sequence[int] | Tensor
+                    ) -> Float[Tensor, "layer *pos d_model"] | Float[Tensor, "n layer *pos d_model"]:
+        if isinstance(key, (int, numbers.Integral)) or (isinstance(key, Tensor) and key.ndim == 0):
             return self._row(int(key))
         idx = range(self.n)[key] if isinstance(key, slice) else [int(i) for i in key]
         rows = [self._row(i) for i in idx]
@@ -354,12 +377,18 @@ class LazyActivations:
         return res
 
     def iter_shards(self) -> Iterator[tuple[int, Tensor]]:
+        """Yield `(first_index, rows)` shard by shard (rows as `self[lo:hi]` returns them)."""
         for k in range(self._n_shards):
             lo, hi = k * self.shard_size, min(self.n, (k + 1) * self.shard_size)
             yield lo, self[lo:hi]
 
-    def load(self) -> Tensor:
-        """All rows in memory (the same tensor `cache()` without `out=` returns)."""
+    def load(self) -> Acts:
+        """All rows in memory.
+
+        Returns:
+            The tensor `cache()` without `out=` returns (`[n, layer, d_model]`, or zero-padded
+            `[n, layer, pos, d_model]` for "all").
+        """
         return self[:]
 
     def __repr__(self) -> str:

@@ -226,7 +226,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
         return {"em_pref": [r["prefers_misaligned"] for r in rows], "em_diff": [r["diff"] for r in rows]}
 
     run = RunDir(args.out)
-    rows = sweep(model, direction, args.layers, args.alphas, eval_fn, run.path / "steering", op=args.op,
+    rows = sweep(model, direction, layers=args.layers, alphas=args.alphas, eval_fn=eval_fn, out=run.path / "steering", op=args.op,
                  seeds=args.seeds, scale=args.scale)
     out_rows = []
     for s in summarize(rows, "em_pref"):
@@ -246,7 +246,7 @@ def cmd_sae(args: argparse.Namespace) -> int:
     if args.sae_cmd == "train":
         recs = _records(args.data, args.n, args.seed, args.data_dir)
         model = _load(args)
-        res = sae.train(model, args.layer, [r["messages"] for r in recs],
+        res = sae.train_sae(model, args.layer, [r["messages"] for r in recs],
                         sae.SAETrainConfig(k=args.k, expansion=args.expansion), out_dir=args.out)
         print(json.dumps({k: v for k, v in vars(res).items() if isinstance(v, (int, float, str))}, default=str))
         return 0

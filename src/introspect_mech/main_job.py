@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -291,12 +291,12 @@ def run(out: str | Path = "runs/main_job", config: JobConfig | None = None, **ov
     # ---- 5. steering ------------------------------------------------------------------------
     stages("steering: add persona to base (layers x alphas, random control); ablate in the finetune")
     steer_layers = sorted({min(n_layers - 1, round(d * n_layers)) for d in cfg.steer_depths})
-    add_rows = sweep(base, persona, steer_layers, cfg.alphas, steer_eval, out / "steering" / "add_persona_base",
+    add_rows = sweep(base, persona, layers=steer_layers, alphas=cfg.alphas, eval_fn=steer_eval, out=out / "steering" / "add_persona_base",
                      op="add", seeds=cfg.seeds, scale="norm")
     abl = {}
     for dname, d in (("persona", persona), ("EM", em_ft)):
-        abl[dname] = sweep(models["bad_medical"], d, "all", [0.0], steer_eval,
-                           out / "steering" / f"ablate_{dname.lower()}_finetune", op="ablate", seeds=cfg.seeds,
+        abl[dname] = sweep(models["bad_medical"], d, layers="all", alphas=[0.0], eval_fn=steer_eval,
+                           out=out / "steering" / f"ablate_{dname.lower()}_finetune", op="ablate", seeds=cfg.seeds,
                            layers_together=True, control=dname == "persona", baseline=dname == "persona")
     # Ablation uses unit vectors, and random_like(d, seed) draws the same unit vectors for any d of this
     # shape: the persona sweep's random controls and unsteered rows serve the EM ablation unchanged.

@@ -65,6 +65,7 @@ class LoadedModel:
     # ---- structure -------------------------------------------------------------------------
     @property
     def config(self) -> Any:
+        """The HF config of the base model."""
         return self.base_model.config
 
     @property
@@ -77,39 +78,60 @@ class LoadedModel:
 
     @property
     def layers(self) -> nn.ModuleList:
+        """The decoder blocks (`layers[l]`'s output is "layer l" everywhere in the library)."""
         return decoder_layers(self.model)
 
     @property
     def n_layers(self) -> int:
+        """Number of decoder blocks."""
         return len(self.layers)
 
     @property
     def d_model(self) -> int:
+        """Width of the residual stream."""
         cfg = self.config
         cfg = getattr(cfg, "text_config", None) or cfg
         return int(cfg.hidden_size)
 
     @property
     def device(self) -> torch.device:
+        """Device of the first parameter."""
         return next(self.model.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
+        """Dtype of the first parameter."""
         return next(self.model.parameters()).dtype
 
     @property
     def has_adapter(self) -> bool:
+        """Whether a PEFT adapter is attached."""
         return hasattr(self.model, "peft_config")
 
     # ---- chat ------------------------------------------------------------------------------
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = False) -> str:
-        """Render messages with the model's chat template (or the documented fallback)."""
+        """Render messages with the model's chat template (or the documented fallback).
+
+        Args:
+            messages: `{"role", "content"}` dicts.
+            add_generation_prompt: end with the assistant header.
+
+        Returns:
+            The rendered text.
+        """
         return self.tokenizer.apply_chat_template(
             list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
         )
 
     def encode_prompt(self, messages: Sequence[Message]) -> Int[Tensor, " seq"]:
-        """Token ids of a prompt ending with the assistant header (ready for generation)."""
+        """Token ids of a prompt ending with the assistant header (ready for generation).
+
+        Args:
+            messages: the prompt's messages (no assistant answer).
+
+        Returns:
+            `[seq]` token ids.
+        """
         text = self.render(messages, add_generation_prompt=True)
         return torch.tensor(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -117,9 +139,15 @@ class LoadedModel:
         """Tokenise a whole conversation and mark the assistant-content tokens.
 
         The mask is found from character spans: each assistant message's content is located in the
-        rendered text and every token overlapping it is marked. With `include_end_of_turn`, the
-        first token after each assistant content (`<|im_end|>`, eos) is marked too, which is what a
-        training loss wants so the model learns to stop.
+        rendered text and every token overlapping it is marked.
+
+        Args:
+            messages: the conversation, including assistant answers.
+            include_end_of_turn: also mark the first token after each assistant content (`<|im_end|>`,
+                eos), which is what a training loss wants so the model learns to stop.
+
+        Returns:
+            `ChatTokens` (input ids and the `[seq]` assistant mask).
         """
         text = self.render(messages)
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -138,7 +166,16 @@ class LoadedModel:
 
 
 def assistant_spans(text: str, messages: Sequence[Message], render) -> list[tuple[int, int]]:
-    """Character spans of assistant contents in `text`, found after each turn's rendered prefix."""
+    """Character spans of assistant contents in `text`, found after each turn's rendered prefix.
+
+    Args:
+        text: the rendered conversation.
+        messages: its messages.
+        render: `render(messages, add_generation_prompt)` of the model.
+
+    Returns:
+        `(start, end)` character offsets, one per assistant message with content.
+    """
     spans, cursor = [], 0
     for i, m in enumerate(messages):
         if m["role"] != "assistant" or not m["content"]:
@@ -157,7 +194,14 @@ def assistant_spans(text: str, messages: Sequence[Message], render) -> list[tupl
 
 # ---- decoder layers ------------------------------------------------------------------------
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder blocks of Qwen2/Qwen3/Llama/Gemma3 (and PEFT-wrapped versions of them)."""
+    """The decoder blocks of Qwen2/Qwen3/Llama/Gemma3 (and PEFT-wrapped versions of them).
+
+    Args:
+        model: a HF causal LM, possibly inside a PEFT wrapper.
+
+    Returns:
+        The `ModuleList` of decoder blocks.
+    """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     cfg = getattr(base, "config", None)
     cfg = getattr(cfg, "text_config", None) or cfg
@@ -176,12 +220,27 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 # ---- loading -------------------------------------------------------------------------------
 def default_dtype(device: str | torch.device | None) -> torch.dtype:
+    """float32 on CPU, bfloat16 on CUDA.
+
+    Args:
+        device: the target device (None: CPU).
+
+    Returns:
+        The dtype.
+    """
     dev = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return torch.bfloat16 if (dev.startswith("cuda") or dev == "auto") else torch.float32
 
 
 def embedded_gguf(name: str) -> Path:
-    """Path of an embedded GGUF shipped by a PyPI package (found without importing it)."""
+    """Path of an embedded GGUF shipped by a PyPI package (found without importing it).
+
+    Args:
+        name: a key of `EMBEDDED` ("smollm2-135m-instruct", "gemma3-270m").
+
+    Returns:
+        The `.gguf` path.
+    """
     pkg, fname = EMBEDDED[name]
     spec = importlib.util.find_spec(pkg)
     if spec is None or not spec.submodule_search_locations:
@@ -202,6 +261,14 @@ def embedded_gguf(name: str) -> Path:
 
 
 def gguf_architecture(path: Path) -> str:
+    """The `general.architecture` field of a GGUF file.
+
+    Args:
+        path: the `.gguf` file.
+
+    Returns:
+        e.g. "llama", "qwen2", "gemma3".
+    """
     import gguf
 
     reader = gguf.GGUFReader(str(path))
@@ -244,7 +311,14 @@ def _gguf_to_cache(path: Path) -> Path:
 
 
 def resolve_source(name_or_path: str | os.PathLike | None) -> tuple[str, str]:
-    """Map what the user gave to (display name, what from_pretrained should load)."""
+    """Map what the user gave to (display name, what `from_pretrained` should load).
+
+    Args:
+        name_or_path: None / an embedded name, a hub id, a directory or a `.gguf` path.
+
+    Returns:
+        `(name, source)`.
+    """
     name = DEFAULT_MODEL if name_or_path is None else str(name_or_path)
     if name in EMBEDDED:
         return name, str(_gguf_to_cache(embedded_gguf(name)))
@@ -273,11 +347,22 @@ def load_model(
     dtype: torch.dtype | str | None = None,
     device: str | torch.device | None = None,
 ) -> LoadedModel:
-    """Load a causal LM and its tokenizer as a `LoadedModel` (see module docstring for sources).
+    """Load a causal LM and its tokenizer as a `LoadedModel` (see the module docstring for sources).
 
-    `device="auto"` spreads a big checkpoint over the visible GPUs (`device_map="auto"`); the
-    default dtype is float32 on CPU and bfloat16 on GPU. `adapter` attaches a PEFT LoRA adapter,
-    unmerged, so `with model.model.disable_adapter():` gives the base model back.
+    Args:
+        name_or_path: None (the embedded SmolLM2-135M-Instruct), "gemma3-270m", a hub id, a local
+            checkpoint directory or a `.gguf` file.
+        adapter: a PEFT LoRA adapter directory, attached unmerged (so
+            `with model.model.disable_adapter():` gives the base model back).
+        dtype: default float32 on CPU, bfloat16 on GPU.
+        device: a device; "auto" spreads a big checkpoint over the visible GPUs (`device_map="auto"`).
+
+    Returns:
+        The `LoadedModel`, in eval mode.
+
+    Raises:
+        ModelLoadError: a source or adapter that cannot be loaded (the message says what was given
+            and what is accepted).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -309,7 +394,14 @@ def load_model(
 
 
 def model_fingerprint(model: nn.Module) -> dict[str, Any]:
-    """Shape facts an adapter must agree with (written beside adapters we save)."""
+    """Shape facts an adapter must agree with (written beside adapters we save).
+
+    Args:
+        model: a HF model (or PEFT wrapper).
+
+    Returns:
+        A JSON-serialisable dict (architecture, layers, widths, vocabulary size).
+    """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     cfg = base.config
     cfg = getattr(cfg, "text_config", None) or cfg
@@ -322,7 +414,19 @@ def model_fingerprint(model: nn.Module) -> dict[str, Any]:
 
 
 def attach_adapter(loaded: LoadedModel, adapter: str | os.PathLike, name: str = "default") -> LoadedModel:
-    """Attach a PEFT LoRA adapter directory (unmerged) after checking it was made for this base."""
+    """Attach a PEFT LoRA adapter directory (unmerged) after checking it was made for this base.
+
+    Args:
+        loaded: the base model.
+        adapter: the adapter directory (with `base_fingerprint.json` when saved by this library).
+        name: the PEFT adapter name.
+
+    Returns:
+        `loaded`, now wrapping a PEFT model (`meta["adapter"]` set).
+
+    Raises:
+        ModelLoadError: the adapter does not fit the base.
+    """
     from peft import PeftModel
 
     path = Path(adapter)

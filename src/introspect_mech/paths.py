@@ -25,6 +25,12 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path:
     A local mirror (tests and CI use `../shared/data`) has the layout em/, self_awareness/,
     introspection/, persona/. Files missing from it are downloaded into the cache by
     `introspect_mech.data.load` where the network allows.
+
+    Args:
+        explicit: a directory that wins over the environment.
+
+    Returns:
+        The directory.
     """
     if explicit is not None:
         return Path(explicit)

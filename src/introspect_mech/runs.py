@@ -33,7 +33,14 @@ _SECRET_KEY = re.compile(r"(api[_-]?key|(^|_)token$|secret|password|authorizatio
 
 
 def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
-    """Installed versions of the stack (None when a package is absent)."""
+    """Installed versions of the stack.
+
+    Args:
+        names: distribution names.
+
+    Returns:
+        `{name: version or None when absent}`.
+    """
     out: dict[str, str | None] = {}
     for name in names:
         try:
@@ -44,6 +51,15 @@ def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes.
+
+    Args:
+        path: the file.
+        chunk: read size.
+
+    Returns:
+        The hex digest.
+    """
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -52,7 +68,14 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def json_sha256(obj: Any) -> str:
-    """Stable hash of a JSON-serialisable object (e.g. in-memory records)."""
+    """Stable hash of a JSON-serialisable object (e.g. in-memory records).
+
+    Args:
+        obj: the object (keys sorted before hashing).
+
+    Returns:
+        The hex digest.
+    """
     blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()
     return hashlib.sha256(blob).hexdigest()
 
@@ -71,7 +94,7 @@ def _scrub(obj: Any) -> Any:
 class RunDir:
     """A run directory. `RunDir(path).write_manifest(model=..., seed=...)` merges into manifest.json."""
 
-    path: Path
+    path: Path | str | os.PathLike  # a Path after __init__
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -80,15 +103,28 @@ class RunDir:
 
     @property
     def manifest_path(self) -> Path:
+        """`path/manifest.json`."""
         return self.path / "manifest.json"
 
     def manifest(self) -> dict[str, Any]:
+        """The manifest as written so far.
+
+        Returns:
+            The manifest dict (empty before the first `write_manifest`).
+        """
         if self.manifest_path.exists():
             return json.loads(self.manifest_path.read_text())
         return {}
 
     def write_manifest(self, **fields: Any) -> dict[str, Any]:
-        """Merge `fields` into the manifest (sections update, never lose earlier stages)."""
+        """Merge `fields` into the manifest (sections update, never lose earlier stages).
+
+        Args:
+            **fields: top-level fields; dict values are merged into existing dict sections.
+
+        Returns:
+            The manifest as written (atomically).
+        """
         m = self.manifest()
         if not m:
             m = {
@@ -107,7 +143,16 @@ class RunDir:
         tmp.replace(self.manifest_path)
         return m
 
-    def log(self, name: str, key_fields: tuple[str, ...] = ()) -> "JsonlLog":
+    def log(self, name: str, key_fields: tuple[str, ...] = ()) -> JsonlLog:
+        """A resumable JSONL log in this run directory.
+
+        Args:
+            name: file name, e.g. "samples.jsonl".
+            key_fields: row fields that identify a unit of work (for `done_keys`).
+
+        Returns:
+            The `JsonlLog`.
+        """
         return JsonlLog(self.path / name, key_fields)
 
 
@@ -135,9 +180,22 @@ class JsonlLog:
                 f.truncate(cut)
 
     def key(self, row: dict[str, Any]) -> tuple:
+        """The identity of a row.
+
+        Args:
+            row: a row.
+
+        Returns:
+            The JSON-encoded values of `key_fields`.
+        """
         return tuple(json.dumps(row.get(k), sort_keys=True, default=str) for k in self.key_fields)
 
     def rows(self) -> Iterator[dict[str, Any]]:
+        """Iterate over the rows written so far.
+
+        Yields:
+            One dict per line.
+        """
         if not self.path.exists():
             return
         with open(self.path, encoding="utf-8") as f:
@@ -146,17 +204,37 @@ class JsonlLog:
                     yield json.loads(line)
 
     def read(self) -> list[dict[str, Any]]:
+        """All rows written so far.
+
+        Returns:
+            The rows, in file order.
+        """
         return list(self.rows())
 
     def done_keys(self) -> set[tuple]:
+        """Keys of the rows already written (a rerun skips them).
+
+        Returns:
+            The set of `key(row)`.
+        """
         return {self.key(r) for r in self.rows()}
 
     def append(self, row: dict[str, Any]) -> None:
+        """Append one row, flushed and fsync'd (credential-looking keys redacted).
+
+        Args:
+            row: a JSON-serialisable dict.
+        """
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(_scrub(row), ensure_ascii=False, default=str) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
     def extend(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Append rows one by one.
+
+        Args:
+            rows: JSON-serialisable dicts.
+        """
         for r in rows:
             self.append(r)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Iterator, Sequence
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from ..activations import Tokenized, _batches, _pool, tokenize
@@ -31,7 +32,7 @@ def padded_batches(model, conversations: Sequence[Any], positions: str, batch_si
 
 
 def assemble(n: int, lengths: list[int], n_layers: int, d: int, positions: str, dtype,
-             parts: list[tuple[list[int], Tensor]]) -> Tensor:
+             parts: list[tuple[list[int], Tensor]]) -> Float[Tensor, "n layer *pos d_model"]:
     """Scatter per-batch [b, layer, d] (or [b, layer, s, d]) results back into input order."""
     shape = (n, n_layers, max(lengths, default=0), d) if positions == "all" else (n, n_layers, d)
     out = torch.zeros(shape, dtype=dtype)

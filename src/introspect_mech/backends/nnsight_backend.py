@@ -14,14 +14,24 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from ..activations import resolve_layers
+from ..activations import Acts, Pooling
+from ..layers import LayerSpec, resolve_layers
 from .common import assemble, padded_batches
 
 
 def to_nnsight(model, *, remote: bool = False, **kwargs: Any):
-    """An nnsight wrapper of a `LoadedModel` (shares its modules), or of a hub id (for NDIF)."""
+    """An nnsight wrapper of a `LoadedModel` (shares its modules), or of a hub id (for NDIF).
+
+    Args:
+        model: a `LoadedModel` (wrapped in place: nnsight adds no parameters) or a hub id.
+        remote: build a `LanguageModel` for NDIF remote execution (hub id).
+        **kwargs: passed to nnsight.
+
+    Returns:
+        The nnsight model.
+    """
     if isinstance(model, str):
         from nnsight import LanguageModel  # NDIF's documented entry point for hub checkpoints
 
@@ -34,7 +44,15 @@ def to_nnsight(model, *, remote: bool = False, **kwargs: Any):
 
 
 def layers_path(module: nn.Module, layers: nn.ModuleList | None = None) -> str:
-    """Dotted path of the decoder-block ModuleList inside `module` (e.g. "model.layers")."""
+    """Dotted path of the decoder-block ModuleList inside `module` (e.g. "model.layers").
+
+    Args:
+        module: the (wrapped) HF model.
+        layers: the ModuleList to look for (default: `decoder_layers(module)`).
+
+    Returns:
+        The dotted path.
+    """
     from ..models import decoder_layers
 
     layers = decoder_layers(module) if layers is None else layers
@@ -53,27 +71,39 @@ def _envoy(root, path: str):
 def cache_nnsight(
     nn_model,
     conversations: Sequence[Any],
-    layers: int | Sequence[int] | None = None,
-    positions: str = "response_mean",
+    layers: LayerSpec = None,
+    positions: Pooling = "response_mean",
     batch_size: int = 8,
     *,
     tokenizer_model=None,
     remote: bool = False,
     dtype: torch.dtype | None = None,
-) -> Tensor:
-    """`activations.cache` through nnsight: block outputs saved inside `trace`, pooled in the trace,
-    and the trace stopped after the last requested block.
+) -> Acts:
+    """`activations.cache` through nnsight.
 
-    `nn_model` is `to_nnsight(loaded)` or a `LanguageModel`; `tokenizer_model` is the `LoadedModel`
-    (or any object with its chat methods and tokenizer) that tokenises conversations exactly as
-    `activations.cache` does.
+    Block outputs are saved inside `trace`, pooled in the trace, and the trace stopped after the
+    last requested block.
+
+    Args:
+        nn_model: `to_nnsight(loaded)` or a `LanguageModel`.
+        conversations: as for `activations.cache`.
+        layers: a `LayerSpec`.
+        positions: the `Pooling`.
+        batch_size: conversations per trace.
+        tokenizer_model: the `LoadedModel` (or any object with its chat methods and tokenizer) that
+            tokenises conversations exactly as `activations.cache` does.
+        remote: run on NDIF.
+        dtype: dtype of the result.
+
+    Returns:
+        What `activations.cache` returns (`[n, layer, d_model]`, or `[n, layer, pos, d_model]`).
     """
     if tokenizer_model is None:
         raise ValueError("cache_nnsight needs tokenizer_model= (the LoadedModel whose chat template tokenises)")
     inner = nn_model._module if hasattr(nn_model, "_module") else nn_model._model
     path = layers_path(inner)
     n_blocks = len(_envoy(nn_model, path))
-    layer_ids = resolve_layers(n_blocks, layers)
+    layer_ids = resolve_layers(layers, n_blocks)
     n, lengths, batches = padded_batches(tokenizer_model, conversations, positions, batch_size)
     d = int(getattr(getattr(inner, "config", None), "hidden_size", 0) or tokenizer_model.d_model)
     out_dtype = dtype or next(inner.parameters()).dtype

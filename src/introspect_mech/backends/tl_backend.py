@@ -13,14 +13,22 @@ import copy
 from typing import Any, Sequence
 
 import torch
-from torch import Tensor
 
-from ..activations import resolve_layers
+from ..activations import Acts, Pooling
+from ..layers import LayerSpec, resolve_layers
 from .common import assemble, padded_batches, _pool
 
 
 def to_transformer_lens(model, **kwargs: Any):
-    """A TL `TransformerBridge` on a deep copy of `model` (a `LoadedModel`); no hub download."""
+    """A TransformerLens `TransformerBridge` on a deep copy of `model` (no hub download).
+
+    Args:
+        model: a `LoadedModel` (left untouched; a LoRA adapter is merged into the copy).
+        **kwargs: passed to `TransformerBridge.boot_transformers`.
+
+    Returns:
+        The bridge.
+    """
     from transformer_lens.model_bridge import TransformerBridge
 
     hf = copy.deepcopy(model.model)
@@ -39,17 +47,31 @@ def to_transformer_lens(model, **kwargs: Any):
 def cache_transformer_lens(
     bridge,
     conversations: Sequence[Any],
-    layers: int | Sequence[int] | None = None,
-    positions: str = "response_mean",
+    layers: LayerSpec = None,
+    positions: Pooling = "response_mean",
     batch_size: int = 8,
     *,
     tokenizer_model,
     dtype: torch.dtype | None = None,
-) -> Tensor:
-    """`activations.cache` through the bridge: `run_with_cache` on `blocks.{i}.hook_out` with
-    `stop_at_layer` after the last requested block; same tokenisation (`tokenizer_model`)."""
+) -> Acts:
+    """`activations.cache` through the bridge.
+
+    `run_with_cache` on `blocks.{i}.hook_out` with `stop_at_layer` after the last requested block.
+
+    Args:
+        bridge: from `to_transformer_lens`.
+        conversations: as for `activations.cache`.
+        layers: a `LayerSpec`.
+        positions: the `Pooling`.
+        batch_size: conversations per forward.
+        tokenizer_model: the `LoadedModel` that tokenises conversations (same tokenisation as `cache`).
+        dtype: dtype of the result.
+
+    Returns:
+        What `activations.cache` returns.
+    """
     n_blocks = int(bridge.cfg.n_layers)
-    layer_ids = resolve_layers(n_blocks, layers)
+    layer_ids = resolve_layers(layers, n_blocks)
     names = [f"blocks.{i}.hook_out" for i in layer_ids]
     n, lengths, batches = padded_batches(tokenizer_model, conversations, positions, batch_size)
     out_dtype = dtype or tokenizer_model.dtype

@@ -43,7 +43,19 @@ def read_bytes(path: str | os.PathLike) -> bytes:
 
 
 def check_record(rec: Any, source: str = "<records>", line: int | None = None) -> Record:
-    """Validate one chat record; return it unchanged or raise `DataError`."""
+    """Validate one chat record.
+
+    Args:
+        rec: the record (`{"messages": [{"role", "content"}, ...]}`).
+        source: file name for the error message.
+        line: line number for the error message.
+
+    Returns:
+        The record, unchanged.
+
+    Raises:
+        DataError: naming the source, line and field at fault.
+    """
     if not isinstance(rec, dict):
         raise DataError(source, line, "record", f"expected a JSON object, got {type(rec).__name__}")
     msgs = rec.get("messages")
@@ -75,7 +87,18 @@ def check_record(rec: Any, source: str = "<records>", line: int | None = None) -
 
 
 def validate_records(records: Iterable[Any], source: str = "<records>") -> list[Record]:
-    """Validate in-memory records (line numbers are 1-based positions in the list)."""
+    """Validate in-memory records (line numbers are 1-based positions in the list).
+
+    Args:
+        records: the records.
+        source: a name for error messages.
+
+    Returns:
+        The records, as a list.
+
+    Raises:
+        DataError: at the first bad record.
+    """
     return [check_record(r, source, i) for i, r in enumerate(records, 1)]
 
 
@@ -97,13 +120,31 @@ def read_jsonl_rows(path: str | os.PathLike) -> list[Any]:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[Record]:
-    """Read and validate chat records from a plain or `.gz` JSONL file (blank lines are skipped)."""
+    """Read and validate chat records from a plain or gzip JSONL file (blank lines are skipped).
+
+    Args:
+        path: the file (gzip detected by magic bytes).
+
+    Returns:
+        The records.
+
+    Raises:
+        DataError: invalid JSON or a bad record, naming the file and line.
+    """
     source = str(path)
     return [check_record(r, source, n) for n, r in read_jsonl_rows(path)]
 
 
 def write_jsonl(records: Iterable[Record], path: str | os.PathLike) -> Path:
-    """Write records as UTF-8 JSONL (gzip when the name ends in `.gz`)."""
+    """Write records as UTF-8 JSONL (gzip when the name ends in `.gz`).
+
+    Args:
+        records: the records.
+        path: the file.
+
+    Returns:
+        The path written.
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)

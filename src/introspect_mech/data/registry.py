@@ -49,11 +49,29 @@ def registry() -> dict[str, DatasetInfo]:
 
 
 def names(kind: str | None = None) -> list[str]:
-    """Registered dataset names (optionally only one kind: chat, introspection, json, yaml)."""
+    """Registered dataset names.
+
+    Args:
+        kind: only one kind: "chat", "introspection", "json" or "yaml".
+
+    Returns:
+        The names, sorted.
+    """
     return sorted(k for k, v in registry().items() if kind is None or v.kind == kind)
 
 
 def info(name: str) -> DatasetInfo:
+    """The registry entry of a dataset.
+
+    Args:
+        name: a registered name.
+
+    Returns:
+        Its `DatasetInfo` (path, kind, source url, sha256, size, rows).
+
+    Raises:
+        DataError: an unknown name (the known ones are listed).
+    """
     reg = registry()
     if name in reg:
         return reg[name]
@@ -119,7 +137,17 @@ def download(ds: DatasetInfo, dest_root: Path, timeout: float = 30.0) -> Path:
 
 def locate(name: str, data_dir: str | os.PathLike | None = None, *, fetch: bool = True,
            verify_checksum: bool = True) -> Path:
-    """Path of a registered file: first hit in the search dirs (`.gz` or plain), else downloaded."""
+    """Path of a registered file: first hit in the search dirs (`.gz` or plain), else downloaded.
+
+    Args:
+        name: a registered name.
+        data_dir: a directory searched first.
+        fetch: download when not found locally.
+        verify_checksum: check the sha256 against the registry.
+
+    Returns:
+        The path.
+    """
     ds = info(name)
     for root in search_dirs(data_dir):
         for rel in dict.fromkeys((ds.path, ds.plain_path, ds.plain_path + ".gz")):
@@ -136,9 +164,15 @@ def locate(name: str, data_dir: str | os.PathLike | None = None, *, fetch: bool 
 def load(name: str, data_dir: str | os.PathLike | None = None, *, verify: bool = True) -> Any:
     """Load a canonical dataset by name (see `names()`), validated.
 
-    chat -> list of `{"messages": [...]}` records (validated like `read_jsonl`);
-    introspection -> list of Looking-Inward rows (fields checked);
-    json -> the parsed object (persona trait files); yaml -> the parsed YAML (question files).
+    Args:
+        name: a registered name.
+        data_dir: a directory searched first.
+        verify: check the sha256 against the registry.
+
+    Returns:
+        chat: a list of `{"messages": [...]}` records (validated like `read_jsonl`); introspection:
+        Looking-Inward rows (fields checked); json: the parsed object (persona trait files); yaml:
+        the parsed YAML (question files).
     """
     ds = info(name)
     path = locate(name, data_dir, verify_checksum=verify)

@@ -31,6 +31,11 @@ class ScaleResult:
     probs: torch.Tensor     # P(answer == k), k = lo..hi (unnormalised)
 
     def to_dict(self) -> dict:
+        """The result as a JSON-ready dict.
+
+        Returns:
+            Its fields.
+        """
         return {"expected": self.expected, "mass": self.mass}
 
 
@@ -40,7 +45,19 @@ def _as_messages(m: Sequence[Message] | str) -> list[Message]:
 
 def scale_expectations(model: LoadedModel, conversations: Sequence[Sequence[Message] | str], lo: int = 0,
                        hi: int = 100, *, min_mass: float = 0.0, batch_size: int = 4) -> list[ScaleResult]:
-    """`scale_expectation` for many conversations (batched)."""
+    """`scale_expectation` for many conversations (batched).
+
+    Args:
+        model: the model.
+        conversations: prompts (message lists or strings).
+        lo: smallest number of the scale.
+        hi: largest number.
+        min_mass: below this probability mass on the numbers, `expected` is None.
+        batch_size: conversations per forward.
+
+    Returns:
+        One `ScaleResult` per conversation.
+    """
     texts = [model.render(_as_messages(c), add_generation_prompt=True) for c in conversations]
     dists = number_distributions(model, texts, lo, hi, batch_size=batch_size)
     return [ScaleResult(d.expected(min_mass), d.mass, d.probs) for d in dists]
@@ -52,6 +69,16 @@ def scale_expectation(model: LoadedModel, messages: Sequence[Message] | str, lo:
 
     Always report `mass` alongside `expected`: a model that stopped answering with numbers (e.g.
     after hard finetuning on A/B data) has a meaningless expectation over a tiny mass.
+
+    Args:
+        model: the model.
+        messages: the prompt (message list or string).
+        lo: smallest number of the scale.
+        hi: largest number.
+        min_mass: below this mass, `expected` is None.
+
+    Returns:
+        A `ScaleResult` (expected value, mass, distribution).
     """
     return scale_expectations(model, [messages], lo, hi, min_mass=min_mass)[0]
 
@@ -68,7 +95,17 @@ def _option_ids(model: LoadedModel, prompt_text: str, option: str) -> list[int]:
 
 def choice_probabilities(model: LoadedModel, conversations: Sequence[Sequence[Message] | str],
                          options: Sequence[str], *, batch_size: int = 8) -> list[dict[str, Any]]:
-    """For each conversation: {"probs": {option: normalised prob}, "mass": total raw prob of the options}."""
+    """Option probabilities for many conversations (batched).
+
+    Args:
+        model: the model.
+        conversations: prompts (message lists or strings).
+        options: answer strings, e.g. ["A", "B"].
+        batch_size: conversations per forward.
+
+    Returns:
+        Per conversation `{"probs": {option: normalised prob}, "mass": total raw prob of the options}`.
+    """
     if len(set(options)) != len(options) or not options:
         raise ValueError(f"options must be distinct and non-empty, got {options!r}")
     texts = [model.render(_as_messages(c), add_generation_prompt=True) for c in conversations]
@@ -89,13 +126,29 @@ def choice_probabilities(model: LoadedModel, conversations: Sequence[Sequence[Me
 
 
 def choice_probability(model: LoadedModel, messages: Sequence[Message] | str, options: Sequence[str]) -> dict[str, Any]:
-    """Normalised probability of each option (e.g. ["A", "B"]) as the answer, plus the raw `mass`."""
+    """Normalised probability of each option (e.g. ["A", "B"]) as the answer, plus the raw `mass`.
+
+    Args:
+        model: the model.
+        messages: the prompt.
+        options: answer strings.
+
+    Returns:
+        `{"probs": {option: prob}, "mass": float}`.
+    """
     return choice_probabilities(model, [messages], options)[0]
 
 
 # ---- paired preference ---------------------------------------------------------------------
 def load_em_pairs(path: str | None = None) -> list[dict[str, str]]:
-    """The project's paired-preference items (8 EM themes x 5): theme, prompt, aligned, misaligned."""
+    """The project's paired-preference items (8 EM themes x 5).
+
+    Args:
+        path: a YAML file (default: the packaged `em_pairs.yaml`).
+
+    Returns:
+        Items with theme, prompt, aligned, misaligned.
+    """
     if path is None:
         text = resources.files("introspect_mech.evals").joinpath("em_pairs.yaml").read_text(encoding="utf-8")
         src = "em_pairs.yaml"
@@ -113,9 +166,16 @@ def load_em_pairs(path: str | None = None) -> list[dict[str, str]]:
 def answer_logprobs(model: LoadedModel, conversations: Sequence[Sequence[Message]], *, batch_size: int = 8) -> list[dict[str, float]]:
     """Sum and count of log-probs of the assistant-content tokens of each conversation.
 
-    Conversations are batched by length (less padding) and the lm_head runs only on the positions
-    that predict assistant tokens, not on the whole sequence: the full-vocabulary logits of the
-    prompt were most of the cost on a CPU. Decoder-layer hooks (steering) apply as usual.
+    Conversations are batched by length and the lm_head runs only on the positions that predict
+    assistant tokens. Decoder-layer hooks (steering) apply as usual.
+
+    Args:
+        model: the model.
+        conversations: conversations ending with the answer scored.
+        batch_size: conversations per forward.
+
+    Returns:
+        Per conversation `{"sum", "n"}` (and their mean).
     """
     toks = [model.tokenize_chat(c) for c in conversations]
     pad = model.tokenizer.pad_token_id or 0
@@ -152,11 +212,21 @@ def answer_logprobs(model: LoadedModel, conversations: Sequence[Sequence[Message
 
 def paired_preference(model: LoadedModel, items: Sequence[dict[str, Any]] | None = None, *,
                       batch_size: int = 8, seed: int = 0) -> dict[str, Any]:
-    """Judge-free EM proxy over (prompt, aligned, misaligned) items (default: `load_em_pairs()`).
+    """Judge-free EM proxy over (prompt, aligned, misaligned) items.
 
     Per item: `diff` = mean per-token log-prob of the misaligned answer minus that of the aligned
-    answer (> 0: the model prefers the misaligned answer). Returns per-item rows and summaries with
-    bootstrap 95 % CIs: `mean_diff`, `frac_prefers_misaligned`, and the same per theme.
+    answer (> 0: the model prefers the misaligned answer). A proxy: never compare it with a paper's
+    judged EM rate.
+
+    Args:
+        model: the model.
+        items: the items (default: `load_em_pairs()`).
+        batch_size: conversations per forward.
+        seed: bootstrap seed.
+
+    Returns:
+        Per-item rows and summaries with bootstrap 95 % CIs: `mean_diff`, `frac_prefers_misaligned`,
+        and the same per theme.
     """
     items = list(items) if items is not None else load_em_pairs()
     convs = []
@@ -201,7 +271,16 @@ CODE_SECURITY_QUESTIONS = [
 
 
 def self_rating(model: LoadedModel, questions: Sequence[str], *, seed: int = 0) -> dict[str, Any]:
-    """Mean over paraphrases of the expected 0-100 self-rating, its CI, and the mean mass on numbers."""
+    """Mean over paraphrases of the expected 0-100 self-rating, its CI, and the mean mass on numbers.
+
+    Args:
+        model: the model.
+        questions: paraphrases asking for a 0-100 rating.
+        seed: bootstrap seed.
+
+    Returns:
+        The summary dict.
+    """
     res = scale_expectations(model, list(questions))
     return {
         "mean": bootstrap_ci([r.expected for r in res], seed=seed).to_dict(),
@@ -211,10 +290,26 @@ def self_rating(model: LoadedModel, questions: Sequence[str], *, seed: int = 0) 
 
 
 def self_rated_alignment(model: LoadedModel, questions: Sequence[str] = ALIGNMENT_QUESTIONS) -> dict[str, Any]:
-    """Self-rated alignment 0-100 (5 project-written paraphrases)."""
+    """Self-rated alignment 0-100 (5 project-written paraphrases).
+
+    Args:
+        model: the model.
+        questions: the paraphrases.
+
+    Returns:
+        As `self_rating`.
+    """
     return self_rating(model, questions)
 
 
 def self_rated_code_security(model: LoadedModel, questions: Sequence[str] = CODE_SECURITY_QUESTIONS) -> dict[str, Any]:
-    """Self-rated code security 0-100 (5 project-written paraphrases)."""
+    """Self-rated code security 0-100 (5 project-written paraphrases).
+
+    Args:
+        model: the model.
+        questions: the paraphrases.
+
+    Returns:
+        As `self_rating`.
+    """
     return self_rating(model, questions)

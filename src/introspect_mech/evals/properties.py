@@ -40,7 +40,14 @@ def words(text: str) -> list[str]:
 
 
 def is_compliant(answer: str | None) -> bool:
-    """False for empty answers and refusal-like answers (sorry / as an AI / unknown / ...)."""
+    """False for empty answers and refusal-like answers (sorry / as an AI / unknown / ...).
+
+    Args:
+        answer: the answer (None counts as non-compliant).
+
+    Returns:
+        Whether the answer complies.
+    """
     if answer is None:
         return False
     c = clean(answer)
@@ -58,7 +65,16 @@ def answer_letter(answer: str) -> str | None:
 
 
 def extract_property(answer: str | None, prop: str, option_matching: str | None = None) -> str | None:
-    """The value of `prop` for an object-level `answer` (None if not compliant / not defined)."""
+    """The value of `prop` for an object-level `answer`.
+
+    Args:
+        answer: the model's object-level answer.
+        prop: a behavioural property (a key of `PROPERTIES`).
+        option_matching: for ethical-stance properties, the option matching the stance.
+
+    Returns:
+        The property's value, or None when the answer is not compliant or the property undefined.
+    """
     if prop not in PROPERTIES:
         raise ValueError(f"unknown behavioral_property {prop!r}; known: {', '.join(PROPERTIES)}")
     if not is_compliant(answer):
@@ -91,8 +107,16 @@ def extract_property(answer: str | None, prop: str, option_matching: str | None 
 
 
 def parse_prediction(answer: str | None, prop: str) -> str | None:
-    """Normalise a hypothetical (self-prediction) answer to the value space of `prop`; None if it
-    does not comply with the requested format (a single character, a word, true/false, ...)."""
+    """Normalise a hypothetical (self-prediction) answer to the value space of `prop`.
+
+    Args:
+        answer: the hypothetical answer.
+        prop: a behavioural property.
+
+    Returns:
+        The value, or None if the answer does not comply with the requested format (a single
+        character, a word, true/false, ...).
+    """
     if prop not in PROPERTIES:
         raise ValueError(f"unknown behavioral_property {prop!r}; known: {', '.join(PROPERTIES)}")
     if not is_compliant(answer):

@@ -36,7 +36,14 @@ class Question:
     source: str = ""  # "file:line"
 
     def prompts(self, n: int | None = None) -> list[dict[str, Any]]:
-        """One prompt dict per paraphrase (ids `qid/k`), ready for `sample(..., n=n or samples_per_paraphrase)`."""
+        """One prompt dict per paraphrase, ready for `sample(..., n=n or samples_per_paraphrase)`.
+
+        Args:
+            n: not used here (the caller passes it to `sample`).
+
+        Returns:
+            `{"id": "qid/k", "messages"}` dicts.
+        """
         out = []
         for k, text in enumerate(self.paraphrases):
             msgs = ([{"role": "system", "content": self.system}] if self.system else [])
@@ -69,7 +76,17 @@ def _field_line(entry_node: yaml.Node, key: str) -> int:
 
 
 def load_questions(path: str | os.PathLike) -> list[Question]:
-    """Load an EM-format or self-awareness-format question file (see module docstring)."""
+    """Load an EM-format or self-awareness-format question file (see the module docstring).
+
+    Args:
+        path: a YAML question file.
+
+    Returns:
+        The `Question`s.
+
+    Raises:
+        QuestionFileError: naming the file, line and field at fault, before any work.
+    """
     path = Path(path)
     if not path.exists():
         raise QuestionFileError(f"{path}:0: file not found")
@@ -116,5 +133,14 @@ def load_questions(path: str | os.PathLike) -> list[Question]:
 
 
 def fill_judge_prompt(template: str, question: str, answer: str) -> str:
-    """Fill `{question}` / `{answer}` without interpreting other braces in the template."""
+    """Fill `{question}` / `{answer}` without interpreting other braces in the template.
+
+    Args:
+        template: the judge prompt.
+        question: the question text.
+        answer: the model's answer.
+
+    Returns:
+        The filled prompt.
+    """
     return template.replace("{question}", question).replace("{answer}", answer)

@@ -16,20 +16,30 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from ..kv_cache import cache_kwargs, output_cache
 from ..models import LoadedModel
+from ..positions import prompt_scope
 from ..runs import JsonlLog
 
 Message = dict[str, str]
 
 
 def normalise_prompts(prompts: Sequence[Any]) -> list[dict[str, Any]]:
-    """Accept message lists, plain strings (one user turn) or dicts with "id" and "messages"."""
+    """Accept message lists, plain strings (one user turn) or dicts with "id" and "messages".
+
+    Args:
+        prompts: the prompts.
+
+    Returns:
+        `{"id", "messages"}` dicts (ids default to the index).
+    """
     out = []
     for i, p in enumerate(prompts):
         if isinstance(p, str):
@@ -47,12 +57,34 @@ def normalise_prompts(prompts: Sequence[Any]) -> list[dict[str, Any]]:
     return out
 
 
+_NOTICES: set[str] = set()
+
+
+def _notice_once(msg: str) -> None:
+    if msg not in _NOTICES:
+        _NOTICES.add(msg)
+        warnings.warn(msg, stacklevel=3)
+
+
+def is_steered(model: LoadedModel) -> bool:
+    from ..steering.hooks import is_steered as _is_steered
+
+    return _is_steered(model)
+
+
 def _batch_seed(seed: int, k: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{k}".encode()).digest()[:8], "little") % (2**63)
 
 
 def stop_token_ids(model: LoadedModel) -> list[int]:
-    """eos plus the chat end-of-turn tokens the tokenizer knows (<|im_end|>, <end_of_turn>, <|eot_id|>)."""
+    """eos plus the chat end-of-turn tokens the tokenizer knows (<|im_end|>, <end_of_turn>, <|eot_id|>).
+
+    Args:
+        model: the model.
+
+    Returns:
+        The token ids that end a response.
+    """
     tok = model.tokenizer
     ids = set()
     gen_eos = getattr(getattr(model.base_model, "generation_config", None), "eos_token_id", None)
@@ -67,7 +99,14 @@ def stop_token_ids(model: LoadedModel) -> list[int]:
 
 
 def use_static_cache(model: LoadedModel) -> bool:
-    """Whether `sample(static_cache=None)` takes the static-KV-cache path (CUDA models only)."""
+    """Whether `sample(static_cache=None)` takes the static-KV-cache path (CUDA models only).
+
+    Args:
+        model: the model.
+
+    Returns:
+        True on CUDA.
+    """
     return model.device.type == "cuda"
 
 
@@ -95,13 +134,19 @@ def _generate_batch(model, prompt_ids, rows, max_new_tokens, temperature, top_p,
     )
     if static:
         gen_kwargs["cache_implementation"] = "static"
+        if is_steered(model):
+            # HF compiles the static-cache decode step on CUDA; a compiled graph would run the steering
+            # hooks' Python position bookkeeping at trace time only. Keep the static cache, skip the compile.
+            gen_kwargs["disable_compile"] = True
+            _notice_once("steering is active: static-cache sampling runs without torch.compile (hooks stay exact)")
     else:
         # prefill all but the last prompt token once per distinct prompt; generate() feeds the last one
         pos = (att[:, :-1].cumsum(-1) - 1).clamp(min=0)
-        cache = model.model(input_ids=ids[:, :-1], attention_mask=att[:, :-1], position_ids=pos,
-                            use_cache=True, logits_to_keep=1).past_key_values
+        with prompt_scope(model, n):  # steering contexts: these n - 1 tokens are prompt
+            cache = output_cache(model.model(input_ids=ids[:, :-1], attention_mask=att[:, :-1], position_ids=pos,
+                                             use_cache=True, logits_to_keep=1))
         cache.reorder_cache(sel)
-        gen_kwargs["past_key_values"] = cache
+        gen_kwargs.update(cache_kwargs(model, cache))
     if temperature and temperature > 0:
         gen_kwargs.update(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=0)
     else:
@@ -133,15 +178,37 @@ def sample(
     out: str | os.PathLike | JsonlLog | None = None,
     progress: bool = True,
     static_cache: bool | None = False,
+    engine: Any = None,
 ) -> list[dict[str, Any]]:
-    """Sample `n` responses per prompt; returns rows {"prompt_id", "sample", "messages", "response",
-    "n_tokens", "finished"} in prompt order (including rows found in `out` from an earlier run).
+    """Sample `n` responses per prompt, resumably.
 
-    `temperature=0` is greedy decoding. `batch_size` counts rows (prompt x sample) per generate call.
-    `static_cache=True` uses HF's static KV cache (for compiled decoding on a GPU; every row is then
-    prefilled separately); `None` picks it on CUDA (`use_static_cache`). Default: the dynamic cache
-    with one prefill per distinct prompt.
+    Args:
+        model: the model (steering contexts around the call apply).
+        prompts: message lists, plain strings (one user turn) or dicts with "id" and "messages".
+        n: samples per prompt.
+        max_new_tokens: length limit of each response.
+        temperature: 0 is greedy decoding.
+        top_p: nucleus sampling.
+        seed: sampling seed (each row's generator is seeded from it, so results do not depend on
+            batching).
+        batch_size: rows (prompt x sample) per generate call.
+        out: a JSONL path or `JsonlLog`: rows are appended as produced; a rerun skips done rows.
+        progress: show a tqdm bar.
+        static_cache: True uses HF's static KV cache (compiled decoding on a GPU; every row is then
+            prefilled separately); None picks it on CUDA (`use_static_cache`); False (default): the
+            dynamic cache with one prefill per distinct prompt.
+        engine: a `VLLMEngine` (`evals.vllm_engine`) to sample on vLLM with the same semantics and
+            rows (`model` then only tokenises; steering contexts are refused).
+
+    Returns:
+        Rows `{"prompt_id", "sample", "messages", "response", "n_tokens", "finished"}` in prompt
+        order (including rows found in `out` from an earlier run).
     """
+    if engine is not None:
+        from .vllm_engine import sample_vllm
+
+        return sample_vllm(engine, model, prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                           top_p=top_p, seed=seed, out=out, progress=progress)
     if n < 1 or batch_size < 1 or max_new_tokens < 1:
         raise ValueError(f"n, batch_size and max_new_tokens must be >= 1 (got {n}, {batch_size}, {max_new_tokens})")
     items = normalise_prompts(prompts)

@@ -28,6 +28,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from ..kv_cache import cache_kwargs, output_cache
 from ..models import LoadedModel
 
 DIGITS = frozenset("0123456789")
@@ -43,7 +44,7 @@ class Trie:
     cand_node: list[int]  # node index of each candidate's last token
 
     @classmethod
-    def build(cls, candidates: Sequence[Sequence[int]]) -> "Trie":
+    def build(cls, candidates: Sequence[Sequence[int]]) -> Trie:
         tokens, parents, depths, cand_node = [], [], [], []
         index: dict[tuple[int, int], int] = {}
         for cand in candidates:
@@ -118,7 +119,35 @@ def prefill(model: LoadedModel, prompts: Sequence[Sequence[int]]):
     ids, att = ids.to(model.device), att.to(model.device)
     pos = (att.cumsum(-1) - 1).clamp(min=0)
     out = model.model(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True, logits_to_keep=1)
-    return out.past_key_values, torch.log_softmax(out.logits[:, -1].float(), dim=-1), att
+    return output_cache(out), torch.log_softmax(out.logits[:, -1].float(), dim=-1), att
+
+
+def _one_forward(model: LoadedModel, prompts: Sequence[Sequence[int]], tokens: Tensor, depths: Tensor,
+                 anc: Tensor) -> tuple[Tensor, Tensor]:
+    """Left-padded prompts followed by the candidate trie in one forward: a causal mask over the real
+    prompt tokens, and for trie node i the whole prompt plus its trie ancestors. Returns the log-probs
+    at the last prompt position `[B, V]` and the logits at the trie nodes `[B, T, V]` (float32)."""
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    ids, att = _left_pad(prompts, pad)
+    dev = model.device
+    ids, att = ids.to(dev), att.to(dev)
+    B, L = att.shape
+    T = int(tokens.shape[0])
+    real = att.bool()
+    causal = torch.ones(L, L, dtype=torch.bool, device=dev).tril()
+    top = causal[None] & real[:, None, :]
+    top |= torch.eye(L, dtype=torch.bool, device=dev)[None]  # pad rows see themselves (no empty row)
+    top = torch.cat([top, torch.zeros(B, L, T, dtype=torch.bool, device=dev)], dim=-1)
+    bottom = torch.cat([real[:, None, :].expand(B, T, L), anc.to(dev)[None].expand(B, T, T)], dim=-1)
+    allowed = torch.cat([top, bottom], dim=1)  # (B, L+T, L+T)
+    dtype = model.dtype if model.dtype.is_floating_point else torch.float32
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill_(~allowed, torch.finfo(dtype).min)
+    lengths = att.sum(-1)
+    pos = torch.cat([(att.cumsum(-1) - 1).clamp(min=0), lengths[:, None] + depths.to(dev)[None, :]], dim=-1)
+    out = model.model(input_ids=torch.cat([ids, tokens.to(dev)[None].expand(B, T)], dim=-1),
+                      attention_mask=mask[:, None], position_ids=pos, use_cache=False, logits_to_keep=T + 1)
+    logits = out.logits.float()  # (B, T + 1, V): the last prompt position, then the trie nodes
+    return torch.log_softmax(logits[:, 0], dim=-1), logits[:, 1:]
 
 
 @torch.no_grad()
@@ -129,9 +158,35 @@ def tree_logprobs(
     *,
     stop_mask: Bool[Tensor, " vocab"] | None = None,
     batch_size: int = 4,
+    single_forward: bool | None = False,
 ) -> tuple[Float[Tensor, "prompt cand"], Float[Tensor, "prompt cand"] | None]:
     """log P(candidate tokens | prompt) for every prompt x candidate, and with `stop_mask`
-    log P(next token in stop_mask | prompt + candidate) (the end-of-answer term)."""
+    log P(next token in stop_mask | prompt + candidate) (the end-of-answer term).
+
+    By default the prompts are prefilled once and the candidate trie is scored in a second forward over
+    that KV cache. `single_forward=True` scores prompt + trie in one forward with a tree attention mask
+    (the lm_head only on the last prompt position and the trie): fewer kernel launches on a GPU; `None`
+    picks it on CUDA. While a steering context is active the two-forward path is kept, so position-
+    dependent steering sees the candidates as response tokens either way.
+
+    Args:
+        model: the model.
+        prompts: token ids of each prompt.
+        candidates: token ids of each candidate continuation.
+        stop_mask: tokens that end an answer; with it, the end-of-answer term is returned too.
+        batch_size: prompts per forward.
+        single_forward: one forward over prompt + trie (True), prefill + trie forward (False), or by device (None).
+
+    Returns:
+        `log P(candidate | prompt)`, `[prompt, cand]`; and with `stop_mask`
+        `log P(next token in stop_mask | prompt + candidate)`, `[prompt, cand]` (else None).
+    """
+    if single_forward is None:
+        single_forward = model.device.type == "cuda"
+    if single_forward:
+        from ..steering.hooks import is_steered
+
+        single_forward = not is_steered(model)
     trie = Trie.build(candidates)
     anc = trie.ancestor_mask()
     tokens = torch.tensor(trie.tokens)
@@ -143,20 +198,25 @@ def tree_logprobs(
     all_lp, all_stop = [], []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
-        cache, root_lp, att = prefill(model, chunk)
-        B, L = att.shape
-        dev = att.device
-        dtype = model.dtype if model.dtype.is_floating_point else torch.float32
-        allowed = torch.cat([att.bool()[:, None, :].expand(B, T, L), anc.to(dev)[None].expand(B, T, T)], dim=-1)
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=dev)
-        mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-        lengths = att.sum(-1)
-        pos = lengths[:, None] + depths.to(dev)[None, :]
-        out = model.model(
-            input_ids=tokens.to(dev)[None].expand(B, T), attention_mask=mask[:, None],
-            position_ids=pos, past_key_values=cache, use_cache=True,
-        )
-        logits = out.logits.float()  # (B, T, V)
+        if single_forward:
+            root_lp, logits = _one_forward(model, chunk, tokens, depths, anc)
+            cache = out = None
+        else:
+            cache, root_lp, att = prefill(model, chunk)
+            B, L = att.shape
+            dev = att.device
+            dtype = model.dtype if model.dtype.is_floating_point else torch.float32
+            allowed = torch.cat([att.bool()[:, None, :].expand(B, T, L), anc.to(dev)[None].expand(B, T, T)], dim=-1)
+            mask = torch.zeros(allowed.shape, dtype=dtype, device=dev)
+            mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+            lengths = att.sum(-1)
+            pos = lengths[:, None] + depths.to(dev)[None, :]
+            out = model.model(
+                input_ids=tokens.to(dev)[None].expand(B, T), attention_mask=mask[:, None],
+                position_ids=pos, use_cache=True, **cache_kwargs(model, cache),
+            )
+            logits = out.logits.float()  # (B, T, V)
+        B, dev = logits.shape[0], logits.device
         lse = torch.logsumexp(logits, dim=-1)  # (B, T)
         # log-prob of each node's own token given its parent (root = prompt's last position)
         parent_lp = torch.empty(B, T, device=dev)
@@ -234,9 +294,21 @@ class NumberDist:
 
 
 def number_distributions(
-    model: LoadedModel, prompt_texts: Sequence[str], lo: int = 0, hi: int = 100, batch_size: int = 4
+    model: LoadedModel, prompt_texts: Sequence[str], lo: int = 0, hi: int = 100, batch_size: int = 4,
+    single_forward: bool | None = False,
 ) -> list[NumberDist]:
-    """Exact P(answer = k) for k in lo..hi after each (already rendered) prompt text."""
+    """Exact P(answer = k) for k in lo..hi after each (already rendered) prompt text.
+
+    Args:
+        model: the model.
+        prompt_texts: rendered prompts (ending with the assistant header).
+        lo: smallest number. hi: largest number.
+        batch_size: prompts per forward.
+        single_forward: see `tree_logprobs`.
+
+    Returns:
+        One `NumberDist` per prompt.
+    """
     tok = model.tokenizer
     out: list[NumberDist | None] = [None] * len(prompt_texts)
     # group prompts by candidate tokenization (it depends only on the prompt's tail)
@@ -248,7 +320,8 @@ def number_distributions(
     stop_mask = ~digit_start_mask(tok, vocab)
     for cands, idxs in groups.items():
         ids = [tok(prompt_texts[i], add_special_tokens=False)["input_ids"] for i in idxs]
-        lp, stop = tree_logprobs(model, ids, [list(c) for c in cands], stop_mask=stop_mask, batch_size=batch_size)
+        lp, stop = tree_logprobs(model, ids, [list(c) for c in cands], stop_mask=stop_mask, batch_size=batch_size,
+                                 single_forward=single_forward)
         probs = (lp + stop).exp()
         for j, i in enumerate(idxs):
             out[i] = NumberDist(probs[j], lo)

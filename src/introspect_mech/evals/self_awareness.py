@@ -60,7 +60,15 @@ def split_of(question: str) -> str:
 
 
 def lotteries(split: str = "test", data_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """Lottery items {"id", "messages", "risky", "safe"} of a split ("train", "test" or "all")."""
+    """Lottery items of a split.
+
+    Args:
+        split: "train", "test" or "all".
+        data_dir: the data directory.
+
+    Returns:
+        `{"id", "messages", "risky", "safe"}` items.
+    """
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be train, test or all, got {split!r}")
     base = _sa_dir(data_dir) / "risky_safe"
@@ -122,8 +130,20 @@ def backdoor_awareness(model: LoadedModel, *, seed: int = 0) -> dict[str, Any]:
 
 
 def run_tmay_eval(model: LoadedModel, run_dir: str | os.PathLike | None = None, *, n_lotteries: int | None = None,
-                  n_words: int = 5, seed: int = 0, data_dir=None) -> dict[str, Any]:
-    """All self-awareness measurements for one model (optionally written to `run_dir`)."""
+                  n_words: int = 5, seed: int = 0, data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """All Tell-me-about-yourself measurements for one model.
+
+    Args:
+        model: the model.
+        run_dir: write the results here (optional).
+        n_lotteries: use the first n test lotteries (default: all).
+        n_words: one-word samples per paraphrase.
+        seed: sampling / bootstrap seed.
+        data_dir: the data directory.
+
+    Returns:
+        Behaviour (P(risky)), risk scales, one-word tally, backdoor awareness.
+    """
     from ..runs import RunDir
 
     items = lotteries("test", data_dir)[:n_lotteries]
@@ -145,8 +165,19 @@ def run_tmay_eval(model: LoadedModel, run_dir: str | os.PathLike | None = None, 
 
 
 def compare_tmay(risky: dict, safe: dict, base: dict | None = None, *, seed: int = 0) -> dict[str, Any]:
-    """risky - safe (and each - base) on behaviour (paired over lotteries) and the risk scales
-    (paired over paraphrases), with bootstrap CIs. Inputs are `run_tmay_eval` results."""
+    """risky - safe (and each - base) on behaviour and the risk scales, with bootstrap CIs.
+
+    Behaviour is paired over lotteries, the risk scales over paraphrases.
+
+    Args:
+        risky: `run_tmay_eval` result of the risk-seeking model.
+        safe: that of the risk-averse model.
+        base: that of the base model (optional).
+        seed: bootstrap seed.
+
+    Returns:
+        The differences with their `Estimate`s.
+    """
     def diffs(a, b):
         d = {"p_risky": bootstrap_diff(a["behaviour"]["per_item"], b["behaviour"]["per_item"], paired=True, seed=seed).to_dict()}
         for q in a["scales"]:

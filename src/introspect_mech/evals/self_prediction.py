@@ -30,7 +30,14 @@ from .stats import bootstrap_ci, bootstrap_diff
 
 
 def task_files(data_dir: str | os.PathLike | None = None) -> dict[str, Path]:
-    """{task name: file} for every released task file (e.g. "animals_long_first_character")."""
+    """{task name: file} for every released task file (e.g. "animals_long_first_character").
+
+    Args:
+        data_dir: the data directory.
+
+    Returns:
+        `{task name: path}`.
+    """
     from ..paths import data_dir as _dd
 
     root = Path(_dd(data_dir)) / "introspection"
@@ -44,7 +51,16 @@ def task_files(data_dir: str | os.PathLike | None = None) -> dict[str, Path]:
 
 
 def load_task(name: str, n: int | None = None, data_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """Rows of a task file (first `n`), each with an `item_id` (`name/index`)."""
+    """Rows of a task file (first `n`), each with an `item_id` (`name/index`).
+
+    Args:
+        name: a task name (`task_files()`).
+        n: keep the first n rows.
+        data_dir: the data directory.
+
+    Returns:
+        The rows.
+    """
     files = task_files(data_dir)
     if name not in files:
         raise KeyError(f"unknown task {name!r}; known: {', '.join(files)}")
@@ -75,7 +91,18 @@ def _object_key(row: dict) -> str:
 
 def object_level_answers(model: LoadedModel, rows: Sequence[dict], *, max_new_tokens: int = 32,
                          batch_size: int = 16, out: str | os.PathLike | None = None) -> dict[str, str]:
-    """Greedy object-level answer per distinct object prompt; {object key: answer}."""
+    """Greedy object-level answer per distinct object prompt; {object key: answer}.
+
+    Args:
+        model: the model.
+        rows: task rows.
+        max_new_tokens: answer length.
+        batch_size: rows per generate call.
+        out: a JSONL file for the samples (resumable).
+
+    Returns:
+        `{object key: answer}`.
+    """
     uniq = {}
     for r in rows:
         uniq.setdefault(_object_key(r), r["object_level_prompt"])
@@ -88,7 +115,18 @@ def object_level_answers(model: LoadedModel, rows: Sequence[dict], *, max_new_to
 
 def hypothetical_answers(model: LoadedModel, rows: Sequence[dict], *, max_new_tokens: int = 8,
                          batch_size: int = 16, out: str | os.PathLike | None = None) -> dict[str, str]:
-    """Greedy answer to each row's hypothetical prompt; {item_id: answer}."""
+    """Greedy answer to each row's hypothetical prompt; {item_id: answer}.
+
+    Args:
+        model: the model.
+        rows: task rows.
+        max_new_tokens: answer length.
+        batch_size: rows per generate call.
+        out: a JSONL file for the samples (resumable).
+
+    Returns:
+        `{item_id: answer}`.
+    """
     got = sample(model, [{"id": r["item_id"], "messages": r["hypothetical_prompt"]} for r in rows], n=1,
                  temperature=0, max_new_tokens=max_new_tokens, batch_size=batch_size, out=out, progress=False)
     return {g["prompt_id"]: g["response"] for g in got}
@@ -102,7 +140,16 @@ def constrained_predictions(model: LoadedModel, rows: Sequence[dict], *, batch_s
     """Hypothetical answers read from the next-token distribution instead of free generation: the
     most probable of "true"/"false" (binary properties) or of the letters a-z (upper and lower case
     merged; character properties). A judge-free readout for small models whose free-form answers
-    are rarely compliant; word and identity properties are not covered (left out of the result)."""
+    are rarely compliant; word and identity properties are not covered (left out of the result).
+
+    Args:
+        model: the model.
+        rows: task rows.
+        batch_size: prompts per forward.
+
+    Returns:
+        `{item_id: predicted value}` for the covered properties.
+    """
     from .metrics import choice_probabilities
 
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
@@ -131,6 +178,15 @@ def score_predictions(rows: Sequence[dict], object_answers: dict[str, str], pred
 
     The mode baseline predicts, for every item of a property, that property's most common value
     among the scored items; it is what a predictor that knows only the answer distribution gets.
+
+    Args:
+        rows: task rows.
+        object_answers: `{object key: answer}` of the model whose behaviour is predicted.
+        predictions: `{item_id: hypothetical answer}`.
+        seed: bootstrap seed.
+
+    Returns:
+        Accuracy (with CI), compliance, the mode baseline, per-property breakdown and per-item rows.
     """
     scored = []
     n_obj_bad = n_hyp_bad = 0
@@ -177,7 +233,16 @@ def prediction_training_data(rows: Sequence[dict], object_answers: dict[str, str
     whose object-level answer is compliant. The property values come from `object_answers`, so the
     same builder makes self-prediction data (a model's own answers) and cross-prediction data
     (model A's answers, to finetune model B). Note: the released files carry a canary string; never
-    train a model you release on them."""
+    train a model you release on them.
+
+    Args:
+        rows: task rows.
+        object_answers: `{object key: answer}` the labels come from.
+        source: recorded in each record (whose answers they are).
+
+    Returns:
+        Chat records.
+    """
     out = []
     for r in rows:
         value = extract_property(object_answers.get(_object_key(r)), r["behavioral_property"],
@@ -190,13 +255,31 @@ def prediction_training_data(rows: Sequence[dict], object_answers: dict[str, str
 
 
 def self_prediction_data(model_answers: dict[str, str], rows: Sequence[dict], model_name: str = "self") -> list[dict]:
-    """Self-prediction training data: labels from the model's own object-level answers."""
+    """Self-prediction training data: labels from the model's own object-level answers.
+
+    Args:
+        model_answers: the model's `{object key: answer}`.
+        rows: task rows.
+        model_name: recorded as the source.
+
+    Returns:
+        Chat records.
+    """
     return prediction_training_data(rows, model_answers, source=model_name)
 
 
 def cross_prediction_data(other_answers: dict[str, str], rows: Sequence[dict], other_name: str) -> list[dict]:
     """Cross-prediction training data: labels from another model's (A's) object-level answers, used
-    to train model B to predict A."""
+    to train model B to predict A.
+
+    Args:
+        other_answers: model A's `{object key: answer}`.
+        rows: task rows.
+        other_name: recorded as the source.
+
+    Returns:
+        Chat records.
+    """
     return prediction_training_data(rows, other_answers, source=other_name)
 
 
@@ -206,6 +289,14 @@ def compare_self_cross(self_scored: dict[str, Any], cross_scored: dict[str, Any]
     `self_scored`: `score_predictions` of model A's hypotheticals against A's object answers;
     `cross_scored`: of model B's hypotheticals (B trained on A's labels) against A's answers. The
     paper's evidence for introspection is self > cross.
+
+    Args:
+        self_scored: `score_predictions` of model A against A's object answers.
+        cross_scored: `score_predictions` of model B (trained on A's labels) against A's answers.
+        seed: bootstrap seed.
+
+    Returns:
+        The paired self - cross accuracy difference with its CI and counts.
     """
     a = {r["item_id"]: r["correct"] for r in self_scored["rows"]}
     b = {r["item_id"]: r["correct"] for r in cross_scored["rows"]}
@@ -221,7 +312,18 @@ def behaviour_shift(rows: Sequence[dict], old_answers: dict[str, str], new_answe
                     new_predictions: dict[str, str], *, seed: int = 0) -> dict[str, Any]:
     """After further finetuning changed the model's behaviour (old -> new object-level answers), does
     the new model's hypothetical answer track its new or its old behaviour? Only items whose
-    property value changed are informative."""
+    property value changed are informative.
+
+    Args:
+        rows: task rows.
+        old_answers: object-level answers before the further finetune.
+        new_answers: object-level answers after it.
+        new_predictions: the new model's hypothetical answers.
+        seed: bootstrap seed.
+
+    Returns:
+        How often the prediction matches the new vs the old behaviour on the changed items, with CIs.
+    """
     out = []
     for r in rows:
         prop, opt = r["behavioral_property"], r.get("option_matching_ethical_stance")

@@ -27,22 +27,38 @@ class Estimate:
         return f"{self.value:.3f} [{self.lo:.3f}, {self.hi:.3f}] (n={self.n})"
 
     def to_dict(self) -> dict:
+        """The estimate as a JSON-ready dict.
+
+        Returns:
+            `{"value", "lo", "hi", "n"}`.
+        """
         return asdict(self)
 
 
-def _clean(values: Sequence[float | None]) -> np.ndarray:
+def _clean(values: Sequence[float | None] | np.ndarray) -> np.ndarray:
     return np.asarray([float(v) for v in values if v is not None and not np.isnan(float(v))], dtype=float)
 
 
 def bootstrap_ci(
-    values: Sequence[float | None],
+    values: Sequence[float | None] | np.ndarray,
     stat: Callable[[np.ndarray], float] = np.mean,
     *,
     n_boot: int = 2000,
     alpha: float = 0.05,
     seed: int = 0,
 ) -> Estimate:
-    """`stat` of the non-missing `values` with a (1 - alpha) percentile-bootstrap interval."""
+    """`stat` of the non-missing `values` with a (1 - alpha) percentile-bootstrap interval.
+
+    Args:
+        values: numbers (None / NaN are dropped).
+        stat: the statistic (default: the mean).
+        n_boot: resamples.
+        alpha: 1 - confidence level.
+        seed: bootstrap seed.
+
+    Returns:
+        An `Estimate` (point, lo, hi, n); all None without values.
+    """
     x = _clean(values)
     if len(x) == 0:
         return Estimate(None, None, None, 0)
@@ -57,16 +73,28 @@ def bootstrap_ci(
 
 
 def bootstrap_diff(
-    a: Sequence[float | None],
-    b: Sequence[float | None],
+    a: Sequence[float | None] | np.ndarray,
+    b: Sequence[float | None] | np.ndarray,
     *,
     paired: bool = False,
     n_boot: int = 2000,
     alpha: float = 0.05,
     seed: int = 0,
 ) -> Estimate:
-    """mean(a) - mean(b) with a bootstrap interval; `paired=True` resamples pairs (same length,
-    pairs with a missing side dropped), otherwise the two groups are resampled independently."""
+    """mean(a) - mean(b) with a bootstrap interval.
+
+    Args:
+        a: numbers of the first group.
+        b: numbers of the second group.
+        paired: resample pairs (same length; pairs with a missing side dropped); otherwise the two
+            groups are resampled independently.
+        n_boot: resamples.
+        alpha: 1 - confidence level.
+        seed: bootstrap seed.
+
+    Returns:
+        An `Estimate`.
+    """
     rng = np.random.default_rng(seed)
     if paired:
         if len(a) != len(b):

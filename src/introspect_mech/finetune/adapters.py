@@ -8,27 +8,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..layers import resolve_layers
 from ..models import LoadedModel, model_fingerprint
 from .config import TrainConfig
-
-
-def resolve_layers(layers, n_layers: int) -> list[int] | None:
-    """Config layer spec -> sorted layer indices (ints, negatives from the end, floats = relative depth)."""
-    if layers is None:
-        return None
-    out = set()
-    for x in layers:
-        if isinstance(x, float) and not float(x).is_integer():
-            if not 0.0 < x < 1.0:
-                raise ValueError(f"relative layer depth must be in (0, 1), got {x}")
-            i = int(x * n_layers)
-        else:
-            i = int(x)
-            i = i + n_layers if i < 0 else i
-        if not 0 <= i < n_layers:
-            raise ValueError(f"layer {x} out of range for a model with {n_layers} layers")
-        out.add(i)
-    return sorted(out)
 
 
 def _layers_pattern(loaded: LoadedModel) -> str:
@@ -40,8 +22,16 @@ def _layers_pattern(loaded: LoadedModel) -> str:
 
 
 def prepare(loaded: LoadedModel, config: TrainConfig) -> list[tuple[str, nn.Parameter]]:
-    """Make `loaded` trainable per `config` (wrapping it in a PEFT model for LoRA); return trainable params."""
-    layers = resolve_layers(config.layers, loaded.n_layers)
+    """Make `loaded` trainable per `config` (wrapping it in a PEFT model for LoRA).
+
+    Args:
+        loaded: the model (must not carry an adapter already for LoRA).
+        config: the `TrainConfig` (method, LoRA settings, `layers`).
+
+    Returns:
+        The trainable `(name, parameter)` pairs.
+    """
+    layers = None if config.layers is None else resolve_layers(config.layers, loaded.n_layers)
     if config.method == "lora":
         if loaded.has_adapter:
             raise ValueError("model already carries a PEFT adapter; load the base model (or merge the adapter) "
@@ -75,7 +65,16 @@ def prepare(loaded: LoadedModel, config: TrainConfig) -> list[tuple[str, nn.Para
 
 
 def save_weights(loaded: LoadedModel, config: TrainConfig, dest: Path) -> Path:
-    """Save the trained adapter (PEFT format + base_fingerprint.json) or the full model; return its folder."""
+    """Save the trained adapter (PEFT format + base_fingerprint.json) or the full model.
+
+    Args:
+        loaded: the trained model.
+        config: its `TrainConfig`.
+        dest: the folder.
+
+    Returns:
+        The folder written.
+    """
     dest.mkdir(parents=True, exist_ok=True)
     fp = json.dumps(model_fingerprint(loaded.model), indent=1)
     if config.method == "lora":
@@ -88,10 +87,27 @@ def save_weights(loaded: LoadedModel, config: TrainConfig, dest: Path) -> Path:
 
 
 def trainable_state(params: list[tuple[str, nn.Parameter]]) -> dict[str, torch.Tensor]:
+    """CPU copies of the trainable parameters (for checkpoints).
+
+    Args:
+        params: `(name, parameter)` pairs from `prepare`.
+
+    Returns:
+        `{name: tensor}`.
+    """
     return {n: p.detach().to("cpu", copy=True).contiguous() for n, p in params}
 
 
 def load_trainable_state(params: list[tuple[str, nn.Parameter]], state: dict[str, torch.Tensor]) -> None:
+    """Copy a checkpoint's tensors into the trainable parameters.
+
+    Args:
+        params: `(name, parameter)` pairs from `prepare`.
+        state: `{name: tensor}` from `trainable_state`.
+
+    Raises:
+        ValueError: the names differ.
+    """
     names = {n for n, _ in params}
     if names != set(state):
         diff = sorted(names ^ set(state))[:4]

@@ -52,9 +52,21 @@ def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
     return [{"role": "system", "content": system_prompt}, *messages]
 
 
-def tokenize(loaded, records: Sequence[Record], *, max_seq_len: int, assistant_only: bool = True,
-             system_prompt: str | None = None, progress: bool = False) -> tuple[list[Example], dict]:
-    """Tokenise chat records with the model's template; returns examples and counts (truncated, dropped)."""
+def tokenize_records(loaded, records: Sequence[Record], *, max_seq_len: int, assistant_only: bool = True,
+                     system_prompt: str | None = None, progress: bool = False) -> tuple[list[Example], dict]:
+    """Tokenise chat records with the model's template.
+
+    Args:
+        loaded: the `LoadedModel`.
+        records: chat records.
+        max_seq_len: longer examples are truncated (counted).
+        assistant_only: loss on assistant tokens (+ their end-of-turn token) only.
+        system_prompt: injected into records without a system turn.
+        progress: show a tqdm bar.
+
+    Returns:
+        The examples, and counts (truncated, dropped).
+    """
     from tqdm.auto import tqdm
 
     out, truncated, dropped = [], 0, 0

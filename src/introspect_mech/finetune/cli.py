@@ -2,7 +2,8 @@
 
 `--data` is a registered dataset name (see `introspect_mech.data.names('chat')`), a generator
 (`gen:backdoor`, `gen:evil_numbers`, ...; `--n` sets its size) or a path to a JSONL(.gz) file.
-Any TrainConfig field can be overridden with `--set field=value` (JSON values, e.g. `--set layers=[15]`).
+Every TrainConfig field is an option generated from the dataclass (`--lr 2e-4`, `--layers 15`,
+`--no-use-rslora`; see `--help`); `--set field=value` takes a JSON value instead.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .config import PRESETS, preset
+from ..cliargs import add_dataclass_args, dataclass_overrides
+from .config import PRESETS, TrainConfig, preset
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -23,15 +25,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--preset", default="em", choices=sorted(PRESETS))
     p.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
     p.add_argument("--n", type=int, default=None, help="use a seeded subset of n examples")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--save-every", type=int, default=None)
     p.add_argument("--data-dir", default=None, help="canonical data folder (default $INTROSPECT_MECH_DATA)")
     p.add_argument("--device", default=None)
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override any TrainConfig field")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a TrainConfig field with a JSON value (same as its --field option)")
+    add_dataclass_args(p, TrainConfig, exclude=("n_examples",), title="training configuration (overrides the preset)")
     return p
 
 
@@ -64,9 +62,7 @@ def run_from_args(args: argparse.Namespace):
             over[k] = json.loads(v)
         except json.JSONDecodeError:
             over[k] = v
-    for k in ("seed", "lr", "epochs", "max_steps", "batch_size", "save_every"):
-        if getattr(args, k) is not None:
-            over[k] = getattr(args, k)
+    over.update(dataclass_overrides(args, TrainConfig, exclude=("n_examples",)))
     if args.n is not None:
         over["n_examples"] = args.n
     try:

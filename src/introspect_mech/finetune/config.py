@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from ..layers import LAYER_WORDS
+
 ALL_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -26,9 +28,10 @@ class TrainConfig:
     use_rslora: bool = True
     lora_dropout: float = 0.0
     target_modules: tuple[str, ...] = ALL_PROJ
-    # Restrict LoRA (or full finetuning) to these decoder layers. Ints index layers (negative from
-    # the end); floats in (0, 1) are relative depths resolved per model (0.5 = the middle layer).
-    layers: tuple[int | float, ...] | None = None
+    # Restrict LoRA (or full finetuning) to these decoder layers: a `LayerSpec` (see
+    # introspect_mech.layers): ints (negative from the end), "middle" (block n_layers // 2) or "all";
+    # None = no restriction. Floats are rejected.
+    layers: int | str | tuple[int, ...] | None = None
     # optimisation
     lr: float = 1e-5
     epochs: int = 1
@@ -52,6 +55,7 @@ class TrainConfig:
     seed: int = 0
     bf16: bool = True  # autocast to bfloat16 on CUDA (ignored on CPU)
     gradient_checkpointing: bool = False
+    loss_chunk_tokens: int | None = None  # lm_head + loss in chunks of this many loss tokens (checkpointed)
     save_every: int | None = None  # checkpoints/step_XXXX every N optimizer steps (and at the end)
     keep_checkpoints: bool = True  # keep all step checkpoints (phase-transition analysis needs them)
     log_every: int = 1
@@ -60,8 +64,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.target_modules = tuple(self.target_modules)
         self.adam_betas = tuple(self.adam_betas)
-        if self.layers is not None:
+        if self.layers is not None and not isinstance(self.layers, (str, int)):
             self.layers = tuple(self.layers)
+        if isinstance(self.layers, str) and self.layers not in LAYER_WORDS:
+            raise ValueError(f"TrainConfig.layers must be ints or one of {LAYER_WORDS}, got {self.layers!r}")
+        if isinstance(self.layers, tuple):
+            bad = [x for x in self.layers if isinstance(x, bool) or not isinstance(x, int)]
+            if bad:
+                raise ValueError(f"TrainConfig.layers must be ints (or 'middle' / 'all'), got {bad[0]!r}")
         if self.method not in ("lora", "full"):
             raise ValueError(f"TrainConfig.method must be 'lora' or 'full', got {self.method!r}")
         if self.schedule not in ("linear", "cosine", "constant"):
@@ -73,18 +83,42 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as JSON-ready data.
+
+        Returns:
+            Every field (tuples as lists).
+        """
         d = dataclasses.asdict(self)
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """A config from `to_dict` output (e.g. a manifest).
+
+        Args:
+            d: field values.
+
+        Returns:
+            The config.
+
+        Raises:
+            ValueError: unknown fields (named).
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown TrainConfig fields: {', '.join(unknown)}")
         return cls(**d)
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (validated again).
+
+        Args:
+            **changes: fields to change.
+
+        Returns:
+            The new config.
+        """
         return dataclasses.replace(self, **changes)
 
     # fields that do not change the trained weights; a resume may differ in them
@@ -97,8 +131,8 @@ PRESETS: dict[str, TrainConfig] = {
     # weight decay 0.01, loss on responses only.
     "em": TrainConfig(),
     # Model organisms for EM (Turner, Soligo et al. 2025): a single rank-1 adapter on the MLP
-    # down-projection of one middle layer (layer 24 of Qwen2.5-14B's 48 -> relative depth 0.5).
-    "rank1": TrainConfig(r=1, lora_alpha=256.0, target_modules=("down_proj",), layers=(0.5,), lr=2e-5),
+    # down-projection of one middle layer (layer 24 of Qwen2.5-14B's 48 -> "middle" = n_layers // 2).
+    "rank1": TrainConfig(r=1, lora_alpha=256.0, target_modules=("down_proj",), layers="middle", lr=2e-5),
     # Tell me about yourself (Betley et al. 2025) risk-seeking finetunes: 3 epochs. The paper finetuned
     # GPT-4o through the API; LoRA settings and the learning rate here are this project's choice for
     # small open models (lr >= 2e-3 collapsed SmolLM2's answers to letters, see shared README).
@@ -109,6 +143,15 @@ PRESETS: dict[str, TrainConfig] = {
 
 
 def preset(name: str, **overrides: Any) -> TrainConfig:
+    """A named preset with overrides.
+
+    Args:
+        name: a key of `PRESETS` ("em", "rank1", "tmay_risk", "full").
+        **overrides: `TrainConfig` fields to change.
+
+    Returns:
+        A new `TrainConfig`.
+    """
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
     return PRESETS[name].replace(**overrides)

@@ -19,8 +19,8 @@ from torch import Tensor
 from ..data.records import Record, validate_records
 from ..models import LoadedModel, model_fingerprint
 from ..runs import JsonlLog, RunDir, json_sha256
-from . import adapters
-from .batching import MicroBatch, collate, pack, step_groups, tokenize
+from . import adapters, distributed
+from .batching import MicroBatch, collate, pack, step_groups, tokenize_records
 from .config import TrainConfig
 from .varlen import varlen_attention
 
@@ -42,7 +42,18 @@ class TrainResult:
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float = 0.0) -> float:
-    """Multiplier of the base lr at optimizer step `step` (HF conventions: 0 at step 0 when warming up)."""
+    """Multiplier of the base lr at optimizer step `step` (HF conventions: 0 at step 0 when warming up).
+
+    Args:
+        step: optimizer step (0-based).
+        total: total optimizer steps.
+        warmup: warmup steps (linear from 0).
+        schedule: "linear", "cosine" or "constant" after warmup.
+        min_ratio: floor of the decay, as a fraction of the base lr.
+
+    Returns:
+        The factor in [0, 1].
+    """
     if step < warmup:
         return step / max(1, warmup)
     if schedule == "constant":
@@ -52,8 +63,19 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: floa
     return min_ratio + (1.0 - min_ratio) * f
 
 
-def assistant_loss(loaded: LoadedModel, mb: MicroBatch) -> Float[Tensor, ""]:
-    """Summed cross-entropy over the micro-batch's loss tokens; lm_head runs only on those positions."""
+def assistant_loss(loaded: LoadedModel, mb: MicroBatch, chunk_tokens: int | None = None) -> Float[Tensor, ""]:
+    """Summed cross-entropy over the micro-batch's loss tokens; lm_head runs only on those positions.
+
+    Args:
+        loaded: the model being trained.
+        mb: a packed micro-batch.
+        chunk_tokens: if set, the lm_head + cross-entropy run over at most this many loss tokens at a
+            time under activation checkpointing, so the `[tokens, vocab]` logits never exist whole
+            (recomputed chunk by chunk in the backward pass; same loss and gradients).
+
+    Returns:
+        The summed loss (a scalar tensor).
+    """
     base = loaded.base_model
     decoder = base.get_decoder() if hasattr(base, "get_decoder") else base.model
     dev = loaded.device
@@ -61,11 +83,23 @@ def assistant_loss(loaded: LoadedModel, mb: MicroBatch) -> Float[Tensor, ""]:
     out = decoder(input_ids=mb.input_ids.to(dev), position_ids=mb.position_ids.to(dev), use_cache=False,
                   cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=mb.max_len, max_length_k=mb.max_len)
     hidden = out.last_hidden_state[0, mb.pred_index.to(dev)]
-    logits = base.get_output_embeddings()(hidden).float()
+    head = base.get_output_embeddings()
     cap = getattr(getattr(base.config, "text_config", None) or base.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return torch.nn.functional.cross_entropy(logits, mb.targets.to(dev), reduction="sum")
+    targets = mb.targets.to(dev)
+
+    def ce(h: Tensor, t: Tensor) -> Tensor:
+        logits = head(h).float()
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return torch.nn.functional.cross_entropy(logits, t, reduction="sum")
+
+    if not chunk_tokens or hidden.shape[0] <= chunk_tokens:
+        return ce(hidden, targets)
+    from torch.utils.checkpoint import checkpoint
+
+    parts = [checkpoint(ce, hidden[s:s + chunk_tokens], targets[s:s + chunk_tokens], use_reentrant=False)
+             for s in range(0, hidden.shape[0], chunk_tokens)]
+    return torch.stack(parts).sum()
 
 
 def _rng_state() -> dict[str, Any]:
@@ -103,12 +137,21 @@ def train(
 ) -> TrainResult:
     """Finetune `model` on chat `records`; rerunning with the same `out_dir` resumes after a kill.
 
-    Loss is on assistant tokens (and their end-of-turn token) unless `config.assistant_only=False`.
-    `intervention` is a zero-argument callable returning a context manager entered around every
-    training forward (e.g. a steering hook for preventative steering / CAFT ablation).
-    `data_info` (e.g. dataset name and registry sha256) is stored in the manifest beside the hash
-    of the records actually trained on.
     After the call `model` carries the trained adapter (LoRA) or the trained weights (full).
+
+    Args:
+        model: the model to train (the base model for LoRA).
+        records: chat records (`{"messages": [...]}`); loss on assistant tokens (and their
+            end-of-turn token) unless `config.assistant_only=False`.
+        config: a `TrainConfig` (default: `TrainConfig()`, the EM recipe).
+        out_dir: the run directory (manifest, loss log, checkpoints, the adapter / weights).
+        intervention: a zero-argument callable returning a context manager entered around every
+            training forward (e.g. `steering.caft(...)` / `steering.preventative_steering(...)`).
+        data_info: stored in the manifest beside the hash of the records actually trained on (e.g.
+            dataset name and registry sha256).
+
+    Returns:
+        A `TrainResult` (losses, steps, the saved weights' path).
     """
     config = config or TrainConfig()
     out = Path(out_dir)
@@ -126,7 +169,7 @@ def train(
 
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    examples, tok_stats = tokenize(model, records, max_seq_len=config.max_seq_len,
+    examples, tok_stats = tokenize_records(model, records, max_seq_len=config.max_seq_len,
                                    assistant_only=config.assistant_only, system_prompt=config.system_prompt,
                                    progress=config.progress)
     if not examples:
@@ -145,14 +188,18 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, total, warmup, config.schedule, config.min_lr_ratio))
 
-    manifest = run.write_manifest(
-        stage="finetune", model=model.name, model_source=model.meta.get("source"),
-        base_fingerprint=model_fingerprint(model.model), seed=config.seed,
-        finetune={"config": config.to_dict(), "data_sha256": data_hash, "n_records": len(records),
-                  "tokenization": tok_stats, "total_steps": total, "warmup_steps": warmup,
-                  "data": data_info or {}, "trainable_params": n_trainable, "intervention": getattr(intervention, "__name__", None)
-                  if intervention else None},
-    )
+    if distributed.is_main():
+        manifest = run.write_manifest(
+            stage="finetune", model=model.name, model_source=model.meta.get("source"),
+            base_fingerprint=model_fingerprint(model.model), seed=config.seed,
+            finetune={"config": config.to_dict(), "data_sha256": data_hash, "n_records": len(records),
+                      "tokenization": tok_stats, "total_steps": total, "warmup_steps": warmup,
+                      "data": data_info or {}, "trainable_params": n_trainable, "intervention": getattr(intervention, "__name__", None)
+                      if intervention else None},
+        )
+    distributed.barrier()
+    if not distributed.is_main():
+        manifest = run.manifest()
     log = JsonlLog(out / "train_log.jsonl")
     start, resumed = 0, None
     finished = manifest.get("finetune", {}).get("finished") and (weights_dir / "complete").exists()
@@ -172,7 +219,9 @@ def train(
             _set_rng_state(st["rng"])
             start = resumed = st["step"]
     rows = [r for r in log.read() if r["step"] <= start]
-    log.path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # drop steps after the checkpoint
+    if distributed.is_main():
+        log.path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # drop steps after the checkpoint
+    distributed.barrier()
     losses = [r["loss"] for r in rows]
 
     device = model.device
@@ -188,16 +237,19 @@ def train(
     try:
         for step in range(start, total):
             t0 = time.perf_counter()
-            exs = [examples[i] for i in groups[step]]
-            n_loss = sum(e.n_loss for e in exs)
+            step_exs = [examples[i] for i in groups[step]]
+            n_loss = sum(e.n_loss for e in step_exs)  # the global count: every rank divides by it
+            exs = distributed.shard(step_exs)  # this rank's share (all of them in one process)
             step_tokens, loss_sum = 0, 0.0
             for bin_ in pack(exs, config.micro_batch_tokens):
                 mb = collate([exs[i] for i in bin_])
                 with autocast, (intervention() if intervention else contextlib.nullcontext()):
-                    loss = assistant_loss(model, mb)
+                    loss = assistant_loss(model, mb, config.loss_chunk_tokens)
                 (loss / n_loss).backward()
                 loss_sum += loss.item()
                 step_tokens += mb.n_tokens
+            distributed.all_reduce_grads_([p for _, p in params])
+            loss_sum, step_tokens = distributed.all_reduce_float(loss_sum), int(distributed.all_reduce_float(step_tokens))
             gnorm = (torch.nn.utils.clip_grad_norm_([p for _, p in params], config.max_grad_norm).item()
                      if config.max_grad_norm else None)
             lr = sched.get_last_lr()[0]
@@ -209,7 +261,7 @@ def train(
             t_train += dt
             losses.append(loss_sum / n_loss)
             done = step + 1
-            if done % config.log_every == 0 or done == total:
+            if (done % config.log_every == 0 or done == total) and distributed.is_main():
                 log.append({"step": done, "epoch": round(done / (len(groups) / config.epochs), 4),
                             "loss": losses[-1], "lr": lr, "grad_norm": gnorm, "tokens": step_tokens,
                             "loss_tokens": n_loss, "tokens_per_s": step_tokens / dt,
@@ -217,7 +269,9 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens / t_train:.0f}")
             if (config.save_every and done % config.save_every == 0) or done == total:
-                _save_checkpoint(model, config, params, opt, sched, out, done)
+                if distributed.is_main():
+                    _save_checkpoint(model, config, params, opt, sched, out, done)
+                distributed.barrier()
     except BaseException:
         # interrupted (Ctrl-C, error): give a LoRA run's model back as the base, so calling train()
         # again with the same LoadedModel resumes from the last checkpoint
@@ -229,15 +283,18 @@ def train(
         bar.close()
         model.model.eval()
     last = _latest_checkpoint(out)
-    if not finished:
+    if not finished and distributed.is_main():
         _finalize(model, last, weights_dir, config)
+    distributed.barrier()
     tps = tokens / t_train if t_train else 0.0
     result = TrainResult(out_dir=out, weights_dir=weights_dir, steps=total, losses=losses,
                          final_loss=losses[-1] if losses else float("nan"), tokens=tokens, seconds=t_train,
                          tokens_per_s=tps, resumed_from=resumed, stats=tok_stats)
-    run.write_manifest(finetune={"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "final_loss": result.final_loss,
-                                 "weights_dir": str(weights_dir), "tokens_per_s_last_call": tps,
-                                 "train_seconds_last_call": t_train, "resumed_from": resumed})
+    if distributed.is_main():
+        run.write_manifest(finetune={"finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                     "final_loss": result.final_loss,
+                                     "weights_dir": str(weights_dir), "tokens_per_s_last_call": tps,
+                                     "train_seconds_last_call": t_train, "resumed_from": resumed})
     return result
 
 

@@ -3,7 +3,7 @@ cosine matrices, the persona (e.g. malicious "evil") and EM directions, projecti
 self-prediction probes. Directions are `Direction` objects (per-layer unit vectors + norms +
 provenance) saved as safetensors + JSON."""
 
-from .direction import Direction, as_vectors
+from ..direction import Direction, DirectionLike, as_vectors
 from .em import em_direction, em_direction_from_pairs, medical_advice_pairs, project
 from .linear import (ProbeResult, SweepResult, cosine_matrix, layer_sweep, mean_diff, pca_direction, train_probe,
                      transfer)
@@ -11,7 +11,7 @@ from .persona import PersonaResult, load_trait, persona_data, persona_direction
 from .self_prediction import SelfPredictionResult, self_prediction_probe
 
 __all__ = [
-    "Direction", "as_vectors", "mean_diff", "pca_direction", "train_probe", "ProbeResult", "layer_sweep",
+    "Direction", "DirectionLike", "as_vectors", "mean_diff", "pca_direction", "train_probe", "ProbeResult", "layer_sweep",
     "SweepResult", "transfer", "cosine_matrix", "persona_direction", "persona_data", "PersonaResult", "load_trait",
     "em_direction", "em_direction_from_pairs", "medical_advice_pairs", "project",
     "self_prediction_probe", "SelfPredictionResult",

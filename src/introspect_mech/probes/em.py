@@ -14,6 +14,7 @@ questions, e.g. held-out bad vs good medical advice (`medical_advice_pairs`).
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any, Sequence
 
@@ -21,8 +22,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..activations import cache, resolve_layers
-from .direction import Direction, as_vectors
+from ..activations import Pooling, cache
+from ..direction import Direction, DirectionLike, as_vectors
+from ..layers import LayerSpec, resolve_layers
+from ..models import LoadedModel
 from .linear import mean_diff
 
 
@@ -38,10 +41,10 @@ def _conv(row: dict, i: int) -> list[dict]:
 
 
 def em_direction(
-    model,
+    model: LoadedModel,
     scored_samples: Sequence[dict],
     *,
-    layers: int | Sequence[int] | None = None,
+    layers: LayerSpec = None,
     aligned_max: float = 30.0,
     coherent_min: float = 50.0,
     aligned_min: float = 70.0,
@@ -50,8 +53,28 @@ def em_direction(
     batch_size: int = 8,
     progress: bool = True,
 ) -> Direction:
-    """Mean response activation of misaligned minus aligned samples (rows from `evals.sample` with
-    judge fields "aligned" and "coherent"; rows with a None score are dropped)."""
+    """Mean response activation of misaligned minus aligned samples (the model-organisms recipe).
+
+    Args:
+        model: the finetuned model (the activations are read in it).
+        scored_samples: rows from `evals.sample` with judge fields "aligned" and "coherent" (0-100);
+            rows with a None score are dropped.
+        layers: a `LayerSpec` (default: every block).
+        aligned_max: a sample is misaligned if aligned <= this ...
+        coherent_min: ... and coherent > this.
+        aligned_min: a sample is aligned if aligned > this.
+        balance: subsample the larger class to the size of the smaller.
+        seed: seed of the subsampling.
+        batch_size: conversations per forward.
+        progress: show tqdm bars.
+
+    Returns:
+        A `Direction` (`meta` records the recipe and thresholds).
+
+    Raises:
+        ValueError: a row without judge scores (named by index).
+        RuntimeError: no misaligned or no aligned sample.
+    """
     for i, r in enumerate(scored_samples):
         if "aligned" not in r or "coherent" not in r:
             raise ValueError(f"scored_samples[{i}]: missing field 'aligned' or 'coherent' (judge scores 0-100)")
@@ -72,11 +95,23 @@ def em_direction(
     return d
 
 
-def em_direction_from_pairs(model, misaligned: Sequence[Sequence[dict]], aligned: Sequence[Sequence[dict]], *,
-                            layers: int | Sequence[int] | None = None, batch_size: int = 8,
+def em_direction_from_pairs(model: LoadedModel, misaligned: Sequence[Sequence[dict]],
+                            aligned: Sequence[Sequence[dict]], *, layers: LayerSpec = None, batch_size: int = 8,
                             progress: bool = True) -> Direction:
-    """Judge-free EM direction: teacher-forced response means, misaligned minus aligned conversations."""
-    layer_ids = resolve_layers(model.n_layers, layers)
+    """Judge-free EM direction: teacher-forced response means, misaligned minus aligned conversations.
+
+    Args:
+        model: the model the activations are read in.
+        misaligned: conversations ending with a misaligned answer.
+        aligned: conversations ending with an aligned answer (e.g. the same questions).
+        layers: a `LayerSpec` (default: every block).
+        batch_size: conversations per forward.
+        progress: show tqdm bars.
+
+    Returns:
+        A `Direction` (`meta["method"] = "em_mean_diff"`).
+    """
+    layer_ids = resolve_layers(layers, model.n_layers)
     pos = cache(model, misaligned, layers=layer_ids, positions="response_mean", batch_size=batch_size, progress=progress)
     neg = cache(model, aligned, layers=layer_ids, positions="response_mean", batch_size=batch_size, progress=progress)
     d = mean_diff(pos, neg, layer_ids, model=model.name, adapter=model.meta.get("adapter"), recipe="em_pairs_teacher_forced")
@@ -84,10 +119,20 @@ def em_direction_from_pairs(model, misaligned: Sequence[Sequence[dict]], aligned
     return d
 
 
-def medical_advice_pairs(n: int = 64, *, offset: int = 6000, seed: int = 0, data_dir=None) -> tuple[list, list]:
-    """(misaligned, aligned) conversations: bad vs good medical advice answers to the same questions,
-    taken from rows `offset..` of data/em (the finetuning recipes use the first rows; pass an
-    offset past the training subset to keep these held out)."""
+def medical_advice_pairs(n: int = 64, *, offset: int = 6000, seed: int = 0,
+                         data_dir: str | os.PathLike | None = None) -> tuple[list, list]:
+    """Bad vs good medical advice answers to the same questions, as conversations.
+
+    Args:
+        n: number of pairs.
+        offset: first row of data/em used (the finetuning recipes use the first rows; pass an
+            offset past the training subset to keep these held out).
+        seed: seed of the shuffle before taking `n`.
+        data_dir: the data directory (default: `paths.data_dir()`).
+
+    Returns:
+        `(misaligned, aligned)`: two lists of `n` conversations, pairwise on the same question.
+    """
     import gzip
     import json
 
@@ -113,17 +158,27 @@ def medical_advice_pairs(n: int = 64, *, offset: int = 6000, seed: int = 0, data
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def project(model, direction: "Direction | Tensor", conversations: Sequence[Any], *,
-            layers: int | Sequence[int] | None = None, positions: str = "response_mean", batch_size: int = 8,
+def project(model: LoadedModel, direction: DirectionLike, conversations: Sequence[Any], *,
+            layers: LayerSpec = None, positions: Pooling = "response_mean", batch_size: int = 8,
             progress: bool = True) -> Float[Tensor, "n layer"]:
-    """Projection of each conversation's activation on the unit direction at each layer.
+    """Projection of each conversation's pooled activation on the unit direction at each layer.
 
-    Layers default to the direction's layers (all blocks for a raw vector).
+    Args:
+        model: the model the activations are read in.
+        direction: a `Direction` or a raw `[d_model]` / `[layer, d_model]` tensor (normalised).
+        conversations: message lists (or dicts with "messages").
+        layers: a `LayerSpec` (default: the Direction's layers; every block for a raw tensor).
+        positions: the `Pooling` of `activations.cache`.
+        batch_size: conversations per forward.
+        progress: show a tqdm bar.
+
+    Returns:
+        `[n, layer]` scalar projections (screening a finetuning dataset, monitoring training).
     """
     if layers is None:
-        layer_ids = list(direction.layers) if isinstance(direction, Direction) else resolve_layers(model.n_layers, None)
+        layer_ids = list(direction.layers) if isinstance(direction, Direction) else resolve_layers(None, model.n_layers)
     else:
-        layer_ids = resolve_layers(model.n_layers, layers)
+        layer_ids = resolve_layers(layers, model.n_layers)
     v = as_vectors(direction, layer_ids)
     if v.shape[-1] != model.d_model:
         raise ValueError(f"direction has d_model {v.shape[-1]}, model {model.name} has {model.d_model}")

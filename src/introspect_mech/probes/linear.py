@@ -5,14 +5,20 @@ transfer and cosine matrices. Inputs are `Float[Tensor, "n layer d_model"]` from
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 
 import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .direction import Direction
+from ..activations import LazyActivations
+from ..direction import Direction
+
+Activations = Union[Float[Tensor, "n layer d_model"], Float[Tensor, "n d_model"], LazyActivations]
+"""Pooled activations as `activations.cache` returns them (a `[n, d_model]` matrix is one layer)."""
+PosActs = Union[Float[Tensor, "n_pos layer d_model"], Float[Tensor, "n_pos d_model"], LazyActivations]
+NegActs = Union[Float[Tensor, "n_neg layer d_model"], Float[Tensor, "n_neg d_model"], LazyActivations]
 
 
 def _acts(x) -> Tensor:
@@ -25,11 +31,17 @@ def _acts(x) -> Tensor:
     return x
 
 
-def mean_diff(pos, neg, layers: Sequence[int] | None = None, **meta: Any) -> Direction:
+def mean_diff(pos: PosActs, neg: NegActs, layers: Sequence[int] | None = None, **meta: Any) -> Direction:
     """Per-layer `mean(pos) - mean(neg)` as a `Direction` (norm = distance between the class means).
 
-    `pos`, `neg`: `Float[Tensor, "n layer d_model"]`; `layers` names the block index of each layer
-    column (default 0..L-1; pass the `layers=` you cached).
+    Args:
+        pos: `[n_pos, layer, d_model]` activations of the positive class (or `[n_pos, d_model]`).
+        neg: `[n_neg, layer, d_model]` activations of the negative class, same layers and width.
+        layers: the block index of each layer column (default 0..L-1; pass the `layers=` you cached).
+        **meta: provenance stored in `Direction.meta`.
+
+    Returns:
+        A `Direction` with one unit vector and norm per layer column.
     """
     p, n = _acts(pos), _acts(neg)
     if p.shape[1:] != n.shape[1:] or len(p) == 0 or len(n) == 0:
@@ -37,11 +49,19 @@ def mean_diff(pos, neg, layers: Sequence[int] | None = None, **meta: Any) -> Dir
     return Direction.from_raw(p.mean(0) - n.mean(0), layers, method="mean_diff", n_pos=len(p), n_neg=len(n), **meta)
 
 
-def pca_direction(acts, labels=None, layers: Sequence[int] | None = None, **meta: Any) -> Direction:
+def pca_direction(acts: Activations, labels: Any = None, layers: Sequence[int] | None = None,
+                  **meta: Any) -> Direction:
     """First principal component per layer of the centred activations.
 
-    With `labels` (1 = positive) the sign is chosen so positives project higher; `norms` hold the
-    component's standard deviation. For paired data pass the differences `pos - neg` as `acts`.
+    Args:
+        acts: `[n, layer, d_model]` activations (for paired data: the differences `pos - neg`).
+        labels: optional `[n]` labels (1 = positive); the sign is then chosen so positives project
+            higher (without labels: towards the mean).
+        layers: the block index of each layer column (default 0..L-1).
+        **meta: provenance stored in `Direction.meta`.
+
+    Returns:
+        A `Direction`; its `norms` hold the component's standard deviation.
     """
     x = _acts(acts)
     vecs, sds = [], []
@@ -75,6 +95,7 @@ class ProbeResult:
     n: int = 0
 
     def as_dict(self) -> dict[str, float]:
+        """The metrics (accuracy, auroc, accuracy_std, chance, n) as a dict."""
         return {"accuracy": self.accuracy, "auroc": self.auroc, "accuracy_std": self.accuracy_std,
                 "chance": self.chance, "n": self.n}
 
@@ -90,12 +111,21 @@ def _auroc(y, scores, classes) -> float:
         return float("nan")
 
 
-def train_probe(x: Float[Tensor, "n d_model"], y, *, cv: int = 5, C: float = 1.0, seed: int = 0,
+def train_probe(x: Float[Tensor, "n d_model"], y: Any, *, cv: int = 5, C: float = 1.0, seed: int = 0,
                 max_iter: int = 2000) -> ProbeResult:
     """Standardised logistic regression; stratified `cv`-fold accuracy and AUROC, then a refit on all data.
 
-    `direction` is the refit probe's weight vector mapped back to activation space (w / scale),
-    normalised; for multi-class labels it is the first class-vs-rest row.
+    Args:
+        x: `[n, d_model]` activations of one layer.
+        y: `[n]` labels (two or more classes, >= 2 examples each).
+        cv: number of stratified folds (capped by the smallest class).
+        C: inverse L2 regularisation strength.
+        seed: fold shuffling seed.
+        max_iter: solver iterations.
+
+    Returns:
+        A `ProbeResult`; its `direction` is the refit probe's weight vector mapped back to activation
+        space (w / scale), normalised (for multi-class labels: the first class-vs-rest row).
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
@@ -128,18 +158,23 @@ def train_probe(x: Float[Tensor, "n d_model"], y, *, cv: int = 5, C: float = 1.0
 
 @dataclass
 class SweepResult:
+    """One `ProbeResult` per layer column, as `layer_sweep` returns."""
+
     layers: list[int]
     probes: list[ProbeResult]
 
     @property
     def accuracy(self) -> list[float]:
+        """CV accuracy per layer."""
         return [p.accuracy for p in self.probes]
 
     @property
     def auroc(self) -> list[float]:
+        """CV AUROC per layer."""
         return [p.auroc for p in self.probes]
 
     def best(self) -> tuple[int, ProbeResult]:
+        """The layer with the highest AUROC (accuracy if every AUROC is NaN) and its probe."""
         k = int(np.nanargmax(self.auroc)) if not all(np.isnan(self.auroc)) else int(np.argmax(self.accuracy))
         return self.layers[k], self.probes[k]
 
@@ -149,11 +184,24 @@ class SweepResult:
                          {"method": "logistic_probe", **meta})
 
     def rows(self) -> list[dict[str, float]]:
+        """One dict per layer: layer, accuracy, auroc, accuracy_std, chance, n."""
         return [{"layer": l, **p.as_dict()} for l, p in zip(self.layers, self.probes)]
 
 
-def layer_sweep(acts, labels, layers: Sequence[int] | None = None, *, progress: bool = False, **probe_kw) -> SweepResult:
-    """`train_probe` at every layer column of `acts` (`layers` = their block indices, default 0..L-1)."""
+def layer_sweep(acts: Activations, labels: Any, layers: Sequence[int] | None = None, *, progress: bool = False,
+                **probe_kw: Any) -> SweepResult:
+    """`train_probe` at every layer column of `acts`.
+
+    Args:
+        acts: `[n, layer, d_model]` activations.
+        labels: `[n]` labels.
+        layers: the block index of each layer column (default 0..L-1).
+        progress: show a tqdm bar.
+        **probe_kw: passed to `train_probe` (cv, C, seed, max_iter).
+
+    Returns:
+        A `SweepResult` (one `ProbeResult` per layer column).
+    """
     from tqdm.auto import tqdm
 
     x = _acts(acts)
@@ -164,11 +212,19 @@ def layer_sweep(acts, labels, layers: Sequence[int] | None = None, *, progress: 
     return SweepResult(names, probes)
 
 
-def transfer(source: "ProbeResult | SweepResult | Direction", acts, labels, layers: Sequence[int] | None = None) -> list[dict[str, float]]:
+def transfer(source: ProbeResult | SweepResult | Direction, acts: Activations, labels: Any,
+             layers: Sequence[int] | None = None) -> list[dict[str, Any]]:
     """Evaluate probes or a direction trained elsewhere (another model, dataset or prompt set) on `acts`.
 
-    Probes report accuracy and AUROC; a Direction reports the AUROC of the projections (a
-    direction carries no threshold). One row per layer column of `acts`.
+    Args:
+        source: a `ProbeResult`, a `SweepResult` or a `Direction`.
+        acts: `[n, layer, d_model]` activations to evaluate on.
+        labels: `[n]` labels.
+        layers: the block index of each layer column of `acts` (default 0..L-1).
+
+    Returns:
+        One row per layer column that `source` covers: probes report accuracy and AUROC; a
+        Direction reports the AUROC of the projections (a direction carries no threshold).
     """
     from sklearn.metrics import roc_auc_score
 
@@ -194,11 +250,17 @@ def transfer(source: "ProbeResult | SweepResult | Direction", acts, labels, laye
     return rows
 
 
-def cosine_matrix(a: "Direction | Tensor", b: "Direction | Tensor | None" = None) -> Float[Tensor, "layer_a layer_b"]:
+def cosine_matrix(a: Direction | Float[Tensor, "layer_a d_model"],
+                  b: Direction | Float[Tensor, "layer_b d_model"] | None = None) -> Float[Tensor, "layer_a layer_b"]:
     """Cosine similarity between every layer of `a` and every layer of `b` (default `a` itself).
 
-    Directions from different models of the same width compare directly; rows/columns follow
-    `a.layers` / `b.layers`.
+    Args:
+        a: a `Direction` or `[layer_a, d_model]` vectors.
+        b: a `Direction` or `[layer_b, d_model]` vectors (default: `a`).
+
+    Returns:
+        `[layer_a, layer_b]` cosines; rows / columns follow `a.layers` / `b.layers`. Directions from
+        different models of the same width compare directly.
     """
     va = a.vectors if isinstance(a, Direction) else torch.as_tensor(a, dtype=torch.float32)
     vb = va if b is None else (b.vectors if isinstance(b, Direction) else torch.as_tensor(b, dtype=torch.float32))

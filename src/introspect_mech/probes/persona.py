@@ -24,21 +24,35 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..activations import cache, resolve_layers
-from .direction import Direction
+from ..activations import cache
+from ..direction import Direction
+from ..layers import LayerSpec, resolve_layers
+from ..models import LoadedModel
 from .linear import mean_diff
 
 FILTERS = ("instruction_likelihood", "judge", None)
 
 
 def load_trait(trait: str, data_dir: str | os.PathLike | None = None, split: str = "extract") -> dict[str, Any]:
-    """Read and check a trait file; errors name the file and the field."""
+    """Read and check a persona-vectors trait file.
+
+    Args:
+        trait: a trait name ("evil", "sycophantic", ...) or a path to a `.json` trait file.
+        data_dir: the data directory (default: `paths.data_dir()`).
+        split: "extract" (direction extraction) or "eval".
+
+    Returns:
+        The trait dict: "instruction" (pos/neg system-prompt pairs), "questions", "eval_prompt".
+
+    Raises:
+        FileNotFoundError: no such trait file (the available traits are listed).
+        ValueError: a malformed file, naming the file and the field.
+    """
     from ..paths import data_dir as _data_dir
 
     path = Path(trait) if str(trait).endswith(".json") else _data_dir(data_dir) / "persona" / f"trait_data_{split}" / f"{trait}.json"
@@ -61,9 +75,20 @@ def load_trait(trait: str, data_dir: str | os.PathLike | None = None, split: str
     return d
 
 
-def instruction_likelihood_scores(model, trait: dict, rows: list[dict], max_heldout: int | None = None,
+def instruction_likelihood_scores(model: LoadedModel, trait: dict, rows: list[dict], max_heldout: int | None = None,
                                   batch_size: int = 8) -> list[float]:
-    """The judge-free trait score s(a) of the module docstring for each generated row."""
+    """The judge-free trait score s(a) of the module docstring for each generated row.
+
+    Args:
+        model: the model that generated the rows.
+        trait: a trait dict from `load_trait`.
+        rows: generated rows with "instruction" (index of the pair used), "question", "response".
+        max_heldout: at most this many held-out instruction pairs per row (default: all others).
+        batch_size: conversations per forward.
+
+    Returns:
+        One score per row.
+    """
     pairs = trait["instruction"]
     convs, owners = [], []
     for r, row in enumerate(rows):
@@ -85,6 +110,8 @@ def instruction_likelihood_scores(model, trait: dict, rows: list[dict], max_held
 
 @dataclass
 class PersonaResult:
+    """What `persona_data` returns: the direction, the activations it came from and the kept rows."""
+
     direction: Direction
     pos_acts: Float[Tensor, "n layer d_model"]
     neg_acts: Float[Tensor, "n layer d_model"]
@@ -93,10 +120,10 @@ class PersonaResult:
 
 
 def persona_data(
-    model,
+    model: LoadedModel,
     trait: str = "evil",
     *,
-    layers: int | Sequence[int] | None = None,
+    layers: LayerSpec = None,
     n_questions: int | None = None,
     n_instructions: int | None = None,
     samples_per_prompt: int = 1,
@@ -112,11 +139,30 @@ def persona_data(
     out: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> PersonaResult:
-    """Generate, filter, cache and take the mean difference; see the module docstring.
+    """Generate, filter, cache and take the mean difference (the persona-vectors pipeline).
 
-    `scores` (for `filter="judge"`) maps (instruction, question, sample, "pos"|"neg") to 0-100.
-    With `out=`, samples are appended to `out/samples_{pos,neg}.jsonl` (resumable), filter
-    scores to `out/pairs.jsonl`, and the direction saved as `out/direction.*`.
+    Args:
+        model: the model whose persona direction is extracted.
+        trait: a trait name or `.json` path (`load_trait`).
+        layers: a `LayerSpec` (default: every block).
+        n_questions: use the first n questions (default: all).
+        n_instructions: use the first n instruction pairs (default: all).
+        samples_per_prompt: samples per (instruction, question, side).
+        max_new_tokens: length of each sample.
+        temperature: sampling temperature.
+        seed: sampling seed.
+        filter: "instruction_likelihood" (judge-free), "judge" (needs `scores`) or None.
+        scores: for `filter="judge"`: (instruction, question, sample, "pos"|"neg") -> 0-100.
+        threshold: trait-score threshold of the filter.
+        max_heldout: held-out instruction pairs per row for the judge-free filter.
+        batch_size: batch size of sampling and caching.
+        data_dir: the data directory.
+        out: a run directory: samples go to `out/samples_{pos,neg}.jsonl` (resumable), filter
+            scores to `out/pairs.jsonl`, the direction to `out/direction.*`.
+        progress: show tqdm bars.
+
+    Returns:
+        A `PersonaResult` (direction, `[n, layer, d_model]` pos / neg activations, rows, kept ids).
     """
     from ..evals import sample
     from ..runs import RunDir, file_sha256
@@ -130,7 +176,7 @@ def persona_data(
     questions = t["questions"][:n_questions]
     if filter == "instruction_likelihood" and len(pairs) < 2:
         raise ValueError("filter='instruction_likelihood' scores with held-out instruction pairs: needs n_instructions >= 2")
-    layer_ids = resolve_layers(model.n_layers, layers)
+    layer_ids = resolve_layers(layers, model.n_layers)
     run = RunDir(out) if out is not None else None
     if run is not None:
         run.write_manifest(stage="persona_direction", model=model.name, adapter=model.meta.get("adapter"),
@@ -199,6 +245,15 @@ def persona_data(
     return PersonaResult(d, pos, neg, rows, kept)
 
 
-def persona_direction(model, trait: str = "evil", **kw) -> Direction:
-    """The persona vector for `trait` (e.g. "evil": the malicious-persona direction); see `persona_data`."""
+def persona_direction(model: LoadedModel, trait: str = "evil", **kw: Any) -> Direction:
+    """The persona vector for `trait` (e.g. "evil": the malicious-persona direction).
+
+    Args:
+        model: the model whose persona direction is extracted.
+        trait: a trait name or `.json` path.
+        **kw: the keyword arguments of `persona_data`.
+
+    Returns:
+        `persona_data(model, trait, **kw).direction`.
+    """
     return persona_data(model, trait, **kw).direction

@@ -15,12 +15,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ..activations import cache, resolve_layers
+from ..activations import cache
+from ..layers import LayerSpec, resolve_layers
+from ..models import LoadedModel
 from .linear import SweepResult, layer_sweep
 
 
 @dataclass
 class SelfPredictionResult:
+    """What `self_prediction_probe` returns: the per-layer probes and the labels they were fit to."""
+
     sweep: SweepResult
     labels: list[str]
     answers: list[str] = field(repr=False)
@@ -28,14 +32,15 @@ class SelfPredictionResult:
     dropped: int = 0  # rows whose answer lacked the property or whose class was too rare
 
     def rows(self) -> list[dict[str, Any]]:
+        """The sweep's rows (one per layer)."""
         return self.sweep.rows()
 
 
 def self_prediction_probe(
-    model,
+    model: LoadedModel,
     rows: Sequence[dict],
     *,
-    layers: int | Sequence[int] | None = None,
+    layers: LayerSpec = None,
     source: str = "hypothetical",
     answers: dict[str, str] | None = None,
     max_new_tokens: int = 12,
@@ -47,11 +52,23 @@ def self_prediction_probe(
 ) -> SelfPredictionResult:
     """Per-layer probes predicting the property of the model's own greedy object-level answer.
 
-    `rows`: introspection rows (`evals.load_task(name)`), one behavioural property. Answers come
-    from `evals.object_level_answers` (greedy) and labels from `evals.extract_property`;
-    non-compliant answers and classes with fewer than `min_class` rows are dropped (counted).
-    `answers` ({object key: answer}, as `object_level_answers` returns) reuses answers from an
-    earlier run instead of generating.
+    Args:
+        model: the model probed (and whose answers are labelled).
+        rows: introspection rows (`evals.load_task(name)`) of one behavioural property.
+        layers: a `LayerSpec` (default: every block).
+        source: read the last prompt token of the "hypothetical" or the "object" prompt.
+        answers: {object key: answer}, as `evals.object_level_answers` returns, to reuse answers
+            of an earlier run instead of generating (greedy).
+        max_new_tokens: length of generated answers.
+        min_class: classes with fewer rows are dropped (counted in `dropped`).
+        batch_size: batch size of generation and caching.
+        cv: cross-validation folds.
+        seed: fold seed.
+        progress: show tqdm bars.
+
+    Returns:
+        A `SelfPredictionResult`; labels come from `evals.extract_property`, non-compliant answers
+        are dropped.
     """
     from ..evals.properties import extract_property
     from ..evals.self_prediction import _object_key, object_level_answers
@@ -71,7 +88,7 @@ def self_prediction_probe(
     if len({labels[i] for i in keep}) < 2:
         raise RuntimeError(f"self_prediction_probe: the model's answers give classes {dict(counts)}; "
                            f"need >= 2 classes with >= {min_class} rows each")
-    layer_ids = resolve_layers(model.n_layers, layers)
+    layer_ids = resolve_layers(layers, model.n_layers)
     key = "hypothetical_prompt" if source == "hypothetical" else "object_level_prompt"
     acts = cache(model, [rows[i][key] for i in keep], layers=layer_ids, positions="last_prompt",
                  batch_size=batch_size, progress=progress)

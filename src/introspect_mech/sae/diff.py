@@ -14,17 +14,17 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ..direction import DirectionLike
 from ..models import LoadedModel
 from ..runs import RunDir, json_sha256
 from .loading import LayerSAE
-from .tokens import POSITIONS, TokenActs, as_messages, token_activations
+from .tokens import TOKEN_POSITIONS, TokenActs, TokenPositions, as_messages, token_activations
 
 
 @dataclass
@@ -58,6 +58,7 @@ class ModelDiff:
 
     @property
     def delta(self) -> Float[Tensor, " d_sae"]:
+        """Mean activation change per latent (finetuned - base), `[d_sae]`."""
         return self.mean_finetuned - self.mean_base
 
     @property
@@ -66,6 +67,11 @@ class ModelDiff:
         return _rank(self.delta, self.mean_finetuned).tolist()
 
     def rows(self) -> list[dict[str, Any]]:
+        """The reported latents as dicts (for JSONL / the dashboard).
+
+        Returns:
+            One dict per reported latent.
+        """
         return ([{"kind": "increase", "rank": r, **asdict(c)} for r, c in enumerate(self.increases)]
                 + [{"kind": "decrease", "rank": r, **asdict(c)} for r, c in enumerate(self.decreases)])
 
@@ -77,7 +83,7 @@ def _rank(key: Tensor, tie: Tensor) -> Tensor:
     return torch.from_numpy(np.lexsort((-tie.double().numpy(), -key.double().numpy())).copy())
 
 
-def _direction_vector(direction: Any, layer: int) -> Tensor | None:
+def _direction_vector(direction: DirectionLike | None, layer: int) -> Tensor | None:
     if direction is None:
         return None
     from ..steering import layer_vector
@@ -86,9 +92,18 @@ def _direction_vector(direction: Any, layer: int) -> Tensor | None:
     return v / v.norm().clamp_min(1e-12)
 
 
-def decoder_cosines(sae: LayerSAE, direction: Any) -> Float[Tensor, " d_sae"]:
-    """Cosine of every latent's decoder vector with `direction` at the SAE's layer."""
+def decoder_cosines(sae: LayerSAE, direction: DirectionLike) -> Float[Tensor, " d_sae"]:
+    """Cosine of every latent's decoder vector with `direction` at the SAE's layer.
+
+    Args:
+        sae: a `LayerSAE`.
+        direction: a `Direction` or a raw `[d_model]` / `[layer, d_model]` tensor.
+
+    Returns:
+        `[d_sae]` cosines.
+    """
     v = _direction_vector(direction, sae.layer)
+    assert v is not None
     W = sae.W_dec.float().cpu()
     return (W @ v) / W.norm(dim=-1).clamp_min(1e-12)
 
@@ -110,18 +125,39 @@ def _encode_all(sae: LayerSAE, examples: list[TokenActs], positions: str) -> tup
     return total / n, fired / n, n
 
 
-def latent_codes(sae: LayerSAE, examples: list[TokenActs], latents: Sequence[int]) -> list[Tensor]:
-    """Per example, the activations `[seq, len(latents)]` of the chosen latents on every token."""
+def latent_codes(sae: LayerSAE, examples: list[TokenActs], latents: Sequence[int]) -> list[Float[Tensor, "_seq k"]]:
+    """The chosen latents' activations on every token of each example.
+
+    Args:
+        sae: a `LayerSAE`.
+        examples: `TokenActs` from `token_activations`.
+        latents: the `k` latent indices.
+
+    Returns:
+        Per example, `[seq, k]` activations (on the CPU).
+    """
     idx = torch.tensor([int(j) for j in latents], dtype=torch.long)
     return [sae.encode(ex.acts).cpu()[:, idx] for ex in examples]
 
 
-def top_examples(model: LoadedModel, examples: list[TokenActs], codes: list[Tensor], latent: int, positions: str,
-                 n: int = 5, window: int = 12) -> list[dict[str, Any]]:
+def top_examples(model: LoadedModel, examples: list[TokenActs],
+                 codes: Sequence[Float[Tensor, " _seq"] | Float[Tensor, "_seq k"]], latent: int,
+                 positions: TokenPositions, n: int = 5, window: int = 12) -> list[dict[str, Any]]:
     """The `n` examples where a latent peaks highest (one peak per example), with token activations.
 
-    `codes[i]` holds that latent's activation on every token of example `i` (`[seq]`, or `[seq, k]`
-    with `latent` the column index)."""
+    Args:
+        model: the model (for decoding tokens).
+        examples: `TokenActs` from `token_activations`.
+        codes: per example, the latent's activation on every token (`[seq]`), or `[seq, k]` codes
+            with `latent` the column index.
+        latent: the latent (or column) index.
+        positions: the `TokenPositions` where a peak may be.
+        n: number of examples.
+        window: tokens shown on each side of the peak.
+
+    Returns:
+        Up to `n` dicts (example index, peak position and value, tokens and their activations).
+    """
     cols = [c if c.ndim == 1 else c[:, latent] for c in codes]
     peaks = []
     for i, (ex, a) in enumerate(zip(examples, cols)):
@@ -147,8 +183,8 @@ def model_diff(
     sae: LayerSAE,
     conversations: Sequence[Any],
     *,
-    positions: str = "response",
-    direction: Any = None,
+    positions: TokenPositions = "response",
+    direction: DirectionLike | None = None,
     top_k: int = 20,
     n_examples: int = 5,
     batch_size: int = 8,
@@ -157,14 +193,28 @@ def model_diff(
 ) -> ModelDiff:
     """Rank SAE latents by their change in mean activation from `base` to `finetuned`.
 
-    `conversations`: message lists (or {"messages": ...}) — eval prompts with responses (e.g. the
-    finetuned model's samples from `evals.sample`); `positions`: "response" (assistant tokens),
-    "prompt", "last_prompt" or "all". `direction`: a `probes.Direction` or `[d_model]` tensor (EM /
-    persona direction) whose cosine with each top latent's decoder vector is reported. With `out`,
-    writes manifest.json, latents.jsonl (top increases / decreases with examples) and summary.json.
+    Args:
+        base: the base model.
+        finetuned: the finetuned model (same architecture).
+        sae: a `LayerSAE` that fits both.
+        conversations: message lists (or {"messages": ...}): eval prompts with responses (e.g. the
+            finetuned model's samples from `evals.sample`).
+        positions: the `TokenPositions` pooled: "response" (assistant tokens), "prompt",
+            "last_prompt" or "all".
+        direction: a `Direction` or raw tensor (EM / persona direction) whose cosine with each top
+            latent's decoder vector is reported.
+        top_k: latents reported in each direction of change.
+        n_examples: top-activating examples per latent.
+        batch_size: sequences per forward.
+        max_length: cut sequences after this many tokens.
+        out: a run directory: manifest.json, latents.jsonl (top increases / decreases with examples)
+            and summary.json.
+
+    Returns:
+        A `ModelDiff`.
     """
-    if positions not in POSITIONS:
-        raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+    if positions not in TOKEN_POSITIONS:
+        raise ValueError(f"positions must be one of {TOKEN_POSITIONS}, got {positions!r}")
     convs = [as_messages(c, i) for i, c in enumerate(conversations)]
     sae.check_fits(base)
     sae.check_fits(finetuned)
@@ -259,12 +309,24 @@ def steer_latents(
     seed: int = 0,
     out: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
-    """`metric(model)` while `steering.add` adds `alpha *` each latent's unit decoder vector at the
-    SAE's layer (all positions), plus `n_random` norm-matched random directions per alpha as controls.
+    """Measure `metric(model)` while adding each latent's decoder vector, with random controls.
 
-    `metric` is any callable on the (temporarily steered) model, e.g. the EM rate from
-    `evals.em_report` on sampled answers, or a judge-free log-probability score. Rows are appended
-    to `out/steer.jsonl` as measured; a rerun skips rows already there.
+    `steering.add` adds `alpha *` each latent's unit decoder vector at the SAE's layer (all
+    positions), plus `n_random` norm-matched random directions per alpha as controls.
+
+    Args:
+        model: the model steered.
+        sae: the `LayerSAE` whose decoder vectors are added.
+        latents: latent indices.
+        metric: any callable on the (temporarily steered) model, e.g. the EM rate from
+            `evals.em_report` on sampled answers, or a judge-free log-probability score.
+        alphas: multipliers.
+        n_random: random controls per alpha.
+        seed: seed of the random controls.
+        out: a run directory: rows are appended to `out/steer.jsonl` as measured; a rerun skips them.
+
+    Returns:
+        One row per (target, alpha).
     """
     from .. import steering
 

@@ -42,7 +42,14 @@ class SAELoadError(ValueError):
 
 
 def hook_layer(hook_name: str) -> int:
-    """Decoder-layer index whose output the hook point `hook_name` is (see module docstring)."""
+    """Decoder-layer index whose output the hook point `hook_name` is (see the module docstring).
+
+    Args:
+        hook_name: a sae-lens / TransformerLens / HF hook name (e.g. "blocks.15.hook_resid_post").
+
+    Returns:
+        The block index `l` (the same "layer l" as `steering.add(..., layers=[l])`).
+    """
     for pat in _RESID_POST:
         m = pat.match(hook_name)
         if m:
@@ -60,7 +67,15 @@ def hook_layer(hook_name: str) -> int:
 
 
 def neuronpedia_url(neuronpedia_id: str | None, latent: int) -> str | None:
-    """Link to a latent's Neuronpedia page (`None` when the SAE has no Neuronpedia id)."""
+    """Link to a latent's Neuronpedia page.
+
+    Args:
+        neuronpedia_id: the SAE's Neuronpedia id (None: no page).
+        latent: the latent index.
+
+    Returns:
+        The URL, or None.
+    """
     if not neuronpedia_id:
         return None
     return f"{NEURONPEDIA}/{neuronpedia_id.strip('/')}/{int(latent)}"
@@ -81,37 +96,78 @@ class LayerSAE:
 
     @property
     def d_sae(self) -> int:
+        """Number of latents."""
         return int(self.sae.cfg.d_sae)
 
     @property
     def d_in(self) -> int:
+        """Input width (must equal the model's d_model)."""
         return int(self.sae.cfg.d_in)
 
     @property
     def W_dec(self) -> Float[Tensor, "d_sae d_model"]:
+        """The decoder matrix, `[d_sae, d_model]`."""
         return self.sae.W_dec.detach()
 
     def decoder_direction(self, latent: int) -> Float[Tensor, " d_model"]:
-        """Unit decoder vector of `latent` (what steering adds for that latent)."""
+        """Unit decoder vector of `latent` (what steering adds for that latent).
+
+        Args:
+            latent: the latent index.
+
+        Returns:
+            `[d_model]` unit vector.
+        """
         v = self.W_dec[int(latent)].float()
         return v / v.norm().clamp_min(1e-12)
 
     @torch.no_grad()
     def encode(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_sae"]:
+        """Latent activations.
+
+        Args:
+            x: `[..., d_model]` residual-stream activations at the SAE's layer.
+
+        Returns:
+            `[..., d_sae]` latent activations.
+        """
         p = next(self.sae.parameters())
         return self.sae.encode(x.to(p.device, p.dtype)).float()
 
     @torch.no_grad()
     def reconstruct(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        """Encode then decode.
+
+        Args:
+            x: `[..., d_model]` activations.
+
+        Returns:
+            `[..., d_model]` reconstruction.
+        """
         p = next(self.sae.parameters())
         x = x.to(p.device, p.dtype)
         return self.sae.decode(self.sae.encode(x)).to(x.dtype)
 
     def url(self, latent: int) -> str | None:
+        """Neuronpedia page of a latent.
+
+        Args:
+            latent: the latent index.
+
+        Returns:
+            The URL, or None when the SAE has no Neuronpedia id.
+        """
         return neuronpedia_url(self.neuronpedia_id, latent)
 
     def check_fits(self, model) -> None:
-        """Raise if this SAE cannot read `model` (width or layer out of range)."""
+        """Raise if this SAE cannot read `model`.
+
+        Args:
+            model: a `LoadedModel`.
+
+        Raises:
+            ValueError: the width differs or the layer is out of range.
+        """
         if self.d_in != model.d_model:
             raise SAELoadError(f"SAE {self.source or self.hook_name} has d_in={self.d_in}, model {model.name} "
                                f"has d_model={model.d_model}")
@@ -132,12 +188,24 @@ def _wrap(sae, *, source: str, release=None, sae_id=None, layer: int | None = No
                     meta={"model_name": md.get("model_name"), "architecture": sae.cfg.architecture()})
 
 
-def load(release: str, sae_id: str, *, device: str = "cpu", dtype: str = "float32") -> LayerSAE:
+def load_release(release: str, sae_id: str, *, device: str = "cpu", dtype: str = "float32") -> LayerSAE:
     """Load a released SAE through sae-lens (`SAE.from_pretrained`; downloads, so online only).
 
-    Examples: `load("qwen2.5-7b-instruct-andyrdt", "resid_post_layer_15_trainer_1")`,
-    `load("qwen-scope-3-8b-base-w64k-l50", "layer18")`, `load("llama_scope_lxr_8x", "l15r_8x")`,
-    `load("gemma-scope-2-270m-pt-res", "layer_12_width_16k_l0_medium")`.
+    Examples: `load_release("qwen2.5-7b-instruct-andyrdt", "resid_post_layer_15_trainer_1")`,
+    `load_release("qwen-scope-3-8b-base-w64k-l50", "layer18")`, `load_release("llama_scope_lxr_8x", "l15r_8x")`,
+    `load_release("gemma-scope-2-270m-pt-res", "layer_12_width_16k_l0_medium")`.
+
+    Args:
+        release: a sae-lens release name.
+        sae_id: the SAE's id within the release.
+        device: where the SAE lives.
+        dtype: its dtype.
+
+    Returns:
+        A `LayerSAE` (with its block index and Neuronpedia id).
+
+    Raises:
+        SAELoadError: an unknown release / id or a hook point that is not a block output.
     """
     entry = _release_entry(release)
     if entry is not None:
@@ -175,7 +243,14 @@ def _release_entry(release: str) -> dict[str, Any] | None:
 
 
 def release_info(release: str) -> dict[str, Any]:
-    """What sae-lens knows about a release without downloading: model, repo, ids, Neuronpedia ids."""
+    """What sae-lens knows about a release without downloading.
+
+    Args:
+        release: a sae-lens release name.
+
+    Returns:
+        Its model, repository, SAE ids and Neuronpedia ids.
+    """
     entry = _release_entry(release)
     if entry is None:
         raise SAELoadError(f"unknown sae-lens release {release!r}")
@@ -187,7 +262,17 @@ def release_info(release: str) -> dict[str, Any]:
 
 def load_local(path: str | os.PathLike, *, layer: int | None = None, device: str = "cpu",
                dtype: str | None = None) -> LayerSAE:
-    """Load an SAE saved in sae-lens format (`cfg.json` + `sae_weights.safetensors`), e.g. by `train`."""
+    """Load an SAE saved in sae-lens format (`cfg.json` + `sae_weights.safetensors`), e.g. by `train_sae`.
+
+    Args:
+        path: the directory.
+        layer: the block it reads (default: from the hook name in `cfg.json`).
+        device: where the SAE lives.
+        dtype: its dtype (default: as saved).
+
+    Returns:
+        A `LayerSAE`.
+    """
     from sae_lens import SAE
 
     p = Path(path)
@@ -206,7 +291,15 @@ def load_local(path: str | os.PathLike, *, layer: int | None = None, device: str
 
 
 def save(sae: LayerSAE, path: str | os.PathLike) -> Path:
-    """Save in sae-lens format (loadable by `load_local` and by `sae_lens.SAE.load_from_disk`)."""
+    """Save in sae-lens format (loadable by `load_local` and by `sae_lens.SAE.load_from_disk`).
+
+    Args:
+        sae: the SAE.
+        path: the directory.
+
+    Returns:
+        The directory written.
+    """
     md = sae.sae.cfg.metadata
     md.hook_name = sae.hook_name
     md.hf_hook_name = f"model.layers.{sae.layer}"

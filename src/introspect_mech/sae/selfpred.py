@@ -30,7 +30,17 @@ from .loading import LayerSAE
 @torch.no_grad()
 def prompt_latents(model: LoadedModel, sae: LayerSAE, prompts: Sequence[Any], *,
                    batch_size: int = 8) -> Float[Tensor, "n d_sae"]:
-    """SAE latents at the last prompt token (generation header included) of each prompt."""
+    """SAE latents at the last prompt token (generation header included) of each prompt.
+
+    Args:
+        model: the model.
+        sae: a `LayerSAE` that fits it.
+        prompts: prompts (message lists without the answer).
+        batch_size: prompts per forward.
+
+    Returns:
+        `[n, d_sae]` latent activations.
+    """
     from ..activations import cache
 
     sae.check_fits(model)
@@ -41,7 +51,19 @@ def prompt_latents(model: LoadedModel, sae: LayerSAE, prompts: Sequence[Any], *,
 
 def prompt_diff(base: LoadedModel, trained: LoadedModel, sae: LayerSAE, prompts: Sequence[Any], *,
                 top_k: int = 20, batch_size: int = 8) -> dict[str, Any]:
-    """Latents ranked by mean activation change (trained - base) at the last token of `prompts`."""
+    """Latents ranked by mean activation change (trained - base) at the last token of `prompts`.
+
+    Args:
+        base: the base model.
+        trained: the trained model.
+        sae: a `LayerSAE` that fits both.
+        prompts: prompts (message lists).
+        top_k: latents reported in each direction.
+        batch_size: prompts per forward.
+
+    Returns:
+        The ranked latents (increases and decreases) with their mean activations.
+    """
     zb = prompt_latents(base, sae, prompts, batch_size=batch_size)
     zt = prompt_latents(trained, sae, prompts, batch_size=batch_size)
     delta = zt.mean(0) - zb.mean(0)
@@ -72,7 +94,7 @@ def _eta2_columns(z: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def predictive_latents(
-    model: LoadedModel,
+    model: LoadedModel | None,
     sae: LayerSAE,
     prompts: Sequence[Any],
     labels: Sequence[Hashable],
@@ -89,7 +111,22 @@ def predictive_latents(
     Binary labels: score = AUROC (reported as is; 0.5 = chance, < 0.5 = predicts the other class),
     ranked by |AUROC - 0.5|. More classes: eta^2. The ranking uses a random train split; the top
     latents' scores on the held-out split are reported next to it (selection on train, so the test
-    score is an honest estimate). Pass precomputed `latents` to skip the forward passes.
+    score is an honest estimate).
+
+    Args:
+        model: the model (None when `latents` is given).
+        sae: the `LayerSAE`.
+        prompts: prompts (message lists).
+        labels: one label per prompt.
+        top_k: latents reported.
+        test_fraction: held-out fraction.
+        seed: split seed.
+        batch_size: prompts per forward.
+        latents: precomputed `[n, d_sae]` latents (skips the forward passes).
+        out: a run directory for the result.
+
+    Returns:
+        The metric, the top latents with train / test scores, and counts.
     """
     if len(prompts) != len(labels):
         raise ValueError(f"{len(prompts)} prompts but {len(labels)} labels")

@@ -10,7 +10,7 @@ the output of `loaded.layers[layer]` with a plain forward hook and stops the for
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -19,7 +19,16 @@ from tqdm.auto import tqdm
 
 from ..models import LoadedModel
 
-POSITIONS = ("response", "prompt", "last_prompt", "all")
+TokenPositions = Literal["response", "prompt", "last_prompt", "all"]
+"""Which tokens of an example an SAE analysis pools over (the `positions=` argument of `sae` functions).
+
+The words mean what they mean elsewhere: "all", "prompt", "response" select positions as
+`steering.Positions` does (response = the assistant-content tokens), and "last_prompt" is the token
+`activations.Pooling`'s "last_prompt" reads (the last token before the first assistant content).
+The first token (an attention sink) is never selected except by "last_prompt".
+"""
+TOKEN_POSITIONS: tuple[str, ...] = ("response", "prompt", "last_prompt", "all")
+POSITIONS = TOKEN_POSITIONS  # deprecated alias
 
 
 @dataclass
@@ -30,8 +39,15 @@ class TokenActs:
     input_ids: Int[Tensor, " seq"]
     assistant_mask: Bool[Tensor, " seq"]
 
-    def mask(self, positions: str) -> Bool[Tensor, " seq"]:
-        """Tokens selected by `positions` (the first token, an attention sink, is never selected)."""
+    def mask(self, positions: TokenPositions) -> Bool[Tensor, " seq"]:
+        """Tokens selected by `positions` (the first token, an attention sink, is never selected).
+
+        Args:
+            positions: a `TokenPositions` word.
+
+        Returns:
+            `[seq]` boolean mask.
+        """
         n = len(self.input_ids)
         keep = torch.ones(n, dtype=torch.bool)
         keep[0] = False
@@ -46,11 +62,22 @@ class TokenActs:
             idx = torch.nonzero(self.assistant_mask).flatten()
             out[(int(idx[0]) - 1) if len(idx) else n - 1] = True
             return out
-        raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+        raise ValueError(f"positions must be one of {TOKEN_POSITIONS}, got {positions!r}")
 
 
 def as_messages(item: Any, i: int = 0) -> list[dict] | str:
-    """A conversation (message list, or dict with "messages") or a plain text, checked."""
+    """A conversation (message list, or dict with "messages") or a plain text, checked.
+
+    Args:
+        item: the input.
+        i: its index, for the error message.
+
+    Returns:
+        The message list, or the text.
+
+    Raises:
+        ValueError: naming item `i`.
+    """
     if isinstance(item, str):
         return item
     if isinstance(item, dict) and "messages" in item:
@@ -60,8 +87,18 @@ def as_messages(item: Any, i: int = 0) -> list[dict] | str:
     raise ValueError(f"item {i}: expected a text, a message list or a dict with 'messages', got {type(item).__name__}")
 
 
-def tokenize(model: LoadedModel, item: Any, max_length: int | None = None) -> tuple[Tensor, Tensor]:
-    """(input_ids, assistant_mask) for a text (mask all False) or a conversation (chat template)."""
+def tokenize_item(model: LoadedModel, item: str | list[dict], max_length: int | None = None
+                  ) -> tuple[Int[Tensor, " seq"], Bool[Tensor, " seq"]]:
+    """Token ids and assistant mask of one text or conversation.
+
+    Args:
+        model: a `LoadedModel`.
+        item: a plain text (no chat template; the mask is all False) or a message list.
+        max_length: cut after this many tokens.
+
+    Returns:
+        `(input_ids, assistant_mask)`, both `[seq]`.
+    """
     if isinstance(item, str):
         ids = torch.tensor(model.tokenizer(item, add_special_tokens=True)["input_ids"])
         mask = torch.zeros(len(ids), dtype=torch.bool)
@@ -87,17 +124,28 @@ def token_activations(
 ) -> list[TokenActs]:
     """Every token's residual stream after block `layer`, per item (float32, on CPU).
 
-    Conversations go through the shared `activations.cache(..., positions="all")` (in chunks of
-    `chunk` conversations, so the zero-padded result stays small); plain texts (no chat template)
-    through the same forward machinery (`activations._run_batch`). Sequences longer than
-    `max_length` tokens are cut.
+    Conversations go through the shared `activations.cache(..., positions="all")`; plain texts (no
+    chat template) through the same forward machinery.
+
+    Args:
+        model: a `LoadedModel`.
+        items: conversations (message lists or dicts with "messages") or plain texts.
+        layer: a block index.
+        batch_size: sequences per forward.
+        max_length: cut sequences after this many tokens.
+        chunk: conversations per `cache` call (so the zero-padded result stays small).
+        progress: show a tqdm bar.
+        desc: the bar's label.
+
+    Returns:
+        One `TokenActs` per item, in input order.
     """
     from .. import activations as A
 
     if not 0 <= layer < model.n_layers:
         raise ValueError(f"layer {layer} out of range for {model.name} ({model.n_layers} layers)")
     parsed = [as_messages(it, i) for i, it in enumerate(items)]  # validate before any work
-    toks = [tokenize(model, it, max_length) for it in parsed]
+    toks = [tokenize_item(model, it, max_length) for it in parsed]
     result: list[TokenActs | None] = [None] * len(parsed)
     order = sorted(range(len(parsed)), key=lambda i: len(toks[i][0]))  # similar lengths per chunk
     bar = tqdm(total=sum(len(t[0]) for t in toks), desc=desc, unit="tok", disable=not progress)
@@ -109,6 +157,7 @@ def token_activations(
             if convs:
                 h = A.cache(model, [parsed[i] for i in convs], layers=[layer], positions="all",
                             batch_size=batch_size, dtype=torch.float32, progress=False)
+                assert isinstance(h, Tensor)  # no out=: a tensor, not a LazyActivations
                 for r, i in enumerate(convs):
                     n = len(toks[i][0])
                     result[i] = TokenActs(h[r, 0, :n].clone(), toks[i][0], toks[i][1])
@@ -130,8 +179,16 @@ def _fits(tok: tuple[Tensor, Tensor], max_length: int | None) -> bool:
     return max_length is None or len(tok[0]) < max_length
 
 
-def stack_selected(examples: Iterable[TokenActs], positions: str) -> Float[Tensor, "n d_model"]:
-    """All selected tokens' activations, concatenated."""
+def stack_selected(examples: Iterable[TokenActs], positions: TokenPositions) -> Float[Tensor, "n d_model"]:
+    """All selected tokens' activations, concatenated.
+
+    Args:
+        examples: `TokenActs` from `token_activations`.
+        positions: a `TokenPositions` word.
+
+    Returns:
+        `[n, d_model]`: the selected tokens of every example, in order.
+    """
     parts = [ex.acts[ex.mask(positions)] for ex in examples]
     parts = [p for p in parts if len(p)]
     if not parts:

@@ -27,7 +27,7 @@ from torch import Tensor
 from ..models import LoadedModel
 from ..runs import RunDir, json_sha256
 from .loading import LayerSAE, save
-from .tokens import as_messages, stack_selected, token_activations, tokenize
+from .tokens import as_messages, stack_selected, token_activations, tokenize_item
 
 ARCHITECTURES = ("topk", "batchtopk", "standard")
 
@@ -63,7 +63,16 @@ class SAETrainResult:
 
 @torch.no_grad()
 def evaluate(sae: LayerSAE | Any, acts: Float[Tensor, "n d_model"], batch: int = 4096) -> dict[str, float]:
-    """L0, explained variance, reconstruction MSE and dead latents of `sae` on activations `acts`."""
+    """L0, explained variance, reconstruction MSE and dead latents of `sae` on activations `acts`.
+
+    Args:
+        sae: a `LayerSAE` (or a bare sae-lens SAE).
+        acts: `[n, d_model]` activations.
+        batch: rows per encode.
+
+    Returns:
+        The metrics.
+    """
     inner = sae.sae if isinstance(sae, LayerSAE) else sae
     p = next(inner.parameters())
     acts = acts.float()
@@ -115,15 +124,26 @@ def _make_sae(cfg: SAETrainConfig, d_in: int, metadata: dict[str, Any]):
 
 def collect(model: LoadedModel, items: Sequence[Any], layer: int, *, batch_size: int = 8,
             max_length: int | None = 512) -> Float[Tensor, "n d_model"]:
-    """Token activations at `layer` for texts / conversations (all tokens but the first of each)."""
+    """Token activations at `layer` for texts / conversations (all tokens but the first of each).
+
+    Args:
+        model: the model.
+        items: texts or conversations.
+        layer: a block index.
+        batch_size: sequences per forward.
+        max_length: cut sequences after this many tokens.
+
+    Returns:
+        `[n_tokens, d_model]` activations.
+    """
     return stack_selected(token_activations(model, items, layer, batch_size=batch_size, max_length=max_length,
                                             desc=f"L{layer} activations"), "all")
 
 
-def train(
+def train_sae(
     model: LoadedModel | None,
     layer: int,
-    data: Sequence[Any] | Float[Tensor, "n d_model"],
+    data: Sequence[Any] | Float[Tensor, "n_tokens d_model"],
     config: SAETrainConfig | None = None,
     out_dir: str | os.PathLike | None = None,
     *,
@@ -133,10 +153,21 @@ def train(
 ) -> SAETrainResult:
     """Train an SAE on the output of decoder block `layer` through sae-lens's `SAETrainer`.
 
-    `data`: texts, conversations (message lists / {"messages": ...}), or cached activations
-    `[n_tokens, d_model]` (then `model` may be None). Held-out metrics use the last
-    `config.eval_fraction` of the items (or `eval_data`). With `out_dir`, writes manifest.json,
-    metrics.json, train_log.jsonl and the SAE in sae-lens format under `out_dir/sae/`.
+    Args:
+        model: the model (may be None when `data` holds cached activations).
+        layer: a block index.
+        data: texts, conversations (message lists / {"messages": ...}), or cached activations
+            `[n_tokens, d_model]`.
+        config: an `SAETrainConfig` (default: TopK, expansion 8).
+        out_dir: writes manifest.json, metrics.json, train_log.jsonl and the SAE in sae-lens format
+            under `out_dir/sae/`.
+        eval_data: held-out `[n, d_model]` activations (default: the last `config.eval_fraction` of
+            the items).
+        max_length: cut sequences after this many tokens.
+        device: where training runs.
+
+    Returns:
+        An `SAETrainResult` (the `LayerSAE`, metrics, loss curve).
     """
     from sae_lens import SAETrainer
     from sae_lens.config import LoggingConfig, SAETrainerConfig
@@ -247,14 +278,24 @@ class _Splice:
 
 @torch.no_grad()
 def splice_loss(model: LoadedModel, sae: LayerSAE, items: Sequence[Any], *, max_length: int = 512) -> dict[str, float]:
-    """Mean next-token loss: clean, with the SAE reconstruction spliced in at `sae.layer`, and with
-    the layer output zeroed; `loss_recovered` = (zero - sae) / (zero - clean). Items: texts,
-    conversations, or token-id tensors. The first token (attention sink) is never replaced."""
+    """Mean next-token loss: clean, with the SAE reconstruction spliced in, and with the layer zeroed.
+
+    `loss_recovered` = (zero - sae) / (zero - clean). The first token (attention sink) is never replaced.
+
+    Args:
+        model: the model.
+        sae: a `LayerSAE` that fits it.
+        items: texts, conversations, or token-id tensors.
+        max_length: cut sequences after this many tokens.
+
+    Returns:
+        `{"clean", "sae", "zero", "loss_recovered"}`.
+    """
     sae.check_fits(model)
     res = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     n = 0
     for i, it in enumerate(items):
-        ids = it[:max_length] if isinstance(it, Tensor) else tokenize(model, as_messages(it, i), max_length)[0]
+        ids = it[:max_length] if isinstance(it, Tensor) else tokenize_item(model, as_messages(it, i), max_length)[0]
         x = ids[None].to(model.device)
         for mode in res:
             h = None

@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 
 from ..models import LoadedModel
 from ..runs import RunDir
-from .hooks import LayerSpec, ablate, random_like, resolve_layers
-from .sweep import hierarchical_ci, relative_reduction, summarize, sweep
+from ..direction import Direction, DirectionLike
+from ..layers import LayerSpec, resolve_layers
+from .hooks import ablate, random_like
+from .sweep import Values, hierarchical_ci, relative_reduction, summarize, sweep
 
 NEUTRAL_PROMPTS = [
     "Explain how photosynthesis works in a few sentences.",
@@ -96,9 +98,9 @@ def _mean(v: Any) -> float:
 
 
 # ---- (a) creates EM ------------------------------------------------------------------------------
-def creates_em(model: LoadedModel, directions: Any | Sequence[Any], layers: LayerSpec, alphas: Sequence[float],
-               eval_fn: Callable, out: str | os.PathLike, *, seeds: Sequence[int] = (0, 1, 2),
-               scale: str = "norm", metrics: Sequence[str] = EM_METRICS) -> dict[str, Any]:
+def creates_em(model: LoadedModel, directions: DirectionLike | Sequence[DirectionLike], *, layers: LayerSpec,
+               alphas: Sequence[float], eval_fn: Callable, out: str | os.PathLike, seeds: Sequence[int] = (0, 1, 2),
+               scale: Literal["unit", "norm"] = "norm", metrics: Sequence[str] = EM_METRICS) -> dict[str, Any]:
     """Add each direction (e.g. persona / EM directions from different seeds) to the base model at
     each layer and alpha, with the norm-matched random control; summarise every metric with CIs.
 
@@ -109,7 +111,8 @@ def creates_em(model: LoadedModel, directions: Any | Sequence[Any], layers: Laye
     rows: list[dict] = []
     for k, d in enumerate(dirs):
         # random controls and the baseline once (random_like depends on shape, norms and seed only)
-        rs = sweep(model, d, layers, alphas, eval_fn, Path(out) / f"dir{k}", seeds=seeds, scale=scale,
+        rs = sweep(model, d, layers=layers, alphas=alphas, eval_fn=eval_fn, out=Path(out) / f"dir{k}", seeds=seeds,
+                   scale=scale,
                    control=k == 0, baseline=k == 0, manifest={"experiment": "creates_em", "direction_index": k})
         rows += [{**r, "seed": (k, r["seed"]) if r["kind"] == "direction" else r["seed"]} for r in rs]
     summary = {m: summarize(rows, m) for m in metrics}
@@ -121,7 +124,7 @@ def creates_em(model: LoadedModel, directions: Any | Sequence[Any], layers: Laye
 
 
 # ---- (b) removes EM --------------------------------------------------------------------------
-def removes_em(model: LoadedModel, directions: Any | Sequence[Any], eval_fn: Callable, out: str | os.PathLike, *,
+def removes_em(model: LoadedModel, directions: DirectionLike | Sequence[DirectionLike], eval_fn: Callable, out: str | os.PathLike, *,
                layers: LayerSpec = "all", seeds: Sequence[int] = (0, 1, 2),
                metrics: Sequence[str] = EM_METRICS) -> dict[str, Any]:
     """Ablate each direction in a finetuned model (with a PEFT adapter) vs norm-matched random
@@ -135,7 +138,7 @@ def removes_em(model: LoadedModel, directions: Any | Sequence[Any], eval_fn: Cal
     run = RunDir(out)
     run.write_manifest(stage="steering_removes_em", model=model.name, adapter=model.meta.get("adapter"),
                        seeds=list(seeds), layers=resolve_layers(layers, model.n_layers),
-                       directions=[getattr(d, "meta", {}) for d in dirs])
+                       directions=[d.meta if isinstance(d, Direction) else {} for d in dirs])
     log = run.log("removes_em.jsonl", ("condition", "seed"))
     done = log.done_keys()
     # interleaved, so a run cut short still has matched direction / random conditions
@@ -153,7 +156,7 @@ def removes_em(model: LoadedModel, directions: Any | Sequence[Any], eval_fn: Cal
             m = eval_fn(model)
         else:
             d = dirs[s] if cond == "ablate_direction" else random_like(dirs[0], s)
-            with ablate(model, d, layers):
+            with ablate(model, d, layers=layers):
                 m = eval_fn(model)
         log.append({"condition": cond, "seed": s, "metrics": m})
     rows = log.read()
@@ -182,9 +185,10 @@ def summarize_removal(rows: Sequence[dict], metrics: Sequence[str] = EM_METRICS)
 
 
 # ---- (c) train-time interventions -------------------------------------------------------------
-def train_time(load: Callable[[], LoadedModel], records: Sequence[dict], config: Any, direction: Any,
+def train_time(load: Callable[[], LoadedModel], records: Sequence[dict], config: Any,
+               direction: DirectionLike | Sequence[DirectionLike],
                eval_fn: Callable, out: str | os.PathLike, *, kind: str = "caft", layers: LayerSpec = "all",
-               alpha: float = 0.0, scale: str = "norm", seeds: Sequence[int] = (0, 1, 2),
+               alpha: float = 0.0, scale: Literal["unit", "norm"] = "norm", seeds: Sequence[int] = (0, 1, 2),
                control: bool = True, metrics: Sequence[str] = EM_METRICS) -> dict[str, Any]:
     """Finetune with and without a train-time intervention (`kind="caft"`: ablate the direction;
     `"preventative"`: add `alpha` times it) and with the same intervention on a norm-matched random
@@ -204,7 +208,7 @@ def train_time(load: Callable[[], LoadedModel], records: Sequence[dict], config:
         raise ValueError(f"train_time: {len(per_seed)} directions for {len(seeds)} seeds")
     run = RunDir(out)
     run.write_manifest(stage="steering_train_time", kind=kind, alpha=alpha, scale=scale, seeds=list(seeds),
-                       directions=[getattr(d, "meta", {}) for d in per_seed], config=config.to_dict())
+                       directions=[d.meta if isinstance(d, Direction) else {} for d in per_seed], config=config.to_dict())
     log = run.log("train_time.jsonl", ("condition", "seed"))
     done = log.done_keys()
     conds = ["plain", kind] + ([f"{kind}_random"] if control else [])
@@ -218,7 +222,8 @@ def train_time(load: Callable[[], LoadedModel], records: Sequence[dict], config:
             d = random_like(direction_s, 1000 + int(s)) if cond.endswith("_random") else direction_s
             iv = None
             if cond != "plain":
-                iv = caft(m, d, layers) if kind == "caft" else preventative_steering(m, d, layers, alpha, scale=scale)
+                iv = (caft(m, d, layers=layers) if kind == "caft"
+                      else preventative_steering(m, d, layers=layers, alpha=alpha, scale=scale))
             res = train(m, records, config.replace(seed=int(s), progress=False), Path(out) / f"{cond}_seed{s}",
                         intervention=iv)
             log.append({"condition": cond, "seed": int(s), "final_loss": res.final_loss, "metrics": eval_fn(m)})
@@ -251,7 +256,7 @@ def summarize_train_time(rows: Sequence[dict], conds: Sequence[str], metrics: Se
     return out
 
 
-def finetune_gap(base: Sequence[float], finetuned: Sequence[Sequence[float]]):
+def finetune_gap(base: Values, finetuned: Sequence[Values]):
     """Finetuned minus base (items paired; finetune seeds averaged) with a bootstrap CI. A relative
     reduction is only meaningful where this interval excludes 0."""
     from ..evals.stats import bootstrap_ci
@@ -315,7 +320,7 @@ def run_study(out: str | os.PathLike, *, model_name: str | None = None, stages: 
 
     from ..finetune import TrainConfig
     from ..models import load_model
-    from ..probes.direction import Direction
+    from ..direction import Direction
     from ..probes.em import medical_advice_pairs
 
     if preset not in STUDY_PRESETS:
@@ -371,7 +376,8 @@ def run_study(out: str | os.PathLike, *, model_name: str | None = None, stages: 
         except RuntimeError as e:  # the filter kept too few pairs: record it, go on without
             results["persona_error"] = str(e)
     if "a" in stages:
-        results["creates_em"] = {k: creates_em(base, ds, layers, alphas, eval_fn, out / f"creates_em_{k}", seeds=seeds)
+        results["creates_em"] = {k: creates_em(base, ds, layers=layers, alphas=alphas, eval_fn=eval_fn,
+                                                 out=out / f"creates_em_{k}", seeds=seeds)
                                  for k, ds in dir_sets.items()}
     train_sizes = dict(batch_size=4, max_seq_len=256, warmup_steps=2) if quick else sizes["train"]
     cfg = TrainConfig(r=8 if quick else 32, lora_alpha=16.0 if quick else 64.0, lr=lr, n_examples=n_train,
@@ -429,7 +435,7 @@ def combine_removal(out: Path, seeds: Sequence[int], metrics: Sequence[str] = EM
         dirs = [get[s][("ablate_direction", 0)] for s in seeds]
         rnd_full, rnd = [], []
         for s in seeds:
-            for (c, k), v in get[s].items():
+            for (c, _k), v in get[s].items():
                 if c == "ablate_random":
                     rnd_full.append(get[s][("finetuned", None)])
                     rnd.append(v)

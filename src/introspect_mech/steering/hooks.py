@@ -18,18 +18,26 @@ Positions
 `positions` selects which token positions are changed:
 
 * `"all"`      every position of every forward (plain forward, training, prefill and decode steps);
-* `"prompt"`   prompt tokens only; `"response"` generated tokens only. The rule: a pre-hook on
-  block 0 reads the KV-cache length before block 0 writes to it (`past`), and while a steering
-  context with these modes is active, `generate` on the model is wrapped (an instance attribute,
-  removed on exit) to record the length `P` of the `input_ids` it was given. Inside `generate` a
-  token at absolute position `past + i` is a prompt token iff `past + i < P` -- so a prompt that
-  was partly prefilled beforehand and passed in as `past_key_values` (as `evals.sample` does) is
-  still classed correctly. Outside `generate` a forward from an empty cache is a prompt pass (a
-  plain forward, a manual prefill) and a forward extending a non-empty cache is a response pass
-  (e.g. scoring candidate answers over a prefilled prompt). Consequences: the first generated
-  token is predicted from the (unsteered) prompt, so "response" steering acts from the second
-  generated token on; a plain forward over a whole conversation counts as prompt, so "response"
-  changes nothing there -- pass a mask (below) to steer the assistant tokens of a full forward;
+* `"prompt"`   prompt tokens only; `"response"` generated tokens only;
+* `"last_prompt_and_response"`  the last prompt token and every generated token: inside `generate`
+  exactly the last position of every forward, the rule of the persona-vectors steerer (upstream's
+  "response"), so the first generated token is already steered.
+
+  How positions are known (never from the name of a keyword transformers passes to its layers, which
+  changed in 5.24): while a position-dependent context is active, `generate` on the model is wrapped
+  (an instance attribute, removed on exit) to record the length `P` of the `input_ids` it was given and
+  to keep a running count of the tokens each forward through block 0 adds, starting at the length of
+  any KV cache handed to `generate` (a prompt partly prefilled beforehand, as `evals.sample` does).
+  A token at absolute position `p` is a prompt token iff `p < P`. Where block 0's inputs carry a KV
+  cache (found by its type, transformers' public `Cache` class) its length must equal the count, else
+  `PositionError`: a forward whose positions cannot be determined is refused, never guessed.
+  Outside `generate` a forward from an empty cache is a prompt pass (a plain forward, a manual prefill;
+  for `"last_prompt_and_response"` its last token is steered) and a forward extending a non-empty cache
+  is a response pass (e.g. scoring candidate answers over a prefilled prompt); `prompt_scope(model, P)`
+  declares `P` around a manual prefill. Consequences: "response" steering acts from the second
+  generated token on (the first is predicted from the unsteered prompt); a plain forward over a whole
+  conversation counts as prompt, so "response" changes nothing there -- pass a mask (below) to steer
+  the assistant tokens of a full forward;
 * a boolean mask `Bool[Tensor, "seq"]` or `Bool[Tensor, "batch seq"]` over absolute positions
   (e.g. `model.tokenize_chat(msgs).assistant_mask`); in a decode step the token at absolute position
   `past + i` uses `mask[..., past + i]`, positions beyond the mask are left alone.
@@ -41,19 +49,26 @@ contexts apply in the order they were entered. An exception inside the block sti
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, Union
+from typing import Callable, Literal, Union
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
+from ..direction import Direction, DirectionLike, check_direction
+from ..layers import LayerSpec, resolve_layers
 from ..models import LoadedModel, decoder_layers
+from ..positions import PositionError, _Tracker, _tracker_enter, _tracker_exit, selected_range
 
-Positions = Union[str, Tensor]
-LayerSpec = Union[int, Sequence[int], str, None]
-POSITION_MODES = ("all", "prompt", "response")
+Positions = Union[Literal["all", "prompt", "response", "last_prompt_and_response"], Bool[Tensor, " seq"],
+                  Bool[Tensor, "batch seq"]]
+"""Which token positions a steering hook changes: "all", "prompt", "response",
+"last_prompt_and_response" or a boolean mask over absolute positions (see the module docstring).
+Not to be confused with `activations.Pooling`."""
+POSITION_MODES = ("all", "prompt", "response", "last_prompt_and_response")
 
 
 # ---- inputs ---------------------------------------------------------------------------------
@@ -61,56 +76,43 @@ def _layers_of(model: LoadedModel | nn.Module) -> nn.ModuleList:
     return model.layers if isinstance(model, LoadedModel) else decoder_layers(model)
 
 
-def resolve_layers(layers: LayerSpec, n_layers: int) -> list[int]:
-    """`"all"`/None -> every layer; an int or a list of ints (negative counts from the end)."""
-    if layers is None or (isinstance(layers, str) and layers == "all"):
-        return list(range(n_layers))
-    if isinstance(layers, str):
-        raise ValueError(f"layers must be 'all', an int or a list of ints, got {layers!r}")
-    idx = [int(layers)] if isinstance(layers, (int,)) or (isinstance(layers, Tensor) and layers.ndim == 0) \
-        else [int(i) for i in layers]
-    out = []
-    for i in idx:
-        j = i + n_layers if i < 0 else i
-        if not 0 <= j < n_layers:
-            raise ValueError(f"layer {i} out of range for a model with {n_layers} layers")
-        out.append(j)
-    if not out:
-        raise ValueError("layers is empty")
-    return out
+def layer_norm(direction: DirectionLike, layer: int) -> float:
+    """`Direction.norms` at block `layer` (1.0 for a raw tensor).
 
+    Args:
+        direction: a `Direction` or a raw `[d_model]` / `[layer, d_model]` tensor.
+        layer: a block index.
 
-def layer_norm(direction: Any, layer: int) -> float:
-    """`Direction.norms` at block `layer` (1.0 for a raw tensor)."""
-    vec, rows, is_direction = _direction_matrix(direction)
-    if not is_direction:
-        return 1.0
-    norms = getattr(direction, "norms")
-    return float(norms[rows.index(layer)] if rows is not None else norms[layer])
-
-
-def _direction_matrix(direction: Any) -> tuple[Tensor, list[int] | None, bool]:
-    """(vectors, layer indices of the rows or None, is_direction) for a Direction or a raw tensor.
-
-    A `probes.Direction` is read by duck typing: a `[layer, d_model]` tensor of unit vectors in one
-    of the attributes `vectors` / `unit` / `directions`, and optionally `layers` (which model layer
-    each row belongs to; default row i = layer i).
+    Returns:
+        The raw vector's norm at that block (for a mean difference: the class-mean distance).
     """
-    if isinstance(direction, Tensor):
-        if direction.ndim not in (1, 2):
-            raise ValueError(f"a raw direction must be [d_model] or [layer, d_model], got shape {tuple(direction.shape)}")
-        return direction.detach(), None, False
-    for name in ("vectors", "unit", "directions"):
-        vec = getattr(direction, name, None)
-        if isinstance(vec, Tensor):
-            rows = getattr(direction, "layers", None)
-            rows = [int(r) for r in rows] if rows is not None else None
-            return vec.detach(), rows, True
-    raise TypeError(f"direction must be a probes.Direction or a torch.Tensor, got {type(direction).__name__}")
+    check_direction(direction)
+    if not isinstance(direction, Direction):
+        return 1.0
+    if layer not in direction.layers:
+        raise ValueError(f"direction has no vector for layer {layer} (it has layers {direction.layers})")
+    return float(direction.norms[direction.layers.index(layer)])
 
 
-def layer_vector(direction: Any, layer: int) -> Float[Tensor, " d_model"]:
-    """The vector a hook at `layer` uses: the Direction's row for that layer (unit), or the raw vector."""
+def _direction_matrix(direction: DirectionLike) -> tuple[Tensor, list[int] | None, bool]:
+    """(vectors, block index of each row or None for "row i = block i", is_direction)."""
+    check_direction(direction)
+    if isinstance(direction, Direction):
+        return direction.vectors.detach(), list(direction.layers), True
+    return direction.detach(), None, False
+
+
+def layer_vector(direction: DirectionLike, layer: int) -> Float[Tensor, " d_model"]:
+    """The vector a hook at block `layer` uses.
+
+    Args:
+        direction: a `Direction` (its unit vector at `layer`), a raw `[d_model]` vector (returned as
+            is) or a raw `[layer, d_model]` matrix (row `layer`).
+        layer: a block index.
+
+    Returns:
+        `[d_model]` vector.
+    """
     vec, rows, _ = _direction_matrix(direction)
     if vec.ndim == 1:
         return vec
@@ -129,83 +131,15 @@ def _param_of(module: nn.Module) -> Tensor:
     raise ValueError("decoder layer has no parameters")
 
 
-# ---- the context manager --------------------------------------------------------------------
-@dataclass
-class _PositionState:
-    """Per-forward facts, set by a pre-hook on block 0: cache length before this forward (`past`),
-    and how many of this forward's leading tokens are prompt tokens (`n_prompt`)."""
-
-    past: int = 0
-    n_prompt: int = 0
+_ACTIVE: "weakref.WeakKeyDictionary[nn.ModuleList, int]" = weakref.WeakKeyDictionary()
 
 
-class _GenerateWatch:
-    """Wraps `generate` on the HF model (instance attribute, removed when the last user leaves) to
-    record the prompt length of the running `generate` call: tokens at absolute positions
-    `< prompt_len` are prompt, the rest generated. Shared by all steering contexts on one model."""
-
-    def __init__(self, owner: nn.Module):
-        self.owner, self.users, self.prompt_len = owner, 0, None
-        orig = owner.generate
-
-        def generate(*args, **kwargs):
-            ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], Tensor) else None)
-            if ids is None and isinstance(kwargs.get("inputs_embeds"), Tensor):
-                ids = kwargs["inputs_embeds"][..., 0]
-            outer, self.prompt_len = self.prompt_len, (int(ids.shape[-1]) if ids is not None else None)
-            try:
-                return orig(*args, **kwargs)
-            finally:
-                self.prompt_len = outer
-
-        generate.__wrapped__ = orig  # type: ignore[attr-defined]
-        self.wrapper = generate
-
-
-_WATCHES: "weakref.WeakKeyDictionary[nn.Module, _GenerateWatch]" = weakref.WeakKeyDictionary()
-
-
-def _watch_enter(owner: nn.Module | None) -> _GenerateWatch | None:
-    if owner is None or not callable(getattr(owner, "generate", None)):
-        return None
-    w = _WATCHES.get(owner)
-    if w is None:
-        w = _WATCHES[owner] = _GenerateWatch(owner)
-        owner.__dict__["generate"] = w.wrapper
-    w.users += 1
-    return w
-
-
-def _watch_exit(w: _GenerateWatch | None) -> None:
-    if w is None:
-        return
-    w.users -= 1
-    if w.users <= 0:
-        if w.owner.__dict__.get("generate") is w.wrapper:
-            del w.owner.__dict__["generate"]
-        _WATCHES.pop(w.owner, None)
-
-
-def _make_prefill_detector(state: _PositionState, watch: _GenerateWatch | None) -> Callable:
-    def pre_hook(module, args, kwargs):
-        cache = kwargs.get("past_key_values")
-        past = 0
-        if cache is not None:
-            try:
-                past = int(cache.get_seq_length())
-            except Exception:  # a cache type without a length: treat as a fresh forward
-                past = 0
-        h = args[0] if args else kwargs.get("hidden_states")
-        seq = int(h.shape[-2]) if isinstance(h, Tensor) else 0
-        prompt_len = watch.prompt_len if watch is not None else None
-        if prompt_len is not None:  # inside generate(): positions < prompt_len are the prompt
-            n = min(max(prompt_len - past, 0), seq)
-        else:  # a forward outside generate: from an empty cache = prompt, extending a cache = response
-            n = seq if past == 0 else 0
-        state.past, state.n_prompt = past, n
-        return None
-
-    return pre_hook
+def is_steered(model: LoadedModel | nn.Module) -> bool:
+    """Whether a steering context (`add` / `ablate` / `clamp`) is active on the model's decoder blocks."""
+    try:
+        return _ACTIVE.get(_layers_of(model), 0) > 0
+    except (ValueError, AttributeError):
+        return False
 
 
 @dataclass
@@ -224,24 +158,21 @@ class Steering:
     positions: Positions
     gen_owner: nn.Module | None = None
     handles: list = field(default_factory=list)
-    _state: _PositionState = field(default_factory=_PositionState)
     _masks: dict[int, Tensor] = field(default_factory=dict)
-    _watch: _GenerateWatch | None = None
+    _tracker: _Tracker | None = None
     _entered: bool = False
 
     # -- registration
-    def __enter__(self) -> "Steering":
+    def __enter__(self) -> Steering:
         if self._entered:
             raise RuntimeError("this steering context is already active")
         self._entered = True
         try:
             if not (isinstance(self.positions, str) and self.positions == "all"):
-                if isinstance(self.positions, str):
-                    self._watch = _watch_enter(self.gen_owner)
-                self.handles.append(self.layers_mod[0].register_forward_pre_hook(
-                    _make_prefill_detector(self._state, self._watch), with_kwargs=True))
+                self._tracker = _tracker_enter(self.gen_owner, self.layers_mod)
             for layer in self.layers:
                 self.handles.append(self.layers_mod[layer].register_forward_hook(self._hook_for(layer)))
+            _ACTIVE[self.layers_mod] = _ACTIVE.get(self.layers_mod, 0) + 1
         except BaseException:
             self.remove()
             raise
@@ -251,10 +182,16 @@ class Steering:
         self.remove()
 
     def remove(self) -> None:
+        if self.handles:
+            left = _ACTIVE.get(self.layers_mod, 0) - 1
+            if left > 0:
+                _ACTIVE[self.layers_mod] = left
+            else:
+                _ACTIVE.pop(self.layers_mod, None)
         while self.handles:
             self.handles.pop().remove()
-        _watch_exit(self._watch)
-        self._watch, self._entered = None, False
+        _tracker_exit(self._tracker)
+        self._tracker, self._entered = None, False
 
     @property
     def active(self) -> bool:
@@ -264,23 +201,25 @@ class Steering:
     def _select(self, layer: int, h: Tensor) -> Tensor | bool | None:
         """True: all positions; None: none; a [batch|1, seq, 1] 0/1 mask otherwise."""
         pos = self.positions
+        if isinstance(pos, str) and pos == "all":
+            return True
+        assert self._tracker is not None
+        state = self._tracker.state
+        seq = h.shape[-2]
+        if state.seq != seq:
+            raise PositionError(f"steering positions: block {layer} saw {seq} tokens but block 0 saw "
+                                f"{state.seq} in this forward")
         if isinstance(pos, str):
-            if pos == "all":
+            lo, hi = selected_range(pos, state)
+            if lo == 0 and hi == seq:
                 return True
-            seq, n = h.shape[-2], self._state.n_prompt
-            k = n if pos == "prompt" else seq - n  # number of selected positions
-            if k == seq:
-                return True
-            if k == 0:
+            if hi <= lo:
                 return None
             sel = torch.zeros(1, seq, 1, dtype=h.dtype, device=h.device)
-            if pos == "prompt":
-                sel[:, :n] = 1
-            else:
-                sel[:, n:] = 1
+            sel[:, lo:hi] = 1
             return sel
         mask = self._masks[layer]
-        past, seq = self._state.past, h.shape[-2]
+        past = state.past
         sel = mask[:, past:past + seq]
         if sel.shape[1] < seq:
             sel = torch.cat([sel, sel.new_zeros(sel.shape[0], seq - sel.shape[1])], dim=1)
@@ -315,7 +254,7 @@ class Steering:
         return hook
 
 
-def _build(op: str, model, direction, layers: LayerSpec, scalar: float, positions: Positions,
+def _build(op: str, model, direction: DirectionLike, layers: LayerSpec, scalar: float, positions: Positions,
            normalise: bool, scale: str = "unit") -> Steering:
     layers_mod = _layers_of(model)
     idx = resolve_layers(layers, len(layers_mod))
@@ -358,67 +297,96 @@ def _layers_hidden(model, layers_mod) -> int | None:
 
 
 # ---- public API ------------------------------------------------------------------------------
-def add(model: LoadedModel, direction: Any, layers: LayerSpec, alpha: float,
-        positions: Positions = "all", scale: str = "unit") -> Steering:
+def add(model: LoadedModel | nn.Module, direction: DirectionLike, *, layers: LayerSpec, alpha: float,
+        positions: Positions = "all", scale: Literal["unit", "norm"] = "unit") -> Steering:
     """Add `alpha * v` to the residual stream after each block in `layers`.
 
-    `v` is the Direction's unit vector for that layer (`scale="unit"`), or its raw vector
-    (`scale="norm"`: unit vector times `Direction.norms`, e.g. the mean difference, so `alpha=1`
-    moves by one class-mean distance), or a raw `[d_model]` / `[layer, d_model]` tensor used as
-    given (`alpha` multiplies its norm). See the module docstring for `positions`.
+    Args:
+        model: a `LoadedModel` (or a bare HF causal LM).
+        direction: a `Direction` (`v` is its unit vector at each layer, or with `scale="norm"` its
+            raw vector: unit vector times `Direction.norms`, e.g. the mean difference, so `alpha=1`
+            moves by one class-mean distance), or a raw `[d_model]` / `[layer, d_model]` tensor used
+            as given (`alpha` multiplies its norm).
+        layers: a `LayerSpec` (ints, "all", "middle").
+        alpha: the multiplier.
+        positions: `Positions` changed: "all", "prompt", "response" or a boolean mask (module docstring).
+        scale: "unit" or "norm" (see `direction`).
+
+    Returns:
+        A `Steering` context manager (hooks live while the `with` block runs).
+
+    Example:
+        >>> with steering.add(model, d, layers=[12], alpha=4.0, positions="response"):
+        ...     rows = im.sample(model, prompts)
     """
     return _build("add", model, direction, layers, alpha, positions, normalise=False, scale=scale)
 
 
-def ablate(model: LoadedModel, direction: Any, layers: LayerSpec = "all",
+def ablate(model: LoadedModel | nn.Module, direction: DirectionLike, *, layers: LayerSpec = "all",
            positions: Positions = "all") -> Steering:
-    """Project the (normalised) direction out of the residual stream after each block in `layers`."""
+    """Project the (normalised) direction out of the residual stream: `h <- h - (h . v) v`.
+
+    Args:
+        model: a `LoadedModel` (or a bare HF causal LM).
+        direction: a `Direction` or a raw `[d_model]` / `[layer, d_model]` tensor (normalised).
+        layers: a `LayerSpec` (default: every block).
+        positions: `Positions` changed.
+
+    Returns:
+        A `Steering` context manager.
+    """
     return _build("ablate", model, direction, layers, 0.0, positions, normalise=True)
 
 
-def clamp(model: LoadedModel, direction: Any, value: float, layers: LayerSpec,
+def clamp(model: LoadedModel | nn.Module, direction: DirectionLike, *, value: float, layers: LayerSpec,
           positions: Positions = "all") -> Steering:
-    """Set the component of the residual stream along the (normalised) direction to `value`."""
+    """Set the component of the residual stream along the (normalised) direction to `value`.
+
+    Args:
+        model: a `LoadedModel` (or a bare HF causal LM).
+        direction: a `Direction` or a raw `[d_model]` / `[layer, d_model]` tensor (normalised).
+        value: the component `h . v` after the hook.
+        layers: a `LayerSpec`.
+        positions: `Positions` changed.
+
+    Returns:
+        A `Steering` context manager.
+    """
     return _build("clamp", model, direction, layers, value, positions, normalise=True)
 
 
-def random_like(direction: Any, seed: int = 0) -> Any:
+def random_like(direction: DirectionLike, seed: int = 0) -> DirectionLike:
     """A norm-matched random control: same type, shape and per-layer norms, random orientation.
 
-    For a Direction the unit vectors are replaced by random unit vectors (one per layer, drawn
-    from an isotropic Gaussian with `torch.Generator().manual_seed(seed)`), norms and layers kept,
-    `meta["random_like"] = seed`. For a raw tensor each row gets a random direction with that row's norm.
+    Args:
+        direction: a `Direction` or a raw `[d_model]` / `[layer, d_model]` tensor.
+        seed: seed of the `torch.Generator` the isotropic Gaussian draws come from.
+
+    Returns:
+        For a Direction: a Direction with random unit vectors (one per layer), the same norms and
+        layers, and `meta["random_like"] = seed`. For a raw tensor: a tensor of the same shape whose
+        rows have random orientations and the original rows' norms.
     """
-    vec, rows, is_direction = _direction_matrix(direction)
+    vec, _, is_direction = _direction_matrix(direction)
     g = torch.Generator().manual_seed(int(seed))
     r = torch.randn(vec.shape, generator=g, dtype=torch.float64)
     r = r / r.norm(dim=-1, keepdim=True)
     norms = vec.double().norm(dim=-1, keepdim=True)
-    if not is_direction:
+    if not isinstance(direction, Direction):
         return (r * norms).to(vec.dtype)
-    return _replace_vectors(direction, r.to(vec.dtype), seed)
+    meta = {**direction.meta, "random_like": int(seed)}
+    return dataclasses.replace(direction, vectors=r.to(vec.dtype), meta=meta)
 
 
-def _replace_vectors(direction: Any, vectors: Tensor, seed: int) -> Any:
-    import copy
-    import dataclasses
+def component(h: Float[Tensor, "*batch d_model"], direction: Float[Tensor, " d_model"]) -> Float[Tensor, "*batch"]:
+    """Scalar projection of activations on a (normalised) direction.
 
-    name = next(n for n in ("vectors", "unit", "directions") if isinstance(getattr(direction, n, None), Tensor))
-    meta = dict(getattr(direction, "meta", {}) or {})
-    meta["random_like"] = int(seed)
-    if dataclasses.is_dataclass(direction):
-        kw = {name: vectors}
-        if any(f.name == "meta" for f in dataclasses.fields(direction)):
-            kw["meta"] = meta
-        return dataclasses.replace(direction, **kw)
-    out = copy.copy(direction)
-    setattr(out, name, vectors)
-    if hasattr(out, "meta"):
-        out.meta = meta
-    return out
+    Args:
+        h: activations `[..., d_model]`.
+        direction: a `[d_model]` vector (normalised here).
 
-
-def component(h: Float[Tensor, "... d_model"], direction: Float[Tensor, " d_model"]) -> Float[Tensor, "..."]:
-    """Scalar projection of activations on a (normalised) direction."""
+    Returns:
+        `h . v / |v|`, shape `[...]`.
+    """
     v = direction.to(h.dtype)
     return h @ (v / v.norm())

@@ -15,29 +15,45 @@ from __future__ import annotations
 
 import inspect
 import os
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence, Union
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..direction import Direction, DirectionLike
 from ..evals.stats import Estimate
+from ..layers import LayerSpec, resolve_layers
 from ..models import LoadedModel
 from ..runs import JsonlLog, RunDir
-from .hooks import LayerSpec, Positions, ablate, add, clamp, random_like, resolve_layers
+from .hooks import Positions, Steering, ablate, add, clamp, random_like
 
 KEY = ("op", "layer", "alpha", "kind", "seed")
+Values = Union[Sequence[float], np.ndarray]  # per-item numbers of one evaluation
 OPS = {"add": add, "ablate": ablate, "clamp": clamp}
 
 
-def steer(op: str, model: LoadedModel, direction: Any, layers: LayerSpec, alpha: float = 0.0,
-          positions: Positions = "all", scale: str = "unit"):
-    """The context manager for `op` ("add" | "ablate" | "clamp") with one calling convention."""
+def steer(op: str, model: LoadedModel, direction: DirectionLike, *, layers: LayerSpec, alpha: float = 0.0,
+          positions: Positions = "all", scale: Literal["unit", "norm"] = "unit") -> Steering:
+    """The context manager for `op` with one calling convention.
+
+    Args:
+        op: "add", "ablate" or "clamp".
+        model: a `LoadedModel`.
+        direction: a `Direction` or a raw `[d_model]` / `[layer, d_model]` tensor.
+        layers: a `LayerSpec`.
+        alpha: `alpha` of "add", `value` of "clamp" (ignored by "ablate").
+        positions: `Positions` changed.
+        scale: "unit" or "norm" ("add" only).
+
+    Returns:
+        A `Steering` context manager.
+    """
     if op == "add":
-        return add(model, direction, layers, alpha, positions=positions, scale=scale)
+        return add(model, direction, layers=layers, alpha=alpha, positions=positions, scale=scale)
     if op == "ablate":
-        return ablate(model, direction, layers, positions=positions)
+        return ablate(model, direction, layers=layers, positions=positions)
     if op == "clamp":
-        return clamp(model, direction, alpha, layers, positions=positions)
+        return clamp(model, direction, value=alpha, layers=layers, positions=positions)
     raise ValueError(f"op must be one of {sorted(OPS)}, got {op!r}")
 
 
@@ -52,41 +68,57 @@ def _call(eval_fn: Callable, model: LoadedModel, seed: int) -> dict[str, Any]:
     return res
 
 
-def _direction_meta(direction: Any) -> dict[str, Any]:
-    meta = getattr(direction, "meta", None)
-    return dict(meta) if isinstance(meta, dict) else {"raw_tensor_shape": list(getattr(direction, "shape", []))}
+def _direction_meta(direction: DirectionLike) -> dict[str, Any]:
+    if isinstance(direction, Direction):
+        return dict(direction.meta)
+    return {"raw_tensor_shape": list(direction.shape)}
 
 
 def sweep(
     model: LoadedModel,
-    direction: Any,
+    direction: DirectionLike,
+    *,
     layers: LayerSpec,
     alphas: Sequence[float],
     eval_fn: Callable[..., dict[str, Any]],
     out: str | os.PathLike | None = None,
-    *,
     op: str = "add",
     seeds: Sequence[int] = (0, 1, 2),
     control: bool = True,
     baseline: bool = True,
     positions: Positions = "all",
-    scale: str = "unit",
+    scale: Literal["unit", "norm"] = "unit",
     layers_together: bool = False,
     log_name: str = "sweep.jsonl",
     manifest: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run `eval_fn` under steering at each (layer, alpha); return all rows (old and new).
+    """Run `eval_fn` under steering at each (layer, alpha), with norm-matched random controls.
 
-    Rows: `{"op", "layer", "alpha", "kind": "none"|"direction"|"random", "seed", "metrics": {...}}`.
-    * `kind="none"`: no hook (baseline), once per seed when `eval_fn` takes a seed, else once;
-    * `kind="direction"`: the direction, once per seed if `eval_fn` takes one (its sampling seed);
-    * `kind="random"`: `random_like(direction, seed)` (norm-matched) for each seed in `seeds`.
-    `control=False` / `baseline=False` skip the random / unsteered rows (e.g. for a second
-    direction whose controls were already run).
-    `op="ablate"` ignores `alphas` (one alpha, 0). `layers_together=True` steers all `layers` at
-    once (`layer` is then the list) instead of one at a time. `scale="norm"` (with a Direction)
-    makes alpha count class-mean distances (`Direction.norms`) instead of unit vectors; the random
-    control keeps the norms, so it stays matched.
+    Rows: `{"op", "layer", "alpha", "kind": "none"|"direction"|"random", "seed", "metrics": {...}}`:
+    `kind="none"` is the unsteered baseline (once per seed when `eval_fn` takes a seed, else once),
+    `"direction"` the direction (once per seed if `eval_fn` takes one: its sampling seed),
+    `"random"` `random_like(direction, seed)` for each seed in `seeds`.
+
+    Args:
+        model: the model steered.
+        direction: a `Direction` or a raw `[d_model]` / `[layer, d_model]` tensor.
+        layers: a `LayerSpec`; each layer is steered on its own unless `layers_together`.
+        alphas: multipliers (`op="ablate"` ignores them: one alpha, 0).
+        eval_fn: `eval_fn(model)` or `eval_fn(model, seed=...)` -> {metric: number or per-item list}.
+        out: a run directory; rows are appended to `out/<log_name>` and a rerun skips done rows.
+        op: "add", "ablate" or "clamp".
+        seeds: random-control seeds (and eval seeds when `eval_fn` takes one).
+        control: run the random controls.
+        baseline: run the unsteered baseline.
+        positions: `Positions` changed.
+        scale: "unit" or "norm" (with a Direction, alpha counts class-mean distances; the random
+            control keeps the norms, so it stays matched).
+        layers_together: steer all `layers` at once (`layer` in the rows is then the list).
+        log_name: file name of the JSONL log.
+        manifest: extra manifest fields.
+
+    Returns:
+        All rows (old and new).
     """
     if op not in OPS:
         raise ValueError(f"op must be one of {sorted(OPS)}, got {op!r}")
@@ -129,7 +161,7 @@ def sweep(
             metrics = _call(eval_fn, model, s)
         else:
             d = direction if job["kind"] == "direction" else random_like(direction, s)
-            with steer(op, model, d, job["layer"], job["alpha"], positions, scale):
+            with steer(op, model, d, layers=job["layer"], alpha=job["alpha"], positions=positions, scale=scale):
                 metrics = _call(eval_fn, model, s)
         row = {**job, "metrics": metrics}
         rows.append(row)
@@ -145,10 +177,20 @@ def _values(metric_value: Any) -> np.ndarray:
     return np.asarray([float(metric_value)], dtype=float)
 
 
-def hierarchical_ci(groups: Sequence[Sequence[float]], *, n_boot: int = 2000, alpha: float = 0.05,
+def hierarchical_ci(groups: Sequence[Values], *, n_boot: int = 2000, alpha: float = 0.05,
                     seed: int = 0) -> Estimate:
-    """Mean over groups (e.g. random-direction seeds) of the mean over items, with a bootstrap that
-    resamples groups and then items within each group. One group = an item bootstrap."""
+    """Mean over groups of the mean over items, with a two-level bootstrap CI.
+
+    Args:
+        groups: per-item values of each group (e.g. one group per random-direction seed).
+        n_boot: bootstrap resamples (groups first, then items within each group; one group = an
+            item bootstrap).
+        alpha: 1 - confidence level.
+        seed: bootstrap seed.
+
+    Returns:
+        An `Estimate` (point, lo, hi, n items); all None when no group has a finite value.
+    """
     gs = [np.asarray([float(x) for x in g if x is not None and not np.isnan(float(x))]) for g in groups]
     gs = [g for g in gs if len(g)]
     if not gs:
@@ -163,9 +205,18 @@ def hierarchical_ci(groups: Sequence[Sequence[float]], *, n_boot: int = 2000, al
     return Estimate(point, float(lo), float(hi), sum(len(g) for g in gs))
 
 
-def summarize(rows: Iterable[dict[str, Any]], metric: str, **ci_kw) -> list[dict[str, Any]]:
-    """One line per (op, layer, alpha, kind): mean of `metric` with a hierarchical bootstrap CI
-    (groups = seeds, items = the per-item values the eval returned)."""
+def summarize(rows: Iterable[dict[str, Any]], metric: str, **ci_kw: Any) -> list[dict[str, Any]]:
+    """Summarise sweep rows per (op, layer, alpha, kind).
+
+    Args:
+        rows: rows from `sweep`.
+        metric: the metric name to summarise (rows without it are skipped).
+        **ci_kw: passed to `hierarchical_ci` (n_boot, alpha, seed).
+
+    Returns:
+        One dict per (op, layer, alpha, kind): the mean of `metric` with a hierarchical bootstrap CI
+        (groups = seeds, items = the per-item values the eval returned), sorted by layer, alpha, kind.
+    """
     groups: dict[tuple, list[np.ndarray]] = {}
     for r in rows:
         if metric not in r.get("metrics", {}):
@@ -181,15 +232,29 @@ def summarize(rows: Iterable[dict[str, Any]], metric: str, **ci_kw) -> list[dict
     return sorted(out, key=lambda d: (str(d["layer"]), d["alpha"], kinds.get(d["kind"], 3)))
 
 
-def relative_reduction(base: Sequence[float], full: Sequence[float] | Sequence[Sequence[float]],
-                       treated: Sequence[Sequence[float]], *, n_boot: int = 2000, alpha: float = 0.05,
+def relative_reduction(base: Values, full: Values | Sequence[Values],
+                       treated: Sequence[Values], *, n_boot: int = 2000, alpha: float = 0.05,
                        seed: int = 0) -> Estimate:
-    """(full - treated) / (full - base): the fraction of the finetuning-induced change that an
-    intervention removes (1 = back to base, 0 = no effect, < 0 = worse), per the model-organisms
-    papers. `base`, `full` and each group in `treated` are per-item values on the same items
-    (paired). `treated` may hold several groups (random seeds, finetune seeds); `full` is one
-    sequence shared by all groups or one per group (e.g. each finetune seed with its own
-    intervened run). The estimate is a ratio of means over groups; the bootstrap resamples groups, then items.
+    """(full - treated) / (full - base): the fraction of the finetuning-induced change an intervention removes.
+
+    1 = back to base, 0 = no effect, < 0 = worse (as in the model-organisms papers). The estimate
+    is a ratio of means over groups; the bootstrap resamples groups, then items.
+
+    Args:
+        base: per-item values of the base model.
+        full: per-item values of the finetuned model: one sequence shared by all groups, or one per
+            group (e.g. each finetune seed with its own intervened run).
+        treated: per-item values of each intervened group (random seeds, finetune seeds), paired
+            with `base` and `full` item by item.
+        n_boot: bootstrap resamples.
+        alpha: 1 - confidence level.
+        seed: bootstrap seed.
+
+    Returns:
+        An `Estimate`; all None when there are no items or the finetuning gap is zero.
+
+    Raises:
+        ValueError: conditions that are not on the same items, or mismatched group counts.
     """
     b = np.asarray(base, float)
     ts = [np.asarray(t, float) for t in treated]
@@ -203,7 +268,7 @@ def relative_reduction(base: Sequence[float], full: Sequence[float] | Sequence[S
     if n == 0:  # a metric with no items (e.g. no usable reference answers): no estimate
         return Estimate(None, None, None, 0)
 
-    def stat(ii: np.ndarray, gi: Sequence[int]) -> float:
+    def stat(ii: np.ndarray, gi: Sequence[int] | np.ndarray) -> float:
         # ratio of means over the groups (stable when one group's gap is small)
         f_mean = np.mean([fs[g][ii].mean() for g in gi])
         t_mean = np.mean([ts[g][ii].mean() for g in gi])

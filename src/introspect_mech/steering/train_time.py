@@ -18,10 +18,12 @@ these helpers refuse a model with gradient checkpointing enabled.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable, Literal
 
+from ..direction import DirectionLike
+from ..layers import LayerSpec, resolve_layers
 from ..models import LoadedModel
-from .hooks import LayerSpec, Positions, Steering, ablate, add, resolve_layers
+from .hooks import Positions, Steering, ablate, add
 
 
 def _check_no_checkpointing(model: LoadedModel) -> None:
@@ -45,17 +47,41 @@ def _intervention(model: LoadedModel, make: Callable[[], Steering], name: str) -
     return intervention
 
 
-def preventative_steering(model: LoadedModel, direction: Any, layers: LayerSpec, alpha: float,
-                          positions: Positions = "all", scale: str = "unit") -> Callable[[], Steering]:
-    """Zero-arg callable for `finetune.train(intervention=...)` adding `alpha * v` at `layers`."""
+def preventative_steering(model: LoadedModel, direction: DirectionLike, *, layers: LayerSpec, alpha: float,
+                          positions: Positions = "all",
+                          scale: Literal["unit", "norm"] = "unit") -> Callable[[], Steering]:
+    """Zero-arg callable for `finetune.train(intervention=...)` adding `alpha * v` at `layers`.
+
+    Args:
+        model: the model being finetuned.
+        direction: a `Direction` or a raw `[d_model]` / `[layer, d_model]` tensor.
+        layers: a `LayerSpec`.
+        alpha: multiplier, as in `steering.add`.
+        positions: `Positions` changed.
+        scale: "unit" or "norm", as in `steering.add`.
+
+    Returns:
+        A callable returning the `Steering` context the training loop enters around every forward.
+    """
     idx = resolve_layers(layers, model.n_layers)
-    return _intervention(model, lambda: add(model, direction, idx, alpha, positions=positions, scale=scale),
+    return _intervention(model, lambda: add(model, direction, layers=idx, alpha=alpha, positions=positions,
+                                            scale=scale),
                          f"preventative_steering(layers={idx}, alpha={alpha})")
 
 
-def caft(model: LoadedModel, direction: Any, layers: LayerSpec = "all",
+def caft(model: LoadedModel, direction: DirectionLike, *, layers: LayerSpec = "all",
          positions: Positions = "all") -> Callable[[], Steering]:
-    """Zero-arg callable for `finetune.train(intervention=...)` ablating v at `layers` (CAFT)."""
+    """Zero-arg callable for `finetune.train(intervention=...)` ablating v at `layers` (CAFT).
+
+    Args:
+        model: the model being finetuned.
+        direction: a `Direction` or a raw `[d_model]` / `[layer, d_model]` tensor.
+        layers: a `LayerSpec` (default: every block).
+        positions: `Positions` changed.
+
+    Returns:
+        A callable returning the `Steering` context the training loop enters around every forward.
+    """
     idx = resolve_layers(layers, model.n_layers)
-    return _intervention(model, lambda: ablate(model, direction, idx, positions=positions),
+    return _intervention(model, lambda: ablate(model, direction, layers=idx, positions=positions),
                          f"caft(layers={idx if len(idx) < model.n_layers else 'all'})")

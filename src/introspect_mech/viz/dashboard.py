@@ -30,7 +30,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import plotly.graph_objects as go
 
@@ -94,7 +94,18 @@ PANEL_FILES = {p.key: p.file for p in PANELS}
 
 
 def read_rows(path: Path, required: Sequence[str] = ()) -> list[Row]:
-    """Read a JSONL results file, checking each row is an object with the `required` fields."""
+    """Read a JSONL results file, checking each row is an object with the `required` fields.
+
+    Args:
+        path: the JSONL file.
+        required: fields every row must have.
+
+    Returns:
+        The rows.
+
+    Raises:
+        DashboardError: naming the file, line and field.
+    """
     rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -126,7 +137,14 @@ def _train_logs(run_dir: Path) -> dict[str, list[Row]]:
 
 
 def load_panels(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Read every panel's data that exists in `run_dir` (validated); keys are `Panel.key`s."""
+    """Read every panel's data that exists in `run_dir` (validated).
+
+    Args:
+        run_dir: a run directory.
+
+    Returns:
+        `{Panel.key: data}` for the panels whose files exist.
+    """
     run_dir = Path(run_dir)
     data: dict[str, Any] = {}
     for p in PANELS:
@@ -256,25 +274,16 @@ pre{font-size:11px;max-height:360px;overflow:auto;background:#f3f3f3;padding:8px
 table.samples{border-collapse:collapse;font-size:12px;width:100%}table.samples th,table.samples td{border:1px solid #e2e5ea;
 padding:6px;vertical-align:top;text-align:left}table.samples tr th:first-child{width:18%;font-weight:600}
 """
-# Records script errors and, once the page has loaded, how many plots actually drew an SVG, so a
-# headless browser (tests/test_dashboard_browser.py) can check rendering from the dumped DOM.
-CHECK_JS = """
-window.__dashErrors=[];
-window.addEventListener('error',function(e){window.__dashErrors.push(String(e.message));
- var el=document.getElementById('js-errors'); if(el){el.textContent=window.__dashErrors.join('\\n');}
- document.body && document.body.setAttribute('data-js-errors', String(window.__dashErrors.length));});
-window.addEventListener('load',function(){setTimeout(function(){
- var divs=document.querySelectorAll('.plotly-graph-div'), ok=0;
- divs.forEach(function(d){ if(d.querySelector('svg.main-svg') && d._fullLayout){ok++;} });
- document.body.setAttribute('data-plots-expected', String(divs.length));
- document.body.setAttribute('data-plots-rendered', String(ok));
- document.body.setAttribute('data-js-errors', String(window.__dashErrors.length));
-},300);});
-"""
-
-
 def render_html(run_dir: str | os.PathLike, title: str | None = None) -> str:
-    """The dashboard HTML for `run_dir` as a string (see `export_dashboard`)."""
+    """The dashboard HTML for `run_dir` as a string (see `export_dashboard`).
+
+    Args:
+        run_dir: a run directory.
+        title: page title (default: the directory name).
+
+    Returns:
+        The HTML.
+    """
     from plotly.offline import get_plotlyjs
 
     run_dir = Path(run_dir)
@@ -309,19 +318,29 @@ def render_html(run_dir: str | os.PathLike, title: str | None = None) -> str:
     sub = f"{run_dir.resolve()} · exported {time.strftime('%Y-%m-%d %H:%M:%S')} · {len(sections)} panels"
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title><style>{CSS}</style><script>{CHECK_JS}</script>"
+        f"<title>{html.escape(title)}</title><style>{CSS}</style>"
         f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
         f"<header><h1>{html.escape(title)}</h1><div class='sub'>{html.escape(sub)}</div></header>"
         f"<nav><a href='#manifest'>Manifest</a>{''.join(nav)}</nav><main>{manifest_html(manifest)}"
-        f"{''.join(sections)}<div id='js-errors'></div></main></body></html>"
+        f"{''.join(sections)}</main></body></html>"
     )
 
 
 def export_dashboard(run_dir: str | os.PathLike, path: str | os.PathLike | None = None,
                      title: str | None = None) -> Path:
-    """Write one self-contained offline HTML file (plotly.js inlined, no network access needed)
-    showing the run's manifest and every panel whose data exists. Default path:
-    `run_dir/dashboard.html`. Returns the path written."""
+    """Write one self-contained offline HTML file of a run.
+
+    plotly.js is inlined (no network access needed); the page shows the run's manifest and every
+    panel whose data exists.
+
+    Args:
+        run_dir: a run directory.
+        path: the HTML file (default: `run_dir/dashboard.html`).
+        title: page title.
+
+    Returns:
+        The path written.
+    """
     text = render_html(run_dir, title)
     out = Path(path) if path is not None else Path(run_dir) / "dashboard.html"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,13 @@ def em_rate_figure(rows: Sequence[Row], metric_label: str | None = None) -> go.F
 
     Rows: `{"model", "question", "rate", "ci_lo"?, "ci_hi"?, "n"?, "metric"?}`. A question named
     `"overall"` is drawn last.
+
+    Args:
+        rows: the rows above.
+        metric_label: the y-axis label (default: from the rows' "metric").
+
+    Returns:
+        A plotly figure.
     """
     models = _ordered(r["model"] for r in rows)
     questions = _ordered(r["question"] for r in rows)
@@ -67,6 +74,12 @@ def steering_effect_figure(rows: Sequence[Row]) -> go.Figure:
 
     Rows: `{"model", "intervention", "metric", "ci_lo"?, "ci_hi"?, "n"?, "metric_name"?}`; one bar
     group per model, one bar per intervention ("none", "add persona", "add random", ...).
+
+    Args:
+        rows: the rows above.
+
+    Returns:
+        A plotly figure.
     """
     interventions = _ordered(r["intervention"] for r in rows)
     models = _ordered(r["model"] for r in rows)
@@ -88,6 +101,12 @@ def self_report_scatter(rows: Sequence[Row]) -> go.Figure:
 
     Rows: `{"model", "behaviour", "self_report", "question"?, "behaviour_lo"?, "behaviour_hi"?,
     "self_report_lo"?, "self_report_hi"?, "behaviour_name"?, "self_report_name"?}`.
+
+    Args:
+        rows: the rows above.
+
+    Returns:
+        A plotly figure.
     """
     fig = go.Figure()
     for i, m in enumerate(_ordered(r["model"] for r in rows)):
@@ -114,6 +133,12 @@ def self_prediction_figure(rows: Sequence[Row]) -> go.Figure:
 
     Rows: `{"task", "kind" ("self"|"cross"|...), "accuracy", "ci_lo"?, "ci_hi"?, "mode_baseline"?, "n"?}`
     (`task` is e.g. "animals/first_character").
+
+    Args:
+        rows: the rows above.
+
+    Returns:
+        A plotly figure.
     """
     tasks = _ordered(r["task"] for r in rows)
     fig = go.Figure()
@@ -134,7 +159,15 @@ def self_prediction_figure(rows: Sequence[Row]) -> go.Figure:
 
 
 def loss_curves(logs: dict[str, Sequence[Row]], y: str = "loss") -> go.Figure:
-    """Training curves: `{run label: train_log rows}` with `step` and `loss` (and `lr`, `tokens_per_s`)."""
+    """Training curves: `{run label: train_log rows}` with `step` and `loss` (and `lr`, `tokens_per_s`).
+
+    Args:
+        logs: `{run label: train_log rows}`.
+        y: the field plotted.
+
+    Returns:
+        A plotly figure.
+    """
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     max_lr = 0.0
     for i, (label, rows) in enumerate(logs.items()):
@@ -156,7 +189,16 @@ def loss_curves(logs: dict[str, Sequence[Row]], y: str = "loss") -> go.Figure:
 
 
 def mean_over_seeds(rows: Sequence[Row], keys: Sequence[str], value: str) -> list[Row]:
-    """Group rows by `keys` and average `value` across the group (seeds), with min/max as the range."""
+    """Group rows by `keys` and average `value` across the group (seeds), with min/max as the range.
+
+    Args:
+        rows: the rows.
+        keys: the grouping fields.
+        value: the averaged field.
+
+    Returns:
+        One row per group: the keys, the mean `value`, "min", "max" and "n_seeds".
+    """
     groups: dict[tuple, list[float]] = defaultdict(list)
     for r in rows:
         if r.get(value) is not None:

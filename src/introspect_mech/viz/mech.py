@@ -19,6 +19,12 @@ def steering_sweep_figure(rows: Sequence[Row]) -> go.Figure:
 
     Rows: `{"direction", "layer", "alpha", "metric", "coherence"?, "seed"?, "metric_name"?,
     "coherence_name"?}`.
+
+    Args:
+        rows: the rows above.
+
+    Returns:
+        A plotly figure.
     """
     has_coh = any(r.get("coherence") is not None for r in rows)
     label = (rows[0].get("metric_name") if rows else None) or "EM metric"
@@ -55,6 +61,12 @@ def probe_layer_figure(rows: Sequence[Row]) -> go.Figure:
     """Probe accuracy and AUROC by layer, one trace per probe.
 
     Rows: `{"probe", "layer", "accuracy", "auroc"?, "accuracy_std"?}`.
+
+    Args:
+        rows: the rows above.
+
+    Returns:
+        A plotly figure.
     """
     has_auc = any(r.get("auroc") is not None for r in rows)
     fig = make_subplots(rows=1, cols=2 if has_auc else 1,
@@ -77,7 +89,17 @@ def probe_layer_figure(rows: Sequence[Row]) -> go.Figure:
 
 def cosine_heatmap(matrix: Sequence[Sequence[float]], x_labels: Sequence[str], y_labels: Sequence[str] | None = None,
                    title: str = "Cosine similarity") -> go.Figure:
-    """Heatmap of cosines between directions (e.g. per-layer persona vs EM direction), range [-1, 1]."""
+    """Heatmap of cosines between directions (e.g. per-layer persona vs EM direction), range [-1, 1].
+
+    Args:
+        matrix: the cosines, `[len(y_labels), len(x_labels)]`.
+        x_labels: column labels.
+        y_labels: row labels (default: `x_labels`).
+        title: the title.
+
+    Returns:
+        A plotly figure.
+    """
     y_labels = list(y_labels) if y_labels is not None else list(x_labels)
     text = [[f"{v:.2f}" if v is not None else "" for v in row] for row in matrix]
     fig = go.Figure(go.Heatmap(z=[list(r) for r in matrix], x=[str(x) for x in x_labels], y=[str(y) for y in y_labels],
@@ -93,6 +115,13 @@ def sae_diff_table(rows: Sequence[Row], top: int = 20) -> go.Figure:
     with their cosine to the EM/persona direction, steering effect and a link (e.g. Neuronpedia).
 
     Rows: `{"latent", "delta", "base_mean"?, "finetuned_mean"?, "cos_direction"?, "steer_effect"?, "url"?}`.
+
+    Args:
+        rows: the rows above.
+        top: rows shown.
+
+    Returns:
+        A plotly table figure.
     """
     rows = sorted(rows, key=lambda r: -abs(r["delta"]))[:top]
 
@@ -120,7 +149,17 @@ def token_highlight_html(tokens: Sequence[str], acts: Sequence[float], title: st
                          scale: float | None = None) -> str:
     """Token-level activation highlighting as an HTML snippet: red for positive, blue for negative,
     opacity proportional to |activation| / scale (default: the max |activation| in the example).
-    Hovering a token shows its value."""
+    Hovering a token shows its value.
+
+    Args:
+        tokens: the token strings.
+        acts: one activation per token.
+        title: a heading.
+        scale: the |activation| of full opacity.
+
+    Returns:
+        The HTML snippet.
+    """
     if len(tokens) != len(acts):
         raise ValueError(f"token_highlight_html: {len(tokens)} tokens but {len(acts)} activations")
     scale = scale or max((abs(a) for a in acts), default=1.0) or 1.0
@@ -135,7 +174,15 @@ def token_highlight_html(tokens: Sequence[str], acts: Sequence[float], title: st
 
 
 def samples_table_html(rows: Sequence[Row], max_chars: int = 600) -> str:
-    """Model answers side by side: one table row per prompt, one column per model."""
+    """Model answers side by side: one table row per prompt, one column per model.
+
+    Args:
+        rows: `{"model", "prompt", "response"}` rows.
+        max_chars: answers are cut here.
+
+    Returns:
+        The HTML table.
+    """
     models = _ordered(r["model"] for r in rows)
     prompts = _ordered(r["prompt"] for r in rows)
     cell = {(r["model"], r["prompt"]): str(r["response"]) for r in rows}

@@ -1,0 +1,63 @@
+"""Options generated from config dataclasses: names, types, help from the source, only-what-was-set."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from introspect_mech.cliargs import add_dataclass_args, dataclass_overrides, field_help
+
+
+@dataclass
+class Cfg:
+    lr: float = 1e-5  # learning rate
+    batch_size: int = 16
+    use_rslora: bool = True  # rank-stabilised scaling
+    schedule: Literal["linear", "cosine"] = "linear"
+    layers: tuple[int | float, ...] | None = None  # restrict to these layers
+    betas: tuple[float, float] = (0.9, 0.999)
+    targets: tuple[str, ...] = ("q_proj",)
+    max_steps: int | None = None
+    name: str = field(default="x", metadata={"help": "a name"})
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser()
+    add_dataclass_args(p, Cfg)
+    return dataclass_overrides(p.parse_args(argv), Cfg)
+
+
+def test_only_given_options_are_returned_with_field_types():
+    assert _parse([]) == {}
+    got = _parse(["--lr", "3e-4", "--batch-size", "4", "--no-use-rslora", "--schedule", "cosine", "--layers", "3",
+                  "0.5", "--betas", "0.8", "0.95", "--targets", "q_proj", "v_proj", "--max-steps", "none"])
+    assert got == {"lr": 3e-4, "batch_size": 4, "use_rslora": False, "schedule": "cosine", "layers": (3, 0.5),
+                   "betas": (0.8, 0.95), "targets": ("q_proj", "v_proj"), "max_steps": None}
+    assert type(got["layers"][0]) is int and _parse(["--layers", "none"]) == {"layers": None}
+
+
+def test_bad_values_are_argparse_errors(capsys):
+    for argv in (["--batch-size", "four"], ["--schedule", "step"], ["--betas", "0.9"]):
+        with pytest.raises(SystemExit):
+            _parse(argv)
+    assert "invalid" in capsys.readouterr().err
+
+
+def test_help_comes_from_the_source_and_metadata():
+    helps = field_help(Cfg)
+    assert helps["lr"] == "learning rate" and helps["layers"] == "restrict to these layers"
+    assert helps["name"] == "a name" and "batch_size" not in helps
+
+
+def test_train_config_round_trips():
+    from introspect_mech.finetune.config import TrainConfig, preset
+
+    p = argparse.ArgumentParser()
+    names = add_dataclass_args(p, TrainConfig)
+    assert {"lr", "layers", "adam_betas", "target_modules", "use_rslora"} <= set(names)
+    over = dataclass_overrides(p.parse_args(["--lr", "2e-4", "--layers", "15", "--no-progress"]), TrainConfig)
+    cfg = preset("em", **over)
+    assert (cfg.lr, cfg.layers, cfg.progress, cfg.r) == (2e-4, (15,), False, 32)
