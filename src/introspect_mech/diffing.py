@@ -34,7 +34,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .models import LoadedModel
-from .probes.direction import Direction
+from .direction import Direction
 
 Message = dict[str, str]
 METHODS = ("activation_difference", "difference_pca", "response_mean_difference", "probe", "sae_latent")
@@ -54,9 +54,9 @@ def _base_context(base: LoadedModel, tuned: LoadedModel):
 
 
 def _resolve(model: LoadedModel, layers: int | Sequence[int] | None) -> list[int]:
-    from .activations import resolve_layers
+    from .layers import resolve_layers
 
-    return resolve_layers(model.n_layers, layers)
+    return resolve_layers(layers, model.n_layers)
 
 
 def _texts_to_ids(model: LoadedModel, texts: Sequence[Any], first_tokens: int | None) -> list[Tensor]:
