@@ -80,7 +80,7 @@ def make_synthetic_run(run_dir: Path, panels: set[str] | None = None) -> Path:
         _write(d / "self_prediction.jsonl", [
             {"task": t, "kind": k, "accuracy": a, "ci_lo": a - 0.05, "ci_hi": a + 0.05, "mode_baseline": 0.35}
             for t in ("animals/first_character", "stories/first_word") for k, a in (("self", 0.5), ("cross", 0.4))])
-    if "organisms" in want:
+    if panels is None or "organisms" in panels:  # (appended panel: not in the default set above)
         _write(d / "organisms.jsonl", [
             {"organism": o, "kind": k, "method": m, "value": v, "random": 0.03, "ci_lo": None, "ci_hi": None}
             for o, k, m, v in (("planted", "recovery", "activation_difference", 1.0),
