@@ -60,4 +60,6 @@ def test_train_config_round_trips():
     assert {"lr", "layers", "adam_betas", "target_modules", "use_rslora"} <= set(names)
     over = dataclass_overrides(p.parse_args(["--lr", "2e-4", "--layers", "15", "--no-progress"]), TrainConfig)
     cfg = preset("em", **over)
-    assert (cfg.lr, cfg.layers, cfg.progress, cfg.r) == (2e-4, (15,), False, 32)
+    assert (cfg.lr, cfg.layers, cfg.progress, cfg.r) == (2e-4, 15, False, 32)
+    for argv, want in ((["--layers", "all"], "all"), (["--layers", "3", "5"], (3, 5)), (["--layers", "none"], None)):
+        assert dataclass_overrides(p.parse_args(argv), TrainConfig)["layers"] == want

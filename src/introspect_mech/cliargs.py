@@ -51,14 +51,30 @@ def _scalar(tp: Any, name: str) -> Callable[[str], Any]:
     if tp in (int, float, str):
         return tp
     args = typing.get_args(tp)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType) and set(args) <= {int, float}:
-        def num(s: str) -> int | float:
-            try:
-                return int(s)
-            except ValueError:
-                return float(s)
-        return num
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and set(args) <= {int, float, str}:
+        order = [t for t in (int, float, str) if t in args]
+
+        def value(s: str) -> int | float | str:
+            for t in order:
+                try:
+                    return t(s)
+                except ValueError:
+                    continue
+            raise argparse.ArgumentTypeError(f"invalid value {s!r} (expected {' or '.join(t.__name__ for t in order)})")
+        value.__name__ = "|".join(t.__name__ for t in order)
+        return value
     raise TypeError(f"{name}: no command-line type for {tp!r}")
+
+
+def _split_union(tp: Any) -> tuple[Any, Any | None]:
+    """(scalar part, sequence part) of a union such as `int | str | tuple[int, ...]`."""
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return tp, None
+    seqs = [a for a in typing.get_args(tp) if typing.get_origin(a) in (tuple, list)]
+    if not seqs:
+        return tp, None
+    scalars = [a for a in typing.get_args(tp) if a not in seqs]
+    return (typing.Union[tuple(scalars)] if len(scalars) > 1 else scalars[0]) if scalars else None, seqs[0]
 
 
 def _none_or(fn: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -90,6 +106,13 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, exclude: I
         if f.name in skip or not f.init:
             continue
         tp, optional = _optional_inner(hints[f.name])
+        scalar_part, seq_part = _split_union(tp)
+        if seq_part is not None:  # e.g. int | str | tuple[int, ...]: one value or several
+            elems = [a for a in typing.get_args(seq_part) if a is not Ellipsis]
+            parts = set(typing.get_args(scalar_part)) if typing.get_args(scalar_part) else {scalar_part}
+            parts |= set(elems)
+            parts.discard(None)
+            tp = tuple[typing.Union[tuple(parts)] if len(parts) > 1 else parts.pop(), ...]  # type: ignore[misc]
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
@@ -132,7 +155,12 @@ def dataclass_overrides(ns: argparse.Namespace, cls: type, *, exclude: Iterable[
                 v = None
             elif None in v:
                 raise ValueError(f"--{f.name.replace('_', '-')}: 'none' must be the only value")
-            elif typing.get_origin(tp) is tuple:
-                v = tuple(v)
+            else:
+                scalar_part, seq_part = _split_union(tp)
+                scalars = set(typing.get_args(scalar_part) or (scalar_part,)) if seq_part is not None else set()
+                if seq_part is not None and len(v) == 1 and type(v[0]) in scalars:
+                    v = v[0]  # e.g. `--layers all` or `--layers 15` for `int | str | tuple[int, ...]`
+                elif typing.get_origin(tp) is tuple or seq_part is not None:
+                    v = tuple(v)
         out[f.name] = v
     return out
