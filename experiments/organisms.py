@@ -1,6 +1,6 @@
 """Ground-truth model organisms: plant a mechanism, then check that locate -> intervene recovers it.
 
-    python experiments/organisms.py                                  # embedded model, 2-core CPU (~15 min)
+    python experiments/organisms.py                                  # embedded model, 2-core CPU (53 min when shared)
     python experiments/organisms.py --preset tiny --out runs/organisms_tiny
     python experiments/organisms.py --model Qwen/Qwen2.5-0.5B-Instruct --preset gpu
 

@@ -160,7 +160,7 @@ class OrganismsConfig:
 
 
 PRESETS: dict[str, OrganismsConfig] = {
-    # default on the 2-core CPU (embedded model), sized for ~15 min on an idle machine
+    # default on the 2-core CPU (embedded model); measured 3,164 s with the CPU shared by parallel jobs (docs)
     "cpu": OrganismsConfig(),
     # smallest meaningful run (tests on tiny Qwen; a smoke run of the embedded model)
     "tiny": OrganismsConfig(directions=("persona", "random"), seeds=(0,), n_train=8, n_eval=4, max_new_tokens=12,
