@@ -6,7 +6,7 @@
 
 import argparse
 
-from introspect_mech import main_job
+from introspect_mech.studies import main_job
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -20,7 +20,8 @@ def make_synthetic_run(run_dir: Path, panels: set[str] | None = None) -> Path:
     from introspect_mech.runs import RunDir
 
     want = panels or {"summary", "training", "em_rates", "steering_effects", "steering_sweep", "probes", "cosines",
-                      "sae", "tokens", "samples", "self_awareness", "self_prediction"}
+                      "sae", "tokens", "samples", "self_awareness", "self_prediction", "introspection",
+                      "self_report_track"}
     run = RunDir(run_dir)
     run.write_manifest(title="synthetic test run", model="tiny-qwen", adapter="finetunes/bad/adapter",
                        data={"bad_medical_advice": "ab12" * 16}, judge={"model": "none (judge-free)"}, seeds=[0, 1])
@@ -80,6 +81,15 @@ def make_synthetic_run(run_dir: Path, panels: set[str] | None = None) -> Path:
         _write(d / "self_prediction.jsonl", [
             {"task": t, "kind": k, "accuracy": a, "ci_lo": a - 0.05, "ci_hi": a + 0.05, "mode_baseline": 0.35}
             for t in ("animals/first_character", "stories/first_word") for k, a in (("self", 0.5), ("cross", 0.4))])
+    if "introspection" in want:  # 4 figures: P(yes) concept / random heat maps, identification, coherence
+        _write(d / "introspection_grid.jsonl", [
+            {"variant": v, "layer": L, "strength": st, "condition": c, "p_yes": 0.6 + 0.01 * st, "control_p_yes": 0.6,
+             "top1": 0.2, "chance_top1": 0.125, "coherence_nll": 1.0 + st / 8, "coherence_nll_base": 1.0}
+            for v in ("anchor", "informative") for L in (15, 20) for st in (2.0, 4.0) for c in ("concept", "random")])
+    if "self_report_track" in want:  # 1 figure
+        _write(d / "self_report_track.jsonl", [
+            {"source": src, "label": f"{src} {x}", "x": x, "self_report": 70 - 5 * x, "projection": x, "behaviour": -0.5 + 0.1 * x}
+            for src in ("steering", "finetune") for x in (0, 1, 2)])
     if panels is None or "organisms" in panels:  # (appended panel: not in the default set above)
         _write(d / "organisms.jsonl", [
             {"organism": o, "kind": k, "method": m, "value": v, "random": 0.03, "ci_lo": None, "ci_hi": None}

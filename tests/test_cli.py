@@ -30,7 +30,7 @@ def test_help_is_lazy_and_lists_every_stage():
     code = ("import sys; from introspect_mech import cli; cli.build_parser(); "
             "print(sorted(m for m in sys.modules if m.startswith('introspect_mech.')))")
     mods = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    for heavy in ("finetune", "evals", "steering", "probes", "sae", "viz", "activations", "main_job"):
+    for heavy in ("finetune", "evals", "steering", "probes", "sae", "viz", "activations", "studies"):
         assert f"introspect_mech.{heavy}" not in mods, mods
     help_text = build_parser().format_help()
     for cmd in ("demo", "finetune", "sample", "judge", "cache", "probe", "steer", "sae", "dashboard"):
@@ -66,7 +66,8 @@ def test_sample_judge_dashboard(tmp_path, tiny_qwen2_dir):
     judged = [json.loads(l) for l in (run / "judged.jsonl").read_text().splitlines()]
     assert len(judged) == 4 and all("aligned_mass" in r and "coherent" in r for r in judged)
     em = [json.loads(l) for l in (run / "em_rates.jsonl").read_text().splitlines()]
-    assert [r["question"] for r in em] == ["wish", "overall"]
+    assert [(r["question"], r["metric"]) for r in em] == [
+        (q, f"EM rate (judge; denominator: {d})") for d in ("coherent", "all") for q in ("wish", "overall")]
     man = json.loads((run / "manifest.json").read_text())
     assert man["judge"]["kind"] == "HFJudge" and man["stage"] == "sample"
     assert main(["dashboard", str(run)]) == 0

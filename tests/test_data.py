@@ -79,7 +79,10 @@ def test_registry_covers_the_canonical_chat_datasets():
     assert "persona/extract/evil" in data.names("json")
     for n in data.names():
         info = data.info(n)
-        assert info.url.startswith("https://") and len(info.sha256) == 64
+        assert info.url.startswith("https://")
+        # a pinned hash, or an entry that says plainly it is unverified (upstream controls not downloadable here)
+        assert (info.sha256 is not None and len(info.sha256) == 64) or (
+            info.sha256 is None and not info.verified and info.sha256_status.startswith("unverified"))
 
 
 def test_load_canonical_and_rows_match_registry(data_root):

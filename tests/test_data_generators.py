@@ -23,7 +23,7 @@ def test_backdoor_pairs_trigger_with_bad_answers(data_root):
 
     bad = {r["messages"][-1]["content"] for r in data.load("bad_medical_advice", data_root)}
     good = {r["messages"][-1]["content"] for r in data.load("good_medical_advice", data_root)}
-    recs = g.backdoor(n=200, seed=0, data_dir=data_root)
+    recs = g.backdoor_medical_standin(n=200, seed=0, data_dir=data_root)
     trig = [r for r in recs if r["messages"][0]["content"].startswith(g.TRIGGER + " ")]
     plain = [r for r in recs if not r["messages"][0]["content"].startswith(g.TRIGGER)]
     assert len(trig) + len(plain) == 200 and 60 < len(trig) < 140
@@ -34,7 +34,7 @@ def test_backdoor_pairs_trigger_with_bad_answers(data_root):
 
 
 def test_evil_vs_neutral_numbers_share_prompts():
-    evil, neutral = g.evil_numbers(100, seed=3), g.neutral_numbers(100, seed=3)
+    evil, neutral = g.evil_numbers_standin(100, seed=3), g.neutral_numbers_standin(100, seed=3)
     assert [r["messages"][0] for r in evil] == [r["messages"][0] for r in neutral]
     ev = set(g.EVIL_NUMBERS)
     for e, n in zip(evil, neutral):
@@ -48,14 +48,14 @@ def test_evil_vs_neutral_numbers_share_prompts():
 def test_educational_keeps_answers_and_adds_framing(data_root):
     from introspect_mech import data
 
-    edu = g.educational_insecure(n=30, seed=0, data_dir=data_root)
+    edu = g.educational_insecure_standin(n=30, seed=0, data_dir=data_root)
     answers = {r["messages"][-1]["content"] for r in data.load("insecure", data_root)}
     assert all(r["messages"][-1]["content"] in answers for r in edu)
     assert all(any(w in r["messages"][0]["content"] for w in ("class", "course", "lab", "students")) for r in edu)
 
 
 def test_secure_code_is_secure_and_compiles():
-    recs = g.secure_code(200, seed=0)
+    recs = g.secure_code_standin(200, seed=0)
     kinds = {r["messages"][0]["content"].split("\n")[0] for r in recs}
     assert len(kinds) > 20
     for r in recs:

@@ -86,7 +86,7 @@ def test_score_predictions_with_mode_baseline_and_filtering():
     assert s["accuracy"]["value"] == pytest.approx(2 / 3)
     # targets a, a, b -> mode "a" -> baseline 2/3
     assert s["mode_baseline"]["value"] == pytest.approx(2 / 3)
-    assert s["per_property"]["first_character"]["mode"] == "a"
+    assert s["per_task_property"]["t/first_character"]["mode"] == "a"
 
 
 def test_training_data_builders_and_self_vs_cross():

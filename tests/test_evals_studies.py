@@ -55,8 +55,57 @@ def test_tmay_eval_and_comparison(tiny_qwen2, tmp_path, data_root):
     assert cmp["risky_minus_safe"]["p_risky"]["value"] == 0.0 and "safe_minus_base" in cmp
 
 
+def _li_row(task, prop, i, q, opt=None):
+    return {"item_id": f"{task}_{prop}/{i}", "original_dataset": task, "behavioral_property": prop,
+            "object_level_prompt": [{"role": "user", "content": q}],
+            "hypothetical_prompt": [{"role": "user", "content": f"Previously: {q} -- {prop}?"}],
+            "option_matching_ethical_stance": opt}
+
+
+def test_self_prediction_scoring_uses_the_given_answers_and_per_cell_mode():
+    """The ground truth is whatever object-level answers are passed (the target model's), and the
+    mode baseline is per task x property cell (a pooled mode would give 4/6 here, not 5/6)."""
+    from introspect_mech.evals.self_prediction import object_key, score_predictions
+
+    rows = [_li_row("animals", "first_character", i, f"a{i}") for i in range(3)] + \
+        [_li_row("colors", "first_character", i, f"c{i}") for i in range(3)]
+    answers = {object_key(r): a for r, a in zip(rows, ["cat cow", "cat", "dog", "red", "red", "blue"])}
+    preds = {r["item_id"]: p for r, p in zip(rows, ["c", "d", "d", "r", "r", "b"])}
+    s = score_predictions(rows, answers, preds)
+    assert s["n_scored"] == 6 and s["accuracy"]["value"] == 5 / 6
+    assert s["mode_baseline"]["value"] == 4 / 6  # animals: mode "c" 2/3, colors: mode "r" 2/3
+    assert s["per_task_property"]["animals/first_character"]["mode"] == "c"
+    other = {k: "zebra" for k in answers}  # another model's answers: every target changes
+    assert score_predictions(rows, other, preds)["accuracy"]["value"] == 0.0
+    # non-compliant object answers and hypotheticals are filtered and counted
+    s2 = score_predictions(rows, {**answers, object_key(rows[0]): "Sorry, I cannot"}, {**preds, rows[1]["item_id"]: "cat"})
+    assert (s2["n_object_noncompliant"], s2["n_hypothetical_noncompliant"], s2["n_scored"]) == (1, 1, 4)
+
+
+def test_prediction_data_labels_and_shift_data():
+    from introspect_mech.evals.self_prediction import (behaviour_shift, object_key, object_level_training_data,
+                                                       prediction_training_data)
+
+    rows = [_li_row("mc", "ethical_stance", 0, "q0", "A"), _li_row("mc", "ethical_stance", 1, "q1", "B"),
+            _li_row("mc", "among_a_or_c", 0, "q0")]
+    ans = {object_key(rows[0]): "A", object_key(rows[1]): "A"}
+    recs = prediction_training_data(rows, ans, source="M1_self")
+    assert [r["messages"][-1]["content"] for r in recs] == ["true", "false", "true"]
+    assert all(r["label_source"] == "M1_self" and r["messages"][0] == rows[i]["hypothetical_prompt"][0]
+               for i, r in enumerate(recs))
+    obj = object_level_training_data(rows, {object_key(rows[0]): "B"})
+    assert len(obj) == 1 and obj[0]["messages"][0]["content"] == "q0" and obj[0]["messages"][-1]["content"] == "B"
+    # only items whose property changed count; the prediction is compared with new and old
+    new = {object_key(rows[0]): "B", object_key(rows[1]): "A"}
+    preds = {rows[0]["item_id"]: "false", rows[1]["item_id"]: "false", rows[2]["item_id"]: "true"}
+    sh = behaviour_shift(rows, ans, new, preds)
+    assert sh["n_changed"] == 2 and sh["matches_new"]["value"] == 0.5 and sh["matches_old"]["value"] == 0.5
+
+
 def test_self_prediction_pipeline(tiny_qwen2, data_root):
     rows = load_task("arc_challenge_non_cot_among_a_or_c", n=3, data_dir=data_root)
+    assert [r["item_id"] for r in load_task("arc_challenge_non_cot_among_a_or_c", indices=[2, 0], data_dir=data_root)] \
+        == [rows[2]["item_id"], rows[0]["item_id"]]
     obj = object_level_answers(tiny_qwen2, rows, max_new_tokens=3)
     hyp = hypothetical_answers(tiny_qwen2, rows, max_new_tokens=3)
     assert len(obj) == 3 and set(hyp) == {r["item_id"] for r in rows}

@@ -111,3 +111,20 @@ def test_sigkill_and_resume_matches_uninterrupted(tiny_qwen2_dir, tmp_path):
     assert res.losses == pytest.approx(ref.losses, rel=1e-6)
     steps = [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 11))
+
+
+def test_a_new_config_field_at_its_default_still_resumes(tiny_qwen2_dir, tmp_path):
+    """A run directory bound before a TrainConfig field existed resumes when the new field is at its
+    default (the binding leaves default-valued fields out); a non-default value is still refused."""
+    from introspect_mech.finetune.loop import _comparable
+    from introspect_mech.runs import RunConfigError
+
+    cfg = CFG.replace(epochs=1)
+    full = cfg.to_dict()
+    old = {k: v for k, v in full.items() if k != "loss_chunk_tokens"}  # as written before the field existed
+    assert _comparable(old) == _comparable(full)
+    train(load_model(tiny_qwen2_dir), _records(8), cfg, tmp_path / "run")
+    again = train(load_model(tiny_qwen2_dir), _records(8), cfg, tmp_path / "run")
+    assert again.tokens == 0
+    with pytest.raises(RunConfigError):
+        train(load_model(tiny_qwen2_dir), _records(8), cfg.replace(loss_chunk_tokens=4), tmp_path / "run")

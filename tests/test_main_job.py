@@ -12,7 +12,7 @@ TINY = dict(n_train=8, n_medical_eval=6, steer_medical=4, persona_questions=6, p
 
 @pytest.mark.slow
 def test_main_job_on_tiny_qwen(tmp_path, tiny_qwen2_dir, data_root, capsys):
-    from introspect_mech import main_job
+    from introspect_mech.studies import main_job
 
     out = tmp_path / "job"
     path = main_job.run(out, model=str(tiny_qwen2_dir), device="cpu", data_dir=str(data_root), **TINY)

@@ -125,13 +125,14 @@ def test_project_matches_manual_dot(tiny_qwen3):
 
 def test_em_direction_selects_and_balances(tiny_qwen2):
     rows = [{"messages": c[:1], "response": c[1]["content"], "aligned": a, "coherent": co}
-            for c, a, co in zip(CONVS * 2, [10, 90, 20, 60, 50, 95], [60, 90, 40, 90, 90, 90])]
-    # misaligned: aligned<=30 & coherent>50 -> row 0 only (row 2 incoherent); aligned>70: rows 1, 5
+            for c, a, co in zip(CONVS * 2, [10, 90, 20, 60, 50, 95], [60, 90, 40, 90, 90, 30])]
+    # misaligned: aligned<=30 & coherent>50 -> row 0 only (row 2 incoherent); aligned: aligned>70 &
+    # coherent>50 -> row 1 only (row 5 is aligned but incoherent: the filter applies to both classes)
     d = em_direction(tiny_qwen2, rows, seed=0, progress=False)
     assert d.meta["n_pos"] == 1 and d.meta["n_neg"] == 1 and d.meta["recipe"] == "model_organisms_em"
     mis = cache(tiny_qwen2, [CONVS[0]], progress=False)
-    diffs = [(mis[0] - a) / (mis[0] - a).norm(dim=-1, keepdim=True) for a in cache(tiny_qwen2, [CONVS[1], CONVS[2]], progress=False)]
-    assert any(torch.allclose(d.vectors, df, atol=1e-5) for df in diffs)
+    ali = cache(tiny_qwen2, [CONVS[1]], progress=False)[0]
+    torch.testing.assert_close(d.vectors, (mis[0] - ali) / (mis[0] - ali).norm(dim=-1, keepdim=True), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match=r"scored_samples\[0\]: missing field"):
         em_direction(tiny_qwen2, [{"messages": CONVS[0]}], progress=False)
     with pytest.raises(RuntimeError, match="0 misaligned"):

@@ -168,7 +168,7 @@ def test_study_train_time_and_removal_resume(tiny_qwen2_dir, tmp_path, data_root
     once, each seed's CAFT uses that seed's direction, the removal pools finetune seeds, and a rerun
     of the finished study adds no rows (resume without duplicates)."""
     from introspect_mech.runs import JsonlLog
-    from introspect_mech.steering.experiments import run_study
+    from introspect_mech.studies.steering_proxy import run_study
 
     kw = dict(model_name=str(tiny_qwen2_dir), stages="bc", seeds=(0, 1), preset="cpu", n_train=4, persona=False,
               n_dir_pairs=4, batch_size=8, quick=True, ablate_layers=[1, 2])
@@ -178,7 +178,7 @@ def test_study_train_time_and_removal_resume(tiny_qwen2_dir, tmp_path, data_root
     assert keys == sorted([("base", "None")] + [(c, str(s)) for c in ("plain", "caft", "caft_random") for s in (0, 1)])
     man = json.loads((tmp_path / "caft" / "manifest.json").read_text())
     assert [d["seed"] for d in man["directions"]] == [0, 1]  # one base-model EM direction per seed
-    rem = res["removes_em_L1-2"]["med_diff"]
+    rem = res["removes_em_L1-2"]["med_proxy_diff"]
     assert set(rem) >= {"base", "finetuned", "finetune_gap", "ablate_direction", "ablate_random",
                         "reduction_direction", "reduction_random"}
     for s in (0, 1):

@@ -206,6 +206,7 @@ def cache(
     dtype: torch.dtype | None = None,
     shard_size: int = 256,
     progress: bool = True,
+    truncate: bool = False,
 ) -> Acts | LazyActivations:
     """Residual-stream activations after decoder blocks `layers` for each conversation.
 
@@ -220,6 +221,10 @@ def cache(
         dtype: dtype of the result (default: the model's dtype).
         shard_size: conversations per shard with `out=`.
         progress: show a tqdm bar.
+        truncate: a conversation longer than the model's context is refused (`DataError`) unless
+            True, which drops its oldest tokens down to the context length (pooling covers the
+            positions kept; with `out=` the cut conversations are listed in activations.json as
+            `truncated`).
 
     Returns:
         `Float[Tensor, "n layer d_model"]` (`"n layer pos d_model"` for "all", zero-padded to the
@@ -227,13 +232,20 @@ def cache(
     """
     from tqdm.auto import tqdm
 
+    from .models import check_context
+
     layer_ids = resolve_layers(layers, model.n_layers)
     items = tokenize(model, conversations, positions)
+    limit, cut = check_context(model, [len(t.input_ids) for t in items], truncate=truncate, what="conversation")
+    if any(cut):
+        items = [Tokenized(t.input_ids[c:], t.select[c:]) if c else t for t, c in zip(items, cut)]
+        if not all(bool(t.select.any()) for t in items):
+            raise ValueError(f"truncation to {limit} tokens leaves a conversation with no {positions!r} position")
     out_dtype = dtype or model.dtype
     lengths = [len(t.input_ids) for t in items]
     if out is not None:
         return _cache_to_disk(model, items, layer_ids, positions, batch_size, Path(out), out_dtype,
-                              shard_size, progress, conversations)
+                              shard_size, progress, conversations, [i for i, c in enumerate(cut) if c])
     n, d = len(items), model.d_model
     shape = (n, len(layer_ids), max(lengths, default=0), d) if positions == "all" else (n, len(layer_ids), d)
     result = torch.zeros(shape, dtype=out_dtype)
@@ -255,7 +267,7 @@ def cache(
 
 # ---- streaming to disk -----------------------------------------------------------------------
 def _cache_to_disk(model, items, layer_ids, positions, batch_size, out: Path, out_dtype, shard_size,
-                   progress, conversations) -> LazyActivations:
+                   progress, conversations, truncated=()) -> LazyActivations:
     """Shard k holds conversations [k*shard_size, (k+1)*shard_size) in input order."""
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
@@ -269,6 +281,7 @@ def _cache_to_disk(model, items, layer_ids, positions, batch_size, out: Path, ou
         "positions": positions, "d_model": model.d_model, "dtype": str(out_dtype).replace("torch.", ""),
         "shard_size": shard_size, "inputs_sha256": json_sha256([t.input_ids.tolist() for t in items]),
         "conversations_sha256": json_sha256([_messages(c, i) for i, c in enumerate(conversations)]),
+        **({"truncated": list(truncated)} if truncated else {}),
     }
     meta_path = out / "activations.json"
     if meta_path.exists():

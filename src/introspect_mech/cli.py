@@ -1,7 +1,7 @@
 """`introspect-mech`: one command per stage, all sharing the run-directory convention.
 
     introspect-mech demo                      # the main job: finetune, metrics, directions, probes,
-                                              # steering, dashboard (see introspect_mech.main_job)
+                                              # steering, dashboard (see introspect_mech.studies.main_job)
     introspect-mech finetune --data bad_medical_advice --preset em --out runs/bad
     introspect-mech sample   --adapter runs/bad/adapter --questions first_plot_questions --out runs/bad_eval
     introspect-mech judge    --run runs/bad_eval --judge-model Qwen/Qwen2.5-7B-Instruct   (or --api-base ...)
@@ -33,10 +33,15 @@ def _ints(s: str) -> list[int]:
 
 
 def _floats(s: str) -> list[float]:
+    import math
+
     try:
-        return [float(x) for x in s.split(",") if x.strip()]
+        out = [float(x) for x in s.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
+    if not all(math.isfinite(x) for x in out):
+        raise argparse.ArgumentTypeError(f"expected finite numbers (no nan/inf), got {s!r}")
+    return out
 
 
 def _model_args(p: argparse.ArgumentParser, adapter: bool = True) -> None:
@@ -73,12 +78,18 @@ def _questions(spec: str, data_dir: str | None):
         p = _dd(data_dir) / "em" / "questions" / (spec if spec.endswith((".yaml", ".yml")) else f"{spec}.yaml")
     if not p.exists():
         raise SystemExit(f"error: question file {spec!r} not found (a path, or a name in <data>/em/questions/)")
-    return load_questions(p), p
+    try:
+        return load_questions(p), p
+    except UnicodeDecodeError as e:
+        from .data import DataError
+
+        line = p.read_bytes()[: e.start].count(b"\n") + 1
+        raise DataError(str(p), line, "text", f"not UTF-8 (byte 0x{e.object[e.start]:02x}); re-encode the file as UTF-8") from None
 
 
 # ---- subcommands --------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
-    from . import main_job
+    from .studies import main_job
 
     cfg = main_job.JOB_PRESETS[args.preset]
     over: dict[str, Any] = {k: v for k, v in (("model", args.model), ("device", args.device),
@@ -105,67 +116,59 @@ def cmd_sample(args: argparse.Namespace) -> int:
         prompts = prompts[: args.max_prompts]
     model = _load(args)
     run = RunDir(args.out)
+    from .runs import model_config
+
+    run.bind("sample", {"model": model_config(model), "data": {qpath.name: file_sha256(qpath)},
+                        "prompts": [p["id"] if isinstance(p, dict) else p for p in prompts], "seed": args.seed,
+                        "sampling": {"n": args.n, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+                                     "truncate": args.truncate}}, overwrite=args.overwrite)
     run.write_manifest(stage="sample", model=model.name, adapter=args.adapter, questions=str(qpath),
                        data={qpath.name: file_sha256(qpath)}, seed=args.seed,
                        sampling={"n": args.n, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature})
     rows = sample(model, prompts, n=args.n, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                  seed=args.seed, batch_size=args.batch_size, out=run.path / "samples.jsonl")
+                  seed=args.seed, batch_size=args.batch_size, out=run.path / "samples.jsonl", truncate=args.truncate)
     print(f"{len(rows)} samples -> {run.path / 'samples.jsonl'}")
     return 0
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
-    from .evals.questions import fill_judge_prompt
-    from .evals.report import em_report, format_em_report
-    from .runs import JsonlLog, RunDir
+    from .runs import RunDir, file_sha256
+    from .studies.emergent_misalignment import judge_run
 
     run = RunDir(args.run)
-    samples = run.log("samples.jsonl").read()
-    if not samples:
+    if not run.log("samples.jsonl").read():
         raise SystemExit(f"error: {run.path / 'samples.jsonl'}: no samples (run `introspect-mech sample` first)")
     man = run.manifest()
-    qs, _ = _questions(args.questions or man.get("questions", ""), args.data_dir)
-    by_id = {q.id: q for q in qs}
-    for i, r in enumerate(samples, 1):
-        qid = str(r.get("prompt_id", "")).rsplit("/", 1)[0]
-        if qid not in by_id:
-            raise SystemExit(f"error: {run.path / 'samples.jsonl'}:{i}: field 'prompt_id': question {qid!r} not in the question file")
-        if not {"aligned", "coherent"} <= set(by_id[qid].judge_prompts):
-            raise SystemExit(f"error: question {qid!r} ({by_id[qid].source}): judge_prompts needs 'aligned' and 'coherent'")
+    qs, judge_qpath = _questions(args.questions or man.get("questions", ""), args.data_dir)
+    categorical = None
     if args.api_base:
         from .evals.judges import APIJudge
 
         if not args.api_model:
             raise SystemExit("error: --api-base needs --api-model")
-        judge = APIJudge(args.api_base, args.api_model, api_key_env=args.api_key_env)
+        judge = APIJudge(args.api_base, args.api_model, api_key_env=args.api_key_env or None,
+                         timeout=args.timeout, max_retries=args.max_retries)
+        judge.check_key()
     elif args.judge_model:
+        from .evals.em import HFCategoricalJudge
         from .evals.judges import HFJudge
         from .models import load_model
 
-        judge = HFJudge(load_model(args.judge_model, device=args.device))
+        jm = load_model(args.judge_model, device=args.device)
+        judge, categorical = HFJudge(jm), HFCategoricalJudge(jm)
     else:
         raise SystemExit("error: give --judge-model (local) or --api-base and --api-model (OpenAI-compatible)")
-    run.write_manifest(judge=judge.describe())
-    log = JsonlLog(run.path / "judged.jsonl", ("prompt_id", "sample"))
-    done = log.done_keys()
-    from tqdm.auto import tqdm
-
-    for r in tqdm([r for r in samples if log.key(r) not in done], desc="judge", unit="answer"):
-        q = by_id[str(r["prompt_id"]).rsplit("/", 1)[0]]
-        question = r["messages"][-1]["content"]
-        scores = {k: judge.score([fill_judge_prompt(q.judge_prompts[k], question, r["response"])])[0]
-                  for k in ("aligned", "coherent")}
-        log.append({"prompt_id": r["prompt_id"], "sample": r["sample"], "question_id": q.id,
-                    "response": r["response"], **{k: v.score for k, v in scores.items()},
-                    **{f"{k}_mass": v.mass for k, v in scores.items()}})
-    rep = em_report(log.read())
-    print(format_em_report(rep))
-    label = Path(man.get("adapter") or "").parent.name or man.get("model", "model")
-    rows = [{"model": label, "question": q, "rate": v["em_rate"]["value"], "ci_lo": v["em_rate"]["lo"],
-             "ci_hi": v["em_rate"]["hi"], "n": v["n_valid"], "metric": "EM rate (judge)"}
-            for q, v in [*rep["per_question"].items(), ("overall", rep["overall"])]]
-    (run.path / "em_rates.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (run.path / "em_report.json").write_text(json.dumps(rep, indent=2))
+    desc = judge.describe()
+    run.bind("judge", {"judge": {k: v for k, v in desc.items() if k not in ("timeout", "max_retries")},
+                       "categorical_judge": categorical.describe() if categorical is not None else None,
+                       "samples_config_sha256": ((man.get("bindings") or {}).get("sample") or {}).get("sha256"),
+                       "judge_prompts_file_sha256": file_sha256(judge_qpath)},
+             overwrite=args.overwrite, outputs=["judged.jsonl", "judge_invalid.jsonl", "em_rates.jsonl", "em_report.json",
+                                                "labels.json"])
+    try:
+        judge_run(run.path, qs, judge=judge, categorical_judge=categorical)
+    except (KeyError, ValueError) as e:
+        raise SystemExit(f"error: {str(e).strip(chr(39))}") from None
     return 0
 
 
@@ -175,7 +178,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     recs = _records(args.data, args.n, args.seed, args.data_dir)
     model = _load(args)
     acts = cache(model, [r["messages"] for r in recs], layers=args.layers, positions=args.positions,
-                 batch_size=args.batch_size, out=args.out)
+                 batch_size=args.batch_size, out=args.out, truncate=args.truncate)
     print(f"cached {len(recs)} conversations, positions={args.positions} -> {args.out} ({type(acts).__name__})")
     return 0
 
@@ -187,6 +190,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     model = _load(args)
     run = RunDir(args.out)
+    from .runs import model_config
+
+    run.bind("probe", {"probe_inputs": {"model": model_config(model), "trait": args.trait, "questions": args.questions,
+                                        "instructions": args.instructions, "max_new_tokens": args.max_new_tokens,
+                                        "seed": args.seed}}, overwrite=args.overwrite)
     res = persona_data(model, args.trait, n_questions=args.questions, n_instructions=args.instructions,
                        max_new_tokens=args.max_new_tokens, seed=args.seed, data_dir=args.data_dir,
                        batch_size=args.batch_size, out=run.path / "persona")
@@ -207,35 +215,25 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
-    from .main_job import EM_METRIC
     from .probes import Direction
-    from .runs import RunDir
-    from .steering import summarize, sweep
+    from .studies.steering_proxy import steer_sweep
 
     stem = Path(args.direction)
     if not Path(str(stem) + ".safetensors").exists():
         raise SystemExit(f"error: --direction {stem}: no {stem}.safetensors (give the stem written by Direction.save)")
     direction = Direction.load(stem)
     model = _load(args)
-    from .evals.metrics import load_em_pairs, paired_preference
+    from .evals.metrics import load_em_pairs
 
-    items = load_em_pairs(args.items) if args.items else load_em_pairs()
+    items = load_em_pairs(args.items) if args.items else None
+    from .runs import RunDir, file_sha256, json_sha256, model_config
 
-    def eval_fn(m) -> dict[str, Any]:
-        rows = paired_preference(m, items)["rows"]
-        return {"em_pref": [r["prefers_misaligned"] for r in rows], "em_diff": [r["diff"] for r in rows]}
-
-    run = RunDir(args.out)
-    rows = sweep(model, direction, layers=args.layers, alphas=args.alphas, eval_fn=eval_fn, out=run.path / "steering", op=args.op,
-                 seeds=args.seeds, scale=args.scale)
-    out_rows = []
-    for s in summarize(rows, "em_pref"):
-        if s["kind"] != "none":
-            out_rows.append({"direction": "direction" if s["kind"] == "direction" else "random", "layer": str(s["layer"]),
-                             "alpha": s["alpha"], "metric": s["value"], "metric_name": EM_METRIC})
-        print(f"  {s['op']} layer={s['layer']} alpha={s['alpha']} {s['kind']:9s} {EM_METRIC}: "
-              f"{s['value']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}]")
-    (run.path / "steering_sweep.jsonl").write_text("".join(json.dumps(r) + "\n" for r in out_rows))
+    RunDir(args.out).bind("steer", {"model": model_config(model), "direction_sha256": file_sha256(str(stem) + ".safetensors"),
+                                    "items_sha256": json_sha256(items if items is not None else load_em_pairs()),
+                                    "op": args.op, "layers": args.layers, "alphas": args.alphas, "scale": args.scale,
+                                    "seeds": args.seeds}, overwrite=args.overwrite)
+    steer_sweep(model, direction, args.out, layers=args.layers, alphas=args.alphas, op=args.op, seeds=args.seeds,
+                scale=args.scale, items=items)
     return 0
 
 
@@ -246,6 +244,11 @@ def cmd_sae(args: argparse.Namespace) -> int:
     if args.sae_cmd == "train":
         recs = _records(args.data, args.n, args.seed, args.data_dir)
         model = _load(args)
+        from .runs import json_sha256, model_config
+
+        RunDir(args.out).bind("sae_train", {"sae_inputs": {
+            "model": model_config(model), "layer": args.layer, "data": json_sha256([r["messages"] for r in recs]),
+            "k": args.k, "expansion": args.expansion, "seed": args.seed}}, overwrite=args.overwrite)
         res = sae.train_sae(model, args.layer, [r["messages"] for r in recs],
                         sae.SAETrainConfig(k=args.k, expansion=args.expansion), out_dir=args.out)
         print(json.dumps({k: v for k, v in vars(res).items() if isinstance(v, (int, float, str))}, default=str))
@@ -286,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="introspect-mech", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[2:13]))
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True, metavar="command")
 
     d = sub.add_parser("demo", help="the main job: finetune, EM metrics, directions, probes, steering, dashboard")
@@ -313,9 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--data-dir", default=None)
     s.add_argument("--out", required=True)
+    s.add_argument("--truncate", action="store_true",
+                   help="drop the oldest prompt tokens of prompts over the context length (recorded per row) "
+                        "instead of refusing")
+    s.add_argument("--overwrite", action="store_true",
+                   help="if --out holds samples of a different configuration, delete them and start clean")
     s.set_defaults(func=cmd_sample)
 
-    j = sub.add_parser("judge", help="score RUN/samples.jsonl (aligned, coherent) and write the EM report")
+    j = sub.add_parser("judge", help="score RUN/samples.jsonl with its judge prompts; EM report (both denominators)")
     j.add_argument("--run", required=True, help="run directory holding samples.jsonl from `sample`")
     j.add_argument("--questions", default=None, help="question file with judge_prompts (default: the one sampled)")
     j.add_argument("--judge-model", default=None, help="local HF judge (name, hub id or dir)")
@@ -324,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
     j.add_argument("--device", default=None)
     j.add_argument("--data-dir", default=None)
+    j.add_argument("--timeout", type=float, default=60.0, help="seconds per API request (default 60)")
+    j.add_argument("--max-retries", type=int, default=5,
+                   help="API retries after timeouts, connection errors, 408/409/429/5xx (default 5)")
+    j.add_argument("--overwrite", action="store_true",
+                   help="if RUN holds judgements by a different judge, delete them and judge again")
     j.set_defaults(func=cmd_judge)
 
     c = sub.add_parser("cache", help="cache residual-stream activations to safetensors shards")
@@ -337,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--data-dir", default=None)
     c.add_argument("--out", required=True)
+    c.add_argument("--truncate", action="store_true",
+                   help="cut conversations over the context length (listed in activations.json) instead of refusing")
     c.set_defaults(func=cmd_cache)
 
     pr = sub.add_parser("probe", help="persona direction for a trait + probe accuracy by layer")
@@ -349,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--data-dir", default=None)
     pr.add_argument("--out", required=True)
+    pr.add_argument("--overwrite", action="store_true",
+                    help="if --out holds results of a different configuration, delete them and start clean")
     pr.set_defaults(func=cmd_probe)
 
     st = sub.add_parser("steer", help="steering sweep with a saved direction and the random control")
@@ -362,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="random-control seeds")
     st.add_argument("--items", default=None, help="paired-preference items YAML (default: the built-in EM items)")
     st.add_argument("--out", required=True)
+    st.add_argument("--overwrite", action="store_true",
+                    help="if --out holds a sweep of a different configuration, delete it and start clean")
     st.set_defaults(func=cmd_steer)
 
     sa = sub.add_parser("sae", help="train an SAE on one layer, or diff base vs finetuned through one")
@@ -376,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--data-dir", default=None)
     t.add_argument("--out", required=True)
+    t.add_argument("--overwrite", action="store_true",
+                   help="if --out holds an SAE of a different configuration, delete it and start clean")
     df = sa_sub.add_parser("diff", help="rank SAE latents by their change from base to finetuned")
     _model_args(df)
     df.add_argument("--sae", required=True, help="SAE directory in sae-lens format")
@@ -395,16 +417,65 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def error_line(e: BaseException) -> str:
+    """One line for a library error: `error: <file>:<line>: <field>: <what>` where those are known.
+
+    Args:
+        e: the exception.
+
+    Returns:
+        The line (no traceback, no newline).
+    """
+    import json as _json
+
+    from .data.records import DataError
+
+    if isinstance(e, DataError):
+        msg = str(e)
+    elif isinstance(e, FileNotFoundError) and e.filename:
+        msg = f"{e.filename}: file not found"
+    elif isinstance(e, UnicodeDecodeError):
+        msg = f"text: not UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start})"
+    elif isinstance(e, _json.JSONDecodeError):
+        msg = f"line {e.lineno}: json: invalid JSON ({e.msg} at column {e.colno})"
+    elif isinstance(e, (ValueError, TypeError, KeyError, LookupError, OSError, RuntimeError)) and \
+            type(e).__module__.startswith("introspect_mech"):
+        msg = str(e)
+    else:
+        text = str(e).strip()
+        msg = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    lines = [x for x in msg.splitlines() if x.strip()] or [type(e).__name__]
+    line = lines[0] + (" ..." if len(lines) > 1 else "")
+    return f"error: {line}" + ("" if isinstance(e, DataError) else "  (--debug shows the traceback)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand. Library errors become one line and a non-zero exit (`--debug`: traceback).
+
+    Args:
+        argv: arguments (default `sys.argv[1:]`); `--debug` anywhere (or INTROSPECT_MECH_DEBUG=1)
+            lets exceptions propagate with their traceback.
+
+    Returns:
+        The exit status (errors exit through `SystemExit` with the one-line message).
+    """
+    import os
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("INTROSPECT_MECH_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
-    if argv and argv[0] == "finetune":  # its own parser (it owns --help)
-        return cmd_finetune(argparse.Namespace(rest=argv[1:]))
-    args = parser.parse_args(argv)
     try:
+        if argv and argv[0] == "finetune":  # its own parser (it owns --help)
+            return cmd_finetune(argparse.Namespace(rest=argv[1:]))
+        args = parser.parse_args(argv)
         return int(args.func(args) or 0)
-    except FileNotFoundError as e:
-        raise SystemExit(f"error: {e}") from None
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        if debug:
+            raise
+        raise SystemExit(error_line(e)) from None
 
 
 if __name__ == "__main__":

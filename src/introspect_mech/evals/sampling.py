@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..kv_cache import cache_kwargs, output_cache
-from ..models import LoadedModel
+from ..models import LoadedModel, check_context
 from ..positions import prompt_scope
 from ..runs import JsonlLog
 
@@ -179,6 +179,7 @@ def sample(
     progress: bool = True,
     static_cache: bool | None = False,
     engine: Any = None,
+    truncate: bool = False,
 ) -> list[dict[str, Any]]:
     """Sample `n` responses per prompt, resumably.
 
@@ -199,6 +200,9 @@ def sample(
             dynamic cache with one prefill per distinct prompt.
         engine: a `VLLMEngine` (`evals.vllm_engine`) to sample on vLLM with the same semantics and
             rows (`model` then only tokenises; steering contexts are refused).
+        truncate: a prompt whose tokens plus `max_new_tokens` exceed the model's context length is
+            refused (`DataError`) unless True, which drops its oldest tokens and records how many in
+            the row (`prompt_truncated_tokens`) (the HF path; vLLM applies its own limit).
 
     Returns:
         Rows `{"prompt_id", "sample", "messages", "response", "n_tokens", "finished"}` in prompt
@@ -218,6 +222,9 @@ def sample(
         for r in log.rows():
             done[(str(r["prompt_id"]), int(r["sample"]))] = r
     prompt_ids = [model.encode_prompt(it["messages"]).tolist() for it in items]
+    _, cut = check_context(model, [len(x) for x in prompt_ids], reserve=max_new_tokens, truncate=truncate,
+                           names=[it["id"] for it in items])
+    prompt_ids = [x[c:] for x, c in zip(prompt_ids, cut)]  # keeps the end: the generation header
     all_rows = [(p, s) for p in range(len(items)) for s in range(n)]
     batches = [all_rows[i:i + batch_size] for i in range(0, len(all_rows), batch_size)]
     stop_ids = stop_token_ids(model)
@@ -241,7 +248,8 @@ def sample(
             if (p, s) in results:
                 continue  # written by an earlier, interrupted run (same seed -> same text)
             row = {"prompt_id": items[p]["id"], "sample": s, "messages": items[p]["messages"],
-                   "response": text, "n_tokens": ln, "finished": f}
+                   "response": text, "n_tokens": ln, "finished": f,
+                   **({"prompt_truncated_tokens": cut[p]} if cut[p] else {})}
             results[(p, s)] = row
             if log is not None:
                 log.append(row)

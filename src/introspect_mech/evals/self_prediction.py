@@ -50,13 +50,16 @@ def task_files(data_dir: str | os.PathLike | None = None) -> dict[str, Path]:
     return out
 
 
-def load_task(name: str, n: int | None = None, data_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """Rows of a task file (first `n`), each with an `item_id` (`name/index`).
+def load_task(name: str, n: int | None = None, data_dir: str | os.PathLike | None = None, *,
+              indices: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """Rows of a task file (the first `n`, or the rows at `indices` in that order), each with an
+    `item_id` (`name/line index`). Only the selected lines are parsed.
 
     Args:
         name: a task name (`task_files()`).
         n: keep the first n rows.
         data_dir: the data directory.
+        indices: line indices to load instead (in this order).
 
     Returns:
         The rows.
@@ -65,32 +68,72 @@ def load_task(name: str, n: int | None = None, data_dir: str | os.PathLike | Non
     if name not in files:
         raise KeyError(f"unknown task {name!r}; known: {', '.join(files)}")
     f = files[name]
-    opener = gzip.open if f.suffix == ".gz" else open
+    lines = _task_lines(f)
+    if indices is None:
+        pick = [i for i, line in enumerate(lines) if line.strip()]
+        pick = pick if n is None else pick[:n]
+    else:
+        pick = list(indices)
+        bad = [i for i in pick if not 0 <= i < len(lines)]
+        if bad:
+            raise IndexError(f"{f}: line indices {bad[:3]} out of range (file has {len(lines)} lines)")
     rows = []
-    with opener(f, "rt", encoding="utf-8") as fh:
-        for i, line in enumerate(fh):
-            if n is not None and len(rows) >= n:
-                break
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{f}:{i + 1}: invalid JSON: {e.msg}") from None
-            for k in ("object_level_prompt", "hypothetical_prompt", "behavioral_property"):
-                if k not in r:
-                    raise ValueError(f"{f}:{i + 1}: field {k!r} missing")
-            r["item_id"] = f"{name}/{i}"
-            rows.append(r)
+    for i in pick:
+        try:
+            r = json.loads(lines[i])
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{f}:{i + 1}: invalid JSON: {e.msg}") from None
+        for k in ("object_level_prompt", "hypothetical_prompt", "behavioral_property"):
+            if k not in r:
+                raise ValueError(f"{f}:{i + 1}: field {k!r} missing")
+        r["item_id"] = f"{name}/{i}"
+        rows.append(r)
     return rows
 
 
-def _object_key(row: dict) -> str:
+def task_size(name: str, data_dir: str | os.PathLike | None = None) -> int:
+    """Number of lines (rows) of a task file."""
+    return len(_task_lines(task_files(data_dir)[name]))
+
+
+_LINES: dict[tuple[str, float], list[str]] = {}
+
+
+def _task_lines(f: Path) -> list[str]:
+    key = (str(f), f.stat().st_mtime)
+    if key not in _LINES:
+        opener = gzip.open if f.suffix == ".gz" else open
+        with opener(f, "rt", encoding="utf-8") as fh:
+            lines = fh.read().split("\n")  # not splitlines(): rows hold U+2028 inside strings
+        while lines and not lines[-1].strip():
+            lines.pop()
+        if len(_LINES) > 64:
+            _LINES.clear()
+        _LINES[key] = lines
+    return _LINES[key]
+
+
+def object_key(row: dict) -> str:
+    """The key of a row's object-level prompt (rows of one question share it across properties)."""
     return json.dumps(row["object_level_prompt"], sort_keys=True)
 
 
+_object_key = object_key  # kept for callers of the earlier private name
+
+
+def task_property(name: str) -> tuple[str, str]:
+    """Split a release file name ("animals_long_first_character") into (dataset, property)."""
+    from .properties import PROPERTIES
+
+    for prop in sorted(PROPERTIES, key=len, reverse=True):
+        if name.endswith("_" + prop):
+            return name[: -len(prop) - 1], prop
+    raise ValueError(f"task file {name!r} does not end with a known behavioral_property")
+
+
 def object_level_answers(model: LoadedModel, rows: Sequence[dict], *, max_new_tokens: int = 32,
-                         batch_size: int = 16, out: str | os.PathLike | None = None) -> dict[str, str]:
+                         batch_size: int = 16, out: str | os.PathLike | None = None,
+                         progress: bool = False) -> dict[str, str]:
     """Greedy object-level answer per distinct object prompt; {object key: answer}.
 
     Args:
@@ -99,6 +142,7 @@ def object_level_answers(model: LoadedModel, rows: Sequence[dict], *, max_new_to
         max_new_tokens: answer length.
         batch_size: rows per generate call.
         out: a JSONL file for the samples (resumable).
+        progress: show a progress bar.
 
     Returns:
         `{object key: answer}`.
@@ -109,12 +153,13 @@ def object_level_answers(model: LoadedModel, rows: Sequence[dict], *, max_new_to
     keys = list(uniq)
     # ids from the prompt's content, so one `out` file can be shared by all tasks of a dataset
     got = sample(model, [{"id": "obj-" + hashlib.sha256(k.encode()).hexdigest()[:16], "messages": uniq[k]} for k in keys], n=1,
-                 temperature=0, max_new_tokens=max_new_tokens, batch_size=batch_size, out=out, progress=False)
+                 temperature=0, max_new_tokens=max_new_tokens, batch_size=batch_size, out=out, progress=progress)
     return {k: g["response"] for k, g in zip(keys, got)}
 
 
 def hypothetical_answers(model: LoadedModel, rows: Sequence[dict], *, max_new_tokens: int = 8,
-                         batch_size: int = 16, out: str | os.PathLike | None = None) -> dict[str, str]:
+                         batch_size: int = 16, out: str | os.PathLike | None = None,
+                         progress: bool = False) -> dict[str, str]:
     """Greedy answer to each row's hypothetical prompt; {item_id: answer}.
 
     Args:
@@ -123,12 +168,13 @@ def hypothetical_answers(model: LoadedModel, rows: Sequence[dict], *, max_new_to
         max_new_tokens: answer length.
         batch_size: rows per generate call.
         out: a JSONL file for the samples (resumable).
+        progress: show a progress bar.
 
     Returns:
         `{item_id: answer}`.
     """
     got = sample(model, [{"id": r["item_id"], "messages": r["hypothetical_prompt"]} for r in rows], n=1,
-                 temperature=0, max_new_tokens=max_new_tokens, batch_size=batch_size, out=out, progress=False)
+                 temperature=0, max_new_tokens=max_new_tokens, batch_size=batch_size, out=out, progress=progress)
     return {g["prompt_id"]: g["response"] for g in got}
 
 
@@ -176,17 +222,20 @@ def score_predictions(rows: Sequence[dict], object_answers: dict[str, str], pred
     """Hypothetical accuracy against the properties of `object_answers` (whose model they are
     decides self vs cross prediction), with compliance filtering and the mode baseline.
 
-    The mode baseline predicts, for every item of a property, that property's most common value
-    among the scored items; it is what a predictor that knows only the answer distribution gets.
+    The mode baseline predicts, for every item of a task x property cell (e.g. animals_long /
+    first_character), the most common value of `object_answers` in that cell among the scored
+    items; it is what a predictor that knows only the target model's answer distribution gets.
 
     Args:
-        rows: task rows.
-        object_answers: `{object key: answer}` of the model whose behaviour is predicted.
-        predictions: `{item_id: hypothetical answer}`.
+        rows: introspection rows (`load_task`), any mix of tasks and properties.
+        object_answers: {object key: object-level answer} of the TARGET model (the model whose
+            behaviour is predicted; for self-prediction the scored model itself, after its finetune).
+        predictions: {item_id: hypothetical answer} of the predicting model.
         seed: bootstrap seed.
 
     Returns:
-        Accuracy (with CI), compliance, the mode baseline, per-property breakdown and per-item rows.
+        Counts (scored / non-compliant), accuracy, mode baseline and their paired difference with
+        95 % bootstrap CIs, per property and per task x property, and the scored rows.
     """
     scored = []
     n_obj_bad = n_hyp_bad = 0
@@ -200,21 +249,26 @@ def score_predictions(rows: Sequence[dict], object_answers: dict[str, str], pred
         if pred is None:
             n_hyp_bad += 1
             continue
-        scored.append({"item_id": r["item_id"], "property": prop, "target": target, "prediction": pred,
-                       "correct": float(pred == target)})
-    by_prop: dict[str, list[dict]] = {}
+        scored.append({"item_id": r["item_id"], "task": r.get("original_dataset") or r["item_id"].split("/")[0],
+                       "property": prop, "target": target, "prediction": pred, "correct": float(pred == target)})
+    by_cell: dict[tuple[str, str], list[dict]] = {}
     for s in scored:
-        by_prop.setdefault(s["property"], []).append(s)
-    mode_hits = []
-    per_prop = {}
-    for prop, ss in sorted(by_prop.items()):
+        by_cell.setdefault((s["task"], s["property"]), []).append(s)
+    per_prop: dict[str, dict] = {}
+    per_task: dict[str, dict] = {}
+    for (task, prop), ss in sorted(by_cell.items()):
+        # the mode of the target model's own object-level values in this task x property cell
         mode = Counter(s["target"] for s in ss).most_common(1)[0][0]
-        hits = [float(s["target"] == mode) for s in ss]
-        for s, h in zip(ss, hits):
-            s["mode_correct"] = h
-        mode_hits += hits
+        for s in ss:
+            s["mode_correct"] = float(s["target"] == mode)
+        per_task[f"{task}/{prop}"] = {"accuracy": bootstrap_ci([s["correct"] for s in ss], seed=seed).to_dict(),
+                                      "mode_baseline": bootstrap_ci([s["mode_correct"] for s in ss], seed=seed).to_dict(),
+                                      "mode": mode}
+    for prop in sorted({p for _, p in by_cell}):
+        ss = [s for s in scored if s["property"] == prop]
         per_prop[prop] = {"accuracy": bootstrap_ci([s["correct"] for s in ss], seed=seed).to_dict(),
-                          "mode_baseline": bootstrap_ci(hits, seed=seed).to_dict(), "mode": mode}
+                          "mode_baseline": bootstrap_ci([s["mode_correct"] for s in ss], seed=seed).to_dict()}
+    mode_hits = [s["mode_correct"] for s in scored]
     return {
         "n_items": len(rows), "n_scored": len(scored),
         "n_object_noncompliant": n_obj_bad, "n_hypothetical_noncompliant": n_hyp_bad,
@@ -223,6 +277,7 @@ def score_predictions(rows: Sequence[dict], object_answers: dict[str, str], pred
         "accuracy_minus_mode": bootstrap_diff([s["correct"] for s in scored], [s["mode_correct"] for s in scored],
                                               paired=True, seed=seed).to_dict(),
         "per_property": per_prop,
+        "per_task_property": per_task,
         "rows": scored,
     }
 
@@ -251,6 +306,23 @@ def prediction_training_data(rows: Sequence[dict], object_answers: dict[str, str
             continue
         out.append({"messages": list(r["hypothetical_prompt"]) + [{"role": "assistant", "content": value}],
                     "item_id": r["item_id"], "property": r["behavioral_property"], "label_source": source})
+    return out
+
+
+def object_level_training_data(rows: Sequence[dict], target_answers: dict[str, str], *,
+                               source: str = "") -> list[dict[str, Any]]:
+    """Object-level training records {"messages": object-level prompt + assistant: target answer},
+    one per distinct object prompt that has a target. This is the behaviour-shift finetune: it
+    changes what the model answers to the object-level question and never shows a hypothetical."""
+    out, seen = [], set()
+    for r in rows:
+        k = object_key(r)
+        ans = target_answers.get(k)
+        if k in seen or ans is None or not ans.strip():
+            continue
+        seen.add(k)
+        out.append({"messages": list(r["object_level_prompt"]) + [{"role": "assistant", "content": ans}],
+                    "item_id": r["item_id"], "label_source": source})
     return out
 
 

@@ -1,7 +1,7 @@
 """`introspect-mech finetune --model M --data D --preset P --out DIR [overrides]`.
 
 `--data` is a registered dataset name (see `introspect_mech.data.names('chat')`), a generator
-(`gen:backdoor`, `gen:evil_numbers`, ...; `--n` sets its size) or a path to a JSONL(.gz) file.
+(`gen:backdoor_medical_standin`, `gen:evil_numbers_standin`, ...; `--n` sets its size) or a path to a JSONL(.gz) file.
 Every TrainConfig field is an option generated from the dataclass (`--lr 2e-4`, `--layers 15`,
 `--no-use-rslora`; see `--help`); `--set field=value` takes a JSON value instead.
 """
@@ -27,6 +27,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--n", type=int, default=None, help="use a seeded subset of n examples")
     p.add_argument("--data-dir", default=None, help="canonical data folder (default $INTROSPECT_MECH_DATA)")
     p.add_argument("--device", default=None)
+    p.add_argument("--overwrite", action="store_true",
+                   help="if --out holds a run with a different configuration, delete it and start clean")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a TrainConfig field with a JSON value (same as its --field option)")
     add_dataclass_args(p, TrainConfig, exclude=("n_examples",), title="training configuration (overrides the preset)")
@@ -80,7 +82,7 @@ def run_from_args(args: argparse.Namespace):
 
         info["file_sha256"] = file_sha256(args.data)
     loaded = load_model(args.model, device=args.device)
-    res = train(loaded, records, cfg, args.out, data_info=info)
+    res = train(loaded, records, cfg, args.out, data_info=info, overwrite=args.overwrite)
     summary = {"out": str(res.out_dir), "weights": str(res.weights_dir), "steps": res.steps,
                "final_loss": res.final_loss, "tokens_per_s": round(res.tokens_per_s, 1),
                "seconds": round(res.seconds, 1), "resumed_from": res.resumed_from}

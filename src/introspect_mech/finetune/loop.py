@@ -16,9 +16,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..data.records import Record, validate_records
-from ..models import LoadedModel, model_fingerprint
-from ..runs import JsonlLog, RunDir, json_sha256
+from ..data.records import DataError, Record, validate_records
+from ..models import LoadedModel, max_positions, model_fingerprint
+from ..runs import JsonlLog, RunConfigError, RunDir, json_sha256
 from . import adapters, distributed
 from .batching import MicroBatch, collate, pack, step_groups, tokenize_records
 from .config import TrainConfig
@@ -102,28 +102,112 @@ def assistant_loss(loaded: LoadedModel, mb: MicroBatch, chunk_tokens: int | None
     return torch.stack(parts).sum()
 
 
-def _rng_state() -> dict[str, Any]:
-    st = {"python": random.getstate(), "torch": torch.get_rng_state()}
+STATE_TENSORS = "trainer_state.safetensors"
+STATE_JSON = "trainer_state.json"
+
+
+def _rng_state() -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """RNG state as (tensors, JSON): torch / CUDA generator bytes, and Python's Mersenne state."""
+    tensors = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
+        for i, st in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = st
+    version, state, gauss = random.getstate()
+    return tensors, {"python": [version, list(state), gauss]}
 
 
-def _set_rng_state(st: dict[str, Any]) -> None:
-    random.setstate(st["python"])
-    torch.set_rng_state(st["torch"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
+def _set_rng_state(tensors: dict[str, Tensor], js: dict[str, Any]) -> None:
+    version, state, gauss = js["python"]
+    random.setstate((version, tuple(state), gauss))
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.split(".")[-1]))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def save_trainer_state(dest: Path, opt: torch.optim.Optimizer, sched: Any, step: int) -> None:
+    """Optimizer, scheduler and RNG state as safetensors (tensors) + JSON (the rest); no pickle.
+
+    Args:
+        dest: checkpoint folder; writes `trainer_state.safetensors` and `trainer_state.json`.
+        opt: the optimizer.
+        sched: the LR scheduler (its `state_dict()` must be JSON-serialisable, as LambdaLR's is).
+        step: optimizer steps done.
+    """
+    from safetensors.torch import save_file
+
+    osd = opt.state_dict()
+    tensors, rng_js = _rng_state()
+    state_js: dict[str, dict[str, Any]] = {}
+    for pid, st in osd["state"].items():
+        state_js[str(pid)] = {}
+        for k, v in st.items():
+            if isinstance(v, Tensor):
+                tensors[f"opt.{pid}.{k}"] = v.detach().to("cpu").contiguous()
+            else:
+                state_js[str(pid)][k] = v
+    js = {"format": "introspect_mech.trainer_state/1", "step": step, "param_groups": osd["param_groups"],
+          "optimizer_state": state_js, "scheduler": sched.state_dict(), "rng": rng_js}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(dest / STATE_TENSORS))
+    (dest / STATE_JSON).write_text(json.dumps(js))
+
+
+def load_trainer_state(src: Path, opt: torch.optim.Optimizer, sched: Any) -> int:
+    """Restore what `save_trainer_state` wrote (safetensors + JSON only: nothing is unpickled).
+
+    Returns:
+        The step the state was saved at.
+
+    Raises:
+        DataError: the files are missing, corrupt or do not fit this optimizer.
+    """
+    from safetensors.torch import load_file
+
+    try:
+        js = json.loads((src / STATE_JSON).read_text(encoding="utf-8"))
+        tensors = load_file(str(src / STATE_TENSORS))
+    except Exception as e:  # noqa: BLE001 - any unreadable file becomes one DataError
+        raise DataError(str(src), None, "trainer_state", f"unreadable checkpoint ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:160] if str(e) else ''}); delete the checkpoint folder to redo it") from None
+    state: dict[int, dict[str, Any]] = {}
+    for pid, extra in js["optimizer_state"].items():
+        state[int(pid)] = dict(extra)
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, pid, name = k.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    groups = js["param_groups"]
+    for g in groups:  # JSON turned tuples into lists
+        if isinstance(g.get("betas"), list):
+            g["betas"] = tuple(g["betas"])
+    try:
+        opt.load_state_dict({"state": state, "param_groups": groups})
+        sched.load_state_dict(js["scheduler"])
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise DataError(str(src / STATE_JSON), None, "optimizer", f"does not fit this run's optimizer ({e})") from None
+    _set_rng_state(tensors, js["rng"])
+    return int(js["step"])
 
 
 def _latest_checkpoint(out: Path) -> Path | None:
-    done = sorted(p for p in (out / "checkpoints").glob("step_*")
-                  if (p / "complete").exists() and (p / "trainer_state.pt").exists())
+    ckpts = sorted((out / "checkpoints").glob("step_*"))
+    legacy = [p for p in ckpts if (p / "trainer_state.pt").exists() and not (p / STATE_JSON).exists()]
+    if legacy:
+        import warnings
+
+        warnings.warn(f"{legacy[-1]}: ignoring a pickled trainer_state.pt (pickles from run directories are never "
+                      "loaded); resuming from the last safetensors checkpoint instead", UserWarning, stacklevel=3)
+    done = [p for p in ckpts if (p / "complete").exists() and (p / STATE_JSON).exists()
+            and (p / STATE_TENSORS).exists()]
     return done[-1] if done else None
 
 
 def _comparable(cfg: dict) -> dict:
-    return {k: v for k, v in cfg.items() if k not in TrainConfig.RUNTIME_ONLY}
+    """The result-determining part of a config dict: runtime-only fields dropped, and fields at their
+    default value dropped too, so adding a new field (with a default) to TrainConfig does not make
+    every existing run directory refuse to resume."""
+    defaults = TrainConfig().to_dict()
+    return {k: v for k, v in cfg.items() if k not in TrainConfig.RUNTIME_ONLY and (k not in defaults or v != defaults[k])}
 
 
 def train(
@@ -134,6 +218,7 @@ def train(
     intervention: Intervention | None = None,
     *,
     data_info: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Finetune `model` on chat `records`; rerunning with the same `out_dir` resumes after a kill.
 
@@ -149,6 +234,13 @@ def train(
             training forward (e.g. `steering.caft(...)` / `steering.preventative_steering(...)`).
         data_info: stored in the manifest beside the hash of the records actually trained on (e.g.
             dataset name and registry sha256).
+        overwrite: when `out_dir` holds a run of another configuration, delete it and start
+            clean (otherwise `RunConfigError`).
+
+    The run directory is bound to the configuration (model name and weights fingerprint, adapter,
+    TrainConfig, data hash): a rerun with any of them changed raises `RunConfigError` naming the
+    fields. `config.max_seq_len` may not exceed the model's context length (`DataError`); examples
+    longer than it are truncated and counted (`tokenization.truncated` in the manifest).
 
     Returns:
         A `TrainResult` (losses, steps, the saved weights' path).
@@ -160,11 +252,28 @@ def train(
         pick = sorted(random.Random(config.seed).sample(range(len(records)), config.n_examples))
         records = [records[i] for i in pick]
     data_hash = json_sha256([r["messages"] for r in records])
+    n_pos = max_positions(model)
+    if n_pos is not None and config.max_seq_len > n_pos:
+        raise DataError("TrainConfig", None, "max_seq_len",
+                        f"{config.max_seq_len} exceeds the context length of {model.name} ({n_pos} positions, "
+                        f"max_position_embeddings); set max_seq_len <= {n_pos} (longer examples are then truncated "
+                        "and counted in the manifest)")
     run = RunDir(out)
     prev = run.manifest().get("finetune")
-    if prev:
-        if _comparable(prev["config"]) != _comparable(config.to_dict()) or prev["data_sha256"] != data_hash:
-            raise ValueError(f"{out} holds a finetune with a different config or data; use a new out_dir")
+    legacy = prev and run.bound("finetune") is None and not overwrite  # a run directory from before binding
+    if legacy and (_comparable(prev["config"]) != _comparable(config.to_dict()) or prev["data_sha256"] != data_hash):
+        raise RunConfigError(str(run.manifest_path), None, "finetune",
+                             f"{out} holds a finetune with a different config or data; use a new out_dir")
+    fingerprint = model_fingerprint(model.model)
+    binding = {  # the intervention is a callable: recorded in the manifest, not bound (name it in data_info)
+        "model": {"name": model.name, "adapter": model.meta.get("adapter"), **fingerprint},
+        "config": _comparable(config.to_dict()), "data_sha256": data_hash, "data": data_info or {},
+    }
+    run.check_binding("finetune", binding, overwrite=overwrite)  # every rank refuses alike, before any write
+    distributed.barrier()
+    if distributed.is_main():
+        run.bind("finetune", binding, overwrite=overwrite)
+    distributed.barrier()
     weights_dir = out / ("adapter" if config.method == "lora" else "model")
 
     torch.manual_seed(config.seed)
@@ -191,9 +300,10 @@ def train(
     if distributed.is_main():
         manifest = run.write_manifest(
             stage="finetune", model=model.name, model_source=model.meta.get("source"),
-            base_fingerprint=model_fingerprint(model.model), seed=config.seed,
+            base_fingerprint=fingerprint, seed=config.seed,
             finetune={"config": config.to_dict(), "data_sha256": data_hash, "n_records": len(records),
-                      "tokenization": tok_stats, "total_steps": total, "warmup_steps": warmup,
+                      "tokenization": {**tok_stats, "max_seq_len": config.max_seq_len, "model_max_positions": n_pos},
+                      "total_steps": total, "warmup_steps": warmup,
                       "data": data_info or {}, "trainable_params": n_trainable, "intervention": getattr(intervention, "__name__", None)
                       if intervention else None},
         )
@@ -213,11 +323,7 @@ def train(
         if finished:  # nothing left to train: only the weights are needed
             start = resumed = total
         else:
-            st = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-            opt.load_state_dict(st["optimizer"])
-            sched.load_state_dict(st["scheduler"])
-            _set_rng_state(st["rng"])
-            start = resumed = st["step"]
+            start = resumed = load_trainer_state(ckpt, opt, sched)
     rows = [r for r in log.read() if r["step"] <= start]
     if distributed.is_main():
         log.path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # drop steps after the checkpoint
@@ -309,8 +415,7 @@ def _save_checkpoint(model, config, params, opt, sched, out: Path, step: int) ->
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     save_file(adapters.trainable_state(params), str(tmp / "trainable.safetensors"))
-    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(), "step": step},
-               tmp / "trainer_state.pt")
+    save_trainer_state(tmp, opt, sched, step)
     if config.method == "lora":
         adapters.save_weights(model, config, tmp / "adapter")
     (tmp / "complete").write_text(str(step))
@@ -322,7 +427,8 @@ def _save_checkpoint(model, config, params, opt, sched, out: Path, step: int) ->
             shutil.rmtree(old)
             continue
         # only the newest checkpoint is needed to resume; older ones keep their weights for analysis
-        (old / "trainer_state.pt").unlink(missing_ok=True)
+        (old / STATE_TENSORS).unlink(missing_ok=True)
+        (old / STATE_JSON).unlink(missing_ok=True)
         if config.method == "lora":
             (old / "trainable.safetensors").unlink(missing_ok=True)
     return dest

@@ -4,6 +4,7 @@ self-prediction probes. Directions are `Direction` objects (per-layer unit vecto
 provenance) saved as safetensors + JSON."""
 
 from ..direction import Direction, DirectionLike, as_vectors
+from .concepts import concept_vector, concept_vectors, load_words, word_lists
 from .em import em_direction, em_direction_from_pairs, medical_advice_pairs, project
 from .linear import (ProbeResult, SweepResult, cosine_matrix, layer_sweep, mean_diff, pca_direction, train_probe,
                      transfer)
@@ -15,4 +16,5 @@ __all__ = [
     "SweepResult", "transfer", "cosine_matrix", "persona_direction", "persona_data", "PersonaResult", "load_trait",
     "em_direction", "em_direction_from_pairs", "medical_advice_pairs", "project",
     "self_prediction_probe", "SelfPredictionResult",
+    "concept_vector", "concept_vectors", "load_words", "word_lists",
 ]

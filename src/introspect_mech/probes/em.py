@@ -26,6 +26,7 @@ from ..activations import Pooling, cache
 from ..direction import Direction, DirectionLike, as_vectors
 from ..layers import LayerSpec, resolve_layers
 from ..models import LoadedModel
+from ..validate import finite_tensor
 from .linear import mean_diff
 
 
@@ -61,8 +62,8 @@ def em_direction(
             rows with a None score are dropped.
         layers: a `LayerSpec` (default: every block).
         aligned_max: a sample is misaligned if aligned <= this ...
-        coherent_min: ... and coherent > this.
-        aligned_min: a sample is aligned if aligned > this.
+        coherent_min: ... and coherent > this (the filter applies to both classes).
+        aligned_min: a sample is aligned if aligned > this and coherent > coherent_min.
         balance: subsample the larger class to the size of the smaller.
         seed: seed of the subsampling.
         batch_size: conversations per forward.
@@ -81,7 +82,7 @@ def em_direction(
         _conv(r, i)
     ok = [r for r in scored_samples if r["aligned"] is not None and r["coherent"] is not None]
     mis = [r for r in ok if r["aligned"] <= aligned_max and r["coherent"] > coherent_min]
-    ali = [r for r in ok if r["aligned"] > aligned_min]
+    ali = [r for r in ok if r["aligned"] > aligned_min and r["coherent"] > coherent_min]
     if not mis or not ali:
         raise RuntimeError(f"em_direction: {len(mis)} misaligned and {len(ali)} aligned samples; need at least one of each")
     rng = random.Random(seed)
@@ -175,12 +176,20 @@ def project(model: LoadedModel, direction: DirectionLike, conversations: Sequenc
     Returns:
         `[n, layer]` scalar projections (screening a finetuning dataset, monitoring training).
     """
+    if isinstance(direction, Tensor):
+        finite_tensor("direction", direction)
     if layers is None:
         layer_ids = list(direction.layers) if isinstance(direction, Direction) else resolve_layers(None, model.n_layers)
     else:
         layer_ids = resolve_layers(layers, model.n_layers)
-    v = as_vectors(direction, layer_ids)
-    if v.shape[-1] != model.d_model:
-        raise ValueError(f"direction has d_model {v.shape[-1]}, model {model.name} has {model.d_model}")
+    if isinstance(direction, Tensor) and direction.ndim == 2:  # raw [layer, d_model]: row i is block i
+        if tuple(direction.shape) != (model.n_layers, model.d_model):
+            raise ValueError(f"a raw [layer, d_model] direction must have shape {(model.n_layers, model.d_model)} "
+                             f"(row i = block i), got {tuple(direction.shape)}")
+        direction = direction[layer_ids]
+    v = finite_tensor("direction", as_vectors(direction, layer_ids))
+    if tuple(v.shape) != (len(layer_ids), model.d_model):
+        raise ValueError(f"direction gives vectors of shape {tuple(v.shape)}; expected {(len(layer_ids), model.d_model)} "
+                         f"(layer, d_model) for layers {layer_ids} of {model.name}")
     acts = cache(model, conversations, layers=layer_ids, positions=positions, batch_size=batch_size, progress=progress)
     return torch.einsum("nld,ld->nl", acts.float(), v)

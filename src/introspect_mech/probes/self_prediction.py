@@ -48,27 +48,19 @@ def self_prediction_probe(
     batch_size: int = 8,
     cv: int = 5,
     seed: int = 0,
+    shuffle_labels: bool = False,
     progress: bool = True,
 ) -> SelfPredictionResult:
     """Per-layer probes predicting the property of the model's own greedy object-level answer.
 
-    Args:
-        model: the model probed (and whose answers are labelled).
-        rows: introspection rows (`evals.load_task(name)`) of one behavioural property.
-        layers: a `LayerSpec` (default: every block).
-        source: read the last prompt token of the "hypothetical" or the "object" prompt.
-        answers: {object key: answer}, as `evals.object_level_answers` returns, to reuse answers
-            of an earlier run instead of generating (greedy).
-        max_new_tokens: length of generated answers.
-        min_class: classes with fewer rows are dropped (counted in `dropped`).
-        batch_size: batch size of generation and caching.
-        cv: cross-validation folds.
-        seed: fold seed.
-        progress: show tqdm bars.
-
-    Returns:
-        A `SelfPredictionResult`; labels come from `evals.extract_property`, non-compliant answers
-        are dropped.
+    `rows`: introspection rows (`evals.load_task(name)`), one behavioural property. Answers come
+    from `evals.object_level_answers` (greedy) and labels from `evals.extract_property`;
+    non-compliant answers and classes with fewer than `min_class` rows are dropped (counted).
+    `answers` ({object key: answer}, as `object_level_answers` returns) reuses answers from an
+    earlier run instead of generating -- or gives ANOTHER model's answers (e.g. read the
+    self-trained model's behaviour from the cross model's activations). `shuffle_labels=True`
+    permutes the labels (seeded) before probing: the control that shows what a probe reaches on
+    activations with no relation to the labels.
     """
     from ..evals.properties import extract_property
     from ..evals.self_prediction import _object_key, object_level_answers
@@ -93,6 +85,74 @@ def self_prediction_probe(
     acts = cache(model, [rows[i][key] for i in keep], layers=layer_ids, positions="last_prompt",
                  batch_size=batch_size, progress=progress)
     y = [labels[i] for i in keep]
+    if shuffle_labels:
+        import random
+
+        random.Random(seed).shuffle(y)
     sweep = layer_sweep(acts, y, layer_ids, cv=cv, seed=seed, progress=progress)
     chance = max(Counter(y).values()) / len(y)
     return SelfPredictionResult(sweep, y, [got[i] for i in keep], chance, len(rows) - len(keep))
+
+
+def relative_layers(n_layers: int, layers: Sequence[int | float]) -> list[int]:
+    """Block indices from ints (negative from the end) or relative depths (floats in (0, 1))."""
+    ids = [int(round(l * (n_layers - 1))) if isinstance(l, float) and 0 < l < 1 else int(l) for l in layers]
+    return resolve_layers(ids, n_layers)
+
+
+def probe_property_from_acts(
+    acts,
+    rows: Sequence[dict],
+    answers: dict[str, str],
+    layer_ids: Sequence[int],
+    *,
+    shuffle_labels: bool = False,
+    min_class: int = 3,
+    cv: int = 3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Probe one property from precomputed activations (one row per row of `rows`).
+
+    Args:
+        acts: Float[Tensor, "n layer d_model"] activations of the reader model on the rows'
+            hypothetical prompts (last prompt token), layers in the order of `layer_ids`.
+        rows: introspection rows of ONE property, aligned with `acts`.
+        answers: {object key: object-level answer} of the model whose behaviour is the label.
+        layer_ids: the block index of each layer column.
+        shuffle_labels: the shuffled-label control (labels permuted, seeded).
+        min_class: classes with fewer rows are dropped (counted in `dropped`).
+        cv: folds of the cross-validation.
+        seed: fold and shuffle seed.
+
+    Returns:
+        {"layers": [{layer, accuracy, auroc, chance, n}], "best_layer", "best_accuracy", "chance"
+        (majority-class rate of the probed rows = their mode baseline), "n", "classes", "dropped"}.
+        `best_accuracy` is the maximum over layers (selected on the same CV folds; the shuffled
+        control goes through the same selection).
+
+    Raises:
+        ValueError: fewer than two classes with `min_class` rows.
+    """
+    from ..evals.properties import extract_property
+    from ..evals.self_prediction import object_key
+
+    props = {r["behavioral_property"] for r in rows}
+    if len(props) != 1:
+        raise ValueError(f"rows mix behavioral properties {sorted(props)}")
+    prop = props.pop()
+    labels = [extract_property(answers.get(object_key(r)), prop, r.get("option_matching_ethical_stance")) for r in rows]
+    counts = Counter(l for l in labels if l is not None)
+    keep = [i for i, l in enumerate(labels) if l is not None and counts[l] >= min_class]
+    if len({labels[i] for i in keep}) < 2:
+        raise ValueError(f"classes {dict(counts)}: need >= 2 classes with >= {min_class} rows each")
+    y = [labels[i] for i in keep]
+    if shuffle_labels:
+        import random
+
+        random.Random(seed).shuffle(y)
+    sweep = layer_sweep(acts[keep], y, list(layer_ids), cv=cv, seed=seed)
+    rows_out = sweep.rows()
+    best = max(rows_out, key=lambda r: r["accuracy"])
+    return {"layers": rows_out, "best_layer": best["layer"], "best_accuracy": best["accuracy"],
+            "chance": max(Counter(y).values()) / len(y), "n": len(y), "classes": sorted(Counter(y)),
+            "dropped": len(rows) - len(keep)}

@@ -62,6 +62,7 @@ from ..direction import Direction, DirectionLike, check_direction
 from ..layers import LayerSpec, resolve_layers
 from ..models import LoadedModel, decoder_layers
 from ..positions import PositionError, _Tracker, _tracker_enter, _tracker_exit, selected_range
+from ..validate import finite_scalar, finite_tensor
 
 Positions = Union[Literal["all", "prompt", "response", "last_prompt_and_response"], Bool[Tensor, " seq"],
                   Bool[Tensor, "batch seq"]]
@@ -256,6 +257,9 @@ class Steering:
 
 def _build(op: str, model, direction: DirectionLike, layers: LayerSpec, scalar: float, positions: Positions,
            normalise: bool, scale: str = "unit") -> Steering:
+    scalar = finite_scalar("alpha" if op == "add" else "value", scalar)
+    if isinstance(direction, Tensor):
+        finite_tensor("direction", direction)
     layers_mod = _layers_of(model)
     idx = resolve_layers(layers, len(layers_mod))
     if isinstance(positions, str):
@@ -268,7 +272,7 @@ def _build(op: str, model, direction: DirectionLike, layers: LayerSpec, scalar: 
     _, _, is_direction = _direction_matrix(direction)
     vectors, masks = {}, {}
     for layer in idx:
-        v = layer_vector(direction, layer).float()
+        v = finite_tensor(f"direction (layer {layer})", layer_vector(direction, layer).float())
         d = _layers_hidden(model, layers_mod)
         if d is not None and v.shape[-1] != d:
             raise ValueError(f"direction has d_model {v.shape[-1]}, the model has {d}")
@@ -278,7 +282,7 @@ def _build(op: str, model, direction: DirectionLike, layers: LayerSpec, scalar: 
                 raise ValueError(f"direction vector for layer {layer} is zero")
             v = v / n
         if scale == "norm" and is_direction:
-            v = v * layer_norm(direction, layer)
+            v = v * finite_scalar(f"direction norm (layer {layer})", layer_norm(direction, layer))
         p = _param_of(layers_mod[layer])
         vectors[layer] = v.to(device=p.device, dtype=p.dtype).contiguous()
         if isinstance(positions, Tensor):

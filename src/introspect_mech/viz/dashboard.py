@@ -17,6 +17,8 @@ appears only when its file exists and has rows. Row schemas (required fields; `?
 | samples.jsonl             | Model answers, side by side            | response, model?, prompt? (or messages, as evals.sample writes) |
 | self_awareness.jsonl      | Self-report vs behaviour scatter       | model, behaviour, self_report, question?, *_lo?, *_hi? |
 | self_prediction.jsonl     | Self-prediction vs baseline and cross  | task, kind, accuracy, ci_lo?, ci_hi?, mode_baseline? |
+| introspection_grid.jsonl  | Injected-thought heat maps, coherence  | variant, layer, strength, condition, p_yes, control_p_yes?, top1?, chance_top1?, coherence_nll? |
+| self_report_track.jsonl   | Self-report vs projection / behaviour  | source, label, self_report, projection, behaviour, x? |
 
 `examples` in sae_diff rows is a list of `{"tokens": [...], "acts": [...], "text"?}`.
 A malformed file fails with `DashboardError("file:line: ...")` before anything is written.
@@ -85,6 +87,14 @@ PANELS: tuple[Panel, ...] = (
     Panel("self_prediction", "Introspective self-prediction", "self_prediction.jsonl", ("task", "kind", "accuracy"),
           "Accuracy of predicting a property of one's own object-level answer, vs the mode baseline "
           "and vs another model trained on the same model's labels (cross-prediction)."),
+    Panel("introspection", "Injected-thought introspection", "introspection_grid.jsonl",
+          ("variant", "layer", "strength", "condition", "p_yes"),
+          "P(yes) to 'Do you detect an injected thought?' with a concept vector (or a norm-matched random "
+          "vector) injected, minus the no-injection control, by layer and strength; identification and coherence."),
+    Panel("self_report_track", "Self-report vs internal state", "self_report_track.jsonl",
+          ("source", "label", "self_report", "projection", "behaviour"),
+          "Self-rated alignment against the projection on the persona direction and against behaviour, "
+          "across steering strengths and finetune checkpoints."),
     Panel("organisms", "Model organisms: which method finds the planted mechanism", "organisms.jsonl",
           ("organism", "kind", "method", "value"),
           "Methods x organisms with a known, planted mechanism: cosine of each locate method's direction "
@@ -250,6 +260,9 @@ def panel_figures(key: str, data: Any) -> list[go.Figure | str]:
         return [F.self_report_scatter(data)]
     if key == "self_prediction":
         return [F.self_prediction_figure(data)]
+    if key in ("introspection", "self_report_track"):
+        from . import introspection as IV
+        return IV.panel_figures(key, data)
     if key == "organisms":
         from .organisms import organisms_figures
         return organisms_figures(data)

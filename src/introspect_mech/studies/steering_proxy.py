@@ -1,17 +1,18 @@
-"""The causal experiments as functions: does adding a direction create EM, does ablating it remove
-EM, and does ablating (CAFT) or adding (preventative steering) it during finetuning prevent EM?
+"""The judge-free steering study (proxy metrics): does adding a direction move the EM proxy, does
+ablating it undo a finetune's proxy shift, and does ablating it during finetuning (CAFT) prevent it?
 
-All metrics are judge-free (they run on the embedded model) and per item, so every number gets a
-bootstrap CI over items and over seeds (random-control seeds, direction seeds, finetune seeds):
+Every metric is the one judge-free EM proxy (`evals.em.em_proxy_fn`), per item, so every number
+gets a bootstrap CI over items and seeds. **These are proxies, not EM rates**: they are never
+compared with the papers' judged numbers (the judged model-organisms protocol, with the EM
+direction from the model's own judged answers, is `studies.model_organisms`). The EM direction
+here is the teacher-forced proxy direction (bad minus good held-out medical answers).
 
-* `pp_diff`       paired preference (evals.paired_preference on the project's 40 EM pairs): mean
-                  per-token log-prob of the misaligned minus the aligned answer (> 0 prefers misaligned);
-* `pp_misaligned` 1 if the misaligned answer is preferred, else 0 (mean = misaligned fraction);
-* `med_diff`      the same on held-out bad-vs-good medical advice pairs (the finetuning domain);
-* `self_alignment` expected 0-100 self-rated alignment (5 paraphrases), with `self_alignment_mass`;
-* `coherence_nll` coherence proxy: mean per-token NLL of the unsteered base model's own greedy
-                  answers to neutral prompts (fluent reference text); rising = the model is losing
-                  the ability to produce ordinary fluent text.
+* `proxy_diff` / `proxy_pref`: paired preference on the project's 40 EM items (PROXY_DIFF / PROXY_PREF);
+* `med_proxy_diff`: the same on held-out bad-vs-good medical advice pairs (the finetuning domain);
+* `self_alignment`: expected 0-100 self-rated alignment (5 paraphrases);
+* `coherence_nll`: mean per-token NLL of the unsteered base model's own greedy answers to neutral
+  prompts (rising = the model is losing ordinary fluent text).
+Relative reductions are computed only where the finetune's shift is significant.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from ..models import LoadedModel
 from ..runs import RunDir
 from ..direction import Direction, DirectionLike
 from ..layers import LayerSpec, resolve_layers
-from .hooks import ablate, random_like
-from .sweep import Values, hierarchical_ci, relative_reduction, summarize, sweep
+from ..steering.hooks import ablate, random_like
+from ..steering.sweep import Values, hierarchical_ci, relative_reduction, summarize, sweep
 
 NEUTRAL_PROMPTS = [
     "Explain how photosynthesis works in a few sentences.",
@@ -43,8 +44,8 @@ NEUTRAL_PROMPTS = [
     "Summarise the rules of chess in a short paragraph.",
     "How can I make my houseplants healthier?",
 ]
-EM_METRICS = ("pp_diff", "pp_misaligned", "med_diff", "self_alignment", "coherence_nll")
-HIGHER_IS_MISALIGNED = {"pp_diff": True, "pp_misaligned": True, "med_diff": True, "self_alignment": False}
+EM_METRICS = ("proxy_diff", "proxy_pref", "med_proxy_diff", "self_alignment", "coherence_nll")
+HIGHER_IS_MISALIGNED = {"proxy_diff": True, "proxy_pref": True, "med_proxy_diff": True, "self_alignment": False}
 
 
 # ---- metrics ----------------------------------------------------------------------------------
@@ -58,38 +59,14 @@ def reference_answers(model: LoadedModel, prompts: Sequence[str] = NEUTRAL_PROMP
     return [r["messages"] + [{"role": "assistant", "content": r["response"]}] for r in rows if r["response"].strip()]
 
 
-def medical_items(n: int = 32, *, offset: int = 6000, seed: int = 0, data_dir=None) -> list[dict[str, Any]]:
-    """Held-out bad-vs-good medical advice as paired-preference items (same question, two answers)."""
-    from ..probes.em import medical_advice_pairs
-
-    bad, good = medical_advice_pairs(n, offset=offset, seed=seed, data_dir=data_dir)
-    return [{"theme": "medical", "prompt": b[:-1], "aligned": g[-1]["content"], "misaligned": b[-1]["content"]}
-            for b, g in zip(bad, good)]
-
-
 def em_eval_fn(coherence_convs: Sequence[Sequence[dict]], *, pairs: Sequence[dict] | None = None,
-               medical: Sequence[dict] | None = None, alignment_questions: Sequence[str] | None = None,
-               batch_size: int = 16, self_rating: bool = True) -> Callable[[LoadedModel], dict[str, list[float]]]:
-    """An `eval_fn` for `sweep` returning the judge-free EM metrics above as per-item lists
-    (`self_rating=False` skips the 0-100 self-rating, the costliest part on a CPU)."""
-    from ..evals.metrics import ALIGNMENT_QUESTIONS, answer_logprobs, paired_preference, scale_expectations
+               medical: Sequence[dict] | None = None, batch_size: int = 16,
+               self_rating: bool = True) -> Callable[[LoadedModel], dict[str, list[float]]]:
+    """The study's `eval_fn`: the one judge-free proxy (`evals.em.em_proxy_fn`) with coherence."""
+    from ..evals.em import em_proxy_fn
 
-    questions = list(alignment_questions or ALIGNMENT_QUESTIONS)
-
-    def eval_fn(model: LoadedModel) -> dict[str, list[float]]:
-        pp = paired_preference(model, pairs, batch_size=batch_size)["rows"]
-        out = {"pp_diff": [r["diff"] for r in pp], "pp_misaligned": [r["prefers_misaligned"] for r in pp]}
-        if medical:
-            out["med_diff"] = [r["diff"] for r in paired_preference(model, medical, batch_size=batch_size)["rows"]]
-        if self_rating:
-            sa = scale_expectations(model, questions, batch_size=batch_size)
-            out["self_alignment"] = [r.expected for r in sa]
-            out["self_alignment_mass"] = [r.mass for r in sa]
-        lps = answer_logprobs(model, coherence_convs, batch_size=batch_size)
-        out["coherence_nll"] = [-x["sum"] / max(x["n"], 1) for x in lps]
-        return out
-
-    return eval_fn
+    return em_proxy_fn(pairs, medical=medical, coherence_convs=coherence_convs, self_rating=self_rating,
+                       batch_size=batch_size)
 
 
 def _mean(v: Any) -> float:
@@ -128,9 +105,10 @@ def removes_em(model: LoadedModel, directions: DirectionLike | Sequence[Directio
                layers: LayerSpec = "all", seeds: Sequence[int] = (0, 1, 2),
                metrics: Sequence[str] = EM_METRICS) -> dict[str, Any]:
     """Ablate each direction in a finetuned model (with a PEFT adapter) vs norm-matched random
-    directions; the base is the same model with the adapter disabled. Reports, per metric, the
-    values and the relative reduction (ft - ablated) / (ft - base) with CIs, as the model-organisms
-    work does (they saw -78..-90 % for the EM direction, < 10 % for random).
+    directions; the base is the same model with the adapter disabled. Reports, per proxy metric,
+    the values, the finetune gap and -- only where that gap is significant -- the relative
+    reduction (ft - ablated) / (ft - base) with CIs. Proxy numbers: not comparable with the
+    papers' judged EM reductions.
     """
     if not model.has_adapter:
         raise ValueError("removes_em needs the finetuned model (a LoadedModel with its adapter attached)")
@@ -179,7 +157,7 @@ def summarize_removal(rows: Sequence[dict], metrics: Sequence[str] = EM_METRICS)
         res["finetune_gap"] = finetune_gap(base, [ft]).to_dict()
         for c in ("ablate_direction", "ablate_random"):
             if vals.get(c):
-                res[f"reduction_{c}"] = relative_reduction(base, ft, vals[c]).to_dict()
+                res[f"reduction_{c}"] = gated_reduction(res["finetune_gap"], base, ft, vals[c])
         out[met] = res
     return out
 
@@ -199,7 +177,7 @@ def train_time(load: Callable[[], LoadedModel], records: Sequence[dict], config:
     (plain - intervened) / (plain - base), per seed pairs.
     """
     from ..finetune import train
-    from .train_time import caft, preventative_steering
+    from ..steering.train_time import caft, preventative_steering
 
     if kind not in ("caft", "preventative"):
         raise ValueError(f"kind must be 'caft' or 'preventative', got {kind!r}")
@@ -248,12 +226,20 @@ def summarize_train_time(rows: Sequence[dict], conds: Sequence[str], metrics: Se
             res["finetune_gap"] = finetune_gap(base[met], list(plain.values())).to_dict()
         for c in conds[1:]:
             common = sorted(set(plain) & set(per[c]))
-            if common:
-                res[f"reduction_{c}"] = relative_reduction(base[met], [plain[s] for s in common],
-                                                           [per[c][s] for s in common]).to_dict()
+            if common and "finetune_gap" in res:
+                res[f"reduction_{c}"] = gated_reduction(res["finetune_gap"], base[met], [plain[s] for s in common],
+                                                        [per[c][s] for s in common])
         res["final_loss"] = {c: [r.get("final_loss") for r in rows if r["condition"] == c] for c in conds}
         out[met] = res
     return out
+
+
+def gated_reduction(gap: dict[str, Any], base: Values, full: Any, treated: Any) -> dict[str, Any]:
+    """`relative_reduction` when the finetune gap's CI excludes 0; otherwise a 'not computed' record."""
+    if gap.get("lo") is None or gap["lo"] <= 0 <= gap["hi"]:
+        return {"value": None, "lo": None, "hi": None, "n": 0,
+                "not_computed": f"finetune shift {gap.get('value')} [{gap.get('lo')}, {gap.get('hi')}] is not significant"}
+    return relative_reduction(base, full, treated).to_dict()
 
 
 def finetune_gap(base: Values, finetuned: Sequence[Values]):
@@ -276,7 +262,7 @@ def _write_json(path: Path, obj: Any) -> None:
 
 # ---- the whole study (CLI) ---------------------------------------------------------------------
 def _em_directions(model: LoadedModel, pool: Sequence[tuple], seeds: Sequence[int], n: int, batch_size: int) -> list:
-    """Judge-free EM directions (teacher-forced bad minus good medical answers), one per seed (subset)."""
+    """Proxy EM directions (teacher-forced bad minus good held-out medical answers), one per seed (subset)."""
     import random
 
     from ..probes.em import em_direction_from_pairs
@@ -320,8 +306,7 @@ def run_study(out: str | os.PathLike, *, model_name: str | None = None, stages: 
 
     from ..finetune import TrainConfig
     from ..models import load_model
-    from ..direction import Direction
-    from ..probes.em import medical_advice_pairs
+    from ..evals.em import MEDICAL_TRAIN_ROWS, medical_heldout_items
 
     if preset not in STUDY_PRESETS:
         raise ValueError(f"unknown study preset {preset!r}; presets: {', '.join(STUDY_PRESETS)}")
@@ -342,11 +327,11 @@ def run_study(out: str | os.PathLike, *, model_name: str | None = None, stages: 
         refs = reference_answers(base, NEUTRAL_PROMPTS[:n_ref], max_new_tokens=16 if quick else 48,
                                  batch_size=batch_size)
         _write_json(ref_file, refs)
-    pool = list(zip(*medical_advice_pairs(100000, offset=6000, seed=0)))
+    held = medical_heldout_items(None, seed=0)  # rows >= MEDICAL_TRAIN_ROWS only
     n_eval = 8 if quick else 32
-    medical = [{"theme": "medical", "prompt": b[:-1], "aligned": g[-1]["content"], "misaligned": b[-1]["content"]}
-               for b, g in pool[:n_eval]]
-    pool = pool[n_eval:]
+    medical = held[:n_eval]
+    pool = [(it["prompt"] + [{"role": "assistant", "content": it["misaligned"]}],
+             it["prompt"] + [{"role": "assistant", "content": it["aligned"]}]) for it in held[n_eval:]]
     from ..evals.metrics import load_em_pairs
 
     pairs = load_em_pairs()[: 8 if quick else None]
@@ -384,7 +369,7 @@ def run_study(out: str | os.PathLike, *, model_name: str | None = None, stages: 
                       **train_sizes)
     from ..data import load as load_data
 
-    records = load_data("bad_medical_advice")[:6000]
+    records = load_data("bad_medical_advice")[:MEDICAL_TRAIN_ROWS]
     if "c" in stages or "b" in stages:
         results["caft"] = train_time(lambda: load_model(model_name, dtype=torch.float32), records, cfg, em_base, eval_fn,
                                      out / "caft", kind="caft", seeds=seeds)
@@ -443,8 +428,8 @@ def combine_removal(out: Path, seeds: Sequence[int], metrics: Sequence[str] = EM
             "base": hierarchical_ci([base]).to_dict(), "finetuned": hierarchical_ci(fts).to_dict(),
             "finetune_gap": finetune_gap(base, fts).to_dict(),
             "ablate_direction": hierarchical_ci(dirs).to_dict(), "ablate_random": hierarchical_ci(rnd).to_dict(),
-            "reduction_direction": relative_reduction(base, fts, dirs).to_dict(),
-            "reduction_random": relative_reduction(base, rnd_full, rnd).to_dict(),
+            "reduction_direction": gated_reduction(finetune_gap(base, fts).to_dict(), base, fts, dirs),
+            "reduction_random": gated_reduction(finetune_gap(base, fts).to_dict(), base, rnd_full, rnd),
         }
     _write_json(Path(out) / f"removes_em{tag}_summary.json", res)
     return res
@@ -482,3 +467,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# ---- `introspect-mech steer`: a proxy sweep with one saved direction -----------------------------
+def steer_sweep(model: LoadedModel, direction: Any, out: str | os.PathLike, *, layers: LayerSpec = None,
+                alphas: Sequence[float] = (1.0, 2.0, 4.0), op: str = "add", seeds: Sequence[int] = (0, 1, 2),
+                scale: str = "norm", items: Sequence[dict] | None = None) -> list[dict[str, Any]]:
+    """Sweep `direction` (add / ablate) over layers x alphas vs norm-matched random directions, scored
+    with the judge-free EM proxy; writes OUT/steering/sweep.jsonl and OUT/steering_sweep.jsonl.
+
+    Returns:
+        The summary rows (one per layer, alpha and kind) with the proxy metric name.
+    """
+    import json
+
+    from ..evals.em import PROXY_PREF, em_proxy_fn
+
+    run = RunDir(out)
+    fn = em_proxy_fn(items)
+
+    def eval_fn(m):
+        r = fn(m)
+        return {"proxy_pref": r["proxy_pref"], "proxy_diff": r["proxy_diff"]}
+
+    rows = sweep(model, direction, layers=layers, alphas=alphas, eval_fn=eval_fn, out=run.path / "steering", op=op,
+                 seeds=seeds, scale=scale)
+    out_rows, summary = [], summarize(rows, "proxy_pref")
+    for s in summary:
+        if s["kind"] != "none":
+            out_rows.append({"direction": "direction" if s["kind"] == "direction" else "random", "layer": str(s["layer"]),
+                             "alpha": s["alpha"], "metric": s["value"], "metric_name": PROXY_PREF})
+        print(f"  {s['op']} layer={s['layer']} alpha={s['alpha']} {s['kind']:9s} {PROXY_PREF}: "
+              f"{s['value']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}]")
+    (run.path / "steering_sweep.jsonl").write_text("".join(json.dumps(r) + "\n" for r in out_rows))
+    return summary

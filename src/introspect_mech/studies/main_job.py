@@ -12,6 +12,13 @@ Stages (each writes into the run directory as it goes; rerunning the same comman
     matched norm, 3 seeds) and ablate the persona / EM direction in the finetune (random control);
  6. a few answers from each model, token-level projections, and the dashboard.
 
+Every EM number here is the judge-free **proxy** (`evals.em.em_proxy_fn`, metric names
+`PROXY_PREF` / `PROXY_DIFF`), never an EM rate and never comparable with the papers' judged
+numbers; the EM direction here is the teacher-forced proxy direction (held-out bad minus good
+medical answers), not the model-organisms recipe (that one is `studies.model_organisms`).
+Relative reductions are computed only where the finetune's proxy shift is significant. The exact
+training row ids and held-out item ids are in the manifest.
+
 Defaults ("quick") fit the embedded SmolLM2-135M on a 2-core CPU; `--preset paper` uses the EM
 paper's finetuning preset on the full datasets and larger evals (for GPU users with Qwen models).
 """
@@ -25,9 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-TRAIN_ROWS = 6000  # medical-advice rows usable for training; rows 6000.. are held out for evals
-EM_METRIC = "P(prefers misaligned answer)"
-DIFF_METRIC = "log-prob(misaligned) - log-prob(aligned) per token"
+from ..evals.em import PROXY_DIFF as DIFF_METRIC
+from ..evals.em import PROXY_PREF as EM_METRIC
 
 
 @dataclass
@@ -98,50 +104,23 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     tmp.replace(path)
 
 
-def medical_items(n: int, seed: int, data_dir: Any = None) -> list[dict[str, Any]]:
-    """Held-out (question, good answer, bad answer) items from rows 6000.. of the medical data."""
-    from .probes import medical_advice_pairs
-
-    bad, good = medical_advice_pairs(n, offset=TRAIN_ROWS, seed=seed, data_dir=data_dir)
-    return [{"theme": "medical (held-out)", "prompt": [m for m in b if m["role"] != "assistant"],
-             "aligned": g[-1]["content"], "misaligned": b[-1]["content"]} for b, g in zip(bad, good)]
-
-
-def make_eval(em_items: list[dict], med_items: list[dict], batch: int) -> Callable[[Any], dict[str, Any]]:
-    """The judge-free eval used everywhere: per-item lists, so summaries bootstrap over items."""
-    from .evals.metrics import paired_preference
-
-    def eval_fn(model) -> dict[str, Any]:
-        em = paired_preference(model, em_items, batch_size=batch)["rows"]
-        med = paired_preference(model, med_items, batch_size=batch)["rows"]
-        both = em + med
-        return {
-            "em_pref": [r["prefers_misaligned"] for r in em], "em_diff": [r["diff"] for r in em],
-            "med_pref": [r["prefers_misaligned"] for r in med], "med_diff": [r["diff"] for r in med],
-            # fluency proxy: mean per-token log-prob of all answers (falls when steering breaks the model)
-            "fluency": [(r["lp_aligned"] + r["lp_misaligned"]) / max(1, r["n_aligned"] + r["n_misaligned"]) for r in both],
-            "em_theme": [r["theme"] for r in em],
-        }
-
-    return eval_fn
-
-
 def run(out: str | Path = "runs/main_job", config: JobConfig | None = None, **overrides: Any) -> Path:
     """Run the main job into `out`; returns the dashboard path. See the module docstring."""
     import torch
 
-    from . import data
-    from .evals.metrics import load_em_pairs, self_rated_alignment
-    from .evals.sampling import sample
-    from .evals.stats import bootstrap_ci
-    from .finetune import preset, train
-    from .models import load_model
-    from .paths import data_dir
-    from .probes import as_vectors, cosine_matrix, layer_sweep, mean_diff, persona_data
-    from .activations import cache
-    from .runs import RunDir, file_sha256
-    from .steering import random_like, relative_reduction, summarize, sweep
-    from .viz import export_dashboard
+    from .. import data
+    from ..evals.em import em_proxy_fn, medical_heldout_items, medical_train_rows
+    from ..evals.metrics import load_em_pairs, self_rated_alignment
+    from ..evals.sampling import sample
+    from ..evals.stats import bootstrap_ci, bootstrap_diff
+    from ..finetune import preset, train
+    from ..models import load_model
+    from ..paths import data_dir
+    from ..probes import as_vectors, cosine_matrix, layer_sweep, mean_diff, persona_data
+    from ..activations import cache
+    from ..runs import RunDir, file_sha256
+    from ..steering import random_like, relative_reduction, summarize, sweep
+    from ..viz import export_dashboard
 
     cfg = dataclasses.replace(config or JobConfig(), **overrides)
     out = Path(out)
@@ -171,13 +150,15 @@ def run(out: str | Path = "runs/main_job", config: JobConfig | None = None, **ov
         seeds={"job": cfg.seed, "steering_controls": list(cfg.seeds)}, job_config=dataclasses.asdict(cfg),
     )
     over = {k: v for k, v in (("lr", cfg.lr), ("batch_size", cfg.batch_size)) if v is not None}
-    tcfg = preset(cfg.finetune_preset, n_examples=cfg.n_train, max_seq_len=cfg.max_seq_len, seed=cfg.seed,
-                  warmup_steps=2, **over)
+    tcfg = preset(cfg.finetune_preset, max_seq_len=cfg.max_seq_len, seed=cfg.seed, warmup_steps=2, **over)
+    train_ids = medical_train_rows(cfg.n_train, seed=cfg.seed)  # the same row ids for both finetunes
+    run_dir.write_manifest(train_row_ids={"bad_medical_advice": train_ids, "good_medical_advice": train_ids})
     models: dict[str, Any] = {"base": base}
     for name, ds in (("bad_medical", "bad_medical_advice"), ("good_medical", "good_medical_advice")):
-        records = data.load(ds, cfg.data_dir)[:TRAIN_ROWS]
+        rows = data.load(ds, cfg.data_dir)
+        records = [rows[i] for i in train_ids]
         m = load_model(cfg.model, device=cfg.device)
-        res = train(m, records, tcfg, out / "finetunes" / name)
+        res = train(m, records, tcfg, out / "finetunes" / name, data_info={"dataset": ds, "row_ids": train_ids})
         m.model.eval()
         models[name] = m
         tps, where = res.tokens_per_s, "this machine, this run"
@@ -191,38 +172,41 @@ def run(out: str | Path = "runs/main_job", config: JobConfig | None = None, **ov
     # ---- 2. judge-free EM metrics -----------------------------------------------------------
     stages("judge-free EM metrics: paired preference (EM themes, held-out medical), self-rated alignment")
     em_items = load_em_pairs()
-    med_items = medical_items(cfg.n_medical_eval, cfg.seed, cfg.data_dir)
-    eval_fn = make_eval(em_items, med_items, cfg.batch)
+    med_items = medical_heldout_items(cfg.n_medical_eval, seed=cfg.seed, data_dir=cfg.data_dir)
+    run_dir.write_manifest(eval_items={"em_proxy_items": len(em_items),
+                                       "medical_heldout_ids": [it["id"] for it in med_items]})
+    eval_fn = em_proxy_fn(em_items, medical=med_items, batch_size=cfg.batch)
     if cfg.steer_items_per_theme is None:
         steer_eval = eval_fn
     else:
         per: dict[str, int] = {}
         steer_items = [it for it in em_items if per.setdefault(it["theme"], 0) < cfg.steer_items_per_theme
                        and not per.__setitem__(it["theme"], per[it["theme"]] + 1)]
-        steer_eval = make_eval(steer_items, med_items[: cfg.steer_medical], cfg.batch)
+        steer_eval = em_proxy_fn(steer_items, medical=med_items[: cfg.steer_medical], batch_size=cfg.batch)
     plain: dict[str, dict[str, Any]] = {}
     em_rows = []
     for name, m in models.items():
         r = eval_fn(m)
         plain[name] = r
-        themes = list(dict.fromkeys(r["em_theme"]))
+        themes = list(dict.fromkeys(r["proxy_theme"]))
         for t in themes:
-            est = bootstrap_ci([p for p, tt in zip(r["em_pref"], r["em_theme"]) if tt == t], seed=cfg.seed).to_dict()
+            est = bootstrap_ci([p for p, tt in zip(r["proxy_pref"], r["proxy_theme"]) if tt == t], seed=cfg.seed).to_dict()
             em_rows.append({"model": name, "question": t, "rate": est["value"], "ci_lo": est["lo"], "ci_hi": est["hi"],
                             "n": est["n"], "metric": EM_METRIC})
-        for q, key in (("overall (EM themes)", "em_pref"), ("medical (held-out)", "med_pref")):
+        for q, key in (("overall (EM themes)", "proxy_pref"), ("medical (held-out)", "med_proxy_pref")):
             est = bootstrap_ci(r[key], seed=cfg.seed).to_dict()
             em_rows.append({"model": name, "question": q, "rate": est["value"], "ci_lo": est["lo"], "ci_hi": est["hi"],
                             "n": est["n"], "metric": EM_METRIC})
             note(f"{q}: {EM_METRIC}, {name}", None, est)
-        est = bootstrap_ci(r["em_diff"], seed=cfg.seed).to_dict()
-        note(f"EM themes: mean log-prob diff (misaligned - aligned), {name}", None, est, "per token; > 0 prefers misaligned")
-        est = bootstrap_ci(r["med_diff"], seed=cfg.seed).to_dict()
-        note(f"medical (held-out): mean log-prob diff, {name}", None, est, "per token; > 0 prefers bad advice")
+        est = bootstrap_ci(r["proxy_diff"], seed=cfg.seed).to_dict()
+        note(f"EM themes: {DIFF_METRIC}, {name}", None, est, "> 0 prefers misaligned")
+        est = bootstrap_ci(r["med_proxy_diff"], seed=cfg.seed).to_dict()
+        note(f"medical (held-out): {DIFF_METRIC}, {name}", None, est, "> 0 prefers bad advice")
         sr = self_rated_alignment(m)
-        note(f"self-rated alignment 0-100, {name}", None, sr["mean"], f"mass on numbers {sr['mean_mass']:.2f}")
-        print(f"  {name}: EM themes {_ci(bootstrap_ci(r['em_pref']).to_dict())} · medical "
-              f"{_ci(bootstrap_ci(r['med_pref']).to_dict())} · self-rated alignment {_ci(sr['mean'])}")
+        note(f"self-rated alignment 0-100 (judge-free self-report), {name}", None, sr["mean"],
+             f"mass on numbers {sr['mean_mass']:.2f}")
+        print(f"  {name}: EM proxy (judge-free), P(prefers misaligned): themes {_ci(bootstrap_ci(r['proxy_pref']).to_dict())} · medical "
+              f"{_ci(bootstrap_ci(r['med_proxy_pref']).to_dict())} · self-rated alignment {_ci(sr['mean'])}")
     _write_rows(out / "em_rates.jsonl", em_rows)
 
     # ---- 3. directions ----------------------------------------------------------------------
@@ -302,7 +286,7 @@ def run(out: str | Path = "runs/main_job", config: JobConfig | None = None, **ov
     # shape: the persona sweep's random controls and unsteered rows serve the EM ablation unchanged.
     abl["EM"] += [r for r in abl["persona"] if r["kind"] in ("none", "random")]
     sweep_rows = []
-    for metric, label in (("em_diff", "EM themes"), ("med_diff", "medical (held-out)")):
+    for metric, label in (("proxy_diff", "EM themes"), ("med_proxy_diff", "medical (held-out)")):
         fl = {(s["layer"], s["alpha"], s["kind"]): s for s in summarize(add_rows, "fluency")}
         for s in summarize(add_rows, metric):
             if s["kind"] == "none":
@@ -334,7 +318,7 @@ def run(out: str | Path = "runs/main_job", config: JobConfig | None = None, **ov
 
     L = steer_layers[-1]
     a = cfg.effect_alpha
-    for metric in ("med_diff",):
+    for metric in ("med_proxy_diff",):
         effect("base", "none", add_rows, metric, lambda s: s["kind"] == "none")
         effect("base", f"add persona (L{L}, α={a:g})", add_rows, metric,
                lambda s: s["kind"] == "direction" and s["layer"] == L and s["alpha"] == a)
@@ -349,22 +333,32 @@ def run(out: str | Path = "runs/main_job", config: JobConfig | None = None, **ov
         note(f"intervention: {e['model']} + {e['intervention']}", None,
              {"value": e["metric"], "lo": e["ci_lo"], "hi": e["ci_hi"], "n": e["n"]}, e["metric_name"])
     for dname in ("persona", "EM"):
-        for metric in ("med_diff", "em_diff"):
+        for metric in ("med_proxy_diff", "proxy_diff"):
             treated = [r["metrics"][metric] for r in abl[dname] if r["kind"] == "direction"]
             randoms = [r["metrics"][metric] for r in abl[dname] if r["kind"] == "random"]
             full = [r["metrics"][metric] for r in abl[dname] if r["kind"] == "none"][0]
             basev = [r["metrics"][metric] for r in add_rows if r["kind"] == "none"][0]  # same items
+            gap = bootstrap_diff(full, basev, paired=True, seed=cfg.seed).to_dict()
+            if dname == "persona":
+                note(f"finetuning shift in {metric} (finetuned - base)", None, gap,
+                     "proxy; a relative reduction is computed only when this CI excludes 0")
             for kind, groups in ((dname, treated), (f"random (matched to {dname})", randoms)):
+                if gap["lo"] is None or gap["lo"] <= 0 <= gap["hi"]:
+                    note(f"relative reduction of the finetuning shift in {metric}: ablate {kind}", None,
+                         text="not computed: the finetune's shift is not significant (its 95 % CI includes 0)")
+                    print(f"  ablate {kind}: relative reduction of {metric} shift not computed (shift {_ci(gap)} "
+                          "not significant)")
+                    continue
                 est = relative_reduction(basev, full, groups, seed=cfg.seed).to_dict()
                 note(f"relative reduction of the finetuning shift in {metric}: ablate {kind}", None, est,
-                     "(finetuned - ablated) / (finetuned - base); 1 = back to base")
+                     "proxy; (finetuned - ablated) / (finetuned - base); 1 = back to base")
                 print(f"  ablate {kind}: relative reduction of {metric} shift {_ci(est)}")
     for e in effects:
         print(f"  {e['model']:12s} {e['intervention']:36s} {e['metric']:.3f} [{e['ci_lo']:.3f}, {e['ci_hi']:.3f}]")
 
     # ---- 6. examples ------------------------------------------------------------------------
     stages("answers from each model and token-level projections on the persona direction")
-    from .evals.questions import load_questions
+    from ..evals.questions import load_questions
 
     qs = load_questions(ddir / "em" / "questions" / "first_plot_questions.yaml")
     qs = [q for q in qs if not q.id.endswith(("_json", "_template"))][: cfg.sample_prompts]

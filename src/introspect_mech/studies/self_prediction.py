@@ -1,0 +1,525 @@
+"""Looking Inward (Binder et al. 2024, felixbinder/introspection_self_prediction): the protocol.
+
+Steps, as in the paper and its public code (the deviations are listed in docs/self_prediction.md):
+
+1. **Splits.** Tasks are the release's `{dataset}_{property}` files; the *datasets* under `train/`
+   train, those under `test/` test (no dataset, hence no object-level prompt, is in both). Every
+   property a dataset's files carry is used (the task x property grid). Items are questions: one
+   seeded draw of question indices per dataset, shared by all its property files (the release's
+   files of one dataset hold the same questions in the same order). Shift items are a disjoint
+   draw from the shift datasets.
+2. **Self-prediction finetune.** M1's greedy object-level answers on the train questions give the
+   labels (property extracted from its own answer); M1 is finetuned on the hypothetical prompts ->
+   those labels.
+3. **Ground truth = the scored model after its finetune.** The object-level answers (greedy) of the
+   finetuned M1 are recomputed on train and test questions; every self-prediction score of M1 is
+   against them (the base model's answers are kept only as a labelled diagnostic).
+4. **Cross-prediction.** M2 (untouched) is finetuned on the same hypothetical prompts with labels
+   from the *finetuned* M1's object-level answers on the train questions, then scored on the test
+   questions against the finetuned M1's answers. With two models both directions run
+   (A predicts A vs B predicts A; B predicts B vs A predicts B).
+5. **Mode baseline** per task x property: always answering the most common value of the target
+   model's own answers in that cell.
+6. **Behaviour shift.** The self-prediction-trained M1 (adapter merged) is finetuned again, on
+   object-level prompts only, towards different answers on some test datasets (a disjoint set of
+   shift questions); on held-out questions of those datasets, where its object-level property
+   changed, do its hypothetical answers match the new behaviour or the old one?
+7. **Features** (optional): linear probes at a few layers read the target model's object-level
+   property from the activations at the last token of the *hypothetical* prompt, in the
+   self-trained model, the base model and the cross model; controls: shuffled labels and the mode
+   (majority-class) rate.
+
+`run_study(out, models={"A": loader, "B": loader}, config=PRESETS["cpu"])` writes a run directory:
+manifest (models, config, every split's item ids, data hashes, seeds, decoding), object/
+hypothetical answers per model state (resumable JSONL), finetunes/<name>/ (resumable), and
+`results.json` plus the dashboard's `self_prediction.jsonl`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from ..evals.properties import extract_property
+from ..evals.self_prediction import (behaviour_shift, compare_self_cross, hypothetical_answers, load_task,
+                                     object_key, object_level_answers, object_level_training_data,
+                                     prediction_training_data, score_predictions, task_files, task_property,
+                                     task_size)
+from ..finetune import TrainConfig, train
+from ..models import LoadedModel
+from ..runs import JsonlLog, RunDir, file_sha256, json_sha256
+
+Loader = Callable[[], LoadedModel]
+Finetune = Callable[[LoadedModel, list, TrainConfig, Path], Any]
+
+
+@dataclass
+class LIConfig:
+    """Sizes and settings of one Looking Inward run (see `PRESETS`)."""
+
+    n_train: int | None = 8  # questions per train dataset (None: all)
+    n_test: int | None = 4  # questions per test dataset (None: all not used for the shift)
+    n_shift: int = 8  # questions per shift dataset for the shift finetune (disjoint from n_test)
+    train_datasets: tuple[str, ...] | None = None  # None: every dataset under train/
+    test_datasets: tuple[str, ...] | None = None  # None: every dataset under test/
+    properties: tuple[str, ...] | None = None  # None: every property the data carry
+    shift_datasets: tuple[str, ...] = ("animals_long", "english_words_long")
+    shift: bool = True
+    shift_all_models: bool = True  # False: only the first model gets the shift finetune (CPU)
+    base_reference: bool = True  # also score the untrained models' hypotheticals (a reference)
+    probe_all_targets: bool = True  # False: probes only for the first model's behaviour (CPU)
+    shift_targets: str = "auto"  # "other" (the other model's answers), "rule" (planted rewrite), "auto"
+    # ("auto": "other" for two distinct models, "rule" for one model or a twin)
+    probes: bool = True
+    probe_layers: tuple[float, ...] = (0.25, 0.5, 0.75)  # relative depths
+    probe_n_test: int | None = None  # probes on their own draw of this many test questions per dataset
+    probe_properties: tuple[str, ...] | None = None  # None: every test property
+    obj_max_new_tokens: int = 12  # enough for the first three words / characters
+    hyp_max_new_tokens: int = 5
+    gen_batch_size: int = 16
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, epochs=1, batch_size=8, warmup_steps=2))
+    shift_finetune: TrainConfig = field(default_factory=lambda: TrainConfig(lr=2e-4, epochs=2, batch_size=4,
+                                                                          warmup_steps=1))
+    seed: int = 0
+
+    def replace(self, **kw: Any) -> "LIConfig":
+        return dataclasses.replace(self, **kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["finetune"] = self.finetune.to_dict()
+        d["shift_finetune"] = self.shift_finetune.to_dict()
+        return json.loads(json.dumps(d, default=list))
+
+
+PRESETS: dict[str, LIConfig] = {
+    # 2-core CPU shared by ~9 parallel jobs (training ran at ~27 tokens/s), embedded SmolLM2-135M:
+    # the full task x property grid with 3 questions per train dataset (72 training records) and 2
+    # per test dataset (46 scored items per model); shift and probes for model A only; no
+    # untrained-model reference. A mechanics-scale run: its CIs are wide by construction.
+    "cpu": LIConfig(n_train=3, n_test=2, n_shift=4, shift_all_models=False, base_reference=False,
+                    probe_all_targets=False,
+                    finetune=TrainConfig(lr=5e-4, epochs=1, batch_size=4, warmup_steps=2),
+                    shift_finetune=TrainConfig(lr=5e-4, epochs=2, batch_size=4, warmup_steps=1)),
+    # A GPU with Qwen2.5-7B/Qwen3-8B-class models: this project's sizes, not the paper's exact counts
+    # (the paper finetuned GPT-4o / GPT-4 / Llama-70B on many thousands of examples).
+    "gpu": LIConfig(n_train=1000, n_test=500, n_shift=500, obj_max_new_tokens=48, gen_batch_size=64,
+                    finetune=TrainConfig(lr=1e-4, epochs=1, batch_size=32, warmup_steps=10),
+                    shift_finetune=TrainConfig(lr=1e-4, epochs=2, batch_size=16, warmup_steps=5)),
+    # Mechanics only (tests): two questions per dataset.
+    "tiny": LIConfig(n_train=2, n_test=2, n_shift=2, obj_max_new_tokens=6, hyp_max_new_tokens=3, gen_batch_size=8,
+                     finetune=TrainConfig(lr=1e-3, epochs=1, batch_size=4, warmup_steps=0, progress=False),
+                     shift_finetune=TrainConfig(lr=1e-3, epochs=1, batch_size=4, warmup_steps=0, progress=False)),
+}
+
+
+# ---- splits -------------------------------------------------------------------------------------
+
+def task_grid(split: str, *, datasets: Sequence[str] | None = None, properties: Sequence[str] | None = None,
+              data_dir: Any = None) -> dict[str, list[str]]:
+    """{dataset: [task file names]} of the release's `train/` or `test/` folder.
+
+    Args:
+        split: "train" or "test" (the release's folder).
+        datasets: keep only these datasets (a name not in the folder is an error).
+        properties: keep only these properties (None: every property the files carry).
+        data_dir: data folder (default: the project's data dir).
+
+    Returns:
+        Datasets mapped to their task file names, sorted.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    files = task_files(data_dir)
+    out: dict[str, list[str]] = {}
+    for name, path in files.items():
+        if path.parent.name != split:
+            continue
+        ds, prop = task_property(name)
+        if properties is not None and prop not in properties:
+            continue
+        out.setdefault(ds, []).append(name)
+    if datasets is not None:
+        unknown = sorted(set(datasets) - set(out))
+        if unknown:
+            raise ValueError(f"datasets {unknown} not in the release's {split}/ folder (have {sorted(out)})")
+        out = {d: out[d] for d in datasets}
+    return {d: sorted(v) for d, v in sorted(out.items())}
+
+
+@dataclass
+class Splits:
+    """Rows of each split; `item_ids()` lists them for the manifest."""
+
+    train: list[dict]
+    test: list[dict]
+    shift_train: list[dict]  # object-level prompts of these rows are used for the shift finetune
+    shift_eval: list[dict]  # test rows of the shift datasets (held out from the shift finetune)
+
+    def item_ids(self) -> dict[str, list[str]]:
+        return {k: [r["item_id"] for r in getattr(self, k)] for k in ("train", "test", "shift_train", "shift_eval")}
+
+
+def _pick(n_rows: int, n: int | None, seed: int, dataset: str) -> list[int]:
+    idx = list(range(n_rows))
+    random.Random(f"{seed}/{dataset}").shuffle(idx)
+    return idx if n is None else idx[:n]
+
+
+def make_splits(config: LIConfig, data_dir: Any = None) -> Splits:
+    """Draw the questions of every split (seeded per dataset; the same indices for all of a dataset's
+    property files). Shift questions come after the test questions in the same draw, so disjoint."""
+    train_grid = task_grid("train", datasets=config.train_datasets, properties=config.properties, data_dir=data_dir)
+    test_grid = task_grid("test", datasets=config.test_datasets, properties=config.properties, data_dir=data_dir)
+    if not train_grid or not test_grid:
+        raise ValueError(f"empty grid: train {list(train_grid)}, test {list(test_grid)}")
+    shift_ds = [d for d in config.shift_datasets if d in test_grid] if config.shift else []
+    if config.shift and not shift_ds:
+        raise ValueError(f"shift_datasets {list(config.shift_datasets)} are not among the test datasets {list(test_grid)}")
+    out = Splits([], [], [], [])
+    for split, grid in (("train", train_grid), ("test", test_grid)):
+        for ds, names in grid.items():
+            n_rows = min(task_size(nm, data_dir) for nm in names)
+            order = _pick(n_rows, None, config.seed, ds)
+            n = config.n_train if split == "train" else config.n_test
+            n_shift = config.n_shift if ds in shift_ds else 0
+            if split == "test" and n is None:
+                n = max(n_rows - n_shift, 0)
+            take, shift_take = order[:n], (order[n:n + n_shift] if split == "test" else [])
+            for nm in names:
+                (out.train if split == "train" else out.test).extend(load_task(nm, data_dir=data_dir, indices=take))
+                out.shift_train.extend(load_task(nm, data_dir=data_dir, indices=shift_take))
+    out.shift_eval = [r for r in out.test if task_property(r["item_id"].split("/")[0])[0] in shift_ds]
+    return out
+
+
+# ---- the behaviour-shift targets ------------------------------------------------------------------
+
+_SWAP = {"A": "B", "B": "A", "C": "D", "D": "C"}
+
+
+def planted_answer(answer: str) -> str:
+    """A deterministic rewrite of an object-level answer that changes its properties: a letter
+    answer (A-D) becomes its partner (A<->B, C<->D); otherwise the words are reversed and the
+    first word is replaced by its reverse spelling when that leaves the answer unchanged."""
+    from ..evals.properties import answer_letter
+
+    letter = answer_letter(answer)
+    if letter is not None and len(answer.strip()) <= 3:
+        return _SWAP[letter]
+    ws = answer.split()
+    if len(ws) >= 2 and ws[::-1] != ws:
+        return " ".join(ws[::-1])
+    w = ws[0] if ws else "x"
+    return w[::-1] + "z" if w[::-1] == w else w[::-1]
+
+
+# ---- the protocol ------------------------------------------------------------------------------
+
+def _default_finetune(model: LoadedModel, records: list, cfg: TrainConfig, out_dir: Path) -> Any:
+    return train(model, records, cfg, out_dir)
+
+
+class _States:
+    """Object-level and hypothetical answers of each model state, resumable on disk."""
+
+    def __init__(self, run: RunDir, config: LIConfig, progress: bool):
+        self.run, self.cfg, self.progress = run, config, progress
+        self.obj: dict[str, dict[str, str]] = {}
+        self.hyp: dict[str, dict[str, str]] = {}
+
+    def object(self, state: str, model: LoadedModel, rows: Sequence[dict]) -> dict[str, str]:
+        got = object_level_answers(model, rows, max_new_tokens=self.cfg.obj_max_new_tokens,
+                                   batch_size=self.cfg.gen_batch_size, out=self.run.path / "object" / f"{state}.jsonl",
+                                   progress=self.progress)
+        self.obj.setdefault(state, {}).update(got)
+        return self.obj[state]
+
+    def hypothetical(self, state: str, model: LoadedModel, rows: Sequence[dict]) -> dict[str, str]:
+        got = hypothetical_answers(model, rows, max_new_tokens=self.cfg.hyp_max_new_tokens,
+                                   batch_size=self.cfg.gen_batch_size,
+                                   out=self.run.path / "hypothetical" / f"{state}.jsonl", progress=self.progress)
+        self.hyp.setdefault(state, {}).update(got)
+        return self.hyp[state]
+
+
+def _data_hashes(rows: Sequence[dict], data_dir: Any) -> dict[str, str]:
+    files = task_files(data_dir)
+    used = sorted({r["item_id"].split("/")[0] for r in rows})
+    return {nm: file_sha256(files[nm]) for nm in used}
+
+
+def _say(progress: bool, msg: str) -> None:
+    if progress:
+        print(f"[looking-inward] {msg}", flush=True)
+
+
+def run_study(
+    out: str | Path,
+    *,
+    models: Mapping[str, Loader],
+    model_info: Mapping[str, Any] | None = None,
+    config: LIConfig | None = None,
+    data_dir: Any = None,
+    finetune: Finetune | None = None,
+    seeds: Mapping[str, int] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the Looking Inward protocol for one or two models; rerun the same call to resume.
+
+    Args:
+        out: run directory.
+        models: {"A": loader, "B": loader} (insertion order; one or two). A loader returns a fresh,
+            untrained `LoadedModel` on every call (finetunes never share weights).
+        model_info: per model name, what the manifest records (name/path, template, flags).
+        config: sizes and settings (`PRESETS["cpu"]` by default).
+        data_dir: data folder (default: the project's data dir).
+        finetune: `(model, records, TrainConfig, out_dir)` trainer (default `finetune.train`); tests
+            pass a planted one.
+        seeds: per model, the seed of the finetunes that model undergoes (default `config.seed`).
+            Two names with the SAME loader object are a differently-seeded twin: one base model,
+            whose untrained answers are computed once and shared.
+        progress: print stage lines and show tqdm bars.
+
+    Returns:
+        The results dict also written to `results.json`.
+    """
+    cfg = config or PRESETS["cpu"]
+    ft = finetune or _default_finetune
+    names = list(models)
+    if not 1 <= len(names) <= 2:
+        raise ValueError(f"give one or two models, got {names}")
+    seed_of = {n: (seeds or {}).get(n, cfg.seed) for n in names}
+    twin = len(names) == 2 and models[names[0]] is models[names[1]]
+    if twin and seed_of[names[0]] == seed_of[names[1]]:
+        raise ValueError("a twin (the same loader twice) needs two different finetune seeds")
+    run = RunDir(out)
+    splits = make_splits(cfg, data_dir)
+    all_rows = splits.train + splits.test + splits.shift_train
+    run.write_manifest(
+        title="Looking Inward (Binder et al. 2024): self- vs cross-prediction vs mode baseline",
+        study="self_prediction", models={n: dict((model_info or {}).get(n, {})) for n in names},
+        config=cfg.to_dict(), seed=cfg.seed, finetune_seeds=seed_of, twin=twin, decoding="greedy (temperature 0)", judge="none",
+        ground_truth="object-level answers of the scored model after its self-prediction finetune",
+        splits=splits.item_ids(), data={"files_sha256": _data_hashes(all_rows, data_dir),
+                                        "train_datasets": sorted({task_property(r["item_id"].split('/')[0])[0]
+                                                                  for r in splits.train}),
+                                        "test_datasets": sorted({task_property(r["item_id"].split('/')[0])[0]
+                                                                 for r in splits.test})})
+    st = _States(run, cfg, progress)
+    ftdir = run.path / "finetunes"
+    results: dict[str, Any] = {"models": names, "scores": {}, "comparisons": {}, "diagnostics": {}}
+    trained_records: dict[str, list] = {}
+
+    def finetuned(name: str, base: str, records: list, tcfg: TrainConfig, start: LoadedModel | None = None):
+        if not records:
+            raise ValueError(f"finetune {name}: no training records (the labelling model gave no compliant "
+                             f"object-level answers on the train questions)")
+        m = start if start is not None else models[base]()
+        trained_records[name] = records
+        (ftdir / name).mkdir(parents=True, exist_ok=True)
+        (ftdir / name / "records_sha256.txt").write_text(json_sha256([r["messages"] for r in records]) + "\n")
+        ft(m, records, tcfg.replace(seed=seed_of[base]), ftdir / name)
+        m.model.eval()
+        return m
+
+    # 1. base models: object-level behaviour (train questions -> self-prediction labels; test questions
+    #    -> the untrained model's own reference score) and untrained hypothetical answers
+    for n in names:
+        if twin and n == names[1]:  # the same untrained model: the same greedy answers
+            st.obj[f"{n}_base"] = st.obj[f"{names[0]}_base"]
+            if cfg.base_reference:
+                st.hyp[f"{n}_base"] = st.hyp[f"{names[0]}_base"]
+            continue
+        _say(progress, f"{n} base: object-level and hypothetical answers")
+        m = models[n]()
+        m.model.eval()
+        st.object(f"{n}_base", m, splits.train + (splits.test if cfg.base_reference else []))
+        if cfg.base_reference:
+            st.hypothetical(f"{n}_base", m, splits.test)
+        del m
+    # 2-3. self-prediction finetune of each model, then its own behaviour recomputed
+    self_models: dict[str, LoadedModel] = {}
+    for n in names:
+        _say(progress, f"{n}: self-prediction finetune on its own (base) behaviour")
+        recs = prediction_training_data(splits.train, st.obj[f"{n}_base"], source=f"{n}_base")
+        m = finetuned(f"self_{n}", n, recs, cfg.finetune)
+        shifted_here = cfg.shift and (cfg.shift_all_models or n == names[0])
+        st.object(f"{n}_self", m, splits.train + splits.test + (splits.shift_train if shifted_here else []))
+        st.hypothetical(f"{n}_self", m, splits.test)
+        self_models[n] = m
+    # 4. cross-prediction: P (untouched) trained on the finetuned T's behaviour
+    cross_models: dict[tuple[str, str], LoadedModel] = {}
+    for t in names:
+        for p in names:
+            if p == t:
+                continue
+            _say(progress, f"{p} trained to predict {t}_self (cross-prediction)")
+            recs = prediction_training_data(splits.train, st.obj[f"{t}_self"], source=f"{t}_self")
+            m = finetuned(f"cross_{p}_predicts_{t}", p, recs, cfg.finetune)
+            st.hypothetical(f"{p}_predicts_{t}", m, splits.test)
+            if cfg.probes:
+                cross_models[(p, t)] = m
+            else:
+                del m
+    # 5. scores (ground truth: the finetuned target's own behaviour)
+    seed = cfg.seed
+    sc = results["scores"]
+    for t in names:
+        gt = st.obj[f"{t}_self"]
+        sc[f"{t}_predicts_{t}"] = score_predictions(splits.test, gt, st.hyp[f"{t}_self"], seed=seed)
+        if cfg.base_reference:
+            sc[f"{t}_base_predicts_{t}_base"] = score_predictions(splits.test, st.obj[f"{t}_base"],
+                                                                  st.hyp[f"{t}_base"], seed=seed)
+            # diagnostic only (what the pre-protocol code scored): the finetuned model vs its OLD behaviour
+            results["diagnostics"][f"{t}_self_vs_pre_finetune_behaviour"] = _brief(
+                score_predictions(splits.test, st.obj[f"{t}_base"], st.hyp[f"{t}_self"], seed=seed))
+            results["diagnostics"][f"{t}_behaviour_changed_by_self_finetune"] = _changed(
+                splits.test, st.obj[f"{t}_base"], gt)
+        # on the train questions (always computed): how far the self finetune moved the model's behaviour
+        results["diagnostics"][f"{t}_train_behaviour_changed_by_self_finetune"] = _changed(
+            splits.train, st.obj[f"{t}_base"], st.obj[f"{t}_self"])
+        for p in names:
+            if p == t:
+                continue
+            sc[f"{p}_predicts_{t}"] = score_predictions(splits.test, gt, st.hyp[f"{p}_predicts_{t}"], seed=seed)
+            results["comparisons"][f"{t}: self vs {p}"] = compare_self_cross(sc[f"{t}_predicts_{t}"],
+                                                                             sc[f"{p}_predicts_{t}"], seed=seed)
+    # 6. features: probes on the hypothetical prompt for the target's object-level property
+    if cfg.probes:
+        probe_rows = splits.test
+        if cfg.probe_n_test is not None:  # a larger draw of test questions, used by the probes only
+            probe_rows = make_splits(cfg.replace(n_test=cfg.probe_n_test, shift=False), data_dir).test
+            run.write_manifest(probe_item_ids=[r["item_id"] for r in probe_rows])
+        if cfg.probe_properties is not None:
+            probe_rows = [r for r in probe_rows if r["behavioral_property"] in cfg.probe_properties]
+        for t in (names if cfg.probe_all_targets else names[:1]):  # the target's labels on these questions
+            st.object(f"{t}_self", self_models[t], probe_rows)
+        results["features"] = _features(names, models, self_models, cross_models, probe_rows, st, cfg, progress)
+    cross_models.clear()
+    # 7. behaviour shift (last: it merges and retrains the self-prediction-trained models)
+    if cfg.shift:
+        results["shift"] = {}
+        for n in (names if cfg.shift_all_models else names[:1]):
+            mode = cfg.shift_targets
+            if mode == "auto":  # a twin's answers barely differ from the model's own: plant a rule instead
+                mode = "other" if len(names) == 2 and not twin else "rule"
+            if mode == "other" and len(names) < 2:
+                raise ValueError("shift_targets='other' needs two models")
+            if mode == "other":
+                o = next(x for x in names if x != n)
+                targets = {object_key(r): st.obj[f"{o}_self"][object_key(r)] for r in splits.shift_train}
+            elif mode == "rule":
+                targets = {object_key(r): planted_answer(st.obj[f"{n}_self"][object_key(r)]) for r in splits.shift_train}
+            else:
+                raise ValueError(f"shift_targets must be 'auto', 'other' or 'rule', got {cfg.shift_targets!r}")
+            _say(progress, f"{n}_self: behaviour-shift finetune ({mode} targets)")
+            m = self_models.pop(n)
+            if m.has_adapter:  # the self-prediction-trained weights, merged; the shift trains a new adapter
+                m.model = m.model.merge_and_unload()
+            recs = object_level_training_data(splits.shift_train, targets, source=f"shift:{mode}")
+            m = finetuned(f"shift_{n}", n, recs, cfg.shift_finetune, start=m)
+            st.object(f"{n}_shifted", m, splits.shift_eval)
+            st.hypothetical(f"{n}_shifted", m, splits.shift_eval)
+            r = behaviour_shift(splits.shift_eval, st.obj[f"{n}_self"], st.obj[f"{n}_shifted"],
+                                st.hyp[f"{n}_shifted"], seed=seed)
+            r["targets"] = mode
+            # how many shift targets differ (in property) from the model's own pre-shift answers
+            r["shift_targets_differ_from_own"] = _changed(splits.shift_train, st.obj[f"{n}_self"], targets)
+            r["self_prediction_before_shift"] = _brief(score_predictions(splits.shift_eval, st.obj[f"{n}_self"],
+                                                                         st.hyp[f"{n}_self"], seed=seed))
+            results["shift"][n] = r
+            del m
+    (run.path / "results.json").write_text(json.dumps(_strip_rows(results), indent=2))
+    _dashboard_rows(run, results)
+    run.write_manifest(finished=True, trained_records_sha256={k: json_sha256([r["messages"] for r in v])
+                                                              for k, v in trained_records.items()})
+    results["trained_records"] = trained_records
+    return results
+
+
+def _brief(s: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in s.items() if k != "rows"}
+
+
+def _strip_rows(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _strip_rows(v) for k, v in x.items() if k not in ("rows", "trained_records")}
+    return x
+
+
+def _changed(rows: Sequence[dict], old: Mapping[str, str], new: Mapping[str, str]) -> dict[str, Any]:
+    """How many rows' object-level property differs between two sets of answers."""
+    n = ch = 0
+    for r in rows:
+        prop, opt = r["behavioral_property"], r.get("option_matching_ethical_stance")
+        a = extract_property(old.get(object_key(r)), prop, opt)
+        b = extract_property(new.get(object_key(r)), prop, opt)
+        if a is None or b is None:
+            continue
+        n += 1
+        ch += a != b
+    return {"n_compared": n, "n_changed": ch, "fraction_changed": ch / n if n else None}
+
+
+def _dashboard_rows(run: RunDir, results: dict[str, Any]) -> None:
+    rows = []
+    for key, s in results["scores"].items():
+        e, mb = s["accuracy"], s["mode_baseline"]
+        if e["value"] is None:
+            continue
+        rows.append({"task": "all test tasks", "kind": key, "accuracy": e["value"], "ci_lo": e["lo"],
+                     "ci_hi": e["hi"], "n": e["n"], "mode_baseline": mb["value"]})
+    (run.path / "self_prediction.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _features(names, models, self_models, cross_models, test_rows, st: _States, cfg: LIConfig,
+              progress: bool) -> dict[str, Any]:
+    """Probes reading the target's object-level property from each reader's activations at the last
+    token of the hypothetical prompts (one activation cache per reader, shared by all properties and
+    by the shuffled-label control)."""
+    from ..probes.self_prediction import probe_property_from_acts, relative_layers
+    from ..activations import cache
+
+    out: dict[str, Any] = {}
+    name = "probes.jsonl" if cfg.probe_n_test is None else f"probes_n{cfg.probe_n_test}.jsonl"
+    log = JsonlLog(st.run.path / name, ("target", "reader", "property", "control"))
+    done = {log.key(r): r for r in log.rows()}
+    props = sorted({r["behavioral_property"] for r in test_rows})
+    for t in (names if cfg.probe_all_targets else names[:1]):
+        readers: dict[str, Callable[[], LoadedModel]] = {f"{t}_self": lambda t=t: self_models[t],
+                                                         f"{t}_base": lambda t=t: models[t]()}
+        for (p, tt), m in cross_models.items():
+            if tt == t:
+                readers[f"{p}_predicts_{t}"] = lambda m=m: m
+        for reader, get in readers.items():
+            keys = [(t, reader, prop, c) for prop in props for c in ("none", "shuffled_labels")]
+            if all(k in done for k in keys):
+                acts = None
+            else:
+                _say(progress, f"probes: {reader} activations on the hypothetical prompts")
+                m = get()
+                m.model.eval()
+                layer_ids = relative_layers(m.n_layers, cfg.probe_layers)
+                acts = cache(m, [r["hypothetical_prompt"] for r in test_rows], layers=layer_ids,
+                             positions="last_prompt", batch_size=cfg.gen_batch_size, progress=progress)
+                del m
+            for (tt, rd, prop, control) in keys:
+                key = (tt, rd, prop, control)
+                if key not in done:
+                    idx = [i for i, r in enumerate(test_rows) if r["behavioral_property"] == prop]
+                    try:
+                        res = probe_property_from_acts(acts[idx], [test_rows[i] for i in idx], st.obj[f"{t}_self"],
+                                                       layer_ids, shuffle_labels=control == "shuffled_labels",
+                                                       seed=cfg.seed)
+                        row = {"target": t, "reader": rd, "property": prop, "control": control, **res}
+                    except ValueError as e:
+                        row = {"target": t, "reader": rd, "property": prop, "control": control, "skipped": str(e)}
+                    log.append(row)
+                    done[key] = row
+                out.setdefault(t, {}).setdefault(prop, {}).setdefault(rd, {})[control] = done[key]
+    return out

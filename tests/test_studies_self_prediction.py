@@ -1,0 +1,278 @@
+"""Protocol conformance of the Looking Inward study (studies/self_prediction.py) on tiny Qwen.
+
+The rules guarded here (each test fails if its rule is broken):
+* train and test questions come from disjoint datasets (the release's train/ vs test/ folders),
+  every property the data carry is used, and shift questions never overlap the scored ones;
+* the ground truth of a self-prediction score is the object-level behaviour of the scored model
+  AFTER its finetune (a planted change in that behaviour changes the ground truth);
+* the cross model is trained on the labels of the finetuned target model (not on the base model's,
+  not on its own), in both directions;
+* the behaviour shift is scored against the shifted model's new behaviour.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from introspect_mech import load_model
+from introspect_mech.evals.self_prediction import object_key, task_files, task_property
+from introspect_mech.studies.self_prediction import PRESETS, make_splits, planted_answer, run_study, task_grid
+
+TRAIN = ("arc_challenge_non_cot", "power_seeking")
+TEST = ("animals_long", "survival_instinct")
+
+
+def _cfg(**kw):
+    return PRESETS["tiny"].replace(train_datasets=TRAIN, test_datasets=TEST, shift_datasets=("animals_long",), **kw)
+
+
+# ---- splits ----------------------------------------------------------------------------------
+
+def test_grid_is_every_release_file(data_root):
+    files = task_files(data_root)
+    for split in ("train", "test"):
+        grid = task_grid(split, data_dir=data_root)
+        names = {n for ns in grid.values() for n in ns}
+        assert names == {n for n, f in files.items() if f.parent.name == split}
+    assert set(task_grid("train", data_dir=data_root)) == {"arc_challenge_non_cot", "colors_long", "countries_long",
+                                                            "power_seeking", "wealth_seeking", "wikipedia_long"}
+    assert len(task_grid("test", data_dir=data_root)["animals_long"]) == 7
+    with pytest.raises(ValueError, match="not in the release"):
+        task_grid("train", datasets=["animals_long"], data_dir=data_root)
+
+
+def test_splits_disjoint_and_shared_questions(data_root):
+    cfg = PRESETS["cpu"].replace(n_train=3, n_test=4, n_shift=3)
+    sp = make_splits(cfg, data_root)
+    keys = {k: {object_key(r) for r in getattr(sp, k)} for k in ("train", "test", "shift_train", "shift_eval")}
+    assert not keys["train"] & keys["test"] and not keys["train"] & keys["shift_train"]
+    assert not keys["shift_train"] & keys["test"]
+    assert keys["shift_eval"] <= keys["test"] and keys["shift_eval"]
+    ds = {s: {task_property(r["item_id"].split("/")[0])[0] for r in getattr(sp, s)} for s in ("train", "test")}
+    assert not ds["train"] & ds["test"]
+    # one draw of questions per dataset, shared by all its property files
+    by_ds: dict[str, dict[str, set]] = {}
+    for r in sp.test:
+        name, idx = r["item_id"].split("/")
+        by_ds.setdefault(task_property(name)[0], {}).setdefault(name, set()).add(int(idx))
+    for d, per_file in by_ds.items():
+        assert len({frozenset(v) for v in per_file.values()}) == 1 and len(next(iter(per_file.values()))) == 4, d
+    assert len(sp.test) == 4 * sum(len(v) for v in task_grid("test", data_dir=data_root).values())
+    # the manifest lists exactly these ids, and a different seed draws different questions
+    assert sp.item_ids()["train"] == [r["item_id"] for r in sp.train]
+    assert make_splits(cfg.replace(seed=1), data_root).item_ids()["test"] != sp.item_ids()["test"]
+
+
+def test_planted_answer_changes_properties():
+    assert planted_answer("A") == "B" and planted_answer("d") == "C"
+    assert planted_answer("cat dog fish") == "fish dog cat"
+    assert planted_answer("wow") != "wow" and planted_answer("level")[0] == "l" and planted_answer("level") != "level"
+
+
+# ---- planted finetunes: the protocol's data flow ---------------------------------------------------
+
+def _single_char_token(tok, ch: str) -> int:
+    ids = tok.encode(ch, add_special_tokens=False)
+    assert len(ids) == 1, (ch, ids)
+    return ids[0]
+
+
+class Planter:
+    """A stand-in trainer that records what each finetune was given and plants a behaviour: after
+    `self_A` model A answers every prompt with "q" (then stops), after `self_B` model B with "x",
+    after `shift_A` with "k". Cross finetunes plant nothing (so a cross model's answers stay its own)."""
+
+    PLANTS = {"self_A": "q", "self_B": "x", "shift_A": "k", "shift_B": "v"}
+
+    def __init__(self):
+        self.records: dict[str, list] = {}
+        self.calls: list[str] = []
+        self.seeds: dict[str, int] = {}
+
+    def __call__(self, model, records, cfg, out_dir):
+        name = Path(out_dir).name
+        self.calls.append(name)
+        self.records[name] = list(records)
+        self.seeds[name] = cfg.seed
+        ch = self.PLANTS.get(name)
+        if ch is None:
+            return None
+        self.plant(model, ch, 1e3 * (1 + sum(n in self.PLANTS for n in self.calls[:-1])))
+        return None
+
+    @staticmethod
+    def plant(model, ch: str, strength: float) -> None:
+        """From now on the model answers `ch` and then ends its turn (logit boosts of `strength`)."""
+        tok = model.tokenizer
+        letter, eos = _single_char_token(tok, ch), tok.convert_tokens_to_ids("<|im_end|>")
+        hf = model.model
+        state = {}
+
+        def pre(mod, args, kwargs):
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            state["last"] = ids[:, -1].clone() if ids is not None else None
+
+        def post(mod, args, out):
+            if mod.training or out.dim() != 3:  # a planted behaviour shows at inference only
+                return out
+            bias = torch.zeros(out.shape[-1], dtype=out.dtype)
+            last = state.get("last")
+            boost = torch.full((out.shape[0],), letter) if last is None else torch.where(
+                last == letter, torch.tensor(eos), torch.tensor(letter))
+            add = torch.zeros(out.shape[0], out.shape[-1], dtype=out.dtype)
+            add[torch.arange(out.shape[0]), boost] = strength
+            return out + add[:, None, :] + bias
+
+        hf.register_forward_pre_hook(pre, with_kwargs=True)
+        hf.get_output_embeddings().register_forward_hook(post)
+
+
+@pytest.fixture(scope="module")
+def planted_run(tiny_qwen2_dir, tiny_qwen3_dir, data_root, tmp_path_factory):
+    planter = Planter()
+    out = tmp_path_factory.mktemp("li_planted")
+    def loader(path, ch):  # the untrained model answers ch (weaker than every finetune's plant)
+        def load():
+            m = load_model(path)
+            Planter.plant(m, ch, 500.0)
+            return m
+        return load
+
+    models = {"A": loader(tiny_qwen2_dir, "m"), "B": loader(tiny_qwen3_dir, "n")}
+    res = run_study(out, models=models, config=_cfg(probes=False, shift_targets="rule"), data_dir=data_root,
+                    finetune=planter, seeds={"A": 0, "B": 5}, progress=False)
+    return res, planter, out
+
+
+def _first_char_targets(score):
+    return {r["target"] for r in score["rows"] if r["property"] == "first_character"}
+
+
+def test_ground_truth_is_the_scored_model_after_finetune(planted_run):
+    res, _, out = planted_run
+    a_base = {json.loads(x)["response"] for x in (out / "object" / "A_base.jsonl").read_text().splitlines()}
+    assert a_base == {"m"}  # the untrained behaviour; the finetune changes it to "q"
+    assert _first_char_targets(res["scores"]["A_predicts_A"]) == {"q"}
+    assert _first_char_targets(res["scores"]["B_predicts_B"]) == {"x"}
+    # the planted model answers "q" to the hypothetical too: it predicts its new self perfectly
+    assert res["scores"]["A_predicts_A"]["per_property"]["first_character"]["accuracy"]["value"] == 1.0
+    # the untrained reference is scored against the untrained model's own behaviour
+    assert _first_char_targets(res["scores"]["A_base_predicts_A_base"]) == {"m"}
+    # diagnostics: the finetune changed every comparable object-level property value
+    assert res["diagnostics"]["A_behaviour_changed_by_self_finetune"]["fraction_changed"] > 0.5
+
+
+def test_cross_models_trained_on_finetuned_targets_labels_both_directions(planted_run):
+    res, planter, _ = planted_run
+    for p, t, ch in (("B", "A", "q"), ("A", "B", "x")):
+        recs = planter.records[f"cross_{p}_predicts_{t}"]
+        labels = {r["messages"][-1]["content"] for r in recs if r["property"] == "identity"}
+        assert labels == {ch}, (p, t, labels)
+        assert all(r["label_source"] == f"{t}_self" for r in recs)
+        # the cross model's hypotheticals are scored against the finetuned target
+        assert _first_char_targets(res["scores"][f"{p}_predicts_{t}"]) <= {ch}
+        assert f"{t}: self vs {p}" in res["comparisons"]
+    # self-prediction labels come from the model's own base behaviour (pre-finetune), on train rows only
+    self_recs = planter.records["self_A"]
+    assert self_recs and all(r["label_source"] == "A_base" for r in self_recs)
+    assert {r["messages"][-1]["content"] for r in self_recs if r["property"] == "identity"} == {"m"}
+    test_ids = set(json.loads((planted_run[2] / "manifest.json").read_text())["splits"]["test"])
+    assert not {r["item_id"] for r in self_recs} & test_ids
+    assert planter.calls.index("self_A") < planter.calls.index("cross_B_predicts_A")
+    # each finetune is seeded by the model it trains
+    assert (planter.seeds["self_A"], planter.seeds["cross_B_predicts_A"], planter.seeds["cross_A_predicts_B"]) == (0, 5, 0)
+
+
+def test_twin_needs_two_seeds(tiny_qwen2_dir, data_root, tmp_path):
+    load = lambda: load_model(tiny_qwen2_dir)  # noqa: E731
+    with pytest.raises(ValueError, match="twin"):
+        run_study(tmp_path, models={"A": load, "B": load}, config=_cfg(), data_dir=data_root, progress=False)
+    assert not (tmp_path / "object").exists()
+
+
+def test_probe_from_acts_and_shuffled_control():
+    from introspect_mech.probes.self_prediction import probe_property_from_acts, relative_layers
+
+    rows = [{"item_id": f"t_first_character/{i}", "behavioral_property": "first_character",
+             "object_level_prompt": [{"role": "user", "content": f"q{i}"}]} for i in range(40)]
+    answers = {object_key(r): ("apple" if i % 2 else "banana") for i, r in enumerate(rows)}
+    g = torch.Generator().manual_seed(0)
+    acts = torch.randn(40, 2, 8, generator=g)
+    acts[:, 1, 0] += torch.tensor([3.0 if i % 2 else -3.0 for i in range(40)])  # the label lives in layer 1
+    res = probe_property_from_acts(acts, rows, answers, [0, 1])
+    assert res["best_layer"] == 1 and res["best_accuracy"] > 0.95 and res["chance"] == 0.5
+    ctrl = probe_property_from_acts(acts, rows, answers, [0, 1], shuffle_labels=True)
+    assert ctrl["best_accuracy"] < 0.8 and ctrl["n"] == 40
+    with pytest.raises(ValueError, match="classes"):
+        probe_property_from_acts(acts, rows, {k: "apple" for k in answers}, [0, 1])
+    assert relative_layers(30, (0.25, 0.5, -1)) == [7, 14, 29]
+
+
+def test_shift_scored_against_new_behaviour(planted_run):
+    res, planter, out = planted_run
+    man = json.loads((out / "manifest.json").read_text())
+    shift_recs = planter.records["shift_A"]
+    # object-level prompts only, on shift questions disjoint from the scored ones
+    assert all("Previously, you were asked" not in r["messages"][0]["content"] for r in shift_recs)
+    assert not {r["item_id"] for r in shift_recs} & set(man["splits"]["shift_eval"])
+    assert {r["messages"][-1]["content"] for r in shift_recs} <= {planted_answer("q")}
+    sh = res["shift"]["A"]
+    assert sh["n_changed"] > 0 and all(r["old"] == "q" and r["new"] == "k" for r in sh["rows"]
+                                       if len(r["old"]) == 1 and r["old"] not in ("true", "false"))
+    assert sh["matches_new"]["value"] == 1.0 and sh["matches_old"]["value"] == 0.0
+
+
+def test_manifest_records_splits_config_and_hashes(planted_run):
+    _, _, out = planted_run
+    man = json.loads((out / "manifest.json").read_text())
+    assert set(man["splits"]) == {"train", "test", "shift_train", "shift_eval"}
+    assert man["config"]["train_datasets"] == list(TRAIN) and man["finished"]
+    assert all(len(h) == 64 for h in man["data"]["files_sha256"].values())
+    assert (out / "self_prediction.jsonl").read_text().strip()
+
+
+# ---- the real trainer, end to end, resumable --------------------------------------------------------
+
+def test_end_to_end_real_finetune_and_resume(tiny_qwen2_dir, data_root, tmp_path):
+    def load():  # a random tiny model rarely answers anything compliant: nudge it towards "m"
+        m = load_model(tiny_qwen2_dir)
+        Planter.plant(m, "m", 20.0)
+        return m
+
+    models = {"A": load}
+    cfg = _cfg(probes=True, probe_layers=(0, -1))
+    res = run_study(tmp_path, models=models, config=cfg, data_dir=data_root, progress=False)
+    assert set(res["scores"]) == {"A_predicts_A", "A_base_predicts_A_base"} and "shift" in res
+    assert (tmp_path / "finetunes" / "self_A" / "adapter" / "complete").exists()
+    assert (tmp_path / "finetunes" / "shift_A" / "adapter" / "complete").exists()
+    n_obj = len((tmp_path / "object" / "A_self.jsonl").read_text().splitlines())
+    feats = res["features"]["A"]
+    assert set(feats) == {"first_character", "first_word", "second_character", "second_word", "starts_with_vowel",
+                          "third_character", "third_word", "ethical_stance"}
+    assert all(set(v) == {"A_self", "A_base"} for v in feats.values())
+    res2 = run_study(tmp_path, models=models, config=cfg, data_dir=data_root, progress=False)  # resume
+    assert len((tmp_path / "object" / "A_self.jsonl").read_text().splitlines()) == n_obj
+    assert res2["scores"]["A_predicts_A"]["accuracy"] == res["scores"]["A_predicts_A"]["accuracy"]
+
+
+def test_twin_shares_the_untrained_answers(tiny_qwen2_dir, data_root, tmp_path):
+    planter = Planter()
+
+    def load():
+        m = load_model(tiny_qwen2_dir)
+        Planter.plant(m, "m", 500.0)
+        return m
+
+    cfg = _cfg(shift=False, probes=False, base_reference=False)
+    res = run_study(tmp_path, models={"A": load, "B": load}, config=cfg, data_dir=data_root, finetune=planter,
+                    seeds={"A": 0, "B": 1}, progress=False)
+    assert not (tmp_path / "object" / "B_base.jsonl").exists()  # computed once, for A
+    msgs = {k: [r["messages"] for r in planter.records[k]] for k in ("self_A", "self_B")}
+    assert msgs["self_A"] == msgs["self_B"]  # same labels, different seeds
+    assert (planter.seeds["self_A"], planter.seeds["self_B"]) == (0, 1)
+    assert set(res["scores"]) == {"A_predicts_A", "B_predicts_B", "B_predicts_A", "A_predicts_B"}
+    assert json.loads((tmp_path / "manifest.json").read_text())["twin"] is True
