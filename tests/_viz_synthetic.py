@@ -96,4 +96,12 @@ def make_synthetic_run(run_dir: Path, panels: set[str] | None = None) -> Path:
              "logit_bottom": [" safe"], "picked": c == 0,
              "top_examples": [{"tokens": ["Take", " bleach"], "acts": [0.1, 2.0], "value": 2.0}], "bottom_examples": []}
             for c in range(2)])
+    if panels is None or "organisms" in panels:  # (appended panel: not in the default set above)
+        _write(d / "organisms.jsonl", [
+            {"organism": o, "kind": k, "method": m, "value": v, "random": 0.03, "ci_lo": None, "ci_hi": None}
+            for o, k, m, v in (("planted", "recovery", "activation_difference", 1.0),
+                               ("distill_persona", "recovery", "activation_difference", 0.4),
+                               ("planted", "intervention", "subtract from finetune", 1.0))]
+            + [{"organism": "distill_persona", "kind": "recovery", "method": "sae_latent", "value": None,
+                "error": "no SAE given"}])
     return Path(run_dir)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # what the lazy `__getattr__` below returns, for type checker
         activations,
         backends,
         data,
+        diffing,
         direction,
         evals,
         finetune,
@@ -50,7 +51,7 @@ if TYPE_CHECKING:  # what the lazy `__getattr__` below returns, for type checker
     from .probes import em_direction, mean_diff, persona_direction, project
     from .viz import export_dashboard
 
-_SUBPACKAGES = ("data", "finetune", "evals", "activations", "probes", "steering", "sae", "backends", "viz",
+_SUBPACKAGES = ("data", "finetune", "evals", "activations", "probes", "steering", "sae", "diffing", "backends", "viz",
                 "models", "layers", "direction", "runs", "paths", "testing")
 _NAMES = {  # the notebook dozen: public name -> module it lives in
     "train": "finetune", "TrainConfig": "finetune",

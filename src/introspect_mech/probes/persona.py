@@ -518,6 +518,7 @@ def projection_difference(
     convs = [p + [{"role": "assistant", "content": a}] for p, a in pa]
     convs += [p + [{"role": "assistant", "content": b}] for (p, _), b in zip(pa, base_responses)]
     acts = cache(model, convs, layers=[int(layer)], positions="response_mean", batch_size=batch_size, progress=progress)
+    assert isinstance(acts, Tensor)  # in memory (no out=)
     proj = (acts[:, 0].float() @ v.to(acts.device)).tolist()
     n = len(pa)
     out_rows = [{"index": i, "proj_dataset": proj[i], "proj_base": proj[n + i], "delta": proj[i] - proj[n + i],

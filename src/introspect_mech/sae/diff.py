@@ -23,6 +23,7 @@ from torch import Tensor
 from ..direction import DirectionLike
 from ..models import LoadedModel
 from ..runs import RunDir, json_sha256
+from ..steering.hooks import Positions as SteeringPositions
 from .loading import LayerSAE
 from .tokens import TOKEN_POSITIONS, TokenActs, TokenPositions, as_messages, token_activations
 
@@ -361,7 +362,7 @@ def screen_latents(
     *,
     alpha: float,
     coherence_min: float = 50.0,
-    positions: str = "all",
+    positions: SteeringPositions = "all",
     out: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
     """Steer with each latent in turn and judge the answers: the ranked table of persona features.
@@ -424,7 +425,7 @@ def rank_screen(rows: Sequence[dict[str, Any]], coherence_min: float = 50.0) -> 
 
 @torch.no_grad()
 def latent_scores(model: LoadedModel, sae: LayerSAE, conversations: Sequence[Any], latents: Sequence[int], *,
-                  positions: str = "response", batch_size: int = 8, max_length: int | None = 512,
+                  positions: TokenPositions = "response", batch_size: int = 8, max_length: int | None = 512,
                   progress: bool = True) -> Float[Tensor, "n k"]:
     """Mean activation of each chosen latent over the selected tokens of each conversation (NaN when
     a conversation has no selected token)."""

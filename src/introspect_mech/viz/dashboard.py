@@ -99,6 +99,10 @@ PANELS: tuple[Panel, ...] = (
     Panel("caft_components", "CAFT: components to pick", "caft_components.jsonl", ("layer", "component"),
           "Principal components of finetuned-minus-base activation differences: logit-lens tokens and the "
           "examples projecting highest / lowest on each, for a person to pick the ones to ablate in CAFT."),
+    Panel("organisms", "Model organisms: which method finds the planted mechanism", "organisms.jsonl",
+          ("organism", "kind", "method", "value"),
+          "Methods x organisms with a known, planted mechanism: cosine of each locate method's direction "
+          "with the ground truth, and the effect of each intervention, against norm-matched random directions."),
 )
 PANEL_FILES = {p.key: p.file for p in PANELS}
 
@@ -266,6 +270,9 @@ def panel_figures(key: str, data: Any) -> list[go.Figure | str]:
     if key == "caft_components":
         from .caft import caft_components_html
         return [caft_components_html(data)]
+    if key == "organisms":
+        from .organisms import organisms_figures
+        return organisms_figures(data)
     raise KeyError(key)
 
 
