@@ -232,7 +232,7 @@ def judge_samples(samples: Sequence[dict], questions: dict[str, Question], judge
     check_judgeable([questions[q] for q in sorted(qids)], metrics, judge, categorical_judge)
     done = {(r["prompt_id"], r["sample"]): r for r in log.rows()}
     todo = [s for s in samples if (s["prompt_id"], s["sample"]) not in done]
-    n_invalid = 0
+    n_invalid, first_reason = 0, None
     bar = tqdm(total=len(todo), desc="judging", unit="resp", disable=not progress or not todo)
     for i in range(0, len(todo), chunk):
         part = todo[i:i + chunk]
@@ -258,6 +258,7 @@ def judge_samples(samples: Sequence[dict], questions: dict[str, Question], judge
         for k, s in enumerate(part):
             if "_invalid" in rows[k]:  # logged apart and retried on the next run, never scored
                 n_invalid += 1
+                first_reason = first_reason or next(iter(rows[k]["_invalid"].values()))
                 JsonlLog(Path(log.path).with_name("judge_invalid.jsonl")).append(
                     {"prompt_id": s["prompt_id"], "sample": s["sample"], "reasons": rows[k]["_invalid"]})
                 continue
@@ -268,8 +269,8 @@ def judge_samples(samples: Sequence[dict], questions: dict[str, Question], judge
     if n_invalid:
         import sys
 
-        print(f"warning: {n_invalid} answer(s) got invalid judge output and were left out (rerun to retry); "
-              f"see {Path(log.path).with_name('judge_invalid.jsonl')}", file=sys.stderr)
+        print(f"warning: {n_invalid} answer(s) got invalid judge output and were left out (rerun to retry): "
+              f"{first_reason}; see {Path(log.path).with_name('judge_invalid.jsonl')}", file=sys.stderr)
     return [done[(s["prompt_id"], s["sample"])] for s in samples if (s["prompt_id"], s["sample"]) in done]
 
 

@@ -398,6 +398,11 @@ def judge_run(run_path: str | Path, questions: Sequence[Question], *, judge=None
                        categorical_judge=categorical_judge.describe() if categorical_judge is not None else None)
     judged = judge_samples(samples, by_id, judge, JsonlLog(run.path / "judged.jsonl", ("prompt_id", "sample")),
                            categorical_judge=categorical_judge)
+    if not judged:
+        bad = run.path / "judge_invalid.jsonl"
+        n_bad = len(bad.read_text(encoding="utf-8").splitlines()) if bad.exists() else 0
+        raise ValueError(f"{run.path / 'judged.jsonl'}: no valid judgements"
+                         + (f" ({n_bad} invalid; see {bad.name})" if n_bad else ""))
     man = run.manifest()
     label = label or Path(man.get("adapter") or "").parent.name or man.get("model", "model")
     out: dict[str, Any] = {"report": None, "labels": None}
