@@ -381,6 +381,8 @@ def test_self_report_tracking_on_tiny_qwen(tiny_qwen3_dir, tmp_path):
 def test_embedded_model_trial_scores_and_concept_vectors(embedded):
     """End to end on the embedded model: concept vectors at 2/3 depth and one scored trial per
     condition; the no-injection trial equals brute-force scoring of the plain model."""
+    # hooks already there (transformers installs lasting capture hooks once output_hidden_states is used)
+    before = [(dict(l._forward_hooks), dict(l._forward_pre_hooks)) for l in embedded.layers]
     L = I.layer_at(embedded, 2 / 3)
     cv = concept_vectors(embedded, ["dust", "bread"], load_words("baseline")[:20], layers=[L])
     assert cv["dust"].norms[0] > 0 and cv["dust"].layers == [L]
@@ -392,7 +394,7 @@ def test_embedded_model_trial_scores_and_concept_vectors(embedded):
     assert none["p_yes"] == pytest.approx(float(y / (y + n)), abs=1e-4)
     inj = sc.score(I.TrialSpec("anchor", 1, "concept", "dust", L, 4.0), cv["dust"])
     assert inj["p_yes"] != pytest.approx(none["p_yes"], abs=1e-6) and inj["rank"] in (1, 2)
-    assert all(len(l._forward_hooks) == 0 for l in embedded.layers)
+    assert [(dict(l._forward_hooks), dict(l._forward_pre_hooks)) for l in embedded.layers] == before  # ours removed
 
 
 def test_cli_runs_stage_b_on_tiny_qwen(tiny_qwen3_dir, tmp_path, capsys):
