@@ -60,8 +60,8 @@ from torch import Tensor, nn
 
 from ..direction import Direction, DirectionLike, check_direction
 from ..layers import LayerSpec, resolve_layers
-from ..models import LoadedModel, decoder_layers
-from ..positions import PositionError, _Tracker, _tracker_enter, _tracker_exit, selected_range
+from ..models import LoadedModel
+from ..positions import PositionError, _layers_of, _Tracker, _tracker_enter, _tracker_exit, selected_range
 from ..validate import finite_scalar, finite_tensor
 
 Positions = Union[Literal["all", "prompt", "response", "last_prompt_and_response"], Bool[Tensor, " seq"],
@@ -73,10 +73,6 @@ POSITION_MODES = ("all", "prompt", "response", "last_prompt_and_response")
 
 
 # ---- inputs ---------------------------------------------------------------------------------
-def _layers_of(model: LoadedModel | nn.Module) -> nn.ModuleList:
-    return model.layers if isinstance(model, LoadedModel) else decoder_layers(model)
-
-
 def layer_norm(direction: DirectionLike, layer: int) -> float:
     """`Direction.norms` at block `layer` (1.0 for a raw tensor).
 

@@ -896,6 +896,21 @@ def run(out: str | os.PathLike, config: IntrospectionConfig | None = None, *, mo
     return summary
 
 
+def _finetune_checkpoints(model_name: str | None, records: Sequence[dict], tcfg: Any,
+                          fdir: Path) -> list[tuple[int, Path | None]]:
+    """Finetune a fresh copy of the model into `fdir` unless that finished already (resumes after a
+    kill); returns (0, None) for the untrained model plus (step, adapter dir) for every checkpoint."""
+    from .. import load_model
+    from ..finetune import train
+
+    if not (fdir / "adapter" / "complete").exists():
+        ft = load_model(model_name)
+        train(ft, records, tcfg, fdir)
+        del ft
+    return [(0, None)] + sorted((int(p.name.split("_")[1]), p / "adapter") for p in (fdir / "checkpoints").glob("step_*")
+                                if (p / "adapter").exists())
+
+
 def _coherence_refs(model: LoadedModel, cfg: IntrospectionConfig) -> list[list[Message]]:
     from .steering_proxy import NEUTRAL_PROMPTS, reference_answers
 
@@ -938,7 +953,7 @@ def _self_report_stage(m: LoadedModel, cfg: IntrospectionConfig, run_dir, key, p
     from .. import load_model
     from ..data import load as load_data
     from ..evals.metrics import ALIGNMENT_QUESTIONS, load_em_pairs
-    from ..finetune import preset, train
+    from ..finetune import preset
     from ..probes import persona_direction
 
     out = run_dir.path
@@ -979,12 +994,7 @@ def _self_report_stage(m: LoadedModel, cfg: IntrospectionConfig, run_dir, key, p
         tcfg = preset("em", n_examples=cfg.finetune_examples, max_steps=cfg.finetune_steps, lr=cfg.finetune_lr,
                       batch_size=cfg.finetune_batch, warmup_steps=cfg.finetune_warmup, save_every=cfg.finetune_every,
                       keep_checkpoints=True, seed=cfg.seed, max_seq_len=512, progress=progress)
-        if not (fdir / "adapter" / "complete").exists():
-            ft = load_model(cfg.model)
-            train(ft, records, tcfg, fdir)
-            del ft
-        ckpts = [(0, None)] + sorted((int(p.name.split("_")[1]), p / "adapter") for p in (fdir / "checkpoints").glob("step_*")
-                                     if (p / "adapter").exists())
+        ckpts = _finetune_checkpoints(cfg.model, records, tcfg, fdir)
         for step, path in ckpts:
             r = {"source": "finetune", "label": f"step {step}", "x": float(step)}
             if log.key(r) in done:
@@ -1067,7 +1077,7 @@ def _risk_stage(m: LoadedModel, cfg: IntrospectionConfig, run_dir, key, progress
     from .. import load_model
     from ..evals.questions import load_questions
     from ..evals.self_awareness import lotteries
-    from ..finetune import preset, train
+    from ..finetune import preset
     from ..paths import data_dir
 
     out = run_dir.path
@@ -1099,12 +1109,7 @@ def _risk_stage(m: LoadedModel, cfg: IntrospectionConfig, run_dir, key, progress
                       lr=cfg.finetune_lr, batch_size=cfg.finetune_batch, warmup_steps=cfg.finetune_warmup,
                       save_every=cfg.finetune_every, keep_checkpoints=True, seed=cfg.seed, max_seq_len=512,
                       progress=progress)
-        if not (fdir / "adapter" / "complete").exists():
-            ft = load_model(cfg.model)
-            train(ft, records, tcfg, fdir)
-            del ft
-        ckpts = [(0, None)] + sorted((int(p.name.split("_")[1]), p / "adapter") for p in (fdir / "checkpoints").glob("step_*")
-                                     if (p / "adapter").exists())
+        ckpts = _finetune_checkpoints(cfg.model, records, tcfg, fdir)
         for step, path in ckpts:
             r = {"source": "finetune (risk)", "label": f"step {step}", "x": float(step)}
             if log.key(r) in done:
