@@ -16,7 +16,7 @@
   one-line error while a steering context is active on the tokenizer model (use `evals.sample`).
 
 The call contract is tested on CPU against a minimal stand-in of the vLLM API
-(`tests/test_vllm_engine.py`); the real engine needs a GPU.
+(`tests/evals/test_vllm_engine.py`); the real engine needs a GPU.
 """
 
 from __future__ import annotations

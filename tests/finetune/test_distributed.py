@@ -28,7 +28,7 @@ WORKER = r"""
 import json, sys
 import torch.distributed as dist
 sys.path.insert(0, {tests!r})
-from test_finetune_distributed import CFG, _records
+from test_distributed import CFG, _records
 from introspect_mech import load_model
 from introspect_mech.finetune import TrainConfig, train
 from introspect_mech.finetune.distributed import world
@@ -36,7 +36,9 @@ from introspect_mech.finetune.distributed import world
 dist.init_process_group("gloo")
 res = train(load_model({model!r}), _records(), TrainConfig(**CFG), {out!r})
 rank, size = world()
-print("RESULT " + json.dumps({{"rank": rank, "size": size, "losses": res.losses}}), flush=True)
+# one file per rank: two processes printing to one pipe can interleave their lines
+with open({results!r} + f"/rank{{rank}}.json", "w") as f:
+    json.dump({{"rank": rank, "size": size, "losses": res.losses}}, f)
 dist.destroy_process_group()
 """
 
@@ -47,12 +49,12 @@ def test_two_processes_match_one(tiny_qwen2_dir, tmp_path):
     one = train(load_model(tiny_qwen2_dir), _records(), TrainConfig(**CFG), tmp_path / "one")
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(tests=os.path.dirname(__file__), model=str(tiny_qwen2_dir),
-                                    out=str(tmp_path / "two")))
+                                    out=str(tmp_path / "two"), results=str(tmp_path)))
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(script)], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert sorted(r["rank"] for r in results) == [0, 1] and all(r["size"] == 2 for r in results)
     for r in results:
         assert r["losses"] == pytest.approx(one.losses, rel=1e-5, abs=1e-6)

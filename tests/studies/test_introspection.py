@@ -401,7 +401,7 @@ def test_cli_runs_stage_b_on_tiny_qwen(tiny_qwen3_dir, tmp_path, capsys):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "introspection.py"
+    path = Path(__file__).resolve().parents[2] / "experiments" / "introspection.py"
     spec = importlib.util.spec_from_file_location("exp_introspection", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -70,7 +70,7 @@ def test_kill_and_resume_matches_uninterrupted(tiny_qwen2_dir, tmp_path):
 _CHILD = r"""
 import contextlib, pathlib, sys
 sys.path.insert(0, {tests!r})
-from test_finetune_resume import CFG, _records
+from test_resume import CFG, _records
 from introspect_mech import load_model
 from introspect_mech.finetune import train
 
