@@ -8,7 +8,7 @@ from typing import Literal
 
 import pytest
 
-from introspect_mech.cliargs import add_dataclass_args, dataclass_overrides, field_help
+from introspect_mech.cliargs import add_config_args, add_dataclass_args, config_from_args, dataclass_overrides, field_help
 
 
 @dataclass
@@ -63,3 +63,34 @@ def test_train_config_round_trips():
     assert (cfg.lr, cfg.layers, cfg.progress, cfg.r) == (2e-4, 15, False, 32)
     for argv, want in ((["--layers", "all"], "all"), (["--layers", "3", "5"], (3, 5)), (["--layers", "none"], None)):
         assert dataclass_overrides(p.parse_args(argv), TrainConfig)["layers"] == want
+
+
+def test_presets_then_the_options_given():
+    presets = {"small": Cfg(lr=1e-3, batch_size=2), "big": Cfg(lr=1e-5, batch_size=64)}
+    p = argparse.ArgumentParser()
+    add_config_args(p, Cfg, presets=presets, default_preset="small")
+    assert config_from_args(p.parse_args([]), Cfg, presets=presets) == presets["small"]
+    got = config_from_args(p.parse_args(["--preset", "big", "--batch-size", "8"]), Cfg, presets=presets)
+    assert (got.lr, got.batch_size) == (1e-5, 8)
+    assert config_from_args(p.parse_args(["--lr", "0.5"]), Cfg, presets=presets, name="fixed").name == "fixed"
+    with pytest.raises(SystemExit):
+        p.parse_args(["--preset", "huge"])
+    q = argparse.ArgumentParser()
+    add_config_args(q, Cfg)  # no presets: no --preset, the class defaults
+    assert config_from_args(q.parse_args(["--lr", "0.5"]), Cfg) == Cfg(lr=0.5)
+
+
+def test_judge_options_one_spec():
+    from introspect_mech.evals.judge_spec import JudgeOptions
+
+    p = argparse.ArgumentParser()
+    add_dataclass_args(p, JudgeOptions)
+    o = config_from_args(p.parse_args(["--judge", "api:http://localhost:8000/v1|gpt-x", "--judge-timeout", "5"]),
+                         JudgeOptions)
+    assert o.kind == "api" and o.judge_timeout == 5.0
+    j = o.build()
+    assert j.describe()["model"] == "gpt-x" and j.timeout == 5.0 and o.build_categorical(j) is None
+    assert JudgeOptions().build() is None and JudgeOptions("hf:embedded").kind == "hf"
+    for bad in ("api:http://x", "gpt-4o", "hf"):
+        with pytest.raises(ValueError, match="expected none, hf:"):
+            JudgeOptions(bad)

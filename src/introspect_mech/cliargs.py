@@ -9,6 +9,12 @@ Each field becomes `--field-name`; its help is the field's trailing `# comment` 
 `dataclass_overrides` returns only what the user set and a preset's values are kept otherwise.
 Types: `bool` -> `--x/--no-x`; `int`, `float`, `str`; `X | None` accepts `none`; tuples and lists take
 several values; `Literal[...]` becomes `choices`.
+
+A whole command from a config class and its presets (`add_config_args` + `config_from_args`):
+
+    p = argparse.ArgumentParser()
+    add_config_args(p, EMConfig, presets=PRESETS, default_preset="cpu")   # --preset and every field
+    cfg = config_from_args(p.parse_args(argv), EMConfig, presets=PRESETS)  # the preset, then the options given
 """
 
 from __future__ import annotations
@@ -164,3 +170,43 @@ def dataclass_overrides(ns: argparse.Namespace, cls: type, *, exclude: Iterable[
                     v = tuple(v)
         out[f.name] = v
     return out
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type, *, presets: dict[str, Any] | None = None,
+                    default_preset: str | None = None, exclude: Iterable[str] = (), title: str | None = None) -> list[str]:
+    """`--preset` (when `presets` is given) and one option per field of `cls`.
+
+    Args:
+        parser: the parser to extend.
+        cls: the config dataclass.
+        presets: name -> instance of `cls`; the options given on the command line override the preset's fields.
+        default_preset: the preset used when `--preset` is not given (default: none, i.e. `cls()`).
+        exclude: fields the command names itself.
+        title: the argument-group title.
+
+    Returns:
+        The field names added.
+    """
+    if presets:
+        parser.add_argument("--preset", default=default_preset, choices=sorted(presets),
+                            help=f"start from this configuration; options given override its fields (default: {default_preset})")
+    return add_dataclass_args(parser, cls, exclude=exclude, title=title)
+
+
+def config_from_args(ns: argparse.Namespace, cls: type, *, presets: dict[str, Any] | None = None,
+                     exclude: Iterable[str] = (), **fixed: Any) -> Any:
+    """The config the command line asks for: the preset (or `cls()`), with the fields the user set replaced.
+
+    Args:
+        ns: the parsed namespace (from a parser extended by `add_config_args`).
+        cls: the config dataclass.
+        presets: the same mapping given to `add_config_args`.
+        exclude: fields left out of the parser.
+        **fixed: fields the command sets itself (applied last).
+
+    Returns:
+        An instance of `cls`.
+    """
+    name = getattr(ns, "preset", None)
+    base = presets[name] if presets and name is not None else cls()
+    return dataclasses.replace(base, **dataclass_overrides(ns, cls, exclude=exclude), **fixed)
