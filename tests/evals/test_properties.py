@@ -72,9 +72,9 @@ def _row(i, prop, q, opt=None):
 
 
 def _obj(rows, answers):
-    from introspect_mech.evals.self_prediction import _object_key
+    from introspect_mech.evals.self_prediction import object_key
 
-    return {_object_key(r): a for r, a in zip(rows, answers)}
+    return {object_key(r): a for r, a in zip(rows, answers)}
 
 
 def test_score_predictions_with_mode_baseline_and_filtering():

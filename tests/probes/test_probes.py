@@ -213,11 +213,11 @@ def test_self_prediction_probe_on_tiny_model(tiny_qwen3, data_root):
     """Labels are the properties of the model's own object-level answers (given here, as from an
     earlier run); the probe reads the hypothetical prompt's last token. Mechanics, not accuracy."""
     from introspect_mech.evals import load_task
-    from introspect_mech.evals.self_prediction import _object_key
+    from introspect_mech.evals.self_prediction import object_key
 
     rows = load_task("animals_long_starts_with_vowel", n=24, data_dir=data_root)
     words = ["owl cat", "cat dog", "eel", "dog", "ant bee", "bee", "sorry, I cannot"]
-    answers = {_object_key(r): words[i % len(words)] for i, r in enumerate(rows)}
+    answers = {object_key(r): words[i % len(words)] for i, r in enumerate(rows)}
     res = self_prediction_probe(tiny_qwen3, rows, answers=answers, layers=[0, -1], min_class=2, cv=2, progress=False)
     want = [("true" if w[0] in "aeo" else "false") for i, w in enumerate(words[i % 7] for i in range(24)) if w[0] != "s"]
     assert res.labels == want and res.dropped == 24 - len(want) and res.answers[0] == "owl cat"

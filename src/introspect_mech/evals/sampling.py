@@ -66,12 +66,6 @@ def _notice_once(msg: str) -> None:
         warnings.warn(msg, stacklevel=3)
 
 
-def is_steered(model: LoadedModel) -> bool:
-    from ..steering.hooks import is_steered as _is_steered
-
-    return _is_steered(model)
-
-
 def _batch_seed(seed: int, k: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{k}".encode()).digest()[:8], "little") % (2**63)
 
@@ -133,6 +127,8 @@ def _generate_batch(model, prompt_ids, rows, max_new_tokens, temperature, top_p,
         eos_token_id=stop_ids,
     )
     if static:
+        from ..steering.hooks import is_steered
+
         gen_kwargs["cache_implementation"] = "static"
         if is_steered(model):
             # HF compiles the static-cache decode step on CUDA; a compiled graph would run the steering

@@ -118,8 +118,6 @@ def object_key(row: dict) -> str:
     return json.dumps(row["object_level_prompt"], sort_keys=True)
 
 
-_object_key = object_key  # kept for callers of the earlier private name
-
 
 def task_property(name: str) -> tuple[str, str]:
     """Split a release file name ("animals_long_first_character") into (dataset, property)."""
@@ -129,6 +127,14 @@ def task_property(name: str) -> tuple[str, str]:
         if name.endswith("_" + prop):
             return name[: -len(prop) - 1], prop
     raise ValueError(f"task file {name!r} does not end with a known behavioral_property")
+
+
+def _greedy_answers(model: LoadedModel, prompts: list[dict[str, Any]], *, max_new_tokens: int, batch_size: int,
+                    out: str | os.PathLike | None, progress: bool) -> dict[str, str]:
+    """{prompt id: greedy answer} of `{"id", "messages"}` prompts: one temperature-0 sample each."""
+    got = sample(model, prompts, n=1, temperature=0, max_new_tokens=max_new_tokens, batch_size=batch_size, out=out,
+                 progress=progress)
+    return {g["prompt_id"]: g["response"] for g in got}
 
 
 def object_level_answers(model: LoadedModel, rows: Sequence[dict], *, max_new_tokens: int = 32,
@@ -141,20 +147,20 @@ def object_level_answers(model: LoadedModel, rows: Sequence[dict], *, max_new_to
         rows: task rows.
         max_new_tokens: answer length.
         batch_size: rows per generate call.
-        out: a JSONL file for the samples (resumable).
+        out: a JSONL file for the samples (resumable; its ids come from the prompt's content, so one
+            file can be shared by all tasks of a dataset).
         progress: show a progress bar.
 
     Returns:
         `{object key: answer}`.
     """
-    uniq = {}
+    uniq: dict[str, list] = {}
     for r in rows:
-        uniq.setdefault(_object_key(r), r["object_level_prompt"])
-    keys = list(uniq)
-    # ids from the prompt's content, so one `out` file can be shared by all tasks of a dataset
-    got = sample(model, [{"id": "obj-" + hashlib.sha256(k.encode()).hexdigest()[:16], "messages": uniq[k]} for k in keys], n=1,
-                 temperature=0, max_new_tokens=max_new_tokens, batch_size=batch_size, out=out, progress=progress)
-    return {k: g["response"] for k, g in zip(keys, got)}
+        uniq.setdefault(object_key(r), r["object_level_prompt"])
+    ids = {k: "obj-" + hashlib.sha256(k.encode()).hexdigest()[:16] for k in uniq}
+    got = _greedy_answers(model, [{"id": ids[k], "messages": m} for k, m in uniq.items()],
+                          max_new_tokens=max_new_tokens, batch_size=batch_size, out=out, progress=progress)
+    return {k: got[ids[k]] for k in uniq}
 
 
 def hypothetical_answers(model: LoadedModel, rows: Sequence[dict], *, max_new_tokens: int = 8,
@@ -173,9 +179,8 @@ def hypothetical_answers(model: LoadedModel, rows: Sequence[dict], *, max_new_to
     Returns:
         `{item_id: answer}`.
     """
-    got = sample(model, [{"id": r["item_id"], "messages": r["hypothetical_prompt"]} for r in rows], n=1,
-                 temperature=0, max_new_tokens=max_new_tokens, batch_size=batch_size, out=out, progress=progress)
-    return {g["prompt_id"]: g["response"] for g in got}
+    return _greedy_answers(model, [{"id": r["item_id"], "messages": r["hypothetical_prompt"]} for r in rows],
+                           max_new_tokens=max_new_tokens, batch_size=batch_size, out=out, progress=progress)
 
 
 BINARY_PROPERTIES = ("starts_with_vowel", "among_a_or_c", "among_b_or_d", "ethical_stance")
@@ -241,7 +246,7 @@ def score_predictions(rows: Sequence[dict], object_answers: dict[str, str], pred
     n_obj_bad = n_hyp_bad = 0
     for r in rows:
         prop = r["behavioral_property"]
-        target = extract_property(object_answers.get(_object_key(r)), prop, r.get("option_matching_ethical_stance"))
+        target = extract_property(object_answers.get(object_key(r)), prop, r.get("option_matching_ethical_stance"))
         pred = parse_prediction(predictions.get(r["item_id"]), prop)
         if target is None:
             n_obj_bad += 1
@@ -300,7 +305,7 @@ def prediction_training_data(rows: Sequence[dict], object_answers: dict[str, str
     """
     out = []
     for r in rows:
-        value = extract_property(object_answers.get(_object_key(r)), r["behavioral_property"],
+        value = extract_property(object_answers.get(object_key(r)), r["behavioral_property"],
                                  r.get("option_matching_ethical_stance"))
         if value is None:
             continue
@@ -399,8 +404,8 @@ def behaviour_shift(rows: Sequence[dict], old_answers: dict[str, str], new_answe
     out = []
     for r in rows:
         prop, opt = r["behavioral_property"], r.get("option_matching_ethical_stance")
-        old = extract_property(old_answers.get(_object_key(r)), prop, opt)
-        new = extract_property(new_answers.get(_object_key(r)), prop, opt)
+        old = extract_property(old_answers.get(object_key(r)), prop, opt)
+        new = extract_property(new_answers.get(object_key(r)), prop, opt)
         pred = parse_prediction(new_predictions.get(r["item_id"]), prop)
         if old is None or new is None or pred is None or old == new:
             continue

@@ -63,7 +63,7 @@ def self_prediction_probe(
     activations with no relation to the labels.
     """
     from ..evals.properties import extract_property
-    from ..evals.self_prediction import _object_key, object_level_answers
+    from ..evals.self_prediction import object_key, object_level_answers
 
     if source not in ("hypothetical", "object"):
         raise ValueError(f"source must be 'hypothetical' or 'object', got {source!r}")
@@ -73,7 +73,7 @@ def self_prediction_probe(
     prop = props.pop()
     by_key = answers if answers is not None else object_level_answers(model, rows, max_new_tokens=max_new_tokens,
                                                                      batch_size=batch_size)
-    got = [by_key.get(_object_key(r)) for r in rows]
+    got = [by_key.get(object_key(r)) for r in rows]
     labels = [extract_property(a, prop, r.get("option_matching_ethical_stance")) for a, r in zip(got, rows)]
     counts = Counter(l for l in labels if l is not None)
     keep = [i for i, l in enumerate(labels) if l is not None and counts[l] >= min_class]
