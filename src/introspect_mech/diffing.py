@@ -195,7 +195,12 @@ def difference_pca(base: LoadedModel, tuned: LoadedModel, texts: Sequence[Any],
     of the differences on the component; `meta["explained"]` its share of the differences' energy.
 
     Args:
-        base, tuned, texts, layers, first_tokens, acts: as for `activation_difference`.
+        base: the reference model (or the same adapted model as `tuned`: base pass without adapter).
+        tuned: the finetuned model.
+        texts: unrelated text (strings, tokenized without a chat template) or message lists.
+        layers: block indices (default all).
+        first_tokens: how many leading tokens of each text to average over.
+        acts: precomputed `paired_activations` (then `texts`/`layers` only label the result).
 
     Returns:
         A `Direction`.
@@ -223,7 +228,8 @@ def response_mean_difference(base: LoadedModel, tuned: LoadedModel, conversation
     """Mean difference `tuned - base` of the response-averaged activations on the same conversations.
 
     Args:
-        base, tuned: the two models (see the module docstring for `base is tuned`).
+        base: the reference model (see the module docstring for `base is tuned`).
+        tuned: the finetuned model.
         conversations: message lists with assistant answers (the same answers for both models).
         layers: block indices (default all).
 
@@ -254,7 +260,12 @@ def probe_difference(base: LoadedModel, tuned: LoadedModel, texts: Sequence[Any]
     where the two models are identical on these tokens get no probe (`meta["identical_layers"]`).
 
     Args:
-        base, tuned, texts, layers, first_tokens, acts: as for `activation_difference`.
+        base: the reference model (or the same adapted model as `tuned`: base pass without adapter).
+        tuned: the finetuned model.
+        texts: unrelated text (strings, tokenized without a chat template) or message lists.
+        layers: block indices (default all).
+        first_tokens: how many leading tokens of each text to average over.
+        acts: precomputed `paired_activations` (then `texts`/`layers` only label the result).
         cv: cross-validation folds.
         seed: fold seed.
 
@@ -291,7 +302,8 @@ def sae_latent_difference(base: LoadedModel, tuned: LoadedModel, sae: Any, conve
     """The SAE model diff (`sae.model_diff`): the decoder vector of the `rank`-th most increased latent.
 
     Args:
-        base, tuned: two distinct `LoadedModel`s (the SAE diff runs both itself).
+        base: the reference model (a `LoadedModel` distinct from `tuned`: the SAE diff runs both itself).
+        tuned: the finetuned model.
         sae: a `sae.LayerSAE` reading the residual stream after one block.
         conversations: message lists with answers (the same for both models).
         positions: tokens pooled by the diff ("response", "prompt", "all", ...).
@@ -376,7 +388,8 @@ def steer_readout(model: LoadedModel, direction: Any, layer: int, alpha: float, 
         layer: the block to steer after.
         alpha: steering coefficient (`scale="norm"`: in units of the Direction's norm at `layer`).
         prompts: message lists or strings.
-        max_new_tokens, seed: sampling settings.
+        max_new_tokens: answer length.
+        seed: sampling seed.
 
     Returns:
         Rows `{"prompt", "steered", "response"}`, unsteered first.
@@ -498,7 +511,8 @@ def compare(base: LoadedModel, tuned: LoadedModel, texts: Sequence[Any],
     """Run every diffing method on one pair of models.
 
     Args:
-        base, tuned: the two models.
+        base: the reference model.
+        tuned: the finetuned model.
         texts: unrelated texts for the first-token methods (activation difference, PCA, probe).
         conversations: conversations with answers for the response and SAE methods (skipped if None).
         layers: blocks for the first-token and response methods (default all).

@@ -212,8 +212,7 @@ def test_persona_pipeline_on_tiny_model(tiny_qwen3, tmp_path):
 def test_self_prediction_probe_on_tiny_model(tiny_qwen3, data_root):
     """Labels are the properties of the model's own object-level answers (given here, as from an
     earlier run); the probe reads the hypothetical prompt's last token. Mechanics, not accuracy."""
-    from introspect_mech.evals import load_task
-    from introspect_mech.evals.self_prediction import object_key
+    from introspect_mech.evals.self_prediction import load_task, object_key
 
     rows = load_task("animals_long_starts_with_vowel", n=24, data_dir=data_root)
     words = ["owl cat", "cat dog", "eel", "dog", "ant bee", "bee", "sorry, I cannot"]

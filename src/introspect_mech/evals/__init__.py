@@ -1,37 +1,70 @@
-"""Evaluation: sampling, 0-100 judges, judge-free metrics and the three studies' evals.
+"""Evaluation building blocks: sampling, exact scoring, 0-100 judges, questions, metrics, statistics.
 
-See docs/evals.md. Submodules: `sampling`, `scoring` (exact multi-token continuation scoring),
-`questions`, `judges`, `report`, `metrics`, `stats`, `em`, `self_awareness`, `self_prediction`,
-`properties`.
+See docs/evals.md. `__all__` holds the stage's generic pieces; each study's evals live in their own
+submodule and are imported from it:
+
+    from introspect_mech.evals import sample, HFJudge, scale_expectations, bootstrap_ci
+    from introspect_mech.evals.em import run_em_eval                 # emergent misalignment
+    from introspect_mech.evals.self_awareness import run_tmay_eval   # "Tell me about yourself"
+    from introspect_mech.evals.self_prediction import load_task      # "Looking Inward"
+    from introspect_mech.evals.properties import extract_property    # its behavioural properties
+
+Submodules: `sampling`, `scoring` (exact multi-token continuation scoring), `questions`, `judges`,
+`judge_spec`, `report`, `metrics`, `stats`, `vllm_engine`; the studies' `em`, `self_awareness`,
+`self_prediction`, `properties`.
 """
 
-from .em import judge_samples, run_em_eval
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from .judge_spec import JudgeOptions
 from .judges import APIJudge, HFJudge, JudgeError, JudgeResult
 from .metrics import (
-    ScaleResult, answer_logprobs, choice_probabilities, choice_probability, load_em_pairs, paired_preference,
-    scale_expectation, scale_expectations, self_rated_alignment, self_rated_code_security,
+    ScaleResult, answer_logprobs, choice_probabilities, choice_probability, paired_preference, scale_expectation,
+    scale_expectations,
 )
-from .properties import PROPERTIES, extract_property, is_compliant, parse_prediction
-from .questions import Question, QuestionFileError, fill_judge_prompt, load_questions
+from .questions import Question, QuestionFileError, load_questions
 from .report import em_report, format_em_report
 from .sampling import sample
 from .scoring import NumberDist, number_distributions, tree_logprobs
-from .self_awareness import compare_tmay, lotteries, run_tmay_eval
-from .self_prediction import (
-    behaviour_shift, compare_self_cross, constrained_predictions, cross_prediction_data, hypothetical_answers, load_task,
-    object_level_answers, prediction_training_data, score_predictions, self_prediction_data, task_files,
-)
 from .stats import Estimate, bootstrap_ci, bootstrap_diff
 
 __all__ = [
-    "sample", "load_questions", "Question", "QuestionFileError", "fill_judge_prompt",
-    "HFJudge", "APIJudge", "JudgeResult", "JudgeError", "em_report", "format_em_report",
-    "scale_expectation", "scale_expectations", "ScaleResult", "choice_probability", "choice_probabilities",
-    "paired_preference", "load_em_pairs", "answer_logprobs", "self_rated_alignment", "self_rated_code_security",
+    "sample",
     "number_distributions", "NumberDist", "tree_logprobs",
-    "run_em_eval", "judge_samples", "run_tmay_eval", "compare_tmay", "lotteries",
-    "PROPERTIES", "extract_property", "parse_prediction", "is_compliant",
-    "load_task", "task_files", "object_level_answers", "hypothetical_answers", "score_predictions",
-    "prediction_training_data", "self_prediction_data", "cross_prediction_data", "compare_self_cross",
-    "behaviour_shift", "constrained_predictions", "Estimate", "bootstrap_ci", "bootstrap_diff",
+    "HFJudge", "APIJudge", "JudgeResult", "JudgeError", "JudgeOptions",
+    "load_questions", "Question", "QuestionFileError",
+    "scale_expectation", "scale_expectations", "ScaleResult", "choice_probability", "choice_probabilities",
+    "answer_logprobs", "paired_preference",
+    "Estimate", "bootstrap_ci", "bootstrap_diff",
+    "em_report", "format_em_report",
 ]
+
+_SUBMODULES = ("sampling", "scoring", "questions", "judges", "judge_spec", "report", "metrics", "stats", "vllm_engine",
+               "em", "self_awareness", "self_prediction", "properties")
+# names this package exported before each study's evals moved to their submodule: still resolved, with a warning
+_MOVED = {
+    **dict.fromkeys(("run_em_eval", "judge_samples"), "em"),
+    **dict.fromkeys(("run_tmay_eval", "compare_tmay", "lotteries"), "self_awareness"),
+    **dict.fromkeys(("load_task", "task_files", "object_level_answers", "hypothetical_answers", "score_predictions",
+                     "prediction_training_data", "self_prediction_data", "cross_prediction_data",
+                     "compare_self_cross", "behaviour_shift", "constrained_predictions"), "self_prediction"),
+    **dict.fromkeys(("PROPERTIES", "extract_property", "parse_prediction", "is_compliant"), "properties"),
+    **dict.fromkeys(("load_em_pairs", "self_rated_alignment", "self_rated_code_security"), "metrics"),
+    "fill_judge_prompt": "questions",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return import_module(f".{name}", __name__)
+    if name in _MOVED:
+        import warnings
+
+        module = _MOVED[name]
+        warnings.warn(f"introspect_mech.evals.{name} moved: import it from introspect_mech.evals.{module}",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(import_module(f".{module}", __name__), name)
+    raise AttributeError(f"module 'introspect_mech.evals' has no attribute {name!r}")

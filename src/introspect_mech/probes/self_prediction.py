@@ -53,8 +53,8 @@ def self_prediction_probe(
 ) -> SelfPredictionResult:
     """Per-layer probes predicting the property of the model's own greedy object-level answer.
 
-    `rows`: introspection rows (`evals.load_task(name)`), one behavioural property. Answers come
-    from `evals.object_level_answers` (greedy) and labels from `evals.extract_property`;
+    `rows`: introspection rows (`evals.self_prediction.load_task(name)`), one behavioural property. Answers come
+    from `evals.self_prediction.object_level_answers` (greedy) and labels from `evals.properties.extract_property`;
     non-compliant answers and classes with fewer than `min_class` rows are dropped (counted).
     `answers` ({object key: answer}, as `object_level_answers` returns) reuses answers from an
     earlier run instead of generating -- or gives ANOTHER model's answers (e.g. read the
