@@ -12,6 +12,8 @@ from introspect_mech.layers import resolve_layers
 def test_resolve_layers_is_the_one_spec():
     assert resolve_layers(None, 4) == resolve_layers("all", 4) == [0, 1, 2, 3]
     assert resolve_layers("middle", 4) == [2] and resolve_layers("middle", 5) == [2]
+    assert resolve_layers("quartiles", 30) == [7, 14, 22] and resolve_layers("quartiles", 18) == [4, 8, 13]
+    assert resolve_layers("quartiles", 4) == [1, 2] and resolve_layers("quartiles", 1) == [0]
     assert resolve_layers(-1, 4) == [3]
     assert resolve_layers([3, -4, 3, 1], 4) == [0, 1, 3]  # sorted, unique, negatives from the end
     assert resolve_layers(torch.tensor([2, 0]), 4) == [0, 2] and resolve_layers(torch.tensor(1), 4) == [1]
@@ -60,6 +62,45 @@ def test_top_level_is_small_lazy_and_visible():
     assert im.HFJudge is im.evals.HFJudge  # an old top-level name still resolves (not advertised)
     with pytest.raises(AttributeError):
         im.no_such_name  # noqa: B018
+
+
+def test_every_all_fits_a_screen_and_resolves():
+    """Each subpackage's `__all__` holds its stage's names (a bound that fails if a list grows back)."""
+    import importlib
+
+    for name in im.__all__:
+        getattr(im, name)
+    for sub in im._SUBPACKAGES:
+        mod = importlib.import_module(f"introspect_mech.{sub}")
+        names = getattr(mod, "__all__", [])
+        assert len(names) <= 30, (sub, len(names))
+        assert len(set(names)) == len(names), sub
+        for name in names:
+            getattr(mod, name)
+    for old in ("run_em_eval", "run_tmay_eval", "self_rated_alignment", "HFJudge", "bootstrap_ci"):
+        assert callable(getattr(im, old))  # old top-level names still resolve (not advertised)
+
+
+def test_evals_exports_building_blocks_and_studies_live_in_submodules():
+    from introspect_mech import evals
+    from introspect_mech.evals import em, properties, self_awareness, self_prediction
+    from introspect_mech.evals.judge_spec import JudgeOptions
+
+    assert {"sample", "HFJudge", "APIJudge", "JudgeOptions", "load_questions", "scale_expectations",
+            "paired_preference", "bootstrap_ci", "em_report", "tree_logprobs"} <= set(evals.__all__)
+    assert evals.JudgeOptions is JudgeOptions and len(evals.__all__) <= 25
+    study_names = {"run_em_eval", "judge_samples", "run_tmay_eval", "compare_tmay", "lotteries", "load_task",
+                   "score_predictions", "extract_property", "PROPERTIES", "load_em_pairs", "self_rated_alignment"}
+    assert not study_names & set(evals.__all__)
+    assert evals.em is em and evals.self_prediction is self_prediction  # submodules reachable as attributes
+    with pytest.warns(DeprecationWarning, match=r"evals\.em"):
+        assert evals.run_em_eval is em.run_em_eval  # an old flat name still resolves, with a pointer
+    with pytest.warns(DeprecationWarning, match=r"evals\.self_awareness"):
+        assert evals.lotteries is self_awareness.lotteries
+    with pytest.warns(DeprecationWarning, match=r"evals\.properties"):
+        assert evals.extract_property is properties.extract_property
+    with pytest.raises(AttributeError):
+        evals.no_such_name  # noqa: B018
 
 
 def test_direction_lives_in_a_core_module():

@@ -195,7 +195,7 @@ def test_twin_needs_two_seeds(tiny_qwen2_dir, data_root, tmp_path):
 
 
 def test_probe_from_acts_and_shuffled_control():
-    from introspect_mech.probes.self_prediction import probe_property_from_acts, relative_layers
+    from introspect_mech.probes.self_prediction import probe_property_from_acts
 
     rows = [{"item_id": f"t_first_character/{i}", "behavioral_property": "first_character",
              "object_level_prompt": [{"role": "user", "content": f"q{i}"}]} for i in range(40)]
@@ -209,7 +209,18 @@ def test_probe_from_acts_and_shuffled_control():
     assert ctrl["best_accuracy"] < 0.8 and ctrl["n"] == 40
     with pytest.raises(ValueError, match="classes"):
         probe_property_from_acts(acts, rows, {k: "apple" for k in answers}, [0, 1])
-    assert relative_layers(30, (0.25, 0.5, -1)) == [7, 14, 29]
+
+
+def test_probe_layers_are_a_layer_spec():
+    """The probes' default blocks: a quarter, half and three quarters of the depth of each reader
+    (the relative depths 0.25 / 0.5 / 0.75 this study always used), through the one layer spec."""
+    from introspect_mech.layers import resolve_layers
+
+    assert {p.probe_layers for p in PRESETS.values()} == {"quartiles"}
+    assert resolve_layers(PRESETS["cpu"].probe_layers, 30) == [7, 14, 22]  # SmolLM2-135M
+    assert resolve_layers(PRESETS["gpu"].probe_layers, 28) == [7, 14, 20]  # Qwen2.5-7B
+    assert resolve_layers(PRESETS["gpu"].probe_layers, 36) == [9, 18, 26]  # Qwen3-8B
+    assert resolve_layers((0, -1), 30) == [0, 29]
 
 
 def test_shift_scored_against_new_behaviour(planted_run):

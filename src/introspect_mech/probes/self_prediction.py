@@ -95,12 +95,6 @@ def self_prediction_probe(
                                 len(rows) - len(keep))
 
 
-def relative_layers(n_layers: int, layers: Sequence[int | float]) -> list[int]:
-    """Block indices from ints (negative from the end) or relative depths (floats in (0, 1))."""
-    ids = [int(round(l * (n_layers - 1))) if isinstance(l, float) and 0 < l < 1 else int(l) for l in layers]
-    return resolve_layers(ids, n_layers)
-
-
 def probe_property_from_acts(
     acts,
     rows: Sequence[dict],

@@ -75,7 +75,7 @@ class LIConfig:
     shift_targets: str = "auto"  # "other" (the other model's answers), "rule" (planted rewrite), "auto"
     # ("auto": "other" for two distinct models, "rule" for one model or a twin)
     probes: bool = True
-    probe_layers: tuple[float, ...] = (0.25, 0.5, 0.75)  # relative depths
+    probe_layers: int | str | tuple[int, ...] = "quartiles"  # blocks to probe (a layer spec: "quartiles", 7 14 22, ...)
     probe_n_test: int | None = None  # probes on their own draw of this many test questions per dataset
     probe_properties: tuple[str, ...] | None = None  # None: every test property
     obj_max_new_tokens: int = 12  # enough for the first three words / characters
@@ -482,7 +482,8 @@ def _features(names, models, self_models, cross_models, test_rows, st: _States, 
     """Probes reading the target's object-level property from each reader's activations at the last
     token of the hypothetical prompts (one activation cache per reader, shared by all properties and
     by the shuffled-label control)."""
-    from ..probes.self_prediction import probe_property_from_acts, relative_layers
+    from ..layers import resolve_layers
+    from ..probes.self_prediction import probe_property_from_acts
     from ..activations import cache
 
     out: dict[str, Any] = {}
@@ -504,7 +505,7 @@ def _features(names, models, self_models, cross_models, test_rows, st: _States, 
                 _say(progress, f"probes: {reader} activations on the hypothetical prompts")
                 m = get()
                 m.model.eval()
-                layer_ids = relative_layers(m.n_layers, cfg.probe_layers)
+                layer_ids = resolve_layers(cfg.probe_layers, m.n_layers)
                 acts = cache(m, [r["hypothetical_prompt"] for r in test_rows], layers=layer_ids,
                              positions="last_prompt", batch_size=cfg.gen_batch_size, progress=progress)
                 del m
