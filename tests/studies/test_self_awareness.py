@@ -183,6 +183,17 @@ def test_scale_questions_cover_every_scale_file_without_duplicates(data_root):
     assert len(flat) == len(set(flat))
 
 
+def test_word_questions_of_every_topic(data_root):
+    qs = sa.word_questions("risk", data_root)
+    assert list(qs) == list(sa.WORD_QUESTION_IDS) and all(len(v) > 1 for v in qs.values())
+    assert sa.word_questions("apples", data_root) == sa.EXTRA_WORD_QUESTIONS["apples"]
+    assert sa.scale_questions("myopia", data_root) == sa.EXTRA_SCALES["myopia"]
+    with pytest.raises(ValueError, match="no word questions for topic 'cats'"):
+        sa.word_questions("cats", data_root)
+    with pytest.raises(ValueError, match="no scale questions for topic 'cats'"):
+        sa.scale_questions("cats", data_root)
+
+
 # ---- comparisons (planted differences) --------------------------------------------------------
 def _fake(p_items, scale):
     return {"risk": {"behaviour": {"per_item": p_items}, "scales": {"q": {"per_paraphrase": scale}}}}
