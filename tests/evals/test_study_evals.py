@@ -9,8 +9,9 @@ import pytest
 from introspect_mech.evals.em import run_em_eval
 from introspect_mech.evals.judges import HFJudge
 from introspect_mech.evals.self_awareness import compare_tmay, lotteries, run_tmay_eval, split_of
+from introspect_mech.evals.sampling import sample
 from introspect_mech.evals.self_prediction import (
-    hypothetical_answers, load_task, object_level_answers, score_predictions,
+    hypothetical_answers, load_task, object_key, object_level_answers, score_predictions,
 )
 
 
@@ -111,6 +112,9 @@ def test_self_prediction_pipeline(tiny_qwen2, data_root):
     obj = object_level_answers(tiny_qwen2, rows, max_new_tokens=3)
     hyp = hypothetical_answers(tiny_qwen2, rows, max_new_tokens=3)
     assert len(obj) == 3 and set(hyp) == {r["item_id"] for r in rows}
+    greedy = lambda m: sample(tiny_qwen2, [m], n=1, temperature=0, max_new_tokens=3)[0]["response"]  # noqa: E731
+    assert obj == {object_key(r): greedy(r["object_level_prompt"]) for r in rows}  # each answer under its own key
+    assert hyp == {r["item_id"]: greedy(r["hypothetical_prompt"]) for r in rows}
     s = score_predictions(rows, obj, hyp)
     assert s["n_scored"] + s["n_object_noncompliant"] + s["n_hypothetical_noncompliant"] == 3
 
