@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 from jaxtyping import Bool, Int
@@ -69,12 +69,13 @@ class LoadedModel:
         return self.base_model.config
 
     @property
-    def base_model(self) -> nn.Module:
-        """The underlying HF PreTrainedModel (through a PEFT wrapper if there is one)."""
-        m = self.model
-        if hasattr(m, "get_base_model"):
-            m = m.get_base_model()
-        return m
+    def base_model(self) -> Any:
+        """The underlying HF PreTrainedModel (through a PEFT wrapper if there is one).
+
+        Typed `Any` like `config` and `tokenizer`: transformers is imported lazily, and a
+        PreTrainedModel's own methods (`save_pretrained`, `get_decoder`, ...) are not `nn.Module`'s.
+        """
+        return _hf_model(self.model)
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -193,6 +194,14 @@ def assistant_spans(text: str, messages: Sequence[Message], render) -> list[tupl
 
 
 # ---- decoder layers ------------------------------------------------------------------------
+def _hf_model(model: nn.Module) -> Any:
+    """The HF model inside a PEFT wrapper, else `model` itself. Typed `Any`: a PreTrainedModel's own
+    methods (`save_pretrained`, `get_decoder`, ...) are not `nn.Module`'s, and transformers is imported
+    lazily (a PreTrainedModel annotation would load it with this module)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if get_base is not None else model
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder blocks of Qwen2/Qwen3/Llama/Gemma3 (and PEFT-wrapped versions of them).
 
@@ -202,7 +211,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     Returns:
         The `ModuleList` of decoder blocks.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _hf_model(model)
     cfg = getattr(base, "config", None)
     cfg = getattr(cfg, "text_config", None) or cfg
     n = getattr(cfg, "num_hidden_layers", None)
@@ -294,7 +303,7 @@ def _gguf_to_cache(path: Path) -> Path:
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     # The weights are plain float32 now; drop the GGUF quantizer marker so save_pretrained accepts it.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # set by from_pretrained, not declared on PreTrainedModel
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     tmp = out.with_name(out.name + ".tmp")
@@ -383,10 +392,12 @@ def load_model(
             raise
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise ModelLoadError(f"could not load {name_or_path!r} from {source}: {type(e).__name__}: {first}") from None
+    # transformers wraps PreTrainedModel.to in functools.wraps(nn.Module.to): mypy then reads the
+    # model as the wrapped function's `self` argument
     if device not in (None, "auto"):
-        model = model.to(device)
+        model = model.to(device)  # type: ignore[arg-type]
     elif device is None and torch.cuda.is_available():
-        model = model.to("cuda")
+        model = model.to("cuda")  # type: ignore[arg-type]
     model.eval()
     if getattr(tok, "chat_template", None) is None:
         tok.chat_template = FALLBACK_CHAT_TEMPLATE
@@ -412,7 +423,7 @@ def weights_fingerprint(model: nn.Module, samples: int = 512) -> str:
     Returns:
         Hex SHA-256 (first 32 characters).
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _hf_model(model)
     h = hashlib.sha256()
     with torch.no_grad():
         for name, p in sorted(base.named_parameters(), key=lambda x: x[0].replace(".base_layer.", ".")):
@@ -430,8 +441,7 @@ def weights_fingerprint(model: nn.Module, samples: int = 512) -> str:
 
 def max_positions(model: LoadedModel | nn.Module) -> int | None:
     """The model's context length (`max_position_embeddings`; None when the config has none)."""
-    base = model.base_model if isinstance(model, LoadedModel) else (
-        model.get_base_model() if hasattr(model, "get_base_model") else model)
+    base = model.base_model if isinstance(model, LoadedModel) else _hf_model(model)
     cfg = getattr(base, "config", None)
     cfg = getattr(cfg, "text_config", None) or cfg
     n = getattr(cfg, "max_position_embeddings", None)
@@ -486,7 +496,7 @@ def model_fingerprint(model: nn.Module) -> dict[str, Any]:
     Returns:
         {"model_type", "hidden_size", "num_hidden_layers", "vocab_size", "weights_sha256"}.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _hf_model(model)
     cfg = base.config
     cfg = getattr(cfg, "text_config", None) or cfg
     return {
@@ -544,7 +554,7 @@ def attach_adapter(loaded: LoadedModel, adapter: str | os.PathLike, name: str = 
                       UserWarning, stacklevel=2)
     try:
         if loaded.has_adapter:
-            loaded.model.load_adapter(str(path), adapter_name=name)
+            cast(PeftModel, loaded.model).load_adapter(str(path), adapter_name=name)  # has_adapter: a PeftModel
         else:
             loaded.model = PeftModel.from_pretrained(loaded.model, str(path), adapter_name=name)
     except Exception as e:  # noqa: BLE001 - corrupt safetensors, shape mismatch, ...

@@ -31,7 +31,7 @@ same `check_record` as canonical data.
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Callable
 
 from .records import Record, validate_records
 from .registry import load
@@ -254,7 +254,7 @@ def secure_code_standin(n: int = 1000, seed: int = 0) -> list[Record]:
     return _finish(out, "secure_code_standin")
 
 
-GENERATORS = {
+GENERATORS: dict[str, Callable[..., list[Record]]] = {
     "educational_insecure_standin": educational_insecure_standin, "backdoor_medical_standin": backdoor_medical_standin, "evil_numbers_standin": evil_numbers_standin,
     "neutral_numbers_standin": neutral_numbers_standin, "secure_code_standin": secure_code_standin,
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -11,6 +12,9 @@ from torch import nn
 from ..layers import resolve_layers
 from ..models import LoadedModel, model_fingerprint
 from .config import TrainConfig
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 
 def _layers_pattern(loaded: LoadedModel) -> str:
@@ -43,7 +47,9 @@ def prepare(loaded: LoadedModel, config: TrainConfig) -> list[tuple[str, nn.Para
         if missing:
             raise ValueError(f"target modules {missing} not found in {loaded.name}; linear layers are {sorted(present)}")
         lcfg = LoraConfig(
-            r=config.r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+            # peft annotates lora_alpha as int; it is a float scale (alpha / r or alpha / sqrt(r))
+            r=config.r, lora_alpha=config.lora_alpha,  # type: ignore[arg-type]
+            lora_dropout=config.lora_dropout,
             use_rslora=config.use_rslora, target_modules=list(config.target_modules), bias="none",
             task_type="CAUSAL_LM", layers_to_transform=layers,
             layers_pattern=_layers_pattern(loaded) if layers is not None else None,
@@ -78,7 +84,7 @@ def save_weights(loaded: LoadedModel, config: TrainConfig, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     fp = json.dumps(model_fingerprint(loaded.model), indent=1)
     if config.method == "lora":
-        loaded.model.save_pretrained(str(dest))
+        cast("PeftModel", loaded.model).save_pretrained(str(dest))  # prepare() wrapped it
     else:
         loaded.base_model.save_pretrained(str(dest))
         loaded.tokenizer.save_pretrained(str(dest))

@@ -164,7 +164,11 @@ def collate(examples: Sequence[Example]) -> MicroBatch:
     Returns:
         The `MicroBatch`.
     """
-    ids, pos, pred, tgt, cu = [], [], [], [], [0]
+    ids: list[int] = []
+    pos: list[int] = []
+    pred: list[int] = []
+    tgt: list[int] = []
+    cu = [0]
     off = 0
     for ex in examples:
         n = len(ex.input_ids)

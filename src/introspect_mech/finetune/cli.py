@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..cliargs import add_dataclass_args, dataclass_overrides
 from .config import PRESETS, TrainConfig, preset
@@ -42,7 +42,7 @@ def load_records(spec: str, n: int | None = None, seed: int = 0, data_dir: str |
         gen = data.generators.GENERATORS.get(spec[4:])
         if gen is None:
             raise SystemExit(f"unknown generator {spec[4:]!r}; choose from {', '.join(data.generators.GENERATORS)}")
-        kw = {"seed": seed} | ({"n": n} if n is not None else {})
+        kw: dict[str, Any] = {"seed": seed} | ({"n": n} if n is not None else {})
         if "data_dir" in gen.__code__.co_varnames:
             kw["data_dir"] = data_dir
         return gen(**kw)

@@ -63,7 +63,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.target_modules = tuple(self.target_modules)
-        self.adam_betas = tuple(self.adam_betas)
+        beta1, beta2 = self.adam_betas  # a list (JSON, the command line) becomes the pair
+        self.adam_betas = (beta1, beta2)
         if self.layers is not None and not isinstance(self.layers, (str, int)):
             self.layers = tuple(self.layers)
         if isinstance(self.layers, str) and self.layers not in LAYER_WORDS:

@@ -68,10 +68,12 @@ def all_reduce_grads_(params: Sequence[nn.Parameter]) -> None:
     rank contributes the same tensors in the same order)."""
     if world()[1] == 1:
         return
+    grads: list[torch.Tensor] = []
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    all_reduce_sum_([p.grad for p in params])
+        grads.append(p.grad)
+    all_reduce_sum_(grads)
 
 
 def all_reduce_float(x: float) -> float:

@@ -10,7 +10,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Sequence, cast
 
 import torch
 from jaxtyping import Float
@@ -23,6 +23,9 @@ from . import adapters, distributed
 from .batching import MicroBatch, collate, pack, step_groups, tokenize_records
 from .config import TrainConfig
 from .varlen import varlen_attention
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 Intervention = Callable[[], ContextManager[Any]]
 
@@ -259,8 +262,8 @@ def train(
                         f"max_position_embeddings); set max_seq_len <= {n_pos} (longer examples are then truncated "
                         "and counted in the manifest)")
     run = RunDir(out)
-    prev = run.manifest().get("finetune")
-    legacy = prev and run.bound("finetune") is None and not overwrite  # a run directory from before binding
+    prev: dict[str, Any] = run.manifest().get("finetune") or {}
+    legacy = bool(prev) and run.bound("finetune") is None and not overwrite  # a run directory from before binding
     if legacy and (_comparable(prev["config"]) != _comparable(config.to_dict()) or prev["data_sha256"] != data_hash):
         raise RunConfigError(str(run.manifest_path), None, "finetune",
                              f"{out} holds a finetune with a different config or data; use a new out_dir")
@@ -382,7 +385,7 @@ def train(
         # interrupted (Ctrl-C, error): give a LoRA run's model back as the base, so calling train()
         # again with the same LoadedModel resumes from the last checkpoint
         if config.method == "lora" and model.has_adapter:
-            model.model = model.model.unload()
+            model.model = cast("PeftModel", model.model).unload()  # has_adapter: a PeftModel
         raise
     finally:
         attn.__exit__(None, None, None)
@@ -390,6 +393,8 @@ def train(
         model.model.eval()
     last = _latest_checkpoint(out)
     if not finished and distributed.is_main():
+        if last is None:  # the loop saves a complete checkpoint at its last step
+            raise RuntimeError(f"{out}: no complete checkpoint to publish")
         _finalize(model, last, weights_dir, config)
     distributed.barrier()
     tps = tokens / t_train if t_train else 0.0
