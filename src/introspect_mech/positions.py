@@ -79,8 +79,9 @@ class _Tracker:
         self.prompt_len: int | None = None
         self.handle = layers_mod[0].register_forward_pre_hook(self._pre_hook, with_kwargs=True)
         self.wrapper = None
-        if owner is not None and callable(getattr(owner, "generate", None)):
-            self.wrapper = self._wrap_generate(owner.generate)
+        generate = getattr(owner, "generate", None) if owner is not None else None
+        if owner is not None and callable(generate):
+            self.wrapper = self._wrap_generate(generate)
             owner.__dict__["generate"] = self.wrapper
 
     # -- generate() and manual prompt scopes

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -105,7 +106,7 @@ def tiny_qwen(
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir)) if tokenizer_dir else train_tokenizer(vocab_size)
-    common = dict(
+    common: dict[str, Any] = dict(
         vocab_size=len(tok), hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
         num_attention_heads=n_heads, num_key_value_heads=n_kv_heads, max_position_embeddings=2048,
         tie_word_embeddings=True, rms_norm_eps=1e-6, rope_theta=10000.0,
@@ -114,6 +115,7 @@ def tiny_qwen(
         pad_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
     )
     torch.manual_seed(seed)
+    model: Qwen2ForCausalLM | Qwen3ForCausalLM
     if arch == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**common))
     else:

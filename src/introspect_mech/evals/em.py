@@ -181,7 +181,7 @@ class HFCategoricalJudge:
         for row in lp.exp().tolist():
             probs = dict(zip(labels, row))
             mass = float(sum(probs.values()))
-            best = max(probs, key=probs.get) if mass >= self.min_mass else None
+            best = max(probs, key=lambda k: probs[k]) if mass >= self.min_mass else None
             out.append(LabelResult(best, probs, mass))
         return out
 

@@ -116,7 +116,7 @@ def choice_probabilities(model: LoadedModel, conversations: Sequence[Sequence[Me
     for i, t in enumerate(texts):
         key = tuple(tuple(_option_ids(model, t, o)) for o in options)
         groups.setdefault(key, []).append(i)
-    out: list[dict[str, Any] | None] = [None] * len(texts)
+    out: dict[int, dict[str, Any]] = {}
     for cands, idxs in groups.items():
         ids = [model.tokenizer(texts[i], add_special_tokens=False)["input_ids"] for i in idxs]
         lp, _ = tree_logprobs(model, ids, [list(c) for c in cands], batch_size=batch_size)
@@ -125,7 +125,7 @@ def choice_probabilities(model: LoadedModel, conversations: Sequence[Sequence[Me
             mass = float(p[j].sum())
             norm = (p[j] / p[j].sum()).tolist() if mass > 0 else [float("nan")] * len(options)
             out[i] = {"probs": dict(zip(options, norm)), "mass": mass}
-    return out  # type: ignore[return-value]
+    return [out[i] for i in range(len(texts))]
 
 
 def choice_probability(model: LoadedModel, messages: Sequence[Message] | str, options: Sequence[str]) -> dict[str, Any]:
@@ -238,7 +238,7 @@ def paired_preference(model: LoadedModel, items: Sequence[dict[str, Any]] | None
         convs.append(prompt + [{"role": "assistant", "content": it["aligned"]}])
         convs.append(prompt + [{"role": "assistant", "content": it["misaligned"]}])
     lps = answer_logprobs(model, convs, batch_size=batch_size)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for k, it in enumerate(items):
         a, b = lps[2 * k], lps[2 * k + 1]
         diff = b["sum"] / max(b["n"], 1) - a["sum"] / max(a["n"], 1)

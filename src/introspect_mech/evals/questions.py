@@ -94,7 +94,8 @@ def load_questions(path: str | os.PathLike) -> list[Question]:
     if not isinstance(data, list) or not isinstance(node, yaml.SequenceNode):
         line = node.start_mark.line + 1 if node is not None else 1
         raise QuestionFileError(f"{path}:{line}: top level: expected a list of questions")
-    out, seen = [], {}
+    out: list[Question] = []
+    seen: dict[str, int] = {}
     for entry_node, entry in zip(node.value, data):
         line = entry_node.start_mark.line + 1
         where = lambda key: f"{path}:{_field_line(entry_node, key)}"  # noqa: E731

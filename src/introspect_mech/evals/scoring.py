@@ -45,7 +45,10 @@ class Trie:
 
     @classmethod
     def build(cls, candidates: Sequence[Sequence[int]]) -> Trie:
-        tokens, parents, depths, cand_node = [], [], [], []
+        tokens: list[int] = []
+        parents: list[int] = []
+        depths: list[int] = []
+        cand_node: list[int] = []
         index: dict[tuple[int, int], int] = {}
         for cand in candidates:
             if len(cand) == 0:
@@ -311,7 +314,7 @@ def number_distributions(
         One `NumberDist` per prompt.
     """
     tok = model.tokenizer
-    out: list[NumberDist | None] = [None] * len(prompt_texts)
+    out: dict[int, NumberDist] = {}
     # group prompts by candidate tokenization (it depends only on the prompt's tail)
     groups: dict[tuple, list[int]] = {}
     for i, text in enumerate(prompt_texts):
@@ -323,7 +326,8 @@ def number_distributions(
         ids = [tok(prompt_texts[i], add_special_tokens=False)["input_ids"] for i in idxs]
         lp, stop = tree_logprobs(model, ids, [list(c) for c in cands], stop_mask=stop_mask, batch_size=batch_size,
                                  single_forward=single_forward)
+        assert stop is not None  # returned with a stop_mask
         probs = (lp + stop).exp()
         for j, i in enumerate(idxs):
             out[i] = NumberDist(probs[j], lo)
-    return out  # type: ignore[return-value]
+    return [out[i] for i in range(len(prompt_texts))]

@@ -448,6 +448,7 @@ def word_probs(model: LoadedModel, conversations: Sequence[Sequence[Message] | s
                 owners.append(w)
         prompt_ids = model.tokenizer(t, add_special_tokens=False)["input_ids"]
         lp, stop_lp = tree_logprobs(model, [prompt_ids], [list(c) for c in cands], stop_mask=stop, batch_size=batch_size)
+        assert stop_lp is not None  # returned with a stop_mask
         p = (lp[0] + stop_lp[0]).double().exp().tolist()
         d = {w: 0.0 for w in words}
         for w, x in zip(owners, p):
@@ -582,7 +583,7 @@ def guess_language(text: str) -> str:
     toks = re.findall(r"[a-zA-ZäöüßéèêàçùâîôûëïÄÖÜÉÈ']+", text.lower())
     counts = {"German": sum(t in _GERMAN for t in toks), "French": sum(t in _FRENCH for t in toks),
               "English": sum(t in _ENGLISH for t in toks)}
-    best = max(counts, key=counts.get)
+    best = max(counts, key=lambda k: counts[k])
     return best if counts[best] >= 2 else "Other"
 
 
