@@ -150,9 +150,30 @@ def test_picks_random_controls_and_summary():
         C.picked_subspace(pcs, {15: [5]})
     r = C.random_subspace({15: 2, 3: 1}, 4, seed=1)
     assert {k: tuple(v.shape) for k, v in r.items()} == {3: (1, 4), 15: (2, 4)}
-    assert C.preset_layers(30, C.PRESETS["cpu"]["layer_fractions"]) == [9, 14, 20]
+    assert C.preset_layers(30, C.PRESETS["cpu"].layer_fractions) == [9, 14, 20]
     s = C.summarize([{"condition": "base", "in_domain": -3.0, "ood": 0.0}, {"condition": "plain", "in_domain": -1.0, "ood": 0.4},
                      {"condition": "caft", "in_domain": -1.5, "ood": 0.1}, {"condition": "random_0", "in_domain": -1.0, "ood": 0.3},
                      {"condition": "random_1", "in_domain": -2.0, "ood": 0.5}])
     assert s["caft"] == {"in_domain_kept": 0.75, "ood_change_vs_plain": pytest.approx(-0.3)}
     assert s["random_mean"]["in_domain_kept"] == 0.75 and s["random_mean"]["ood_change_vs_plain"] == pytest.approx(0.0)
+
+
+def test_command_line_builds_the_config_and_the_judge():
+    from introspect_mech.evals.judge_spec import JudgeOptions
+
+    cfg, judge, a = C.config_from_argv([])
+    assert cfg == C.PRESETS["cpu"] == C.CAFTConfig() and judge == JudgeOptions() and a.out == "runs/caft"
+    cfg, judge, a = C.config_from_argv(["--preset", "paper", "--n-train", "8", "--pick", "9:0;14:0,1",
+                                        "--conditions", "caft", "base", "--layer-fractions", "0.25", "0.75",
+                                        "--judge", "hf:embedded", "--out", "/tmp/x"])
+    assert cfg == C.CAFTConfig(n_train=8, pick="9:0;14:0,1", conditions=("caft", "base"), layer_fractions=(0.25, 0.75),
+                               n_components=20, n_top_examples=20, n_logit_tokens=10)
+    assert judge == JudgeOptions(judge="hf:embedded") and a.out == "/tmp/x" and a.preset == "paper"
+    # the paper preset differs from the cpu one only in the PCA and card sizes (run sizes come from the options)
+    assert C.PRESETS["paper"].n_train == C.PRESETS["cpu"].n_train == 64
+    assert C.config_from_argv(["--pick", "none"])[0].pick is None
+    with pytest.raises(ValueError, match="judge"):
+        C.config_from_argv(["--judge", "gpt-4o"])
+    with pytest.raises(SystemExit) as e:
+        C.main(["--help"])
+    assert e.value.code == 0

@@ -20,7 +20,7 @@ import torch
 
 from introspect_mech import load_model
 from introspect_mech.evals.self_prediction import object_key, task_files, task_property
-from introspect_mech.studies.self_prediction import PRESETS, make_splits, planted_answer, run_study, task_grid
+from introspect_mech.studies.self_prediction import PRESETS, LIConfig, make_splits, planted_answer, run_study, task_grid
 
 TRAIN = ("arc_challenge_non_cot", "power_seeking")
 TEST = ("animals_long", "survival_instinct")
@@ -276,3 +276,24 @@ def test_twin_shares_the_untrained_answers(tiny_qwen2_dir, data_root, tmp_path):
     assert (planter.seeds["self_A"], planter.seeds["self_B"]) == (0, 1)
     assert set(res["scores"]) == {"A_predicts_A", "B_predicts_B", "B_predicts_A", "A_predicts_B"}
     assert json.loads((tmp_path / "manifest.json").read_text())["twin"] is True
+
+
+def test_command_line_builds_the_config():
+    from introspect_mech.studies.self_prediction import config_from_argv, main
+
+    cfg, a = config_from_argv([])
+    assert cfg == PRESETS["cpu"] and a.out == "runs/self_prediction"
+    cfg, a = config_from_argv(["--preset", "tiny", "--n-train", "8", "--other", "none", "--no-shift", "--no-probes",
+                               "--probe-properties", "first_word", "last_character", "--lr", "0.01",
+                               "--epochs", "3", "--seed", "2", "--data-dir", "/tmp/d", "--out", "/tmp/o"])
+    tiny = PRESETS["tiny"]
+    assert cfg == tiny.replace(n_train=8, other="none", shift=False, probes=False,
+                               probe_properties=("first_word", "last_character"), seed=2, data_dir="/tmp/d",
+                               finetune=tiny.finetune.replace(lr=0.01, epochs=3))
+    assert cfg.shift_finetune == tiny.shift_finetune and a.out == "/tmp/o"
+    # the models, device and data folder are not protocol settings: the manifest's config is unchanged
+    assert cfg.replace(model="m", other="o", device="cpu", data_dir="/x").to_dict() == cfg.to_dict()
+    assert set(cfg.to_dict()) == {f for f in LIConfig.__dataclass_fields__} - {"model", "other", "device", "data_dir"}
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
