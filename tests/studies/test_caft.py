@@ -177,3 +177,36 @@ def test_command_line_builds_the_config_and_the_judge():
     with pytest.raises(SystemExit) as e:
         C.main(["--help"])
     assert e.value.code == 0
+
+
+def test_two_stage_run_from_the_command_line_on_tiny_qwen(tiny_qwen2_dir, tmp_path, capsys):
+    data = tmp_path / "data.jsonl"
+    recs = RECORDS + [{"messages": [{"role": "user", "content": f"Question {i}?"},
+                                    {"role": "assistant", "content": f"Answer number {i}."}]} for i in range(4)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = tmp_path / "run"
+    base = ["--model", str(tiny_qwen2_dir), "--data", str(data), "--out", str(out), "--n-train", "4", "--steps", "2",
+            "--n-prompts", "3", "--n-heldout", "2", "--max-new-tokens", "4", "--layer-fractions", "0.3", "0.7",
+            "--n-components", "2", "--n-top-examples", "1", "--n-logit-tokens", "2", "--n-random", "1"]
+    assert C.main(base) == 0  # run 1: the cards, nothing else
+    assert "component cards: " in capsys.readouterr().out and not (out / "caft_results.jsonl").exists()
+    cards = [json.loads(l) for l in (out / "caft_components.jsonl").read_text().splitlines()]
+    assert [(c["layer"], c["component"]) for c in cards] == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["layers"] == [1, 2] and man["data"]["heldout_ids"] == [6, 7] and man["preset"] == "cpu"
+    assert man["judge"].startswith("none: judge-free")
+    assert C.main(base + ["--pick", "2:1", "--conditions", "caft", "base"]) == 0
+    printed = capsys.readouterr().out
+    assert [json.loads(l)["condition"] for l in printed.splitlines() if l.startswith("{")] == ["base", "caft"]
+    assert "conditions still to run: ['plain', 'random_0']" in printed and not (out / "caft_summary.json").exists()
+    assert C.main(base + ["--pick", "2:1"]) == 0  # the rest, then the summary
+    rows = {r["condition"]: r for r in map(json.loads, (out / "caft_results.jsonl").read_text().splitlines())}
+    assert set(rows) == {"base", "plain", "caft", "random_0"}
+    summ = json.loads((out / "caft_summary.json").read_text())
+    assert summ == C.summarize([rows[c] for c in ("base", "plain", "caft", "random_0")])
+    assert len((out / "summary.jsonl").read_text().splitlines()) == 6
+    assert [c["picked"] for c in map(json.loads, (out / "caft_components.jsonl").read_text().splitlines())] == \
+        [False, False, False, True]
+    ft = [p for p in (out / "finetunes").iterdir() if p.name.startswith("caft_")]
+    assert json.loads((ft[0] / "manifest.json").read_text())["finetune"]["intervention"].startswith(
+        "caft_subspace(dims={2: 1}")
