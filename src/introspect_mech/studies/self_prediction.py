@@ -82,7 +82,7 @@ class LIConfig:
     probe_all_targets: bool = True  # False: probes only for the first model's behaviour (CPU)
     shift_targets: str = "auto"  # other (the other model's answers), rule (planted rewrite), auto (other for two distinct models, rule for one model or a twin)
     probes: bool = True  # probes on the hypothetical prompt
-    probe_layers: tuple[float, ...] = (0.25, 0.5, 0.75)  # probe layers, as relative depths
+    probe_layers: tuple[float, ...] = (0.25, 0.5, 0.75)  # relative depths
     probe_n_test: int | None = None  # probes on their own draw of this many test questions per dataset (labels: the target's answers)
     probe_properties: tuple[str, ...] | None = None  # properties the probes read (None: every test property)
     obj_max_new_tokens: int = 12  # tokens of an object-level answer (enough for the first three words / characters)
