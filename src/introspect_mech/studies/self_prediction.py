@@ -80,10 +80,11 @@ class LIConfig:
     shift_all_models: bool = True  # False: only the first model gets the shift finetune (CPU)
     base_reference: bool = True  # also score the untrained models' hypotheticals (a reference)
     probe_all_targets: bool = True  # False: probes only for the first model's behaviour (CPU)
-    shift_targets: str = "auto"  # other (the other model's answers), rule (planted rewrite), auto (other for two distinct models, rule for one model or a twin)
-    probes: bool = True  # probes on the hypothetical prompt
+    shift_targets: str = "auto"  # "other" (the other model's answers), "rule" (planted rewrite), "auto"
+    # ("auto": "other" for two distinct models, "rule" for one model or a twin)
+    probes: bool = True
     probe_layers: tuple[float, ...] = (0.25, 0.5, 0.75)  # relative depths
-    probe_n_test: int | None = None  # probes on their own draw of this many test questions per dataset (labels: the target's answers)
+    probe_n_test: int | None = None  # probes on their own draw of this many test questions per dataset
     probe_properties: tuple[str, ...] | None = None  # properties the probes read (None: every test property)
     obj_max_new_tokens: int = 12  # tokens of an object-level answer (enough for the first three words / characters)
     hyp_max_new_tokens: int = 5  # tokens of a hypothetical answer
