@@ -221,6 +221,10 @@ def test_probe_layers_are_a_layer_spec():
     assert resolve_layers(PRESETS["gpu"].probe_layers, 28) == [7, 14, 20]  # Qwen2.5-7B
     assert resolve_layers(PRESETS["gpu"].probe_layers, 36) == [9, 18, 26]  # Qwen3-8B
     assert resolve_layers((0, -1), 30) == [0, 29]
+    from introspect_mech.studies.self_prediction import config_from_argv
+
+    assert config_from_argv(["--probe-layers", "7", "14", "22"])[0].probe_layers == (7, 14, 22)
+    assert config_from_argv(["--probe-layers", "middle"])[0].probe_layers == "middle"
 
 
 def test_shift_scored_against_new_behaviour(planted_run):
