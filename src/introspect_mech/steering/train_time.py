@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Callable, Literal, Mapping
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from ..direction import DirectionLike
@@ -93,8 +94,21 @@ def caft(model: LoadedModel, direction: DirectionLike, *, layers: LayerSpec = "a
 
 
 # ---- CAFT on a chosen subspace (Casademunt et al. 2025) --------------------------------------
-def orthonormal_basis(components: Tensor, tol: float = 1e-6) -> Tensor:
-    """Orthonormal rows spanning `components` (`[k, d_model]`, k >= 1); rank-deficient rows are dropped."""
+def orthonormal_basis(components: Float[Tensor, "k d_model"] | Float[Tensor, " d_model"],
+                      tol: float = 1e-6) -> Float[Tensor, "rank d_model"]:
+    """Orthonormal rows spanning `components`; rank-deficient rows are dropped.
+
+    Args:
+        components: `[k, d_model]` vectors (k >= 1), or one `[d_model]` vector.
+        tol: a QR diagonal entry below `tol` times the largest one (at least `tol`) marks a
+            dependent row.
+
+    Returns:
+        `[rank, d_model]` float32 orthonormal rows (`rank <= k`).
+
+    Raises:
+        ValueError: no component, or the components span nothing (all zero).
+    """
     c = torch.as_tensor(components, dtype=torch.float64)
     if c.ndim == 1:
         c = c[None]
@@ -130,6 +144,7 @@ class SubspaceAblation:
 
     @property
     def dims(self) -> dict[int, int]:
+        """`{layer: dimension of the ablated subspace}`."""
         return {l: int(q.shape[0]) for l, q in sorted(self.bases.items())}
 
     def _hook(self, q: Tensor):
@@ -157,6 +172,7 @@ class SubspaceAblation:
 
     @property
     def active(self) -> bool:
+        """Whether the hooks are registered (inside the `with` block)."""
         return bool(self.handles)
 
 
