@@ -456,7 +456,7 @@ def latent_scores(model: LoadedModel, sae: LayerSAE, conversations: Sequence[Any
     Args:
         model: the model whose residual stream the SAE reads.
         sae: the SAE (reading after block `sae.layer`).
-        conversations: message lists (or records with "messages").
+        conversations: message lists, records with "messages", or plain texts.
         latents: the `k` latent indices to score.
         positions: tokens averaged over (`TokenPositions`).
         batch_size: conversations per forward pass.

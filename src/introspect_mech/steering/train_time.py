@@ -100,8 +100,8 @@ def orthonormal_basis(components: Float[Tensor, "k d_model"] | Float[Tensor, " d
 
     Args:
         components: `[k, d_model]` vectors (k >= 1), or one `[d_model]` vector.
-        tol: a QR diagonal entry below `tol` times the largest one (at least `tol`) marks a
-            dependent row.
+        tol: a row whose QR diagonal entry is at most `tol * max(1, largest |entry|)` is dropped
+            as dependent.
 
     Returns:
         `[rank, d_model]` float32 orthonormal rows (`rank <= k`).
