@@ -328,6 +328,12 @@ class LazyActivations:
     `acts[i]` -> `Float[Tensor, "layer d_model"]` (`"layer pos d_model"` for "all", unpadded);
     `acts[a:b]` / `acts[[i, j]]` stack rows (zero-padded for "all"); `acts.load()` reads all;
     `iter_shards()` yields (first_index, tensor) shard by shard.
+
+    Args:
+        path: the cache directory (`activations.json` + shards).
+
+    Raises:
+        FileNotFoundError: not an activation cache directory, or shards are missing (an unfinished cache).
     """
 
     def __init__(self, path: str | os.PathLike):

@@ -550,6 +550,10 @@ class JsonlLog:
 
     `key_fields` name the row fields that identify a unit of work; `done_keys()` returns the set of
     keys already written, so a rerun skips them. Each `append` is flushed and fsync'd.
+
+    Args:
+        path: the JSONL file (its folder is created; a torn last line is truncated on open).
+        key_fields: row fields that identify a unit of work.
     """
 
     def __init__(self, path: str | os.PathLike, key_fields: tuple[str, ...] = ()):

@@ -150,6 +150,16 @@ class TraitJudge:
 
     `judge` is any object with `.score(prompts: list[str]) -> list[JudgeResult]` (`evals.HFJudge`,
     `evals.APIJudge`, or a scripted judge in tests) and optionally `.describe()`.
+
+    Args:
+        judge: the 0-100 judge.
+        trait: a trait name / `.json` path, or a trait dict already loaded (`load_trait`).
+        data_dir: the data directory (default: `paths.data_dir()`).
+        coherence_template: the coherence prompt (default: `coherence_prompt(data_dir)`).
+        split: the trait file's split when `trait` is a name ("extract" or "eval").
+
+    Raises:
+        ValueError: the trait's `eval_prompt` is not a judge prompt with an `{answer}` slot.
     """
 
     def __init__(self, judge: Any, trait: str | dict, *, data_dir: str | os.PathLike | None = None,

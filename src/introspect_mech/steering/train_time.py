@@ -125,7 +125,15 @@ class SubspaceAblation:
     """Context manager projecting a per-layer subspace out of the residual stream after the chosen
     blocks, at every position: `h <- h - (h Q^T) Q` with `Q` the orthonormal basis (`[k, d_model]`)
     of that layer. Out of place under autograd (training), in place otherwise. Re-entrant
-    sequentially (a training loop enters it around every forward)."""
+    sequentially (a training loop enters it around every forward).
+
+    Args:
+        model: the model whose blocks are hooked.
+        bases: `{block index: [k, d_model] components}` (orthonormalised by `orthonormal_basis`).
+
+    Raises:
+        ValueError: components of another width than the model's, or no layer.
+    """
 
     def __init__(self, model: LoadedModel, bases: Mapping[int, Tensor]):
         self.layers_mod = model.layers
