@@ -105,14 +105,17 @@ _ENTRY = re.compile(r"^\s*\**(\w+)\s*(\([^)]*\))?\s*:")
 
 
 def _documented_args(doc: str) -> set[str] | None:
-    """Names given an entry in the docstring's `Args:` section (None when there is no such section)."""
+    """Names given an entry (`name: ...` / `name (type): ...`, indented) in the docstring's `Args:` sections.
+
+    None when there is no `Args:` section.
+    """
     names: set[str] | None = None
+    inside = False
     for line in doc.splitlines():
-        if re.match(r"^(Args|Arguments)\s*:\s*$", line):
-            names = set()
-        elif names is not None and _SECTION.match(line):
-            break
-        elif names is not None and (m := _ENTRY.match(line)) and len(line) - len(line.lstrip()) <= 8:
+        if _SECTION.match(line):
+            inside = line.startswith(("Args", "Arguments"))
+            names = set() if inside and names is None else names
+        elif inside and names is not None and (m := _ENTRY.match(line)) and 0 < len(line) - len(line.lstrip()) <= 4:
             names.add(m.group(1))
     return names
 
@@ -125,7 +128,8 @@ def _undocumented(tree: ast.Module, where: str) -> list[str]:
             funcs.append((node.name, node, False))
         elif isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
             funcs += [(f"{node.name}.{m.name}", m, True) for m in node.body
-                      if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef)) and not m.name.startswith("_")]
+                      if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef))
+                      and (not m.name.startswith("_") or m.name == "__init__")]
     out = []
     for name, fn, method in funcs:
         decorators = {d.id if isinstance(d, ast.Name) else getattr(d, "attr", "") for d in fn.decorator_list}
@@ -138,7 +142,11 @@ def _undocumented(tree: ast.Module, where: str) -> list[str]:
             args = args[1:]
         if not args:
             continue
-        documented = _documented_args(ast.get_docstring(fn) or "")
+        doc = ast.get_docstring(fn) or ""
+        if fn.name == "__init__":  # the constructor's arguments are documented on the class (or on __init__)
+            doc = (ast.get_docstring(next(n for n in tree.body if isinstance(n, ast.ClassDef) and fn in n.body)) or "") \
+                + "\n" + doc
+        documented = _documented_args(doc)
         if documented is None:
             out.append(f"{where}:{fn.lineno} {name}: no Args section")
         elif missing := [x for x in args if x not in documented]:
@@ -174,13 +182,21 @@ def partial(a, b):
 def _private(a):
     pass
 class C:
+    """A class.
+
+    Args:
+        y: documented on the class.
+    """
+    def __init__(self, y, z):
+        pass
     def m(self, x):
         """Doc."""
     def no_args(self):
         pass
 '''
     got = [p.split(" ", 1)[1] for p in _undocumented(ast.parse(src), "x.py")]
-    assert got == ["no_section: no Args section", "partial: Args lacks b", "C.m: no Args section"]
+    assert got == ["no_section: no Args section", "partial: Args lacks b", "C.__init__: Args lacks z",
+                   "C.m: no Args section"]
 
 
 def test_public_functions_document_their_arguments():
