@@ -396,7 +396,7 @@ class LazyActivations:
             res[j, :, : r.shape[1]] = r
         return res
 
-    def iter_shards(self) -> Iterator[tuple[int, Tensor]]:
+    def iter_shards(self) -> Iterator[tuple[int, Acts]]:
         """Yield `(first_index, rows)` shard by shard (rows as `self[lo:hi]` returns them)."""
         for k in range(self._n_shards):
             lo, hi = k * self.shard_size, min(self.n, (k + 1) * self.shard_size)

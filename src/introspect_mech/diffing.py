@@ -455,7 +455,7 @@ def steer_readout(model: LoadedModel, direction: Any, layer: int, alpha: float, 
 # ---- behavioural distance ----------------------------------------------------------------------
 @torch.no_grad()
 def response_logprobs(model: LoadedModel, conversations: Sequence[Sequence[Message]], *,
-                      batch_size: int = 8) -> list[Float[Tensor, "n_resp vocab"]]:
+                      batch_size: int = 8) -> list[Float[Tensor, "_n_resp vocab"]]:
     """Next-token log-distributions at the positions predicting each conversation's assistant tokens.
 
     Steering hooks active on `model` apply.
@@ -498,7 +498,8 @@ def response_logprobs(model: LoadedModel, conversations: Sequence[Sequence[Messa
     return out
 
 
-def response_kl(model: LoadedModel, reference: Sequence[Tensor], conversations: Sequence[Sequence[Message]], *,
+def response_kl(model: LoadedModel, reference: Sequence[Float[Tensor, "_n_resp vocab"]],
+                conversations: Sequence[Sequence[Message]], *,
                 batch_size: int = 8) -> list[float]:
     """Per conversation, the mean over assistant positions of KL(p_model || p_reference).
 

@@ -135,7 +135,7 @@ class SubspaceAblation:
         ValueError: components of another width than the model's, or no layer.
     """
 
-    def __init__(self, model: LoadedModel, bases: Mapping[int, Tensor]):
+    def __init__(self, model: LoadedModel, bases: Mapping[int, Float[Tensor, "... d_model"]]):
         self.layers_mod = model.layers
         n = len(self.layers_mod)
         self.bases: dict[int, Tensor] = {}
@@ -184,7 +184,8 @@ class SubspaceAblation:
         return bool(self.handles)
 
 
-def caft_subspace(model: LoadedModel, components: Mapping[int, Tensor]) -> Callable[[], SubspaceAblation]:
+def caft_subspace(model: LoadedModel, components: Mapping[int, Float[Tensor, "... d_model"]]
+                  ) -> Callable[[], SubspaceAblation]:
     """Zero-arg callable for `finetune.train(intervention=...)`: CAFT with a chosen subspace per layer.
 
     Args:
