@@ -340,7 +340,11 @@ class RunDir:
         return self.path / "provenance.jsonl"
 
     def manifest(self) -> dict[str, Any]:
-        """The manifest as stored ({} when there is none yet)."""
+        """The manifest as stored ({} when there is none yet).
+
+        Raises:
+            DataError: manifest.json is not UTF-8, not valid JSON or not a JSON object.
+        """
         if not self.manifest_path.exists():
             return {}
         try:
