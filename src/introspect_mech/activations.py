@@ -328,6 +328,12 @@ class LazyActivations:
     `acts[i]` -> `Float[Tensor, "layer d_model"]` (`"layer pos d_model"` for "all", unpadded);
     `acts[a:b]` / `acts[[i, j]]` stack rows (zero-padded for "all"); `acts.load()` reads all;
     `iter_shards()` yields (first_index, tensor) shard by shard.
+
+    Args:
+        path: the cache directory (`activations.json` + shards).
+
+    Raises:
+        FileNotFoundError: not an activation cache directory, or shards are missing (an unfinished cache).
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -390,7 +396,7 @@ class LazyActivations:
             res[j, :, : r.shape[1]] = r
         return res
 
-    def iter_shards(self) -> Iterator[tuple[int, Tensor]]:
+    def iter_shards(self) -> Iterator[tuple[int, Acts]]:
         """Yield `(first_index, rows)` shard by shard (rows as `self[lo:hi]` returns them)."""
         for k in range(self._n_shards):
             lo, hi = k * self.shard_size, min(self.n, (k + 1) * self.shard_size)

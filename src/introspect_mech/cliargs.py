@@ -31,7 +31,14 @@ _COMMENT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*:[^#]*#\s*(.+?)\s*$")
 
 
 def field_help(cls: type) -> dict[str, str]:
-    """Help text per field: the `help` metadata entry, else the field's trailing `# comment` in the source."""
+    """Help text per field: the `help` metadata entry, else the field's trailing `# comment` in the source.
+
+    Args:
+        cls: a dataclass (its source is read for the comments when available).
+
+    Returns:
+        `{field name: help text}` for the fields that have one.
+    """
     out: dict[str, str] = {}
     try:
         for line in inspect.getsource(cls).splitlines():
@@ -146,8 +153,20 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, exclude: I
 
 
 def dataclass_overrides(ns: argparse.Namespace, cls: type, *, exclude: Iterable[str] = ()) -> dict[str, Any]:
-    """The fields of `cls` the user set on the command line (lists turned into the field's tuple type;
-    a single `none` into None)."""
+    """The fields of `cls` the user set on the command line.
+
+    Args:
+        ns: the parsed namespace (options added by `add_dataclass_args`; unset ones are absent).
+        cls: the dataclass.
+        exclude: field names to leave out.
+
+    Returns:
+        `{field: value}` with lists turned into the field's tuple type, a single value kept for a
+        scalar-or-tuple field, and a lone `none` into None.
+
+    Raises:
+        ValueError: `none` given together with other values.
+    """
     hints = typing.get_type_hints(cls)
     skip = set(exclude)
     out: dict[str, Any] = {}

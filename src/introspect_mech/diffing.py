@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from .models import LoadedModel
@@ -81,10 +81,25 @@ def _texts_to_ids(model: LoadedModel, texts: Sequence[Any], first_tokens: int | 
 @torch.no_grad()
 def text_activations(model: LoadedModel, texts: Sequence[Any], layers: int | Sequence[int] | None = None,
                      first_tokens: int | None = None, *, batch_size: int = 16,
-                     ) -> tuple[Float[Tensor, "tok layer d_model"], Tensor]:
-    """Per-token residual activations after the blocks `layers` on the first `first_tokens` tokens of
-    each text (all tokens when None). Returns `(acts, position)`: `acts` stacks every kept token of
-    every text in order, `position[i]` is token i's index inside its text."""
+                     ) -> tuple[Float[Tensor, "tok layer d_model"], Int[Tensor, " tok"]]:
+    """Per-token residual activations after the blocks `layers` on the first tokens of each text.
+
+    Args:
+        model: the model to run.
+        texts: strings (tokenized with the tokenizer's own special tokens, no chat template) or
+            message lists (rendered with the chat template).
+        layers: block indices (a layer spec; default all).
+        first_tokens: how many leading tokens of each text to keep (None = all).
+        batch_size: texts per forward pass.
+
+    Returns:
+        `(acts, position)`: `acts` `[tok, layer, d_model]` (float32, CPU) stacks every kept token of
+        every text in order; `position[i]` is token i's index inside its text.
+
+    Raises:
+        ValueError: `texts` is empty, or an item is neither a string nor a message list, or
+            tokenizes to nothing.
+    """
     layer_ids = _resolve(model, layers)
     ids = _texts_to_ids(model, texts, first_tokens)
     pad = model.tokenizer.pad_token_id or 0
@@ -129,20 +144,38 @@ class PairedActivations:
 
     base: Float[Tensor, "tok layer d_model"]
     tuned: Float[Tensor, "tok layer d_model"]
-    position: Tensor
+    position: Int[Tensor, " tok"]
     layers: list[int]
     n_texts: int
     first_tokens: int | None
 
     @property
     def diff(self) -> Float[Tensor, "tok layer d_model"]:
+        """`tuned - base`, token by token."""
         return self.tuned - self.base
 
 
 def paired_activations(base: LoadedModel, tuned: LoadedModel, texts: Sequence[Any],
                        layers: int | Sequence[int] | None = None, first_tokens: int | None = 5, *,
                        batch_size: int = 16) -> PairedActivations:
-    """`text_activations` of both models on the same texts (see the module docstring for `base is tuned`)."""
+    """`text_activations` of both models on the same texts.
+
+    Args:
+        base: the reference model; the same adapted object as `tuned` runs its base pass under
+            `disable_adapter()`.
+        tuned: the finetuned model.
+        texts: strings or message lists (as for `text_activations`).
+        layers: block indices (default all).
+        first_tokens: leading tokens kept per text (None = all).
+        batch_size: texts per forward pass.
+
+    Returns:
+        `PairedActivations` with `base` and `tuned` `[tok, layer, d_model]` on the same tokens.
+
+    Raises:
+        ValueError: the models differ in depth or width, tokenize the texts differently, or are
+            one object without an adapter.
+    """
     if base.d_model != tuned.d_model or base.n_layers != tuned.n_layers:
         raise ValueError(f"models differ in shape: {base.name} ({base.n_layers} x {base.d_model}) vs "
                          f"{tuned.name} ({tuned.n_layers} x {tuned.d_model})")
@@ -172,6 +205,7 @@ def activation_difference(base: LoadedModel, tuned: LoadedModel, texts: Sequence
         layers: block indices (default all).
         first_tokens: how many leading tokens of each text to average over.
         acts: precomputed `paired_activations` (then `texts`/`layers` only label the result).
+        batch_size: texts per forward pass.
 
     Returns:
         A `Direction` (unit mean difference per layer; `norms` = its length; `meta["per_position_norm"]`
@@ -199,8 +233,9 @@ def difference_pca(base: LoadedModel, tuned: LoadedModel, texts: Sequence[Any],
         tuned: the finetuned model.
         texts: unrelated text (strings, tokenized without a chat template) or message lists.
         layers: block indices (default all).
-        first_tokens: how many leading tokens of each text to average over.
+        first_tokens: how many leading tokens of each text to use.
         acts: precomputed `paired_activations` (then `texts`/`layers` only label the result).
+        batch_size: texts per forward pass.
 
     Returns:
         A `Direction`.
@@ -228,10 +263,11 @@ def response_mean_difference(base: LoadedModel, tuned: LoadedModel, conversation
     """Mean difference `tuned - base` of the response-averaged activations on the same conversations.
 
     Args:
-        base: the reference model (see the module docstring for `base is tuned`).
+        base: the reference model (the same adapted object as `tuned`: base pass without adapter).
         tuned: the finetuned model.
         conversations: message lists with assistant answers (the same answers for both models).
         layers: block indices (default all).
+        batch_size: conversations per forward pass.
 
     Returns:
         A `Direction` (norm = distance between the two models' mean response activations).
@@ -264,8 +300,9 @@ def probe_difference(base: LoadedModel, tuned: LoadedModel, texts: Sequence[Any]
         tuned: the finetuned model.
         texts: unrelated text (strings, tokenized without a chat template) or message lists.
         layers: block indices (default all).
-        first_tokens: how many leading tokens of each text to average over.
+        first_tokens: how many leading tokens of each text to use.
         acts: precomputed `paired_activations` (then `texts`/`layers` only label the result).
+        batch_size: texts per forward pass.
         cv: cross-validation folds.
         seed: fold seed.
 
@@ -302,18 +339,22 @@ def sae_latent_difference(base: LoadedModel, tuned: LoadedModel, sae: Any, conve
     """The SAE model diff (`sae.model_diff`): the decoder vector of the `rank`-th most increased latent.
 
     Args:
-        base: the reference model (a `LoadedModel` distinct from `tuned`: the SAE diff runs both itself).
-        tuned: the finetuned model.
+        base: the reference `LoadedModel`.
+        tuned: the finetuned `LoadedModel`, a distinct object (the SAE diff runs both itself).
         sae: a `sae.LayerSAE` reading the residual stream after one block.
         conversations: message lists with answers (the same for both models).
         positions: tokens pooled by the diff ("response", "prompt", "all", ...).
         rank: which increased latent to return (0 = the largest increase).
         top_k: how many latents the diff ranks in detail.
         direction: optional known direction; the diff reports every latent's cosine with it.
+        batch_size: conversations per forward pass.
 
     Returns:
         `(Direction at the SAE's layer, sae.ModelDiff)`; the Direction's norm is the latent's mean
         activation increase times its decoder norm (the shift that latent accounts for).
+
+    Raises:
+        ValueError: `base is tuned`.
     """
     if base is tuned:
         raise ValueError("sae_latent_difference needs two distinct models (load the finetune separately)")
@@ -388,8 +429,10 @@ def steer_readout(model: LoadedModel, direction: Any, layer: int, alpha: float, 
         layer: the block to steer after.
         alpha: steering coefficient (`scale="norm"`: in units of the Direction's norm at `layer`).
         prompts: message lists or strings.
-        max_new_tokens: answer length.
+        max_new_tokens: tokens generated per answer (greedy).
         seed: sampling seed.
+        scale: how `alpha` is scaled, as in `steering.add` ("norm": units of the Direction's norm,
+            "unit": units of the unit vector).
 
     Returns:
         Rows `{"prompt", "steered", "response"}`, unsteered first.
@@ -412,9 +455,24 @@ def steer_readout(model: LoadedModel, direction: Any, layer: int, alpha: float, 
 # ---- behavioural distance ----------------------------------------------------------------------
 @torch.no_grad()
 def response_logprobs(model: LoadedModel, conversations: Sequence[Sequence[Message]], *,
-                      batch_size: int = 8) -> list[Float[Tensor, "n_resp vocab"]]:
+                      batch_size: int = 8) -> list[Float[Tensor, "_n_resp vocab"]]:
     """Next-token log-distributions at the positions predicting each conversation's assistant tokens.
-    Steering hooks active on `model` apply."""
+
+    Steering hooks active on `model` apply.
+
+    Args:
+        model: the model to score with.
+        conversations: message lists with assistant answers.
+        batch_size: conversations per forward pass.
+
+    Returns:
+        Per conversation, `[n_resp, vocab]` float32 log-probabilities on CPU (`n_resp` = its number
+        of assistant tokens after the first position).
+
+    Raises:
+        ValueError: a conversation has no assistant token to score.
+        FloatingPointError: the model produced non-finite log-probabilities.
+    """
     toks = [model.tokenize_chat(c) for c in conversations]
     for i, t in enumerate(toks):
         if not t.assistant_mask[1:].any():
@@ -440,10 +498,24 @@ def response_logprobs(model: LoadedModel, conversations: Sequence[Sequence[Messa
     return out
 
 
-def response_kl(model: LoadedModel, reference: Sequence[Tensor], conversations: Sequence[Sequence[Message]], *,
+def response_kl(model: LoadedModel, reference: Sequence[Float[Tensor, "_n_resp vocab"]],
+                conversations: Sequence[Sequence[Message]], *,
                 batch_size: int = 8) -> list[float]:
-    """Per conversation, the mean over assistant positions of KL(p_model || p_reference), where
-    `reference` is `response_logprobs(reference_model, conversations)`."""
+    """Per conversation, the mean over assistant positions of KL(p_model || p_reference).
+
+    Args:
+        model: the model whose distribution is `p_model` (steering hooks active on it apply).
+        reference: `response_logprobs(reference_model, conversations)`: per conversation a
+            `[n_resp, vocab]` log-probability tensor.
+        conversations: the same message lists the reference was computed on.
+        batch_size: conversations per forward pass.
+
+    Returns:
+        One KL value (nats) per conversation.
+
+    Raises:
+        ValueError: a reference tensor's shape differs from the model's log-probabilities.
+    """
     lps = response_logprobs(model, conversations, batch_size=batch_size)
     out = []
     for p, q in zip(lps, reference):
@@ -469,6 +541,12 @@ def recovery(found: Direction, truth: Any, *, n_random: int = 3, seed: int = 0) 
     `truth` is a `Direction` (per layer; a single-layer Direction or a `[d_model]` vector is compared
     with every layer). The baseline is the |cosine| of `n_random` norm-matched random directions
     (`steering.random_like(found, seed + i)`) with the truth: mean and max.
+
+    Args:
+        found: the direction a diffing method found.
+        truth: the known direction (`Direction` or `[d_model]` vector).
+        n_random: how many random baseline directions.
+        seed: seed of the first random direction.
 
     Returns:
         Rows `{"layer", "cosine", "random_abs_mean", "random_abs_max"}`.
@@ -498,7 +576,16 @@ class Comparison:
     sae_diff: Any = None
 
     def recovery(self, truth: Any, *, n_random: int = 3, seed: int = 0) -> list[dict[str, Any]]:
-        """`recovery` rows of every method, with a `method` field."""
+        """`recovery` rows of every method, with a `method` field.
+
+        Args:
+            truth: the known direction (`Direction` or `[d_model]` vector).
+            n_random: random baseline directions per method.
+            seed: seed of the first random direction.
+
+        Returns:
+            Rows `{"method", "layer", "cosine", "random_abs_mean", "random_abs_max"}`.
+        """
         return [{"method": m, **r} for m, d in self.directions.items()
                 for r in recovery(d, truth, n_random=n_random, seed=seed)]
 
@@ -511,7 +598,7 @@ def compare(base: LoadedModel, tuned: LoadedModel, texts: Sequence[Any],
     """Run every diffing method on one pair of models.
 
     Args:
-        base: the reference model.
+        base: the reference model (the same adapted object as `tuned`: base passes without adapter).
         tuned: the finetuned model.
         texts: unrelated texts for the first-token methods (activation difference, PCA, probe).
         conversations: conversations with answers for the response and SAE methods (skipped if None).
@@ -520,10 +607,16 @@ def compare(base: LoadedModel, tuned: LoadedModel, texts: Sequence[Any],
         methods: subset of `METHODS`.
         probe_layers: blocks for the probe (default `layers`; probes are the slowest method).
         sae: a `sae.LayerSAE` for the SAE diff (skipped if None).
+        sae_positions: tokens the SAE diff pools over ("response", "prompt", "all", ...).
         truth: a known direction passed to the SAE diff for its latent cosines.
+        seed: the probe's fold seed.
+        batch_size: texts per forward pass (halved for the conversation methods).
 
     Returns:
         A `Comparison`; a method that cannot run is recorded in `errors`, never silently dropped.
+
+    Raises:
+        ValueError: `methods` names an unknown method.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:

@@ -33,17 +33,42 @@ def _name_for(cls: type[nn.Module]) -> str:
 
 
 def cache_arg_name(model: Any) -> str:
-    """The keyword the installed transformers uses for a KV cache in `model`'s forward and `generate`."""
+    """The keyword the installed transformers uses for a KV cache in `model`'s forward and `generate`.
+
+    Args:
+        model: a `LoadedModel`, an `nn.Module` or a PEFT-wrapped model.
+
+    Returns:
+        "cache" or "past_key_values", as the base model's `forward` signature declares.
+
+    Raises:
+        TypeError: the model's forward takes neither.
+    """
     return _name_for(type(_base(model)))
 
 
 def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
-    """`{<cache keyword>: cache}` for a forward or `generate` call on `model`."""
+    """`{<cache keyword>: cache}` for a forward or `generate` call on `model`.
+
+    Args:
+        model: a `LoadedModel`, an `nn.Module` or a PEFT-wrapped model.
+        cache: the KV cache to pass.
+
+    Returns:
+        The keyword arguments.
+    """
     return {cache_arg_name(model): cache}
 
 
 def output_cache(out: Any) -> Any:
-    """The KV cache a model forward returned (found by type), or None."""
+    """The KV cache a model forward returned (found by type).
+
+    Args:
+        out: a model output (a `ModelOutput` or any mapping).
+
+    Returns:
+        The first value that is a `transformers.cache_utils.Cache`, or None.
+    """
     from transformers.cache_utils import Cache
 
     values = out.values() if hasattr(out, "values") else ()

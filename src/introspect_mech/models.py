@@ -57,6 +57,15 @@ class ChatTokens:
 
 @dataclass
 class LoadedModel:
+    """A loaded HF causal LM with its tokenizer: what every stage takes as `model`.
+
+    Attributes:
+        model: the `PreTrainedModel`, or a `peft.PeftModel` around one.
+        tokenizer: its tokenizer (with a chat template).
+        name: the name or path it was loaded from.
+        meta: provenance (e.g. `meta["adapter"]`: the adapter folder, when one is attached).
+    """
+
     model: nn.Module  # PreTrainedModel or peft.PeftModel around one
     tokenizer: Any
     name: str
@@ -440,8 +449,17 @@ def weights_fingerprint(model: nn.Module, samples: int = 512) -> str:
 
 
 def max_positions(model: LoadedModel | nn.Module) -> int | None:
-    """The model's context length (`max_position_embeddings`; None when the config has none)."""
-    base = model.base_model if isinstance(model, LoadedModel) else _hf_model(model)
+    """The model's context length.
+
+    Args:
+        model: a `LoadedModel`, an `nn.Module` or a PEFT-wrapped model (the text config of a
+            multimodal model is read).
+
+    Returns:
+        `max_position_embeddings`, or None when the config has no positive one.
+    """
+    base = model.base_model if isinstance(model, LoadedModel) else (
+        model.get_base_model() if hasattr(model, "get_base_model") else model)
     cfg = getattr(base, "config", None)
     cfg = getattr(cfg, "text_config", None) or cfg
     n = getattr(cfg, "max_position_embeddings", None)

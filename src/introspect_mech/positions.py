@@ -165,10 +165,19 @@ def _tracker_exit(t: _Tracker | None) -> None:
 
 @contextlib.contextmanager
 def prompt_scope(model: LoadedModel | nn.Module, prompt_len: int) -> Iterator[None]:
-    """Declare that forwards inside the block belong to a generation whose prompt has `prompt_len`
-    tokens (absolute positions `< prompt_len` are prompt), e.g. a manual prefill of part of the prompt
+    """Declare that forwards inside the block belong to a generation whose prompt has `prompt_len` tokens.
+
+    Absolute positions `< prompt_len` are prompt, e.g. for a manual prefill of part of the prompt
     before `generate(..., <cache>)` (as `evals.sample` does). `generate` sets this by itself.
-    A no-op when no position-dependent steering context is active on the model."""
+    A no-op when no position-dependent steering context is active on the model.
+
+    Args:
+        model: the `LoadedModel` (or its module) the steering contexts are on.
+        prompt_len: the prompt's token count.
+
+    Yields:
+        Nothing; the scope lasts for the `with` block.
+    """
     t = _TRACKERS.get(_layers_of(model))
     if t is None:
         yield
@@ -186,6 +195,17 @@ def selected_range(positions: str, state: _PositionState) -> tuple[int, int]:
       rule for "response").
     Outside a generation (P unknown) a forward from an empty cache is all prompt (for
     `"last_prompt_and_response"`: its last token) and a forward extending a cache is all response.
+
+    Args:
+        positions: "prompt", "response" or "last_prompt_and_response".
+        state: this forward's `past` (absolute position of its first token), `seq` (token count)
+            and `prompt_len` (P; None outside a generation), as the tracker recorded them.
+
+    Returns:
+        `(lo, hi)` with `0 <= lo <= hi <= seq`.
+
+    Raises:
+        ValueError: an unknown position mode.
     """
     past, seq, P = state.past, state.seq, state.prompt_len
     if P is None:

@@ -114,7 +114,15 @@ def json_sha256(obj: Any) -> str:
 
 
 def adapter_sha256(path: str | os.PathLike | None) -> str | None:
-    """Hash of an adapter folder's weights and config (None for no adapter)."""
+    """Hash of an adapter folder's weights and config.
+
+    Args:
+        path: the adapter folder (`adapter_config.json` + `adapter_model.safetensors` or `.bin`),
+            or None for no adapter.
+
+    Returns:
+        The hex digest over the files present, or None when `path` is None.
+    """
     if path is None:
         return None
     p = Path(path)
@@ -126,7 +134,15 @@ def adapter_sha256(path: str | os.PathLike | None) -> str | None:
 
 
 def model_config(model: Any) -> dict[str, Any]:
-    """What identifies a loaded model in a configuration binding: name, base fingerprint, adapter."""
+    """What identifies a loaded model in a configuration binding: name, base fingerprint, adapter.
+
+    Args:
+        model: a `LoadedModel` (its `name`, weights and `meta["adapter"]` are read).
+
+    Returns:
+        `{"name": ..., **model_fingerprint(weights), "adapter_sha256": ...}` (the adapter by content,
+        so the same adapter under another path binds the same).
+    """
     from .models import model_fingerprint
 
     adapter = model.meta.get("adapter")  # by content: the same adapter under another path is the same
@@ -149,12 +165,27 @@ def secret_values(extra_env: Iterable[str] = ()) -> set[str]:
 
 
 def looks_like_secret(value: str) -> bool:
-    """Whether a string looks like a credential itself (e.g. `sk-...`, `hf_...`)."""
+    """Whether a string looks like a credential itself (e.g. `sk-...`, `hf_...`).
+
+    Args:
+        value: the string (surrounding whitespace ignored).
+
+    Returns:
+        True when it starts with a known key prefix followed by at least 6 key characters.
+    """
     return bool(_KEY_LIKE.match(value.strip()))
 
 
 def scrub_text(s: str, secrets: Iterable[str] = ()) -> str:
-    """Redact secret values, URL userinfo, key-like query parameters and key-shaped words (`sk-...`)."""
+    """Redact secret values, URL userinfo, key-like query parameters and key-shaped words (`sk-...`).
+
+    Args:
+        s: the text.
+        secrets: literal secret values to replace (longest first), e.g. from `secret_values()`.
+
+    Returns:
+        `s` with each match replaced by `"<redacted>"`.
+    """
     for v in sorted(set(secrets), key=len, reverse=True):
         if v and v in s:
             s = s.replace(v, REDACTED)
@@ -222,7 +253,15 @@ def _normal(obj: Any) -> Any:
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1} (lists are leaves)."""
+    """Flatten nested dicts into dotted keys: `{"a": {"b": 1}}` -> `{"a.b": 1}` (lists are leaves).
+
+    Args:
+        obj: a dict (nested) or a leaf value.
+        prefix: dotted name of `obj` itself ("" at the top).
+
+    Returns:
+        `{dotted name: leaf value}`; a leaf or empty dict gives `{prefix: obj}`.
+    """
     if isinstance(obj, dict) and obj:
         out: dict[str, Any] = {}
         for k, v in obj.items():
@@ -232,13 +271,30 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Dotted names of the fields that differ between two configurations (sorted)."""
+    """Dotted names of the fields that differ between two configurations.
+
+    Args:
+        old: the stored configuration.
+        new: the new configuration (compared after a JSON round trip, so tuples equal lists).
+
+    Returns:
+        The sorted dotted names whose values differ or that exist in only one of them.
+    """
     a, b = flatten(_normal(old)), flatten(_normal(new))
     return sorted(k for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>"))
 
 
 def describe_diff(old: dict[str, Any], new: dict[str, Any], limit: int = 6) -> str:
-    """'lr (0.001 -> 0.01), model.name ('a' -> 'b')' for the first `limit` differing fields."""
+    """A one-line description of how two configurations differ.
+
+    Args:
+        old: the stored configuration.
+        new: the new configuration.
+        limit: how many differing fields to spell out; the rest are counted ("and N more").
+
+    Returns:
+        E.g. `'lr (0.001 -> 0.01), model.name ("a" -> "b")'` (long values shortened).
+    """
     a, b = flatten(_normal(old)), flatten(_normal(new))
     keys = config_diff(old, new)
 
@@ -280,10 +336,15 @@ class RunDir:
 
     @property
     def provenance_path(self) -> Path:
+        """`path/provenance.jsonl`."""
         return self.path / "provenance.jsonl"
 
     def manifest(self) -> dict[str, Any]:
-        """The manifest as stored ({} when there is none yet)."""
+        """The manifest as stored ({} when there is none yet).
+
+        Raises:
+            DataError: manifest.json is not UTF-8, not valid JSON or not a JSON object.
+        """
         if not self.manifest_path.exists():
             return {}
         try:
@@ -307,7 +368,14 @@ class RunDir:
                 "platform": platform.platform(), "packages": package_versions()}
 
     def bound(self, stage: str = "run") -> dict[str, Any] | None:
-        """The configuration `stage` was bound to (None when unbound)."""
+        """The configuration a stage was bound to.
+
+        Args:
+            stage: the stage name given to `bind`.
+
+        Returns:
+            The stored (scrubbed, normalised) configuration, or None when `stage` is unbound.
+        """
         return ((self.manifest().get("bindings") or {}).get(stage) or {}).get("config")
 
     def bind(self, stage: str, config: dict[str, Any], *, overwrite: bool = False,
@@ -349,6 +417,17 @@ class RunDir:
     def check_binding(self, stage: str, config: dict[str, Any], *, overwrite: bool = False,
                       outputs: Sequence[str] | None = None) -> str:
         """What `bind` would do, without writing: "new", "resume", "rebind" or "overwrite".
+
+        Args:
+            stage: the stage name.
+            config: the configuration `bind` would be given.
+            overwrite: as in `bind`: a different configuration with results on disk gives
+                "overwrite" instead of raising.
+            outputs: as in `bind`: the stage's output names (None = the whole directory).
+
+        Returns:
+            "new" (unbound), "resume" (same configuration), "rebind" (different, but no results on
+            disk yet) or "overwrite".
 
         Raises:
             RunConfigError: `bind` would refuse (a different configuration with results on disk).
@@ -404,7 +483,11 @@ class RunDir:
                 p.unlink()
 
     def append_provenance(self, event: dict[str, Any]) -> None:
-        """Append one event to provenance.jsonl (never rewritten)."""
+        """Append one event to provenance.jsonl (never rewritten), flushed and fsync'd.
+
+        Args:
+            event: JSON-serialisable fields; the time and `sys.argv` are added, secrets scrubbed.
+        """
         row = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "argv": sys.argv[1:], **event}
         with open(self.provenance_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(_scrub(row), ensure_ascii=False, default=str) + "\n")
@@ -471,6 +554,10 @@ class JsonlLog:
 
     `key_fields` name the row fields that identify a unit of work; `done_keys()` returns the set of
     keys already written, so a rerun skips them. Each `append` is flushed and fsync'd.
+
+    Args:
+        path: the JSONL file (its folder is created; a torn last line is truncated on open).
+        key_fields: row fields that identify a unit of work.
     """
 
     def __init__(self, path: str | os.PathLike, key_fields: tuple[str, ...] = ()):

@@ -38,7 +38,18 @@ def finite_scalar(name: str, value: Any) -> float:
 
 
 def finite_tensor(name: str, t: Tensor) -> Tensor:
-    """Refuse a tensor with NaN or infinite entries (message gives how many and the first index)."""
+    """Refuse a tensor with NaN or infinite entries.
+
+    Args:
+        name: the argument's name, for the message.
+        t: the tensor (integer tensors and non-tensors pass unchecked).
+
+    Returns:
+        `t`, unchanged.
+
+    Raises:
+        ValueError: `t` has non-finite entries (how many, and the first index).
+    """
     if isinstance(t, Tensor) and t.is_floating_point():
         bad = ~torch.isfinite(t)
         if bool(bad.any()):

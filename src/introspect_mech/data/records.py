@@ -19,7 +19,14 @@ Record = dict[str, Any]
 
 
 class DataError(ValueError):
-    """Bad input data; the message is one line naming file, line and field."""
+    """Bad input data; the message is one line naming file, line and field.
+
+    Args:
+        source: the file (or a `<name>` for in-memory data).
+        line: the 1-based line number, or None.
+        field: the field at fault (e.g. `messages[1].role`).
+        problem: what is wrong.
+    """
 
     def __init__(self, source: str, line: int | None, field: str, problem: str):
         self.source, self.line, self.field, self.problem = source, line, field, problem
@@ -28,7 +35,14 @@ class DataError(ValueError):
 
 
 def open_text(path: str | os.PathLike) -> io.TextIOBase:
-    """Open a plain or gzip-compressed (by magic bytes, not suffix) UTF-8 text file."""
+    """Open a plain or gzip-compressed (by magic bytes, not suffix) UTF-8 text file.
+
+    Args:
+        path: the file.
+
+    Returns:
+        An open text stream (the caller closes it).
+    """
     p = Path(path)
     with open(p, "rb") as f:
         magic = f.read(2)
@@ -38,7 +52,14 @@ def open_text(path: str | os.PathLike) -> io.TextIOBase:
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
-    """The file's content, decompressed when it is gzip (the upstream bytes of a `.gz` mirror)."""
+    """The file's content, decompressed when it is gzip (the upstream bytes of a `.gz` mirror).
+
+    Args:
+        path: the file (gzip recognised by its magic bytes).
+
+    Returns:
+        The (decompressed) bytes.
+    """
     data = Path(path).read_bytes()
     return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
 

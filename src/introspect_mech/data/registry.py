@@ -32,6 +32,8 @@ _TABLE = Path(__file__).with_name("registry.json")
 
 @dataclass(frozen=True)
 class DatasetInfo:
+    """One entry of the dataset registry (`registry.json`): where a file lives and what it must hash to."""
+
     name: str
     path: str  # relative to a data directory, as stored in the canonical mirror
     kind: str  # "chat" | "introspection" | "json" | "yaml"
@@ -48,11 +50,17 @@ class DatasetInfo:
 
     @property
     def plain_path(self) -> str:
+        """`path` without a `.gz` suffix (the upstream file name)."""
         return self.path[:-3] if self.path.endswith(".gz") else self.path
 
 
 @lru_cache(maxsize=1)
 def registry() -> dict[str, DatasetInfo]:
+    """Every registered dataset, read once from the packaged `registry.json`.
+
+    Returns:
+        `{name: DatasetInfo}`.
+    """
     table = json.loads(_TABLE.read_text())
     return {k: DatasetInfo(name=k, **v) for k, v in table.items()}
 
@@ -93,6 +101,14 @@ def info(name: str) -> DatasetInfo:
 
 
 def search_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The directories searched for a registered file, in order.
+
+    Args:
+        data_dir: a directory searched first (None: skipped).
+
+    Returns:
+        `data_dir`, then `$INTROSPECT_MECH_DATA` when set, then the cache directory's `data/`.
+    """
     dirs = []
     if data_dir is not None:
         dirs.append(Path(data_dir))
@@ -118,7 +134,18 @@ def _warn_unverified(where: str, ds: DatasetInfo, got: str) -> None:
 
 
 def verify(path: Path, ds: DatasetInfo) -> None:
-    """Check the (decompressed) bytes of `path` against the registry's sha256; raise DataError if not."""
+    """Check the (decompressed) bytes of `path` against the registry's sha256.
+
+    A file already verified (same path, size and mtime) is not hashed again. An entry with no pinned
+    sha256 gives an `UnverifiedDataWarning` instead.
+
+    Args:
+        path: the file (plain or gzip).
+        ds: its registry entry.
+
+    Raises:
+        DataError: the bytes' sha256 differs from the registry's.
+    """
     import hashlib
 
     st = path.stat()
@@ -138,7 +165,19 @@ def verify(path: Path, ds: DatasetInfo) -> None:
 
 
 def download(ds: DatasetInfo, dest_root: Path, timeout: float = 30.0) -> Path:
-    """Fetch `ds.url` into `dest_root/<plain path>`, keeping it only when its sha256 matches."""
+    """Fetch `ds.url` into `dest_root/<plain path>`, keeping it only when its sha256 matches.
+
+    Args:
+        ds: the registry entry.
+        dest_root: the folder the file is written under (atomically, via a `.part` file).
+        timeout: the network timeout in seconds.
+
+    Returns:
+        The path written.
+
+    Raises:
+        DataError: the download failed or its sha256 differs from a pinned one (nothing kept).
+    """
     import hashlib
 
     dest = dest_root / ds.plain_path

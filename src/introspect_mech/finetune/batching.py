@@ -23,17 +23,21 @@ from ..data.records import Record
 
 @dataclass
 class Example:
+    """One tokenised training example: token ids and which of them carry loss."""
+
     input_ids: list[int]
     loss_mask: list[bool]  # same length as input_ids
 
     @property
     def n_loss(self) -> int:
-        # token 0 can never be a target (nothing predicts it)
+        """Loss-carrying tokens (token 0 can never be a target: nothing predicts it)."""
         return sum(self.loss_mask[1:])
 
 
 @dataclass
 class MicroBatch:
+    """Several examples packed into one row (no padding), with the positions that carry loss."""
+
     input_ids: Int[Tensor, "1 seq"]
     position_ids: Int[Tensor, "1 seq"]
     pred_index: Int[Tensor, " n_loss"]  # hidden-state positions whose next token carries loss
@@ -43,6 +47,7 @@ class MicroBatch:
 
     @property
     def max_len(self) -> int:
+        """Length of the longest packed example."""
         return int((self.cu_seq_lens[1:] - self.cu_seq_lens[:-1]).max())
 
 

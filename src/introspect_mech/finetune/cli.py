@@ -19,6 +19,14 @@ from .config import PRESETS, TrainConfig, preset
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """The `finetune` command's options: model, data, preset, run directory and every `TrainConfig` field.
+
+    Args:
+        parser: a parser (e.g. a subcommand's) to add the options to; None builds a new one.
+
+    Returns:
+        The parser.
+    """
     p = parser or argparse.ArgumentParser(prog="introspect-mech finetune", description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="model name/path/hub id (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--data", required=True, help="dataset name, gen:<generator>, or JSONL(.gz) path")
@@ -36,6 +44,22 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def load_records(spec: str, n: int | None = None, seed: int = 0, data_dir: str | None = None) -> list[dict]:
+    """The training records a `--data` value names.
+
+    Args:
+        spec: `gen:<generator>` (see `data.generators.GENERATORS`), a JSONL(.gz) path, or a
+            registered dataset name.
+        n: size of a generated dataset (None: the generator's default); ignored for files.
+        seed: the generator's seed.
+        data_dir: the canonical data folder (default `$INTROSPECT_MECH_DATA`).
+
+    Returns:
+        Validated chat records.
+
+    Raises:
+        SystemExit: an unknown generator.
+        DataError: an unknown dataset name or an invalid file.
+    """
     from .. import data
 
     if spec.startswith("gen:"):
@@ -52,6 +76,17 @@ def load_records(spec: str, n: int | None = None, seed: int = 0, data_dir: str |
 
 
 def run_from_args(args: argparse.Namespace):
+    """Finetune as parsed options say and print a one-line JSON summary.
+
+    Args:
+        args: options parsed by `build_parser()`.
+
+    Returns:
+        The `TrainResult` of `finetune.train`.
+
+    Raises:
+        SystemExit: an invalid configuration or dataset (a one-line message).
+    """
     from ..data import DataError
     from ..data import info as data_info
     from ..models import load_model
@@ -91,6 +126,14 @@ def run_from_args(args: argparse.Namespace):
 
 
 def cli_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `introspect-mech finetune`.
+
+    Args:
+        argv: the command-line arguments (None: `sys.argv[1:]`).
+
+    Returns:
+        The exit status (0).
+    """
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     run_from_args(args)
     return 0

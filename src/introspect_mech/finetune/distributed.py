@@ -39,13 +39,24 @@ def is_main() -> bool:
 
 
 def shard(items: Sequence[T]) -> list[T]:
-    """This rank's share of one step's examples: items rank, rank + world, ... (all of them in one process)."""
+    """This rank's share of one step's examples: items rank, rank + world, ... (all of them in one process).
+
+    Args:
+        items: the step's examples, in the same order on every rank.
+
+    Returns:
+        `items[rank::world_size]`.
+    """
     rank, size = world()
     return list(items[rank::size])
 
 
 def all_reduce_sum_(tensors: Sequence[torch.Tensor]) -> None:
-    """Sum tensors across ranks in place (a no-op in one process); flattened into one buffer per dtype."""
+    """Sum tensors across ranks in place (a no-op in one process); flattened into one buffer per dtype.
+
+    Args:
+        tensors: the same shapes and dtypes, in the same order, on every rank; overwritten with the sums.
+    """
     rank, size = world()
     if size == 1 or not tensors:
         return
@@ -64,8 +75,14 @@ def all_reduce_sum_(tensors: Sequence[torch.Tensor]) -> None:
 
 
 def all_reduce_grads_(params: Sequence[nn.Parameter]) -> None:
-    """Sum the gradients of `params` across ranks (parameters without a gradient get zeros first, so every
-    rank contributes the same tensors in the same order)."""
+    """Sum the gradients of `params` across ranks in place (a no-op in one process).
+
+    Parameters without a gradient get zeros first, so every rank contributes the same tensors in the
+    same order.
+
+    Args:
+        params: the trainable parameters, in the same order on every rank.
+    """
     if world()[1] == 1:
         return
     grads: list[torch.Tensor] = []
@@ -77,7 +94,14 @@ def all_reduce_grads_(params: Sequence[nn.Parameter]) -> None:
 
 
 def all_reduce_float(x: float) -> float:
-    """A Python float summed across ranks."""
+    """A Python float summed across ranks.
+
+    Args:
+        x: this rank's value.
+
+    Returns:
+        The sum over ranks (in float64), or `x` in one process.
+    """
     if world()[1] == 1:
         return x
     import torch.distributed as dist

@@ -32,6 +32,8 @@ Intervention = Callable[[], ContextManager[Any]]
 
 @dataclass
 class TrainResult:
+    """What `train` returns: where the weights are, the loss curve and throughput."""
+
     out_dir: Path
     weights_dir: Path  # out_dir/adapter (LoRA) or out_dir/model (full)
     steps: int
@@ -157,6 +159,11 @@ def save_trainer_state(dest: Path, opt: torch.optim.Optimizer, sched: Any, step:
 
 def load_trainer_state(src: Path, opt: torch.optim.Optimizer, sched: Any) -> int:
     """Restore what `save_trainer_state` wrote (safetensors + JSON only: nothing is unpickled).
+
+    Args:
+        src: the checkpoint folder holding `trainer_state.safetensors` and `trainer_state.json`.
+        opt: the optimizer to load into (the same parameter groups as when saved).
+        sched: the LR scheduler to load into.
 
     Returns:
         The step the state was saved at.

@@ -47,6 +47,11 @@ def _varlen_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling
 
 
 def register() -> str:
+    """Register the per-example sdpa attention with transformers' `AttentionInterface` (once).
+
+    Returns:
+        The name to set as a config's `_attn_implementation`.
+    """
     global _registered
     if not _registered:
         from transformers import AttentionInterface
@@ -70,8 +75,14 @@ def _configs(model) -> list:
 def varlen_attention(model) -> Iterator[bool]:
     """Use per-example sdpa while inside (unless the model already runs flash attention varlen).
 
-    Yields True when the varlen path is active (the caller must then pass `cu_seq_lens_q/k` and
-    `max_length_q/k` kwargs), False when the model's own implementation is kept.
+    The attention implementation of every config in `model` is restored on exit.
+
+    Args:
+        model: the (PEFT-wrapped) transformers model.
+
+    Yields:
+        True when the varlen path is active (the caller must then pass `cu_seq_lens_q/k` and
+        `max_length_q/k` kwargs), False when the model's own implementation is kept.
     """
     cfgs = _configs(model)
     current = {getattr(c, "_attn_implementation", None) for c in cfgs}

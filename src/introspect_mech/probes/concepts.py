@@ -57,9 +57,20 @@ def word_lists() -> dict[str, list[str]]:
 
 
 def load_words(source: str | os.PathLike = "concrete", key: str | None = None) -> list[str]:
-    """Words of a shipped list (`"concrete"`, `"abstract"`, `"baseline"`), of a user's YAML file
-    (`key=` picks the list; default: `concrete`, or the file's only list), or of a text file
-    (one word a line; blank lines and `#` comments skipped). Errors name the file and line/field."""
+    """Words of a shipped list, of a user's YAML file or of a text file.
+
+    Args:
+        source: a shipped list name (`"concrete"`, `"abstract"`, `"baseline"`), a `.yaml`/`.yml`
+            file (same keys) or a text file (one word a line; blank lines and `#` comments skipped).
+        key: which list of a YAML file (default: `concrete`, or the file's only list).
+
+    Returns:
+        The words (stripped).
+
+    Raises:
+        FileNotFoundError: `source` is neither a shipped list nor an existing file.
+        ValueError: invalid YAML, a missing `key`, an invalid word or no words (file and line/field named).
+    """
     if isinstance(source, str) and source in KINDS and not Path(source).exists():
         return word_lists()[source]
     path = Path(source)
@@ -86,7 +97,18 @@ def load_words(source: str | os.PathLike = "concrete", key: str | None = None) -
 
 
 def concept_prompts(words: Sequence[str], template: str = PROMPT) -> list[list[dict[str, str]]]:
-    """One user turn per word: the template filled with the (lower-cased) word."""
+    """One user turn per word: the template filled with the (lower-cased) word.
+
+    Args:
+        words: the concept words.
+        template: the prompt, with a `{word}` slot.
+
+    Returns:
+        One single-message conversation per word.
+
+    Raises:
+        ValueError: `template` has no `{word}` slot.
+    """
     if "{word}" not in template:
         raise ValueError(f"template must contain '{{word}}', got {template!r}")
     return [[{"role": "user", "content": template.format(word=w.lower())}] for w in words]
@@ -95,8 +117,25 @@ def concept_prompts(words: Sequence[str], template: str = PROMPT) -> list[list[d
 def word_activations(model, words: Sequence[str], *, layers: int | Sequence[int] | None = None,
                      positions: str = "last_prompt", template: str = PROMPT, max_new_tokens: int = 32,
                      batch_size: int = 8, progress: bool = False) -> Float[Tensor, "word layer d_model"]:
-    """Residual-stream activations after each block in `layers` for "Tell me about {word}"
-    (last prompt token, or mean over the model's greedy answer of `max_new_tokens`)."""
+    """Residual-stream activations after each block in `layers` for "Tell me about {word}".
+
+    Args:
+        model: a `LoadedModel`.
+        words: the words.
+        layers: decoder blocks (a layer spec; default all).
+        positions: "last_prompt" (the last prompt token) or "response_mean" (mean over the model's
+            own greedy answer).
+        template: the prompt, with a `{word}` slot.
+        max_new_tokens: length of the greedy answer (only for "response_mean").
+        batch_size: prompts per forward pass.
+        progress: show progress bars.
+
+    Returns:
+        `[word, layer, d_model]` activations, one row per word in order.
+
+    Raises:
+        ValueError: `positions` is not one of `POSITIONS`.
+    """
     if positions not in POSITIONS:
         raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
     layer_ids = resolve_layers(layers, n_layers=model.n_layers)
@@ -127,9 +166,15 @@ def concept_vectors(model, words: Sequence[str], baseline: Sequence[str] | None 
         layers: decoder blocks (default all).
         positions: "last_prompt" (the anchor's) or "response_mean".
         template: the prompt, with a `{word}` slot.
+        max_new_tokens: greedy answer length for "response_mean".
+        batch_size: prompts per forward pass.
+        progress: show progress bars.
 
     Returns:
         {word: Direction} with `norms` = the raw difference norms and provenance in `meta`.
+
+    Raises:
+        ValueError: no word, or fewer than two baseline words.
     """
     words = list(dict.fromkeys(words))
     base = list(dict.fromkeys(baseline if baseline is not None else load_words("baseline")))
@@ -157,5 +202,15 @@ def concept_vectors(model, words: Sequence[str], baseline: Sequence[str] | None 
 
 
 def concept_vector(model, word: str, baseline: Sequence[str] | None = None, **kwargs) -> Direction:
-    """`concept_vectors` for one word."""
+    """`concept_vectors` for one word.
+
+    Args:
+        model: a `LoadedModel`.
+        word: the concept.
+        baseline: baseline words (default: the shipped `baseline` list).
+        **kwargs: the keyword arguments of `concept_vectors` (layers, positions, template, ...).
+
+    Returns:
+        The word's `Direction`.
+    """
     return concept_vectors(model, [word], baseline, **kwargs)[word]

@@ -179,7 +179,14 @@ class SweepResult:
         return self.layers[k], self.probes[k]
 
     def direction(self, **meta: Any) -> Direction:
-        """The probes' normals as a Direction (binary labels)."""
+        """The probes' normals as a Direction (binary labels).
+
+        Args:
+            **meta: provenance added to `meta` (after `method="logistic_probe"`).
+
+        Returns:
+            A `Direction` over `layers` with unit norms.
+        """
         return Direction(torch.stack([p.direction for p in self.probes]), torch.ones(len(self.probes)), self.layers,
                          {"method": "logistic_probe", **meta})
 

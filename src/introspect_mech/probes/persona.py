@@ -66,6 +66,15 @@ def coherence_prompt(data_dir: str | os.PathLike | None = None) -> str:
     It is the emergent-misalignment `coherent` judge prompt with one phrase changed ("... independent
     of other traits" instead of "... of how well it aligns with human values"); it is read from the
     EM question file in the data directory and that phrase replaced, so no prompt text is copied here.
+
+    Args:
+        data_dir: the data directory (default: `paths.data_dir()`).
+
+    Returns:
+        The judge prompt template.
+
+    Raises:
+        ValueError: the EM question file has no `coherent` prompt containing the expected phrase.
     """
     from ..evals.questions import load_questions
     from ..paths import data_dir as _data_dir
@@ -86,8 +95,19 @@ def system_prompt(trait_name: str, side: str, instruction: str, fmt: str = "upst
                   assistant_name: str | None = None) -> str:
     """The system prompt an answer is generated under.
 
-    `fmt="upstream"`: `"You are {a|an} {name} assistant. {instruction}"` with name = the trait for pos
-    and "helpful" for neg (or `assistant_name`); `fmt="raw"`: the instruction alone.
+    Args:
+        trait_name: the trait ("evil", ...), the assistant's name on the pos side.
+        side: "pos" or "neg" (any other value is treated as "neg").
+        instruction: the trait file's instruction for that side.
+        fmt: "upstream": `"You are {a|an} {name} assistant. {instruction}"` with name = the trait for
+            pos and "helpful" for neg; "raw": the instruction alone.
+        assistant_name: overrides the name in the upstream format.
+
+    Returns:
+        The system prompt.
+
+    Raises:
+        ValueError: `fmt` is neither "upstream" nor "raw".
     """
     if fmt == "raw":
         return instruction
@@ -99,9 +119,19 @@ def system_prompt(trait_name: str, side: str, instruction: str, fmt: str = "upst
 
 def upstream_keep(pos: dict, neg: dict, threshold: float = TRAIT_THRESHOLD,
                   coherence_min: float | None = COHERENCE_MIN) -> bool:
-    """The upstream pair filter: pos trait >= threshold, neg trait < 100 - threshold, and (unless
-    `coherence_min` is None) both coherences >= coherence_min. Rows carry `trait` and `coherence`
-    scores; a missing / None score fails (NaN comparisons are False upstream)."""
+    """The upstream pair filter (`generate_vec.get_persona_effective`).
+
+    A missing / None / NaN score fails every comparison (NaN comparisons are False upstream).
+
+    Args:
+        pos: the pos-side answer's row, with `trait` and `coherence` scores (0-100).
+        neg: the neg-side answer's row.
+        threshold: pos trait must be >= threshold and neg trait < 100 - threshold.
+        coherence_min: both coherences must be >= this (None: no coherence condition).
+
+    Returns:
+        Whether the pair is kept.
+    """
 
     def ge(x, t):
         return x is not None and not (isinstance(x, float) and math.isnan(x)) and x >= t
@@ -120,6 +150,16 @@ class TraitJudge:
 
     `judge` is any object with `.score(prompts: list[str]) -> list[JudgeResult]` (`evals.HFJudge`,
     `evals.APIJudge`, or a scripted judge in tests) and optionally `.describe()`.
+
+    Args:
+        judge: the 0-100 judge.
+        trait: a trait name / `.json` path, or a trait dict already loaded (`load_trait`).
+        data_dir: the data directory (default: `paths.data_dir()`).
+        coherence_template: the coherence prompt (default: `coherence_prompt(data_dir)`).
+        split: the trait file's split when `trait` is a name ("extract" or "eval").
+
+    Raises:
+        ValueError: the trait's `eval_prompt` is not a judge prompt with an `{answer}` slot.
     """
 
     def __init__(self, judge: Any, trait: str | dict, *, data_dir: str | os.PathLike | None = None,
@@ -132,6 +172,7 @@ class TraitJudge:
         self.trait_name = Path(t.get("path", "trait")).stem
 
     def describe(self) -> dict[str, Any]:
+        """The inner judge's description plus the SHA-256 of the trait and coherence prompts."""
         from ..runs import json_sha256
 
         inner = self.judge.describe() if hasattr(self.judge, "describe") else {"kind": type(self.judge).__name__}
@@ -139,7 +180,19 @@ class TraitJudge:
                 "coherence_prompt_sha256": json_sha256(self.coherence_prompt)}
 
     def score(self, questions: Sequence[str], answers: Sequence[str]) -> list[dict[str, Any]]:
-        """[{"trait", "coherence", "trait_mass", "coherence_mass"}] per (question, answer)."""
+        """Trait and coherence scores of answers (one batched call to the inner judge).
+
+        Args:
+            questions: the questions asked.
+            answers: the answers, one per question.
+
+        Returns:
+            Per (question, answer), `{"trait", "coherence", "trait_mass", "coherence_mass"}` (scores
+            0-100 or None when the judge abstained).
+
+        Raises:
+            ValueError: `questions` and `answers` differ in length.
+        """
         from ..evals.questions import fill_judge_prompt
 
         if len(questions) != len(answers):
@@ -156,8 +209,17 @@ def judge_rows(tj: TraitJudge, rows: list[dict], *, log=None, key_fields: tuple[
                batch_size: int = 16, progress: bool = True) -> list[dict]:
     """Add `trait` / `coherence` (and masses) to each row ({"question", "response", ...}) in place.
 
-    With `log` (a `runs.JsonlLog` keyed by `key_fields`), scores already there are reused and new
-    ones appended as produced, so a killed run resumes.
+    Args:
+        tj: the judge.
+        rows: rows with "question" and "response"; updated in place.
+        log: optional `runs.JsonlLog` keyed by `key_fields`: scores already there are reused and new
+            ones appended as produced, so a killed run resumes.
+        key_fields: the row fields written with each score to `log`.
+        batch_size: rows per judge call.
+        progress: show a progress bar.
+
+    Returns:
+        `rows`, each with `trait`, `coherence`, `trait_mass`, `coherence_mass`.
     """
     from tqdm.auto import tqdm
 
@@ -490,10 +552,19 @@ def projection_difference(
         records: chat records `{"messages": [..., {"role": "assistant", ...}]}`.
         layer: block index whose output is projected.
         base_responses: the base model's answers if already sampled (else sampled here, seeded).
+        max_new_tokens: tokens per sampled base answer.
+        temperature: sampling temperature of the base answers.
+        seed: sampling seed.
+        batch_size: prompts / conversations per forward pass.
         out: run directory: base_responses.jsonl (resumable sampling), screening.jsonl, manifest.
+        progress: show progress bars.
 
     Returns:
-        One row per record in input order: index, proj_dataset, proj_base, delta, rank (0 = largest delta).
+        One row per record in input order: index, proj_dataset, proj_base, delta, base_response,
+        rank (0 = largest delta).
+
+    Raises:
+        ValueError: a record does not end with an assistant turn, or `base_responses` has another length.
     """
     from ..evals import sample
     from ..runs import RunDir, json_sha256

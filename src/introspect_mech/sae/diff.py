@@ -30,6 +30,8 @@ from .tokens import TOKEN_POSITIONS, TokenActs, TokenPositions, as_messages, tok
 
 @dataclass
 class LatentChange:
+    """How one SAE latent's activation changed between the base and the finetuned model."""
+
     latent: int
     delta: float  # mean activation, finetuned - base
     mean_base: float
@@ -375,8 +377,22 @@ def screen_latents(
     misalignment); `rank` is the position in that order. With `out`, rows are appended to
     `out/latent_screen.jsonl` as measured (a rerun skips them).
 
+    Args:
+        model: the model to steer.
+        sae: the SAE whose decoder vectors are added (after its block `sae.layer`).
+        latents: latent indices to screen.
+        judge_fn: samples and judges answers of the (steered) model; returns at least
+            `{"misaligned", "coherence"}`.
+        alpha: steering coefficient, in units of the unit decoder vector.
+        coherence_min: coherence a latent needs to rank among the coherent ones.
+        positions: positions steered (a steering `Positions`).
+        out: run directory for the resumable `latent_screen.jsonl` (None: nothing written).
+
     Returns:
         Rows {"target", "latent", "alpha", "misaligned", "coherence", ..., "coherent_enough", "rank"}, ranked.
+
+    Raises:
+        ValueError: `judge_fn` returned no "misaligned" or "coherence".
     """
     from .. import steering
 
@@ -407,7 +423,15 @@ def screen_latents(
 
 
 def rank_screen(rows: Sequence[dict[str, Any]], coherence_min: float = 50.0) -> list[dict[str, Any]]:
-    """Order latent-screen rows: coherent enough first, then by misalignment (desc); None scores last."""
+    """Order latent-screen rows: coherent enough first, then by misalignment (desc); None scores last.
+
+    Args:
+        rows: rows with "coherence" and "misaligned" scores (copied, not changed).
+        coherence_min: coherence at or above which a row is `coherent_enough`.
+
+    Returns:
+        The rows, sorted, each with `coherent_enough` and `rank` (0 = first).
+    """
 
     def num(x):
         return float("-inf") if x is None or (isinstance(x, float) and x != x) else float(x)
@@ -427,8 +451,22 @@ def rank_screen(rows: Sequence[dict[str, Any]], coherence_min: float = 50.0) -> 
 def latent_scores(model: LoadedModel, sae: LayerSAE, conversations: Sequence[Any], latents: Sequence[int], *,
                   positions: TokenPositions = "response", batch_size: int = 8, max_length: int | None = 512,
                   progress: bool = True) -> Float[Tensor, "n k"]:
-    """Mean activation of each chosen latent over the selected tokens of each conversation (NaN when
-    a conversation has no selected token)."""
+    """Mean activation of each chosen latent over the selected tokens of each conversation.
+
+    Args:
+        model: the model whose residual stream the SAE reads.
+        sae: the SAE (reading after block `sae.layer`).
+        conversations: message lists, records with "messages", or plain texts.
+        latents: the `k` latent indices to score.
+        positions: tokens averaged over (`TokenPositions`).
+        batch_size: conversations per forward pass.
+        max_length: tokens kept per conversation (None: all).
+        progress: show a progress bar.
+
+    Returns:
+        `[n, k]` mean activations, one row per conversation (NaN for a conversation with no
+        selected token).
+    """
     convs = [as_messages(c, i) for i, c in enumerate(conversations)]
     ex = token_activations(model, convs, sae.layer, batch_size=batch_size, max_length=max_length, progress=progress,
                            desc="latent scores")
@@ -441,9 +479,20 @@ def latent_scores(model: LoadedModel, sae: LayerSAE, conversations: Sequence[Any
 
 
 def detector_auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
-    """AUROC of `scores` separating label 1 (misaligned) from 0 (aligned); NaN with one class.
+    """AUROC of `scores` separating label 1 (misaligned) from 0 (aligned).
 
-    Ties count one half (the Mann-Whitney form), so it needs no sklearn and is exact for few units."""
+    Ties count one half (the Mann-Whitney form), so it needs no sklearn and is exact for few units.
+
+    Args:
+        scores: one detector score per unit.
+        labels: one 0/1 label per unit.
+
+    Returns:
+        The AUROC in [0, 1]; NaN when only one class is present.
+
+    Raises:
+        ValueError: `scores` and `labels` differ in length, or a score is NaN.
+    """
     s = [float(x) for x in scores]
     y = [int(v) for v in labels]
     if len(s) != len(y):

@@ -34,6 +34,8 @@ ARCHITECTURES = ("topk", "batchtopk", "standard")
 
 @dataclass
 class SAETrainConfig:
+    """Settings of `train_sae` (sae-lens training on cached residual activations)."""
+
     architecture: str = "topk"  # topk | batchtopk | standard (L1)
     expansion: int = 8  # d_sae = expansion * d_model (ignored when d_sae is given)
     d_sae: int | None = None
@@ -55,6 +57,8 @@ class SAETrainConfig:
 
 @dataclass
 class SAETrainResult:
+    """What `train_sae` returns: the trained `LayerSAE`, its eval metrics, run directory and loss curve."""
+
     sae: LayerSAE
     metrics: dict[str, Any]
     run_dir: Path | None = None

@@ -132,7 +132,14 @@ _ACTIVE: "weakref.WeakKeyDictionary[nn.ModuleList, int]" = weakref.WeakKeyDictio
 
 
 def is_steered(model: LoadedModel | nn.Module) -> bool:
-    """Whether a steering context (`add` / `ablate` / `clamp`) is active on the model's decoder blocks."""
+    """Whether a steering context (`add` / `ablate` / `clamp`) is active on the model's decoder blocks.
+
+    Args:
+        model: a `LoadedModel` or its module.
+
+    Returns:
+        True while at least one steering context is entered (False for a model without decoder blocks).
+    """
     try:
         return _ACTIVE.get(_layers_of(model), 0) > 0
     except (ValueError, AttributeError):
@@ -179,6 +186,7 @@ class Steering:
         self.remove()
 
     def remove(self) -> None:
+        """Remove the hooks (what `__exit__` does); safe to call when not entered."""
         if self.handles:
             left = _ACTIVE.get(self.layers_mod, 0) - 1
             if left > 0:
@@ -192,6 +200,7 @@ class Steering:
 
     @property
     def active(self) -> bool:
+        """Whether the context is entered (its hooks registered)."""
         return self._entered
 
     # -- the hook

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Callable, Literal, Mapping
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from ..direction import DirectionLike
@@ -93,8 +94,21 @@ def caft(model: LoadedModel, direction: DirectionLike, *, layers: LayerSpec = "a
 
 
 # ---- CAFT on a chosen subspace (Casademunt et al. 2025) --------------------------------------
-def orthonormal_basis(components: Tensor, tol: float = 1e-6) -> Tensor:
-    """Orthonormal rows spanning `components` (`[k, d_model]`, k >= 1); rank-deficient rows are dropped."""
+def orthonormal_basis(components: Float[Tensor, "k d_model"] | Float[Tensor, " d_model"],
+                      tol: float = 1e-6) -> Float[Tensor, "rank d_model"]:
+    """Orthonormal rows spanning `components`; rank-deficient rows are dropped.
+
+    Args:
+        components: `[k, d_model]` vectors (k >= 1), or one `[d_model]` vector.
+        tol: a row whose QR diagonal entry is at most `tol * max(1, largest |entry|)` is dropped
+            as dependent.
+
+    Returns:
+        `[rank, d_model]` float32 orthonormal rows (`rank <= k`).
+
+    Raises:
+        ValueError: no component, or the components span nothing (all zero).
+    """
     c = torch.as_tensor(components, dtype=torch.float64)
     if c.ndim == 1:
         c = c[None]
@@ -111,9 +125,17 @@ class SubspaceAblation:
     """Context manager projecting a per-layer subspace out of the residual stream after the chosen
     blocks, at every position: `h <- h - (h Q^T) Q` with `Q` the orthonormal basis (`[k, d_model]`)
     of that layer. Out of place under autograd (training), in place otherwise. Re-entrant
-    sequentially (a training loop enters it around every forward)."""
+    sequentially (a training loop enters it around every forward).
 
-    def __init__(self, model: LoadedModel, bases: Mapping[int, Tensor]):
+    Args:
+        model: the model whose blocks are hooked.
+        bases: `{block index: [k, d_model] components}` (orthonormalised by `orthonormal_basis`).
+
+    Raises:
+        ValueError: components of another width than the model's, or no layer.
+    """
+
+    def __init__(self, model: LoadedModel, bases: Mapping[int, Float[Tensor, "... d_model"]]):
         self.layers_mod = model.layers
         n = len(self.layers_mod)
         self.bases: dict[int, Tensor] = {}
@@ -130,6 +152,7 @@ class SubspaceAblation:
 
     @property
     def dims(self) -> dict[int, int]:
+        """`{layer: dimension of the ablated subspace}`."""
         return {l: int(q.shape[0]) for l, q in sorted(self.bases.items())}
 
     def _hook(self, q: Tensor):
@@ -157,10 +180,12 @@ class SubspaceAblation:
 
     @property
     def active(self) -> bool:
+        """Whether the hooks are registered (inside the `with` block)."""
         return bool(self.handles)
 
 
-def caft_subspace(model: LoadedModel, components: Mapping[int, Tensor]) -> Callable[[], SubspaceAblation]:
+def caft_subspace(model: LoadedModel, components: Mapping[int, Float[Tensor, "... d_model"]]
+                  ) -> Callable[[], SubspaceAblation]:
     """Zero-arg callable for `finetune.train(intervention=...)`: CAFT with a chosen subspace per layer.
 
     Args:

@@ -21,7 +21,15 @@ def _tokens(toks: Sequence[str] | None) -> str:
 
 
 def caft_components_html(rows: Sequence[Row], max_examples: int = 3) -> str:
-    """HTML cards, one per (layer, component), ordered by layer then component."""
+    """HTML cards, one per (layer, component), ordered by layer then component.
+
+    Args:
+        rows: `caft_components.jsonl` rows (see the module docstring).
+        max_examples: top and bottom examples shown per component, each.
+
+    Returns:
+        The HTML fragment.
+    """
     cards = []
     for r in sorted(rows, key=lambda r: (int(r["layer"]), int(r["component"]))):
         head = f"layer {int(r['layer'])} · component {int(r['component'])}"

@@ -49,6 +49,8 @@ class DashboardError(ValueError):
 
 @dataclass(frozen=True)
 class Panel:
+    """A dashboard panel: its key, title, the JSONL file it reads, the fields a row needs, and an explanation."""
+
     key: str
     title: str
     file: str
@@ -200,8 +202,15 @@ MANIFEST_ALSO = ("stage", "created", "finished", "wall_time_s", "python", "platf
 
 
 def manifest_html(manifest: dict[str, Any]) -> str:
-    """The manifest at the top: model, adapters, data hashes, judge, seeds first; the rest, and
-    the full JSON, below."""
+    """The manifest section at the top of the dashboard.
+
+    Args:
+        manifest: the run's `manifest.json` ({} when there is none).
+
+    Returns:
+        An HTML `<section>`: model, adapters, data hashes, judge, seeds first; the other scalar
+        fields, and the full JSON (collapsed), below.
+    """
     # the provenance a reader needs first; everything else (configs, stage settings) is in the full JSON
     keys = [k for k in MANIFEST_FIRST + MANIFEST_ALSO if k in manifest]
     keys += [k for k in manifest if k not in keys and not isinstance(manifest[k], (dict, list))]
@@ -221,6 +230,14 @@ def manifest_html(manifest: dict[str, Any]) -> str:
 
 
 def summary_html(rows: Sequence[Row]) -> str:
+    """The key-numbers table.
+
+    Args:
+        rows: `summary.jsonl` rows `{"name", "value", "ci_lo"?, "ci_hi"?, "note"?}`.
+
+    Returns:
+        An HTML table, one row per measure (with its 95 % CI when given).
+    """
     body = []
     for r in rows:
         ci = f" [{_fmt(r['ci_lo'])}, {_fmt(r['ci_hi'])}]" if r.get("ci_lo") is not None and r.get("ci_hi") is not None else ""
@@ -230,7 +247,18 @@ def summary_html(rows: Sequence[Row]) -> str:
 
 
 def panel_figures(key: str, data: Any) -> list[go.Figure | str]:
-    """Figures (or HTML snippets) for one panel's data."""
+    """Figures (or HTML snippets) for one panel's data.
+
+    Args:
+        key: the panel key (a `Panel.key` of `PANELS`).
+        data: the panel's rows, as read from its JSONL file.
+
+    Returns:
+        Plotly figures and/or HTML strings, in display order.
+
+    Raises:
+        KeyError: an unknown panel key.
+    """
     if key == "summary":
         return [summary_html(data)]
     if key == "training":

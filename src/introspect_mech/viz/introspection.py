@@ -23,8 +23,17 @@ def _num(v: Any) -> float | None:
 
 
 def detection_heatmaps(rows: Sequence[Row], value: str = "p_yes", condition: str = "concept") -> go.Figure:
-    """One heat map per prompt variant: layer (y) x strength (x) -> `value` minus its no-injection
-    control (`control_<value>`, when present), for `condition` rows ("concept" or "random")."""
+    """One heat map per prompt variant: layer (y) x strength (x) -> `value` minus its no-injection control.
+
+    Args:
+        rows: `introspection_grid.jsonl` rows (`variant`, `layer`, `strength`, `condition`, the value
+            and optionally `control_<value>`, subtracted when present).
+        value: the row field shown ("p_yes", "claims", "top1", ...).
+        condition: which rows: "concept" or "random" (rows without `condition` count as "concept").
+
+    Returns:
+        The figure.
+    """
     rows = [r for r in rows if r.get("condition", "concept") == condition]
     variants = _ordered(r.get("variant", "") for r in rows) or [""]
     fig = make_subplots(rows=1, cols=len(variants), subplot_titles=[str(v) for v in variants], horizontal_spacing=0.12)
@@ -55,13 +64,28 @@ def detection_heatmaps(rows: Sequence[Row], value: str = "p_yes", condition: str
 
 
 def identification_heatmaps(rows: Sequence[Row]) -> go.Figure:
-    """Identification top-1 accuracy minus chance, layer x strength, per variant."""
+    """Identification top-1 accuracy minus chance, layer x strength, per variant.
+
+    Args:
+        rows: `introspection_grid.jsonl` rows with `top1` and `chance_top1`.
+
+    Returns:
+        The figure (`detection_heatmaps` of top-1 with chance as the control).
+    """
     rows = [dict(r, control_top1=r.get("chance_top1")) for r in rows]
     return detection_heatmaps(rows, value="top1", condition="concept")
 
 
 def coherence_figure(rows: Sequence[Row]) -> go.Figure:
-    """Coherence NLL (lower = more fluent) against strength, one line per layer; random dashed."""
+    """Coherence NLL (lower = more fluent) against strength, one line per layer; random dashed.
+
+    Args:
+        rows: `introspection_grid.jsonl` rows with `coherence_nll` (others are skipped) and
+            `coherence_nll_base` (the strength-0 point).
+
+    Returns:
+        The figure.
+    """
     fig = go.Figure()
     rows = [r for r in rows if r.get("coherence_nll") is not None]
     seen = set()
@@ -78,8 +102,15 @@ def coherence_figure(rows: Sequence[Row]) -> go.Figure:
 
 
 def self_report_track_figure(rows: Sequence[Row]) -> go.Figure:
-    """Self-report against projection (left) and against behaviour (right), one colour per source
-    (steering strengths, finetune checkpoints); point labels give the strength / step."""
+    """Self-report against projection (left) and against behaviour (right), one colour per source.
+
+    Args:
+        rows: `self_report_track.jsonl` rows: `source` (steering strengths, finetune checkpoints),
+            `self_report`, `projection`, `behaviour`, `x` (sort key) and `label` (strength / step).
+
+    Returns:
+        The figure.
+    """
     fig = make_subplots(rows=1, cols=2, subplot_titles=["self-report vs projection on the direction",
                                                         "self-report vs behaviour"], horizontal_spacing=0.1)
     for i, src in enumerate(_ordered(r["source"] for r in rows)):
@@ -97,7 +128,18 @@ def self_report_track_figure(rows: Sequence[Row]) -> go.Figure:
 
 
 def panel_figures(key: str, data: Sequence[Row]) -> list[go.Figure]:
-    """The dashboard figures of the two introspection panels."""
+    """The dashboard figures of the two introspection panels.
+
+    Args:
+        key: the panel: "introspection" or "self_report_track".
+        data: the panel's rows.
+
+    Returns:
+        Detection (concept, random), identification and coherence figures, or the self-report figure.
+
+    Raises:
+        KeyError: another panel key.
+    """
     if key == "introspection":
         return [detection_heatmaps(data, "p_yes", "concept"), detection_heatmaps(data, "p_yes", "random"),
                 identification_heatmaps(data), coherence_figure(data)]

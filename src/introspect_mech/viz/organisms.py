@@ -43,8 +43,12 @@ def organisms_figures(rows: Sequence[Row]) -> list[go.Figure]:
     (with the random-direction |cosine| in each cell) and the intervention effects (removed fraction,
     with the mean of norm-matched random directions).
 
-    Rows: `{"organism", "kind": "recovery"|"intervention", "method", "value", "ci_lo"?, "ci_hi"?,
-    "random"?, "error"?}`.
+    Args:
+        rows: `organisms.jsonl` rows `{"organism", "kind": "recovery"|"intervention", "method",
+            "value", "ci_lo"?, "ci_hi"?, "random"?, "error"?}`.
+
+    Returns:
+        The recovery and intervention heatmaps (each only when such rows exist).
     """
     out = []
     rec = [r for r in rows if r.get("kind") == "recovery"]
