@@ -5,8 +5,9 @@
     cfg = preset("em", **dataclass_overrides(p.parse_args(argv), TrainConfig))
 
 Each field becomes `--field-name`; its help is the field's trailing `# comment` in the class source (or a
-`help` entry in the field's metadata); options that are not given stay absent from the namespace, so
-`dataclass_overrides` returns only what the user set and a preset's values are kept otherwise.
+`help` entry in the field's metadata); a field without a default is a required option; options that are
+not given stay absent from the namespace, so `dataclass_overrides` returns only what the user set and a
+preset's values are kept otherwise.
 Types: `bool` -> `--x/--no-x`; `int`, `float`, `str`; `X | None` accepts `none`; tuples and lists take
 several values; `Literal[...]` becomes `choices`.
 
@@ -31,14 +32,18 @@ _COMMENT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*:[^#]*#\s*(.+?)\s*$")
 
 
 def field_help(cls: type) -> dict[str, str]:
-    """Help text per field: the `help` metadata entry, else the field's trailing `# comment` in the source."""
+    """Help text per field: the `help` metadata entry, else the field's trailing `# comment` in the source
+    (of the class, or of the base class that declares it with a comment)."""
     out: dict[str, str] = {}
-    try:
-        for line in inspect.getsource(cls).splitlines():
-            if m := _COMMENT.match(line):
-                out[m.group(1)] = m.group(2)
-    except (OSError, TypeError):
-        pass
+    for klass in reversed(cls.__mro__):  # base classes first: a subclass's own comment wins
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            for line in inspect.getsource(klass).splitlines():
+                if m := _COMMENT.match(line):
+                    out[m.group(1)] = m.group(2)
+        except (OSError, TypeError):
+            pass
     for f in dataclasses.fields(cls):
         if "help" in f.metadata:
             out[f.name] = str(f.metadata["help"])
@@ -119,10 +124,13 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, exclude: I
             parts |= set(elems)
             parts.discard(None)
             tp = tuple[typing.Union[tuple(parts)] if len(parts) > 1 else parts.pop(), ...]  # type: ignore[misc]
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                              "help": f"{helps.get(f.name, '')} (default: {default!r})".strip()}
+                              "help": f"{helps.get(f.name, '')} ({'required' if required else f'default: {default!r}'})".strip()}
+        if required:
+            kw["required"] = True
         flag = "--" + f.name.replace("_", "-")
         origin = typing.get_origin(tp)
         if tp is bool:
@@ -166,7 +174,12 @@ def dataclass_overrides(ns: argparse.Namespace, cls: type, *, exclude: Iterable[
                 scalars = set(typing.get_args(scalar_part) or (scalar_part,)) if seq_part is not None else set()
                 if seq_part is not None and len(v) == 1 and type(v[0]) in scalars:
                     v = v[0]  # e.g. `--layers all` or `--layers 15` for `int | str | tuple[int, ...]`
-                elif typing.get_origin(tp) is tuple or seq_part is not None:
+                elif seq_part is not None:
+                    elems = {a for a in typing.get_args(seq_part) if a is not Ellipsis}
+                    if odd := [x for x in v if type(x) not in elems]:  # e.g. `--layers 3 all`
+                        raise ValueError(f"--{f.name.replace('_', '-')}: {odd[0]!r} must be the only value")
+                    v = tuple(v)
+                elif typing.get_origin(tp) is tuple:
                     v = tuple(v)
         out[f.name] = v
     return out

@@ -34,9 +34,11 @@ ARCHITECTURES = ("topk", "batchtopk", "standard")
 
 @dataclass
 class SAETrainConfig:
+    """How an SAE is trained (sae-lens's trainer); saved with the SAE."""
+
     architecture: str = "topk"  # topk | batchtopk | standard (L1)
     expansion: int = 8  # d_sae = expansion * d_model (ignored when d_sae is given)
-    d_sae: int | None = None
+    d_sae: int | None = None  # number of latents (none: expansion * d_model)
     k: int = 32  # topk / batchtopk
     l1_coefficient: float = 5.0  # standard
     lr: float = 1e-3  # short CPU runs want a higher rate than sae-lens's 3e-4 default
@@ -44,7 +46,7 @@ class SAETrainConfig:
     epochs: float = 4.0  # passes over the training tokens
     eval_fraction: float = 0.1
     seed: int = 0
-    normalize_activations: str = "expected_average_only_in"
+    normalize_activations: str = "expected_average_only_in"  # sae-lens's activation normalisation
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
