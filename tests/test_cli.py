@@ -45,7 +45,7 @@ def test_options_come_from_the_config_classes():
     import dataclasses
 
     from introspect_mech.commands import (
-        CacheOptions, DataOptions, JudgeRunOptions, ModelOptions, RunOptions, SAEDiffData, SAEDiffOptions, SAETrainData,
+        DataOptions, JudgeRunOptions, ModelOptions, RunOptions, SAEDiffOptions, SAETrainData,
         SAETrainOptions, SampleOptions, SeedOptions, SteerOptions,
     )
     from introspect_mech.evals.judge_spec import JudgeOptions
