@@ -232,3 +232,23 @@ def test_bad_inputs_fail_in_one_line(tmp_path):
         main(["judge", "--run", str(tmp_path / "empty"), "--judge", "hf:x"])
     with pytest.raises(SystemExit, match="^error: judge needs --judge hf:<model>"):
         main(["judge", "--run", str(tmp_path / "empty")])
+
+
+def test_sae_train_and_diff(tmp_path, tiny_qwen2_dir, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                                     {"role": "assistant", "content": f"answer number {i} is here"}]})
+                            + "\n" for i in range(12)))
+    base = ["--model", str(tiny_qwen2_dir), "--device", "cpu", "--data", str(data)]
+    train = ["sae", "train", *base, "--layer", "1", "--n", "10", "--k", "4", "--expansion", "2", "--epochs", "1",
+             "--batch-size", "16", "--out", str(tmp_path / "sae")]
+    assert main(train) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["held_out_after"]["l0"] <= 4
+    man = json.loads((tmp_path / "sae" / "manifest.json").read_text())
+    assert man["sae_config"]["k"] == 4 and man["sae_config"]["expansion"] == 2
+    with pytest.raises(SystemExit, match=r"bindings.sae_train: .*sae_inputs.batch_size \(16 -> 32\)"):
+        main(train[:-3] + ["32", "--out", str(tmp_path / "sae")])
+    assert main(["sae", "diff", *base, "--sae", str(tmp_path / "sae" / "sae"), "--n", "6", "--top", "3",
+                 "--out", str(tmp_path / "diff")]) == 0
+    rows = [json.loads(l) for l in (tmp_path / "diff" / "sae_diff.jsonl").read_text().splitlines()]
+    assert 0 < len(rows) <= 6 and {"latent", "delta", "base_mean", "finetuned_mean"} <= set(rows[0])

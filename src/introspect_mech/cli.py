@@ -201,7 +201,7 @@ def cmd_sae_train(o: SAETrainOptions, cfg: Any, m: ModelOptions, d: SAETrainData
                                                     "data": json_sha256(convs), **dataclasses.asdict(cfg)}},
                        overwrite=r.overwrite)
     res = sae.train_sae(model, o.layer, convs, cfg, out_dir=r.out)
-    print(json.dumps({k: v for k, v in vars(res).items() if isinstance(v, (int, float, str))}, default=str))
+    print(json.dumps({"sae": str(Path(r.out) / "sae"), "held_out_after": res.metrics.get("after")}, default=str))
     return 0
 
 
