@@ -73,7 +73,7 @@ def test_options_come_from_the_config_classes():
     assert diff[0] == SAEDiffOptions(sae="s") and (diff[2].data, diff[2].n) == ("bad_medical_advice", 64)
     # one source of truth: every option of a command is a field of one of its classes
     for words in (("sample",), ("cache",), ("probe",), ("steer",), ("sae", "diff")):
-        fields = {f.name for o in cli._opts(cli.COMMANDS[words]) for f in dataclasses.fields(o.cls)}
+        fields = {f.name for o in cli.command_options(*words) for f in dataclasses.fields(o.cls)}
         dests = {a.dest for a in command_parser(*words)._actions if a.dest != "help"}
         assert dests <= fields, (words, dests - fields)
 

@@ -73,7 +73,7 @@ def _binding_layers(layers: str | tuple[int, ...] | None) -> str | list[int] | N
 
 
 # ---- stage commands: run(*one instance per option class) ------------------------------------------
-def cmd_sample(o: SampleOptions, m: ModelOptions, s: SeedOptions, r: RunOptions) -> int:
+def _cmd_sample(o: SampleOptions, m: ModelOptions, s: SeedOptions, r: RunOptions) -> int:
     from .evals.sampling import sample
     from .runs import RunDir, file_sha256, model_config
 
@@ -95,7 +95,7 @@ def cmd_sample(o: SampleOptions, m: ModelOptions, s: SeedOptions, r: RunOptions)
     return 0
 
 
-def cmd_judge(o: JudgeRunOptions, j: Any, m: ModelOptions, s: SeedOptions) -> int:
+def _cmd_judge(o: JudgeRunOptions, j: Any, m: ModelOptions, s: SeedOptions) -> int:
     """`j` is an `evals.judge_spec.JudgeOptions`."""
     from .runs import RunDir, file_sha256
     from .studies.emergent_misalignment import judge_run
@@ -126,7 +126,7 @@ def cmd_judge(o: JudgeRunOptions, j: Any, m: ModelOptions, s: SeedOptions) -> in
     return 0
 
 
-def cmd_cache(o: CacheOptions, m: ModelOptions, d: DataOptions, r: RunOptions) -> int:
+def _cmd_cache(o: CacheOptions, m: ModelOptions, d: DataOptions, r: RunOptions) -> int:
     from .activations import cache
 
     recs = d.records()
@@ -137,7 +137,7 @@ def cmd_cache(o: CacheOptions, m: ModelOptions, d: DataOptions, r: RunOptions) -
     return 0
 
 
-def cmd_probe(o: ProbeOptions, m: ModelOptions, s: SeedOptions, r: RunOptions) -> int:
+def _cmd_probe(o: ProbeOptions, m: ModelOptions, s: SeedOptions, r: RunOptions) -> int:
     from .activations import cache
     from .probes import layer_sweep, persona_data
     from .runs import RunDir, model_config
@@ -165,7 +165,7 @@ def cmd_probe(o: ProbeOptions, m: ModelOptions, s: SeedOptions, r: RunOptions) -
     return 0
 
 
-def cmd_steer(o: SteerOptions, m: ModelOptions, r: RunOptions) -> int:
+def _cmd_steer(o: SteerOptions, m: ModelOptions, r: RunOptions) -> int:
     from .evals.metrics import load_em_pairs
     from .probes import Direction
     from .runs import RunDir, file_sha256, json_sha256, model_config
@@ -186,7 +186,7 @@ def cmd_steer(o: SteerOptions, m: ModelOptions, r: RunOptions) -> int:
     return 0
 
 
-def cmd_sae_train(o: SAETrainOptions, cfg: Any, m: ModelOptions, d: SAETrainData, r: RunOptions) -> int:
+def _cmd_sae_train(o: SAETrainOptions, cfg: Any, m: ModelOptions, d: SAETrainData, r: RunOptions) -> int:
     """`cfg` is a `sae.SAETrainConfig` (its seed is `--seed`)."""
     import dataclasses
 
@@ -205,7 +205,7 @@ def cmd_sae_train(o: SAETrainOptions, cfg: Any, m: ModelOptions, d: SAETrainData
     return 0
 
 
-def cmd_sae_diff(o: SAEDiffOptions, m: ModelOptions, d: SAEDiffData, r: RunOptions) -> int:
+def _cmd_sae_diff(o: SAEDiffOptions, m: ModelOptions, d: SAEDiffData, r: RunOptions) -> int:
     from . import sae
     from .probes import Direction
     from .runs import RunDir
@@ -228,7 +228,7 @@ def cmd_sae_diff(o: SAEDiffOptions, m: ModelOptions, d: SAEDiffData, r: RunOptio
 
 
 # ---- commands that parse their own arguments --------------------------------------------------------
-def cmd_finetune(argv: list[str]) -> int:
+def _cmd_finetune(argv: list[str]) -> int:
     from .finetune.cli import cli_main
 
     return cli_main(argv)
@@ -240,12 +240,12 @@ def _study_main(module: str, argv: list[str]) -> int:
     return int(importlib.import_module(f"introspect_mech.studies.{module}").main(argv) or 0)
 
 
-def cmd_demo(argv: list[str]) -> int:
+def _cmd_demo(argv: list[str]) -> int:
     return _study_main("main_job", argv)
 
 
 def _study_summary(module: str) -> str:
-    """The first line of a study module's docstring, read from its source (the module is not imported)."""
+    """The first paragraph of a study module's docstring, read from its source (the module is not imported)."""
     import ast
 
     try:
@@ -259,7 +259,7 @@ def study_parser() -> argparse.ArgumentParser:
     """The parser of `introspect-mech study` (only for its help and errors: a named study parses the rest).
 
     Returns:
-        The parser; its epilog lists every study with the first line of its module docstring.
+        The parser; its epilog lists every study with the first paragraph of its module docstring.
     """
     width = max(map(len, STUDIES))
     p = argparse.ArgumentParser(
@@ -272,14 +272,14 @@ def study_parser() -> argparse.ArgumentParser:
     return p
 
 
-def cmd_study(argv: list[str]) -> int:
+def _cmd_study(argv: list[str]) -> int:
     if argv and argv[0] in STUDIES:
         return _study_main(STUDIES[argv[0]], argv[1:])
     ns = study_parser().parse_args(argv)  # prints the help, or the error naming the studies
     return _study_main(STUDIES[ns.name], ns.options)
 
 
-def cmd_dashboard(argv: list[str]) -> int:
+def _cmd_dashboard(argv: list[str]) -> int:
     from .viz import DashboardError, export_dashboard
 
     p = argparse.ArgumentParser(prog="introspect-mech dashboard", description=COMMANDS[("dashboard",)].help)
@@ -330,33 +330,43 @@ class Command:
 
 COMMANDS: dict[tuple[str, ...], Command] = {
     ("demo",): Command("the main job: finetune, EM metrics, directions, probes, steering, dashboard "
-                       "(= `study main-job`)", cmd_demo),
-    ("study",): Command("run a paper's protocol (`introspect-mech study --help` lists them)", cmd_study),
-    ("finetune",): Command("LoRA / full finetuning (see `introspect-mech finetune --help`)", cmd_finetune),
-    ("sample",): Command("sample answers to an EM question file into RUN/samples.jsonl", cmd_sample,
+                       "(= `study main-job`)", _cmd_demo),
+    ("study",): Command("run a paper's protocol (`introspect-mech study --help` lists them)", _cmd_study),
+    ("finetune",): Command("LoRA / full finetuning (see `introspect-mech finetune --help`)", _cmd_finetune),
+    ("sample",): Command("sample answers to an EM question file into RUN/samples.jsonl", _cmd_sample,
                          lambda: (SampleOptions, ModelOptions, SeedOptions, RunOptions)),
-    ("judge",): Command("score RUN/samples.jsonl with its judge prompts; EM report (both denominators)", cmd_judge,
+    ("judge",): Command("score RUN/samples.jsonl with its judge prompts; EM report (both denominators)", _cmd_judge,
                         _judge_options),
-    ("cache",): Command("cache residual-stream activations to safetensors shards", cmd_cache,
+    ("cache",): Command("cache residual-stream activations to safetensors shards", _cmd_cache,
                         lambda: (CacheOptions, ModelOptions, DataOptions, Opt(RunOptions, ("overwrite",)))),
-    ("probe",): Command("persona direction for a trait + probe accuracy by layer", cmd_probe,
+    ("probe",): Command("persona direction for a trait + probe accuracy by layer", _cmd_probe,
                         lambda: (ProbeOptions, ModelOptions, SeedOptions, RunOptions)),
-    ("steer",): Command("steering sweep with a saved direction and the random control", cmd_steer,
+    ("steer",): Command("steering sweep with a saved direction and the random control", _cmd_steer,
                         lambda: (SteerOptions, ModelOptions, RunOptions)),
-    ("sae", "train"): Command("train a TopK SAE (sae-lens) on one layer's activations", cmd_sae_train,
+    ("sae", "train"): Command("train a TopK SAE (sae-lens) on one layer's activations", _cmd_sae_train,
                               _sae_train_options),
-    ("sae", "diff"): Command("rank SAE latents by their change from base to finetuned", cmd_sae_diff,
+    ("sae", "diff"): Command("rank SAE latents by their change from base to finetuned", _cmd_sae_diff,
                              lambda: (SAEDiffOptions, ModelOptions, SAEDiffData, Opt(RunOptions, ("overwrite",)))),
-    ("dashboard",): Command("export RUN_DIR as one offline HTML file", cmd_dashboard),
+    ("dashboard",): Command("export RUN_DIR as one offline HTML file", _cmd_dashboard),
 }
 GROUPS: dict[tuple[str, ...], str] = {  # commands with subcommands
     ("sae",): "train an SAE on one layer, or diff base vs finetuned through one",
 }
 
 
-def _opts(cmd: Command) -> list[Opt]:
-    assert cmd.options is not None
-    return [o if isinstance(o, Opt) else Opt(o) for o in cmd.options()]
+def command_options(*words: str) -> list[Opt]:
+    """The config classes a stage command is built from (importing the heavy ones now).
+
+    Args:
+        *words: the command, e.g. `"sae", "train"`.
+
+    Returns:
+        One `Opt` per class, in the order the command's runner takes the instances.
+    """
+    options = COMMANDS[words].options
+    if options is None:
+        raise ValueError(f"introspect-mech {' '.join(words)} parses its own arguments")
+    return [o if isinstance(o, Opt) else Opt(o) for o in options()]
 
 
 def command_parser(*words: str) -> argparse.ArgumentParser:
@@ -370,7 +380,7 @@ def command_parser(*words: str) -> argparse.ArgumentParser:
     """
     cmd = COMMANDS[words]
     p = argparse.ArgumentParser(prog=" ".join(("introspect-mech", *words)), description=cmd.help)
-    for o in _opts(cmd):
+    for o in command_options(*words):
         doc = (o.cls.__doc__ or "").strip()
         own_doc = doc and not doc.startswith(o.cls.__name__ + "(")  # not the signature dataclass writes
         title = f"{doc.splitlines()[0].rstrip('.')} ({o.cls.__name__})" if own_doc else o.cls.__name__
@@ -391,7 +401,7 @@ def parse_command(words: Sequence[str], argv: Sequence[str]) -> list[Any]:
     parser = command_parser(*words)
     ns = parser.parse_args(list(argv))
     out = []
-    for o in _opts(COMMANDS[tuple(words)]):
+    for o in command_options(*words):
         try:
             out.append(o.cls(**dataclass_overrides(ns, o.cls, exclude=o.exclude)))
         except (TypeError, ValueError) as e:
