@@ -92,7 +92,7 @@ def test_positions_are_the_library_poolings():
     (["steer", "--direction", "d", "--alphas", "1", "inf", "--out", "o"], "--alphas: expected finite numbers"),
     (["steer", "--direction", "d", "--alphas", "one", "--out", "o"], "invalid float value"),
     (["cache", "--data", "d", "--layers", "1", "all", "--out", "o"], "--layers: 'all' must be the only value"),
-    (["cache", "--data", "d", "--layers", "top", "--out", "o"], "layers: expected integers or one of all, middle"),
+    (["cache", "--data", "d", "--layers", "top", "--out", "o"], "layers: expected integers or one of all"),
     (["judge", "--run", "r", "--judge", "gpt-4o"], "expected none, hf:<model>"),
     (["sample", "--out", "o"], "the following arguments are required: --questions"),
     (["sae", "train", "--data", "d", "--out", "o"], "required: --layer"),

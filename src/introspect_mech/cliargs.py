@@ -5,9 +5,8 @@
     cfg = preset("em", **dataclass_overrides(p.parse_args(argv), TrainConfig))
 
 Each field becomes `--field-name`; its help is the field's trailing `# comment` in the class source (or a
-`help` entry in the field's metadata); a field without a default is a required option; options that are
-not given stay absent from the namespace, so `dataclass_overrides` returns only what the user set and a
-preset's values are kept otherwise.
+`help` entry in the field's metadata); options that are not given stay absent from the namespace, so
+`dataclass_overrides` returns only what the user set and a preset's values are kept otherwise.
 Types: `bool` -> `--x/--no-x`; `int`, `float`, `str`; `X | None` accepts `none`; tuples and lists take
 several values; `Literal[...]` becomes `choices`.
 
@@ -101,7 +100,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, exclude: I
 
     Args:
         parser: the parser (or subparser) to extend.
-        cls: a dataclass type; its defaults are shown in the help but not stored (absent options stay absent).
+        cls: a dataclass type; its defaults are shown in the help but not stored (absent options stay absent);
+            a field without a default becomes a required option.
         exclude: field names to leave out (options the command names itself).
         title: an argument-group title (default: the class name).
 

@@ -149,7 +149,7 @@ POOLINGS = ("last_prompt", "response_mean", "response_last", "all")  # = activat
 class CacheOptions:
     """What `cache` stores."""
 
-    layers: CliLayers = None  # decoder blocks: integers (negative from the end), middle or all (none: all)
+    layers: CliLayers = None  # decoder blocks: integers (negative from the end) or a LayerSpec word such as middle (none: all)
     positions: Literal["last_prompt", "response_mean", "response_last", "all"] = "response_mean"  # pooling over tokens
     batch_size: int = 8  # conversations per forward pass
     truncate: bool = False  # cut conversations over the context length (listed in activations.json) instead of refusing
@@ -175,7 +175,7 @@ class SteerOptions:
 
     direction: str  # Direction stem (path without .safetensors, as written by Direction.save)
     op: Literal["add", "ablate"] = "add"  # add the direction, or ablate it
-    layers: CliLayers = None  # layers steered one at a time: integers, middle or all (none: all)
+    layers: CliLayers = None  # layers steered one at a time: integers or a LayerSpec word such as middle (none: all)
     alphas: tuple[float, ...] = (1.0, 2.0, 4.0)  # steering strengths (finite numbers)
     scale: Literal["norm", "unit"] = "norm"  # norm: alpha in class-mean distances (Direction.norms); unit: alpha x unit vector
     seeds: tuple[int, ...] = (0, 1, 2)  # seeds of the random-direction controls
