@@ -52,6 +52,30 @@ def test_help_comes_from_the_source_and_metadata():
     assert helps["name"] == "a name" and "batch_size" not in helps
 
 
+@dataclass(kw_only=True)
+class Base:
+    out: str  # where results go
+    seed: int = 0  # random seed
+
+
+@dataclass(kw_only=True)
+class Child(Base):
+    seed: int = 3
+    extra: bool = False  # one more
+
+
+def test_fields_without_default_are_required_and_help_follows_the_bases(capsys):
+    p = argparse.ArgumentParser()
+    add_dataclass_args(p, Child)
+    with pytest.raises(SystemExit):
+        p.parse_args(["--seed", "1"])
+    assert "the following arguments are required: --out" in capsys.readouterr().err
+    assert Child(**dataclass_overrides(p.parse_args(["--out", "o"]), Child)) == Child(out="o", seed=3)
+    assert field_help(Child) == {"out": "where results go", "seed": "random seed", "extra": "one more"}
+    help_text = " ".join(p.format_help().split())
+    assert "where results go (required)" in help_text and "random seed (default: 3)" in help_text
+
+
 def test_train_config_round_trips():
     from introspect_mech.finetune.config import TrainConfig, preset
 
@@ -98,26 +122,3 @@ def test_judge_options_one_spec():
         with pytest.raises(ValueError, match="expected none, hf:"):
             JudgeOptions(bad)
 
-
-@dataclass(kw_only=True)
-class Base:
-    out: str  # where results go
-    seed: int = 0  # random seed
-
-
-@dataclass(kw_only=True)
-class Child(Base):
-    seed: int = 3
-    extra: bool = False  # one more
-
-
-def test_fields_without_default_are_required_and_help_follows_the_bases(capsys):
-    p = argparse.ArgumentParser()
-    add_dataclass_args(p, Child)
-    with pytest.raises(SystemExit):
-        p.parse_args(["--seed", "1"])
-    assert "the following arguments are required: --out" in capsys.readouterr().err
-    assert Child(**dataclass_overrides(p.parse_args(["--out", "o"]), Child)) == Child(out="o", seed=3)
-    assert field_help(Child) == {"out": "where results go", "seed": "random seed", "extra": "one more"}
-    help_text = " ".join(p.format_help().split())
-    assert "where results go (required)" in help_text and "random seed (default: 3)" in help_text
