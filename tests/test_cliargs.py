@@ -121,4 +121,3 @@ def test_judge_options_one_spec():
     for bad in ("api:http://x", "gpt-4o", "hf"):
         with pytest.raises(ValueError, match="expected none, hf:"):
             JudgeOptions(bad)
-
