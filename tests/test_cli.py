@@ -252,3 +252,9 @@ def test_sae_train_and_diff(tmp_path, tiny_qwen2_dir, capsys):
                  "--out", str(tmp_path / "diff")]) == 0
     rows = [json.loads(l) for l in (tmp_path / "diff" / "sae_diff.jsonl").read_text().splitlines()]
     assert 0 < len(rows) <= 6 and {"latent", "delta", "base_mean", "finetuned_mean"} <= set(rows[0])
+
+
+def test_a_real_study_parses_its_options_through_the_entry_point(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["study", "caft", "--help"])
+    assert e.value.code == 0 and "--preset" in capsys.readouterr().out
