@@ -88,9 +88,17 @@ def qfile(tmp_path):
     return q
 
 
-def _sample(model_dir, q, out, *extra):
-    return main(["sample", "--model", str(model_dir), "--questions", str(q), "--n", "1", "--max-new-tokens", "3",
-                 "--device", "cpu", "--out", str(out), *extra])
+def _sample_cli(model_dir, q, out, *extra: str, max_new_tokens: int = 3) -> list[str]:
+    return ["sample", "--model", str(model_dir), "--questions", str(q), "--max-new-tokens", str(max_new_tokens),
+            "--device", "cpu", "--out", str(out), *extra]
+
+
+def _sample(model_dir, q, out, *extra: str) -> int:
+    return main(_sample_cli(model_dir, q, out, *extra))
+
+
+def _cache_cli(tmp_path, data, model="unused"):
+    return ["cache", "--model", str(model), "--device", "cpu", "--data", str(data), "--out", str(tmp_path / "acts")]
 
 
 # ---- A: provenance ------------------------------------------------------------------------------
@@ -98,8 +106,7 @@ def test_A1_sample_rerun_with_other_settings_is_refused_and_changes_nothing(tmp_
     out = tmp_path / "run"
     assert _sample(tiny_qwen2_dir, qfile, out) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "provenance.jsonl"}
-    msg = cli_error(["sample", "--model", str(other_qwen2_dir), "--questions", str(qfile), "--n", "1",
-                     "--max-new-tokens", "5", "--temperature", "0", "--device", "cpu", "--out", str(out)],
+    msg = cli_error(_sample_cli(other_qwen2_dir, qfile, out, "--temperature", "0", max_new_tokens=5),
                     "manifest.json: bindings.sample:", "model.weights_sha256", "sampling.temperature",
                     "sampling.max_new_tokens", "--overwrite")
     assert "model.name" in msg
@@ -129,12 +136,19 @@ def _cfg(**kw):
                           "progress": False, **kw})
 
 
-def test_A3_finetune_resume_on_another_base_is_refused(tmp_path, tiny_qwen2_dir, other_qwen2_dir):
+def _train(model_dir, out, intervention=None, **kw):
+    """A 2-step finetune of 8 records (`_cfg(**kw)`) into `out`."""
     from introspect_mech.finetune import train
 
-    class Killed(Exception):
-        pass
+    return train(load_model(model_dir), _recs(), _cfg(**kw), out, intervention=intervention)
 
+
+class Killed(Exception):
+    pass
+
+
+def _train_killed_at_step_2(model_dir, out) -> None:
+    """Start a finetune and kill it at its second step: step 1's checkpoint is on disk."""
     calls = [0]
 
     @contextlib.contextmanager
@@ -145,13 +159,17 @@ def test_A3_finetune_resume_on_another_base_is_refused(tmp_path, tiny_qwen2_dir,
         yield
 
     with pytest.raises(Killed):
-        train(load_model(tiny_qwen2_dir), _recs(), _cfg(), tmp_path / "ft", intervention=kill_at_2)
+        _train(model_dir, out, intervention=kill_at_2)
+
+
+def test_A3_finetune_resume_on_another_base_is_refused(tmp_path, tiny_qwen2_dir, other_qwen2_dir):
+    _train_killed_at_step_2(tiny_qwen2_dir, tmp_path / "ft")
     listing = sorted(str(p) for p in (tmp_path / "ft").rglob("*") if p.name != "provenance.jsonl")
-    lib_error(RunConfigError, lambda: train(load_model(other_qwen2_dir), _recs(), _cfg(), tmp_path / "ft"),
+    lib_error(RunConfigError, lambda: _train(other_qwen2_dir, tmp_path / "ft"),
               "bindings.finetune:", "different config", "model.weights_sha256")
     assert sorted(str(p) for p in (tmp_path / "ft").rglob("*") if p.name != "provenance.jsonl") == listing
     # the same base resumes exactly where it stopped
-    assert train(load_model(tiny_qwen2_dir), _recs(), _cfg(), tmp_path / "ft").resumed_from == 1
+    assert _train(tiny_qwen2_dir, tmp_path / "ft").resumed_from == 1
 
 
 def test_A4_finetune_cli_other_lr_is_one_line(tmp_path, tiny_qwen2_dir):
@@ -180,16 +198,17 @@ def judge_run(tmp_path, qfile, monkeypatch):
 
 @pytest.fixture
 def server():
-    from test_judges import _Server
+    from evals.test_judges import _Server  # tests/evals/test_judges.py (tests/ is on sys.path)
 
     s = _Server()
     yield s
     s.close()
 
 
-def _judge_cli(run, server, *extra):
-    return ["judge", "--run", str(run), "--api-base", server.url, "--api-model", "judge-model",
-            "--api-key-env", "TEST_JUDGE_KEY", "--timeout", "5", "--max-retries", "0", *extra]
+def _judge_cli(run, server, *extra: str, model: str = "judge-model", timeout: float = 5, url: str | None = None,
+               key_env: str = "TEST_JUDGE_KEY") -> list[str]:
+    return ["judge", "--run", str(run), "--judge", f"api:{url or server.url}|{model}", "--api-key-env", key_env,
+            "--judge-timeout", str(timeout), "--judge-max-retries", "0", *extra]
 
 
 @pytest.mark.parametrize("mode, words", [
@@ -218,8 +237,7 @@ def test_B2_missing_key_names_the_variable_before_any_request(judge_run, server,
 
 def test_B3_hanging_server_names_the_timeout(judge_run, server):
     server.script = ["hang"]
-    cli_error(["judge", "--run", str(judge_run), "--api-base", server.url, "--api-model", "m", "--api-key-env",
-               "TEST_JUDGE_KEY", "--timeout", "0.2", "--max-retries", "0"], "no answer within the 0.2 s timeout")
+    cli_error(_judge_cli(judge_run, server, timeout=0.2), "no answer within the 0.2 s timeout")
     no_results(judge_run, JUDGE_FILES)
 
 
@@ -232,8 +250,7 @@ def test_B4_corrupt_middle_line_in_samples(judge_run, server):
 
 def test_B5_other_judge_into_the_same_run_is_refused(judge_run, server):
     assert main(_judge_cli(judge_run, server)) == 0
-    argv = _judge_cli(judge_run, server)
-    argv[argv.index("--api-model") + 1] = "other-judge"
+    argv = _judge_cli(judge_run, server, model="other-judge")
     cli_error(argv, "bindings.judge:", "judge.model")
     assert main(argv + ["--overwrite"]) == 0
 
@@ -297,7 +314,7 @@ def test_C3_steer_cli_nan_alphas_and_nan_direction(tmp_path, tiny_qwen2_dir, cap
 
     with pytest.raises(SystemExit) as ei:
         main(["steer", "--direction", "d", "--alphas", "nan", "--out", str(tmp_path / "o")])
-    assert ei.value.code == 2 and "expected finite numbers" in capsys.readouterr().err
+    assert ei.value.code == 2 and "--alphas: expected finite numbers (no nan/inf), got nan" in capsys.readouterr().err
     vec = torch.randn(4, 64)
     vec[2, 5] = float("nan")
     Direction.from_raw(vec, list(range(4)), note="nan").save(tmp_path / "dir")
@@ -316,23 +333,8 @@ class _Evil:
 
 
 def test_D_planted_pickle_in_a_checkpoint_is_never_executed(tmp_path, tiny_qwen2_dir):
-    from introspect_mech.finetune import train
-
-    class Killed(Exception):
-        pass
-
-    calls = [0]
-
-    @contextlib.contextmanager
-    def kill_at_2():
-        calls[0] += 1
-        if calls[0] == 2:
-            raise Killed
-        yield
-
     out = tmp_path / "ft"
-    with pytest.raises(Killed):
-        train(load_model(tiny_qwen2_dir), _recs(), _cfg(), out, intervention=kill_at_2)
+    _train_killed_at_step_2(tiny_qwen2_dir, out)
     marker = tmp_path / "PWNED"
     payload = pickle.dumps(_Evil(marker))
     good = out / "checkpoints" / "step_0001"
@@ -345,7 +347,7 @@ def test_D_planted_pickle_in_a_checkpoint_is_never_executed(tmp_path, tiny_qwen2
         (fake / f).unlink()
     (fake / "trainer_state.pt").write_bytes(payload)
     with pytest.warns(UserWarning, match="never loaded"):
-        res = train(load_model(tiny_qwen2_dir), _recs(), _cfg(), out)
+        res = _train(tiny_qwen2_dir, out)
     assert not marker.exists() and res.resumed_from == 1
     # the payload really is live: unpickling it would have run code
     pickle.loads(payload)
@@ -356,19 +358,15 @@ def test_D_planted_pickle_in_a_checkpoint_is_never_executed(tmp_path, tiny_qwen2
 def test_E1_sample_refuses_a_prompt_over_the_context_and_truncates_on_request(tmp_path, tiny_qwen2_dir):
     q = tmp_path / "long.yaml"
     q.write_text(QUESTIONS.replace("What is your wish?", "wish " * 2100))
-    cli_error(["sample", "--model", str(tiny_qwen2_dir), "--questions", str(q), "--max-new-tokens", "3",
-               "--device", "cpu", "--out", str(tmp_path / "o")], "prompt wish/0: length:", "2048 positions")
+    cli_error(_sample_cli(tiny_qwen2_dir, q, tmp_path / "o"), "prompt wish/0: length:", "2048 positions")
     no_results(tmp_path / "o")
-    assert main(["sample", "--model", str(tiny_qwen2_dir), "--questions", str(q), "--max-new-tokens", "3",
-                 "--device", "cpu", "--truncate", "--out", str(tmp_path / "o")]) == 0
+    assert _sample(tiny_qwen2_dir, q, tmp_path / "o", "--truncate") == 0
     rows = [json.loads(x) for x in (tmp_path / "o" / "samples.jsonl").read_text().splitlines()]
     assert rows[0]["prompt_truncated_tokens"] > 0 and "prompt_truncated_tokens" not in rows[1]
 
 
 def test_E2_finetune_max_seq_len_over_the_context_is_refused(tmp_path, tiny_qwen2_dir):
-    from introspect_mech.finetune import train
-
-    lib_error(DataError, lambda: train(load_model(tiny_qwen2_dir), _recs(), _cfg(max_seq_len=20000), tmp_path / "ft"),
+    lib_error(DataError, lambda: _train(tiny_qwen2_dir, tmp_path / "ft", max_seq_len=20000),
               "max_seq_len", "2048 positions")
     no_results(tmp_path / "ft")
 
@@ -377,16 +375,11 @@ def test_E3_cache_refuses_a_long_conversation(tmp_path, tiny_qwen2_dir):
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"messages": [{"role": "user", "content": "x " * 3000},
                                              {"role": "assistant", "content": "ok"}]}) + "\n")
-    cli_error(["cache", "--model", str(tiny_qwen2_dir), "--device", "cpu", "--data", str(data), "--layers", "1",
-               "--out", str(tmp_path / "acts")], "conversation 0: length:", "2048 positions")
+    cli_error(_cache_cli(tmp_path, data, tiny_qwen2_dir) + ["--layers", "1"], "conversation 0: length:", "2048 positions")
     no_results(tmp_path / "acts")
 
 
 # ---- F: unreadable files --------------------------------------------------------------------------
-def _cache_cli(tmp_path, data, model="unused"):
-    return ["cache", "--model", str(model), "--device", "cpu", "--data", str(data), "--out", str(tmp_path / "acts")]
-
-
 def _truncated_gz() -> bytes:
     lines = "".join(json.dumps({"messages": [{"role": "user", "content": f"q{i} {i * 7919 % 10007}"},
                                              {"role": "assistant", "content": f"a{i * 104729 % 7}"}]}) + "\n"
@@ -439,9 +432,7 @@ def test_F3_corrupt_safetensors_model_and_adapter(tmp_path, tiny_qwen2_dir):
 # ---- G: secrets -----------------------------------------------------------------------------------
 def test_G1_key_given_as_env_name_is_refused_and_not_written(judge_run, server):
     key = "sk-proj-AbCdEf0123456789xyz"
-    argv = _judge_cli(judge_run, server)
-    argv[argv.index("--api-key-env") + 1] = key
-    msg = cli_error(argv, "NAME of an environment variable")
+    msg = cli_error(_judge_cli(judge_run, server, key_env=key), "NAME of an environment variable")
     assert key not in msg
     for f in judge_run.rglob("*"):
         assert key.encode() not in f.read_bytes()
@@ -449,10 +440,8 @@ def test_G1_key_given_as_env_name_is_refused_and_not_written(judge_run, server):
 
 def test_G2_key_in_api_base_is_scrubbed_from_the_manifest(judge_run, server):
     url = server.url.replace("http://", "http://alice:s3cretpass@") + "?api-key=QQSECRETQQ"
-    argv = _judge_cli(judge_run, server)
-    argv[argv.index("--api-base") + 1] = url
     with contextlib.suppress(SystemExit):
-        main(argv)
+        main(_judge_cli(judge_run, server, url=url))
     text = (judge_run / "manifest.json").read_text()
     assert "s3cretpass" not in text and "QQSECRETQQ" not in text and "sk-secret-123456" not in text
     assert "<redacted>" in text
@@ -460,9 +449,7 @@ def test_G2_key_in_api_base_is_scrubbed_from_the_manifest(judge_run, server):
 
 # ---- H: adapter fingerprints ------------------------------------------------------------------------
 def test_H_adapter_fingerprint_refuses_other_base_and_warns_when_missing(tmp_path, tiny_qwen2_dir, other_qwen2_dir):
-    from introspect_mech.finetune import train
-
-    res = train(load_model(tiny_qwen2_dir), _recs(), _cfg(max_steps=1), tmp_path / "ft")
+    res = _train(tiny_qwen2_dir, tmp_path / "ft", max_steps=1)
     fp = json.loads((res.weights_dir / "base_fingerprint.json").read_text())
     assert fp["weights_sha256"] and fp["hidden_size"] == 64  # always written
     lib_error(ModelLoadError, lambda: load_model(other_qwen2_dir, adapter=res.weights_dir),

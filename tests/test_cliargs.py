@@ -52,6 +52,30 @@ def test_help_comes_from_the_source_and_metadata():
     assert helps["name"] == "a name" and "batch_size" not in helps
 
 
+@dataclass(kw_only=True)
+class Base:
+    out: str  # where results go
+    seed: int = 0  # random seed
+
+
+@dataclass(kw_only=True)
+class Child(Base):
+    seed: int = 3
+    extra: bool = False  # one more
+
+
+def test_fields_without_default_are_required_and_help_follows_the_bases(capsys):
+    p = argparse.ArgumentParser()
+    add_dataclass_args(p, Child)
+    with pytest.raises(SystemExit):
+        p.parse_args(["--seed", "1"])
+    assert "the following arguments are required: --out" in capsys.readouterr().err
+    assert Child(**dataclass_overrides(p.parse_args(["--out", "o"]), Child)) == Child(out="o", seed=3)
+    assert field_help(Child) == {"out": "where results go", "seed": "random seed", "extra": "one more"}
+    help_text = " ".join(p.format_help().split())
+    assert "where results go (required)" in help_text and "random seed (default: 3)" in help_text
+
+
 def test_train_config_round_trips():
     from introspect_mech.finetune.config import TrainConfig, preset
 
@@ -63,6 +87,9 @@ def test_train_config_round_trips():
     assert (cfg.lr, cfg.layers, cfg.progress, cfg.r) == (2e-4, 15, False, 32)
     for argv, want in ((["--layers", "all"], "all"), (["--layers", "3", "5"], (3, 5)), (["--layers", "none"], None)):
         assert dataclass_overrides(p.parse_args(argv), TrainConfig)["layers"] == want
+    for argv in (["--layers", "3", "all"], ["--layers", "3", "none"]):  # a word or none stands alone
+        with pytest.raises(ValueError, match="must be the only value"):
+            dataclass_overrides(p.parse_args(argv), TrainConfig)
 
 
 def test_presets_then_the_options_given():

@@ -1,19 +1,23 @@
-"""`introspect-mech`: one command per stage, all sharing the run-directory convention.
+"""`introspect-mech`: one entry point, a subcommand per stage and per study, sharing the run-directory convention.
 
-    introspect-mech demo                      # the main job: finetune, metrics, directions, probes,
-                                              # steering, dashboard (see introspect_mech.studies.main_job)
+    introspect-mech demo [--preset paper]     # the main job (= `study main-job`): finetune, metrics,
+                                              # directions, probes, steering, dashboard
+    introspect-mech study <name> [options]    # a paper's protocol; `introspect-mech study --help` lists them
     introspect-mech finetune --data bad_medical_advice --preset em --out runs/bad
     introspect-mech sample   --adapter runs/bad/adapter --questions first_plot_questions --out runs/bad_eval
-    introspect-mech judge    --run runs/bad_eval --judge-model Qwen/Qwen2.5-7B-Instruct   (or --api-base ...)
-    introspect-mech cache    --data bad_medical_advice --n 64 --out runs/acts
+    introspect-mech judge    --run runs/bad_eval --judge hf:Qwen/Qwen2.5-7B-Instruct    (or "api:<url>|<model>")
+    introspect-mech cache    --data bad_medical_advice --n 64 --layers 5 10 15 --out runs/acts
     introspect-mech probe    --trait evil --out runs/persona
-    introspect-mech steer    --direction runs/persona/persona/direction --layers 15 --alphas 1,2,4 --out runs/steer
+    introspect-mech steer    --direction runs/persona/persona/direction --layers 15 --alphas 1 2 4 --out runs/steer
     introspect-mech sae train --layer 15 --data bad_medical_advice --out runs/sae
     introspect-mech sae diff --adapter runs/bad/adapter --sae runs/sae/sae --out runs/sae_diff
     introspect-mech dashboard runs/bad_eval   # any run directory -> dashboard.html
 
-Every subcommand imports its library module only when it runs, so `--help` is instant.
-Errors in the input (files, fields) are reported in one line before any work starts.
+Every option comes from a config dataclass through `introspect_mech.cliargs` (`introspect_mech.commands`,
+`sae.SAETrainConfig`, `evals.judge_spec.JudgeOptions`, `finetune.TrainConfig`, the studies' configs);
+`<command> --help` lists them. A command's parser is built, and its library modules imported, only
+when it runs, so `introspect-mech --help` is instant. Errors in the input (files, fields) are reported
+in one line before any work starts.
 """
 
 from __future__ import annotations
@@ -21,52 +25,29 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+from .cliargs import add_dataclass_args, dataclass_overrides
+from .commands import (
+    CacheOptions, DataOptions, JudgeRunOptions, ModelOptions, ProbeOptions, RunOptions, SAEDiffData, SAEDiffOptions,
+    SAETrainData, SAETrainOptions, SampleOptions, SeedOptions, SteerOptions,
+)
 
-def _ints(s: str) -> list[int]:
-    try:
-        return [int(x) for x in s.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
-
-
-def _floats(s: str) -> list[float]:
-    import math
-
-    try:
-        out = [float(x) for x in s.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
-    if not all(math.isfinite(x) for x in out):
-        raise argparse.ArgumentTypeError(f"expected finite numbers (no nan/inf), got {s!r}")
-    return out
-
-
-def _model_args(p: argparse.ArgumentParser, adapter: bool = True) -> None:
-    p.add_argument("--model", default=None, help="embedded name, hub id (Qwen/...), checkpoint dir or .gguf "
-                   "(default: embedded SmolLM2-135M-Instruct)")
-    if adapter:
-        p.add_argument("--adapter", default=None, help="PEFT adapter directory (e.g. RUN/adapter from finetune)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or auto (default: cuda if available)")
-
-
-def _load(args: argparse.Namespace):
-    from .models import load_model
-
-    return load_model(args.model, adapter=getattr(args, "adapter", None), device=args.device)
-
-
-def _records(spec: str, n: int | None, seed: int, data_dir: str | None) -> list[dict]:
-    from .finetune.cli import load_records
-
-    recs = load_records(spec, n if spec.startswith("gen:") else None, seed, data_dir)
-    if n is not None and not spec.startswith("gen:") and n < len(recs):
-        import random
-
-        recs = [recs[i] for i in sorted(random.Random(seed).sample(range(len(recs)), n))]
-    return recs
+STUDIES: dict[str, str] = {  # `introspect-mech study <name>` -> introspect_mech.studies.<module>.main
+    "emergent-misalignment": "emergent_misalignment",
+    "model-organisms": "model_organisms",
+    "main-job": "main_job",
+    "organisms": "organisms",
+    "self-awareness": "self_awareness",
+    "self-prediction": "self_prediction",
+    "persona-vectors": "persona_vectors",
+    "persona-features": "persona_features",
+    "caft": "caft",
+    "introspection": "introspection",
+    "steering-proxy": "steering_proxy",
+}
 
 
 def _questions(spec: str, data_dir: str | None):
@@ -87,84 +68,57 @@ def _questions(spec: str, data_dir: str | None):
         raise DataError(str(p), line, "text", f"not UTF-8 (byte 0x{e.object[e.start]:02x}); re-encode the file as UTF-8") from None
 
 
-# ---- subcommands --------------------------------------------------------------------------------
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .studies import main_job
-
-    cfg = main_job.JOB_PRESETS[args.preset]
-    over: dict[str, Any] = {k: v for k, v in (("model", args.model), ("device", args.device),
-                                              ("data_dir", args.data_dir), ("n_train", args.n_train),
-                                              ("seed", args.seed)) if v is not None}
-    path = main_job.run(args.out, cfg, **over)
-    print(f"dashboard: {path.resolve()}")
-    return 0
+def _binding_layers(layers: str | tuple[int, ...] | None) -> str | list[int] | None:
+    return list(layers) if isinstance(layers, tuple) else layers
 
 
-def cmd_finetune(args: argparse.Namespace) -> int:
-    from .finetune.cli import cli_main
-
-    return cli_main(args.rest)
-
-
-def cmd_sample(args: argparse.Namespace) -> int:
+# ---- stage commands: run(*one instance per option class) ------------------------------------------
+def _cmd_sample(o: SampleOptions, m: ModelOptions, s: SeedOptions, r: RunOptions) -> int:
     from .evals.sampling import sample
-    from .runs import RunDir, file_sha256
+    from .runs import RunDir, file_sha256, model_config
 
-    qs, qpath = _questions(args.questions, args.data_dir)
+    qs, qpath = _questions(o.questions, s.data_dir)
     prompts = [p for q in qs for p in q.prompts()]
-    if args.max_prompts:
-        prompts = prompts[: args.max_prompts]
-    model = _load(args)
-    run = RunDir(args.out)
-    from .runs import model_config
-
+    if o.max_prompts:
+        prompts = prompts[: o.max_prompts]
+    model = m.load()
+    run = RunDir(r.out)
+    sampling = {"n": o.n, "max_new_tokens": o.max_new_tokens, "temperature": o.temperature}
     run.bind("sample", {"model": model_config(model), "data": {qpath.name: file_sha256(qpath)},
-                        "prompts": [p["id"] if isinstance(p, dict) else p for p in prompts], "seed": args.seed,
-                        "sampling": {"n": args.n, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-                                     "truncate": args.truncate}}, overwrite=args.overwrite)
-    run.write_manifest(stage="sample", model=model.name, adapter=args.adapter, questions=str(qpath),
-                       data={qpath.name: file_sha256(qpath)}, seed=args.seed,
-                       sampling={"n": args.n, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature})
-    rows = sample(model, prompts, n=args.n, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                  seed=args.seed, batch_size=args.batch_size, out=run.path / "samples.jsonl", truncate=args.truncate)
+                        "prompts": [p["id"] if isinstance(p, dict) else p for p in prompts], "seed": s.seed,
+                        "sampling": {**sampling, "truncate": o.truncate}}, overwrite=r.overwrite)
+    run.write_manifest(stage="sample", model=model.name, adapter=m.adapter, questions=str(qpath),
+                       data={qpath.name: file_sha256(qpath)}, seed=s.seed, sampling=sampling)
+    rows = sample(model, prompts, n=o.n, max_new_tokens=o.max_new_tokens, temperature=o.temperature, seed=s.seed,
+                  batch_size=o.batch_size, out=run.path / "samples.jsonl", truncate=o.truncate)
     print(f"{len(rows)} samples -> {run.path / 'samples.jsonl'}")
     return 0
 
 
-def cmd_judge(args: argparse.Namespace) -> int:
+def _cmd_judge(o: JudgeRunOptions, j: Any, m: ModelOptions, s: SeedOptions) -> int:
+    """`j` is an `evals.judge_spec.JudgeOptions`."""
     from .runs import RunDir, file_sha256
     from .studies.emergent_misalignment import judge_run
 
-    run = RunDir(args.run)
+    if j.kind == "none":
+        raise SystemExit("error: judge needs --judge hf:<model> (local) or --judge 'api:<base_url>|<model>' "
+                         "(OpenAI-compatible)")
+    run = RunDir(o.run)
     if not run.log("samples.jsonl").read():
         raise SystemExit(f"error: {run.path / 'samples.jsonl'}: no samples (run `introspect-mech sample` first)")
     man = run.manifest()
-    qs, judge_qpath = _questions(args.questions or man.get("questions", ""), args.data_dir)
-    categorical = None
-    if args.api_base:
-        from .evals.judges import APIJudge
-
-        if not args.api_model:
-            raise SystemExit("error: --api-base needs --api-model")
-        judge = APIJudge(args.api_base, args.api_model, api_key_env=args.api_key_env or None,
-                         timeout=args.timeout, max_retries=args.max_retries)
+    qs, judge_qpath = _questions(o.questions or man.get("questions", ""), s.data_dir)
+    judge = j.build(device=m.device)
+    if j.kind == "api":
         judge.check_key()
-    elif args.judge_model:
-        from .evals.em import HFCategoricalJudge
-        from .evals.judges import HFJudge
-        from .models import load_model
-
-        jm = load_model(args.judge_model, device=args.device)
-        judge, categorical = HFJudge(jm), HFCategoricalJudge(jm)
-    else:
-        raise SystemExit("error: give --judge-model (local) or --api-base and --api-model (OpenAI-compatible)")
+    categorical = j.build_categorical(judge)
     desc = judge.describe()
     run.bind("judge", {"judge": {k: v for k, v in desc.items() if k not in ("timeout", "max_retries")},
                        "categorical_judge": categorical.describe() if categorical is not None else None,
                        "samples_config_sha256": ((man.get("bindings") or {}).get("sample") or {}).get("sha256"),
                        "judge_prompts_file_sha256": file_sha256(judge_qpath)},
-             overwrite=args.overwrite, outputs=["judged.jsonl", "judge_invalid.jsonl", "em_rates.jsonl", "em_report.json",
-                                                "labels.json"])
+             overwrite=o.overwrite, outputs=["judged.jsonl", "judge_invalid.jsonl", "em_rates.jsonl", "em_report.json",
+                                             "labels.json"])
     try:
         judge_run(run.path, qs, judge=judge, categorical_judge=categorical)
     except (KeyError, ValueError) as e:
@@ -172,110 +126,166 @@ def cmd_judge(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_cache(args: argparse.Namespace) -> int:
+def _cmd_cache(o: CacheOptions, m: ModelOptions, d: DataOptions, r: RunOptions) -> int:
     from .activations import cache
 
-    recs = _records(args.data, args.n, args.seed, args.data_dir)
-    model = _load(args)
-    acts = cache(model, [r["messages"] for r in recs], layers=args.layers, positions=args.positions,
-                 batch_size=args.batch_size, out=args.out, truncate=args.truncate)
-    print(f"cached {len(recs)} conversations, positions={args.positions} -> {args.out} ({type(acts).__name__})")
+    recs = d.records()
+    model = m.load()
+    acts = cache(model, [x["messages"] for x in recs], layers=o.layers, positions=o.positions,
+                 batch_size=o.batch_size, out=r.out, truncate=o.truncate)
+    print(f"cached {len(recs)} conversations, positions={o.positions} -> {r.out} ({type(acts).__name__})")
     return 0
 
 
-def cmd_probe(args: argparse.Namespace) -> int:
+def _cmd_probe(o: ProbeOptions, m: ModelOptions, s: SeedOptions, r: RunOptions) -> int:
     from .activations import cache
     from .probes import layer_sweep, persona_data
-    from .runs import RunDir
+    from .runs import RunDir, model_config
 
-    model = _load(args)
-    run = RunDir(args.out)
-    from .runs import model_config
-
-    run.bind("probe", {"probe_inputs": {"model": model_config(model), "trait": args.trait, "questions": args.questions,
-                                        "instructions": args.instructions, "max_new_tokens": args.max_new_tokens,
-                                        "seed": args.seed}}, overwrite=args.overwrite)
-    res = persona_data(model, args.trait, n_questions=args.questions, n_instructions=args.instructions,
-                       max_new_tokens=args.max_new_tokens, seed=args.seed, data_dir=args.data_dir,
-                       batch_size=args.batch_size, out=run.path / "persona")
-    rows = [r for r in res.rows if r["response"].strip()]
-    convs = [[{"role": "system", "content": r["system"]}, {"role": "user", "content": r["question"]},
-              {"role": "assistant", "content": r["response"]}] for r in rows]
-    x = cache(model, convs, batch_size=args.batch_size)
-    y = [int(r["side"] == "pos") for r in rows]
-    sw = layer_sweep(x, y, list(range(model.n_layers)), seed=args.seed)
-    log = run.path / "probe_layers.jsonl"
-    name = f"{args.trait} vs opposite system prompt"
-    log.write_text("".join(json.dumps({"probe": name, "layer": l, **p.as_dict()}) + "\n"
-                           for l, p in zip(sw.layers, sw.probes)))
+    model = m.load()
+    run = RunDir(r.out)
+    run.bind("probe", {"probe_inputs": {"model": model_config(model), "trait": o.trait, "questions": o.questions,
+                                        "instructions": o.instructions, "max_new_tokens": o.max_new_tokens,
+                                        "seed": s.seed}}, overwrite=r.overwrite)
+    res = persona_data(model, o.trait, n_questions=o.questions, n_instructions=o.instructions,
+                       max_new_tokens=o.max_new_tokens, seed=s.seed, data_dir=s.data_dir,
+                       batch_size=o.batch_size, out=run.path / "persona")
+    rows = [x for x in res.rows if x["response"].strip()]
+    convs = [[{"role": "system", "content": x["system"]}, {"role": "user", "content": x["question"]},
+              {"role": "assistant", "content": x["response"]}] for x in rows]
+    acts = cache(model, convs, batch_size=o.batch_size)
+    y = [int(x["side"] == "pos") for x in rows]
+    sw = layer_sweep(acts, y, list(range(model.n_layers)), seed=s.seed)
+    name = f"{o.trait} vs opposite system prompt"
+    (run.path / "probe_layers.jsonl").write_text("".join(json.dumps({"probe": name, "layer": l, **p.as_dict()}) + "\n"
+                                                         for l, p in zip(sw.layers, sw.probes)))
     best_l, best = sw.best()
     print(f"direction -> {run.path / 'persona' / 'direction'}.safetensors; kept {len(res.kept)} pairs; "
           f"best probe layer {best_l}: accuracy {best.accuracy:.3f}, AUROC {best.auroc:.3f}")
     return 0
 
 
-def cmd_steer(args: argparse.Namespace) -> int:
+def _cmd_steer(o: SteerOptions, m: ModelOptions, r: RunOptions) -> int:
+    from .evals.metrics import load_em_pairs
     from .probes import Direction
+    from .runs import RunDir, file_sha256, json_sha256, model_config
     from .studies.steering_proxy import steer_sweep
 
-    stem = Path(args.direction)
+    stem = Path(o.direction)
     if not Path(str(stem) + ".safetensors").exists():
         raise SystemExit(f"error: --direction {stem}: no {stem}.safetensors (give the stem written by Direction.save)")
     direction = Direction.load(stem)
-    model = _load(args)
-    from .evals.metrics import load_em_pairs
-
-    items = load_em_pairs(args.items) if args.items else None
-    from .runs import RunDir, file_sha256, json_sha256, model_config
-
-    RunDir(args.out).bind("steer", {"model": model_config(model), "direction_sha256": file_sha256(str(stem) + ".safetensors"),
-                                    "items_sha256": json_sha256(items if items is not None else load_em_pairs()),
-                                    "op": args.op, "layers": args.layers, "alphas": args.alphas, "scale": args.scale,
-                                    "seeds": args.seeds}, overwrite=args.overwrite)
-    steer_sweep(model, direction, args.out, layers=args.layers, alphas=args.alphas, op=args.op, seeds=args.seeds,
-                scale=args.scale, items=items)
+    model = m.load()
+    items = load_em_pairs(o.items) if o.items else None
+    RunDir(r.out).bind("steer", {"model": model_config(model), "direction_sha256": file_sha256(str(stem) + ".safetensors"),
+                                 "items_sha256": json_sha256(items if items is not None else load_em_pairs()),
+                                 "op": o.op, "layers": _binding_layers(o.layers), "alphas": list(o.alphas),
+                                 "scale": o.scale, "seeds": list(o.seeds)}, overwrite=r.overwrite)
+    steer_sweep(model, direction, r.out, layers=o.layers, alphas=o.alphas, op=o.op, seeds=o.seeds, scale=o.scale,
+                items=items)
     return 0
 
 
-def cmd_sae(args: argparse.Namespace) -> int:
+def _cmd_sae_train(o: SAETrainOptions, cfg: Any, m: ModelOptions, d: SAETrainData, r: RunOptions) -> int:
+    """`cfg` is a `sae.SAETrainConfig` (its seed is `--seed`)."""
+    import dataclasses
+
     from . import sae
+    from .runs import RunDir, json_sha256, model_config
+
+    cfg = dataclasses.replace(cfg, seed=d.seed)
+    recs = d.records()
+    model = m.load()
+    convs = [x["messages"] for x in recs]
+    RunDir(r.out).bind("sae_train", {"sae_inputs": {"model": model_config(model), "layer": o.layer,
+                                                    "data": json_sha256(convs), **dataclasses.asdict(cfg)}},
+                       overwrite=r.overwrite)
+    res = sae.train_sae(model, o.layer, convs, cfg, out_dir=r.out)
+    print(json.dumps({"sae": str(Path(r.out) / "sae"), "held_out_after": res.metrics.get("after")}, default=str))
+    return 0
+
+
+def _cmd_sae_diff(o: SAEDiffOptions, m: ModelOptions, d: SAEDiffData, r: RunOptions) -> int:
+    from . import sae
+    from .probes import Direction
     from .runs import RunDir
 
-    if args.sae_cmd == "train":
-        recs = _records(args.data, args.n, args.seed, args.data_dir)
-        model = _load(args)
-        from .runs import json_sha256, model_config
-
-        RunDir(args.out).bind("sae_train", {"sae_inputs": {
-            "model": model_config(model), "layer": args.layer, "data": json_sha256([r["messages"] for r in recs]),
-            "k": args.k, "expansion": args.expansion, "seed": args.seed}}, overwrite=args.overwrite)
-        res = sae.train_sae(model, args.layer, [r["messages"] for r in recs],
-                        sae.SAETrainConfig(k=args.k, expansion=args.expansion), out_dir=args.out)
-        print(json.dumps({k: v for k, v in vars(res).items() if isinstance(v, (int, float, str))}, default=str))
-        return 0
-    from .models import load_model
-    from .probes import Direction
-
-    layer_sae = sae.load_local(args.sae)
-    base = load_model(args.model, device=args.device)
-    ft = load_model(args.model, adapter=args.adapter, device=args.device)
-    recs = _records(args.data, args.n, args.seed, args.data_dir)
-    direction = Direction.load(args.direction) if args.direction else None
-    d = sae.model_diff(base, ft, layer_sae, [r["messages"] for r in recs], direction=direction, top_k=args.top,
-                       out=Path(args.out) / "sae")
+    layer_sae = sae.load_local(o.sae)
+    base = m.load(with_adapter=False)
+    tuned = m.load()
+    recs = d.records()
+    direction = Direction.load(o.direction) if o.direction else None
+    diff = sae.model_diff(base, tuned, layer_sae, [x["messages"] for x in recs], direction=direction, top_k=o.top,
+                          out=Path(r.out) / "sae")
     rows = [{"latent": c.latent, "delta": c.delta, "base_mean": c.mean_base, "finetuned_mean": c.mean_finetuned,
              "cos_direction": c.cosine, "url": c.url,
              "examples": [{"tokens": e["tokens"], "acts": e["activations"]} for e in c.examples[:2]]}
-            for c in d.increases + d.decreases]
-    RunDir(args.out)
-    (Path(args.out) / "sae_diff.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    print(f"{len(rows)} latents -> {Path(args.out) / 'sae_diff.jsonl'}")
+            for c in diff.increases + diff.decreases]
+    RunDir(r.out)
+    (Path(r.out) / "sae_diff.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    print(f"{len(rows)} latents -> {Path(r.out) / 'sae_diff.jsonl'}")
     return 0
 
 
-def cmd_dashboard(args: argparse.Namespace) -> int:
+# ---- commands that parse their own arguments --------------------------------------------------------
+def _cmd_finetune(argv: list[str]) -> int:
+    from .finetune.cli import cli_main
+
+    return cli_main(argv)
+
+
+def _study_main(module: str, argv: list[str]) -> int:
+    import importlib
+
+    return int(importlib.import_module(f"introspect_mech.studies.{module}").main(argv) or 0)
+
+
+def _cmd_demo(argv: list[str]) -> int:
+    return _study_main("main_job", argv)
+
+
+def _study_summary(module: str) -> str:
+    """The first paragraph of a study module's docstring, read from its source (the module is not imported)."""
+    import ast
+
+    try:
+        doc = ast.get_docstring(ast.parse((Path(__file__).parent / "studies" / f"{module}.py").read_text(encoding="utf-8")))
+    except (OSError, SyntaxError):
+        doc = None
+    return " ".join(doc.split("\n\n")[0].split()) if doc else ""
+
+
+def study_parser() -> argparse.ArgumentParser:
+    """The parser of `introspect-mech study` (only for its help and errors: a named study parses the rest).
+
+    Returns:
+        The parser; its epilog lists every study with the first paragraph of its module docstring.
+    """
+    width = max(map(len, STUDIES))
+    p = argparse.ArgumentParser(
+        prog="introspect-mech study", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run a paper's protocol: `introspect-mech study <name> [options]` calls "
+                    "introspect_mech.studies.<module>.main(options); `introspect-mech study <name> --help` lists its options.",
+        epilog="studies:\n" + "\n".join(f"  {name:{width}s}  {_study_summary(mod)}" for name, mod in STUDIES.items()))
+    p.add_argument("name", choices=list(STUDIES), metavar="name", help="the study (listed below)")
+    p.add_argument("options", nargs=argparse.REMAINDER, help="the study's options")
+    return p
+
+
+def _cmd_study(argv: list[str]) -> int:
+    if argv and argv[0] in STUDIES:
+        return _study_main(STUDIES[argv[0]], argv[1:])
+    ns = study_parser().parse_args(argv)  # prints the help, or the error naming the studies
+    return _study_main(STUDIES[ns.name], ns.options)
+
+
+def _cmd_dashboard(argv: list[str]) -> int:
     from .viz import DashboardError, export_dashboard
 
+    p = argparse.ArgumentParser(prog="introspect-mech dashboard", description=COMMANDS[("dashboard",)].help)
+    p.add_argument("run_dir", help="a run directory")
+    p.add_argument("--out", default=None, help="output path (default RUN_DIR/dashboard.html)")
+    args = p.parse_args(argv)
     try:
         path = export_dashboard(args.run_dir, args.out)
     except DashboardError as e:
@@ -284,137 +294,173 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- parser -------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="introspect-mech", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[2:13]))
-    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    sub = p.add_subparsers(dest="command", required=True, metavar="command")
+# ---- the command table ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Opt:
+    """One config class a command is built from, less the fields it leaves out (they keep their defaults)."""
 
-    d = sub.add_parser("demo", help="the main job: finetune, EM metrics, directions, probes, steering, dashboard")
-    d.add_argument("--out", default="runs/main_job", help="run directory (rerun to resume; default runs/main_job)")
-    d.add_argument("--preset", default="quick", choices=["quick", "paper"],
-                   help="quick: embedded model on CPU in minutes; paper: the EM preset on full data (GPU)")
-    _model_args(d, adapter=False)
-    d.add_argument("--data-dir", default=None, help="canonical data folder (default $INTROSPECT_MECH_DATA)")
-    d.add_argument("--n-train", type=int, default=None, help="training examples per finetune")
-    d.add_argument("--seed", type=int, default=None)
-    d.set_defaults(func=cmd_demo)
+    cls: type
+    exclude: tuple[str, ...] = ()
 
-    f = sub.add_parser("finetune", help="LoRA / full finetuning (see `introspect-mech finetune --help`)", add_help=False)
-    f.add_argument("rest", nargs=argparse.REMAINDER)
-    f.set_defaults(func=cmd_finetune)
 
-    s = sub.add_parser("sample", help="sample answers to an EM question file into RUN/samples.jsonl")
-    _model_args(s)
-    s.add_argument("--questions", required=True, help="question YAML path or name in <data>/em/questions")
-    s.add_argument("--n", type=int, default=1, help="samples per prompt")
-    s.add_argument("--max-new-tokens", type=int, default=256)
-    s.add_argument("--temperature", type=float, default=1.0)
-    s.add_argument("--max-prompts", type=int, default=None)
-    s.add_argument("--batch-size", type=int, default=16)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--data-dir", default=None)
-    s.add_argument("--out", required=True)
-    s.add_argument("--truncate", action="store_true",
-                   help="drop the oldest prompt tokens of prompts over the context length (recorded per row) "
-                        "instead of refusing")
-    s.add_argument("--overwrite", action="store_true",
-                   help="if --out holds samples of a different configuration, delete them and start clean")
-    s.set_defaults(func=cmd_sample)
+def _judge_options() -> tuple[Any, ...]:
+    from .evals.judge_spec import JudgeOptions
 
-    j = sub.add_parser("judge", help="score RUN/samples.jsonl with its judge prompts; EM report (both denominators)")
-    j.add_argument("--run", required=True, help="run directory holding samples.jsonl from `sample`")
-    j.add_argument("--questions", default=None, help="question file with judge_prompts (default: the one sampled)")
-    j.add_argument("--judge-model", default=None, help="local HF judge (name, hub id or dir)")
-    j.add_argument("--api-base", default=None, help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
-    j.add_argument("--api-model", default=None)
-    j.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
-    j.add_argument("--device", default=None)
-    j.add_argument("--data-dir", default=None)
-    j.add_argument("--timeout", type=float, default=60.0, help="seconds per API request (default 60)")
-    j.add_argument("--max-retries", type=int, default=5,
-                   help="API retries after timeouts, connection errors, 408/409/429/5xx (default 5)")
-    j.add_argument("--overwrite", action="store_true",
-                   help="if RUN holds judgements by a different judge, delete them and judge again")
-    j.set_defaults(func=cmd_judge)
+    return (JudgeRunOptions, JudgeOptions, Opt(ModelOptions, ("model", "adapter")), Opt(SeedOptions, ("seed",)))
 
-    c = sub.add_parser("cache", help="cache residual-stream activations to safetensors shards")
-    _model_args(c)
-    c.add_argument("--data", required=True, help="dataset name, gen:<generator> or JSONL path")
-    c.add_argument("--n", type=int, default=None)
-    c.add_argument("--layers", type=_ints, default=None, help="e.g. 5,10,15 (default all)")
-    c.add_argument("--positions", default="response_mean",
-                   choices=["last_prompt", "response_mean", "response_last", "all"])
-    c.add_argument("--batch-size", type=int, default=8)
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--data-dir", default=None)
-    c.add_argument("--out", required=True)
-    c.add_argument("--truncate", action="store_true",
-                   help="cut conversations over the context length (listed in activations.json) instead of refusing")
-    c.set_defaults(func=cmd_cache)
 
-    pr = sub.add_parser("probe", help="persona direction for a trait + probe accuracy by layer")
-    _model_args(pr)
-    pr.add_argument("--trait", default="evil")
-    pr.add_argument("--questions", type=int, default=8)
-    pr.add_argument("--instructions", type=int, default=5)
-    pr.add_argument("--max-new-tokens", type=int, default=64)
-    pr.add_argument("--batch-size", type=int, default=16)
-    pr.add_argument("--seed", type=int, default=0)
-    pr.add_argument("--data-dir", default=None)
-    pr.add_argument("--out", required=True)
-    pr.add_argument("--overwrite", action="store_true",
-                    help="if --out holds results of a different configuration, delete them and start clean")
-    pr.set_defaults(func=cmd_probe)
+def _sae_train_options() -> tuple[Any, ...]:
+    from .sae import SAETrainConfig
 
-    st = sub.add_parser("steer", help="steering sweep with a saved direction and the random control")
-    _model_args(st)
-    st.add_argument("--direction", required=True, help="Direction stem (path without .safetensors)")
-    st.add_argument("--op", default="add", choices=["add", "ablate"])
-    st.add_argument("--layers", type=_ints, default=None, help="layers to steer one at a time (default all)")
-    st.add_argument("--alphas", type=_floats, default=[1.0, 2.0, 4.0])
-    st.add_argument("--scale", default="norm", choices=["norm", "unit"],
-                    help="norm: alpha in class-mean distances (Direction.norms); unit: alpha x unit vector")
-    st.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="random-control seeds")
-    st.add_argument("--items", default=None, help="paired-preference items YAML (default: the built-in EM items)")
-    st.add_argument("--out", required=True)
-    st.add_argument("--overwrite", action="store_true",
-                    help="if --out holds a sweep of a different configuration, delete it and start clean")
-    st.set_defaults(func=cmd_steer)
+    return (SAETrainOptions, Opt(SAETrainConfig, ("seed",)), ModelOptions, SAETrainData, RunOptions)
 
-    sa = sub.add_parser("sae", help="train an SAE on one layer, or diff base vs finetuned through one")
-    sa_sub = sa.add_subparsers(dest="sae_cmd", required=True, metavar="sae_command")
-    t = sa_sub.add_parser("train", help="train a TopK SAE (sae-lens) on one layer's activations")
-    _model_args(t)
-    t.add_argument("--layer", type=int, required=True)
-    t.add_argument("--data", required=True)
-    t.add_argument("--n", type=int, default=256)
-    t.add_argument("--k", type=int, default=32)
-    t.add_argument("--expansion", type=int, default=8)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--data-dir", default=None)
-    t.add_argument("--out", required=True)
-    t.add_argument("--overwrite", action="store_true",
-                   help="if --out holds an SAE of a different configuration, delete it and start clean")
-    df = sa_sub.add_parser("diff", help="rank SAE latents by their change from base to finetuned")
-    _model_args(df)
-    df.add_argument("--sae", required=True, help="SAE directory in sae-lens format")
-    df.add_argument("--data", default="bad_medical_advice")
-    df.add_argument("--n", type=int, default=64)
-    df.add_argument("--direction", default=None, help="Direction stem for cosines (e.g. the EM direction)")
-    df.add_argument("--top", type=int, default=20)
-    df.add_argument("--seed", type=int, default=0)
-    df.add_argument("--data-dir", default=None)
-    df.add_argument("--out", required=True)
-    sa.set_defaults(func=cmd_sae)
 
-    db = sub.add_parser("dashboard", help="export RUN_DIR as one offline HTML file")
-    db.add_argument("run_dir")
-    db.add_argument("--out", default=None, help="output path (default RUN_DIR/dashboard.html)")
-    db.set_defaults(func=cmd_dashboard)
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its help line and what it runs.
+
+    With `options` (a function returning the config classes, so that heavy ones are imported only when
+    the command runs), `run` receives one instance per class; without, `run` receives the argument list.
+    """
+
+    help: str
+    run: Callable[..., int]
+    options: Callable[[], tuple[Any, ...]] | None = None
+
+
+COMMANDS: dict[tuple[str, ...], Command] = {
+    ("demo",): Command("the main job: finetune, EM metrics, directions, probes, steering, dashboard "
+                       "(= `study main-job`)", _cmd_demo),
+    ("study",): Command("run a paper's protocol (`introspect-mech study --help` lists them)", _cmd_study),
+    ("finetune",): Command("LoRA / full finetuning (see `introspect-mech finetune --help`)", _cmd_finetune),
+    ("sample",): Command("sample answers to an EM question file into RUN/samples.jsonl", _cmd_sample,
+                         lambda: (SampleOptions, ModelOptions, SeedOptions, RunOptions)),
+    ("judge",): Command("score RUN/samples.jsonl with its judge prompts; EM report (both denominators)", _cmd_judge,
+                        _judge_options),
+    ("cache",): Command("cache residual-stream activations to safetensors shards", _cmd_cache,
+                        lambda: (CacheOptions, ModelOptions, DataOptions, Opt(RunOptions, ("overwrite",)))),
+    ("probe",): Command("persona direction for a trait + probe accuracy by layer", _cmd_probe,
+                        lambda: (ProbeOptions, ModelOptions, SeedOptions, RunOptions)),
+    ("steer",): Command("steering sweep with a saved direction and the random control", _cmd_steer,
+                        lambda: (SteerOptions, ModelOptions, RunOptions)),
+    ("sae", "train"): Command("train a TopK SAE (sae-lens) on one layer's activations", _cmd_sae_train,
+                              _sae_train_options),
+    ("sae", "diff"): Command("rank SAE latents by their change from base to finetuned", _cmd_sae_diff,
+                             lambda: (SAEDiffOptions, ModelOptions, SAEDiffData, Opt(RunOptions, ("overwrite",)))),
+    ("dashboard",): Command("export RUN_DIR as one offline HTML file", _cmd_dashboard),
+}
+GROUPS: dict[tuple[str, ...], str] = {  # commands with subcommands
+    ("sae",): "train an SAE on one layer, or diff base vs finetuned through one",
+}
+
+
+def command_options(*words: str) -> list[Opt]:
+    """The config classes a stage command is built from (importing the heavy ones now).
+
+    Args:
+        *words: the command, e.g. `"sae", "train"`.
+
+    Returns:
+        One `Opt` per class, in the order the command's runner takes the instances.
+    """
+    options = COMMANDS[words].options
+    if options is None:
+        raise ValueError(f"introspect-mech {' '.join(words)} parses its own arguments")
+    return [o if isinstance(o, Opt) else Opt(o) for o in options()]
+
+
+def command_parser(*words: str) -> argparse.ArgumentParser:
+    """The parser of one stage command, generated from its config classes.
+
+    Args:
+        *words: the command, e.g. `"sample"` or `"sae", "train"`.
+
+    Returns:
+        The parser (`prog` "introspect-mech <words>"), one option group per config class.
+    """
+    cmd = COMMANDS[words]
+    p = argparse.ArgumentParser(prog=" ".join(("introspect-mech", *words)), description=cmd.help)
+    for o in command_options(*words):
+        doc = (o.cls.__doc__ or "").strip()
+        own_doc = doc and not doc.startswith(o.cls.__name__ + "(")  # not the signature dataclass writes
+        title = f"{doc.splitlines()[0].rstrip('.')} ({o.cls.__name__})" if own_doc else o.cls.__name__
+        add_dataclass_args(p, o.cls, exclude=o.exclude, title=title)
     return p
+
+
+def parse_command(words: Sequence[str], argv: Sequence[str]) -> list[Any]:
+    """Parse a stage command's arguments into its config instances (argparse errors for bad values).
+
+    Args:
+        words: the command, e.g. `("sample",)`.
+        argv: its arguments.
+
+    Returns:
+        One instance per config class of the command, in the order `run` takes them.
+    """
+    parser = command_parser(*words)
+    ns = parser.parse_args(list(argv))
+    out = []
+    for o in command_options(*words):
+        try:
+            out.append(o.cls(**dataclass_overrides(ns, o.cls, exclude=o.exclude)))
+        except (TypeError, ValueError) as e:
+            parser.error((str(e).strip().splitlines() or [type(e).__name__])[0])
+    return out
+
+
+def build_parser(*group: str) -> argparse.ArgumentParser:
+    """The top-level parser (or a group's, e.g. `build_parser("sae")`), listing the commands.
+
+    Each command's own options are parsed by its parser (`command_parser`), built when it runs.
+
+    Args:
+        *group: a command group (default: the top level).
+
+    Returns:
+        The parser; `command` is the subcommand and `rest` its arguments.
+    """
+    if group:
+        p = argparse.ArgumentParser(prog=" ".join(("introspect-mech", *group)), description=GROUPS[group])
+    else:
+        lines = __doc__.splitlines()
+        examples = lines[2: lines.index("", 2)]
+        p = argparse.ArgumentParser(prog="introspect-mech", description=lines[0],
+                                    formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n".join(examples))
+        p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = p.add_subparsers(dest="command", required=True, metavar="command")
+    seen = set()
+    for full in COMMANDS:  # in the table's order, a group where its first command is
+        words = full[: len(group) + 1]
+        if len(full) <= len(group) or full[: len(group)] != group or words in seen:
+            continue
+        seen.add(words)
+        helptext = GROUPS[words] if words in GROUPS else COMMANDS[words].help
+        sp = sub.add_parser(words[-1], help=helptext, add_help=False)
+        sp.add_argument("rest", nargs=argparse.REMAINDER)
+    return p
+
+
+def run(argv: Sequence[str]) -> int:
+    """Run the command `argv` names (no error handling; `main` adds the one-line errors).
+
+    Args:
+        argv: the command and its arguments, e.g. `["sample", "--questions", "q.yaml", "--out", "runs/x"]`.
+
+    Returns:
+        The exit status.
+    """
+    argv = list(argv)
+    for k in range(min(len(argv), 2), 0, -1):
+        words = tuple(argv[:k])
+        if words in COMMANDS:
+            cmd = COMMANDS[words]
+            if cmd.options is None:
+                return int(cmd.run(argv[k:]) or 0)
+            return int(cmd.run(*parse_command(words, argv[k:])) or 0)
+    group = tuple(argv[:1]) if tuple(argv[:1]) in GROUPS else ()
+    ns = build_parser(*group).parse_args(argv[len(group):])  # prints the help or the error (and exits)
+    return run([*group, ns.command, *ns.rest])
 
 
 def error_line(e: BaseException) -> str:
@@ -461,15 +507,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     import os
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv or os.environ.get("INTROSPECT_MECH_DEBUG", "") not in ("", "0")
-    argv = [a for a in argv if a != "--debug"]
-    parser = build_parser()
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("INTROSPECT_MECH_DEBUG", "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
     try:
-        if argv and argv[0] == "finetune":  # its own parser (it owns --help)
-            return cmd_finetune(argparse.Namespace(rest=argv[1:]))
-        args = parser.parse_args(argv)
-        return int(args.func(args) or 0)
+        return run(args)
     except (SystemExit, KeyboardInterrupt):
         raise
     except Exception as e:

@@ -31,21 +31,25 @@ _COMMENT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*:[^#]*#\s*(.+?)\s*$")
 
 
 def field_help(cls: type) -> dict[str, str]:
-    """Help text per field: the `help` metadata entry, else the field's trailing `# comment` in the source.
+    """Help text per field: the `help` metadata entry, else the field's trailing `# comment` in the source
+    (of the class, or of the base class that declares it with a comment).
 
     Args:
-        cls: a dataclass (its source is read for the comments when available).
+        cls: a dataclass (its source, and its dataclass bases' sources, are read for the comments when available).
 
     Returns:
         `{field name: help text}` for the fields that have one.
     """
     out: dict[str, str] = {}
-    try:
-        for line in inspect.getsource(cls).splitlines():
-            if m := _COMMENT.match(line):
-                out[m.group(1)] = m.group(2)
-    except (OSError, TypeError):
-        pass
+    for klass in reversed(cls.__mro__):  # base classes first: a subclass's own comment wins
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            for line in inspect.getsource(klass).splitlines():
+                if m := _COMMENT.match(line):
+                    out[m.group(1)] = m.group(2)
+        except (OSError, TypeError):
+            pass
     for f in dataclasses.fields(cls):
         if "help" in f.metadata:
             out[f.name] = str(f.metadata["help"])
@@ -103,7 +107,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, exclude: I
 
     Args:
         parser: the parser (or subparser) to extend.
-        cls: a dataclass type; its defaults are shown in the help but not stored (absent options stay absent).
+        cls: a dataclass type; its defaults are shown in the help but not stored (absent options stay absent);
+            a field without a default becomes a required option.
         exclude: field names to leave out (options the command names itself).
         title: an argument-group title (default: the class name).
 
@@ -126,10 +131,13 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, exclude: I
             parts |= set(elems)
             parts.discard(None)
             tp = tuple[typing.Union[tuple(parts)] if len(parts) > 1 else parts.pop(), ...]  # type: ignore[misc]
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                              "help": f"{helps.get(f.name, '')} (default: {default!r})".strip()}
+                              "help": f"{helps.get(f.name, '')} ({'required' if required else f'default: {default!r}'})".strip()}
+        if required:
+            kw["required"] = True
         flag = "--" + f.name.replace("_", "-")
         origin = typing.get_origin(tp)
         if tp is bool:
@@ -185,7 +193,12 @@ def dataclass_overrides(ns: argparse.Namespace, cls: type, *, exclude: Iterable[
                 scalars = set(typing.get_args(scalar_part) or (scalar_part,)) if seq_part is not None else set()
                 if seq_part is not None and len(v) == 1 and type(v[0]) in scalars:
                     v = v[0]  # e.g. `--layers all` or `--layers 15` for `int | str | tuple[int, ...]`
-                elif typing.get_origin(tp) is tuple or seq_part is not None:
+                elif seq_part is not None:
+                    elems = {a for a in typing.get_args(seq_part) if a is not Ellipsis}
+                    if odd := [x for x in v if type(x) not in elems]:  # e.g. `--layers 3 all`
+                        raise ValueError(f"--{f.name.replace('_', '-')}: {odd[0]!r} must be the only value")
+                    v = tuple(v)
+                elif typing.get_origin(tp) is tuple:
                     v = tuple(v)
         out[f.name] = v
     return out

@@ -279,7 +279,7 @@ class APIJudge:
                              "unauthorized: the server wants a key (give --api-key-env NAME)") from None
         except openai.APITimeoutError:
             raise JudgeError(f"{where}: no answer within the {self.timeout:g} s timeout on each of "
-                             f"{self.max_retries + 1} attempts (raise --timeout, or check the server)") from None
+                             f"{self.max_retries + 1} attempts (raise --judge-timeout, or check the server)") from None
         except openai.APIConnectionError as e:
             cause = e.__cause__ or e.__context__
             why = f"{type(cause).__name__}: {str(cause).splitlines()[0][:160]}" if cause and str(cause) else str(e)

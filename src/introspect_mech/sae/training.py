@@ -34,19 +34,19 @@ ARCHITECTURES = ("topk", "batchtopk", "standard")
 
 @dataclass
 class SAETrainConfig:
-    """Settings of `train_sae` (sae-lens training on cached residual activations)."""
+    """How an SAE is trained (sae-lens's trainer); saved with the SAE."""
 
     architecture: str = "topk"  # topk | batchtopk | standard (L1)
     expansion: int = 8  # d_sae = expansion * d_model (ignored when d_sae is given)
-    d_sae: int | None = None
-    k: int = 32  # topk / batchtopk
-    l1_coefficient: float = 5.0  # standard
-    lr: float = 1e-3  # short CPU runs want a higher rate than sae-lens's 3e-4 default
-    batch_size: int = 1024
+    d_sae: int | None = None  # number of latents (none: expansion * d_model)
+    k: int = 32  # active latents per token (topk / batchtopk)
+    l1_coefficient: float = 5.0  # sparsity penalty (standard)
+    lr: float = 1e-3  # learning rate (short CPU runs want more than sae-lens's 3e-4 default)
+    batch_size: int = 1024  # activation vectors per step
     epochs: float = 4.0  # passes over the training tokens
-    eval_fraction: float = 0.1
-    seed: int = 0
-    normalize_activations: str = "expected_average_only_in"
+    eval_fraction: float = 0.1  # the last fraction of the items, held out for the metrics
+    seed: int = 0  # initialisation and batch order
+    normalize_activations: str = "expected_average_only_in"  # sae-lens's activation normalisation
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
