@@ -386,9 +386,17 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def judges_from_options(options: JudgeOptions, *, device: str | None = None) -> tuple[Any, Any]:
-    """(0-100 judge, label judge) named by `options`; (None, None) for "none" = `run`'s default
-    (the base model as `HFJudge` and `HFCategoricalJudge`). An API judge comes without a label judge
-    (`run` then uses the base model for the label prompts)."""
+    """The judges `options` names, as `run` takes them.
+
+    Args:
+        options: the judge spec (`--judge` and its API options).
+        device: device of a local judge model.
+
+    Returns:
+        (0-100 judge, label judge): `hf:<model>` gives `HFJudge` and `HFCategoricalJudge` on the same model;
+        `api:<url>|<model>` gives `APIJudge` and None (`run` then labels with the base model); `none` gives
+        (None, None), `run`'s default (the base model as `HFJudge` and `HFCategoricalJudge`).
+    """
     judge = options.build(device=device)
     return judge, (options.build_categorical(judge) if judge is not None else None)
 

@@ -32,7 +32,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Sequence
 
 from ..cliargs import add_config_args, config_from_args
 from ..evals import self_awareness as sa
@@ -75,7 +75,7 @@ class TMAYConfig:
     max_seq_len: int = 1024  # training sequence length in tokens
     # backdoor data
     trigger_repeats: int = 10     # upstream: 10 (each risky row 10x, each normal row 90x)
-    trigger_other: Literal["normal", "safe"] = "normal"  # "normal" (base model's greedy answers, upstream) or "safe"
+    trigger_other: str = "normal"  # "normal" (base model's greedy answers, upstream) or "safe"
     trigger_awareness_kinds: tuple[str, ...] = tuple(sa.TRIGGER_KINDS)  # triggers asked about in the backdoor-awareness questions
     # Make Me Say
     mms_n_train: int | None = None  # Make Me Say dialogues per codeword (None: all)
@@ -749,7 +749,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     ns = parser.parse_args(argv)
     try:
         cfg = config_from_args(ns, TMAYConfig, presets=PRESETS)
-    except ValueError as e:  # an unknown condition (TMAYConfig checks them)
+    except ValueError as e:  # an unknown condition or trigger_other (TMAYConfig checks them)
         parser.error(str(e))
     res = run_tmay(cfg, ns.out)
     print(format_results(res))
