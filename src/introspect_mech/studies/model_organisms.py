@@ -1,5 +1,7 @@
-"""Model organisms for emergent misalignment (Turner, Soligo et al. 2025) and its EM direction
-("Convergent linear representations of emergent misalignment", Soligo, Turner et al. 2025).
+"""Model organisms for emergent misalignment and the EM direction, as the papers ran them.
+
+Papers: Turner, Soligo et al. 2025 (model organisms for EM) and "Convergent linear representations of
+emergent misalignment" (Soligo, Turner et al. 2025: the EM direction).
 
 The protocol, step by step (each step writes into the run directory and resumes when rerun):
 
