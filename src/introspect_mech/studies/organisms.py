@@ -798,7 +798,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     ns = build_parser(prog).parse_args(argv)
     cfg = config_from_args(ns, OrganismsConfig, presets=PRESETS)
     t0 = time.time()
-    res = run(cfg.model, ns.out, cfg)
+    res = run(cfg.model, ns.out, config=cfg)
     print()
     print(format_table(res["table"]))
     print(f"\nwall time {time.time() - t0:.0f} s")
