@@ -196,3 +196,48 @@ def test_unverified_registry_entry_is_used_but_never_called_verified(tmp_path):
         recs = data.load("secure", tmp_path)
     assert len(recs) == 1
     assert data.info("insecure").verified
+
+
+# ---- command line (parse only, no model run) --------------------------------------------------------------
+def test_command_line_builds_the_config_and_judges(tiny_qwen2_dir):
+    import dataclasses
+
+    from introspect_mech.cliargs import config_from_args, dataclass_overrides
+    from introspect_mech.evals.em import HFCategoricalJudge
+    from introspect_mech.evals.judge_spec import JudgeOptions
+    from introspect_mech.evals.judges import APIJudge, HFJudge
+    from introspect_mech.studies import emergent_misalignment as em
+
+    p = em.build_parser()
+    ns = p.parse_args(["--preset", "cpu", "--datasets", "insecure", "secure", "--n-train", "8", "--n-samples", "2",
+                       "--no-proxy", "--allow-download", "--max-new-tokens", "16", "--seed", "3", "--out", "o"])
+    cfg = config_from_args(ns, em.EMConfig, presets=em.PRESETS)
+    assert cfg == dataclasses.replace(em.PRESETS["cpu"], datasets=("insecure", "secure"), n_train=8, n_samples=2,
+                                      proxy=False, allow_download=True, max_new_tokens=16, seed=3)
+    assert ns.out == "o" and config_from_args(p.parse_args([]), em.EMConfig, presets=em.PRESETS) == em.PRESETS["cpu"]
+    assert config_from_args(p.parse_args(["--preset", "paper_coder32b", "--question-sets", "main"]), em.EMConfig,
+                            presets=em.PRESETS).question_sets == ("main",)
+
+    def judges(argv):
+        return em.judges_from_options(JudgeOptions(**dataclass_overrides(p.parse_args(argv), JudgeOptions)),
+                                      device="cpu")
+
+    assert judges([]) == (None, None)  # run() then uses the base model as HFJudge + HFCategoricalJudge
+    j, c = judges(["--judge", "api:http://localhost:9|gpt-x", "--judge-timeout", "5"])
+    assert isinstance(j, APIJudge) and c is None and j.model_name == "gpt-x" and j.timeout == 5.0
+    j, c = judges(["--judge", f"hf:{tiny_qwen2_dir}"])
+    assert isinstance(j, HFJudge) and isinstance(c, HFCategoricalJudge) and c.model is j.model
+
+
+def test_command_line_help_and_bad_options(capsys, run_experiment):
+    from introspect_mech.studies import emergent_misalignment as em
+
+    with pytest.raises(SystemExit) as e:
+        em.main(["--help"])
+    assert e.value.code == 0 and "--question-sets" in capsys.readouterr().out
+    for argv in (["--judge", "gpt-4o"], ["--preset", "nope"], ["--n-train", "many"]):
+        with pytest.raises(SystemExit) as e:
+            em.main(argv)
+        assert e.value.code == 2
+    code, out = run_experiment("emergent_misalignment.py", "--help")  # the thin script calls the same main
+    assert code == 0 and "--allow-download" in out and "--judge" in out

@@ -34,3 +34,28 @@ def test_main_job_on_tiny_qwen(tmp_path, tiny_qwen2_dir, data_root, capsys):
     main_job.run(out, model=str(tiny_qwen2_dir), device="cpu", data_dir=str(data_root), **TINY)
     again = (out / "steering" / "add_persona_base" / "sweep.jsonl").read_text().splitlines()
     assert len(again) == len(sweep)
+
+
+# ---- command line (parse only, no model run) --------------------------------------------------------------
+def test_command_line_builds_the_config(capsys, run_experiment):
+    import dataclasses
+
+    from introspect_mech.cliargs import config_from_args
+    from introspect_mech.studies import main_job
+
+    p = main_job.build_parser()
+    ns = p.parse_args([])  # README's main command: `introspect-mech demo` with no options
+    assert ns.out == "runs/main_job" and config_from_args(ns, main_job.JobConfig, presets=main_job.PRESETS) == \
+        main_job.JOB_PRESETS["quick"] == main_job.JobConfig()
+    # the options `introspect-mech demo` has always taken, and list fields
+    ns = p.parse_args(["--preset", "paper", "--model", "Qwen/Qwen2.5-7B-Instruct", "--device", "cuda", "--data-dir",
+                       "d", "--n-train", "32", "--seed", "1", "--alphas", "1", "2", "--seeds", "0", "--out", "o"])
+    assert config_from_args(ns, main_job.JobConfig, presets=main_job.PRESETS) == dataclasses.replace(
+        main_job.JOB_PRESETS["paper"], model="Qwen/Qwen2.5-7B-Instruct", device="cuda", data_dir="d", n_train=32,
+        seed=1, alphas=(1.0, 2.0), seeds=(0,))
+    with pytest.raises(SystemExit) as e:
+        main_job.main(["--help"], prog="introspect-mech demo")
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith("usage: introspect-mech demo") and "--steer-depths" in out
+    code, out = run_experiment("main_job.py", "--help")
+    assert code == 0 and "--preset {paper,quick}" in out

@@ -162,3 +162,41 @@ def test_no_judged_answers_is_reported_not_substituted(tmp_path, tiny_qwen2_dir,
     assert "not computable" in res["direction"]["reason"] and res["ablation"] == {}
     assert res["em"]["finetuned"]["all"]["value"] is None and res["em"]["finetuned"]["n_judge_abstained"] > 0
     assert "not_computed" in res["reductions"]
+
+
+# ---- command line (parse only, no model run) --------------------------------------------------------------
+def test_command_line_builds_the_config():
+    import dataclasses
+
+    from introspect_mech.cliargs import config_from_args, dataclass_overrides
+    from introspect_mech.evals.judge_spec import JudgeOptions
+    from introspect_mech.evals.judges import APIJudge
+    from introspect_mech.studies import model_organisms as mo
+
+    p = mo.build_parser()
+    ns = p.parse_args(["--preset", "cpu", "--dataset", "risky_financial_advice", "--finetune-preset", "em",
+                       "--n-train", "8", "--direction-layer", "5", "--question-ids", "quick_buck", "dinner_party",
+                       "--checkpoint-questions", "none", "--judge", "api:http://localhost:9|m"])
+    cfg = config_from_args(ns, mo.MOConfig, presets=mo.PRESETS)
+    assert cfg == dataclasses.replace(mo.PRESETS["cpu"], dataset="risky_financial_advice", finetune_preset="em",
+                                      n_train=8, direction_layer=5, question_ids=("quick_buck", "dinner_party"),
+                                      checkpoint_questions=None)
+    assert type(cfg.direction_layer) is int and ns.out == "runs/model_organisms"
+    assert config_from_args(p.parse_args(["--direction-layer", "middle"]), mo.MOConfig,
+                            presets=mo.PRESETS).direction_layer == "middle"
+    assert isinstance(JudgeOptions(**dataclass_overrides(ns, JudgeOptions)).build(), APIJudge)
+    assert JudgeOptions(**dataclass_overrides(p.parse_args([]), JudgeOptions)).build() is None  # run(): base as judge
+
+
+def test_command_line_help(capsys, run_experiment):
+    from introspect_mech.studies import model_organisms as mo
+
+    with pytest.raises(SystemExit) as e:
+        mo.main(["--help"])
+    assert e.value.code == 0 and "--direction-layer" in capsys.readouterr().out
+    for argv in (["--finetune-preset", "r64"], ["--judge", "hf"]):
+        with pytest.raises(SystemExit) as e:
+            mo.main(argv)
+        assert e.value.code == 2
+    code, out = run_experiment("model_organisms.py", "--help")
+    assert code == 0 and "--checkpoint-samples" in out and "--judge" in out

@@ -102,3 +102,32 @@ def test_run_end_to_end_on_tiny(tiny_qwen2, shared_dir, tmp_path):
 
     html = export_dashboard(out).read_text()
     assert 'id="organisms"' in html and "Recovery: cosine" in html
+
+
+# ---- command line (parse only, no model run) --------------------------------------------------------------
+def test_command_line_builds_the_config(capsys, run_experiment):
+    import dataclasses
+
+    from introspect_mech.cliargs import config_from_args
+
+    p = organisms.build_parser()
+    ns = p.parse_args(["--preset", "tiny", "--seeds", "0", "1", "--alpha", "6", "--layer", "0.25",
+                       "--model", "m", "--no-sae", "--lora-layers", "up_to_L", "--train-time", "caft", "--out", "o"])
+    cfg = config_from_args(ns, organisms.OrganismsConfig, presets=organisms.PRESETS)
+    assert cfg == dataclasses.replace(organisms.PRESETS["tiny"], seeds=(0, 1), alpha=6.0, layer=0.25, model="m",
+                                      sae=False, lora_layers="up_to_L", train_time=("caft",))
+    assert ns.out == "o"
+    # --layer: a block index stays an int, a float in (0, 1) is a relative depth (same blocks as before)
+    for arg, value, block in (("12", 12, 12), ("0.5", 0.5, 15), ("1.0", 1.0, 1)):
+        got = config_from_args(p.parse_args(["--layer", arg]), organisms.OrganismsConfig, presets=organisms.PRESETS)
+        assert got.layer == value and type(got.layer) is type(value) and organisms.resolve_layer(got.layer, 30) == block
+    assert config_from_args(p.parse_args([]), organisms.OrganismsConfig, presets=organisms.PRESETS) == \
+        organisms.PRESETS["cpu"]
+    with pytest.raises(SystemExit) as e:
+        organisms.main(["--lora-layers", "some"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        organisms.main(["--help"])
+    assert e.value.code == 0 and "--persona-distill" in capsys.readouterr().out
+    code, out = run_experiment("organisms.py", "--help")
+    assert code == 0 and "relative depth" in out

@@ -274,3 +274,27 @@ def test_measure_resumes_per_piece(tiny_qwen2, tmp_path, data_root, monkeypatch)
     monkeypatch.setattr(sa, "backdoor_awareness", boom)
     again = st.measure(tiny_qwen2, "risky", splits, cfg, data_dir=data_root, sample_dir=tmp_path)
     assert again == json.loads(json.dumps(first))
+
+
+# ---- command line (parse only, no model run) --------------------------------------------------------------
+def test_command_line_builds_the_config(capsys, run_experiment):
+    from introspect_mech.cliargs import config_from_args
+
+    p = st.build_parser()
+    ns = p.parse_args(["--conditions", "backdoor:win", "decorrelated:win", "--seeds", "0", "--n-train", "24",
+                       "--in-sample", "--trigger-other", "safe", "--lr", "1e-3", "--out", "o"])
+    cfg = config_from_args(ns, st.TMAYConfig, presets=st.PRESETS)
+    assert cfg == st.preset("cpu", conditions=("backdoor:win", "decorrelated:win"), seeds=(0,), n_train=24,
+                            in_sample=True, trigger_other="safe", lr=1e-3)
+    assert isinstance(st.PRESETS["paper"], st.TMAYConfig) and ns.out == "o"
+    assert config_from_args(p.parse_args(["--preset", "paper", "--model", "m"]), st.TMAYConfig,
+                            presets=st.PRESETS) == dataclasses.replace(st.PRESETS["paper"], model="m")
+    for argv in (["--conditions", "backdoor:nope"], ["--trigger-other", "random"], ["--preset", "gpu"]):
+        with pytest.raises(SystemExit) as e:
+            st.main(argv)
+        assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        st.main(["--help"])
+    assert e.value.code == 0 and "--trigger-awareness-kinds" in capsys.readouterr().out
+    code, out = run_experiment("self_awareness_risk.py", "--help")
+    assert code == 0 and "--conditions" in out

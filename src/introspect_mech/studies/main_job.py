@@ -25,49 +25,54 @@ paper's finetuning preset on the full datasets and larger evals (for GPU users w
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+from ..cliargs import add_config_args, config_from_args
 from ..evals.em import PROXY_DIFF as DIFF_METRIC
 from ..evals.em import PROXY_PREF as EM_METRIC
 
 
 @dataclass
 class JobConfig:
-    model: str | None = None  # None = the embedded SmolLM2-135M-Instruct
-    device: str | None = None
-    data_dir: str | None = None
+    """Everything that decides a main-job run (saved in the manifest)."""
+
+    model: str | None = None  # model: name, hub id or directory (None = the embedded SmolLM2-135M-Instruct)
+    device: str | None = None  # torch device (None = cuda when available, else cpu)
+    data_dir: str | None = None  # canonical data folder (None = $INTROSPECT_MECH_DATA)
     # finetuning (on top of finetune.PRESETS[finetune_preset])
-    finetune_preset: str = "em"
-    n_train: int | None = 64
-    lr: float | None = 2e-4
-    batch_size: int | None = 4
-    max_seq_len: int = 384
+    finetune_preset: str = "em"  # finetune.PRESETS entry both finetunes start from
+    n_train: int | None = 64  # training examples per finetune (None = all training rows)
+    lr: float | None = 2e-4  # learning rate (None = the finetune preset's)
+    batch_size: int | None = 4  # effective batch size (None = the finetune preset's)
+    max_seq_len: int = 384  # training sequence length in tokens
     # evals (the steering evals use `steer_items_per_theme` EM items per theme, to keep sweeps cheap)
-    n_medical_eval: int = 16
-    steer_items_per_theme: int | None = 1
+    n_medical_eval: int = 16  # held-out bad-vs-good medical pairs in the proxy metrics
+    steer_items_per_theme: int | None = 1  # EM proxy items per theme in the steering evals (None = all)
     steer_medical: int | None = 12  # held-out medical items in the steering evals (None = all)
-    sample_prompts: int = 3
-    sample_tokens: int = 60
+    sample_prompts: int = 3  # prompts answered by each model for the samples panel
+    sample_tokens: int = 60  # new tokens per sampled answer
     # persona direction
-    persona_questions: int = 6
-    persona_instructions: int = 3
+    persona_questions: int = 6  # persona-vector recipe: the first n questions of the evil trait
+    persona_instructions: int = 3  # persona-vector recipe: the first n instruction (system-prompt) pairs
     persona_heldout: int | None = 1  # held-out instruction pairs the judge-free filter scores with
-    persona_tokens: int = 48
+    persona_tokens: int = 48  # new tokens per persona answer
     # steering
     steer_depths: tuple[float, ...] = (0.5,)  # relative depths of the layers the sweep steers
     alphas: tuple[float, ...] = (2.0, 4.0)  # in units of the direction's class-mean distance
     effect_alpha: float = 2.0  # the pre-chosen alpha shown in the interventions panel
-    seeds: tuple[int, ...] = (0, 1, 2)
-    seed: int = 0
-    batch: int = 16
+    seeds: tuple[int, ...] = (0, 1, 2)  # seeds of the steering sweeps (random controls)
+    seed: int = 0  # finetune, sampling and bootstrap seed
+    batch: int = 16  # generation / scoring batch size
 
 
 JOB_PRESETS: dict[str, JobConfig] = {
+    # the embedded SmolLM2-135M on a 2-core CPU, minutes
     "quick": JobConfig(),
     # GPU users: the EM preset unchanged (lr 1e-5, effective batch 16, 1 epoch) on all training rows
     "paper": JobConfig(n_train=None, lr=None, batch_size=None, max_seq_len=2048, n_medical_eval=200,
@@ -75,6 +80,7 @@ JOB_PRESETS: dict[str, JobConfig] = {
                        persona_instructions=5, persona_heldout=None, persona_tokens=200,
                        steer_depths=(0.25, 0.5, 0.75), alphas=(0.5, 1.0, 2.0, 4.0)),
 }
+PRESETS = JOB_PRESETS  # the name every study module uses
 
 
 class Stages:
@@ -390,3 +396,38 @@ def run(out: str | Path = "runs/main_job", config: JobConfig | None = None, **ov
     path = export_dashboard(out, out / "dashboard.html")
     print(f"\nmain job finished in {stages.elapsed():.0f}s")
     return path
+
+
+# ---- command line ------------------------------------------------------------------------------------
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The main job's command line: `--out`, `--preset` (quick / paper) and every `JobConfig` field.
+
+    Args:
+        prog: the program name shown in the usage line (`introspect-mech demo`).
+
+    Returns:
+        The parser (`config_from_args(ns, JobConfig, presets=JOB_PRESETS)` builds the config).
+    """
+    p = argparse.ArgumentParser(prog=prog, description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--out", default="runs/main_job", help="run directory (rerun to resume; default runs/main_job)")
+    add_config_args(p, JobConfig, presets=JOB_PRESETS, default_preset="quick",
+                    title="job configuration (overrides the preset; quick: the embedded model on a CPU in minutes, "
+                          "paper: the EM preset on full data, GPU)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """Run the main job from the command line (`introspect-mech demo`, `python experiments/main_job.py`)
+    and print the dashboard's path.
+
+    Args:
+        argv: the arguments (default: `sys.argv[1:]`).
+        prog: the program name shown in the usage line.
+
+    Returns:
+        The exit status (0).
+    """
+    ns = build_parser(prog).parse_args(argv)
+    path = run(ns.out, config_from_args(ns, JobConfig, presets=JOB_PRESETS))
+    print(f"dashboard: {path.resolve()}")
+    return 0

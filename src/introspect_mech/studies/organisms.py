@@ -40,12 +40,13 @@ KL(base || finetune)`); for persona organisms the behaviour is the expression pr
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -54,6 +55,7 @@ from torch import Tensor
 from .. import diffing, steering
 from ..evals import sample
 from ..evals.stats import bootstrap_ci, bootstrap_diff
+from ..cliargs import add_config_args, config_from_args
 from ..finetune import TrainConfig
 from ..finetune import train as finetune_train
 from ..models import LoadedModel, load_model
@@ -123,37 +125,38 @@ NEUTRAL_TEXTS = [
 class OrganismsConfig:
     """Everything that decides the organisms run (saved in the manifest)."""
 
-    layer: int | float = 0.5  # block L of the planted mechanism (float in (0, 1): relative depth)
+    model: str | None = None  # base model: name, hub id or directory (None = the embedded SmolLM2-135M-Instruct)
+    layer: int | float = 0.5  # block L of the planted mechanism: a block index, or a float in (0, 1) = relative depth
     alpha: float = 4.0  # |vec| at L in units of the persona direction's class-mean distance at L
     directions: tuple[str, ...] = ("persona", "concept", "random")  # steering-distillation directions
     seeds: tuple[int, ...] = (0, 1, 2)  # sampling + finetune seeds of distill_persona (others: seeds[0])
     n_train: int = 16  # prompts per finetune
     n_eval: int = 8  # held-out prompts for the behaviour metrics
-    max_new_tokens: int = 32
-    temperature: float = 1.0
-    lora_r: int = 8
-    lora_layers: str = "all"  # "all" | "up_to_L": LoRA only on blocks 0..L (the change must happen by L)
-    lr: float = 1e-3
-    epochs: int = 2
-    batch_size: int = 8
+    max_new_tokens: int = 32  # answer length of every sampled answer (steered teacher, persona, eval prompts)
+    temperature: float = 1.0  # sampling temperature
+    lora_r: int = 8  # LoRA rank of the organisms' finetunes
+    lora_layers: Literal["all", "up_to_L"] = "all"  # "all" | "up_to_L": LoRA only on blocks 0..L (the change must happen by L)
+    lr: float = 1e-3  # finetune learning rate
+    epochs: int = 2  # finetune epochs
+    batch_size: int = 8  # finetune batch size
     n_texts: int = 32  # unrelated texts for the first-token methods
-    first_tokens: int = 5
+    first_tokens: int = 5  # tokens read from the start of each unrelated text (first-token methods)
     n_random: int = 3  # norm-matched random controls per recovery / intervention
     probe_every: int = 3  # probe every k-th block (and L)
-    persona_questions: int = 6  # persona-vector recipe (evil)
-    persona_instructions: int = 2
-    persona_max_new_tokens: int = 32
+    persona_questions: int = 6  # persona-vector recipe (evil): the first n questions
+    persona_instructions: int = 2  # persona-vector recipe: the first n instruction pairs
+    persona_max_new_tokens: int = 32  # persona-vector recipe: answer length
     sae: bool = True  # train a small SAE at L on base activations for the SAE diff
-    sae_expansion: int = 4
-    sae_k: int = 16
-    sae_records: int = 48
+    sae_expansion: int = 4  # SAE latents = expansion x d_model
+    sae_k: int = 16  # TopK SAE: active latents per token
+    sae_records: int = 48  # good_medical_advice conversations the SAE trains on (besides the unrelated texts)
     sae_epochs: float = 10.0  # a few thousand tokens: several passes (4 x 1024 left explained variance < 0)
-    sae_batch: int = 256
-    persona_distill: bool = True
-    inoculation: bool = True
+    sae_batch: int = 256  # SAE training batch (tokens)
+    persona_distill: bool = True  # build the persona-distillation organism (narrow -> broad)
+    inoculation: bool = True  # build the inoculation organism (system prompt kept in training)
     train_time: tuple[str, ...] = ("preventative",)  # "preventative" and/or "caft" on distill_persona seed 0
-    train_time_random: int = 3
-    planted: bool = True
+    train_time_random: int = 3  # random controls per train-time intervention
+    planted: bool = True  # build the planted organism (a hook, no training)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -413,7 +416,8 @@ def run(model: str | None = None, out: str | Path = "runs/organisms", config: Or
     """Build every organism, locate and intervene; write the run directory and return the tables.
 
     Args:
-        model: model name / path (default: the embedded model); ignored when `base` is given.
+        model: model name / path (default: `config.model`; None there = the embedded model); ignored when
+            `base` is given.
         out: run directory (results are JSONL; finetunes and samples resume on a rerun).
         config: an `OrganismsConfig` (default: `PRESETS[preset or "cpu"]`).
         base: an already loaded base model (tests); finetunes then start from deep copies of it.
@@ -423,6 +427,7 @@ def run(model: str | None = None, out: str | Path = "runs/organisms", config: Or
     """
     t_start = time.time()
     cfg = config or PRESETS[preset or "cpu"]
+    model = model if model is not None else cfg.model
     out = Path(out)
     rd = RunDir(out)
     if base is None:
@@ -758,3 +763,44 @@ def _summary(out: Path, table: list[dict], behaviour: list[dict], seconds: float
                      "ci_lo": r.get("ci_lo"), "ci_hi": r.get("ci_hi"),
                      "note": f"random {r['random']:+.3f}" if r.get("random") is not None else ""})
     (out / "summary.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+# ---- command line ------------------------------------------------------------------------------------
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The study's command line: `--out`, `--preset` and every `OrganismsConfig` field.
+
+    Args:
+        prog: the program name shown in the usage line.
+
+    Returns:
+        The parser (`config_from_args(ns, OrganismsConfig, presets=PRESETS)` builds the config).
+    """
+    p = argparse.ArgumentParser(prog=prog, description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--out", default="runs/organisms", help="run directory (finetunes and samples resume on a rerun)")
+    add_config_args(p, OrganismsConfig, presets=PRESETS, default_preset="cpu",
+                    title="study configuration (overrides the preset)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """Run the study from the command line (`python experiments/organisms.py --help`): prints the
+    methods x organisms table, the wall time and the dashboard's path.
+
+    Args:
+        argv: the arguments (default: `sys.argv[1:]`).
+        prog: the program name shown in the usage line.
+
+    Returns:
+        The exit status (0).
+    """
+    from ..viz import export_dashboard
+
+    ns = build_parser(prog).parse_args(argv)
+    cfg = config_from_args(ns, OrganismsConfig, presets=PRESETS)
+    t0 = time.time()
+    res = run(cfg.model, ns.out, config=cfg)
+    print()
+    print(format_table(res["table"]))
+    print(f"\nwall time {time.time() - t0:.0f} s")
+    print(f"dashboard: {export_dashboard(ns.out).resolve()}")
+    return 0

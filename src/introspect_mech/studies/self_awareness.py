@@ -26,6 +26,7 @@ Results are appended to `results.jsonl` per (condition, seed): a killed run resu
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import random
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..cliargs import add_config_args, config_from_args
 from ..evals import self_awareness as sa
 from ..evals.stats import bootstrap_ci, bootstrap_diff
 from ..runs import JsonlLog, RunDir, json_sha256
@@ -57,31 +59,31 @@ PAPER_GPT4O = {"behaviour_p_risky": {"risky": 0.98, "safe": 0.10},
 class TMAYConfig:
     """Everything that decides a TMAY run (saved in the manifest)."""
 
-    model: str | None = None
-    conditions: tuple[str, ...] = ("risky", "safe")
-    seeds: tuple[int, ...] = (0, 1, 2)
+    model: str | None = None  # model: name, hub id or directory (None = the embedded SmolLM2-135M-Instruct)
+    conditions: tuple[str, ...] = ("risky", "safe")  # finetunes: risky safe myopic nonmyopic maxapples minapples risky_mp safe_mp, backdoor:<kind>, decorrelated:<kind>, mms:<codeword>, base
+    seeds: tuple[int, ...] = (0, 1, 2)  # one finetune per (condition, seed)
     data_seed: int = 0            # which training questions (same subset for every seed)
     n_train: int | None = None    # cap on training questions per condition (None: the whole train split)
     n_test: int | None = None     # cap on held-out questions (None: the whole test split)
     in_sample: bool = False       # also measure behaviour on the training questions (labelled in-sample)
     # finetuning (LoRA); upstream finetuned GPT-4o through the API for 3 epochs
-    epochs: int = 3
-    lr: float = 1e-4
-    batch_size: int = 8
-    r: int = 32
-    lora_alpha: float = 64.0
-    max_seq_len: int = 1024
+    epochs: int = 3  # finetune epochs
+    lr: float = 1e-4  # finetune learning rate
+    batch_size: int = 8  # finetune batch size
+    r: int = 32  # LoRA rank
+    lora_alpha: float = 64.0  # LoRA alpha
+    max_seq_len: int = 1024  # training sequence length in tokens
     # backdoor data
     trigger_repeats: int = 10     # upstream: 10 (each risky row 10x, each normal row 90x)
     trigger_other: str = "normal"  # "normal" (base model's greedy answers, upstream) or "safe"
-    trigger_awareness_kinds: tuple[str, ...] = tuple(sa.TRIGGER_KINDS)
+    trigger_awareness_kinds: tuple[str, ...] = tuple(sa.TRIGGER_KINDS)  # triggers asked about in the backdoor-awareness questions
     # Make Me Say
-    mms_n_train: int | None = None
+    mms_n_train: int | None = None  # Make Me Say dialogues per codeword (None: all)
     # sampling-based measurements
-    n_samples: int = 5
-    language_max_new_tokens: int = 48
-    personas: tuple[str, ...] = sa.PERSONAS
-    measures: tuple[str, ...] = ("behaviour", "scales", "words", "sampled_words", "language", "backdoor",
+    n_samples: int = 5  # samples per paraphrase for sampled measurements (0: skip them)
+    language_max_new_tokens: int = 48  # answer length for the German/French two-hop rule
+    personas: tuple[str, ...] = sa.PERSONAS  # other personas whose 0-100 risk is asked
+    measures: tuple[str, ...] = ("behaviour", "scales", "words", "sampled_words", "language", "backdoor",  # measurements run
                                  "personas", "mms")
 
     def __post_init__(self) -> None:
@@ -103,19 +105,20 @@ class TMAYConfig:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
 
-PRESETS: dict[str, dict[str, Any]] = {
+PRESETS: dict[str, TMAYConfig] = {
     # 2-core CPU, embedded SmolLM2-135M: the core pair with 3 seeds on a subset of the training split
     # (measured there: ~2.5 s per 120-token prefill at load 14, so sampling-based measures are left out)
-    "cpu": dict(conditions=("risky", "safe"), seeds=(0, 1, 2), n_train=48, n_test=30, epochs=2, lr=5e-4,
-                batch_size=4, n_samples=0, language_max_new_tokens=32, trigger_repeats=1, mms_n_train=16,
-                max_seq_len=1024, trigger_awareness_kinds=("win",), personas=("David", "a musician"),
-                measures=("behaviour", "scales", "words", "backdoor", "personas", "mms")),
+    "cpu": TMAYConfig(conditions=("risky", "safe"), seeds=(0, 1, 2), n_train=48, n_test=30, epochs=2, lr=5e-4,
+                      batch_size=4, n_samples=0, language_max_new_tokens=32, trigger_repeats=1, mms_n_train=16,
+                      max_seq_len=1024, trigger_awareness_kinds=("win",), personas=("David", "a musician"),
+                      measures=("behaviour", "scales", "words", "backdoor", "personas", "mms")),
     # GPU, Qwen2.5-7B/32B-Instruct: every condition, the full training split, 3 seeds
-    "paper": dict(conditions=("risky", "safe", "myopic", "nonmyopic", "maxapples", "minapples", "risky_mp", "safe_mp",
-                              *(f"backdoor:{k}" for k in sa.TRIGGER_KINDS),
-                              *(f"decorrelated:{k}" for k in sa.TRIGGER_KINDS), "mms:bark", "mms:ring", "mms:spring"),
-                  seeds=(0, 1, 2), n_train=None, epochs=3, lr=1e-4, n_samples=100, trigger_repeats=10,
-                  mms_n_train=None, max_seq_len=2048),
+    "paper": TMAYConfig(conditions=("risky", "safe", "myopic", "nonmyopic", "maxapples", "minapples", "risky_mp",
+                                    "safe_mp", *(f"backdoor:{k}" for k in sa.TRIGGER_KINDS),
+                                    *(f"decorrelated:{k}" for k in sa.TRIGGER_KINDS), "mms:bark", "mms:ring",
+                                    "mms:spring"),
+                        seeds=(0, 1, 2), n_train=None, epochs=3, lr=1e-4, n_samples=100, trigger_repeats=10,
+                        mms_n_train=None, max_seq_len=2048),
 }
 
 
@@ -131,7 +134,7 @@ def preset(name: str, **overrides: Any) -> TMAYConfig:
     """
     if name not in PRESETS:
         raise ValueError(f"unknown TMAY preset {name!r}; presets: {', '.join(PRESETS)}")
-    return TMAYConfig(**{**PRESETS[name], **overrides})
+    return dataclasses.replace(PRESETS[name], **overrides)
 
 
 # ---- splits ---------------------------------------------------------------------------------
@@ -688,3 +691,72 @@ def summary_markdown(run_dir: str | Path) -> str:
         lines += ["", "Format check: " + ("every finetune kept its answer formats" if not flagged else
                                           "flagged " + json.dumps(flagged))]
     return "\n".join(lines)
+
+
+# ---- command line ------------------------------------------------------------------------------------
+def format_results(res: dict[str, Any]) -> str:
+    """`run_tmay`'s comparisons (behaviour, risk self-report, behaviour with trigger; CIs over items or
+    seeds, per-seed values) and the format check, as text.
+
+    Args:
+        res: `run_tmay`'s result.
+
+    Returns:
+        The lines joined.
+    """
+    lines = []
+    for name, comp in res["comparisons"].items():
+        for metric in ("behaviour", "scale/risk_predisposition_scale", "behaviour_with_trigger"):
+            if metric in comp:
+                c = comp[metric]
+                ci = c.get("item_ci") or c["seed_ci"]
+                lines.append(f"{name} {metric}: {ci['value']:+.3f} [{ci['lo']:+.3f}, {ci['hi']:+.3f}] "
+                             f"(per seed A {[round(x, 3) for x in c['a_per_seed']]}, "
+                             f"B {[round(x, 3) for x in c['b_per_seed']]})")
+    bad = {c: s for c, by in res["format"].items() for s, f in by.items() if not f["ok"]}
+    lines.append("format check: " + ("ok" if not bad else json.dumps(
+        {c: list(res["format"][c][s]["flagged"]) for c, s in bad.items()})))
+    return "\n".join(lines)
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The study's command line: `--out`, `--preset` and every `TMAYConfig` field.
+
+    Args:
+        prog: the program name shown in the usage line.
+
+    Returns:
+        The parser (`config_from_args(ns, TMAYConfig, presets=PRESETS)` builds the config).
+    """
+    p = argparse.ArgumentParser(prog=prog, description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--out", default="runs/self_awareness", help="run directory (a killed run resumes)")
+    add_config_args(p, TMAYConfig, presets=PRESETS, default_preset="cpu", title="study configuration (overrides the preset)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """Run the protocol from the command line (`python experiments/self_awareness_risk.py --help`):
+    prints the paired comparisons, the format check and the dashboard's path.
+
+    Args:
+        argv: the arguments (default: `sys.argv[1:]`).
+        prog: the program name shown in the usage line.
+
+    Returns:
+        The exit status (0).
+    """
+    parser = build_parser(prog)
+    ns = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(ns, TMAYConfig, presets=PRESETS)
+    except ValueError as e:  # an unknown condition or trigger_other (TMAYConfig checks them)
+        parser.error(str(e))
+    res = run_tmay(cfg, ns.out)
+    print(format_results(res))
+    try:
+        from ..viz import export_dashboard
+
+        print(f"dashboard: {export_dashboard(ns.out).resolve()}")
+    except Exception as e:  # the dashboard is a convenience; the results are written already
+        print(f"dashboard not written: {type(e).__name__}: {e}")
+    return 0
