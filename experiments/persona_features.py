@@ -9,9 +9,11 @@ the code and its config (`PersonaFeaturesConfig`, `PRESETS`, `run`) live in
 `introspect_mech.studies.persona_features`.
 
     python experiments/persona_features.py --out /tmp/pf                          # embedded, CPU
-    python experiments/persona_features.py --model Qwen/Qwen2.5-7B-Instruct --preset paper --alpha 8 \\
+    python experiments/persona_features.py --model Qwen/Qwen2.5-7B-Instruct --preset paper --alpha ALPHA \\
         --sae "qwen2.5-7b-instruct-andyrdt:resid_post_layer_15_trainer_1" --layer 15 \\
         --judge "api:https://api.openai.com/v1|gpt-4o-2024-08-06" --out runs/pf_qwen7b
+
+(`--preset paper` has no steering strength: give `--alpha`, the paper tuned it per latent.)
 """
 
 from introspect_mech.studies.persona_features import main
