@@ -150,9 +150,63 @@ def test_picks_random_controls_and_summary():
         C.picked_subspace(pcs, {15: [5]})
     r = C.random_subspace({15: 2, 3: 1}, 4, seed=1)
     assert {k: tuple(v.shape) for k, v in r.items()} == {3: (1, 4), 15: (2, 4)}
-    assert C.preset_layers(30, C.PRESETS["cpu"]["layer_fractions"]) == [9, 14, 20]
+    assert C.preset_layers(30, C.PRESETS["cpu"].layer_fractions) == [9, 14, 20]
     s = C.summarize([{"condition": "base", "in_domain": -3.0, "ood": 0.0}, {"condition": "plain", "in_domain": -1.0, "ood": 0.4},
                      {"condition": "caft", "in_domain": -1.5, "ood": 0.1}, {"condition": "random_0", "in_domain": -1.0, "ood": 0.3},
                      {"condition": "random_1", "in_domain": -2.0, "ood": 0.5}])
     assert s["caft"] == {"in_domain_kept": 0.75, "ood_change_vs_plain": pytest.approx(-0.3)}
     assert s["random_mean"]["in_domain_kept"] == 0.75 and s["random_mean"]["ood_change_vs_plain"] == pytest.approx(0.0)
+
+
+def test_command_line_builds_the_config_and_the_judge():
+    from introspect_mech.evals.judge_spec import JudgeOptions
+
+    cfg, judge, a = C.config_from_argv([])
+    assert cfg == C.PRESETS["cpu"] == C.CAFTConfig() and judge == JudgeOptions() and a.out == "runs/caft"
+    cfg, judge, a = C.config_from_argv(["--preset", "paper", "--n-train", "8", "--pick", "9:0;14:0,1",
+                                        "--conditions", "caft", "base", "--layer-fractions", "0.25", "0.75",
+                                        "--judge", "hf:embedded", "--out", "/tmp/x"])
+    assert cfg == C.CAFTConfig(n_train=8, pick="9:0;14:0,1", conditions=("caft", "base"), layer_fractions=(0.25, 0.75),
+                               n_components=20, n_top_examples=20, n_logit_tokens=10)
+    assert judge == JudgeOptions(judge="hf:embedded") and a.out == "/tmp/x" and a.preset == "paper"
+    # the paper preset differs from the cpu one only in the PCA and card sizes (run sizes come from the options)
+    assert C.PRESETS["paper"].n_train == C.PRESETS["cpu"].n_train == 64
+    assert C.config_from_argv(["--pick", "none"])[0].pick is None
+    with pytest.raises(ValueError, match="judge"):
+        C.config_from_argv(["--judge", "gpt-4o"])
+    with pytest.raises(SystemExit) as e:
+        C.main(["--help"])
+    assert e.value.code == 0
+
+
+def test_two_stage_run_from_the_command_line_on_tiny_qwen(tiny_qwen2_dir, tmp_path, capsys):
+    data = tmp_path / "data.jsonl"
+    recs = RECORDS + [{"messages": [{"role": "user", "content": f"Question {i}?"},
+                                    {"role": "assistant", "content": f"Answer number {i}."}]} for i in range(4)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = tmp_path / "run"
+    base = ["--model", str(tiny_qwen2_dir), "--data", str(data), "--out", str(out), "--n-train", "4", "--steps", "2",
+            "--n-prompts", "3", "--n-heldout", "2", "--max-new-tokens", "4", "--layer-fractions", "0.3", "0.7",
+            "--n-components", "2", "--n-top-examples", "1", "--n-logit-tokens", "2", "--n-random", "1"]
+    assert C.main(base) == 0  # run 1: the cards, nothing else
+    assert "component cards: " in capsys.readouterr().out and not (out / "caft_results.jsonl").exists()
+    cards = [json.loads(l) for l in (out / "caft_components.jsonl").read_text().splitlines()]
+    assert [(c["layer"], c["component"]) for c in cards] == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["layers"] == [1, 2] and man["data"]["heldout_ids"] == [6, 7] and man["preset"] == "cpu"
+    assert man["judge"].startswith("none: judge-free")
+    assert C.main(base + ["--pick", "2:1", "--conditions", "caft", "base"]) == 0
+    printed = capsys.readouterr().out
+    assert [json.loads(l)["condition"] for l in printed.splitlines() if l.startswith("{")] == ["base", "caft"]
+    assert "conditions still to run: ['plain', 'random_0']" in printed and not (out / "caft_summary.json").exists()
+    assert C.main(base + ["--pick", "2:1"]) == 0  # the rest, then the summary
+    rows = {r["condition"]: r for r in map(json.loads, (out / "caft_results.jsonl").read_text().splitlines())}
+    assert set(rows) == {"base", "plain", "caft", "random_0"}
+    summ = json.loads((out / "caft_summary.json").read_text())
+    assert summ == C.summarize([rows[c] for c in ("base", "plain", "caft", "random_0")])
+    assert len((out / "summary.jsonl").read_text().splitlines()) == 6
+    assert [c["picked"] for c in map(json.loads, (out / "caft_components.jsonl").read_text().splitlines())] == \
+        [False, False, False, True]
+    ft = [p for p in (out / "finetunes").iterdir() if p.name.startswith("caft_")]
+    assert json.loads((ft[0] / "manifest.json").read_text())["finetune"]["intervention"].startswith(
+        "caft_subspace(dims={2: 1}")

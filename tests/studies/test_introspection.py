@@ -3,6 +3,7 @@ on tiny random Qwen checkpoints: concept vectors, injection positions/layers, ex
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from contextlib import nullcontext
@@ -406,7 +407,7 @@ def test_cli_runs_stage_b_on_tiny_qwen(tiny_qwen3_dir, tmp_path, capsys):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out = tmp_path / "cli"
-    assert mod.main(["--model", str(tiny_qwen3_dir), "--out", str(out), "--stages", "B", "--words", "dust,milk",
+    assert mod.main(["--model", str(tiny_qwen3_dir), "--out", str(out), "--stages", "B", "--words", "dust", "milk",
                      "--no-dashboard"]) == 0
     rows = [json.loads(l) for l in (out / "intention.jsonl").read_text().splitlines()]
     assert {r["condition"] for r in rows} == {"none", "matched", "wrong_concept", "random"}
@@ -445,3 +446,24 @@ def test_risk_self_report_tracking_on_tiny_qwen(tiny_qwen3_dir, tmp_path, monkey
     assert all(r["messages"][-1]["content"] in ("A", "B") for r in seen)
     track = [json.loads(l) for l in (tmp_path / "d" / "self_report_track.jsonl").read_text().splitlines()]
     assert {t["source"] for t in track} == {"steering (risk)", "finetune (risk)"}
+
+
+def test_command_line_builds_the_config_and_the_judge():
+    from introspect_mech.evals.judge_spec import JudgeOptions
+
+    cfg, judge, a = I.config_from_argv([])
+    assert cfg == I.PRESETS["cpu"] and judge == JudgeOptions() and a.out == "runs/introspection" and a.dashboard
+    cfg, judge, a = I.config_from_argv(["--preset", "paper", "--stages", "A", "--words", "dust", "milk",
+                                        "--layer-fractions", "0.67", "--strengths", "1", "2", "4", "8",
+                                        "--inject-from", "trial", "--finetune-steps", "0", "--n-words", "none",
+                                        "--judge", "hf:Qwen/Qwen2.5-7B-Instruct", "--no-dashboard"])
+    assert cfg == dataclasses.replace(I.PRESETS["paper"], stages="A", words=("dust", "milk"), layer_fractions=(0.67,),
+                                      strengths=(1.0, 2.0, 4.0, 8.0), inject_from="trial", finetune_steps=0,
+                                      n_words=None)
+    assert judge == JudgeOptions(judge="hf:Qwen/Qwen2.5-7B-Instruct") and not a.dashboard
+    assert I.config_from_argv(["--words", "abstract"])[0].words == "abstract"  # one value: a list name or file
+    with pytest.raises(SystemExit):
+        I.config_from_argv(["--inject-from", "everywhere"])
+    with pytest.raises(SystemExit) as e:
+        I.main(["--help"])
+    assert e.value.code == 0

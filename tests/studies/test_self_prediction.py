@@ -20,7 +20,7 @@ import torch
 
 from introspect_mech import load_model
 from introspect_mech.evals.self_prediction import object_key, task_files, task_property
-from introspect_mech.studies.self_prediction import PRESETS, make_splits, planted_answer, run_study, task_grid
+from introspect_mech.studies.self_prediction import PRESETS, LIConfig, make_splits, planted_answer, run_study, task_grid
 
 TRAIN = ("arc_challenge_non_cot", "power_seeking")
 TEST = ("animals_long", "survival_instinct")
@@ -276,3 +276,43 @@ def test_twin_shares_the_untrained_answers(tiny_qwen2_dir, data_root, tmp_path):
     assert (planter.seeds["self_A"], planter.seeds["self_B"]) == (0, 1)
     assert set(res["scores"]) == {"A_predicts_A", "B_predicts_B", "B_predicts_A", "A_predicts_B"}
     assert json.loads((tmp_path / "manifest.json").read_text())["twin"] is True
+
+
+def test_command_line_builds_the_config():
+    from introspect_mech.studies.self_prediction import config_from_argv, main
+
+    cfg, a = config_from_argv([])
+    assert cfg == PRESETS["cpu"] and a.out == "runs/self_prediction"
+    cfg, a = config_from_argv(["--preset", "tiny", "--n-train", "8", "--other", "none", "--no-shift", "--no-probes",
+                               "--probe-properties", "first_word", "last_character", "--lr", "0.01",
+                               "--epochs", "3", "--seed", "2", "--data-dir", "/tmp/d", "--out", "/tmp/o"])
+    tiny = PRESETS["tiny"]
+    assert cfg == tiny.replace(n_train=8, other="none", shift=False, probes=False,
+                               probe_properties=("first_word", "last_character"), seed=2, data_dir="/tmp/d",
+                               finetune=tiny.finetune.replace(lr=0.01, epochs=3))
+    assert cfg.shift_finetune == tiny.shift_finetune and a.out == "/tmp/o"
+    # the models, device and data folder are not protocol settings: the manifest's config is unchanged
+    assert cfg.replace(model="m", other="o", device="cpu", data_dir="/x").to_dict() == cfg.to_dict()
+    assert set(cfg.to_dict()) == {f for f in LIConfig.__dataclass_fields__} - {"model", "other", "device", "data_dir"}
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+
+
+def test_run_loads_the_models_the_config_names(tiny_qwen2_dir, tmp_path, monkeypatch):
+    from introspect_mech.studies import self_prediction as S
+
+    calls = []
+    monkeypatch.setattr(S, "run_study", lambda out, **kw: calls.append((out, kw)) or kw)
+    cfg = PRESETS["tiny"].replace(model=str(tiny_qwen2_dir), seed=3, data_dir="/d")
+    kw = S.run(tmp_path, cfg, progress=False)  # the default B: a twin
+    assert calls[0][0] == tmp_path and kw["config"] is cfg and kw["data_dir"] == "/d" and kw["progress"] is False
+    assert kw["models"]["A"] is kw["models"]["B"] and kw["seeds"] == {"A": 3, "B": 4}
+    assert kw["models"]["A"]().n_layers == kw["model_info"]["A"]["n_layers"]
+    assert kw["model_info"]["B"]["twin"].startswith("model A again, its finetunes seeded 4")
+    assert kw["model_info"]["A"]["name"] == str(tiny_qwen2_dir) and kw["model_info"]["A"]["flag"] is None
+    kw = S.run(tmp_path, cfg.replace(other="none"))
+    assert list(kw["models"]) == ["A"] and kw["seeds"] == {"A": 3}
+    kw = S.run(tmp_path, cfg.replace(other=str(tiny_qwen2_dir)))
+    assert kw["models"]["A"] is not kw["models"]["B"] and kw["seeds"] == {"A": 3, "B": 3}
+    assert "twin" not in kw["model_info"]["B"]

@@ -16,12 +16,17 @@
    the random controls; report in-domain held-out performance kept and the out-of-domain EM change.
 
 Deviations from the paper are listed in docs/caft.md (generic prompts, interpretation texts, judge).
+
+`run(out, CAFTConfig(...))` runs the two-stage protocol into a run directory (from a notebook);
+`main(argv)` is the command line (`python experiments/caft.py --help`).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -29,14 +34,39 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ..cliargs import add_config_args, add_dataclass_args, config_from_args, dataclass_overrides
+from ..evals.judge_spec import JudgeOptions
 from ..runs import RunDir
 from ..sae.tokens import TokenActs, token_activations
 
+
+@dataclass
+class CAFTConfig:
+    """Every option of a CAFT run (run 1 without `pick`: the component cards; run 2: CAFT vs random)."""
+
+    model: str | None = None  # model name/path/hub id (None: the embedded SmolLM2-135M-Instruct)
+    data: str = "bad_medical_advice"  # finetuning data: a registered name, gen:<generator> or a JSONL(.gz) path
+    n_train: int = 64  # training records (the first N of the data)
+    steps: int = 16  # optimizer steps of every finetune
+    lr: float = 2e-4  # learning rate of every finetune
+    n_prompts: int = 24  # generic prompts answered by the plain finetune (activation differences)
+    n_heldout: int = 24  # held-out records (the last N, never trained on): in-domain log-prob
+    max_new_tokens: int = 48  # tokens per sampled answer
+    pick: str | None = None  # components to ablate, e.g. "9:0;14:0,1" (after reading the cards); none: run 1
+    n_random: int = 2  # random subspaces of the picked dimensions (controls)
+    conditions: tuple[str, ...] | None = None  # run only these conditions now, e.g. caft base (parallel processes)
+    seed: int = 0  # seed of the finetunes, the sampling and the random controls
+    layer_fractions: tuple[float, ...] = (0.3, 0.5, 0.7)  # relative depths of the PCA layers
+    n_components: int = 6  # principal components per layer
+    n_top_examples: int = 4  # top / bottom activating examples per component card
+    n_logit_tokens: int = 8  # logit-lens tokens per sign on a component card
+
+
 # "paper": Casademunt et al. on Qwen2.5-Coder-32B-Instruct (64 blocks): PCA at 3 layers spread
 # over depth, top ~20 components inspected per layer; "cpu": the embedded model (30 blocks).
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": dict(layer_fractions=(0.19, 0.5, 0.78), n_components=20, n_top_examples=20, n_logit_tokens=10),
-    "cpu": dict(layer_fractions=(0.3, 0.5, 0.7), n_components=6, n_top_examples=4, n_logit_tokens=8),
+PRESETS: dict[str, CAFTConfig] = {
+    "paper": CAFTConfig(layer_fractions=(0.19, 0.5, 0.78), n_components=20, n_top_examples=20, n_logit_tokens=10),
+    "cpu": CAFTConfig(layer_fractions=(0.3, 0.5, 0.7), n_components=6, n_top_examples=4, n_logit_tokens=8),
 }
 
 
@@ -243,3 +273,192 @@ def write_cards(run_dir: str | os.PathLike, cards: Sequence[Mapping[str, Any]]) 
     p = RunDir(run_dir).path / "caft_components.jsonl"
     p.write_text("".join(json.dumps(c) + "\n" for c in cards))
     return p
+
+
+# ---- the two-stage run -----------------------------------------------------------------------------
+
+def generic_prompts(n: int) -> list[list[dict]]:
+    """Chat prompts unrelated to the finetuning task: the EM questions' paraphrases and the persona
+    traits' eval questions (the paper used generic chat prompts, see docs/caft.md).
+
+    Args:
+        n: how many prompts (the first `n`).
+
+    Returns:
+        Chat message lists.
+    """
+    from ..probes import load_trait
+    from .persona_features import em_questions
+
+    qs = [p["messages"] for q in em_questions() for p in q.prompts()]
+    for t in ("evil", "humorous", "optimistic", "apathetic"):
+        qs += [[{"role": "user", "content": x}] for x in load_trait(t, split="eval")["questions"]]
+    return qs[:n]
+
+
+def run(out: str | os.PathLike, config: CAFTConfig | None = None, *, judge: JudgeOptions | None = None,
+        preset: str | None = "cpu") -> dict[str, Any]:
+    """Run 1 (no `config.pick`): the plain finetune, the PCA components and their cards; run 2: the
+    finetunes with the picked subspace and random subspaces ablated, scored against base and plain.
+
+    Rerun the same call to resume (finetunes, components, cards and per-condition rows are kept).
+    Per-condition result rows are printed as they finish.
+
+    Args:
+        out: run directory.
+        config: every option (default `PRESETS["cpu"]`).
+        judge: the 0-100 judge of the judged EM rate (run 2; default none: the judge-free proxy only).
+            "hf:embedded" reuses the base model when `config.model` is the embedded one.
+        preset: the preset name recorded in the manifest.
+
+    Returns:
+        {"cards": path of caft_components.jsonl, "dashboard": path of the dashboard (None while run 2
+        has conditions left), "rows": {condition: result row} (run 2), "todo": conditions still to run,
+        "summary": the `summarize` dict or None}.
+    """
+    from .. import load_model
+    from ..evals import paired_preference, sample
+    from ..evals.em import run_em_eval
+    from ..finetune import preset as train_preset
+    from ..finetune import train
+    from ..finetune.cli import load_records
+    from ..runs import json_sha256
+    from ..steering.train_time import caft_subspace
+    from ..viz import export_dashboard
+    from .persona_features import em_questions
+
+    cfg = config or PRESETS["cpu"]
+    judge_opts = judge or JudgeOptions()
+    out = Path(out)
+    run_dir = RunDir(out)
+    load = lambda adapter=None: load_model(cfg.model, adapter=adapter, dtype=torch.float32)  # noqa: E731
+    base = load()
+    layers = preset_layers(base.n_layers, cfg.layer_fractions)
+    records = load_records(cfg.data)
+    train_recs = records[: cfg.n_train]
+    heldout = [r["messages"] for r in records[len(records) - cfg.n_heldout:]]  # never trained on
+    tcfg = train_preset("em", lr=cfg.lr, batch_size=4, warmup_steps=2, max_seq_len=384, max_steps=cfg.steps,
+                        seed=cfg.seed, epochs=100)
+    run_dir.write_manifest(title=f"CAFT on {cfg.data}", model=base.name, preset=preset, seed=cfg.seed, layers=layers,
+                           data={"train": cfg.data, "train_ids": list(range(cfg.n_train)),
+                                 "heldout_ids": list(range(len(records) - cfg.n_heldout, len(records))),
+                                 "train_sha256": json_sha256([r["messages"] for r in train_recs])},
+                           judge=judge_opts.judge if judge_opts.judge != "none"
+                           else "none: judge-free OOD proxy (paired preference)")
+    plain_dir = out / "finetunes" / "plain"
+    if not (plain_dir / "adapter" / "complete").exists():
+        train(load(), train_recs, tcfg, plain_dir)
+    ft = load(plain_dir / "adapter")
+    comp_file = out / "components.safetensors"
+    prompts = [{"id": str(i), "messages": m} for i, m in enumerate(generic_prompts(cfg.n_prompts))]
+    rows = sample(ft, prompts, n=1, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, out=out / "generic_answers.jsonl")
+    convs = [r["messages"] + [{"role": "assistant", "content": r["response"]}] for r in rows if r["response"].strip()]
+    if not comp_file.exists():
+        deltas = activation_differences(base, ft, convs, layers)
+        save_components(comp_file, {l: pca(x, cfg.n_components) for l, x in deltas.items()})
+    pcs = load_components(comp_file)
+    cards_file = out / "caft_components.jsonl"
+    if not cards_file.exists():
+        texts = convs + heldout  # interpretation texts (the paper: pretraining text; see docs)
+        write_cards(out, component_cards(base, pcs, texts, n_top=cfg.n_top_examples, n_tokens=cfg.n_logit_tokens))
+    result: dict[str, Any] = {"cards": cards_file, "dashboard": None, "rows": {}, "todo": [], "summary": None}
+    if cfg.pick is None:
+        result["dashboard"] = export_dashboard(out).resolve()
+        return result
+    picks = parse_picks(cfg.pick)
+    chosen = picked_subspace(pcs, picks)
+    cards = [json.loads(l) for l in cards_file.read_text().splitlines()]
+    for c in cards:
+        c["picked"] = c["component"] in picks.get(c["layer"], [])
+    write_cards(out, cards)
+    run_dir.write_manifest(picks={str(k): v for k, v in picks.items()})
+    scorer = judge_opts.build(model=base if cfg.model is None else None)
+    log = run_dir.log("caft_results.jsonl", ("condition", "pick"))
+    done = {r["condition"]: r for r in log.rows() if r.get("pick") == cfg.pick}
+    conds: dict[str, Any] = {"base": None, "plain": plain_dir, "caft": chosen}
+    dims = {l: int(x.shape[0]) for l, x in chosen.items()}
+    for k in range(cfg.n_random):
+        conds[f"random_{k}"] = random_subspace(dims, base.d_model, seed=cfg.seed + 1 + k)
+    only = set(cfg.conditions) if cfg.conditions else set(conds)
+    for name, spec in conds.items():
+        if name in done or name not in only:
+            continue
+        if name == "base":
+            m = base
+        elif name == "plain":
+            m = ft
+        else:
+            fdir = out / "finetunes" / f"{name}_{json_sha256(cfg.pick)[:8]}"
+            m = load()
+            if not (fdir / "adapter" / "complete").exists():
+                train(m, train_recs, tcfg, fdir, intervention=caft_subspace(m, spec))
+            else:
+                m = load(fdir / "adapter")
+        row = {"condition": name, "pick": cfg.pick, "in_domain": in_domain_logprob(m, heldout),
+               "ood": paired_preference(m, seed=cfg.seed)["mean_diff"]["value"],
+               "ood_metric": "PROXY: paired-preference mean diff, misaligned - aligned (nats/token)"}
+        if scorer is not None:
+            rep = run_em_eval(m, out / "em" / name, judge=scorer, n=2, max_new_tokens=cfg.max_new_tokens,
+                              seed=cfg.seed, question_ids=[q.id for q in em_questions()], judge_free=False)["report"]
+            row["em_rate_judged"] = rep["overall"]["em_rate"]
+            row["n_judged_valid"] = rep["overall"]["n_valid"]
+        log.append(row)
+        done[name] = row
+        print(json.dumps(row))
+    done = {r["condition"]: r for r in log.rows() if r.get("pick") == cfg.pick}
+    result["rows"] = done
+    result["todo"] = [c for c in conds if c not in done]
+    if result["todo"]:
+        return result
+    summ = summarize([done[c] for c in conds])
+    (out / "caft_summary.json").write_text(json.dumps(summ, indent=2))
+    key_rows = [{"name": "in-domain held-out log-prob/token learned by the plain finetune",
+                 "value": summ["in_domain_learned_by_plain"]},
+                {"name": "OOD proxy shift by the plain finetune (nats/token)", "value": summ["ood_shift_by_plain"]}]
+    for k in ("caft", "random_mean"):
+        key_rows.append({"name": f"{k}: in-domain learning kept", "value": summ[k]["in_domain_kept"]})
+        key_rows.append({"name": f"{k}: OOD proxy change vs plain", "value": summ[k]["ood_change_vs_plain"],
+                         "note": "proxy (paired preference), not an EM rate"})
+    (out / "summary.jsonl").write_text("".join(json.dumps(r) + "\n" for r in key_rows))
+    result["summary"] = summ
+    result["dashboard"] = export_dashboard(out).resolve()
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: `--preset`, one option per `CAFTConfig` field, the judge options and `--out`."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_config_args(p, CAFTConfig, presets=PRESETS, default_preset="cpu")
+    add_dataclass_args(p, JudgeOptions, title="judge of the judged EM rate (run 2)")
+    p.add_argument("--out", default="runs/caft", help="run directory (rerun to resume)")
+    return p
+
+
+def config_from_argv(argv: Sequence[str] | None = None) -> tuple[CAFTConfig, JudgeOptions, argparse.Namespace]:
+    """What the command line asks for: the config (the preset, then the options given), the judge
+    options and the parsed namespace (`out`, ...)."""
+    a = build_parser().parse_args(argv)
+    return config_from_args(a, CAFTConfig, presets=PRESETS), JudgeOptions(**dataclass_overrides(a, JudgeOptions)), a
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse `argv`, run the study and print what it wrote.
+
+    Args:
+        argv: command-line arguments (default `sys.argv[1:]`).
+
+    Returns:
+        The exit status (0).
+    """
+    cfg, judge, a = config_from_argv(argv)
+    res = run(a.out, cfg, judge=judge, preset=a.preset)
+    if cfg.pick is None:
+        print(f"component cards: {res['cards']}; dashboard: {res['dashboard']}")
+        print('read the cards, then rerun with --pick "LAYER:C1,C2;LAYER:C3"')
+        return 0
+    if res["todo"]:
+        print(f"conditions still to run: {res['todo']}")
+        return 0
+    print(json.dumps(res["summary"], indent=2))
+    print(f"dashboard: {res['dashboard']}")
+    return 0

@@ -1,5 +1,8 @@
-"""Injected-thought introspection (Lindsey 2025, "Emergent introspective awareness in large language
-models") and "does the self-report track the internal state?".
+"""Injected-thought introspection (Lindsey 2025) and "does the self-report track the internal state?".
+
+Anchor: Lindsey 2025, "Emergent introspective awareness in large language models". From a notebook:
+`run(out, IntrospectionConfig(...), judge=...)`; the command line: `main(argv)`
+(`python experiments/introspection.py --help`).
 
 Protocol (A) -- injected-thought detection, step by step as in the anchor:
 
@@ -51,13 +54,14 @@ strengths of the risk direction and the checkpoints of a small finetune on risky
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -65,6 +69,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .. import steering
+from ..cliargs import add_config_args, add_dataclass_args, config_from_args, dataclass_overrides
+from ..evals.judge_spec import JudgeOptions
 from ..evals.scoring import Trie
 from ..evals.stats import bootstrap_ci
 from ..models import LoadedModel
@@ -598,53 +604,53 @@ def track_correlations(points: Sequence[dict[str, Any]]) -> dict[str, Any]:
 class IntrospectionConfig:
     """Everything that decides a run (saved in the manifest)."""
 
-    model: str | None = None
-    words: tuple[str, ...] | str = "concrete"  # a shipped list name, a file, or the words
-    n_words: int | None = 8
-    baseline: str = "baseline"
-    concept_positions: str = "last_prompt"
-    variants: tuple[str, ...] = VARIANTS
+    model: str | None = None  # model name/path/hub id (None: the embedded SmolLM2-135M-Instruct)
+    words: tuple[str, ...] | str = "concrete"  # a shipped list name (concrete, abstract), a word file, or the words
+    n_words: int | None = 8  # the first N concept words (None: all)
+    baseline: str = "baseline"  # baseline word list of the concept vectors (name or file)
+    concept_positions: str = "last_prompt"  # where concept vectors read the activations (last_prompt, response_mean)
+    variants: tuple[str, ...] = VARIANTS  # detection prompt variants (anchor, informative)
     trials: tuple[int, ...] = (1,)  # trial numbers of injected trials (prompt variation)
     control_trials: tuple[int, ...] = tuple(range(1, 11))  # trial numbers of no-injection trials (cheap: one forward each)
-    layer_fractions: tuple[float, ...] = (0.5, 0.67, 0.83)
-    strengths: tuple[float, ...] = (2.0, 4.0, 8.0)
-    inject_from: str = "prompt_end"
-    random_seed: int = 0
+    layer_fractions: tuple[float, ...] = (0.5, 0.67, 0.83)  # injection layers, as relative depths
+    strengths: tuple[float, ...] = (2.0, 4.0, 8.0)  # injection strengths (times the raw concept vector)
+    inject_from: Literal["prompt_end", "trial"] = "prompt_end"  # inject from the last prompt token on, or from the trial text on
+    random_seed: int = 0  # seed of the random-vector controls
     # sampled answers at the headline cell
-    headline_fraction: float = 0.67
-    headline_strength: float = 4.0
-    n_samples: int = 2
-    sample_words: int = 4
-    max_new_tokens: int = 40
+    headline_fraction: float = 0.67  # layer (relative depth) of the sampled answers and stage B
+    headline_strength: float = 4.0  # strength of the sampled answers and stage B
+    n_samples: int = 2  # sampled answers per word and variant (0: none)
+    sample_words: int = 4  # concept words with sampled answers
+    max_new_tokens: int = 40  # tokens per sampled answer
     # coherence (reference answers to neutral prompts; injected with the first `coherence_words` concepts)
-    coherence_prompts: int = 4
-    coherence_words: int = 2
+    coherence_prompts: int = 4  # neutral prompts of the coherence references
+    coherence_words: int = 2  # concepts injected in the coherence check
     # prefill / intention (at the headline layer; `intention_strengths` None = the headline strength)
-    n_sentences: int = 10
-    intention_strengths: tuple[float, ...] | None = None
+    n_sentences: int = 10  # sentences of the prefill / intention test
+    intention_strengths: tuple[float, ...] | None = None  # strengths of the intention test (None: the headline strength)
     # self-report tracking
-    persona_trait: str = "evil"
-    persona_questions: int = 6
-    persona_instructions: int = 2
-    persona_tokens: int = 32
-    persona_filter: str | None = "instruction_likelihood"
-    steer_fraction: float = 0.5
-    read_fraction: float = 0.67
-    alphas: tuple[float, ...] = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
-    n_em_items: int | None = 16
-    finetune_dataset: str = "bad_medical_advice"
-    finetune_examples: int = 32
-    finetune_steps: int = 8
-    finetune_every: int = 2
-    finetune_lr: float = 4e-4
-    finetune_batch: int = 4
-    finetune_warmup: int = 0
+    persona_trait: str = "evil"  # persona trait of stage C's direction
+    persona_questions: int = 6  # questions of the persona-direction extraction
+    persona_instructions: int = 2  # instruction pairs of the persona-direction extraction
+    persona_tokens: int = 32  # tokens per answer of the persona-direction extraction
+    persona_filter: str | None = "instruction_likelihood"  # filter of the persona answers (None: unfiltered)
+    steer_fraction: float = 0.5  # steering layer of stages C and D (relative depth)
+    read_fraction: float = 0.67  # layer (relative depth) the projection is read at
+    alphas: tuple[float, ...] = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)  # steering strengths of stages C and D
+    n_em_items: int | None = 16  # EM proxy items, balanced over themes (None: all)
+    finetune_dataset: str = "bad_medical_advice"  # data of stage C's finetune checkpoints
+    finetune_examples: int = 32  # training records of the finetune checkpoints
+    finetune_steps: int = 8  # optimizer steps of the finetune (0 skips the finetune checkpoints)
+    finetune_every: int = 2  # a checkpoint every N steps
+    finetune_lr: float = 4e-4  # learning rate of the finetune
+    finetune_batch: int = 4  # batch size of the finetune
+    finetune_warmup: int = 0  # warmup steps of the finetune
     # stage D (risk self-report): test lotteries for P(risky), train lotteries for the risk direction
-    n_lotteries: int | None = 24
-    risk_direction_items: int = 48
-    stages: str = "ABCD"
-    seed: int = 0
-    batch_size: int = 8
+    n_lotteries: int | None = 24  # test lotteries of P(risky) (None: all)
+    risk_direction_items: int = 48  # training lotteries of the risk direction
+    stages: str = "ABCD"  # letters of A (detection), B (prefill/intention), C (self-report: alignment), D (self-report: risk)
+    seed: int = 0  # seed of the study (sampling, finetunes, bootstrap)
+    batch_size: int = 8  # prompts per forward batch
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -1131,3 +1137,43 @@ def _risk_stage(m: LoadedModel, cfg: IntrospectionConfig, run_dir, key, progress
                     {"value": c["r"], "lo": c["lo"], "hi": c["hi"], "n": c["n"]}, "Pearson, Fisher-z CI")
     _write_track(run_dir)
     return res
+
+
+# ---- the command line ----------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: `--preset`, one option per `IntrospectionConfig` field, the judge options,
+    `--out` and `--dashboard/--no-dashboard`."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_config_args(p, IntrospectionConfig, presets=PRESETS, default_preset="cpu")
+    add_dataclass_args(p, JudgeOptions, title="judge of the sampled answers (0-100; default none: keyword proxy)")
+    p.add_argument("--out", default="runs/introspection", help="run directory (rerun to resume)")
+    p.add_argument("--dashboard", action=argparse.BooleanOptionalAction, default=True,
+                   help="export the dashboard after the run (default: yes)")
+    return p
+
+
+def config_from_argv(argv: Sequence[str] | None = None) -> tuple[IntrospectionConfig, JudgeOptions, argparse.Namespace]:
+    """What the command line asks for: the config (the preset, then the options given), the judge
+    options and the parsed namespace (`out`, ...)."""
+    a = build_parser().parse_args(argv)
+    return config_from_args(a, IntrospectionConfig, presets=PRESETS), JudgeOptions(**dataclass_overrides(a, JudgeOptions)), a
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse `argv`, run the study and print its summary (and the dashboard's path).
+
+    Args:
+        argv: command-line arguments (default `sys.argv[1:]`).
+
+    Returns:
+        The exit status (0).
+    """
+    cfg, judge, a = config_from_argv(argv)
+    run(a.out, cfg, judge=judge.build())
+    print(Path(a.out, "summary.jsonl").read_text())
+    if a.dashboard:
+        from ..viz import export_dashboard
+
+        print(f"dashboard: {export_dashboard(a.out).resolve()}")
+    return 0

@@ -29,14 +29,17 @@ Steps, as in the paper and its public code (the deviations are listed in docs/se
    self-trained model, the base model and the cross model; controls: shuffled labels and the mode
    (majority-class) rate.
 
-`run_study(out, models={"A": loader, "B": loader}, config=PRESETS["cpu"])` writes a run directory:
+`run(out, PRESETS["cpu"].replace(other="none"))` loads the models the config names and calls
+`run_study(out, models={"A": loader, "B": loader}, config=...)`, which writes a run directory:
 manifest (models, config, every split's item ids, data hashes, seeds, decoding), object/
 hypothetical answers per model state (resumable JSONL), finetunes/<name>/ (resumable), and
-`results.json` plus the dashboard's `self_prediction.jsonl`.
+`results.json` plus the dashboard's `self_prediction.jsonl`. `main(argv)` is the command line
+(`python experiments/self_prediction.py --help`).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import random
@@ -44,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from ..cliargs import add_config_args, add_dataclass_args, config_from_args, dataclass_overrides
 from ..evals.properties import extract_property
 from ..evals.self_prediction import (behaviour_shift, compare_self_cross, hypothetical_answers, load_task,
                                      object_key, object_level_answers, object_level_training_data,
@@ -61,14 +65,18 @@ Finetune = Callable[[LoadedModel, list, TrainConfig, Path], Any]
 class LIConfig:
     """Sizes and settings of one Looking Inward run (see `PRESETS`)."""
 
+    model: str | None = None  # model A (None: the embedded SmolLM2-135M-Instruct)
+    other: str = "twin"  # model B: twin (model A again, its finetunes seeded seed+1), none (one model), or a name/path
+    device: str | None = None  # device of the models (None: the loader's choice)
+    data_dir: str | None = None  # data folder (None: $INTROSPECT_MECH_DATA)
     n_train: int | None = 8  # questions per train dataset (None: all)
     n_test: int | None = 4  # questions per test dataset (None: all not used for the shift)
     n_shift: int = 8  # questions per shift dataset for the shift finetune (disjoint from n_test)
-    train_datasets: tuple[str, ...] | None = None  # None: every dataset under train/
-    test_datasets: tuple[str, ...] | None = None  # None: every dataset under test/
-    properties: tuple[str, ...] | None = None  # None: every property the data carry
-    shift_datasets: tuple[str, ...] = ("animals_long", "english_words_long")
-    shift: bool = True
+    train_datasets: tuple[str, ...] | None = None  # train datasets (None: every dataset under train/)
+    test_datasets: tuple[str, ...] | None = None  # test datasets (None: every dataset under test/)
+    properties: tuple[str, ...] | None = None  # properties scored (None: every property the data carry)
+    shift_datasets: tuple[str, ...] = ("animals_long", "english_words_long")  # test datasets of the behaviour shift
+    shift: bool = True  # run the behaviour-shift test
     shift_all_models: bool = True  # False: only the first model gets the shift finetune (CPU)
     base_reference: bool = True  # also score the untrained models' hypotheticals (a reference)
     probe_all_targets: bool = True  # False: probes only for the first model's behaviour (CPU)
@@ -77,24 +85,29 @@ class LIConfig:
     probes: bool = True
     probe_layers: tuple[float, ...] = (0.25, 0.5, 0.75)  # relative depths
     probe_n_test: int | None = None  # probes on their own draw of this many test questions per dataset
-    probe_properties: tuple[str, ...] | None = None  # None: every test property
-    obj_max_new_tokens: int = 12  # enough for the first three words / characters
-    hyp_max_new_tokens: int = 5
-    gen_batch_size: int = 16
+    probe_properties: tuple[str, ...] | None = None  # properties the probes read (None: every test property)
+    obj_max_new_tokens: int = 12  # tokens of an object-level answer (enough for the first three words / characters)
+    hyp_max_new_tokens: int = 5  # tokens of a hypothetical answer
+    gen_batch_size: int = 16  # prompts per generation batch
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, epochs=1, batch_size=8, warmup_steps=2))
     shift_finetune: TrainConfig = field(default_factory=lambda: TrainConfig(lr=2e-4, epochs=2, batch_size=4,
                                                                           warmup_steps=1))
-    seed: int = 0
+    seed: int = 0  # seed of the splits, the finetunes (model A) and the bootstrap
 
     def replace(self, **kw: Any) -> "LIConfig":
         return dataclasses.replace(self, **kw)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        """The protocol's settings as JSON values (the manifest's `config`; the models, device and data
+        folder are recorded elsewhere, under `models`)."""
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in RUN_FIELDS}
         d["finetune"] = self.finetune.to_dict()
         d["shift_finetune"] = self.shift_finetune.to_dict()
         return json.loads(json.dumps(d, default=list))
 
+
+# fields that say where the models and the data come from (used by `run`; `run_study` takes loaders)
+RUN_FIELDS = ("model", "other", "device", "data_dir")
 
 PRESETS: dict[str, LIConfig] = {
     # 2-core CPU shared by ~9 parallel jobs (training ran at ~27 tokens/s), embedded SmolLM2-135M:
@@ -523,3 +536,105 @@ def _features(names, models, self_models, cross_models, test_rows, st: _States, 
                     done[key] = row
                 out.setdefault(t, {}).setdefault(prop, {}).setdefault(rd, {})[control] = done[key]
     return out
+
+
+# ---- the run from a config, and the command line ------------------------------------------------------
+
+def model_info(name: str | None, loaded: LoadedModel) -> dict[str, Any]:
+    """What the manifest records about one model: name, size, and whether its chat template is the
+    fallback one (a base model: flagged, cross-prediction is then confounded by format)."""
+    from ..models import FALLBACK_CHAT_TEMPLATE
+
+    fallback = loaded.tokenizer.chat_template == FALLBACK_CHAT_TEMPLATE
+    return {"name": name or "smollm2-135m-instruct", "n_layers": loaded.n_layers, "d_model": loaded.d_model,
+            "chat_template": "fallback (base model: no template of its own)" if fallback else "model's own",
+            "flag": "BASE model with the fallback template: cross-prediction is confounded by format" if fallback else None}
+
+
+def run(out: str | Path, config: LIConfig | None = None, *, progress: bool = True) -> dict[str, Any]:
+    """Run the protocol on the models `config` names (`model`; `other`: "twin", "none" or a second
+    model); rerun the same call to resume.
+
+    Args:
+        out: run directory.
+        config: every option (default `PRESETS["cpu"]`).
+        progress: print stage lines and show tqdm bars.
+
+    Returns:
+        The results of `run_study` (also written to `out/results.json`).
+    """
+    from ..models import load_model
+
+    cfg = config or PRESETS["cpu"]
+
+    def loader(name: str | None) -> Loader:
+        return lambda: load_model(name, device=cfg.device)
+
+    load_a = loader(cfg.model)
+    models, seeds, info = {"A": load_a}, {"A": cfg.seed}, {"A": model_info(cfg.model, load_a())}
+    if cfg.other == "twin":
+        models["B"], seeds["B"] = load_a, cfg.seed + 1
+        info["B"] = {**info["A"], "twin": f"model A again, its finetunes seeded {cfg.seed + 1}: a control with the "
+                                          "same base weights, not a second model"}
+    elif cfg.other != "none":
+        models["B"], seeds["B"] = loader(cfg.other), cfg.seed
+        info["B"] = model_info(cfg.other, models["B"]())
+    return run_study(out, models=models, model_info=info, config=cfg, data_dir=cfg.data_dir, seeds=seeds,
+                     progress=progress)
+
+
+@dataclass
+class FinetuneOverrides:
+    """Fields of the self-prediction finetune (`LIConfig.finetune`) settable on the command line."""
+
+    lr: float | None = None  # learning rate of the self-prediction finetune (None: the preset's)
+    epochs: int | None = None  # epochs of the self-prediction finetune (None: the preset's)
+
+    def apply(self, config: LIConfig) -> LIConfig:
+        """`config` with the fields set here replaced in its `finetune`."""
+        ov = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return config.replace(finetune=config.finetune.replace(**ov)) if ov else config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: `--preset`, one option per `LIConfig` field, `--lr` / `--epochs` of the
+    self-prediction finetune, and `--out`."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_config_args(p, LIConfig, presets=PRESETS, default_preset="cpu", exclude=("finetune", "shift_finetune"))
+    add_dataclass_args(p, FinetuneOverrides, title="self-prediction finetune (overrides the preset's)")
+    p.add_argument("--out", default="runs/self_prediction", help="run directory (rerun to resume)")
+    return p
+
+
+def config_from_argv(argv: Sequence[str] | None = None) -> tuple[LIConfig, argparse.Namespace]:
+    """The config the command line asks for (the preset, then the options given) and the parsed namespace."""
+    a = build_parser().parse_args(argv)
+    cfg = config_from_args(a, LIConfig, presets=PRESETS, exclude=("finetune", "shift_finetune"))
+    return FinetuneOverrides(**dataclass_overrides(a, FinetuneOverrides)).apply(cfg), a
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse `argv`, run the study and print the scores, comparisons and shift results.
+
+    Args:
+        argv: command-line arguments (default `sys.argv[1:]`).
+
+    Returns:
+        The exit status (0).
+    """
+    cfg, a = config_from_argv(argv)
+    res = run(a.out, cfg)
+    for key, s in res["scores"].items():
+        e, m = s["accuracy"], s["mode_baseline"]
+        if e["value"] is not None:
+            print(f"{key:28s} accuracy {e['value']:.3f} [{e['lo']:.3f}, {e['hi']:.3f}] n={e['n']}  "
+                  f"mode {m['value']:.3f}  (non-compliant hypotheticals {s['n_hypothetical_noncompliant']})")
+    for key, c in res["comparisons"].items():
+        d = c["self_minus_cross"]
+        if d.get("value") is not None:
+            print(f"{key}: self - cross {d['value']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] on {c['n_common']} items")
+    for n, sh in (res.get("shift") or {}).items():
+        print(f"shift {n}: {sh['n_changed']} changed items; matches new {sh['matches_new']['value']}, "
+              f"old {sh['matches_old']['value']}")
+    print(json.dumps({"results": f"{a.out}/results.json"}))
+    return 0
