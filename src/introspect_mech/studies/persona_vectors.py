@@ -307,30 +307,6 @@ def shift_correlation(base, models: Mapping[str, Any], direction: Any, *, layer:
             "n": len(rows), "base_projection": b, "layer": int(layer), "positions": positions}
 
 
-def make_judge(spec: str | None, judge_model: Any = None) -> Any:
-    """A 0-100 judge from a CLI spec: "none", "hf:<model name or path>" (`HFJudge`; "hf:embedded" =
-    the embedded default model) or "api:<base_url>|<model>" (`APIJudge`, key from $OPENAI_API_KEY).
-    `judge_model` (a loaded model) is reused for "hf:embedded" instead of loading it again."""
-    if spec in (None, "", "none"):
-        return None
-    kind, _, rest = spec.partition(":")
-    if kind == "hf":
-        from ..evals import HFJudge
-        from ..models import load_model
-
-        if rest in ("", "embedded") and judge_model is not None:
-            return HFJudge(judge_model)
-        return HFJudge(load_model(None if rest in ("", "embedded") else rest))
-    if kind == "api":
-        from ..evals import APIJudge
-
-        base, _, name = rest.partition("|")
-        if not base or not name:
-            raise ValueError(f"--judge {spec!r}: expected api:<base_url>|<model>")
-        return APIJudge(base, name)
-    raise ValueError(f"--judge {spec!r}: expected none, hf:<model> or api:<base_url>|<model>")
-
-
 def run(out: str | os.PathLike, cfg: PVConfig, *, judge: Any = None, model: Any = None, preset: str | None = None,
         echo: Callable[[str], Any] | None = print) -> dict[str, Any]:
     """Persona vectors as the paper ran them, on one trait; each stage resumes from `out`.
