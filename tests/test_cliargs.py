@@ -121,3 +121,18 @@ def test_judge_options_one_spec():
     for bad in ("api:http://x", "gpt-4o", "hf"):
         with pytest.raises(ValueError, match="expected none, hf:"):
             JudgeOptions(bad)
+
+
+@dataclass
+class Stages:
+    stages: tuple[Literal["a", "b", "c"], ...] = ("a", "b", "c")  # stages to run
+
+
+def test_tuple_of_literal_takes_several_choices():
+    p = argparse.ArgumentParser()
+    add_config_args(p, Stages)
+    assert config_from_args(p.parse_args(["--stages", "c", "a"]), Stages) == Stages(stages=("c", "a"))
+    assert config_from_args(p.parse_args([]), Stages) == Stages()
+    assert "stages to run" in p.format_help()
+    with pytest.raises(SystemExit):
+        p.parse_args(["--stages", "a", "d"])

@@ -8,7 +8,7 @@ Each field becomes `--field-name`; its help is the field's trailing `# comment` 
 `help` entry in the field's metadata); options that are not given stay absent from the namespace, so
 `dataclass_overrides` returns only what the user set and a preset's values are kept otherwise.
 Types: `bool` -> `--x/--no-x`; `int`, `float`, `str`; `X | None` accepts `none`; tuples and lists take
-several values; `Literal[...]` becomes `choices`.
+several values; `Literal[...]` (also as a tuple's element type) becomes `choices`.
 
 A whole command from a config class and its presets (`add_config_args` + `config_from_args`):
 
@@ -148,7 +148,11 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, exclude: I
         elif origin in (tuple, list):
             targs = typing.get_args(tp)
             elems = [a for a in targs if a is not Ellipsis]
-            fn = _scalar(elems[0] if elems else str, f.name)
+            if elems and typing.get_origin(elems[0]) is typing.Literal:  # e.g. tuple[Literal["a", "b"], ...]
+                kw["choices"] = list(typing.get_args(elems[0]))
+                fn = type(kw["choices"][0])
+            else:
+                fn = _scalar(elems[0] if elems else str, f.name)
             fixed = origin is tuple and Ellipsis not in targs and len(elems) > 1 and not optional
             kw["nargs"] = len(elems) if fixed else "+"
             kw["type"] = _none_or(fn) if optional else fn

@@ -220,3 +220,46 @@ def test_samples_of_another_system_format_are_not_reused(tiny_qwen3, data_root, 
     persona_data(tiny_qwen3, "evil", system_format="raw", **kw)
     with pytest.raises(ValueError, match="system_format='raw'"):
         persona_data(tiny_qwen3, "evil", **kw)
+
+
+def test_persona_vectors_command_line_builds_its_config(capsys):
+    """Parse only: the preset, then the options given; the judge options; `--help` exits 0."""
+    cfg, jo, ns = pv.parse_args([])
+    assert cfg == pv.PRESETS["cpu"] and ns.preset == "cpu" and ns.out == "runs/persona_vectors" and jo.kind == "none"
+    assert (cfg.extract, cfg.max_heldout, cfg.n_questions, cfg.n_per_question, cfg.max_new_tokens) == ("cpu", 1, 4, 2, 40)
+    cfg, jo, ns = pv.parse_args(["--preset", "paper", "--trait", "sycophantic", "--layers", "10", "15", "20",
+                                 "--stages", "extract", "select", "--n-train", "8", "--coef", "1.5", "--out", "/tmp/x",
+                                 "--judge", "api:http://localhost:8000/v1|gpt-x", "--judge-timeout", "5"])
+    assert cfg == pv.PRESETS["paper"].replace(trait="sycophantic", layers=(10, 15, 20), stages=("extract", "select"),
+                                              n_train=8, coef=1.5)
+    assert (cfg.extract, cfg.max_heldout, cfg.n_per_question, cfg.max_new_tokens) == ("paper", None, 10, 1000)
+    assert ns.out == "/tmp/x" and jo.kind == "api" and jo.judge_timeout == 5.0
+    assert pv.parse_args(["--layer", "none", "--max-heldout", "none"])[0] == pv.PRESETS["cpu"].replace(max_heldout=None)
+    for bad in (["--stages", "extract", "train"], ["--layers", "10,15"], ["--judge", "gpt-4o"]):
+        with pytest.raises(SystemExit) as e:
+            pv.parse_args(bad)
+        assert e.value.code == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        pv.main(["--help"])
+    assert e.value.code == 0 and "--n-screen" in capsys.readouterr().out
+
+
+def test_persona_features_command_line_builds_its_config(capsys):
+    from introspect_mech.studies import persona_features as pf
+
+    cfg, jo, ns = pf.parse_args([])
+    assert cfg == pf.PRESETS["cpu"] and ns.preset == "cpu" and ns.out == "runs/persona_features" and jo.kind == "none"
+    assert (cfg.top_k, cfg.max_new_tokens, cfg.alpha, cfg.layer, cfg.n_train) == (5, 40, 8.0, 15, 64)
+    cfg, jo, ns = pf.parse_args(["--preset", "paper", "--alpha", "4", "--sae", "rel:id", "--n-train", "8",
+                                 "--bad-adapter", "a/adapter", "--judge", "hf:embedded"])
+    assert cfg == pf.PRESETS["paper"].replace(alpha=4.0, sae="rel:id", n_train=8, bad_adapter="a/adapter")
+    assert (cfg.top_k, cfg.max_new_tokens) == (1000, 600) and jo.kind == "hf"
+    with pytest.raises(SystemExit, match="--alpha is required"):  # before any model is loaded
+        pf.main(["--preset", "paper"])
+    with pytest.raises(ValueError, match="alpha is required"):
+        pf.run("unused", pf.PRESETS["paper"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        pf.main(["--help"])
+    assert e.value.code == 0 and "--sae-texts" in capsys.readouterr().out

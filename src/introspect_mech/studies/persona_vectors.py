@@ -22,48 +22,106 @@ last position of every forward: the last prompt token in the prefill and each ge
 mode for that is `positions="last_prompt_and_response"` (`UPSTREAM_POSITIONS`); `v` is the raw mean
 difference (`scale="norm"`), as upstream adds the unnormalised vector. Upstream layer `L` indexes
 `hidden_states` (0 = embeddings): it is our block `L - 1`.
+
+`run(out, PRESETS["cpu"])` runs the steps in order as the paper did, on one trait (a `PVConfig` holds
+every option); `main(argv)` is the same as a command (`introspect-mech study persona_vectors --help`).
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import math
 import os
+import random
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from ..activations import cache
-from ..evals import sample
+from ..cliargs import add_config_args, add_dataclass_args, config_from_args
+from ..evals import paired_preference, sample
+from ..evals.judge_spec import JudgeOptions
 from ..evals.stats import bootstrap_ci
+from ..finetune import preset as train_preset
+from ..finetune.cli import load_records
+from ..models import load_model
+from ..probes import layer_sweep, medical_advice_pairs
 from ..probes.persona import TraitJudge, judge_rows, load_trait, persona_data, projection_difference
 from ..runs import RunDir, file_sha256
+from ..sae.diff import detector_auroc
 from ..steering import add
 from ..steering.hooks import layer_vector
+from ..viz import export_dashboard
 
 UPSTREAM_POSITIONS = "last_prompt_and_response"
+
+Stage = Literal["extract", "probes", "select", "screen", "finetune", "shift"]
+STAGES: tuple[Stage, ...] = ("extract", "probes", "select", "screen", "finetune", "shift")
+
+
+@dataclass
+class PVConfig:
+    """Everything that decides a persona-vectors run (`run`); each field is an option of `main`."""
+
+    model: str | None = None  # model name/path/hub id (None: the embedded SmolLM2-135M-Instruct)
+    device: str | None = None  # device of the model and finetunes (None: load_model's choice)
+    trait: str = "evil"  # trait file name (persona/trait_data_extract and trait_data_eval)
+    extract: Literal["paper", "cpu"] = "paper"  # probes.persona extraction preset (pos/neg answer counts)
+    max_heldout: int | None = None  # held-out instruction pairs per answer for the judge-free proxy filter (None: all)
+    n_questions: int | None = None  # eval-split questions for trait expression (None: all)
+    n_per_question: int = 10  # samples per eval question for trait expression
+    max_new_tokens: int = 1000  # new tokens per answer (trait expression, screening's base answers)
+    temperature: float = 1.0  # sampling temperature for trait expression
+    coef: float = 2.0  # steering coefficient times the raw mean difference (layer selection, preventative steering)
+    layer: int | None = None  # steering / projection layer when none is selected (block index; None: the middle block)
+    layers: tuple[int, ...] | None = None  # candidate layers for selection, e.g. 10 15 20 (needs a judge)
+    n_screen: int = 24  # records per side (bad / good medical advice) in the screening mix
+    n_train: int = 48  # bad-medical-advice records to finetune on
+    steps: int = 12  # finetuning steps
+    save_every: int = 4  # finetuning checkpoint interval in steps
+    stages: tuple[Stage, ...] = STAGES  # stages to run (the direction is always extracted)
+    seed: int = 0  # seed of sampling, probes, screening mix and finetuning
+    reference_judge: str = "gpt-4.1-mini-2025-04-14"  # the judge the preset is meant for (a note; the judge used is --judge)
+
+    def replace(self, **changes: Any) -> PVConfig:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
 
 # Sample counts. "paper": upstream's eval_persona.py defaults (10 samples per question, up to 1000
 # new tokens, temperature 1, all 20 eval questions) and the extraction preset of probes.persona;
 # coefficient 2.0 and the judge gpt-4.1-mini are upstream's README example. "cpu": the embedded model.
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": dict(extract="paper", n_questions=None, n_per_question=10, max_new_tokens=1000, temperature=1.0,
-                  coef=2.0, judge="gpt-4.1-mini-2025-04-14", layers=None),
-    "cpu": dict(extract="cpu", n_questions=4, n_per_question=2, max_new_tokens=40, temperature=1.0,
-                coef=2.0, judge="embedded model (HFJudge)", layers=None),
+PRESETS: dict[str, PVConfig] = {
+    "paper": PVConfig(extract="paper", n_questions=None, n_per_question=10, max_new_tokens=1000, temperature=1.0,
+                      coef=2.0, reference_judge="gpt-4.1-mini-2025-04-14", layers=None),
+    "cpu": PVConfig(extract="cpu", max_heldout=1, n_questions=4, n_per_question=2, max_new_tokens=40, temperature=1.0,
+                    coef=2.0, reference_judge="embedded model (HFJudge)", layers=None),
 }
 COHERENCE_MIN = 50.0
 
 
-def extract(model, trait: str, *, judge: Any = None, preset: str = "cpu", out: str | os.PathLike | None = None,
-            **kw: Any):
+def extract(model, trait: str, *, judge: Any = None, preset: str | PVConfig = "cpu",
+            out: str | os.PathLike | None = None, **kw: Any):
     """Step 1: `probes.persona_data` with the preset's sample counts and the upstream judge filter
-    when `judge` is given (else the judge-free proxy filter, recorded as such in the manifest)."""
+    when `judge` is given (else the judge-free proxy filter, recorded as such in the manifest).
+
+    Args:
+        preset: a key of `PRESETS` or a `PVConfig` (its `extract` names the sample counts).
+        **kw: passed to `probes.persona_data` (seed, max_heldout, ...).
+
+    Returns:
+        The `probes.persona_data` result (direction, rows, kept pairs).
+    """
+    if isinstance(preset, PVConfig):
+        return persona_data(model, trait, judge=judge, preset=preset.extract, out=out, **kw)
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    return persona_data(model, trait, judge=judge, preset=PRESETS[preset]["extract"], out=out, **kw)
+    return persona_data(model, trait, judge=judge, preset=PRESETS[preset].extract, out=out, **kw)
 
 
 def _steer_ctx(model, steer: Mapping[str, Any] | None, positions: str):
@@ -249,25 +307,168 @@ def shift_correlation(base, models: Mapping[str, Any], direction: Any, *, layer:
             "n": len(rows), "base_projection": b, "layer": int(layer), "positions": positions}
 
 
-def make_judge(spec: str | None, judge_model: Any = None) -> Any:
-    """A 0-100 judge from a CLI spec: "none", "hf:<model name or path>" (`HFJudge`; "hf:embedded" =
-    the embedded default model) or "api:<base_url>|<model>" (`APIJudge`, key from $OPENAI_API_KEY).
-    `judge_model` (a loaded model) is reused for "hf:embedded" instead of loading it again."""
-    if spec in (None, "", "none"):
-        return None
-    kind, _, rest = spec.partition(":")
-    if kind == "hf":
-        from ..evals import HFJudge
-        from ..models import load_model
+def run(out: str | os.PathLike, cfg: PVConfig, *, judge: Any = None, model: Any = None, preset: str | None = None,
+        echo: Callable[[str], Any] | None = print) -> dict[str, Any]:
+    """Persona vectors as the paper ran them, on one trait; each stage resumes from `out`.
 
-        if rest in ("", "embedded") and judge_model is not None:
-            return HFJudge(judge_model)
-        return HFJudge(load_model(None if rest in ("", "embedded") else rest))
-    if kind == "api":
-        from ..evals import APIJudge
+    Stages (`cfg.stages`): extract the direction (trait judge + upstream filter when a judge is given,
+    else the judge-free proxy filter, said so in the manifest; always run); "probes": probe pos vs neg
+    answers by layer; "select": pick the steering layer by judged trait expression with coherence >= 50
+    among `cfg.layers` (needs a judge); "screen": projection-difference screening of a planted finetuning
+    mix (bad vs good medical advice); "finetune": finetune with and without preventative steering, with
+    checkpoints; "shift": correlate the finetuning shift along the direction with trait expression across
+    checkpoints (judged, or the labelled proxy: paired preference on the project's EM items).
 
-        base, _, name = rest.partition("|")
-        if not base or not name:
-            raise ValueError(f"--judge {spec!r}: expected api:<base_url>|<model>")
-        return APIJudge(base, name)
-    raise ValueError(f"--judge {spec!r}: expected none, hf:<model> or api:<base_url>|<model>")
+    Args:
+        out: the run directory (manifest.json, summary.jsonl, per-stage folders, the dashboard).
+        cfg: the configuration (`PRESETS["cpu"]`, `PRESETS["paper"]` or a `replace`d copy).
+        judge: a 0-100 judge (`JudgeOptions(...).build(...)`), or None for the judge-free proxies.
+        model: the loaded base model (default: `load_model(cfg.model)` in float32).
+        preset: the name of the preset `cfg` came from, recorded in the manifest.
+        echo: called with each result line as it is measured (default: print; None: silent).
+
+    Returns:
+        {"summary": the rows of summary.jsonl ({"name", "value", "note", ...}), "dashboard": its path}.
+    """
+    stages = set(cfg.stages)
+    out = Path(out)
+    rd = RunDir(out)
+    if model is None:
+        model = load_model(cfg.model, dtype=torch.float32, device=cfg.device)
+    layer = cfg.layer if cfg.layer is not None else int(round(0.5 * (model.n_layers - 1)))
+    rd.write_manifest(title=f"Persona vectors: {cfg.trait}", model=model.name, preset=preset, seed=cfg.seed,
+                      trait=cfg.trait, judge=judge.describe() if judge else "none: judge-free proxy filter and proxy expression",
+                      coef=cfg.coef, steering_positions=UPSTREAM_POSITIONS, stages=sorted(stages))
+    summary: list[dict[str, Any]] = []
+
+    def note(name, value, est=None, text=""):
+        row = {"name": name, "value": value if est is None else est["value"], "note": text}
+        if est is not None:
+            row.update(ci_lo=est["lo"], ci_hi=est["hi"], n=est["n"])
+        summary.append(row)
+        if echo is not None:
+            echo(f"{name}: {row['value']}" + (f" [{est['lo']}, {est['hi']}]" if est else "") + (f"  ({text})" if text else ""))
+
+    try:
+        ex = extract(model, cfg.trait, judge=judge, preset=cfg, out=out / "extract", seed=cfg.seed,
+                     max_heldout=cfg.max_heldout)
+    except RuntimeError as e:  # the judge kept < 2 pairs (e.g. it abstained): say so, use the proxy filter
+        if judge is None:
+            raise
+        kept = sum(1 for r in (out / "extract" / "pairs.jsonl").read_text().splitlines() if json.loads(r).get("kept")) // 2
+        scored = [json.loads(r) for r in (out / "extract" / "judge_scores.jsonl").read_text().splitlines()]
+        note("judge filter: pairs kept", kept, text=f"{e}; judge abstained (trait None) on "
+             f"{sum(r['trait'] is None for r in scored)} of {len(scored)} answers; falling back to the judge-free proxy filter")
+        ex = extract(model, cfg.trait, judge=None, preset=cfg, out=out / "extract_proxy", seed=cfg.seed,
+                     max_heldout=cfg.max_heldout)
+    d = ex.direction
+    note("pairs kept by the filter", len(ex.kept), text=f"of {len(ex.rows) // 2}; filter {d.meta['filter']}")
+    if "probes" in stages:
+        rows = [r for r in ex.rows if r["response"].strip()]
+        x = cache(model, [[{"role": "system", "content": r["system"]}, {"role": "user", "content": r["question"]},
+                           {"role": "assistant", "content": r["response"]}] for r in rows], progress=False)
+        sw = layer_sweep(x, [int(r["side"] == "pos") for r in rows], layers=list(range(model.n_layers)), seed=cfg.seed)
+        (out / "probe_layers.jsonl").write_text("".join(json.dumps({"probe": f"{cfg.trait}: pos vs neg answers", "layer": l,
+                                                                    **q.as_dict()}) + "\n" for l, q in zip(sw.layers, sw.probes)))
+        bl, b = sw.best()
+        note("best probe layer (pos vs neg answers)", bl, text=f"CV accuracy {b.accuracy:.3f}")
+    expr_kw = dict(n_questions=cfg.n_questions, n_per_question=cfg.n_per_question, max_new_tokens=cfg.max_new_tokens,
+                   temperature=cfg.temperature, seed=cfg.seed)
+    if "select" in stages and judge is not None and cfg.layers:
+        base_expr = trait_expression(model, cfg.trait, judge, out=out / "expression_base", **expr_kw)
+        note("trait expression, base (judged)", None, base_expr["trait"], f"{base_expr['n_trait_none']} of {base_expr['n']} abstained")
+        sel = select_layer(model, cfg.trait, d, judge, layers=list(cfg.layers), coef=cfg.coef, out=out, **expr_kw)
+        for l, r in sel["per_layer"].items():
+            note(f"steered L{l} x{cfg.coef}: trait (judged)", None, r["trait"],
+                 f"coherence {r['coherence']['value']}; {r['n_trait_none']} abstained")
+        note("selected layer", sel["selected_layer"], text="max trait with mean coherence >= 50; None: no layer qualified")
+        if sel["selected_layer"] is not None:
+            layer = sel["selected_layer"]
+    if "screen" in stages:
+        bad, good = medical_advice_pairs(cfg.n_screen, seed=cfg.seed)
+        recs = [{"messages": m, "planted": 1} for m in bad] + [{"messages": m, "planted": 0} for m in good]
+        random.Random(cfg.seed).shuffle(recs)
+        rows = screen_dataset(model, d, recs, layer=layer, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                              out=out / "screen")
+        lab = [r["planted"] for r in recs]
+        au_d = detector_auroc([r["delta"] for r in rows], lab)
+        au_raw = detector_auroc([r["proj_dataset"] for r in rows], lab)
+        top = sum(recs[r["index"]]["planted"] for r in rows if r["rank"] < cfg.n_screen)
+        note(f"screening L{layer}: AUROC of projection difference, bad vs good advice", round(au_d, 4),
+             text=f"raw projection AUROC {au_raw:.4f}; bad-advice records among the top {cfg.n_screen}: {top}")
+    if "finetune" in stages or "shift" in stages:
+        records = load_records("bad_medical_advice")[: cfg.n_train]
+        tcfg = train_preset("em", lr=2e-4, batch_size=4, warmup_steps=2, max_seq_len=384, max_steps=cfg.steps,
+                            save_every=cfg.save_every, seed=cfg.seed, epochs=100)
+        prompts = [[{"role": "user", "content": q}] for q in load_trait(cfg.trait, split="eval")["questions"]]
+        expr: dict[str, Any] = {}
+        models: dict[str, Any] = {}
+        for cond, prev in (("plain", None), ("preventative", {"direction": d, "layer": layer, "coef": cfg.coef})):
+            fdir = out / "finetunes" / cond
+            if not (fdir / "adapter" / "complete").exists():
+                finetune_and_express(lambda: load_model(cfg.model, dtype=torch.float32, device=cfg.device), records, tcfg,
+                                     fdir, evaluate=lambda m: {}, preventative=prev)
+            for ck in sorted((fdir / "checkpoints").glob("step_*")):
+                name = f"{cond}/{ck.name}"
+                m = load_model(cfg.model, adapter=ck / "adapter", dtype=torch.float32, device=cfg.device)
+                if judge is not None:
+                    e = trait_expression(m, cfg.trait, judge, n_questions=cfg.n_questions, n_per_question=cfg.n_per_question,
+                                         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, out=out / "expression" / name)
+                    expr[name] = e["trait"]["value"]
+                else:
+                    expr[name] = paired_preference(m, seed=cfg.seed)["mean_diff"]["value"]
+                models[name] = m
+        label = "judged trait score" if judge is not None else "PROXY: paired-preference mean diff (nats/token)"
+        for cond in ("plain", "preventative"):
+            last = sorted(k for k in expr if k.startswith(cond))[-1]
+            note(f"{cond} finetune, final: {label}", round(expr[last], 4) if expr[last] is not None else None)
+        ok = {k: v for k, v in expr.items() if v is not None}
+        sc = shift_correlation(model, {k: models[k] for k in ok}, d, layer=layer, prompts=prompts, expression=ok)
+        (out / "shift_correlation.json").write_text(json.dumps(sc, indent=2))
+        for r in sc["rows"]:
+            note(f"shift along the direction at L{layer}: {r['model']}", round(r["shift"], 4), text=f"{label} {r['expression']:.4f}")
+        note("Pearson r, finetuning shift vs expression across checkpoints", round(sc["pearson_r"], 4),
+             text=f"n = {sc['n']} checkpoints of two finetunes (paper: r = 0.76-0.97, judged)")
+    (out / "summary.jsonl").write_text("".join(json.dumps(r) + "\n" for r in summary))
+    return {"summary": summary, "dashboard": export_dashboard(out)}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[PVConfig, JudgeOptions, argparse.Namespace]:
+    """The configuration, judge options and namespace (`out`, `preset`) a command line asks for.
+
+    Args:
+        argv: the arguments (default: sys.argv[1:]).
+
+    Returns:
+        (config: the preset with the options given, judge options, the parsed namespace).
+    """
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="runs/persona_vectors", help="run directory (rerun the same command to resume)")
+    add_config_args(p, PVConfig, presets=PRESETS, default_preset="cpu", exclude=("reference_judge",),
+                    title="persona-vectors configuration (overrides the preset)")
+    add_dataclass_args(p, JudgeOptions, title="judge (none: the judge-free proxies, labelled as such)")
+    ns = p.parse_args(argv)
+    try:
+        return (config_from_args(ns, PVConfig, presets=PRESETS, exclude=("reference_judge",)),
+                config_from_args(ns, JudgeOptions), ns)
+    except ValueError as e:
+        p.error(str(e))
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`introspect-mech study persona_vectors [options]`: run the study and print its results.
+
+    Args:
+        argv: the arguments (default: sys.argv[1:]); `--help` lists every option.
+
+    Returns:
+        0 on success.
+    """
+    cfg, judge_options, ns = parse_args(argv)
+    RunDir(ns.out)
+    model = load_model(cfg.model, dtype=torch.float32, device=cfg.device)
+    judge = judge_options.build(model=model if cfg.model is None else None, device=cfg.device)
+    res = run(ns.out, cfg, judge=judge, model=model, preset=ns.preset)
+    print(f"dashboard: {Path(res['dashboard']).resolve()}")
+    return 0
