@@ -148,6 +148,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, exclude: I
         elif origin in (tuple, list):
             targs = typing.get_args(tp)
             elems = [a for a in targs if a is not Ellipsis]
+            fn: Callable[[str], Any]
             if elems and typing.get_origin(elems[0]) is typing.Literal:  # e.g. tuple[Literal["a", "b"], ...]
                 kw["choices"] = list(typing.get_args(elems[0]))
                 fn = type(kw["choices"][0])

@@ -458,8 +458,7 @@ def max_positions(model: LoadedModel | nn.Module) -> int | None:
     Returns:
         `max_position_embeddings`, or None when the config has no positive one.
     """
-    base = model.base_model if isinstance(model, LoadedModel) else (
-        model.get_base_model() if hasattr(model, "get_base_model") else model)
+    base = model.base_model if isinstance(model, LoadedModel) else _hf_model(model)
     cfg = getattr(base, "config", None)
     cfg = getattr(cfg, "text_config", None) or cfg
     n = getattr(cfg, "max_position_embeddings", None)
