@@ -72,6 +72,7 @@ from .. import steering
 from ..cliargs import add_config_args, add_dataclass_args, config_from_args, dataclass_overrides
 from ..evals.judge_spec import JudgeOptions
 from ..evals.scoring import Trie
+from ..kv_cache import cache_kwargs, output_cache
 from ..evals.stats import bootstrap_ci
 from ..models import LoadedModel
 from ..direction import Direction
@@ -236,7 +237,7 @@ class PrefixCache:
             if len(self.items) >= self.max_items:
                 self.items.pop(next(iter(self.items)))
             x = torch.tensor([key], device=model.device)
-            self.items[key] = model.model(input_ids=x, use_cache=True, logits_to_keep=1).past_key_values
+            self.items[key] = output_cache(model.model(input_ids=x, use_cache=True, logits_to_keep=1))
         cache = self.items[key]
         crop_cache(cache, len(key))
         return cache
@@ -284,7 +285,8 @@ def continuation_logprobs(model: LoadedModel, prompt_ids: Sequence[int], candida
     pos = torch.tensor([list(range(k0, L)) + [L + d for d in trie.depths]], device=dev)
     kw: dict[str, Any] = dict(input_ids=ids, attention_mask=mask, position_ids=pos)
     if use_cache:
-        kw.update(past_key_values=prefix_cache.get(model, prompt_ids[:k0]), use_cache=True)
+        prefix = prefix_cache.get(model, prompt_ids[:k0])
+        kw.update(cache_kwargs(model, prefix), use_cache=True)
         ctx = inject.context(model, positions="all")
     else:
         kw.update(use_cache=False)
@@ -297,7 +299,7 @@ def continuation_logprobs(model: LoadedModel, prompt_ids: Sequence[int], candida
     with ctx:
         logits = model.model(**kw).logits[0].float()
     if use_cache:
-        crop_cache(kw["past_key_values"], k0)
+        crop_cache(prefix, k0)
     logp = torch.log_softmax(logits, -1)
     src = torch.tensor([rest - 1 if p < 0 else rest + p for p in trie.parents], device=dev)
     node_lp = logp[src, torch.tensor(trie.tokens, device=dev)].cpu()
@@ -411,8 +413,8 @@ def sample_answers(model: LoadedModel, messages: Sequence[Message], *, inject: I
             raise ValueError("sample_answers injects to the end of the answer (end=None)")
         with torch.no_grad():
             if inject.start > 0:
-                kw["past_key_values"] = model.model(input_ids=ids[:, :inject.start], use_cache=True,
-                                                    logits_to_keep=1).past_key_values
+                kw.update(cache_kwargs(model, output_cache(model.model(input_ids=ids[:, :inject.start], use_cache=True,
+                                                                       logits_to_keep=1))))
         ctx = inject.context(model, positions="all")
     torch.manual_seed(seed)
     with torch.no_grad(), ctx:
