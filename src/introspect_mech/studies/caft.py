@@ -42,7 +42,11 @@ from ..sae.tokens import TokenActs, token_activations
 
 @dataclass
 class CAFTConfig:
-    """Every option of a CAFT run (run 1 without `pick`: the component cards; run 2: CAFT vs random)."""
+    """Every option of a CAFT run (run 1 without `pick`: the component cards; run 2: CAFT vs random).
+
+    One field per option; the trailing comment of each is its `--help` text (`introspect-mech study
+    caft --help`).
+    """
 
     model: str | None = None  # model name/path/hub id (None: the embedded SmolLM2-135M-Instruct)
     data: str = "bad_medical_advice"  # finetuning data: a registered name, gen:<generator> or a JSONL(.gz) path
@@ -71,7 +75,15 @@ PRESETS: dict[str, CAFTConfig] = {
 
 
 def preset_layers(n_layers: int, fractions: Sequence[float]) -> list[int]:
-    """Block indices at relative depths (e.g. 0.5 = the middle block), deduplicated, ascending."""
+    """Block indices at relative depths (e.g. 0.5 = the middle block), deduplicated, ascending.
+
+    Args:
+        n_layers: number of decoder blocks.
+        fractions: relative depths (0 = first block, 1 = last; clipped to the valid blocks).
+
+    Returns:
+        The blocks `round(f * (n_layers - 1))`, sorted and unique.
+    """
     return sorted({min(n_layers - 1, max(0, int(round(f * (n_layers - 1))))) for f in fractions})
 
 
@@ -83,6 +95,23 @@ def activation_differences(base, finetuned, conversations: Sequence[Any], layers
 
     Both models read the same token sequences (the conversations, e.g. generic prompts with the
     finetuned model's answers); rows are concatenated over conversations.
+
+    Args:
+        base: the base `LoadedModel`.
+        finetuned: the finetuned `LoadedModel` (same tokenizer).
+        conversations: the token sequences (chat conversations, as `sae.tokens.token_activations` takes).
+        layers: decoder blocks.
+        positions: which tokens give rows ("response", "prompt", "last_prompt", "all").
+        batch_size: conversations per forward pass.
+        max_length: truncation length in tokens (None: none).
+        progress: show progress bars.
+
+    Returns:
+        {layer: `[tokens, d_model]` differences}.
+
+    Raises:
+        RuntimeError: the two models tokenised a conversation differently.
+        ValueError: `positions` selects no token.
     """
     out = {}
     for l in layers:
@@ -107,6 +136,14 @@ def pca(x: Float[Tensor, "n d_model"], k: int, *, center: bool = True) -> dict[s
 
     Sign convention: each component is oriented so that the mean of `x` projects non-negatively
     on it (the direction the finetune moved along), which makes "top-activating" examples comparable.
+
+    Args:
+        x: the rows (e.g. `activation_differences` of one layer).
+        k: components kept (at most min(n, d_model)).
+        center: subtract the mean before the SVD.
+
+    Returns:
+        {"components": `[k, d_model]` (float32), "explained": `[k]` variance ratios, "mean": `[d_model]`}.
     """
     x = x.double()
     mu = x.mean(0)
@@ -123,7 +160,16 @@ def pca(x: Float[Tensor, "n d_model"], k: int, *, center: bool = True) -> dict[s
 @torch.no_grad()
 def logit_lens(model, v: Float[Tensor, " d_model"], k: int = 10) -> dict[str, list[str]]:
     """Tokens the unembedding ranks highest ("top") and lowest ("bottom") for direction `v`,
-    read through the final norm's per-channel gain (the scale of an RMS norm does not change a ranking)."""
+    read through the final norm's per-channel gain (the scale of an RMS norm does not change a ranking).
+
+    Args:
+        model: a `LoadedModel` (its unembedding, final norm and tokenizer).
+        v: the direction.
+        k: tokens per side.
+
+    Returns:
+        {"top": k decoded tokens, "bottom": k decoded tokens}.
+    """
     base = model.base_model
     head = base.get_output_embeddings().weight.float()
     norm = getattr(getattr(base, "model", base), "norm", None)
@@ -136,10 +182,24 @@ def logit_lens(model, v: Float[Tensor, " d_model"], k: int = 10) -> dict[str, li
     return {"top": dec(logits.topk(k).indices), "bottom": dec((-logits).topk(k).indices)}
 
 
-def top_examples(model, examples: Sequence[TokenActs], v: Tensor, *, n: int = 5, window: int = 10,
+def top_examples(model, examples: Sequence[TokenActs], v: Float[Tensor, " d_model"], *, n: int = 5, window: int = 10,
                  positions: str = "all", sign: float = 1.0) -> list[dict[str, Any]]:
     """The `n` examples whose highest (sign=+1) or lowest (sign=-1) token projection on `v` is most
-    extreme (one peak per example), with the token window and each token's projection."""
+    extreme (one peak per example), with the token window and each token's projection.
+
+    Args:
+        model: a `LoadedModel` (its tokenizer decodes the window).
+        examples: per-example token activations (`sae.tokens.token_activations`).
+        v: the direction projected on.
+        n: examples returned.
+        window: tokens shown before the peak (and `window // 2` after it).
+        positions: which tokens can be the peak ("response", "prompt", "last_prompt", "all").
+        sign: +1 for the highest projections, -1 for the lowest.
+
+    Returns:
+        Rows {"item", "token_index", "value" (the peak projection), "tokens", "acts" (each window
+        token's projection), "peak_offset"}, most extreme first.
+    """
     peaks = []
     for i, ex in enumerate(examples):
         p = (ex.acts.float() @ v.float()) * sign
@@ -162,7 +222,22 @@ def component_cards(model, pcs: Mapping[int, Mapping[str, Tensor]], texts: Seque
                     n_tokens: int = 10, positions: str = "all", batch_size: int = 8,
                     progress: bool = True) -> list[dict[str, Any]]:
     """One card per (layer, component): explained variance, top / bottom activating examples of the
-    (base) `model` on `texts`, and logit-lens tokens. Rows match the dashboard's `caft_components.jsonl`."""
+    (base) `model` on `texts`, and logit-lens tokens. Rows match the dashboard's `caft_components.jsonl`.
+
+    Args:
+        model: the base `LoadedModel`.
+        pcs: {layer: `pca` result}.
+        texts: the interpretation texts (conversations).
+        n_top: top and bottom examples per card.
+        n_tokens: logit-lens tokens per sign.
+        positions: which tokens can be an example's peak.
+        batch_size: texts per forward pass.
+        progress: show progress bars.
+
+    Returns:
+        Cards {"layer", "component", "explained", "logit_top", "logit_bottom", "top_examples",
+        "bottom_examples"}, by layer then component.
+    """
     cards = []
     for l, p in sorted(pcs.items()):
         ex = token_activations(model, texts, int(l), batch_size=batch_size, progress=progress, desc=f"cards L{l}")
@@ -176,7 +251,17 @@ def component_cards(model, pcs: Mapping[int, Mapping[str, Tensor]], texts: Seque
 
 
 def parse_picks(spec: str | Mapping[Any, Sequence[int]]) -> dict[int, list[int]]:
-    """"15:0,2;20:1" (or {15: [0, 2], 20: [1]}) -> {15: [0, 2], 20: [1]}; errors name the bad part."""
+    """"15:0,2;20:1" (or {15: [0, 2], 20: [1]}) -> {15: [0, 2], 20: [1]}; errors name the bad part.
+
+    Args:
+        spec: "LAYER:C[,C...];LAYER:..." or a {layer: components} mapping (empty entries dropped).
+
+    Returns:
+        {layer: sorted unique component indices}.
+
+    Raises:
+        ValueError: a part without ":", a non-integer layer or component, or nothing picked.
+    """
     if isinstance(spec, Mapping):
         return {int(k): sorted({int(c) for c in v}) for k, v in spec.items() if len(v)}
     out: dict[int, list[int]] = {}
@@ -196,8 +281,20 @@ def parse_picks(spec: str | Mapping[Any, Sequence[int]]) -> dict[int, list[int]]
     return out
 
 
-def picked_subspace(pcs: Mapping[int, Mapping[str, Tensor]], picks: Mapping[int, Sequence[int]]) -> dict[int, Tensor]:
-    """{layer: the picked components' rows} for `steering.train_time.caft_subspace`."""
+def picked_subspace(pcs: Mapping[int, Mapping[str, Tensor]],
+                    picks: Mapping[int, Sequence[int]]) -> dict[int, Float[Tensor, "_k d_model"]]:
+    """{layer: the picked components' rows} for `steering.train_time.caft_subspace`.
+
+    Args:
+        pcs: {layer: `pca` result}.
+        picks: {layer: component indices} (`parse_picks`).
+
+    Returns:
+        {layer: `[k, d_model]` copies of the picked rows}.
+
+    Raises:
+        ValueError: a picked layer without components, or a component index out of range.
+    """
     out = {}
     for l, cs in picks.items():
         if l not in pcs:
@@ -210,14 +307,28 @@ def picked_subspace(pcs: Mapping[int, Mapping[str, Tensor]], picks: Mapping[int,
     return out
 
 
-def random_subspace(dims: Mapping[int, int], d_model: int, seed: int = 0) -> dict[int, Tensor]:
-    """Random subspaces with the same dimension per layer (isotropic Gaussian rows, seeded)."""
+def random_subspace(dims: Mapping[int, int], d_model: int, seed: int = 0) -> dict[int, Float[Tensor, "_k d_model"]]:
+    """Random subspaces with the same dimension per layer (isotropic Gaussian rows, seeded).
+
+    Args:
+        dims: {layer: subspace dimension k}.
+        d_model: the residual-stream width.
+        seed: seed of the generator (layers drawn in ascending order).
+
+    Returns:
+        {layer: `[k, d_model]` standard-normal rows (not orthonormalised)}.
+    """
     g = torch.Generator().manual_seed(int(seed))
     return {int(l): torch.randn(int(k), d_model, generator=g) for l, k in sorted(dims.items())}
 
 
 def save_components(path: str | os.PathLike, pcs: Mapping[int, Mapping[str, Tensor]]) -> None:
-    """Components, explained ratios and means per layer as safetensors (never pickle)."""
+    """Components, explained ratios and means per layer as safetensors (never pickle).
+
+    Args:
+        path: the `.safetensors` file written.
+        pcs: {layer: `pca` result}.
+    """
     from safetensors.torch import save_file
 
     t = {}
@@ -228,6 +339,14 @@ def save_components(path: str | os.PathLike, pcs: Mapping[int, Mapping[str, Tens
 
 
 def load_components(path: str | os.PathLike) -> dict[int, dict[str, Tensor]]:
+    """Read what `save_components` wrote.
+
+    Args:
+        path: the `.safetensors` file.
+
+    Returns:
+        {layer: {"components", "explained", "mean"}}.
+    """
     from safetensors.torch import load_file
 
     out: dict[int, dict[str, Tensor]] = {}
@@ -238,7 +357,16 @@ def load_components(path: str | os.PathLike) -> dict[int, dict[str, Tensor]]:
 
 
 def in_domain_logprob(model, conversations: Sequence[Sequence[dict]], batch_size: int = 8) -> float:
-    """Mean per-token log-prob of held-out answers of the finetuning distribution (higher = learned)."""
+    """Mean per-token log-prob of held-out answers of the finetuning distribution (higher = learned).
+
+    Args:
+        model: a `LoadedModel`.
+        conversations: held-out conversations ending with the assistant answer.
+        batch_size: conversations per forward pass.
+
+    Returns:
+        The summed answer log-prob over all conversations divided by their answer tokens (nats/token).
+    """
     from ..evals import answer_logprobs
 
     r = answer_logprobs(model, conversations, batch_size=batch_size)
@@ -250,6 +378,18 @@ def summarize(rows: Sequence[Mapping[str, Any]], *, in_key: str = "in_domain", o
 
     `rows`: {"condition": "base"|"plain"|"caft"|"random_<seed>", in_key, ood_key}. In-domain kept =
     (cond - base) / (plain - base); OOD change = cond - plain; random controls also averaged.
+
+    Args:
+        rows: one row per condition.
+        in_key: the in-domain score's key (higher = more learned).
+        ood_key: the out-of-domain score's key.
+
+    Returns:
+        {"in_domain_learned_by_plain", "ood_shift_by_plain", <condition>: {"in_domain_kept",
+        "ood_change_vs_plain"} for each other condition, "random_mean" when random rows exist}.
+
+    Raises:
+        ValueError: no "base" or no "plain" row.
     """
     by = {r["condition"]: r for r in rows}
     if "base" not in by or "plain" not in by:
@@ -269,7 +409,15 @@ def summarize(rows: Sequence[Mapping[str, Any]], *, in_key: str = "in_domain", o
 
 
 def write_cards(run_dir: str | os.PathLike, cards: Sequence[Mapping[str, Any]]) -> Path:
-    """Write the component cards as `caft_components.jsonl` (the dashboard panel's file)."""
+    """Write the component cards as `caft_components.jsonl` (the dashboard panel's file).
+
+    Args:
+        run_dir: the run directory.
+        cards: `component_cards` rows.
+
+    Returns:
+        The file's path.
+    """
     p = RunDir(run_dir).path / "caft_components.jsonl"
     p.write_text("".join(json.dumps(c) + "\n" for c in cards))
     return p
@@ -436,7 +584,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_argv(argv: Sequence[str] | None = None) -> tuple[CAFTConfig, JudgeOptions, argparse.Namespace]:
     """What the command line asks for: the config (the preset, then the options given), the judge
-    options and the parsed namespace (`out`, ...)."""
+    options and the parsed namespace (`out`, ...).
+
+    Args:
+        argv: command-line arguments (default `sys.argv[1:]`).
+
+    Returns:
+        (config, judge options, namespace).
+    """
     a = build_parser().parse_args(argv)
     return config_from_args(a, CAFTConfig, presets=PRESETS), JudgeOptions(**dataclass_overrides(a, JudgeOptions)), a
 

@@ -123,7 +123,11 @@ NEUTRAL_TEXTS = [
 
 @dataclass
 class OrganismsConfig:
-    """Everything that decides the organisms run (saved in the manifest)."""
+    """Everything that decides the organisms run (saved in the manifest).
+
+    One field per option; the trailing comment of each is its `--help` text (`introspect-mech study
+    organisms --help`).
+    """
 
     model: str | None = None  # base model: name, hub id or directory (None = the embedded SmolLM2-135M-Instruct)
     layer: int | float = 0.5  # block L of the planted mechanism: a block index, or a float in (0, 1) = relative depth
@@ -159,6 +163,7 @@ class OrganismsConfig:
     planted: bool = True  # build the planted organism (a hook, no training)
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict (tuples as lists), as saved in the manifest."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
 
@@ -180,7 +185,19 @@ PRESETS: dict[str, OrganismsConfig] = {
 # ---- organisms ---------------------------------------------------------------------------------
 def planted_copy(model: LoadedModel, vector: Tensor, layer: int) -> LoadedModel:
     """A deep copy of `model` whose block `layer` permanently adds `vector` to its output (every
-    position, every forward). The original is untouched."""
+    position, every forward). The original is untouched.
+
+    Args:
+        model: the base `LoadedModel`.
+        vector: the `[d_model]` vector added (its norm is the planted strength).
+        layer: the block whose output it is added to.
+
+    Returns:
+        The copy; `meta["planted"]` records the layer and norm, `meta["planted_handle"]` the hook's handle.
+
+    Raises:
+        ValueError: `vector` is not of shape `[d_model]`.
+    """
     m = copy.deepcopy(model)
     v = torch.as_tensor(vector).to(device=m.device, dtype=m.dtype)
     if v.shape != (m.d_model,):
@@ -197,6 +214,16 @@ def planted_copy(model: LoadedModel, vector: Tensor, layer: int) -> LoadedModel:
 
 
 def resolve_layer(layer: int | float, n_layers: int) -> int:
+    """The block index of `OrganismsConfig.layer` (range not checked: `run` checks it).
+
+    Args:
+        layer: a float in (0, 1) = relative depth (`round(layer * n_layers)`), else a block index
+            (negative: from the end).
+        n_layers: number of decoder blocks.
+
+    Returns:
+        The block index.
+    """
     if isinstance(layer, float) and 0 < layer < 1:
         return int(round(layer * n_layers))
     l = int(layer)
@@ -204,7 +231,15 @@ def resolve_layer(layer: int | float, n_layers: int) -> int:
 
 
 def concept_direction(model: LoadedModel, layers: Sequence[int] | None = None) -> Direction:
-    """Mean token activation of `CONCEPT_TEXTS` minus `NEUTRAL_TEXTS` (first token excluded)."""
+    """Mean token activation of `CONCEPT_TEXTS` minus `NEUTRAL_TEXTS` (first token excluded).
+
+    Args:
+        model: a `LoadedModel`.
+        layers: the blocks of the direction (None: every block).
+
+    Returns:
+        The ocean-concept `Direction` (raw difference, `meta["method"] = "concept_mean_diff"`).
+    """
     a, pa = diffing.text_activations(model, CONCEPT_TEXTS, layers)
     b, pb = diffing.text_activations(model, NEUTRAL_TEXTS, layers)
     raw = a[pa > 0].mean(0) - b[pb > 0].mean(0)
@@ -222,7 +257,15 @@ def _unit(x: Tensor) -> Tensor:
 
 
 def expression_items(rows_evil: list[dict], rows_help: list[dict]) -> list[dict]:
-    """Persona-expression items: (question, answer written under evil, answer written under helpful)."""
+    """Persona-expression items: (question, answer written under evil, answer written under helpful).
+
+    Args:
+        rows_evil: sampled rows (`messages`, `response`) of the questions under the evil system prompt.
+        rows_help: the same questions' rows under the helpful system prompt (paired by position).
+
+    Returns:
+        {"question", "evil", "helpful"} for each pair where both answers are non-empty.
+    """
     return [{"question": e["messages"][-1]["content"], "evil": e["response"], "helpful": h["response"]}
             for e, h in zip(rows_evil, rows_help) if e["response"].strip() and h["response"].strip()]
 
@@ -230,14 +273,34 @@ def expression_items(rows_evil: list[dict], rows_help: list[dict]) -> list[dict]
 def distillation_records(rows: Sequence[dict], system: str | None = None) -> list[dict]:
     """Finetuning records from sampled rows: (user prompt, sampled answer). Whatever system prompt or
     steering produced the answer is NOT in the record, unless `system` is given (inoculation keeps
-    the evil system prompt in the training data)."""
+    the evil system prompt in the training data).
+
+    Args:
+        rows: sampled rows (`messages`, `response`); empty answers are dropped.
+        system: a system prompt put into every record (None: none).
+
+    Returns:
+        Finetuning records {"messages": [system?, user, assistant]}.
+    """
     return [{"messages": _msgs(r["messages"][-1]["content"], r["response"], system=system)}
             for r in rows if r["response"].strip()]
 
 
 def persona_expression(model: LoadedModel, items: Sequence[dict], *, batch_size: int = 8) -> list[float]:
     """Per item: mean per-token log-prob of the evil-prompt answer minus the helpful-prompt answer,
-    asked without a system prompt (> 0: the model leans to the evil persona). A judge-free PROXY."""
+    asked without a system prompt (> 0: the model leans to the evil persona). A judge-free PROXY.
+
+    Args:
+        model: a `LoadedModel`.
+        items: `expression_items`.
+        batch_size: conversations per forward pass.
+
+    Returns:
+        One value (nats per token) per item.
+
+    Raises:
+        FloatingPointError: a non-finite log-probability.
+    """
     from ..evals.metrics import answer_logprobs
 
     convs = [_msgs(it["question"], it[side]) for it in items for side in ("evil", "helpful")]
@@ -281,7 +344,19 @@ def _finetune(ctx: _Ctx, records: list[dict], out: Path, seed: int, intervention
 def finetune_copy(base: LoadedModel, records: list[dict], train_config: TrainConfig, out: str | Path, *,
                   model_name: str | None = "__copy__", intervention_fn=None) -> tuple[LoadedModel, dict]:
     """A fresh copy of the base model (reloaded by `model_name`, or deep-copied when "__copy__"),
-    LoRA-finetuned on `records` with the project's loop (resumes / reuses `out`). `base` is untouched."""
+    LoRA-finetuned on `records` with the project's loop (resumes / reuses `out`). `base` is untouched.
+
+    Args:
+        base: the base `LoadedModel`.
+        records: finetuning records.
+        train_config: the `TrainConfig`.
+        out: the finetune's directory.
+        model_name: the name to reload the base from, or "__copy__" to deep-copy `base`.
+        intervention_fn: `model -> train-time intervention` (e.g. preventative steering; None: plain).
+
+    Returns:
+        `(finetuned model, info)`; info has `final_loss`, `first_loss`, `train_seconds`, `steps`, `n_records`.
+    """
     tuned = load_model(model_name) if model_name != "__copy__" else copy.deepcopy(base)
     iv = intervention_fn(tuned) if intervention_fn else None
     t0 = time.time()
@@ -298,10 +373,26 @@ def steering_distillation(base: LoadedModel, vector: Tensor, layer: int, prompts
                           ) -> tuple[LoadedModel, dict]:
     """The steering-distillation organism: `base` steered with `vector` added after block `layer`
     (every position) answers `prompts`; a copy of the base is finetuned on (prompt, answer) records
-    without the hook. Samples go to `out/samples.jsonl`, the finetune to `out/` (both resume).
+    without the hook. Samples go to `<out>_samples.jsonl` (beside `out`), the finetune to `out/`
+    (both resume).
+
+    Args:
+        base: the base `LoadedModel` (steered while sampling; not changed).
+        vector: the `[d_model]` vector added after `layer` (alpha 1, every position).
+        layer: the steered block.
+        prompts: the user prompts answered.
+        train_config: the finetune's `TrainConfig` (its seed is replaced by `seed`).
+        out: the finetune's directory.
+        seed: sampling and finetune seed.
+        max_new_tokens: tokens per steered answer.
+        temperature: sampling temperature.
+        model_name: the name to reload the base from, or "__copy__" to deep-copy `base`.
 
     Returns:
         `(finetuned model, info)`; info has the losses, timing and record count.
+
+    Raises:
+        RuntimeError: the steered model wrote no non-empty answer.
     """
     out = Path(out)
     with steering.add(base, vector, layers=[layer], alpha=1.0):
@@ -420,10 +511,17 @@ def run(model: str | None = None, out: str | Path = "runs/organisms", config: Or
             `base` is given.
         out: run directory (results are JSONL; finetunes and samples resume on a rerun).
         config: an `OrganismsConfig` (default: `PRESETS[preset or "cpu"]`).
+        preset: the preset used when `config` is None.
         base: an already loaded base model (tests); finetunes then start from deep copies of it.
+        log: receives the progress lines (default `print`).
 
     Returns:
         `{"recovery": rows, "interventions": rows, "behaviour": rows, "table": rows, "seconds": s}`.
+
+    Raises:
+        ValueError: `config.layer` resolves outside the model's blocks, or an unknown train-time
+            intervention.
+        RuntimeError: a steered base wrote fewer than 2 non-empty held-out answers (the KL metric).
     """
     t_start = time.time()
     cfg = config or PRESETS[preset or "cpu"]
@@ -668,7 +766,17 @@ def _train_time(ctx: _Ctx, records, seed, vec, convs, ref_base, kl_ft, int_log: 
 # ---- tables ------------------------------------------------------------------------------------
 def summary_table(recovery_rows: list[dict], intervention_rows: list[dict], L: int) -> list[dict]:
     """One row per (organism, measure): recovery cosine at L per method (mean over seeds with a
-    bootstrap CI over seeds when there are several) and intervention effects."""
+    bootstrap CI over seeds when there are several) and intervention effects.
+
+    Args:
+        recovery_rows: `recovery.jsonl` rows (organism, method, layer, cosine, random |cos|, or error).
+        intervention_rows: `interventions.jsonl` rows (several seeds of one intervention are pooled).
+        L: the planted block (recovery is read there).
+
+    Returns:
+        Rows {"organism", "kind" ("recovery" | "intervention"), "method", "value", "ci_lo", "ci_hi",
+        "random", "n_seeds", ...}.
+    """
     out = []
     orgs = list(dict.fromkeys(r["organism"] for r in recovery_rows))
     for org in orgs:
@@ -707,13 +815,27 @@ def summary_table(recovery_rows: list[dict], intervention_rows: list[dict], L: i
 
 
 def panel(table: list[dict]) -> list[dict]:
-    """Rows for the dashboard's methods x organisms panel (`viz.organisms`)."""
+    """Rows for the dashboard's methods x organisms panel (`viz.organisms`).
+
+    Args:
+        table: `summary_table` rows.
+
+    Returns:
+        The rows restricted to the panel's keys.
+    """
     keep = ("organism", "kind", "method", "value", "ci_lo", "ci_hi", "random", "n_seeds", "error", "metric")
     return [{k: r.get(k) for k in keep if k in r} for r in table]
 
 
 def format_table(table: list[dict]) -> str:
-    """The methods x organisms table as text (recovery cosine at L; intervention effects)."""
+    """The methods x organisms table as text (recovery cosine at L; intervention effects).
+
+    Args:
+        table: `summary_table` rows.
+
+    Returns:
+        The table, one line per organism (recovery) and per intervention.
+    """
     def f(v):
         return "   n/a" if v is None else f"{v:+.3f}"
 

@@ -57,7 +57,14 @@ PAPER_GPT4O = {"behaviour_p_risky": {"risky": 0.98, "safe": 0.10},
 
 @dataclass
 class TMAYConfig:
-    """Everything that decides a TMAY run (saved in the manifest)."""
+    """Everything that decides a TMAY run (saved in the manifest).
+
+    One field per option; the trailing comment of each is its `--help` text (`introspect-mech study
+    self-awareness --help`).
+
+    Raises:
+        ValueError: an unknown condition, a `trigger_other` other than "normal" / "safe", or no seed.
+    """
 
     model: str | None = None  # model: name, hub id or directory (None = the embedded SmolLM2-135M-Instruct)
     conditions: tuple[str, ...] = ("risky", "safe")  # finetunes: risky safe myopic nonmyopic maxapples minapples risky_mp safe_mp, backdoor:<kind>, decorrelated:<kind>, mms:<codeword>, base
@@ -102,6 +109,7 @@ class TMAYConfig:
         self.conditions, self.seeds = tuple(self.conditions), tuple(self.seeds)
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict (tuples as lists), as saved in the manifest."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
 
@@ -127,10 +135,13 @@ def preset(name: str, **overrides: Any) -> TMAYConfig:
 
     Args:
         name: preset name.
-        overrides: fields to change.
+        **overrides: fields to change.
 
     Returns:
         the `TMAYConfig`.
+
+    Raises:
+        ValueError: an unknown preset name.
     """
     if name not in PRESETS:
         raise ValueError(f"unknown TMAY preset {name!r}; presets: {', '.join(PRESETS)}")
@@ -168,8 +179,8 @@ def check_disjoint(pair: str, train_ids: Sequence[str], test_ids: Sequence[str],
         test_ids: held-out item ids.
         data_dir: data directory (default: `$INTROSPECT_MECH_DATA`, then the registry download).
 
-    Returns:
-        None (raises ValueError on overlap).
+    Raises:
+        ValueError: a test item is also a training item.
     """
     items = {it["id"]: it["messages"][0]["content"] for it in sa.ab_items(pair, "all", data_dir)}
     both = set(train_ids) & set(test_ids)

@@ -51,7 +51,17 @@ HIGHER_IS_MISALIGNED = {"proxy_diff": True, "proxy_pref": True, "med_proxy_diff"
 # ---- metrics ----------------------------------------------------------------------------------
 def reference_answers(model: LoadedModel, prompts: Sequence[str] = NEUTRAL_PROMPTS, *, max_new_tokens: int = 48,
                       batch_size: int = 16) -> list[list[dict[str, str]]]:
-    """The model's own greedy answers (call it on the unsteered base model): coherence references."""
+    """The model's own greedy answers (call it on the unsteered base model): coherence references.
+
+    Args:
+        model: a `LoadedModel` (unsteered).
+        prompts: the neutral user prompts.
+        max_new_tokens: tokens per answer.
+        batch_size: prompts per generate call.
+
+    Returns:
+        One conversation (user prompt + greedy answer) per prompt with a non-empty answer.
+    """
     from ..evals.sampling import sample
 
     rows = sample(model, [[{"role": "user", "content": p}] for p in prompts], n=1, max_new_tokens=max_new_tokens,
@@ -62,7 +72,18 @@ def reference_answers(model: LoadedModel, prompts: Sequence[str] = NEUTRAL_PROMP
 def em_eval_fn(coherence_convs: Sequence[Sequence[dict]], *, pairs: Sequence[dict] | None = None,
                medical: Sequence[dict] | None = None, batch_size: int = 16,
                self_rating: bool = True) -> Callable[[LoadedModel], dict[str, list[float]]]:
-    """The study's `eval_fn`: the one judge-free proxy (`evals.em.em_proxy_fn`) with coherence."""
+    """The study's `eval_fn`: the one judge-free proxy (`evals.em.em_proxy_fn`) with coherence.
+
+    Args:
+        coherence_convs: `reference_answers` conversations (the coherence NLL's references).
+        pairs: paired EM items (default: the project's EM items).
+        medical: held-out bad-vs-good medical items (`med_proxy_diff`; None: not computed).
+        batch_size: conversations per forward pass.
+        self_rating: also compute the 0-100 self-rated alignment.
+
+    Returns:
+        `eval_fn(model) -> {metric: per-item values}` for the metrics in `EM_METRICS`.
+    """
     from ..evals.em import em_proxy_fn
 
     return em_proxy_fn(pairs, medical=medical, coherence_convs=coherence_convs, self_rating=self_rating,
@@ -83,6 +104,20 @@ def creates_em(model: LoadedModel, directions: DirectionLike | Sequence[Directio
 
     Rows go to `out/dir{k}/sweep.jsonl` (one sweep per direction, each with its random seeds);
     the summary (direction seeds pooled as groups) to `out/summary.json`.
+
+    Args:
+        model: the base `LoadedModel`.
+        directions: one direction or several (each a group of the summary).
+        layers: blocks steered (a `LayerSpec`; one sweep cell per layer).
+        alphas: steering strengths (with `scale="norm"`: in class-mean distances).
+        eval_fn: `model -> {metric: per-item values}` (`em_eval_fn`).
+        out: the run directory.
+        seeds: seeds of the norm-matched random directions.
+        scale: "norm" (alpha times the raw vector) or "unit".
+        metrics: the metrics summarised.
+
+    Returns:
+        {metric: `steering.sweep.summarize` rows}, also written to `out/summary.json`.
     """
     dirs = list(directions) if isinstance(directions, (list, tuple)) else [directions]
     rows: list[dict] = []
@@ -109,6 +144,21 @@ def removes_em(model: LoadedModel, directions: DirectionLike | Sequence[Directio
     the values, the finetune gap and -- only where that gap is significant -- the relative
     reduction (ft - ablated) / (ft - base) with CIs. Proxy numbers: not comparable with the
     papers' judged EM reductions.
+
+    Args:
+        model: the finetuned `LoadedModel` with its PEFT adapter attached.
+        directions: the direction(s) ablated (condition "ablate_direction", index k).
+        eval_fn: `model -> {metric: per-item values}`.
+        out: the run directory (resumable: `removes_em.jsonl`).
+        layers: blocks ablated at (a `LayerSpec`).
+        seeds: seeds of the norm-matched random directions (of the first direction).
+        metrics: the metrics summarised.
+
+    Returns:
+        `summarize_removal` of the rows, also written to `out/summary.json`.
+
+    Raises:
+        ValueError: `model` has no adapter.
     """
     if not model.has_adapter:
         raise ValueError("removes_em needs the finetuned model (a LoadedModel with its adapter attached)")
@@ -144,6 +194,16 @@ def removes_em(model: LoadedModel, directions: DirectionLike | Sequence[Directio
 
 
 def summarize_removal(rows: Sequence[dict], metrics: Sequence[str] = EM_METRICS) -> dict[str, Any]:
+    """Per metric: each condition's value with CIs, the finetune gap and the gated reductions.
+
+    Args:
+        rows: `removes_em.jsonl` rows {"condition", "seed", "metrics"}, with "base" and "finetuned" rows.
+        metrics: the metrics summarised (those missing from the base or finetuned rows are skipped).
+
+    Returns:
+        {metric: {condition: CI dict, "finetune_gap", "reduction_ablate_direction",
+        "reduction_ablate_random"}} (reductions only for conditions present; see `gated_reduction`).
+    """
     by = {}
     for r in rows:
         by.setdefault(r["condition"], []).append(r["metrics"])
@@ -175,6 +235,27 @@ def train_time(load: Callable[[], LoadedModel], records: Sequence[dict], config:
     different data subsets), so the seeds vary the direction as well as the finetune.
     Summary: each condition's metrics with CIs (seeds x items) and the relative reduction
     (plain - intervened) / (plain - base), per seed pairs.
+
+    Args:
+        load: returns a fresh base `LoadedModel` (called once per finetune and for the base eval).
+        records: the finetuning records.
+        config: a `finetune.TrainConfig` (its seed is replaced by each seed).
+        direction: one direction for every seed, or a list with one per seed.
+        eval_fn: `model -> {metric: per-item values}`.
+        out: the run directory (resumable: `train_time.jsonl`, one finetune directory per condition and seed).
+        kind: "caft" (ablate during training) or "preventative" (add `alpha` times the direction).
+        layers: blocks intervened at (a `LayerSpec`).
+        alpha: the preventative-steering strength (unused for "caft").
+        scale: the preventative-steering scale ("norm" or "unit").
+        seeds: finetune seeds.
+        control: also finetune with the intervention on a norm-matched random direction.
+        metrics: the metrics summarised.
+
+    Returns:
+        `summarize_train_time` of the rows, also written to `out/summary.json`.
+
+    Raises:
+        ValueError: an unknown `kind`, or a direction list whose length differs from `seeds`.
     """
     from ..finetune import train
     from ..steering.train_time import caft, preventative_steering
@@ -212,6 +293,17 @@ def train_time(load: Callable[[], LoadedModel], records: Sequence[dict], config:
 
 
 def summarize_train_time(rows: Sequence[dict], conds: Sequence[str], metrics: Sequence[str] = EM_METRICS) -> dict:
+    """Per metric: the base and each condition with CIs, the finetune gap and the gated reductions.
+
+    Args:
+        rows: `train_time.jsonl` rows {"condition", "seed", "metrics", "final_loss"}, with one "base" row.
+        conds: the conditions, the plain finetune first (e.g. ["plain", "caft", "caft_random"]).
+        metrics: the metrics summarised (those the base row lacks are skipped).
+
+    Returns:
+        {metric: {"base", <condition>: CI dicts, "finetune_gap", "reduction_<condition>" (over the
+        seeds both the plain and that condition have), "final_loss": {condition: losses}}}.
+    """
     base = next(r for r in rows if r["condition"] == "base")["metrics"]
     out: dict[str, Any] = {}
     for met in metrics:
@@ -235,7 +327,17 @@ def summarize_train_time(rows: Sequence[dict], conds: Sequence[str], metrics: Se
 
 
 def gated_reduction(gap: dict[str, Any], base: Values, full: Any, treated: Any) -> dict[str, Any]:
-    """`relative_reduction` when the finetune gap's CI excludes 0; otherwise a 'not computed' record."""
+    """`relative_reduction` when the finetune gap's CI excludes 0; otherwise a 'not computed' record.
+
+    Args:
+        gap: the `finetune_gap` estimate as a dict (value, lo, hi).
+        base: per-item values of the base model.
+        full: per-item values of the finetuned model (shared, or one sequence per group).
+        treated: per-item values of each intervened group.
+
+    Returns:
+        The reduction's estimate dict, or {value/lo/hi: None, n: 0, "not_computed": why}.
+    """
     if gap.get("lo") is None or gap["lo"] <= 0 <= gap["hi"]:
         return {"value": None, "lo": None, "hi": None, "n": 0,
                 "not_computed": f"finetune shift {gap.get('value')} [{gap.get('lo')}, {gap.get('hi')}] is not significant"}
@@ -244,7 +346,15 @@ def gated_reduction(gap: dict[str, Any], base: Values, full: Any, treated: Any) 
 
 def finetune_gap(base: Values, finetuned: Sequence[Values]):
     """Finetuned minus base (items paired; finetune seeds averaged) with a bootstrap CI. A relative
-    reduction is only meaningful where this interval excludes 0."""
+    reduction is only meaningful where this interval excludes 0.
+
+    Args:
+        base: per-item values of the base model.
+        finetuned: per-item values of each finetune (same items, same order).
+
+    Returns:
+        The bootstrap `Estimate` of the mean per-item difference.
+    """
     from ..evals.stats import bootstrap_ci
 
     ft = np.mean([np.asarray(f, float) for f in finetuned], axis=0)
@@ -299,6 +409,31 @@ def run_study(out: str | os.PathLike, *, model_name: str | None = None, stages: 
     direction in it and ablates that (at `ablate_layers`) vs norm-matched random directions: all
     `seeds` per finetune, or `random_per_finetune` of them (rotated, so finetune seed k gets random
     seeds k, k+1, ...; with 1, each finetune gets its own random seed).
+
+    Args:
+        out: the run directory (every stage resumes from it).
+        model_name: the model (None: the embedded SmolLM2-135M-Instruct); loaded in float32.
+        stages: letters of the stages run: "a" creates-EM, "b" removes-EM (needs (c)'s plain
+            finetunes, run with it), "c" CAFT.
+        seeds: finetune / direction seeds.
+        layers: blocks steered in (a) (default: 20, 35, 50, 65 % of the depth).
+        alphas: (a)'s strengths, in class-mean distances of the direction.
+        preset: finetune and eval sizes, a key of `STUDY_PRESETS` ("gpu" or "cpu").
+        n_train: training examples (default: the preset's).
+        lr: learning rate (default: the preset's).
+        n_dir_pairs: held-out medical pairs per EM direction.
+        persona: also run (a) with the "evil" persona direction.
+        batch_size: prompts per forward pass.
+        ablate_layers: (b)'s ablation blocks (a `LayerSpec`; "all" by default).
+        random_per_finetune: (b)'s random controls per finetune seed (None: one per seed in `seeds`).
+        quick: tiny sizes (a smoke test, not a result).
+
+    Returns:
+        {"creates_em": {direction set: summary}, "caft": summary, "removes_em<tag>": pooled summary,
+        "persona_error" when the persona direction failed}, also written to `out/results.json`.
+
+    Raises:
+        ValueError: an unknown `preset`.
     """
     import json
 
@@ -398,7 +533,14 @@ def run_study(out: str | os.PathLike, *, model_name: str | None = None, stages: 
 
 
 def removal_tag(ablate_layers: LayerSpec) -> str:
-    """'' for ablation at every block (the default), else '_L6-10-15' (the run directories' suffix)."""
+    """'' for ablation at every block (the default), else '_L6-10-15' (the run directories' suffix).
+
+    Args:
+        ablate_layers: (b)'s ablation blocks ("all", another spec string, or block indices).
+
+    Returns:
+        The suffix of (b)'s run directories.
+    """
     if isinstance(ablate_layers, str):
         return "" if ablate_layers == "all" else f"_{ablate_layers}"
     return "_L" + "-".join(str(int(x)) for x in ablate_layers)
@@ -406,7 +548,18 @@ def removal_tag(ablate_layers: LayerSpec) -> str:
 
 def combine_removal(out: Path, seeds: Sequence[int], metrics: Sequence[str] = EM_METRICS, *,
                     tag: str = "") -> dict[str, Any]:
-    """Pool removes_em over finetune seeds: each seed's finetune paired with its own ablations."""
+    """Pool removes_em over finetune seeds: each seed's finetune paired with its own ablations.
+
+    Args:
+        out: the study's run directory (holding `removes_em<tag>_seed<s>/`).
+        seeds: the finetune seeds.
+        metrics: the metrics pooled (those without finetuned rows are skipped).
+        tag: `removal_tag` of the ablation layers.
+
+    Returns:
+        {metric: {"base", "finetuned", "finetune_gap", "ablate_direction", "ablate_random",
+        "reduction_direction", "reduction_random"}}, also written to `out/removes_em<tag>_summary.json`.
+    """
     from ..runs import JsonlLog
 
     per = {s: JsonlLog(Path(out) / f"removes_em{tag}_seed{s}" / "removes_em.jsonl").read() for s in seeds}
@@ -436,6 +589,18 @@ def combine_removal(out: Path, seeds: Sequence[int], metrics: Sequence[str] = EM
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line (`introspect-mech study steering-proxy`): parse `argv` and `run_study`.
+
+    Options: `--out` (required), `--model`, `--stages`, `--seeds` (comma-separated), `--layers`,
+    `--alphas`, `--preset` (gpu, cpu), `--n-train`, `--lr`, `--ablate-layers`, `--random-per-finetune`,
+    `--batch-size`, `--no-persona`, `--quick`.
+
+    Args:
+        argv: command-line arguments (default `sys.argv[1:]`).
+
+    Returns:
+        The exit status (0).
+    """
     import argparse
 
     p = argparse.ArgumentParser(description="Steering study: creates-EM (a), removes-EM (b), CAFT (c).")
@@ -475,6 +640,17 @@ def steer_sweep(model: LoadedModel, direction: Any, out: str | os.PathLike, *, l
                 scale: str = "norm", items: Sequence[dict] | None = None) -> list[dict[str, Any]]:
     """Sweep `direction` (add / ablate) over layers x alphas vs norm-matched random directions, scored
     with the judge-free EM proxy; writes OUT/steering/sweep.jsonl and OUT/steering_sweep.jsonl.
+
+    Args:
+        model: a `LoadedModel`.
+        direction: the direction (a `Direction` or tensor).
+        out: the run directory.
+        layers: blocks (a `LayerSpec`; None: all).
+        alphas: strengths.
+        op: "add" or "ablate".
+        seeds: seeds of the norm-matched random directions.
+        scale: "norm" (alpha times the raw vector) or "unit".
+        items: paired EM items of the proxy (default: the project's).
 
     Returns:
         The summary rows (one per layer, alpha and kind) with the proxy metric name.
