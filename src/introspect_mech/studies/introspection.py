@@ -508,8 +508,8 @@ class DetectionScorer:
 
         Returns:
             The trial's fields plus `p_yes` = P(Yes) / (P(Yes) + P(No)), `mass_yes_no`, `claims`
-            (1[P(Yes) > P(No)]), `word_logprobs` ({word: log P(word | identification prefix)}) and,
-            when `spec.word` is a candidate, its 1-based `rank`.
+            (1[P(Yes) > P(No)]), `word_logprobs` ({word: log P(word + closing quote | prompt +
+            identification prefix)}) and, when `spec.word` is a candidate, its 1-based `rank`.
 
         Raises:
             ValueError: an injected trial without a direction, layer or strength.

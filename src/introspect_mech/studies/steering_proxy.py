@@ -82,7 +82,9 @@ def em_eval_fn(coherence_convs: Sequence[Sequence[dict]], *, pairs: Sequence[dic
         self_rating: also compute the 0-100 self-rated alignment.
 
     Returns:
-        `eval_fn(model) -> {metric: per-item values}` for the metrics in `EM_METRICS`.
+        `eval_fn(model) -> {metric: per-item values}`: `em_proxy_fn`'s metrics ("proxy_pref",
+        "proxy_diff", ..., "coherence_nll", "med_proxy_*" with `medical`, "self_alignment" with
+        `self_rating`).
     """
     from ..evals.em import em_proxy_fn
 
