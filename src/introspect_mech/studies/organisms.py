@@ -50,6 +50,7 @@ from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from .. import diffing, steering
@@ -367,7 +368,7 @@ def finetune_copy(base: LoadedModel, records: list[dict], train_config: TrainCon
                    "train_seconds": round(time.time() - t0, 1), "steps": res.steps, "n_records": len(records)}
 
 
-def steering_distillation(base: LoadedModel, vector: Tensor, layer: int, prompts: Sequence[str],
+def steering_distillation(base: LoadedModel, vector: Float[Tensor, " d_model"], layer: int, prompts: Sequence[str],
                           train_config: TrainConfig, out: str | Path, *, seed: int = 0, max_new_tokens: int = 40,
                           temperature: float = 1.0, model_name: str | None = "__copy__",
                           ) -> tuple[LoadedModel, dict]:
