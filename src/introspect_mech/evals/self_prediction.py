@@ -103,6 +103,7 @@ def task_size(name: str, data_dir: str | os.PathLike | None = None) -> int:
 
     Raises:
         KeyError: no task file of that name.
+        FileNotFoundError: no task files at all under `<data_dir>/introspection`.
     """
     return len(_task_lines(task_files(data_dir)[name]))
 
