@@ -135,7 +135,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, exclude: I
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                              "help": f"{helps.get(f.name, '')} ({'required' if required else f'default: {default!r}'})".strip()}
+                              "help": f"{helps.get(f.name, '')} ({'required' if required else f'default: {default!r}'})"
+                                      .strip().replace("%", "%%")}  # argparse formats help with %
         if required:
             kw["required"] = True
         flag = "--" + f.name.replace("_", "-")
