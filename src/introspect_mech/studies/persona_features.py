@@ -15,7 +15,7 @@ items), labelled as such and never compared with the paper's judged numbers.
 
 `diff_screen_detect` runs steps 1-3 on given models and SAE; `run(out, PRESETS["cpu"])` is the whole
 experiment (finetunes, SAE, eval answers, steps 1-3, summary; a `PersonaFeaturesConfig` holds every
-option); `main(argv)` is the same as a command (`introspect-mech study persona_features --help`).
+option); `main(argv)` is the same as a command (`introspect-mech study persona-features --help`).
 """
 
 from __future__ import annotations
@@ -343,7 +343,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PersonaFeaturesConfig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`introspect-mech study persona_features [options]`: run the study and print its results.
+    """`introspect-mech study persona-features [options]`: run the study and print its results.
 
     Args:
         argv: the arguments (default: sys.argv[1:]); `--help` lists every option.

@@ -24,7 +24,7 @@ difference (`scale="norm"`), as upstream adds the unnormalised vector. Upstream 
 `hidden_states` (0 = embeddings): it is our block `L - 1`.
 
 `run(out, PRESETS["cpu"])` runs the steps in order as the paper did, on one trait (a `PVConfig` holds
-every option); `main(argv)` is the same as a command (`introspect-mech study persona_vectors --help`).
+every option); `main(argv)` is the same as a command (`introspect-mech study persona-vectors --help`).
 """
 
 from __future__ import annotations
@@ -566,7 +566,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PVConfig, JudgeOption
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`introspect-mech study persona_vectors [options]`: run the study and print its results.
+    """`introspect-mech study persona-vectors [options]`: run the study and print its results.
 
     Args:
         argv: the arguments (default: sys.argv[1:]); `--help` lists every option.
