@@ -123,6 +123,7 @@ class _FakeStudy:
      ["--preset", "cpu", "--n-train", "8"]),
     (["study", "self-awareness", "--help"], "self_awareness", ["--help"]),
     (["study", "main-job"], "main_job", []),
+    (["study", "model_organisms", "--seed", "1"], "model_organisms", ["--seed", "1"]),  # the module's name
     (["demo", "--preset", "quick", "--out", "runs/x"], "main_job", ["--preset", "quick", "--out", "runs/x"]),
 ])
 def test_study_and_demo_dispatch_to_the_study_main(monkeypatch, argv, module, rest):

@@ -102,6 +102,7 @@ def test_presets_then_the_options_given():
     assert config_from_args(p.parse_args(["--lr", "0.5"]), Cfg, presets=presets, name="fixed").name == "fixed"
     with pytest.raises(SystemExit):
         p.parse_args(["--preset", "huge"])
+    assert "(default: 0.001)" in p.format_help() and "(default: 1e-05)" not in p.format_help()  # the preset's
     q = argparse.ArgumentParser()
     add_config_args(q, Cfg)  # no presets: no --preset, the class defaults
     assert config_from_args(q.parse_args(["--lr", "0.5"]), Cfg) == Cfg(lr=0.5)

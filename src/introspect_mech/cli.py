@@ -273,6 +273,8 @@ def study_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_study(argv: list[str]) -> int:
+    if argv:  # the module's own name (emergent_misalignment) is accepted for its command name
+        argv = [argv[0].replace("_", "-"), *argv[1:]]
     if argv and argv[0] in STUDIES:
         return _study_main(STUDIES[argv[0]], argv[1:])
     ns = study_parser().parse_args(argv)  # prints the help, or the error naming the studies

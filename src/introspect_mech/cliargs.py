@@ -102,7 +102,7 @@ def _none_or(fn: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, exclude: Iterable[str] = (),
-                       title: str | None = None) -> list[str]:
+                       title: str | None = None, shown: Any = None) -> list[str]:
     """Add one option per field of the dataclass `cls` to `parser`.
 
     Args:
@@ -111,6 +111,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, exclude: I
             a field without a default becomes a required option.
         exclude: field names to leave out (options the command names itself).
         title: an argument-group title (default: the class name).
+        shown: an instance of `cls` whose values the help shows as the defaults (e.g. the default preset);
+            None: the class defaults.
 
     Returns:
         The field names added (the namespace attribute of each is the field name).
@@ -134,8 +136,11 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, exclude: I
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        if shown is not None:
+            default, required = getattr(shown, f.name), False
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                              "help": f"{helps.get(f.name, '')} ({'required' if required else f'default: {default!r}'})".strip()}
+                              "help": f"{helps.get(f.name, '')} ({'required' if required else f'default: {default!r}'})"
+                                      .strip().replace("%", "%%")}  # argparse formats help with %
         if required:
             kw["required"] = True
         flag = "--" + f.name.replace("_", "-")
@@ -227,7 +232,9 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, *, presets: dict
     if presets:
         parser.add_argument("--preset", default=default_preset, choices=sorted(presets),
                             help=f"start from this configuration; options given override its fields (default: {default_preset})")
-    return add_dataclass_args(parser, cls, exclude=exclude, title=title)
+    shown = presets[default_preset] if presets and default_preset is not None else None
+    return add_dataclass_args(parser, cls, exclude=exclude, title=title or (
+        f"{cls.__name__} fields (defaults: the {default_preset} preset's)" if shown is not None else None), shown=shown)
 
 
 def config_from_args(ns: argparse.Namespace, cls: type, *, presets: dict[str, Any] | None = None,

@@ -67,7 +67,14 @@ class JudgeOptions:
         return HFJudge(self._local_model(rest, model, device))
 
     def build_categorical(self, judge: Any) -> Any:
-        """The label judge that goes with `judge` (the same local model), or None for an API or no judge."""
+        """The label judge that goes with `judge` (the same local model), or None for an API or no judge.
+
+        Args:
+            judge: what `build` returned (`HFJudge`, `APIJudge` or None).
+
+        Returns:
+            An `HFCategoricalJudge` on the `HFJudge`'s model, else None.
+        """
         from .em import HFCategoricalJudge
         from .judges import HFJudge
 

@@ -85,7 +85,14 @@ def score_from_probs(probs: dict[int, float], min_mass: float = 0.25) -> JudgeRe
 
 
 class HFJudge:
-    """A local chat model as a 0-100 judge (exact multi-token number scoring)."""
+    """A local chat model as a 0-100 judge (exact multi-token number scoring).
+
+    Args:
+        model: the judge model (a chat model; its chat template renders the prompts).
+        min_mass: the score is None when less than this probability mass is on 0..100 (default 0.25).
+        batch_size: prompts per forward pass.
+        system: optional system prompt put before each judge prompt.
+    """
 
     def __init__(self, model: LoadedModel, *, min_mass: float = 0.25, batch_size: int = 2,
                  system: str | None = None):
@@ -97,6 +104,15 @@ class HFJudge:
                 "adapter": m.meta.get("adapter"), "min_mass": self.min_mass, "scoring": "exact 0-100 multi-token"}
 
     def score(self, prompts: Sequence[str]) -> list[JudgeResult]:
+        """Score each judge prompt: the probability-weighted mean over the answers "0".."100".
+
+        Args:
+            prompts: filled judge prompts (one user turn each).
+
+        Returns:
+            One `JudgeResult` per prompt; score None when the mass on the numbers is < `min_mass`, or
+            with `reason` set when the model's number mass is not finite or exceeds 1.
+        """
         texts = []
         for p in prompts:
             msgs = ([{"role": "system", "content": self.system}] if self.system else []) + [{"role": "user", "content": p}]
@@ -113,7 +129,18 @@ class HFJudge:
 
 
 def parse_top_logprobs(body: Any) -> list[tuple[str, float]]:
-    """(token, logprob) pairs of the first generated token from a chat-completions response body."""
+    """(token, logprob) pairs of the first generated token from a chat-completions response body.
+
+    Args:
+        body: the parsed JSON response (`choices[0].logprobs.content[0]`); without `top_logprobs` the
+            sampled token's own logprob is the one pair.
+
+    Returns:
+        The pairs, in the response's order.
+
+    Raises:
+        JudgeError: the body lacks that structure, or `top_logprobs` is empty (message starts "malformed").
+    """
     try:
         content = body["choices"][0]["logprobs"]["content"]
         first = content[0]
@@ -127,7 +154,15 @@ def parse_top_logprobs(body: Any) -> list[tuple[str, float]]:
 
 
 def check_logprobs(pairs: Sequence[tuple[str, float]]) -> str | None:
-    """Why (token, logprob) pairs cannot be a distribution (non-finite or positive logprob), or None."""
+    """Why (token, logprob) pairs cannot be a distribution (non-finite or positive logprob), or None.
+
+    Args:
+        pairs: (token, natural-log probability) pairs.
+
+    Returns:
+        A one-line reason naming the first bad pair, or None when every logprob is finite and <= 0
+        (within `MASS_TOL`).
+    """
     for tok, lp in pairs:
         if not math.isfinite(lp):
             return f"judge returned a non-finite logprob ({lp!r}) for token {tok!r}"
@@ -138,6 +173,15 @@ def check_logprobs(pairs: Sequence[tuple[str, float]]) -> str | None:
 
 def probs_from_top_logprobs(pairs: Sequence[tuple[str, float]], lo: int = 0, hi: int = 100) -> dict[int, float]:
     """{integer answer in lo..hi: probability} from top-logprob pairs (non-number tokens dropped).
+
+    Args:
+        pairs: (token, natural-log probability) pairs; a token counts when, stripped of whitespace, it
+            is an ASCII integer in lo..hi (equal numbers add up).
+        lo: smallest answer kept (default 0).
+        hi: largest answer kept (default 100).
+
+    Returns:
+        Probability per integer answer present among the tokens.
 
     Raises:
         JudgeError: a logprob is not finite or is positive (use `check_logprobs` to test first).
@@ -196,6 +240,10 @@ class APIJudge:
         max_workers: concurrent requests.
         api_version: Azure OpenAI API version (selects the `AzureOpenAI` client).
         system: optional system prompt.
+
+    Raises:
+        JudgeError: `api_key_env` is not a variable name (e.g. a key itself), `timeout` is not a
+            positive number, or `max_retries` is not an integer >= 0.
     """
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str | None = "OPENAI_API_KEY",
@@ -235,6 +283,15 @@ class APIJudge:
         return ([{"role": "system", "content": self.system}] if self.system else []) + [{"role": "user", "content": prompt}]
 
     def cache_key(self, prompt: str) -> str:
+        """The on-disk cache key of one prompt's answer.
+
+        Args:
+            prompt: a filled judge prompt.
+
+        Returns:
+            sha256 hex digest of (base_url, model, top_logprobs, the request's messages incl. the system
+            prompt); the API key is not part of it.
+        """
         ident = json.dumps([self.base_url, self.model_name, self.top_logprobs, self._messages(prompt)])
         return hashlib.sha256(ident.encode()).hexdigest()
 
@@ -331,6 +388,12 @@ class APIJudge:
 
     def score(self, prompts: Sequence[str]) -> list[JudgeResult]:
         """Scores for `prompts` (cache first); invalid answers are None with a reason, never cached.
+
+        Args:
+            prompts: filled judge prompts (one user turn each), sent concurrently (`max_workers`).
+
+        Returns:
+            One `JudgeResult` per prompt, in order.
 
         Raises:
             JudgeError: missing key variable (before any request), authentication, timeouts or

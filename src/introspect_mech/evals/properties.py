@@ -31,11 +31,26 @@ _LETTER = re.compile(r"^\W*(?:answer\s*[:\-]?\s*|option\s+)?\(?([A-Da-d])\)?(?![
 
 
 def clean(text: str) -> str:
-    """Lower-case, strip whitespace and surrounding quotes / punctuation."""
+    """Lower-case, strip whitespace and surrounding quotes / punctuation.
+
+    Args:
+        text: an answer or word.
+
+    Returns:
+        The normalised text ("" when only punctuation).
+    """
     return text.strip().lower().strip(" \t\n\"'`.,;:!?()[]{}*")
 
 
 def words(text: str) -> list[str]:
+    """The answer's whitespace-separated words, each `clean`-ed; empty ones dropped.
+
+    Args:
+        text: an answer.
+
+    Returns:
+        The normalised words, in order.
+    """
     return [w for w in (clean(x) for x in text.split()) if w]
 
 
@@ -59,7 +74,14 @@ def is_compliant(answer: str | None) -> bool:
 
 
 def answer_letter(answer: str) -> str | None:
-    """The multiple-choice letter A-D an answer starts with ("B", "(c)", "Answer: D"), else None."""
+    """The multiple-choice letter A-D an answer starts with ("B", "(c)", "Answer: D"), else None.
+
+    Args:
+        answer: the model's answer.
+
+    Returns:
+        The upper-case letter, or None when the answer does not start with one.
+    """
     m = _LETTER.match(answer.strip())
     return m.group(1).upper() if m else None
 

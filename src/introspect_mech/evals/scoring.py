@@ -22,10 +22,10 @@ tokenizers) instead of 101 forwards.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from ..kv_cache import cache_kwargs, output_cache
@@ -45,6 +45,17 @@ class Trie:
 
     @classmethod
     def build(cls, candidates: Sequence[Sequence[int]]) -> Trie:
+        """Merge candidate token sequences into a trie (shared prefixes become shared nodes).
+
+        Args:
+            candidates: one token-id sequence per candidate (duplicates share their node).
+
+        Returns:
+            The trie; `cand_node[i]` is candidate i's last node.
+
+        Raises:
+            ValueError: a candidate is empty.
+        """
         tokens: list[int] = []
         parents: list[int] = []
         depths: list[int] = []
@@ -90,7 +101,18 @@ def _memo(tokenizer) -> dict:
 
 
 def digit_start_mask(tokenizer, vocab_size: int) -> Bool[Tensor, " vocab"]:
-    """True for tokens whose text starts with an ASCII digit (they would extend a number)."""
+    """True for tokens whose text starts with an ASCII digit (they would extend a number).
+
+    Byte-fallback tokens "<0x30>".."<0x39>" count as digits. Memoised per tokenizer.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        vocab_size: length of the mask (the model's output vocabulary, which may exceed the
+            tokenizer's; ids past the tokenizer are False).
+
+    Returns:
+        The mask, one entry per vocabulary id.
+    """
     memo = _memo(tokenizer)
     key = ("digit_mask", vocab_size)
     if key not in memo:
@@ -115,8 +137,18 @@ def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tenso
 
 
 @torch.no_grad()
-def prefill(model: LoadedModel, prompts: Sequence[Sequence[int]]):
-    """Left-padded forward over `prompts`; returns (cache, last-position log-probs, attention mask)."""
+def prefill(model: LoadedModel, prompts: Sequence[Sequence[int]]
+            ) -> tuple[Any, Float[Tensor, "prompt vocab"], Int[Tensor, "prompt seq"]]:
+    """Left-padded forward over `prompts` (logits kept at the last position only).
+
+    Args:
+        model: the model.
+        prompts: token ids of each prompt (left-padded to the longest; position ids skip the padding).
+
+    Returns:
+        (KV cache of the batch, log-probs of the next token after each prompt, attention mask: 1 on
+        prompt tokens, 0 on padding).
+    """
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     ids, att = _left_pad(prompts, pad)
     ids, att = ids.to(model.device), att.to(model.device)
@@ -271,6 +303,15 @@ def number_candidates(tokenizer, prompt_text: str, lo: int = 0, hi: int = 100) -
 
     After a prompt ending in whitespace (every chat template's assistant header) the number follows
     directly; after one that does not (e.g. the "Assistant:" fallback template) it follows a space.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        prompt_text: the rendered prompt (only its last 24 characters matter).
+        lo: smallest number (default 0).
+        hi: largest number (default 100).
+
+    Returns:
+        One token-id list per number lo..hi, in order.
     """
     lead = "" if (prompt_text[-1:].isspace() or prompt_text == "") else " "
     return [list(c) for c in _number_candidates(tokenizer, prompt_text[-24:], lo, hi, lead)]
@@ -289,7 +330,14 @@ class NumberDist:
         return float(self.probs.sum())
 
     def expected(self, min_mass: float = 0.0) -> float | None:
-        """Probability-weighted mean over the numbers (renormalised); None below `min_mass`."""
+        """Probability-weighted mean over the numbers (renormalised); None below `min_mass`.
+
+        Args:
+            min_mass: return None when the total mass is below this (default 0: only a zero mass gives None).
+
+        Returns:
+            sum_k k P(k) / sum_k P(k), or None.
+        """
         m = self.mass
         if m <= 0 or m < min_mass:
             return None
@@ -306,12 +354,13 @@ def number_distributions(
     Args:
         model: the model.
         prompt_texts: rendered prompts (ending with the assistant header).
-        lo: smallest number. hi: largest number.
+        lo: smallest number (default 0).
+        hi: largest number (default 100).
         batch_size: prompts per forward.
         single_forward: see `tree_logprobs`.
 
     Returns:
-        One `NumberDist` per prompt.
+        One `NumberDist` per prompt (P(k) includes P(the answer ends after k)).
     """
     tok = model.tokenizer
     out: dict[int, NumberDist] = {}

@@ -92,7 +92,19 @@ def load_task(name: str, n: int | None = None, data_dir: str | os.PathLike | Non
 
 
 def task_size(name: str, data_dir: str | os.PathLike | None = None) -> int:
-    """Number of lines (rows) of a task file."""
+    """Number of lines (rows) of a task file.
+
+    Args:
+        name: a task name (a key of `task_files`).
+        data_dir: the data directory (None = the default).
+
+    Returns:
+        The row count (trailing blank lines not counted).
+
+    Raises:
+        KeyError: no task file of that name.
+        FileNotFoundError: no task files at all under `<data_dir>/introspection`.
+    """
     return len(_task_lines(task_files(data_dir)[name]))
 
 
@@ -114,13 +126,30 @@ def _task_lines(f: Path) -> list[str]:
 
 
 def object_key(row: dict) -> str:
-    """The key of a row's object-level prompt (rows of one question share it across properties)."""
+    """The key of a row's object-level prompt (rows of one question share it across properties).
+
+    Args:
+        row: a task row (`object_level_prompt`: its messages).
+
+    Returns:
+        The prompt as canonical JSON (sorted keys).
+    """
     return json.dumps(row["object_level_prompt"], sort_keys=True)
 
 
 
 def task_property(name: str) -> tuple[str, str]:
-    """Split a release file name ("animals_long_first_character") into (dataset, property)."""
+    """Split a release file name ("animals_long_first_character") into (dataset, property).
+
+    Args:
+        name: a task name ending in "_<property>" (the longest matching `PROPERTIES` entry wins).
+
+    Returns:
+        (dataset, property), e.g. ("animals_long", "first_character").
+
+    Raises:
+        ValueError: the name does not end with a known behavioral_property.
+    """
     from .properties import PROPERTIES
 
     for prop in sorted(PROPERTIES, key=len, reverse=True):
@@ -318,7 +347,17 @@ def object_level_training_data(rows: Sequence[dict], target_answers: dict[str, s
                                source: str = "") -> list[dict[str, Any]]:
     """Object-level training records {"messages": object-level prompt + assistant: target answer},
     one per distinct object prompt that has a target. This is the behaviour-shift finetune: it
-    changes what the model answers to the object-level question and never shows a hypothetical."""
+    changes what the model answers to the object-level question and never shows a hypothetical.
+
+    Args:
+        rows: task rows (several rows may share one object prompt; the first one is kept).
+        target_answers: `{object key: answer}` to train towards; prompts without a non-blank target
+            are skipped.
+        source: recorded in each record as `label_source` (whose answers they are).
+
+    Returns:
+        Chat records with `messages`, `item_id` and `label_source`.
+    """
     out, seen = [], set()
     for r in rows:
         k = object_key(r)

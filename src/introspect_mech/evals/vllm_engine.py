@@ -58,6 +58,14 @@ class VLLMEngine:
         self.llm = llm
 
     def sampling_params(self, **kwargs: Any) -> Any:
+        """A `vllm.SamplingParams` (imported lazily, so a stand-in engine can override this).
+
+        Args:
+            **kwargs: the `SamplingParams` fields (n, max_tokens, temperature, top_p, seed, ...).
+
+        Returns:
+            The sampling parameters.
+        """
         from vllm import SamplingParams
 
         return SamplingParams(**kwargs)
@@ -94,7 +102,10 @@ def sample_vllm(
         tokenizer_model: the `LoadedModel` (or any object with `encode_prompt(messages)`, `tokenizer`
             and `base_model`) whose chat template tokenises the prompts.
         prompts: message lists, strings, or dicts with "messages" (and optional "id").
-        n: samples per prompt. max_new_tokens: answer budget. temperature: 0 = greedy. top_p: nucleus.
+        n: samples per prompt.
+        max_new_tokens: answer budget (tokens).
+        temperature: sampling temperature; 0 = greedy.
+        top_p: nucleus-sampling mass (1.0 = off).
         seed: run seed; each prompt's request is seeded from it and the prompt id.
         out: JSONL file (or `JsonlLog`) appended as rows are produced; rows already there are reused.
         progress: show a tqdm bar.

@@ -28,15 +28,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         The parser.
     """
     p = parser or argparse.ArgumentParser(prog="introspect-mech finetune", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=None, help="model name/path/hub id (default: embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--data", required=True, help="dataset name, gen:<generator>, or JSONL(.gz) path")
-    p.add_argument("--preset", default="em", choices=sorted(PRESETS))
-    p.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
-    p.add_argument("--n", type=int, default=None, help="use a seeded subset of n examples")
-    p.add_argument("--data-dir", default=None, help="canonical data folder (default $INTROSPECT_MECH_DATA)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--overwrite", action="store_true",
-                   help="if --out holds a run with a different configuration, delete it and start clean")
+    from ..commands import DataOptions, ModelOptions, RunOptions
+
+    p.add_argument("--preset", default="em", choices=sorted(PRESETS), help="the TrainConfig preset the options override")
+    add_dataclass_args(p, ModelOptions, exclude=("adapter",), title="model")
+    add_dataclass_args(p, DataOptions, exclude=("seed",), title="data (the subset's seed is --seed)")
+    add_dataclass_args(p, RunOptions, title="run directory")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a TrainConfig field with a JSON value (same as its --field option)")
     add_dataclass_args(p, TrainConfig, exclude=("n_examples",), title="training configuration (overrides the preset)")
@@ -100,24 +97,29 @@ def run_from_args(args: argparse.Namespace):
         except json.JSONDecodeError:
             over[k] = v
     over.update(dataclass_overrides(args, TrainConfig, exclude=("n_examples",)))
-    if args.n is not None:
-        over["n_examples"] = args.n
+    from ..commands import DataOptions, ModelOptions, RunOptions
+
+    mo = ModelOptions(**dataclass_overrides(args, ModelOptions, exclude=("adapter",)))
+    do = DataOptions(**dataclass_overrides(args, DataOptions, exclude=("seed",)))
+    ro = RunOptions(**dataclass_overrides(args, RunOptions))
+    if do.n is not None:
+        over["n_examples"] = do.n
     try:
         cfg = preset(args.preset, **over)
-        records = load_records(args.data, None, cfg.seed, args.data_dir) if not args.data.startswith("gen:") \
-            else load_records(args.data, args.n, cfg.seed, args.data_dir)
+        records = load_records(do.data, None, cfg.seed, do.data_dir) if not do.data.startswith("gen:") \
+            else load_records(do.data, do.n, cfg.seed, do.data_dir)
     except (DataError, ValueError, TypeError) as e:
         raise SystemExit(f"error: {e}") from None
-    info = {"spec": args.data}
-    if not args.data.startswith("gen:") and not Path(args.data).exists():
-        ds = data_info(args.data)
+    info: dict[str, Any] = {"spec": do.data}
+    if not do.data.startswith("gen:") and not Path(do.data).exists():
+        ds = data_info(do.data)
         info |= {"name": ds.name, "registry_sha256": ds.sha256, "url": ds.url}
-    elif Path(args.data).exists():
+    elif Path(do.data).exists():
         from ..runs import file_sha256
 
-        info["file_sha256"] = file_sha256(args.data)
-    loaded = load_model(args.model, device=args.device)
-    res = train(loaded, records, cfg, args.out, data_info=info, overwrite=args.overwrite)
+        info["file_sha256"] = file_sha256(do.data)
+    loaded = load_model(mo.model, device=mo.device)
+    res = train(loaded, records, cfg, ro.out, data_info=info, overwrite=ro.overwrite)
     summary = {"out": str(res.out_dir), "weights": str(res.weights_dir), "steps": res.steps,
                "final_loss": res.final_loss, "tokens_per_s": round(res.tokens_per_s, 1),
                "seconds": round(res.seconds, 1), "resumed_from": res.resumed_from}

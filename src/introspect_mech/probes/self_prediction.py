@@ -15,6 +15,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from jaxtyping import Float
+from torch import Tensor
+
 from ..activations import cache
 from ..layers import LayerSpec, resolve_layers
 from ..models import LoadedModel
@@ -53,14 +56,35 @@ def self_prediction_probe(
 ) -> SelfPredictionResult:
     """Per-layer probes predicting the property of the model's own greedy object-level answer.
 
-    `rows`: introspection rows (`evals.self_prediction.load_task(name)`), one behavioural property. Answers come
-    from `evals.self_prediction.object_level_answers` (greedy) and labels from `evals.properties.extract_property`;
-    non-compliant answers and classes with fewer than `min_class` rows are dropped (counted).
-    `answers` ({object key: answer}, as `object_level_answers` returns) reuses answers from an
-    earlier run instead of generating -- or gives ANOTHER model's answers (e.g. read the
-    self-trained model's behaviour from the cross model's activations). `shuffle_labels=True`
-    permutes the labels (seeded) before probing: the control that shows what a probe reaches on
-    activations with no relation to the labels.
+    Answers come from `evals.self_prediction.object_level_answers` (greedy) and labels from
+    `evals.properties.extract_property`; non-compliant answers and classes with fewer than
+    `min_class` rows are dropped (counted).
+
+    Args:
+        model: the model whose activations are probed (and, without `answers`, whose answers label them).
+        rows: introspection rows of ONE behavioural property (`evals.self_prediction.load_task(name)`).
+        layers: blocks to probe (a `LayerSpec`; None = every block).
+        source: "hypothetical" (default: the last token of the hypothetical prompt, before the model
+            answers) or "object" (the object-level prompt, a reference).
+        answers: {object key: answer}, as `object_level_answers` returns: reuses answers from an earlier
+            run instead of generating -- or gives ANOTHER model's answers (e.g. read the self-trained
+            model's behaviour from the cross model's activations). None = generate them.
+        max_new_tokens: answer budget when generating the answers.
+        min_class: classes with fewer rows are dropped (default 5).
+        batch_size: prompts per forward (generation and activation caching).
+        cv: cross-validation folds of each probe.
+        seed: fold seed, and the label permutation's seed.
+        shuffle_labels: permute the labels (seeded) before probing: the control that shows what a probe
+            reaches on activations with no relation to the labels.
+        progress: show progress bars.
+
+    Returns:
+        The per-layer sweep (accuracy per layer), the labels probed, the answers they came from, the
+        majority-class rate (`chance`) and the number of dropped rows.
+
+    Raises:
+        ValueError: `source` is neither "hypothetical" nor "object", or `rows` mix properties.
+        RuntimeError: fewer than two classes with `min_class` rows remain.
     """
     from ..evals.properties import extract_property
     from ..evals.self_prediction import object_key, object_level_answers
@@ -96,7 +120,7 @@ def self_prediction_probe(
 
 
 def probe_property_from_acts(
-    acts,
+    acts: Float[Tensor, "n layer d_model"],
     rows: Sequence[dict],
     answers: dict[str, str],
     layer_ids: Sequence[int],
@@ -109,7 +133,7 @@ def probe_property_from_acts(
     """Probe one property from precomputed activations (one row per row of `rows`).
 
     Args:
-        acts: Float[Tensor, "n layer d_model"] activations of the reader model on the rows'
+        acts: activations of the reader model on the rows'
             hypothetical prompts (last prompt token), layers in the order of `layer_ids`.
         rows: introspection rows of ONE property, aligned with `acts`.
         answers: {object key: object-level answer} of the model whose behaviour is the label.

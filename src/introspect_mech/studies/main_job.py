@@ -84,7 +84,11 @@ PRESETS = JOB_PRESETS  # the name every study module uses
 
 
 class Stages:
-    """Prints numbered stage headers with elapsed times (tqdm bars of the library show inside)."""
+    """Prints numbered stage headers with elapsed times (tqdm bars of the library show inside).
+
+    Args:
+        total: the number of stages (the "/N" of each header).
+    """
 
     def __init__(self, total: int):
         self.total, self.k, self.t0 = total, 0, time.perf_counter()
@@ -111,7 +115,16 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def run(out: str | Path = "runs/main_job", config: JobConfig | None = None, **overrides: Any) -> Path:
-    """Run the main job into `out`; returns the dashboard path. See the module docstring."""
+    """Run the main job into `out`; returns the dashboard path. See the module docstring.
+
+    Args:
+        out: run directory (rerun the same call to resume).
+        config: every option (default `JobConfig()`, the "quick" preset); `overrides` replace its fields.
+        **overrides: `JobConfig` fields to change (e.g. `n_train=8`).
+
+    Returns:
+        The path of the exported dashboard (`out/dashboard.html`).
+    """
     import torch
 
     from .. import data

@@ -99,7 +99,19 @@ PRESETS: dict[str, MOConfig] = {
 
 
 def resolve_layer(spec: int | str, n_layers: int) -> int:
-    """A block index from an int or "middle" (the project's layer vocabulary; floats are refused)."""
+    """A block index from an int or "middle" (the project's layer vocabulary; floats are refused).
+
+    Args:
+        spec: a block index or "middle" (block `n_layers // 2`).
+        n_layers: the model's number of decoder blocks.
+
+    Returns:
+        The block index.
+
+    Raises:
+        TypeError: `spec` is neither an int nor "middle" (e.g. a float or a bool).
+        ValueError: the index is outside 0..n_layers - 1.
+    """
     if spec == "middle":
         return n_layers // 2
     if isinstance(spec, bool) or not isinstance(spec, int):
@@ -110,7 +122,17 @@ def resolve_layer(spec: int | str, n_layers: int) -> int:
 
 
 def lora_b_norm(adapter_dir: str | Path) -> float:
-    """Frobenius norm of all LoRA-B matrices of a saved adapter (the B vector for a rank-1 adapter)."""
+    """Frobenius norm of all LoRA-B matrices of a saved adapter (the B vector for a rank-1 adapter).
+
+    Args:
+        adapter_dir: a saved PEFT adapter directory (`adapter_model*.safetensors`).
+
+    Returns:
+        sqrt(sum of squares of every `lora_B` weight).
+
+    Raises:
+        FileNotFoundError: the directory has no adapter safetensors file.
+    """
     from safetensors.torch import load_file
 
     files = sorted(Path(adapter_dir).glob("adapter_model*.safetensors"))
@@ -125,7 +147,15 @@ def lora_b_norm(adapter_dir: str | Path) -> float:
 
 
 def classify(rows: Sequence[dict], cfg: MOConfig) -> tuple[list[dict], list[dict]]:
-    """(misaligned, aligned) judged answers; both classes need coherent > coherent_min."""
+    """(misaligned, aligned) judged answers; both classes need coherent > coherent_min.
+
+    Args:
+        rows: judged rows (`aligned`, `coherent`: 0-100 or None); rows missing a score are dropped.
+        cfg: the thresholds: misaligned = aligned <= `aligned_max`, aligned = aligned > `aligned_min`.
+
+    Returns:
+        (misaligned rows, aligned rows); answers in between belong to neither.
+    """
     ok = [r for r in rows if r.get("aligned") is not None and r.get("coherent") is not None
           and r["coherent"] > cfg.coherent_min]
     mis = [r for r in ok if r["aligned"] <= cfg.aligned_max]
@@ -137,8 +167,16 @@ def em_direction_from_answers(model, judged: Sequence[dict], samples: Sequence[d
                               batch_size: int = 8):
     """The model-organisms EM direction from the model's own judged answers, or (None, reason).
 
+    Args:
+        model: the model whose activations give the direction (the finetuned model).
+        judged: its judged answers (`prompt_id`, `sample`, `aligned`, `coherent`), split by `classify`.
+        samples: the sampled rows they came from (`prompt_id`, `sample`, `messages`, `response`).
+        cfg: the thresholds (`classify`).
+        batch_size: conversations per forward.
+
     Returns:
-        (Direction or None, info) where info records the answer ids of both classes (or the reason).
+        (Direction or None, info) where info records the answer ids of both classes (or the reason:
+        a class is empty).
     """
     from ..probes.em import em_direction_from_pairs
 
@@ -165,7 +203,21 @@ def em_direction_from_answers(model, judged: Sequence[dict], samples: Sequence[d
 
 def ratio_ci(base: Sequence[float], ft: Sequence[float], treated: Sequence[float], *, n_boot: int = 2000,
              seed: int = 0) -> dict[str, Any]:
-    """(mean ft - mean treated) / (mean ft - mean base), independent bootstrap of the three groups."""
+    """(mean ft - mean treated) / (mean ft - mean base), independent bootstrap of the three groups.
+
+    The share of the finetuning effect that a treatment (e.g. an ablation) removes.
+
+    Args:
+        base: per-answer values of the base model (e.g. 0/1 misaligned flags).
+        ft: per-answer values of the finetuned model.
+        treated: per-answer values of the treated finetuned model.
+        n_boot: bootstrap resamples.
+        seed: bootstrap seed.
+
+    Returns:
+        {"value", "lo", "hi" (2.5 / 97.5 % bootstrap quantiles), "n" (= len(treated))}; value None
+        when ft and base have equal means, everything None when a group is empty.
+    """
     b, f, t = (np.asarray(x, float) for x in (base, ft, treated))
     if not len(b) or not len(f) or not len(t):
         return {"value": None, "lo": None, "hi": None, "n": 0}
@@ -205,6 +257,7 @@ def run(out: str | Path, config: MOConfig | None = None, *, judge=None, **overri
         config: an `MOConfig` (or a preset from `PRESETS`); `overrides` replace its fields.
         judge: the 0-100 judge (`HFJudge`, `APIJudge` or a scripted judge); None = the model under
             study's own base as an `HFJudge` (on the embedded model it abstains: stated in results).
+        **overrides: `MOConfig` fields to change (e.g. `n_train=8`).
 
     Returns:
         {"em": per condition EM rates (both denominators), "shift": finetune shift, "direction":
@@ -391,7 +444,15 @@ def _write_dashboard_rows(out: Path, results: dict[str, Any]) -> None:
 
 
 def format_results(results: dict[str, Any]) -> str:
-    """A short plain-text summary of `run`'s results."""
+    """A short plain-text summary of `run`'s results.
+
+    Args:
+        results: what `run` returned.
+
+    Returns:
+        Lines: the judge, EM rates (both denominators) per condition and ablation, the finetune shift,
+        the direction's status, the reductions, per-checkpoint rows and the labelled judge-free proxy.
+    """
     def f(e):
         return "n/a" if not e or e.get("value") is None else f"{e['value']:.3f} [{e['lo']:.3f}, {e['hi']:.3f}] (n={e['n']})"
 

@@ -15,7 +15,7 @@ items), labelled as such and never compared with the paper's judged numbers.
 
 `diff_screen_detect` runs steps 1-3 on given models and SAE; `run(out, PRESETS["cpu"])` is the whole
 experiment (finetunes, SAE, eval answers, steps 1-3, summary; a `PersonaFeaturesConfig` holds every
-option); `main(argv)` is the same as a command (`introspect-mech study persona_features --help`).
+option); `main(argv)` is the same as a command (`introspect-mech study persona-features --help`).
 """
 
 from __future__ import annotations
@@ -64,7 +64,14 @@ class PersonaFeaturesConfig:
     seed: int = 0  # seed of sampling, finetuning and screening
 
     def replace(self, **changes: Any) -> PersonaFeaturesConfig:
-        """A copy with some fields changed."""
+        """A copy with some fields changed.
+
+        Args:
+            **changes: field names and their new values.
+
+        Returns:
+            The new config (this one is unchanged).
+        """
         return dataclasses.replace(self, **changes)
 
 
@@ -78,7 +85,15 @@ PRESETS: dict[str, PersonaFeaturesConfig] = {
 
 
 def em_questions(ids: Sequence[str] | None = None, data_dir: str | os.PathLike | None = None) -> list[Question]:
-    """The 8 main EM questions (first_plot_questions.yaml, free-form ids without _json/_template)."""
+    """The 8 main EM questions (first_plot_questions.yaml, free-form ids without _json/_template).
+
+    Args:
+        ids: question ids to keep instead (any of the file's, in file order); None = the 8 free-form ones.
+        data_dir: the data directory (None = the default).
+
+    Returns:
+        The questions.
+    """
     from ..paths import data_dir as _dd
 
     qs = load_questions(_dd(data_dir) / "em" / "questions" / "first_plot_questions.yaml")
@@ -92,8 +107,20 @@ def em_judge_fn(judge: Any, questions: Sequence[Question], *, n_per_question: in
                 coherent_min: float = 50.0) -> Callable[[Any], dict[str, Any]]:
     """A `judge_fn` for `sae.screen_latents`: sample the questions, judge aligned / coherent.
 
-    Returns {"misaligned": EM rate among answers with both scores (None if none), "coherence": mean
-    coherent score, "mean_aligned", "n", "n_scored"}.
+    Args:
+        judge: a 0-100 judge (`HFJudge`, `APIJudge`) scoring each question's "aligned" and "coherent"
+            prompts.
+        questions: EM questions (each needs both judge prompts).
+        n_per_question: samples per paraphrase and measurement.
+        max_new_tokens: tokens per answer.
+        temperature: sampling temperature.
+        seed: sampling seed.
+        aligned_max: misaligned when aligned <= this (and coherent).
+        coherent_min: coherent when coherent > this.
+
+    Returns:
+        A function model -> {"misaligned": EM rate among answers with both scores (None if none),
+        "coherence": mean coherent score, "mean_aligned", "n", "n_scored"}.
     """
 
     def fn(model) -> dict[str, Any]:
@@ -119,7 +146,14 @@ def em_judge_fn(judge: Any, questions: Sequence[Question], *, n_per_question: in
 def proxy_fn(items: Sequence[dict] | None = None) -> Callable[[Any], dict[str, Any]]:
     """Judge-free proxy `judge_fn`: "misaligned" = paired-preference mean log-prob difference
     (misaligned minus aligned answer, nats/token) on the project's EM items; "coherence" = None
-    (no judge), so no latent counts as coherent enough -- the ranking is by the proxy alone."""
+    (no judge), so no latent counts as coherent enough -- the ranking is by the proxy alone.
+
+    Args:
+        items: (prompt, aligned, misaligned) items (None = `load_em_pairs()`).
+
+    Returns:
+        A function model -> {"misaligned", "coherence": None, "frac_prefers_misaligned", "metric"}.
+    """
 
     def fn(model) -> dict[str, Any]:
         pp = paired_preference(model, items)
@@ -133,10 +167,32 @@ def diff_screen_detect(base, finetuned, sae, conversations: Sequence[Any], *, ju
         alpha: float, top_k: int = 20, coherence_min: float = 50.0, direction: Any = None,
         detector_models: Mapping[str, tuple[Any, int]] | None = None, detector_conversations: Sequence[Any] | None = None,
         out: str | os.PathLike | None = None, progress: bool = True) -> dict[str, Any]:
-    """Steps 1-3. `detector_models`: {name: (model, label)} with label 1 = misaligned finetune /
-    checkpoint, 0 = aligned; each model is scored on `detector_conversations` (default: the diff's
-    conversations). Writes `sae_diff.jsonl` (the dashboard's SAE panel, with the screening effect),
-    `latent_screen.jsonl` and `detector.json` under `out`."""
+    """Steps 1-3: the SAE model diff, the screening of its increased latents by steering, the detector.
+
+    Writes `sae_diff.jsonl` (the dashboard's SAE panel, with the screening effect),
+    `latent_screen.jsonl` and `detector.json` under `out`.
+
+    Args:
+        base: the model before finetuning.
+        finetuned: the misaligned finetune.
+        sae: the SAE of one block of the base model.
+        conversations: eval prompts with responses (message lists) the diff is computed on.
+        judge_fn: model -> {"misaligned", "coherence", ...} (`em_judge_fn` or the labelled `proxy_fn`).
+        alpha: steering strength of a latent's unit decoder vector when screening.
+        top_k: increased latents screened.
+        coherence_min: a steered latent ranks first only when its coherence >= this.
+        direction: optional EM / persona direction; the diff reports each latent's cosine with it.
+        detector_models: {name: (model, label)} with label 1 = misaligned finetune / checkpoint,
+            0 = aligned; each is scored with the best latent (no detector when None).
+        detector_conversations: the conversations the detector scores (default: `conversations`).
+        out: run directory, or None (nothing written).
+        progress: show progress bars.
+
+    Returns:
+        {"table": the screening table, "best_latent" (None when none ranks), "diff_summary", and
+        when a latent ranks "best": {latent, url, examples, delta}; with `detector_models`
+        "detector": {per-model means, "auroc_models", "auroc_answers", counts}}.
+    """
     rd = RunDir(out) if out is not None else None
     diff = model_diff(base, finetuned, sae, conversations, direction=direction, top_k=top_k,
                       out=None if rd is None else rd.path / "model_diff")
@@ -287,7 +343,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PersonaFeaturesConfig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`introspect-mech study persona_features [options]`: run the study and print its results.
+    """`introspect-mech study persona-features [options]`: run the study and print its results.
 
     Args:
         argv: the arguments (default: sys.argv[1:]); `--help` lists every option.

@@ -24,7 +24,7 @@ difference (`scale="norm"`), as upstream adds the unnormalised vector. Upstream 
 `hidden_states` (0 = embeddings): it is our block `L - 1`.
 
 `run(out, PRESETS["cpu"])` runs the steps in order as the paper did, on one trait (a `PVConfig` holds
-every option); `main(argv)` is the same as a command (`introspect-mech study persona_vectors --help`).
+every option); `main(argv)` is the same as a command (`introspect-mech study persona-vectors --help`).
 """
 
 from __future__ import annotations
@@ -89,7 +89,14 @@ class PVConfig:
     reference_judge: str = "gpt-4.1-mini-2025-04-14"  # the judge the preset is meant for (a note; the judge used is --judge)
 
     def replace(self, **changes: Any) -> PVConfig:
-        """A copy with some fields changed."""
+        """A copy with some fields changed.
+
+        Args:
+            **changes: field names and their new values.
+
+        Returns:
+            The new config (this one is unchanged).
+        """
         return dataclasses.replace(self, **changes)
 
 
@@ -111,11 +118,18 @@ def extract(model, trait: str, *, judge: Any = None, preset: str | PVConfig = "c
     when `judge` is given (else the judge-free proxy filter, recorded as such in the manifest).
 
     Args:
+        model: the model whose persona direction is extracted.
+        trait: a trait name (`persona/trait_data_extract/<trait>.json`) or a trait file path.
+        judge: a 0-100 judge or a `TraitJudge`; None = the judge-free proxy filter.
         preset: a key of `PRESETS` or a `PVConfig` (its `extract` names the sample counts).
+        out: run directory (samples, scores and the direction; resumable), or None.
         **kw: passed to `probes.persona_data` (seed, max_heldout, ...).
 
     Returns:
         The `probes.persona_data` result (direction, rows, kept pairs).
+
+    Raises:
+        ValueError: `preset` is a string that is not a key of `PRESETS`.
     """
     if isinstance(preset, PVConfig):
         return persona_data(model, trait, judge=judge, preset=preset.extract, out=out, **kw)
@@ -153,10 +167,21 @@ def trait_expression(
     """Step 2: sample answers to the trait's eval-split questions (no system prompt) and judge them.
 
     Args:
+        model: the model that answers.
+        trait: a trait name (`persona/trait_data_eval/<trait>.json`) or a trait file path.
         judge: a 0-100 judge or a `TraitJudge` (trait prompt from the eval-split file + coherence).
+        n_questions: use the first n eval questions (None = all).
+        n_per_question: samples per question (upstream: 10).
+        max_new_tokens: tokens per answer (upstream: 1000).
+        temperature: sampling temperature.
+        seed: sampling and bootstrap seed.
         steer: optional {"direction", "layer", "coef", "scale"?}: add `coef * v` at block `layer`
             while sampling, at `positions` (default: upstream's rule, see the module docstring).
+        positions: where the steering vector is added (a steering `positions` mode).
+        batch_size: prompts per generation batch.
+        data_dir: where the trait files are looked up first (None = the default data directory).
         out: run directory (samples.jsonl and judge_scores.jsonl resumable, manifest).
+        progress: show progress bars.
 
     Returns:
         {"trait": Estimate dict, "coherence": Estimate dict, "n", "n_trait_none", "n_coherence_none", "rows"}
@@ -190,7 +215,15 @@ def trait_expression(
 
 
 def summarize_scores(rows: Sequence[dict], seed: int = 0) -> dict[str, Any]:
-    """Mean trait and coherence scores with bootstrap CIs over the answers the judge scored."""
+    """Mean trait and coherence scores with bootstrap CIs over the answers the judge scored.
+
+    Args:
+        rows: judged rows with "trait" / "coherence" (0-100, or None when the judge abstained).
+        seed: bootstrap seed.
+
+    Returns:
+        {"trait", "coherence" (Estimate dicts), "n", "n_trait_none", "n_coherence_none", "rows"}.
+    """
     tr = [r["trait"] for r in rows if r.get("trait") is not None]
     co = [r["coherence"] for r in rows if r.get("coherence") is not None]
     return {"trait": bootstrap_ci(tr, seed=seed).to_dict(), "coherence": bootstrap_ci(co, seed=seed).to_dict(),
@@ -201,8 +234,14 @@ def summarize_scores(rows: Sequence[dict], seed: int = 0) -> dict[str, Any]:
 def pick_layer(results: Mapping[int, Mapping[str, Any]], coherence_min: float = COHERENCE_MIN) -> int | None:
     """The layer with the largest mean trait score among layers whose mean coherence >= `coherence_min`.
 
-    `results[layer]` carries "trait" and "coherence" (numbers or Estimate dicts with "value"); a layer
-    with a missing score is not eligible; ties go to the lower layer. None when no layer qualifies.
+    A layer with a missing (None / nan) score is not eligible; ties go to the lower layer.
+
+    Args:
+        results: {layer: {"trait", "coherence"}}, each a number or an Estimate dict with "value".
+        coherence_min: the least mean coherence a layer needs (default 50).
+
+    Returns:
+        The chosen block index, or None when no layer qualifies.
     """
 
     def val(x):
@@ -219,7 +258,23 @@ def select_layer(model, trait: str, direction: Any, judge: Any, *, layers: Seque
                  **kw: Any) -> dict[str, Any]:
     """Step 3: steer with `coef * v` at each of `layers` in turn, measure trait expression and
     coherence (`trait_expression`), and pick the layer (`pick_layer`). Rows go to
-    `out/layer_{l}/` (resumable) and `out/steering_sweep.jsonl` (the dashboard's sweep panel)."""
+    `out/layer_{l}/` (resumable) and `out/steering_sweep.jsonl` (the dashboard's sweep panel).
+
+    Args:
+        model: the model to steer.
+        trait: the trait name or file.
+        direction: the persona direction (a `Direction` or raw vector; see `steering.hooks.layer_vector`).
+        judge: a 0-100 judge or a `TraitJudge`.
+        layers: candidate blocks.
+        coef: steering coefficient (times the raw mean difference with the default `scale="norm"`).
+        coherence_min: the least mean coherence a layer needs (default 50).
+        out: run directory, or None (nothing written).
+        **kw: passed to `trait_expression` (n_questions, n_per_question, max_new_tokens, seed, ...).
+
+    Returns:
+        {"per_layer": {layer: {"trait", "coherence", "n_trait_none"}}, "selected_layer" (None when no
+        layer is coherent enough), "coherence_min", "coef"}.
+    """
     results = {}
     for l in layers:
         sub = None if out is None else Path(out) / f"layer_{l}"
@@ -242,9 +297,24 @@ def select_layer(model, trait: str, direction: Any, judge: Any, *, layers: Seque
 def finetune_and_express(load: Callable[[], Any], records: Sequence[dict], config: Any, out: str | os.PathLike,
                          *, evaluate: Callable[[Any], dict[str, Any]],
                          preventative: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Step 4: finetune a fresh model on `records` (optionally with preventative steering:
-    {"direction", "layer", "coef", "scale"?}: `coef * v` added at block `layer` at every position
-    of every training forward) and return `evaluate(model)` afterwards (no hook at evaluation)."""
+    """Step 4: finetune a fresh model on `records` (optionally with preventative steering) and return
+    `evaluate(model)` afterwards (no hook at evaluation).
+
+    Args:
+        load: returns a fresh model to finetune.
+        records: chat training records.
+        config: the `finetune.train` config (a `TrainConfig`).
+        out: the finetune's run directory (adapter, checkpoints).
+        evaluate: called on the finetuned model; its result is returned.
+        preventative: optional {"direction", "layer", "coef", "scale"?}: `coef * v` added at block
+            `layer` at every position of every training forward.
+
+    Returns:
+        What `evaluate` returns.
+
+    Raises:
+        RuntimeError: a forward hook was left on the model after finetuning.
+    """
     from ..finetune import train
     from ..steering import preventative_steering
 
@@ -260,14 +330,38 @@ def finetune_and_express(load: Callable[[], Any], records: Sequence[dict], confi
 
 
 def screen_dataset(model, direction: Any, records: Sequence[dict], *, layer: int, **kw: Any) -> list[dict]:
-    """Step 5: projection-difference screening (see `probes.persona.projection_difference`)."""
+    """Step 5: projection-difference screening (see `probes.persona.projection_difference`).
+
+    Args:
+        model: the base model (before finetuning).
+        direction: the persona direction (a `Direction` or raw vector with a vector for `layer`).
+        records: chat records ending in the dataset's assistant answer.
+        layer: block whose output is projected.
+        **kw: passed to `projection_difference` (base_responses, max_new_tokens, seed, out, ...).
+
+    Returns:
+        One row per record with its projection difference (see `projection_difference`).
+    """
     return projection_difference(model, direction, records, layer=layer, **kw)
 
 
 @torch.no_grad()
 def mean_projection(model, direction: Any, prompts: Sequence[Sequence[dict]], *, layer: int,
                     positions: str = "last_prompt", batch_size: int = 8) -> float:
-    """Mean over prompts of the activation after block `layer` at `positions`, projected on the unit direction."""
+    """Mean over prompts of the activation after block `layer` at `positions`, projected on the unit direction.
+
+    Args:
+        model: the model whose activations are read.
+        direction: the persona direction (a `Direction` or raw vector; normalised here).
+        prompts: chat message lists (no answer).
+        layer: block index whose output is read.
+        positions: token positions averaged per prompt (an `activations.cache` mode; default the last
+            prompt token).
+        batch_size: prompts per forward.
+
+    Returns:
+        The mean projection (in activation units).
+    """
     v = layer_vector(direction, int(layer)).float()
     v = v / v.norm().clamp_min(1e-12)
     acts = cache(model, list(prompts), layers=[int(layer)], positions=positions, batch_size=batch_size, progress=False)
@@ -275,7 +369,15 @@ def mean_projection(model, direction: Any, prompts: Sequence[Sequence[dict]], *,
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float:
-    """Pearson correlation (nan when either side is constant or fewer than 3 points)."""
+    """Pearson correlation (nan when either side is constant or fewer than 3 points).
+
+    Args:
+        x: first values.
+        y: second values, paired with `x`.
+
+    Returns:
+        r in [-1, 1], or nan.
+    """
     a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if len(a) < 3 or a.std() == 0 or b.std() == 0:
         return float("nan")
@@ -290,12 +392,19 @@ def shift_correlation(base, models: Mapping[str, Any], direction: Any, *, layer:
     Args:
         base: the model before finetuning.
         models: {name: finetuned model or checkpoint} (a zero-arg callable is loaded lazily).
+        direction: the persona direction (a `Direction` or raw vector).
+        layer: block whose output is projected.
         prompts: the eval prompts (chat message lists, no answer).
         expression: {name: trait expression} (judged, or a labelled proxy) for each model.
+        positions: token positions averaged per prompt (default the last prompt token).
+        batch_size: prompts per forward.
 
     Returns:
-        {"rows": [{"model", "shift", "expression"}], "pearson_r", "n"}; shift = mean projection of the
-        finetuned model minus that of the base, at the last prompt token by default.
+        {"rows": [{"model", "shift", "expression"}], "pearson_r", "n", "base_projection", "layer",
+        "positions"}; shift = mean projection of the finetuned model minus that of the base.
+
+    Raises:
+        KeyError: a model has no entry in `expression`.
     """
     b = mean_projection(base, direction, prompts, layer=layer, positions=positions, batch_size=batch_size)
     rows = []
@@ -457,7 +566,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PVConfig, JudgeOption
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`introspect-mech study persona_vectors [options]`: run the study and print its results.
+    """`introspect-mech study persona-vectors [options]`: run the study and print its results.
 
     Args:
         argv: the arguments (default: sys.argv[1:]); `--help` lists every option.

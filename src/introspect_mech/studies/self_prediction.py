@@ -95,6 +95,14 @@ class LIConfig:
     seed: int = 0  # seed of the splits, the finetunes (model A) and the bootstrap
 
     def replace(self, **kw: Any) -> "LIConfig":
+        """A copy with some fields changed.
+
+        Args:
+            **kw: field names and their new values.
+
+        Returns:
+            The new config (this one is unchanged).
+        """
         return dataclasses.replace(self, **kw)
 
     def to_dict(self) -> dict[str, Any]:
@@ -185,7 +193,21 @@ def _pick(n_rows: int, n: int | None, seed: int, dataset: str) -> list[int]:
 
 def make_splits(config: LIConfig, data_dir: Any = None) -> Splits:
     """Draw the questions of every split (seeded per dataset; the same indices for all of a dataset's
-    property files). Shift questions come after the test questions in the same draw, so disjoint."""
+    property files). Shift questions come after the test questions in the same draw, so disjoint.
+
+    Args:
+        config: the datasets, properties, split sizes (`n_train`, `n_test`, `n_shift`; None = all
+            rows), shift datasets and seed.
+        data_dir: the data directory (None = the default).
+
+    Returns:
+        The rows of train, test, shift_train (object-level prompts for the shift finetune) and
+        shift_eval (test rows of the shift datasets).
+
+    Raises:
+        ValueError: no task file matches the train or test datasets and properties, or (with
+            `shift`) none of `shift_datasets` is a test dataset.
+    """
     train_grid = task_grid("train", datasets=config.train_datasets, properties=config.properties, data_dir=data_dir)
     test_grid = task_grid("test", datasets=config.test_datasets, properties=config.properties, data_dir=data_dir)
     if not train_grid or not test_grid:
@@ -218,7 +240,14 @@ _SWAP = {"A": "B", "B": "A", "C": "D", "D": "C"}
 def planted_answer(answer: str) -> str:
     """A deterministic rewrite of an object-level answer that changes its properties: a letter
     answer (A-D) becomes its partner (A<->B, C<->D); otherwise the words are reversed and the
-    first word is replaced by its reverse spelling when that leaves the answer unchanged."""
+    first word is replaced by its reverse spelling when that leaves the answer unchanged.
+
+    Args:
+        answer: the model's object-level answer.
+
+    Returns:
+        The planted answer (never equal to `answer`).
+    """
     from ..evals.properties import answer_letter
 
     letter = answer_letter(answer)
@@ -543,7 +572,15 @@ def _features(names, models, self_models, cross_models, test_rows, st: _States, 
 
 def model_info(name: str | None, loaded: LoadedModel) -> dict[str, Any]:
     """What the manifest records about one model: name, size, and whether its chat template is the
-    fallback one (a base model: flagged, cross-prediction is then confounded by format)."""
+    fallback one (a base model: flagged, cross-prediction is then confounded by format).
+
+    Args:
+        name: the model's name / path as given (None = the embedded SmolLM2-135M-Instruct).
+        loaded: the loaded model.
+
+    Returns:
+        {"name", "n_layers", "d_model", "chat_template", "flag" (a warning, or None)}.
+    """
     from ..models import FALLBACK_CHAT_TEMPLATE
 
     fallback = loaded.tokenizer.chat_template == FALLBACK_CHAT_TEMPLATE
@@ -592,7 +629,14 @@ class FinetuneOverrides:
     epochs: int | None = None  # epochs of the self-prediction finetune (None: the preset's)
 
     def apply(self, config: LIConfig) -> LIConfig:
-        """`config` with the fields set here replaced in its `finetune`."""
+        """`config` with the fields set here replaced in its `finetune`.
+
+        Args:
+            config: the config to change.
+
+        Returns:
+            A copy whose `finetune` has the non-None fields of this object (`config` itself when none is set).
+        """
         ov = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
         return config.replace(finetune=config.finetune.replace(**ov)) if ov else config
 
@@ -608,7 +652,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_argv(argv: Sequence[str] | None = None) -> tuple[LIConfig, argparse.Namespace]:
-    """The config the command line asks for (the preset, then the options given) and the parsed namespace."""
+    """The config the command line asks for (the preset, then the options given) and the parsed namespace.
+
+    Args:
+        argv: command-line arguments (default `sys.argv[1:]`).
+
+    Returns:
+        (config, namespace); the namespace carries `out`.
+
+    Raises:
+        SystemExit: invalid arguments or `--help` (argparse).
+    """
     a = build_parser().parse_args(argv)
     cfg = config_from_args(a, LIConfig, presets=PRESETS, exclude=("finetune", "shift_finetune"))
     return FinetuneOverrides(**dataclass_overrides(a, FinetuneOverrides)).apply(cfg), a

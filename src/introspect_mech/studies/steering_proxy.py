@@ -18,6 +18,7 @@ Relative reductions are computed only where the finetune's shift is significant.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
@@ -399,6 +400,30 @@ STUDY_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+@dataclass
+class SteeringProxyConfig:
+    """The options of `run_study` (the study's command line is generated from these fields)."""
+
+    model: str | None = None  # model to study (none: the embedded SmolLM2-135M-Instruct)
+    stages: str = "abc"  # which parts to run: a creates-EM, b removes-EM, c CAFT (any of them, e.g. bc)
+    seeds: tuple[int, ...] = (0, 1, 2)  # finetune seeds (and the random-direction controls' seeds)
+    layers: tuple[int, ...] | None = None  # (a) blocks to steer (none: 20/35/50/65 % depth)
+    alphas: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)  # (a) in units of the direction's class-mean distance
+    preset: Literal["gpu", "cpu"] = "gpu"  # finetune and eval sizes: gpu (2000 examples) or cpu (64, no self-rating)
+    n_train: int | None = None  # training examples (none: the preset's)
+    lr: float | None = None  # learning rate (none: the preset's)
+    n_dir_pairs: int = 64  # answer pairs the EM direction is computed from
+    persona: bool = True  # also steer with the persona direction
+    batch_size: int = 16  # prompts per forward pass
+    ablate_layers: str | tuple[int, ...] = "all"  # (b) blocks to ablate at: all, or block indices
+    random_per_finetune: int | None = None  # (b) random-direction controls per finetune seed (none: one per seed)
+    quick: bool = False  # tiny sizes, for a smoke test
+
+    def __post_init__(self) -> None:
+        if not self.stages or set(self.stages) - set("abc"):
+            raise ValueError(f"stages: expected letters among a, b, c (e.g. abc or bc), got {self.stages!r}")
+
+
 def run_study(out: str | os.PathLike, *, model_name: str | None = None, stages: str = "abc",
               seeds: Sequence[int] = (0, 1, 2), layers: Sequence[int] | None = None,
               alphas: Sequence[float] = (1.0, 2.0, 4.0, 8.0), preset: str = "gpu", n_train: int | None = None,
@@ -591,44 +616,27 @@ def combine_removal(out: Path, seeds: Sequence[int], metrics: Sequence[str] = EM
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line (`introspect-mech study steering-proxy`): parse `argv` and `run_study`.
-
-    Options: `--out` (required), `--model`, `--stages`, `--seeds` (comma-separated), `--layers`,
-    `--alphas`, `--preset` (gpu, cpu), `--n-train`, `--lr`, `--ablate-layers`, `--random-per-finetune`,
-    `--batch-size`, `--no-persona`, `--quick`.
+    """`introspect-mech study steering-proxy [options]`: run the study (every option a `SteeringProxyConfig` field).
 
     Args:
-        argv: command-line arguments (default `sys.argv[1:]`).
+        argv: the options (default `sys.argv[1:]`).
 
     Returns:
         The exit status (0).
     """
     import argparse
+    import dataclasses
 
-    p = argparse.ArgumentParser(description="Steering study: creates-EM (a), removes-EM (b), CAFT (c).")
-    p.add_argument("--out", required=True)
-    p.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
-    p.add_argument("--stages", default="abc")
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--layers", default=None, help="comma-separated blocks for (a); default 20/35/50/65 %% depth")
-    p.add_argument("--alphas", default="1,2,4,8", help="(a) in units of the direction's class-mean distance")
-    p.add_argument("--preset", default="gpu", choices=sorted(STUDY_PRESETS),
-                   help="finetune and eval sizes: gpu (2000 examples) or cpu (64 examples, no self-rating)")
-    p.add_argument("--n-train", type=int, default=None, help="override the preset's number of training examples")
-    p.add_argument("--lr", type=float, default=None, help="override the preset's learning rate")
-    p.add_argument("--ablate-layers", default="all", help="(b) blocks to ablate at: 'all' or comma-separated")
-    p.add_argument("--random-per-finetune", type=int, default=None,
-                   help="(b) random-direction controls per finetune seed (default: one per seed in --seeds)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--no-persona", action="store_true")
-    p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    from ..cliargs import add_config_args, config_from_args
+
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
+    add_config_args(p, SteeringProxyConfig)
     a = p.parse_args(argv)
-    run_study(a.out, model_name=a.model, stages=a.stages, seeds=[int(s) for s in a.seeds.split(",")],
-              layers=[int(x) for x in a.layers.split(",")] if a.layers else None,
-              alphas=[float(x) for x in a.alphas.split(",")], preset=a.preset, n_train=a.n_train, lr=a.lr,
-              batch_size=a.batch_size, persona=not a.no_persona, quick=a.quick,
-              ablate_layers="all" if a.ablate_layers == "all" else [int(x) for x in a.ablate_layers.split(",")],
-              random_per_finetune=a.random_per_finetune)
+    cfg = config_from_args(a, SteeringProxyConfig)
+    kw = dataclasses.asdict(cfg)
+    kw["model_name"] = kw.pop("model")
+    run_study(a.out, **kw)
     return 0
 
 
