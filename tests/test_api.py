@@ -278,3 +278,17 @@ def test_api_reference_shows_every_study_command():
                    and any("dataclass" in ast.unparse(d) for d in n.decorator_list)}
         assert "main" in members and any(m.startswith("run") for m in members), (module, members)
         assert configs <= members and members & {"PRESETS", "STUDY_PRESETS"}, (module, configs, members)
+
+
+def test_docs_hook_renders_a_study_help():
+    """The mkdocs hook replaces `<!-- study-help: NAME -->` by the study's own `--help` text."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("study_help", _PKG.parents[1] / "docs" / "_hooks" / "study_help.py")
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    page = hook.on_page_markdown("before\n<!-- study-help: caft -->\nafter\n")
+    assert page.startswith("before\n```text\nusage: introspect-mech study caft ") and page.endswith("```\nafter\n")
+    assert "--n-train" in page and "--pick" in page and "--judge" in page
+    with pytest.raises(ValueError, match="unknown study"):
+        hook.study_help("no-such-study")
