@@ -14,7 +14,7 @@ Every `EMConfig` field is an option (`--help`); lists are space-separated. Contr
 `--allow-download` may fetch them; otherwise the named stand-ins of `data.generators`, and the output
 says which. Without `--judge` the judge is the base model (`HFJudge`, and `HFCategoricalJudge` for the
 label prompts); the embedded 135M model abstains as a judge, and the output says so. The same command
-is `introspect-mech study emergent_misalignment ...`; the code is `introspect_mech.studies.emergent_misalignment`.
+is `introspect-mech study emergent-misalignment ...`; the code is `introspect_mech.studies.emergent_misalignment`.
 """
 
 from introspect_mech.studies.emergent_misalignment import main

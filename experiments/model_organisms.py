@@ -11,7 +11,7 @@ at every layer vs random directions, and the phase transition over checkpoints.
 Every `MOConfig` field is an option (`--help`; e.g. `--dataset risky_financial_advice --finetune-preset em
 --direction-layer 20`). Without `--judge` the judge is the model under study's base model (`HFJudge`);
 on the embedded 135M model it abstains (too little mass on numbers), and the results say so. The same
-command is `introspect-mech study model_organisms ...`; the code is `introspect_mech.studies.model_organisms`.
+command is `introspect-mech study model-organisms ...`; the code is `introspect_mech.studies.model_organisms`.
 """
 
 from introspect_mech.studies.model_organisms import main

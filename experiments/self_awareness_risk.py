@@ -9,7 +9,7 @@ personas, Make Me Say codewords). The protocol is `introspect_mech.studies.self_
     python experiments/self_awareness_risk.py --n-train 24 --n-test 10 --epochs 1 --in-sample --out /tmp/tmay
 
 Every `TMAYConfig` field is an option (`--help`); lists are space-separated. The same command is
-`introspect-mech study self_awareness ...`.
+`introspect-mech study self-awareness ...`.
 """
 
 from introspect_mech.studies.self_awareness import main
