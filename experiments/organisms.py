@@ -7,8 +7,8 @@
 
 Every `OrganismsConfig` field is an option (`--help`); lists are space-separated (`--seeds 0 1 2`);
 `--layer` is a block index (`--layer 12`) or a relative depth in (0, 1) (`--layer 0.5`).
-Prints the methods x organisms table and writes `<out>/dashboard.html`. See docs/organisms.md; the code
-is `introspect_mech.studies.organisms`.
+Prints the methods x organisms table and writes `<out>/dashboard.html`. The same command is
+`introspect-mech study organisms ...`; the code is `introspect_mech.studies.organisms`; see docs/organisms.md.
 """
 
 from introspect_mech.studies.organisms import main
