@@ -68,7 +68,9 @@ def _questions(spec: str, data_dir: str | None):
         raise DataError(str(p), line, "text", f"not UTF-8 (byte 0x{e.object[e.start]:02x}); re-encode the file as UTF-8") from None
 
 
-def _binding_layers(layers: str | tuple[int, ...] | None) -> str | list[int] | None:
+def _binding_layers(layers: int | str | tuple[int, ...] | None) -> str | list[int] | None:
+    if isinstance(layers, int):
+        return [layers]
     return list(layers) if isinstance(layers, tuple) else layers
 
 

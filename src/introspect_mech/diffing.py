@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence, cast
 
 import torch
 from jaxtyping import Float, Int
@@ -35,6 +35,7 @@ from torch import Tensor
 
 from .models import LoadedModel
 from .direction import Direction
+from .sae.tokens import TokenPositions
 
 Message = dict[str, str]
 METHODS = ("activation_difference", "difference_pca", "response_mean_difference", "probe", "sae_latent")
@@ -49,7 +50,8 @@ def _base_context(base: LoadedModel, tuned: LoadedModel):
     if base is tuned:
         if not base.has_adapter:
             raise ValueError("base and tuned are the same model without an adapter: nothing to diff")
-        return base.model.disable_adapter()
+        peft_model: Any = base.model  # a peft.PeftModel (has_adapter)
+        return peft_model.disable_adapter()
     return contextlib.nullcontext()
 
 
@@ -334,7 +336,7 @@ def probe_difference(base: LoadedModel, tuned: LoadedModel, texts: Sequence[Any]
 
 
 def sae_latent_difference(base: LoadedModel, tuned: LoadedModel, sae: Any, conversations: Sequence[Any], *,
-                          positions: str = "response", rank: int = 0, top_k: int = 10,
+                          positions: TokenPositions = "response", rank: int = 0, top_k: int = 10,
                           direction: Any = None, batch_size: int = 8) -> tuple[Direction, Any]:
     """The SAE model diff (`sae.model_diff`): the decoder vector of the `rank`-th most increased latent.
 
@@ -419,7 +421,7 @@ def logit_lens(model: LoadedModel, direction: Any, layer: int | None = None, k: 
 
 
 def steer_readout(model: LoadedModel, direction: Any, layer: int, alpha: float, prompts: Sequence[Any], *,
-                  max_new_tokens: int = 32, seed: int = 0, scale: str = "norm") -> list[dict[str, Any]]:
+                  max_new_tokens: int = 32, seed: int = 0, scale: Literal["norm", "unit"] = "norm") -> list[dict[str, Any]]:
     """Greedy answers to `prompts` with and without `alpha * direction` added after block `layer`
     (all positions), to show what a found difference encodes.
 
@@ -553,7 +555,7 @@ def recovery(found: Direction, truth: Any, *, n_random: int = 3, seed: int = 0) 
     """
     from .steering import random_like
 
-    rands = [random_like(found, seed + i) for i in range(n_random)]
+    rands = [cast(Direction, random_like(found, seed + i)) for i in range(n_random)]  # same type as `found`
     rows = []
     for l in found.layers:
         t = _truth_vector(truth, l)
@@ -593,7 +595,7 @@ class Comparison:
 def compare(base: LoadedModel, tuned: LoadedModel, texts: Sequence[Any],
             conversations: Sequence[Any] | None = None, *, layers: int | Sequence[int] | None = None,
             first_tokens: int = 5, methods: Sequence[str] = METHODS, probe_layers: Sequence[int] | None = None,
-            sae: Any = None, sae_positions: str = "response", truth: Any = None, seed: int = 0,
+            sae: Any = None, sae_positions: TokenPositions = "response", truth: Any = None, seed: int = 0,
             batch_size: int = 16) -> Comparison:
     """Run every diffing method on one pair of models.
 
@@ -637,6 +639,7 @@ def compare(base: LoadedModel, tuned: LoadedModel, texts: Sequence[Any],
         else:
             out.errors["response_mean_difference"] = "no conversations given"
     if "probe" in methods:
+        assert acts is not None  # computed above whenever "probe" is among the methods
         pl = list(probe_layers) if probe_layers is not None else layer_ids
         sub = PairedActivations(acts.base[:, [layer_ids.index(l) for l in pl]],
                                 acts.tuned[:, [layer_ids.index(l) for l in pl]], acts.position, pl, acts.n_texts,

@@ -10,7 +10,6 @@ either side of the rename.
 from __future__ import annotations
 
 import inspect
-from functools import lru_cache
 from typing import Any
 
 from torch import nn
@@ -18,18 +17,24 @@ from torch import nn
 
 def _base(model: Any) -> nn.Module:
     m = getattr(model, "model", model) if not isinstance(model, nn.Module) else model  # LoadedModel -> nn.Module
-    return m.get_base_model() if hasattr(m, "get_base_model") else m
+    get_base = getattr(m, "get_base_model", None)  # a PEFT wrapper
+    return get_base() if get_base is not None else m
 
 
-@lru_cache(maxsize=64)
+_NAMES: dict[type, str] = {}  # model class -> its cache keyword (the signature is read once per class)
+
+
 def _name_for(cls: type[nn.Module]) -> str:
-    params = inspect.signature(cls.forward).parameters
-    if "cache" in params:
-        return "cache"
-    if "past_key_values" in params:
-        return "past_key_values"
-    raise TypeError(f"{cls.__name__}.forward takes neither `cache` nor `past_key_values`: "
-                    "this model cannot be given a KV cache")
+    if cls not in _NAMES:
+        params = inspect.signature(cls.forward).parameters
+        if "cache" in params:
+            _NAMES[cls] = "cache"
+        elif "past_key_values" in params:
+            _NAMES[cls] = "past_key_values"
+        else:
+            raise TypeError(f"{cls.__name__}.forward takes neither `cache` nor `past_key_values`: "
+                            "this model cannot be given a KV cache")
+    return _NAMES[cls]
 
 
 def cache_arg_name(model: Any) -> str:
