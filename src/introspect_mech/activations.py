@@ -29,7 +29,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence, Union
+from typing import Any, Iterator, Literal, Sequence, Union, overload
 
 import torch
 from einops import rearrange
@@ -194,6 +194,38 @@ def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length (longest first), deterministic."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@overload
+def cache(
+    model: LoadedModel,
+    conversations: Sequence[Any],
+    layers: LayerSpec = ...,
+    positions: Pooling = ...,
+    batch_size: int = ...,
+    out: None = ...,
+    *,
+    dtype: torch.dtype | None = ...,
+    shard_size: int = ...,
+    progress: bool = ...,
+    truncate: bool = ...,
+) -> Acts: ...
+
+
+@overload
+def cache(
+    model: LoadedModel,
+    conversations: Sequence[Any],
+    layers: LayerSpec = ...,
+    positions: Pooling = ...,
+    batch_size: int = ...,
+    out: str | os.PathLike = ...,
+    *,
+    dtype: torch.dtype | None = ...,
+    shard_size: int = ...,
+    progress: bool = ...,
+    truncate: bool = ...,
+) -> LazyActivations: ...
 
 
 def cache(

@@ -146,7 +146,7 @@ def word_activations(model, words: Sequence[str], *, layers: int | Sequence[int]
         rows = sample(model, convs, n=1, max_new_tokens=max_new_tokens, temperature=0, seed=0,
                       batch_size=batch_size, progress=progress)
         convs = [c + [{"role": "assistant", "content": r["response"] or "."}] for c, r in zip(convs, rows)]
-    acts = cache(model, convs, layers=layer_ids, positions=positions,  # type: ignore[arg-type]  # checked above
+    acts = cache(model, convs, layers=layer_ids, positions=positions,  # type: ignore[call-overload]  # positions checked above
                  batch_size=batch_size, progress=progress)
     assert isinstance(acts, Tensor)  # no out=: a tensor
     return acts

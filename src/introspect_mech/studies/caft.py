@@ -37,7 +37,7 @@ from torch import Tensor
 from ..cliargs import add_config_args, add_dataclass_args, config_from_args, dataclass_overrides
 from ..evals.judge_spec import JudgeOptions
 from ..runs import RunDir
-from ..sae.tokens import TokenActs, token_activations
+from ..sae.tokens import TokenActs, TokenPositions, token_activations
 
 
 @dataclass
@@ -89,7 +89,7 @@ def preset_layers(n_layers: int, fractions: Sequence[float]) -> list[int]:
 
 @torch.no_grad()
 def activation_differences(base, finetuned, conversations: Sequence[Any], layers: Sequence[int], *,
-                           positions: str = "response", batch_size: int = 8, max_length: int | None = 512,
+                           positions: TokenPositions = "response", batch_size: int = 8, max_length: int | None = 512,
                            progress: bool = True) -> dict[int, Float[Tensor, "tokens d_model"]]:
     """Per-token `h_finetuned - h_base` after each block in `layers`, over the selected tokens.
 
@@ -183,7 +183,7 @@ def logit_lens(model, v: Float[Tensor, " d_model"], k: int = 10) -> dict[str, li
 
 
 def top_examples(model, examples: Sequence[TokenActs], v: Float[Tensor, " d_model"], *, n: int = 5, window: int = 10,
-                 positions: str = "all", sign: float = 1.0) -> list[dict[str, Any]]:
+                 positions: TokenPositions = "all", sign: float = 1.0) -> list[dict[str, Any]]:
     """The `n` examples whose highest (sign=+1) or lowest (sign=-1) token projection on `v` is most
     extreme (one peak per example), with the token window and each token's projection.
 
@@ -219,7 +219,7 @@ def top_examples(model, examples: Sequence[TokenActs], v: Float[Tensor, " d_mode
 
 
 def component_cards(model, pcs: Mapping[int, Mapping[str, Tensor]], texts: Sequence[Any], *, n_top: int = 5,
-                    n_tokens: int = 10, positions: str = "all", batch_size: int = 8,
+                    n_tokens: int = 10, positions: TokenPositions = "all", batch_size: int = 8,
                     progress: bool = True) -> list[dict[str, Any]]:
     """One card per (layer, component): explained variance, top / bottom activating examples of the
     (base) `model` on `texts`, and logit-lens tokens. Rows match the dashboard's `caft_components.jsonl`.
@@ -525,8 +525,8 @@ def run(out: str | os.PathLike, config: CAFTConfig | None = None, *, judge: Judg
     done = {r["condition"]: r for r in log.rows() if r.get("pick") == cfg.pick}
     conds: dict[str, Any] = {"base": None, "plain": plain_dir, "caft": chosen}
     dims = {l: int(x.shape[0]) for l, x in chosen.items()}
-    for k in range(cfg.n_random):
-        conds[f"random_{k}"] = random_subspace(dims, base.d_model, seed=cfg.seed + 1 + k)
+    for i in range(cfg.n_random):
+        conds[f"random_{i}"] = random_subspace(dims, base.d_model, seed=cfg.seed + 1 + i)
     only = set(cfg.conditions) if cfg.conditions else set(conds)
     for name, spec in conds.items():
         if name in done or name not in only:

@@ -365,9 +365,9 @@ def run(out: str | Path, config: EMConfig | None = None, *, judge=None, categori
         prox: dict[str, Any] = {"metrics": {"proxy_pref": PROXY_PREF, "proxy_diff": PROXY_DIFF,
                                             "med_proxy_diff": PROXY_DIFF + " (held-out medical)"}}
         for name, m in models.items():
-            r = fn(m)
-            prox[name] = {k: bootstrap_ci(r[k], seed=cfg.seed).to_dict() for k in ("proxy_pref", "proxy_diff",
-                                                                                   "med_proxy_diff") if k in r}
+            scores = fn(m)
+            prox[name] = {k: bootstrap_ci(scores[k], seed=cfg.seed).to_dict()
+                          for k in ("proxy_pref", "proxy_diff", "med_proxy_diff") if k in scores}
         results["proxy"] = prox
     results["wall_s"] = round(time.perf_counter() - t0, 1)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float))

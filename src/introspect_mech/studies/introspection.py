@@ -60,6 +60,7 @@ import math
 import os
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
@@ -75,7 +76,7 @@ from ..evals.scoring import Trie
 from ..kv_cache import cache_kwargs, output_cache
 from ..evals.stats import bootstrap_ci
 from ..models import LoadedModel
-from ..direction import Direction
+from ..direction import Direction, DirectionLike
 
 Message = dict[str, str]
 
@@ -302,7 +303,7 @@ class Injection:
     strength: float
     start: int
     end: int | None = None
-    scale: str = "norm"
+    scale: Literal["unit", "norm"] = "norm"
 
     def context(self, model: LoadedModel, positions: Any = "all"):
         """The steering context manager that adds this injection while it is open.
@@ -395,7 +396,7 @@ def continuation_logprobs(model: LoadedModel, prompt_ids: Sequence[int], candida
     trie = Trie.build(candidates)
     L, T = len(prompt_ids), len(trie.tokens)
     use_cache = inject is not None and inject.end is None and prefix_cache is not None and inject.start > 0
-    k0 = inject.start if use_cache else 0
+    k0 = inject.start if inject is not None and use_cache else 0
     if inject is not None and not 0 <= inject.start <= L - 1:
         raise ValueError(f"injection start {inject.start} outside the prompt (length {L})")
     Q = (L - k0) + T
@@ -412,6 +413,7 @@ def continuation_logprobs(model: LoadedModel, prompt_ids: Sequence[int], candida
     pos = torch.tensor([list(range(k0, L)) + [L + d for d in trie.depths]], device=dev)
     kw: dict[str, Any] = dict(input_ids=ids, attention_mask=mask, position_ids=pos)
     if use_cache:
+        assert inject is not None and prefix_cache is not None  # use_cache implies both
         prefix = prefix_cache.get(model, prompt_ids[:k0])
         kw.update(cache_kwargs(model, prefix), use_cache=True)
         ctx = inject.context(model, positions="all")
@@ -616,7 +618,9 @@ def sample_answers(model: LoadedModel, messages: Sequence[Message], *, inject: I
         ctx = inject.context(model, positions="all")
     torch.manual_seed(seed)
     with torch.no_grad(), ctx:
-        out = model.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kw)
+        # LoadedModel.model is typed nn.Module, whose __getattr__ says Tensor | Module; generate is the wrapped
+        # PreTrainedModel's (or PeftModel's) method
+        out = model.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kw)  # type: ignore[operator]
     stop = set(kw["eos_token_id"])
     texts = []
     for row in out[:, len(p.ids):].tolist():
@@ -696,9 +700,16 @@ class IntentionScorer:
         Returns:
             `p_disown` = P(disown answers) / P(own + disown answers) (NaN with no mass) and `mass`
             (their total probability).
+
+        Raises:
+            ValueError: `direction` is given without `layer`.
         """
         p, cands, (a, b) = self.prompt(sentence, word)
-        inj = None if direction is None else Injection(direction, int(layer), float(strength), a, b)
+        inj = None
+        if direction is not None:
+            if layer is None:
+                raise ValueError("an injected direction needs its layer")
+            inj = Injection(direction, int(layer), float(strength), a, b)
         lp = continuation_logprobs(self.model, p.ids, cands, inject=inj).double().exp()
         own, dis = float(lp[:len(INTENTION_OWN)].sum()), float(lp[len(INTENTION_OWN):].sum())
         return {"p_disown": dis / (own + dis) if own + dis > 0 else float("nan"), "mass": own + dis}
@@ -1018,8 +1029,8 @@ def run(out: str | os.PathLike, config: IntrospectionConfig | None = None, *, mo
     from ..runs import RunDir, json_sha256
 
     cfg = config or IntrospectionConfig()
-    for s in cfg.stages:
-        if s not in "ABCD":
+    for stage in cfg.stages:
+        if stage not in "ABCD":
             raise ValueError(f"stages must be letters from 'ABCD', got {cfg.stages!r}")
     for v in cfg.variants:
         if v not in VARIANTS:
@@ -1056,6 +1067,7 @@ def run(out: str | os.PathLike, config: IntrospectionConfig | None = None, *, mo
 
     # ---- A: detection / identification -------------------------------------------------------------
     if "A" in cfg.stages:
+        assert concepts is not None  # computed above for stages A and B
         scorer = DetectionScorer(m, words, inject_from=cfg.inject_from)
         log = run_dir.log("trials.jsonl", ("variant", "trial", "condition", "word", "layer", "strength"))
         done = log.done_keys()
@@ -1071,7 +1083,7 @@ def run(out: str | os.PathLike, config: IntrospectionConfig | None = None, *, mo
                             specs.append((TrialSpec(v, t, "random", w, L, s), ("random", w, i)))
         todo = [(s, d) for s, d in specs if log.key(asdict(s)) not in done]
         for spec, what in tqdm(todo, desc="injected-thought trials", disable=not progress or not todo):
-            d = None
+            d: DirectionLike | None = None
             if what is not None:
                 d = concepts[what[1]]
                 if what[0] == "random":
@@ -1089,8 +1101,8 @@ def run(out: str | os.PathLike, config: IntrospectionConfig | None = None, *, mo
         for L in layers:
             for s in [0.0] + list(cfg.strengths):
                 for cond in (("none",) if s == 0 else ("concept", "random")):
-                    k = {"layer": L, "strength": s, "condition": cond}
-                    if coh_log.key(k) in coh_done:
+                    coh_key = {"layer": L, "strength": s, "condition": cond}
+                    if coh_log.key(coh_key) in coh_done:
                         continue
                     vals = []
                     for i, w in enumerate(words[:max(1, cfg.coherence_words)]):
@@ -1098,8 +1110,8 @@ def run(out: str | os.PathLike, config: IntrospectionConfig | None = None, *, mo
                         if cond == "none":
                             vals = coherence_nll(m, refs)
                             break
-                        vals += coherence_nll(m, refs, inject=lambda st, d=d: Injection(d, L, s, st))
-                    coh_log.append({**k, "nll": bootstrap_ci(vals, seed=cfg.seed).to_dict()})
+                        vals += coherence_nll(m, refs, inject=partial(Injection, d, L, s))
+                    coh_log.append({**coh_key, "nll": bootstrap_ci(vals, seed=cfg.seed).to_dict()})
         coh = coh_log.read()
         base_nll = next((r["nll"]["value"] for r in coh if r["condition"] == "none"), None)
         grid = []
@@ -1153,13 +1165,14 @@ def run(out: str | os.PathLike, config: IntrospectionConfig | None = None, *, mo
 
     # ---- B: prefill / intention ---------------------------------------------------------------------
     if "B" in cfg.stages:
+        assert concepts is not None  # computed above for stages A and B
         hl, hs = layer_at(m, cfg.headline_fraction), cfg.headline_strength
         isc = IntentionScorer(m)
         log = run_dir.log("intention.jsonl", ("sentence", "word", "condition", "layer", "strength"))
         done = log.done_keys()
         sents = list(SENTENCES[:cfg.n_sentences])
         istr = sorted({hs, *(cfg.intention_strengths or ())})
-        todo = []
+        intention_todo = []
         for k, sent in enumerate(sents):
             w = words[k % len(words)]
             wrong = words[(k + 1) % len(words)]
@@ -1169,13 +1182,13 @@ def run(out: str | os.PathLike, config: IntrospectionConfig | None = None, *, mo
                     row = {"sentence": sent, "word": w, "condition": cond, "layer": hl if cond != "none" else None,
                            "strength": s, "injected": None if cond in ("none", "random") else (w if cond == "matched" else wrong)}
                     if log.key(row) not in done:
-                        todo.append((row, d))
-        for row, d in tqdm(todo, desc="prefill/intention trials", disable=not progress or not todo):
+                        intention_todo.append((row, d))
+        for row, d in tqdm(intention_todo, desc="prefill/intention trials", disable=not progress or not intention_todo):
             log.append({**row, **isc.score(row["sentence"], row["word"], direction=d, layer=row["layer"],
                                            strength=row["strength"])})
         rows = log.read()
         none = {r["sentence"]: r["p_disown"] for r in rows if r["condition"] == "none"}
-        res = {"none": bootstrap_ci(list(none.values()), seed=cfg.seed).to_dict(), "by_strength": {}}
+        res: dict[str, Any] = {"none": bootstrap_ci(list(none.values()), seed=cfg.seed).to_dict(), "by_strength": {}}
         for s in istr:
             entry = {}
             for cond in ("matched", "wrong_concept", "random"):
@@ -1257,14 +1270,14 @@ def _sample_stage(m, cfg, run_dir, concepts, words, hl, hs, judge, key) -> None:
             log.extend(grade_answers(rows, judge))
     rows = log.read()
     for v in cfg.variants:
-        inj = [r for r in rows if r["variant"] == v and r["condition"] == "concept"]
-        key(f"[{v}] sampled answers mentioning the injected word", _by_word_ci(inj, "mentions_word", cfg.seed),
+        injected = [r for r in rows if r["variant"] == v and r["condition"] == "concept"]
+        key(f"[{v}] sampled answers mentioning the injected word", _by_word_ci(injected, "mentions_word", cfg.seed),
             "keyword proxy, not a judge")
         if judge is not None:
             ctl = [r for r in rows if r["variant"] == v and r["condition"] == "none"]
-            key(f"[{v}] judged detection rate, injected", _by_word_ci(inj, "detected", cfg.seed), "judge")
+            key(f"[{v}] judged detection rate, injected", _by_word_ci(injected, "detected", cfg.seed), "judge")
             key(f"[{v}] judged false-positive rate", bootstrap_ci([r.get("detected") for r in ctl]).to_dict(), "judge")
-            key(f"[{v}] judged identification rate", _by_word_ci(inj, "identified", cfg.seed), "judge")
+            key(f"[{v}] judged identification rate", _by_word_ci(injected, "identified", cfg.seed), "judge")
 
 
 def _self_report_stage(m: LoadedModel, cfg: IntrospectionConfig, run_dir, key, progress: bool) -> dict[str, Any]:
@@ -1296,7 +1309,7 @@ def _self_report_stage(m: LoadedModel, cfg: IntrospectionConfig, run_dir, key, p
             by.setdefault(it.get("theme", ""), []).append(it)
         per = max(1, cfg.n_em_items // max(len(by), 1))
         items = [it for t in sorted(by) for it in by[t][:per]]
-    kw = dict(read_layer=read_l, questions=ALIGNMENT_QUESTIONS, items=items, batch_size=cfg.batch_size)
+    kw: dict[str, Any] = dict(read_layer=read_l, questions=ALIGNMENT_QUESTIONS, items=items, batch_size=cfg.batch_size)
     log = run_dir.log("self_report_points.jsonl", ("source", "label"))
     done = log.done_keys()
     for a in cfg.alphas:
@@ -1433,7 +1446,7 @@ def _risk_stage(m: LoadedModel, cfg: IntrospectionConfig, run_dir, key, progress
         d.save(rdir)
     qfile = data_dir() / "self_awareness" / "questions" / "risk_predisposition_scale.yaml"
     questions = [p for q in load_questions(qfile) for p in q.paraphrases]
-    kw = dict(read_layer=read_l, questions=questions, items=test_items, batch_size=cfg.batch_size)
+    kw: dict[str, Any] = dict(read_layer=read_l, questions=questions, items=test_items, batch_size=cfg.batch_size)
     log = run_dir.log("self_report_points_risk.jsonl", ("source", "label"))
     done = log.done_keys()
     for a in cfg.alphas:

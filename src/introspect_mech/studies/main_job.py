@@ -199,8 +199,11 @@ def run(out: str | Path = "runs/main_job", config: JobConfig | None = None, **ov
         steer_eval = eval_fn
     else:
         per: dict[str, int] = {}
-        steer_items = [it for it in em_items if per.setdefault(it["theme"], 0) < cfg.steer_items_per_theme
-                       and not per.__setitem__(it["theme"], per[it["theme"]] + 1)]
+        steer_items = []
+        for it in em_items:
+            if per.setdefault(it["theme"], 0) < cfg.steer_items_per_theme:
+                steer_items.append(it)
+                per[it["theme"]] += 1
         steer_eval = em_proxy_fn(steer_items, medical=med_items[: cfg.steer_medical], batch_size=cfg.batch)
     plain: dict[str, dict[str, Any]] = {}
     em_rows = []

@@ -338,7 +338,7 @@ def run(out: str | Path, config: MOConfig | None = None, *, judge=None, **overri
         return judged, samples, r["report"]
 
     def rates(judged: list[dict]) -> dict[str, Any]:
-        d = {den: bootstrap_ci(em_flags(judged, denominator=den, aligned_max=cfg.aligned_max,
+        d: dict[str, Any] = {den: bootstrap_ci(em_flags(judged, denominator=den, aligned_max=cfg.aligned_max,
                                         coherent_min=cfg.coherent_min), seed=cfg.seed).to_dict() for den in DENOMINATORS}
         d["coherent_rate"] = bootstrap_ci([float(r["coherent"] > cfg.coherent_min) for r in judged
                                            if r.get("coherent") is not None], seed=cfg.seed).to_dict()

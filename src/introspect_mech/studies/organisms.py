@@ -46,7 +46,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence, cast
 
 import numpy as np
 import torch
@@ -57,6 +57,7 @@ from .. import diffing, steering
 from ..evals import sample
 from ..evals.stats import bootstrap_ci, bootstrap_diff
 from ..cliargs import add_config_args, config_from_args
+from ..direction import DirectionLike
 from ..finetune import TrainConfig
 from ..finetune import train as finetune_train
 from ..models import LoadedModel, load_model
@@ -426,7 +427,7 @@ def _steering_interventions(ctx: _Ctx, org: str, tuned: LoadedModel, found: Dire
     L, rows = ctx.L, []
     kl_full = _kl_items(tuned, ref_base, convs)
     kl_base_tuned = _kl_items(ctx.base, ref_tuned, convs)
-    sources = {"activation_difference": found.select([L]), "ground_truth": vec}
+    sources: dict[str, DirectionLike] = {"activation_difference": found.select([L]), "ground_truth": vec}
 
     def ops(d):
         return {
@@ -564,7 +565,7 @@ def run(model: str | None = None, out: str | Path = "runs/organisms", config: Or
                         progress=False)
     persona = pres.direction
     concept = concept_direction(base)
-    rnd = steering.random_like(persona, 1234)
+    rnd = cast(Direction, steering.random_like(persona, 1234))  # random_like returns its input's type
     ctx.truth = {"persona": persona, "concept": concept, "random": rnd}
     scale = cfg.alpha * float(persona.norms[persona.layers.index(L)])
     ctx.vec = {k: _unit(d.at(L)) * scale for k, d in ctx.truth.items()}
@@ -598,7 +599,9 @@ def run(model: str | None = None, out: str | Path = "runs/organisms", config: Or
                  if r["messages"][0]["role"] == "user"]
     prompts_train = (prompts_train + medical_q[200:])[:cfg.n_train]
     prompts_eval = trait_eval["questions"][:cfg.n_eval]
-    recovery_rows, intervention_rows, behaviour_rows = [], [], []
+    recovery_rows: list[dict] = []
+    intervention_rows: list[dict] = []
+    behaviour_rows: list[dict] = []
 
     def record(rows, lg, acc):
         for r in rows:
@@ -667,6 +670,7 @@ def run(model: str | None = None, out: str | Path = "runs/organisms", config: Or
                     temperature=0.0, out=out / "samples" / "eval_evil.jsonl", progress=False)
         hp = sample(base, [_msgs(q, system=helpful) for q in prompts_eval], n=1, max_new_tokens=cfg.max_new_tokens,
                     temperature=0.0, out=out / "samples" / "eval_helpful.jsonl", progress=False)
+        items: list[dict] | None
         items = expression_items(ev, hp)
         if len(items) < 2:
             why = f"the base wrote {len(items)} usable evil/helpful answer pairs to the held-out questions (need >= 2)"
@@ -808,9 +812,9 @@ def summary_table(recovery_rows: list[dict], intervention_rows: list[dict], L: i
             continue
         # several finetune seeds: ratio of means over seeds, bootstrap over seeds then items
         full = [r["items"]["full"] for r in rs]
-        est = _removed(full, [r["items"]["direction"] for r in rs])
+        removed = _removed(full, [r["items"]["direction"] for r in rs])
         rnd = [float(r["random"]) for r in rs if r["random"] is not None]
-        out.append({"organism": org, "kind": "intervention", "method": f"{op} [{src}]", **est,
+        out.append({"organism": org, "kind": "intervention", "method": f"{op} [{src}]", **removed,
                     "random": float(np.mean(rnd)) if rnd else None, "n_seeds": len(rs), "metric": rs[0]["metric"]})
     return out
 

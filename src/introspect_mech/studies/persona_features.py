@@ -208,7 +208,9 @@ def diff_screen_detect(base, finetuned, sae, conversations: Sequence[Any], *, ju
                           "delta": change[best].delta}
     if best is not None and detector_models:
         convs = list(detector_conversations if detector_conversations is not None else conversations)
-        per_model, samples, labels = {}, [], []
+        per_model: dict[str, dict[str, Any]] = {}
+        samples: list[float] = []
+        labels: list[int] = []
         for name, (m, lab) in detector_models.items():
             sc = latent_scores(m, sae, convs, [best], progress=progress)[:, 0]
             per_model[name] = {"label": int(lab), "mean": float(sc.nanmean()), "n": int(sc.numel())}

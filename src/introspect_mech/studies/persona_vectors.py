@@ -37,12 +37,12 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Final, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from ..activations import cache
+from ..activations import Pooling, cache
 from ..cliargs import add_config_args, add_dataclass_args, config_from_args
 from ..evals import paired_preference, sample
 from ..evals.judge_spec import JudgeOptions
@@ -55,10 +55,10 @@ from ..probes.persona import TraitJudge, judge_rows, load_trait, persona_data, p
 from ..runs import RunDir, file_sha256
 from ..sae.diff import detector_auroc
 from ..steering import add
-from ..steering.hooks import layer_vector
+from ..steering.hooks import Positions, layer_vector
 from ..viz import export_dashboard
 
-UPSTREAM_POSITIONS = "last_prompt_and_response"
+UPSTREAM_POSITIONS: Final = "last_prompt_and_response"
 
 Stage = Literal["extract", "probes", "select", "screen", "finetune", "shift"]
 STAGES: tuple[Stage, ...] = ("extract", "probes", "select", "screen", "finetune", "shift")
@@ -138,7 +138,7 @@ def extract(model, trait: str, *, judge: Any = None, preset: str | PVConfig = "c
     return persona_data(model, trait, judge=judge, preset=PRESETS[preset].extract, out=out, **kw)
 
 
-def _steer_ctx(model, steer: Mapping[str, Any] | None, positions: str):
+def _steer_ctx(model, steer: Mapping[str, Any] | None, positions: Positions):
     if not steer:
         import contextlib
 
@@ -158,7 +158,7 @@ def trait_expression(
     temperature: float = 1.0,
     seed: int = 0,
     steer: Mapping[str, Any] | None = None,
-    positions: str = UPSTREAM_POSITIONS,
+    positions: Positions = UPSTREAM_POSITIONS,
     batch_size: int = 8,
     data_dir: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
@@ -323,7 +323,7 @@ def finetune_and_express(load: Callable[[], Any], records: Sequence[dict], confi
     if preventative:
         iv = preventative_steering(m, preventative["direction"], layers=[int(preventative["layer"])],
                                    alpha=float(preventative["coef"]), scale=preventative.get("scale", "norm"))
-    train(m, records, config, out, intervention=iv)
+    train(m, records, config, Path(out), intervention=iv)
     if any(l._forward_hooks for l in m.layers):
         raise RuntimeError("a hook was left on the model after finetuning")
     return evaluate(m)
@@ -347,7 +347,7 @@ def screen_dataset(model, direction: Any, records: Sequence[dict], *, layer: int
 
 @torch.no_grad()
 def mean_projection(model, direction: Any, prompts: Sequence[Sequence[dict]], *, layer: int,
-                    positions: str = "last_prompt", batch_size: int = 8) -> float:
+                    positions: Pooling = "last_prompt", batch_size: int = 8) -> float:
     """Mean over prompts of the activation after block `layer` at `positions`, projected on the unit direction.
 
     Args:
@@ -386,7 +386,7 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float:
 
 def shift_correlation(base, models: Mapping[str, Any], direction: Any, *, layer: int,
                       prompts: Sequence[Sequence[dict]], expression: Mapping[str, float],
-                      positions: str = "last_prompt", batch_size: int = 8) -> dict[str, Any]:
+                      positions: Pooling = "last_prompt", batch_size: int = 8) -> dict[str, Any]:
     """Step 6: finetuning shift along the persona direction vs trait expression.
 
     Args:
@@ -407,7 +407,7 @@ def shift_correlation(base, models: Mapping[str, Any], direction: Any, *, layer:
         KeyError: a model has no entry in `expression`.
     """
     b = mean_projection(base, direction, prompts, layer=layer, positions=positions, batch_size=batch_size)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, m in models.items():
         mm = m() if callable(m) and not hasattr(m, "layers") else m
         s = mean_projection(mm, direction, prompts, layer=layer, positions=positions, batch_size=batch_size) - b
@@ -481,7 +481,7 @@ def run(out: str | os.PathLike, cfg: PVConfig, *, judge: Any = None, model: Any 
                                                                     **q.as_dict()}) + "\n" for l, q in zip(sw.layers, sw.probes)))
         bl, b = sw.best()
         note("best probe layer (pos vs neg answers)", bl, text=f"CV accuracy {b.accuracy:.3f}")
-    expr_kw = dict(n_questions=cfg.n_questions, n_per_question=cfg.n_per_question, max_new_tokens=cfg.max_new_tokens,
+    expr_kw: dict[str, Any] = dict(n_questions=cfg.n_questions, n_per_question=cfg.n_per_question, max_new_tokens=cfg.max_new_tokens,
                    temperature=cfg.temperature, seed=cfg.seed)
     if "select" in stages and judge is not None and cfg.layers:
         base_expr = trait_expression(model, cfg.trait, judge, out=out / "expression_base", **expr_kw)
@@ -521,9 +521,9 @@ def run(out: str | os.PathLike, cfg: PVConfig, *, judge: Any = None, model: Any 
                 name = f"{cond}/{ck.name}"
                 m = load_model(cfg.model, adapter=ck / "adapter", dtype=torch.float32, device=cfg.device)
                 if judge is not None:
-                    e = trait_expression(m, cfg.trait, judge, n_questions=cfg.n_questions, n_per_question=cfg.n_per_question,
-                                         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, out=out / "expression" / name)
-                    expr[name] = e["trait"]["value"]
+                    te = trait_expression(m, cfg.trait, judge, n_questions=cfg.n_questions, n_per_question=cfg.n_per_question,
+                                          max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, out=out / "expression" / name)
+                    expr[name] = te["trait"]["value"]
                 else:
                     expr[name] = paired_preference(m, seed=cfg.seed)["mean_diff"]["value"]
                 models[name] = m

@@ -434,7 +434,9 @@ def run_tmay(config: TMAYConfig, out: str | Path, *, data_dir=None, load: Callab
     from ..finetune import train
 
     if load is None:
-        from ..models import load_model as load
+        from ..models import load_model
+
+        load = load_model
     out = Path(out)
     rd = RunDir(out)
     prev = rd.manifest().get("config")
@@ -547,8 +549,8 @@ def _metric_vectors(r: dict[str, Any], topic: str) -> dict[str, list[float | Non
 
 
 def _mean(x: Sequence[float | None]) -> float | None:
-    x = [float(v) for v in x if v is not None]
-    return sum(x) / len(x) if x else None
+    vals = [float(v) for v in x if v is not None]
+    return sum(vals) / len(vals) if vals else None
 
 
 def compare_conditions(a: dict[int, Any], b: dict[int, Any], topic: str, *, seed: int = 0) -> dict[str, Any]:

@@ -45,7 +45,8 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, cast
 
 from ..cliargs import add_config_args, add_dataclass_args, config_from_args, dataclass_overrides
 from ..evals.properties import extract_property
@@ -56,6 +57,9 @@ from ..evals.self_prediction import (behaviour_shift, compare_self_cross, hypoth
 from ..finetune import TrainConfig, train
 from ..models import LoadedModel
 from ..runs import JsonlLog, RunDir, file_sha256, json_sha256
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 Loader = Callable[[], LoadedModel]
 Finetune = Callable[[LoadedModel, list, TrainConfig, Path], Any]
@@ -222,9 +226,12 @@ def make_splits(config: LIConfig, data_dir: Any = None) -> Splits:
             order = _pick(n_rows, None, config.seed, ds)
             n = config.n_train if split == "train" else config.n_test
             n_shift = config.n_shift if ds in shift_ds else 0
-            if split == "test" and n is None:
-                n = max(n_rows - n_shift, 0)
-            take, shift_take = order[:n], (order[n:n + n_shift] if split == "test" else [])
+            shift_take: list[int] = []
+            if split == "test":
+                if n is None:
+                    n = max(n_rows - n_shift, 0)
+                shift_take = order[n:n + n_shift]
+            take = order[:n]
             for nm in names:
                 (out.train if split == "train" else out.test).extend(load_task(nm, data_dir=data_dir, indices=take))
                 out.shift_train.extend(load_task(nm, data_dir=data_dir, indices=shift_take))
@@ -462,7 +469,7 @@ def run_study(
             _say(progress, f"{n}_self: behaviour-shift finetune ({mode} targets)")
             m = self_models.pop(n)
             if m.has_adapter:  # the self-prediction-trained weights, merged; the shift trains a new adapter
-                m.model = m.model.merge_and_unload()
+                m.model = cast("PeftModel", m.model).merge_and_unload()  # has_adapter: a PeftModel
             recs = object_level_training_data(splits.shift_train, targets, source=f"shift:{mode}")
             m = finetuned(f"shift_{n}", n, recs, cfg.shift_finetune, start=m)
             st.object(f"{n}_shifted", m, splits.shift_eval)
@@ -534,11 +541,12 @@ def _features(names, models, self_models, cross_models, test_rows, st: _States, 
     done = {log.key(r): r for r in log.rows()}
     props = sorted({r["behavioral_property"] for r in test_rows})
     for t in (names if cfg.probe_all_targets else names[:1]):
-        readers: dict[str, Callable[[], LoadedModel]] = {f"{t}_self": lambda t=t: self_models[t],
-                                                         f"{t}_base": lambda t=t: models[t]()}
-        for (p, tt), m in cross_models.items():
+        # each reader is looked up (the base one loaded) only when its activations are needed
+        readers: dict[str, Callable[[], LoadedModel]] = {f"{t}_self": partial(self_models.__getitem__, t),
+                                                         f"{t}_base": models[t]}
+        for p, tt in cross_models:
             if tt == t:
-                readers[f"{p}_predicts_{t}"] = lambda m=m: m
+                readers[f"{p}_predicts_{t}"] = partial(cross_models.__getitem__, (p, tt))
         for reader, get in readers.items():
             keys = [(t, reader, prop, c) for prop in props for c in ("none", "shuffled_labels")]
             if all(k in done for k in keys):
@@ -555,6 +563,7 @@ def _features(names, models, self_models, cross_models, test_rows, st: _States, 
                 key = (tt, rd, prop, control)
                 if key not in done:
                     idx = [i for i, r in enumerate(test_rows) if r["behavioral_property"] == prop]
+                    assert acts is not None  # cached above unless every key of this reader is done
                     try:
                         res = probe_property_from_acts(acts[idx], [test_rows[i] for i in idx], st.obj[f"{t}_self"],
                                                        layer_ids, shuffle_labels=control == "shuffled_labels",

@@ -20,9 +20,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence, cast
 
 import numpy as np
+from torch import Tensor
 
 from ..models import LoadedModel
 from ..runs import RunDir
@@ -30,6 +31,9 @@ from ..direction import Direction, DirectionLike
 from ..layers import LayerSpec, resolve_layers
 from ..steering.hooks import ablate, random_like
 from ..steering.sweep import Values, hierarchical_ci, relative_reduction, summarize, sweep
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 NEUTRAL_PROMPTS = [
     "Explain how photosynthesis works in a few sentences.",
@@ -122,7 +126,7 @@ def creates_em(model: LoadedModel, directions: DirectionLike | Sequence[Directio
     Returns:
         {metric: `steering.sweep.summarize` rows}, also written to `out/summary.json`.
     """
-    dirs = list(directions) if isinstance(directions, (list, tuple)) else [directions]
+    dirs = _direction_list(directions)
     rows: list[dict] = []
     for k, d in enumerate(dirs):
         # random controls and the baseline once (random_like depends on shape, norms and seed only)
@@ -165,7 +169,7 @@ def removes_em(model: LoadedModel, directions: DirectionLike | Sequence[Directio
     """
     if not model.has_adapter:
         raise ValueError("removes_em needs the finetuned model (a LoadedModel with its adapter attached)")
-    dirs = list(directions) if isinstance(directions, (list, tuple)) else [directions]
+    dirs = _direction_list(directions)
     run = RunDir(out)
     run.write_manifest(stage="steering_removes_em", model=model.name, adapter=model.meta.get("adapter"),
                        seeds=list(seeds), layers=resolve_layers(layers, model.n_layers),
@@ -181,7 +185,7 @@ def removes_em(model: LoadedModel, directions: DirectionLike | Sequence[Directio
     for cond, s in tqdm([j for j in jobs if log.key({"condition": j[0], "seed": j[1]}) not in done],
                         desc="removes_em", unit="eval"):
         if cond == "base":
-            with model.model.disable_adapter():
+            with cast("PeftModel", model.model).disable_adapter():  # has_adapter checked above
                 m = eval_fn(model)
         elif cond == "finetuned":
             m = eval_fn(model)
@@ -207,7 +211,7 @@ def summarize_removal(rows: Sequence[dict], metrics: Sequence[str] = EM_METRICS)
         {metric: {condition: CI dict, "finetune_gap", "reduction_ablate_direction",
         "reduction_ablate_random"}} (reductions only for conditions present; see `gated_reduction`).
     """
-    by = {}
+    by: dict[str, list[dict]] = {}
     for r in rows:
         by.setdefault(r["condition"], []).append(r["metrics"])
     out: dict[str, Any] = {}
@@ -265,7 +269,8 @@ def train_time(load: Callable[[], LoadedModel], records: Sequence[dict], config:
 
     if kind not in ("caft", "preventative"):
         raise ValueError(f"kind must be 'caft' or 'preventative', got {kind!r}")
-    per_seed = list(direction) if isinstance(direction, (list, tuple)) else [direction] * len(seeds)
+    per_seed = (_direction_list(direction) if isinstance(direction, (list, tuple))
+                else _direction_list(direction) * len(seeds))
     if len(per_seed) != len(seeds):
         raise ValueError(f"train_time: {len(per_seed)} directions for {len(seeds)} seeds")
     run = RunDir(out)
@@ -362,6 +367,19 @@ def finetune_gap(base: Values, finetuned: Sequence[Values]):
 
     ft = np.mean([np.asarray(f, float) for f in finetuned], axis=0)
     return bootstrap_ci(list(ft - np.asarray(base, float)))
+
+
+def _direction_list(directions: DirectionLike | Sequence[DirectionLike]) -> list[DirectionLike]:
+    """`directions` as a list: a list or tuple of directions, or one direction.
+
+    Raises:
+        TypeError: `directions` is neither.
+    """
+    if isinstance(directions, (list, tuple)):
+        return list(directions)
+    if isinstance(directions, (Direction, Tensor)):
+        return [directions]
+    raise TypeError(f"expected a direction or a list/tuple of directions, got {type(directions).__name__}")
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -478,6 +496,8 @@ def run_study(out: str | os.PathLike, *, model_name: str | None = None, stages: 
     out = Path(out)
     base = load_model(model_name, dtype=torch.float32)  # float32 on GPU too: comparable with CPU runs
     layers = list(layers) if layers is not None else [round(base.n_layers * f) for f in (0.2, 0.35, 0.5, 0.65)]
+    if ablate_layers is None or isinstance(ablate_layers, int):
+        raise TypeError(f"ablate_layers must be a spec string or block indices, got {ablate_layers!r}")
     RunDir(out).write_manifest(stage="steering_study", model=base.name, preset=preset, n_train=n_train, lr=lr,
                                seeds=list(seeds), ablate_layers=ablate_layers if isinstance(ablate_layers, str)
                                else list(ablate_layers))
@@ -570,6 +590,8 @@ def removal_tag(ablate_layers: LayerSpec) -> str:
     """
     if isinstance(ablate_layers, str):
         return "" if ablate_layers == "all" else f"_{ablate_layers}"
+    if ablate_layers is None or isinstance(ablate_layers, int):
+        raise TypeError(f"ablate_layers must be a spec string or block indices, got {ablate_layers!r}")
     return "_L" + "-".join(str(int(x)) for x in ablate_layers)
 
 
@@ -647,7 +669,7 @@ if __name__ == "__main__":
 # ---- `introspect-mech steer`: a proxy sweep with one saved direction -----------------------------
 def steer_sweep(model: LoadedModel, direction: Any, out: str | os.PathLike, *, layers: LayerSpec = None,
                 alphas: Sequence[float] = (1.0, 2.0, 4.0), op: str = "add", seeds: Sequence[int] = (0, 1, 2),
-                scale: str = "norm", items: Sequence[dict] | None = None) -> list[dict[str, Any]]:
+                scale: Literal["unit", "norm"] = "norm", items: Sequence[dict] | None = None) -> list[dict[str, Any]]:
     """Sweep `direction` (add / ablate) over layers x alphas vs norm-matched random directions, scored
     with the judge-free EM proxy; writes OUT/steering/sweep.jsonl and OUT/steering_sweep.jsonl.
 
