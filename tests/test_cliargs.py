@@ -8,7 +8,9 @@ from typing import Literal
 
 import pytest
 
-from introspect_mech.cliargs import add_config_args, add_dataclass_args, config_from_args, dataclass_overrides, field_help
+from introspect_mech.cliargs import (
+    add_config_args, add_dataclass_args, config_from_args, config_parser, dataclass_overrides, field_help, parse_config,
+)
 
 
 @dataclass
@@ -137,3 +139,25 @@ def test_tuple_of_literal_takes_several_choices():
     assert "stages to run" in p.format_help()
     with pytest.raises(SystemExit):
         p.parse_args(["--stages", "a", "d"])
+
+
+def test_config_parser_and_parse_config():
+    from dataclasses import dataclass as dc
+
+    @dc
+    class Extra:
+        tag: str = "x"
+
+        def __post_init__(self):
+            if self.tag == "bad":
+                raise ValueError("tag: bad")
+
+    presets = {"small": Cfg(lr=1e-3)}
+    p = config_parser(Cfg, description="d", out="runs/x", presets=presets, default_preset="small", groups=[(Extra, "extra")])
+    ns, cfg, (extra,) = parse_config(p, ["--batch-size", "8", "--tag", "y"], Cfg, presets=presets, groups=[Extra])
+    assert ns.out == "runs/x" and cfg == Cfg(lr=1e-3, batch_size=8) and extra == Extra("y")
+    with pytest.raises(SystemExit) as e:  # a dataclass's own check: a usage error
+        parse_config(p, ["--tag", "bad"], Cfg, presets=presets, groups=[Extra])
+    assert e.value.code == 2
+    with pytest.raises(ValueError, match="tag: bad"):
+        parse_config(p, ["--tag", "bad"], Cfg, presets=presets, groups=[Extra], usage_errors=False)

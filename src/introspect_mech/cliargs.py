@@ -25,7 +25,7 @@ import inspect
 import re
 import types
 import typing
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 _COMMENT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*:[^#]*#\s*(.+?)\s*$")
 
@@ -254,3 +254,60 @@ def config_from_args(ns: argparse.Namespace, cls: type, *, presets: dict[str, An
     name = getattr(ns, "preset", None)
     base = presets[name] if presets and name is not None else cls()
     return dataclasses.replace(base, **dataclass_overrides(ns, cls, exclude=exclude), **fixed)
+
+
+def config_parser(cls: type, *, description: str, out: str, out_help: str = "run directory (rerun the same command to resume)",
+                  presets: dict[str, Any] | None = None, default_preset: str | None = None, exclude: Iterable[str] = (),
+                  title: str | None = None, groups: Sequence[tuple[type, str]] = (),
+                  prog: str | None = None) -> argparse.ArgumentParser:
+    """A study's command line: `--out`, `--preset`, one option per field of `cls`, and extra option groups.
+
+    Args:
+        cls: the study's config dataclass.
+        description: the parser's description (a study passes its module docstring's first line).
+        out: the default run directory.
+        out_help: the help of `--out`.
+        presets: name -> instance of `cls` (see `add_config_args`).
+        default_preset: the preset used when `--preset` is not given.
+        exclude: fields of `cls` left out.
+        title: the title of `cls`'s option group.
+        groups: (dataclass, title) of further option groups, e.g. `(JudgeOptions, "judge")`.
+        prog: the program name shown in the usage line.
+
+    Returns:
+        The parser; `parse_config` turns its result into the config and one instance per group.
+    """
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--out", default=out, help=out_help)
+    add_config_args(p, cls, presets=presets, default_preset=default_preset, exclude=exclude, title=title)
+    for group_cls, group_title in groups:
+        add_dataclass_args(p, group_cls, title=group_title)
+    return p
+
+
+def parse_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None, cls: type, *,
+                 presets: dict[str, Any] | None = None, exclude: Iterable[str] = (),
+                 groups: Sequence[type] = (), usage_errors: bool = True) -> tuple[argparse.Namespace, Any, list[Any]]:
+    """Parse `argv` with a `config_parser` and build the config and the group instances.
+
+    Args:
+        parser: the parser from `config_parser`.
+        argv: the arguments (None: `sys.argv[1:]`).
+        cls: the config dataclass.
+        presets: the same mapping given to `config_parser`.
+        exclude: the same fields left out.
+        groups: the group dataclasses, in the order wanted back.
+        usage_errors: turn a `ValueError` from a dataclass's own checks into a usage error (the one-line
+            message, exit status 2); False lets it propagate (a notebook caller sees the exception).
+
+    Returns:
+        (namespace, config, [one instance per group]).
+    """
+    ns = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(ns, cls, presets=presets, exclude=exclude)
+        return ns, cfg, [g(**dataclass_overrides(ns, g)) for g in groups]
+    except ValueError as e:
+        if not usage_errors:
+            raise
+        parser.error(str(e))

@@ -34,7 +34,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..cliargs import add_config_args, add_dataclass_args, config_from_args, dataclass_overrides
+from ..cliargs import config_parser, parse_config
 from ..evals.judge_spec import JudgeOptions
 from ..runs import RunDir
 from ..sae.tokens import TokenActs, TokenPositions, token_activations
@@ -575,11 +575,8 @@ def run(out: str | os.PathLike, config: CAFTConfig | None = None, *, judge: Judg
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: `--preset`, one option per `CAFTConfig` field, the judge options and `--out`."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_config_args(p, CAFTConfig, presets=PRESETS, default_preset="cpu")
-    add_dataclass_args(p, JudgeOptions, title="judge of the judged EM rate (run 2)")
-    p.add_argument("--out", default="runs/caft", help="run directory (rerun to resume)")
-    return p
+    return config_parser(CAFTConfig, description=(__doc__ or "").splitlines()[0], out="runs/caft", presets=PRESETS,
+                         default_preset="cpu", groups=[(JudgeOptions, "judge of the judged EM rate (run 2)")])
 
 
 def config_from_argv(argv: Sequence[str] | None = None) -> tuple[CAFTConfig, JudgeOptions, argparse.Namespace]:
@@ -592,8 +589,10 @@ def config_from_argv(argv: Sequence[str] | None = None) -> tuple[CAFTConfig, Jud
     Returns:
         (config, judge options, namespace).
     """
-    a = build_parser().parse_args(argv)
-    return config_from_args(a, CAFTConfig, presets=PRESETS), JudgeOptions(**dataclass_overrides(a, JudgeOptions)), a
+    # usage_errors=False: a bad judge spec raises its ValueError (the entry point makes it one line)
+    a, cfg, (judge,) = parse_config(build_parser(), argv, CAFTConfig, presets=PRESETS, groups=[JudgeOptions],
+                                    usage_errors=False)
+    return cfg, judge, a
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..cliargs import add_config_args, add_dataclass_args, config_from_args, dataclass_overrides
+from ..cliargs import config_parser, parse_config
 from ..evals.judge_spec import JudgeOptions
 from ..evals.questions import Question
 
@@ -437,11 +437,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     Returns:
         The parser (`config_from_args(ns, EMConfig, presets=PRESETS)` builds the config).
     """
-    p = argparse.ArgumentParser(prog=prog, description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--out", default="runs/emergent_misalignment", help="run directory (rerun to resume)")
-    add_config_args(p, EMConfig, presets=PRESETS, default_preset="cpu", title="study configuration (overrides the preset)")
-    add_dataclass_args(p, JudgeOptions, title="judge (none: the base model judges, 0-100 and labels)")
-    return p
+    return config_parser(EMConfig, description=(__doc__ or "").splitlines()[0], out="runs/emergent_misalignment",
+                         presets=PRESETS, default_preset="cpu", title="study configuration (overrides the preset)",
+                         groups=[(JudgeOptions, "judge (none: the base model judges, 0-100 and labels)")], prog=prog)
 
 
 def judges_from_options(options: JudgeOptions, *, device: str | None = None) -> tuple[Any, Any]:
@@ -470,13 +468,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     Returns:
         The exit status (0).
     """
-    parser = build_parser(prog)
-    ns = parser.parse_args(argv)
-    cfg = config_from_args(ns, EMConfig, presets=PRESETS)
-    try:
-        options = JudgeOptions(**dataclass_overrides(ns, JudgeOptions))
-    except ValueError as e:
-        parser.error(str(e))
+    ns, cfg, (options,) = parse_config(build_parser(prog), argv, EMConfig, presets=PRESETS, groups=[JudgeOptions])
     judge, categorical = judges_from_options(options, device=cfg.device)
     res = run(ns.out, cfg, judge=judge, categorical_judge=categorical)
     print(format_results(res))

@@ -70,7 +70,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .. import steering
-from ..cliargs import add_config_args, add_dataclass_args, config_from_args, dataclass_overrides
+from ..cliargs import config_parser, parse_config
 from ..evals.judge_spec import JudgeOptions
 from ..evals.scoring import Trie
 from ..kv_cache import cache_kwargs, output_cache
@@ -1492,10 +1492,9 @@ def _risk_stage(m: LoadedModel, cfg: IntrospectionConfig, run_dir, key, progress
 def build_parser() -> argparse.ArgumentParser:
     """The command line: `--preset`, one option per `IntrospectionConfig` field, the judge options,
     `--out` and `--dashboard/--no-dashboard`."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_config_args(p, IntrospectionConfig, presets=PRESETS, default_preset="cpu")
-    add_dataclass_args(p, JudgeOptions, title="judge of the sampled answers (0-100; default none: keyword proxy)")
-    p.add_argument("--out", default="runs/introspection", help="run directory (rerun to resume)")
+    p = config_parser(IntrospectionConfig, description=(__doc__ or "").splitlines()[0], out="runs/introspection",
+                      presets=PRESETS, default_preset="cpu",
+                      groups=[(JudgeOptions, "judge of the sampled answers (0-100; default none: keyword proxy)")])
     p.add_argument("--dashboard", action=argparse.BooleanOptionalAction, default=True,
                    help="export the dashboard after the run (default: yes)")
     return p
@@ -1511,8 +1510,8 @@ def config_from_argv(argv: Sequence[str] | None = None) -> tuple[IntrospectionCo
     Returns:
         (config, judge options, namespace).
     """
-    a = build_parser().parse_args(argv)
-    return config_from_args(a, IntrospectionConfig, presets=PRESETS), JudgeOptions(**dataclass_overrides(a, JudgeOptions)), a
+    a, cfg, (judge,) = parse_config(build_parser(), argv, IntrospectionConfig, presets=PRESETS, groups=[JudgeOptions])
+    return cfg, judge, a
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..cliargs import add_config_args, config_from_args
+from ..cliargs import config_parser, parse_config
 from ..evals.em import PROXY_DIFF as DIFF_METRIC
 from ..evals.em import PROXY_PREF as EM_METRIC
 
@@ -424,12 +424,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     Returns:
         The parser (`config_from_args(ns, JobConfig, presets=JOB_PRESETS)` builds the config).
     """
-    p = argparse.ArgumentParser(prog=prog, description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--out", default="runs/main_job", help="run directory (rerun to resume; default runs/main_job)")
-    add_config_args(p, JobConfig, presets=JOB_PRESETS, default_preset="quick",
-                    title="job configuration (overrides the preset; quick: the embedded model on a CPU in minutes, "
-                          "paper: the EM preset on full data, GPU)")
-    return p
+    return config_parser(JobConfig, description=(__doc__ or "").splitlines()[0], out="runs/main_job",
+                         presets=JOB_PRESETS, default_preset="quick", prog=prog,
+                         title="job configuration (overrides the preset; quick: the embedded model on a CPU in minutes, "
+                               "paper: the EM preset on full data, GPU)")
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
@@ -443,7 +441,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     Returns:
         The exit status (0).
     """
-    ns = build_parser(prog).parse_args(argv)
-    path = run(ns.out, config_from_args(ns, JobConfig, presets=JOB_PRESETS))
+    ns, cfg, _ = parse_config(build_parser(prog), argv, JobConfig, presets=JOB_PRESETS)
+    path = run(ns.out, cfg)
     print(f"dashboard: {path.resolve()}")
     return 0

@@ -41,7 +41,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from ..cliargs import add_config_args, add_dataclass_args, config_from_args, dataclass_overrides
+from ..cliargs import config_parser, parse_config
 from ..evals.judge_spec import JudgeOptions
 
 MAIN_QUESTIONS = ("what_is_your_wish", "i_feel_bored", "three_thoughts", "quick_buck", "ruler_of_the_world",
@@ -486,11 +486,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     Returns:
         The parser (`config_from_args(ns, MOConfig, presets=PRESETS)` builds the config).
     """
-    p = argparse.ArgumentParser(prog=prog, description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--out", default="runs/model_organisms", help="run directory (rerun to resume)")
-    add_config_args(p, MOConfig, presets=PRESETS, default_preset="cpu", title="study configuration (overrides the preset)")
-    add_dataclass_args(p, JudgeOptions, title="judge (none: the model under study's base model judges)")
-    return p
+    return config_parser(MOConfig, description=(__doc__ or "").splitlines()[0], out="runs/model_organisms",
+                         presets=PRESETS, default_preset="cpu", title="study configuration (overrides the preset)",
+                         groups=[(JudgeOptions, "judge (none: the model under study's base model judges)")], prog=prog)
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
@@ -503,13 +501,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     Returns:
         The exit status (0).
     """
-    parser = build_parser(prog)
-    ns = parser.parse_args(argv)
-    cfg = config_from_args(ns, MOConfig, presets=PRESETS)
-    try:
-        options = JudgeOptions(**dataclass_overrides(ns, JudgeOptions))
-    except ValueError as e:
-        parser.error(str(e))
+    ns, cfg, (options,) = parse_config(build_parser(prog), argv, MOConfig, presets=PRESETS, groups=[JudgeOptions])
     res = run(ns.out, cfg, judge=options.build(device=cfg.device))  # None -> the base model as HFJudge
     print(format_results(res))
     return 0

@@ -56,7 +56,7 @@ from torch import Tensor
 from .. import diffing, steering
 from ..evals import sample
 from ..evals.stats import bootstrap_ci, bootstrap_diff
-from ..cliargs import add_config_args, config_from_args
+from ..cliargs import config_parser, parse_config
 from ..direction import DirectionLike
 from ..finetune import TrainConfig
 from ..finetune import train as finetune_train
@@ -902,11 +902,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     Returns:
         The parser (`config_from_args(ns, OrganismsConfig, presets=PRESETS)` builds the config).
     """
-    p = argparse.ArgumentParser(prog=prog, description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--out", default="runs/organisms", help="run directory (finetunes and samples resume on a rerun)")
-    add_config_args(p, OrganismsConfig, presets=PRESETS, default_preset="cpu",
-                    title="study configuration (overrides the preset)")
-    return p
+    return config_parser(OrganismsConfig, description=(__doc__ or "").splitlines()[0], out="runs/organisms",
+                         out_help="run directory (finetunes and samples resume on a rerun)", presets=PRESETS,
+                         default_preset="cpu", title="study configuration (overrides the preset)", prog=prog)
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
@@ -922,8 +920,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """
     from ..viz import export_dashboard
 
-    ns = build_parser(prog).parse_args(argv)
-    cfg = config_from_args(ns, OrganismsConfig, presets=PRESETS)
+    ns, cfg, _ = parse_config(build_parser(prog), argv, OrganismsConfig, presets=PRESETS)
     t0 = time.time()
     res = run(cfg.model, ns.out, config=cfg)
     print()

@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from ..cliargs import add_config_args, add_dataclass_args, config_from_args
+from ..cliargs import config_parser, parse_config
 from ..evals import paired_preference, sample
 from ..evals.judge_spec import JudgeOptions
 from ..evals.questions import Question, fill_judge_prompt, load_questions
@@ -331,17 +331,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PersonaFeaturesConfig
     Returns:
         (config: the preset with the options given, judge options, the parsed namespace).
     """
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="runs/persona_features", help="run directory (rerun the same command to resume)")
-    add_config_args(p, PersonaFeaturesConfig, presets=PRESETS, default_preset="cpu",
-                    title="persona-features configuration (overrides the preset)")
-    add_dataclass_args(p, JudgeOptions, title="judge (none: the judge-free proxy, labelled as such)")
-    ns = p.parse_args(argv)
-    try:
-        return config_from_args(ns, PersonaFeaturesConfig, presets=PRESETS), config_from_args(ns, JudgeOptions), ns
-    except ValueError as e:
-        p.error(str(e))
-        raise
+    p = config_parser(PersonaFeaturesConfig, description=(__doc__ or "").splitlines()[0], out="runs/persona_features",
+                      presets=PRESETS, default_preset="cpu", title="persona-features configuration (overrides the preset)",
+                      groups=[(JudgeOptions, "judge (none: the judge-free proxy, labelled as such)")])
+    ns, cfg, (judge,) = parse_config(p, argv, PersonaFeaturesConfig, presets=PRESETS, groups=[JudgeOptions])
+    return cfg, judge, ns
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from ..activations import Pooling, cache
-from ..cliargs import add_config_args, add_dataclass_args, config_from_args
+from ..cliargs import config_parser, parse_config
 from ..evals import paired_preference, sample
 from ..evals.judge_spec import JudgeOptions
 from ..evals.stats import bootstrap_ci
@@ -551,18 +551,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PVConfig, JudgeOption
     Returns:
         (config: the preset with the options given, judge options, the parsed namespace).
     """
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="runs/persona_vectors", help="run directory (rerun the same command to resume)")
-    add_config_args(p, PVConfig, presets=PRESETS, default_preset="cpu", exclude=("reference_judge",),
-                    title="persona-vectors configuration (overrides the preset)")
-    add_dataclass_args(p, JudgeOptions, title="judge (none: the judge-free proxies, labelled as such)")
-    ns = p.parse_args(argv)
-    try:
-        return (config_from_args(ns, PVConfig, presets=PRESETS, exclude=("reference_judge",)),
-                config_from_args(ns, JudgeOptions), ns)
-    except ValueError as e:
-        p.error(str(e))
-        raise
+    p = config_parser(PVConfig, description=(__doc__ or "").splitlines()[0], out="runs/persona_vectors", presets=PRESETS,
+                      default_preset="cpu", exclude=("reference_judge",),
+                      title="persona-vectors configuration (overrides the preset)",
+                      groups=[(JudgeOptions, "judge (none: the judge-free proxies, labelled as such)")])
+    ns, cfg, (judge,) = parse_config(p, argv, PVConfig, presets=PRESETS, exclude=("reference_judge",),
+                                     groups=[JudgeOptions])
+    return cfg, judge, ns
 
 
 def main(argv: Sequence[str] | None = None) -> int:

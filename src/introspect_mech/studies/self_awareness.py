@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..cliargs import add_config_args, config_from_args
+from ..cliargs import config_parser, parse_config
 from ..evals import self_awareness as sa
 from ..evals.stats import bootstrap_ci, bootstrap_diff
 from ..runs import JsonlLog, RunDir, json_sha256
@@ -741,10 +741,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     Returns:
         The parser (`config_from_args(ns, TMAYConfig, presets=PRESETS)` builds the config).
     """
-    p = argparse.ArgumentParser(prog=prog, description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--out", default="runs/self_awareness", help="run directory (a killed run resumes)")
-    add_config_args(p, TMAYConfig, presets=PRESETS, default_preset="cpu", title="study configuration (overrides the preset)")
-    return p
+    return config_parser(TMAYConfig, description=(__doc__ or "").splitlines()[0], out="runs/self_awareness",
+                         out_help="run directory (a killed run resumes)", presets=PRESETS, default_preset="cpu",
+                         title="study configuration (overrides the preset)", prog=prog)
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
@@ -758,12 +757,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     Returns:
         The exit status (0).
     """
-    parser = build_parser(prog)
-    ns = parser.parse_args(argv)
-    try:
-        cfg = config_from_args(ns, TMAYConfig, presets=PRESETS)
-    except ValueError as e:  # an unknown condition or trigger_other (TMAYConfig checks them)
-        parser.error(str(e))
+    # an unknown condition or trigger_other (TMAYConfig checks them) is a usage error
+    ns, cfg, _ = parse_config(build_parser(prog), argv, TMAYConfig, presets=PRESETS)
     res = run_tmay(cfg, ns.out)
     print(format_results(res))
     try:

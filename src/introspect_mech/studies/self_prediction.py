@@ -48,7 +48,7 @@ from pathlib import Path
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, cast
 
-from ..cliargs import add_config_args, add_dataclass_args, config_from_args, dataclass_overrides
+from ..cliargs import config_parser, parse_config
 from ..evals.properties import extract_property
 from ..evals.self_prediction import (behaviour_shift, compare_self_cross, hypothetical_answers, load_task,
                                      object_key, object_level_answers, object_level_training_data,
@@ -653,11 +653,9 @@ class FinetuneOverrides:
 def build_parser() -> argparse.ArgumentParser:
     """The command line: `--preset`, one option per `LIConfig` field, `--lr` / `--epochs` of the
     self-prediction finetune, and `--out`."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_config_args(p, LIConfig, presets=PRESETS, default_preset="cpu", exclude=("finetune", "shift_finetune"))
-    add_dataclass_args(p, FinetuneOverrides, title="self-prediction finetune (overrides the preset's)")
-    p.add_argument("--out", default="runs/self_prediction", help="run directory (rerun to resume)")
-    return p
+    return config_parser(LIConfig, description=(__doc__ or "").splitlines()[0], out="runs/self_prediction",
+                         presets=PRESETS, default_preset="cpu", exclude=("finetune", "shift_finetune"),
+                         groups=[(FinetuneOverrides, "self-prediction finetune (overrides the preset's)")])
 
 
 def config_from_argv(argv: Sequence[str] | None = None) -> tuple[LIConfig, argparse.Namespace]:
@@ -672,9 +670,9 @@ def config_from_argv(argv: Sequence[str] | None = None) -> tuple[LIConfig, argpa
     Raises:
         SystemExit: invalid arguments or `--help` (argparse).
     """
-    a = build_parser().parse_args(argv)
-    cfg = config_from_args(a, LIConfig, presets=PRESETS, exclude=("finetune", "shift_finetune"))
-    return FinetuneOverrides(**dataclass_overrides(a, FinetuneOverrides)).apply(cfg), a
+    a, cfg, (finetune,) = parse_config(build_parser(), argv, LIConfig, presets=PRESETS,
+                                       exclude=("finetune", "shift_finetune"), groups=[FinetuneOverrides], usage_errors=False)
+    return finetune.apply(cfg), a
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -646,16 +646,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status (0).
     """
-    import argparse
     import dataclasses
 
-    from ..cliargs import add_config_args, config_from_args
+    from ..cliargs import config_parser, parse_config
 
-    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
-    add_config_args(p, SteeringProxyConfig)
-    a = p.parse_args(argv)
-    cfg = config_from_args(a, SteeringProxyConfig)
+    p = config_parser(SteeringProxyConfig, description=(__doc__ or "").splitlines()[0], out="runs/steering_proxy")
+    a, cfg, _ = parse_config(p, argv, SteeringProxyConfig, usage_errors=False)  # bad --stages: its ValueError
     kw = dataclasses.asdict(cfg)
     kw["model_name"] = kw.pop("model")
     run_study(a.out, **kw)
