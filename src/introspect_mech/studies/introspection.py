@@ -1227,6 +1227,21 @@ def run(out: str | os.PathLike, config: IntrospectionConfig | None = None, *, mo
     return summary
 
 
+def _log_checkpoint_points(model_name: str | None, base: LoadedModel, ckpts: Sequence[tuple[int, Path | None]],
+                           log: Any, done: set, source: str, point: Callable[[LoadedModel], dict[str, Any]]) -> None:
+    """Append one row per finetune checkpoint not yet in `log`: `point(model at that checkpoint)`
+    (step 0, path None: the base model itself), labelled with `source` and the step."""
+    from ..models import load_model
+
+    for step, path in ckpts:
+        r = {"source": source, "label": f"step {step}", "x": float(step)}
+        if log.key(r) in done:
+            continue
+        mm = base if path is None else load_model(model_name, adapter=str(path))
+        mm.model.eval()
+        log.append({**r, "adapter": None if path is None else str(path), **point(mm)})
+
+
 def _finetune_checkpoints(model_name: str | None, records: Sequence[dict], tcfg: Any,
                           fdir: Path) -> list[tuple[int, Path | None]]:
     """Finetune a fresh copy of the model into `fdir` unless that finished already (resumes after a
@@ -1281,7 +1296,6 @@ def _sample_stage(m, cfg, run_dir, concepts, words, hl, hs, judge, key) -> None:
 
 
 def _self_report_stage(m: LoadedModel, cfg: IntrospectionConfig, run_dir, key, progress: bool) -> dict[str, Any]:
-    from .. import load_model
     from ..data import load as load_data
     from ..evals.metrics import ALIGNMENT_QUESTIONS, load_em_pairs
     from ..finetune import preset
@@ -1325,14 +1339,8 @@ def _self_report_stage(m: LoadedModel, cfg: IntrospectionConfig, run_dir, key, p
         tcfg = preset("em", n_examples=cfg.finetune_examples, max_steps=cfg.finetune_steps, lr=cfg.finetune_lr,
                       batch_size=cfg.finetune_batch, warmup_steps=cfg.finetune_warmup, save_every=cfg.finetune_every,
                       keep_checkpoints=True, seed=cfg.seed, max_seq_len=512, progress=progress)
-        ckpts = _finetune_checkpoints(cfg.model, records, tcfg, fdir)
-        for step, path in ckpts:
-            r = {"source": "finetune", "label": f"step {step}", "x": float(step)}
-            if log.key(r) in done:
-                continue
-            mm = m if path is None else load_model(cfg.model, adapter=str(path))
-            mm.model.eval()
-            log.append({**r, "adapter": None if path is None else str(path), **self_report_point(mm, d, **kw)})
+        _log_checkpoint_points(cfg.model, m, _finetune_checkpoints(cfg.model, records, tcfg, fdir), log, done,
+                               "finetune", lambda mm: self_report_point(mm, d, **kw))
     rows = log.read()
     res: dict[str, Any] = {"steer_layer": steer_l, "read_layer": read_l, "direction": d.meta.get("method"),
                            "trait": cfg.persona_trait, "persona_filter": d.meta.get("filter"),
@@ -1428,7 +1436,6 @@ def _risk_stage(m: LoadedModel, cfg: IntrospectionConfig, run_dir, key, progress
     """Stage D: the self-awareness analogue of stage C -- self-reported risk (0-100 risk scale) vs the
     projection on a risk direction vs P(risky), across steering strengths of that direction and the
     checkpoints of a small finetune on risky lottery answers (train split only)."""
-    from .. import load_model
     from ..evals.questions import load_questions
     from ..evals.self_awareness import lotteries
     from ..finetune import preset
@@ -1463,14 +1470,8 @@ def _risk_stage(m: LoadedModel, cfg: IntrospectionConfig, run_dir, key, progress
                       lr=cfg.finetune_lr, batch_size=cfg.finetune_batch, warmup_steps=cfg.finetune_warmup,
                       save_every=cfg.finetune_every, keep_checkpoints=True, seed=cfg.seed, max_seq_len=512,
                       progress=progress)
-        ckpts = _finetune_checkpoints(cfg.model, records, tcfg, fdir)
-        for step, path in ckpts:
-            r = {"source": "finetune (risk)", "label": f"step {step}", "x": float(step)}
-            if log.key(r) in done:
-                continue
-            mm = m if path is None else load_model(cfg.model, adapter=str(path))
-            mm.model.eval()
-            log.append({**r, "adapter": None if path is None else str(path), **risk_report_point(mm, d, **kw)})
+        _log_checkpoint_points(cfg.model, m, _finetune_checkpoints(cfg.model, records, tcfg, fdir), log, done,
+                               "finetune (risk)", lambda mm: risk_report_point(mm, d, **kw))
     rows = log.read()
     res: dict[str, Any] = {"steer_layer": steer_l, "read_layer": read_l, "direction": d.meta.get("method"),
                            "n_questions": len(questions), "n_lotteries": len(test_items)}
