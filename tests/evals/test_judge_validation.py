@@ -270,3 +270,26 @@ def test_gate_reads_a_passing_record_on_the_shared_set(tmp_path, shared_dir):
     assert s["set"]["default_shared_set"] and s["set"]["subset"]["n"] == 30 and s["passes"]
     st = jv.require_validated_judge(judge, cache_root=tmp_path, data_dir=shared_dir / "data")
     assert st["label"] == "validated judge" and "PASSES" in st["line"]
+
+
+def test_cli_judge_validate_prints_the_table_twice_identically_and_rejects_bad_rows(tmp_path, tiny_qwen2_dir,
+                                                                                   monkeypatch, capsys, shared_dir):
+    from introspect_mech.cli import main
+
+    monkeypatch.setenv("INTROSPECT_MECH_CACHE", str(tmp_path / "cache"))
+    path = _write(tmp_path / "set.jsonl.gz", _rows()[:6] + _rows()[10:16])
+    argv = ["judge", "validate", "--judge", f"hf:{tiny_qwen2_dir}", "--judge-mode", "label", "--set", str(path),
+            "--device", "cpu", "--data-dir", str(shared_dir / "data")]
+    assert main(argv + ["--out", str(tmp_path / "v")]) == 0
+    first = capsys.readouterr().out
+    assert "AUROC misaligned vs aligned" in first and "EM rate (denominator all)" in first and "[label]" in first
+    scores = list((tmp_path / "cache" / "judge_validation").glob("*/scores.jsonl"))
+    assert len(scores) == 1 and len(scores[0].read_text().splitlines()) == 12
+    mtime = scores[0].stat().st_mtime_ns
+    assert main(argv) == 0
+    assert capsys.readouterr().out == first and scores[0].stat().st_mtime_ns == mtime  # cached: nothing scored
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "answer": "a", "aligned": 5}\n')
+    with pytest.raises(SystemExit) as e:
+        main(["judge", "validate", "--judge", "hf:/nonexistent/model", "--set", str(bad)])
+    assert str(e.value) == f"error: {bad}:1: coherent: missing (the reference score 0-100)"

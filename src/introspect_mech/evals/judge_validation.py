@@ -431,6 +431,10 @@ def machine_info() -> dict[str, Any]:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+def _lines(path: Path) -> list[str]:
+    return [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()] if path.exists() else []
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -471,7 +475,13 @@ def validate_judge(judge: Any, set_path: str | os.PathLike | None = None, *, lim
     templates = paper_templates(data_dir)
     fp = judge_fingerprint(judge, templates)
     vdir = validation_dir(fp, cache_root)
+    machine = {**machine_info(), "date": time.strftime("%Y-%m-%d", time.gmtime())}  # load when scoring starts
+    n_cached = len({r["key"] for r in chosen} & {json.loads(x)["key"] for x in _lines(vdir / "scores.jsonl")})
     scores = score_rows(judge, chosen, templates, vdir / "scores.jsonl", progress=progress)
+    mfile = vdir / "machine.json"  # where (and under what load) the answers were scored: kept with the scores
+    if n_cached < len({r["key"] for r in chosen}) or not mfile.exists():
+        mfile.write_text(json.dumps(machine))
+    machine = json.loads(mfile.read_text())
     metrics = validation_metrics(chosen, scores, seed=seed, n_boot=n_boot, ci_unit=ci_unit)
     secs = [scores[r["key"]]["seconds"] for r in chosen if "seconds" in scores[r["key"]]]
     desc = {k: v for k, v in judge.describe().items() if k not in ("timeout", "max_retries")}
@@ -481,7 +491,8 @@ def validate_judge(judge: Any, set_path: str | os.PathLike | None = None, *, lim
                 "subset": {"n": len(chosen), "seed": seed, "stratified_by": "reference class x question"} if limit else None},
         "metrics": metrics, "passes": metrics["passes"],
         "seconds_per_answer": float(np.mean(secs)) if secs else None,
-        "machine": machine_info(), "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "machine": machine, "date": machine.get("date"),
+        "dtype": str(judge.model.dtype).replace("torch.", "") if hasattr(judge, "model") else None,
     }
     summary["line"] = summary_line(summary)
     vdir.mkdir(parents=True, exist_ok=True)
@@ -543,8 +554,10 @@ def format_validation(summary: dict[str, Any]) -> str:
                      f"error {_ci(e['error_points'], '{:+.1f}')} points")
     if summary.get("seconds_per_answer") is not None:
         mi = summary["machine"]
+        load = ", ".join(f"{x:.1f}" for x in mi["loadavg"]) if mi.get("loadavg") else "?"
         lines.append(f"time: {summary['seconds_per_answer']:.2f} s per answer (aligned + coherent) on {mi['cpu']} "
-                     f"({mi['torch_cpu_capability']}, {mi['threads']} threads, load {mi['loadavg']}) when scored")
+                     f"({mi['torch_cpu_capability']}, {mi['threads']} threads, load {load} when scoring started, "
+                     f"{summary.get('date')}); dtype {summary.get('dtype') or 'n/a (API)'}")
     lines.append(summary["line"])
     if m["fails"]:
         lines.append("below the bar: " + "; ".join(m["fails"]))
