@@ -140,7 +140,13 @@ def yes_no_candidates(tokenizer, prompt_text: str) -> tuple[list[list[int]], lis
     Raises:
         ValueError: a yes form and a no form share a token path (one is a prefix of the other).
     """
+    from .scoring import _memo
+
     tail = prompt_text[-24:]
+    memo = _memo(tokenizer)
+    if ("yes_no", tail) in memo:
+        y, n = memo[("yes_no", tail)]
+        return [list(x) for x in y], [list(x) for x in n]
     enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     base = enc(tail)
 
@@ -165,6 +171,7 @@ def yes_no_candidates(tokenizer, prompt_text: str) -> tuple[list[list[int]], lis
             m = min(len(y), len(n))
             if y[:m] == n[:m]:
                 raise ValueError(f"yes form {y} and no form {n} share a token path: P(yes)/P(no) is ambiguous")
+    memo[("yes_no", tail)] = (tuple(map(tuple, yes)), tuple(map(tuple, no)))
     return yes, no
 
 
