@@ -494,8 +494,10 @@ def error_line(e: BaseException) -> str:
     else:
         text = str(e).strip()
         msg = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    from .scrub import scrub_message
+
     lines = [x for x in msg.splitlines() if x.strip()] or [type(e).__name__]
-    line = lines[0] + (" ..." if len(lines) > 1 else "")
+    line = scrub_message(lines[0]) + (" ..." if len(lines) > 1 else "")
     return f"error: {line}" + ("" if isinstance(e, DataError) else "  (--debug shows the traceback)")
 
 
@@ -516,7 +518,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = [a for a in args if a != "--debug"]
     try:
         return run(args)
-    except (SystemExit, KeyboardInterrupt):
+    except SystemExit as e:
+        if isinstance(e.code, str):  # a command's own one-line error: scrubbed like every other message
+            from .scrub import scrub_message
+
+            raise SystemExit(scrub_message(e.code)) from None
+        raise
+    except KeyboardInterrupt:
         raise
     except Exception as e:
         if debug:

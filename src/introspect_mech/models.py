@@ -309,8 +309,15 @@ def _gguf_to_cache(path: Path) -> Path:
         raise ModelLoadError(
             f"GGUF {path} has architecture {arch!r}; supported: {', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))}"
         )
-    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
+                                                     trust_remote_code=False)
+    except Exception as e:  # a crafted / truncated GGUF surfaces as many exception types
+        if isinstance(e, (KeyboardInterrupt, MemoryError)):
+            raise
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise ModelLoadError(f"{path}: not a readable GGUF file ({type(e).__name__}: {first})") from None
     # The weights are plain float32 now; drop the GGUF quantizer marker so save_pretrained accepts it.
     model.hf_quantizer = None  # type: ignore[assignment]  # set by from_pretrained, not declared on PreTrainedModel
     if hasattr(model.config, "quantization_config"):
@@ -358,6 +365,41 @@ def resolve_source(name_or_path: str | os.PathLike | None) -> tuple[str, str]:
     return name, name  # hub id: from_pretrained downloads (online users)
 
 
+def _refuse_remote_code(source: str) -> None:
+    """A local checkpoint whose config asks for its own code (`auto_map`) is refused in one line."""
+    p = Path(source)
+    if not p.is_dir():
+        return
+    for name in ("config.json", "tokenizer_config.json"):
+        f = p / name
+        if not f.is_file():
+            continue
+        try:
+            cfg = json.loads(f.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ModelLoadError(f"{f}: not a valid JSON file ({type(e).__name__}: {str(e).splitlines()[0][:120]})") \
+                from None
+        if isinstance(cfg, dict) and cfg.get("auto_map"):
+            raise ModelLoadError(f"{f}: auto_map: this checkpoint needs code from its own directory "
+                                 f"({', '.join(sorted(map(str, cfg['auto_map'])))}); code from a model directory "
+                                 "is never run (trust_remote_code=False)")
+
+
+def _strict_weights(source: str, info: dict[str, Any]) -> None:
+    """A checkpoint with a missing or unexpected tensor is an error naming the file (never random init)."""
+    missing, unexpected = sorted(info.get("missing_keys") or []), sorted(info.get("unexpected_keys") or [])
+    mismatched = sorted(str(x[0]) if isinstance(x, (tuple, list)) else str(x) for x in info.get("mismatched_keys") or [])
+    if not (missing or unexpected or mismatched):
+        return
+    p = Path(source)
+    files = sorted(f.name for f in p.glob("*.safetensors")) if p.is_dir() else []
+    where = str(p / files[0]) if len(files) == 1 else f"{source} ({', '.join(files) or 'weights'})"
+    parts = [f"{what} {len(keys)} tensor(s) (first {keys[0]!r})"
+             for what, keys in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched)) if keys]
+    raise ModelLoadError(f"{where}: weights: {'; '.join(parts)}: the checkpoint does not match its config "
+                         "(nothing is randomly initialised)")
+
+
 def load_model(
     name_or_path: str | os.PathLike | None = None,
     *,
@@ -391,9 +433,12 @@ def load_model(
     kwargs: dict[str, Any] = {"dtype": dtype}
     if device == "auto":
         kwargs["device_map"] = "auto"
+    _refuse_remote_code(source)
     try:
-        tok = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        # never run code from a model directory: transformers then refuses (instead of asking on stdin)
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+        model, info = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=False, output_loading_info=True,
+                                                           **kwargs)
     except OSError as e:
         raise ModelLoadError(f"could not load {name_or_path!r}: {str(e).splitlines()[0]}") from None
     except Exception as e:  # a corrupt safetensors / config file surfaces as many exception types
@@ -401,6 +446,7 @@ def load_model(
             raise
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise ModelLoadError(f"could not load {name_or_path!r} from {source}: {type(e).__name__}: {first}") from None
+    _strict_weights(source, info)
     # transformers wraps PreTrainedModel.to in functools.wraps(nn.Module.to): mypy then reads the
     # model as the wrapped function's `self` argument
     if device not in (None, "auto"):
@@ -579,6 +625,25 @@ def attach_adapter(loaded: LoadedModel, adapter: str | os.PathLike, name: str = 
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"adapter {adapter} (base {base!r}) cannot be loaded into model {loaded.name!r}: "
                              f"{type(e).__name__}: {msg}") from None
+    _strict_adapter(loaded, path, name)
     loaded.model.eval()
     loaded.meta["adapter"] = str(path)
     return loaded
+
+
+def _strict_adapter(loaded: LoadedModel, path: Path, name: str) -> None:
+    """The adapter file's tensors must be exactly the adapter's (a missing one would stay at its init)."""
+    from peft import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    f = path / "adapter_model.safetensors"
+    if not f.is_file():
+        return
+    with safe_open(str(f), "pt") as sf:
+        have = set(sf.keys())
+    want = set(get_peft_model_state_dict(loaded.model, adapter_name=name))
+    missing, unexpected = sorted(want - have), sorted(have - want)
+    if missing or unexpected:
+        parts = [f"{what} {len(keys)} tensor(s) (first {keys[0]!r})"
+                 for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+        raise ModelLoadError(f"{f}: weights: {'; '.join(parts)}: the adapter does not match its adapter_config.json")
