@@ -88,7 +88,8 @@ def _cmd_sample(o: SampleOptions, m: ModelOptions, s: SeedOptions, r: RunOptions
     sampling = {"n": o.n, "max_new_tokens": o.max_new_tokens, "temperature": o.temperature}
     run.bind("sample", {"model": model_config(model), "data": {qpath.name: file_sha256(qpath)},
                         "prompts": [p["id"] if isinstance(p, dict) else p for p in prompts], "seed": s.seed,
-                        "sampling": {**sampling, "truncate": o.truncate}}, overwrite=r.overwrite)
+                        "sampling": {**sampling, "truncate": o.truncate, "batch_size": o.batch_size}},
+             overwrite=r.overwrite)
     run.write_manifest(stage="sample", model=model.name, adapter=m.adapter, questions=str(qpath),
                        data={qpath.name: file_sha256(qpath)}, seed=s.seed, sampling=sampling)
     rows = sample(model, prompts, n=o.n, max_new_tokens=o.max_new_tokens, temperature=o.temperature, seed=s.seed,
@@ -134,7 +135,7 @@ def _cmd_cache(o: CacheOptions, m: ModelOptions, d: DataOptions, r: RunOptions) 
     recs = d.records()
     model = m.load()
     acts = cache(model, [x["messages"] for x in recs], layers=o.layers, positions=o.positions,
-                 batch_size=o.batch_size, out=r.out, truncate=o.truncate)
+                 batch_size=o.batch_size, out=r.out, truncate=o.truncate, overwrite=r.overwrite)
     print(f"cached {len(recs)} conversations, positions={o.positions} -> {r.out} ({type(acts).__name__})")
     return 0
 
@@ -342,7 +343,7 @@ COMMANDS: dict[tuple[str, ...], Command] = {
     ("judge",): Command("score RUN/samples.jsonl with its judge prompts; EM report (both denominators)", _cmd_judge,
                         _judge_options),
     ("cache",): Command("cache residual-stream activations to safetensors shards", _cmd_cache,
-                        lambda: (CacheOptions, ModelOptions, DataOptions, Opt(RunOptions, ("overwrite",)))),
+                        lambda: (CacheOptions, ModelOptions, DataOptions, RunOptions)),
     ("probe",): Command("persona direction for a trait + probe accuracy by layer", _cmd_probe,
                         lambda: (ProbeOptions, ModelOptions, SeedOptions, RunOptions)),
     ("steer",): Command("steering sweep with a saved direction and the random control", _cmd_steer,
