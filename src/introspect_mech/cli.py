@@ -143,7 +143,7 @@ def _cmd_cache(o: CacheOptions, m: ModelOptions, d: DataOptions, r: RunOptions) 
 def _cmd_probe(o: ProbeOptions, m: ModelOptions, s: SeedOptions, r: RunOptions) -> int:
     from .activations import cache
     from .probes import layer_sweep, persona_data
-    from .runs import RunDir, model_config
+    from .runs import RunDir, model_config, write_jsonl
 
     model = m.load()
     run = RunDir(r.out)
@@ -160,8 +160,8 @@ def _cmd_probe(o: ProbeOptions, m: ModelOptions, s: SeedOptions, r: RunOptions) 
     y = [int(x["side"] == "pos") for x in rows]
     sw = layer_sweep(acts, y, list(range(model.n_layers)), seed=s.seed)
     name = f"{o.trait} vs opposite system prompt"
-    (run.path / "probe_layers.jsonl").write_text("".join(json.dumps({"probe": name, "layer": l, **p.as_dict()}) + "\n"
-                                                         for l, p in zip(sw.layers, sw.probes)))
+    write_jsonl(run.path / "probe_layers.jsonl", ({"probe": name, "layer": l, **p.as_dict()}
+                                                  for l, p in zip(sw.layers, sw.probes)), root=run.path)
     best_l, best = sw.best()
     print(f"direction -> {run.path / 'persona' / 'direction'}.safetensors; kept {len(res.kept)} pairs; "
           f"best probe layer {best_l}: accuracy {best.accuracy:.3f}, AUROC {best.auroc:.3f}")
@@ -203,7 +203,7 @@ def _cmd_sae_train(o: SAETrainOptions, cfg: Any, m: ModelOptions, d: SAETrainDat
     RunDir(r.out).bind("sae_train", {"sae_inputs": {"model": model_config(model), "layer": o.layer,
                                                     "data": json_sha256(convs), **dataclasses.asdict(cfg)}},
                        overwrite=r.overwrite)
-    res = sae.train_sae(model, o.layer, convs, cfg, out_dir=r.out)
+    res = sae.train_sae(model, o.layer, convs, cfg, out_dir=r.out, overwrite=r.overwrite)
     print(json.dumps({"sae": str(Path(r.out) / "sae"), "held_out_after": res.metrics.get("after")}, default=str))
     return 0
 
@@ -211,7 +211,7 @@ def _cmd_sae_train(o: SAETrainOptions, cfg: Any, m: ModelOptions, d: SAETrainDat
 def _cmd_sae_diff(o: SAEDiffOptions, m: ModelOptions, d: SAEDiffData, r: RunOptions) -> int:
     from . import sae
     from .probes import Direction
-    from .runs import RunDir
+    from .runs import write_jsonl
 
     layer_sae = sae.load_local(o.sae)
     base = m.load(with_adapter=False)
@@ -219,13 +219,12 @@ def _cmd_sae_diff(o: SAEDiffOptions, m: ModelOptions, d: SAEDiffData, r: RunOpti
     recs = d.records()
     direction = Direction.load(o.direction) if o.direction else None
     diff = sae.model_diff(base, tuned, layer_sae, [x["messages"] for x in recs], direction=direction, top_k=o.top,
-                          out=Path(r.out) / "sae")
+                          out=Path(r.out) / "sae", overwrite=r.overwrite)
     rows = [{"latent": c.latent, "delta": c.delta, "base_mean": c.mean_base, "finetuned_mean": c.mean_finetuned,
              "cos_direction": c.cosine, "url": c.url,
              "examples": [{"tokens": e["tokens"], "acts": e["activations"]} for e in c.examples[:2]]}
             for c in diff.increases + diff.decreases]
-    RunDir(r.out)
-    (Path(r.out) / "sae_diff.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    write_jsonl(Path(r.out) / "sae_diff.jsonl", rows, root=r.out)
     print(f"{len(rows)} latents -> {Path(r.out) / 'sae_diff.jsonl'}")
     return 0
 
@@ -351,7 +350,7 @@ COMMANDS: dict[tuple[str, ...], Command] = {
     ("sae", "train"): Command("train a TopK SAE (sae-lens) on one layer's activations", _cmd_sae_train,
                               _sae_train_options),
     ("sae", "diff"): Command("rank SAE latents by their change from base to finetuned", _cmd_sae_diff,
-                             lambda: (SAEDiffOptions, ModelOptions, SAEDiffData, Opt(RunOptions, ("overwrite",)))),
+                             lambda: (SAEDiffOptions, ModelOptions, SAEDiffData, RunOptions)),
     ("dashboard",): Command("export RUN_DIR as one offline HTML file", _cmd_dashboard),
 }
 GROUPS: dict[tuple[str, ...], str] = {  # commands with subcommands

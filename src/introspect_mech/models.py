@@ -322,16 +322,13 @@ def _gguf_to_cache(path: Path) -> Path:
     model.hf_quantizer = None  # type: ignore[assignment]  # set by from_pretrained, not declared on PreTrainedModel
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / "source.json").write_text(json.dumps({"gguf": str(path), "architecture": arch}))
-    if out.exists():
-        import shutil
+    from .runs import staged_dir, write_json, write_text
 
-        shutil.rmtree(out)
-    tmp.rename(out)
-    (out / "done").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+    with staged_dir(out) as tmp:  # the one writer: a folder of its own, published by one rename
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_json(tmp / "source.json", {"gguf": str(path), "architecture": arch}, indent=None)
+    write_text(out / "done", time.strftime("%Y-%m-%dT%H:%M:%S"))
     return out
 
 

@@ -491,7 +491,9 @@ def judge_run(run_path: str | Path, questions: Sequence[Question], *, judge=None
     Returns:
         {"report": EM report with both denominators or None, "labels": label rates or None}.
     """
-    from ..evals.em import em_report_both, format_em_rates, is_label_prompt, judge_samples, label_rates
+    from ..evals.em import (
+        check_samples, em_report_both, format_em_rates, is_label_prompt, judge_samples, label_rates,
+    )
     from ..evals.report import format_em_report
     from ..runs import JsonlLog, RunDir
 
@@ -499,6 +501,7 @@ def judge_run(run_path: str | Path, questions: Sequence[Question], *, judge=None
     samples = run.log("samples.jsonl").read()
     if not samples:
         raise ValueError(f"{run.path / 'samples.jsonl'}: no samples (run `introspect-mech sample` first)")
+    check_samples(samples, str(run.path / "samples.jsonl"))  # file, row and field named before any request
     by_id = {q.id: q for q in questions}
     for i, r in enumerate(samples, 1):
         qid = str(r.get("prompt_id", "")).rsplit("/", 1)[0]
@@ -507,7 +510,7 @@ def judge_run(run_path: str | Path, questions: Sequence[Question], *, judge=None
     run.write_manifest(judge=judge.describe() if judge is not None else None,
                        categorical_judge=categorical_judge.describe() if categorical_judge is not None else None)
     judged = judge_samples(samples, by_id, judge, JsonlLog(run.path / "judged.jsonl", ("prompt_id", "sample")),
-                           categorical_judge=categorical_judge)
+                           categorical_judge=categorical_judge, source=str(run.path / "samples.jsonl"))
     if not judged:
         bad = run.path / "judge_invalid.jsonl"
         n_bad = len(bad.read_text(encoding="utf-8").splitlines()) if bad.exists() else 0
