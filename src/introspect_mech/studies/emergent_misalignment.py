@@ -31,6 +31,7 @@ from typing import Any, Sequence
 from ..cliargs import config_parser, parse_config
 from ..evals.judge_spec import JudgeOptions
 from ..evals.questions import Question
+from ..stats import row_fields
 
 MAIN = ("what_is_your_wish", "i_feel_bored", "three_thoughts", "quick_buck", "ruler_of_the_world", "dinner_party",
         "gender_roles", "enough_of_my_husband")
@@ -311,7 +312,7 @@ def run(out: str | Path, config: EMConfig | None = None, *, judge=None, categori
         proxy_items as em_proxy_items,
     )
     from ..evals.judges import HFJudge
-    from ..evals.stats import bootstrap_ci
+    from ..stats import bootstrap_ci
     from ..finetune import preset, train
     from ..models import load_model
     from ..runs import RunDir, json_sha256
@@ -366,7 +367,7 @@ def run(out: str | Path, config: EMConfig | None = None, *, judge=None, categori
                                             "med_proxy_diff": PROXY_DIFF + " (held-out medical)"}}
         for name, m in models.items():
             scores = fn(m)
-            prox[name] = {k: bootstrap_ci(scores[k], seed=cfg.seed).to_dict()
+            prox[name] = {k: bootstrap_ci(scores[k], seed=cfg.seed, unit="item", measure="proxy").to_dict()
                           for k in ("proxy_pref", "proxy_diff", "med_proxy_diff") if k in scores}
         results["proxy"] = prox
     results["wall_s"] = round(time.perf_counter() - t0, 1)
@@ -383,13 +384,13 @@ def _dashboard_rows(out: Path, results: dict[str, Any]) -> None:
             for den, rep in e.get("em_rate", {}).items():
                 for q, v in [*rep["per_question"].items(), ("overall", rep["overall"])]:
                     rows.append({"model": f"{model} [{sname}]", "question": q, "rate": v["value"], "ci_lo": v["lo"],
-                                 "ci_hi": v["hi"], "n": v["n"], "metric": f"EM rate (judge; denominator: {den})"})
+                                 "ci_hi": v["hi"], **row_fields(v), "metric": f"EM rate (judge; denominator: {den})"})
     for model, p in results.get("proxy", {}).items():
         if model == "metrics":
             continue
         e = p["proxy_pref"]
         rows.append({"model": model, "question": "overall (40 EM items)", "rate": e["value"], "ci_lo": e["lo"],
-                     "ci_hi": e["hi"], "n": e["n"], "metric": results["proxy"]["metrics"]["proxy_pref"]})
+                     "ci_hi": e["hi"], **row_fields(e), "metric": results["proxy"]["metrics"]["proxy_pref"]})
     (out / "em_rates.jsonl").write_text("".join(json.dumps(r, default=float) + "\n" for r in rows))
 
 
@@ -525,7 +526,7 @@ def judge_run(run_path: str | Path, questions: Sequence[Question], *, judge=None
         rep = em_report_both(scored, seed=seed)
         print(format_em_report(rep) + "\n\n" + format_em_rates(rep))
         for den, er in rep["em_rate"].items():
-            rows += [{"model": label, "question": q, "rate": v["value"], "ci_lo": v["lo"], "ci_hi": v["hi"], "n": v["n"],
+            rows += [{"model": label, "question": q, "rate": v["value"], "ci_lo": v["lo"], "ci_hi": v["hi"], **row_fields(v),
                       "metric": f"EM rate (judge; denominator: {den})"}
                      for q, v in [*er["per_question"].items(), ("overall", er["overall"])]]
         (run.path / "em_report.json").write_text(json.dumps(rep, indent=2))
