@@ -53,7 +53,9 @@ class TrainConfig:
     n_examples: int | None = None  # seeded subset of the records
     # runtime
     seed: int = 0
-    bf16: bool = True  # autocast to bfloat16 on CUDA (ignored on CPU)
+    # autocast to bfloat16: True on any device (CPU too), False never, None (default): on CUDA, and on a
+    # CPU where the model is bfloat16 or the CPU multiplies bf16 natively (models.default_dtype("cpu"))
+    bf16: bool | None = None
     gradient_checkpointing: bool = False
     loss_chunk_tokens: int | None = None  # lm_head + loss in chunks of this many loss tokens (checkpointed)
     save_every: int | None = None  # checkpoints/step_XXXX every N optimizer steps (and at the end)
