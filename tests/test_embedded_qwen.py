@@ -206,3 +206,88 @@ def test_real_qwen15_answers_four():
     assert m.n_layers == 28 and m.d_model == 1536
     (row,) = sample(m, ["What is 2 + 2?"], max_new_tokens=32, temperature=0, progress=False)
     assert "4" in row["response"] and row["finished"], row
+
+
+QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+CHAT = [
+    {"role": "user", "content": "What is 12 + 30?"},
+    {"role": "assistant", "content": "It is 42."},
+    {"role": "user", "content": "And 100 - 1?"},
+    {"role": "assistant", "content": "99, of course."},
+]
+
+
+@pytest.mark.slow
+def test_real_qwen05_chat_template(qwen05):
+    """The GGUF's own Qwen2.5 template: default system prompt, ChatML turns, the generation header."""
+    tok = qwen05.tokenizer
+    assert tok.chat_template is not None and tok.chat_template != M.FALLBACK_CHAT_TEMPLATE
+    text = qwen05.render(CHAT[:1], add_generation_prompt=True)
+    assert text == (f"<|im_start|>system\n{QWEN_SYSTEM}<|im_end|>\n<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n"
+                    "<|im_start|>assistant\n")
+    own = qwen05.render([{"role": "system", "content": "Be terse."}, *CHAT[:1]])
+    assert own.startswith("<|im_start|>system\nBe terse.<|im_end|>\n") and QWEN_SYSTEM not in own
+    ids = qwen05.encode_prompt(CHAT[:1]).tolist()
+    assert ids[-3:] == tok.encode("<|im_start|>assistant\n", add_special_tokens=False)
+    assert tok.convert_ids_to_tokens(ids[0]) == "<|im_start|>"  # no BOS is prepended
+
+
+@pytest.mark.slow
+def test_real_qwen05_stop_tokens(qwen05):
+    from introspect_mech.evals.sampling import stop_token_ids
+
+    im_end, eot = (qwen05.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>"))
+    assert (im_end, eot) == (151645, 151643)
+    assert qwen05.tokenizer.eos_token == "<|im_end|>"
+    assert {im_end, eot} <= set(stop_token_ids(qwen05))
+    gen_eos = qwen05.base_model.generation_config.eos_token_id
+    assert im_end in ([gen_eos] if isinstance(gen_eos, int) else gen_eos)  # generate() itself stops there
+
+
+@pytest.mark.slow
+def test_real_qwen05_assistant_mask_and_prompt_split(qwen05):
+    """Loss mask = exactly the assistant contents (+ <|im_end|> with include_end_of_turn); the prompt
+    rendered with the generation header is a token prefix of the conversation, ending right where the
+    first response token starts (the split steering positions and activation pooling rely on)."""
+    from introspect_mech.activations import tokenize
+
+    tok = qwen05.tokenizer
+    ct = qwen05.tokenize_chat(CHAT)
+    ids, mask = ct.input_ids, ct.assistant_mask
+    assert tok.decode(ids[mask]) == "It is 42.99, of course."
+    ct2 = qwen05.tokenize_chat(CHAT, include_end_of_turn=True)
+    extra = (ct2.assistant_mask & ~mask).nonzero().flatten().tolist()
+    assert [ids[i].item() for i in extra] == [151645, 151645]
+    for turn in (1, 3):
+        prompt = qwen05.encode_prompt(CHAT[:turn])
+        start = int(mask[len(prompt):].nonzero()[0]) + len(prompt) if turn == 3 else int(mask.nonzero()[0])
+        assert torch.equal(ids[: len(prompt)], prompt) and start == len(prompt)
+    (last_prompt,) = tokenize(qwen05, [CHAT[:2]], positions="last_prompt")
+    assert torch.equal(last_prompt.input_ids, qwen05.encode_prompt(CHAT[:1]))
+    (resp,) = tokenize(qwen05, [CHAT[:2]], positions="response_mean")
+    assert tok.decode(resp.input_ids[resp.select]) == "It is 42."
+
+
+@pytest.mark.slow
+def test_real_qwen05_bf16_parity(qwen05):
+    """bf16 vs fp32 on the real 0.5B: next-token logits and a middle block's activations.
+
+    Tolerance (stated): logits within 0.1 x the fp32 logits' std on average (bf16 keeps 8 bits of
+    mantissa, ~0.4 % per rounding, through 24 blocks), the same greedy next token, and the block-12
+    response-mean activations at cosine > 0.99.
+    """
+    from introspect_mech.activations import cache
+
+    b16 = load_model("qwen2.5-coder-0.5b-instruct", dtype=torch.bfloat16)
+    assert b16.dtype == torch.bfloat16
+    ids = qwen05.encode_prompt([{"role": "user", "content": "Name three primary colours."}])[None]
+    with torch.no_grad():
+        l32 = qwen05.model(input_ids=ids).logits[0, -1].float()
+        l16 = b16.model(input_ids=ids).logits[0, -1].float()
+    assert (l16 - l32).abs().mean() < 0.1 * l32.std()
+    assert l16.argmax() == l32.argmax()
+    conv = [[{"role": "user", "content": "Name three primary colours."},
+             {"role": "assistant", "content": "Red, yellow and blue."}]]
+    a32 = cache(qwen05, conv, layers=[12], positions="response_mean").float()
+    a16 = cache(b16, conv, layers=[12], positions="response_mean").float()
+    assert torch.nn.functional.cosine_similarity(a32.flatten(), a16.flatten(), dim=0) > 0.99

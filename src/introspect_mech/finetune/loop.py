@@ -377,7 +377,7 @@ def train(
             n_loss = sum(e.n_loss for e in step_exs)  # the global count: every rank divides by it
             exs = distributed.shard(step_exs)  # this rank's share (all of them in one process)
             step_tokens, loss_sum = 0, 0.0
-            for bin_ in pack(exs, config.micro_batch_tokens):
+            for bin_ in pack(exs, config.micro_batch_budget(device.type)):
                 mb = collate([exs[i] for i in bin_])
                 with autocast, (intervention() if intervention else contextlib.nullcontext()):
                     loss = assistant_loss(model, mb, config.loss_chunk_tokens)
