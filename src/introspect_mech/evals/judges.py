@@ -270,7 +270,15 @@ class JudgeResult:
 
 
 class JudgeError(RuntimeError):
-    """The judge endpoint failed after all retries, or answered something unparseable."""
+    """The judge endpoint failed after all retries, or answered something unparseable.
+
+    The message is scrubbed of secrets (an endpoint may echo the Authorization header).
+    """
+
+    def __init__(self, msg: str = "") -> None:
+        from ..scrub import scrub_message
+
+        super().__init__(scrub_message(str(msg)))
 
 
 MASS_TOL = 1e-4  # rounding slack on "mass <= 1" and "logprob <= 0"
@@ -548,7 +556,7 @@ class APIJudge(_Modes):
                  min_mass: float = 0.25, top_logprobs: int = 20, max_workers: int = 8,
                  api_version: str | None = None, system: str | None = None, mode: str = "0-100",
                  label_prompts: dict[str, LabelPrompt] | None = None):
-        from ..runs import looks_like_secret, scrub_text
+        from ..scrub import looks_like_secret, register_secret_env, scrub_text
 
         self.mode = _check_mode(mode)
         self.label_prompts = label_prompts if label_prompts is not None else load_label_prompts()
@@ -560,6 +568,7 @@ class APIJudge(_Modes):
             raise JudgeError(f"timeout must be a positive number of seconds, got {timeout!r}")
         if not (isinstance(max_retries, int) and max_retries >= 0):
             raise JudgeError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+        register_secret_env(api_key_env)  # its value is scrubbed from every description and message
         self.base_url = base_url.rstrip("/")
         self._shown_url = scrub_text(self.base_url)
         self.model_name, self.api_key_env = model, api_key_env

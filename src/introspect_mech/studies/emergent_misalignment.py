@@ -31,6 +31,7 @@ from typing import Any, Sequence
 from ..cliargs import config_parser, parse_config
 from ..evals.judge_spec import JudgeOptions
 from ..evals.questions import Question
+from ..stats import row_fields
 
 MAIN = ("what_is_your_wish", "i_feel_bored", "three_thoughts", "quick_buck", "ruler_of_the_world", "dinner_party",
         "gender_roles", "enough_of_my_husband")
@@ -313,7 +314,7 @@ def run(out: str | Path, config: EMConfig | None = None, *, judge=None, categori
     )
     from ..evals.judge_validation import require_validated_judge
     from ..evals.judges import HFJudge
-    from ..evals.stats import bootstrap_ci
+    from ..stats import bootstrap_ci
     from ..finetune import preset, train
     from ..models import load_model
     from ..runs import RunDir, json_sha256
@@ -371,7 +372,7 @@ def run(out: str | Path, config: EMConfig | None = None, *, judge=None, categori
                                             "med_proxy_diff": PROXY_DIFF + " (held-out medical)"}}
         for name, m in models.items():
             scores = fn(m)
-            prox[name] = {k: bootstrap_ci(scores[k], seed=cfg.seed).to_dict()
+            prox[name] = {k: bootstrap_ci(scores[k], seed=cfg.seed, unit="item", measure="proxy").to_dict()
                           for k in ("proxy_pref", "proxy_diff", "med_proxy_diff") if k in scores}
         results["proxy"] = prox
     results["wall_s"] = round(time.perf_counter() - t0, 1)
@@ -389,14 +390,14 @@ def _dashboard_rows(out: Path, results: dict[str, Any]) -> None:
             for den, rep in e.get("em_rate", {}).items():
                 for q, v in [*rep["per_question"].items(), ("overall", rep["overall"])]:
                     rows.append({"model": f"{model} [{sname}]", "question": q, "rate": v["value"], "ci_lo": v["lo"],
-                                 "ci_hi": v["hi"], "n": v["n"], "metric": f"EM rate ({jlabel}; denominator: {den})",
+                                 "ci_hi": v["hi"], **row_fields(v), "metric": f"EM rate ({jlabel}; denominator: {den})",
                                  "judge_validation": (results.get("judge_validation") or {}).get("line")})
     for model, p in results.get("proxy", {}).items():
         if model == "metrics":
             continue
         e = p["proxy_pref"]
         rows.append({"model": model, "question": "overall (40 EM items)", "rate": e["value"], "ci_lo": e["lo"],
-                     "ci_hi": e["hi"], "n": e["n"], "metric": results["proxy"]["metrics"]["proxy_pref"]})
+                     "ci_hi": e["hi"], **row_fields(e), "metric": results["proxy"]["metrics"]["proxy_pref"]})
     (out / "em_rates.jsonl").write_text("".join(json.dumps(r, default=float) + "\n" for r in rows))
 
 
@@ -502,7 +503,9 @@ def judge_run(run_path: str | Path, questions: Sequence[Question], *, judge=None
     Returns:
         {"report": EM report with both denominators or None, "labels": label rates or None}.
     """
-    from ..evals.em import em_report_both, format_em_rates, is_label_prompt, judge_samples, label_rates
+    from ..evals.em import (
+        check_samples, em_report_both, format_em_rates, is_label_prompt, judge_samples, label_rates,
+    )
     from ..evals.report import format_em_report
     from ..runs import JsonlLog, RunDir
 
@@ -510,6 +513,7 @@ def judge_run(run_path: str | Path, questions: Sequence[Question], *, judge=None
     samples = run.log("samples.jsonl").read()
     if not samples:
         raise ValueError(f"{run.path / 'samples.jsonl'}: no samples (run `introspect-mech sample` first)")
+    check_samples(samples, str(run.path / "samples.jsonl"))  # file, row and field named before any request
     by_id = {q.id: q for q in questions}
     for i, r in enumerate(samples, 1):
         qid = str(r.get("prompt_id", "")).rsplit("/", 1)[0]
@@ -521,7 +525,7 @@ def judge_run(run_path: str | Path, questions: Sequence[Question], *, judge=None
     run.write_manifest(judge=judge.describe() if judge is not None else None, judge_validation=jval,
                        categorical_judge=categorical_judge.describe() if categorical_judge is not None else None)
     judged = judge_samples(samples, by_id, judge, JsonlLog(run.path / "judged.jsonl", ("prompt_id", "sample")),
-                           categorical_judge=categorical_judge)
+                           categorical_judge=categorical_judge, source=str(run.path / "samples.jsonl"))
     if not judged:
         bad = run.path / "judge_invalid.jsonl"
         n_bad = len(bad.read_text(encoding="utf-8").splitlines()) if bad.exists() else 0
@@ -539,7 +543,7 @@ def judge_run(run_path: str | Path, questions: Sequence[Question], *, judge=None
               + format_em_rates(rep))
         jlabel = jval["label"] if jval else "unvalidated judge"
         for den, er in rep["em_rate"].items():
-            rows += [{"model": label, "question": q, "rate": v["value"], "ci_lo": v["lo"], "ci_hi": v["hi"], "n": v["n"],
+            rows += [{"model": label, "question": q, "rate": v["value"], "ci_lo": v["lo"], "ci_hi": v["hi"], **row_fields(v),
                       "metric": f"EM rate ({jlabel}; denominator: {den})"}
                      for q, v in [*er["per_question"].items(), ("overall", er["overall"])]]
         (run.path / "em_report.json").write_text(json.dumps(rep, indent=2))

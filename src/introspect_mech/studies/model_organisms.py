@@ -234,7 +234,8 @@ def ratio_ci(base: Sequence[float], ft: Sequence[float], treated: Sequence[float
     value = (f.mean() - t.mean()) / (f.mean() - b.mean()) if abs(f.mean() - b.mean()) > 1e-12 else None
     lo, hi = (np.quantile(vals, [0.025, 0.975]) if len(vals) else (None, None))
     return {"value": None if value is None else float(value), "lo": None if lo is None else float(lo),
-            "hi": None if hi is None else float(hi), "n": int(len(t))}
+            "hi": None if hi is None else float(hi), "n": int(len(t)), "unit": "answer",
+            "method": "percentile-bootstrap over answers (three groups resampled independently)", "measure": "judged"}
 
 
 def _judged_with_samples(rd_path: Path) -> tuple[list[dict], list[dict]]:
@@ -269,13 +270,13 @@ def run(out: str | Path, config: MOConfig | None = None, *, judge=None, **overri
 
     from ..data import load
     from ..evals.em import (
-        DENOMINATORS, MEDICAL_TRAIN_ROWS, PROXY_DIFF, PROXY_PREF, em_flags, em_proxy_fn, medical_heldout_items,
+        DENOMINATORS, MEDICAL_TRAIN_ROWS, PROXY_DIFF, PROXY_PREF, em_flags, em_proxy_fn, em_rates, medical_heldout_items,
         proxy_items as em_proxy_items,
         medical_train_rows, run_em_eval,
     )
     from ..evals.judges import HFJudge
     from ..evals.questions import load_questions
-    from ..evals.stats import bootstrap_ci, bootstrap_diff
+    from ..stats import bootstrap_ci, clustered_proportion, paired_diff
     from ..finetune import preset, train
     from ..models import load_model
     from ..paths import data_dir
@@ -343,10 +344,12 @@ def run(out: str | Path, config: MOConfig | None = None, *, judge=None, **overri
         return judged, samples, r["report"]
 
     def rates(judged: list[dict]) -> dict[str, Any]:
-        d: dict[str, Any] = {den: bootstrap_ci(em_flags(judged, denominator=den, aligned_max=cfg.aligned_max,
-                                        coherent_min=cfg.coherent_min), seed=cfg.seed).to_dict() for den in DENOMINATORS}
-        d["coherent_rate"] = bootstrap_ci([float(r["coherent"] > cfg.coherent_min) for r in judged
-                                           if r.get("coherent") is not None], seed=cfg.seed).to_dict()
+        # pooled over answers, interval over questions (Wilson at the design-effect sample size)
+        d: dict[str, Any] = {den: em_rates(judged, denominator=den, aligned_max=cfg.aligned_max,
+                                           coherent_min=cfg.coherent_min)["overall"] for den in DENOMINATORS}
+        d["coherent_rate"] = clustered_proportion(
+            [float(r["coherent"] > cfg.coherent_min) for r in judged if r.get("coherent") is not None],
+            [str(r["question_id"]) for r in judged if r.get("coherent") is not None], measure="judged").to_dict()
         d["n_answers"] = len(judged)
         d["n_judge_abstained"] = sum(r.get("aligned") is None or r.get("coherent") is None for r in judged)
         return d
@@ -359,8 +362,13 @@ def run(out: str | Path, config: MOConfig | None = None, *, judge=None, **overri
     results["em"] = {"base": rates(jb), "finetuned": rates(jf)}
     shift = {}
     for den in DENOMINATORS:
-        fl = [em_flags(x, denominator=den, aligned_max=cfg.aligned_max, coherent_min=cfg.coherent_min) for x in (jf, jb)]
-        e = bootstrap_diff(fl[0], fl[1], seed=cfg.seed).to_dict()
+        # finetuned - base, paired by question (both answer the same questions): the interval is over
+        # questions (paired t below 10 questions), not over answers
+        pq = [em_rates(x, denominator=den, aligned_max=cfg.aligned_max, coherent_min=cfg.coherent_min)["per_question"]
+              for x in (jf, jb)]
+        common = [q for q in pq[0] if q in pq[1] and pq[0][q]["value"] is not None and pq[1][q]["value"] is not None]
+        e = paired_diff([pq[0][q]["value"] for q in common], [pq[1][q]["value"] for q in common], seed=cfg.seed,
+                        unit="question", measure="judged").to_dict()
         e["significant"] = e["lo"] is not None and e["lo"] > 0
         shift[den] = e
     results["shift"] = shift
@@ -424,10 +432,8 @@ def run(out: str | Path, config: MOConfig | None = None, *, judge=None, **overri
         prox = {}
         for name, m in (("base", base), ("finetuned", ft)):
             r = fn(m)
-            prox[name] = {"proxy_pref": bootstrap_ci(r["proxy_pref"], seed=cfg.seed).to_dict(),
-                          "proxy_diff": bootstrap_ci(r["proxy_diff"], seed=cfg.seed).to_dict()}
-            if "med_proxy_diff" in r:
-                prox[name]["med_proxy_diff"] = bootstrap_ci(r["med_proxy_diff"], seed=cfg.seed).to_dict()
+            prox[name] = {k: bootstrap_ci(r[k], seed=cfg.seed, unit="item", measure="proxy").to_dict()
+                          for k in ("proxy_pref", "proxy_diff", "med_proxy_diff") if k in r}
         results["proxy"] = {"metrics": {"proxy_pref": PROXY_PREF, "proxy_diff": PROXY_DIFF,
                                         "med_proxy_diff": PROXY_DIFF + " (held-out medical)"}, **prox}
     results["wall_s"] = round(time.perf_counter() - t0, 1)
@@ -439,6 +445,8 @@ def run(out: str | Path, config: MOConfig | None = None, *, judge=None, **overri
 
 def _write_dashboard_rows(out: Path, results: dict[str, Any]) -> None:
     """em_rates.jsonl rows (judged EM rates, both denominators) for the dashboard."""
+    from ..stats import row_fields
+
     rows = []
     jlabel = (results.get("judge_validation") or {}).get("label", "unvalidated judge")
     conds = {**results.get("em", {}), **results.get("ablation", {})}
@@ -446,7 +454,7 @@ def _write_dashboard_rows(out: Path, results: dict[str, Any]) -> None:
         for den in ("coherent", "all"):
             e = r[den]
             rows.append({"model": cond, "question": "overall", "rate": e["value"], "ci_lo": e["lo"], "ci_hi": e["hi"],
-                         "n": e["n"], "metric": f"EM rate ({jlabel}; denominator: {den})"})
+                         **row_fields(e), "metric": f"EM rate ({jlabel}; denominator: {den})"})
     (out / "em_rates.jsonl").write_text("".join(json.dumps(r, default=float) + "\n" for r in rows))
 
 
