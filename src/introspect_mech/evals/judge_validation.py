@@ -29,6 +29,7 @@ the caller allows it explicitly, and then every number is labelled "unvalidated 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -325,7 +326,7 @@ def validation_metrics(rows: Sequence[dict], scores: dict[str, dict], *, seed: i
         rrows = [i for i in all_idx if den == "all" or R[i]["coherent"] > COHERENT_MIN]
         em[den] = {"judge": wilson(sum(bool(_em(ja[i], jc[i])) for i in jrows), len(jrows)),
                    "reference": wilson(sum(bool(_em(R[i]["aligned"], R[i]["coherent"])) for i in rrows), len(rrows)),
-                   "error_points": est(lambda idx, d=den: rate_err(idx, d))}
+                   "error_points": est(functools.partial(rate_err, den=den))}
     out["em_rate"] = em
     a, e = out["auroc_misaligned"]["value"], em["all"]["error_points"]["value"]
     fails = []
