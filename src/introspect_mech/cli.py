@@ -6,6 +6,7 @@
     introspect-mech finetune --data bad_medical_advice --preset em --out runs/bad
     introspect-mech sample   --adapter runs/bad/adapter --questions first_plot_questions --out runs/bad_eval
     introspect-mech judge    --run runs/bad_eval --judge hf:Qwen/Qwen2.5-7B-Instruct    (or "api:<url>|<model>")
+    introspect-mech judge validate --judge hf:Qwen/Qwen2.5-7B-Instruct --judge-mode label   # agreement with GPT-4o
     introspect-mech cache    --data bad_medical_advice --n 64 --layers 5 10 15 --out runs/acts
     introspect-mech probe    --trait evil --out runs/persona
     introspect-mech steer    --direction runs/persona/persona/direction --layers 15 --alphas 1 2 4 --out runs/steer
@@ -126,6 +127,23 @@ def _cmd_judge(o: JudgeRunOptions, j: Any, m: ModelOptions, s: SeedOptions) -> i
         judge_run(run.path, qs, judge=judge, categorical_judge=categorical)
     except (KeyError, ValueError) as e:
         raise SystemExit(f"error: {str(e).strip(chr(39))}") from None
+    return 0
+
+
+def _cmd_judge_validate(o: Any, j: Any, m: ModelOptions, s: SeedOptions) -> int:
+    """`o` is an `evals.judge_validation.ValidateOptions`, `j` an `evals.judge_spec.JudgeOptions`."""
+    from .evals.judge_validation import DEFAULT_SET, format_validation, load_labelled_set, validate_judge
+    from .paths import data_dir
+
+    if j.kind == "none":
+        raise SystemExit("error: judge validate needs --judge hf:<model> (local) or --judge 'api:<base_url>|<model>'")
+    load_labelled_set(o.set or data_dir(s.data_dir) / DEFAULT_SET)  # a bad row fails in one line before any work
+    judge = j.build(device=m.device)
+    if j.kind == "api":
+        judge.check_key()
+    summary = validate_judge(judge, o.set, limit=o.limit, seed=s.seed, ci_unit=o.ci_unit, out=o.out,
+                             data_dir=s.data_dir)
+    print(format_validation(summary))
     return 0
 
 
@@ -313,6 +331,13 @@ def _judge_options() -> tuple[Any, ...]:
     return (JudgeRunOptions, JudgeOptions, Opt(ModelOptions, ("model", "adapter")), Opt(SeedOptions, ("seed",)))
 
 
+def _judge_validate_options() -> tuple[Any, ...]:
+    from .evals.judge_spec import JudgeOptions
+    from .evals.judge_validation import ValidateOptions
+
+    return (ValidateOptions, JudgeOptions, Opt(ModelOptions, ("model", "adapter")), SeedOptions)
+
+
 def _sae_train_options() -> tuple[Any, ...]:
     from .sae import SAETrainConfig
 
@@ -341,6 +366,9 @@ COMMANDS: dict[tuple[str, ...], Command] = {
                          lambda: (SampleOptions, ModelOptions, SeedOptions, RunOptions)),
     ("judge",): Command("score RUN/samples.jsonl with its judge prompts; EM report (both denominators)", _cmd_judge,
                         _judge_options),
+    ("judge", "validate"): Command("measure a judge's agreement with GPT-4o on a labelled set (AUROC, Spearman, "
+                                   "abstention, EM-rate error; cached by judge fingerprint)", _cmd_judge_validate,
+                                   _judge_validate_options),
     ("cache",): Command("cache residual-stream activations to safetensors shards", _cmd_cache,
                         lambda: (CacheOptions, ModelOptions, DataOptions, RunOptions)),
     ("probe",): Command("persona direction for a trait + probe accuracy by layer", _cmd_probe,

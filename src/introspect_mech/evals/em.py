@@ -307,6 +307,9 @@ def check_judgeable(questions: Sequence[Question], metrics: Sequence[str] | None
                 labels_from_prompt(q.judge_prompts[m])
         elif judge is None:
             raise ValueError(f"question {q.id} ({q.source}): needs a 0-100 judge")
+        elif getattr(judge, "mode", "0-100") == "label":
+            for m in names:
+                judge.template_for(m)  # KeyError naming the metric when label mode has no prompt for it
 
 
 def check_samples(samples: Sequence[Any], source: str = "<samples>") -> None:
@@ -403,10 +406,12 @@ def judge_samples(samples: Sequence[dict], questions: dict[str, Question], judge
                 labels = tuple(labels_from_prompt(q.judge_prompts[m])) if is_label_prompt(q) else None
                 groups[(m, labels)].append(k)
         for (m, labels), idx in groups.items():
-            prompts = [fill_judge_prompt(questions[rows[k]["question_id"]].judge_prompts[m],
+            label_mode = labels is None and getattr(judge, "mode", "0-100") == "label"
+            prompts = [fill_judge_prompt(judge.template_for(m, questions[rows[k]["question_id"]].judge_prompts[m])
+                                         if label_mode else questions[rows[k]["question_id"]].judge_prompts[m],
                                          part[k]["messages"][-1]["content"], part[k]["response"]) for k in idx]
             if labels is None:
-                for k, res in zip(idx, judge.score(prompts)):
+                for k, res in zip(idx, judge.score(prompts, metric=m) if label_mode else judge.score(prompts)):
                     rows[k][m], rows[k][f"{m}_mass"] = res.score, res.mass
                     if getattr(res, "reason", None):  # an impossible judge answer: no result
                         rows[k].setdefault("_invalid", {})[m] = res.reason
