@@ -49,7 +49,7 @@ from ..runs import JsonlLog, RunConfigError, RunDir, file_sha256, model_config
 from ..viz.dashboard import PANELS, export_dashboard
 from ..viz.rows import PanelRow, SummaryRow
 
-__all__ = ["Stage", "Study", "Context", "RunResult", "run", "STAGES_FILE", "RunConfigError", "code_version",
+__all__ = ["Stage", "Study", "Context", "RunResult", "NotDone", "run", "STAGES_FILE", "RunConfigError", "code_version",
            "judge_binding", "resolve_call"]
 
 STAGES_FILE = "stages.jsonl"
@@ -73,6 +73,18 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class NotDone:
+    """What a stage returns when it stopped short on purpose (e.g. CAFT waits for a person's picks): the
+    stage is not recorded as done, the later stages do not run, and a rerun runs it again.
+
+    Args:
+        value: the stage's partial result (handed back as its result for this call).
+    """
+
+    value: Any = None
+
+
+@dataclass(frozen=True)
 class Study:
     """A paper's protocol as data: its config class, presets and ordered stages.
 
@@ -88,6 +100,9 @@ class Study:
         legacy: `legacy(result) -> old return value` for the deprecated call forms (default: the last
             stage's result).
         dashboard: export `dashboard.html` at the end when any panel has rows.
+        unbound: config fields left out of the binding because they select work rather than decide rows
+            (e.g. CAFT's `pick`, whose rows are keyed by the pick); their values key the stage records
+            instead, so a rerun with another value runs the stages again (each resuming from its logs).
     """
 
     name: str
@@ -100,6 +115,7 @@ class Study:
     summary: Callable[[Context], str] | None = None
     legacy: Callable[[RunResult], Any] | None = None
     dashboard: bool = True
+    unbound: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.stages]
@@ -107,6 +123,8 @@ class Study:
             raise ValueError(f"study {self.name!r}: stage names must be non-empty and unique, got {names}")
         if not dataclasses.is_dataclass(self.config):
             raise TypeError(f"study {self.name!r}: config must be a dataclass, got {self.config!r}")
+        if odd := set(self.unbound) - {f.name for f in dataclasses.fields(self.config)}:
+            raise ValueError(f"study {self.name!r}: unbound names no config field: {sorted(odd)}")
 
     def default_config(self) -> Any:
         """The default preset's config (or the class defaults)."""
@@ -321,13 +339,15 @@ def run(study: Study, config: Any = None, out: Any = None, *, judge: Any = None,
     """
     config, path, resources, legacy = resolve_call(study, config, out, resources)
     run_dir = RunDir(path)
-    binding = {"study": study.name, "config": _json(dataclasses.asdict(config)), "code": code_version(),
+    fields = _json(dataclasses.asdict(config))
+    variant = {k: fields.pop(k) for k in study.unbound}
+    binding = {"study": study.name, "config": fields, "code": code_version(),
                "data": _data_hashes(study, config), "judge": judge_binding(judge)}
     run_dir.bind(BINDING, binding, overwrite=overwrite)
     run_dir.write_manifest(title=study.title or study.name, study=study.name)
     ctx = Context(study, config, run_dir, {"judge": judge, **resources}, progress)
-    stages_log = ctx.log(STAGES_FILE, ("stage",))
-    done = {r["stage"]: r.get("result") for r in stages_log.rows()}
+    stages_log = ctx.log(STAGES_FILE, ("stage", "variant"))
+    done = {r["stage"]: r.get("result") for r in stages_log.rows() if r.get("variant", {}) == variant}
     result = RunResult(path)
     t0 = time.perf_counter()
     n = len(study.stages)
@@ -342,8 +362,13 @@ def run(study: Study, config: Any = None, out: Any = None, *, judge: Any = None,
         _seed(config)
         t = time.perf_counter()
         value = stage.fn(ctx)
+        if isinstance(value, NotDone):
+            ctx.results[stage.name] = value.value
+            ctx.echo(f"[{k}/{n}] {stage.name}: stopped short on purpose; a rerun continues here")
+            break
         ctx.results[stage.name] = value
-        stages_log.append({"stage": stage.name, "result": _json(value), "seconds": round(time.perf_counter() - t, 2)})
+        stages_log.append({"stage": stage.name, "variant": variant, "result": _json(value),
+                           "seconds": round(time.perf_counter() - t, 2)})
     result.results = ctx.results
     summary_file = path / SummaryRow.file()
     result.summary = ctx.log(SummaryRow.file()).read() if summary_file.exists() else []
@@ -355,7 +380,7 @@ def run(study: Study, config: Any = None, out: Any = None, *, judge: Any = None,
         result.dashboard = export_dashboard(path, title=study.title or study.name)
         ctx.echo(f"dashboard: {result.dashboard}")
     if legacy:
-        return study.legacy(result) if study.legacy is not None else result.results[study.stages[-1].name]
+        return study.legacy(result) if study.legacy is not None else list(result.results.values())[-1]
     return result
 
 
