@@ -103,6 +103,8 @@ class Study:
         unbound: config fields left out of the binding because they select work rather than decide rows
             (e.g. CAFT's `pick`, whose rows are keyed by the pick); their values key the stage records
             instead, so a rerun with another value runs the stages again (each resuming from its logs).
+        check: `check(config)` raises a one-line `ValueError` for a config the study cannot run, before
+            the run directory is touched.
     """
 
     name: str
@@ -116,6 +118,7 @@ class Study:
     legacy: Callable[[RunResult], Any] | None = None
     dashboard: bool = True
     unbound: tuple[str, ...] = ()
+    check: Callable[[Any], None] | None = None
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.stages]
@@ -338,6 +341,8 @@ def run(study: Study, config: Any = None, out: Any = None, *, judge: Any = None,
         RunConfigError: the directory holds results of another config (one line naming the fields).
     """
     config, path, resources, legacy = resolve_call(study, config, out, resources)
+    if study.check is not None:
+        study.check(config)
     run_dir = RunDir(path)
     fields = _json(dataclasses.asdict(config))
     variant = {k: fields.pop(k) for k in study.unbound}
