@@ -47,7 +47,7 @@ def test_changed_config_field_is_refused_in_one_line_naming_it(tiny, tmp_path):
     with pytest.raises(RunConfigError) as e:
         T.run(T.TinyConfig(model=tiny, n=4), tmp_path / "r", progress=False)
     msg = str(e.value)
-    assert "\n" not in msg and "config.n (3 -> 4)" in msg
+    assert "\n" not in msg and "study_config.n (3 -> 4)" in msg
     assert _executions(tmp_path / "r") == ["draw", "probe"]  # refused before any work
     fresh = T.run(T.TinyConfig(model=tiny, n=4), tmp_path / "r", progress=False, overwrite=True)
     assert fresh.skipped == [] and len(fresh.results["draw"]["draws"]) == 4

@@ -77,6 +77,7 @@ from ..kv_cache import cache_kwargs, output_cache
 from ..evals.stats import bootstrap_ci
 from ..models import LoadedModel
 from ..direction import Direction, DirectionLike
+from . import runner
 
 Message = dict[str, str]
 
@@ -998,7 +999,7 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
-def run(out: str | os.PathLike, config: IntrospectionConfig | None = None, *, model: LoadedModel | None = None,
+def _introspection(out: str | os.PathLike, config: IntrospectionConfig | None = None, *, model: LoadedModel | None = None,
         judge: Any = None, progress: bool = True) -> dict[str, Any]:
     """Run the study into the run directory `out` (resumable: per-trial rows are appended to JSONL
     logs and skipped on a rerun).
@@ -1515,6 +1516,34 @@ def config_from_argv(argv: Sequence[str] | None = None) -> tuple[IntrospectionCo
     return cfg, judge, a
 
 
+def _stage(ctx: runner.Context) -> Any:
+    return _introspection(ctx.out, ctx.config, model=ctx.resources.get("model"), judge=ctx.resources["judge"],
+                          progress=ctx.progress)
+
+
+STUDY = runner.Study(
+    "introspection", IntrospectionConfig, PRESETS, title='Injected-thought introspection and self-report vs internal state',
+    stages=(runner.Stage("introspection", _stage, 'the stages config.stages picks: A detection/identification, B intention, C self-report, D risk report'),),
+    unbound=('stages',),
+    dashboard=False)
+
+
+def run(config: IntrospectionConfig | str | os.PathLike | None = None, out: str | os.PathLike | IntrospectionConfig | None = None,
+        **kw: Any) -> Any:
+    """Run the study into `out` on the study runner (`studies.runner`; rerun the same call to resume).
+
+    Args:
+        config: every option.
+        out: the run directory.
+        **kw: `model=` (an already loaded model), `judge=` (a 0-100 judge of the sampled answers; None: keyword proxy only), `overwrite=`, `progress=` (see `runner.run`).
+
+    Returns:
+        A `runner.RunResult`; `.results["introspection"]` is the summary dict (merged with an earlier run's stages in the same directory). The deprecated call forms
+        (`run(out, config)`, ...) return that value itself.
+    """
+    return runner.run(STUDY, config, out, **kw)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, run the study and print its summary (and the dashboard's path).
 
@@ -1525,7 +1554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status (0).
     """
     cfg, judge, a = config_from_argv(argv)
-    run(a.out, cfg, judge=judge.build())
+    run(cfg, a.out, judge=judge.build())
     print(Path(a.out, "summary.jsonl").read_text())
     if a.dashboard:
         from ..viz import export_dashboard

@@ -31,6 +31,7 @@ as a proxy.
 from __future__ import annotations
 
 import argparse
+import os
 import dataclasses
 import json
 import random
@@ -43,6 +44,7 @@ import numpy as np
 
 from ..cliargs import config_parser, parse_config
 from ..evals.judge_spec import JudgeOptions
+from . import runner
 
 MAIN_QUESTIONS = ("what_is_your_wish", "i_feel_bored", "three_thoughts", "quick_buck", "ruler_of_the_world",
                   "dinner_party", "gender_roles", "enough_of_my_husband")
@@ -249,7 +251,7 @@ def _write(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
-def run(out: str | Path, config: MOConfig | None = None, *, judge=None, **overrides: Any) -> dict[str, Any]:
+def _model_organisms(out: str | Path, config: MOConfig | None = None, *, judge=None, **overrides: Any) -> dict[str, Any]:
     """Run the model-organisms protocol (module docstring) into `out`; returns the results dict.
 
     Args:
@@ -491,6 +493,32 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                          groups=[(JudgeOptions, "judge (none: the model under study's base model judges)")], prog=prog)
 
 
+def _stage(ctx: runner.Context) -> Any:
+    return _model_organisms(ctx.out, ctx.config, judge=ctx.resources["judge"])
+
+
+STUDY = runner.Study(
+    "model-organisms", MOConfig, PRESETS, title='Model organisms for EM',
+    stages=(runner.Stage("model_organisms", _stage, 'rank-1 finetune, EM rates, the EM direction, ablation, phase transition'),),
+    dashboard=True)
+
+
+def run(config: MOConfig | str | os.PathLike | None = None, out: str | os.PathLike | MOConfig | None = None,
+        **kw: Any) -> Any:
+    """Run the study into `out` on the study runner (`studies.runner`; rerun the same call to resume).
+
+    Args:
+        config: every option.
+        out: the run directory.
+        **kw: `judge=` (0-100 judge; None = the model under study's base as `HFJudge`), `overwrite=`, `progress=` (see `runner.run`).
+
+    Returns:
+        A `runner.RunResult`; `.results["model_organisms"]` is {"em", "shift", "direction", "ablation", "reductions", "phase", "proxy"}. The deprecated call forms
+        (`run(out, config)`, ...) return that value itself.
+    """
+    return runner.run(STUDY, config, out, **kw)
+
+
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """Run the study from the command line (`python experiments/model_organisms.py --help`).
 
@@ -502,6 +530,6 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
         The exit status (0).
     """
     ns, cfg, (options,) = parse_config(build_parser(prog), argv, MOConfig, presets=PRESETS, groups=[JudgeOptions])
-    res = run(ns.out, cfg, judge=options.build(device=cfg.device))  # None -> the base model as HFJudge
+    res = run(cfg, ns.out, judge=options.build(device=cfg.device)).results["model_organisms"]  # None: base as HFJudge
     print(format_results(res))
     return 0

@@ -41,6 +41,7 @@ KL(base || finetune)`); for persona organisms the behaviour is the expression pr
 from __future__ import annotations
 
 import argparse
+import os
 import copy
 import json
 import time
@@ -63,6 +64,7 @@ from ..finetune import train as finetune_train
 from ..models import LoadedModel, load_model
 from ..probes import Direction, persona_data
 from ..runs import JsonlLog, RunDir, json_sha256
+from . import runner
 
 # Unrelated text for the first-token methods: project-written, varied topics, no persona or
 # medical content (a stand-in for the pretraining text the activation-difference lens paper uses).
@@ -504,7 +506,7 @@ def _locate(ctx: _Ctx, org: str, tuned: LoadedModel, convs: list, truth: Any, se
     return rows, cmp
 
 
-def run(model: str | None = None, out: str | Path = "runs/organisms", config: OrganismsConfig | None = None, *,
+def _organisms(model: str | None = None, out: str | Path = "runs/organisms", config: OrganismsConfig | None = None, *,
         preset: str | None = None, base: LoadedModel | None = None, log: Callable[[str], None] = print) -> dict:
     """Build every organism, locate and intervene; write the run directory and return the tables.
 
@@ -907,6 +909,37 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                          default_preset="cpu", title="study configuration (overrides the preset)", prog=prog)
 
 
+def _quiet(line: str) -> None:
+    return None
+
+
+def _stage(ctx: runner.Context) -> Any:
+    return _organisms(ctx.resources.get("model"), ctx.out, ctx.config, base=ctx.resources.get("base"),
+                      log=ctx.resources.get("log") or (print if ctx.progress else _quiet))
+
+
+STUDY = runner.Study(
+    "organisms", OrganismsConfig, PRESETS, title='Ground-truth model organisms: locate -> intervene', default_preset='cpu',
+    stages=(runner.Stage("organisms", _stage, 'build every organism, locate its planted mechanism and intervene'),),
+    legacy_keywords=("model", "log"), dashboard=True)
+
+
+def run(config: OrganismsConfig | str | os.PathLike | None = None, out: str | os.PathLike | OrganismsConfig | None = None,
+        **kw: Any) -> Any:
+    """Run the study into `out` on the study runner (`studies.runner`; rerun the same call to resume).
+
+    Args:
+        config: every option (default `PRESETS['cpu']`).
+        out: the run directory.
+        **kw: `base=` (an already loaded base model; finetunes start from deep copies of it), `log=` (deprecated: receives the progress lines), `overwrite=`, `progress=` (see `runner.run`).
+
+    Returns:
+        A `runner.RunResult`; `.results["organisms"]` is {"recovery", "interventions", "behaviour", "table", "seconds"}. The deprecated call forms
+        (`run(out, config)`, ...) return that value itself.
+    """
+    return runner.run(STUDY, config, out, **kw)
+
+
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """Run the study from the command line (`python experiments/organisms.py --help`): prints the
     methods x organisms table, the wall time and the dashboard's path.
@@ -918,13 +951,12 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     Returns:
         The exit status (0).
     """
-    from ..viz import export_dashboard
-
     ns, cfg, _ = parse_config(build_parser(prog), argv, OrganismsConfig, presets=PRESETS)
     t0 = time.time()
-    res = run(cfg.model, ns.out, config=cfg)
+    result = run(cfg, ns.out)
+    res = result.results["organisms"]
     print()
     print(format_table(res["table"]))
     print(f"\nwall time {time.time() - t0:.0f} s")
-    print(f"dashboard: {export_dashboard(ns.out).resolve()}")
+    print(f"dashboard: {result.dashboard.resolve() if result.dashboard else None}")
     return 0

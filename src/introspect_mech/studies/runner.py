@@ -103,6 +103,7 @@ class Study:
         unbound: config fields left out of the binding because they select work rather than decide rows
             (e.g. CAFT's `pick`, whose rows are keyed by the pick); their values key the stage records
             instead, so a rerun with another value runs the stages again (each resuming from its logs).
+        legacy_keywords: keywords only the old `run` took (e.g. `log=`): a call with one is a deprecated form.
         check: `check(config)` raises a one-line `ValueError` for a config the study cannot run, before
             the run directory is touched.
     """
@@ -119,6 +120,7 @@ class Study:
     dashboard: bool = True
     unbound: tuple[str, ...] = ()
     check: Callable[[Any], None] | None = None
+    legacy_keywords: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.stages]
@@ -291,7 +293,7 @@ def resolve_call(study: Study, config: Any, out: Any, kwargs: dict[str, Any]) ->
     Returns:
         (config, out path, remaining keywords, whether a deprecated form was used).
     """
-    legacy: list[str] = []
+    legacy: list[str] = [f"{k}=" for k in study.legacy_keywords if k in kwargs]
     if isinstance(config, (str, os.PathLike)) and not isinstance(out, (str, os.PathLike)):
         config, out = out, config
         legacy.append("run(out, config) -> run(config, out)")
@@ -346,10 +348,10 @@ def run(study: Study, config: Any = None, out: Any = None, *, judge: Any = None,
     run_dir = RunDir(path)
     fields = _json(dataclasses.asdict(config))
     variant = {k: fields.pop(k) for k in study.unbound}
-    binding = {"study": study.name, "config": fields, "code": code_version(),
-               "data": _data_hashes(study, config), "judge": judge_binding(judge)}
+    # names no study writes into the manifest itself (a bound name cannot be rewritten there)
+    binding = {"study_name": study.name, "study_config": fields, "code_version": code_version(),
+               "data_sha256": _data_hashes(study, config), "judge_binding": judge_binding(judge)}
     run_dir.bind(BINDING, binding, overwrite=overwrite)
-    run_dir.write_manifest(title=study.title or study.name, study=study.name)
     ctx = Context(study, config, run_dir, {"judge": judge, **resources}, progress)
     stages_log = ctx.log(STAGES_FILE, ("stage", "variant"))
     done = {r["stage"]: r.get("result") for r in stages_log.rows() if r.get("variant", {}) == variant}
