@@ -34,3 +34,26 @@ def test_library_does_not_import_studies():
         if any(m == "introspect_mech.studies" or m.startswith("introspect_mech.studies.") for m in _imports(path)):
             offenders.append(str(rel))
     assert not offenders, f"library modules import introspect_mech.studies: {offenders}"
+
+
+DEPTH_NAMES = {"n_layers", "num_hidden_layers", "n_blocks"}
+
+
+def _mentions_depth(node: ast.AST) -> bool:
+    return any((isinstance(n, ast.Name) and n.id in DEPTH_NAMES) or (isinstance(n, ast.Attribute) and n.attr in DEPTH_NAMES)
+               for n in ast.walk(node))
+
+
+def depth_arithmetic(source: str) -> list[int]:
+    """Lines that multiply, divide or floor-divide with a layer count (a depth -> block rule of their own)."""
+    return sorted({node.lineno for node in ast.walk(ast.parse(source))
+                   if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Mult, ast.Div, ast.FloorDiv, ast.Mod))
+                   and (_mentions_depth(node.left) or _mentions_depth(node.right))})
+
+
+def test_depth_arithmetic_only_in_layers_py():
+    """One depth rule (`layers.depth_block`): no other module turns a relative depth into a block itself."""
+    assert depth_arithmetic("b = round(0.5 * (model.n_layers - 1))\nm = n_layers // 2\nk = n_layers - 1\n") == [1, 2]
+    offenders = {str(p.relative_to(PKG)): lines for p in PKG.rglob("*.py") if p.relative_to(PKG) != Path("layers.py")
+                 if (lines := depth_arithmetic(p.read_text(encoding="utf-8")))}
+    assert not offenders, f"n_layers arithmetic outside layers.py (use layers.resolve_layers / depth_block): {offenders}"

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from ..cliargs import config_parser, parse_config
 from ..evals.judge_spec import JudgeOptions
+from ..layers import resolve_layers
 from ..runs import RunDir
 from ..sae.tokens import TokenActs, TokenPositions, token_activations
 from . import runner
@@ -80,12 +81,12 @@ def preset_layers(n_layers: int, fractions: Sequence[float]) -> list[int]:
 
     Args:
         n_layers: number of decoder blocks.
-        fractions: relative depths (0 = first block, 1 = last; clipped to the valid blocks).
+        fractions: relative depths in [0, 1] (0 = first block, 1 = last).
 
     Returns:
-        The blocks `round(f * (n_layers - 1))`, sorted and unique.
+        The blocks at those depths (`layers.depth_block`, the package's one rule), sorted and unique.
     """
-    return sorted({min(n_layers - 1, max(0, int(round(f * (n_layers - 1))))) for f in fractions})
+    return resolve_layers([float(f) for f in fractions], n_layers)
 
 
 @torch.no_grad()

@@ -70,6 +70,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .. import steering
+from ..layers import depth_block, depth_of
 from ..cliargs import config_parser, parse_config
 from ..evals.judge_spec import JudgeOptions
 from ..evals.scoring import Trie
@@ -182,15 +183,13 @@ def layer_at(model_or_n: Any, fraction: float) -> int:
         fraction: relative depth in [0, 1].
 
     Returns:
-        `round(fraction * (n_layers - 1))`.
+        The block `layers.depth_block(fraction, n_layers)` (the package's one depth rule).
 
     Raises:
         ValueError: `fraction` lies outside [0, 1].
     """
     n = model_or_n if isinstance(model_or_n, int) else model_or_n.n_layers
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"layer fraction must be in [0, 1], got {fraction}")
-    return int(round(fraction * (n - 1)))
+    return depth_block(float(fraction), n)
 
 
 # ---- tokenisation ----------------------------------------------------------------------------------
@@ -1129,7 +1128,7 @@ def _introspection(out: str | os.PathLike, config: IntrospectionConfig | None = 
                                      if (r["word"], r["trial"]) in rnd], "v", cfg.seed) if c["condition"] == "concept" else None
             nll = next((r["nll"] for r in coh if r["layer"] == c["layer"] and r["strength"] == c["strength"]
                         and r["condition"] == c["condition"]), None)
-            grid.append({"variant": c["variant"], "layer": c["layer"], "layer_fraction": c["layer"] / max(m.n_layers - 1, 1),
+            grid.append({"variant": c["variant"], "layer": c["layer"], "layer_fraction": depth_of(c["layer"], m.n_layers),
                          "strength": c["strength"], "condition": c["condition"], "p_yes": c["p_yes"]["value"],
                          "p_yes_lo": c["p_yes"]["lo"], "p_yes_hi": c["p_yes"]["hi"], "claims": c["claims"]["value"],
                          "claims_lo": c["claims"]["lo"], "claims_hi": c["claims"]["hi"],

@@ -36,6 +36,7 @@ import dataclasses
 import json
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -43,6 +44,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from ..cliargs import config_parser, parse_config
+from .. import layers as layerspec
 from ..evals.judge_spec import JudgeOptions
 from . import runner
 
@@ -101,7 +103,8 @@ PRESETS: dict[str, MOConfig] = {
 
 
 def resolve_layer(spec: int | str, n_layers: int) -> int:
-    """A block index from an int or "middle" (the project's layer vocabulary; floats are refused).
+    """Deprecated (one release): `layers.resolve_layer`, the package's one layer rule (an int, "middle"
+    or a relative depth in [0, 1]).
 
     Args:
         spec: a block index or "middle" (block `n_layers // 2`).
@@ -109,18 +112,10 @@ def resolve_layer(spec: int | str, n_layers: int) -> int:
 
     Returns:
         The block index.
-
-    Raises:
-        TypeError: `spec` is neither an int nor "middle" (e.g. a float or a bool).
-        ValueError: the index is outside 0..n_layers - 1.
     """
-    if spec == "middle":
-        return n_layers // 2
-    if isinstance(spec, bool) or not isinstance(spec, int):
-        raise TypeError(f"direction_layer must be a block index or 'middle', got {spec!r}")
-    if not 0 <= spec < n_layers:
-        raise ValueError(f"direction_layer {spec} outside 0..{n_layers - 1}")
-    return spec
+    warnings.warn("studies.model_organisms.resolve_layer is deprecated; use introspect_mech.layers.resolve_layer",
+                  DeprecationWarning, stacklevel=2)
+    return layerspec.resolve_layer(spec, n_layers)
 
 
 def lora_b_norm(adapter_dir: str | Path) -> float:
@@ -309,7 +304,7 @@ def _model_organisms(out: str | Path, config: MOConfig | None = None, *, judge=N
     if missing:
         raise ValueError(f"{qfile}: unknown question ids {missing}")
     proxy_items = medical_heldout_items(cfg.proxy_medical, seed=cfg.seed, data_dir=cfg.data_dir) if cfg.proxy and medical else None
-    L = resolve_layer(cfg.direction_layer, base.n_layers)
+    L = layerspec.resolve_layer(cfg.direction_layer, base.n_layers)
     rd.write_manifest(
         study="model_organisms", title=f"Model organisms for EM: {cfg.dataset}, {cfg.finetune_preset} adapter",
         model=base.name, model_source=base.meta.get("source"), config=dataclasses.asdict(cfg),

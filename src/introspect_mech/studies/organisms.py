@@ -45,6 +45,7 @@ import os
 import copy
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence, cast
@@ -55,6 +56,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .. import diffing, steering
+from .. import layers as layerspec
 from ..evals import sample
 from ..evals.stats import bootstrap_ci, bootstrap_diff
 from ..cliargs import config_parser, parse_config
@@ -134,7 +136,7 @@ class OrganismsConfig:
     """
 
     model: str | None = None  # base model: name, hub id or directory (None = the embedded SmolLM2-135M-Instruct)
-    layer: int | float = 0.5  # block L of the planted mechanism: a block index, or a float in (0, 1) = relative depth
+    layer: int | float = 0.5  # block L of the planted mechanism: a block index, or a float in [0, 1] = relative depth (layers.depth_block)
     alpha: float = 4.0  # |vec| at L in units of the persona direction's class-mean distance at L
     directions: tuple[str, ...] = ("persona", "concept", "random")  # steering-distillation directions
     seeds: tuple[int, ...] = (0, 1, 2)  # sampling + finetune seeds of distill_persona (others: seeds[0])
@@ -218,20 +220,19 @@ def planted_copy(model: LoadedModel, vector: Tensor, layer: int) -> LoadedModel:
 
 
 def resolve_layer(layer: int | float, n_layers: int) -> int:
-    """The block index of `OrganismsConfig.layer` (range not checked: `run` checks it).
+    """Deprecated (one release): `layers.resolve_layer` (a float in [0, 1] is a relative depth,
+    `round(depth * (n_layers - 1))`; an int a block index, negative from the end).
 
     Args:
-        layer: a float in (0, 1) = relative depth (`round(layer * n_layers)`), else a block index
-            (negative: from the end).
+        layer: a block index or a relative depth.
         n_layers: number of decoder blocks.
 
     Returns:
         The block index.
     """
-    if isinstance(layer, float) and 0 < layer < 1:
-        return int(round(layer * n_layers))
-    l = int(layer)
-    return l + n_layers if l < 0 else l
+    warnings.warn("studies.organisms.resolve_layer is deprecated; use introspect_mech.layers.resolve_layer",
+                  DeprecationWarning, stacklevel=2)
+    return layerspec.resolve_layer(layer, n_layers)
 
 
 def concept_direction(model: LoadedModel, layers: Sequence[int] | None = None) -> Direction:
@@ -537,7 +538,7 @@ def _organisms(model: str | None = None, out: str | Path = "runs/organisms", con
         name = model
     else:
         name = "__copy__"
-    L = resolve_layer(cfg.layer, base.n_layers)
+    L = layerspec.resolve_layer(cfg.layer, base.n_layers)
     if not 0 <= L < base.n_layers:
         raise ValueError(f"layer {cfg.layer} resolves to block {L}, outside 0..{base.n_layers - 1}")
     texts = UNRELATED_TEXTS[:cfg.n_texts]

@@ -49,6 +49,7 @@ from ..evals.judge_spec import JudgeOptions
 from ..evals.stats import bootstrap_ci
 from ..finetune import preset as train_preset
 from ..finetune.cli import load_records
+from ..layers import resolve_layer
 from ..models import load_model
 from ..probes import layer_sweep, medical_advice_pairs
 from ..probes.persona import TraitJudge, judge_rows, load_trait, persona_data, projection_difference
@@ -445,7 +446,7 @@ def _persona_vectors(out: str | os.PathLike, cfg: PVConfig, *, judge: Any = None
     rd = RunDir(out)
     if model is None:
         model = load_model(cfg.model, dtype=torch.float32, device=cfg.device)
-    layer = cfg.layer if cfg.layer is not None else int(round(0.5 * (model.n_layers - 1)))
+    layer = cfg.layer if cfg.layer is not None else resolve_layer(0.5, model.n_layers)
     rd.write_manifest(title=f"Persona vectors: {cfg.trait}", model=model.name, preset=preset, seed=cfg.seed,
                       trait=cfg.trait, judge=judge.describe() if judge else "none: judge-free proxy filter and proxy expression",
                       coef=cfg.coef, steering_positions=UPSTREAM_POSITIONS, stages=sorted(stages))

@@ -499,8 +499,8 @@ def _steering_proxy(out: str | os.PathLike, *, model_name: str | None = None, st
     lr = sizes["lr"] if lr is None else lr
     out = Path(out)
     base = load_model(model_name, dtype=torch.float32)  # float32 on GPU too: comparable with CPU runs
-    layers = list(layers) if layers is not None else [round(base.n_layers * f) for f in (0.2, 0.35, 0.5, 0.65)]
-    if ablate_layers is None or isinstance(ablate_layers, int):
+    layers = list(layers) if layers is not None else resolve_layers([0.2, 0.35, 0.5, 0.65], base.n_layers)
+    if ablate_layers is None or isinstance(ablate_layers, (int, float)):
         raise TypeError(f"ablate_layers must be a spec string or block indices, got {ablate_layers!r}")
     RunDir(out).write_manifest(stage="steering_study", model=base.name, preset=preset, n_train=n_train, lr=lr,
                                seeds=list(seeds), ablate_layers=ablate_layers if isinstance(ablate_layers, str)
@@ -641,7 +641,7 @@ def removal_tag(ablate_layers: LayerSpec) -> str:
     """
     if isinstance(ablate_layers, str):
         return "" if ablate_layers == "all" else f"_{ablate_layers}"
-    if ablate_layers is None or isinstance(ablate_layers, int):
+    if ablate_layers is None or isinstance(ablate_layers, (int, float)):
         raise TypeError(f"ablate_layers must be a spec string or block indices, got {ablate_layers!r}")
     return "_L" + "-".join(str(int(x)) for x in ablate_layers)
 
