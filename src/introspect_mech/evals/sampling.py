@@ -204,11 +204,9 @@ def sample(
         Rows `{"prompt_id", "sample", "messages", "response", "n_tokens", "finished"}` in prompt
         order (including rows found in `out` from an earlier run).
     """
-    if engine is not None:
-        from .vllm_engine import sample_vllm
-
-        return sample_vllm(engine, model, prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
-                           top_p=top_p, seed=seed, out=out, progress=progress)
+    if engine is not None:  # a VLLMEngine (evals.vllm_engine, which imports this module, not the reverse)
+        return engine.sample(model, prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                             top_p=top_p, seed=seed, out=out, progress=progress)
     if n < 1 or batch_size < 1 or max_new_tokens < 1:
         raise ValueError(f"n, batch_size and max_new_tokens must be >= 1 (got {n}, {batch_size}, {max_new_tokens})")
     items = normalise_prompts(prompts)

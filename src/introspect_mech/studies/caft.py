@@ -36,6 +36,7 @@ from torch import Tensor
 
 from ..cliargs import config_parser, parse_config
 from ..evals.judge_spec import JudgeOptions
+from ..data.specs import load_records
 from ..layers import resolve_layers
 from ..runs import RunDir
 from ..sae.tokens import TokenActs, TokenPositions, token_activations
@@ -471,7 +472,6 @@ def _caft(out: str | os.PathLike, config: CAFTConfig | None = None, *, judge: Ju
     from ..evals.em import run_em_eval
     from ..finetune import preset as train_preset
     from ..finetune import train
-    from ..finetune.cli import load_records
     from ..runs import json_sha256
     from ..steering.train_time import caft_subspace
     from ..viz import export_dashboard

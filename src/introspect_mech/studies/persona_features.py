@@ -36,7 +36,7 @@ from ..evals.judge_spec import JudgeOptions
 from ..evals.questions import Question, fill_judge_prompt, load_questions
 from ..finetune import preset as train_preset
 from ..finetune import train
-from ..finetune.cli import load_records
+from ..data.specs import load_records
 from ..models import load_model
 from ..runs import RunDir
 from ..sae import SAETrainConfig, load_local, load_release, train_sae

@@ -48,7 +48,7 @@ from ..evals import paired_preference, sample
 from ..evals.judge_spec import JudgeOptions
 from ..evals.stats import bootstrap_ci
 from ..finetune import preset as train_preset
-from ..finetune.cli import load_records
+from ..data.specs import load_records
 from ..layers import resolve_layer
 from ..models import load_model
 from ..probes import layer_sweep, medical_advice_pairs
