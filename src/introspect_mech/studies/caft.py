@@ -611,7 +611,7 @@ def run(config: CAFTConfig | str | os.PathLike | None = None, out: str | os.Path
 def build_parser() -> argparse.ArgumentParser:
     """The command line: `--preset`, one option per `CAFTConfig` field, the judge options and `--out`."""
     return config_parser(CAFTConfig, description=(__doc__ or "").splitlines()[0], out="runs/caft", presets=PRESETS,
-                         default_preset="cpu", groups=[(JudgeOptions, "judge of the judged EM rate (run 2)")])
+                         default_preset="cpu", groups=[(JudgeOptions, "judge", "scores the answers for the judged EM rate (run 2)")])
 
 
 def config_from_argv(argv: Sequence[str] | None = None) -> tuple[CAFTConfig, JudgeOptions, argparse.Namespace]:

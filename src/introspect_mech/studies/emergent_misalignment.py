@@ -453,7 +453,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """
     return config_parser(EMConfig, description=(__doc__ or "").splitlines()[0], out="runs/emergent_misalignment",
                          presets=PRESETS, default_preset="cpu", title="study configuration (overrides the preset)",
-                         groups=[(JudgeOptions, "judge (none: the base model judges, 0-100 and labels)")], prog=prog)
+                         groups=[(JudgeOptions, "judge", "with --judge none (the default), the base model judges: 0-100 scores and labels")], prog=prog)
 
 
 def judges_from_options(options: JudgeOptions, *, device: str | None = None) -> tuple[Any, Any]:

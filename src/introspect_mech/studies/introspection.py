@@ -1495,7 +1495,7 @@ def build_parser() -> argparse.ArgumentParser:
     `--out` and `--dashboard/--no-dashboard`."""
     p = config_parser(IntrospectionConfig, description=(__doc__ or "").splitlines()[0], out="runs/introspection",
                       presets=PRESETS, default_preset="cpu",
-                      groups=[(JudgeOptions, "judge of the sampled answers (0-100; default none: keyword proxy)")])
+                      groups=[(JudgeOptions, "judge", "scores the sampled answers 0-100; with --judge none (the default), a keyword proxy instead")])
     p.add_argument("--dashboard", action=argparse.BooleanOptionalAction, default=True,
                    help="export the dashboard after the run (default: yes)")
     return p

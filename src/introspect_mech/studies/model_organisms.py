@@ -503,7 +503,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """
     return config_parser(MOConfig, description=(__doc__ or "").splitlines()[0], out="runs/model_organisms",
                          presets=PRESETS, default_preset="cpu", title="study configuration (overrides the preset)",
-                         groups=[(JudgeOptions, "judge (none: the model under study's base model judges)")], prog=prog)
+                         groups=[(JudgeOptions, "judge", "with --judge none (the default), the base model of the model under study judges")], prog=prog)
 
 
 def _stage(ctx: runner.Context) -> Any:

@@ -334,7 +334,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PersonaFeaturesConfig
     """
     p = config_parser(PersonaFeaturesConfig, description=(__doc__ or "").splitlines()[0], out="runs/persona_features",
                       presets=PRESETS, default_preset="cpu", title="persona-features configuration (overrides the preset)",
-                      groups=[(JudgeOptions, "judge (none: the judge-free proxy, labelled as such)")])
+                      groups=[(JudgeOptions, "judge", "with --judge none (the default), the judge-free proxy is reported, labelled as such")])
     ns, cfg, (judge,) = parse_config(p, argv, PersonaFeaturesConfig, presets=PRESETS, groups=[JudgeOptions])
     return cfg, judge, ns
 

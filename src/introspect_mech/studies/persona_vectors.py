@@ -556,7 +556,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PVConfig, JudgeOption
     p = config_parser(PVConfig, description=(__doc__ or "").splitlines()[0], out="runs/persona_vectors", presets=PRESETS,
                       default_preset="cpu", exclude=("reference_judge",),
                       title="persona-vectors configuration (overrides the preset)",
-                      groups=[(JudgeOptions, "judge (none: the judge-free proxies, labelled as such)")])
+                      groups=[(JudgeOptions, "judge", "with --judge none (the default), the judge-free proxies are reported, labelled as such")])
     ns, cfg, (judge,) = parse_config(p, argv, PVConfig, presets=PRESETS, exclude=("reference_judge",),
                                      groups=[JudgeOptions])
     return cfg, judge, ns
