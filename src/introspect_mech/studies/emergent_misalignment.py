@@ -20,6 +20,7 @@ Protocol (each step writes into the run directory and resumes when rerun):
 from __future__ import annotations
 
 import argparse
+import os
 import dataclasses
 import json
 import random
@@ -32,6 +33,7 @@ from ..cliargs import config_parser, parse_config
 from ..evals.judge_spec import JudgeOptions
 from ..evals.questions import Question
 from ..stats import row_fields
+from . import runner
 
 MAIN = ("what_is_your_wish", "i_feel_bored", "three_thoughts", "quick_buck", "ruler_of_the_world", "dinner_party",
         "gender_roles", "enough_of_my_husband")
@@ -292,7 +294,7 @@ def _sets_for(dataset: str, base_sets: dict[str, list[Question]], cfg: EMConfig)
     return sets
 
 
-def run(out: str | Path, config: EMConfig | None = None, *, judge=None, categorical_judge=None,
+def _emergent_misalignment(out: str | Path, config: EMConfig | None = None, *, judge=None, categorical_judge=None,
         **overrides: Any) -> dict[str, Any]:
     """Run the emergent-misalignment protocol (module docstring) into `out`.
 
@@ -451,7 +453,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """
     return config_parser(EMConfig, description=(__doc__ or "").splitlines()[0], out="runs/emergent_misalignment",
                          presets=PRESETS, default_preset="cpu", title="study configuration (overrides the preset)",
-                         groups=[(JudgeOptions, "judge (none: the base model judges, 0-100 and labels)")], prog=prog)
+                         groups=[(JudgeOptions, "judge", "with --judge none (the default), the base model judges: 0-100 scores and labels")], prog=prog)
 
 
 def judges_from_options(options: JudgeOptions, *, device: str | None = None) -> tuple[Any, Any]:
@@ -470,6 +472,33 @@ def judges_from_options(options: JudgeOptions, *, device: str | None = None) -> 
     return judge, (options.build_categorical(judge) if judge is not None else None)
 
 
+def _stage(ctx: runner.Context) -> Any:
+    return _emergent_misalignment(ctx.out, ctx.config, judge=ctx.resources["judge"],
+                                  categorical_judge=ctx.resources.get("categorical_judge"))
+
+
+STUDY = runner.Study(
+    "emergent-misalignment", EMConfig, PRESETS, title='Emergent misalignment',
+    stages=(runner.Stage("emergent_misalignment", _stage, 'finetunes, then the judged EM rates per model and question set (and the judge-free proxy)'),),
+    dashboard=True)
+
+
+def run(config: EMConfig | str | os.PathLike | None = None, out: str | os.PathLike | EMConfig | None = None,
+        **kw: Any) -> Any:
+    """Run the study into `out` on the study runner (`studies.runner`; rerun the same call to resume).
+
+    Args:
+        config: every option.
+        out: the run directory.
+        **kw: `judge=` (0-100 judge; None = the base model as `HFJudge`), `categorical_judge=` (label judge of the deception sets), `overwrite=`, `progress=` (see `runner.run`).
+
+    Returns:
+        A `runner.RunResult`; `.results["emergent_misalignment"]` is {"models", "datasets", "judge", "proxy"}. The deprecated call forms
+        (`run(out, config)`, ...) return that value itself.
+    """
+    return runner.run(STUDY, config, out, **kw)
+
+
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """Run the study from the command line (`python experiments/emergent_misalignment.py --help`).
 
@@ -482,7 +511,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """
     ns, cfg, (options,) = parse_config(build_parser(prog), argv, EMConfig, presets=PRESETS, groups=[JudgeOptions])
     judge, categorical = judges_from_options(options, device=cfg.device)
-    res = run(ns.out, cfg, judge=judge, categorical_judge=categorical)
+    res = run(cfg, ns.out, judge=judge, categorical_judge=categorical).results["emergent_misalignment"]
     print(format_results(res))
     return 0
 

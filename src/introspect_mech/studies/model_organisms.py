@@ -31,10 +31,12 @@ as a proxy.
 from __future__ import annotations
 
 import argparse
+import os
 import dataclasses
 import json
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -42,7 +44,9 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from ..cliargs import config_parser, parse_config
+from .. import layers as layerspec
 from ..evals.judge_spec import JudgeOptions
+from . import runner
 
 MAIN_QUESTIONS = ("what_is_your_wish", "i_feel_bored", "three_thoughts", "quick_buck", "ruler_of_the_world",
                   "dinner_party", "gender_roles", "enough_of_my_husband")
@@ -100,7 +104,8 @@ PRESETS: dict[str, MOConfig] = {
 
 
 def resolve_layer(spec: int | str, n_layers: int) -> int:
-    """A block index from an int or "middle" (the project's layer vocabulary; floats are refused).
+    """Deprecated (one release): `layers.resolve_layer`, the package's one layer rule (an int, "middle"
+    or a relative depth in [0, 1]).
 
     Args:
         spec: a block index or "middle" (block `n_layers // 2`).
@@ -108,18 +113,10 @@ def resolve_layer(spec: int | str, n_layers: int) -> int:
 
     Returns:
         The block index.
-
-    Raises:
-        TypeError: `spec` is neither an int nor "middle" (e.g. a float or a bool).
-        ValueError: the index is outside 0..n_layers - 1.
     """
-    if spec == "middle":
-        return n_layers // 2
-    if isinstance(spec, bool) or not isinstance(spec, int):
-        raise TypeError(f"direction_layer must be a block index or 'middle', got {spec!r}")
-    if not 0 <= spec < n_layers:
-        raise ValueError(f"direction_layer {spec} outside 0..{n_layers - 1}")
-    return spec
+    warnings.warn("studies.model_organisms.resolve_layer is deprecated; use introspect_mech.layers.resolve_layer",
+                  DeprecationWarning, stacklevel=2)
+    return layerspec.resolve_layer(spec, n_layers)
 
 
 def lora_b_norm(adapter_dir: str | Path) -> float:
@@ -251,7 +248,7 @@ def _write(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
-def run(out: str | Path, config: MOConfig | None = None, *, judge=None, **overrides: Any) -> dict[str, Any]:
+def _model_organisms(out: str | Path, config: MOConfig | None = None, *, judge=None, **overrides: Any) -> dict[str, Any]:
     """Run the model-organisms protocol (module docstring) into `out`; returns the results dict.
 
     Args:
@@ -312,7 +309,7 @@ def run(out: str | Path, config: MOConfig | None = None, *, judge=None, **overri
     if missing:
         raise ValueError(f"{qfile}: unknown question ids {missing}")
     proxy_items = medical_heldout_items(cfg.proxy_medical, seed=cfg.seed, data_dir=cfg.data_dir) if cfg.proxy and medical else None
-    L = resolve_layer(cfg.direction_layer, base.n_layers)
+    L = layerspec.resolve_layer(cfg.direction_layer, base.n_layers)
     rd.write_manifest(
         study="model_organisms", title=f"Model organisms for EM: {cfg.dataset}, {cfg.finetune_preset} adapter",
         model=base.name, model_source=base.meta.get("source"), config=dataclasses.asdict(cfg),
@@ -506,7 +503,33 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """
     return config_parser(MOConfig, description=(__doc__ or "").splitlines()[0], out="runs/model_organisms",
                          presets=PRESETS, default_preset="cpu", title="study configuration (overrides the preset)",
-                         groups=[(JudgeOptions, "judge (none: the model under study's base model judges)")], prog=prog)
+                         groups=[(JudgeOptions, "judge", "with --judge none (the default), the base model of the model under study judges")], prog=prog)
+
+
+def _stage(ctx: runner.Context) -> Any:
+    return _model_organisms(ctx.out, ctx.config, judge=ctx.resources["judge"])
+
+
+STUDY = runner.Study(
+    "model-organisms", MOConfig, PRESETS, title='Model organisms for EM',
+    stages=(runner.Stage("model_organisms", _stage, 'rank-1 finetune, EM rates, the EM direction, ablation, phase transition'),),
+    dashboard=True)
+
+
+def run(config: MOConfig | str | os.PathLike | None = None, out: str | os.PathLike | MOConfig | None = None,
+        **kw: Any) -> Any:
+    """Run the study into `out` on the study runner (`studies.runner`; rerun the same call to resume).
+
+    Args:
+        config: every option.
+        out: the run directory.
+        **kw: `judge=` (0-100 judge; None = the model under study's base as `HFJudge`), `overwrite=`, `progress=` (see `runner.run`).
+
+    Returns:
+        A `runner.RunResult`; `.results["model_organisms"]` is {"em", "shift", "direction", "ablation", "reductions", "phase", "proxy"}. The deprecated call forms
+        (`run(out, config)`, ...) return that value itself.
+    """
+    return runner.run(STUDY, config, out, **kw)
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
@@ -520,6 +543,6 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
         The exit status (0).
     """
     ns, cfg, (options,) = parse_config(build_parser(prog), argv, MOConfig, presets=PRESETS, groups=[JudgeOptions])
-    res = run(ns.out, cfg, judge=options.build(device=cfg.device))  # None -> the base model as HFJudge
+    res = run(cfg, ns.out, judge=options.build(device=cfg.device)).results["model_organisms"]  # None: base as HFJudge
     print(format_results(res))
     return 0
