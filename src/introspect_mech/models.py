@@ -289,9 +289,16 @@ def gguf_architecture(path: Path) -> str:
     """
     import gguf
 
-    reader = gguf.GGUFReader(str(path))
-    f = reader.fields["general.architecture"]
-    return bytes(f.parts[f.data[0]]).decode()
+    try:
+        reader = gguf.GGUFReader(str(path))
+        f = reader.fields["general.architecture"]
+        return bytes(f.parts[f.data[0]]).decode()
+    except Exception as e:  # noqa: BLE001 - a crafted / truncated file: many exception types
+        if isinstance(e, (KeyboardInterrupt, MemoryError)):
+            raise
+        what = "no general.architecture field" if isinstance(e, KeyError) else \
+            f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}"
+        raise ModelLoadError(f"{path}: not a readable GGUF file ({what})") from None
 
 
 def _gguf_to_cache(path: Path) -> Path:
@@ -442,7 +449,9 @@ def load_model(
         if isinstance(e, (KeyboardInterrupt, MemoryError)):
             raise
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise ModelLoadError(f"could not load {name_or_path!r} from {source}: {type(e).__name__}: {first}") from None
+        weights = sorted(Path(source).glob("*.safetensors")) if Path(source).is_dir() else []
+        where = str(weights[0]) if len(weights) == 1 else source  # name the file when there is one
+        raise ModelLoadError(f"{where}: could not load {name_or_path!r}: {type(e).__name__}: {first}") from None
     _strict_weights(source, info)
     # transformers wraps PreTrainedModel.to in functools.wraps(nn.Module.to): mypy then reads the
     # model as the wrapped function's `self` argument

@@ -724,6 +724,10 @@ class RunDir:
             if outputs is None else \
             [self.path / n for n in outputs]
         for p in paths:
+            if p.is_symlink():  # never followed: a planted link among the outputs is refused, others ignored
+                if outputs is None:
+                    continue
+                raise _unsafe(p, "is a symlink; refusing to use it as a result of this run (remove it)")
             if p.is_dir() and any(p.iterdir()):
                 return True
             if p.is_file() and p.stat().st_size > 0:
@@ -886,6 +890,8 @@ class JsonlLog:
         if not self.path.exists():
             return
         src = str(self.path)
+        if not self.path.resolve().is_relative_to(self.root.resolve()):
+            raise _unsafe(self.path, f"resolves outside the run directory {self.root} (a symlink?); refusing to read it")
         with open(self.path, "rb") as f:
             for n, raw in enumerate(f, 1):
                 torn = not raw.endswith(b"\n")
