@@ -441,8 +441,9 @@ def load_model(
     try:
         # never run code from a model directory: transformers then refuses (instead of asking on stdin)
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-        model, info = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=False, output_loading_info=True,
-                                                           **kwargs)
+        loaded_and_info: Any = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=False,
+                                                                    output_loading_info=True, **kwargs)
+        model, info = loaded_and_info
     except OSError as e:
         raise ModelLoadError(f"could not load {name_or_path!r}: {str(e).splitlines()[0]}") from None
     except Exception as e:  # a corrupt safetensors / config file surfaces as many exception types
