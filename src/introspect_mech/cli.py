@@ -6,6 +6,7 @@
     introspect-mech finetune --data bad_medical_advice --preset em --out runs/bad
     introspect-mech sample   --adapter runs/bad/adapter --questions first_plot_questions --out runs/bad_eval
     introspect-mech judge    --run runs/bad_eval --judge hf:Qwen/Qwen2.5-7B-Instruct    (or "api:<url>|<model>")
+    introspect-mech judge validate --judge hf:Qwen/Qwen2.5-7B-Instruct --judge-mode label   # agreement with GPT-4o
     introspect-mech cache    --data bad_medical_advice --n 64 --layers 5 10 15 --out runs/acts
     introspect-mech probe    --trait evil --out runs/persona
     introspect-mech steer    --direction runs/persona/persona/direction --layers 15 --alphas 1 2 4 --out runs/steer
@@ -129,6 +130,23 @@ def _cmd_judge(o: JudgeRunOptions, j: Any, m: ModelOptions, s: SeedOptions) -> i
     return 0
 
 
+def _cmd_judge_validate(o: Any, j: Any, m: ModelOptions, s: SeedOptions) -> int:
+    """`o` is an `evals.judge_validation.ValidateOptions`, `j` an `evals.judge_spec.JudgeOptions`."""
+    from .evals.judge_validation import DEFAULT_SET, format_validation, load_labelled_set, validate_judge
+    from .paths import data_dir
+
+    if j.kind == "none":
+        raise SystemExit("error: judge validate needs --judge hf:<model> (local) or --judge 'api:<base_url>|<model>'")
+    load_labelled_set(o.set or data_dir(s.data_dir) / DEFAULT_SET)  # a bad row fails in one line before any work
+    judge = j.build(device=m.device)
+    if j.kind == "api":
+        judge.check_key()
+    summary = validate_judge(judge, o.set, limit=o.limit, seed=s.seed, ci_unit=o.ci_unit, out=o.out,
+                             data_dir=s.data_dir)
+    print(format_validation(summary))
+    return 0
+
+
 def _cmd_cache(o: CacheOptions, m: ModelOptions, d: DataOptions, r: RunOptions) -> int:
     from .activations import cache
 
@@ -236,14 +254,28 @@ def _cmd_finetune(argv: list[str]) -> int:
     return cli_main(argv)
 
 
-def _study_main(module: str, argv: list[str]) -> int:
-    import importlib
+def _study_main(module: str, argv: list[str], prog: str) -> int:
+    """Run `introspect_mech.studies.<module>.main(argv)` with `prog` in its usage line.
 
-    return int(importlib.import_module(f"introspect_mech.studies.{module}").main(argv) or 0)
+    A study's `main` that takes `prog=` gets it; for one that does not (its parser then names itself
+    after `sys.argv[0]`, as argparse does), `sys.argv[0]` is `prog` while it runs.
+    """
+    import importlib
+    import inspect
+
+    main = importlib.import_module(f"introspect_mech.studies.{module}").main
+    saved = sys.argv[:1]
+    sys.argv[:1] = [prog]
+    try:
+        if "prog" in inspect.signature(main).parameters:
+            return int(main(argv, prog=prog) or 0)
+        return int(main(argv) or 0)
+    finally:
+        sys.argv[:1] = saved
 
 
 def _cmd_demo(argv: list[str]) -> int:
-    return _study_main("main_job", argv)
+    return _study_main("main_job", argv, "introspect-mech demo")
 
 
 def _study_summary(module: str) -> str:
@@ -278,9 +310,9 @@ def _cmd_study(argv: list[str]) -> int:
     if argv:  # the module's own name (emergent_misalignment) is accepted for its command name
         argv = [argv[0].replace("_", "-"), *argv[1:]]
     if argv and argv[0] in STUDIES:
-        return _study_main(STUDIES[argv[0]], argv[1:])
+        return _study_main(STUDIES[argv[0]], argv[1:], f"introspect-mech study {argv[0]}")
     ns = study_parser().parse_args(argv)  # prints the help, or the error naming the studies
-    return _study_main(STUDIES[ns.name], ns.options)
+    return _study_main(STUDIES[ns.name], ns.options, f"introspect-mech study {ns.name}")
 
 
 def _cmd_dashboard(argv: list[str]) -> int:
@@ -313,6 +345,13 @@ def _judge_options() -> tuple[Any, ...]:
     return (JudgeRunOptions, JudgeOptions, Opt(ModelOptions, ("model", "adapter")), Opt(SeedOptions, ("seed",)))
 
 
+def _judge_validate_options() -> tuple[Any, ...]:
+    from .evals.judge_spec import JudgeOptions
+    from .evals.judge_validation import ValidateOptions
+
+    return (ValidateOptions, JudgeOptions, Opt(ModelOptions, ("model", "adapter")), SeedOptions)
+
+
 def _sae_train_options() -> tuple[Any, ...]:
     from .sae import SAETrainConfig
 
@@ -341,6 +380,9 @@ COMMANDS: dict[tuple[str, ...], Command] = {
                          lambda: (SampleOptions, ModelOptions, SeedOptions, RunOptions)),
     ("judge",): Command("score RUN/samples.jsonl with its judge prompts; EM report (both denominators)", _cmd_judge,
                         _judge_options),
+    ("judge", "validate"): Command("measure a judge's agreement with GPT-4o on a labelled set (AUROC, Spearman, "
+                                   "abstention, EM-rate error; cached by judge fingerprint)", _cmd_judge_validate,
+                                   _judge_validate_options),
     ("cache",): Command("cache residual-stream activations to safetensors shards", _cmd_cache,
                         lambda: (CacheOptions, ModelOptions, DataOptions, RunOptions)),
     ("probe",): Command("persona direction for a trait + probe accuracy by layer", _cmd_probe,

@@ -111,7 +111,7 @@ class DataOptions(SeedOptions):
         Returns:
             The chat records (dicts with "messages").
         """
-        from .finetune.cli import load_records
+        from .data.specs import load_records  # the data layer (light); commands itself imports nothing heavy
 
         generated = self.data.startswith("gen:")
         recs = load_records(self.data, self.n if generated else None, self.seed, self.data_dir)

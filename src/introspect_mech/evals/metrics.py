@@ -20,7 +20,7 @@ from jaxtyping import Float
 
 from ..models import LoadedModel
 from .scoring import number_distributions, tree_logprobs
-from .stats import bootstrap_ci
+from ..stats import bootstrap_ci
 
 Message = dict[str, str]
 

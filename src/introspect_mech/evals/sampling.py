@@ -219,11 +219,9 @@ def sample(
     temperature = number("temperature", temperature, minimum=0.0)
     top_p = number("top_p", top_p, minimum=0.0, maximum=1.0, exclusive_minimum=True)
     seed = integer("seed", seed)
-    if engine is not None:
-        from .vllm_engine import sample_vllm
-
-        return sample_vllm(engine, model, prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
-                           top_p=top_p, seed=seed, out=out, progress=progress)
+    if engine is not None:  # a VLLMEngine (evals.vllm_engine, which imports this module, not the reverse)
+        return engine.sample(model, prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                             top_p=top_p, seed=seed, out=out, progress=progress)
     items = normalise_prompts(prompts)
     static = use_static_cache(model) if static_cache is None else bool(static_cache)
     log = out if isinstance(out, JsonlLog) else (JsonlLog(Path(out), ("prompt_id", "sample")) if out else None)

@@ -49,7 +49,7 @@ from .metrics import choice_probabilities, scale_expectations
 from .questions import load_questions
 from .sampling import sample
 from .scoring import tree_logprobs
-from .stats import bootstrap_ci, bootstrap_diff
+from ..stats import bootstrap_ci, bootstrap_diff
 
 Message = dict[str, str]
 

@@ -107,6 +107,26 @@ def assistant_loss(loaded: LoadedModel, mb: MicroBatch, chunk_tokens: int | None
     return torch.stack(parts).sum()
 
 
+def autocast_bf16(config: TrainConfig, model: LoadedModel) -> bool:
+    """Whether the training forward runs under bfloat16 autocast (see `TrainConfig.bf16`).
+
+    Args:
+        config: the training configuration (`bf16` True / False / None = by device).
+        model: the model being trained.
+
+    Returns:
+        True for bf16 autocast (CUDA or CPU).
+    """
+    device = model.device
+    if device.type not in ("cuda", "cpu"):
+        return False
+    if config.bf16 is not None:
+        return config.bf16
+    from ..models import default_dtype
+
+    return device.type == "cuda" or model.dtype == torch.bfloat16 or default_dtype("cpu") == torch.bfloat16
+
+
 STATE_TENSORS = "trainer_state.safetensors"
 STATE_JSON = "trainer_state.json"
 
@@ -307,13 +327,14 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, total, warmup, config.schedule, config.min_lr_ratio))
 
+    use_bf16 = autocast_bf16(config, model)
     if distributed.is_main():
         manifest = run.write_manifest(
             stage="finetune", model=model.name, model_source=model.meta.get("source"),
             base_fingerprint=fingerprint, seed=config.seed,
             finetune={"config": config.to_dict(), "data_sha256": data_hash, "n_records": len(records),
                       "tokenization": {**tok_stats, "max_seq_len": config.max_seq_len, "model_max_positions": n_pos},
-                      "total_steps": total, "warmup_steps": warmup,
+                      "total_steps": total, "warmup_steps": warmup, "autocast_bf16": use_bf16,
                       "data": data_info or {}, "trainable_params": n_trainable, "intervention": getattr(intervention, "__name__", None)
                       if intervention else None},
         )
@@ -341,8 +362,7 @@ def train(
     losses = [r["loss"] for r in rows]
 
     device = model.device
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config.bf16 and device.type == "cuda"
-                else contextlib.nullcontext())
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext())
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, initial=start, desc=f"finetune {model.name}", unit="step", disable=not config.progress)
@@ -357,7 +377,7 @@ def train(
             n_loss = sum(e.n_loss for e in step_exs)  # the global count: every rank divides by it
             exs = distributed.shard(step_exs)  # this rank's share (all of them in one process)
             step_tokens, loss_sum = 0, 0.0
-            for bin_ in pack(exs, config.micro_batch_tokens):
+            for bin_ in pack(exs, config.micro_batch_budget(device.type)):
                 mb = collate([exs[i] for i in bin_])
                 with autocast, (intervention() if intervention else contextlib.nullcontext()):
                     loss = assistant_loss(model, mb, config.loss_chunk_tokens)

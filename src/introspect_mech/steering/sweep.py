@@ -23,7 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..direction import Direction, DirectionLike
-from ..evals.stats import Estimate
+from ..stats import MIN_BOOT_UNITS, Estimate, hierarchical_ci
 from ..layers import LayerSpec, resolve_layers
 from ..models import LoadedModel
 from ..runs import JsonlLog, RunDir
@@ -212,34 +212,6 @@ def _values(metric_value: Any) -> np.ndarray:
     return np.asarray([float(metric_value)], dtype=float)
 
 
-def hierarchical_ci(groups: Sequence[Values], *, n_boot: int = 2000, alpha: float = 0.05,
-                    seed: int = 0) -> Estimate:
-    """Mean over groups of the mean over items, with a two-level bootstrap CI.
-
-    Args:
-        groups: per-item values of each group (e.g. one group per random-direction seed).
-        n_boot: bootstrap resamples (groups first, then items within each group; one group = an
-            item bootstrap).
-        alpha: 1 - confidence level.
-        seed: bootstrap seed.
-
-    Returns:
-        An `Estimate` (point, lo, hi, n items); all None when no group has a finite value.
-    """
-    gs = [np.asarray([float(x) for x in g if x is not None and not np.isnan(float(x))]) for g in groups]
-    gs = [g for g in gs if len(g)]
-    if not gs:
-        return Estimate(None, None, None, 0)
-    rng = np.random.default_rng(seed)
-    point = float(np.mean([g.mean() for g in gs]))
-    boots = np.empty(n_boot)
-    for b in range(n_boot):
-        pick = rng.integers(0, len(gs), size=len(gs)) if len(gs) > 1 else [0]
-        boots[b] = np.mean([gs[i][rng.integers(0, len(gs[i]), size=len(gs[i]))].mean() for i in pick])
-    lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
-    return Estimate(point, float(lo), float(hi), sum(len(g) for g in gs))
-
-
 def summarize(rows: Iterable[dict[str, Any]], metric: str, **ci_kw: Any) -> list[dict[str, Any]]:
     """Summarise sweep rows per (op, layer, alpha, kind).
 
@@ -273,7 +245,9 @@ def relative_reduction(base: Values, full: Values | Sequence[Values],
     """(full - treated) / (full - base): the fraction of the finetuning-induced change an intervention removes.
 
     1 = back to base, 0 = no effect, < 0 = worse (as in the model-organisms papers). The estimate
-    is a ratio of means over groups; the bootstrap resamples groups, then items.
+    is a ratio of means over groups; the bootstrap resamples groups, then items, when there are
+    >= `MIN_BOOT_UNITS` groups, and items only (the groups held fixed, named in `method`) with fewer;
+    with fewer than `MIN_BOOT_UNITS` items there is no interval.
 
     Args:
         base: per-item values of the base model.
@@ -312,10 +286,17 @@ def relative_reduction(base: Values, full: Values | Sequence[Values],
 
     rng = np.random.default_rng(seed)
     point = stat(np.arange(n), list(range(len(ts))))
-    boots = np.array([stat(rng.integers(0, n, size=n), rng.integers(0, len(ts), size=len(ts)) if len(ts) > 1
-                           else [0]) for _ in range(n_boot)])
+    if np.isnan(point):
+        return Estimate(None, None, None, n, "item", "none")
+    if n < MIN_BOOT_UNITS:  # no percentile bootstrap over a handful of items
+        return Estimate(point, None, None, n, "item", f"none ({n} items < {MIN_BOOT_UNITS})")
+    two_level = len(ts) >= MIN_BOOT_UNITS  # few groups: resample items only, the groups held fixed
+    all_g = list(range(len(ts)))
+    boots = np.array([stat(rng.integers(0, n, size=n), rng.integers(0, len(ts), size=len(ts)) if two_level
+                           else all_g) for _ in range(n_boot)])
     boots = boots[~np.isnan(boots)]
-    if not len(boots) or np.isnan(point):
-        return Estimate(None, None, None, n)
+    if not len(boots):
+        return Estimate(point, None, None, n, "item", "none")
     lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
-    return Estimate(point, float(lo), float(hi), n)
+    method = "hierarchical-bootstrap" if two_level else f"item-bootstrap ({len(ts)} groups held fixed)"
+    return Estimate(point, float(lo), float(hi), n, "item", method)
