@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import dataclasses
-import json
 import random
 import time
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from ..evals.judge_spec import JudgeOptions
 from ..evals.questions import Question
 from ..stats import row_fields
 from . import runner
+from .. import runs as _runs
 
 MAIN = ("what_is_your_wish", "i_feel_bored", "three_thoughts", "quick_buck", "ruler_of_the_world", "dinner_party",
         "gender_roles", "enough_of_my_husband")
@@ -378,7 +378,7 @@ def _emergent_misalignment(out: str | Path, config: EMConfig | None = None, *, j
                           for k in ("proxy_pref", "proxy_diff", "med_proxy_diff") if k in scores}
         results["proxy"] = prox
     results["wall_s"] = round(time.perf_counter() - t0, 1)
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    _runs.write_json(out / "results.json", results, indent=1, default=float)
     _dashboard_rows(out, results)
     rd.write_manifest(finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     return results
@@ -400,7 +400,7 @@ def _dashboard_rows(out: Path, results: dict[str, Any]) -> None:
         e = p["proxy_pref"]
         rows.append({"model": model, "question": "overall (40 EM items)", "rate": e["value"], "ci_lo": e["lo"],
                      "ci_hi": e["hi"], **row_fields(e), "metric": results["proxy"]["metrics"]["proxy_pref"]})
-    (out / "em_rates.jsonl").write_text("".join(json.dumps(r, default=float) + "\n" for r in rows))
+    _runs.write_jsonl(out / "em_rates.jsonl", rows, default=float)
 
 
 def format_results(results: dict[str, Any]) -> str:
@@ -575,16 +575,16 @@ def judge_run(run_path: str | Path, questions: Sequence[Question], *, judge=None
             rows += [{"model": label, "question": q, "rate": v["value"], "ci_lo": v["lo"], "ci_hi": v["hi"], **row_fields(v),
                       "metric": f"EM rate ({jlabel}; denominator: {den})"}
                      for q, v in [*er["per_question"].items(), ("overall", er["overall"])]]
-        (run.path / "em_report.json").write_text(json.dumps(rep, indent=2))
+        _runs.write_json(run.path / "em_report.json", rep, indent=2)
         out["report"] = rep
     lab = [r for r in judged if is_label_prompt(by_id[r["question_id"]])]
     if lab:
         metrics = sorted({m for r in lab for m in by_id[r["question_id"]].judge_prompts})
         out["labels"] = {m: label_rates([r for r in lab if m in r], m, seed=seed) for m in metrics}
-        (run.path / "labels.json").write_text(json.dumps(out["labels"], indent=2))
+        _runs.write_json(run.path / "labels.json", out["labels"], indent=2)
         for m, per_q in out["labels"].items():
             for q, v in per_q.items():
                 print(f"{q} [{m}]: " + ", ".join(f"{k} {e['value']:.3f}" for k, e in v["rates"].items())
                       + f" (judge abstained {v['n_abstained']}/{v['n']})")
-    (run.path / "em_rates.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _runs.write_jsonl(run.path / "em_rates.jsonl", rows)
     return out

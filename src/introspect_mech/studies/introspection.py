@@ -79,6 +79,7 @@ from ..stats import bootstrap_ci
 from ..models import LoadedModel
 from ..direction import Direction, DirectionLike
 from . import runner
+from .. import runs as _runs
 
 Message = dict[str, str]
 
@@ -985,9 +986,7 @@ def _resolve_words(spec: Any, n: int | None) -> list[str]:
 
 
 def _write(path: Path, rows: Sequence[dict]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r, default=_json_default) + "\n" for r in rows))
-    tmp.replace(path)
+    _runs.write_jsonl(path, rows, default=_json_default)
 
 
 def _json_default(o: Any) -> Any:
@@ -1222,7 +1221,7 @@ def _introspection(out: str | os.PathLike, config: IntrospectionConfig | None = 
     if (out / "summary.json").exists():
         summary = {**json.loads((out / "summary.json").read_text()), **summary}
     _write(out / "summary.jsonl", key_rows)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_default))
+    _runs.write_json(out / "summary.json", summary, indent=1, default=_json_default)
     run_dir.write_manifest(result={r["name"]: r["value"] for r in key_rows})
     return summary
 

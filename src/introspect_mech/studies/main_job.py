@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence
 from ..cliargs import config_parser, parse_config
 from ..evals.em import PROXY_DIFF as DIFF_METRIC
 from ..evals.em import PROXY_PREF as EM_METRIC
+from .. import runs as _runs
 from ..layers import resolve_layers
 
 
@@ -171,9 +172,7 @@ class _CaptureWarnings:
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     """Rewrite a small derived results file atomically (the raw logs are the resumable part)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in rows))
-    tmp.replace(path)
+    _runs.write_jsonl(path, rows, default=float)
 
 
 def run(out: str | Path = "runs/main_job", config: JobConfig | None = None, **overrides: Any) -> Path:

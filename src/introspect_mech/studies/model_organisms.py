@@ -47,6 +47,7 @@ from ..cliargs import config_parser, parse_config
 from .. import layers as layerspec
 from ..evals.judge_spec import JudgeOptions
 from . import runner
+from .. import runs as _runs
 
 MAIN_QUESTIONS = ("what_is_your_wish", "i_feel_bored", "three_thoughts", "quick_buck", "ruler_of_the_world",
                   "dinner_party", "gender_roles", "enough_of_my_husband")
@@ -242,10 +243,7 @@ def _judged_with_samples(rd_path: Path) -> tuple[list[dict], list[dict]]:
 
 
 def _write(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    tmp.replace(path)
+    _runs.write_json(path, obj, indent=1, default=float)
 
 
 def _model_organisms(out: str | Path, config: MOConfig | None = None, *, judge=None, **overrides: Any) -> dict[str, Any]:
@@ -452,7 +450,7 @@ def _write_dashboard_rows(out: Path, results: dict[str, Any]) -> None:
             e = r[den]
             rows.append({"model": cond, "question": "overall", "rate": e["value"], "ci_lo": e["lo"], "ci_hi": e["hi"],
                          **row_fields(e), "metric": f"EM rate ({jlabel}; denominator: {den})"})
-    (out / "em_rates.jsonl").write_text("".join(json.dumps(r, default=float) + "\n" for r in rows))
+    _runs.write_jsonl(out / "em_rates.jsonl", rows, default=float)
 
 
 def format_results(results: dict[str, Any]) -> str:

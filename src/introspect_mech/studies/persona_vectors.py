@@ -59,6 +59,7 @@ from ..steering import add
 from ..steering.hooks import Positions, layer_vector
 from ..viz import export_dashboard
 from . import runner
+from .. import runs as _runs
 
 UPSTREAM_POSITIONS: Final = "last_prompt_and_response"
 
@@ -288,7 +289,7 @@ def select_layer(model, trait: str, direction: Any, judge: Any, *, layers: Seque
         rd = RunDir(out)
         rd.write_manifest(stage="persona_layer_selection", trait=trait, coef=coef, layers=list(map(int, layers)),
                           coherence_min=coherence_min, selected_layer=best)
-        (rd.path / "steering_sweep.jsonl").write_text("".join(
+        _runs.write_text(rd.path / "steering_sweep.jsonl", "".join(
             json.dumps({"direction": f"{trait} persona", "layer": l, "alpha": coef,
                                       "metric": r["trait"]["value"], "coherence": r["coherence"]["value"],
                                       "metric_name": "trait score (judge)"}) + "\n" for l, r in results.items()
@@ -479,7 +480,7 @@ def _persona_vectors(out: str | os.PathLike, cfg: PVConfig, *, judge: Any = None
         x = cache(model, [[{"role": "system", "content": r["system"]}, {"role": "user", "content": r["question"]},
                            {"role": "assistant", "content": r["response"]}] for r in rows], progress=False)
         sw = layer_sweep(x, [int(r["side"] == "pos") for r in rows], layers=list(range(model.n_layers)), seed=cfg.seed)
-        (out / "probe_layers.jsonl").write_text("".join(json.dumps({"probe": f"{cfg.trait}: pos vs neg answers", "layer": l,
+        _runs.write_text(out / "probe_layers.jsonl", "".join(json.dumps({"probe": f"{cfg.trait}: pos vs neg answers", "layer": l,
                                                                     **q.as_dict()}) + "\n" for l, q in zip(sw.layers, sw.probes)))
         bl, b = sw.best()
         note("best probe layer (pos vs neg answers)", bl, text=f"CV accuracy {b.accuracy:.3f}")
@@ -535,12 +536,12 @@ def _persona_vectors(out: str | os.PathLike, cfg: PVConfig, *, judge: Any = None
             note(f"{cond} finetune, final: {label}", round(expr[last], 4) if expr[last] is not None else None)
         ok = {k: v for k, v in expr.items() if v is not None}
         sc = shift_correlation(model, {k: models[k] for k in ok}, d, layer=layer, prompts=prompts, expression=ok)
-        (out / "shift_correlation.json").write_text(json.dumps(sc, indent=2))
+        _runs.write_json(out / "shift_correlation.json", sc, indent=2)
         for r in sc["rows"]:
             note(f"shift along the direction at L{layer}: {r['model']}", round(r["shift"], 4), text=f"{label} {r['expression']:.4f}")
         note("Pearson r, finetuning shift vs expression across checkpoints", round(sc["pearson_r"], 4),
              text=f"n = {sc['n']} checkpoints of two finetunes (paper: r = 0.76-0.97, judged)")
-    (out / "summary.jsonl").write_text("".join(json.dumps(r) + "\n" for r in summary))
+    _runs.write_jsonl(out / "summary.jsonl", summary)
     return {"summary": summary, "dashboard": export_dashboard(out)}
 
 
