@@ -113,7 +113,6 @@ def test_defect_04_seed_intervals_are_welch_and_hierarchical_uses_t_with_few_gro
 
 
 # ---- 5. the main job: direction fit and ablation scoring on disjoint medical items ----------------
-@pytest.mark.xfail(strict=True, reason="issue 28 defect 5: not fixed yet")
 def test_defect_05_main_job_direction_items_disjoint_from_scored_items():
     from introspect_mech.studies import main_job
 
