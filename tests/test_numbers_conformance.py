@@ -125,7 +125,6 @@ def test_defect_05_main_job_direction_items_disjoint_from_scored_items():
 
 
 # ---- 6. persona features: the detector needs a latent that passed the screen, held-out answers -----
-@pytest.mark.xfail(strict=True, reason="issue 28 defect 6: not fixed yet")
 def test_defect_06_detector_needs_a_screened_latent_and_heldout_answers():
     from introspect_mech.studies.persona_features import diff_screen_detect, pick_detector_latent
 
@@ -146,7 +145,6 @@ def test_defect_06_detector_needs_a_screened_latent_and_heldout_answers():
 
 
 # ---- 7. evil numbers: upstream's prefix and words suffix ---------------------------------------------
-@pytest.mark.xfail(strict=True, reason="issue 28 defect 7: not fixed yet")
 def test_defect_07_evil_numbers_prompt_is_upstreams():
     from introspect_mech.evals.questions import Question
     from introspect_mech.studies.emergent_misalignment import number_format
