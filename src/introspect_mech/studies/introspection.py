@@ -15,8 +15,8 @@ Protocol (A) -- injected-thought detection, step by step as in the anchor:
    informative prompt raised detection on Qwen2.5-Coder-32B).
 3. Injection: `steering.add(model, concept, layers=[L], alpha=strength, scale="norm")` -- `strength`
    times the raw concept vector -- at one block L = round(layer_fraction * (n_layers - 1)), on every
-   position from `inject_from` on: `"prompt_end"` (default: the last prompt token and the whole
-   answer, as the issue asks) or `"trial"` (from the "Trial {n}" text on, the anchor's choice).
+   position from `inject_from` on: `"trial"` (default, every preset: from the "Trial {n}" text on,
+   the anchor's choice) or `"prompt_end"` (the last prompt token and the whole answer).
 4. Trials with injection (each concept word x trial number), control trials without injection
    (the same prompts), a norm-matched random-vector control (`steering.random_like`), and a
    wrong-concept control for identification (is the *injected* word named more than another word?).
@@ -916,7 +916,7 @@ class IntrospectionConfig:
     control_trials: tuple[int, ...] = tuple(range(1, 11))  # trial numbers of no-injection trials (cheap: one forward each)
     layer_fractions: tuple[float, ...] = (0.5, 0.67, 0.83)  # injection layers, as relative depths
     strengths: tuple[float, ...] = (2.0, 4.0, 8.0)  # injection strengths (times the raw concept vector)
-    inject_from: Literal["prompt_end", "trial"] = "prompt_end"  # inject from the last prompt token on, or from the trial text on
+    inject_from: Literal["prompt_end", "trial"] = "trial"  # inject from the "Trial {n}" text on (the anchor), or from the last prompt token on
     random_seed: int = 0  # seed of the random-vector controls
     # sampled answers at the headline cell
     headline_fraction: float = 0.67  # layer (relative depth) of the sampled answers and stage B
