@@ -217,7 +217,6 @@ def test_defect_10_no_paper_number_beside_a_proxy():
 
 
 # ---- 11. Lindsey injection from the trial onwards in the default and paper presets ----------------
-@pytest.mark.xfail(strict=True, reason="issue 28 defect 11: not fixed yet")
 def test_defect_11_injection_starts_at_the_trial():
     from introspect_mech.studies.introspection import PRESETS, IntrospectionConfig
 
@@ -226,7 +225,6 @@ def test_defect_11_injection_starts_at_the_trial():
 
 
 # ---- 12. CAFT control: random PCs of the same PCA ----------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="issue 28 defect 12: not fixed yet")
 def test_defect_12_caft_control_is_random_pcs_of_the_same_pca():
     from introspect_mech.studies.caft import random_pc_subspace
 
@@ -244,7 +242,6 @@ def test_defect_12_caft_control_is_random_pcs_of_the_same_pca():
 
 
 # ---- 13. model organisms: rotation of B between checkpoints -------------------------------------------
-@pytest.mark.xfail(strict=True, reason="issue 28 defect 13: not fixed yet")
 def test_defect_13_phase_transition_tracks_rotation_of_b(tmp_path):
     from safetensors.torch import save_file
 
