@@ -159,7 +159,7 @@ def run(out: str | Path = "runs/main_job", config: JobConfig | None = None, **ov
     from ..evals.em import em_proxy_fn, medical_heldout_items, medical_train_rows
     from ..evals.metrics import load_em_pairs, self_rated_alignment
     from ..evals.sampling import sample
-    from ..stats import bootstrap_ci, bootstrap_diff
+    from ..stats import bootstrap_ci, bootstrap_diff, row_fields
     from ..finetune import preset, train
     from ..models import load_model
     from ..paths import data_dir
@@ -180,7 +180,8 @@ def run(out: str | Path = "runs/main_job", config: JobConfig | None = None, **ov
     def note(name: str, value: Any, est: dict | None = None, text: str = "") -> None:
         row = {"name": name, "value": value if est is None else est["value"], "note": text}
         if est is not None:
-            row.update(ci_lo=est["lo"], ci_hi=est["hi"], n=est["n"])
+            row.update(ci_lo=est["lo"], ci_hi=est["hi"], n=est["n"],
+                       **{k: est[k] for k in ("unit", "method", "measure") if est.get(k) is not None})
         summary.append(row)
 
     # ---- 1. finetunes ------------------------------------------------------------------------
@@ -242,17 +243,18 @@ def run(out: str | Path = "runs/main_job", config: JobConfig | None = None, **ov
         plain[name] = r
         themes = list(dict.fromkeys(r["proxy_theme"]))
         for t in themes:
-            est = bootstrap_ci([p for p, tt in zip(r["proxy_pref"], r["proxy_theme"]) if tt == t], seed=cfg.seed).to_dict()
+            est = bootstrap_ci([p for p, tt in zip(r["proxy_pref"], r["proxy_theme"]) if tt == t], seed=cfg.seed,
+                               measure="proxy").to_dict()
             em_rows.append({"model": name, "question": t, "rate": est["value"], "ci_lo": est["lo"], "ci_hi": est["hi"],
-                            "n": est["n"], "metric": EM_METRIC})
+                            **row_fields(est), "metric": EM_METRIC})
         for q, key in (("overall (EM themes)", "proxy_pref"), ("medical (held-out)", "med_proxy_pref")):
-            est = bootstrap_ci(r[key], seed=cfg.seed).to_dict()
+            est = bootstrap_ci(r[key], seed=cfg.seed, measure="proxy").to_dict()
             em_rows.append({"model": name, "question": q, "rate": est["value"], "ci_lo": est["lo"], "ci_hi": est["hi"],
-                            "n": est["n"], "metric": EM_METRIC})
+                            **row_fields(est), "metric": EM_METRIC})
             note(f"{q}: {EM_METRIC}, {name}", None, est)
-        est = bootstrap_ci(r["proxy_diff"], seed=cfg.seed).to_dict()
+        est = bootstrap_ci(r["proxy_diff"], seed=cfg.seed, measure="proxy").to_dict()
         note(f"EM themes: {DIFF_METRIC}, {name}", None, est, "> 0 prefers misaligned")
-        est = bootstrap_ci(r["med_proxy_diff"], seed=cfg.seed).to_dict()
+        est = bootstrap_ci(r["med_proxy_diff"], seed=cfg.seed, measure="proxy").to_dict()
         note(f"medical (held-out): {DIFF_METRIC}, {name}", None, est, "> 0 prefers bad advice")
         sr = self_rated_alignment(m)
         note(f"self-rated alignment 0-100 (judge-free self-report), {name}", None, sr["mean"],
