@@ -18,6 +18,8 @@ import os
 from typing import Any, Callable, Iterable, Literal, Sequence, Union
 
 import numpy as np
+import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..direction import Direction, DirectionLike
@@ -68,6 +70,22 @@ def _call(eval_fn: Callable, model: LoadedModel, seed: int) -> dict[str, Any]:
     return res
 
 
+def _tensor_sha256(t: Tensor) -> str:
+    import hashlib
+
+    t = t.detach().cpu().contiguous()
+    return hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode() + t.view(-1).view(torch.uint8).numpy().tobytes()
+                          ).hexdigest()
+
+
+def _direction_sha256(direction: DirectionLike) -> str:
+    """The direction by value (vectors, norms and layers): a flipped sign is another direction."""
+    if isinstance(direction, Direction):
+        return _tensor_sha256(direction.vectors) + _tensor_sha256(direction.norms)[:16] + \
+            str(list(direction.layers))
+    return _tensor_sha256(direction)
+
+
 def _direction_meta(direction: DirectionLike) -> dict[str, Any]:
     if isinstance(direction, Direction):
         return dict(direction.meta)
@@ -91,6 +109,8 @@ def sweep(
     layers_together: bool = False,
     log_name: str = "sweep.jsonl",
     manifest: dict[str, Any] | None = None,
+    binding: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
     """Run `eval_fn` under steering at each (layer, alpha), with norm-matched random controls.
 
@@ -116,6 +136,11 @@ def sweep(
         layers_together: steer all `layers` at once (`layer` in the rows is then the list).
         log_name: file name of the JSONL log.
         manifest: extra manifest fields.
+        binding: what else determines the rows (e.g. the evaluation items' hash): `out/<log_name>`
+            is bound to it together with the model and adapter (by content), the direction's values
+            (a flipped sign is another configuration), `eval_fn`'s name and every setting above; a
+            rerun with another configuration is refused naming the fields.
+        overwrite: with `out=` bound to another configuration, delete its rows and start clean.
 
     Returns:
         All rows (old and new).
@@ -135,7 +160,17 @@ def sweep(
 
     log: JsonlLog | None = None
     if out is not None:
+        from ..runs import json_sha256, model_config
+
         run = RunDir(out)
+        sweep_cfg = {"op": op, "layers": idx, "alphas": alphas, "seeds": list(seeds), "control": control,
+                     "baseline": baseline, "positions": positions if isinstance(positions, str) else
+                     "mask:" + _tensor_sha256(positions), "scale": scale, "layers_together": layers_together}
+        run.bind(f"rows:{log_name}", {
+            "model": model_config(model), "direction_sha256": _direction_sha256(direction),
+            "eval_fn": f"{getattr(eval_fn, '__module__', '')}.{getattr(eval_fn, '__qualname__', type(eval_fn).__name__)}",
+            "sweep": sweep_cfg, "binding": json_sha256(binding) if binding is not None else None},
+            overwrite=overwrite, outputs=[log_name])
         run.write_manifest(
             stage="steering_sweep", model=model.name, adapter=model.meta.get("adapter"),
             sweep={"op": op, "layers": idx, "alphas": alphas, "seeds": list(seeds), "control": control,

@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import json
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -38,6 +39,7 @@ from ..cliargs import config_parser, parse_config
 from ..evals import self_awareness as sa
 from ..stats import bootstrap_diff, paired_diff, t_interval, welch
 from ..runs import JsonlLog, RunDir, json_sha256
+from . import runner
 
 # condition -> (topic, pair, side); topic decides which measurements apply
 CONDITIONS: dict[str, tuple[str, str, str]] = {
@@ -415,8 +417,8 @@ def _pairs_needed(conditions: Sequence[str]) -> list[str]:
     return sorted(pairs)
 
 
-def run_tmay(config: TMAYConfig, out: str | Path, *, data_dir=None, load: Callable | None = None,
-             progress: bool = True) -> dict[str, Any]:
+def _tmay(config: TMAYConfig, out: str | Path, *, data_dir=None, load: Callable | None = None,
+          progress: bool = True) -> dict[str, Any]:
     """Run the protocol; returns {"results": {condition: {seed: ...}}, "comparisons": ..., "format": ...}.
 
     `load(name)` returns a fresh `LoadedModel` (default `introspect_mech.load_model`).
@@ -747,6 +749,47 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                          title="study configuration (overrides the preset)", prog=prog)
 
 
+def _stage(ctx: runner.Context) -> Any:
+    return _tmay(ctx.config, ctx.out, data_dir=ctx.resources.get("data_dir"), load=ctx.resources.get("load"),
+                 progress=ctx.progress)
+
+
+STUDY = runner.Study(
+    "self-awareness", TMAYConfig, PRESETS, title="Tell me about yourself: behavioural self-awareness",
+    stages=(runner.Stage("tmay", _stage, "finetune each condition and seed, then measure behaviour and self-reports"),))
+
+
+def run(config: TMAYConfig | None = None, out: str | Path | None = None, **kw: Any) -> Any:
+    """Run the protocol into `out` on the study runner (`studies.runner`; rerun the same call to resume).
+
+    Args:
+        config: the run's `TMAYConfig`.
+        out: the run directory.
+        **kw: `data_dir=` (default: `$INTROSPECT_MECH_DATA`, then the registry download), `load=`
+            (`load(name) -> LoadedModel`, default `load_model`), `overwrite=`, `progress=` (see `runner.run`).
+
+    Returns:
+        A `runner.RunResult`; `.results["tmay"]` is {"results", "comparisons", "format", "paper_gpt4o"}.
+    """
+    return runner.run(STUDY, config, out, **kw)
+
+
+def run_tmay(config: TMAYConfig, out: str | Path, **kw: Any) -> dict[str, Any]:
+    """Deprecated: `run(config, out).results["tmay"]` (kept for one release).
+
+    Args:
+        config: the run's `TMAYConfig`.
+        out: the run directory.
+        **kw: as `run`.
+
+    Returns:
+        {"results", "comparisons", "format", "paper_gpt4o"}.
+    """
+    warnings.warn("self_awareness.run_tmay is deprecated; use run(config, out).results['tmay']",
+                  DeprecationWarning, stacklevel=2)
+    return dict(runner.run(STUDY, config, out, **kw).results["tmay"])
+
+
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """Run the protocol from the command line (`python experiments/self_awareness_risk.py --help`):
     prints the paired comparisons, the format check and the dashboard's path.
@@ -760,12 +803,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """
     # an unknown condition or trigger_other (TMAYConfig checks them) is a usage error
     ns, cfg, _ = parse_config(build_parser(prog), argv, TMAYConfig, presets=PRESETS)
-    res = run_tmay(cfg, ns.out)
-    print(format_results(res))
-    try:
-        from ..viz import export_dashboard
-
-        print(f"dashboard: {export_dashboard(ns.out).resolve()}")
-    except Exception as e:  # the dashboard is a convenience; the results are written already
-        print(f"dashboard not written: {type(e).__name__}: {e}")
+    res = run(cfg, ns.out)
+    print(format_results(res.results["tmay"]))
+    print(f"dashboard: {res.dashboard.resolve() if res.dashboard else None}")
     return 0
