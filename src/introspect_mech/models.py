@@ -524,8 +524,15 @@ def _gguf_to_cache(path: Path, dtype: torch.dtype = torch.float32) -> Path:
         raise ModelLoadError(
             f"GGUF {path} has architecture {arch!r}; supported: {', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))}"
         )
-    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    fp32 = out.with_name(f"{path.stem}-{key}")
+    if dtype != torch.float32 and (fp32 / "done").exists():
+        # another dtype of an already dequantised GGUF: cast the float32 cache (the same values as
+        # dequantising again, which converts through float32 too) instead of re-reading the GGUF
+        tok = AutoTokenizer.from_pretrained(str(fp32))
+        model = AutoModelForCausalLM.from_pretrained(str(fp32), dtype=dtype)
+    else:
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
     # The weights are plain float tensors now; drop the GGUF quantizer marker so save_pretrained accepts it.
     model.hf_quantizer = None  # type: ignore[assignment]  # set by from_pretrained, not declared on PreTrainedModel
     if hasattr(model.config, "quantization_config"):
