@@ -11,7 +11,7 @@ Model throughput, each as a fraction of the matching limit:
   * LoRA training tok/s (the project's `finetune.train`, EM recipe, bad-medical-advice rows):
     FLOPs ~= 4 * P_lin * T (forward + input gradients; LoRA's own weights are < 4 % more)
     + 4 * V * d * T_loss (the head runs on the loss tokens only) + 4 * L * d * sum(s^2); / the matmul peak.
-  * sampling tok/s at batch 16 and 32 (`evals.sample`, temperature 1, 32 new tokens): decoding reads
+  * sampling tok/s at batch 16 and 32 (`evals.sample`, temperature 1, `new_tokens` each): decoding reads
     every weight once per step, so the bandwidth limit is batch * bandwidth / weight_bytes tokens/s;
     fraction = measured tok/s / that limit (prefill and KV-cache reads are counted against us).
 """
