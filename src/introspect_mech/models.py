@@ -531,10 +531,17 @@ def _gguf_to_cache(path: Path, dtype: torch.dtype = torch.float32) -> Path:
         raise ModelLoadError(
             f"GGUF {path} has architecture {arch!r}; supported: {', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))}"
         )
+    fp32 = out.with_name(f"{path.stem}-{key}")
     try:
-        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype,
-                                                     trust_remote_code=False)
+        if dtype != torch.float32 and (fp32 / "done").exists():
+            # another dtype of an already dequantised GGUF: cast the float32 cache (the same values as
+            # dequantising again, which converts through float32 too) instead of re-reading the GGUF
+            tok = AutoTokenizer.from_pretrained(str(fp32), trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(str(fp32), dtype=dtype, trust_remote_code=False)
+        else:
+            tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype,
+                                                         trust_remote_code=False)
     except Exception as e:  # a crafted / truncated GGUF surfaces as many exception types
         if isinstance(e, (KeyboardInterrupt, MemoryError)):
             raise
