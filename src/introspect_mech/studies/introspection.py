@@ -75,7 +75,7 @@ from ..cliargs import config_parser, parse_config
 from ..evals.judge_spec import JudgeOptions
 from ..evals.scoring import Trie
 from ..kv_cache import cache_kwargs, output_cache
-from ..evals.stats import bootstrap_ci
+from ..stats import bootstrap_ci
 from ..models import LoadedModel
 from ..direction import Direction, DirectionLike
 from . import runner

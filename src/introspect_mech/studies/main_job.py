@@ -132,7 +132,7 @@ def run(out: str | Path = "runs/main_job", config: JobConfig | None = None, **ov
     from ..evals.em import em_proxy_fn, medical_heldout_items, medical_train_rows
     from ..evals.metrics import load_em_pairs, self_rated_alignment
     from ..evals.sampling import sample
-    from ..evals.stats import bootstrap_ci, bootstrap_diff
+    from ..stats import bootstrap_ci, bootstrap_diff
     from ..finetune import preset, train
     from ..models import load_model
     from ..paths import data_dir

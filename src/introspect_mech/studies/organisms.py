@@ -58,7 +58,7 @@ from torch import Tensor
 from .. import diffing, steering
 from .. import layers as layerspec
 from ..evals import sample
-from ..evals.stats import bootstrap_ci, bootstrap_diff
+from ..stats import bootstrap_ci, bootstrap_diff
 from ..cliargs import config_parser, parse_config
 from ..direction import DirectionLike
 from ..finetune import TrainConfig

@@ -46,7 +46,7 @@ from ..activations import Pooling, cache
 from ..cliargs import config_parser, parse_config
 from ..evals import paired_preference, sample
 from ..evals.judge_spec import JudgeOptions
-from ..evals.stats import bootstrap_ci
+from ..stats import bootstrap_ci
 from ..finetune import preset as train_preset
 from ..data.specs import load_records
 from ..layers import resolve_layer

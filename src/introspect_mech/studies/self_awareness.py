@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 
 from ..cliargs import config_parser, parse_config
 from ..evals import self_awareness as sa
-from ..evals.stats import bootstrap_ci, bootstrap_diff
+from ..stats import bootstrap_diff, paired_diff, t_interval, welch
 from ..runs import JsonlLog, RunDir, json_sha256
 from . import runner
 
@@ -556,8 +556,9 @@ def _mean(x: Sequence[float | None]) -> float | None:
 
 
 def compare_conditions(a: dict[int, Any], b: dict[int, Any], topic: str, *, seed: int = 0) -> dict[str, Any]:
-    """A - B for every metric: `seed_ci` bootstraps the per-seed means (unpaired), `item_ci` the
-    seed-averaged per-item (per-paraphrase) values paired across the two conditions.
+    """A - B for every metric: `seed_ci` is the Welch interval over the per-seed means (unpaired;
+    the seeds are the finetunes), `item_ci` the paired interval over the seed-averaged per-item
+    (per-paraphrase) values (bootstrap over >= 10 items, paired t below).
 
     Args:
         a: per-seed results of condition A.
@@ -576,14 +577,14 @@ def compare_conditions(a: dict[int, Any], b: dict[int, Any], topic: str, *, seed
         ma = [_mean(v[k]) for v in va.values()]
         mb = [_mean(v[k]) for v in vb.values()]
         la, lb = [v[k] for v in va.values()], [v[k] for v in vb.values()]
-        sci = bootstrap_diff(ma, mb, seed=seed).to_dict()
-        if min(len(ma), len(mb)) < 2:  # one seed on a side: no interval over seeds
-            sci.update(lo=None, hi=None)
+        # few finetune seeds: the Welch interval over per-seed means (never a percentile bootstrap
+        # over 3 values); one seed on a side gives no interval over seeds
+        sci = welch(ma, mb, unit="seed").to_dict()
         row: dict[str, Any] = {"a_per_seed": ma, "b_per_seed": mb, "seed_ci": sci}
         if len({len(x) for x in la + lb}) == 1:
             ia = [_mean([x[i] for x in la]) for i in range(len(la[0]))]
             ib = [_mean([x[i] for x in lb]) for i in range(len(lb[0]))]
-            row["item_ci"] = bootstrap_diff(ia, ib, paired=True, seed=seed).to_dict()
+            row["item_ci"] = paired_diff(ia, ib, seed=seed, unit="item (seed-averaged)").to_dict()
         out[k] = row
     return out
 
@@ -615,7 +616,7 @@ def compare(results: dict[str, dict[int, Any]], *, seed: int = 0) -> dict[str, A
             for q in base:
                 ft = [r["mms"][w][q]["p_codeword"] for r in results[c].values()]
                 per_q[q] = {"finetuned_per_seed": ft, "base": base[q]["p_codeword"],
-                            "finetuned_mean": bootstrap_ci(ft, seed=seed).to_dict(),
+                            "finetuned_mean": t_interval(ft, unit="seed").to_dict(),
                             "rank_finetuned": [r["mms"][w][q]["rank"] for r in results[c].values()],
                             "rank_base": base[q]["rank"]}
             out[f"{c}_minus_base"] = per_q

@@ -366,7 +366,7 @@ def finetune_gap(base: Values, finetuned: Sequence[Values]):
     Returns:
         The bootstrap `Estimate` of the mean per-item difference.
     """
-    from ..evals.stats import bootstrap_ci
+    from ..stats import bootstrap_ci
 
     ft = np.mean([np.asarray(f, float) for f in finetuned], axis=0)
     return bootstrap_ci(list(ft - np.asarray(base, float)))
