@@ -138,6 +138,14 @@ class LoadedModel:
         """Number of decoder blocks."""
         return len(self.layers)
 
+    def fingerprint(self) -> dict[str, Any]:
+        """`model_fingerprint` of the base weights (what `runs.model_config` binds, without importing this module).
+
+        Returns:
+            {"model_type", "hidden_size", "num_hidden_layers", "vocab_size", "weights_sha256"}.
+        """
+        return model_fingerprint(self.model)
+
     @property
     def d_model(self) -> int:
         """Width of the residual stream."""

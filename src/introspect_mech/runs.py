@@ -46,7 +46,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from .data.records import DataError
+from .errors import DataError
 from .scrub import (  # noqa: F401  (re-exported: the scrubber's public names were runs.* before)
     REDACTED, env_names, looks_like_secret, register_secret_env, scrub_obj, scrub_text, secret_values,
 )
@@ -442,13 +442,12 @@ def model_config(model: Any) -> dict[str, Any]:
         model: a `LoadedModel` (its `name`, weights and `meta["adapter"]` are read).
 
     Returns:
-        `{"name": ..., **model_fingerprint(weights), "adapter_sha256": ...}` (the adapter by content,
+        `{"name": ..., **model.fingerprint(), "adapter_sha256": ...}` (the adapter by content,
         so the same adapter under another path binds the same).
     """
-    from .models import model_fingerprint
-
     adapter = model.meta.get("adapter")  # by content: the same adapter under another path is the same
-    return {"name": model.name, **model_fingerprint(model.model), "adapter_sha256": adapter_sha256(adapter)}
+    # LoadedModel.fingerprint() is models.model_fingerprint: runs sits below models and never imports it
+    return {"name": model.name, **model.fingerprint(), "adapter_sha256": adapter_sha256(adapter)}
 
 
 # ---- secrets (the scrubber lives in `scrub`; these names stay importable from here) -------------------
