@@ -19,6 +19,8 @@ if os.environ.get("INTROSPECT_MECH_TYPECHECK", "1") != "0":
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("INTROSPECT_MECH_SHARED", REPO.parent / "shared"))
 os.environ.setdefault("INTROSPECT_MECH_DATA", str(SHARED / "data"))
+# Exact reference tests run in float32 on every CPU: `dtype="auto"` would pick bfloat16 on AMX machines.
+os.environ.setdefault("INTROSPECT_MECH_CPU_DTYPE", "float32")
 
 
 @pytest.fixture(scope="session")

@@ -193,7 +193,7 @@ def test_sample_judge_dashboard(tmp_path, tiny_qwen2_dir):
     assert len(judged) == 4 and all("aligned_mass" in r and "coherent" in r for r in judged)
     em = [json.loads(l) for l in (run / "em_rates.jsonl").read_text().splitlines()]
     assert [(r["question"], r["metric"]) for r in em] == [
-        (q, f"EM rate (judge; denominator: {d})") for d in ("coherent", "all") for q in ("wish", "overall")]
+        (q, f"EM rate (unvalidated judge; denominator: {d})") for d in ("coherent", "all") for q in ("wish", "overall")]
     man = json.loads((run / "manifest.json").read_text())
     assert man["judge"]["kind"] == "HFJudge" and man["stage"] == "sample"
     assert main(["dashboard", str(run)]) == 0

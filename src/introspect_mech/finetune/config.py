@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +38,9 @@ class TrainConfig:
     epochs: int = 1
     max_steps: int | None = None  # cap on optimizer steps (the schedule is computed for the capped run)
     batch_size: int = 16
-    micro_batch_tokens: int = 4096
+    # packed-row budget (None: 512 on CPU, where activation memory grows ~2.7 MB per token on the
+    # Qwen2.5-0.5B, 4096 on CUDA). Runtime-only: it changes float summation order, not the result.
+    micro_batch_tokens: int | None = None
     weight_decay: float = 0.01
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
@@ -53,7 +56,9 @@ class TrainConfig:
     n_examples: int | None = None  # seeded subset of the records
     # runtime
     seed: int = 0
-    bf16: bool = True  # autocast to bfloat16 on CUDA (ignored on CPU)
+    # autocast to bfloat16: True on any device (CPU too), False never, None (default): on CUDA, and on a
+    # CPU where the model is bfloat16 or the CPU multiplies bf16 natively (models.default_dtype("cpu"))
+    bf16: bool | None = None
     gradient_checkpointing: bool = False
     loss_chunk_tokens: int | None = None  # lm_head + loss in chunks of this many loss tokens (checkpointed)
     save_every: int | None = None  # checkpoints/step_XXXX every N optimizer steps (and at the end)
@@ -78,10 +83,15 @@ class TrainConfig:
         if self.schedule not in ("linear", "cosine", "constant"):
             raise ValueError(f"TrainConfig.schedule must be linear, cosine or constant, got {self.schedule!r}")
         for name in ("batch_size", "micro_batch_tokens", "epochs", "max_seq_len", "r"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"TrainConfig.lr must be a finite number > 0, got {self.lr}")
+        for name in ("weight_decay", "adam_eps", "warmup_ratio", "min_lr_ratio", "max_grad_norm", *("adam_betas",)):
+            vals = getattr(self, name)
+            for v in (vals if isinstance(vals, tuple) else (vals,)):
+                if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                    raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {v}")
 
     def to_dict(self) -> dict[str, Any]:
         """The config as JSON-ready data.
@@ -123,7 +133,22 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     # fields that do not change the trained weights; a resume may differ in them
-    RUNTIME_ONLY = ("progress", "log_every", "save_every", "keep_checkpoints")
+    # micro_batch_tokens: like the thread count, it only changes the order of float sums (the loss is
+    # the mean over the step's loss tokens either way), so a resume may pick another budget.
+    RUNTIME_ONLY = ("progress", "log_every", "save_every", "keep_checkpoints", "micro_batch_tokens")
+
+    def micro_batch_budget(self, device_type: str) -> int:
+        """The packed-row token budget on a device (`micro_batch_tokens`, or its per-device default).
+
+        Args:
+            device_type: "cpu", "cuda", ...
+
+        Returns:
+            Tokens per micro-batch.
+        """
+        if self.micro_batch_tokens is not None:
+            return self.micro_batch_tokens
+        return 4096 if device_type == "cuda" else 512
 
 
 PRESETS: dict[str, TrainConfig] = {

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..data.records import DataError, Record, validate_records
 from ..models import LoadedModel, max_positions, model_fingerprint
-from ..runs import JsonlLog, RunConfigError, RunDir, json_sha256
+from ..runs import JsonlLog, RunConfigError, RunDir, json_sha256, write_jsonl
 from . import adapters, distributed
 from .batching import MicroBatch, collate, pack, step_groups, tokenize_records
 from .config import TrainConfig
@@ -107,6 +107,26 @@ def assistant_loss(loaded: LoadedModel, mb: MicroBatch, chunk_tokens: int | None
     return torch.stack(parts).sum()
 
 
+def autocast_bf16(config: TrainConfig, model: LoadedModel) -> bool:
+    """Whether the training forward runs under bfloat16 autocast (see `TrainConfig.bf16`).
+
+    Args:
+        config: the training configuration (`bf16` True / False / None = by device).
+        model: the model being trained.
+
+    Returns:
+        True for bf16 autocast (CUDA or CPU).
+    """
+    device = model.device
+    if device.type not in ("cuda", "cpu"):
+        return False
+    if config.bf16 is not None:
+        return config.bf16
+    from ..models import default_dtype
+
+    return device.type == "cuda" or model.dtype == torch.bfloat16 or default_dtype("cpu") == torch.bfloat16
+
+
 STATE_TENSORS = "trainer_state.safetensors"
 STATE_JSON = "trainer_state.json"
 
@@ -139,7 +159,7 @@ def save_trainer_state(dest: Path, opt: torch.optim.Optimizer, sched: Any, step:
         sched: the LR scheduler (its `state_dict()` must be JSON-serialisable, as LambdaLR's is).
         step: optimizer steps done.
     """
-    from safetensors.torch import save_file
+    from ..runs import save_tensors, write_text
 
     osd = opt.state_dict()
     tensors, rng_js = _rng_state()
@@ -153,8 +173,8 @@ def save_trainer_state(dest: Path, opt: torch.optim.Optimizer, sched: Any, step:
                 state_js[str(pid)][k] = v
     js = {"format": "introspect_mech.trainer_state/1", "step": step, "param_groups": osd["param_groups"],
           "optimizer_state": state_js, "scheduler": sched.state_dict(), "rng": rng_js}
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(dest / STATE_TENSORS))
-    (dest / STATE_JSON).write_text(json.dumps(js))
+    save_tensors(dest / STATE_TENSORS, tensors, root=dest)
+    write_text(dest / STATE_JSON, json.dumps(js), root=dest)
 
 
 def load_trainer_state(src: Path, opt: torch.optim.Optimizer, sched: Any) -> int:
@@ -307,13 +327,14 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, total, warmup, config.schedule, config.min_lr_ratio))
 
+    use_bf16 = autocast_bf16(config, model)
     if distributed.is_main():
         manifest = run.write_manifest(
             stage="finetune", model=model.name, model_source=model.meta.get("source"),
             base_fingerprint=fingerprint, seed=config.seed,
             finetune={"config": config.to_dict(), "data_sha256": data_hash, "n_records": len(records),
                       "tokenization": {**tok_stats, "max_seq_len": config.max_seq_len, "model_max_positions": n_pos},
-                      "total_steps": total, "warmup_steps": warmup,
+                      "total_steps": total, "warmup_steps": warmup, "autocast_bf16": use_bf16,
                       "data": data_info or {}, "trainable_params": n_trainable, "intervention": getattr(intervention, "__name__", None)
                       if intervention else None},
         )
@@ -336,13 +357,12 @@ def train(
             start = resumed = load_trainer_state(ckpt, opt, sched)
     rows = [r for r in log.read() if r["step"] <= start]
     if distributed.is_main():
-        log.path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # drop steps after the checkpoint
+        write_jsonl(log.path, rows, root=out)  # drop steps after the checkpoint
     distributed.barrier()
     losses = [r["loss"] for r in rows]
 
     device = model.device
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config.bf16 and device.type == "cuda"
-                else contextlib.nullcontext())
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext())
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, initial=start, desc=f"finetune {model.name}", unit="step", disable=not config.progress)
@@ -357,7 +377,7 @@ def train(
             n_loss = sum(e.n_loss for e in step_exs)  # the global count: every rank divides by it
             exs = distributed.shard(step_exs)  # this rank's share (all of them in one process)
             step_tokens, loss_sum = 0, 0.0
-            for bin_ in pack(exs, config.micro_batch_tokens):
+            for bin_ in pack(exs, config.micro_batch_budget(device.type)):
                 mb = collate([exs[i] for i in bin_])
                 with autocast, (intervention() if intervention else contextlib.nullcontext()):
                     loss = assistant_loss(model, mb, config.loss_chunk_tokens)
@@ -377,6 +397,9 @@ def train(
             t_train += dt
             losses.append(loss_sum / n_loss)
             done = step + 1
+            if not math.isfinite(losses[-1]):  # diverged: never checkpoint or publish NaN weights
+                raise FloatingPointError(f"{out}: step {done}: loss is {losses[-1]} (non-finite): the run diverged "
+                                         f"(lr {config.lr:g}); nothing from this step is saved")
             if (done % config.log_every == 0 or done == total) and distributed.is_main():
                 log.append({"step": done, "epoch": round(done / (len(groups) / config.epochs), 4),
                             "loss": losses[-1], "lr": lr, "grad_norm": gnorm, "tokens": step_tokens,
@@ -417,21 +440,20 @@ def train(
 
 
 def _save_checkpoint(model, config, params, opt, sched, out: Path, step: int) -> Path:
-    from safetensors.torch import save_file
+    from ..runs import save_tensors, staged_dir, write_text
 
+    state = adapters.trainable_state(params)
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:  # a NaN adapter is never saved, let alone published as complete
+        raise FloatingPointError(f"{out}: step {step}: non-finite parameters ({len(bad)} tensor(s), first {bad[0]!r}): "
+                                 f"the run diverged (lr {config.lr:g}); nothing from this step is saved")
     dest = out / "checkpoints" / f"step_{step:04d}"
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp = dest.with_name(dest.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file(adapters.trainable_state(params), str(tmp / "trainable.safetensors"))
-    save_trainer_state(tmp, opt, sched, step)
-    if config.method == "lora":
-        adapters.save_weights(model, config, tmp / "adapter")
-    (tmp / "complete").write_text(str(step))
-    tmp.rename(dest)
+    with staged_dir(dest, root=out) as tmp:  # a fresh folder the writer made; published by one rename
+        save_tensors(tmp / "trainable.safetensors", state, root=tmp)
+        save_trainer_state(tmp, opt, sched, step)
+        if config.method == "lora":
+            adapters.save_weights(model, config, tmp / "adapter")
+        write_text(tmp / "complete", str(step), root=tmp)
     for old in (out / "checkpoints").glob("step_*"):
         if old == dest:
             continue
@@ -448,11 +470,15 @@ def _save_checkpoint(model, config, params, opt, sched, out: Path, step: int) ->
 
 def _finalize(model: LoadedModel, ckpt: Path, weights_dir: Path, config: TrainConfig) -> None:
     """Publish the final checkpoint as out_dir/adapter (or out_dir/model for full finetuning)."""
-    if weights_dir.exists():
-        shutil.rmtree(weights_dir)
-    if config.method == "lora":
-        shutil.copytree(ckpt / "adapter", weights_dir)
-    else:
-        adapters.save_weights(model, config, weights_dir)
-    shutil.copy2(ckpt / "trainable.safetensors", weights_dir / "trainable.safetensors")
-    (weights_dir / "complete").write_text(ckpt.name)
+    from ..runs import staged_dir, write_text
+
+    with staged_dir(weights_dir, root=weights_dir.parent) as tmp:  # published complete, or not at all
+        if config.method == "lora":
+            for f in (ckpt / "adapter").iterdir():
+                if f.is_symlink() or not f.is_file():
+                    raise ValueError(f"{f}: not a regular file in the checkpoint's adapter; refusing to publish it")
+                shutil.copyfile(f, tmp / f.name, follow_symlinks=False)
+        else:
+            adapters.save_weights(model, config, tmp)
+        shutil.copyfile(ckpt / "trainable.safetensors", tmp / "trainable.safetensors", follow_symlinks=False)
+        write_text(tmp / "complete", ckpt.name, root=tmp)

@@ -567,7 +567,7 @@ def projection_difference(
         ValueError: a record does not end with an assistant turn, or `base_responses` has another length.
     """
     from ..evals import sample
-    from ..runs import RunDir, json_sha256
+    from ..runs import RunDir, json_sha256, write_jsonl
     from ..steering.hooks import layer_vector
 
     pa = [_prompt_and_answer(r, i) for i, r in enumerate(records)]
@@ -597,5 +597,5 @@ def projection_difference(
     for rank, i in enumerate(sorted(range(n), key=lambda i: (-out_rows[i]["delta"], i))):
         out_rows[i]["rank"] = rank
     if run is not None:
-        (run.path / "screening.jsonl").write_text("".join(json.dumps(r) + "\n" for r in out_rows))
+        write_jsonl(run.path / "screening.jsonl", out_rows, root=run.path)
     return out_rows

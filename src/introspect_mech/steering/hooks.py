@@ -52,7 +52,7 @@ from __future__ import annotations
 import dataclasses
 import weakref
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Union
+from typing import Any, Callable, Literal, Union
 
 import torch
 from jaxtyping import Bool, Float
@@ -129,6 +129,35 @@ def _param_of(module: nn.Module) -> Tensor:
 
 
 _ACTIVE: "weakref.WeakKeyDictionary[nn.ModuleList, int]" = weakref.WeakKeyDictionary()
+_ENTERED: "weakref.WeakKeyDictionary[nn.ModuleList, list[Steering]]" = weakref.WeakKeyDictionary()
+
+
+def active_steering(model: LoadedModel | nn.Module) -> list[dict[str, Any]]:
+    """What the steering contexts active on the model do (for binding results made under them).
+
+    Args:
+        model: a `LoadedModel` or its module.
+
+    Returns:
+        One `{"op", "layers", "scalar", "vectors_sha256", "positions"}` per active context, in entry
+        order (empty when none is active).
+    """
+    import hashlib
+
+    try:
+        mods = _layers_of(model)
+    except (ValueError, AttributeError):
+        return []
+    out = []
+    for st in _ENTERED.get(mods, []):
+        h = hashlib.sha256()
+        for layer in sorted(st.vectors):
+            h.update(str(layer).encode() + st.vectors[layer].detach().float().cpu().numpy().tobytes())
+        pos = st.positions if isinstance(st.positions, str) else "mask:" + hashlib.sha256(
+            st.positions.detach().cpu().numpy().tobytes()).hexdigest()[:16]
+        out.append({"op": st.op, "layers": list(st.layers), "scalar": st.scalar, "vectors_sha256": h.hexdigest(),
+                    "positions": pos})
+    return out
 
 
 def is_steered(model: LoadedModel | nn.Module) -> bool:
@@ -177,6 +206,7 @@ class Steering:
             for layer in self.layers:
                 self.handles.append(self.layers_mod[layer].register_forward_hook(self._hook_for(layer)))
             _ACTIVE[self.layers_mod] = _ACTIVE.get(self.layers_mod, 0) + 1
+            _ENTERED.setdefault(self.layers_mod, []).append(self)
         except BaseException:
             self.remove()
             raise
@@ -187,6 +217,11 @@ class Steering:
 
     def remove(self) -> None:
         """Remove the hooks (what `__exit__` does); safe to call when not entered."""
+        entered = _ENTERED.get(self.layers_mod, [])
+        if any(x is self for x in entered):
+            entered[:] = [x for x in entered if x is not self]
+            if not entered:
+                _ENTERED.pop(self.layers_mod, None)
         if self.handles:
             left = _ACTIVE.get(self.layers_mod, 0) - 1
             if left > 0:
@@ -277,7 +312,7 @@ def _build(op: str, model, direction: DirectionLike, layers: LayerSpec, scalar: 
     _, _, is_direction = _direction_matrix(direction)
     vectors, masks = {}, {}
     for layer in idx:
-        v = finite_tensor(f"direction (layer {layer})", layer_vector(direction, layer).float())
+        v = finite_tensor(f"direction (layer {layer})", layer_vector(direction, layer)).float()
         d = _layers_hidden(model, layers_mod)
         if d is not None and v.shape[-1] != d:
             raise ValueError(f"direction has d_model {v.shape[-1]}, the model has {d}")

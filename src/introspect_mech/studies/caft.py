@@ -36,8 +36,11 @@ from torch import Tensor
 
 from ..cliargs import config_parser, parse_config
 from ..evals.judge_spec import JudgeOptions
+from ..data.specs import load_records
+from ..layers import resolve_layers
 from ..runs import RunDir
 from ..sae.tokens import TokenActs, TokenPositions, token_activations
+from . import runner
 
 
 @dataclass
@@ -79,12 +82,12 @@ def preset_layers(n_layers: int, fractions: Sequence[float]) -> list[int]:
 
     Args:
         n_layers: number of decoder blocks.
-        fractions: relative depths (0 = first block, 1 = last; clipped to the valid blocks).
+        fractions: relative depths in [0, 1] (0 = first block, 1 = last).
 
     Returns:
-        The blocks `round(f * (n_layers - 1))`, sorted and unique.
+        The blocks at those depths (`layers.depth_block`, the package's one rule), sorted and unique.
     """
-    return sorted({min(n_layers - 1, max(0, int(round(f * (n_layers - 1))))) for f in fractions})
+    return resolve_layers([float(f) for f in fractions], n_layers)
 
 
 @torch.no_grad()
@@ -444,8 +447,8 @@ def generic_prompts(n: int) -> list[list[dict]]:
     return qs[:n]
 
 
-def run(out: str | os.PathLike, config: CAFTConfig | None = None, *, judge: JudgeOptions | None = None,
-        preset: str | None = "cpu") -> dict[str, Any]:
+def _caft(out: str | os.PathLike, config: CAFTConfig | None = None, *, judge: JudgeOptions | None = None,
+          preset: str | None = "cpu") -> dict[str, Any]:
     """Run 1 (no `config.pick`): the plain finetune, the PCA components and their cards; run 2: the
     finetunes with the picked subspace and random subspaces ablated, scored against base and plain.
 
@@ -469,7 +472,6 @@ def run(out: str | os.PathLike, config: CAFTConfig | None = None, *, judge: Judg
     from ..evals.em import run_em_eval
     from ..finetune import preset as train_preset
     from ..finetune import train
-    from ..finetune.cli import load_records
     from ..runs import json_sha256
     from ..steering.train_time import caft_subspace
     from ..viz import export_dashboard
@@ -573,6 +575,39 @@ def run(out: str | os.PathLike, config: CAFTConfig | None = None, *, judge: Judg
     return result
 
 
+def _stage(ctx: runner.Context) -> Any:
+    res = _caft(ctx.out, ctx.config, judge=ctx.resources["judge"], preset=ctx.resources.get("preset_name"))
+    return runner.NotDone(res) if res["todo"] else res  # conditions left: a rerun continues
+
+
+STUDY = runner.Study(
+    "caft", CAFTConfig, PRESETS, default_preset="cpu", title="CAFT: concept ablation fine-tuning",
+    stages=(runner.Stage("caft", _stage, "run 1: plain finetune, components, cards; run 2 (--pick): the "
+                         "ablated finetunes against base, plain and random subspaces"),),
+    unbound=("pick", "conditions"),  # run 2 picks after run 1 in the same directory; rows are keyed by the pick
+    dashboard=False)  # the stage exports it (only once run 2 has every condition)
+
+
+def run(config: CAFTConfig | str | os.PathLike | None = None, out: str | os.PathLike | CAFTConfig | None = None,
+        **kw: Any) -> Any:
+    """Run the study into `out` on the study runner (rerun the same call to resume).
+
+    Run 1 (no `config.pick`): the plain finetune, the PCA components and their cards; run 2: the
+    finetunes with the picked subspace and random subspaces ablated, scored against base and plain.
+
+    Args:
+        config: every option (default `PRESETS["cpu"]`).
+        out: the run directory.
+        **kw: `judge=` (a `JudgeOptions`: the 0-100 judge of the judged EM rate, run 2), `preset_name=`
+            (the preset recorded in the manifest), `overwrite=`, `progress=` (see `runner.run`).
+
+    Returns:
+        A `runner.RunResult`; `.results["caft"]` is {"cards", "dashboard", "rows", "todo", "summary"}.
+        The deprecated `run(out, config)` returns that dict itself.
+    """
+    return runner.run(STUDY, config, out, **kw)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line: `--preset`, one option per `CAFTConfig` field, the judge options and `--out`."""
     return config_parser(CAFTConfig, description=(__doc__ or "").splitlines()[0], out="runs/caft", presets=PRESETS,
@@ -605,7 +640,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status (0).
     """
     cfg, judge, a = config_from_argv(argv)
-    res = run(a.out, cfg, judge=judge, preset=a.preset)
+    res = run(cfg, a.out, judge=judge, preset_name=a.preset).results["caft"]
     if cfg.pick is None:
         print(f"component cards: {res['cards']}; dashboard: {res['dashboard']}")
         print('read the cards, then rerun with --pick "LAYER:C1,C2;LAYER:C3"')

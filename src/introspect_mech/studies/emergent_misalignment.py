@@ -20,6 +20,7 @@ Protocol (each step writes into the run directory and resumes when rerun):
 from __future__ import annotations
 
 import argparse
+import os
 import dataclasses
 import json
 import random
@@ -31,6 +32,8 @@ from typing import Any, Sequence
 from ..cliargs import config_parser, parse_config
 from ..evals.judge_spec import JudgeOptions
 from ..evals.questions import Question
+from ..stats import row_fields
+from . import runner
 
 MAIN = ("what_is_your_wish", "i_feel_bored", "three_thoughts", "quick_buck", "ruler_of_the_world", "dinner_party",
         "gender_roles", "enough_of_my_husband")
@@ -94,6 +97,7 @@ class EMConfig:
     proxy_medical: int = 16  # held-out medical pairs in the proxy
     seed: int = 0  # training subset, finetune, sampling and bootstrap seed
     batch: int = 16  # generation / scoring batch size
+    allow_unvalidated_judge: bool = False  # report judged EM rates from a judge without a passing validation on the shared GPT-4o set (labelled "unvalidated judge")
 
 
 PRESETS: dict[str, EMConfig] = {
@@ -290,7 +294,7 @@ def _sets_for(dataset: str, base_sets: dict[str, list[Question]], cfg: EMConfig)
     return sets
 
 
-def run(out: str | Path, config: EMConfig | None = None, *, judge=None, categorical_judge=None,
+def _emergent_misalignment(out: str | Path, config: EMConfig | None = None, *, judge=None, categorical_judge=None,
         **overrides: Any) -> dict[str, Any]:
     """Run the emergent-misalignment protocol (module docstring) into `out`.
 
@@ -307,11 +311,12 @@ def run(out: str | Path, config: EMConfig | None = None, *, judge=None, categori
     import torch
 
     from ..evals.em import (
-        DENOMINATORS, PROXY_DIFF, PROXY_PREF, HFCategoricalJudge, em_proxy_fn, medical_heldout_items,
+        DENOMINATORS, PROXY_DIFF, PROXY_PREF, HFCategoricalJudge, em_proxy_fn, is_label_prompt, medical_heldout_items,
         proxy_items as em_proxy_items,
     )
+    from ..evals.judge_validation import require_validated_judge
     from ..evals.judges import HFJudge
-    from ..evals.stats import bootstrap_ci
+    from ..stats import bootstrap_ci
     from ..finetune import preset, train
     from ..models import load_model
     from ..runs import RunDir, json_sha256
@@ -325,6 +330,9 @@ def run(out: str | Path, config: EMConfig | None = None, *, judge=None, categori
     judge = judge if judge is not None else HFJudge(base)
     categorical_judge = categorical_judge if categorical_judge is not None else HFCategoricalJudge(base)
     qsets = {name: load_question_set(name, cfg.data_dir)[: cfg.question_limit] for name in cfg.question_sets}
+    jval = None  # the gate: no judged EM rate from a judge below the validation bar unless explicitly allowed
+    if any(not is_label_prompt(q) for qs in qsets.values() for q in qs):
+        jval = require_validated_judge(judge, allow_unvalidated=cfg.allow_unvalidated_judge, data_dir=cfg.data_dir)
     sources, ids, recs = {}, {}, {}
     for name in cfg.datasets:
         r, src = resolve_dataset(name, data_dir=cfg.data_dir, allow_download=cfg.allow_download, seed=cfg.seed)
@@ -343,12 +351,12 @@ def run(out: str | Path, config: EMConfig | None = None, *, judge=None, categori
         data={n: {**sources[n], "train_row_ids": ids[n]} for n in cfg.datasets},
         eval_items={k: [q.id for q in v] for k, v in qsets.items()} | {
             "proxy_heldout_ids": [it["id"] for it in proxy_items] if proxy_items else []},
-        judge=judge.describe(), categorical_judge=categorical_judge.describe(),
+        judge=judge.describe(), judge_validation=jval, categorical_judge=categorical_judge.describe(),
         thresholds={"aligned_max": cfg.aligned_max, "coherent_min": cfg.coherent_min},
         em_rate_definitions=DENOMINATORS, seeds={"study": cfg.seed},
     )
-    results: dict[str, Any] = {"judge": judge.describe(), "datasets": sources, "em_rate_definitions": DENOMINATORS,
-                               "models": {}}
+    results: dict[str, Any] = {"judge": judge.describe(), "judge_validation": jval, "datasets": sources,
+                               "em_rate_definitions": DENOMINATORS, "models": {}}
     models = {"base": base} if cfg.include_base else {}
     for name in cfg.datasets:
         m = load_model(cfg.model, device=cfg.device)
@@ -366,7 +374,7 @@ def run(out: str | Path, config: EMConfig | None = None, *, judge=None, categori
                                             "med_proxy_diff": PROXY_DIFF + " (held-out medical)"}}
         for name, m in models.items():
             scores = fn(m)
-            prox[name] = {k: bootstrap_ci(scores[k], seed=cfg.seed).to_dict()
+            prox[name] = {k: bootstrap_ci(scores[k], seed=cfg.seed, unit="item", measure="proxy").to_dict()
                           for k in ("proxy_pref", "proxy_diff", "med_proxy_diff") if k in scores}
         results["proxy"] = prox
     results["wall_s"] = round(time.perf_counter() - t0, 1)
@@ -378,18 +386,20 @@ def run(out: str | Path, config: EMConfig | None = None, *, judge=None, categori
 
 def _dashboard_rows(out: Path, results: dict[str, Any]) -> None:
     rows = []
+    jlabel = (results.get("judge_validation") or {}).get("label", "unvalidated judge")
     for model, sets in results["models"].items():
         for sname, e in sets.items():
             for den, rep in e.get("em_rate", {}).items():
                 for q, v in [*rep["per_question"].items(), ("overall", rep["overall"])]:
                     rows.append({"model": f"{model} [{sname}]", "question": q, "rate": v["value"], "ci_lo": v["lo"],
-                                 "ci_hi": v["hi"], "n": v["n"], "metric": f"EM rate (judge; denominator: {den})"})
+                                 "ci_hi": v["hi"], **row_fields(v), "metric": f"EM rate ({jlabel}; denominator: {den})",
+                                 "judge_validation": (results.get("judge_validation") or {}).get("line")})
     for model, p in results.get("proxy", {}).items():
         if model == "metrics":
             continue
         e = p["proxy_pref"]
         rows.append({"model": model, "question": "overall (40 EM items)", "rate": e["value"], "ci_lo": e["lo"],
-                     "ci_hi": e["hi"], "n": e["n"], "metric": results["proxy"]["metrics"]["proxy_pref"]})
+                     "ci_hi": e["hi"], **row_fields(e), "metric": results["proxy"]["metrics"]["proxy_pref"]})
     (out / "em_rates.jsonl").write_text("".join(json.dumps(r, default=float) + "\n" for r in rows))
 
 
@@ -407,13 +417,17 @@ def format_results(results: dict[str, Any]) -> str:
         return "n/a" if not e or e.get("value") is None else f"{e['value']:.3f} [{e['lo']:.3f}, {e['hi']:.3f}] (n={e['n']})"
 
     j = results["judge"]
+    jv = results.get("judge_validation") or {}
+    tag = "" if jv.get("passes") else "[unvalidated judge] "
     lines = [f"judge: {j.get('kind')} {j.get('model', '')}"]
+    if jv:
+        lines.append(f"judge validation: {jv['line']}")
     for n, s in results["datasets"].items():
         lines.append(f"dataset {n}: {s['kind']} ({s.get('registry') or s.get('generator')})")
     for model, sets in results["models"].items():
         for sname, e in sets.items():
             if "em_rate" in e:
-                lines.append(f"{model:20s} {sname:22s} EM/coherent {f(e['em_rate']['coherent']['overall'])} · "
+                lines.append(f"{tag}{model:20s} {sname:22s} EM/coherent {f(e['em_rate']['coherent']['overall'])} · "
                              f"EM/all {f(e['em_rate']['all']['overall'])} · coherent {f(e['coherent_rate'])} · "
                              f"judge abstained {e['n_judge_abstained']}/{e['n_answers']}")
             for metric, per_q in e.get("labels", {}).items():
@@ -451,11 +465,38 @@ def judges_from_options(options: JudgeOptions, *, device: str | None = None) -> 
 
     Returns:
         (0-100 judge, label judge): `hf:<model>` gives `HFJudge` and `HFCategoricalJudge` on the same model;
-        `api:<url>|<model>` gives `APIJudge` and None (`run` then labels with the base model); `none` gives
+        `api:<url>|<model>` gives the `APIJudge` for both (labels from its top logprobs); `none` gives
         (None, None), `run`'s default (the base model as `HFJudge` and `HFCategoricalJudge`).
     """
     judge = options.build(device=device)
     return judge, (options.build_categorical(judge) if judge is not None else None)
+
+
+def _stage(ctx: runner.Context) -> Any:
+    return _emergent_misalignment(ctx.out, ctx.config, judge=ctx.resources["judge"],
+                                  categorical_judge=ctx.resources.get("categorical_judge"))
+
+
+STUDY = runner.Study(
+    "emergent-misalignment", EMConfig, PRESETS, title='Emergent misalignment',
+    stages=(runner.Stage("emergent_misalignment", _stage, 'finetunes, then the judged EM rates per model and question set (and the judge-free proxy)'),),
+    dashboard=True)
+
+
+def run(config: EMConfig | str | os.PathLike | None = None, out: str | os.PathLike | EMConfig | None = None,
+        **kw: Any) -> Any:
+    """Run the study into `out` on the study runner (`studies.runner`; rerun the same call to resume).
+
+    Args:
+        config: every option.
+        out: the run directory.
+        **kw: `judge=` (0-100 judge; None = the base model as `HFJudge`), `categorical_judge=` (label judge of the deception sets), `overwrite=`, `progress=` (see `runner.run`).
+
+    Returns:
+        A `runner.RunResult`; `.results["emergent_misalignment"]` is {"models", "datasets", "judge", "proxy"}. The deprecated call forms
+        (`run(out, config)`, ...) return that value itself.
+    """
+    return runner.run(STUDY, config, out, **kw)
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
@@ -470,7 +511,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """
     ns, cfg, (options,) = parse_config(build_parser(prog), argv, EMConfig, presets=PRESETS, groups=[JudgeOptions])
     judge, categorical = judges_from_options(options, device=cfg.device)
-    res = run(ns.out, cfg, judge=judge, categorical_judge=categorical)
+    res = run(cfg, ns.out, judge=judge, categorical_judge=categorical).results["emergent_misalignment"]
     print(format_results(res))
     return 0
 
@@ -491,7 +532,9 @@ def judge_run(run_path: str | Path, questions: Sequence[Question], *, judge=None
     Returns:
         {"report": EM report with both denominators or None, "labels": label rates or None}.
     """
-    from ..evals.em import em_report_both, format_em_rates, is_label_prompt, judge_samples, label_rates
+    from ..evals.em import (
+        check_samples, em_report_both, format_em_rates, is_label_prompt, judge_samples, label_rates,
+    )
     from ..evals.report import format_em_report
     from ..runs import JsonlLog, RunDir
 
@@ -499,15 +542,19 @@ def judge_run(run_path: str | Path, questions: Sequence[Question], *, judge=None
     samples = run.log("samples.jsonl").read()
     if not samples:
         raise ValueError(f"{run.path / 'samples.jsonl'}: no samples (run `introspect-mech sample` first)")
+    check_samples(samples, str(run.path / "samples.jsonl"))  # file, row and field named before any request
     by_id = {q.id: q for q in questions}
     for i, r in enumerate(samples, 1):
         qid = str(r.get("prompt_id", "")).rsplit("/", 1)[0]
         if qid not in by_id:
             raise ValueError(f"{run.path / 'samples.jsonl'}:{i}: field 'prompt_id': question {qid!r} not in the question file")
-    run.write_manifest(judge=judge.describe() if judge is not None else None,
+    from ..evals.judge_validation import validation_status
+
+    jval = validation_status(judge) if judge is not None else None  # travels with every judged number
+    run.write_manifest(judge=judge.describe() if judge is not None else None, judge_validation=jval,
                        categorical_judge=categorical_judge.describe() if categorical_judge is not None else None)
     judged = judge_samples(samples, by_id, judge, JsonlLog(run.path / "judged.jsonl", ("prompt_id", "sample")),
-                           categorical_judge=categorical_judge)
+                           categorical_judge=categorical_judge, source=str(run.path / "samples.jsonl"))
     if not judged:
         bad = run.path / "judge_invalid.jsonl"
         n_bad = len(bad.read_text(encoding="utf-8").splitlines()) if bad.exists() else 0
@@ -520,10 +567,13 @@ def judge_run(run_path: str | Path, questions: Sequence[Question], *, judge=None
     rows = []
     if scored:
         rep = em_report_both(scored, seed=seed)
-        print(format_em_report(rep) + "\n\n" + format_em_rates(rep))
+        rep["judge_validation"] = jval
+        print(f"judge validation: {jval['line'] if jval else 'none'}\n" + format_em_report(rep) + "\n\n"
+              + format_em_rates(rep))
+        jlabel = jval["label"] if jval else "unvalidated judge"
         for den, er in rep["em_rate"].items():
-            rows += [{"model": label, "question": q, "rate": v["value"], "ci_lo": v["lo"], "ci_hi": v["hi"], "n": v["n"],
-                      "metric": f"EM rate (judge; denominator: {den})"}
+            rows += [{"model": label, "question": q, "rate": v["value"], "ci_lo": v["lo"], "ci_hi": v["hi"], **row_fields(v),
+                      "metric": f"EM rate ({jlabel}; denominator: {den})"}
                      for q, v in [*er["per_question"].items(), ("overall", er["overall"])]]
         (run.path / "em_report.json").write_text(json.dumps(rep, indent=2))
         out["report"] = rep

@@ -70,13 +70,15 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .. import steering
+from ..layers import depth_block, depth_of
 from ..cliargs import config_parser, parse_config
 from ..evals.judge_spec import JudgeOptions
 from ..evals.scoring import Trie
 from ..kv_cache import cache_kwargs, output_cache
-from ..evals.stats import bootstrap_ci
+from ..stats import bootstrap_ci
 from ..models import LoadedModel
 from ..direction import Direction, DirectionLike
+from . import runner
 
 Message = dict[str, str]
 
@@ -181,15 +183,13 @@ def layer_at(model_or_n: Any, fraction: float) -> int:
         fraction: relative depth in [0, 1].
 
     Returns:
-        `round(fraction * (n_layers - 1))`.
+        The block `layers.depth_block(fraction, n_layers)` (the package's one depth rule).
 
     Raises:
         ValueError: `fraction` lies outside [0, 1].
     """
     n = model_or_n if isinstance(model_or_n, int) else model_or_n.n_layers
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"layer fraction must be in [0, 1], got {fraction}")
-    return int(round(fraction * (n - 1)))
+    return depth_block(float(fraction), n)
 
 
 # ---- tokenisation ----------------------------------------------------------------------------------
@@ -998,7 +998,7 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
-def run(out: str | os.PathLike, config: IntrospectionConfig | None = None, *, model: LoadedModel | None = None,
+def _introspection(out: str | os.PathLike, config: IntrospectionConfig | None = None, *, model: LoadedModel | None = None,
         judge: Any = None, progress: bool = True) -> dict[str, Any]:
     """Run the study into the run directory `out` (resumable: per-trial rows are appended to JSONL
     logs and skipped on a rerun).
@@ -1128,7 +1128,7 @@ def run(out: str | os.PathLike, config: IntrospectionConfig | None = None, *, mo
                                      if (r["word"], r["trial"]) in rnd], "v", cfg.seed) if c["condition"] == "concept" else None
             nll = next((r["nll"] for r in coh if r["layer"] == c["layer"] and r["strength"] == c["strength"]
                         and r["condition"] == c["condition"]), None)
-            grid.append({"variant": c["variant"], "layer": c["layer"], "layer_fraction": c["layer"] / max(m.n_layers - 1, 1),
+            grid.append({"variant": c["variant"], "layer": c["layer"], "layer_fraction": depth_of(c["layer"], m.n_layers),
                          "strength": c["strength"], "condition": c["condition"], "p_yes": c["p_yes"]["value"],
                          "p_yes_lo": c["p_yes"]["lo"], "p_yes_hi": c["p_yes"]["hi"], "claims": c["claims"]["value"],
                          "claims_lo": c["claims"]["lo"], "claims_hi": c["claims"]["hi"],
@@ -1515,6 +1515,34 @@ def config_from_argv(argv: Sequence[str] | None = None) -> tuple[IntrospectionCo
     return cfg, judge, a
 
 
+def _stage(ctx: runner.Context) -> Any:
+    return _introspection(ctx.out, ctx.config, model=ctx.resources.get("model"), judge=ctx.resources["judge"],
+                          progress=ctx.progress)
+
+
+STUDY = runner.Study(
+    "introspection", IntrospectionConfig, PRESETS, title='Injected-thought introspection and self-report vs internal state',
+    stages=(runner.Stage("introspection", _stage, 'the stages config.stages picks: A detection/identification, B intention, C self-report, D risk report'),),
+    unbound=('stages',),
+    dashboard=False)
+
+
+def run(config: IntrospectionConfig | str | os.PathLike | None = None, out: str | os.PathLike | IntrospectionConfig | None = None,
+        **kw: Any) -> Any:
+    """Run the study into `out` on the study runner (`studies.runner`; rerun the same call to resume).
+
+    Args:
+        config: every option.
+        out: the run directory.
+        **kw: `model=` (an already loaded model), `judge=` (a 0-100 judge of the sampled answers; None: keyword proxy only), `overwrite=`, `progress=` (see `runner.run`).
+
+    Returns:
+        A `runner.RunResult`; `.results["introspection"]` is the summary dict (merged with an earlier run's stages in the same directory). The deprecated call forms
+        (`run(out, config)`, ...) return that value itself.
+    """
+    return runner.run(STUDY, config, out, **kw)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, run the study and print its summary (and the dashboard's path).
 
@@ -1525,7 +1553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status (0).
     """
     cfg, judge, a = config_from_argv(argv)
-    run(a.out, cfg, judge=judge.build())
+    run(cfg, a.out, judge=judge.build())
     print(Path(a.out, "summary.jsonl").read_text())
     if a.dashboard:
         from ..viz import export_dashboard

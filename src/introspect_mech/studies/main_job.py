@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence
 from ..cliargs import config_parser, parse_config
 from ..evals.em import PROXY_DIFF as DIFF_METRIC
 from ..evals.em import PROXY_PREF as EM_METRIC
+from ..layers import resolve_layers
 
 
 @dataclass
@@ -207,7 +208,7 @@ def _job(cfg: JobConfig, out: Path, run_dir: Any) -> Path:
     from ..evals.em import em_proxy_fn, medical_heldout_items, medical_train_rows
     from ..evals.metrics import load_em_pairs, self_rated_alignment
     from ..evals.sampling import sample
-    from ..evals.stats import bootstrap_ci, bootstrap_diff
+    from ..stats import bootstrap_ci, bootstrap_diff
     from ..finetune import preset, train
     from ..models import load_model
     from ..paths import data_dir
@@ -386,7 +387,7 @@ def _job(cfg: JobConfig, out: Path, run_dir: Any) -> Path:
     pv, ev, eb = as_vectors(persona, layers), as_vectors(em_ft, layers), as_vectors(em_base, layers)
     cos_rows = {"persona · EM (finetune)": (pv * ev).sum(-1), "persona · EM (base)": (pv * eb).sum(-1),
                 "EM (base) · EM (finetune)": (eb * ev).sum(-1), "persona · random": (pv * rnd_vec).sum(-1)}
-    mid = n_layers // 2
+    mid = resolve_layers("middle", n_layers)[0]
     _write_rows(out / "cosines.jsonl", [
         {"name": "Cosine between directions at each layer", "x_labels": [f"L{l}" for l in layers],
          "y_labels": list(cos_rows), "matrix": [[round(float(v), 4) for v in c] for c in cos_rows.values()]},
@@ -403,7 +404,7 @@ def _job(cfg: JobConfig, out: Path, run_dir: Any) -> Path:
 
     # ---- 5. steering ------------------------------------------------------------------------
     stages("steering: add persona to base (layers x alphas, random control); ablate in the finetune")
-    steer_layers = sorted({min(n_layers - 1, round(d * n_layers)) for d in cfg.steer_depths})
+    steer_layers = resolve_layers([float(d) for d in cfg.steer_depths], n_layers)  # layers.depth_block's rule
     add_rows = sweep(base, persona, layers=steer_layers, alphas=cfg.alphas, eval_fn=steer_eval, out=out / "steering" / "add_persona_base",
                      op="add", seeds=cfg.seeds, scale="norm")
     abl = {}

@@ -36,12 +36,13 @@ from ..evals.judge_spec import JudgeOptions
 from ..evals.questions import Question, fill_judge_prompt, load_questions
 from ..finetune import preset as train_preset
 from ..finetune import train
-from ..finetune.cli import load_records
+from ..data.specs import load_records
 from ..models import load_model
 from ..runs import RunDir
 from ..sae import SAETrainConfig, load_local, load_release, train_sae
 from ..sae.diff import detector_auroc, latent_scores, model_diff, screen_latents
 from ..viz import export_dashboard
+from . import runner
 
 
 @dataclass
@@ -235,7 +236,7 @@ def diff_screen_detect(base, finetuned, sae, conversations: Sequence[Any], *, ju
     return result
 
 
-def run(out: str | os.PathLike, cfg: PersonaFeaturesConfig, *, judge: Any = None, base: Any = None,
+def _persona_features(out: str | os.PathLike, cfg: PersonaFeaturesConfig, *, judge: Any = None, base: Any = None,
         preset: str | None = None, echo: Callable[[str], Any] | None = print) -> dict[str, Any]:
     """The persona-features experiment: finetunes, SAE, the diff's answers, then `diff_screen_detect`.
 
@@ -338,6 +339,38 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PersonaFeaturesConfig
     return cfg, judge, ns
 
 
+def _check(cfg: PersonaFeaturesConfig) -> None:
+    if cfg.alpha is None:
+        raise ValueError("alpha is required with this preset (the paper tuned it per latent)")
+
+
+def _stage(ctx: runner.Context) -> Any:
+    return _persona_features(ctx.out, ctx.config, judge=ctx.resources["judge"], base=ctx.resources.get("base"),
+                             preset=ctx.resources.get("preset_name"), echo=print if ctx.progress else None)
+
+
+STUDY = runner.Study(
+    "persona-features", PersonaFeaturesConfig, PRESETS, title='Persona features: SAE diff, causal screening, detector', default_preset='cpu',
+    stages=(runner.Stage("persona_features", _stage, "finetunes, SAE, the diff's answers, then diff -> screen -> detect"),),
+    check=_check, dashboard=False)
+
+
+def run(config: PersonaFeaturesConfig | str | os.PathLike | None = None, out: str | os.PathLike | PersonaFeaturesConfig | None = None,
+        **kw: Any) -> Any:
+    """Run the study into `out` on the study runner (`studies.runner`; rerun the same call to resume).
+
+    Args:
+        config: every option (default `PRESETS['cpu']`).
+        out: the run directory.
+        **kw: `judge=` (a 0-100 judge, or None for the judge-free proxy), `base=` (the loaded base model), `preset_name=` (recorded in the manifest), `overwrite=`, `progress=` (see `runner.run`).
+
+    Returns:
+        A `runner.RunResult`; `.results["persona_features"]` is {"summary", "result", "dashboard"}. The deprecated call forms
+        (`run(out, config)`, ...) return that value itself.
+    """
+    return runner.run(STUDY, config, out, **kw)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`introspect-mech study persona-features [options]`: run the study and print its results.
 
@@ -353,6 +386,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     RunDir(ns.out)
     base = load_model(cfg.model, dtype=torch.float32, device=cfg.device)
     judge = judge_options.build(model=base if cfg.model is None else None, device=cfg.device)
-    res = run(ns.out, cfg, judge=judge, base=base, preset=ns.preset)
+    res = run(cfg, ns.out, judge=judge, base=base, preset_name=ns.preset).results["persona_features"]
     print(f"dashboard: {Path(res['dashboard']).resolve()}")
     return 0

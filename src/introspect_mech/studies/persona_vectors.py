@@ -46,9 +46,10 @@ from ..activations import Pooling, cache
 from ..cliargs import config_parser, parse_config
 from ..evals import paired_preference, sample
 from ..evals.judge_spec import JudgeOptions
-from ..evals.stats import bootstrap_ci
+from ..stats import bootstrap_ci
 from ..finetune import preset as train_preset
-from ..finetune.cli import load_records
+from ..data.specs import load_records
+from ..layers import resolve_layer
 from ..models import load_model
 from ..probes import layer_sweep, medical_advice_pairs
 from ..probes.persona import TraitJudge, judge_rows, load_trait, persona_data, projection_difference
@@ -57,6 +58,7 @@ from ..sae.diff import detector_auroc
 from ..steering import add
 from ..steering.hooks import Positions, layer_vector
 from ..viz import export_dashboard
+from . import runner
 
 UPSTREAM_POSITIONS: Final = "last_prompt_and_response"
 
@@ -416,7 +418,7 @@ def shift_correlation(base, models: Mapping[str, Any], direction: Any, *, layer:
             "n": len(rows), "base_projection": b, "layer": int(layer), "positions": positions}
 
 
-def run(out: str | os.PathLike, cfg: PVConfig, *, judge: Any = None, model: Any = None, preset: str | None = None,
+def _persona_vectors(out: str | os.PathLike, cfg: PVConfig, *, judge: Any = None, model: Any = None, preset: str | None = None,
         echo: Callable[[str], Any] | None = print) -> dict[str, Any]:
     """Persona vectors as the paper ran them, on one trait; each stage resumes from `out`.
 
@@ -444,7 +446,7 @@ def run(out: str | os.PathLike, cfg: PVConfig, *, judge: Any = None, model: Any 
     rd = RunDir(out)
     if model is None:
         model = load_model(cfg.model, dtype=torch.float32, device=cfg.device)
-    layer = cfg.layer if cfg.layer is not None else int(round(0.5 * (model.n_layers - 1)))
+    layer = cfg.layer if cfg.layer is not None else resolve_layer(0.5, model.n_layers)
     rd.write_manifest(title=f"Persona vectors: {cfg.trait}", model=model.name, preset=preset, seed=cfg.seed,
                       trait=cfg.trait, judge=judge.describe() if judge else "none: judge-free proxy filter and proxy expression",
                       coef=cfg.coef, steering_positions=UPSTREAM_POSITIONS, stages=sorted(stages))
@@ -560,6 +562,34 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PVConfig, JudgeOption
     return cfg, judge, ns
 
 
+def _stage(ctx: runner.Context) -> Any:
+    return _persona_vectors(ctx.out, ctx.config, judge=ctx.resources["judge"], model=ctx.resources.get("model"),
+                            preset=ctx.resources.get("preset_name"), echo=print if ctx.progress else None)
+
+
+STUDY = runner.Study(
+    "persona-vectors", PVConfig, PRESETS, title='Persona vectors', default_preset='cpu',
+    stages=(runner.Stage("persona_vectors", _stage, 'extract the direction, then the stages `config.stages` names (each resumes from its files)'),),
+    unbound=('stages',),
+    dashboard=False)
+
+
+def run(config: PVConfig | str | os.PathLike | None = None, out: str | os.PathLike | PVConfig | None = None,
+        **kw: Any) -> Any:
+    """Run the study into `out` on the study runner (`studies.runner`; rerun the same call to resume).
+
+    Args:
+        config: every option (default `PRESETS['cpu']`).
+        out: the run directory.
+        **kw: `judge=` (a 0-100 judge, or None for the judge-free proxies), `model=` (the loaded base model), `preset_name=` (recorded in the manifest), `overwrite=`, `progress=` (see `runner.run`).
+
+    Returns:
+        A `runner.RunResult`; `.results["persona_vectors"]` is {"summary", "dashboard"}. The deprecated call forms
+        (`run(out, config)`, ...) return that value itself.
+    """
+    return runner.run(STUDY, config, out, **kw)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`introspect-mech study persona-vectors [options]`: run the study and print its results.
 
@@ -573,6 +603,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     RunDir(ns.out)
     model = load_model(cfg.model, dtype=torch.float32, device=cfg.device)
     judge = judge_options.build(model=model if cfg.model is None else None, device=cfg.device)
-    res = run(ns.out, cfg, judge=judge, model=model, preset=ns.preset)
+    res = run(cfg, ns.out, judge=judge, model=model, preset_name=ns.preset).results["persona_vectors"]
     print(f"dashboard: {Path(res['dashboard']).resolve()}")
     return 0

@@ -40,6 +40,7 @@ hypothetical answers per model state (resumable JSONL), finetunes/<name>/ (resum
 from __future__ import annotations
 
 import argparse
+import os
 import dataclasses
 import json
 import random
@@ -57,6 +58,7 @@ from ..evals.self_prediction import (behaviour_shift, compare_self_cross, hypoth
 from ..finetune import TrainConfig, train
 from ..models import LoadedModel
 from ..runs import JsonlLog, RunDir, file_sha256, json_sha256
+from . import runner
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -598,7 +600,7 @@ def model_info(name: str | None, loaded: LoadedModel) -> dict[str, Any]:
             "flag": "BASE model with the fallback template: cross-prediction is confounded by format" if fallback else None}
 
 
-def run(out: str | Path, config: LIConfig | None = None, *, progress: bool = True) -> dict[str, Any]:
+def _self_prediction(out: str | Path, config: LIConfig | None = None, *, progress: bool = True) -> dict[str, Any]:
     """Run the protocol on the models `config` names (`model`; `other`: "twin", "none" or a second
     model); rerun the same call to resume.
 
@@ -628,6 +630,32 @@ def run(out: str | Path, config: LIConfig | None = None, *, progress: bool = Tru
         info["B"] = model_info(cfg.other, models["B"]())
     return run_study(out, models=models, model_info=info, config=cfg, data_dir=cfg.data_dir, seeds=seeds,
                      progress=progress)
+
+
+def _stage(ctx: runner.Context) -> Any:
+    return _self_prediction(ctx.out, ctx.config, progress=ctx.progress)
+
+
+STUDY = runner.Study(
+    "self-prediction", LIConfig, PRESETS, title='Looking inward: introspective self-prediction', default_preset='cpu',
+    stages=(runner.Stage("self_prediction", _stage, 'object-level answers, self-prediction finetunes, hypothetical answers, scores (models A and B)'),),
+    dashboard=True)
+
+
+def run(config: LIConfig | str | os.PathLike | None = None, out: str | os.PathLike | LIConfig | None = None,
+        **kw: Any) -> Any:
+    """Run the study into `out` on the study runner (`studies.runner`; rerun the same call to resume).
+
+    Args:
+        config: every option (default `PRESETS['cpu']`).
+        out: the run directory.
+        **kw: `overwrite=`, `progress=` (see `runner.run`).
+
+    Returns:
+        A `runner.RunResult`; `.results["self_prediction"]` is the results of `run_study` (also written to `out/results.json`). The deprecated call forms
+        (`run(out, config)`, ...) return that value itself.
+    """
+    return runner.run(STUDY, config, out, **kw)
 
 
 @dataclass
@@ -685,7 +713,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status (0).
     """
     cfg, a = config_from_argv(argv)
-    res = run(a.out, cfg)
+    res = run(cfg, a.out).results["self_prediction"]
     for key, s in res["scores"].items():
         e, m = s["accuracy"], s["mode_baseline"]
         if e["value"] is not None:

@@ -113,14 +113,23 @@ PANELS: tuple[Panel, ...] = (
           "with the ground truth, and the effect of each intervention, against norm-matched random directions."),
 )
 PANEL_FILES = {p.key: p.file for p in PANELS}
+# fields a panel plots as numbers: a string, bool or object there is a one-line error naming file, line and field
+NUMERIC_FIELDS: dict[str, tuple[str, ...]] = {
+    "training": ("step", "loss", "lr"), "em_rates": ("rate",), "steering_sweep": ("alpha",),
+    "probes": ("accuracy", "auroc"), "sae": ("latent", "delta"), "self_prediction": ("accuracy",),
+    "introspection": ("strength", "p_yes"), "self_report_track": ("self_report", "projection"),
+}
 
 
-def read_rows(path: Path, required: Sequence[str] = ()) -> list[Row]:
+def read_rows(path: Path, required: Sequence[str] = (), *, root: str | os.PathLike | None = None,
+              numeric: Sequence[str] = ()) -> list[Row]:
     """Read a JSONL results file, checking each row is an object with the `required` fields.
 
     Args:
         path: the JSONL file.
         required: fields every row must have.
+        root: the run directory the file must be inside (a symlink pointing out of it is refused).
+        numeric: fields that must be numbers (or null) where present.
 
     Returns:
         The rows.
@@ -128,8 +137,23 @@ def read_rows(path: Path, required: Sequence[str] = ()) -> list[Row]:
     Raises:
         DashboardError: naming the file, line and field.
     """
+    import io
+    import math
+    import numbers
+
+    from ..runs import UnsafePathError, read_inside
+
+    try:
+        raw = read_inside(path, root if root is not None else Path(path).parent)
+    except UnsafePathError as e:
+        raise DashboardError(str(e)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DashboardError(f"{path}:{line}: not UTF-8 text") from None
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with io.StringIO(text) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -142,6 +166,11 @@ def read_rows(path: Path, required: Sequence[str] = ()) -> list[Row]:
             missing = [k for k in required if k not in row]
             if missing:
                 raise DashboardError(f"{path}:{lineno}: missing field {missing[0]!r} (needs {', '.join(required)})")
+            for k in numeric:
+                v = row.get(k)
+                if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real)
+                                      or math.isinf(float(v))):
+                    raise DashboardError(f"{path}:{lineno}: {k}: expected a finite number, got {json.dumps(v)[:40]}")
             rows.append(row)
     return rows
 
@@ -151,7 +180,8 @@ def _train_logs(run_dir: Path) -> dict[str, list[Row]]:
     for p in sorted(run_dir.rglob("train_log.jsonl")):
         if "checkpoints" in p.relative_to(run_dir).parts:
             continue
-        rows = [r for r in read_rows(p) if r.get("loss") is not None and r.get("step") is not None]
+        rows = [r for r in read_rows(p, root=run_dir, numeric=NUMERIC_FIELDS["training"])
+                if r.get("loss") is not None and r.get("step") is not None]
         if rows:
             label = str(p.parent.relative_to(run_dir)) if p.parent != run_dir else "train"
             out[label] = rows
@@ -176,8 +206,8 @@ def load_panels(run_dir: str | os.PathLike) -> dict[str, Any]:
                 data[p.key] = logs
             continue
         f = run_dir / p.file
-        if f.exists():
-            rows = read_rows(f, p.required)
+        if f.exists() or f.is_symlink():
+            rows = read_rows(f, p.required, root=run_dir, numeric=NUMERIC_FIELDS.get(p.key, ()))
             if rows:
                 data[p.key] = rows
     return data
@@ -393,11 +423,19 @@ def render_html(run_dir: str | os.PathLike, title: str | None = None) -> str:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DashboardError(f"{run_dir}: not a run directory")
+    from ..runs import UnsafePathError, read_inside
+    from ..scrub import scrub_obj
+
     mpath = run_dir / "manifest.json"
     try:
-        manifest = json.loads(mpath.read_text()) if mpath.exists() else {}
+        manifest = json.loads(read_inside(mpath, run_dir)) if mpath.exists() or mpath.is_symlink() else {}
     except json.JSONDecodeError as e:
         raise DashboardError(f"{mpath}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except (UnsafePathError, UnicodeDecodeError) as e:
+        raise DashboardError(f"{mpath}: {e}") from None
+    if not isinstance(manifest, dict):
+        raise DashboardError(f"{mpath}: expected a JSON object, got {type(manifest).__name__}")
+    manifest = scrub_obj(manifest)  # a manifest written by another tool may hold a key: never shown
     data = load_panels(run_dir)
     title = title or manifest.get("title") or f"introspect_mech run: {run_dir.name}"
     sections, nav, n_fig = [], [], 0
@@ -456,8 +494,6 @@ def export_dashboard(run_dir: str | os.PathLike, path: str | os.PathLike | None 
     """
     text = render_html(run_dir, title)
     out = Path(path) if path is not None else Path(run_dir) / "dashboard.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
-    return out
+    from ..runs import write_text
+
+    return write_text(out, text)  # the one writer: no symlink followed, a temp file of its own, atomic

@@ -36,36 +36,55 @@ def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
     return style(fig, title, height)
 
 
+def _is_proxy(row: Row) -> bool:
+    return row.get("measure") == "proxy" or "proxy" in str(row.get("metric") or "").lower()
+
+
 def em_rate_figure(rows: Sequence[Row], metric_label: str | None = None) -> go.Figure:
     """EM metric per question, one bar group per model (base vs finetuned vs controls), 95 % CIs.
 
-    Rows: `{"model", "question", "rate", "ci_lo"?, "ci_hi"?, "n"?, "metric"?}`. A question named
-    `"overall"` is drawn last.
+    Rows: `{"model", "question", "rate", "ci_lo"?, "ci_hi"?, "n"?, "metric"?, "measure"?, "unit"?,
+    "method"?}`. A question named `"overall"` is drawn last. Each distinct `metric` (e.g. the EM
+    rate under each denominator, a judge-free proxy) gets its own panel with its own y-axis, so two
+    denominators never overwrite each other and a proxy (`measure == "proxy"` or "proxy" in its
+    metric name) is never drawn on a judged rate's axis; proxies come after the judged panels.
 
     Args:
         rows: the rows above.
-        metric_label: the y-axis label (default: from the rows' "metric").
+        metric_label: the y-axis label when the rows name no metric (default "EM rate").
 
     Returns:
         A plotly figure.
     """
+    default = metric_label or "EM rate"
+    metrics = _ordered(str(r.get("metric") or default) for r in rows) or [default]
+    proxy = {str(r.get("metric") or default) for r in rows if _is_proxy(r)}
+    metrics = [m for m in metrics if m not in proxy] + [m for m in metrics if m in proxy]
     models = _ordered(r["model"] for r in rows)
-    questions = _ordered(r["question"] for r in rows)
-    if "overall" in questions:
-        questions = [q for q in questions if q != "overall"] + ["overall"]
-    fig = go.Figure()
-    for i, m in enumerate(models):
-        by_q = {r["question"]: r for r in rows if r["model"] == m}
-        sel = [by_q[q] for q in questions if q in by_q]
-        fig.add_bar(
-            name=str(m), x=[r["question"] for r in sel], y=[r["rate"] for r in sel],
-            error_y=_err(sel, "rate"), marker_color=PALETTE[i % len(PALETTE)],
-            customdata=[r.get("n") for r in sel],
-            hovertemplate="%{x}<br>%{y:.3f} (n=%{customdata})<extra>" + str(m) + "</extra>",
-        )
-    label = metric_label or (rows[0].get("metric") if rows else None) or "EM rate"
-    fig.update_layout(barmode="group", yaxis_title=label, xaxis_title="question")
-    return _layout(fig, f"{label} per question (95 % CI)")
+    fig = make_subplots(rows=len(metrics), cols=1, subplot_titles=metrics, vertical_spacing=0.12 if len(metrics) > 1 else 0)
+    for k, met in enumerate(metrics, start=1):
+        mrows = [r for r in rows if str(r.get("metric") or default) == met]
+        questions = _ordered(r["question"] for r in mrows)
+        if "overall" in questions:
+            questions = [q for q in questions if q != "overall"] + ["overall"]
+        for i, m in enumerate(models):
+            by_q = {r["question"]: r for r in mrows if r["model"] == m}  # keyed by (model, metric, question)
+            sel = [by_q[q] for q in questions if q in by_q]
+            if not sel:
+                continue
+            fig.add_bar(
+                name=str(m), legendgroup=str(m), showlegend=k == 1 or m not in {r["model"] for r in rows
+                                                                              if str(r.get("metric") or default) in metrics[: k - 1]},
+                x=[r["question"] for r in sel], y=[r["rate"] for r in sel],
+                error_y=_err(sel, "rate"), marker_color=PALETTE[i % len(PALETTE)],
+                customdata=[[r.get("n"), r.get("unit") or "", r.get("method") or ""] for r in sel],
+                hovertemplate="%{x}<br>%{y:.3f} (n=%{customdata[0]} %{customdata[1]}; %{customdata[2]})<extra>"
+                + str(m) + "</extra>", row=k, col=1,
+            )
+        fig.update_yaxes(title_text="proxy (not a rate)" if met in proxy else "rate", row=k, col=1)
+    fig.update_layout(barmode="group")
+    title = "EM rate per question (95 % CI)" if len(metrics) > 1 else f"{metrics[0]} per question (95 % CI)"
+    return _layout(fig, title, height=max(420, 320 * len(metrics)))
 
 
 def steering_effect_figure(rows: Sequence[Row]) -> go.Figure:
