@@ -150,8 +150,8 @@ def read_rows(path: Path, required: Sequence[str] = (), *, root: str | os.PathLi
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise DashboardError(f"{path}:{line}: not UTF-8 text") from None
+        bad_line = raw[:e.start].count(b"\n") + 1
+        raise DashboardError(f"{path}:{bad_line}: not UTF-8 text") from None
     rows = []
     with io.StringIO(text) as f:
         for lineno, line in enumerate(f, 1):
