@@ -401,9 +401,10 @@ def _job(cfg: JobConfig, out: Path, run_dir: Any) -> Path:
     x_persona = cache(base, [conv(r) for r in rows_pos + rows_neg], batch_size=cfg.batch)
     y_persona = [1] * len(rows_pos) + [0] * len(rows_neg)
     probe_rows, probe_table = [], []
-    for pname, x, y in (("evil vs helpful system prompt (base)", x_persona, y_persona),
-                        ("bad vs good medical answer (bad-advice finetune)",
-                         torch.cat(acts["bad_medical"]), [1] * len(med_bad) + [0] * len(med_good))):
+    for pname, x, y in tqdm((("evil vs helpful system prompt (base)", x_persona, y_persona),
+                             ("bad vs good medical answer (bad-advice finetune)",
+                              torch.cat(acts["bad_medical"]), [1] * len(med_bad) + [0] * len(med_good))),
+                            desc=f"probes at {n_layers} layers", unit="probe"):
         sw = layer_sweep(x, y, list(range(n_layers)), cv=5, seed=cfg.seed)
         for layer, p in zip(sw.layers, sw.probes):
             probe_rows.append({"probe": pname, "layer": layer, "accuracy": p.accuracy, "auroc": p.auroc,
