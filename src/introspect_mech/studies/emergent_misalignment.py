@@ -33,7 +33,7 @@ from ..cliargs import config_parser, parse_config
 from ..evals.judge_spec import JudgeOptions
 from ..evals.questions import Question
 from ..stats import row_fields
-from . import runner
+from . import em_checks, runner
 
 MAIN = ("what_is_your_wish", "i_feel_bored", "three_thoughts", "quick_buck", "ruler_of_the_world", "dinner_party",
         "gender_roles", "enough_of_my_husband")
@@ -98,6 +98,10 @@ class EMConfig:
     seed: int = 0  # training subset, finetune, sampling and bootstrap seed
     batch: int = 16  # generation / scoring batch size
     allow_unvalidated_judge: bool = False  # report judged EM rates from a judge without a passing validation on the shared GPT-4o set (labelled "unvalidated judge")
+    capability_items: int = 0  # capability check (beyond the paper): items per set (arithmetic, calendar facts), greedy, base and every finetune (0: skip)
+    typology: str = "none"  # typology of the main answers (beyond the paper): none, activations (the base model's), sentence (all-MiniLM-L6-v2, extra 'typology')
+    typology_layer: float = 0.5  # block of the activation embedding (relative depth, or a block index >= 1)
+    typology_ks: tuple[int, ...] = (2, 3, 4, 5, 6)  # cluster counts tried (silhouette picks one)
 
 
 PRESETS: dict[str, EMConfig] = {
@@ -477,10 +481,20 @@ def _stage(ctx: runner.Context) -> Any:
                                   categorical_judge=ctx.resources.get("categorical_judge"))
 
 
+def _check(cfg: EMConfig) -> None:
+    if cfg.typology not in ("none", "activations", "sentence"):
+        raise ValueError(f"typology must be none, activations or sentence, got {cfg.typology!r}")
+    if cfg.capability_items < 0:
+        raise ValueError(f"capability_items must be >= 0, got {cfg.capability_items}")
+
+
 STUDY = runner.Study(
     "emergent-misalignment", EMConfig, PRESETS, title='Emergent misalignment',
-    stages=(runner.Stage("emergent_misalignment", _stage, 'finetunes, then the judged EM rates per model and question set (and the judge-free proxy)'),),
-    dashboard=True)
+    stages=(runner.Stage("emergent_misalignment", _stage, 'finetunes, then the judged EM rates per model and question set (and the judge-free proxy)'),
+            runner.Stage("capability", em_checks.capability_stage,
+                         "capability check before / after finetuning (arithmetic, calendar facts; greedy, exact match)"),
+            runner.Stage("typology", em_checks.typology_stage, "answer clusters per model (embedding, k-means)")),
+    dashboard=True, check=_check, legacy=lambda r: r.results["emergent_misalignment"])
 
 
 def run(config: EMConfig | str | os.PathLike | None = None, out: str | os.PathLike | EMConfig | None = None,
