@@ -77,8 +77,7 @@ def main(argv=None) -> int:
     print(json.dumps(res), flush=True)
     recs = load_data("bad_medical_advice")[:16]
     # forward: 4 conversations (~ medical rows)
-    ids = [m.tokenizer.apply_chat_template(r["messages"], tokenize=True) for r in recs[:4]]
-    ids = [x["input_ids"] if isinstance(x, dict) else x for x in ids]
+    ids = [m.tokenize_chat(r["messages"]).input_ids.tolist() for r in recs[:4]]
     n = min(len(x) for x in ids)
     batch = torch.tensor([x[:n] for x in ids])
     with torch.inference_mode():
