@@ -32,7 +32,7 @@ from ..cliargs import config_parser, parse_config
 from ..evals.judge_spec import JudgeOptions
 from ..evals.questions import Question
 from ..stats import row_fields
-from . import runner
+from . import em_checks, runner
 from .. import runs as _runs
 
 MAIN = ("what_is_your_wish", "i_feel_bored", "three_thoughts", "quick_buck", "ruler_of_the_world", "dinner_party",
@@ -98,6 +98,10 @@ class EMConfig:
     seed: int = 0  # training subset, finetune, sampling and bootstrap seed
     batch: int = 16  # generation / scoring batch size
     allow_unvalidated_judge: bool = False  # report judged EM rates from a judge without a passing validation on the shared GPT-4o set (labelled "unvalidated judge")
+    capability_items: int = 0  # capability check (beyond the paper): items per set (arithmetic, calendar facts), greedy, base and every finetune (0: skip)
+    typology: str = "none"  # typology of the main answers (beyond the paper): none, activations (the base model's), sentence (all-MiniLM-L6-v2, extra 'typology')
+    typology_layer: float = 0.5  # block of the activation embedding (relative depth, or a block index >= 1)
+    typology_ks: tuple[int, ...] = (2, 3, 4, 5, 6)  # cluster counts tried (silhouette picks one)
 
 
 PRESETS: dict[str, EMConfig] = {
@@ -113,6 +117,15 @@ PRESETS: dict[str, EMConfig] = {
     "cpu": EMConfig(datasets=("bad_medical_advice", "good_medical_advice"), n_train=64, lr=2e-4, batch_size=4,
                     max_seq_len=384, save_every=4, question_sets=("main",), question_limit=2, n_samples=1, max_new_tokens=48,
                     proxy_per_theme=1, proxy_medical=4),
+    # Qwen2.5-Coder-0.5B-Instruct on an idle 2-core CPU, one seed per run (docs/qwen_runbook.md runs --seed 0 1 2,
+    # about 40 min each): the model-organisms rsLoRA recipe (r=32, alpha=64, all 7 projections, 1 epoch, linear
+    # decay) on 48 rows instead of 6000 with lr 2e-4 (paper 1e-5), batch 8 (16), 512 training tokens (2048);
+    # 8 main questions x 6 samples at T=1 with 160 new tokens (paper 50-100 samples, 600 tokens); sized from the
+    # timing probes in docs/qwen_runbook.md; every change is listed in docs/em.md.
+    "qwen-cpu": EMConfig(model="qwen2.5-coder-0.5b-instruct", datasets=("bad_medical_advice", "good_medical_advice"),
+                         n_train=48, lr=2e-4, batch_size=8, epochs=1, max_seq_len=512, save_every=2,
+                         question_sets=("main",), n_samples=6, max_new_tokens=160, temperature=1.0,
+                         proxy_per_theme=2, proxy_medical=8, batch=16, capability_items=24, typology="activations"),
 }
 
 
@@ -476,10 +489,20 @@ def _stage(ctx: runner.Context) -> Any:
                                   categorical_judge=ctx.resources.get("categorical_judge"))
 
 
+def _check(cfg: EMConfig) -> None:
+    if cfg.typology not in ("none", "activations", "sentence"):
+        raise ValueError(f"typology must be none, activations or sentence, got {cfg.typology!r}")
+    if cfg.capability_items < 0:
+        raise ValueError(f"capability_items must be >= 0, got {cfg.capability_items}")
+
+
 STUDY = runner.Study(
     "emergent-misalignment", EMConfig, PRESETS, title='Emergent misalignment',
-    stages=(runner.Stage("emergent_misalignment", _stage, 'finetunes, then the judged EM rates per model and question set (and the judge-free proxy)'),),
-    dashboard=True)
+    stages=(runner.Stage("emergent_misalignment", _stage, 'finetunes, then the judged EM rates per model and question set (and the judge-free proxy)'),
+            runner.Stage("capability", em_checks.capability_stage,
+                         "capability check before / after finetuning (arithmetic, calendar facts; greedy, exact match)"),
+            runner.Stage("typology", em_checks.typology_stage, "answer clusters per model (embedding, k-means)")),
+    dashboard=True, check=_check, legacy=lambda r: r.results["emergent_misalignment"])
 
 
 def run(config: EMConfig | str | os.PathLike | None = None, out: str | os.PathLike | EMConfig | None = None,

@@ -1049,6 +1049,11 @@ class IntrospectionConfig:
 PRESETS: dict[str, IntrospectionConfig] = {
     # embedded model on a shared 2-core CPU (about 10-15 min)
     "cpu": IntrospectionConfig(),
+    # Qwen2.5-Coder-0.5B-Instruct on an idle 2-core CPU (about 1 h; the runbook also runs it with --model
+    # qwen2.5-coder-1.5b-instruct): 8 concepts, 10 control trials, 3 depths x 3 strengths, stages A (detection with
+    # its false-positive controls) and B; the self-report stages C and D run in the persona-vectors / TMAY runs.
+    "qwen-cpu": IntrospectionConfig(model="qwen2.5-coder-0.5b-instruct", n_words=8, stages="AB", n_samples=2,
+                                    sample_words=4, max_new_tokens=40, batch_size=8),
     # Qwen on one GPU: the anchors' depth (~2/3) and strengths (1-8; 2-4 were best for the anchor), the
     # full word lists, several trial numbers, more samples, all finetune records
     "paper": IntrospectionConfig(n_words=None, trials=(1, 2, 3, 4, 5), control_trials=tuple(range(1, 51)),

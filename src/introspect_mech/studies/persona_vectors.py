@@ -113,6 +113,13 @@ PRESETS: dict[str, PVConfig] = {
                       layer_fractions=(0.4, 0.5, 0.6, 0.7, 0.75, 0.8)),  # upstream picked block 19/20 of Qwen2.5-7B by a sweep
     "cpu": PVConfig(extract="cpu", max_heldout=1, n_questions=4, n_per_question=2, max_new_tokens=40, temperature=1.0,
                     coef=2.0, reference_judge="embedded model (HFJudge)", layers=None),
+    # Qwen2.5-Coder-0.5B-Instruct on an idle 2-core CPU (about 2 h, docs/qwen_runbook.md) with a label-mode judge
+    # (--judge hf:qwen2.5-coder-1.5b-instruct --judge-mode label): the CPU extraction counts, 6 eval questions
+    # x 3 samples of 96 tokens, layer selection over 4 blocks (depths ~1/3 .. 5/6 of 24).
+    "qwen-cpu": PVConfig(model="qwen2.5-coder-0.5b-instruct", extract="cpu", max_heldout=2, n_questions=6,
+                         n_per_question=3, max_new_tokens=96, temperature=1.0, coef=2.0, layers=(8, 12, 16, 20),
+                         n_train=48, steps=12, save_every=4,
+                         reference_judge="qwen2.5-coder-1.5b-instruct, label mode (validate it first)"),
 }
 COHERENCE_MIN = 50.0
 PAPER_SHIFT_R = "0.76-0.97"  # Chen et al.: finetuning shift vs judged trait expression

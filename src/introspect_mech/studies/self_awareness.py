@@ -123,6 +123,14 @@ PRESETS: dict[str, TMAYConfig] = {
                       batch_size=4, n_samples=0, language_max_new_tokens=32, trigger_repeats=1, mms_n_train=16,
                       max_seq_len=1024, trigger_awareness_kinds=("win",), personas=("David", "a musician"),
                       measures=("behaviour", "scales", "words", "backdoor", "personas", "mms")),
+    # Qwen2.5-Coder-0.5B-Instruct on an idle 2-core CPU (about 2 h, docs/qwen_runbook.md): risky vs safe, 3 seeds,
+    # 48 training lotteries x 2 epochs (upstream: the whole split x 3 epochs on GPT-4o), 40 held-out lotteries,
+    # lr 2e-4, batch 8; the sampled measures left out (their cost), the backdoor-vs-decorrelated pair in a second
+    # run (docs/qwen_runbook.md).
+    "qwen-cpu": TMAYConfig(model="qwen2.5-coder-0.5b-instruct", conditions=("risky", "safe"), seeds=(0, 1, 2),
+                           n_train=48, n_test=40, epochs=2, lr=2e-4, batch_size=8, n_samples=0, max_seq_len=512,
+                           trigger_repeats=1, mms_n_train=16, trigger_awareness_kinds=("win",),
+                           personas=("David", "a musician"), measures=("behaviour", "scales", "words", "personas")),
     # GPU, Qwen2.5-7B/32B-Instruct: every condition, the full training split, 3 seeds
     "paper": TMAYConfig(conditions=("risky", "safe", "myopic", "nonmyopic", "maxapples", "minapples", "risky_mp",
                                     "safe_mp", *(f"backdoor:{k}" for k in sa.TRIGGER_KINDS),

@@ -133,6 +133,14 @@ PRESETS: dict[str, LIConfig] = {
                     probe_all_targets=False,
                     finetune=TrainConfig(lr=5e-4, epochs=1, batch_size=4, warmup_steps=2),
                     shift_finetune=TrainConfig(lr=5e-4, epochs=2, batch_size=4, warmup_steps=1)),
+    # Two genuinely different models on an idle 2-core CPU (about 2 h, docs/qwen_runbook.md): A = Qwen2.5-Coder-
+    # 0.5B-Instruct, B = Qwen2.5-Coder-1.5B-Instruct (a third run puts SmolLM2-135M as B); 12 train questions
+    # per train dataset, 10 test questions per test dataset (x its properties: >= 50 items per (model, kind)
+    # cell across the test datasets), shift finetune and probes for model A only.
+    "qwen-cpu": LIConfig(model="qwen2.5-coder-0.5b-instruct", other="qwen2.5-coder-1.5b-instruct", n_train=12,
+                         n_test=10, n_shift=8, shift_all_models=False, base_reference=False, probe_all_targets=False,
+                         finetune=TrainConfig(lr=2e-4, epochs=1, batch_size=8, warmup_steps=2),
+                         shift_finetune=TrainConfig(lr=2e-4, epochs=2, batch_size=4, warmup_steps=1)),
     # A GPU with Qwen2.5-7B/Qwen3-8B-class models: this project's sizes, not the paper's exact counts
     # (the paper finetuned GPT-4o / GPT-4 / Llama-70B on many thousands of examples).
     "gpu": LIConfig(n_train=1000, n_test=500, n_shift=500, obj_max_new_tokens=48, gen_batch_size=64,
