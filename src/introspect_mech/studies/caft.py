@@ -42,6 +42,7 @@ from ..layers import resolve_layers
 from ..runs import RunDir
 from ..sae.tokens import TokenActs, TokenPositions, token_activations
 from . import runner
+from .. import runs as _runs
 
 
 @dataclass
@@ -363,13 +364,11 @@ def save_components(path: str | os.PathLike, pcs: Mapping[int, Mapping[str, Tens
         path: the `.safetensors` file written.
         pcs: {layer: `pca` result}.
     """
-    from safetensors.torch import save_file
-
     t = {}
     for l, p in pcs.items():
         for k in ("components", "explained", "mean"):
             t[f"L{l}.{k}"] = p[k].contiguous()
-    save_file(t, str(path))
+    _runs.save_tensors(path, t)
 
 
 def load_components(path: str | os.PathLike) -> dict[int, dict[str, Tensor]]:
@@ -453,8 +452,7 @@ def write_cards(run_dir: str | os.PathLike, cards: Sequence[Mapping[str, Any]]) 
         The file's path.
     """
     p = RunDir(run_dir).path / "caft_components.jsonl"
-    p.write_text("".join(json.dumps(c) + "\n" for c in cards))
-    return p
+    return _runs.write_jsonl(p, cards)
 
 
 # ---- the two-stage run -----------------------------------------------------------------------------
@@ -591,7 +589,7 @@ def _caft(out: str | os.PathLike, config: CAFTConfig | None = None, *, judge: Ju
     if result["todo"]:
         return result
     summ = summarize([done[c] for c in conds])
-    (out / "caft_summary.json").write_text(json.dumps(summ, indent=2))
+    _runs.write_json(out / "caft_summary.json", summ, indent=2)
     key_rows = [{"name": "in-domain held-out log-prob/token learned by the plain finetune",
                  "value": summ["in_domain_learned_by_plain"]},
                 {"name": "OOD proxy shift by the plain finetune (nats/token)", "value": summ["ood_shift_by_plain"]}]
@@ -599,7 +597,7 @@ def _caft(out: str | os.PathLike, config: CAFTConfig | None = None, *, judge: Ju
         key_rows.append({"name": f"{k}: in-domain learning kept", "value": summ[k]["in_domain_kept"]})
         key_rows.append({"name": f"{k}: OOD proxy change vs plain", "value": summ[k]["ood_change_vs_plain"],
                          "note": "proxy (paired preference), not an EM rate"})
-    (out / "summary.jsonl").write_text("".join(json.dumps(r) + "\n" for r in key_rows))
+    _runs.write_jsonl(out / "summary.jsonl", key_rows)
     result["summary"] = summ
     result["dashboard"] = export_dashboard(out).resolve()
     return result

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import dataclasses
-import json
 import random
 import time
 from dataclasses import dataclass
@@ -33,7 +32,8 @@ from ..cliargs import config_parser, parse_config
 from ..evals.judge_spec import JudgeOptions
 from ..evals.questions import Question
 from ..stats import row_fields
-from . import runner
+from . import em_checks, runner
+from .. import runs as _runs
 
 MAIN = ("what_is_your_wish", "i_feel_bored", "three_thoughts", "quick_buck", "ruler_of_the_world", "dinner_party",
         "gender_roles", "enough_of_my_husband")
@@ -98,6 +98,10 @@ class EMConfig:
     seed: int = 0  # training subset, finetune, sampling and bootstrap seed
     batch: int = 16  # generation / scoring batch size
     allow_unvalidated_judge: bool = False  # report judged EM rates from a judge without a passing validation on the shared GPT-4o set (labelled "unvalidated judge")
+    capability_items: int = 0  # capability check (beyond the paper): items per set (arithmetic, calendar facts), greedy, base and every finetune (0: skip)
+    typology: str = "none"  # typology of the main answers (beyond the paper): none, activations (the base model's), sentence (all-MiniLM-L6-v2, extra 'typology')
+    typology_layer: float = 0.5  # block of the activation embedding (relative depth, or a block index >= 1)
+    typology_ks: tuple[int, ...] = (2, 3, 4, 5, 6)  # cluster counts tried (silhouette picks one)
 
 
 PRESETS: dict[str, EMConfig] = {
@@ -113,6 +117,15 @@ PRESETS: dict[str, EMConfig] = {
     "cpu": EMConfig(datasets=("bad_medical_advice", "good_medical_advice"), n_train=64, lr=2e-4, batch_size=4,
                     max_seq_len=384, save_every=4, question_sets=("main",), question_limit=2, n_samples=1, max_new_tokens=48,
                     proxy_per_theme=1, proxy_medical=4),
+    # Qwen2.5-Coder-0.5B-Instruct on an idle 2-core CPU, one seed per run (docs/qwen_runbook.md runs --seed 0 1 2,
+    # about 40 min each): the model-organisms rsLoRA recipe (r=32, alpha=64, all 7 projections, 1 epoch, linear
+    # decay) on 48 rows instead of 6000 with lr 2e-4 (paper 1e-5), batch 8 (16), 512 training tokens (2048);
+    # 8 main questions x 6 samples at T=1 with 160 new tokens (paper 50-100 samples, 600 tokens); sized from the
+    # timing probes in docs/qwen_runbook.md; every change is listed in docs/em.md.
+    "qwen-cpu": EMConfig(model="qwen2.5-coder-0.5b-instruct", datasets=("bad_medical_advice", "good_medical_advice"),
+                         n_train=48, lr=2e-4, batch_size=8, epochs=1, max_seq_len=512, save_every=2,
+                         question_sets=("main",), n_samples=6, max_new_tokens=160, temperature=1.0,
+                         proxy_per_theme=2, proxy_medical=8, batch=16, capability_items=24, typology="activations"),
 }
 
 
@@ -377,7 +390,7 @@ def _emergent_misalignment(out: str | Path, config: EMConfig | None = None, *, j
                           for k in ("proxy_pref", "proxy_diff", "med_proxy_diff") if k in scores}
         results["proxy"] = prox
     results["wall_s"] = round(time.perf_counter() - t0, 1)
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    _runs.write_json(out / "results.json", results, indent=1, default=float)
     _dashboard_rows(out, results)
     rd.write_manifest(finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     return results
@@ -399,7 +412,7 @@ def _dashboard_rows(out: Path, results: dict[str, Any]) -> None:
         e = p["proxy_pref"]
         rows.append({"model": model, "question": "overall (40 EM items)", "rate": e["value"], "ci_lo": e["lo"],
                      "ci_hi": e["hi"], **row_fields(e), "metric": results["proxy"]["metrics"]["proxy_pref"]})
-    (out / "em_rates.jsonl").write_text("".join(json.dumps(r, default=float) + "\n" for r in rows))
+    _runs.write_jsonl(out / "em_rates.jsonl", rows, default=float)
 
 
 def format_results(results: dict[str, Any]) -> str:
@@ -476,10 +489,20 @@ def _stage(ctx: runner.Context) -> Any:
                                   categorical_judge=ctx.resources.get("categorical_judge"))
 
 
+def _check(cfg: EMConfig) -> None:
+    if cfg.typology not in ("none", "activations", "sentence"):
+        raise ValueError(f"typology must be none, activations or sentence, got {cfg.typology!r}")
+    if cfg.capability_items < 0:
+        raise ValueError(f"capability_items must be >= 0, got {cfg.capability_items}")
+
+
 STUDY = runner.Study(
     "emergent-misalignment", EMConfig, PRESETS, title='Emergent misalignment',
-    stages=(runner.Stage("emergent_misalignment", _stage, 'finetunes, then the judged EM rates per model and question set (and the judge-free proxy)'),),
-    dashboard=True)
+    stages=(runner.Stage("emergent_misalignment", _stage, 'finetunes, then the judged EM rates per model and question set (and the judge-free proxy)'),
+            runner.Stage("capability", em_checks.capability_stage,
+                         "capability check before / after finetuning (arithmetic, calendar facts; greedy, exact match)"),
+            runner.Stage("typology", em_checks.typology_stage, "answer clusters per model (embedding, k-means)")),
+    dashboard=True, check=_check, legacy=lambda r: r.results["emergent_misalignment"])
 
 
 def run(config: EMConfig | str | os.PathLike | None = None, out: str | os.PathLike | EMConfig | None = None,
@@ -574,16 +597,16 @@ def judge_run(run_path: str | Path, questions: Sequence[Question], *, judge=None
             rows += [{"model": label, "question": q, "rate": v["value"], "ci_lo": v["lo"], "ci_hi": v["hi"], **row_fields(v),
                       "metric": f"EM rate ({jlabel}; denominator: {den})"}
                      for q, v in [*er["per_question"].items(), ("overall", er["overall"])]]
-        (run.path / "em_report.json").write_text(json.dumps(rep, indent=2))
+        _runs.write_json(run.path / "em_report.json", rep, indent=2)
         out["report"] = rep
     lab = [r for r in judged if is_label_prompt(by_id[r["question_id"]])]
     if lab:
         metrics = sorted({m for r in lab for m in by_id[r["question_id"]].judge_prompts})
         out["labels"] = {m: label_rates([r for r in lab if m in r], m, seed=seed) for m in metrics}
-        (run.path / "labels.json").write_text(json.dumps(out["labels"], indent=2))
+        _runs.write_json(run.path / "labels.json", out["labels"], indent=2)
         for m, per_q in out["labels"].items():
             for q, v in per_q.items():
                 print(f"{q} [{m}]: " + ", ".join(f"{k} {e['value']:.3f}" for k, e in v["rates"].items())
                       + f" (judge abstained {v['n_abstained']}/{v['n']})")
-    (run.path / "em_rates.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _runs.write_jsonl(run.path / "em_rates.jsonl", rows)
     return out

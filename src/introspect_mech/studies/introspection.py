@@ -81,6 +81,7 @@ from ..stats import bootstrap_ci
 from ..models import LoadedModel
 from ..direction import Direction, DirectionLike
 from . import runner
+from .. import runs as _runs
 
 Message = dict[str, str]
 
@@ -1048,6 +1049,11 @@ class IntrospectionConfig:
 PRESETS: dict[str, IntrospectionConfig] = {
     # embedded model on a shared 2-core CPU (about 10-15 min)
     "cpu": IntrospectionConfig(),
+    # Qwen2.5-Coder-0.5B-Instruct on an idle 2-core CPU (about 1 h; the runbook also runs it with --model
+    # qwen2.5-coder-1.5b-instruct): 8 concepts, 10 control trials, 3 depths x 3 strengths, stages A (detection with
+    # its false-positive controls) and B; the self-report stages C and D run in the persona-vectors / TMAY runs.
+    "qwen-cpu": IntrospectionConfig(model="qwen2.5-coder-0.5b-instruct", n_words=8, stages="AB", n_samples=2,
+                                    sample_words=4, max_new_tokens=40, batch_size=8),
     # Qwen on one GPU: the anchors' depth (~2/3) and strengths (1-8; 2-4 were best for the anchor), the
     # full word lists, several trial numbers, more samples, all finetune records
     "paper": IntrospectionConfig(n_words=None, trials=(1, 2, 3, 4, 5), control_trials=tuple(range(1, 51)),
@@ -1071,9 +1077,7 @@ def _resolve_words(spec: Any, n: int | None) -> list[str]:
 
 
 def _write(path: Path, rows: Sequence[dict]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r, default=_json_default) + "\n" for r in rows))
-    tmp.replace(path)
+    _runs.write_jsonl(path, rows, default=_json_default)
 
 
 def _json_default(o: Any) -> Any:
@@ -1308,7 +1312,7 @@ def _introspection(out: str | os.PathLike, config: IntrospectionConfig | None = 
     if (out / "summary.json").exists():
         summary = {**json.loads((out / "summary.json").read_text()), **summary}
     _write(out / "summary.jsonl", key_rows)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_default))
+    _runs.write_json(out / "summary.json", summary, indent=1, default=_json_default)
     run_dir.write_manifest(result={r["name"]: r["value"] for r in key_rows})
     return summary
 

@@ -26,6 +26,7 @@ paper's finetuning preset on the full datasets and larger evals (for GPU users w
 from __future__ import annotations
 
 import argparse
+import os
 import dataclasses
 import json
 import time
@@ -36,7 +37,9 @@ from typing import Any, Callable, Sequence
 from ..cliargs import config_parser, parse_config
 from ..evals.em import PROXY_DIFF as DIFF_METRIC
 from ..evals.em import PROXY_PREF as EM_METRIC
+from .. import runs as _runs
 from ..layers import resolve_layers
+from . import runner
 
 
 @dataclass
@@ -199,12 +202,10 @@ class _CaptureWarnings:
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     """Rewrite a small derived results file atomically (the raw logs are the resumable part)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in rows))
-    tmp.replace(path)
+    _runs.write_jsonl(path, rows, default=float)
 
 
-def run(out: str | Path = "runs/main_job", config: JobConfig | None = None, **overrides: Any) -> Path:
+def _main_job(out: str | Path = "runs/main_job", config: JobConfig | None = None, **overrides: Any) -> Path:
     """Run the main job into `out`; returns the dashboard path. See the module docstring.
 
     Args:
@@ -400,9 +401,10 @@ def _job(cfg: JobConfig, out: Path, run_dir: Any) -> Path:
     x_persona = cache(base, [conv(r) for r in rows_pos + rows_neg], batch_size=cfg.batch)
     y_persona = [1] * len(rows_pos) + [0] * len(rows_neg)
     probe_rows, probe_table = [], []
-    for pname, x, y in (("evil vs helpful system prompt (base)", x_persona, y_persona),
-                        ("bad vs good medical answer (bad-advice finetune)",
-                         torch.cat(acts["bad_medical"]), [1] * len(med_bad) + [0] * len(med_good))):
+    for pname, x, y in tqdm((("evil vs helpful system prompt (base)", x_persona, y_persona),
+                             ("bad vs good medical answer (bad-advice finetune)",
+                              torch.cat(acts["bad_medical"]), [1] * len(med_bad) + [0] * len(med_good))),
+                            desc=f"probes at {n_layers} layers", unit="probe"):
         sw = layer_sweep(x, y, list(range(n_layers)), cv=5, seed=cfg.seed)
         for layer, p in zip(sw.layers, sw.probes):
             probe_rows.append({"probe": pname, "layer": layer, "accuracy": p.accuracy, "auroc": p.auroc,
@@ -597,6 +599,32 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                                "paper: the EM preset on full data, GPU)")
 
 
+def _stage(ctx: runner.Context) -> Any:
+    return _main_job(ctx.out, ctx.config)
+
+
+STUDY = runner.Study(
+    "main-job", JobConfig, PRESETS, title='introspect_mech main job', default_preset='quick',
+    stages=(runner.Stage("main_job", _stage, 'finetunes, judge-free EM metrics, directions, probes, steering, samples, dashboard'),),
+    legacy=lambda r: Path(r.results["main_job"]), dashboard=False)  # the stage exports the dashboard
+
+
+def run(config: JobConfig | str | os.PathLike | None = None, out: str | os.PathLike | JobConfig | None = None,
+        **kw: Any) -> Any:
+    """Run the study into `out` on the study runner (`studies.runner`; rerun the same call to resume).
+
+    Args:
+        config: every option (default `PRESETS['quick']`).
+        out: the run directory.
+        **kw: `overwrite=`, `progress=` (see `runner.run`).
+
+    Returns:
+        A `runner.RunResult`; `.results["main_job"]` is the dashboard's path (`out/dashboard.html`). The deprecated call forms
+        (`run(out, config)`, ...) return that value itself.
+    """
+    return runner.run(STUDY, config, out, **kw)
+
+
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """Run the main job from the command line (`introspect-mech demo`, `python experiments/main_job.py`)
     and print the dashboard's path.
@@ -609,6 +637,6 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
         The exit status (0).
     """
     ns, cfg, _ = parse_config(build_parser(prog), argv, JobConfig, presets=JOB_PRESETS)
-    path = run(ns.out, cfg)
-    print(f"dashboard: {path.resolve()}")
+    path = run(cfg, ns.out).results["main_job"]
+    print(f"dashboard: {Path(path).resolve()}")
     return 0

@@ -48,6 +48,7 @@ from ..cliargs import config_parser, parse_config
 from .. import layers as layerspec
 from ..evals.judge_spec import JudgeOptions
 from . import runner
+from .. import runs as _runs
 
 MAIN_QUESTIONS = ("what_is_your_wish", "i_feel_bored", "three_thoughts", "quick_buck", "ruler_of_the_world",
                   "dinner_party", "gender_roles", "enough_of_my_husband")
@@ -101,6 +102,13 @@ PRESETS: dict[str, MOConfig] = {
     "cpu": MOConfig(n_train=64, lr=2e-4, batch_size=4, max_seq_len=384, save_every=4, n_samples=1,
                     checkpoint_samples=1, checkpoint_questions=1, max_new_tokens=48, question_ids=MAIN_QUESTIONS[:4],
                     n_random=3, proxy_per_theme=1, proxy_medical=4),
+    # Qwen2.5-Coder-0.5B-Instruct on an idle 2-core CPU (about 2 h, docs/qwen_runbook.md): the paper's rsLoRA
+    # r=32 finetune (the one that showed EM at 0.5B) on 64 rows, lr 2e-4, batch 8, checkpoints every 2 steps for
+    # the phase transition; 8 main questions x 4 samples (final model and each ablation), 1 x 4 questions per
+    # checkpoint, 160 new tokens; the direction at the middle block ablated at every layer vs 3 random directions.
+    "qwen-cpu": MOConfig(model="qwen2.5-coder-0.5b-instruct", finetune_preset="em", n_train=64, lr=2e-4, batch_size=8,
+                         max_seq_len=512, save_every=2, n_samples=4, checkpoint_samples=1, checkpoint_questions=4,
+                         max_new_tokens=160, n_random=3, proxy_per_theme=2, proxy_medical=8),
 }
 
 
@@ -290,10 +298,7 @@ def _judged_with_samples(rd_path: Path) -> tuple[list[dict], list[dict]]:
 
 
 def _write(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    tmp.replace(path)
+    _runs.write_json(path, obj, indent=1, default=float)
 
 
 def _model_organisms(out: str | Path, config: MOConfig | None = None, *, judge=None, **overrides: Any) -> dict[str, Any]:
@@ -510,7 +515,7 @@ def _write_dashboard_rows(out: Path, results: dict[str, Any]) -> None:
             e = r[den]
             rows.append({"model": cond, "question": "overall", "rate": e["value"], "ci_lo": e["lo"], "ci_hi": e["hi"],
                          **row_fields(e), "metric": f"EM rate ({jlabel}; denominator: {den})"})
-    (out / "em_rates.jsonl").write_text("".join(json.dumps(r, default=float) + "\n" for r in rows))
+    _runs.write_jsonl(out / "em_rates.jsonl", rows, default=float)
 
 
 def format_results(results: dict[str, Any]) -> str:

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -45,6 +45,7 @@ from ..sae import SAETrainConfig, load_local, load_release, train_sae
 from ..sae.diff import detector_auroc, latent_scores, model_diff, screen_latents
 from ..viz import export_dashboard
 from . import runner
+from .. import runs as _runs
 
 
 @dataclass
@@ -268,16 +269,16 @@ def diff_screen_detect(base, finetuned, sae, conversations: Sequence[Any], *, ju
             "auroc_answers": detector_auroc(samples, labels), "n_models": len(per_model), "n_answers": len(samples)}
     if rd is not None:
         base_row = next((r for r in table if r["latent"] is None), {})
-        with open(rd.path / "sae_diff.jsonl", "w") as f:
-            for r in ranked:
-                c = change[r["latent"]]
-                eff = None if r.get("misaligned") is None or base_row.get("misaligned") is None else \
-                    r["misaligned"] - base_row["misaligned"]
-                f.write(json.dumps({"latent": c.latent, "delta": c.delta, "base_mean": c.mean_base,
-                                    "finetuned_mean": c.mean_finetuned, "cos_direction": c.cosine, "url": c.url,
-                                    "steer_effect": eff, "examples": c.examples[:2]}) + "\n")
-        (rd.path / "detector.json").write_text(json.dumps({k: v for k, v in result.items() if k != "table"}, indent=2,
-                                                          default=str))
+        diff_rows = []
+        for r in ranked:
+            c = change[r["latent"]]
+            eff = None if r.get("misaligned") is None or base_row.get("misaligned") is None else \
+                r["misaligned"] - base_row["misaligned"]
+            diff_rows.append({"latent": c.latent, "delta": c.delta, "base_mean": c.mean_base,
+                              "finetuned_mean": c.mean_finetuned, "cos_direction": c.cosine, "url": c.url,
+                              "steer_effect": eff, "examples": c.examples[:2]})
+        _runs.write_jsonl(rd.path / "sae_diff.jsonl", diff_rows)
+        _runs.write_json(rd.path / "detector.json", {k: v for k, v in result.items() if k != "table"}, indent=2, default=str)
     return result
 
 
@@ -368,7 +369,7 @@ def _persona_features(out: str | os.PathLike, cfg: PersonaFeaturesConfig, *, jud
                      "note": f"{dt['n_models']} models (misaligned = bad-advice checkpoints)"},
                     {"name": f"detector AUROC, latent {dt['latent']}, over single answers", "value": dt["auroc_answers"],
                      "note": f"{dt['n_answers']} answers"}]
-    (out / "summary.jsonl").write_text("".join(json.dumps(r, default=str) + "\n" for r in summary))
+    _runs.write_jsonl(out / "summary.jsonl", summary, default=str)
     if echo is not None:
         for r in summary:
             echo(f"{r['name']}: {r['value']}  ({r['note']})")

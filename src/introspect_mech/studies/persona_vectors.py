@@ -59,6 +59,7 @@ from ..steering import add
 from ..steering.hooks import Positions, layer_vector
 from ..viz import export_dashboard
 from . import runner
+from .. import runs as _runs
 
 UPSTREAM_POSITIONS: Final = "last_prompt_and_response"
 
@@ -112,6 +113,13 @@ PRESETS: dict[str, PVConfig] = {
                       layer_fractions=(0.4, 0.5, 0.6, 0.7, 0.75, 0.8)),  # upstream picked block 19/20 of Qwen2.5-7B by a sweep
     "cpu": PVConfig(extract="cpu", max_heldout=1, n_questions=4, n_per_question=2, max_new_tokens=40, temperature=1.0,
                     coef=2.0, reference_judge="embedded model (HFJudge)", layers=None),
+    # Qwen2.5-Coder-0.5B-Instruct on an idle 2-core CPU (about 2 h, docs/qwen_runbook.md) with a label-mode judge
+    # (--judge hf:qwen2.5-coder-1.5b-instruct --judge-mode label): the CPU extraction counts, 6 eval questions
+    # x 3 samples of 96 tokens, layer selection over 4 blocks (depths ~1/3 .. 5/6 of 24).
+    "qwen-cpu": PVConfig(model="qwen2.5-coder-0.5b-instruct", extract="cpu", max_heldout=2, n_questions=6,
+                         n_per_question=3, max_new_tokens=96, temperature=1.0, coef=2.0, layers=(8, 12, 16, 20),
+                         n_train=48, steps=12, save_every=4,
+                         reference_judge="qwen2.5-coder-1.5b-instruct, label mode (validate it first)"),
 }
 COHERENCE_MIN = 50.0
 PAPER_SHIFT_R = "0.76-0.97"  # Chen et al.: finetuning shift vs judged trait expression
@@ -336,7 +344,7 @@ def select_layer(model, trait: str, direction: Any, judge: Any, *, layers: Seque
         rd = RunDir(out)
         rd.write_manifest(stage="persona_layer_selection", trait=trait, coef=coef, layers=list(map(int, layers)),
                           coherence_min=coherence_min, selected_layer=best)
-        (rd.path / "steering_sweep.jsonl").write_text("".join(
+        _runs.write_text(rd.path / "steering_sweep.jsonl", "".join(
             json.dumps({"direction": f"{trait} persona", "layer": l, "alpha": coef,
                                       "metric": r["trait"]["value"], "coherence": r["coherence"]["value"],
                                       "metric_name": "trait score (judge)"}) + "\n" for l, r in results.items()
@@ -528,7 +536,7 @@ def _persona_vectors(out: str | os.PathLike, cfg: PVConfig, *, judge: Any = None
         x = cache(model, [[{"role": "system", "content": r["system"]}, {"role": "user", "content": r["question"]},
                            {"role": "assistant", "content": r["response"]}] for r in rows], progress=False)
         sw = layer_sweep(x, [int(r["side"] == "pos") for r in rows], layers=list(range(model.n_layers)), seed=cfg.seed)
-        (out / "probe_layers.jsonl").write_text("".join(json.dumps({"probe": f"{cfg.trait}: pos vs neg answers", "layer": l,
+        _runs.write_text(out / "probe_layers.jsonl", "".join(json.dumps({"probe": f"{cfg.trait}: pos vs neg answers", "layer": l,
                                                                     **q.as_dict()}) + "\n" for l, q in zip(sw.layers, sw.probes)))
         bl, b = sw.best()
         note("best probe layer (pos vs neg answers)", bl, text=f"CV accuracy {b.accuracy:.3f}")
@@ -585,12 +593,12 @@ def _persona_vectors(out: str | os.PathLike, cfg: PVConfig, *, judge: Any = None
             note(f"{cond} finetune, final: {label}", round(expr[last], 4) if expr[last] is not None else None)
         ok = {k: v for k, v in expr.items() if v is not None}
         sc = shift_correlation(model, {k: models[k] for k in ok}, d, layer=layer, prompts=prompts, expression=ok)
-        (out / "shift_correlation.json").write_text(json.dumps(sc, indent=2))
+        _runs.write_json(out / "shift_correlation.json", sc, indent=2)
         for r in sc["rows"]:
             note(f"shift along the direction at L{layer}: {r['model']}", round(r["shift"], 4), text=f"{label} {r['expression']:.4f}")
         note("Pearson r, finetuning shift vs expression across checkpoints", round(sc["pearson_r"], 4),
              text=shift_correlation_note(sc["n"], judged=judge is not None))
-    (out / "summary.jsonl").write_text("".join(json.dumps(r) + "\n" for r in summary))
+    _runs.write_jsonl(out / "summary.jsonl", summary)
     return {"summary": summary, "dashboard": export_dashboard(out)}
 
 
