@@ -897,7 +897,8 @@ def _gated(p: dict[str, Any], min_mass: float) -> tuple[float | None, list[float
     return point, per
 
 
-def _within_point_permutation_p(points: Sequence[Sequence[tuple[float, float]]], n_perm: int, seed: int) -> float | None:
+def _within_point_permutation_p(points: Sequence[Sequence[tuple[float | None, float | None]]], n_perm: int,
+                                seed: int) -> float | None:
     """Two-sided p of the pooled Pearson r over (point, question) pairs, permuting the projections
     across questions WITHIN each point (the questions are exchangeable there; the points are not)."""
     groups = [[(x, y) for x, y in g if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)]
