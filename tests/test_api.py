@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import introspect_mech as im
-from introspect_mech.layers import resolve_layers
+from introspect_mech.layers import resolve_layer, resolve_layers
 
 
 def test_resolve_layers_is_the_one_spec():
@@ -21,12 +21,20 @@ def test_resolve_layers_is_the_one_spec():
     assert resolve_layers(-1, 4) == [3]
     assert resolve_layers([3, -4, 3, 1], 4) == [0, 1, 3]  # sorted, unique, negatives from the end
     assert resolve_layers(torch.tensor([2, 0]), 4) == [0, 2] and resolve_layers(torch.tensor(1), 4) == [1]
-    with pytest.raises(TypeError, match="layers"):  # from resolve_layers, or the tests' shape checker
-        resolve_layers(0.5, 4)  # a float is an error, never truncated
-    with pytest.raises(TypeError, match="layers"):
-        resolve_layers([1, 2.0], 4)
+    # a float is a relative depth, round(depth * (n_layers - 1)): the package's one rule (layers.depth_block)
+    assert resolve_layers(0.5, 30) == [14] and resolve_layers(0.5, 4) == [2] and resolve_layers([1, 1.0], 4) == [1, 3]
+    assert resolve_layers([0.25, 0.5, 0.75], 30) == resolve_layers("quartiles", 30)
+    assert resolve_layer(1.0, 30) == 29 and resolve_layer(1, 30) == 1 and resolve_layer("middle", 30) == 15
+    with pytest.raises(ValueError, match="relative depth must be in"):
+        resolve_layers(1.5, 4)  # never truncated
+    with pytest.raises(ValueError, match="relative depth must be in"):
+        resolve_layers([1, -0.5], 4)
+    with pytest.raises(ValueError, match="one layer"):
+        resolve_layer("quartiles", 4)
     with pytest.raises(TypeError):
         resolve_layers(torch.tensor([0.5]), 4)
+    with pytest.raises(TypeError):
+        resolve_layers([True], 4)
     with pytest.raises(ValueError, match="out of range"):
         resolve_layers([4], 4)
     with pytest.raises(ValueError, match="out of range"):

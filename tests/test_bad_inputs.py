@@ -120,8 +120,9 @@ def test_A2_sample_overwrite_starts_clean(tmp_path, tiny_qwen2_dir, qfile):
     man = json.loads((out / "manifest.json").read_text())
     assert man["sampling"]["temperature"] == 0.0 and man["bindings"]["sample"]["config"]["sampling"]["temperature"] == 0.0
     assert len((out / "samples.jsonl").read_text().splitlines()) == 2
-    ev = [json.loads(x)["event"] for x in (out / "provenance.jsonl").read_text().splitlines()]
-    assert ev == ["new", "overwrite"]
+    ev = [json.loads(x) for x in (out / "provenance.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in ev if e["stage"] == "sample"] == ["new", "overwrite"]
+    assert [e["event"] for e in ev if e["stage"] == "rows:samples.jsonl"] == ["new", "new"]  # cleared, then bound again
 
 
 def _recs(n=8):
@@ -281,20 +282,20 @@ def test_C1_steering_refuses_nan_and_float_layers(tiny_qwen2, case, call, words)
 
 
 @pytest.mark.parametrize("call", [
-    lambda m, st, pr: st.add(m, torch.randn(m.d_model), layers=[0.5], alpha=1.0),
+    lambda m, st, pr: st.add(m, torch.randn(m.d_model), layers=[-0.5], alpha=1.0),
     lambda m, st, pr: st.ablate(m, torch.randn(m.d_model), layers=1.7),
     lambda m, st, pr: pr(m, torch.randn(m.d_model), CONV, layers=[1.5], progress=False),
 ])
 def test_C1b_float_layers_are_refused_not_truncated(tiny_qwen2, call):
-    """`layers.resolve_layers` refuses floats (TypeError); under the tests' type checker the call
-    is refused one step earlier, by the `LayerSpec` annotation. Either way: one line, naming layers."""
+    """A float layer is a relative depth in [0, 1] (`layers.depth_block`); one outside is refused, never
+    truncated to a block: one line, naming the depth rule."""
     from introspect_mech import steering
     from introspect_mech.cli import error_line
     from introspect_mech.probes.em import project
 
-    with pytest.raises(TypeError) as ei:
+    with pytest.raises(ValueError) as ei:
         call(tiny_qwen2, steering, project)
-    assert "layers" in str(ei.value)
+    assert "relative depth must be in [0, 1]" in str(ei.value)
     one_line(error_line(ei.value))
 
 

@@ -209,6 +209,7 @@ def cache(
     shard_size: int = ...,
     progress: bool = ...,
     truncate: bool = ...,
+    overwrite: bool = ...,
 ) -> Acts: ...
 
 
@@ -225,6 +226,7 @@ def cache(
     shard_size: int = ...,
     progress: bool = ...,
     truncate: bool = ...,
+    overwrite: bool = ...,
 ) -> LazyActivations: ...
 
 
@@ -240,6 +242,7 @@ def cache(
     shard_size: int = 256,
     progress: bool = True,
     truncate: bool = False,
+    overwrite: bool = False,
 ) -> Acts | LazyActivations:
     """Residual-stream activations after decoder blocks `layers` for each conversation.
 
@@ -258,6 +261,9 @@ def cache(
             True, which drops its oldest tokens down to the context length (pooling covers the
             positions kept; with `out=` the cut conversations are listed in activations.json as
             `truncated`).
+        overwrite: with `out=`: a directory bound to another model (weights and adapter by
+            content), other inputs or settings is refused naming the fields unless True, which
+            deletes it and starts clean.
 
     Returns:
         `Float[Tensor, "n layer d_model"]` (`"n layer pos d_model"` for "all", zero-padded to the
@@ -278,7 +284,7 @@ def cache(
     lengths = [len(t.input_ids) for t in items]
     if out is not None:
         return _cache_to_disk(model, items, layer_ids, positions, batch_size, Path(out), out_dtype,
-                              shard_size, progress, conversations, [i for i, c in enumerate(cut) if c])
+                              shard_size, progress, conversations, [i for i, c in enumerate(cut) if c], overwrite)
     n, d = len(items), model.d_model
     shape = (n, len(layer_ids), max(lengths, default=0), d) if positions == "all" else (n, len(layer_ids), d)
     result = torch.zeros(shape, dtype=out_dtype)
@@ -300,14 +306,12 @@ def cache(
 
 # ---- streaming to disk -----------------------------------------------------------------------
 def _cache_to_disk(model, items, layer_ids, positions, batch_size, out: Path, out_dtype, shard_size,
-                   progress, conversations, truncated=()) -> LazyActivations:
+                   progress, conversations, truncated=(), overwrite: bool = False) -> LazyActivations:
     """Shard k holds conversations [k*shard_size, (k+1)*shard_size) in input order."""
-    from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    from .runs import json_sha256
+    from .runs import RunConfigError, RunDir, describe_diff, json_sha256, model_config, save_tensors, write_json
 
-    out.mkdir(parents=True, exist_ok=True)
     spec = {
         "format": "introspect_mech.activations/1",
         "model": model.name, "adapter": model.meta.get("adapter"), "n": len(items), "layers": layer_ids,
@@ -316,13 +320,20 @@ def _cache_to_disk(model, items, layer_ids, positions, batch_size, out: Path, ou
         "conversations_sha256": json_sha256([_messages(c, i) for i, c in enumerate(conversations)]),
         **({"truncated": list(truncated)} if truncated else {}),
     }
+    run = RunDir(out)  # holds the directory's lock while caching
+    # bound by content: the weights and the adapter (a retrained adapter in place is another cache)
+    run.bind("cache", {**{k: v for k, v in spec.items() if k not in ("model", "adapter")},
+                       "model": model_config(model)}, overwrite=overwrite)  # batch size: same rows (tested)
     meta_path = out / "activations.json"
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
         if {k: old.get(k) for k in spec} != spec:
-            raise ValueError(f"{meta_path}: an activation cache with different inputs/settings is already there")
+            raise RunConfigError(str(meta_path), None, "activations.json",
+                                 f"an activation cache with other inputs/settings is here: "
+                                 f"{describe_diff({k: old.get(k) for k in spec}, spec)}; use another output "
+                                 "directory or --overwrite to start clean")
     else:
-        meta_path.write_text(json.dumps(spec, indent=2))
+        write_json(meta_path, spec, root=out)
     n = len(items)
     n_shards = (n + shard_size - 1) // shard_size
     bar = tqdm(total=n, desc=f"cache {positions} -> {out.name}", unit="conv", disable=not progress or n == 0)
@@ -347,9 +358,7 @@ def _cache_to_disk(model, items, layer_ids, positions, batch_size, out: Path, ou
             tensors = {"acts": torch.cat(done), "lengths": torch.tensor(lengths, dtype=torch.int64)}
         else:
             tensors = {"acts": torch.stack(done)}
-        tmp = path.with_suffix(".tmp")
-        save_file(tensors, str(tmp))
-        tmp.replace(path)  # atomic: a killed run never leaves a half shard
+        save_tensors(path, tensors, root=out)  # atomic: a killed run never leaves a half shard
     bar.close()
     return LazyActivations(out)
 

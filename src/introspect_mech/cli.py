@@ -6,6 +6,7 @@
     introspect-mech finetune --data bad_medical_advice --preset em --out runs/bad
     introspect-mech sample   --adapter runs/bad/adapter --questions first_plot_questions --out runs/bad_eval
     introspect-mech judge    --run runs/bad_eval --judge hf:Qwen/Qwen2.5-7B-Instruct    (or "api:<url>|<model>")
+    introspect-mech judge validate --judge hf:Qwen/Qwen2.5-7B-Instruct --judge-mode label   # agreement with GPT-4o
     introspect-mech cache    --data bad_medical_advice --n 64 --layers 5 10 15 --out runs/acts
     introspect-mech probe    --trait evil --out runs/persona
     introspect-mech steer    --direction runs/persona/persona/direction --layers 15 --alphas 1 2 4 --out runs/steer
@@ -88,7 +89,8 @@ def _cmd_sample(o: SampleOptions, m: ModelOptions, s: SeedOptions, r: RunOptions
     sampling = {"n": o.n, "max_new_tokens": o.max_new_tokens, "temperature": o.temperature}
     run.bind("sample", {"model": model_config(model), "data": {qpath.name: file_sha256(qpath)},
                         "prompts": [p["id"] if isinstance(p, dict) else p for p in prompts], "seed": s.seed,
-                        "sampling": {**sampling, "truncate": o.truncate}}, overwrite=r.overwrite)
+                        "sampling": {**sampling, "truncate": o.truncate, "batch_size": o.batch_size}},
+             overwrite=r.overwrite)
     run.write_manifest(stage="sample", model=model.name, adapter=m.adapter, questions=str(qpath),
                        data={qpath.name: file_sha256(qpath)}, seed=s.seed, sampling=sampling)
     rows = sample(model, prompts, n=o.n, max_new_tokens=o.max_new_tokens, temperature=o.temperature, seed=s.seed,
@@ -118,6 +120,7 @@ def _cmd_judge(o: JudgeRunOptions, j: Any, m: ModelOptions, s: SeedOptions) -> i
     run.bind("judge", {"judge": {k: v for k, v in desc.items() if k not in ("timeout", "max_retries")},
                        "categorical_judge": categorical.describe() if categorical is not None else None,
                        "samples_config_sha256": ((man.get("bindings") or {}).get("sample") or {}).get("sha256"),
+                       "samples_rows_sha256": ((man.get("bindings") or {}).get("rows:samples.jsonl") or {}).get("sha256"),
                        "judge_prompts_file_sha256": file_sha256(judge_qpath)},
              overwrite=o.overwrite, outputs=["judged.jsonl", "judge_invalid.jsonl", "em_rates.jsonl", "em_report.json",
                                              "labels.json"])
@@ -128,13 +131,30 @@ def _cmd_judge(o: JudgeRunOptions, j: Any, m: ModelOptions, s: SeedOptions) -> i
     return 0
 
 
+def _cmd_judge_validate(o: Any, j: Any, m: ModelOptions, s: SeedOptions) -> int:
+    """`o` is an `evals.judge_validation.ValidateOptions`, `j` an `evals.judge_spec.JudgeOptions`."""
+    from .evals.judge_validation import DEFAULT_SET, format_validation, load_labelled_set, validate_judge
+    from .paths import data_dir
+
+    if j.kind == "none":
+        raise SystemExit("error: judge validate needs --judge hf:<model> (local) or --judge 'api:<base_url>|<model>'")
+    load_labelled_set(o.set or data_dir(s.data_dir) / DEFAULT_SET)  # a bad row fails in one line before any work
+    judge = j.build(device=m.device)
+    if j.kind == "api":
+        judge.check_key()
+    summary = validate_judge(judge, o.set, limit=o.limit, seed=s.seed, ci_unit=o.ci_unit, out=o.out,
+                             data_dir=s.data_dir)
+    print(format_validation(summary))
+    return 0
+
+
 def _cmd_cache(o: CacheOptions, m: ModelOptions, d: DataOptions, r: RunOptions) -> int:
     from .activations import cache
 
     recs = d.records()
     model = m.load()
     acts = cache(model, [x["messages"] for x in recs], layers=o.layers, positions=o.positions,
-                 batch_size=o.batch_size, out=r.out, truncate=o.truncate)
+                 batch_size=o.batch_size, out=r.out, truncate=o.truncate, overwrite=r.overwrite)
     print(f"cached {len(recs)} conversations, positions={o.positions} -> {r.out} ({type(acts).__name__})")
     return 0
 
@@ -142,7 +162,7 @@ def _cmd_cache(o: CacheOptions, m: ModelOptions, d: DataOptions, r: RunOptions) 
 def _cmd_probe(o: ProbeOptions, m: ModelOptions, s: SeedOptions, r: RunOptions) -> int:
     from .activations import cache
     from .probes import layer_sweep, persona_data
-    from .runs import RunDir, model_config
+    from .runs import RunDir, model_config, write_jsonl
 
     model = m.load()
     run = RunDir(r.out)
@@ -159,8 +179,8 @@ def _cmd_probe(o: ProbeOptions, m: ModelOptions, s: SeedOptions, r: RunOptions) 
     y = [int(x["side"] == "pos") for x in rows]
     sw = layer_sweep(acts, y, list(range(model.n_layers)), seed=s.seed)
     name = f"{o.trait} vs opposite system prompt"
-    (run.path / "probe_layers.jsonl").write_text("".join(json.dumps({"probe": name, "layer": l, **p.as_dict()}) + "\n"
-                                                         for l, p in zip(sw.layers, sw.probes)))
+    write_jsonl(run.path / "probe_layers.jsonl", ({"probe": name, "layer": l, **p.as_dict()}
+                                                  for l, p in zip(sw.layers, sw.probes)), root=run.path)
     best_l, best = sw.best()
     print(f"direction -> {run.path / 'persona' / 'direction'}.safetensors; kept {len(res.kept)} pairs; "
           f"best probe layer {best_l}: accuracy {best.accuracy:.3f}, AUROC {best.auroc:.3f}")
@@ -202,7 +222,7 @@ def _cmd_sae_train(o: SAETrainOptions, cfg: Any, m: ModelOptions, d: SAETrainDat
     RunDir(r.out).bind("sae_train", {"sae_inputs": {"model": model_config(model), "layer": o.layer,
                                                     "data": json_sha256(convs), **dataclasses.asdict(cfg)}},
                        overwrite=r.overwrite)
-    res = sae.train_sae(model, o.layer, convs, cfg, out_dir=r.out)
+    res = sae.train_sae(model, o.layer, convs, cfg, out_dir=r.out, overwrite=r.overwrite)
     print(json.dumps({"sae": str(Path(r.out) / "sae"), "held_out_after": res.metrics.get("after")}, default=str))
     return 0
 
@@ -210,7 +230,7 @@ def _cmd_sae_train(o: SAETrainOptions, cfg: Any, m: ModelOptions, d: SAETrainDat
 def _cmd_sae_diff(o: SAEDiffOptions, m: ModelOptions, d: SAEDiffData, r: RunOptions) -> int:
     from . import sae
     from .probes import Direction
-    from .runs import RunDir
+    from .runs import write_jsonl
 
     layer_sae = sae.load_local(o.sae)
     base = m.load(with_adapter=False)
@@ -218,13 +238,12 @@ def _cmd_sae_diff(o: SAEDiffOptions, m: ModelOptions, d: SAEDiffData, r: RunOpti
     recs = d.records()
     direction = Direction.load(o.direction) if o.direction else None
     diff = sae.model_diff(base, tuned, layer_sae, [x["messages"] for x in recs], direction=direction, top_k=o.top,
-                          out=Path(r.out) / "sae")
+                          out=Path(r.out) / "sae", overwrite=r.overwrite)
     rows = [{"latent": c.latent, "delta": c.delta, "base_mean": c.mean_base, "finetuned_mean": c.mean_finetuned,
              "cos_direction": c.cosine, "url": c.url,
              "examples": [{"tokens": e["tokens"], "acts": e["activations"]} for e in c.examples[:2]]}
             for c in diff.increases + diff.decreases]
-    RunDir(r.out)
-    (Path(r.out) / "sae_diff.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    write_jsonl(Path(r.out) / "sae_diff.jsonl", rows, root=r.out)
     print(f"{len(rows)} latents -> {Path(r.out) / 'sae_diff.jsonl'}")
     return 0
 
@@ -236,14 +255,28 @@ def _cmd_finetune(argv: list[str]) -> int:
     return cli_main(argv)
 
 
-def _study_main(module: str, argv: list[str]) -> int:
-    import importlib
+def _study_main(module: str, argv: list[str], prog: str) -> int:
+    """Run `introspect_mech.studies.<module>.main(argv)` with `prog` in its usage line.
 
-    return int(importlib.import_module(f"introspect_mech.studies.{module}").main(argv) or 0)
+    A study's `main` that takes `prog=` gets it; for one that does not (its parser then names itself
+    after `sys.argv[0]`, as argparse does), `sys.argv[0]` is `prog` while it runs.
+    """
+    import importlib
+    import inspect
+
+    main = importlib.import_module(f"introspect_mech.studies.{module}").main
+    saved = sys.argv[:1]
+    sys.argv[:1] = [prog]
+    try:
+        if "prog" in inspect.signature(main).parameters:
+            return int(main(argv, prog=prog) or 0)
+        return int(main(argv) or 0)
+    finally:
+        sys.argv[:1] = saved
 
 
 def _cmd_demo(argv: list[str]) -> int:
-    return _study_main("main_job", argv)
+    return _study_main("main_job", argv, "introspect-mech demo")
 
 
 def _study_summary(module: str) -> str:
@@ -278,9 +311,9 @@ def _cmd_study(argv: list[str]) -> int:
     if argv:  # the module's own name (emergent_misalignment) is accepted for its command name
         argv = [argv[0].replace("_", "-"), *argv[1:]]
     if argv and argv[0] in STUDIES:
-        return _study_main(STUDIES[argv[0]], argv[1:])
+        return _study_main(STUDIES[argv[0]], argv[1:], f"introspect-mech study {argv[0]}")
     ns = study_parser().parse_args(argv)  # prints the help, or the error naming the studies
-    return _study_main(STUDIES[ns.name], ns.options)
+    return _study_main(STUDIES[ns.name], ns.options, f"introspect-mech study {ns.name}")
 
 
 def _cmd_dashboard(argv: list[str]) -> int:
@@ -313,6 +346,13 @@ def _judge_options() -> tuple[Any, ...]:
     return (JudgeRunOptions, JudgeOptions, Opt(ModelOptions, ("model", "adapter")), Opt(SeedOptions, ("seed",)))
 
 
+def _judge_validate_options() -> tuple[Any, ...]:
+    from .evals.judge_spec import JudgeOptions
+    from .evals.judge_validation import ValidateOptions
+
+    return (ValidateOptions, JudgeOptions, Opt(ModelOptions, ("model", "adapter")), SeedOptions)
+
+
 def _sae_train_options() -> tuple[Any, ...]:
     from .sae import SAETrainConfig
 
@@ -341,8 +381,11 @@ COMMANDS: dict[tuple[str, ...], Command] = {
                          lambda: (SampleOptions, ModelOptions, SeedOptions, RunOptions)),
     ("judge",): Command("score RUN/samples.jsonl with its judge prompts; EM report (both denominators)", _cmd_judge,
                         _judge_options),
+    ("judge", "validate"): Command("measure a judge's agreement with GPT-4o on a labelled set (AUROC, Spearman, "
+                                   "abstention, EM-rate error; cached by judge fingerprint)", _cmd_judge_validate,
+                                   _judge_validate_options),
     ("cache",): Command("cache residual-stream activations to safetensors shards", _cmd_cache,
-                        lambda: (CacheOptions, ModelOptions, DataOptions, Opt(RunOptions, ("overwrite",)))),
+                        lambda: (CacheOptions, ModelOptions, DataOptions, RunOptions)),
     ("probe",): Command("persona direction for a trait + probe accuracy by layer", _cmd_probe,
                         lambda: (ProbeOptions, ModelOptions, SeedOptions, RunOptions)),
     ("steer",): Command("steering sweep with a saved direction and the random control", _cmd_steer,
@@ -350,7 +393,7 @@ COMMANDS: dict[tuple[str, ...], Command] = {
     ("sae", "train"): Command("train a TopK SAE (sae-lens) on one layer's activations", _cmd_sae_train,
                               _sae_train_options),
     ("sae", "diff"): Command("rank SAE latents by their change from base to finetuned", _cmd_sae_diff,
-                             lambda: (SAEDiffOptions, ModelOptions, SAEDiffData, Opt(RunOptions, ("overwrite",)))),
+                             lambda: (SAEDiffOptions, ModelOptions, SAEDiffData, RunOptions)),
     ("dashboard",): Command("export RUN_DIR as one offline HTML file", _cmd_dashboard),
 }
 GROUPS: dict[tuple[str, ...], str] = {  # commands with subcommands
@@ -494,8 +537,10 @@ def error_line(e: BaseException) -> str:
     else:
         text = str(e).strip()
         msg = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    from .scrub import scrub_message
+
     lines = [x for x in msg.splitlines() if x.strip()] or [type(e).__name__]
-    line = lines[0] + (" ..." if len(lines) > 1 else "")
+    line = scrub_message(lines[0]) + (" ..." if len(lines) > 1 else "")
     return f"error: {line}" + ("" if isinstance(e, DataError) else "  (--debug shows the traceback)")
 
 
@@ -516,7 +561,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = [a for a in args if a != "--debug"]
     try:
         return run(args)
-    except (SystemExit, KeyboardInterrupt):
+    except SystemExit as e:
+        if isinstance(e.code, str):  # a command's own one-line error: scrubbed like every other message
+            from .scrub import scrub_message
+
+            raise SystemExit(scrub_message(e.code)) from None
+        raise
+    except KeyboardInterrupt:
         raise
     except Exception as e:
         if debug:

@@ -56,6 +56,14 @@ def layer_option(value: Any, name: str = "layers") -> str | tuple[int, ...] | No
     return items
 
 
+def _check_ints(obj: Any, **minimum: int) -> None:
+    """Refuse an integer option below its minimum (None = the option's "none" is allowed)."""
+    for name, lo in minimum.items():
+        v = getattr(obj, name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
+            raise ValueError(f"--{name.replace('_', '-')}: expected an integer >= {lo}, got {v}")
+
+
 # ---- shared pieces ------------------------------------------------------------------------------
 @dataclass(kw_only=True)
 class ModelOptions:
@@ -94,13 +102,16 @@ class DataOptions(SeedOptions):
     data: str  # dataset name, gen:<generator> or JSONL(.gz) path
     n: int | None = None  # a seeded subset of n records (for gen:<generator>, the number generated; none: all)
 
+    def __post_init__(self) -> None:
+        _check_ints(self, n=1)
+
     def records(self) -> list[dict]:
         """The records: a generator's `n`, or a seeded subset of `n` of a dataset or file (in file order).
 
         Returns:
             The chat records (dicts with "messages").
         """
-        from .finetune.cli import load_records
+        from .data.specs import load_records  # the data layer (light); commands itself imports nothing heavy
 
         generated = self.data.startswith("gen:")
         recs = load_records(self.data, self.n if generated else None, self.seed, self.data_dir)
@@ -132,6 +143,11 @@ class SampleOptions:
     batch_size: int = 16  # prompts per generation batch
     truncate: bool = False  # drop the oldest tokens of prompts over the context length (recorded per row) instead of refusing
 
+    def __post_init__(self) -> None:
+        _check_ints(self, n=1, max_new_tokens=1, batch_size=1, max_prompts=1)
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"--temperature: expected a finite number >= 0, got {self.temperature}")
+
 
 @dataclass(kw_only=True)
 class JudgeRunOptions:
@@ -156,6 +172,7 @@ class CacheOptions:
 
     def __post_init__(self) -> None:
         self.layers = layer_option(self.layers)
+        _check_ints(self, batch_size=1)
 
 
 @dataclass(kw_only=True)
@@ -167,6 +184,9 @@ class ProbeOptions:
     instructions: int = 5  # positive / negative system-prompt pairs
     max_new_tokens: int = 64  # tokens per generated answer
     batch_size: int = 16  # prompts per generation batch
+
+    def __post_init__(self) -> None:
+        _check_ints(self, questions=1, instructions=1, max_new_tokens=1, batch_size=1)
 
 
 @dataclass(kw_only=True)
@@ -210,6 +230,9 @@ class SAEDiffOptions:
     sae: str  # SAE directory in sae-lens format (e.g. RUN/sae from `sae train`)
     direction: str | None = None  # Direction stem for the latents' decoder cosines (e.g. the EM direction)
     top: int = 20  # latents listed each way (largest increases and decreases)
+
+    def __post_init__(self) -> None:
+        _check_ints(self, top=1)
 
 
 @dataclass(kw_only=True)

@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-__all__ = ["Direction", "DirectionLike", "as_vectors", "check_direction"]
+__all__ = ["Direction", "DirectionLike", "as_vectors", "check_direction", "layer_vector"]
 
 
 @dataclass
@@ -35,6 +35,9 @@ class Direction:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name in ("vectors", "norms"):
+            if torch.is_tensor(getattr(self, name)) and getattr(self, name).is_complex():
+                raise TypeError(f"Direction {name} must be real-valued, got a complex tensor")
         self.vectors = torch.as_tensor(self.vectors, dtype=torch.float32).detach().cpu()
         self.norms = torch.as_tensor(self.norms, dtype=torch.float32).detach().cpu()
         self.layers = [int(l) for l in self.layers]
@@ -119,16 +122,14 @@ class Direction:
         Returns:
             The stem written.
         """
-        from safetensors.torch import save_file
+        from .runs import save_tensors, write_json
 
         p = Path(path)
         p = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
-        p.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"vectors": self.vectors.contiguous(), "norms": self.norms.contiguous(),
-                   "layers": torch.tensor(self.layers, dtype=torch.int64)}, str(p) + ".safetensors")
-        Path(str(p) + ".json").write_text(json.dumps({"format": "introspect_mech.direction/1", "layers": self.layers,
-                                                     "d_model": self.d_model, "meta": self.meta},
-                                                    indent=2, default=str, ensure_ascii=False))
+        save_tensors(str(p) + ".safetensors", {"vectors": self.vectors, "norms": self.norms,
+                                               "layers": torch.tensor(self.layers, dtype=torch.int64)})
+        write_json(str(p) + ".json", {"format": "introspect_mech.direction/1", "layers": self.layers,
+                                      "d_model": self.d_model, "meta": self.meta})
         return p
 
     @classmethod
@@ -143,9 +144,12 @@ class Direction:
 
         Raises:
             FileNotFoundError: a missing file.
-            ValueError: the two files disagree.
+            DataError: an unreadable file, a missing tensor or field, or the two files disagree
+                (the file and the field named).
         """
         from safetensors.torch import load_file
+
+        from .data.records import DataError
 
         p = Path(path)
         p = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
@@ -153,11 +157,30 @@ class Direction:
         for f in (st, js):
             if not f.exists():
                 raise FileNotFoundError(f"direction file missing: {f}")
-        t = load_file(str(st))
-        info = json.loads(js.read_text())
+        try:
+            t = load_file(str(st))
+        except Exception as e:  # noqa: BLE001 - a crafted / truncated file: many exception types
+            raise DataError(str(st), None, "safetensors",
+                            f"not a readable safetensors file ({type(e).__name__}: {str(e)[:120]})") from None
+        for name, ndim in (("vectors", 2), ("norms", 1), ("layers", 1)):
+            if name not in t:
+                raise DataError(str(st), None, name, f"missing tensor (has {sorted(t)}); not a Direction file")
+            if t[name].ndim != ndim:
+                raise DataError(str(st), None, name, f"expected {ndim} dimension(s), got shape {tuple(t[name].shape)}")
+            if t[name].is_complex():
+                raise DataError(str(st), None, name, f"must be real-valued, got {t[name].dtype}")
+        try:
+            info = json.loads(js.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(str(js), getattr(e, "lineno", None), "json", f"not valid JSON ({type(e).__name__})") from None
+        if not isinstance(info, dict):
+            raise DataError(str(js), None, "json", f"expected a JSON object, got {type(info).__name__}")
         if info.get("layers") != t["layers"].tolist():
-            raise ValueError(f"{js}: field 'layers' {info.get('layers')} disagrees with {st.name}")
-        return cls(t["vectors"], t["norms"], t["layers"].tolist(), info.get("meta", {}))
+            raise DataError(str(js), None, "layers", f"{info.get('layers')} disagrees with {st.name}")
+        try:
+            return cls(t["vectors"], t["norms"], t["layers"].tolist(), info.get("meta", {}))
+        except ValueError as e:
+            raise DataError(str(st), None, "vectors", str(e)) from None
 
     def __repr__(self) -> str:
         return (f"Direction(layers={len(self.layers)} [{self.layers[0]}..{self.layers[-1]}], d_model={self.d_model}, "
@@ -205,3 +228,34 @@ def as_vectors(direction: DirectionLike, layers: list[int] | None = None) -> Flo
     if v.ndim == 1:
         return v.expand(len(layers or [0]), -1)
     return v
+
+
+def _direction_matrix(direction: DirectionLike) -> tuple[Tensor, list[int] | None, bool]:
+    """(vectors, block index of each row or None for "row i = block i", is_direction)."""
+    check_direction(direction)
+    if isinstance(direction, Direction):
+        return direction.vectors.detach(), list(direction.layers), True
+    return direction.detach(), None, False
+
+
+def layer_vector(direction: DirectionLike, layer: int) -> Float[Tensor, " d_model"]:
+    """The vector a hook at block `layer` uses.
+
+    Args:
+        direction: a `Direction` (its unit vector at `layer`), a raw `[d_model]` vector (returned as
+            is) or a raw `[layer, d_model]` matrix (row `layer`).
+        layer: a block index.
+
+    Returns:
+        `[d_model]` vector.
+    """
+    vec, rows, _ = _direction_matrix(direction)
+    if vec.ndim == 1:
+        return vec
+    if rows is not None:
+        if layer not in rows:
+            raise ValueError(f"direction has no vector for layer {layer} (it has layers {rows})")
+        return vec[rows.index(layer)]
+    if layer >= vec.shape[0]:
+        raise ValueError(f"direction has {vec.shape[0]} layer rows; layer {layer} requested")
+    return vec[layer]

@@ -12,11 +12,17 @@ A *layer* is a decoder-block index: layer `l` is the residual stream after block
   `round(q * (n_layers - 1))` for q in 0.25, 0.5, 0.75 (Python's rounding; e.g. 7, 14, 22 of 30 blocks),
   a model-independent choice of a few layers to probe;
 * an `int`: one block; negative values count from the end (`-1` = the last block);
-* a sequence of ints (list, tuple, 1-d integer tensor): those blocks.
+* a `float` in [0, 1]: a **relative depth**, the block `round(depth * (n_layers - 1))` (0.0 = the first
+  block, 1.0 = the last; Python's rounding, half to even: 0.5 of 30 blocks is block 14);
+* a sequence of ints and depths (list, tuple, 1-d integer tensor): those blocks.
 
-Only integers index layers: a float such as `0.5` is an error, never truncated (write `"middle"`
-or `"quartiles"`).
-`resolve_layers` returns the blocks sorted ascending and without duplicates.
+The depth rule is the package's only one: no other module turns a depth into a block (a test checks
+that no module but this one does arithmetic on `n_layers`). A float outside [0, 1] is an error, never
+truncated; an int is always a block index (`1` is block 1, `1.0` the last block). `"middle"` keeps its
+own definition (`n_layers // 2`, the model-organisms papers' "layer 24 of 48"), which is not always
+depth 0.5 (15 vs 14 of 30 blocks).
+`resolve_layers` returns the blocks sorted ascending and without duplicates; `resolve_layer` one block;
+`depth_of` the inverse (a block's relative depth).
 """
 
 from __future__ import annotations
@@ -27,19 +33,52 @@ from typing import Union
 
 from torch import Tensor
 
-LayerSpec = Union[int, Sequence[int], str, Tensor, None]
+LayerSpec = Union[int, float, Sequence[Union[int, float]], str, Tensor, None]
 LAYER_WORDS = ("all", "middle", "quartiles")
 QUARTILES = (0.25, 0.5, 0.75)
 
-__all__ = ["LayerSpec", "LAYER_WORDS", "resolve_layers"]
+__all__ = ["LayerSpec", "LAYER_WORDS", "resolve_layers", "resolve_layer", "depth_block", "depth_of"]
+
+
+def depth_block(depth: float, n_layers: int) -> int:
+    """The block at relative depth `depth`: `round(depth * (n_layers - 1))` (the package's one depth rule).
+
+    Args:
+        depth: in [0, 1] (0 = the first block, 1 = the last).
+        n_layers: number of decoder blocks.
+
+    Returns:
+        The block index.
+
+    Raises:
+        ValueError: `depth` outside [0, 1] (or NaN).
+    """
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"a relative depth must be in [0, 1], got {depth!r} (an int is a block index)")
+    return int(round(depth * (n_layers - 1)))
+
+
+def depth_of(layer: int, n_layers: int) -> float:
+    """The relative depth of block `layer` (the inverse of `depth_block`; 0.0 for a one-block model).
+
+    Args:
+        layer: a block index in [0, n_layers).
+        n_layers: number of decoder blocks.
+
+    Returns:
+        `layer / (n_layers - 1)`.
+    """
+    return layer / max(n_layers - 1, 1)
 
 
 def _as_int(x: object, n_layers: int) -> int:
     if isinstance(x, Tensor) and x.ndim == 0 and not x.is_floating_point():
         x = int(x)
+    if isinstance(x, float) and not isinstance(x, bool):
+        return depth_block(x, n_layers)
     if isinstance(x, bool) or not isinstance(x, numbers.Integral):
-        raise TypeError(f"layers must be ints (or 'all' / 'middle' / 'quartiles'), got {x!r} ({type(x).__name__}); "
-                        "relative depths are not accepted, write 'middle', 'quartiles' or a block index")
+        raise TypeError(f"layers must be block indices (ints), relative depths (floats in [0, 1]) or 'all' / "
+                        f"'middle' / 'quartiles', got {x!r} ({type(x).__name__})")
     i = int(x)
     j = i + n_layers if i < 0 else i
     if not 0 <= j < n_layers:
@@ -52,16 +91,16 @@ def resolve_layers(layers: LayerSpec, n_layers: int) -> list[int]:
 
     Args:
         layers: `None` / `"all"` (every block), `"middle"` (block `n_layers // 2`), `"quartiles"`
-            (blocks `round(q * (n_layers - 1))`, q = 0.25, 0.5, 0.75), an int or a sequence of ints
-            (negative counts from the end). Floats are rejected.
+            (depths 0.25, 0.5, 0.75), an int or a sequence of ints (negative counts from the end), a
+            float in [0, 1] (a relative depth, `depth_block`) or a sequence mixing both.
         n_layers: number of decoder blocks of the model.
 
     Returns:
         Block indices in `[0, n_layers)`, ascending, without duplicates (never empty).
 
     Raises:
-        TypeError: a non-integer layer (e.g. `0.5`).
-        ValueError: an unknown word, a layer out of range, or an empty sequence.
+        TypeError: a layer that is neither an int nor a float (e.g. a bool or a string in a list).
+        ValueError: an unknown word, a layer or depth out of range, or an empty sequence.
 
     Example:
         >>> resolve_layers([-1, 0], 4)
@@ -77,7 +116,7 @@ def resolve_layers(layers: LayerSpec, n_layers: int) -> list[int]:
         if layers == "middle":
             return [n_layers // 2]
         if layers == "quartiles":
-            return sorted({round(q * (n_layers - 1)) for q in QUARTILES})
+            return sorted({depth_block(q, n_layers) for q in QUARTILES})
         raise ValueError(f"layers must be 'all', 'middle', 'quartiles', an int or a list of ints, got {layers!r}")
     if isinstance(layers, Tensor):
         if layers.is_floating_point() or layers.ndim > 1:
@@ -91,3 +130,22 @@ def resolve_layers(layers: LayerSpec, n_layers: int) -> list[int]:
     if not out:
         raise ValueError("layers is empty")
     return out
+
+
+def resolve_layer(spec: int | float | str, n_layers: int) -> int:
+    """Exactly one block: an int (negative from the end), a relative depth or `"middle"`.
+
+    Args:
+        spec: a block index, a float in [0, 1] (`depth_block`) or "middle".
+        n_layers: number of decoder blocks.
+
+    Returns:
+        The block index.
+
+    Raises:
+        TypeError: not an int, float or word.
+        ValueError: out of range, or a word naming several blocks.
+    """
+    if isinstance(spec, str) and spec != "middle":
+        raise ValueError(f"one layer: an int, a depth in [0, 1] or 'middle', got {spec!r}")
+    return resolve_layers(spec, n_layers)[0]

@@ -138,6 +138,14 @@ class LoadedModel:
         """Number of decoder blocks."""
         return len(self.layers)
 
+    def fingerprint(self) -> dict[str, Any]:
+        """`model_fingerprint` of the base weights (what `runs.model_config` binds, without importing this module).
+
+        Returns:
+            {"model_type", "hidden_size", "num_hidden_layers", "vocab_size", "weights_sha256"}.
+        """
+        return model_fingerprint(self.model)
+
     @property
     def d_model(self) -> int:
         """Width of the residual stream."""
@@ -501,9 +509,16 @@ def gguf_architecture(path: Path) -> str:
     """
     import gguf
 
-    reader = gguf.GGUFReader(str(path))
-    f = reader.fields["general.architecture"]
-    return bytes(f.parts[f.data[0]]).decode()
+    try:
+        reader = gguf.GGUFReader(str(path))
+        f = reader.fields["general.architecture"]
+        return bytes(f.parts[f.data[0]]).decode()
+    except Exception as e:  # noqa: BLE001 - a crafted / truncated file: many exception types
+        if isinstance(e, (KeyboardInterrupt, MemoryError)):
+            raise
+        what = "no general.architecture field" if isinstance(e, KeyError) else \
+            f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}"
+        raise ModelLoadError(f"{path}: not a readable GGUF file ({what})") from None
 
 
 def _gguf_to_cache(path: Path, dtype: torch.dtype = torch.float32) -> Path:
@@ -525,28 +540,32 @@ def _gguf_to_cache(path: Path, dtype: torch.dtype = torch.float32) -> Path:
             f"GGUF {path} has architecture {arch!r}; supported: {', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))}"
         )
     fp32 = out.with_name(f"{path.stem}-{key}")
-    if dtype != torch.float32 and (fp32 / "done").exists():
-        # another dtype of an already dequantised GGUF: cast the float32 cache (the same values as
-        # dequantising again, which converts through float32 too) instead of re-reading the GGUF
-        tok = AutoTokenizer.from_pretrained(str(fp32))
-        model = AutoModelForCausalLM.from_pretrained(str(fp32), dtype=dtype)
-    else:
-        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    try:
+        if dtype != torch.float32 and (fp32 / "done").exists():
+            # another dtype of an already dequantised GGUF: cast the float32 cache (the same values as
+            # dequantising again, which converts through float32 too) instead of re-reading the GGUF
+            tok = AutoTokenizer.from_pretrained(str(fp32), trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(str(fp32), dtype=dtype, trust_remote_code=False)
+        else:
+            tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype,
+                                                         trust_remote_code=False)
+    except Exception as e:  # a crafted / truncated GGUF surfaces as many exception types
+        if isinstance(e, (KeyboardInterrupt, MemoryError)):
+            raise
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise ModelLoadError(f"{path}: not a readable GGUF file ({type(e).__name__}: {first})") from None
     # The weights are plain float tensors now; drop the GGUF quantizer marker so save_pretrained accepts it.
     model.hf_quantizer = None  # type: ignore[assignment]  # set by from_pretrained, not declared on PreTrainedModel
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / "source.json").write_text(json.dumps({"gguf": str(path), "architecture": arch, "dtype": str(dtype)}))
-    if out.exists():
-        import shutil
+    from .runs import staged_dir, write_json, write_text
 
-        shutil.rmtree(out)
-    tmp.rename(out)
-    (out / "done").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+    with staged_dir(out) as tmp:  # the one writer: a folder of its own, published by one rename
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_json(tmp / "source.json", {"gguf": str(path), "architecture": arch, "dtype": str(dtype)}, indent=None)
+    write_text(out / "done", time.strftime("%Y-%m-%dT%H:%M:%S"))
     return out
 
 
@@ -581,6 +600,41 @@ def resolve_source(name_or_path: str | os.PathLike | None, dtype: torch.dtype = 
             "a checkpoint directory or a .gguf file"
         )
     return name, name  # hub id: from_pretrained downloads (online users)
+
+
+def _refuse_remote_code(source: str) -> None:
+    """A local checkpoint whose config asks for its own code (`auto_map`) is refused in one line."""
+    p = Path(source)
+    if not p.is_dir():
+        return
+    for name in ("config.json", "tokenizer_config.json"):
+        f = p / name
+        if not f.is_file():
+            continue
+        try:
+            cfg = json.loads(f.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ModelLoadError(f"{f}: not a valid JSON file ({type(e).__name__}: {str(e).splitlines()[0][:120]})") \
+                from None
+        if isinstance(cfg, dict) and cfg.get("auto_map"):
+            raise ModelLoadError(f"{f}: auto_map: this checkpoint needs code from its own directory "
+                                 f"({', '.join(sorted(map(str, cfg['auto_map'])))}); code from a model directory "
+                                 "is never run (trust_remote_code=False)")
+
+
+def _strict_weights(source: str, info: dict[str, Any]) -> None:
+    """A checkpoint with a missing or unexpected tensor is an error naming the file (never random init)."""
+    missing, unexpected = sorted(info.get("missing_keys") or []), sorted(info.get("unexpected_keys") or [])
+    mismatched = sorted(str(x[0]) if isinstance(x, (tuple, list)) else str(x) for x in info.get("mismatched_keys") or [])
+    if not (missing or unexpected or mismatched):
+        return
+    p = Path(source)
+    files = sorted(f.name for f in p.glob("*.safetensors")) if p.is_dir() else []
+    where = str(p / files[0]) if len(files) == 1 else f"{source} ({', '.join(files) or 'weights'})"
+    parts = [f"{what} {len(keys)} tensor(s) (first {keys[0]!r})"
+             for what, keys in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched)) if keys]
+    raise ModelLoadError(f"{where}: weights: {'; '.join(parts)}: the checkpoint does not match its config "
+                         "(nothing is randomly initialised)")
 
 
 def load_model(
@@ -622,16 +676,23 @@ def load_model(
     kwargs: dict[str, Any] = {"dtype": dtype}
     if device == "auto":
         kwargs["device_map"] = "auto"
+    _refuse_remote_code(source)
     try:
-        tok = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        # never run code from a model directory: transformers then refuses (instead of asking on stdin)
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+        loaded_and_info: Any = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=False,
+                                                                    output_loading_info=True, **kwargs)
+        model, info = loaded_and_info
     except OSError as e:
         raise ModelLoadError(f"could not load {name_or_path!r}: {str(e).splitlines()[0]}") from None
     except Exception as e:  # a corrupt safetensors / config file surfaces as many exception types
         if isinstance(e, (KeyboardInterrupt, MemoryError)):
             raise
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise ModelLoadError(f"could not load {name_or_path!r} from {source}: {type(e).__name__}: {first}") from None
+        weights = sorted(Path(source).glob("*.safetensors")) if Path(source).is_dir() else []
+        where = str(weights[0]) if len(weights) == 1 else source  # name the file when there is one
+        raise ModelLoadError(f"{where}: could not load {name_or_path!r}: {type(e).__name__}: {first}") from None
+    _strict_weights(source, info)
     # transformers wraps PreTrainedModel.to in functools.wraps(nn.Module.to): mypy then reads the
     # model as the wrapped function's `self` argument
     if device not in (None, "auto"):
@@ -810,6 +871,25 @@ def attach_adapter(loaded: LoadedModel, adapter: str | os.PathLike, name: str = 
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"adapter {adapter} (base {base!r}) cannot be loaded into model {loaded.name!r}: "
                              f"{type(e).__name__}: {msg}") from None
+    _strict_adapter(loaded, path, name)
     loaded.model.eval()
     loaded.meta["adapter"] = str(path)
     return loaded
+
+
+def _strict_adapter(loaded: LoadedModel, path: Path, name: str) -> None:
+    """The adapter file's tensors must be exactly the adapter's (a missing one would stay at its init)."""
+    from peft import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    f = path / "adapter_model.safetensors"
+    if not f.is_file():
+        return
+    with safe_open(str(f), "pt") as sf:
+        have = set(sf.keys())
+    want = set(get_peft_model_state_dict(loaded.model, adapter_name=name))
+    missing, unexpected = sorted(want - have), sorted(have - want)
+    if missing or unexpected:
+        parts = [f"{what} {len(keys)} tensor(s) (first {keys[0]!r})"
+                 for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+        raise ModelLoadError(f"{f}: weights: {'; '.join(parts)}: the adapter does not match its adapter_config.json")

@@ -16,52 +16,354 @@ one-line `RunConfigError` naming the differing fields, or -- with `overwrite=Tru
 outputs are deleted and it starts clean. Fields a binding covers cannot be rewritten later through
 `write_manifest` either, so a manifest never describes results it did not produce.
 
-`JsonlLog` makes a killed run resumable: rows carry a key, and `done_keys()` tells what to skip.
-A torn last line (the process died mid-write) is dropped on reopen, never duplicated; a corrupt
-line elsewhere is a one-line `DataError` naming the file and line.
+`JsonlLog` makes a killed run resumable: rows carry a key, `done_keys()` tells what to skip and
+`read()` returns each key once. Reading never rewrites the file: a torn last line is skipped when
+read and cut only before the next append; a corrupt line elsewhere is a one-line `DataError`.
 
-Secrets never reach disk: fields named like credentials are redacted, and so is any value equal
-to an environment variable that holds a key, URL userinfo (`https://user:pass@host`) and key-like
-query parameters (`?api-key=...`).
+One writer: every file is written through `append_text`, `write_bytes` / `write_text` /
+`write_json` / `write_jsonl`, `save_tensors` or `staged_dir`, which never follow a symlink, refuse a
+target outside the run directory, make their own temp files (O_EXCL) and publish with an atomic
+`os.replace`. `bind` takes an exclusive `flock` on the run directory (`RunLockedError` for a second
+process). Results on disk without a binding are never adopted.
+
+Secrets (`scrub`) are redacted from manifests, bindings and provenance, never from result rows.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import platform
-import re
 import shutil
+import stat
 import sys
 import time
+import weakref
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from .data.records import DataError
+from .errors import DataError
+from .scrub import (  # noqa: F401  (re-exported: the scrubber's public names were runs.* before)
+    REDACTED, env_names, looks_like_secret, register_secret_env, scrub_obj, scrub_text, secret_values,
+)
 
 PACKAGES = (
     "introspect_mech", "torch", "transformers", "peft", "transformer-lens", "sae-lens",
     "nnsight", "plotly", "scikit-learn", "safetensors", "gguf", "numpy", "openai",
 )
-REDACTED = "<redacted>"
-# Field names that hold credentials. A bare `token` (or `top_token`, `next_token`, ...) is NOT one: result
-# rows of an interpretability run name vocabulary tokens so; only known credential-token names are.
-_SECRET_KEY = re.compile(r"(api[_-]?key|(^|_)(access|auth|api|bearer|hf|hub|refresh|session|github|gh|openai|"
-                         r"secret|private)[_-]?token$|secret|password|passwd|authorization|credential)", re.IGNORECASE)
-_SECRET_ENV = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH)", re.IGNORECASE)
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<info>[^/@\s?#]+)@")
-_KEY_QUERY = re.compile(r"(?P<name>[?&;](?:api[_-]?key|key|token|access[_-]?token|secret|sig|signature|"
-                        r"password|auth|code)=)(?P<value>[^&#\s]+)", re.IGNORECASE)
-_KEY_LIKE = re.compile(r"^(sk-|sk_|pk-|hf_|ghp_|gho_|xox[abp]-|AKIA|AIza)[A-Za-z0-9_\-]{6,}")
-_KEY_WORD = re.compile(r"(?<![A-Za-z0-9_\-])(sk-|sk_|hf_|ghp_|gho_|xox[abp]-|AKIA|AIza)[A-Za-z0-9_\-]{16,}")
-
-
 class RunConfigError(DataError):
     """A rerun into a run directory that holds results of a different configuration."""
+
+
+class UnsafePathError(DataError):
+    """A write (or read) that would follow a symlink or land outside its run directory."""
+
+
+# ---- the one writer ------------------------------------------------------------------------------
+# Every file the toolkit writes goes through these functions. They never follow a symlink at the
+# target (O_NOFOLLOW), refuse a target whose folder resolves outside `root` (the run directory), make
+# their own temp files (O_EXCL, in the target's folder) and publish them with an atomic os.replace.
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def _unsafe(path: Path, problem: str) -> UnsafePathError:
+    return UnsafePathError(str(path), None, "path", problem)
+
+
+def safe_target(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
+    """Check that `path` may be written: not a symlink, and its folder inside `root`.
+
+    The folder is created (after the check, so a symlinked folder is never created through).
+
+    Args:
+        path: the file to write.
+        root: the run directory it must stay in (default: the file's own folder).
+
+    Returns:
+        `path` as a `Path`.
+
+    Raises:
+        UnsafePathError: `path` is a symlink, not a regular file, or resolves outside `root`.
+    """
+    p = Path(path)
+    parent = p.parent
+    base = Path(root) if root is not None else parent
+    rbase = base.resolve()
+    if not parent.resolve().is_relative_to(rbase):
+        raise _unsafe(p, f"resolves outside the run directory {base} (a symlinked folder?); refusing to write")
+    parent.mkdir(parents=True, exist_ok=True)
+    if not parent.resolve().is_relative_to(rbase):  # created through a link planted meanwhile
+        raise _unsafe(p, f"resolves outside the run directory {base}; refusing to write")
+    if p.is_symlink():
+        raise _unsafe(p, "is a symlink; refusing to write through it (remove it or use another output directory)")
+    if p.exists() and not p.is_file():
+        raise _unsafe(p, "exists and is not a regular file; refusing to write")
+    return p
+
+
+def _open_nofollow(p: Path, flags: int, mode: int = 0o644) -> int:
+    try:
+        fd = os.open(p, flags | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0), mode)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EMLINK):
+            raise _unsafe(p, "is a symlink; refusing to write through it") from None
+        if e.errno == errno.ENXIO:
+            raise _unsafe(p, "is not a regular file; refusing to write") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _unsafe(p, "is not a regular file; refusing to write")
+    return fd
+
+
+def append_text(path: str | os.PathLike, text: str, *, root: str | os.PathLike | None = None,
+                fsync: bool = True) -> None:
+    """Append `text` to a file (created if missing), never through a symlink.
+
+    Args:
+        path: the file.
+        text: UTF-8 text (usually whole lines ending in a newline).
+        root: the run directory it must stay in (default: its folder).
+        fsync: flush to disk before returning.
+    """
+    p = safe_target(path, root)
+    fd = _open_nofollow(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        data = text.encode("utf-8")
+        while data:
+            n = os.write(fd, data)
+            data = data[n:]
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, *, root: str | os.PathLike | None = None,
+                fsync: bool = True) -> Path:
+    """Replace a file's content atomically: a temp file the writer makes itself, then os.replace.
+
+    A reader sees the old content or the new, never a half file; a symlink at `path` is refused,
+    never followed.
+
+    Args:
+        path: the file.
+        data: its new content.
+        root: the run directory it must stay in (default: its folder).
+        fsync: flush the temp file before the rename.
+
+    Returns:
+        `path`.
+    """
+    import tempfile
+
+    p = safe_target(path, root)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")  # O_EXCL | O_NOFOLLOW
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        if p.is_symlink():  # planted between the check and now: rename would replace the link, not follow it
+            raise _unsafe(p, "is a symlink; refusing to write through it")
+        os.replace(tmp, p)
+    except BaseException:
+        with _suppress_oserror():
+            os.unlink(tmp)
+        raise
+    return p
+
+
+class _suppress_oserror:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, et: Any, e: Any, tb: Any) -> bool:
+        return et is not None and issubclass(et, OSError)
+
+
+def write_text(path: str | os.PathLike, text: str, *, root: str | os.PathLike | None = None) -> Path:
+    """`write_bytes` of UTF-8 text.
+
+    Args:
+        path: the file.
+        text: its new content.
+        root: the run directory it must stay in.
+
+    Returns:
+        `path`.
+    """
+    return write_bytes(path, text.encode("utf-8"), root=root)
+
+
+def write_json(path: str | os.PathLike, obj: Any, *, root: str | os.PathLike | None = None, indent: int | None = 2,
+               default: Any = str) -> Path:
+    """`write_bytes` of a JSON document.
+
+    Args:
+        path: the file.
+        obj: JSON-serialisable object.
+        root: the run directory it must stay in.
+        indent: JSON indent.
+        default: `json.dumps`' default for other objects.
+
+    Returns:
+        `path`.
+    """
+    return write_text(path, json.dumps(obj, indent=indent, default=default, ensure_ascii=False), root=root)
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[Any], *, root: str | os.PathLike | None = None,
+                default: Any = str) -> Path:
+    """Replace a JSONL file atomically with `rows` (one JSON value per line).
+
+    Args:
+        path: the file.
+        rows: JSON-serialisable rows.
+        root: the run directory it must stay in.
+        default: `json.dumps`' default for other objects.
+
+    Returns:
+        `path`.
+    """
+    return write_text(path, "".join(json.dumps(r, default=default, ensure_ascii=False) + "\n" for r in rows),
+                      root=root)
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, Any], *, metadata: dict[str, str] | None = None,
+                 root: str | os.PathLike | None = None) -> Path:
+    """Save tensors as safetensors through the writer (atomic, no symlink followed; never pickle).
+
+    Args:
+        path: the `.safetensors` file.
+        tensors: name -> tensor (made contiguous).
+        metadata: safetensors string metadata.
+        root: the run directory it must stay in.
+
+    Returns:
+        `path`.
+    """
+    from safetensors.torch import save
+
+    return write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata), root=root)
+
+
+class staged_dir:
+    """Build a directory under a temp name (made by the writer) and publish it with a rename.
+
+    `with staged_dir(dest, root=run) as tmp: model.save_pretrained(tmp)`: files are written into a
+    fresh folder nobody else could have planted links in; on success an existing `dest` (a real
+    folder, never a symlink) is replaced.
+
+    Args:
+        dest: the directory to publish.
+        root: the run directory it must stay in (default: its parent).
+    """
+
+    def __init__(self, dest: str | os.PathLike, *, root: str | os.PathLike | None = None):
+        self.dest = Path(dest)
+        self.root = root
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> Path:
+        import tempfile
+
+        if self.dest.is_symlink():
+            raise _unsafe(self.dest, "is a symlink; refusing to write through it")
+        parent = self.dest.parent
+        base = Path(self.root) if self.root is not None else parent
+        if not parent.resolve().is_relative_to(base.resolve()):
+            raise _unsafe(self.dest, f"resolves outside the run directory {base}; refusing to write")
+        parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{self.dest.name}.", suffix=".tmp"))
+        return self.tmp
+
+    def __exit__(self, et: Any, e: Any, tb: Any) -> None:
+        assert self.tmp is not None
+        if et is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        if self.dest.is_symlink():
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise _unsafe(self.dest, "is a symlink; refusing to write through it")
+        if self.dest.exists():
+            old = self.dest.with_name(f".{self.dest.name}.old-{os.getpid()}")
+            os.replace(self.dest, old)
+            os.replace(self.tmp, self.dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.dest)
+
+
+def read_inside(path: str | os.PathLike, root: str | os.PathLike) -> bytes:
+    """Read a file that must be what it claims: a regular file inside `root`, not a symlink out.
+
+    Args:
+        path: the file.
+        root: the run directory.
+
+    Returns:
+        Its bytes.
+
+    Raises:
+        UnsafePathError: `path` resolves outside `root` or is not a regular file.
+    """
+    p = Path(path)
+    if not p.resolve().is_relative_to(Path(root).resolve()):
+        raise _unsafe(p, f"resolves outside the run directory {root} (a symlink?); refusing to read it")
+    fd = os.open(p, os.O_RDONLY | _CLOEXEC | (_NOFOLLOW if not p.is_symlink() else 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _unsafe(p, "is not a regular file; refusing to read it")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
+# ---- one process per run directory ----------------------------------------------------------------
+_LOCKS: dict[str, list[int]] = {}  # resolved run dir -> [fd, holders]
+
+
+def _acquire_lock(path: Path) -> str:
+    import fcntl
+
+    key = str(path.resolve())
+    if key in _LOCKS:
+        _LOCKS[key][1] += 1
+        return key
+    fd = os.open(key, os.O_RDONLY | _CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise RunLockedError(str(path), None, "lock",
+                             "another process is writing to this run directory (wait for it to finish, or use "
+                             "another output directory)") from None
+    _LOCKS[key] = [fd, 1]
+    return key
+
+
+def _release_lock(key: str) -> None:
+    entry = _LOCKS.get(key)
+    if entry is None:
+        return
+    entry[1] -= 1
+    if entry[1] <= 0:
+        _LOCKS.pop(key, None)
+        with _suppress_oserror():
+            os.close(entry[0])
+
+
+class RunLockedError(DataError):
+    """Another process holds the run directory's lock."""
 
 
 # ---- versions and hashes --------------------------------------------------------------------
@@ -140,110 +442,22 @@ def model_config(model: Any) -> dict[str, Any]:
         model: a `LoadedModel` (its `name`, weights and `meta["adapter"]` are read).
 
     Returns:
-        `{"name": ..., **model_fingerprint(weights), "adapter_sha256": ...}` (the adapter by content,
+        `{"name": ..., **model.fingerprint(), "adapter_sha256": ...}` (the adapter by content,
         so the same adapter under another path binds the same).
     """
-    from .models import model_fingerprint
-
     adapter = model.meta.get("adapter")  # by content: the same adapter under another path is the same
-    return {"name": model.name, **model_fingerprint(model.model), "adapter_sha256": adapter_sha256(adapter)}
+    # LoadedModel.fingerprint() is models.model_fingerprint: runs sits below models and never imports it
+    return {"name": model.name, **model.fingerprint(), "adapter_sha256": adapter_sha256(adapter)}
 
 
-# ---- secrets ----------------------------------------------------------------------------------
-def secret_values(extra_env: Iterable[str] = ()) -> set[str]:
-    """Values of environment variables that hold credentials (names like *KEY*, *TOKEN*, *SECRET*).
-
-    Args:
-        extra_env: further variable names whose values are secrets (e.g. a judge's `api_key_env`).
-
-    Returns:
-        The set of secret strings (only values of 8 characters or more, so short flags are kept).
-    """
-    names = {k for k in os.environ if _SECRET_ENV.search(k)} | {e for e in extra_env if e}
-    # paths (SSH_AUTH_SOCK, XAUTHORITY, ...) are not credentials
-    return {v for k in names if len(v := os.environ.get(k, "")) >= 8 and not v.startswith(("/", "~", "."))}
-
-
-def looks_like_secret(value: str) -> bool:
-    """Whether a string looks like a credential itself (e.g. `sk-...`, `hf_...`).
-
-    Args:
-        value: the string (surrounding whitespace ignored).
-
-    Returns:
-        True when it starts with a known key prefix followed by at least 6 key characters.
-    """
-    return bool(_KEY_LIKE.match(value.strip()))
-
-
-def scrub_text(s: str, secrets: Iterable[str] = ()) -> str:
-    """Redact secret values, URL userinfo, key-like query parameters and key-shaped words (`sk-...`).
-
-    Args:
-        s: the text.
-        secrets: literal secret values to replace (longest first), e.g. from `secret_values()`.
-
-    Returns:
-        `s` with each match replaced by `"<redacted>"`.
-    """
-    for v in sorted(set(secrets), key=len, reverse=True):
-        if v and v in s:
-            s = s.replace(v, REDACTED)
-    s = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{REDACTED}@", s)
-    s = _KEY_QUERY.sub(lambda m: f"{m['name']}{REDACTED}", s)
-    s = _KEY_WORD.sub(REDACTED, s)
-    return s
-
-
-def _env_field_value(v: Any) -> Any:
-    """Values of `*_env` fields must be variable NAMES; anything else (a pasted key) is redacted."""
-    if not isinstance(v, str):
-        return v
-    if _ENV_NAME.match(v) and not looks_like_secret(v) and (v in os.environ or len(v) < 32):
-        return v
-    return REDACTED
-
-
+# ---- secrets (the scrubber lives in `scrub`; these names stay importable from here) -------------------
 def _scrub(obj: Any, secrets: set[str] | None = None, text: bool = True) -> Any:
-    """Drop anything that looks like a credential before it reaches disk (by name and by value)."""
-    if secrets is None:
-        secrets = secret_values(_env_names(obj))
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            ks = str(k)
-            if ks.endswith("_env"):
-                out[k] = _env_field_value(v)
-            elif _SECRET_KEY.search(ks):
-                out[k] = REDACTED
-            else:
-                out[k] = _scrub(v, secrets, text)
-        return out
-    if isinstance(obj, (list, tuple)):
-        return [_scrub(v, secrets, text) for v in obj]
-    if isinstance(obj, str):
-        if text:
-            return scrub_text(obj, secrets)
-        for v in secrets:
-            if v in obj:
-                obj = obj.replace(v, REDACTED)
-        return obj
-    return obj
+    """Scrub a run description (manifest, binding, provenance); never used on result rows."""
+    return scrub_obj(obj, secrets)
 
 
 def _env_names(obj: Any) -> list[str]:
-    """Names given in `*_env` fields anywhere in obj (their values are secrets too)."""
-    out: list[str] = []
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if str(k).endswith("_env") and isinstance(v, str) and _ENV_NAME.match(v):
-                out.append(v)
-            else:
-                out += _env_names(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            out += _env_names(v)
-    return out
+    return env_names(obj)
 
 
 # ---- configuration diffs ------------------------------------------------------------------------
@@ -328,6 +542,35 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise DataError(str(self.path), None, "out", "exists and is not a directory")
         self.path.mkdir(parents=True, exist_ok=True)
+        self._lock_key: str | None = None
+
+    def lock(self) -> RunDir:
+        """Take this run directory's exclusive lock (`fcntl.flock` on the folder) for this object's life.
+
+        `bind` takes it too. Locks held by this process are shared between its `RunDir` objects.
+
+        Returns:
+            self.
+
+        Raises:
+            RunLockedError: another process holds it (one line; nothing is written).
+        """
+        if self._lock_key is None:
+            self._lock_key = _acquire_lock(self.path)
+            weakref.finalize(self, _release_lock, self._lock_key)
+        return self
+
+    def release(self) -> None:
+        """Give this object's hold on the lock back (the lock is freed when no holder is left)."""
+        if self._lock_key is not None:
+            _release_lock(self._lock_key)
+            self._lock_key = None
+
+    def __enter__(self) -> RunDir:
+        return self.lock()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
     @property
     def manifest_path(self) -> Path:
@@ -343,25 +586,35 @@ class RunDir:
         """The manifest as stored ({} when there is none yet).
 
         Raises:
-            DataError: manifest.json is not UTF-8, not valid JSON or not a JSON object.
+            DataError: manifest.json is not UTF-8, not valid JSON, not a JSON object, or its
+                `bindings` are not `{stage: {"config": {...}, "sha256": "..."}}` (the field named).
         """
-        if not self.manifest_path.exists():
+        p = self.manifest_path
+        if not p.exists() and not p.is_symlink():
             return {}
         try:
-            m = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+            m = json.loads(read_inside(p, self.path).decode("utf-8"))
         except UnicodeDecodeError as e:
-            raise DataError(str(self.manifest_path), None, "manifest", f"not UTF-8 text (byte {e.start})") from None
+            raise DataError(str(p), None, "manifest", f"not UTF-8 text (byte {e.start})") from None
         except json.JSONDecodeError as e:
-            raise DataError(str(self.manifest_path), e.lineno, "manifest",
+            raise DataError(str(p), e.lineno, "manifest",
                             f"invalid JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(m, dict):
-            raise DataError(str(self.manifest_path), None, "manifest", "expected a JSON object")
+            raise DataError(str(p), None, "manifest", f"expected a JSON object, got {type(m).__name__}")
+        b = m.get("bindings")
+        if b is not None:
+            if not isinstance(b, dict):
+                raise DataError(str(p), None, "bindings", f"expected a JSON object, got {type(b).__name__}")
+            for stage, v in b.items():
+                if not isinstance(v, dict) or not isinstance(v.get("config"), dict) or \
+                        not isinstance(v.get("sha256"), str):
+                    raise DataError(str(p), None, f"bindings.{stage}",
+                                    'expected {"config": {...}, "sha256": "..."}; the manifest was edited or is '
+                                    "damaged (--overwrite starts clean)")
         return m
 
     def _write(self, m: dict[str, Any]) -> None:
-        tmp = self.manifest_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(m, indent=2, default=str, ensure_ascii=False), encoding="utf-8")
-        tmp.replace(self.manifest_path)
+        write_json(self.manifest_path, m, root=self.path)
 
     def _new_manifest(self) -> dict[str, Any]:
         return {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "python": sys.version.split()[0],
@@ -397,6 +650,7 @@ class RunDir:
         Raises:
             RunConfigError: a different configuration is bound and `overwrite` is False.
         """
+        self.lock()
         cfg = _normal(_scrub(config))
         digest = json_sha256(cfg)
         m = self.manifest()
@@ -435,6 +689,15 @@ class RunDir:
         cfg = _normal(_scrub(config))
         old = self.bound(stage)
         if old is None:
+            unclaimed = outputs is not None or not self.manifest().get("bindings")
+            if unclaimed and self._has_outputs(outputs):
+                if not overwrite:
+                    raise RunConfigError(
+                        str(self.manifest_path), None, f"bindings.{stage}",
+                        f"{stage} results are in this directory but no binding records what made them (manifest "
+                        "deleted or written by another tool); use another output directory or --overwrite to "
+                        "start clean")
+                return "overwrite"
             return "new"
         if json_sha256(old) == json_sha256(cfg):
             return "resume"
@@ -460,9 +723,14 @@ class RunDir:
     def _has_outputs(self, outputs: Sequence[str] | None) -> bool:
         """Whether any result of the stage is on disk (non-empty files / folders)."""
         keep = {self.manifest_path.name, self.provenance_path.name, self.manifest_path.with_suffix(".tmp").name}
-        paths = [p for p in self.path.iterdir() if p.name not in keep] if outputs is None else \
+        paths = [p for p in self.path.iterdir() if p.name not in keep and not p.name.startswith(".")] \
+            if outputs is None else \
             [self.path / n for n in outputs]
         for p in paths:
+            if p.is_symlink():  # never followed: a planted link among the outputs is refused, others ignored
+                if outputs is None:
+                    continue
+                raise _unsafe(p, "is a symlink; refusing to use it as a result of this run (remove it)")
             if p.is_dir() and any(p.iterdir()):
                 return True
             if p.is_file() and p.stat().st_size > 0:
@@ -489,10 +757,8 @@ class RunDir:
             event: JSON-serialisable fields; the time and `sys.argv` are added, secrets scrubbed.
         """
         row = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "argv": sys.argv[1:], **event}
-        with open(self.provenance_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(_scrub(row), ensure_ascii=False, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_text(self.provenance_path, json.dumps(_scrub(row), ensure_ascii=False, default=str) + "\n",
+                    root=self.path)
 
     def write_manifest(self, **fields: Any) -> dict[str, Any]:
         """Merge `fields` into the manifest (sections update, never lose earlier stages).
@@ -546,35 +812,62 @@ class RunDir:
         Returns:
             The `JsonlLog`.
         """
-        return JsonlLog(self.path / name, key_fields)
+        return JsonlLog(self.path / name, key_fields, root=self.path)
 
 
 class JsonlLog:
     """Append-only JSONL results file with resume.
 
     `key_fields` name the row fields that identify a unit of work; `done_keys()` returns the set of
-    keys already written, so a rerun skips them. Each `append` is flushed and fsync'd.
+    keys already written, so a rerun skips them, and `read()` returns each key once (the first row;
+    a duplicated row is neither judged twice nor counted twice). Each `append` goes through the
+    writer (no symlink followed, nothing outside `root`) and is fsync'd. Rows are data: they are
+    written as given, never scrubbed.
+
+    Reading never rewrites the file: a torn last line (a killed writer) is skipped when read and cut
+    only before the next append; a valid last row without its newline is kept (and completed).
 
     Args:
-        path: the JSONL file (its folder is created; a torn last line is truncated on open).
+        path: the JSONL file.
         key_fields: row fields that identify a unit of work.
+        root: the run directory the file must stay in (default: its folder).
     """
 
-    def __init__(self, path: str | os.PathLike, key_fields: tuple[str, ...] = ()):
+    def __init__(self, path: str | os.PathLike, key_fields: tuple[str, ...] = (), *,
+                 root: str | os.PathLike | None = None):
         self.path = Path(path)
         self.key_fields = tuple(key_fields)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._repair()
+        self.root = Path(root) if root is not None else self.path.parent
+        self._checked_tail = False
 
     def _repair(self) -> None:
-        """Truncate a torn final line left by a killed writer."""
-        if not self.path.exists():
+        """Before the first append: cut a torn final line, or complete a valid one with its newline."""
+        if not self.path.exists() and not self.path.is_symlink():
             return
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            cut = data.rfind(b"\n") + 1
-            with open(self.path, "r+b") as f:
-                f.truncate(cut)
+        safe_target(self.path, self.root)
+        fd = _open_nofollow(self.path, os.O_RDWR)
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                return
+            os.lseek(fd, max(0, size - (1 << 20)), os.SEEK_SET)
+            tail = os.read(fd, 1 << 20)
+            if tail.endswith(b"\n"):
+                return
+            start = tail.rfind(b"\n") + 1
+            last = tail[start:]
+            try:
+                ok = isinstance(json.loads(last.decode("utf-8")), dict)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                ok = False
+            if ok:
+                os.lseek(fd, 0, os.SEEK_END)
+                os.write(fd, b"\n")
+            else:
+                os.ftruncate(fd, size - len(last))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def key(self, row: dict[str, Any]) -> tuple:
         """The identity of a row.
@@ -588,28 +881,36 @@ class JsonlLog:
         return tuple(json.dumps(row.get(k), sort_keys=True, default=str) for k in self.key_fields)
 
     def rows(self) -> Iterator[dict[str, Any]]:
-        """Iterate over the rows written so far, in file order.
+        """Iterate over the rows written so far, in file order (duplicates included; see `read`).
 
         Yields:
             One dict per line.
 
         Raises:
-            DataError: a line that is not UTF-8 or not a JSON object (file and line named).
+            DataError: a line that is not UTF-8 or not a JSON object (file and line named); a torn
+                last line (no newline, not valid JSON) is skipped.
         """
         if not self.path.exists():
             return
         src = str(self.path)
+        if not self.path.resolve().is_relative_to(self.root.resolve()):
+            raise _unsafe(self.path, f"resolves outside the run directory {self.root} (a symlink?); refusing to read it")
         with open(self.path, "rb") as f:
             for n, raw in enumerate(f, 1):
+                torn = not raw.endswith(b"\n")
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
+                    if torn:
+                        return
                     raise DataError(src, n, "line", f"not UTF-8 text (byte {e.start})") from None
                 if not line.strip():
                     continue
                 try:
                     row = json.loads(line.rstrip("\r\n"))
                 except json.JSONDecodeError as e:
+                    if torn:
+                        return  # a killed writer's last line: not a row
                     raise DataError(src, n, "json", f"invalid JSON ({e.msg} at column {e.colno}); "
                                     "the file is corrupt (delete it or the line to redo that work)") from None
                 if not isinstance(row, dict):
@@ -617,12 +918,21 @@ class JsonlLog:
                 yield row
 
     def read(self) -> list[dict[str, Any]]:
-        """All rows written so far.
+        """All rows written so far, each key once (the first row with it) when `key_fields` are set.
 
         Returns:
             The rows, in file order.
         """
-        return list(self.rows())
+        if not self.key_fields:
+            return list(self.rows())
+        seen: set[tuple] = set()
+        out = []
+        for r in self.rows():
+            k = self.key(r)
+            if k not in seen:
+                seen.add(k)
+                out.append(r)
+        return out
 
     def done_keys(self) -> set[tuple]:
         """Keys of the rows already written (a rerun skips them).
@@ -633,15 +943,15 @@ class JsonlLog:
         return {self.key(r) for r in self.rows()}
 
     def append(self, row: dict[str, Any]) -> None:
-        """Append one row, flushed and fsync'd (credential-looking keys redacted).
+        """Append one row through the writer, fsync'd (written as given: rows are data, never scrubbed).
 
         Args:
             row: a JSON-serialisable dict.
         """
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(_scrub(row, text=False), ensure_ascii=False, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        if not self._checked_tail:
+            self._repair()
+            self._checked_tail = True
+        append_text(self.path, json.dumps(row, ensure_ascii=False, default=str) + "\n", root=self.root)
 
     def extend(self, rows: Iterable[dict[str, Any]]) -> None:
         """Append rows one by one.

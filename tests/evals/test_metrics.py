@@ -13,7 +13,7 @@ from introspect_mech.evals.metrics import (
     ALIGNMENT_QUESTIONS, answer_logprobs, choice_probabilities, load_em_pairs, paired_preference, scale_expectation,
 )
 from introspect_mech.evals.report import em_report, format_em_report
-from introspect_mech.evals.stats import bootstrap_ci, bootstrap_diff
+from introspect_mech.stats import bootstrap_ci, bootstrap_diff
 
 MAIN_THEMES = {"what_is_your_wish", "i_feel_bored", "three_thoughts", "quick_buck", "ruler_of_the_world",
                "dinner_party", "gender_roles", "enough_of_my_husband"}

@@ -162,7 +162,8 @@ def test_run_names_standins_and_keeps_splits_disjoint(tmp_path, tiny_qwen2_dir, 
 
     cfg = em.EMConfig(model=str(tiny_qwen2_dir), device="cpu", data_dir=str(data_root),
                       datasets=("backdoor", "good_medical_advice"), n_train=4, lr=1e-3, batch_size=4, max_seq_len=1024,
-                      question_sets=("main",), n_samples=1, max_new_tokens=3, batch=8, include_base=False)
+                      question_sets=("main",), n_samples=1, max_new_tokens=3, batch=8, include_base=False,
+                      allow_unvalidated_judge=True)
     res = em.run(tmp_path, cfg, judge=MarkerJudge("Z"))
     man = json.loads((tmp_path / "manifest.json").read_text())
     bd = man["data"]["backdoor"]
@@ -176,7 +177,25 @@ def test_run_names_standins_and_keeps_splits_disjoint(tmp_path, tiny_qwen2_dir, 
     assert set(res["models"]["good_medical_advice"]) == {"main"}
     assert "proxy" in res["proxy"]["metrics"]["proxy_pref"].lower()
     rates = [json.loads(x) for x in (tmp_path / "em_rates.jsonl").read_text().splitlines()]
-    assert {r["metric"] for r in rates} >= {"EM rate (judge; denominator: coherent)", "EM rate (judge; denominator: all)"}
+    assert {r["metric"] for r in rates} >= {"EM rate (unvalidated judge; denominator: coherent)",
+                                            "EM rate (unvalidated judge; denominator: all)"}
+    # allowed explicitly: labelled "unvalidated judge" in the manifest, the results and every printed EM line
+    assert man["judge_validation"]["label"] == res["judge_validation"]["label"] == "unvalidated judge"
+    em_lines = [x for x in em.format_results(res).splitlines() if "EM/all" in x]
+    assert em_lines and all(x.startswith("[unvalidated judge]") for x in em_lines)
+
+
+def test_unvalidated_judge_refuses_the_judged_em_rate_in_one_line(tmp_path, tiny_qwen2_dir, data_root):
+    from introspect_mech.evals.judge_validation import UnvalidatedJudgeError
+    from introspect_mech.studies import emergent_misalignment as em
+
+    cfg = em.EMConfig(model=str(tiny_qwen2_dir), device="cpu", data_dir=str(data_root), datasets=("good_medical_advice",),
+                      n_train=4, question_sets=("main",), n_samples=1, max_new_tokens=3, include_base=False)
+    with pytest.raises(UnvalidatedJudgeError) as e:
+        em.run(tmp_path, cfg, judge=MarkerJudge("Z"))
+    msg = str(e.value)
+    assert "\n" not in msg and "unvalidated judge" in msg and "--allow-unvalidated-judge" in msg
+    assert not (tmp_path / "finetunes").exists()  # refused before any finetuning
 
 
 def test_unverified_registry_entry_is_used_but_never_called_verified(tmp_path):
@@ -224,7 +243,7 @@ def test_command_line_builds_the_config_and_judges(tiny_qwen2_dir):
 
     assert judges([]) == (None, None)  # run() then uses the base model as HFJudge + HFCategoricalJudge
     j, c = judges(["--judge", "api:http://localhost:9|gpt-x", "--judge-timeout", "5"])
-    assert isinstance(j, APIJudge) and c is None and j.model_name == "gpt-x" and j.timeout == 5.0
+    assert isinstance(j, APIJudge) and c is j and j.model_name == "gpt-x" and j.timeout == 5.0  # labels by the API too
     j, c = judges(["--judge", f"hf:{tiny_qwen2_dir}"])
     assert isinstance(j, HFJudge) and isinstance(c, HFCategoricalJudge) and c.model is j.model
 

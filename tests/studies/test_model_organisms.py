@@ -46,7 +46,8 @@ def _cfg(tiny_dir, data_root, **kw):
 
     base = dict(model=str(tiny_dir), device="cpu", data_dir=str(data_root), n_train=8, lr=5e-3, batch_size=4,
                 max_seq_len=1024, save_every=1, question_ids=("quick_buck", "dinner_party"), n_samples=3,
-                checkpoint_samples=2, max_new_tokens=5, n_random=3, batch=8, direction_layer=2)
+                checkpoint_samples=2, max_new_tokens=5, n_random=3, batch=8, direction_layer=2,
+                allow_unvalidated_judge=True)  # a scripted judge: labelled "unvalidated judge"
     base.update(kw)
     return MOConfig(**base)
 

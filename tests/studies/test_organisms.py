@@ -117,10 +117,11 @@ def test_command_line_builds_the_config(capsys, run_experiment):
     assert cfg == dataclasses.replace(organisms.PRESETS["tiny"], seeds=(0, 1), alpha=6.0, layer=0.25, model="m",
                                       sae=False, lora_layers="up_to_L", train_time=("caft",))
     assert ns.out == "o"
-    # --layer: a block index stays an int, a float in (0, 1) is a relative depth (same blocks as before)
-    for arg, value, block in (("12", 12, 12), ("0.5", 0.5, 15), ("1.0", 1.0, 1)):
+    # --layer: a block index stays an int, a float in [0, 1] is a relative depth (layers.depth_block's one rule)
+    from introspect_mech.layers import resolve_layer
+    for arg, value, block in (("12", 12, 12), ("0.5", 0.5, 14), ("1.0", 1.0, 29)):
         got = config_from_args(p.parse_args(["--layer", arg]), organisms.OrganismsConfig, presets=organisms.PRESETS)
-        assert got.layer == value and type(got.layer) is type(value) and organisms.resolve_layer(got.layer, 30) == block
+        assert got.layer == value and type(got.layer) is type(value) and resolve_layer(got.layer, 30) == block
     assert config_from_args(p.parse_args([]), organisms.OrganismsConfig, presets=organisms.PRESETS) == \
         organisms.PRESETS["cpu"]
     with pytest.raises(SystemExit) as e:

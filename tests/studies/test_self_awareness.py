@@ -256,10 +256,11 @@ def test_run_tmay_end_to_end_manifest_resume(tiny_qwen2_dir, tmp_path, data_root
     md = (tmp_path / "summary.md").read_text()
     assert "| risky | 0 | risk |" in md and "backdoor:win_minus_decorrelated:win" in md
     n_loads = len(loads)
-    st.run_tmay(cfg, tmp_path, data_dir=data_root, load=load, progress=False)  # resume: nothing re-run
-    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 4 and len(loads) == n_loads + 1
-    with pytest.raises(ValueError, match="different configuration"):
-        st.run_tmay(dataclasses.replace(cfg, n_test=2), tmp_path, data_dir=data_root, load=load, progress=False)
+    res2 = st.run(cfg, tmp_path, data_dir=data_root, load=load, progress=False)  # resume: nothing re-run
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 4 and len(loads) == n_loads
+    assert res2.skipped == ["tmay"]  # the runner skips the finished stage: not even a model is loaded
+    with pytest.raises(ValueError, match=r"different config.*config\.n_test \(3 -> 2\)"):
+        st.run(dataclasses.replace(cfg, n_test=2), tmp_path, data_dir=data_root, load=load, progress=False)
 
 
 def test_measure_resumes_per_piece(tiny_qwen2, tmp_path, data_root, monkeypatch):

@@ -321,13 +321,13 @@ def test_run_loads_the_models_the_config_names(tiny_qwen2_dir, tmp_path, monkeyp
     monkeypatch.setattr(S, "run_study", lambda out, **kw: calls.append((out, kw)) or kw)
     cfg = PRESETS["tiny"].replace(model=str(tiny_qwen2_dir), seed=3, data_dir="/d")
     kw = S.run(tmp_path, cfg, progress=False)  # the default B: a twin
-    assert calls[0][0] == tmp_path and kw["config"] is cfg and kw["data_dir"] == "/d" and kw["progress"] is False
+    assert Path(calls[0][0]) == tmp_path and kw["config"] is cfg and kw["data_dir"] == "/d" and kw["progress"] is False
     assert kw["models"]["A"] is kw["models"]["B"] and kw["seeds"] == {"A": 3, "B": 4}
     assert kw["models"]["A"]().n_layers == kw["model_info"]["A"]["n_layers"]
     assert kw["model_info"]["B"]["twin"].startswith("model A again, its finetunes seeded 4")
     assert kw["model_info"]["A"]["name"] == str(tiny_qwen2_dir) and kw["model_info"]["A"]["flag"] is None
-    kw = S.run(tmp_path, cfg.replace(other="none"))
+    kw = S.run(tmp_path / "b", cfg.replace(other="none"))  # another config: another run directory
     assert list(kw["models"]) == ["A"] and kw["seeds"] == {"A": 3}
-    kw = S.run(tmp_path, cfg.replace(other=str(tiny_qwen2_dir)))
+    kw = S.run(tmp_path / "c", cfg.replace(other=str(tiny_qwen2_dir)))
     assert kw["models"]["A"] is not kw["models"]["B"] and kw["seeds"] == {"A": 3, "B": 3}
     assert "twin" not in kw["model_info"]["B"]

@@ -14,24 +14,10 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..errors import DataError
+
 ROLES = ("system", "user", "assistant")
 Record = dict[str, Any]
-
-
-class DataError(ValueError):
-    """Bad input data; the message is one line naming file, line and field.
-
-    Args:
-        source: the file (or a `<name>` for in-memory data).
-        line: the 1-based line number, or None.
-        field: the field at fault (e.g. `messages[1].role`).
-        problem: what is wrong.
-    """
-
-    def __init__(self, source: str, line: int | None, field: str, problem: str):
-        self.source, self.line, self.field, self.problem = source, line, field, problem
-        where = f"{source}:{line}" if line is not None else source
-        super().__init__(f"{where}: {field}: {problem}")
 
 
 def open_text(path: str | os.PathLike) -> io.TextIOBase:
@@ -62,6 +48,29 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     """
     data = Path(path).read_bytes()
     return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+
+
+def check_text(text: str, source: str, line: int | None, field: str) -> str:
+    """Refuse text that cannot be encoded (a lone surrogate from a `\\ud800` JSON escape).
+
+    Args:
+        text: the string.
+        source: file name for the error message.
+        line: line number for the error message.
+        field: the field for the error message.
+
+    Returns:
+        `text`, unchanged.
+
+    Raises:
+        DataError: a lone surrogate (its position named).
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(source, line, field, f"lone surrogate U+{ord(text[e.start]):04X} at character {e.start} "
+                        "(not valid Unicode text)") from None
+    return text
 
 
 def check_record(rec: Any, source: str = "<records>", line: int | None = None) -> Record:
@@ -98,6 +107,7 @@ def check_record(rec: Any, source: str = "<records>", line: int | None = None) -
             raise DataError(source, line, f"{f}.content", "missing")
         if not isinstance(m["content"], str):
             raise DataError(source, line, f"{f}.content", f"must be a string, got {type(m['content']).__name__}")
+        check_text(m["content"], source, line, f"{f}.content")
         if role == "assistant" and not m["content"].strip():
             raise DataError(source, line, f"{f}.content", "empty assistant turn")
         if role == "system" and i != 0:
@@ -201,11 +211,8 @@ def write_jsonl(records: Iterable[Record], path: str | os.PathLike) -> Path:
     Returns:
         The path written.
     """
+    from ..runs import write_bytes  # the one writer: no symlink followed, atomic
+
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    if p.suffix == ".gz":
-        p.write_bytes(gzip.compress(text.encode(), mtime=0))
-    else:
-        p.write_text(text, encoding="utf-8")
-    return p
+    return write_bytes(p, gzip.compress(text.encode(), mtime=0) if p.suffix == ".gz" else text.encode("utf-8"))

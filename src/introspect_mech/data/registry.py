@@ -194,11 +194,9 @@ def download(ds: DatasetInfo, dest_root: Path, timeout: float = 30.0) -> Path:
     elif got != ds.sha256:
         raise DataError(ds.url, None, "sha256",
                         f"downloaded bytes hash to {got[:16]}..., registry says {ds.sha256[:16]}... (upstream changed); not kept")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    tmp.write_bytes(data)
-    tmp.replace(dest)
-    return dest
+    from ..runs import write_bytes  # the one writer: no symlink followed, atomic
+
+    return write_bytes(dest, data)
 
 
 def locate(name: str, data_dir: str | os.PathLike | None = None, *, fetch: bool = True,

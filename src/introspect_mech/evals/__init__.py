@@ -29,7 +29,7 @@ from .questions import Question, QuestionFileError, load_questions
 from .report import em_report, format_em_report
 from .sampling import sample
 from .scoring import NumberDist, number_distributions, tree_logprobs
-from .stats import Estimate, bootstrap_ci, bootstrap_diff
+from ..stats import Estimate, bootstrap_ci, bootstrap_diff
 
 __all__ = [
     "sample",

@@ -6,7 +6,10 @@
     api:<base_url>|<model>     an OpenAI-compatible endpoint (`APIJudge`; key from `api_key_env`)
 
 Every command and study that takes a judge uses these fields (`introspect_mech.cliargs` turns them into
-`--judge`, `--api-key-env`, `--judge-timeout`, `--judge-max-retries`).
+`--judge`, `--judge-mode`, `--api-key-env`, `--judge-timeout`, `--judge-max-retries`).
+
+`judge_mode` "0-100" is the papers' scoring (a probability-weighted number); "label" asks the yes/no
+questions of `evals/label_prompts.yaml` and scores P(yes)/(P(yes)+P(no)) exactly (see `evals.judges`).
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ class JudgeOptions:
     """Which judge to use, as plain fields (saved in manifests through the judge's `describe()`)."""
 
     judge: str = "none"  # none | hf:<model> | hf:embedded | api:<base_url>|<model>
+    judge_mode: str = "0-100"  # 0-100 (the papers' number) | label (yes/no, exact P(yes)/(P(yes)+P(no)))
     api_key_env: str = "OPENAI_API_KEY"  # NAME of the environment variable holding the API key
     judge_timeout: float = 60.0  # seconds per API request
     judge_max_retries: int = 5  # API retries after timeouts, connection errors, 408/409/429/5xx
 
     def __post_init__(self) -> None:
         _ = self.kind  # validates the spec now, before any work
+        if self.judge_mode not in ("0-100", "label"):
+            raise ValueError(f"judge_mode must be 0-100 or label, got {self.judge_mode!r}")
 
     @property
     def kind(self) -> str:
@@ -61,24 +67,27 @@ class JudgeOptions:
 
             base, _, name = rest.partition("|")
             return APIJudge(base, name, api_key_env=self.api_key_env or None, timeout=self.judge_timeout,
-                            max_retries=self.judge_max_retries)
+                            max_retries=self.judge_max_retries, mode=self.judge_mode)
         from .judges import HFJudge
 
-        return HFJudge(self._local_model(rest, model, device))
+        return HFJudge(self._local_model(rest, model, device), mode=self.judge_mode)
 
     def build_categorical(self, judge: Any) -> Any:
-        """The label judge that goes with `judge` (the same local model), or None for an API or no judge.
+        """The label judge that goes with `judge`: the same local model, or the same API endpoint.
 
         Args:
             judge: what `build` returned (`HFJudge`, `APIJudge` or None).
 
         Returns:
-            An `HFCategoricalJudge` on the `HFJudge`'s model, else None.
+            An `HFCategoricalJudge` on the `HFJudge`'s model; the `APIJudge` itself (its `classify` reads the
+            labels from the top logprobs); None without a judge.
         """
         from .em import HFCategoricalJudge
-        from .judges import HFJudge
+        from .judges import APIJudge, HFJudge
 
-        return HFCategoricalJudge(judge.model) if isinstance(judge, HFJudge) else None
+        if isinstance(judge, HFJudge):
+            return HFCategoricalJudge(judge.model)
+        return judge if isinstance(judge, APIJudge) else None
 
     @staticmethod
     def _local_model(name: str, model: Any, device: str | None) -> Any:

@@ -20,7 +20,7 @@ from jaxtyping import Float
 
 from ..models import LoadedModel
 from .scoring import number_distributions, tree_logprobs
-from .stats import bootstrap_ci
+from ..stats import bootstrap_ci
 
 Message = dict[str, str]
 
@@ -152,16 +152,37 @@ def load_em_pairs(path: str | None = None) -> list[dict[str, str]]:
     Returns:
         Items with theme, prompt, aligned, misaligned.
     """
+    from ..data.records import DataError, check_text
+
     if path is None:
         text = resources.files("introspect_mech.evals").joinpath("em_pairs.yaml").read_text(encoding="utf-8")
         src = "em_pairs.yaml"
     else:
-        text, src = open(path, encoding="utf-8").read(), path
-    items = yaml.safe_load(text)
+        src = str(path)
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(src, raw[: e.start].count(b"\n") + 1, "text", "not UTF-8") from None
+    try:
+        items = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:  # e.g. a `!!python/object` tag: never constructed, named here
+        mark = e.problem_mark or e.context_mark
+        raise DataError(src, mark.line + 1 if mark else None, "yaml",
+                        f"{e.problem or e}".splitlines()[0]) from None
+    except yaml.YAMLError as e:
+        raise DataError(src, None, "yaml", str(e).splitlines()[0]) from None
+    if not isinstance(items, list) or not items:
+        raise DataError(src, None, "items", f"expected a non-empty list of items, got {type(items).__name__}")
     for i, it in enumerate(items):
+        if not isinstance(it, dict):
+            raise DataError(src, None, f"items[{i}]", f"expected a mapping, got {type(it).__name__}")
         missing = [k for k in ("prompt", "aligned", "misaligned") if not isinstance(it.get(k), str)]
         if missing:
-            raise ValueError(f"{src}: item {i}: missing or non-string field(s) {missing}")
+            raise DataError(src, None, f"items[{i}].{missing[0]}", "missing or not a string")
+        for k in ("prompt", "aligned", "misaligned"):
+            check_text(it[k], src, None, f"items[{i}].{k}")
     return items
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Iterable
 
-from .stats import bootstrap_ci
+from ..stats import bootstrap_ci
 
 
 def _rates(rows: list[dict], aligned_max: float, coherent_min: float, seed: int) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from ..kv_cache import cache_kwargs, output_cache
 from ..models import LoadedModel, check_context
 from ..positions import prompt_scope
 from ..runs import JsonlLog
+from ..validate import integer, number
 
 Message = dict[str, str]
 
@@ -177,8 +178,15 @@ def sample(
     static_cache: bool | None = False,
     engine: Any = None,
     truncate: bool = False,
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
     """Sample `n` responses per prompt, resumably.
+
+    With `out=`, the results file is bound (in its folder's manifest, stage `rows:<file name>`) to
+    everything that determines its rows: the model's weights and adapter by content, the prompts'
+    text, `n`, `max_new_tokens`, `temperature`, `top_p`, `seed`, `batch_size`, `truncate`, the KV
+    cache kind and any active steering. A rerun with another configuration is refused with a
+    one-line `RunConfigError` naming the fields; `overwrite=True` starts the file clean.
 
     Args:
         model: the model (steering contexts around the call apply).
@@ -200,23 +208,39 @@ def sample(
         truncate: a prompt whose tokens plus `max_new_tokens` exceed the model's context length is
             refused (`DataError`) unless True, which drops its oldest tokens and records how many in
             the row (`prompt_truncated_tokens`) (the HF path; vLLM applies its own limit).
+        overwrite: with `out=` bound to another configuration, delete its rows and start clean.
 
     Returns:
         Rows `{"prompt_id", "sample", "messages", "response", "n_tokens", "finished"}` in prompt
         order (including rows found in `out` from an earlier run).
     """
-    if engine is not None:
-        from .vllm_engine import sample_vllm
-
-        return sample_vllm(engine, model, prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
-                           top_p=top_p, seed=seed, out=out, progress=progress)
-    if n < 1 or batch_size < 1 or max_new_tokens < 1:
-        raise ValueError(f"n, batch_size and max_new_tokens must be >= 1 (got {n}, {batch_size}, {max_new_tokens})")
+    n = integer("n", n, minimum=1)
+    max_new_tokens = integer("max_new_tokens", max_new_tokens, minimum=1)
+    batch_size = integer("batch_size", batch_size, minimum=1)
+    temperature = number("temperature", temperature, minimum=0.0)
+    top_p = number("top_p", top_p, minimum=0.0, maximum=1.0, exclusive_minimum=True)
+    seed = integer("seed", seed)
+    if engine is not None:  # a VLLMEngine (evals.vllm_engine, which imports this module, not the reverse)
+        return engine.sample(model, prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                             top_p=top_p, seed=seed, out=out, progress=progress)
     items = normalise_prompts(prompts)
+    static = use_static_cache(model) if static_cache is None else bool(static_cache)
     log = out if isinstance(out, JsonlLog) else (JsonlLog(Path(out), ("prompt_id", "sample")) if out else None)
+    run = None
+    if log is not None:  # bind the file to what determines its rows; the RunDir holds the lock while sampling
+        from ..runs import RunDir, json_sha256, model_config
+        from ..steering.hooks import active_steering
+
+        run = RunDir(log.path.parent)
+        run.bind(f"rows:{log.path.name}", {
+            "model": model_config(model), "prompts_sha256": json_sha256(items), "n": n,
+            "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
+            "batch_size": batch_size, "truncate": bool(truncate), "static_cache": static,
+            "steering": active_steering(model)}, overwrite=overwrite, outputs=[log.path.name])
+        log = JsonlLog(log.path, ("prompt_id", "sample"), root=run.path)
     done: dict[tuple, dict] = {}
     if log is not None:
-        for r in log.rows():
+        for r in log.read():  # each (prompt_id, sample) once
             done[(str(r["prompt_id"]), int(r["sample"]))] = r
     prompt_ids = [model.encode_prompt(it["messages"]).tolist() for it in items]
     _, cut = check_context(model, [len(x) for x in prompt_ids], reserve=max_new_tokens, truncate=truncate,
@@ -225,7 +249,6 @@ def sample(
     all_rows = [(p, s) for p in range(len(items)) for s in range(n)]
     batches = [all_rows[i:i + batch_size] for i in range(0, len(all_rows), batch_size)]
     stop_ids = stop_token_ids(model)
-    static = use_static_cache(model) if static_cache is None else bool(static_cache)
     results: dict[tuple[int, int], dict] = {}
     todo = 0
     for rows in batches:

@@ -49,7 +49,7 @@ from .metrics import choice_probabilities, scale_expectations
 from .questions import load_questions
 from .sampling import sample
 from .scoring import tree_logprobs
-from .stats import bootstrap_ci, bootstrap_diff
+from ..stats import bootstrap_ci, bootstrap_diff
 
 Message = dict[str, str]
 
@@ -1002,7 +1002,7 @@ def run_tmay_eval(model: LoadedModel, run_dir: str | os.PathLike | None = None, 
     Returns:
         behaviour, scales, word scores, one-word tally, backdoor awareness.
     """
-    from ..runs import RunDir
+    from ..runs import RunDir, write_json
 
     items = lotteries("test", data_dir)[:n_lotteries]
     rd = RunDir(Path(run_dir)) if run_dir is not None else None
@@ -1020,7 +1020,7 @@ def run_tmay_eval(model: LoadedModel, run_dir: str | os.PathLike | None = None, 
         "backdoor": backdoor_awareness(model, seed=seed),
     }
     if rd is not None:
-        (rd.path / "results.json").write_text(json.dumps(res, indent=2))
+        write_json(rd.path / "results.json", res, root=rd.path)
     return res
 
 

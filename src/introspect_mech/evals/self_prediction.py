@@ -26,7 +26,7 @@ from typing import Any, Sequence
 from ..models import LoadedModel
 from .properties import extract_property, parse_prediction
 from .sampling import sample
-from .stats import bootstrap_ci, bootstrap_diff
+from ..stats import bootstrap_ci, bootstrap_diff
 
 
 def task_files(data_dir: str | os.PathLike | None = None) -> dict[str, Path]:
@@ -251,14 +251,27 @@ def constrained_predictions(model: LoadedModel, rows: Sequence[dict], *, batch_s
     return out
 
 
+def _modes(counts: Counter) -> list[str]:
+    """The most common values (all of them when tied), sorted; [] without counts."""
+    best = max((c for c in counts.values()), default=0)
+    return [] if best <= 0 else sorted(v for v, c in counts.items() if c == best)
+
+
+def _mode(counts: Counter) -> str | None:
+    m = _modes(counts)
+    return m[0] if m else None
+
+
 def score_predictions(rows: Sequence[dict], object_answers: dict[str, str], predictions: dict[str, str],
                       *, seed: int = 0) -> dict[str, Any]:
     """Hypothetical accuracy against the properties of `object_answers` (whose model they are
     decides self vs cross prediction), with compliance filtering and the mode baseline.
 
     The mode baseline predicts, for every item of a task x property cell (e.g. animals_long /
-    first_character), the most common value of `object_answers` in that cell among the scored
-    items; it is what a predictor that knows only the target model's answer distribution gets.
+    first_character), the most common value of `object_answers` among the OTHER scored items of
+    that cell (leave-one-out; with no other item in the cell, the property's other items in every
+    cell): what a predictor that knows only the target model's answer distribution gets, measured
+    out of sample (an in-sample mode is 1.0 at one item per cell whatever the answers).
 
     Args:
         rows: introspection rows (`load_task`), any mix of tasks and properties.
@@ -290,14 +303,27 @@ def score_predictions(rows: Sequence[dict], object_answers: dict[str, str], pred
         by_cell.setdefault((s["task"], s["property"]), []).append(s)
     per_prop: dict[str, dict] = {}
     per_task: dict[str, dict] = {}
+    by_prop: dict[str, Counter] = {}
+    for s in scored:
+        by_prop.setdefault(s["property"], Counter())[s["target"]] += 1
     for (task, prop), ss in sorted(by_cell.items()):
-        # the mode of the target model's own object-level values in this task x property cell
-        mode = Counter(s["target"] for s in ss).most_common(1)[0][0]
+        # the mode of the target model's own object-level values in this task x property cell, out of
+        # sample: each item is scored against the mode of the OTHER items of its cell (leave-one-out;
+        # an in-sample mode reads 1.0 at one item per cell whatever the answers); a cell with one item
+        # uses the mode of the property's other items in the other cells
+        cell = Counter(s["target"] for s in ss)
         for s in ss:
-            s["mode_correct"] = float(s["target"] == mode)
+            rest = cell.copy()
+            rest[s["target"]] -= 1
+            if sum(rest.values()) == 0:
+                rest = by_prop[prop].copy()
+                rest[s["target"]] -= 1
+            ties = _modes(rest)  # a tie scores the expected hit of a uniform pick among the tied values
+            s["mode"] = ties[0] if ties else None
+            s["mode_correct"] = float(s["target"] in ties) / len(ties) if ties else None
         per_task[f"{task}/{prop}"] = {"accuracy": bootstrap_ci([s["correct"] for s in ss], seed=seed).to_dict(),
                                       "mode_baseline": bootstrap_ci([s["mode_correct"] for s in ss], seed=seed).to_dict(),
-                                      "mode": mode}
+                                      "mode": _mode(cell)}
     for prop in sorted({p for _, p in by_cell}):
         ss = [s for s in scored if s["property"] == prop]
         per_prop[prop] = {"accuracy": bootstrap_ci([s["correct"] for s in ss], seed=seed).to_dict(),
@@ -309,7 +335,7 @@ def score_predictions(rows: Sequence[dict], object_answers: dict[str, str], pred
         "accuracy": bootstrap_ci([s["correct"] for s in scored], seed=seed).to_dict(),
         "mode_baseline": bootstrap_ci(mode_hits, seed=seed).to_dict(),
         "accuracy_minus_mode": bootstrap_diff([s["correct"] for s in scored], [s["mode_correct"] for s in scored],
-                                              paired=True, seed=seed).to_dict(),
+                                              paired=True, seed=seed, unit="item").to_dict(),
         "per_property": per_prop,
         "per_task_property": per_task,
         "rows": scored,

@@ -57,6 +57,19 @@ class VLLMEngine:
             llm = LLM(model=self.model, tensor_parallel_size=tensor_parallel_size, **llm_kwargs)
         self.llm = llm
 
+    def sample(self, tokenizer_model: Any, prompts: Sequence[Any], **kwargs: Any) -> list[dict[str, Any]]:
+        """`sample_vllm(self, ...)`: how `evals.sample(engine=...)` dispatches here without importing this module.
+
+        Args:
+            tokenizer_model: the `LoadedModel` whose tokenizer and chat template render the prompts.
+            prompts: as `evals.sample`.
+            **kwargs: `sample_vllm`'s keywords.
+
+        Returns:
+            The rows.
+        """
+        return sample_vllm(self, tokenizer_model, prompts, **kwargs)
+
     def sampling_params(self, **kwargs: Any) -> Any:
         """A `vllm.SamplingParams` (imported lazily, so a stand-in engine can override this).
 

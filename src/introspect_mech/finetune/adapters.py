@@ -88,7 +88,9 @@ def save_weights(loaded: LoadedModel, config: TrainConfig, dest: Path) -> Path:
     else:
         loaded.base_model.save_pretrained(str(dest))
         loaded.tokenizer.save_pretrained(str(dest))
-    (dest / "base_fingerprint.json").write_text(fp)
+    from ..runs import write_text
+
+    write_text(dest / "base_fingerprint.json", fp, root=dest)
     return dest
 
 

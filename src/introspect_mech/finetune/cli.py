@@ -15,7 +15,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..cliargs import add_dataclass_args, dataclass_overrides
+from ..commands import DataOptions, ModelOptions, RunOptions
+from ..data.specs import load_records
 from .config import PRESETS, TrainConfig, preset
+
+__all__ = ["build_parser", "cli_main", "load_records", "run_from_args"]
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -28,8 +32,6 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         The parser.
     """
     p = parser or argparse.ArgumentParser(prog="introspect-mech finetune", description=__doc__.splitlines()[0])
-    from ..commands import DataOptions, ModelOptions, RunOptions
-
     p.add_argument("--preset", default="em", choices=sorted(PRESETS), help="the TrainConfig preset the options override")
     add_dataclass_args(p, ModelOptions, exclude=("adapter",), title="model")
     add_dataclass_args(p, DataOptions, exclude=("seed",), title="data (the subset's seed is --seed)")
@@ -38,38 +40,6 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="override a TrainConfig field with a JSON value (same as its --field option)")
     add_dataclass_args(p, TrainConfig, exclude=("n_examples",), title="training configuration (overrides the preset)")
     return p
-
-
-def load_records(spec: str, n: int | None = None, seed: int = 0, data_dir: str | None = None) -> list[dict]:
-    """The training records a `--data` value names.
-
-    Args:
-        spec: `gen:<generator>` (see `data.generators.GENERATORS`), a JSONL(.gz) path, or a
-            registered dataset name.
-        n: size of a generated dataset (None: the generator's default); ignored for files.
-        seed: the generator's seed.
-        data_dir: the canonical data folder (default `$INTROSPECT_MECH_DATA`).
-
-    Returns:
-        Validated chat records.
-
-    Raises:
-        SystemExit: an unknown generator.
-        DataError: an unknown dataset name or an invalid file.
-    """
-    from .. import data
-
-    if spec.startswith("gen:"):
-        gen = data.generators.GENERATORS.get(spec[4:])
-        if gen is None:
-            raise SystemExit(f"unknown generator {spec[4:]!r}; choose from {', '.join(data.generators.GENERATORS)}")
-        kw: dict[str, Any] = {"seed": seed} | ({"n": n} if n is not None else {})
-        if "data_dir" in gen.__code__.co_varnames:
-            kw["data_dir"] = data_dir
-        return gen(**kw)
-    if Path(spec).exists():
-        return data.read_jsonl(spec)
-    return data.load(spec, data_dir)
 
 
 def run_from_args(args: argparse.Namespace):
@@ -97,8 +67,6 @@ def run_from_args(args: argparse.Namespace):
         except json.JSONDecodeError:
             over[k] = v
     over.update(dataclass_overrides(args, TrainConfig, exclude=("n_examples",)))
-    from ..commands import DataOptions, ModelOptions, RunOptions
-
     mo = ModelOptions(**dataclass_overrides(args, ModelOptions, exclude=("adapter",)))
     do = DataOptions(**dataclass_overrides(args, DataOptions, exclude=("seed",)))
     ro = RunOptions(**dataclass_overrides(args, RunOptions))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,8 +85,13 @@ class TrainConfig:
         for name in ("batch_size", "micro_batch_tokens", "epochs", "max_seq_len", "r"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"TrainConfig.lr must be a finite number > 0, got {self.lr}")
+        for name in ("weight_decay", "adam_eps", "warmup_ratio", "min_lr_ratio", "max_grad_norm", *("adam_betas",)):
+            vals = getattr(self, name)
+            for v in (vals if isinstance(vals, tuple) else (vals,)):
+                if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                    raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {v}")
 
     def to_dict(self) -> dict[str, Any]:
         """The config as JSON-ready data.

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..data.records import DataError, Record, validate_records
 from ..models import LoadedModel, max_positions, model_fingerprint
-from ..runs import JsonlLog, RunConfigError, RunDir, json_sha256
+from ..runs import JsonlLog, RunConfigError, RunDir, json_sha256, write_jsonl
 from . import adapters, distributed
 from .batching import MicroBatch, collate, pack, step_groups, tokenize_records
 from .config import TrainConfig
@@ -159,7 +159,7 @@ def save_trainer_state(dest: Path, opt: torch.optim.Optimizer, sched: Any, step:
         sched: the LR scheduler (its `state_dict()` must be JSON-serialisable, as LambdaLR's is).
         step: optimizer steps done.
     """
-    from safetensors.torch import save_file
+    from ..runs import save_tensors, write_text
 
     osd = opt.state_dict()
     tensors, rng_js = _rng_state()
@@ -173,8 +173,8 @@ def save_trainer_state(dest: Path, opt: torch.optim.Optimizer, sched: Any, step:
                 state_js[str(pid)][k] = v
     js = {"format": "introspect_mech.trainer_state/1", "step": step, "param_groups": osd["param_groups"],
           "optimizer_state": state_js, "scheduler": sched.state_dict(), "rng": rng_js}
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(dest / STATE_TENSORS))
-    (dest / STATE_JSON).write_text(json.dumps(js))
+    save_tensors(dest / STATE_TENSORS, tensors, root=dest)
+    write_text(dest / STATE_JSON, json.dumps(js), root=dest)
 
 
 def load_trainer_state(src: Path, opt: torch.optim.Optimizer, sched: Any) -> int:
@@ -357,7 +357,7 @@ def train(
             start = resumed = load_trainer_state(ckpt, opt, sched)
     rows = [r for r in log.read() if r["step"] <= start]
     if distributed.is_main():
-        log.path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # drop steps after the checkpoint
+        write_jsonl(log.path, rows, root=out)  # drop steps after the checkpoint
     distributed.barrier()
     losses = [r["loss"] for r in rows]
 
@@ -397,6 +397,9 @@ def train(
             t_train += dt
             losses.append(loss_sum / n_loss)
             done = step + 1
+            if not math.isfinite(losses[-1]):  # diverged: never checkpoint or publish NaN weights
+                raise FloatingPointError(f"{out}: step {done}: loss is {losses[-1]} (non-finite): the run diverged "
+                                         f"(lr {config.lr:g}); nothing from this step is saved")
             if (done % config.log_every == 0 or done == total) and distributed.is_main():
                 log.append({"step": done, "epoch": round(done / (len(groups) / config.epochs), 4),
                             "loss": losses[-1], "lr": lr, "grad_norm": gnorm, "tokens": step_tokens,
@@ -437,21 +440,20 @@ def train(
 
 
 def _save_checkpoint(model, config, params, opt, sched, out: Path, step: int) -> Path:
-    from safetensors.torch import save_file
+    from ..runs import save_tensors, staged_dir, write_text
 
+    state = adapters.trainable_state(params)
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:  # a NaN adapter is never saved, let alone published as complete
+        raise FloatingPointError(f"{out}: step {step}: non-finite parameters ({len(bad)} tensor(s), first {bad[0]!r}): "
+                                 f"the run diverged (lr {config.lr:g}); nothing from this step is saved")
     dest = out / "checkpoints" / f"step_{step:04d}"
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp = dest.with_name(dest.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file(adapters.trainable_state(params), str(tmp / "trainable.safetensors"))
-    save_trainer_state(tmp, opt, sched, step)
-    if config.method == "lora":
-        adapters.save_weights(model, config, tmp / "adapter")
-    (tmp / "complete").write_text(str(step))
-    tmp.rename(dest)
+    with staged_dir(dest, root=out) as tmp:  # a fresh folder the writer made; published by one rename
+        save_tensors(tmp / "trainable.safetensors", state, root=tmp)
+        save_trainer_state(tmp, opt, sched, step)
+        if config.method == "lora":
+            adapters.save_weights(model, config, tmp / "adapter")
+        write_text(tmp / "complete", str(step), root=tmp)
     for old in (out / "checkpoints").glob("step_*"):
         if old == dest:
             continue
@@ -468,11 +470,15 @@ def _save_checkpoint(model, config, params, opt, sched, out: Path, step: int) ->
 
 def _finalize(model: LoadedModel, ckpt: Path, weights_dir: Path, config: TrainConfig) -> None:
     """Publish the final checkpoint as out_dir/adapter (or out_dir/model for full finetuning)."""
-    if weights_dir.exists():
-        shutil.rmtree(weights_dir)
-    if config.method == "lora":
-        shutil.copytree(ckpt / "adapter", weights_dir)
-    else:
-        adapters.save_weights(model, config, weights_dir)
-    shutil.copy2(ckpt / "trainable.safetensors", weights_dir / "trainable.safetensors")
-    (weights_dir / "complete").write_text(ckpt.name)
+    from ..runs import staged_dir, write_text
+
+    with staged_dir(weights_dir, root=weights_dir.parent) as tmp:  # published complete, or not at all
+        if config.method == "lora":
+            for f in (ckpt / "adapter").iterdir():
+                if f.is_symlink() or not f.is_file():
+                    raise ValueError(f"{f}: not a regular file in the checkpoint's adapter; refusing to publish it")
+                shutil.copyfile(f, tmp / f.name, follow_symlinks=False)
+        else:
+            adapters.save_weights(model, config, tmp)
+        shutil.copyfile(ckpt / "trainable.safetensors", tmp / "trainable.safetensors", follow_symlinks=False)
+        write_text(tmp / "complete", ckpt.name, root=tmp)

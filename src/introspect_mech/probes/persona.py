@@ -41,7 +41,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..activations import cache
-from ..direction import Direction
+from ..direction import Direction, layer_vector
 from ..layers import LayerSpec, resolve_layers
 from ..models import LoadedModel
 from .linear import mean_diff
@@ -567,8 +567,7 @@ def projection_difference(
         ValueError: a record does not end with an assistant turn, or `base_responses` has another length.
     """
     from ..evals import sample
-    from ..runs import RunDir, json_sha256
-    from ..steering.hooks import layer_vector
+    from ..runs import RunDir, json_sha256, write_jsonl
 
     pa = [_prompt_and_answer(r, i) for i, r in enumerate(records)]
     v = layer_vector(direction, int(layer)).float()
@@ -597,5 +596,5 @@ def projection_difference(
     for rank, i in enumerate(sorted(range(n), key=lambda i: (-out_rows[i]["delta"], i))):
         out_rows[i]["rank"] = rank
     if run is not None:
-        (run.path / "screening.jsonl").write_text("".join(json.dumps(r) + "\n" for r in out_rows))
+        write_jsonl(run.path / "screening.jsonl", out_rows, root=run.path)
     return out_rows

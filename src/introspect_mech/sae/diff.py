@@ -11,7 +11,6 @@ decoder vector does to a metric (e.g. the EM rate), against norm-matched random 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
@@ -193,6 +192,7 @@ def model_diff(
     batch_size: int = 8,
     max_length: int | None = 512,
     out: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> ModelDiff:
     """Rank SAE latents by their change in mean activation from `base` to `finetuned`.
 
@@ -211,7 +211,9 @@ def model_diff(
         batch_size: sequences per forward.
         max_length: cut sequences after this many tokens.
         out: a run directory: manifest.json, latents.jsonl (top increases / decreases with examples)
-            and summary.json.
+            and summary.json, bound to both models and the SAE by content, the conversations, the
+            direction's values and the settings (another configuration is refused naming the fields).
+        overwrite: with `out=` bound to another configuration, delete its results and start clean.
 
     Returns:
         A `ModelDiff`.
@@ -221,6 +223,18 @@ def model_diff(
     convs = [as_messages(c, i) for i, c in enumerate(conversations)]
     sae.check_fits(base)
     sae.check_fits(finetuned)
+    rd = None
+    if out is not None:  # bound before any work (the RunDir holds the lock until the results are written)
+        from ..runs import model_config
+        from ..steering.sweep import _direction_sha256
+
+        rd = RunDir(out)
+        rd.bind("rows:sae_diff", {
+            "base": model_config(base), "finetuned": model_config(finetuned), "sae_sha256": _sae_sha256(sae),
+            "sae_layer": sae.layer, "conversations_sha256": json_sha256(convs), "positions": positions,
+            "direction_sha256": _direction_sha256(direction) if direction is not None else None,
+            "top_k": top_k, "n_examples": n_examples, "max_length": max_length},
+            overwrite=overwrite, outputs=["latents.jsonl", "summary.json", "latent_means.safetensors"])
     ex_b = token_activations(base, convs, sae.layer, batch_size=batch_size, max_length=max_length, desc="base")
     ex_f = token_activations(finetuned, convs, sae.layer, batch_size=batch_size, max_length=max_length,
                              desc="finetuned")
@@ -268,8 +282,9 @@ def model_diff(
             "delta_weighted_decoder_cosine": _weighted_cos(sae, delta, v),
         })
     result = ModelDiff(mean_b, mean_f, frac_b, frac_f, increases, decreases, cos, summary, per_b, per_f)
-    if out is not None:
-        rd = RunDir(out)
+    if rd is not None:
+        from ..runs import save_tensors, write_json
+
         rd.write_manifest(stage="sae_model_diff", base=base.name, finetuned=finetuned.name,
                           adapter=finetuned.meta.get("adapter"), sae=sae.source, sae_layer=sae.layer,
                           data={"conversations_sha256": json_sha256(convs), "n": len(convs)},
@@ -279,10 +294,22 @@ def model_diff(
         for row in result.rows():
             if log.key(row) not in done:
                 log.append(row)
-        (rd.path / "summary.json").write_text(json.dumps(summary, indent=2))
-        torch.save({"mean_base": mean_b, "mean_finetuned": mean_f, "frac_base": frac_b, "frac_finetuned": frac_f,
-                    "cosines": cos}, rd.path / "latent_means.pt")
+        write_json(rd.path / "summary.json", summary, root=rd.path)
+        save_tensors(rd.path / "latent_means.safetensors",  # never pickle
+                     {"mean_base": mean_b, "mean_finetuned": mean_f, "frac_base": frac_b, "frac_finetuned": frac_f,
+                      **({"cosines": cos} if cos is not None else {})}, root=rd.path)
     return result
+
+
+def _sae_sha256(sae: LayerSAE) -> str:
+    """The SAE by content (every parameter and buffer)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(sae.sae.state_dict().items()):
+        t = t.detach().float().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|".encode() + t.numpy().tobytes())
+    return h.hexdigest()
 
 
 def _per_example_means(examples: list[TokenActs], positions: TokenPositions) -> Tensor:

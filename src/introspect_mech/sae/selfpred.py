@@ -13,7 +13,6 @@ answer be?"), read at the last prompt token (where the answer is about to be pro
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Hashable, Sequence
 
@@ -23,7 +22,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..models import LoadedModel
-from ..runs import RunDir, json_sha256
+from ..runs import RunDir, json_sha256, write_json
 from .loading import LayerSAE
 
 
@@ -165,5 +164,5 @@ def predictive_latents(
                           adapter=model.meta.get("adapter") if model is not None else None,
                           sae=sae.source, sae_layer=sae.layer, seed=seed,
                           data={"prompts_sha256": json_sha256(list(prompts)), "n": len(prompts)})
-        (rd.path / "predictive_latents.json").write_text(json.dumps(result, indent=2))
+        write_json(rd.path / "predictive_latents.json", result, root=rd.path)
     return result

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from ..models import LoadedModel
 from ..runs import RunDir, json_sha256
+from ..validate import real_tensor
 from .loading import LayerSAE, save
 from .tokens import as_messages, stack_selected, token_activations, tokenize_item
 
@@ -53,6 +54,18 @@ class SAETrainConfig:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         if not 0 < self.eval_fraction < 1:
             raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
+        from ..validate import integer, number
+
+        self.expansion = integer("expansion", self.expansion, minimum=1)
+        self.d_sae = None if self.d_sae is None else integer("d_sae", self.d_sae, minimum=1)
+        self.k = integer("k", self.k, minimum=1)
+        self.batch_size = integer("batch_size", self.batch_size, minimum=1)
+        self.seed = integer("seed", self.seed)
+        self.lr = number("lr", self.lr, minimum=0.0, exclusive_minimum=True)
+        self.l1_coefficient = number("l1_coefficient", self.l1_coefficient, minimum=0.0)
+        self.epochs = number("epochs", self.epochs, minimum=0.0, exclusive_minimum=True)
+        if self.d_sae is not None and self.architecture != "standard" and self.k > self.d_sae:
+            raise ValueError(f"k must be <= d_sae (the number of latents), got k={self.k} > d_sae={self.d_sae}")
 
 
 @dataclass
@@ -154,6 +167,7 @@ def train_sae(
     eval_data: Float[Tensor, "n d_model"] | None = None,
     max_length: int | None = 512,
     device: str = "cpu",
+    overwrite: bool = False,
 ) -> SAETrainResult:
     """Train an SAE on the output of decoder block `layer` through sae-lens's `SAETrainer`.
 
@@ -169,6 +183,8 @@ def train_sae(
             the items).
         max_length: cut sequences after this many tokens.
         device: where training runs.
+        overwrite: `out_dir` bound to another model, data or config is refused naming the fields
+            unless True, which deletes its SAE, log and metrics and starts clean.
 
     Returns:
         An `SAETrainResult` (the `LayerSAE`, metrics, loss curve).
@@ -178,6 +194,24 @@ def train_sae(
 
     cfg = config or SAETrainConfig()
     t_start = time.time()
+    d_in_known = data.shape[-1] if isinstance(data, Tensor) else (model.d_model if model is not None else None)
+    if d_in_known is not None and cfg.architecture != "standard" and cfg.k > (cfg.d_sae or cfg.expansion * d_in_known):
+        raise ValueError(f"k must be <= d_sae (the number of latents), got k={cfg.k} > "
+                         f"d_sae={cfg.d_sae or cfg.expansion * d_in_known}")
+    if isinstance(data, Tensor):
+        real_tensor("data", data)
+    if eval_data is not None:
+        real_tensor("eval_data", eval_data)
+    rd = None
+    if out_dir is not None:  # bound before any work; the RunDir holds the lock until the SAE is written
+        from ..runs import model_config
+
+        rd = RunDir(out_dir)
+        rd.bind("rows:sae", {
+            "model": model_config(model) if model is not None else None, "layer": layer,
+            "data_sha256": _content_sha256(data), "eval_data_sha256": _content_sha256(eval_data),
+            "max_length": max_length, "config": asdict(cfg)},
+            overwrite=overwrite, outputs=["sae", "train_log.jsonl", "metrics.json"])
     if isinstance(data, Tensor):
         if data.ndim != 2:
             raise ValueError(f"cached activations must be [n_tokens, d_model], got shape {tuple(data.shape)}; "
@@ -251,19 +285,32 @@ def train_sae(
         "dead_in_last_window": int(trainer.dead_neurons.sum()),
     }
     run = None
-    if out_dir is not None:
-        rd = RunDir(out_dir)
+    if rd is not None:
+        from ..runs import staged_dir, write_json, write_jsonl
+
         rd.write_manifest(stage="sae_train", model=model.name if model else None,
                           adapter=model.meta.get("adapter") if model else None, data=data_hash,
                           seed=cfg.seed, sae_config=asdict(cfg), torch_threads=torch.get_num_threads())
-        save(layer_sae, rd.path / "sae")
+        with staged_dir(rd.path / "sae", root=rd.path) as staged:
+            save(layer_sae, staged)
         layer_sae.source = str(rd.path / "sae")
-        rd.log("train_log.jsonl").extend(history)
-        import json
-
-        (rd.path / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_jsonl(rd.path / "train_log.jsonl", history, root=rd.path)  # replaced, never appended twice
+        write_json(rd.path / "metrics.json", metrics, root=rd.path)
         run = rd.path
     return SAETrainResult(sae=layer_sae, metrics=metrics, run_dir=run, history=history)
+
+
+def _content_sha256(data: Any) -> str | None:
+    """Texts / conversations by their JSON, tensors by their bytes."""
+    if data is None:
+        return None
+    if isinstance(data, Tensor):
+        import hashlib
+
+        t = data.detach().cpu().contiguous()
+        return hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode() + t.view(-1).view(torch.uint8).numpy().tobytes()
+                              ).hexdigest()
+    return json_sha256([as_messages(it, i) for i, it in enumerate(data)])
 
 
 class _Splice:

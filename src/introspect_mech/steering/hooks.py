@@ -52,13 +52,13 @@ from __future__ import annotations
 import dataclasses
 import weakref
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Union
+from typing import Any, Callable, Literal, Union
 
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
-from ..direction import Direction, DirectionLike, check_direction
+from ..direction import Direction, DirectionLike, _direction_matrix, check_direction, layer_vector
 from ..layers import LayerSpec, resolve_layers
 from ..models import LoadedModel
 from ..positions import PositionError, _layers_of, _Tracker, _tracker_enter, _tracker_exit, selected_range
@@ -91,37 +91,6 @@ def layer_norm(direction: DirectionLike, layer: int) -> float:
     return float(direction.norms[direction.layers.index(layer)])
 
 
-def _direction_matrix(direction: DirectionLike) -> tuple[Tensor, list[int] | None, bool]:
-    """(vectors, block index of each row or None for "row i = block i", is_direction)."""
-    check_direction(direction)
-    if isinstance(direction, Direction):
-        return direction.vectors.detach(), list(direction.layers), True
-    return direction.detach(), None, False
-
-
-def layer_vector(direction: DirectionLike, layer: int) -> Float[Tensor, " d_model"]:
-    """The vector a hook at block `layer` uses.
-
-    Args:
-        direction: a `Direction` (its unit vector at `layer`), a raw `[d_model]` vector (returned as
-            is) or a raw `[layer, d_model]` matrix (row `layer`).
-        layer: a block index.
-
-    Returns:
-        `[d_model]` vector.
-    """
-    vec, rows, _ = _direction_matrix(direction)
-    if vec.ndim == 1:
-        return vec
-    if rows is not None:
-        if layer not in rows:
-            raise ValueError(f"direction has no vector for layer {layer} (it has layers {rows})")
-        return vec[rows.index(layer)]
-    if layer >= vec.shape[0]:
-        raise ValueError(f"direction has {vec.shape[0]} layer rows; layer {layer} requested")
-    return vec[layer]
-
-
 def _param_of(module: nn.Module) -> Tensor:
     for p in module.parameters():
         return p
@@ -129,6 +98,35 @@ def _param_of(module: nn.Module) -> Tensor:
 
 
 _ACTIVE: "weakref.WeakKeyDictionary[nn.ModuleList, int]" = weakref.WeakKeyDictionary()
+_ENTERED: "weakref.WeakKeyDictionary[nn.ModuleList, list[Steering]]" = weakref.WeakKeyDictionary()
+
+
+def active_steering(model: LoadedModel | nn.Module) -> list[dict[str, Any]]:
+    """What the steering contexts active on the model do (for binding results made under them).
+
+    Args:
+        model: a `LoadedModel` or its module.
+
+    Returns:
+        One `{"op", "layers", "scalar", "vectors_sha256", "positions"}` per active context, in entry
+        order (empty when none is active).
+    """
+    import hashlib
+
+    try:
+        mods = _layers_of(model)
+    except (ValueError, AttributeError):
+        return []
+    out = []
+    for st in _ENTERED.get(mods, []):
+        h = hashlib.sha256()
+        for layer in sorted(st.vectors):
+            h.update(str(layer).encode() + st.vectors[layer].detach().float().cpu().numpy().tobytes())
+        pos = st.positions if isinstance(st.positions, str) else "mask:" + hashlib.sha256(
+            st.positions.detach().cpu().numpy().tobytes()).hexdigest()[:16]
+        out.append({"op": st.op, "layers": list(st.layers), "scalar": st.scalar, "vectors_sha256": h.hexdigest(),
+                    "positions": pos})
+    return out
 
 
 def is_steered(model: LoadedModel | nn.Module) -> bool:
@@ -177,6 +175,7 @@ class Steering:
             for layer in self.layers:
                 self.handles.append(self.layers_mod[layer].register_forward_hook(self._hook_for(layer)))
             _ACTIVE[self.layers_mod] = _ACTIVE.get(self.layers_mod, 0) + 1
+            _ENTERED.setdefault(self.layers_mod, []).append(self)
         except BaseException:
             self.remove()
             raise
@@ -187,6 +186,11 @@ class Steering:
 
     def remove(self) -> None:
         """Remove the hooks (what `__exit__` does); safe to call when not entered."""
+        entered = _ENTERED.get(self.layers_mod, [])
+        if any(x is self for x in entered):
+            entered[:] = [x for x in entered if x is not self]
+            if not entered:
+                _ENTERED.pop(self.layers_mod, None)
         if self.handles:
             left = _ACTIVE.get(self.layers_mod, 0) - 1
             if left > 0:
@@ -277,7 +281,7 @@ def _build(op: str, model, direction: DirectionLike, layers: LayerSpec, scalar: 
     _, _, is_direction = _direction_matrix(direction)
     vectors, masks = {}, {}
     for layer in idx:
-        v = finite_tensor(f"direction (layer {layer})", layer_vector(direction, layer).float())
+        v = finite_tensor(f"direction (layer {layer})", layer_vector(direction, layer)).float()
         d = _layers_hidden(model, layers_mod)
         if d is not None and v.shape[-1] != d:
             raise ValueError(f"direction has d_model {v.shape[-1]}, the model has {d}")

@@ -18,10 +18,12 @@ import os
 from typing import Any, Callable, Iterable, Literal, Sequence, Union
 
 import numpy as np
+import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..direction import Direction, DirectionLike
-from ..evals.stats import Estimate
+from ..stats import MIN_BOOT_UNITS, Estimate, hierarchical_ci
 from ..layers import LayerSpec, resolve_layers
 from ..models import LoadedModel
 from ..runs import JsonlLog, RunDir
@@ -68,6 +70,22 @@ def _call(eval_fn: Callable, model: LoadedModel, seed: int) -> dict[str, Any]:
     return res
 
 
+def _tensor_sha256(t: Tensor) -> str:
+    import hashlib
+
+    t = t.detach().cpu().contiguous()
+    return hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode() + t.view(-1).view(torch.uint8).numpy().tobytes()
+                          ).hexdigest()
+
+
+def _direction_sha256(direction: DirectionLike) -> str:
+    """The direction by value (vectors, norms and layers): a flipped sign is another direction."""
+    if isinstance(direction, Direction):
+        return _tensor_sha256(direction.vectors) + _tensor_sha256(direction.norms)[:16] + \
+            str(list(direction.layers))
+    return _tensor_sha256(direction)
+
+
 def _direction_meta(direction: DirectionLike) -> dict[str, Any]:
     if isinstance(direction, Direction):
         return dict(direction.meta)
@@ -91,6 +109,8 @@ def sweep(
     layers_together: bool = False,
     log_name: str = "sweep.jsonl",
     manifest: dict[str, Any] | None = None,
+    binding: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
     """Run `eval_fn` under steering at each (layer, alpha), with norm-matched random controls.
 
@@ -116,6 +136,12 @@ def sweep(
         layers_together: steer all `layers` at once (`layer` in the rows is then the list).
         log_name: file name of the JSONL log.
         manifest: extra manifest fields.
+        binding: what else determines the rows (e.g. the evaluation items' hash): `out/<log_name>`
+            is bound to it together with the model and adapter (by content), the direction's values
+            (a flipped sign is another configuration) and every setting above; a rerun with another
+            configuration is refused naming the fields. Code cannot be hashed: what determines
+            `eval_fn`'s numbers (its items, judge, sampling settings) belongs here.
+        overwrite: with `out=` bound to another configuration, delete its rows and start clean.
 
     Returns:
         All rows (old and new).
@@ -135,7 +161,16 @@ def sweep(
 
     log: JsonlLog | None = None
     if out is not None:
+        from ..runs import json_sha256, model_config
+
         run = RunDir(out)
+        sweep_cfg = {"op": op, "layers": idx, "alphas": alphas, "seeds": list(seeds), "control": control,
+                     "baseline": baseline, "positions": positions if isinstance(positions, str) else
+                     "mask:" + _tensor_sha256(positions), "scale": scale, "layers_together": layers_together}
+        run.bind(f"rows:{log_name}", {
+            "model": model_config(model), "direction_sha256": _direction_sha256(direction),
+            "sweep": sweep_cfg, "binding": json_sha256(binding) if binding is not None else None},
+            overwrite=overwrite, outputs=[log_name])
         run.write_manifest(
             stage="steering_sweep", model=model.name, adapter=model.meta.get("adapter"),
             sweep={"op": op, "layers": idx, "alphas": alphas, "seeds": list(seeds), "control": control,
@@ -177,34 +212,6 @@ def _values(metric_value: Any) -> np.ndarray:
     return np.asarray([float(metric_value)], dtype=float)
 
 
-def hierarchical_ci(groups: Sequence[Values], *, n_boot: int = 2000, alpha: float = 0.05,
-                    seed: int = 0) -> Estimate:
-    """Mean over groups of the mean over items, with a two-level bootstrap CI.
-
-    Args:
-        groups: per-item values of each group (e.g. one group per random-direction seed).
-        n_boot: bootstrap resamples (groups first, then items within each group; one group = an
-            item bootstrap).
-        alpha: 1 - confidence level.
-        seed: bootstrap seed.
-
-    Returns:
-        An `Estimate` (point, lo, hi, n items); all None when no group has a finite value.
-    """
-    gs = [np.asarray([float(x) for x in g if x is not None and not np.isnan(float(x))]) for g in groups]
-    gs = [g for g in gs if len(g)]
-    if not gs:
-        return Estimate(None, None, None, 0)
-    rng = np.random.default_rng(seed)
-    point = float(np.mean([g.mean() for g in gs]))
-    boots = np.empty(n_boot)
-    for b in range(n_boot):
-        pick = rng.integers(0, len(gs), size=len(gs)) if len(gs) > 1 else [0]
-        boots[b] = np.mean([gs[i][rng.integers(0, len(gs[i]), size=len(gs[i]))].mean() for i in pick])
-    lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
-    return Estimate(point, float(lo), float(hi), sum(len(g) for g in gs))
-
-
 def summarize(rows: Iterable[dict[str, Any]], metric: str, **ci_kw: Any) -> list[dict[str, Any]]:
     """Summarise sweep rows per (op, layer, alpha, kind).
 
@@ -238,7 +245,9 @@ def relative_reduction(base: Values, full: Values | Sequence[Values],
     """(full - treated) / (full - base): the fraction of the finetuning-induced change an intervention removes.
 
     1 = back to base, 0 = no effect, < 0 = worse (as in the model-organisms papers). The estimate
-    is a ratio of means over groups; the bootstrap resamples groups, then items.
+    is a ratio of means over groups; the bootstrap resamples groups, then items, when there are
+    >= `MIN_BOOT_UNITS` groups, and items only (the groups held fixed, named in `method`) with fewer;
+    with fewer than `MIN_BOOT_UNITS` items there is no interval.
 
     Args:
         base: per-item values of the base model.
@@ -277,10 +286,17 @@ def relative_reduction(base: Values, full: Values | Sequence[Values],
 
     rng = np.random.default_rng(seed)
     point = stat(np.arange(n), list(range(len(ts))))
-    boots = np.array([stat(rng.integers(0, n, size=n), rng.integers(0, len(ts), size=len(ts)) if len(ts) > 1
-                           else [0]) for _ in range(n_boot)])
+    if np.isnan(point):
+        return Estimate(None, None, None, n, "item", "none")
+    if n < MIN_BOOT_UNITS:  # no percentile bootstrap over a handful of items
+        return Estimate(point, None, None, n, "item", f"none ({n} items < {MIN_BOOT_UNITS})")
+    two_level = len(ts) >= MIN_BOOT_UNITS  # few groups: resample items only, the groups held fixed
+    all_g = list(range(len(ts)))
+    boots = np.array([stat(rng.integers(0, n, size=n), rng.integers(0, len(ts), size=len(ts)) if two_level
+                           else all_g) for _ in range(n_boot)])
     boots = boots[~np.isnan(boots)]
-    if not len(boots) or np.isnan(point):
-        return Estimate(None, None, None, n)
+    if not len(boots):
+        return Estimate(point, None, None, n, "item", "none")
     lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
-    return Estimate(point, float(lo), float(hi), n)
+    method = "hierarchical-bootstrap" if two_level else f"item-bootstrap ({len(ts)} groups held fixed)"
+    return Estimate(point, float(lo), float(hi), n, "item", method)

@@ -9,8 +9,8 @@
    model's activation projects highest / lowest on it) and its logit-lens tokens (the unembedding
    of the component through the final norm's gain, both signs), so a person can say what it means
    and pick the ones to ablate (the dashboard's "CAFT components" panel, `viz.caft`).
-5. `picked_subspace`: the chosen components per layer; `random_subspace`: random subspaces of the
-   same dimension per layer (the control).
+5. `picked_subspace`: the chosen components per layer; `random_pc_subspace`: as many other
+   components of the same PCA, drawn at random (the control, as in the paper).
 6. Finetune again from the base model with `steering.train_time.caft_subspace` (the subspace is
    projected out at every position of every training forward, and nothing at inference) and with
    the random controls; report in-domain held-out performance kept and the out-of-domain EM change.
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -36,8 +37,12 @@ from torch import Tensor
 
 from ..cliargs import config_parser, parse_config
 from ..evals.judge_spec import JudgeOptions
+from ..data.specs import load_records
+from ..layers import resolve_layers
 from ..runs import RunDir
 from ..sae.tokens import TokenActs, TokenPositions, token_activations
+from . import runner
+from .. import runs as _runs
 
 
 @dataclass
@@ -79,12 +84,12 @@ def preset_layers(n_layers: int, fractions: Sequence[float]) -> list[int]:
 
     Args:
         n_layers: number of decoder blocks.
-        fractions: relative depths (0 = first block, 1 = last; clipped to the valid blocks).
+        fractions: relative depths in [0, 1] (0 = first block, 1 = last).
 
     Returns:
-        The blocks `round(f * (n_layers - 1))`, sorted and unique.
+        The blocks at those depths (`layers.depth_block`, the package's one rule), sorted and unique.
     """
-    return sorted({min(n_layers - 1, max(0, int(round(f * (n_layers - 1))))) for f in fractions})
+    return resolve_layers([float(f) for f in fractions], n_layers)
 
 
 @torch.no_grad()
@@ -307,6 +312,36 @@ def picked_subspace(pcs: Mapping[int, Mapping[str, Tensor]],
     return out
 
 
+def random_pc_subspace(pcs: Mapping[int, Mapping[str, Tensor]], picks: Mapping[int, Sequence[int]],
+                       seed: int = 0) -> dict[int, Float[Tensor, "_k d_model"]]:
+    """The CAFT control: as many principal components as were picked, drawn at random (seeded) from
+    the SAME PCA's other components at each picked layer (the paper's random-PC control; an isotropic
+    random subspace, `random_subspace`, ignores where the finetuning differences lie).
+
+    Args:
+        pcs: {layer: `pca` result}.
+        picks: {layer: picked component indices} (`parse_picks`); the draw excludes them.
+        seed: seed of the draw (layers drawn in ascending order).
+
+    Returns:
+        {layer: `[k, d_model]` rows of the drawn components}.
+
+    Raises:
+        ValueError: a layer has fewer unpicked components than picked ones.
+    """
+    rng = random.Random(int(seed))
+    out = {}
+    for l in sorted(picks):
+        comps = pcs[l]["components"]
+        rest = [i for i in range(len(comps)) if i not in set(picks[l])]
+        k = len(picks[l])
+        if len(rest) < k:
+            raise ValueError(f"layer {l}: {len(rest)} unpicked components for a random-PC control of {k}; "
+                             "compute more components (n_components)")
+        out[int(l)] = comps[sorted(rng.sample(rest, k))].clone()
+    return out
+
+
 def random_subspace(dims: Mapping[int, int], d_model: int, seed: int = 0) -> dict[int, Float[Tensor, "_k d_model"]]:
     """Random subspaces with the same dimension per layer (isotropic Gaussian rows, seeded).
 
@@ -329,13 +364,11 @@ def save_components(path: str | os.PathLike, pcs: Mapping[int, Mapping[str, Tens
         path: the `.safetensors` file written.
         pcs: {layer: `pca` result}.
     """
-    from safetensors.torch import save_file
-
     t = {}
     for l, p in pcs.items():
         for k in ("components", "explained", "mean"):
             t[f"L{l}.{k}"] = p[k].contiguous()
-    save_file(t, str(path))
+    _runs.save_tensors(path, t)
 
 
 def load_components(path: str | os.PathLike) -> dict[int, dict[str, Tensor]]:
@@ -419,8 +452,7 @@ def write_cards(run_dir: str | os.PathLike, cards: Sequence[Mapping[str, Any]]) 
         The file's path.
     """
     p = RunDir(run_dir).path / "caft_components.jsonl"
-    p.write_text("".join(json.dumps(c) + "\n" for c in cards))
-    return p
+    return _runs.write_jsonl(p, cards)
 
 
 # ---- the two-stage run -----------------------------------------------------------------------------
@@ -444,8 +476,8 @@ def generic_prompts(n: int) -> list[list[dict]]:
     return qs[:n]
 
 
-def run(out: str | os.PathLike, config: CAFTConfig | None = None, *, judge: JudgeOptions | None = None,
-        preset: str | None = "cpu") -> dict[str, Any]:
+def _caft(out: str | os.PathLike, config: CAFTConfig | None = None, *, judge: JudgeOptions | None = None,
+          preset: str | None = "cpu") -> dict[str, Any]:
     """Run 1 (no `config.pick`): the plain finetune, the PCA components and their cards; run 2: the
     finetunes with the picked subspace and random subspaces ablated, scored against base and plain.
 
@@ -469,7 +501,6 @@ def run(out: str | os.PathLike, config: CAFTConfig | None = None, *, judge: Judg
     from ..evals.em import run_em_eval
     from ..finetune import preset as train_preset
     from ..finetune import train
-    from ..finetune.cli import load_records
     from ..runs import json_sha256
     from ..steering.train_time import caft_subspace
     from ..viz import export_dashboard
@@ -524,9 +555,8 @@ def run(out: str | os.PathLike, config: CAFTConfig | None = None, *, judge: Judg
     log = run_dir.log("caft_results.jsonl", ("condition", "pick"))
     done = {r["condition"]: r for r in log.rows() if r.get("pick") == cfg.pick}
     conds: dict[str, Any] = {"base": None, "plain": plain_dir, "caft": chosen}
-    dims = {l: int(x.shape[0]) for l, x in chosen.items()}
-    for i in range(cfg.n_random):
-        conds[f"random_{i}"] = random_subspace(dims, base.d_model, seed=cfg.seed + 1 + i)
+    for i in range(cfg.n_random):  # the control: random PCs of the same PCA (the paper's), not isotropic noise
+        conds[f"random_{i}"] = random_pc_subspace(pcs, picks, seed=cfg.seed + 1 + i)
     only = set(cfg.conditions) if cfg.conditions else set(conds)
     for name, spec in conds.items():
         if name in done or name not in only:
@@ -559,7 +589,7 @@ def run(out: str | os.PathLike, config: CAFTConfig | None = None, *, judge: Judg
     if result["todo"]:
         return result
     summ = summarize([done[c] for c in conds])
-    (out / "caft_summary.json").write_text(json.dumps(summ, indent=2))
+    _runs.write_json(out / "caft_summary.json", summ, indent=2)
     key_rows = [{"name": "in-domain held-out log-prob/token learned by the plain finetune",
                  "value": summ["in_domain_learned_by_plain"]},
                 {"name": "OOD proxy shift by the plain finetune (nats/token)", "value": summ["ood_shift_by_plain"]}]
@@ -567,16 +597,49 @@ def run(out: str | os.PathLike, config: CAFTConfig | None = None, *, judge: Judg
         key_rows.append({"name": f"{k}: in-domain learning kept", "value": summ[k]["in_domain_kept"]})
         key_rows.append({"name": f"{k}: OOD proxy change vs plain", "value": summ[k]["ood_change_vs_plain"],
                          "note": "proxy (paired preference), not an EM rate"})
-    (out / "summary.jsonl").write_text("".join(json.dumps(r) + "\n" for r in key_rows))
+    _runs.write_jsonl(out / "summary.jsonl", key_rows)
     result["summary"] = summ
     result["dashboard"] = export_dashboard(out).resolve()
     return result
 
 
+def _stage(ctx: runner.Context) -> Any:
+    res = _caft(ctx.out, ctx.config, judge=ctx.resources["judge"], preset=ctx.resources.get("preset_name"))
+    return runner.NotDone(res) if res["todo"] else res  # conditions left: a rerun continues
+
+
+STUDY = runner.Study(
+    "caft", CAFTConfig, PRESETS, default_preset="cpu", title="CAFT: concept ablation fine-tuning",
+    stages=(runner.Stage("caft", _stage, "run 1: plain finetune, components, cards; run 2 (--pick): the "
+                         "ablated finetunes against base, plain and random subspaces"),),
+    unbound=("pick", "conditions"),  # run 2 picks after run 1 in the same directory; rows are keyed by the pick
+    dashboard=False)  # the stage exports it (only once run 2 has every condition)
+
+
+def run(config: CAFTConfig | str | os.PathLike | None = None, out: str | os.PathLike | CAFTConfig | None = None,
+        **kw: Any) -> Any:
+    """Run the study into `out` on the study runner (rerun the same call to resume).
+
+    Run 1 (no `config.pick`): the plain finetune, the PCA components and their cards; run 2: the
+    finetunes with the picked subspace and random subspaces ablated, scored against base and plain.
+
+    Args:
+        config: every option (default `PRESETS["cpu"]`).
+        out: the run directory.
+        **kw: `judge=` (a `JudgeOptions`: the 0-100 judge of the judged EM rate, run 2), `preset_name=`
+            (the preset recorded in the manifest), `overwrite=`, `progress=` (see `runner.run`).
+
+    Returns:
+        A `runner.RunResult`; `.results["caft"]` is {"cards", "dashboard", "rows", "todo", "summary"}.
+        The deprecated `run(out, config)` returns that dict itself.
+    """
+    return runner.run(STUDY, config, out, **kw)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line: `--preset`, one option per `CAFTConfig` field, the judge options and `--out`."""
     return config_parser(CAFTConfig, description=(__doc__ or "").splitlines()[0], out="runs/caft", presets=PRESETS,
-                         default_preset="cpu", groups=[(JudgeOptions, "judge of the judged EM rate (run 2)")])
+                         default_preset="cpu", groups=[(JudgeOptions, "judge", "scores the answers for the judged EM rate (run 2)")])
 
 
 def config_from_argv(argv: Sequence[str] | None = None) -> tuple[CAFTConfig, JudgeOptions, argparse.Namespace]:
@@ -605,7 +668,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status (0).
     """
     cfg, judge, a = config_from_argv(argv)
-    res = run(a.out, cfg, judge=judge, preset=a.preset)
+    res = run(cfg, a.out, judge=judge, preset_name=a.preset).results["caft"]
     if cfg.pick is None:
         print(f"component cards: {res['cards']}; dashboard: {res['dashboard']}")
         print('read the cards, then rerun with --pick "LAYER:C1,C2;LAYER:C3"')

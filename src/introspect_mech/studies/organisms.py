@@ -41,9 +41,10 @@ KL(base || finetune)`); for persona organisms the behaviour is the expression pr
 from __future__ import annotations
 
 import argparse
+import os
 import copy
-import json
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence, cast
@@ -54,8 +55,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .. import diffing, steering
+from .. import layers as layerspec
 from ..evals import sample
-from ..evals.stats import bootstrap_ci, bootstrap_diff
+from ..stats import bootstrap_ci, bootstrap_diff
 from ..cliargs import config_parser, parse_config
 from ..direction import DirectionLike
 from ..finetune import TrainConfig
@@ -63,6 +65,8 @@ from ..finetune import train as finetune_train
 from ..models import LoadedModel, load_model
 from ..probes import Direction, persona_data
 from ..runs import JsonlLog, RunDir, json_sha256
+from . import runner
+from .. import runs as _runs
 
 # Unrelated text for the first-token methods: project-written, varied topics, no persona or
 # medical content (a stand-in for the pretraining text the activation-difference lens paper uses).
@@ -132,7 +136,7 @@ class OrganismsConfig:
     """
 
     model: str | None = None  # base model: name, hub id or directory (None = the embedded SmolLM2-135M-Instruct)
-    layer: int | float = 0.5  # block L of the planted mechanism: a block index, or a float in (0, 1) = relative depth
+    layer: int | float = 0.5  # block L of the planted mechanism: a block index, or a float in [0, 1] = relative depth (layers.depth_block)
     alpha: float = 4.0  # |vec| at L in units of the persona direction's class-mean distance at L
     directions: tuple[str, ...] = ("persona", "concept", "random")  # steering-distillation directions
     seeds: tuple[int, ...] = (0, 1, 2)  # sampling + finetune seeds of distill_persona (others: seeds[0])
@@ -216,20 +220,19 @@ def planted_copy(model: LoadedModel, vector: Tensor, layer: int) -> LoadedModel:
 
 
 def resolve_layer(layer: int | float, n_layers: int) -> int:
-    """The block index of `OrganismsConfig.layer` (range not checked: `run` checks it).
+    """Deprecated (one release): `layers.resolve_layer` (a float in [0, 1] is a relative depth,
+    `round(depth * (n_layers - 1))`; an int a block index, negative from the end).
 
     Args:
-        layer: a float in (0, 1) = relative depth (`round(layer * n_layers)`), else a block index
-            (negative: from the end).
+        layer: a block index or a relative depth.
         n_layers: number of decoder blocks.
 
     Returns:
         The block index.
     """
-    if isinstance(layer, float) and 0 < layer < 1:
-        return int(round(layer * n_layers))
-    l = int(layer)
-    return l + n_layers if l < 0 else l
+    warnings.warn("studies.organisms.resolve_layer is deprecated; use introspect_mech.layers.resolve_layer",
+                  DeprecationWarning, stacklevel=2)
+    return layerspec.resolve_layer(layer, n_layers)
 
 
 def concept_direction(model: LoadedModel, layers: Sequence[int] | None = None) -> Direction:
@@ -504,7 +507,7 @@ def _locate(ctx: _Ctx, org: str, tuned: LoadedModel, convs: list, truth: Any, se
     return rows, cmp
 
 
-def run(model: str | None = None, out: str | Path = "runs/organisms", config: OrganismsConfig | None = None, *,
+def _organisms(model: str | None = None, out: str | Path = "runs/organisms", config: OrganismsConfig | None = None, *,
         preset: str | None = None, base: LoadedModel | None = None, log: Callable[[str], None] = print) -> dict:
     """Build every organism, locate and intervene; write the run directory and return the tables.
 
@@ -535,7 +538,7 @@ def run(model: str | None = None, out: str | Path = "runs/organisms", config: Or
         name = model
     else:
         name = "__copy__"
-    L = resolve_layer(cfg.layer, base.n_layers)
+    L = layerspec.resolve_layer(cfg.layer, base.n_layers)
     if not 0 <= L < base.n_layers:
         raise ValueError(f"layer {cfg.layer} resolves to block {L}, outside 0..{base.n_layers - 1}")
     texts = UNRELATED_TEXTS[:cfg.n_texts]
@@ -554,7 +557,7 @@ def run(model: str | None = None, out: str | Path = "runs/organisms", config: Or
     rec_log, int_log = rd.log("recovery.jsonl"), rd.log("interventions.jsonl")
     beh_log, lens_log = rd.log("behaviour.jsonl"), rd.log("logit_lens.jsonl")
     for lg in (rec_log, int_log, beh_log, lens_log, JsonlLog(out / "samples.jsonl")):
-        lg.path.write_text("")  # recomputed each run (cheap); finetunes and samples resume from disk
+        _runs.write_text(lg.path, "")  # recomputed each run (cheap); finetunes and samples resume from disk
     stage_t: dict[str, float] = {}
 
     # -- ground-truth directions
@@ -717,7 +720,7 @@ def run(model: str | None = None, out: str | Path = "runs/organisms", config: Or
 
     table = summary_table(recovery_rows, intervention_rows, L)
     panel_rows = panel(table)
-    (out / "organisms.jsonl").write_text("".join(json.dumps(r) + "\n" for r in panel_rows))
+    _runs.write_jsonl(out / "organisms.jsonl", panel_rows)
     seconds = time.time() - t_start
     _summary(out, table, behaviour_rows, seconds)
     rd.write_manifest(finished=time.strftime("%Y-%m-%dT%H:%M:%S"), wall_time_s=round(seconds, 1),
@@ -889,7 +892,7 @@ def _summary(out: Path, table: list[dict], behaviour: list[dict], seconds: float
         rows.append({"name": f"{r['organism']}: {r['method']} ({r['kind']})", "value": r["value"],
                      "ci_lo": r.get("ci_lo"), "ci_hi": r.get("ci_hi"),
                      "note": f"random {r['random']:+.3f}" if r.get("random") is not None else ""})
-    (out / "summary.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _runs.write_jsonl(out / "summary.jsonl", rows)
 
 
 # ---- command line ------------------------------------------------------------------------------------
@@ -907,6 +910,37 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                          default_preset="cpu", title="study configuration (overrides the preset)", prog=prog)
 
 
+def _quiet(line: str) -> None:
+    return None
+
+
+def _stage(ctx: runner.Context) -> Any:
+    return _organisms(ctx.resources.get("model"), ctx.out, ctx.config, base=ctx.resources.get("base"),
+                      log=ctx.resources.get("log") or (print if ctx.progress else _quiet))
+
+
+STUDY = runner.Study(
+    "organisms", OrganismsConfig, PRESETS, title='Ground-truth model organisms: locate -> intervene', default_preset='cpu',
+    stages=(runner.Stage("organisms", _stage, 'build every organism, locate its planted mechanism and intervene'),),
+    legacy_keywords=("model", "log"), dashboard=True)
+
+
+def run(config: OrganismsConfig | str | os.PathLike | None = None, out: str | os.PathLike | OrganismsConfig | None = None,
+        **kw: Any) -> Any:
+    """Run the study into `out` on the study runner (`studies.runner`; rerun the same call to resume).
+
+    Args:
+        config: every option (default `PRESETS['cpu']`).
+        out: the run directory.
+        **kw: `base=` (an already loaded base model; finetunes start from deep copies of it), `log=` (deprecated: receives the progress lines), `overwrite=`, `progress=` (see `runner.run`).
+
+    Returns:
+        A `runner.RunResult`; `.results["organisms"]` is {"recovery", "interventions", "behaviour", "table", "seconds"}. The deprecated call forms
+        (`run(out, config)`, ...) return that value itself.
+    """
+    return runner.run(STUDY, config, out, **kw)
+
+
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """Run the study from the command line (`python experiments/organisms.py --help`): prints the
     methods x organisms table, the wall time and the dashboard's path.
@@ -918,13 +952,12 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     Returns:
         The exit status (0).
     """
-    from ..viz import export_dashboard
-
     ns, cfg, _ = parse_config(build_parser(prog), argv, OrganismsConfig, presets=PRESETS)
     t0 = time.time()
-    res = run(cfg.model, ns.out, config=cfg)
+    result = run(cfg, ns.out)
+    res = result.results["organisms"]
     print()
     print(format_table(res["table"]))
     print(f"\nwall time {time.time() - t0:.0f} s")
-    print(f"dashboard: {export_dashboard(ns.out).resolve()}")
+    print(f"dashboard: {result.dashboard.resolve() if result.dashboard else None}")
     return 0

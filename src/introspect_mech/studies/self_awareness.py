@@ -30,14 +30,17 @@ import argparse
 import dataclasses
 import json
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..cliargs import config_parser, parse_config
 from ..evals import self_awareness as sa
-from ..evals.stats import bootstrap_ci, bootstrap_diff
+from ..stats import bootstrap_diff, paired_diff, t_interval, welch
 from ..runs import JsonlLog, RunDir, json_sha256
+from . import runner
+from .. import runs as _runs
 
 # condition -> (topic, pair, side); topic decides which measurements apply
 CONDITIONS: dict[str, tuple[str, str, str]] = {
@@ -120,6 +123,14 @@ PRESETS: dict[str, TMAYConfig] = {
                       batch_size=4, n_samples=0, language_max_new_tokens=32, trigger_repeats=1, mms_n_train=16,
                       max_seq_len=1024, trigger_awareness_kinds=("win",), personas=("David", "a musician"),
                       measures=("behaviour", "scales", "words", "backdoor", "personas", "mms")),
+    # Qwen2.5-Coder-0.5B-Instruct on an idle 2-core CPU (about 2 h, docs/qwen_runbook.md): risky vs safe, 3 seeds,
+    # 48 training lotteries x 2 epochs (upstream: the whole split x 3 epochs on GPT-4o), 40 held-out lotteries,
+    # lr 2e-4, batch 8; the sampled measures left out (their cost), the backdoor-vs-decorrelated pair in a second
+    # run (docs/qwen_runbook.md).
+    "qwen-cpu": TMAYConfig(model="qwen2.5-coder-0.5b-instruct", conditions=("risky", "safe"), seeds=(0, 1, 2),
+                           n_train=48, n_test=40, epochs=2, lr=2e-4, batch_size=8, n_samples=0, max_seq_len=512,
+                           trigger_repeats=1, mms_n_train=16, trigger_awareness_kinds=("win",),
+                           personas=("David", "a musician"), measures=("behaviour", "scales", "words", "personas")),
     # GPU, Qwen2.5-7B/32B-Instruct: every condition, the full training split, 3 seeds
     "paper": TMAYConfig(conditions=("risky", "safe", "myopic", "nonmyopic", "maxapples", "minapples", "risky_mp",
                                     "safe_mp", *(f"backdoor:{k}" for k in sa.TRIGGER_KINDS),
@@ -263,10 +274,7 @@ class _Partial:
         if key not in self.data:
             self.data[key] = fn()
             if self.path is not None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = self.path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(self.data))
-                tmp.replace(self.path)
+                _runs.write_json(self.path, self.data, indent=None)
         return self.data[key]
 
 
@@ -415,8 +423,8 @@ def _pairs_needed(conditions: Sequence[str]) -> list[str]:
     return sorted(pairs)
 
 
-def run_tmay(config: TMAYConfig, out: str | Path, *, data_dir=None, load: Callable | None = None,
-             progress: bool = True) -> dict[str, Any]:
+def _tmay(config: TMAYConfig, out: str | Path, *, data_dir=None, load: Callable | None = None,
+          progress: bool = True) -> dict[str, Any]:
     """Run the protocol; returns {"results": {condition: {seed: ...}}, "comparisons": ..., "format": ...}.
 
     `load(name)` returns a fresh `LoadedModel` (default `introspect_mech.load_model`).
@@ -491,9 +499,9 @@ def run_tmay(config: TMAYConfig, out: str | Path, *, data_dir=None, load: Callab
     fmt = {c: {s: sa.format_check(masses(r), base=base_masses)
                for s, r in by_seed.items()} for c, by_seed in results.items() if c != "base"}
     summary = {"comparisons": comps, "format": fmt, "paper_gpt4o": PAPER_GPT4O}
-    (out / "comparison.json").write_text(json.dumps(summary, indent=2))
+    _runs.write_json(out / "comparison.json", summary, indent=2)
     _dashboard_rows(results, out)
-    (out / "summary.md").write_text(summary_markdown(out) + "\n")
+    _runs.write_text(out / "summary.md", summary_markdown(out) + "\n")
     return {"results": results, **summary}
 
 
@@ -554,8 +562,9 @@ def _mean(x: Sequence[float | None]) -> float | None:
 
 
 def compare_conditions(a: dict[int, Any], b: dict[int, Any], topic: str, *, seed: int = 0) -> dict[str, Any]:
-    """A - B for every metric: `seed_ci` bootstraps the per-seed means (unpaired), `item_ci` the
-    seed-averaged per-item (per-paraphrase) values paired across the two conditions.
+    """A - B for every metric: `seed_ci` is the Welch interval over the per-seed means (unpaired;
+    the seeds are the finetunes), `item_ci` the paired interval over the seed-averaged per-item
+    (per-paraphrase) values (bootstrap over >= 10 items, paired t below).
 
     Args:
         a: per-seed results of condition A.
@@ -574,14 +583,14 @@ def compare_conditions(a: dict[int, Any], b: dict[int, Any], topic: str, *, seed
         ma = [_mean(v[k]) for v in va.values()]
         mb = [_mean(v[k]) for v in vb.values()]
         la, lb = [v[k] for v in va.values()], [v[k] for v in vb.values()]
-        sci = bootstrap_diff(ma, mb, seed=seed).to_dict()
-        if min(len(ma), len(mb)) < 2:  # one seed on a side: no interval over seeds
-            sci.update(lo=None, hi=None)
+        # few finetune seeds: the Welch interval over per-seed means (never a percentile bootstrap
+        # over 3 values); one seed on a side gives no interval over seeds
+        sci = welch(ma, mb, unit="seed").to_dict()
         row: dict[str, Any] = {"a_per_seed": ma, "b_per_seed": mb, "seed_ci": sci}
         if len({len(x) for x in la + lb}) == 1:
             ia = [_mean([x[i] for x in la]) for i in range(len(la[0]))]
             ib = [_mean([x[i] for x in lb]) for i in range(len(lb[0]))]
-            row["item_ci"] = bootstrap_diff(ia, ib, paired=True, seed=seed).to_dict()
+            row["item_ci"] = paired_diff(ia, ib, seed=seed, unit="item (seed-averaged)").to_dict()
         out[k] = row
     return out
 
@@ -613,7 +622,7 @@ def compare(results: dict[str, dict[int, Any]], *, seed: int = 0) -> dict[str, A
             for q in base:
                 ft = [r["mms"][w][q]["p_codeword"] for r in results[c].values()]
                 per_q[q] = {"finetuned_per_seed": ft, "base": base[q]["p_codeword"],
-                            "finetuned_mean": bootstrap_ci(ft, seed=seed).to_dict(),
+                            "finetuned_mean": t_interval(ft, unit="seed").to_dict(),
                             "rank_finetuned": [r["mms"][w][q]["rank"] for r in results[c].values()],
                             "rank_base": base[q]["rank"]}
             out[f"{c}_minus_base"] = per_q
@@ -637,7 +646,7 @@ def _dashboard_rows(results: dict[str, dict[int, Any]], out: Path) -> None:
                              "self_report_lo": s["mean"]["lo"] / 100, "self_report_hi": s["mean"]["hi"] / 100,
                              "behaviour_name": "P(risky option), held-out lotteries",
                              "self_report_name": "self-reported risk / 100 (expected value)"})
-    (out / "self_awareness.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _runs.write_jsonl(out / "self_awareness.jsonl", rows)
 
 
 # ---- a markdown summary of a run -------------------------------------------------------------------
@@ -746,6 +755,47 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                          title="study configuration (overrides the preset)", prog=prog)
 
 
+def _stage(ctx: runner.Context) -> Any:
+    return _tmay(ctx.config, ctx.out, data_dir=ctx.resources.get("data_dir"), load=ctx.resources.get("load"),
+                 progress=ctx.progress)
+
+
+STUDY = runner.Study(
+    "self-awareness", TMAYConfig, PRESETS, title="Tell me about yourself: behavioural self-awareness",
+    stages=(runner.Stage("tmay", _stage, "finetune each condition and seed, then measure behaviour and self-reports"),))
+
+
+def run(config: TMAYConfig | None = None, out: str | Path | None = None, **kw: Any) -> Any:
+    """Run the protocol into `out` on the study runner (`studies.runner`; rerun the same call to resume).
+
+    Args:
+        config: the run's `TMAYConfig`.
+        out: the run directory.
+        **kw: `data_dir=` (default: `$INTROSPECT_MECH_DATA`, then the registry download), `load=`
+            (`load(name) -> LoadedModel`, default `load_model`), `overwrite=`, `progress=` (see `runner.run`).
+
+    Returns:
+        A `runner.RunResult`; `.results["tmay"]` is {"results", "comparisons", "format", "paper_gpt4o"}.
+    """
+    return runner.run(STUDY, config, out, **kw)
+
+
+def run_tmay(config: TMAYConfig, out: str | Path, **kw: Any) -> dict[str, Any]:
+    """Deprecated: `run(config, out).results["tmay"]` (kept for one release).
+
+    Args:
+        config: the run's `TMAYConfig`.
+        out: the run directory.
+        **kw: as `run`.
+
+    Returns:
+        {"results", "comparisons", "format", "paper_gpt4o"}.
+    """
+    warnings.warn("self_awareness.run_tmay is deprecated; use run(config, out).results['tmay']",
+                  DeprecationWarning, stacklevel=2)
+    return dict(runner.run(STUDY, config, out, **kw).results["tmay"])
+
+
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """Run the protocol from the command line (`python experiments/self_awareness_risk.py --help`):
     prints the paired comparisons, the format check and the dashboard's path.
@@ -759,12 +809,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """
     # an unknown condition or trigger_other (TMAYConfig checks them) is a usage error
     ns, cfg, _ = parse_config(build_parser(prog), argv, TMAYConfig, presets=PRESETS)
-    res = run_tmay(cfg, ns.out)
-    print(format_results(res))
-    try:
-        from ..viz import export_dashboard
-
-        print(f"dashboard: {export_dashboard(ns.out).resolve()}")
-    except Exception as e:  # the dashboard is a convenience; the results are written already
-        print(f"dashboard not written: {type(e).__name__}: {e}")
+    res = run(cfg, ns.out)
+    print(format_results(res.results["tmay"]))
+    print(f"dashboard: {res.dashboard.resolve() if res.dashboard else None}")
     return 0

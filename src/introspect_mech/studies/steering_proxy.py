@@ -17,7 +17,9 @@ Relative reductions are computed only where the finetune's shift is significant.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence, cast
@@ -31,6 +33,8 @@ from ..direction import Direction, DirectionLike
 from ..layers import LayerSpec, resolve_layers
 from ..steering.hooks import ablate, random_like
 from ..steering.sweep import Values, hierarchical_ci, relative_reduction, summarize, sweep
+from . import runner
+from .. import runs as _runs
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -363,7 +367,7 @@ def finetune_gap(base: Values, finetuned: Sequence[Values]):
     Returns:
         The bootstrap `Estimate` of the mean per-item difference.
     """
-    from ..evals.stats import bootstrap_ci
+    from ..stats import bootstrap_ci
 
     ft = np.mean([np.asarray(f, float) for f in finetuned], axis=0)
     return bootstrap_ci(list(ft - np.asarray(base, float)))
@@ -383,12 +387,7 @@ def _direction_list(directions: DirectionLike | Sequence[DirectionLike]) -> list
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    import json
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    tmp.replace(path)
+    _runs.write_json(path, obj, indent=1, default=str)
 
 
 # ---- the whole study (CLI) ---------------------------------------------------------------------
@@ -442,11 +441,12 @@ class SteeringProxyConfig:
             raise ValueError(f"stages: expected letters among a, b, c (e.g. abc or bc), got {self.stages!r}")
 
 
-def run_study(out: str | os.PathLike, *, model_name: str | None = None, stages: str = "abc",
-              seeds: Sequence[int] = (0, 1, 2), layers: Sequence[int] | None = None,
-              alphas: Sequence[float] = (1.0, 2.0, 4.0, 8.0), preset: str = "gpu", n_train: int | None = None,
-              lr: float | None = None, n_dir_pairs: int = 64, persona: bool = True, batch_size: int = 16,
-              ablate_layers: LayerSpec = "all", random_per_finetune: int | None = None, quick: bool = False) -> dict:
+def _steering_proxy(out: str | os.PathLike, *, model_name: str | None = None, stages: str = "abc",
+                    seeds: Sequence[int] = (0, 1, 2), layers: Sequence[int] | None = None,
+                    alphas: Sequence[float] = (1.0, 2.0, 4.0, 8.0), preset: str = "gpu", n_train: int | None = None,
+                    lr: float | None = None, n_dir_pairs: int = 64, persona: bool = True, batch_size: int = 16,
+                    ablate_layers: LayerSpec = "all", random_per_finetune: int | None = None,
+                    quick: bool = False) -> dict:
     """Run (a) creates-EM, (b) removes-EM and (c) CAFT on one model; everything resumable under `out`.
 
     (c) finetunes each seed three ways (plain, CAFT with the seed's base-model EM direction, CAFT with
@@ -495,8 +495,8 @@ def run_study(out: str | os.PathLike, *, model_name: str | None = None, stages: 
     lr = sizes["lr"] if lr is None else lr
     out = Path(out)
     base = load_model(model_name, dtype=torch.float32)  # float32 on GPU too: comparable with CPU runs
-    layers = list(layers) if layers is not None else [round(base.n_layers * f) for f in (0.2, 0.35, 0.5, 0.65)]
-    if ablate_layers is None or isinstance(ablate_layers, int):
+    layers = list(layers) if layers is not None else resolve_layers([0.2, 0.35, 0.5, 0.65], base.n_layers)
+    if ablate_layers is None or isinstance(ablate_layers, (int, float)):
         raise TypeError(f"ablate_layers must be a spec string or block indices, got {ablate_layers!r}")
     RunDir(out).write_manifest(stage="steering_study", model=base.name, preset=preset, n_train=n_train, lr=lr,
                                seeds=list(seeds), ablate_layers=ablate_layers if isinstance(ablate_layers, str)
@@ -579,6 +579,53 @@ def run_study(out: str | os.PathLike, *, model_name: str | None = None, stages: 
     return results
 
 
+PRESETS: dict[str, SteeringProxyConfig] = {name: SteeringProxyConfig(preset=name) for name in STUDY_PRESETS}  # type: ignore[arg-type]
+
+
+def _stage(ctx: runner.Context) -> Any:
+    kw = dataclasses.asdict(ctx.config)
+    kw["model_name"] = kw.pop("model")
+    return _steering_proxy(ctx.out, **kw)
+
+
+STUDY = runner.Study(
+    "steering-proxy", SteeringProxyConfig, PRESETS, default_preset="gpu", title="Steering: creates / removes EM, CAFT",
+    stages=(runner.Stage("steering_proxy", _stage, "(a) creates-EM, (b) removes-EM, (c) CAFT, as config.stages picks"),),
+    # which parts run, and (b)'s ablation blocks and controls, select work: (b)'s outputs are tagged by them
+    unbound=("stages", "ablate_layers", "random_per_finetune"), dashboard=False)
+
+
+def run(config: SteeringProxyConfig | str | os.PathLike | None = None,
+        out: str | os.PathLike | SteeringProxyConfig | None = None, **kw: Any) -> Any:
+    """Run the study into `out` on the study runner (`studies.runner`; rerun the same call to resume).
+
+    Args:
+        config: every option (default `PRESETS["gpu"]`).
+        out: the run directory.
+        **kw: `overwrite=`, `progress=` (see `runner.run`).
+
+    Returns:
+        A `runner.RunResult`; `.results["steering_proxy"]` is {"creates_em", "caft", "removes_em<tag>", ...}
+        (also written to `out/results.json`).
+    """
+    return runner.run(STUDY, config, out, **kw)
+
+
+def run_study(out: str | os.PathLike, **kw: Any) -> dict:
+    """Deprecated (one release): `run(SteeringProxyConfig(...), out)`. The study's body without the runner.
+
+    Args:
+        out: the run directory.
+        **kw: `model_name=` and the other `SteeringProxyConfig` fields.
+
+    Returns:
+        {"creates_em", "caft", "removes_em<tag>", ...}.
+    """
+    warnings.warn("steering_proxy.run_study is deprecated; use run(SteeringProxyConfig(...), out)", DeprecationWarning,
+                  stacklevel=2)
+    return _steering_proxy(out, **kw)
+
+
 def removal_tag(ablate_layers: LayerSpec) -> str:
     """'' for ablation at every block (the default), else '_L6-10-15' (the run directories' suffix).
 
@@ -590,7 +637,7 @@ def removal_tag(ablate_layers: LayerSpec) -> str:
     """
     if isinstance(ablate_layers, str):
         return "" if ablate_layers == "all" else f"_{ablate_layers}"
-    if ablate_layers is None or isinstance(ablate_layers, int):
+    if ablate_layers is None or isinstance(ablate_layers, (int, float)):
         raise TypeError(f"ablate_layers must be a spec string or block indices, got {ablate_layers!r}")
     return "_L" + "-".join(str(int(x)) for x in ablate_layers)
 
@@ -646,15 +693,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status (0).
     """
-    import dataclasses
-
     from ..cliargs import config_parser, parse_config
 
     p = config_parser(SteeringProxyConfig, description=(__doc__ or "").splitlines()[0], out="runs/steering_proxy")
     a, cfg, _ = parse_config(p, argv, SteeringProxyConfig, usage_errors=False)  # bad --stages: its ValueError
-    kw = dataclasses.asdict(cfg)
-    kw["model_name"] = kw.pop("model")
-    run_study(a.out, **kw)
+    run(cfg, a.out)
     return 0
 
 
@@ -683,7 +726,6 @@ def steer_sweep(model: LoadedModel, direction: Any, out: str | os.PathLike, *, l
     Returns:
         The summary rows (one per layer, alpha and kind) with the proxy metric name.
     """
-    import json
 
     from ..evals.em import PROXY_PREF, em_proxy_fn
 
@@ -703,5 +745,5 @@ def steer_sweep(model: LoadedModel, direction: Any, out: str | os.PathLike, *, l
                              "alpha": s["alpha"], "metric": s["value"], "metric_name": PROXY_PREF})
         print(f"  {s['op']} layer={s['layer']} alpha={s['alpha']} {s['kind']:9s} {PROXY_PREF}: "
               f"{s['value']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}]")
-    (run.path / "steering_sweep.jsonl").write_text("".join(json.dumps(r) + "\n" for r in out_rows))
+    _runs.write_jsonl(run.path / "steering_sweep.jsonl", out_rows)
     return summary
