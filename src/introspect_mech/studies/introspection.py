@@ -1524,7 +1524,7 @@ STUDY = runner.Study(
     "introspection", IntrospectionConfig, PRESETS, title='Injected-thought introspection and self-report vs internal state',
     stages=(runner.Stage("introspection", _stage, 'the stages config.stages picks: A detection/identification, B intention, C self-report, D risk report'),),
     unbound=('stages',),
-    dashboard=False)
+    resources=("model",), dashboard=False)
 
 
 def run(config: IntrospectionConfig | str | os.PathLike | None = None, out: str | os.PathLike | IntrospectionConfig | None = None,
