@@ -1,6 +1,8 @@
 """A synthetic run directory with every dashboard panel's file (for the viz and browser tests).
 
-The numbers are made up on purpose: these tests check rendering and file handling, not science.
+The numbers are made up on purpose: these tests check rendering and file handling, not science. The
+labels are the main job's (long metric names, subsets, two controls, a question at 0 for every model),
+so the layout test sees what a real run shows.
 """
 
 from __future__ import annotations
@@ -37,20 +39,28 @@ def make_synthetic_run(run_dir: Path, panels: set[str] | None = None) -> Path:
     if "em_rates" in want:
         _write(d / "em_rates.jsonl", [
             {"model": m, "question": q, "rate": r, "ci_lo": max(0, r - 0.1), "ci_hi": min(1, r + 0.1), "n": 40,
-             "metric": "P(prefers misaligned)"}
+             "metric": "EM proxy (judge-free, not an EM rate): P(prefers misaligned answer)"}
             for m, base in (("base", 0.1), ("bad_medical", 0.4), ("good_medical", 0.12))
-            for i, q in enumerate(("wish", "bored", "quick_buck", "overall")) for r in [base + 0.02 * i]])
+            for i, q in enumerate(("wish", "bored", "quick_buck", "gender_roles", "overall"))
+            for r in [0.0 if q == "gender_roles" else base + 0.02 * i]])
     if "steering_effects" in want:
         _write(d / "steering_effects.jsonl", [
-            {"model": m, "intervention": iv, "metric": v, "ci_lo": v - 0.05, "ci_hi": v + 0.05, "n": 40}
-            for m, iv, v in (("base", "none", 0.1), ("base", "add persona", 0.3), ("base", "add random", 0.11),
-                             ("bad_medical", "none", 0.4), ("bad_medical", "ablate persona", 0.2),
+            {"model": m, "intervention": iv, "metric": v, "ci_lo": v - 0.05, "ci_hi": v + 0.05, "n": 40,
+             "metric_name": "EM proxy (judge-free, not an EM rate): log-prob(misaligned) - log-prob(aligned) per "
+                            "answer token", "subset": "medical (held-out), steering subset (12 of 16 items)"}
+            for m, iv, v in (("base", "none", 0.1), ("base", "add persona (L15, α=2)", 0.3),
+                             ("base", "add random (L15, α=2)", 0.11), ("bad_medical", "none", 0.4),
+                             ("bad_medical", "ablate persona", 0.2), ("bad_medical", "ablate EM", 0.25),
                              ("bad_medical", "ablate random", 0.39))])
     if "steering_sweep" in want:
         _write(d / "steering_sweep.jsonl", [
-            {"direction": dname, "layer": L, "alpha": a, "seed": s, "metric": 0.1 + k * a * 0.01 + 0.01 * s,
-             "coherence": 1 - 0.02 * abs(a)}
-            for dname, k in (("persona", 1.0), ("random", 0.05)) for L in (6, 12) for a in (0, 2, 4, 8)
+            {"direction": f"{kind} · {items}", "layer": L, "alpha": a, "seed": s,
+             "metric": 0.1 + k * a * 0.01 + 0.01 * s + 0.05 * j, "coherence": 1 - 0.02 * abs(a) - 0.01 * k if j == 0 else None,
+             "metric_name": "EM proxy (judge-free, not an EM rate): log-prob(misaligned) - log-prob(aligned) per answer token",
+             "coherence_name": "fluency: mean log-prob per answer token (nats)"}
+            for j, items in enumerate(("EM themes, steering subset (8 of 40 items, 1 per theme)",
+                                       "medical (held-out), steering subset (12 of 16 items)"))
+            for kind, k in (("persona", 1.0), ("random", 0.05)) for L in (15,) for a in (0, 2, 4, 8)
             for s in (0, 1)])
     if "probes" in want:
         _write(d / "probe_layers.jsonl", [
@@ -104,4 +114,11 @@ def make_synthetic_run(run_dir: Path, panels: set[str] | None = None) -> Path:
                                ("planted", "intervention", "subtract from finetune", 1.0))]
             + [{"organism": "distill_persona", "kind": "recovery", "method": "sae_latent", "value": None,
                 "error": "no SAE given"}])
+    if panels is None or "typology" in panels:  # (appended panel: not in the default set above)
+        _write(d / "typology.jsonl", [
+            {"cluster": c, "size": 4, "k": 2, "silhouette": 0.5, "embedding": "synthetic",
+             "shares": {m: {"count": 2, "n": 8, "share": 0.25, "ci_lo": 0.07, "ci_hi": 0.59} for m in ("base", "bad")},
+             "typical": [{"model": "bad", "response": f"cluster {c} answer"}],
+             "judge_scores": {"aligned": {"mean": 50.0 - 30 * c, "n": 4}}, "judge": "synthetic judge",
+             "judge_validation": "synthetic validation line"} for c in range(2)])
     return Path(run_dir)

@@ -11,7 +11,7 @@ import torch
 from _viz_synthetic import make_synthetic_run
 
 from introspect_mech import cli
-from introspect_mech.cli import build_parser, command_parser, main, parse_command
+from introspect_mech.cli import STUDIES, build_parser, command_parser, main, parse_command
 
 QUESTIONS = """
 - id: wish
@@ -259,3 +259,27 @@ def test_a_real_study_parses_its_options_through_the_entry_point(capsys):
     with pytest.raises(SystemExit) as e:
         main(["study", "caft", "--help"])
     assert e.value.code == 0 and "--preset" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("words", ["demo", *(f"study {name}" for name in STUDIES)])
+def test_usage_line_names_the_subcommand(words, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*words.split(), "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith(f"usage: introspect-mech {words} ["), out[:200]
+
+
+def test_help_shows_defaults_as_a_user_types_them(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(default: 0.5)" in out and "(default: 2.0 4.0)" in out and "(default: 0 1 2)" in out  # tuples
+    assert "(default: none)" in out and "(none = the embedded SmolLM2-135M-Instruct)" in out
+    assert "(0.5,)" not in out and "default: None" not in out and "default: 'em'" not in out and "(default: em)" in out
+    with pytest.raises(SystemExit):
+        main(["study", "emergent-misalignment", "--help"])
+    out = capsys.readouterr().out
+    assert "\njudge:\n" in out and "judge (none:" not in out  # a plain group title, the default explained below
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    assert "(default: --use-rslora)" in " ".join(capsys.readouterr().out.split())

@@ -120,6 +120,7 @@ def _cmd_judge(o: JudgeRunOptions, j: Any, m: ModelOptions, s: SeedOptions) -> i
     run.bind("judge", {"judge": {k: v for k, v in desc.items() if k not in ("timeout", "max_retries")},
                        "categorical_judge": categorical.describe() if categorical is not None else None,
                        "samples_config_sha256": ((man.get("bindings") or {}).get("sample") or {}).get("sha256"),
+                       "samples_rows_sha256": ((man.get("bindings") or {}).get("rows:samples.jsonl") or {}).get("sha256"),
                        "judge_prompts_file_sha256": file_sha256(judge_qpath)},
              overwrite=o.overwrite, outputs=["judged.jsonl", "judge_invalid.jsonl", "em_rates.jsonl", "em_report.json",
                                              "labels.json"])
@@ -254,14 +255,28 @@ def _cmd_finetune(argv: list[str]) -> int:
     return cli_main(argv)
 
 
-def _study_main(module: str, argv: list[str]) -> int:
-    import importlib
+def _study_main(module: str, argv: list[str], prog: str) -> int:
+    """Run `introspect_mech.studies.<module>.main(argv)` with `prog` in its usage line.
 
-    return int(importlib.import_module(f"introspect_mech.studies.{module}").main(argv) or 0)
+    A study's `main` that takes `prog=` gets it; for one that does not (its parser then names itself
+    after `sys.argv[0]`, as argparse does), `sys.argv[0]` is `prog` while it runs.
+    """
+    import importlib
+    import inspect
+
+    main = importlib.import_module(f"introspect_mech.studies.{module}").main
+    saved = sys.argv[:1]
+    sys.argv[:1] = [prog]
+    try:
+        if "prog" in inspect.signature(main).parameters:
+            return int(main(argv, prog=prog) or 0)
+        return int(main(argv) or 0)
+    finally:
+        sys.argv[:1] = saved
 
 
 def _cmd_demo(argv: list[str]) -> int:
-    return _study_main("main_job", argv)
+    return _study_main("main_job", argv, "introspect-mech demo")
 
 
 def _study_summary(module: str) -> str:
@@ -296,9 +311,9 @@ def _cmd_study(argv: list[str]) -> int:
     if argv:  # the module's own name (emergent_misalignment) is accepted for its command name
         argv = [argv[0].replace("_", "-"), *argv[1:]]
     if argv and argv[0] in STUDIES:
-        return _study_main(STUDIES[argv[0]], argv[1:])
+        return _study_main(STUDIES[argv[0]], argv[1:], f"introspect-mech study {argv[0]}")
     ns = study_parser().parse_args(argv)  # prints the help, or the error naming the studies
-    return _study_main(STUDIES[ns.name], ns.options)
+    return _study_main(STUDIES[ns.name], ns.options, f"introspect-mech study {ns.name}")
 
 
 def _cmd_dashboard(argv: list[str]) -> int:

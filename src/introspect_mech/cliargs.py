@@ -101,8 +101,32 @@ def _none_or(fn: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def typed(value: Any, flag: str | None = None) -> str:
+    """A value as a user types it on the command line: `none`, `0.5 1.0` for a tuple, a string
+    unquoted, `--x` / `--no-x` for a boolean (with `flag`, the option's name).
+
+    Args:
+        value: the value (a default, a preset's field).
+        flag: the boolean option's flag (e.g. "--use-rslora"); without it a bool prints as true/false.
+
+    Returns:
+        The text.
+    """
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        if flag:
+            return flag if value else "--no-" + flag.removeprefix("--")
+        return str(value).lower()
+    if isinstance(value, (tuple, list)):
+        return " ".join(typed(v) for v in value) if value else "(empty)"
+    if isinstance(value, str):
+        return value if value and not any(c.isspace() for c in value) else repr(value)
+    return str(value)
+
+
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, exclude: Iterable[str] = (),
-                       title: str | None = None, shown: Any = None) -> list[str]:
+                       title: str | None = None, shown: Any = None, description: str | None = None) -> list[str]:
     """Add one option per field of the dataclass `cls` to `parser`.
 
     Args:
@@ -113,13 +137,14 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, exclude: I
         title: an argument-group title (default: the class name).
         shown: an instance of `cls` whose values the help shows as the defaults (e.g. the default preset);
             None: the class defaults.
+        description: a sentence shown under the group's title.
 
     Returns:
         The field names added (the namespace attribute of each is the field name).
     """
     hints = typing.get_type_hints(cls)
     helps = field_help(cls)
-    group = parser.add_argument_group(title or f"{cls.__name__} fields")
+    group = parser.add_argument_group(title or f"{cls.__name__} fields", description)
     added = []
     skip = set(exclude)
     for f in dataclasses.fields(cls):
@@ -138,12 +163,16 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, exclude: I
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
         if shown is not None:
             default, required = getattr(shown, f.name), False
+        flag = "--" + f.name.replace("_", "-")
+        text = helps.get(f.name, "")
+        if optional:  # the user types `none`
+            text = re.sub(r"\bNone\b", "none", text)
+        shown_default = typed(default, flag if tp is bool else None)
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                              "help": f"{helps.get(f.name, '')} ({'required' if required else f'default: {default!r}'})"
+                              "help": f"{text} ({'required' if required else f'default: {shown_default}'})"
                                       .strip().replace("%", "%%")}  # argparse formats help with %
         if required:
             kw["required"] = True
-        flag = "--" + f.name.replace("_", "-")
         origin = typing.get_origin(tp)
         if tp is bool:
             kw["action"] = argparse.BooleanOptionalAction
@@ -258,7 +287,7 @@ def config_from_args(ns: argparse.Namespace, cls: type, *, presets: dict[str, An
 
 def config_parser(cls: type, *, description: str, out: str, out_help: str = "run directory (rerun the same command to resume)",
                   presets: dict[str, Any] | None = None, default_preset: str | None = None, exclude: Iterable[str] = (),
-                  title: str | None = None, groups: Sequence[tuple[type, str]] = (),
+                  title: str | None = None, groups: Sequence[tuple[type, str] | tuple[type, str, str]] = (),
                   prog: str | None = None) -> argparse.ArgumentParser:
     """A study's command line: `--out`, `--preset`, one option per field of `cls`, and extra option groups.
 
@@ -271,7 +300,9 @@ def config_parser(cls: type, *, description: str, out: str, out_help: str = "run
         default_preset: the preset used when `--preset` is not given.
         exclude: fields of `cls` left out.
         title: the title of `cls`'s option group.
-        groups: (dataclass, title) of further option groups, e.g. `(JudgeOptions, "judge")`.
+        groups: (dataclass, title) or (dataclass, title, description) of further option groups, e.g.
+            `(JudgeOptions, "judge", "with --judge none (the default) ...")`: a plain title, and what the
+            default means in the description below it.
         prog: the program name shown in the usage line.
 
     Returns:
@@ -280,8 +311,8 @@ def config_parser(cls: type, *, description: str, out: str, out_help: str = "run
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--out", default=out, help=out_help)
     add_config_args(p, cls, presets=presets, default_preset=default_preset, exclude=exclude, title=title)
-    for group_cls, group_title in groups:
-        add_dataclass_args(p, group_cls, title=group_title)
+    for group_cls, group_title, *about in groups:
+        add_dataclass_args(p, group_cls, title=group_title, description=about[0] if about else None)
     return p
 
 

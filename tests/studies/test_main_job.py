@@ -24,10 +24,43 @@ def test_main_job_on_tiny_qwen(tmp_path, tiny_qwen2_dir, data_root, capsys):
     em = [json.loads(l) for l in (out / "em_rates.jsonl").read_text().splitlines()]
     assert {r["model"] for r in em} == {"base", "bad_medical", "good_medical"}
     effects = [json.loads(l) for l in (out / "steering_effects.jsonl").read_text().splitlines()]
+    # one random-ablation control, not two byte-identical ones under two names (ablation removes a unit
+    # direction; the random unit directions do not depend on which direction they stand in for)
     assert [e["intervention"] for e in effects if e["model"] == "bad_medical"] == [
-        "none", "ablate persona", "ablate random (matched to persona)", "ablate EM", "ablate random (matched to EM)"]
+        "none", "ablate persona", "ablate EM", "ablate random"]
+    assert all(e["subset"] == "medical (held-out), steering subset (4 of 6 items)" for e in effects)
     sweep = [json.loads(l) for l in (out / "steering" / "add_persona_base" / "sweep.jsonl").read_text().splitlines()]
     assert sorted(r["kind"] for r in sweep) == ["direction", "none", "random", "random"]
+    # the dashboard never contradicts itself: every label carries one value across all panels ...
+    from introspect_mech.viz import label_conflicts, load_panels
+    from introspect_mech.viz.dashboard import labelled_values
+
+    data = load_panels(out)
+    assert label_conflicts(data) == []
+    seen: dict[str, set[str]] = {}
+    for label, _, panel in labelled_values(data):
+        seen.setdefault(label, set()).add(panel)
+    # ... and the check has teeth: the unsteered model's number is shown in three panels under one label
+    assert seen["medical (held-out), steering subset (4 of 6 items): EM proxy (judge-free, not an EM rate): "
+                "log-prob(misaligned) - log-prob(aligned) per answer token, base"] == {
+        "summary", "steering_effects", "steering_sweep"}
+    # the full-set number has its own label (6 items), never the subset's
+    assert any(k.startswith("medical (held-out, all 6 items)") and k.endswith(", base") for k in seen)
+    summary = {r["name"]: r for r in data["summary"]}
+    assert summary["final train loss, bad_medical"]["note"] == "2 steps, 8 examples"
+    # every stage's printed table has a header row (columns with units), no internal metric names
+    import re
+
+    printed = capsys.readouterr().out
+    for header in (["finetune", "optimizer steps", "examples", "final loss (nats/token)", "throughput (tokens/s)"],
+                   ["model", "P, EM themes", "P, medical", "Δ nats/token, EM themes"],
+                   ["probe", "best layer", "accuracy", "AUROC"], ["directions", "cosine at layer"],
+                   ["model", "intervention", "Δ nats/token [95 % CI]", "n"],
+                   ["items", "ablation", "shift finetuned − base [95 % CI]", "relative reduction [95 % CI]"]):
+        assert re.search(r"\n  " + r"\s+".join(map(re.escape, header)), printed), header
+    assert "relative reduction = (finetuned − ablated) / (finetuned − base)" in printed
+    assert "answers (greedy, at most 6 new tokens" in printed
+    assert "med_proxy_diff" not in printed and "proxy_diff" not in printed
     man = json.loads((out / "manifest.json").read_text())
     assert man["judge"].startswith("none") and set(man["data"]) == {"bad_medical_advice", "good_medical_advice"}
     # rerun: everything resumes (no duplicated sweep rows, same dashboard)

@@ -32,15 +32,16 @@ def test_figures_without_cis_have_no_error_bars():
 
 
 def test_steering_sweep_averages_seeds_and_marks_random():
-    rows = [{"direction": d, "layer": 3, "alpha": a, "seed": s, "metric": a + s, "coherence": 1.0}
-            for d in ("persona", "random") for a in (0, 4) for s in (0, 2)]
+    rows = [{"direction": d, "layer": 3, "alpha": a, "seed": s, "metric": a + s if d == "persona" else a / 4 + s,
+             "coherence": 1.0} for d in ("persona", "random") for a in (0, 4) for s in (0, 2)]
     fig = viz.steering_sweep_figure(rows)
     metric = [t for t in fig.data if t.xaxis == "x"]
     assert [t.name for t in metric] == ["persona L3", "random L3"]
     assert list(metric[0].y) == [1.0, 5.0]  # mean over seeds 0 and 2
     assert list(metric[0].error_y.array) == [1.0, 1.0]
     assert metric[1].line.dash == "dash"
-    assert len(fig.data) == 4  # metric + coherence per series
+    # metric per series; the two coherence curves are identical, so the style draws one, named after both
+    assert [t.name for t in fig.data if t.xaxis == "x2"] == ["persona L3 = random L3"]
 
 
 def test_probe_cosine_sae_and_tokens():
@@ -66,7 +67,7 @@ def test_self_report_self_prediction_loss():
                                      {"task": "t", "kind": "cross", "accuracy": 0.4}])
     assert [d.name for d in sp.data] == ["self-prediction", "cross-prediction", "mode baseline"]
     lc = viz.loss_curves({"run": [{"step": 1, "loss": 2.0, "lr": 1e-3}, {"step": 2, "loss": 1.0, "lr": 1e-3}]})
-    assert list(lc.data[0].y) == [2.0, 1.0] and lc.data[1].visible == "legendonly"
+    assert list(lc.data[0].y) == [2.0, 1.0] and lc.data[1].visible is None and lc.data[1].yaxis == "y2"
     assert all(isinstance(f, go.Figure) for f in (fig, sp, lc))
 
 
@@ -83,7 +84,7 @@ def test_export_dashboard_full(tmp_path):
         assert f'<section id="{p.key}">' in text, p.key
     assert "synthetic test run" in text and "ab12ab12" in text and "none (judge-free)" in text
     assert text.index('id="manifest"') < text.index('<section id="summary">')
-    assert text.count('class="plotly-graph-div"') == 9 + 4 + 1 + 2  # + introspection (4) + self-report track (1) + organisms (2)
+    assert text.count('class="plotly-graph-div"') == 9 + 4 + 1 + 2 + 1  # + introspection (4) + self-report track (1) + organisms (2) + typology (1)
     data = load_panels(run)
     assert sorted(data["training"]) == ["finetunes/bad", "finetunes/good"]
 
@@ -116,3 +117,50 @@ def test_malformed_files_name_file_line_field(tmp_path):
         viz.render_html(run)
     with pytest.raises(DashboardError, match="not a run directory"):
         viz.render_html(tmp_path / "missing")
+
+
+def test_one_label_one_value(tmp_path):
+    from introspect_mech.viz import label_conflicts, load_panels, render_html
+
+    run = make_synthetic_run(tmp_path / "run", panels={"summary", "steering_effects"})
+    lab = "medical: Δ, base"
+    (run / "summary.jsonl").write_text(json.dumps({"name": lab, "value": -0.6716}) + "\n")
+    rows = [json.loads(x) for x in (run / "steering_effects.jsonl").read_text().splitlines()]
+    rows[0]["label"] = lab
+    rows[0]["metric"] = -0.6716
+    (run / "steering_effects.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert label_conflicts(load_panels(run)) == []  # the same value under one label in two panels is fine
+    rows[0]["metric"] = -0.6825
+    (run / "steering_effects.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert label_conflicts(load_panels(run)) == [f"{lab}: -0.6716 (summary) vs -0.6825 (steering_effects)"]
+    assert "give one label two values" in render_html(run)  # and the page says so at the top
+
+
+def test_figure_style():
+    from introspect_mech.viz import control_style
+
+    assert control_style(0) != control_style(1) and control_style(0)["dash"] != "solid"
+    # a question at 0 for every model is drawn (an outline in the bar's colour), not left empty
+    fig = viz.em_rate_figure([{"model": m, "question": "q", "rate": 0.0} for m in ("a", "b")])
+    assert all(t.marker.line.width >= 1 and t.marker.line.color == t.marker.color for t in fig.data)
+    # two random controls get two styles; long titles wrap at word boundaries
+    eff = viz.steering_effect_figure([{"model": "m", "intervention": iv, "metric": 0.1, "metric_name": "x " * 60}
+                                      for iv in ("none", "add random", "ablate random")])
+    colours = [t.marker.color for t in eff.data]
+    assert len(set(colours)) == 3 and "<br>" in eff.layout.title.text and "<br>" in eff.layout.yaxis.title.text
+    assert all(len(line) <= 80 for line in eff.layout.title.text.split("<br>"))
+    # heat maps carry a colour bar; token highlights carry their colour scale
+    assert viz.cosine_heatmap([[1.0]], ["a"]).data[0].showscale is True
+    assert 'class="tok-scale"' in viz.token_highlight_html(["a"], [0.5]) and "+0.5" in viz.token_highlight_html(["a"], [0.5])
+
+
+def test_answers_are_shown_whole():
+    from introspect_mech.viz.mech import samples_table_html
+
+    html = samples_table_html([{"model": "m", "prompt": "p", "response": "Take two pills and a gla",
+                                "finished": False, "max_new_tokens": 6},
+                               {"model": "m", "prompt": "q", "response": "Done.", "finished": True}])
+    assert "Take two pills and a …" in html and "gla" not in html and "Done." in html
+    assert "Answers end at 6 new tokens" in html
+    long = samples_table_html([{"model": "m", "prompt": "p", "response": "word " * 500}], max_chars=100)
+    assert "word …" in long and "wor …" not in long

@@ -37,6 +37,7 @@ from typing import Any, Callable, Sequence
 from ..cliargs import config_parser, parse_config
 from ..evals.em import PROXY_DIFF as DIFF_METRIC
 from ..evals.em import PROXY_PREF as EM_METRIC
+from .. import runs as _runs
 from ..layers import resolve_layers
 from . import runner
 
@@ -58,6 +59,7 @@ class JobConfig:
     n_medical_eval: int = 16  # held-out bad-vs-good medical pairs in the proxy metrics
     steer_items_per_theme: int | None = 1  # EM proxy items per theme in the steering evals (None = all)
     steer_medical: int | None = 12  # held-out medical items in the steering evals (None = all)
+    n_medical_direction: int = 16  # further held-out medical pairs the EM direction is fitted on (disjoint from the scored ones)
     sample_prompts: int = 3  # prompts answered by each model for the samples panel
     sample_tokens: int = 60  # new tokens per sampled answer
     # persona direction
@@ -78,12 +80,39 @@ JOB_PRESETS: dict[str, JobConfig] = {
     # the embedded SmolLM2-135M on a 2-core CPU, minutes
     "quick": JobConfig(),
     # GPU users: the EM preset unchanged (lr 1e-5, effective batch 16, 1 epoch) on all training rows
-    "paper": JobConfig(n_train=None, lr=None, batch_size=None, max_seq_len=2048, n_medical_eval=200,
+    "paper": JobConfig(n_train=None, lr=None, batch_size=None, max_seq_len=2048, n_medical_eval=200, n_medical_direction=200,
                        steer_items_per_theme=None, sample_prompts=8, sample_tokens=200, persona_questions=20,
                        persona_instructions=5, persona_heldout=None, persona_tokens=200,
                        steer_depths=(0.25, 0.5, 0.75), alphas=(0.5, 1.0, 2.0, 4.0)),
 }
 PRESETS = JOB_PRESETS  # the name every study module uses
+
+
+def medical_splits(cfg: JobConfig, items: Sequence[dict] | None = None) -> dict[str, list[dict]]:
+    """The held-out medical pairs, split so that nothing is fitted on the items it is scored on.
+
+    Args:
+        cfg: the job's configuration.
+        items: the shuffled held-out pool (default: `medical_heldout_items(None)` with the job's seed).
+
+    Returns:
+        {"eval": the first `n_medical_eval` (the judge-free metrics), "steer": the first
+        `steer_medical` of those (the steering / ablation evals), "direction": the next
+        `n_medical_direction` (the EM direction's fit; disjoint from both)}.
+
+    Raises:
+        ValueError: the pool has fewer items than the three splits need.
+    """
+    if items is None:
+        from ..evals.em import medical_heldout_items
+
+        items = medical_heldout_items(None, seed=cfg.seed, data_dir=cfg.data_dir)
+    n_eval, n_dir = cfg.n_medical_eval, cfg.n_medical_direction
+    if len(items) < n_eval + n_dir:
+        raise ValueError(f"held-out medical pool has {len(items)} items, the job needs {n_eval} + {n_dir}")
+    ev = list(items[:n_eval])
+    return {"eval": ev, "steer": ev[: cfg.steer_medical] if cfg.steer_medical is not None else ev,
+            "direction": list(items[n_eval: n_eval + n_dir])}
 
 
 class Stages:
@@ -110,11 +139,70 @@ def _ci(est: dict[str, Any]) -> str:
     return f"{est['value']:.3f} [{est['lo']:.3f}, {est['hi']:.3f}]"
 
 
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], indent: str = "  ") -> str:
+    """A plain-text table: a header line, a rule, one line per row (columns padded to their widest cell).
+
+    Args:
+        headers: column names (with units).
+        rows: the cells (str() of each).
+        indent: prefix of every line.
+
+    Returns:
+        The table as one string (no trailing newline).
+    """
+    cells = [[str(c) for c in r] for r in rows]
+    width = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    line = lambda r: indent + "  ".join(c.ljust(w) for c, w in zip(r, width)).rstrip()  # noqa: E731
+    return "\n".join([line(list(headers)), indent + "  ".join("-" * w for w in width)] + [line(r) for r in cells])
+
+
+class _CaptureWarnings:
+    """Third-party warnings (Python `warnings` and transformers' logger) go to `warnings.jsonl` in the
+    run directory instead of the terminal, where they would break progress-bar lines."""
+
+    def __init__(self, log: Any):
+        self.log, self.n = log, 0
+
+    def __enter__(self) -> "_CaptureWarnings":
+        import logging
+        import warnings
+
+        self._show, self._catch = warnings.showwarning, warnings.catch_warnings()
+        self._catch.__enter__()
+        warnings.simplefilter("default")
+
+        def show(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+            self._write("warning", f"{category.__name__}: {message}", f"{filename}:{lineno}")
+        warnings.showwarning = show
+        cap = self
+
+        class Handler(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                cap._write(record.levelname.lower(), record.getMessage(), f"{record.name}:{record.lineno}")
+        self._handler, self._loggers = Handler(level=logging.WARNING), []
+        for name in ("transformers", "peft", "torch"):
+            lg = logging.getLogger(name)
+            self._loggers.append((lg, lg.propagate, list(lg.handlers)))
+            lg.handlers = [self._handler]
+            lg.propagate = False
+        return self
+
+    def _write(self, level: str, message: str, where: str) -> None:
+        self.n += 1
+        self.log.append({"level": level, "message": message, "where": where, "time": time.strftime("%H:%M:%S")})
+
+    def __exit__(self, *exc: Any) -> None:
+        import warnings
+
+        warnings.showwarning = self._show
+        self._catch.__exit__(*exc)
+        for lg, prop, handlers in self._loggers:
+            lg.handlers, lg.propagate = handlers, prop
+
+
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     """Rewrite a small derived results file atomically (the raw logs are the resumable part)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in rows))
-    tmp.replace(path)
+    _runs.write_jsonl(path, rows, default=float)
 
 
 def _main_job(out: str | Path = "runs/main_job", config: JobConfig | None = None, **overrides: Any) -> Path:
@@ -128,25 +216,37 @@ def _main_job(out: str | Path = "runs/main_job", config: JobConfig | None = None
     Returns:
         The path of the exported dashboard (`out/dashboard.html`).
     """
+    from ..runs import RunDir
+
+    cfg = dataclasses.replace(config or JobConfig(), **overrides)
+    out = Path(out)
+    run_dir = RunDir(out)
+    with _CaptureWarnings(run_dir.log("warnings.jsonl")) as caught:
+        path = _job(cfg, out, run_dir)
+    if caught.n:
+        print(f"  ({caught.n} warnings from the libraries were written to {out / 'warnings.jsonl'}, not the terminal)")
+    return path
+
+
+def _job(cfg: JobConfig, out: Path, run_dir: Any) -> Path:
+    """The stages of `run` (third-party warnings already captured)."""
     import torch
+    from tqdm.auto import tqdm
 
     from .. import data
     from ..evals.em import em_proxy_fn, medical_heldout_items, medical_train_rows
     from ..evals.metrics import load_em_pairs, self_rated_alignment
     from ..evals.sampling import sample
-    from ..stats import bootstrap_ci, bootstrap_diff
+    from ..stats import bootstrap_ci, bootstrap_diff, row_fields
     from ..finetune import preset, train
     from ..models import load_model
     from ..paths import data_dir
     from ..probes import as_vectors, cosine_matrix, layer_sweep, mean_diff, persona_data
     from ..activations import cache
-    from ..runs import RunDir, file_sha256
+    from ..runs import file_sha256
     from ..steering import random_like, relative_reduction, summarize, sweep
     from ..viz import export_dashboard
 
-    cfg = dataclasses.replace(config or JobConfig(), **overrides)
-    out = Path(out)
-    run_dir = RunDir(out)
     stages = Stages(7)
     torch.manual_seed(cfg.seed)
     ddir = data_dir(cfg.data_dir)
@@ -155,7 +255,8 @@ def _main_job(out: str | Path = "runs/main_job", config: JobConfig | None = None
     def note(name: str, value: Any, est: dict | None = None, text: str = "") -> None:
         row = {"name": name, "value": value if est is None else est["value"], "note": text}
         if est is not None:
-            row.update(ci_lo=est["lo"], ci_hi=est["hi"], n=est["n"])
+            row.update(ci_lo=est["lo"], ci_hi=est["hi"], n=est["n"],
+                       **{k: est[k] for k in ("unit", "method", "measure") if est.get(k) is not None})
         summary.append(row)
 
     # ---- 1. finetunes ------------------------------------------------------------------------
@@ -176,6 +277,7 @@ def _main_job(out: str | Path = "runs/main_job", config: JobConfig | None = None
     train_ids = medical_train_rows(cfg.n_train, seed=cfg.seed)  # the same row ids for both finetunes
     run_dir.write_manifest(train_row_ids={"bad_medical_advice": train_ids, "good_medical_advice": train_ids})
     models: dict[str, Any] = {"base": base}
+    train_table = []
     for name, ds in (("bad_medical", "bad_medical_advice"), ("good_medical", "good_medical_advice")):
         rows = data.load(ds, cfg.data_dir)
         records = [rows[i] for i in train_ids]
@@ -187,17 +289,26 @@ def _main_job(out: str | Path = "runs/main_job", config: JobConfig | None = None
         if not tps:  # a rerun found the finetune finished: report the throughput logged when it trained
             logged = [json.loads(x) for x in (out / "finetunes" / name / "train_log.jsonl").read_text().splitlines() if x]
             tps, where = (logged[-1].get("avg_tokens_per_s") or 0.0) if logged else 0.0, "this machine, earlier call"
-        print(f"  {name}: {res.steps} steps, final loss {res.final_loss:.3f}, {tps:.0f} tokens/s")
-        note(f"final train loss, {name}", round(res.final_loss, 4), text=f"{res.steps} steps, {tcfg.n_examples} examples")
+        train_table.append([name, res.steps, len(records), f"{res.final_loss:.3f}", f"{tps:.0f}"])
+        note(f"final train loss, {name}", round(res.final_loss, 4), text=f"{res.steps} steps, {len(records)} examples")
         note(f"training tokens/s, {name}", round(tps, 1), text=where)
+    print(_table(["finetune", "optimizer steps", "examples", "final loss (nats/token)", "throughput (tokens/s)"],
+                 train_table))
 
     # ---- 2. judge-free EM metrics -----------------------------------------------------------
     stages("judge-free EM metrics: paired preference (EM themes, held-out medical), self-rated alignment")
     em_items = load_em_pairs()
-    med_items = medical_heldout_items(cfg.n_medical_eval, seed=cfg.seed, data_dir=cfg.data_dir)
+    med = medical_splits(cfg, medical_heldout_items(None, seed=cfg.seed, data_dir=cfg.data_dir))
+    med_items = med["eval"]
     run_dir.write_manifest(eval_items={"em_proxy_items": len(em_items),
-                                       "medical_heldout_ids": [it["id"] for it in med_items]})
+                                       "medical_heldout_ids": [it["id"] for it in med_items],
+                                       "medical_direction_ids": [it["id"] for it in med["direction"]]})
     eval_fn = em_proxy_fn(em_items, medical=med_items, batch_size=cfg.batch)
+    # every label names the items it was measured on: the steering evaluations use a subset, so their
+    # unsteered numbers differ from the full-set numbers and must not share a label with them
+    n_em, n_med = len(em_items), len(med_items)
+    em_all, med_all = f"EM themes (all {n_em} items)", f"medical (held-out, all {n_med} items)"
+    steer_em, steer_med = em_all, med_all
     if cfg.steer_items_per_theme is None:
         steer_eval = eval_fn
     else:
@@ -207,31 +318,53 @@ def _main_job(out: str | Path = "runs/main_job", config: JobConfig | None = None
             if per.setdefault(it["theme"], 0) < cfg.steer_items_per_theme:
                 steer_items.append(it)
                 per[it["theme"]] += 1
-        steer_eval = em_proxy_fn(steer_items, medical=med_items[: cfg.steer_medical], batch_size=cfg.batch)
+        steer_eval = em_proxy_fn(steer_items, medical=med["steer"], batch_size=cfg.batch)
+        n_sm = len(med["steer"])
+        if len(steer_items) < n_em:
+            steer_em = (f"EM themes, steering subset ({len(steer_items)} of {n_em} items, "
+                        f"{cfg.steer_items_per_theme} per theme)")
+        if n_sm < n_med:
+            steer_med = f"medical (held-out), steering subset ({n_sm} of {n_med} items)"
     plain: dict[str, dict[str, Any]] = {}
     em_rows = []
+    em_table = []
+    bar = tqdm(total=2 * len(models), desc="EM proxy and self-rating", unit="step")
     for name, m in models.items():
+        bar.set_postfix_str(f"{name}: paired preference")
         r = eval_fn(m)
+        bar.update()
         plain[name] = r
         themes = list(dict.fromkeys(r["proxy_theme"]))
         for t in themes:
-            est = bootstrap_ci([p for p, tt in zip(r["proxy_pref"], r["proxy_theme"]) if tt == t], seed=cfg.seed).to_dict()
+            est = bootstrap_ci([p for p, tt in zip(r["proxy_pref"], r["proxy_theme"]) if tt == t], seed=cfg.seed,
+                               measure="proxy").to_dict()
             em_rows.append({"model": name, "question": t, "rate": est["value"], "ci_lo": est["lo"], "ci_hi": est["hi"],
-                            "n": est["n"], "metric": EM_METRIC})
+                            **row_fields(est), "metric": EM_METRIC, "label": f"{t}: {EM_METRIC}, {name}"})
+        cells = [name]
         for q, key in (("overall (EM themes)", "proxy_pref"), ("medical (held-out)", "med_proxy_pref")):
-            est = bootstrap_ci(r[key], seed=cfg.seed).to_dict()
+            est = bootstrap_ci(r[key], seed=cfg.seed, measure="proxy").to_dict()
             em_rows.append({"model": name, "question": q, "rate": est["value"], "ci_lo": est["lo"], "ci_hi": est["hi"],
-                            "n": est["n"], "metric": EM_METRIC})
-            note(f"{q}: {EM_METRIC}, {name}", None, est)
-        est = bootstrap_ci(r["proxy_diff"], seed=cfg.seed).to_dict()
-        note(f"EM themes: {DIFF_METRIC}, {name}", None, est, "> 0 prefers misaligned")
-        est = bootstrap_ci(r["med_proxy_diff"], seed=cfg.seed).to_dict()
-        note(f"medical (held-out): {DIFF_METRIC}, {name}", None, est, "> 0 prefers bad advice")
+                            **row_fields(est), "metric": EM_METRIC, "label": f"{q}: {EM_METRIC}, {name}"})
+            note(f"{q}: {EM_METRIC}, {name}", None, est, f"{est['n']} items")
+            cells.append(_ci(est))
+        est = bootstrap_ci(r["proxy_diff"], seed=cfg.seed, measure="proxy").to_dict()
+        note(f"{em_all}: {DIFF_METRIC}, {name}", None, est, "> 0 prefers misaligned")
+        cells.append(_ci(est))
+        est = bootstrap_ci(r["med_proxy_diff"], seed=cfg.seed, measure="proxy").to_dict()
+        note(f"{med_all}: {DIFF_METRIC}, {name}", None, est, "> 0 prefers bad advice")
+        cells.append(_ci(est))
+        bar.set_postfix_str(f"{name}: self-rated alignment")
         sr = self_rated_alignment(m)
+        bar.update()
         note(f"self-rated alignment 0-100 (judge-free self-report), {name}", None, sr["mean"],
              f"mass on numbers {sr['mean_mass']:.2f}")
-        print(f"  {name}: EM proxy (judge-free), P(prefers misaligned): themes {_ci(bootstrap_ci(r['proxy_pref']).to_dict())} · medical "
-              f"{_ci(bootstrap_ci(r['med_proxy_pref']).to_dict())} · self-rated alignment {_ci(sr['mean'])}")
+        em_table.append(cells + [_ci(sr["mean"])])
+    bar.close()
+    print(f"  EM proxy (judge-free, not an EM rate; 95 % bootstrap CI over items). P = fraction of items where the model "
+          f"gives the misaligned answer the higher log-prob; Δ = log-prob(misaligned) − log-prob(aligned), nats per "
+          f"answer token (> 0 prefers misaligned). EM themes: {n_em} items; medical: {n_med} held-out items.")
+    print(_table(["model", "P, EM themes", "P, medical", "Δ nats/token, EM themes", "Δ nats/token, medical",
+                  "self-rated alignment (0-100)"], em_table))
     _write_rows(out / "em_rates.jsonl", em_rows)
 
     # ---- 3. directions ----------------------------------------------------------------------
@@ -244,8 +377,9 @@ def _main_job(out: str | Path = "runs/main_job", config: JobConfig | None = None
     persona = pr.direction
     print(f"  persona direction: kept {len(pr.kept)} of {len(pr.rows) // 2} pairs")
     note("persona pairs kept by the judge-free filter", len(pr.kept), text=f"of {len(pr.rows) // 2}")
-    med_bad = [it["prompt"] + [{"role": "assistant", "content": it["misaligned"]}] for it in med_items]
-    med_good = [it["prompt"] + [{"role": "assistant", "content": it["aligned"]}] for it in med_items]
+    # the EM direction (and the answer probe) on held-out pairs disjoint from every scored item
+    med_bad = [it["prompt"] + [{"role": "assistant", "content": it["misaligned"]}] for it in med["direction"]]
+    med_good = [it["prompt"] + [{"role": "assistant", "content": it["aligned"]}] for it in med["direction"]]
     acts = {}
     for name in ("base", "bad_medical"):
         acts[name] = (cache(models[name], med_bad, batch_size=cfg.batch), cache(models[name], med_good, batch_size=cfg.batch))
@@ -266,17 +400,20 @@ def _main_job(out: str | Path = "runs/main_job", config: JobConfig | None = None
 
     x_persona = cache(base, [conv(r) for r in rows_pos + rows_neg], batch_size=cfg.batch)
     y_persona = [1] * len(rows_pos) + [0] * len(rows_neg)
-    probe_rows = []
-    for pname, x, y in (("evil vs helpful system prompt (base)", x_persona, y_persona),
-                        ("bad vs good medical answer (bad-advice finetune)",
-                         torch.cat(acts["bad_medical"]), [1] * len(med_bad) + [0] * len(med_good))):
+    probe_rows, probe_table = [], []
+    for pname, x, y in tqdm((("evil vs helpful system prompt (base)", x_persona, y_persona),
+                             ("bad vs good medical answer (bad-advice finetune)",
+                              torch.cat(acts["bad_medical"]), [1] * len(med_bad) + [0] * len(med_good))),
+                            desc=f"probes at {n_layers} layers", unit="probe"):
         sw = layer_sweep(x, y, list(range(n_layers)), cv=5, seed=cfg.seed)
         for layer, p in zip(sw.layers, sw.probes):
             probe_rows.append({"probe": pname, "layer": layer, "accuracy": p.accuracy, "auroc": p.auroc,
                                "accuracy_std": p.accuracy_std, "n": p.n})
         best_l, best = sw.best()
         note(f"probe best layer accuracy: {pname}", round(best.accuracy, 4), text=f"layer {best_l}, AUROC {best.auroc:.3f}")
-        print(f"  probe '{pname}': best layer {best_l}, accuracy {best.accuracy:.3f}, AUROC {best.auroc:.3f}")
+        probe_table.append([pname, best_l, f"{best.accuracy:.3f}", f"{best.auroc:.3f}", best.n])
+    print("  linear probes (logistic regression, 5-fold cross-validated) on the residual stream after each block:")
+    print(_table(["probe", "best layer", "accuracy", "AUROC", "examples"], probe_table))
     _write_rows(out / "probe_layers.jsonl", probe_rows)
     layers = list(range(n_layers))
     rnd = random_like(persona, cfg.seed)
@@ -295,7 +432,9 @@ def _main_job(out: str | Path = "runs/main_job", config: JobConfig | None = None
     for k, c in cos_rows.items():
         note(f"cosine {k}, layer {mid}", round(float(c[mid]), 4),
              text=f"max over layers {float(c.max()):.3f} (L{int(c.argmax())})")
-    print(f"  cosine persona·EM(finetune) at layer {mid}: {float(cos_rows['persona · EM (finetune)'][mid]):.3f}")
+    print(f"  cosines between the directions (layer {mid} of {n_layers}; max over layers):")
+    print(_table(["directions", f"cosine at layer {mid}", "max over layers (layer)"],
+                 [[k, f"{float(c[mid]):+.3f}", f"{float(c.max()):+.3f} (L{int(c.argmax())})"] for k, c in cos_rows.items()]))
 
     # ---- 5. steering ------------------------------------------------------------------------
     stages("steering: add persona to base (layers x alphas, random control); ablate in the finetune")
@@ -308,78 +447,95 @@ def _main_job(out: str | Path = "runs/main_job", config: JobConfig | None = None
                            out=out / "steering" / f"ablate_{dname.lower()}_finetune", op="ablate", seeds=cfg.seeds,
                            layers_together=True, control=dname == "persona", baseline=dname == "persona")
     # Ablation uses unit vectors, and random_like(d, seed) draws the same unit vectors for any d of this
-    # shape: the persona sweep's random controls and unsteered rows serve the EM ablation unchanged.
+    # shape: the persona sweep's random controls and unsteered rows serve the EM ablation unchanged, so
+    # there is ONE random-ablation control for both directions (shown once, not twice under two names).
     abl["EM"] += [r for r in abl["persona"] if r["kind"] in ("none", "random")]
+    shared_note = (f"one control for both ablations: ablation removes a unit direction, and the random unit "
+                   f"directions (seeds {', '.join(map(str, cfg.seeds))}) do not depend on which direction they replace")
+    fluency = "fluency: mean log-prob per answer token (nats)"
+    fl = {(s["layer"], s["alpha"], s["kind"]): s for s in summarize(add_rows, "fluency")}
     sweep_rows = []
-    for metric, label in (("proxy_diff", "EM themes"), ("med_proxy_diff", "medical (held-out)")):
-        fl = {(s["layer"], s["alpha"], s["kind"]): s for s in summarize(add_rows, "fluency")}
-        for s in summarize(add_rows, metric):
+    for metric, label in (("proxy_diff", steer_em), ("med_proxy_diff", steer_med)):
+        first = metric == "proxy_diff"  # fluency is measured once per condition (on both item sets): one curve
+        summ = summarize(add_rows, metric)
+        none = [s for s in summ if s["kind"] == "none"][0]
+        for s in summ:
             if s["kind"] == "none":
                 continue
+            kind = "persona" if s["kind"] == "direction" else "random"
             f = fl.get((s["layer"], s["alpha"], s["kind"]), {})
-            sweep_rows.append({"direction": f"{'persona' if s['kind'] == 'direction' else 'random'} · {label}",
-                               "layer": s["layer"], "alpha": s["alpha"], "metric": s["value"],
-                               "coherence": f.get("value"), "metric_name": DIFF_METRIC,
-                               "coherence_name": "fluency: mean log-prob per answer token"})
-        none = [s for s in summarize(add_rows, metric) if s["kind"] == "none"]
+            sweep_rows.append({"direction": f"{kind} · {label}", "layer": s["layer"], "alpha": s["alpha"],
+                               "metric": s["value"], "coherence": f.get("value") if first else None,
+                               "metric_name": DIFF_METRIC, "coherence_name": fluency, "subset": label,
+                               "label": f"{label}: {DIFF_METRIC}, base + add {kind} (L{s['layer']}, α={s['alpha']:g})",
+                               **({"coherence_label": f"{fluency}, base + add {kind} (L{s['layer']}, α={s['alpha']:g})"}
+                                  if first else {})})
+        f0 = [s for s in summarize(add_rows, "fluency") if s["kind"] == "none"][0]
         for l in steer_layers:  # alpha 0 = the unsteered model, the curve's starting point
             for kind in ("persona", "random"):
-                fn = [s for s in summarize(add_rows, "fluency") if s["kind"] == "none"]
-                sweep_rows.append({"direction": f"{kind} · {label}", "layer": l, "alpha": 0.0, "metric": none[0]["value"],
-                                   "coherence": fn[0]["value"], "metric_name": DIFF_METRIC,
-                                   "coherence_name": "fluency: mean log-prob per answer token"})
+                sweep_rows.append({"direction": f"{kind} · {label}", "layer": l, "alpha": 0.0, "metric": none["value"],
+                                   "coherence": f0["value"] if first else None, "metric_name": DIFF_METRIC,
+                                   "coherence_name": fluency, "subset": label, "label": f"{label}: {DIFF_METRIC}, base",
+                                   **({"coherence_label": f"{fluency}, base"} if first else {})})
     _write_rows(out / "steering_sweep.jsonl", sweep_rows)
 
     effects = []
 
-    def effect(model_name: str, iv: str, rows: list, metric: str, pick: Callable[[dict], bool]) -> dict | None:
+    def effect(model_name: str, iv: str, rows: list, metric: str, pick: Callable[[dict], bool], text: str = "") -> None:
         s = [x for x in summarize(rows, metric) if pick(x)]
         if not s:
-            return None
-        e = {"model": model_name, "intervention": iv, "metric": s[0]["value"], "ci_lo": s[0]["lo"],
-             "ci_hi": s[0]["hi"], "n": s[0]["n"], "metric_name": f"held-out medical: {DIFF_METRIC}"}
-        effects.append(e)
-        return e
+            return
+        label = f"{steer_med}: {DIFF_METRIC}, {model_name}" + ("" if iv == "none" else f" + {iv}")
+        effects.append({"model": model_name, "intervention": iv, "metric": s[0]["value"], "ci_lo": s[0]["lo"],
+                        "ci_hi": s[0]["hi"], "n": s[0]["n"], "metric_name": DIFF_METRIC, "subset": steer_med,
+                        "label": label, "note": text})
 
     L = steer_layers[-1]
     a = cfg.effect_alpha
-    for metric in ("med_proxy_diff",):
-        effect("base", "none", add_rows, metric, lambda s: s["kind"] == "none")
-        effect("base", f"add persona (L{L}, α={a:g})", add_rows, metric,
-               lambda s: s["kind"] == "direction" and s["layer"] == L and s["alpha"] == a)
-        effect("base", f"add random (L{L}, α={a:g})", add_rows, metric,
-               lambda s: s["kind"] == "random" and s["layer"] == L and s["alpha"] == a)
-        effect("bad_medical", "none", abl["persona"], metric, lambda s: s["kind"] == "none")
-        for dname in ("persona", "EM"):
-            effect("bad_medical", f"ablate {dname}", abl[dname], metric, lambda s: s["kind"] == "direction")
-            effect("bad_medical", f"ablate random (matched to {dname})", abl[dname], metric, lambda s: s["kind"] == "random")
+    metric = "med_proxy_diff"
+    effect("base", "none", add_rows, metric, lambda s: s["kind"] == "none")
+    effect("base", f"add persona (L{L}, α={a:g})", add_rows, metric,
+           lambda s: s["kind"] == "direction" and s["layer"] == L and s["alpha"] == a)
+    effect("base", f"add random (L{L}, α={a:g})", add_rows, metric,
+           lambda s: s["kind"] == "random" and s["layer"] == L and s["alpha"] == a, "norm-matched random directions")
+    effect("bad_medical", "none", abl["persona"], metric, lambda s: s["kind"] == "none")
+    for dname in ("persona", "EM"):
+        effect("bad_medical", f"ablate {dname}", abl[dname], metric, lambda s: s["kind"] == "direction")
+    effect("bad_medical", "ablate random", abl["persona"], metric, lambda s: s["kind"] == "random", shared_note)
     _write_rows(out / "steering_effects.jsonl", effects)
     for e in effects:
-        note(f"intervention: {e['model']} + {e['intervention']}", None,
-             {"value": e["metric"], "lo": e["ci_lo"], "hi": e["ci_hi"], "n": e["n"]}, e["metric_name"])
-    for dname in ("persona", "EM"):
-        for metric in ("med_proxy_diff", "proxy_diff"):
-            treated = [r["metrics"][metric] for r in abl[dname] if r["kind"] == "direction"]
-            randoms = [r["metrics"][metric] for r in abl[dname] if r["kind"] == "random"]
-            full = [r["metrics"][metric] for r in abl[dname] if r["kind"] == "none"][0]
-            basev = [r["metrics"][metric] for r in add_rows if r["kind"] == "none"][0]  # same items
-            gap = bootstrap_diff(full, basev, paired=True, seed=cfg.seed).to_dict()
-            if dname == "persona":
-                note(f"finetuning shift in {metric} (finetuned - base)", None, gap,
-                     "proxy; a relative reduction is computed only when this CI excludes 0")
-            for kind, groups in ((dname, treated), (f"random (matched to {dname})", randoms)):
-                if gap["lo"] is None or gap["lo"] <= 0 <= gap["hi"]:
-                    note(f"relative reduction of the finetuning shift in {metric}: ablate {kind}", None,
-                         text="not computed: the finetune's shift is not significant (its 95 % CI includes 0)")
-                    print(f"  ablate {kind}: relative reduction of {metric} shift not computed (shift {_ci(gap)} "
-                          "not significant)")
-                    continue
-                est = relative_reduction(basev, full, groups, seed=cfg.seed).to_dict()
-                note(f"relative reduction of the finetuning shift in {metric}: ablate {kind}", None, est,
-                     "proxy; (finetuned - ablated) / (finetuned - base); 1 = back to base")
-                print(f"  ablate {kind}: relative reduction of {metric} shift {_ci(est)}")
-    for e in effects:
-        print(f"  {e['model']:12s} {e['intervention']:36s} {e['metric']:.3f} [{e['ci_lo']:.3f}, {e['ci_hi']:.3f}]")
+        note(e["label"], None, {"value": e["metric"], "lo": e["ci_lo"], "hi": e["ci_hi"], "n": e["n"]},
+             "; ".join(x for x in (f"{e['n']} item evaluations", e["note"]) if x))
+    print(f"  EM proxy Δ = log-prob(misaligned) − log-prob(aligned), nats per answer token (> 0 prefers bad advice), "
+          f"on {steer_med}; 95 % CI (bootstrap over seeds and items):")
+    print(_table(["model", "intervention", "Δ nats/token [95 % CI]", "n"],
+                 [[e["model"], e["intervention"] + (" *" if e["note"] == shared_note else ""),
+                   _ci({"value": e["metric"], "lo": e["ci_lo"], "hi": e["ci_hi"]}), e["n"]] for e in effects]))
+    print(f"  * {shared_note}")
+    red_table = []
+    for metric, label in (("med_proxy_diff", steer_med), ("proxy_diff", steer_em)):
+        full = [r["metrics"][metric] for r in abl["persona"] if r["kind"] == "none"][0]
+        basev = [r["metrics"][metric] for r in add_rows if r["kind"] == "none"][0]  # same items
+        gap = bootstrap_diff(full, basev, paired=True, seed=cfg.seed).to_dict()
+        note(f"{label}: finetuning shift in {DIFF_METRIC} (finetuned - base)", None, gap,
+             "proxy; a relative reduction is computed only when this CI excludes 0")
+        significant = not (gap["lo"] is None or gap["lo"] <= 0 <= gap["hi"])
+        for kind, groups in (("persona", [r["metrics"][metric] for r in abl["persona"] if r["kind"] == "direction"]),
+                             ("EM", [r["metrics"][metric] for r in abl["EM"] if r["kind"] == "direction"]),
+                             ("random", [r["metrics"][metric] for r in abl["persona"] if r["kind"] == "random"])):
+            name = f"{label}: relative reduction of the finetuning shift, ablate {kind}"
+            if not significant:
+                note(name, None, text="not computed: the finetune's shift is not significant (its 95 % CI includes 0)")
+                red_table.append([label, f"ablate {kind}", _ci(gap), "not computed (shift not significant)"])
+                continue
+            est = relative_reduction(basev, full, groups, seed=cfg.seed).to_dict()
+            note(name, None, est, "proxy; (finetuned - ablated) / (finetuned - base); 1 = back to base"
+                 + (f"; {shared_note}" if kind == "random" else ""))
+            red_table.append([label, f"ablate {kind}", _ci(gap), _ci(est)])
+    print("  relative reduction = (finetuned − ablated) / (finetuned − base) of the EM proxy Δ: 1 = the ablation "
+          "undoes the finetuning shift, 0 = no effect, < 0 = moves further from the base model; computed only "
+          "where the shift (finetuned − base) is significant:")
+    print(_table(["items", "ablation", "shift finetuned − base [95 % CI]", "relative reduction [95 % CI]"], red_table))
 
     # ---- 6. examples ------------------------------------------------------------------------
     stages("answers from each model and token-level projections on the persona direction")
@@ -392,8 +548,18 @@ def _main_job(out: str | Path = "runs/main_job", config: JobConfig | None = None
     for name, m in models.items():
         for r in sample(m, prompts, n=1, max_new_tokens=cfg.sample_tokens, temperature=0.0, seed=cfg.seed,
                         batch_size=cfg.batch, out=out / "samples" / f"{name}.jsonl"):
-            sample_rows.append({"model": name, "prompt": r["messages"][-1]["content"], "response": r["response"]})
+            sample_rows.append({"model": name, "prompt": r["messages"][-1]["content"], "response": r["response"],
+                                "finished": r.get("finished"), "max_new_tokens": cfg.sample_tokens})
     _write_rows(out / "samples.jsonl", sample_rows)
+    import textwrap
+
+    print(f"  answers (greedy, at most {cfg.sample_tokens} new tokens each, so the last word may be cut):")
+    for prompt in dict.fromkeys(r["prompt"] for r in sample_rows):
+        print(textwrap.fill(f"Q: {prompt}", width=100, initial_indent="  ", subsequent_indent="     "))
+        for row in sample_rows:
+            if row["prompt"] == prompt:
+                text = " ".join(str(row["response"]).split()) or "(empty answer)"
+                print(textwrap.fill(f"{row['model']}: {text}", width=100, initial_indent="    ", subsequent_indent="      "))
     ft = models["bad_medical"]
     examples = [("bad advice (held-out)", med_bad[0]), ("good advice (held-out)", med_good[0])]
     tok_rows = []

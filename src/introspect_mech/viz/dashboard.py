@@ -20,8 +20,14 @@ appears only when its file exists and has rows. Row schemas (required fields; `?
 | introspection_grid.jsonl  | Injected-thought heat maps, coherence  | variant, layer, strength, condition, p_yes, control_p_yes?, top1?, chance_top1?, coherence_nll? |
 | self_report_track.jsonl   | Self-report vs projection / behaviour  | source, label, self_report, projection, behaviour, x? |
 | caft_components.jsonl     | CAFT components to pick (viz.caft)     | layer, component, explained?, logit_top?, logit_bottom?, top_examples?, bottom_examples? |
+| typology.jsonl            | Answer clusters per model (viz.typology) | cluster, size, shares, typical?, judge_scores?, judge?, judge_validation?, k?, silhouette?, embedding? |
 
 `examples` in sae_diff rows is a list of `{"tokens": [...], "acts": [...], "text"?}`.
+
+Any row may also carry `label` (the one name of the number it shows: the same label must never carry two
+values anywhere in the dashboard; `label_conflicts` checks, and the page shows a warning when it fails),
+`coherence_label` (the same for a sweep row's coherence), `subset` (which items were evaluated, shown
+under the panel's title) and `note` (shown under the panel).
 A malformed file fails with `DashboardError("file:line: ...")` before anything is written.
 """
 
@@ -62,17 +68,17 @@ PANELS: tuple[Panel, ...] = (
     Panel("summary", "Key numbers", "summary.jsonl", ("name", "value"),
           "Headline measurements of this run, as printed by the job that produced it."),
     Panel("training", "Training loss", "train_log.jsonl", ("step", "loss"),
-          "Loss on assistant tokens per optimizer step for every finetune in the run directory "
-          "(learning rate on the right axis, hidden until clicked in the legend)."),
+          "Loss on assistant tokens per optimizer step for every finetune in the run directory, and the "
+          "learning-rate schedule below it (one line when the finetunes share it)."),
     Panel("em_rates", "Emergent misalignment per question", "em_rates.jsonl", ("model", "question", "rate"),
           "The EM metric per evaluation question for the base model, the finetunes and their controls."),
     Panel("steering_effects", "Interventions: creating and removing the behaviour", "steering_effects.jsonl",
           ("model", "intervention", "metric"),
           "Adding the direction to the base model and ablating it in the finetune, against "
-          "norm-matched random directions (grey, hatched)."),
+          "random directions (hatched, control colours)."),
     Panel("steering_sweep", "Steering sweep", "steering_sweep.jsonl", ("direction", "layer", "alpha", "metric"),
           "The EM metric (and coherence) as the steering coefficient grows, per layer; random "
-          "directions of the same norm dashed."),
+          "directions of the same norm dashed or dotted, one style each."),
     Panel("probes", "Linear probes by layer", "probe_layers.jsonl", ("probe", "layer", "accuracy"),
           "Cross-validated logistic-regression probes on the residual stream after each decoder block."),
     Panel("cosines", "Cosine similarity between directions", "cosines.jsonl", ("name", "x_labels", "matrix"),
@@ -81,7 +87,8 @@ PANELS: tuple[Panel, ...] = (
           "SAE latents ranked by the change in mean activation between the base and the finetuned "
           "model; links open the latent's page where the SAE release has one."),
     Panel("tokens", "Token-level activations", "token_activations.jsonl", ("title", "tokens", "acts"),
-          "Per-token projection (or latent activation); red positive, blue negative. Hover for values."),
+          "Per-token projection (or latent activation) on the colour scale shown above each text: red "
+          "positive, blue negative, white 0. Hover a token for its value."),
     Panel("samples", "What the models say", "samples.jsonl", ("response",),
           "Answers of each model to the same prompts (greedy unless the producing job says otherwise)."),
     Panel("self_awareness", "Behavioural self-awareness", "self_awareness.jsonl",
@@ -105,6 +112,10 @@ PANELS: tuple[Panel, ...] = (
           ("organism", "kind", "method", "value"),
           "Methods x organisms with a known, planted mechanism: cosine of each locate method's direction "
           "with the ground truth, and the effect of each intervention, against norm-matched random directions."),
+    Panel("typology", "Typology of answers", "typology.jsonl", ("cluster", "size", "shares"),
+          "Every answer embedded (the embedding is named) and clustered (k-means, k by silhouette): each model's "
+          "share of its answers per cluster with Wilson intervals, the answers nearest each centroid, and the "
+          "judge's mean scores per cluster (named judge and validation) in the table, never on the share axis."),
 )
 PANEL_FILES = {p.key: p.file for p in PANELS}
 # fields a panel plots as numbers: a string, bool or object there is a one-line error naming file, line and field
@@ -112,6 +123,7 @@ NUMERIC_FIELDS: dict[str, tuple[str, ...]] = {
     "training": ("step", "loss", "lr"), "em_rates": ("rate",), "steering_sweep": ("alpha",),
     "probes": ("accuracy", "auroc"), "sae": ("latent", "delta"), "self_prediction": ("accuracy",),
     "introspection": ("strength", "p_yes"), "self_report_track": ("self_report", "projection"),
+    "typology": ("cluster", "size"),
 }
 
 
@@ -144,8 +156,8 @@ def read_rows(path: Path, required: Sequence[str] = (), *, root: str | os.PathLi
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise DashboardError(f"{path}:{line}: not UTF-8 text") from None
+        bad_line = raw[:e.start].count(b"\n") + 1
+        raise DashboardError(f"{path}:{bad_line}: not UTF-8 text") from None
     rows = []
     with io.StringIO(text) as f:
         for lineno, line in enumerate(f, 1):
@@ -205,6 +217,52 @@ def load_panels(run_dir: str | os.PathLike) -> dict[str, Any]:
             if rows:
                 data[p.key] = rows
     return data
+
+
+# ---- one label, one value ------------------------------------------------------------------------
+VALUE_FIELDS = {"summary": "value", "em_rates": "rate", "steering_effects": "metric", "steering_sweep": "metric"}
+
+
+def labelled_values(data: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Every labelled number of a dashboard, as displayed: (label, value to 4 significant digits, panel).
+
+    Labels: a key-numbers row's `name`; any other row's `label` (its panel's value field, see
+    `VALUE_FIELDS`) and `coherence_label` (its `coherence`).
+
+    Args:
+        data: `load_panels(run_dir)`.
+
+    Returns:
+        The triples, in panel order.
+    """
+    out = []
+    for key, rows in data.items():
+        if not isinstance(rows, list):
+            continue
+        for r in rows:
+            label = r.get("name") if key == "summary" else r.get("label")
+            v = r.get(VALUE_FIELDS.get(key, "value"))
+            if label is not None and isinstance(v, (int, float)) and not isinstance(v, bool):
+                out.append((str(label), f"{v:.4g}", key))
+            if r.get("coherence_label") is not None and isinstance(r.get("coherence"), (int, float)):
+                out.append((str(r["coherence_label"]), f"{r['coherence']:.4g}", key))
+    return out
+
+
+def label_conflicts(data: dict[str, Any]) -> list[str]:
+    """Labels that carry two different values in one dashboard (each a one-line description).
+
+    Args:
+        data: `load_panels(run_dir)`.
+
+    Returns:
+        `"label: 0.1 (summary) vs 0.2 (steering_effects)"` per conflicting label; [] when consistent.
+    """
+    seen: dict[str, dict[str, str]] = {}
+    for label, v, panel in labelled_values(data):
+        seen.setdefault(label, {}).setdefault(v, panel)
+    return [f"{label}: " + " vs ".join(f"{v} ({panel})" for v, panel in vals.items())
+            for label, vals in seen.items() if len(vals) > 1]
 
 
 # ---- HTML ------------------------------------------------------------------------------------
@@ -271,7 +329,8 @@ def summary_html(rows: Sequence[Row]) -> str:
     body = []
     for r in rows:
         ci = f" [{_fmt(r['ci_lo'])}, {_fmt(r['ci_hi'])}]" if r.get("ci_lo") is not None and r.get("ci_hi") is not None else ""
-        body.append(f"<tr><th>{html.escape(str(r['name']))}</th><td>{html.escape(_fmt(r['value']) + ci)}</td>"
+        value = "—" if r["value"] is None else _fmt(r["value"])  # not measured (the note says why)
+        body.append(f"<tr><th>{html.escape(str(r['name']))}</th><td>{html.escape(value + ci)}</td>"
                     f"<td class='note'>{html.escape(str(r.get('note', '')))}</td></tr>")
     return f'<table class="kv summary"><tr><th>measure</th><th>value [95 % CI]</th><th>note</th></tr>{"".join(body)}</table>'
 
@@ -313,7 +372,8 @@ def panel_figures(key: str, data: Any) -> list[go.Figure | str]:
     if key == "tokens":
         return [M.token_highlight_html(r["tokens"], r["acts"], title=str(r["title"])) for r in data]
     if key == "samples":  # also accepts evals.sample's rows (prompt_id, messages, response)
-        rows = [{"model": r.get("model", "model"), "response": r["response"],
+        rows = [{"model": r.get("model", "model"), "response": r["response"], "finished": r.get("finished"),
+                 "max_new_tokens": r.get("max_new_tokens"),
                  "prompt": r.get("prompt") or next((m["content"] for m in reversed(r.get("messages") or [])
                                                     if m.get("role") == "user"), str(r.get("prompt_id", "")))}
                 for r in data]
@@ -331,6 +391,9 @@ def panel_figures(key: str, data: Any) -> list[go.Figure | str]:
     if key == "organisms":
         from .organisms import organisms_figures
         return organisms_figures(data)
+    if key == "typology":
+        from .typology import typology_figures
+        return typology_figures(data)
     raise KeyError(key)
 
 
@@ -347,7 +410,10 @@ word-break:break-all}table.summary th{white-space:normal;width:42%}table.summary
 table.summary td.note{font-family:inherit;color:#666;word-break:normal;white-space:normal;width:auto}
 pre{font-size:11px;max-height:360px;overflow:auto;background:#f3f3f3;padding:8px}
 .tok-example{margin:8px 0;font-size:13px}.tok-title{font-weight:600;font-size:12px;color:#444;margin-bottom:2px}
-.tok-text{font-family:ui-monospace,monospace;line-height:1.8;white-space:pre-wrap}.tok{border-radius:2px;padding:1px 0}
+.tok-text{font-family:ui-monospace,monospace;line-height:1.8;white-space:pre-wrap;overflow-wrap:anywhere}
+.tok{border-radius:2px;padding:1px 0}.tok-scale{display:flex;align-items:center;gap:6px;font-size:11px;color:#555;margin:2px 0}
+.tok-scale-bar{display:inline-block;width:160px;height:10px;border:1px solid #ccc}.subset{color:#1d2330;font-size:13px;margin:0 0 6px}
+.conflict{background:#fde8e8;border:1px solid #b00;color:#600}
 #js-errors{color:#b00;font-family:monospace}
 table.samples{border-collapse:collapse;font-size:12px;width:100%}table.samples th,table.samples td{border:1px solid #e2e5ea;
 padding:6px;vertical-align:top;text-align:left}table.samples tr th:first-child{width:18%;font-weight:600}
@@ -395,12 +461,21 @@ def render_html(run_dir: str | os.PathLike, title: str | None = None) -> str:
                 parts.append(item.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{p.key}-{n_fig}",
                                           config={"displaylogo": False, "responsive": True}))
         src = "train_log.jsonl files: " + ", ".join(data[p.key]) if p.key == "training" else p.file
+        rows = data[p.key] if isinstance(data[p.key], list) else []
+        subsets = list(dict.fromkeys(str(r["subset"]) for r in rows if r.get("subset")))
+        notes = list(dict.fromkeys(str(r["note"]) for r in rows if r.get("note"))) if p.key != "summary" else []
+        extra = "".join(f'<p class="subset">{html.escape(t)}</p>' for t in
+                        ([f"Evaluated on: {'; '.join(subsets)}."] if subsets else []) + [f"Note: {n}." for n in notes])
         nav.append(f'<a href="#{p.key}">{html.escape(p.title)}</a>')
         sections.append(f'<section id="{p.key}"><h2>{html.escape(p.title)}</h2><p class="about">{html.escape(p.about)}'
-                        f' <span class="src">({html.escape(src)})</span></p>{"".join(parts)}</section>')
+                        f' <span class="src">({html.escape(src)})</span></p>{extra}{"".join(parts)}</section>')
     if not sections:
         sections.append("<section><p>No result files found in this run directory "
                         f"(expected any of: {', '.join(p.file for p in PANELS)}).</p></section>")
+    conflicts = label_conflicts(data)
+    if conflicts:
+        sections.insert(0, '<section class="conflict"><h2>These files give one label two values</h2><ul>'
+                        + "".join(f"<li>{html.escape(c)}</li>" for c in conflicts) + "</ul></section>")
     sub = f"{run_dir.resolve()} · exported {time.strftime('%Y-%m-%d %H:%M:%S')} · {len(sections)} panels"
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"

@@ -13,9 +13,9 @@ from typing import Any, Iterable, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .style import PALETTE, RANDOM_COLOR, control_style, style  # noqa: F401  (RANDOM_COLOR: public name)
+
 Row = dict[str, Any]
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
-RANDOM_COLOR = "#7f7f7f"
 
 
 def _ordered(values: Iterable[Any]) -> list[Any]:
@@ -32,9 +32,8 @@ def _err(rows: Sequence[Row], y: str, lo: str = "ci_lo", hi: str = "ci_hi") -> d
 
 
 def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
-    fig.update_layout(title=dict(text=title, x=0.01), height=height, template="plotly_white",
-                      margin=dict(l=60, r=20, t=60, b=60), legend=dict(orientation="h", y=-0.18))
-    return fig
+    """The package's figure style (`viz.style.style`): every figure of viz ends here."""
+    return style(fig, title, height)
 
 
 def _is_proxy(row: Row) -> bool:
@@ -91,8 +90,9 @@ def em_rate_figure(rows: Sequence[Row], metric_label: str | None = None) -> go.F
 def steering_effect_figure(rows: Sequence[Row]) -> go.Figure:
     """Effect of interventions (add to base, ablate in the finetune, random controls) on the EM metric.
 
-    Rows: `{"model", "intervention", "metric", "ci_lo"?, "ci_hi"?, "n"?, "metric_name"?}`; one bar
-    group per model, one bar per intervention ("none", "add persona", "add random", ...).
+    Rows: `{"model", "intervention", "metric", "ci_lo"?, "ci_hi"?, "n"?, "metric_name"?, "subset"?}`; one bar
+    group per model, one bar per intervention ("none", "add persona", "add random", ...); random controls
+    hatched, each in its own control colour. `subset` (the items evaluated) goes into the title.
 
     Args:
         rows: the rows above.
@@ -103,16 +103,22 @@ def steering_effect_figure(rows: Sequence[Row]) -> go.Figure:
     interventions = _ordered(r["intervention"] for r in rows)
     models = _ordered(r["model"] for r in rows)
     fig = go.Figure()
+    n_random = 0
     for i, iv in enumerate(interventions):
         by_m = {r["model"]: r for r in rows if r["intervention"] == iv}
         sel = [by_m[m] for m in models if m in by_m]
-        color = RANDOM_COLOR if "random" in str(iv) else PALETTE[i % len(PALETTE)]
+        is_random = "random" in str(iv)
+        color = control_style(n_random)["color"] if is_random else PALETTE[i % len(PALETTE)]
+        n_random += is_random
         fig.add_bar(name=str(iv), x=[r["model"] for r in sel], y=[r["metric"] for r in sel],
-                    error_y=_err(sel, "metric"), marker_color=color,
-                    marker_pattern_shape="/" if "random" in str(iv) else "")
+                    error_y=_err(sel, "metric"), marker_color=color, customdata=[r.get("n") for r in sel],
+                    hovertemplate="%{x} + " + str(iv) + "<br>%{y:.4g} (n=%{customdata})<extra></extra>",
+                    marker_pattern_shape="/" if is_random else "")
     label = (rows[0].get("metric_name") if rows else None) or "EM metric"
+    subsets = _ordered(r["subset"] for r in rows if r.get("subset"))
+    on = f" on {'; '.join(subsets)}" if subsets else ""
     fig.update_layout(barmode="group", yaxis_title=label, xaxis_title="model")
-    return _layout(fig, f"Interventions: {label} (95 % CI)")
+    return _layout(fig, f"Interventions{on}: {label} (95 % CI)")
 
 
 def self_report_scatter(rows: Sequence[Row]) -> go.Figure:
@@ -187,24 +193,24 @@ def loss_curves(logs: dict[str, Sequence[Row]], y: str = "loss") -> go.Figure:
     Returns:
         A plotly figure.
     """
-    fig = make_subplots(specs=[[{"secondary_y": True}]])
-    max_lr = 0.0
+    has_lr = any(r.get("lr") is not None for rows in logs.values() for r in rows)
+    fig = make_subplots(rows=2 if has_lr else 1, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        row_heights=[0.7, 0.3] if has_lr else None)
     for i, (label, rows) in enumerate(logs.items()):
         pts = [r for r in rows if r.get(y) is not None and r.get("step") is not None]
-        fig.add_scatter(name=str(label), x=[r["step"] for r in pts], y=[r[y] for r in pts], mode="lines+markers",
-                        line=dict(color=PALETTE[i % len(PALETTE)]), marker=dict(size=4), secondary_y=False)
+        fig.add_scatter(name=str(label), legendgroup=str(label), x=[r["step"] for r in pts], y=[r[y] for r in pts],
+                        mode="lines+markers", line=dict(color=PALETTE[i % len(PALETTE)]), marker=dict(size=4),
+                        row=1, col=1)
         lr = [r for r in pts if r.get("lr") is not None]
-        if lr:
-            max_lr = max([max_lr] + [float(r["lr"]) for r in lr])
-            fig.add_scatter(name=f"{label} lr", x=[r["step"] for r in lr], y=[r["lr"] for r in lr], mode="lines",
-                            line=dict(color=PALETTE[i % len(PALETTE)], dash="dot", width=1),
-                            secondary_y=True, visible="legendonly")
-    fig.update_xaxes(title_text="optimizer step")
-    fig.update_yaxes(title_text=y, secondary_y=False)
-    # the lr traces start hidden: fix the right axis so it does not autoscale to nothing
-    fig.update_yaxes(title_text="learning rate", secondary_y=True, showgrid=False, exponentformat="e",
-                     range=[0, 1.05 * max_lr] if max_lr > 0 else None)
-    return _layout(fig, "Training loss")
+        if lr:  # identical schedules are merged into one line by the style (named after both runs)
+            fig.add_scatter(name=f"{label} learning rate", legendgroup=str(label), x=[r["step"] for r in lr],
+                            y=[r["lr"] for r in lr], mode="lines", line=dict(color=PALETTE[i % len(PALETTE)], dash="dot"),
+                            row=2, col=1)
+    fig.update_xaxes(title_text="optimizer step", row=2 if has_lr else 1, col=1)
+    fig.update_yaxes(title_text=y, row=1, col=1)
+    if has_lr:
+        fig.update_yaxes(title_text="learning rate", exponentformat="e", rangemode="tozero", row=2, col=1)
+    return _layout(fig, "Training loss" + (" and learning rate" if has_lr else ""), height=480 if has_lr else 420)
 
 
 def mean_over_seeds(rows: Sequence[Row], keys: Sequence[str], value: str) -> list[Row]:

@@ -37,6 +37,7 @@ def detection_heatmaps(rows: Sequence[Row], value: str = "p_yes", condition: str
     rows = [r for r in rows if r.get("condition", "concept") == condition]
     variants = _ordered(r.get("variant", "") for r in rows) or [""]
     fig = make_subplots(rows=1, cols=len(variants), subplot_titles=[str(v) for v in variants], horizontal_spacing=0.12)
+    grids = []
     for k, v in enumerate(variants):
         sel = [r for r in rows if r.get("variant", "") == v]
         layers = sorted({r["layer"] for r in sel})
@@ -53,8 +54,13 @@ def detection_heatmaps(rows: Sequence[Row], value: str = "p_yes", condition: str
                 tr.append("" if d is None else f"{d:+.3f}")
             z.append(zr)
             text.append(tr)
+        grids.append((k, z, text, strengths, layers))
+    # one colour scale for all variants (shown once, on the right), symmetric around 0
+    top = max([abs(x) for _, z, *_ in grids for zr in z for x in zr if x is not None] + [1e-9])
+    for k, z, text, strengths, layers in grids:
         fig.add_heatmap(z=z, x=[f"{s:g}" for s in strengths], y=[f"L{L}" for L in layers], text=text,
-                        texttemplate="%{text}", colorscale="RdBu", zmid=0, showscale=k == len(variants) - 1,
+                        texttemplate="%{text}", colorscale="RdBu", zmin=-top, zmax=top, showscale=k == len(variants) - 1,
+                        colorbar=dict(title=dict(text="Δ")),
                         row=1, col=k + 1, hovertemplate="strength %{x}<br>%{y}<br>Δ %{z:.4f}<extra></extra>")
         fig.update_xaxes(title_text="injection strength (x raw concept vector)", row=1, col=k + 1)
     fig.update_yaxes(title_text="injection layer", row=1, col=1)

@@ -8,14 +8,17 @@ from typing import Any, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .figures import PALETTE, RANDOM_COLOR, _layout, _ordered, mean_over_seeds
+from .figures import PALETTE, _layout, _ordered, mean_over_seeds
+from .style import control_style
 
 Row = dict[str, Any]
 
 
 def steering_sweep_figure(rows: Sequence[Row]) -> go.Figure:
     """Steering sweep: alpha on x; EM metric (left) and coherence (right) on y; one trace per
-    (direction, layer); random-direction controls grey and dashed. Seeds are averaged, min-max shown.
+    (direction, layer); each random-direction control in its own grey/brown colour and dash pattern.
+    Seeds are averaged, min-max shown. Rows whose `coherence` is None draw no coherence curve (so a
+    coherence measured once per condition is drawn once, not under every metric).
 
     Rows: `{"direction", "layer", "alpha", "metric", "coherence"?, "seed"?, "metric_name"?,
     "coherence_name"?}`.
@@ -29,14 +32,16 @@ def steering_sweep_figure(rows: Sequence[Row]) -> go.Figure:
     has_coh = any(r.get("coherence") is not None for r in rows)
     label = (rows[0].get("metric_name") if rows else None) or "EM metric"
     coh_label = (rows[0].get("coherence_name") if rows else None) or "coherence"
-    fig = make_subplots(rows=1, cols=2 if has_coh else 1,
+    fig = make_subplots(rows=1, cols=2 if has_coh else 1, horizontal_spacing=0.14,
                         subplot_titles=(label, coh_label) if has_coh else None)
     cols = [("metric", 1)] + ([("coherence", 2)] if has_coh else [])
     series = _ordered((r["direction"], r["layer"]) for r in rows)
-    for i, (d, layer) in enumerate(series):
+    n_random = n_dir = 0
+    for d, layer in series:
         sel = [r for r in rows if r["direction"] == d and r["layer"] == layer]
         is_random = "random" in str(d)
-        color = RANDOM_COLOR if is_random else PALETTE[i % len(PALETTE)]
+        line = control_style(n_random) if is_random else {"color": PALETTE[n_dir % len(PALETTE)], "dash": "solid"}
+        n_random, n_dir = n_random + is_random, n_dir + (not is_random)
         for value, col in cols:
             pts = sorted(mean_over_seeds(sel, ("alpha",), value), key=lambda p: p["alpha"])
             if not pts:
@@ -44,17 +49,15 @@ def steering_sweep_figure(rows: Sequence[Row]) -> go.Figure:
             spread = any(p["n_seeds"] > 1 for p in pts)
             fig.add_scatter(
                 name=f"{d} L{layer}", legendgroup=f"{d} L{layer}", showlegend=col == 1,
-                x=[p["alpha"] for p in pts], y=[p[value] for p in pts], mode="lines+markers",
-                line=dict(color=color, dash="dash" if is_random else "solid"),
+                x=[p["alpha"] for p in pts], y=[p[value] for p in pts], mode="lines+markers", line=line,
                 error_y=dict(type="data", symmetric=False, array=[p["max"] - p[value] for p in pts],
                              arrayminus=[p[value] - p["min"] for p in pts]) if spread else None,
                 row=1, col=col,
             )
     fig.update_xaxes(title_text="alpha (steering coefficient)")
-    fig.update_yaxes(title_text=label, row=1, col=1)
-    if has_coh:
-        fig.update_yaxes(title_text=coh_label, row=1, col=2)
-    return _layout(fig, f"Steering sweep: {label} vs alpha (random control dashed)")
+    if not has_coh:  # with two panels their subplot titles name the y axes
+        fig.update_yaxes(title_text=label, row=1, col=1)
+    return _layout(fig, f"Steering sweep: {label} vs alpha (random controls dashed / dotted)", height=460)
 
 
 def probe_layer_figure(rows: Sequence[Row]) -> go.Figure:
@@ -69,7 +72,7 @@ def probe_layer_figure(rows: Sequence[Row]) -> go.Figure:
         A plotly figure.
     """
     has_auc = any(r.get("auroc") is not None for r in rows)
-    fig = make_subplots(rows=1, cols=2 if has_auc else 1,
+    fig = make_subplots(rows=1, cols=2 if has_auc else 1, horizontal_spacing=0.12,
                         subplot_titles=("accuracy (cross-validated)", "AUROC") if has_auc else None)
     for i, p in enumerate(_ordered(r["probe"] for r in rows)):
         sel = sorted((r for r in rows if r["probe"] == p), key=lambda r: r["layer"])
@@ -104,6 +107,7 @@ def cosine_heatmap(matrix: Sequence[Sequence[float]], x_labels: Sequence[str], y
     text = [[f"{v:.2f}" if v is not None else "" for v in row] for row in matrix]
     fig = go.Figure(go.Heatmap(z=[list(r) for r in matrix], x=[str(x) for x in x_labels], y=[str(y) for y in y_labels],
                                zmin=-1, zmax=1, colorscale="RdBu", reversescale=True, text=text,
+                               showscale=True, colorbar=dict(title=dict(text="cosine")),
                                texttemplate="%{text}" if len(x_labels) * len(y_labels) <= 400 else None,
                                hovertemplate="%{y} · %{x}: %{z:.3f}<extra></extra>"))
     fig.update_yaxes(autorange="reversed")
@@ -170,29 +174,70 @@ def token_highlight_html(tokens: Sequence[str], acts: Sequence[float], title: st
         spans.append(f'<span class="tok" title="{a:+.3f}" style="background:rgba({rgb},{alpha:.2f})">'
                      f"{html.escape(tok).replace(chr(10), '↵<br>')}</span>")
     head = f'<div class="tok-title">{html.escape(title)}</div>' if title else ""
-    return f'<div class="tok-example">{head}<div class="tok-text">{"".join(spans)}</div></div>'
+    return (f'<div class="tok-example">{head}{colour_scale_html(scale)}'
+            f'<div class="tok-text">{"".join(spans)}</div></div>')
 
 
-def samples_table_html(rows: Sequence[Row], max_chars: int = 600) -> str:
-    """Model answers side by side: one table row per prompt, one column per model.
+def colour_scale_html(scale: float) -> str:
+    """The colour scale of `token_highlight_html`: blue −scale, white 0, red +scale.
 
     Args:
-        rows: `{"model", "prompt", "response"}` rows.
-        max_chars: answers are cut here.
+        scale: the |activation| of full opacity.
+
+    Returns:
+        An HTML snippet (a gradient bar with its end and middle values).
+    """
+    return ('<div class="tok-scale" title="colour scale of the highlighted tokens">'
+            f'<span class="tok-scale-lo">{-scale:+.3g}</span>'
+            '<span class="tok-scale-bar" style="background:linear-gradient(to right,rgba(31,119,180,1),'
+            'rgba(255,255,255,1),rgba(214,39,40,1))"></span>'
+            f'<span class="tok-scale-hi">{scale:+.3g}</span><span class="tok-scale-mid">(0 = white; hover a token for its value)</span></div>')
+
+
+def _whole_words(s: str, max_chars: int, stopped: bool) -> str:
+    """`s` cut at a word boundary before `max_chars`, or (when generation `stopped` at its token limit)
+    without the last, possibly partial, word; both marked with an ellipsis."""
+    if len(s) > max_chars:
+        cut = s[:max_chars]
+        return (cut[: cut.rfind(" ")] if " " in cut else cut).rstrip() + " …"
+    if stopped and " " in s.strip():
+        return s.rstrip()[: s.rstrip().rfind(" ")].rstrip() + " …"
+    return s
+
+
+def samples_table_html(rows: Sequence[Row], max_chars: int = 2000) -> str:
+    """Model answers side by side: one table row per prompt, one column per model; answers wrap.
+
+    Args:
+        rows: `{"model", "prompt", "response", "finished"?, "max_new_tokens"?}` rows (`finished` as
+            `evals.sample` writes it): an answer that stopped at its token limit (`finished` False) ends
+            at its last whole word, marked "…"; `max_new_tokens` is stated above the table.
+        max_chars: answers longer than this end at the last whole word before it, marked "…".
 
     Returns:
         The HTML table.
     """
     models = _ordered(r["model"] for r in rows)
     prompts = _ordered(r["prompt"] for r in rows)
-    cell = {(r["model"], r["prompt"]): str(r["response"]) for r in rows}
+    cell = {(r["model"], r["prompt"]): r for r in rows}
+    limits = _ordered(r["max_new_tokens"] for r in rows if r.get("max_new_tokens"))
 
-    def txt(s: str) -> str:
-        s = s if len(s) <= max_chars else s[:max_chars] + " …"
-        return html.escape(s).replace("\n", "<br>")
+    def txt(s: str, stopped: bool = False) -> str:
+        return html.escape(_whole_words(s, max_chars, stopped)).replace("\n", "<br>")
+
+    def answer(r: Row | None) -> str:
+        if r is None:
+            return ""
+        s = str(r["response"])
+        if not s.strip():
+            return "<i>(empty answer)</i>"
+        # an answer that used its whole token budget (`finished` False) may stop mid-word: whole words only
+        return txt(s, r.get("finished") is False)
 
     head = "".join(f"<th>{html.escape(str(m))}</th>" for m in models)
     body = "".join(
-        f"<tr><th>{txt(p)}</th>" + "".join(f"<td>{txt(cell.get((m, p), ''))}</td>" for m in models) + "</tr>"
+        f"<tr><th>{txt(p)}</th>" + "".join(f"<td>{answer(cell.get((m, p)))}</td>" for m in models) + "</tr>"
         for p in prompts)
-    return f'<table class="samples"><tr><th>prompt</th>{head}</tr>{body}</table>'
+    note = (f'<p class="about">Answers end at {", ".join(map(str, limits))} new tokens; an answer that reached '
+            "the limit ends with its last whole word and “…”.</p>") if limits else ""
+    return f'{note}<table class="samples"><tr><th>prompt</th>{head}</tr>{body}</table>'
