@@ -1599,6 +1599,15 @@ def config_from_argv(argv: Sequence[str] | None = None) -> tuple[IntrospectionCo
     return cfg, judge, a
 
 
+def _check(cfg: IntrospectionConfig) -> None:
+    """The config's letters and variants, before the run directory is touched."""
+    if any(stage not in "ABCD" for stage in cfg.stages):
+        raise ValueError(f"stages must be letters from 'ABCD', got {cfg.stages!r}")
+    for v in cfg.variants:
+        if v not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {v!r}")
+
+
 def _stage(ctx: runner.Context) -> Any:
     return _introspection(ctx.out, ctx.config, model=ctx.resources.get("model"), judge=ctx.resources["judge"],
                           progress=ctx.progress)
@@ -1608,7 +1617,7 @@ STUDY = runner.Study(
     "introspection", IntrospectionConfig, PRESETS, title='Injected-thought introspection and self-report vs internal state',
     stages=(runner.Stage("introspection", _stage, 'the stages config.stages picks: A detection/identification, B intention, C self-report, D risk report'),),
     unbound=('stages',),
-    dashboard=False)
+    resources=("model",), check=_check, dashboard=False)
 
 
 def run(config: IntrospectionConfig | str | os.PathLike | None = None, out: str | os.PathLike | IntrospectionConfig | None = None,
