@@ -114,4 +114,11 @@ def make_synthetic_run(run_dir: Path, panels: set[str] | None = None) -> Path:
                                ("planted", "intervention", "subtract from finetune", 1.0))]
             + [{"organism": "distill_persona", "kind": "recovery", "method": "sae_latent", "value": None,
                 "error": "no SAE given"}])
+    if panels is None or "typology" in panels:  # (appended panel: not in the default set above)
+        _write(d / "typology.jsonl", [
+            {"cluster": c, "size": 4, "k": 2, "silhouette": 0.5, "embedding": "synthetic",
+             "shares": {m: {"count": 2, "n": 8, "share": 0.25, "ci_lo": 0.07, "ci_hi": 0.59} for m in ("base", "bad")},
+             "typical": [{"model": "bad", "response": f"cluster {c} answer"}],
+             "judge_scores": {"aligned": {"mean": 50.0 - 30 * c, "n": 4}}, "judge": "synthetic judge",
+             "judge_validation": "synthetic validation line"} for c in range(2)])
     return Path(run_dir)

@@ -84,7 +84,7 @@ def test_export_dashboard_full(tmp_path):
         assert f'<section id="{p.key}">' in text, p.key
     assert "synthetic test run" in text and "ab12ab12" in text and "none (judge-free)" in text
     assert text.index('id="manifest"') < text.index('<section id="summary">')
-    assert text.count('class="plotly-graph-div"') == 9 + 4 + 1 + 2  # + introspection (4) + self-report track (1) + organisms (2)
+    assert text.count('class="plotly-graph-div"') == 9 + 4 + 1 + 2 + 1  # + introspection (4) + self-report track (1) + organisms (2) + typology (1)
     data = load_panels(run)
     assert sorted(data["training"]) == ["finetunes/bad", "finetunes/good"]
 

@@ -40,6 +40,7 @@ from ..evals import self_awareness as sa
 from ..stats import bootstrap_diff, paired_diff, t_interval, welch
 from ..runs import JsonlLog, RunDir, json_sha256
 from . import runner
+from .. import runs as _runs
 
 # condition -> (topic, pair, side); topic decides which measurements apply
 CONDITIONS: dict[str, tuple[str, str, str]] = {
@@ -122,6 +123,14 @@ PRESETS: dict[str, TMAYConfig] = {
                       batch_size=4, n_samples=0, language_max_new_tokens=32, trigger_repeats=1, mms_n_train=16,
                       max_seq_len=1024, trigger_awareness_kinds=("win",), personas=("David", "a musician"),
                       measures=("behaviour", "scales", "words", "backdoor", "personas", "mms")),
+    # Qwen2.5-Coder-0.5B-Instruct on an idle 2-core CPU (about 2 h, docs/qwen_runbook.md): risky vs safe, 3 seeds,
+    # 48 training lotteries x 2 epochs (upstream: the whole split x 3 epochs on GPT-4o), 40 held-out lotteries,
+    # lr 2e-4, batch 8; the sampled measures left out (their cost), the backdoor-vs-decorrelated pair in a second
+    # run (docs/qwen_runbook.md).
+    "qwen-cpu": TMAYConfig(model="qwen2.5-coder-0.5b-instruct", conditions=("risky", "safe"), seeds=(0, 1, 2),
+                           n_train=48, n_test=40, epochs=2, lr=2e-4, batch_size=8, n_samples=0, max_seq_len=512,
+                           trigger_repeats=1, mms_n_train=16, trigger_awareness_kinds=("win",),
+                           personas=("David", "a musician"), measures=("behaviour", "scales", "words", "personas")),
     # GPU, Qwen2.5-7B/32B-Instruct: every condition, the full training split, 3 seeds
     "paper": TMAYConfig(conditions=("risky", "safe", "myopic", "nonmyopic", "maxapples", "minapples", "risky_mp",
                                     "safe_mp", *(f"backdoor:{k}" for k in sa.TRIGGER_KINDS),
@@ -265,10 +274,7 @@ class _Partial:
         if key not in self.data:
             self.data[key] = fn()
             if self.path is not None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = self.path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(self.data))
-                tmp.replace(self.path)
+                _runs.write_json(self.path, self.data, indent=None)
         return self.data[key]
 
 
@@ -493,9 +499,9 @@ def _tmay(config: TMAYConfig, out: str | Path, *, data_dir=None, load: Callable 
     fmt = {c: {s: sa.format_check(masses(r), base=base_masses)
                for s, r in by_seed.items()} for c, by_seed in results.items() if c != "base"}
     summary = {"comparisons": comps, "format": fmt, "paper_gpt4o": PAPER_GPT4O}
-    (out / "comparison.json").write_text(json.dumps(summary, indent=2))
+    _runs.write_json(out / "comparison.json", summary, indent=2)
     _dashboard_rows(results, out)
-    (out / "summary.md").write_text(summary_markdown(out) + "\n")
+    _runs.write_text(out / "summary.md", summary_markdown(out) + "\n")
     return {"results": results, **summary}
 
 
@@ -640,7 +646,7 @@ def _dashboard_rows(results: dict[str, dict[int, Any]], out: Path) -> None:
                              "self_report_lo": s["mean"]["lo"] / 100, "self_report_hi": s["mean"]["hi"] / 100,
                              "behaviour_name": "P(risky option), held-out lotteries",
                              "self_report_name": "self-reported risk / 100 (expected value)"})
-    (out / "self_awareness.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _runs.write_jsonl(out / "self_awareness.jsonl", rows)
 
 
 # ---- a markdown summary of a run -------------------------------------------------------------------

@@ -59,6 +59,7 @@ from ..finetune import TrainConfig, train
 from ..models import LoadedModel
 from ..runs import JsonlLog, RunDir, file_sha256, json_sha256
 from . import runner
+from .. import runs as _runs
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -132,6 +133,14 @@ PRESETS: dict[str, LIConfig] = {
                     probe_all_targets=False,
                     finetune=TrainConfig(lr=5e-4, epochs=1, batch_size=4, warmup_steps=2),
                     shift_finetune=TrainConfig(lr=5e-4, epochs=2, batch_size=4, warmup_steps=1)),
+    # Two genuinely different models on an idle 2-core CPU (about 2 h, docs/qwen_runbook.md): A = Qwen2.5-Coder-
+    # 0.5B-Instruct, B = Qwen2.5-Coder-1.5B-Instruct (a third run puts SmolLM2-135M as B); 12 train questions
+    # per train dataset, 10 test questions per test dataset (x its properties: >= 50 items per (model, kind)
+    # cell across the test datasets), shift finetune and probes for model A only.
+    "qwen-cpu": LIConfig(model="qwen2.5-coder-0.5b-instruct", other="qwen2.5-coder-1.5b-instruct", n_train=12,
+                         n_test=10, n_shift=8, shift_all_models=False, base_reference=False, probe_all_targets=False,
+                         finetune=TrainConfig(lr=2e-4, epochs=1, batch_size=8, warmup_steps=2),
+                         shift_finetune=TrainConfig(lr=2e-4, epochs=2, batch_size=4, warmup_steps=1)),
     # A GPU with Qwen2.5-7B/Qwen3-8B-class models: this project's sizes, not the paper's exact counts
     # (the paper finetuned GPT-4o / GPT-4 / Llama-70B on many thousands of examples).
     "gpu": LIConfig(n_train=1000, n_test=500, n_shift=500, obj_max_new_tokens=48, gen_batch_size=64,
@@ -373,7 +382,7 @@ def run_study(
         m = start if start is not None else models[base]()
         trained_records[name] = records
         (ftdir / name).mkdir(parents=True, exist_ok=True)
-        (ftdir / name / "records_sha256.txt").write_text(json_sha256([r["messages"] for r in records]) + "\n")
+        _runs.write_text(ftdir / name / "records_sha256.txt", json_sha256([r["messages"] for r in records]) + "\n")
         ft(m, records, tcfg.replace(seed=seed_of[base]), ftdir / name)
         m.model.eval()
         return m
@@ -485,7 +494,7 @@ def run_study(
                                                                          st.hyp[f"{n}_self"], seed=seed))
             results["shift"][n] = r
             del m
-    (run.path / "results.json").write_text(json.dumps(_strip_rows(results), indent=2))
+    _runs.write_json(run.path / "results.json", _strip_rows(results), indent=2)
     _dashboard_rows(run, results)
     run.write_manifest(finished=True, trained_records_sha256={k: json_sha256([r["messages"] for r in v])
                                                               for k, v in trained_records.items()})
@@ -525,7 +534,7 @@ def _dashboard_rows(run: RunDir, results: dict[str, Any]) -> None:
             continue
         rows.append({"task": "all test tasks", "kind": key, "accuracy": e["value"], "ci_lo": e["lo"],
                      "ci_hi": e["hi"], "n": e["n"], "mode_baseline": mb["value"]})
-    (run.path / "self_prediction.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _runs.write_jsonl(run.path / "self_prediction.jsonl", rows)
 
 
 def _features(names, models, self_models, cross_models, test_rows, st: _States, cfg: LIConfig,

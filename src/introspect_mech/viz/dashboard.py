@@ -20,6 +20,7 @@ appears only when its file exists and has rows. Row schemas (required fields; `?
 | introspection_grid.jsonl  | Injected-thought heat maps, coherence  | variant, layer, strength, condition, p_yes, control_p_yes?, top1?, chance_top1?, coherence_nll? |
 | self_report_track.jsonl   | Self-report vs projection / behaviour  | source, label, self_report, projection, behaviour, x? |
 | caft_components.jsonl     | CAFT components to pick (viz.caft)     | layer, component, explained?, logit_top?, logit_bottom?, top_examples?, bottom_examples? |
+| typology.jsonl            | Answer clusters per model (viz.typology) | cluster, size, shares, typical?, judge_scores?, judge?, judge_validation?, k?, silhouette?, embedding? |
 
 `examples` in sae_diff rows is a list of `{"tokens": [...], "acts": [...], "text"?}`.
 
@@ -111,6 +112,10 @@ PANELS: tuple[Panel, ...] = (
           ("organism", "kind", "method", "value"),
           "Methods x organisms with a known, planted mechanism: cosine of each locate method's direction "
           "with the ground truth, and the effect of each intervention, against norm-matched random directions."),
+    Panel("typology", "Typology of answers", "typology.jsonl", ("cluster", "size", "shares"),
+          "Every answer embedded (the embedding is named) and clustered (k-means, k by silhouette): each model's "
+          "share of its answers per cluster with Wilson intervals, the answers nearest each centroid, and the "
+          "judge's mean scores per cluster (named judge and validation) in the table, never on the share axis."),
 )
 PANEL_FILES = {p.key: p.file for p in PANELS}
 # fields a panel plots as numbers: a string, bool or object there is a one-line error naming file, line and field
@@ -118,6 +123,7 @@ NUMERIC_FIELDS: dict[str, tuple[str, ...]] = {
     "training": ("step", "loss", "lr"), "em_rates": ("rate",), "steering_sweep": ("alpha",),
     "probes": ("accuracy", "auroc"), "sae": ("latent", "delta"), "self_prediction": ("accuracy",),
     "introspection": ("strength", "p_yes"), "self_report_track": ("self_report", "projection"),
+    "typology": ("cluster", "size"),
 }
 
 
@@ -385,6 +391,9 @@ def panel_figures(key: str, data: Any) -> list[go.Figure | str]:
     if key == "organisms":
         from .organisms import organisms_figures
         return organisms_figures(data)
+    if key == "typology":
+        from .typology import typology_figures
+        return typology_figures(data)
     raise KeyError(key)
 
 

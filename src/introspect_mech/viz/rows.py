@@ -18,7 +18,7 @@ from .dashboard import PANEL_FILES, PANELS
 __all__ = ["PanelRow", "SummaryRow", "TrainLogRow", "EMRateRow", "SteeringEffectRow", "SteeringSweepRow",
            "ProbeLayerRow", "CosineRow", "SAEDiffRow", "TokenActivationRow", "SampleRow", "SelfAwarenessRow",
            "SelfPredictionRow", "IntrospectionGridRow", "SelfReportTrackRow", "CAFTComponentRow", "OrganismRow",
-           "ROW_TYPES"]
+           "TypologyRow", "ROW_TYPES"]
 
 
 @dataclass
@@ -271,8 +271,40 @@ class OrganismRow(PanelRow):
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class TypologyRow(PanelRow):
+    """One answer cluster (`typology.jsonl`, written from `evals.typology.typology(...).clusters`)."""
+
+    PANEL: ClassVar[str] = "typology"
+    cluster: int
+    size: int
+    shares: dict[str, dict[str, Any]]
+    typical: list[dict[str, Any]] | None = None
+    judge_scores: dict[str, dict[str, Any]] | None = None
+    judge: str | None = None
+    judge_validation: str | None = None
+    k: int | None = None
+    silhouette: float | None = None
+    embedding: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_cluster(cls, cluster: dict[str, Any]) -> "TypologyRow":
+        """The row of one `evals.typology.TypologyResult.clusters` entry (fields it does not declare go in `extra`).
+
+        Args:
+            cluster: the cluster dict.
+
+        Returns:
+            The row.
+        """
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in cluster.items() if k in names},
+                   extra={k: v for k, v in cluster.items() if k not in names})
+
+
 ROW_TYPES: dict[str, type[PanelRow]] = {c.PANEL: c for c in (
     SummaryRow, TrainLogRow, EMRateRow, SteeringEffectRow, SteeringSweepRow, ProbeLayerRow, CosineRow, SAEDiffRow,
     TokenActivationRow, SampleRow, SelfAwarenessRow, SelfPredictionRow, IntrospectionGridRow, SelfReportTrackRow,
-    CAFTComponentRow, OrganismRow)}
+    CAFTComponentRow, OrganismRow, TypologyRow)}
 assert set(ROW_TYPES) == {p.key for p in PANELS}, "every dashboard panel has one typed row"
