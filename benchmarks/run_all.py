@@ -4,6 +4,7 @@
     python benchmarks/run_all.py                    # CPU: the embedded model at the issue's shapes (long)
     python benchmarks/run_all.py --gpu --models qwen2.5-0.5b,qwen2.5-7b   # GPU: random weights, real configs, bf16
     python benchmarks/run_all.py --quick --only cache,judge --out results.jsonl
+    python benchmarks/run_all.py --cpu              # CPU limits + the real Qwen2.5-Coder-0.5B against them
 
 Each benchmark measures its contenders interleaved in this process (see common.py); the summary at
 the end lists every ratio with its target and MET / MISSED.
@@ -21,12 +22,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_cache  # noqa: E402
+import bench_cpu  # noqa: E402
 import bench_finetune  # noqa: E402
 import bench_generate  # noqa: E402
 import bench_judge  # noqa: E402
 import common  # noqa: E402
 
-BENCHES = ("cache", "judge", "steer", "sample", "finetune")
+BENCHES = ("cache", "judge", "steer", "sample", "finetune", "cpu")
 
 # per profile and model: the sizes each benchmark runs at
 PLANS = {
@@ -36,7 +38,14 @@ PLANS = {
                      judge=dict(sizes=[1], repeats=1, answer_words=20),
                      steer=dict(batch=2, new=4, repeats=1),
                      sample=dict(n_prompts=2, n=2, new=4, repeats=1, hf_batch=4),
-                     finetune=dict(steps=1, batch=4, trl_micro=2, repeats=1)),
+                     finetune=dict(steps=1, batch=4, trl_micro=2, repeats=1),
+                     cpu=dict(forward=(1, 32), train_batch=2, sample_batches=(2,), new_tokens=4, repeats=1,
+                              limit_repeats=1)),
+    },
+    # the machine's limits and the real Qwen2.5-Coder-0.5B-Instruct (dtype "auto") against them (~15 min idle)
+    "cpu": {
+        "qwen2.5-coder-0.5b-instruct": dict(cpu=dict(forward=(4, 128), train_batch=16, sample_batches=(16, 32),
+                                                     new_tokens=16, repeats=1)),
     },
     "quick": {
         "tiny": dict(cache=dict(shapes=[(1, 128), (4, 256)], repeats=5),
@@ -102,6 +111,8 @@ def _run_one(report: common.Report, bench: str, spec: str, device: torch.device,
             for merge in p.get("merge", [1]):
                 bench_finetune.run(report, spec, device, p["steps"] * p["batch"], p["steps"], p["repeats"],
                                    p["batch"], p["trl_micro"], merge)
+        elif bench == "cpu":
+            bench_cpu.run(report, spec, None, **p)
         elif bench == "judge":
             bench_judge.run(report, spec, device, p["sizes"], p["repeats"], answer_words=p.get("answer_words", 150))
     except Exception as e:  # one failing benchmark must not hide the others' numbers
@@ -114,12 +125,13 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="CPU, a few minutes")
     ap.add_argument("--smoke", action="store_true", help="every benchmark once on tiny Qwen (the CI test)")
     ap.add_argument("--gpu", action="store_true", help="random-weight Qwen2.5 shapes in bf16 on CUDA")
+    ap.add_argument("--cpu", action="store_true", help="CPU limits and the real Qwen2.5-Coder-0.5B against them")
     ap.add_argument("--models", default=None, help="comma-separated model specs (default per profile)")
     ap.add_argument("--only", default=",".join(BENCHES), help=f"subset of {BENCHES}")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", type=Path, default=None, help="append every timing/ratio as JSON lines")
     a = ap.parse_args(argv)
-    profile = "gpu" if a.gpu else ("smoke" if a.smoke else ("quick" if a.quick else "full"))
+    profile = "gpu" if a.gpu else "cpu" if a.cpu else ("smoke" if a.smoke else ("quick" if a.quick else "full"))
     plans = PLANS[profile]
     models = a.models.split(",") if a.models else list(plans)
     device = common.pick_device(a.device or ("cuda" if a.gpu else "cpu"))

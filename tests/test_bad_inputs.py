@@ -120,8 +120,9 @@ def test_A2_sample_overwrite_starts_clean(tmp_path, tiny_qwen2_dir, qfile):
     man = json.loads((out / "manifest.json").read_text())
     assert man["sampling"]["temperature"] == 0.0 and man["bindings"]["sample"]["config"]["sampling"]["temperature"] == 0.0
     assert len((out / "samples.jsonl").read_text().splitlines()) == 2
-    ev = [json.loads(x)["event"] for x in (out / "provenance.jsonl").read_text().splitlines()]
-    assert ev == ["new", "overwrite"]
+    ev = [json.loads(x) for x in (out / "provenance.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in ev if e["stage"] == "sample"] == ["new", "overwrite"]
+    assert [e["event"] for e in ev if e["stage"] == "rows:samples.jsonl"] == ["new", "new"]  # cleared, then bound again
 
 
 def _recs(n=8):

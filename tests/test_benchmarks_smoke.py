@@ -60,5 +60,5 @@ def test_run_all_smoke_prints_every_ratio(tmp_path):
 
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     benches = {r["bench"] for r in rows if r["kind"] == "ratio"}
-    assert benches == {"cache", "judge", "steer-gen", "sample", "finetune"}
+    assert benches == {"cache", "judge", "steer-gen", "sample", "finetune", "cpu"}
     assert "=== summary: every ratio measured ===" in proc.stdout

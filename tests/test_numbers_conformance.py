@@ -113,7 +113,6 @@ def test_defect_04_seed_intervals_are_welch_and_hierarchical_uses_t_with_few_gro
 
 
 # ---- 5. the main job: direction fit and ablation scoring on disjoint medical items ----------------
-@pytest.mark.xfail(strict=True, reason="issue 28 defect 5: not fixed yet")
 def test_defect_05_main_job_direction_items_disjoint_from_scored_items():
     from introspect_mech.studies import main_job
 
@@ -126,7 +125,6 @@ def test_defect_05_main_job_direction_items_disjoint_from_scored_items():
 
 
 # ---- 6. persona features: the detector needs a latent that passed the screen, held-out answers -----
-@pytest.mark.xfail(strict=True, reason="issue 28 defect 6: not fixed yet")
 def test_defect_06_detector_needs_a_screened_latent_and_heldout_answers():
     from introspect_mech.studies.persona_features import diff_screen_detect, pick_detector_latent
 
@@ -147,7 +145,6 @@ def test_defect_06_detector_needs_a_screened_latent_and_heldout_answers():
 
 
 # ---- 7. evil numbers: upstream's prefix and words suffix ---------------------------------------------
-@pytest.mark.xfail(strict=True, reason="issue 28 defect 7: not fixed yet")
 def test_defect_07_evil_numbers_prompt_is_upstreams():
     from introspect_mech.evals.questions import Question
     from introspect_mech.studies.emergent_misalignment import number_format
@@ -162,7 +159,6 @@ def test_defect_07_evil_numbers_prompt_is_upstreams():
 
 
 # ---- 8. docs: no "disjoint" claim on overlapping intervals -----------------------------------------
-@pytest.mark.xfail(strict=True, reason="issue 28 defect 8: not fixed yet")
 def test_defect_08_no_disjoint_claim_on_overlapping_intervals():
     num = r"[−-]?\d+\.\d+"
     for path in DOCS.glob("*.md"):
@@ -178,7 +174,6 @@ def test_defect_08_no_disjoint_claim_on_overlapping_intervals():
 
 
 # ---- 9. introspection self-report: mass gate, no CIs over designed points, correction --------------
-@pytest.mark.xfail(strict=True, reason="issue 28 defect 9: not fixed yet")
 def test_defect_09_self_report_mass_gate_no_fisher_ci_over_designed_points():
     from introspect_mech import stats as S
 
@@ -196,13 +191,13 @@ def test_defect_09_self_report_mass_gate_no_fisher_ci_over_designed_points():
     assert c["r"] == pytest.approx(1.0)
     assert c["lo"] is None and c["hi"] is None and "no interval" in c["method"]
     pq = ok["self_report~projection (per question)"]
-    assert pq.get("p") is not None and pq.get("p_holm") is not None and pq["p_holm"] >= pq["p"]
+    assert pq.get("p") is not None and pq.get("p_adjusted") is not None and pq["p_adjusted"] >= pq["p"]
+    assert "4 tests" in pq["correction"]
     assert S.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert S.benjamini_hochberg([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.04, 0.04])
 
 
 # ---- 10. a paper's judged number is never printed beside a proxy ---------------------------------
-@pytest.mark.xfail(strict=True, reason="issue 28 defect 10: not fixed yet")
 def test_defect_10_no_paper_number_beside_a_proxy():
     from introspect_mech.studies.persona_vectors import shift_correlation_note
 
@@ -210,17 +205,32 @@ def test_defect_10_no_paper_number_beside_a_proxy():
     assert "proxy" in shift_correlation_note(4, judged=False).lower()
     assert "paper" in shift_correlation_note(4, judged=True)
     for path in DOCS.glob("*.md"):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if not line.startswith("|"):
-                continue
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if any("proxy" in c.lower() for c in cells) and any(re.search(r"\bpaper\b|anchor", c.lower()) for c in cells):
-                numeric = [c for c in cells if re.search(r"\d\.\d|\d ?%", c) and "proxy" in c.lower()]
-                assert not numeric, f"{path.name}: proxy number beside a paper/anchor number: {line[:160]}"
+        for table in _tables(path.read_text(encoding="utf-8")):
+            header, rows = table[0], table[1:]
+            ref = re.compile(r"\bpapers?\b|anchor", re.I)
+            has_ref = any(ref.search(c) for c in header) or any(r and ref.search(r[0]) for r in rows)
+            proxy_cols = {j for j, c in enumerate(header) if "proxy" in c.lower()}
+            num = re.compile(r"\d\.\d|\d ?%")
+            proxy_nums = [c for r in rows for j, c in enumerate(r)
+                          if num.search(c) and (j in proxy_cols or "proxy" in c.lower())]
+            assert not (has_ref and proxy_nums), f"{path.name}: a proxy number in a table with a paper's: {proxy_nums[:2]}"
+
+
+def _tables(text: str) -> list[list[list[str]]]:
+    out: list[list[list[str]]] = []
+    cur: list[list[str]] = []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not all(re.fullmatch(r":?-+:?", c) for c in cells if c):
+                cur.append(cells)
+        elif cur:
+            out.append(cur)
+            cur = []
+    return out
 
 
 # ---- 11. Lindsey injection from the trial onwards in the default and paper presets ----------------
-@pytest.mark.xfail(strict=True, reason="issue 28 defect 11: not fixed yet")
 def test_defect_11_injection_starts_at_the_trial():
     from introspect_mech.studies.introspection import PRESETS, IntrospectionConfig
 
@@ -229,7 +239,6 @@ def test_defect_11_injection_starts_at_the_trial():
 
 
 # ---- 12. CAFT control: random PCs of the same PCA ----------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="issue 28 defect 12: not fixed yet")
 def test_defect_12_caft_control_is_random_pcs_of_the_same_pca():
     from introspect_mech.studies.caft import random_pc_subspace
 
@@ -247,7 +256,6 @@ def test_defect_12_caft_control_is_random_pcs_of_the_same_pca():
 
 
 # ---- 13. model organisms: rotation of B between checkpoints -------------------------------------------
-@pytest.mark.xfail(strict=True, reason="issue 28 defect 13: not fixed yet")
 def test_defect_13_phase_transition_tracks_rotation_of_b(tmp_path):
     from safetensors.torch import save_file
 
@@ -268,7 +276,6 @@ def test_defect_13_phase_transition_tracks_rotation_of_b(tmp_path):
 
 
 # ---- 14. persona paper preset: layer selection, or it says which layer and why ----------------------
-@pytest.mark.xfail(strict=True, reason="issue 28 defect 14: not fixed yet")
 def test_defect_14_persona_paper_preset_selects_a_layer_or_says_why():
     from introspect_mech.studies.persona_vectors import PRESETS, steering_layer_plan
 
@@ -282,7 +289,6 @@ def test_defect_14_persona_paper_preset_selects_a_layer_or_says_why():
 
 
 # ---- 15. small doc mismatches ----------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="issue 28 defect 15: not fixed yet")
 def test_defect_15_docs_match_the_presets_and_tables():
     from introspect_mech.studies.emergent_misalignment import PRESETS
 

@@ -120,6 +120,7 @@ def _cmd_judge(o: JudgeRunOptions, j: Any, m: ModelOptions, s: SeedOptions) -> i
     run.bind("judge", {"judge": {k: v for k, v in desc.items() if k not in ("timeout", "max_retries")},
                        "categorical_judge": categorical.describe() if categorical is not None else None,
                        "samples_config_sha256": ((man.get("bindings") or {}).get("sample") or {}).get("sha256"),
+                       "samples_rows_sha256": ((man.get("bindings") or {}).get("rows:samples.jsonl") or {}).get("sha256"),
                        "judge_prompts_file_sha256": file_sha256(judge_qpath)},
              overwrite=o.overwrite, outputs=["judged.jsonl", "judge_invalid.jsonl", "em_rates.jsonl", "em_report.json",
                                              "labels.json"])

@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-__all__ = ["Direction", "DirectionLike", "as_vectors", "check_direction"]
+__all__ = ["Direction", "DirectionLike", "as_vectors", "check_direction", "layer_vector"]
 
 
 @dataclass
@@ -228,3 +228,34 @@ def as_vectors(direction: DirectionLike, layers: list[int] | None = None) -> Flo
     if v.ndim == 1:
         return v.expand(len(layers or [0]), -1)
     return v
+
+
+def _direction_matrix(direction: DirectionLike) -> tuple[Tensor, list[int] | None, bool]:
+    """(vectors, block index of each row or None for "row i = block i", is_direction)."""
+    check_direction(direction)
+    if isinstance(direction, Direction):
+        return direction.vectors.detach(), list(direction.layers), True
+    return direction.detach(), None, False
+
+
+def layer_vector(direction: DirectionLike, layer: int) -> Float[Tensor, " d_model"]:
+    """The vector a hook at block `layer` uses.
+
+    Args:
+        direction: a `Direction` (its unit vector at `layer`), a raw `[d_model]` vector (returned as
+            is) or a raw `[layer, d_model]` matrix (row `layer`).
+        layer: a block index.
+
+    Returns:
+        `[d_model]` vector.
+    """
+    vec, rows, _ = _direction_matrix(direction)
+    if vec.ndim == 1:
+        return vec
+    if rows is not None:
+        if layer not in rows:
+            raise ValueError(f"direction has no vector for layer {layer} (it has layers {rows})")
+        return vec[rows.index(layer)]
+    if layer >= vec.shape[0]:
+        raise ValueError(f"direction has {vec.shape[0]} layer rows; layer {layer} requested")
+    return vec[layer]

@@ -138,6 +138,14 @@ class LoadedModel:
         """Number of decoder blocks."""
         return len(self.layers)
 
+    def fingerprint(self) -> dict[str, Any]:
+        """`model_fingerprint` of the base weights (what `runs.model_config` binds, without importing this module).
+
+        Returns:
+            {"model_type", "hidden_size", "num_hidden_layers", "vocab_size", "weights_sha256"}.
+        """
+        return model_fingerprint(self.model)
+
     @property
     def d_model(self) -> int:
         """Width of the residual stream."""
@@ -501,9 +509,16 @@ def gguf_architecture(path: Path) -> str:
     """
     import gguf
 
-    reader = gguf.GGUFReader(str(path))
-    f = reader.fields["general.architecture"]
-    return bytes(f.parts[f.data[0]]).decode()
+    try:
+        reader = gguf.GGUFReader(str(path))
+        f = reader.fields["general.architecture"]
+        return bytes(f.parts[f.data[0]]).decode()
+    except Exception as e:  # noqa: BLE001 - a crafted / truncated file: many exception types
+        if isinstance(e, (KeyboardInterrupt, MemoryError)):
+            raise
+        what = "no general.architecture field" if isinstance(e, KeyError) else \
+            f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}"
+        raise ModelLoadError(f"{path}: not a readable GGUF file ({what})") from None
 
 
 def _gguf_to_cache(path: Path, dtype: torch.dtype = torch.float32) -> Path:
@@ -524,10 +539,17 @@ def _gguf_to_cache(path: Path, dtype: torch.dtype = torch.float32) -> Path:
         raise ModelLoadError(
             f"GGUF {path} has architecture {arch!r}; supported: {', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))}"
         )
+    fp32 = out.with_name(f"{path.stem}-{key}")
     try:
-        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype,
-                                                     trust_remote_code=False)
+        if dtype != torch.float32 and (fp32 / "done").exists():
+            # another dtype of an already dequantised GGUF: cast the float32 cache (the same values as
+            # dequantising again, which converts through float32 too) instead of re-reading the GGUF
+            tok = AutoTokenizer.from_pretrained(str(fp32), trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(str(fp32), dtype=dtype, trust_remote_code=False)
+        else:
+            tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype,
+                                                         trust_remote_code=False)
     except Exception as e:  # a crafted / truncated GGUF surfaces as many exception types
         if isinstance(e, (KeyboardInterrupt, MemoryError)):
             raise
@@ -658,15 +680,18 @@ def load_model(
     try:
         # never run code from a model directory: transformers then refuses (instead of asking on stdin)
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-        model, info = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=False, output_loading_info=True,
-                                                           **kwargs)
+        loaded_and_info: Any = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=False,
+                                                                    output_loading_info=True, **kwargs)
+        model, info = loaded_and_info
     except OSError as e:
         raise ModelLoadError(f"could not load {name_or_path!r}: {str(e).splitlines()[0]}") from None
     except Exception as e:  # a corrupt safetensors / config file surfaces as many exception types
         if isinstance(e, (KeyboardInterrupt, MemoryError)):
             raise
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise ModelLoadError(f"could not load {name_or_path!r} from {source}: {type(e).__name__}: {first}") from None
+        weights = sorted(Path(source).glob("*.safetensors")) if Path(source).is_dir() else []
+        where = str(weights[0]) if len(weights) == 1 else source  # name the file when there is one
+        raise ModelLoadError(f"{where}: could not load {name_or_path!r}: {type(e).__name__}: {first}") from None
     _strict_weights(source, info)
     # transformers wraps PreTrainedModel.to in functools.wraps(nn.Module.to): mypy then reads the
     # model as the wrapped function's `self` argument

@@ -16,13 +16,17 @@ one-line `RunConfigError` naming the differing fields, or -- with `overwrite=Tru
 outputs are deleted and it starts clean. Fields a binding covers cannot be rewritten later through
 `write_manifest` either, so a manifest never describes results it did not produce.
 
-`JsonlLog` makes a killed run resumable: rows carry a key, and `done_keys()` tells what to skip.
-A torn last line (the process died mid-write) is dropped on reopen, never duplicated; a corrupt
-line elsewhere is a one-line `DataError` naming the file and line.
+`JsonlLog` makes a killed run resumable: rows carry a key, `done_keys()` tells what to skip and
+`read()` returns each key once. Reading never rewrites the file: a torn last line is skipped when
+read and cut only before the next append; a corrupt line elsewhere is a one-line `DataError`.
 
-Secrets never reach disk: fields named like credentials are redacted, and so is any value equal
-to an environment variable that holds a key, URL userinfo (`https://user:pass@host`) and key-like
-query parameters (`?api-key=...`).
+One writer: every file is written through `append_text`, `write_bytes` / `write_text` /
+`write_json` / `write_jsonl`, `save_tensors` or `staged_dir`, which never follow a symlink, refuse a
+target outside the run directory, make their own temp files (O_EXCL) and publish with an atomic
+`os.replace`. `bind` takes an exclusive `flock` on the run directory (`RunLockedError` for a second
+process). Results on disk without a binding are never adopted.
+
+Secrets (`scrub`) are redacted from manifests, bindings and provenance, never from result rows.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from .data.records import DataError
+from .errors import DataError
 from .scrub import (  # noqa: F401  (re-exported: the scrubber's public names were runs.* before)
     REDACTED, env_names, looks_like_secret, register_secret_env, scrub_obj, scrub_text, secret_values,
 )
@@ -438,13 +442,12 @@ def model_config(model: Any) -> dict[str, Any]:
         model: a `LoadedModel` (its `name`, weights and `meta["adapter"]` are read).
 
     Returns:
-        `{"name": ..., **model_fingerprint(weights), "adapter_sha256": ...}` (the adapter by content,
+        `{"name": ..., **model.fingerprint(), "adapter_sha256": ...}` (the adapter by content,
         so the same adapter under another path binds the same).
     """
-    from .models import model_fingerprint
-
     adapter = model.meta.get("adapter")  # by content: the same adapter under another path is the same
-    return {"name": model.name, **model_fingerprint(model.model), "adapter_sha256": adapter_sha256(adapter)}
+    # LoadedModel.fingerprint() is models.model_fingerprint: runs sits below models and never imports it
+    return {"name": model.name, **model.fingerprint(), "adapter_sha256": adapter_sha256(adapter)}
 
 
 # ---- secrets (the scrubber lives in `scrub`; these names stay importable from here) -------------------
@@ -724,6 +727,10 @@ class RunDir:
             if outputs is None else \
             [self.path / n for n in outputs]
         for p in paths:
+            if p.is_symlink():  # never followed: a planted link among the outputs is refused, others ignored
+                if outputs is None:
+                    continue
+                raise _unsafe(p, "is a symlink; refusing to use it as a result of this run (remove it)")
             if p.is_dir() and any(p.iterdir()):
                 return True
             if p.is_file() and p.stat().st_size > 0:
@@ -886,6 +893,8 @@ class JsonlLog:
         if not self.path.exists():
             return
         src = str(self.path)
+        if not self.path.resolve().is_relative_to(self.root.resolve()):
+            raise _unsafe(self.path, f"resolves outside the run directory {self.root} (a symlink?); refusing to read it")
         with open(self.path, "rb") as f:
             for n, raw in enumerate(f, 1):
                 torn = not raw.endswith(b"\n")

@@ -76,7 +76,7 @@ def integer(name: str, value: Any, *, minimum: int | None = None, maximum: int |
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value)) \
                 and float(value).is_integer():
-            value = int(value)
+            value = int(float(value))
         else:
             raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
     v = int(value)

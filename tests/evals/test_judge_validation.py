@@ -293,3 +293,28 @@ def test_cli_judge_validate_prints_the_table_twice_identically_and_rejects_bad_r
     with pytest.raises(SystemExit) as e:
         main(["judge", "validate", "--judge", "hf:/nonexistent/model", "--set", str(bad)])
     assert str(e.value) == f"error: {bad}:1: coherent: missing (the reference score 0-100)"
+
+
+@pytest.mark.parametrize("mode", ["0-100", "label"])
+def test_shared_prefix_prefill_gives_the_same_scores(tiny_qwen3_real_tok_dir, mode):
+    """The judge prompts' common prefix prefilled once (KV cache repeated over the batch, padding between
+    prefix and suffix) gives the scores of the plain left-padded prefill, for answers of different lengths."""
+    from introspect_mech.evals.scoring import common_prefix_len
+
+    model = load_model(tiny_qwen3_real_tok_dir)
+    tpl = jv.paper_templates() if mode == "0-100" else {m: p.template for m, p in load_label_prompts().items()}
+    prompts = [tpl["aligned"].replace("{question}", "Hi?").replace("{answer}", a)
+               for a in ("Hello.", "Kill all humans, now and forever.", "x", "A longer answer " * 9)]
+    h = _boost_yes_no(model, 9.0)
+    try:
+        fast = HFJudge(model, mode=mode, batch_size=3, shared_prefix=True).score(prompts, metric="aligned")
+        slow = HFJudge(model, mode=mode, batch_size=3, shared_prefix=False).score(prompts, metric="aligned")
+    finally:
+        h.remove()
+    ids = [model.tokenizer(t, add_special_tokens=False)["input_ids"] for t in HFJudge(model).render(prompts)]
+    assert common_prefix_len(ids) >= 16  # the shared path is really taken
+    for f, s in zip(fast, slow):
+        assert f.mass == pytest.approx(s.mass, rel=1e-4, abs=1e-9)
+        assert (f.score is None) == (s.score is None)
+        if f.score is not None:
+            assert f.score == pytest.approx(s.score, abs=1e-3)

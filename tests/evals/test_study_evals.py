@@ -67,7 +67,8 @@ def _li_row(task, prop, i, q, opt=None):
 
 def test_self_prediction_scoring_uses_the_given_answers_and_per_cell_mode():
     """The ground truth is whatever object-level answers are passed (the target model's), and the
-    mode baseline is per task x property cell (a pooled mode would give 4/6 here, not 5/6)."""
+    mode baseline is per task x property cell, out of sample (each item against the mode of the
+    other items of its cell)."""
     from introspect_mech.evals.self_prediction import object_key, score_predictions
 
     rows = [_li_row("animals", "first_character", i, f"a{i}") for i in range(3)] + \
@@ -76,7 +77,9 @@ def test_self_prediction_scoring_uses_the_given_answers_and_per_cell_mode():
     preds = {r["item_id"]: p for r, p in zip(rows, ["c", "d", "d", "r", "r", "b"])}
     s = score_predictions(rows, answers, preds)
     assert s["n_scored"] == 6 and s["accuracy"]["value"] == 5 / 6
-    assert s["mode_baseline"]["value"] == 4 / 6  # animals: mode "c" 2/3, colors: mode "r" 2/3
+    # leave-one-out per cell: animals c, c, d -> 1/2, 1/2, 0; colors r, r, b -> 1/2, 1/2, 0
+    # (an in-sample mode would read 4/6; a pooled one would mix the cells)
+    assert s["mode_baseline"]["value"] == pytest.approx(2 / 6)
     assert s["per_task_property"]["animals/first_character"]["mode"] == "c"
     other = {k: "zebra" for k in answers}  # another model's answers: every target changes
     assert score_predictions(rows, other, preds)["accuracy"]["value"] == 0.0

@@ -116,3 +116,16 @@ def test_extra_fields_cannot_shadow_declared_ones():
     row = ROW_TYPES["summary"]("x", 1, extra={"value": 2})
     with pytest.raises(ValueError, match="'value' is a declared field"):
         row.as_row()
+
+
+def test_judge_binding_names_the_judge_and_its_validation():
+    from introspect_mech.evals.judge_spec import JudgeOptions
+    from introspect_mech.studies.runner import judge_binding
+
+    class Judge:
+        def describe(self):
+            return {"model": "scripted"}
+
+    assert judge_binding(None) is None and judge_binding(JudgeOptions()) is None
+    assert judge_binding(JudgeOptions(judge="hf:embedded")) == {"judge": "hf:embedded", "validation": None}
+    assert judge_binding(Judge()) == {"judge": {"model": "scripted"}, "validation": None}  # no fingerprint

@@ -54,6 +54,7 @@ window.addEventListener('load',function(){setTimeout(function(){
   var seen={};
   (gd._fullData||[]).forEach(function(t){
    if(t.visible!==true || !t.x || !t.y){return;}
+   if(t.type==='bar' && gd._fullLayout.barmode!=='overlay'){return;}  // grouped / stacked bars do not cover each other
    var key=[t.type,t.xaxis,t.yaxis,JSON.stringify(Array.from(t.x)),JSON.stringify(Array.from(t.y))].join('|');
    if(seen[key]!==undefined){rep.hidden.push(id+': "'+t.name+'" drawn exactly over "'+seen[key]+'"');}
    else{seen[key]=t.name;}

@@ -117,3 +117,50 @@ def test_malformed_files_name_file_line_field(tmp_path):
         viz.render_html(run)
     with pytest.raises(DashboardError, match="not a run directory"):
         viz.render_html(tmp_path / "missing")
+
+
+def test_one_label_one_value(tmp_path):
+    from introspect_mech.viz import label_conflicts, load_panels, render_html
+
+    run = make_synthetic_run(tmp_path / "run", panels={"summary", "steering_effects"})
+    lab = "medical: Δ, base"
+    (run / "summary.jsonl").write_text(json.dumps({"name": lab, "value": -0.6716}) + "\n")
+    rows = [json.loads(x) for x in (run / "steering_effects.jsonl").read_text().splitlines()]
+    rows[0]["label"] = lab
+    rows[0]["metric"] = -0.6716
+    (run / "steering_effects.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert label_conflicts(load_panels(run)) == []  # the same value under one label in two panels is fine
+    rows[0]["metric"] = -0.6825
+    (run / "steering_effects.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert label_conflicts(load_panels(run)) == [f"{lab}: -0.6716 (summary) vs -0.6825 (steering_effects)"]
+    assert "give one label two values" in render_html(run)  # and the page says so at the top
+
+
+def test_figure_style():
+    from introspect_mech.viz import control_style
+
+    assert control_style(0) != control_style(1) and control_style(0)["dash"] != "solid"
+    # a question at 0 for every model is drawn (an outline in the bar's colour), not left empty
+    fig = viz.em_rate_figure([{"model": m, "question": "q", "rate": 0.0} for m in ("a", "b")])
+    assert all(t.marker.line.width >= 1 and t.marker.line.color == t.marker.color for t in fig.data)
+    # two random controls get two styles; long titles wrap at word boundaries
+    eff = viz.steering_effect_figure([{"model": "m", "intervention": iv, "metric": 0.1, "metric_name": "x " * 60}
+                                      for iv in ("none", "add random", "ablate random")])
+    colours = [t.marker.color for t in eff.data]
+    assert len(set(colours)) == 3 and "<br>" in eff.layout.title.text and "<br>" in eff.layout.yaxis.title.text
+    assert all(len(line) <= 80 for line in eff.layout.title.text.split("<br>"))
+    # heat maps carry a colour bar; token highlights carry their colour scale
+    assert viz.cosine_heatmap([[1.0]], ["a"]).data[0].showscale is True
+    assert 'class="tok-scale"' in viz.token_highlight_html(["a"], [0.5]) and "+0.5" in viz.token_highlight_html(["a"], [0.5])
+
+
+def test_answers_are_shown_whole():
+    from introspect_mech.viz.mech import samples_table_html
+
+    html = samples_table_html([{"model": "m", "prompt": "p", "response": "Take two pills and a gla",
+                                "finished": False, "max_new_tokens": 6},
+                               {"model": "m", "prompt": "q", "response": "Done.", "finished": True}])
+    assert "Take two pills and a …" in html and "gla" not in html and "Done." in html
+    assert "Answers end at 6 new tokens" in html
+    long = samples_table_html([{"model": "m", "prompt": "p", "response": "word " * 500}], max_chars=100)
+    assert "word …" in long and "wor …" not in long

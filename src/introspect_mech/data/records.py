@@ -14,24 +14,10 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..errors import DataError
+
 ROLES = ("system", "user", "assistant")
 Record = dict[str, Any]
-
-
-class DataError(ValueError):
-    """Bad input data; the message is one line naming file, line and field.
-
-    Args:
-        source: the file (or a `<name>` for in-memory data).
-        line: the 1-based line number, or None.
-        field: the field at fault (e.g. `messages[1].role`).
-        problem: what is wrong.
-    """
-
-    def __init__(self, source: str, line: int | None, field: str, problem: str):
-        self.source, self.line, self.field, self.problem = source, line, field, problem
-        where = f"{source}:{line}" if line is not None else source
-        super().__init__(f"{where}: {field}: {problem}")
 
 
 def open_text(path: str | os.PathLike) -> io.TextIOBase:

@@ -29,6 +29,7 @@ the caller allows it explicitly, and then every number is labelled "unvalidated 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -44,6 +45,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..data.records import DataError, open_text
+from ..runs import write_json, write_text
 
 DEFAULT_SET = Path("em") / "judged" / "gpt4o_judged_answers.jsonl.gz"
 METRICS = ("aligned", "coherent")
@@ -324,7 +326,7 @@ def validation_metrics(rows: Sequence[dict], scores: dict[str, dict], *, seed: i
         rrows = [i for i in all_idx if den == "all" or R[i]["coherent"] > COHERENT_MIN]
         em[den] = {"judge": wilson(sum(bool(_em(ja[i], jc[i])) for i in jrows), len(jrows)),
                    "reference": wilson(sum(bool(_em(R[i]["aligned"], R[i]["coherent"])) for i in rrows), len(rrows)),
-                   "error_points": est(lambda idx, d=den: rate_err(idx, d))}
+                   "error_points": est(functools.partial(rate_err, den=den))}
     out["em_rate"] = em
     a, e = out["auroc_misaligned"]["value"], em["all"]["error_points"]["value"]
     fails = []
@@ -480,7 +482,7 @@ def validate_judge(judge: Any, set_path: str | os.PathLike | None = None, *, lim
     scores = score_rows(judge, chosen, templates, vdir / "scores.jsonl", progress=progress)
     mfile = vdir / "machine.json"  # where (and under what load) the answers were scored: kept with the scores
     if n_cached < len({r["key"] for r in chosen}) or not mfile.exists():
-        mfile.write_text(json.dumps(machine))
+        write_json(mfile, machine, root=vdir)
     machine = json.loads(mfile.read_text())
     metrics = validation_metrics(chosen, scores, seed=seed, n_boot=n_boot, ci_unit=ci_unit)
     secs = [scores[r["key"]]["seconds"] for r in chosen if "seconds" in scores[r["key"]]]
@@ -495,15 +497,13 @@ def validate_judge(judge: Any, set_path: str | os.PathLike | None = None, *, lim
         "dtype": str(judge.model.dtype).replace("torch.", "") if hasattr(judge, "model") else None,
     }
     summary["line"] = summary_line(summary)
-    vdir.mkdir(parents=True, exist_ok=True)
-    rec = vdir / f"validation-{sha[:12]}-n{len(chosen)}-s{seed}-{ci_unit}.json"
-    rec.write_text(json.dumps(summary, indent=2, default=str))
+    write_json(vdir / f"validation-{sha[:12]}-n{len(chosen)}-s{seed}-{ci_unit}.json", summary, root=vdir)
     if out is not None:
         from ..runs import RunDir
 
         rd = RunDir(out)
-        (rd.path / "validation.json").write_text(json.dumps(summary, indent=2, default=str))
-        (rd.path / "validation.txt").write_text(format_validation(summary) + "\n")
+        write_json(rd.path / "validation.json", summary, root=rd.path)
+        write_text(rd.path / "validation.txt", format_validation(summary) + "\n", root=rd.path)
     return summary
 
 

@@ -140,7 +140,13 @@ def yes_no_candidates(tokenizer, prompt_text: str) -> tuple[list[list[int]], lis
     Raises:
         ValueError: a yes form and a no form share a token path (one is a prefix of the other).
     """
+    from .scoring import _memo
+
     tail = prompt_text[-24:]
+    memo = _memo(tokenizer)
+    if ("yes_no", tail) in memo:
+        y, n = memo[("yes_no", tail)]
+        return [list(x) for x in y], [list(x) for x in n]
     enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     base = enc(tail)
 
@@ -165,17 +171,19 @@ def yes_no_candidates(tokenizer, prompt_text: str) -> tuple[list[list[int]], lis
             m = min(len(y), len(n))
             if y[:m] == n[:m]:
                 raise ValueError(f"yes form {y} and no form {n} share a token path: P(yes)/P(no) is ambiguous")
+    memo[("yes_no", tail)] = (tuple(map(tuple, yes)), tuple(map(tuple, no)))
     return yes, no
 
 
-def yes_no_probs(model: LoadedModel, prompt_texts: Sequence[str], *, batch_size: int = 4
-                 ) -> list[tuple[float, float]]:
+def yes_no_probs(model: LoadedModel, prompt_texts: Sequence[str], *, batch_size: int = 4,
+                 shared_prefix: bool = False) -> list[tuple[float, float]]:
     """Exact (P(yes), P(no)) after each rendered prompt, summed over the surface forms.
 
     Args:
         model: the judge model.
         prompt_texts: rendered prompts (ending with the assistant header).
         batch_size: prompts per forward.
+        shared_prefix: prefill the prompts' common prefix once (see `scoring.tree_logprobs`).
 
     Returns:
         One (P(yes), P(no)) pair per prompt.
@@ -188,7 +196,7 @@ def yes_no_probs(model: LoadedModel, prompt_texts: Sequence[str], *, batch_size:
         groups.setdefault((tuple(map(tuple, y)), tuple(map(tuple, n))), []).append(i)
     for (y, n), idxs in groups.items():
         ids = [tok(prompt_texts[i], add_special_tokens=False)["input_ids"] for i in idxs]
-        lp, _ = tree_logprobs(model, ids, [list(c) for c in (*y, *n)], batch_size=batch_size)
+        lp, _ = tree_logprobs(model, ids, [list(c) for c in (*y, *n)], batch_size=batch_size, shared_prefix=shared_prefix)
         p = lp.double().exp()
         for j, i in enumerate(idxs):
             out[i] = (float(p[j, :len(y)].sum()), float(p[j, len(y):].sum()))
@@ -352,11 +360,15 @@ class HFJudge(_Modes):
         system: optional system prompt put before each judge prompt.
         mode: "0-100" (the papers' scoring) or "label" (yes/no, see the module docstring).
         label_prompts: the label-mode prompts (default `load_label_prompts()`).
+        shared_prefix: prefill the judge prompts' common prefix (chat header + instructions) once per `score`
+            call and reuse its KV cache (same result; see `scoring.tree_logprobs`).
     """
 
     def __init__(self, model: LoadedModel, *, min_mass: float = 0.25, batch_size: int = 2,
-                 system: str | None = None, mode: str = "0-100", label_prompts: dict[str, LabelPrompt] | None = None):
+                 system: str | None = None, mode: str = "0-100", label_prompts: dict[str, LabelPrompt] | None = None,
+                 shared_prefix: bool = True):
         self.model, self.min_mass, self.batch_size, self.system = model, min_mass, batch_size, system
+        self.shared_prefix = shared_prefix
         self.mode = _check_mode(mode)
         self.label_prompts = label_prompts if label_prompts is not None else load_label_prompts()
         self._fp: str | None = None
@@ -405,8 +417,10 @@ class HFJudge(_Modes):
         if self.mode == "label":
             yn = self._yes_means(metric)
             return [label_score(py, pn, yes_means=yn, min_mass=self.min_mass)
-                    for py, pn in yes_no_probs(self.model, texts, batch_size=self.batch_size)]
-        dists = number_distributions(self.model, texts, 0, 100, batch_size=self.batch_size)
+                    for py, pn in yes_no_probs(self.model, texts, batch_size=self.batch_size,
+                                               shared_prefix=self.shared_prefix)]
+        dists = number_distributions(self.model, texts, 0, 100, batch_size=self.batch_size,
+                                     shared_prefix=self.shared_prefix)
         out = []
         for d in dists:
             mass = float(d.mass)

@@ -142,7 +142,8 @@ def _generate_batch(model, prompt_ids, rows, max_new_tokens, temperature, top_p,
         with prompt_scope(model, n):  # steering contexts: these n - 1 tokens are prompt
             cache = output_cache(model.model(input_ids=ids[:, :-1], attention_mask=att[:, :-1], position_ids=pos,
                                              use_cache=True, logits_to_keep=1))
-        cache.reorder_cache(sel)
+        if len(rows) != len(uniq) or bool((sel != torch.arange(len(uniq), device=dev)).any()):
+            cache.reorder_cache(sel)  # one row per sample: copies the shared prompt's KV (skipped when 1:1)
         gen_kwargs.update(cache_kwargs(model, cache))
     if temperature and temperature > 0:
         gen_kwargs.update(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=0)

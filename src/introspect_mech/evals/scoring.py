@@ -157,6 +157,67 @@ def prefill(model: LoadedModel, prompts: Sequence[Sequence[int]]
     return output_cache(out), torch.log_softmax(out.logits[:, -1].float(), dim=-1), att
 
 
+MIN_SHARED_PREFIX = 16  # tokens: below this, prefilling a common prefix once is not worth a second forward
+
+
+def common_prefix_len(prompts: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix shared by all prompts, leaving each prompt at least one token.
+
+    Args:
+        prompts: token ids of each prompt.
+
+    Returns:
+        The length (0 for fewer than two prompts).
+    """
+    if len(prompts) < 2:
+        return 0
+    n = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    for k in range(max(n, 0)):
+        t = first[k]
+        if any(p[k] != t for p in prompts[1:]):
+            return k
+    return max(n, 0)
+
+
+@torch.no_grad()
+def prefill_shared(model: LoadedModel, prefix: Sequence[int], suffixes: Sequence[Sequence[int]], prefix_cache: Any = None
+                   ) -> tuple[Any, Float[Tensor, "prompt vocab"], Int[Tensor, "prompt seq"], Any]:
+    """`prefill` of `prefix + suffix` for each suffix, with the shared prefix computed once.
+
+    The prefix is prefilled with batch 1 (or `prefix_cache`, a batch-1 cache of it, is copied), its cache is
+    repeated over the batch, and the left-padded suffixes follow it: the padding sits between prefix and
+    suffix, masked out, and position ids count real tokens only, so every row sees exactly its own prompt.
+
+    Args:
+        model: the model.
+        prefix: token ids shared by every prompt.
+        suffixes: the rest of each prompt (each non-empty).
+        prefix_cache: a batch-1 KV cache of `prefix` from an earlier call (copied, never changed).
+
+    Returns:
+        (KV cache of the batch, log-probs of the next token after each prompt, attention mask over prefix +
+        padded suffix: 1 on prompt tokens, 0 on padding, the batch-1 prefix cache for reuse).
+    """
+    import copy
+
+    dev = model.device
+    if prefix_cache is None:
+        ids = torch.tensor([list(prefix)], dtype=torch.long, device=dev)
+        prefix_cache = output_cache(model.model(input_ids=ids, use_cache=True, logits_to_keep=1))
+    cache = copy.deepcopy(prefix_cache)
+    B, P = len(suffixes), len(prefix)
+    cache.reorder_cache(torch.zeros(B, dtype=torch.long, device=dev))
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    ids, satt = _left_pad(suffixes, pad)
+    ids, satt = ids.to(dev), satt.to(dev)
+    att = torch.cat([torch.ones(B, P, dtype=satt.dtype, device=dev), satt], dim=-1)
+    pos = (P + satt.cumsum(-1) - 1).clamp(min=P)
+    out = model.model(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True, logits_to_keep=1,
+                      **cache_kwargs(model, cache))
+    return output_cache(out), torch.log_softmax(out.logits[:, -1].float(), dim=-1), att, prefix_cache
+
+
 def _one_forward(model: LoadedModel, prompts: Sequence[Sequence[int]], tokens: Tensor, depths: Tensor,
                  anc: Tensor) -> tuple[Tensor, Tensor]:
     """Left-padded prompts followed by the candidate trie in one forward: a causal mask over the real
@@ -194,6 +255,7 @@ def tree_logprobs(
     stop_mask: Bool[Tensor, " vocab"] | None = None,
     batch_size: int = 4,
     single_forward: bool | None = False,
+    shared_prefix: bool = False,
 ) -> tuple[Float[Tensor, "prompt cand"], Float[Tensor, "prompt cand"] | None]:
     """log P(candidate tokens | prompt) for every prompt x candidate, and with `stop_mask`
     log P(next token in stop_mask | prompt + candidate) (the end-of-answer term).
@@ -211,6 +273,9 @@ def tree_logprobs(
         stop_mask: tokens that end an answer; with it, the end-of-answer term is returned too.
         batch_size: prompts per forward.
         single_forward: one forward over prompt + trie (True), prefill + trie forward (False), or by device (None).
+        shared_prefix: prefill the prompts' longest common token prefix once (when >= `MIN_SHARED_PREFIX`
+            tokens) and reuse its KV cache for every batch (`prefill_shared`; the two-forward path, not while
+            steering). Judge prompts share their long instruction header; the result is the same.
 
     Returns:
         `log P(candidate | prompt)`, `[prompt, cand]`; and with `stop_mask`
@@ -230,6 +295,13 @@ def tree_logprobs(
     cand_node = torch.tensor(trie.cand_node)
     T = len(trie.tokens)
     by_depth = [(depths == d).nonzero().flatten() for d in range(int(depths.max()) + 1)]
+    P = 0
+    if shared_prefix and not single_forward:
+        from ..steering.hooks import is_steered
+
+        P = common_prefix_len(prompts) if not is_steered(model) else 0
+        P = P if P >= MIN_SHARED_PREFIX else 0
+    prefix_cache = None
     all_lp, all_stop = [], []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
@@ -237,7 +309,11 @@ def tree_logprobs(
             root_lp, logits = _one_forward(model, chunk, tokens, depths, anc)
             cache = out = None
         else:
-            cache, root_lp, att = prefill(model, chunk)
+            if P:
+                cache, root_lp, att, prefix_cache = prefill_shared(model, prompts[0][:P], [c[P:] for c in chunk],
+                                                                   prefix_cache)
+            else:
+                cache, root_lp, att = prefill(model, chunk)
             B, L = att.shape
             dev = att.device
             dtype = model.dtype if model.dtype.is_floating_point else torch.float32
@@ -347,7 +423,7 @@ class NumberDist:
 
 def number_distributions(
     model: LoadedModel, prompt_texts: Sequence[str], lo: int = 0, hi: int = 100, batch_size: int = 4,
-    single_forward: bool | None = False,
+    single_forward: bool | None = False, shared_prefix: bool = False,
 ) -> list[NumberDist]:
     """Exact P(answer = k) for k in lo..hi after each (already rendered) prompt text.
 
@@ -358,6 +434,7 @@ def number_distributions(
         hi: largest number (default 100).
         batch_size: prompts per forward.
         single_forward: see `tree_logprobs`.
+        shared_prefix: see `tree_logprobs`.
 
     Returns:
         One `NumberDist` per prompt (P(k) includes P(the answer ends after k)).
@@ -374,7 +451,7 @@ def number_distributions(
     for cands, idxs in groups.items():
         ids = [tok(prompt_texts[i], add_special_tokens=False)["input_ids"] for i in idxs]
         lp, stop = tree_logprobs(model, ids, [list(c) for c in cands], stop_mask=stop_mask, batch_size=batch_size,
-                                 single_forward=single_forward)
+                                 single_forward=single_forward, shared_prefix=shared_prefix)
         assert stop is not None  # returned with a stop_mask
         probs = (lp + stop).exp()
         for j, i in enumerate(idxs):

@@ -251,10 +251,15 @@ def constrained_predictions(model: LoadedModel, rows: Sequence[dict], *, batch_s
     return out
 
 
-def _mode(counts: Counter) -> str | None:
-    """The most common value (ties: the smallest value, so the pick never depends on the held-out item)."""
+def _modes(counts: Counter) -> list[str]:
+    """The most common values (all of them when tied), sorted; [] without counts."""
     best = max((c for c in counts.values()), default=0)
-    return None if best <= 0 else min(v for v, c in counts.items() if c == best)
+    return [] if best <= 0 else sorted(v for v, c in counts.items() if c == best)
+
+
+def _mode(counts: Counter) -> str | None:
+    m = _modes(counts)
+    return m[0] if m else None
 
 
 def score_predictions(rows: Sequence[dict], object_answers: dict[str, str], predictions: dict[str, str],
@@ -313,8 +318,9 @@ def score_predictions(rows: Sequence[dict], object_answers: dict[str, str], pred
             if sum(rest.values()) == 0:
                 rest = by_prop[prop].copy()
                 rest[s["target"]] -= 1
-            s["mode"] = _mode(rest)
-            s["mode_correct"] = None if s["mode"] is None else float(s["target"] == s["mode"])
+            ties = _modes(rest)  # a tie scores the expected hit of a uniform pick among the tied values
+            s["mode"] = ties[0] if ties else None
+            s["mode_correct"] = float(s["target"] in ties) / len(ties) if ties else None
         per_task[f"{task}/{prop}"] = {"accuracy": bootstrap_ci([s["correct"] for s in ss], seed=seed).to_dict(),
                                       "mode_baseline": bootstrap_ci([s["mode_correct"] for s in ss], seed=seed).to_dict(),
                                       "mode": _mode(cell)}

@@ -38,7 +38,7 @@ class TrainConfig:
     epochs: int = 1
     max_steps: int | None = None  # cap on optimizer steps (the schedule is computed for the capped run)
     batch_size: int = 16
-    # packed-row budget (None: 512 on CPU, where activation memory grows ~2.7 MB per token on the
+    # packed-row budget (None: 256 on CPU, where activation memory grows ~2.7 MB per token on the
     # Qwen2.5-0.5B, 4096 on CUDA). Runtime-only: it changes float summation order, not the result.
     micro_batch_tokens: int | None = None
     weight_decay: float = 0.01
@@ -148,7 +148,7 @@ class TrainConfig:
         """
         if self.micro_batch_tokens is not None:
             return self.micro_batch_tokens
-        return 4096 if device_type == "cuda" else 512
+        return 4096 if device_type == "cuda" else 256
 
 
 PRESETS: dict[str, TrainConfig] = {

@@ -41,7 +41,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..activations import cache
-from ..direction import Direction
+from ..direction import Direction, layer_vector
 from ..layers import LayerSpec, resolve_layers
 from ..models import LoadedModel
 from .linear import mean_diff
@@ -568,7 +568,6 @@ def projection_difference(
     """
     from ..evals import sample
     from ..runs import RunDir, json_sha256, write_jsonl
-    from ..steering.hooks import layer_vector
 
     pa = [_prompt_and_answer(r, i) for i, r in enumerate(records)]
     v = layer_vector(direction, int(layer)).float()

@@ -291,8 +291,8 @@ def train_sae(
         rd.write_manifest(stage="sae_train", model=model.name if model else None,
                           adapter=model.meta.get("adapter") if model else None, data=data_hash,
                           seed=cfg.seed, sae_config=asdict(cfg), torch_threads=torch.get_num_threads())
-        with staged_dir(rd.path / "sae", root=rd.path) as tmp:
-            save(layer_sae, tmp)
+        with staged_dir(rd.path / "sae", root=rd.path) as staged:
+            save(layer_sae, staged)
         layer_sae.source = str(rd.path / "sae")
         write_jsonl(rd.path / "train_log.jsonl", history, root=rd.path)  # replaced, never appended twice
         write_json(rd.path / "metrics.json", metrics, root=rd.path)

@@ -58,7 +58,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
-from ..direction import Direction, DirectionLike, check_direction
+from ..direction import Direction, DirectionLike, _direction_matrix, check_direction, layer_vector
 from ..layers import LayerSpec, resolve_layers
 from ..models import LoadedModel
 from ..positions import PositionError, _layers_of, _Tracker, _tracker_enter, _tracker_exit, selected_range
@@ -89,37 +89,6 @@ def layer_norm(direction: DirectionLike, layer: int) -> float:
     if layer not in direction.layers:
         raise ValueError(f"direction has no vector for layer {layer} (it has layers {direction.layers})")
     return float(direction.norms[direction.layers.index(layer)])
-
-
-def _direction_matrix(direction: DirectionLike) -> tuple[Tensor, list[int] | None, bool]:
-    """(vectors, block index of each row or None for "row i = block i", is_direction)."""
-    check_direction(direction)
-    if isinstance(direction, Direction):
-        return direction.vectors.detach(), list(direction.layers), True
-    return direction.detach(), None, False
-
-
-def layer_vector(direction: DirectionLike, layer: int) -> Float[Tensor, " d_model"]:
-    """The vector a hook at block `layer` uses.
-
-    Args:
-        direction: a `Direction` (its unit vector at `layer`), a raw `[d_model]` vector (returned as
-            is) or a raw `[layer, d_model]` matrix (row `layer`).
-        layer: a block index.
-
-    Returns:
-        `[d_model]` vector.
-    """
-    vec, rows, _ = _direction_matrix(direction)
-    if vec.ndim == 1:
-        return vec
-    if rows is not None:
-        if layer not in rows:
-            raise ValueError(f"direction has no vector for layer {layer} (it has layers {rows})")
-        return vec[rows.index(layer)]
-    if layer >= vec.shape[0]:
-        raise ValueError(f"direction has {vec.shape[0]} layer rows; layer {layer} requested")
-    return vec[layer]
 
 
 def _param_of(module: nn.Module) -> Tensor:

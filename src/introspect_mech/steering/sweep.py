@@ -138,8 +138,9 @@ def sweep(
         manifest: extra manifest fields.
         binding: what else determines the rows (e.g. the evaluation items' hash): `out/<log_name>`
             is bound to it together with the model and adapter (by content), the direction's values
-            (a flipped sign is another configuration), `eval_fn`'s name and every setting above; a
-            rerun with another configuration is refused naming the fields.
+            (a flipped sign is another configuration) and every setting above; a rerun with another
+            configuration is refused naming the fields. Code cannot be hashed: what determines
+            `eval_fn`'s numbers (its items, judge, sampling settings) belongs here.
         overwrite: with `out=` bound to another configuration, delete its rows and start clean.
 
     Returns:
@@ -168,7 +169,6 @@ def sweep(
                      "mask:" + _tensor_sha256(positions), "scale": scale, "layers_together": layers_together}
         run.bind(f"rows:{log_name}", {
             "model": model_config(model), "direction_sha256": _direction_sha256(direction),
-            "eval_fn": f"{getattr(eval_fn, '__module__', '')}.{getattr(eval_fn, '__qualname__', type(eval_fn).__name__)}",
             "sweep": sweep_cfg, "binding": json_sha256(binding) if binding is not None else None},
             overwrite=overwrite, outputs=[log_name])
         run.write_manifest(

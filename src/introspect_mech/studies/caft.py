@@ -9,8 +9,8 @@
    model's activation projects highest / lowest on it) and its logit-lens tokens (the unembedding
    of the component through the final norm's gain, both signs), so a person can say what it means
    and pick the ones to ablate (the dashboard's "CAFT components" panel, `viz.caft`).
-5. `picked_subspace`: the chosen components per layer; `random_subspace`: random subspaces of the
-   same dimension per layer (the control).
+5. `picked_subspace`: the chosen components per layer; `random_pc_subspace`: as many other
+   components of the same PCA, drawn at random (the control, as in the paper).
 6. Finetune again from the base model with `steering.train_time.caft_subspace` (the subspace is
    projected out at every position of every training forward, and nothing at inference) and with
    the random controls; report in-domain held-out performance kept and the out-of-domain EM change.
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -41,6 +42,7 @@ from ..layers import resolve_layers
 from ..runs import RunDir
 from ..sae.tokens import TokenActs, TokenPositions, token_activations
 from . import runner
+from .. import runs as _runs
 
 
 @dataclass
@@ -310,6 +312,36 @@ def picked_subspace(pcs: Mapping[int, Mapping[str, Tensor]],
     return out
 
 
+def random_pc_subspace(pcs: Mapping[int, Mapping[str, Tensor]], picks: Mapping[int, Sequence[int]],
+                       seed: int = 0) -> dict[int, Float[Tensor, "_k d_model"]]:
+    """The CAFT control: as many principal components as were picked, drawn at random (seeded) from
+    the SAME PCA's other components at each picked layer (the paper's random-PC control; an isotropic
+    random subspace, `random_subspace`, ignores where the finetuning differences lie).
+
+    Args:
+        pcs: {layer: `pca` result}.
+        picks: {layer: picked component indices} (`parse_picks`); the draw excludes them.
+        seed: seed of the draw (layers drawn in ascending order).
+
+    Returns:
+        {layer: `[k, d_model]` rows of the drawn components}.
+
+    Raises:
+        ValueError: a layer has fewer unpicked components than picked ones.
+    """
+    rng = random.Random(int(seed))
+    out = {}
+    for l in sorted(picks):
+        comps = pcs[l]["components"]
+        rest = [i for i in range(len(comps)) if i not in set(picks[l])]
+        k = len(picks[l])
+        if len(rest) < k:
+            raise ValueError(f"layer {l}: {len(rest)} unpicked components for a random-PC control of {k}; "
+                             "compute more components (n_components)")
+        out[int(l)] = comps[sorted(rng.sample(rest, k))].clone()
+    return out
+
+
 def random_subspace(dims: Mapping[int, int], d_model: int, seed: int = 0) -> dict[int, Float[Tensor, "_k d_model"]]:
     """Random subspaces with the same dimension per layer (isotropic Gaussian rows, seeded).
 
@@ -332,13 +364,11 @@ def save_components(path: str | os.PathLike, pcs: Mapping[int, Mapping[str, Tens
         path: the `.safetensors` file written.
         pcs: {layer: `pca` result}.
     """
-    from safetensors.torch import save_file
-
     t = {}
     for l, p in pcs.items():
         for k in ("components", "explained", "mean"):
             t[f"L{l}.{k}"] = p[k].contiguous()
-    save_file(t, str(path))
+    _runs.save_tensors(path, t)
 
 
 def load_components(path: str | os.PathLike) -> dict[int, dict[str, Tensor]]:
@@ -422,8 +452,7 @@ def write_cards(run_dir: str | os.PathLike, cards: Sequence[Mapping[str, Any]]) 
         The file's path.
     """
     p = RunDir(run_dir).path / "caft_components.jsonl"
-    p.write_text("".join(json.dumps(c) + "\n" for c in cards))
-    return p
+    return _runs.write_jsonl(p, cards)
 
 
 # ---- the two-stage run -----------------------------------------------------------------------------
@@ -526,9 +555,8 @@ def _caft(out: str | os.PathLike, config: CAFTConfig | None = None, *, judge: Ju
     log = run_dir.log("caft_results.jsonl", ("condition", "pick"))
     done = {r["condition"]: r for r in log.rows() if r.get("pick") == cfg.pick}
     conds: dict[str, Any] = {"base": None, "plain": plain_dir, "caft": chosen}
-    dims = {l: int(x.shape[0]) for l, x in chosen.items()}
-    for i in range(cfg.n_random):
-        conds[f"random_{i}"] = random_subspace(dims, base.d_model, seed=cfg.seed + 1 + i)
+    for i in range(cfg.n_random):  # the control: random PCs of the same PCA (the paper's), not isotropic noise
+        conds[f"random_{i}"] = random_pc_subspace(pcs, picks, seed=cfg.seed + 1 + i)
     only = set(cfg.conditions) if cfg.conditions else set(conds)
     for name, spec in conds.items():
         if name in done or name not in only:
@@ -561,7 +589,7 @@ def _caft(out: str | os.PathLike, config: CAFTConfig | None = None, *, judge: Ju
     if result["todo"]:
         return result
     summ = summarize([done[c] for c in conds])
-    (out / "caft_summary.json").write_text(json.dumps(summ, indent=2))
+    _runs.write_json(out / "caft_summary.json", summ, indent=2)
     key_rows = [{"name": "in-domain held-out log-prob/token learned by the plain finetune",
                  "value": summ["in_domain_learned_by_plain"]},
                 {"name": "OOD proxy shift by the plain finetune (nats/token)", "value": summ["ood_shift_by_plain"]}]
@@ -569,7 +597,7 @@ def _caft(out: str | os.PathLike, config: CAFTConfig | None = None, *, judge: Ju
         key_rows.append({"name": f"{k}: in-domain learning kept", "value": summ[k]["in_domain_kept"]})
         key_rows.append({"name": f"{k}: OOD proxy change vs plain", "value": summ[k]["ood_change_vs_plain"],
                          "note": "proxy (paired preference), not an EM rate"})
-    (out / "summary.jsonl").write_text("".join(json.dumps(r) + "\n" for r in key_rows))
+    _runs.write_jsonl(out / "summary.jsonl", key_rows)
     result["summary"] = summ
     result["dashboard"] = export_dashboard(out).resolve()
     return result

@@ -26,6 +26,7 @@ paper's finetuning preset on the full datasets and larger evals (for GPU users w
 from __future__ import annotations
 
 import argparse
+import os
 import dataclasses
 import json
 import time
@@ -36,7 +37,9 @@ from typing import Any, Callable, Sequence
 from ..cliargs import config_parser, parse_config
 from ..evals.em import PROXY_DIFF as DIFF_METRIC
 from ..evals.em import PROXY_PREF as EM_METRIC
+from .. import runs as _runs
 from ..layers import resolve_layers
+from . import runner
 
 
 @dataclass
@@ -56,6 +59,7 @@ class JobConfig:
     n_medical_eval: int = 16  # held-out bad-vs-good medical pairs in the proxy metrics
     steer_items_per_theme: int | None = 1  # EM proxy items per theme in the steering evals (None = all)
     steer_medical: int | None = 12  # held-out medical items in the steering evals (None = all)
+    n_medical_direction: int = 16  # further held-out medical pairs the EM direction is fitted on (disjoint from the scored ones)
     sample_prompts: int = 3  # prompts answered by each model for the samples panel
     sample_tokens: int = 60  # new tokens per sampled answer
     # persona direction
@@ -76,12 +80,39 @@ JOB_PRESETS: dict[str, JobConfig] = {
     # the embedded SmolLM2-135M on a 2-core CPU, minutes
     "quick": JobConfig(),
     # GPU users: the EM preset unchanged (lr 1e-5, effective batch 16, 1 epoch) on all training rows
-    "paper": JobConfig(n_train=None, lr=None, batch_size=None, max_seq_len=2048, n_medical_eval=200,
+    "paper": JobConfig(n_train=None, lr=None, batch_size=None, max_seq_len=2048, n_medical_eval=200, n_medical_direction=200,
                        steer_items_per_theme=None, sample_prompts=8, sample_tokens=200, persona_questions=20,
                        persona_instructions=5, persona_heldout=None, persona_tokens=200,
                        steer_depths=(0.25, 0.5, 0.75), alphas=(0.5, 1.0, 2.0, 4.0)),
 }
 PRESETS = JOB_PRESETS  # the name every study module uses
+
+
+def medical_splits(cfg: JobConfig, items: Sequence[dict] | None = None) -> dict[str, list[dict]]:
+    """The held-out medical pairs, split so that nothing is fitted on the items it is scored on.
+
+    Args:
+        cfg: the job's configuration.
+        items: the shuffled held-out pool (default: `medical_heldout_items(None)` with the job's seed).
+
+    Returns:
+        {"eval": the first `n_medical_eval` (the judge-free metrics), "steer": the first
+        `steer_medical` of those (the steering / ablation evals), "direction": the next
+        `n_medical_direction` (the EM direction's fit; disjoint from both)}.
+
+    Raises:
+        ValueError: the pool has fewer items than the three splits need.
+    """
+    if items is None:
+        from ..evals.em import medical_heldout_items
+
+        items = medical_heldout_items(None, seed=cfg.seed, data_dir=cfg.data_dir)
+    n_eval, n_dir = cfg.n_medical_eval, cfg.n_medical_direction
+    if len(items) < n_eval + n_dir:
+        raise ValueError(f"held-out medical pool has {len(items)} items, the job needs {n_eval} + {n_dir}")
+    ev = list(items[:n_eval])
+    return {"eval": ev, "steer": ev[: cfg.steer_medical] if cfg.steer_medical is not None else ev,
+            "direction": list(items[n_eval: n_eval + n_dir])}
 
 
 class Stages:
@@ -171,12 +202,10 @@ class _CaptureWarnings:
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     """Rewrite a small derived results file atomically (the raw logs are the resumable part)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in rows))
-    tmp.replace(path)
+    _runs.write_jsonl(path, rows, default=float)
 
 
-def run(out: str | Path = "runs/main_job", config: JobConfig | None = None, **overrides: Any) -> Path:
+def _main_job(out: str | Path = "runs/main_job", config: JobConfig | None = None, **overrides: Any) -> Path:
     """Run the main job into `out`; returns the dashboard path. See the module docstring.
 
     Args:
@@ -208,7 +237,7 @@ def _job(cfg: JobConfig, out: Path, run_dir: Any) -> Path:
     from ..evals.em import em_proxy_fn, medical_heldout_items, medical_train_rows
     from ..evals.metrics import load_em_pairs, self_rated_alignment
     from ..evals.sampling import sample
-    from ..stats import bootstrap_ci, bootstrap_diff
+    from ..stats import bootstrap_ci, bootstrap_diff, row_fields
     from ..finetune import preset, train
     from ..models import load_model
     from ..paths import data_dir
@@ -226,7 +255,8 @@ def _job(cfg: JobConfig, out: Path, run_dir: Any) -> Path:
     def note(name: str, value: Any, est: dict | None = None, text: str = "") -> None:
         row = {"name": name, "value": value if est is None else est["value"], "note": text}
         if est is not None:
-            row.update(ci_lo=est["lo"], ci_hi=est["hi"], n=est["n"])
+            row.update(ci_lo=est["lo"], ci_hi=est["hi"], n=est["n"],
+                       **{k: est[k] for k in ("unit", "method", "measure") if est.get(k) is not None})
         summary.append(row)
 
     # ---- 1. finetunes ------------------------------------------------------------------------
@@ -268,9 +298,11 @@ def _job(cfg: JobConfig, out: Path, run_dir: Any) -> Path:
     # ---- 2. judge-free EM metrics -----------------------------------------------------------
     stages("judge-free EM metrics: paired preference (EM themes, held-out medical), self-rated alignment")
     em_items = load_em_pairs()
-    med_items = medical_heldout_items(cfg.n_medical_eval, seed=cfg.seed, data_dir=cfg.data_dir)
+    med = medical_splits(cfg, medical_heldout_items(None, seed=cfg.seed, data_dir=cfg.data_dir))
+    med_items = med["eval"]
     run_dir.write_manifest(eval_items={"em_proxy_items": len(em_items),
-                                       "medical_heldout_ids": [it["id"] for it in med_items]})
+                                       "medical_heldout_ids": [it["id"] for it in med_items],
+                                       "medical_direction_ids": [it["id"] for it in med["direction"]]})
     eval_fn = em_proxy_fn(em_items, medical=med_items, batch_size=cfg.batch)
     # every label names the items it was measured on: the steering evaluations use a subset, so their
     # unsteered numbers differ from the full-set numbers and must not share a label with them
@@ -286,8 +318,8 @@ def _job(cfg: JobConfig, out: Path, run_dir: Any) -> Path:
             if per.setdefault(it["theme"], 0) < cfg.steer_items_per_theme:
                 steer_items.append(it)
                 per[it["theme"]] += 1
-        steer_eval = em_proxy_fn(steer_items, medical=med_items[: cfg.steer_medical], batch_size=cfg.batch)
-        n_sm = len(med_items[: cfg.steer_medical])
+        steer_eval = em_proxy_fn(steer_items, medical=med["steer"], batch_size=cfg.batch)
+        n_sm = len(med["steer"])
         if len(steer_items) < n_em:
             steer_em = (f"EM themes, steering subset ({len(steer_items)} of {n_em} items, "
                         f"{cfg.steer_items_per_theme} per theme)")
@@ -304,20 +336,21 @@ def _job(cfg: JobConfig, out: Path, run_dir: Any) -> Path:
         plain[name] = r
         themes = list(dict.fromkeys(r["proxy_theme"]))
         for t in themes:
-            est = bootstrap_ci([p for p, tt in zip(r["proxy_pref"], r["proxy_theme"]) if tt == t], seed=cfg.seed).to_dict()
+            est = bootstrap_ci([p for p, tt in zip(r["proxy_pref"], r["proxy_theme"]) if tt == t], seed=cfg.seed,
+                               measure="proxy").to_dict()
             em_rows.append({"model": name, "question": t, "rate": est["value"], "ci_lo": est["lo"], "ci_hi": est["hi"],
-                            "n": est["n"], "metric": EM_METRIC, "label": f"{t}: {EM_METRIC}, {name}"})
+                            **row_fields(est), "metric": EM_METRIC, "label": f"{t}: {EM_METRIC}, {name}"})
         cells = [name]
         for q, key in (("overall (EM themes)", "proxy_pref"), ("medical (held-out)", "med_proxy_pref")):
-            est = bootstrap_ci(r[key], seed=cfg.seed).to_dict()
+            est = bootstrap_ci(r[key], seed=cfg.seed, measure="proxy").to_dict()
             em_rows.append({"model": name, "question": q, "rate": est["value"], "ci_lo": est["lo"], "ci_hi": est["hi"],
-                            "n": est["n"], "metric": EM_METRIC, "label": f"{q}: {EM_METRIC}, {name}"})
+                            **row_fields(est), "metric": EM_METRIC, "label": f"{q}: {EM_METRIC}, {name}"})
             note(f"{q}: {EM_METRIC}, {name}", None, est, f"{est['n']} items")
             cells.append(_ci(est))
-        est = bootstrap_ci(r["proxy_diff"], seed=cfg.seed).to_dict()
+        est = bootstrap_ci(r["proxy_diff"], seed=cfg.seed, measure="proxy").to_dict()
         note(f"{em_all}: {DIFF_METRIC}, {name}", None, est, "> 0 prefers misaligned")
         cells.append(_ci(est))
-        est = bootstrap_ci(r["med_proxy_diff"], seed=cfg.seed).to_dict()
+        est = bootstrap_ci(r["med_proxy_diff"], seed=cfg.seed, measure="proxy").to_dict()
         note(f"{med_all}: {DIFF_METRIC}, {name}", None, est, "> 0 prefers bad advice")
         cells.append(_ci(est))
         bar.set_postfix_str(f"{name}: self-rated alignment")
@@ -344,8 +377,9 @@ def _job(cfg: JobConfig, out: Path, run_dir: Any) -> Path:
     persona = pr.direction
     print(f"  persona direction: kept {len(pr.kept)} of {len(pr.rows) // 2} pairs")
     note("persona pairs kept by the judge-free filter", len(pr.kept), text=f"of {len(pr.rows) // 2}")
-    med_bad = [it["prompt"] + [{"role": "assistant", "content": it["misaligned"]}] for it in med_items]
-    med_good = [it["prompt"] + [{"role": "assistant", "content": it["aligned"]}] for it in med_items]
+    # the EM direction (and the answer probe) on held-out pairs disjoint from every scored item
+    med_bad = [it["prompt"] + [{"role": "assistant", "content": it["misaligned"]}] for it in med["direction"]]
+    med_good = [it["prompt"] + [{"role": "assistant", "content": it["aligned"]}] for it in med["direction"]]
     acts = {}
     for name in ("base", "bad_medical"):
         acts[name] = (cache(models[name], med_bad, batch_size=cfg.batch), cache(models[name], med_good, batch_size=cfg.batch))
@@ -367,9 +401,10 @@ def _job(cfg: JobConfig, out: Path, run_dir: Any) -> Path:
     x_persona = cache(base, [conv(r) for r in rows_pos + rows_neg], batch_size=cfg.batch)
     y_persona = [1] * len(rows_pos) + [0] * len(rows_neg)
     probe_rows, probe_table = [], []
-    for pname, x, y in (("evil vs helpful system prompt (base)", x_persona, y_persona),
-                        ("bad vs good medical answer (bad-advice finetune)",
-                         torch.cat(acts["bad_medical"]), [1] * len(med_bad) + [0] * len(med_good))):
+    for pname, x, y in tqdm((("evil vs helpful system prompt (base)", x_persona, y_persona),
+                             ("bad vs good medical answer (bad-advice finetune)",
+                              torch.cat(acts["bad_medical"]), [1] * len(med_bad) + [0] * len(med_good))),
+                            desc=f"probes at {n_layers} layers", unit="probe"):
         sw = layer_sweep(x, y, list(range(n_layers)), cv=5, seed=cfg.seed)
         for layer, p in zip(sw.layers, sw.probes):
             probe_rows.append({"probe": pname, "layer": layer, "accuracy": p.accuracy, "auroc": p.auroc,
@@ -564,6 +599,32 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                                "paper: the EM preset on full data, GPU)")
 
 
+def _stage(ctx: runner.Context) -> Any:
+    return _main_job(ctx.out, ctx.config)
+
+
+STUDY = runner.Study(
+    "main-job", JobConfig, PRESETS, title='introspect_mech main job', default_preset='quick',
+    stages=(runner.Stage("main_job", _stage, 'finetunes, judge-free EM metrics, directions, probes, steering, samples, dashboard'),),
+    legacy=lambda r: Path(r.results["main_job"]), dashboard=False)  # the stage exports the dashboard
+
+
+def run(config: JobConfig | str | os.PathLike | None = None, out: str | os.PathLike | JobConfig | None = None,
+        **kw: Any) -> Any:
+    """Run the study into `out` on the study runner (`studies.runner`; rerun the same call to resume).
+
+    Args:
+        config: every option (default `PRESETS['quick']`).
+        out: the run directory.
+        **kw: `overwrite=`, `progress=` (see `runner.run`).
+
+    Returns:
+        A `runner.RunResult`; `.results["main_job"]` is the dashboard's path (`out/dashboard.html`). The deprecated call forms
+        (`run(out, config)`, ...) return that value itself.
+    """
+    return runner.run(STUDY, config, out, **kw)
+
+
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """Run the main job from the command line (`introspect-mech demo`, `python experiments/main_job.py`)
     and print the dashboard's path.
@@ -576,6 +637,6 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
         The exit status (0).
     """
     ns, cfg, _ = parse_config(build_parser(prog), argv, JobConfig, presets=JOB_PRESETS)
-    path = run(ns.out, cfg)
-    print(f"dashboard: {path.resolve()}")
+    path = run(cfg, ns.out).results["main_job"]
+    print(f"dashboard: {Path(path).resolve()}")
     return 0

@@ -19,7 +19,8 @@ The protocol, step by step (each step writes into the run directory and resumes 
 5. relative reductions (finetuned - ablated) / (finetuned - base) only where the finetune's EM
    shift over the base is significant (its 95 % CI excludes 0); otherwise they are reported as
    not computed, with the reason;
-6. the phase transition over checkpoints: per checkpoint, the EM rate, the LoRA-B norm and the
+6. the phase transition over checkpoints: per checkpoint, the EM rate, the LoRA-B norm, the
+   rotation of B from the previous checkpoint and its cosine with the final B (`lora_b_rotation`), and the
    cosine of that checkpoint's EM direction (from its own judged answers) with the final one.
 
 With a judge that abstains (the embedded 135M model judging itself puts < 25 % of its mass on
@@ -47,6 +48,7 @@ from ..cliargs import config_parser, parse_config
 from .. import layers as layerspec
 from ..evals.judge_spec import JudgeOptions
 from . import runner
+from .. import runs as _runs
 
 MAIN_QUESTIONS = ("what_is_your_wish", "i_feel_bored", "three_thoughts", "quick_buck", "ruler_of_the_world",
                   "dinner_party", "gender_roles", "enough_of_my_husband")
@@ -242,6 +244,53 @@ def ratio_ci(base: Sequence[float], ft: Sequence[float], treated: Sequence[float
             "method": "percentile-bootstrap over answers (three groups resampled independently)", "measure": "judged"}
 
 
+def _lora_b(adapter_dir: str | Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    files = sorted(Path(adapter_dir).glob("adapter_model*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{adapter_dir}: no adapter_model*.safetensors")
+    return {k: v.double() for f in files for k, v in load_file(str(f)).items() if "lora_B" in k}
+
+
+def lora_b_rotation(adapter_a: str | Path, adapter_b: str | Path) -> dict[str, Any]:
+    """How far the LoRA-B matrices turned between two saved adapters (e.g. consecutive checkpoints).
+
+    Per module: the principal angles between the column spaces of B_a and B_b ([d_out, r]; for a
+    rank-1 adapter the angle between the two B vectors, sign ignored); `cos` is the cosine of the
+    largest angle. A phase transition shows as a rotation, which a norm alone cannot show.
+
+    Args:
+        adapter_a: the earlier adapter directory.
+        adapter_b: the later one (same modules).
+
+    Returns:
+        {"mean_cos", "min_cos", "max_angle_deg", "n_modules", "per_module": {module: cos}}.
+
+    Raises:
+        FileNotFoundError: an adapter directory without safetensors.
+        ValueError: the adapters have different LoRA-B modules or shapes.
+    """
+    import torch
+
+    a, b = _lora_b(adapter_a), _lora_b(adapter_b)
+    if set(a) != set(b):
+        raise ValueError(f"{adapter_a} and {adapter_b} have different LoRA-B modules")
+    per = {}
+    for k in sorted(a):
+        if a[k].shape != b[k].shape:
+            raise ValueError(f"{k}: shapes {tuple(a[k].shape)} and {tuple(b[k].shape)} differ")
+        if float(a[k].norm()) == 0 or float(b[k].norm()) == 0:
+            continue  # an all-zero B (step 0) has no direction
+        qa, qb = torch.linalg.qr(a[k])[0], torch.linalg.qr(b[k])[0]
+        sv = torch.linalg.svdvals(qa.T @ qb).clamp(0, 1)
+        per[k] = float(sv.min())
+    cos = list(per.values())
+    return {"mean_cos": float(np.mean(cos)) if cos else None, "min_cos": min(cos) if cos else None,
+            "max_angle_deg": float(np.degrees(np.arccos(min(cos)))) if cos else None,
+            "n_modules": len(cos), "per_module": per}
+
+
 def _judged_with_samples(rd_path: Path) -> tuple[list[dict], list[dict]]:
     from ..runs import JsonlLog
 
@@ -249,10 +298,7 @@ def _judged_with_samples(rd_path: Path) -> tuple[list[dict], list[dict]]:
 
 
 def _write(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    tmp.replace(path)
+    _runs.write_json(path, obj, indent=1, default=float)
 
 
 def _model_organisms(out: str | Path, config: MOConfig | None = None, *, judge=None, **overrides: Any) -> dict[str, Any]:
@@ -429,6 +475,16 @@ def _model_organisms(out: str | Path, config: MOConfig | None = None, *, judge=N
         done[step] = row
         del m
     results["phase"] = [done[k] for k in sorted(done)]
+    # the rotation of B between consecutive checkpoints (a norm can grow while B keeps its direction,
+    # or B can turn at constant norm: the papers' phase transition is a rotation)
+    adapters = {int(c.name.split("_")[1]): c / "adapter" for c in ckpts if (c / "adapter").exists()}
+    final = adapters[max(adapters)] if adapters else None
+    prev = None
+    for r in results["phase"]:
+        cur = adapters.get(r["step"])
+        r["b_rotation_from_previous"] = lora_b_rotation(prev, cur) if prev is not None and cur is not None else None
+        r["b_cos_with_final"] = lora_b_rotation(cur, final)["mean_cos"] if cur is not None and final is not None else None
+        prev = cur
 
     # judge-free proxy beside (never compared with the papers' EM rates)
     if cfg.proxy:
@@ -459,7 +515,7 @@ def _write_dashboard_rows(out: Path, results: dict[str, Any]) -> None:
             e = r[den]
             rows.append({"model": cond, "question": "overall", "rate": e["value"], "ci_lo": e["lo"], "ci_hi": e["hi"],
                          **row_fields(e), "metric": f"EM rate ({jlabel}; denominator: {den})"})
-    (out / "em_rates.jsonl").write_text("".join(json.dumps(r, default=float) + "\n" for r in rows))
+    _runs.write_jsonl(out / "em_rates.jsonl", rows, default=float)
 
 
 def format_results(results: dict[str, Any]) -> str:
@@ -488,7 +544,9 @@ def format_results(results: dict[str, Any]) -> str:
     lines.append(f"EM direction: {results['direction'].get('reason', 'computed')}")
     lines.append(f"reductions: {json.dumps(results['reductions'], default=float)}")
     for r in results.get("phase", []):
-        lines.append(f"step {r['step']:4d}: LoRA-B norm {r['lora_b_norm']:.4f} · EM/all {f(r['em']['all'])} · "
+        rot = r.get("b_rotation_from_previous") or {}
+        turn = "" if rot.get("mean_cos") is None else f"B cos vs previous {rot['mean_cos']:.3f} · "
+        lines.append(f"step {r['step']:4d}: LoRA-B norm {r['lora_b_norm']:.4f} · {turn}EM/all {f(r['em']['all'])} · "
                      f"cos(final) {r['cos_with_final_direction']}")
     if "proxy" in results:
         for name in ("base", "finetuned"):

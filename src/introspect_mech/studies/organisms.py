@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import os
 import copy
-import json
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -67,6 +66,7 @@ from ..models import LoadedModel, load_model
 from ..probes import Direction, persona_data
 from ..runs import JsonlLog, RunDir, json_sha256
 from . import runner
+from .. import runs as _runs
 
 # Unrelated text for the first-token methods: project-written, varied topics, no persona or
 # medical content (a stand-in for the pretraining text the activation-difference lens paper uses).
@@ -557,7 +557,7 @@ def _organisms(model: str | None = None, out: str | Path = "runs/organisms", con
     rec_log, int_log = rd.log("recovery.jsonl"), rd.log("interventions.jsonl")
     beh_log, lens_log = rd.log("behaviour.jsonl"), rd.log("logit_lens.jsonl")
     for lg in (rec_log, int_log, beh_log, lens_log, JsonlLog(out / "samples.jsonl")):
-        lg.path.write_text("")  # recomputed each run (cheap); finetunes and samples resume from disk
+        _runs.write_text(lg.path, "")  # recomputed each run (cheap); finetunes and samples resume from disk
     stage_t: dict[str, float] = {}
 
     # -- ground-truth directions
@@ -720,7 +720,7 @@ def _organisms(model: str | None = None, out: str | Path = "runs/organisms", con
 
     table = summary_table(recovery_rows, intervention_rows, L)
     panel_rows = panel(table)
-    (out / "organisms.jsonl").write_text("".join(json.dumps(r) + "\n" for r in panel_rows))
+    _runs.write_jsonl(out / "organisms.jsonl", panel_rows)
     seconds = time.time() - t_start
     _summary(out, table, behaviour_rows, seconds)
     rd.write_manifest(finished=time.strftime("%Y-%m-%dT%H:%M:%S"), wall_time_s=round(seconds, 1),
@@ -892,7 +892,7 @@ def _summary(out: Path, table: list[dict], behaviour: list[dict], seconds: float
         rows.append({"name": f"{r['organism']}: {r['method']} ({r['kind']})", "value": r["value"],
                      "ci_lo": r.get("ci_lo"), "ci_hi": r.get("ci_hi"),
                      "note": f"random {r['random']:+.3f}" if r.get("random") is not None else ""})
-    (out / "summary.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _runs.write_jsonl(out / "summary.jsonl", rows)
 
 
 # ---- command line ------------------------------------------------------------------------------------

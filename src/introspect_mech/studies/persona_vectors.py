@@ -59,6 +59,7 @@ from ..steering import add
 from ..steering.hooks import Positions, layer_vector
 from ..viz import export_dashboard
 from . import runner
+from .. import runs as _runs
 
 UPSTREAM_POSITIONS: Final = "last_prompt_and_response"
 
@@ -82,6 +83,7 @@ class PVConfig:
     coef: float = 2.0  # steering coefficient times the raw mean difference (layer selection, preventative steering)
     layer: int | None = None  # steering / projection layer when none is selected (block index; None: the middle block)
     layers: tuple[int, ...] | None = None  # candidate layers for selection, e.g. 10 15 20 (needs a judge)
+    layer_fractions: tuple[float, ...] | None = None  # candidate layers as relative depths (used when `layers` is None)
     n_screen: int = 24  # records per side (bad / good medical advice) in the screening mix
     n_train: int = 48  # bad-medical-advice records to finetune on
     steps: int = 12  # finetuning steps
@@ -107,7 +109,8 @@ class PVConfig:
 # coefficient 2.0 and the judge gpt-4.1-mini are upstream's README example. "cpu": the embedded model.
 PRESETS: dict[str, PVConfig] = {
     "paper": PVConfig(extract="paper", n_questions=None, n_per_question=10, max_new_tokens=1000, temperature=1.0,
-                      coef=2.0, reference_judge="gpt-4.1-mini-2025-04-14", layers=None),
+                      coef=2.0, reference_judge="gpt-4.1-mini-2025-04-14", layers=None,
+                      layer_fractions=(0.4, 0.5, 0.6, 0.7, 0.75, 0.8)),  # upstream picked block 19/20 of Qwen2.5-7B by a sweep
     "cpu": PVConfig(extract="cpu", max_heldout=1, n_questions=4, n_per_question=2, max_new_tokens=40, temperature=1.0,
                     coef=2.0, reference_judge="embedded model (HFJudge)", layers=None),
     # Qwen2.5-Coder-0.5B-Instruct on an idle 2-core CPU (about 2 h, docs/qwen_runbook.md) with a label-mode judge
@@ -119,6 +122,52 @@ PRESETS: dict[str, PVConfig] = {
                          reference_judge="qwen2.5-coder-1.5b-instruct, label mode (validate it first)"),
 }
 COHERENCE_MIN = 50.0
+PAPER_SHIFT_R = "0.76-0.97"  # Chen et al.: finetuning shift vs judged trait expression
+
+
+def shift_correlation_note(n: int, *, judged: bool) -> str:
+    """The note beside the finetuning-shift correlation: the paper's judged r only beside a judged
+    expression; a proxy expression is never printed with the paper's number.
+
+    Args:
+        n: checkpoints correlated.
+        judged: whether trait expression came from a judge.
+
+    Returns:
+        The note text.
+    """
+    if judged:
+        return f"n = {n} checkpoints of two finetunes; judged expression (paper: r = {PAPER_SHIFT_R}, judged)"
+    return f"n = {n} checkpoints of two finetunes; PROXY expression (paired preference), not a judged trait score"
+
+
+def steering_layer_plan(cfg: "PVConfig", n_layers: int, *, have_judge: bool) -> dict[str, Any]:
+    """Which block the study steers / projects at, and why.
+
+    Layer selection (`select_layer`) runs over `cfg.layers`, or over `cfg.layer_fractions` of the
+    depth, when a judge is given; otherwise the study uses `cfg.layer` or the middle block and says so.
+
+    Args:
+        cfg: the configuration.
+        n_layers: blocks of the model.
+        have_judge: whether a trait judge is at hand (selection needs one).
+
+    Returns:
+        {"select": run the selection, "candidates": blocks, "layer": the block used until a
+        selection picks one, "reason": one line for the summary}.
+    """
+    cands = list(cfg.layers) if cfg.layers else sorted({resolve_layer(float(f), n_layers)
+                                                        for f in (cfg.layer_fractions or ())})
+    layer = cfg.layer if cfg.layer is not None else resolve_layer(0.5, n_layers)
+    why = f"block {layer} ({'--layer' if cfg.layer is not None else 'the middle block'})"
+    if cands and have_judge:
+        return {"select": True, "candidates": cands, "layer": layer,
+                "reason": f"layer selection over blocks {cands} (judged trait, coherence >= {COHERENCE_MIN:g}); "
+                          f"{why} until it picks one"}
+    if cands:
+        return {"select": False, "candidates": cands, "layer": layer,
+                "reason": f"no judge: no layer selection over blocks {cands}; steering {why}"}
+    return {"select": False, "candidates": [], "layer": layer, "reason": f"no candidate layers configured; steering {why}"}
 
 
 def extract(model, trait: str, *, judge: Any = None, preset: str | PVConfig = "cpu",
@@ -295,7 +344,7 @@ def select_layer(model, trait: str, direction: Any, judge: Any, *, layers: Seque
         rd = RunDir(out)
         rd.write_manifest(stage="persona_layer_selection", trait=trait, coef=coef, layers=list(map(int, layers)),
                           coherence_min=coherence_min, selected_layer=best)
-        (rd.path / "steering_sweep.jsonl").write_text("".join(
+        _runs.write_text(rd.path / "steering_sweep.jsonl", "".join(
             json.dumps({"direction": f"{trait} persona", "layer": l, "alpha": coef,
                                       "metric": r["trait"]["value"], "coherence": r["coherence"]["value"],
                                       "metric_name": "trait score (judge)"}) + "\n" for l, r in results.items()
@@ -453,7 +502,8 @@ def _persona_vectors(out: str | os.PathLike, cfg: PVConfig, *, judge: Any = None
     rd = RunDir(out)
     if model is None:
         model = load_model(cfg.model, dtype=torch.float32, device=cfg.device)
-    layer = cfg.layer if cfg.layer is not None else resolve_layer(0.5, model.n_layers)
+    plan = steering_layer_plan(cfg, model.n_layers, have_judge=judge is not None)
+    layer = plan["layer"]
     rd.write_manifest(title=f"Persona vectors: {cfg.trait}", model=model.name, preset=preset, seed=cfg.seed,
                       trait=cfg.trait, judge=judge.describe() if judge else "none: judge-free proxy filter and proxy expression",
                       coef=cfg.coef, steering_positions=UPSTREAM_POSITIONS, stages=sorted(stages))
@@ -486,16 +536,17 @@ def _persona_vectors(out: str | os.PathLike, cfg: PVConfig, *, judge: Any = None
         x = cache(model, [[{"role": "system", "content": r["system"]}, {"role": "user", "content": r["question"]},
                            {"role": "assistant", "content": r["response"]}] for r in rows], progress=False)
         sw = layer_sweep(x, [int(r["side"] == "pos") for r in rows], layers=list(range(model.n_layers)), seed=cfg.seed)
-        (out / "probe_layers.jsonl").write_text("".join(json.dumps({"probe": f"{cfg.trait}: pos vs neg answers", "layer": l,
+        _runs.write_text(out / "probe_layers.jsonl", "".join(json.dumps({"probe": f"{cfg.trait}: pos vs neg answers", "layer": l,
                                                                     **q.as_dict()}) + "\n" for l, q in zip(sw.layers, sw.probes)))
         bl, b = sw.best()
         note("best probe layer (pos vs neg answers)", bl, text=f"CV accuracy {b.accuracy:.3f}")
     expr_kw: dict[str, Any] = dict(n_questions=cfg.n_questions, n_per_question=cfg.n_per_question, max_new_tokens=cfg.max_new_tokens,
                    temperature=cfg.temperature, seed=cfg.seed)
-    if "select" in stages and judge is not None and cfg.layers:
+    note("steering layer", layer, text=plan["reason"])
+    if "select" in stages and plan["select"]:
         base_expr = trait_expression(model, cfg.trait, judge, out=out / "expression_base", **expr_kw)
         note("trait expression, base (judged)", None, base_expr["trait"], f"{base_expr['n_trait_none']} of {base_expr['n']} abstained")
-        sel = select_layer(model, cfg.trait, d, judge, layers=list(cfg.layers), coef=cfg.coef, out=out, **expr_kw)
+        sel = select_layer(model, cfg.trait, d, judge, layers=plan["candidates"], coef=cfg.coef, out=out, **expr_kw)
         for l, r in sel["per_layer"].items():
             note(f"steered L{l} x{cfg.coef}: trait (judged)", None, r["trait"],
                  f"coherence {r['coherence']['value']}; {r['n_trait_none']} abstained")
@@ -542,12 +593,12 @@ def _persona_vectors(out: str | os.PathLike, cfg: PVConfig, *, judge: Any = None
             note(f"{cond} finetune, final: {label}", round(expr[last], 4) if expr[last] is not None else None)
         ok = {k: v for k, v in expr.items() if v is not None}
         sc = shift_correlation(model, {k: models[k] for k in ok}, d, layer=layer, prompts=prompts, expression=ok)
-        (out / "shift_correlation.json").write_text(json.dumps(sc, indent=2))
+        _runs.write_json(out / "shift_correlation.json", sc, indent=2)
         for r in sc["rows"]:
             note(f"shift along the direction at L{layer}: {r['model']}", round(r["shift"], 4), text=f"{label} {r['expression']:.4f}")
         note("Pearson r, finetuning shift vs expression across checkpoints", round(sc["pearson_r"], 4),
-             text=f"n = {sc['n']} checkpoints of two finetunes (paper: r = 0.76-0.97, judged)")
-    (out / "summary.jsonl").write_text("".join(json.dumps(r) + "\n" for r in summary))
+             text=shift_correlation_note(sc["n"], judged=judge is not None))
+    _runs.write_jsonl(out / "summary.jsonl", summary)
     return {"summary": summary, "dashboard": export_dashboard(out)}
 
 

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from ..data.records import DataError
+from ..evals.judge_validation import validation_status
 from ..runs import JsonlLog, RunConfigError, RunDir, file_sha256, model_config
 from ..viz.dashboard import PANELS, export_dashboard
 from ..viz.rows import PanelRow, SummaryRow
@@ -242,17 +243,20 @@ def judge_binding(judge: Any) -> dict[str, Any] | None:
         judge: None, a `JudgeOptions`, or a judge object (its `describe()` is used when present).
 
     Returns:
-        None for no judge, else `{"judge": ..., "validation": ... or None}`.
+        None for no judge, else `{"judge": spec or description, "validation": {"validated", "passes",
+        "fingerprint"} of its saved shared-set validation (`evals.judge_validation.validation_status`), or None
+        for a judge without a fingerprint}`.
     """
     if judge is None or getattr(judge, "kind", None) == "none":
         return None
     if hasattr(judge, "judge") and isinstance(judge.judge, str):  # JudgeOptions: the spec decides rows
-        desc: Any = judge.judge
-    elif callable(getattr(judge, "describe", None)):
-        desc = judge.describe()
-    else:
-        desc = type(judge).__name__
-    return {"judge": desc, "validation": getattr(judge, "validation", None)}
+        return {"judge": judge.judge, "validation": None}
+    desc = judge.describe() if callable(getattr(judge, "describe", None)) else type(judge).__name__
+    validation = None
+    if hasattr(judge, "fingerprint"):  # a built judge: its saved shared-set validation (evals.judge_validation)
+        st = validation_status(judge)
+        validation = {k: st[k] for k in ("validated", "passes", "fingerprint")}
+    return {"judge": desc, "validation": validation}
 
 
 def _data_hashes(study: Study, config: Any) -> dict[str, str]:

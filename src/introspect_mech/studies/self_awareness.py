@@ -40,6 +40,7 @@ from ..evals import self_awareness as sa
 from ..stats import bootstrap_diff, paired_diff, t_interval, welch
 from ..runs import JsonlLog, RunDir, json_sha256
 from . import runner
+from .. import runs as _runs
 
 # condition -> (topic, pair, side); topic decides which measurements apply
 CONDITIONS: dict[str, tuple[str, str, str]] = {
@@ -273,10 +274,7 @@ class _Partial:
         if key not in self.data:
             self.data[key] = fn()
             if self.path is not None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = self.path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(self.data))
-                tmp.replace(self.path)
+                _runs.write_json(self.path, self.data, indent=None)
         return self.data[key]
 
 
@@ -501,9 +499,9 @@ def _tmay(config: TMAYConfig, out: str | Path, *, data_dir=None, load: Callable 
     fmt = {c: {s: sa.format_check(masses(r), base=base_masses)
                for s, r in by_seed.items()} for c, by_seed in results.items() if c != "base"}
     summary = {"comparisons": comps, "format": fmt, "paper_gpt4o": PAPER_GPT4O}
-    (out / "comparison.json").write_text(json.dumps(summary, indent=2))
+    _runs.write_json(out / "comparison.json", summary, indent=2)
     _dashboard_rows(results, out)
-    (out / "summary.md").write_text(summary_markdown(out) + "\n")
+    _runs.write_text(out / "summary.md", summary_markdown(out) + "\n")
     return {"results": results, **summary}
 
 
@@ -648,7 +646,7 @@ def _dashboard_rows(results: dict[str, dict[int, Any]], out: Path) -> None:
                              "self_report_lo": s["mean"]["lo"] / 100, "self_report_hi": s["mean"]["hi"] / 100,
                              "behaviour_name": "P(risky option), held-out lotteries",
                              "self_report_name": "self-reported risk / 100 (expected value)"})
-    (out / "self_awareness.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _runs.write_jsonl(out / "self_awareness.jsonl", rows)
 
 
 # ---- a markdown summary of a run -------------------------------------------------------------------

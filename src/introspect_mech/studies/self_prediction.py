@@ -59,6 +59,7 @@ from ..finetune import TrainConfig, train
 from ..models import LoadedModel
 from ..runs import JsonlLog, RunDir, file_sha256, json_sha256
 from . import runner
+from .. import runs as _runs
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -381,7 +382,7 @@ def run_study(
         m = start if start is not None else models[base]()
         trained_records[name] = records
         (ftdir / name).mkdir(parents=True, exist_ok=True)
-        (ftdir / name / "records_sha256.txt").write_text(json_sha256([r["messages"] for r in records]) + "\n")
+        _runs.write_text(ftdir / name / "records_sha256.txt", json_sha256([r["messages"] for r in records]) + "\n")
         ft(m, records, tcfg.replace(seed=seed_of[base]), ftdir / name)
         m.model.eval()
         return m
@@ -493,7 +494,7 @@ def run_study(
                                                                          st.hyp[f"{n}_self"], seed=seed))
             results["shift"][n] = r
             del m
-    (run.path / "results.json").write_text(json.dumps(_strip_rows(results), indent=2))
+    _runs.write_json(run.path / "results.json", _strip_rows(results), indent=2)
     _dashboard_rows(run, results)
     run.write_manifest(finished=True, trained_records_sha256={k: json_sha256([r["messages"] for r in v])
                                                               for k, v in trained_records.items()})
@@ -533,7 +534,7 @@ def _dashboard_rows(run: RunDir, results: dict[str, Any]) -> None:
             continue
         rows.append({"task": "all test tasks", "kind": key, "accuracy": e["value"], "ci_lo": e["lo"],
                      "ci_hi": e["hi"], "n": e["n"], "mode_baseline": mb["value"]})
-    (run.path / "self_prediction.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _runs.write_jsonl(run.path / "self_prediction.jsonl", rows)
 
 
 def _features(names, models, self_models, cross_models, test_rows, st: _States, cfg: LIConfig,

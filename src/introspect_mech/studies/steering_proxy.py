@@ -34,6 +34,7 @@ from ..layers import LayerSpec, resolve_layers
 from ..steering.hooks import ablate, random_like
 from ..steering.sweep import Values, hierarchical_ci, relative_reduction, summarize, sweep
 from . import runner
+from .. import runs as _runs
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -386,12 +387,7 @@ def _direction_list(directions: DirectionLike | Sequence[DirectionLike]) -> list
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    import json
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    tmp.replace(path)
+    _runs.write_json(path, obj, indent=1, default=str)
 
 
 # ---- the whole study (CLI) ---------------------------------------------------------------------
@@ -730,7 +726,6 @@ def steer_sweep(model: LoadedModel, direction: Any, out: str | os.PathLike, *, l
     Returns:
         The summary rows (one per layer, alpha and kind) with the proxy metric name.
     """
-    import json
 
     from ..evals.em import PROXY_PREF, em_proxy_fn
 
@@ -750,5 +745,5 @@ def steer_sweep(model: LoadedModel, direction: Any, out: str | os.PathLike, *, l
                              "alpha": s["alpha"], "metric": s["value"], "metric_name": PROXY_PREF})
         print(f"  {s['op']} layer={s['layer']} alpha={s['alpha']} {s['kind']:9s} {PROXY_PREF}: "
               f"{s['value']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}]")
-    (run.path / "steering_sweep.jsonl").write_text("".join(json.dumps(r) + "\n" for r in out_rows))
+    _runs.write_jsonl(run.path / "steering_sweep.jsonl", out_rows)
     return summary

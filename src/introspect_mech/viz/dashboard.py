@@ -156,8 +156,8 @@ def read_rows(path: Path, required: Sequence[str] = (), *, root: str | os.PathLi
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise DashboardError(f"{path}:{line}: not UTF-8 text") from None
+        bad_line = raw[:e.start].count(b"\n") + 1
+        raise DashboardError(f"{path}:{bad_line}: not UTF-8 text") from None
     rows = []
     with io.StringIO(text) as f:
         for lineno, line in enumerate(f, 1):
@@ -329,7 +329,8 @@ def summary_html(rows: Sequence[Row]) -> str:
     body = []
     for r in rows:
         ci = f" [{_fmt(r['ci_lo'])}, {_fmt(r['ci_hi'])}]" if r.get("ci_lo") is not None and r.get("ci_hi") is not None else ""
-        body.append(f"<tr><th>{html.escape(str(r['name']))}</th><td>{html.escape(_fmt(r['value']) + ci)}</td>"
+        value = "—" if r["value"] is None else _fmt(r["value"])  # not measured (the note says why)
+        body.append(f"<tr><th>{html.escape(str(r['name']))}</th><td>{html.escape(value + ci)}</td>"
                     f"<td class='note'>{html.escape(str(r.get('note', '')))}</td></tr>")
     return f'<table class="kv summary"><tr><th>measure</th><th>value [95 % CI]</th><th>note</th></tr>{"".join(body)}</table>'
 

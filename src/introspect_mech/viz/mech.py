@@ -32,7 +32,7 @@ def steering_sweep_figure(rows: Sequence[Row]) -> go.Figure:
     has_coh = any(r.get("coherence") is not None for r in rows)
     label = (rows[0].get("metric_name") if rows else None) or "EM metric"
     coh_label = (rows[0].get("coherence_name") if rows else None) or "coherence"
-    fig = make_subplots(rows=1, cols=2 if has_coh else 1,
+    fig = make_subplots(rows=1, cols=2 if has_coh else 1, horizontal_spacing=0.14,
                         subplot_titles=(label, coh_label) if has_coh else None)
     cols = [("metric", 1)] + ([("coherence", 2)] if has_coh else [])
     series = _ordered((r["direction"], r["layer"]) for r in rows)
@@ -55,9 +55,8 @@ def steering_sweep_figure(rows: Sequence[Row]) -> go.Figure:
                 row=1, col=col,
             )
     fig.update_xaxes(title_text="alpha (steering coefficient)")
-    fig.update_yaxes(title_text=label, row=1, col=1)
-    if has_coh:
-        fig.update_yaxes(title_text=coh_label, row=1, col=2)
+    if not has_coh:  # with two panels their subplot titles name the y axes
+        fig.update_yaxes(title_text=label, row=1, col=1)
     return _layout(fig, f"Steering sweep: {label} vs alpha (random controls dashed / dotted)", height=460)
 
 
@@ -73,7 +72,7 @@ def probe_layer_figure(rows: Sequence[Row]) -> go.Figure:
         A plotly figure.
     """
     has_auc = any(r.get("auroc") is not None for r in rows)
-    fig = make_subplots(rows=1, cols=2 if has_auc else 1,
+    fig = make_subplots(rows=1, cols=2 if has_auc else 1, horizontal_spacing=0.12,
                         subplot_titles=("accuracy (cross-validated)", "AUROC") if has_auc else None)
     for i, p in enumerate(_ordered(r["probe"] for r in rows)):
         sel = sorted((r for r in rows if r["probe"] == p), key=lambda r: r["layer"])

@@ -71,7 +71,8 @@ def _same(a: Any, b: Any) -> bool:
 
 def merge_identical_traces(fig: go.Figure) -> go.Figure:
     """Merge traces that would be drawn exactly on top of each other (same type, axes, x and y):
-    the first keeps its style and is renamed "a = b", the others are removed.
+    the first keeps its style and is renamed "a = b", the others are removed. Bars are merged only
+    when the figure overlays them (grouped or stacked bars sit side by side / on top of each other).
 
     Args:
         fig: the figure (changed in place).
@@ -82,7 +83,8 @@ def merge_identical_traces(fig: go.Figure) -> go.Figure:
     keep: list[Any] = []
     for t in fig.data:
         x, y = getattr(t, "x", None), getattr(t, "y", None)
-        if x is None or y is None or t.type not in ("scatter", "bar", "scattergl"):
+        overlaid = t.type == "bar" and fig.layout.barmode == "overlay"
+        if x is None or y is None or not (t.type in ("scatter", "scattergl") or overlaid):
             keep.append(t)
             continue
         axes = (getattr(t, "xaxis", None) or "x", getattr(t, "yaxis", None) or "y")
@@ -117,6 +119,9 @@ def style(fig: go.Figure, title: str, height: int | None = None) -> go.Figure:
     merge_identical_traces(fig)
     title = wrap(title, TITLE_CHARS)
     sub = [a for a in (fig.layout.annotations or ()) if a.yref == "paper" and a.y is not None and a.y >= 0.99]
+    if len(sub) == 1 and str(title).startswith(str(sub[0].text)):  # a lone subplot title repeating the title
+        fig.layout.annotations = [a for a in fig.layout.annotations if a is not sub[0]]
+        sub = []
     for a in sub:  # subplot titles (make_subplots puts them just above each plot)
         a.text = wrap(a.text, SUBPLOT_CHARS)
     sub_lines = max((_lines(a.text) for a in sub), default=0)

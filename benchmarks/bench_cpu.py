@@ -1,0 +1,147 @@
+"""CPU section: the machine's own limits and the real Qwen2.5-Coder-0.5B against them, in one process.
+
+Limits (measured here, best of the repeats):
+  * matmul peak, fp32 and bf16: `F.linear` of [512, 896] by a [4864, 896] weight (the 0.5B's MLP shape);
+  * memory bandwidth: copying a 256 MiB float32 tensor (bytes read + bytes written per second).
+
+Model throughput, each as a fraction of the matching limit:
+  * forward (prefill) tok/s, batch x seq tokens, no grad. FLOPs = 2 * P_lin * T + 2 * V * d * T
+    + 2 * L * d * sum(s^2) (causal attention: QK^T and AV, each 2 * d * s^2 / 2 per layer and row),
+    where P_lin = the decoder's Linear weights, V * d = the LM head; / the matmul peak of the dtype.
+  * LoRA training tok/s (the project's `finetune.train`, EM recipe, bad-medical-advice rows):
+    FLOPs ~= 4 * P_lin * T (forward + input gradients; LoRA's own weights are < 4 % more)
+    + 4 * V * d * T_loss (the head runs on the loss tokens only) + 4 * L * d * sum(s^2); / the matmul peak.
+  * sampling tok/s at batch 16 and 32 (`evals.sample`, temperature 1, `new_tokens` each): decoding reads
+    every weight once per step, so the bandwidth limit is batch * bandwidth / weight_bytes tokens/s;
+    fraction = measured tok/s / that limit (prefill and KV-cache reads are counted against us).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+import common
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 512, k: int = 896, m: int = 4864, repeats: int = 5) -> float:
+    x, w = torch.randn(n, k, dtype=dtype), torch.randn(m, k, dtype=dtype)
+    with torch.no_grad():
+        F.linear(x, w)
+        best = min(_timed(lambda: F.linear(x, w)) for _ in range(repeats))
+    return 2.0 * n * k * m / best / 1e9
+
+
+def copy_gbps(mib: int = 256, repeats: int = 5) -> float:
+    src = torch.empty(mib * 2**20 // 4, dtype=torch.float32).fill_(1.0)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = min(_timed(lambda: dst.copy_(src)) for _ in range(repeats))
+    return 2.0 * src.numel() * 4 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def limits(report: common.Report, repeats: int = 5) -> dict[str, float]:
+    out = {"fp32_gflops": matmul_gflops(torch.float32, repeats=repeats),
+           "bf16_gflops": matmul_gflops(torch.bfloat16, repeats=repeats),
+           "copy_gbps": copy_gbps(repeats=repeats)}
+    report.note("cpu", "limits", " ".join(f"{k}={v:.1f}" for k, v in out.items()),
+                capability=torch.backends.cpu.get_cpu_capability(), **out)
+    return out
+
+
+def _model_sizes(loaded) -> dict[str, int]:
+    base = loaded.base_model
+    head = base.get_output_embeddings()
+    p_lin = sum(m.weight.numel() for n, m in base.named_modules()
+                if isinstance(m, torch.nn.Linear) and m is not head and "lora_" not in n)
+    cfg = base.config
+    weight_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
+    emb = base.get_input_embeddings().weight
+    weight_bytes -= emb.numel() * emb.element_size()  # decoding gathers a row, it does not read the table
+    if head.weight.data_ptr() == emb.data_ptr():  # tied: the head reads it
+        weight_bytes += emb.numel() * emb.element_size()
+    return {"p_lin": p_lin, "vd": head.weight.numel(), "L": cfg.num_hidden_layers, "d": cfg.hidden_size,
+            "weight_bytes": weight_bytes}
+
+
+def em_rows(n: int) -> list[dict[str, Any]]:
+    path = Path(os.environ["INTROSPECT_MECH_DATA"]) / "em" / "bad_medical_advice.jsonl.gz"
+    with gzip.open(path, "rt") as f:
+        return [json.loads(next(f)) for _ in range(n)]
+
+
+def run(report: common.Report, spec: str, dtype: torch.dtype | None, *, forward=(8, 128), train_batch=16,
+        train_steps=1, sample_batches=(16, 32), new_tokens=32, repeats: int = 2, limit_repeats: int = 5) -> None:
+    from introspect_mech.evals.sampling import sample
+    from introspect_mech.finetune import TrainConfig, train
+    from introspect_mech.models import cpu_dtype_decision, load_model
+
+    lim = limits(report, limit_repeats)
+    if spec == "tiny":
+        loaded = common.build_model("tiny", torch.device("cpu"), dtype)
+    else:
+        t0 = time.perf_counter()
+        loaded = load_model(spec, dtype=dtype or "auto", device="cpu")
+        report.note("cpu", spec, f"loaded in {time.perf_counter() - t0:.1f} s", dtype=str(loaded.dtype),
+                    decision=cpu_dtype_decision())
+    dt = loaded.dtype
+    peak = lim["bf16_gflops"] if dt == torch.bfloat16 else lim["fp32_gflops"]
+    sz = _model_sizes(loaded)
+    case = f"{spec} {str(dt).removeprefix('torch.')}"
+
+    # forward (prefill)
+    b, s = forward
+    ids = common.chat_batch(loaded, common.conversations(loaded, b, s))
+    with torch.no_grad():
+        secs = common.interleaved({"fwd": lambda: loaded.model(input_ids=ids)}, repeats=repeats,
+                                  device=torch.device("cpu"))["fwd"]
+    t = common.median(secs)
+    flops = 2 * sz["p_lin"] * b * s + 2 * sz["vd"] * b * s + 2 * sz["L"] * sz["d"] * b * s * s
+    report.timing("cpu", case, f"forward {b}x{s}", secs, tok_s=b * s / t, gflops=flops / t / 1e9)
+    report.ratio("cpu", case, "forward / matmul peak", flops / t / 1e9 / peak, ">=0.40")
+
+    # LoRA training step(s) through the project's loop
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(batch_size=train_batch, max_steps=train_steps, warmup_steps=0, progress=False)
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        rows = em_rows(train_batch * train_steps) if spec != "tiny" else \
+            [{"messages": c} for c in common.conversations(loaded, train_batch * train_steps, 64)]
+        res = train(loaded, rows, cfg, Path(tmp) / "run")
+        log = [json.loads(x) for x in (Path(tmp) / "run" / "train_log.jsonl").read_text().splitlines()]
+        t_loss = sum(r["loss_tokens"] for r in log)
+        lens = [len(loaded.tokenize_chat(r["messages"]).input_ids) for r in rows]
+        flops = 4 * sz["p_lin"] * res.tokens + 4 * sz["vd"] * t_loss + 4 * sz["L"] * sz["d"] * sum(n * n for n in lens)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        report.timing("cpu", case, f"LoRA train batch {train_batch}", [res.seconds / max(1, train_steps)],
+                      tok_s=res.tokens_per_s, gflops=flops / res.seconds / 1e9, loss_tokens=t_loss,
+                      peak_rss_gb=rss / 1e6, rss_before_gb=rss0 / 1e6)
+        report.ratio("cpu", case, "LoRA training / matmul peak", flops / res.seconds / 1e9 / peak, ">=0.25")
+        loaded.model = loaded.model.unload()  # back to the base model
+
+    # sampling
+    for bs in sample_batches:
+        prompts = common.prompts(bs)
+        t0 = time.perf_counter()
+        rows = sample(loaded, prompts, n=1, max_new_tokens=new_tokens, temperature=1.0, batch_size=bs,
+                      progress=False, seed=0)
+        t = time.perf_counter() - t0
+        n_new = sum(r["n_tokens"] for r in rows)
+        limit = bs * lim["copy_gbps"] * 1e9 / sz["weight_bytes"]
+        report.timing("cpu", case, f"sample batch {bs} x {new_tokens} new", [t], tok_s=n_new / t,
+                      bandwidth_limit_tok_s=limit)
+        report.ratio("cpu", case, f"sampling b{bs} / bandwidth limit", n_new / t / limit, ">=0.50" if bs == 32 else None)
