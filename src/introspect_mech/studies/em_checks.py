@@ -124,7 +124,9 @@ def typology_stage(ctx: Any) -> dict[str, Any]:
     if len(rows) < 3:
         return {"skipped": f"{len(rows)} answers: too few to cluster"}
     if cfg.typology == "activations":
-        embedder: Any = ActivationEmbedder(_load(cfg, out, "base"), layer=cfg.typology_layer, batch_size=cfg.batch)
+        lay = cfg.typology_layer
+        layer = int(lay) if lay >= 1 and float(lay).is_integer() else float(lay)  # a block index, or a relative depth
+        embedder: Any = ActivationEmbedder(_load(cfg, out, "base"), layer=layer, batch_size=cfg.batch)
     elif cfg.typology == "sentence":
         embedder = SentenceEmbedder()
     else:

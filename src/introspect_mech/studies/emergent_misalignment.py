@@ -119,12 +119,12 @@ PRESETS: dict[str, EMConfig] = {
                     proxy_per_theme=1, proxy_medical=4),
     # Qwen2.5-Coder-0.5B-Instruct on an idle 2-core CPU, one seed per run (docs/qwen_runbook.md runs --seed 0 1 2,
     # about 40 min each): the model-organisms rsLoRA recipe (r=32, alpha=64, all 7 projections, 1 epoch, linear
-    # decay) on 48 rows instead of 6000 with lr 2e-4 (paper 1e-5), batch 8 (16), 512 training tokens (2048);
-    # 8 main questions x 6 samples at T=1 with 160 new tokens (paper 50-100 samples, 600 tokens); sized from the
+    # decay) on 32 rows instead of 6000 with lr 2e-4 (paper 1e-5), batch 8 (16), 512 training tokens (2048);
+    # 8 main questions x 4 samples at T=1 with 128 new tokens (paper 50-100 samples, 600 tokens); sized from the
     # timing probes in docs/qwen_runbook.md; every change is listed in docs/em.md.
     "qwen-cpu": EMConfig(model="qwen2.5-coder-0.5b-instruct", datasets=("bad_medical_advice", "good_medical_advice"),
-                         n_train=48, lr=2e-4, batch_size=8, epochs=1, max_seq_len=512, save_every=2,
-                         question_sets=("main",), n_samples=6, max_new_tokens=160, temperature=1.0,
+                         n_train=32, lr=2e-4, batch_size=8, epochs=1, max_seq_len=512, save_every=2,
+                         question_sets=("main",), n_samples=4, max_new_tokens=128, temperature=1.0,
                          proxy_per_theme=2, proxy_medical=8, batch=16, capability_items=24, typology="activations"),
 }
 
@@ -426,7 +426,10 @@ def format_results(results: dict[str, Any]) -> str:
         denominators), coherence and judge abstentions, then the labelled judge-free proxy.
     """
     def f(e):
-        return "n/a" if not e or e.get("value") is None else f"{e['value']:.3f} [{e['lo']:.3f}, {e['hi']:.3f}] (n={e['n']})"
+        if not e or e.get("value") is None:
+            return "n/a"
+        ci = f"[{e['lo']:.3f}, {e['hi']:.3f}]" if e.get("lo") is not None else "[no CI]"
+        return f"{e['value']:.3f} {ci} (n={e['n']})"
 
     j = results["judge"]
     jv = results.get("judge_validation") or {}

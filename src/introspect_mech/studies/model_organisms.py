@@ -105,10 +105,10 @@ PRESETS: dict[str, MOConfig] = {
     # Qwen2.5-Coder-0.5B-Instruct on an idle 2-core CPU (about 2 h, docs/qwen_runbook.md): the paper's rsLoRA
     # r=32 finetune (the one that showed EM at 0.5B) on 64 rows, lr 2e-4, batch 8, checkpoints every 2 steps for
     # the phase transition; 8 main questions x 4 samples (final model and each ablation), 1 x 4 questions per
-    # checkpoint, 160 new tokens; the direction at the middle block ablated at every layer vs 3 random directions.
+    # checkpoint, 128 new tokens; the direction at the middle block ablated at every layer vs 3 random directions.
     "qwen-cpu": MOConfig(model="qwen2.5-coder-0.5b-instruct", finetune_preset="em", n_train=64, lr=2e-4, batch_size=8,
                          max_seq_len=512, save_every=2, n_samples=4, checkpoint_samples=1, checkpoint_questions=4,
-                         max_new_tokens=160, n_random=3, proxy_per_theme=2, proxy_medical=8),
+                         max_new_tokens=128, n_random=3, proxy_per_theme=2, proxy_medical=8),
 }
 
 
@@ -529,7 +529,10 @@ def format_results(results: dict[str, Any]) -> str:
         the direction's status, the reductions, per-checkpoint rows and the labelled judge-free proxy.
     """
     def f(e):
-        return "n/a" if not e or e.get("value") is None else f"{e['value']:.3f} [{e['lo']:.3f}, {e['hi']:.3f}] (n={e['n']})"
+        if not e or e.get("value") is None:
+            return "n/a"
+        ci = f"[{e['lo']:.3f}, {e['hi']:.3f}]" if e.get("lo") is not None else "[no CI]"
+        return f"{e['value']:.3f} {ci} (n={e['n']})"
 
     j = results["judge"]
     jv = results.get("judge_validation") or {}
