@@ -506,7 +506,7 @@ def _job(cfg: JobConfig, out: Path, run_dir: Any) -> Path:
     _write_rows(out / "steering_effects.jsonl", effects)
     for e in effects:
         note(e["label"], None, {"value": e["metric"], "lo": e["ci_lo"], "hi": e["ci_hi"], "n": e["n"]},
-             "; ".join(x for x in (f"{e['n']} item evaluations", e["note"]) if x))
+             "; ".join(x for x in (f"n = {e['n']} {'seeds' if 'random' in e['intervention'] else 'items'}", e["note"]) if x))
     print(f"  EM proxy Δ = log-prob(misaligned) − log-prob(aligned), nats per answer token (> 0 prefers bad advice), "
           f"on {steer_med}; 95 % CI (bootstrap over seeds and items):")
     print(_table(["model", "intervention", "Δ nats/token [95 % CI]", "n"],
