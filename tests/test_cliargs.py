@@ -119,7 +119,7 @@ def test_judge_options_one_spec():
                          JudgeOptions)
     assert o.kind == "api" and o.judge_timeout == 5.0
     j = o.build()
-    assert j.describe()["model"] == "gpt-x" and j.timeout == 5.0 and o.build_categorical(j) is None
+    assert j.describe()["model"] == "gpt-x" and j.timeout == 5.0 and o.build_categorical(j) is j  # the API judge labels deception itself
     assert JudgeOptions().build() is None and JudgeOptions("hf:embedded").kind == "hf"
     for bad in ("api:http://x", "gpt-4o", "hf"):
         with pytest.raises(ValueError, match="expected none, hf:"):

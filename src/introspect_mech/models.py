@@ -55,7 +55,14 @@ class ChunkedGGUF:
         return [f"{self.dist}{i}" for i in range(1, self.n_parts + 1)]
 
     def module(self, i: int) -> str:
-        """The import name of part `i` (1-based)."""
+        """The import name of part `i` (1-based).
+
+        Args:
+            i: the part number.
+
+        Returns:
+            The module name.
+        """
         return f"{self.dist.replace('-', '_')}{i}"
 
     def pip_command(self) -> str:
@@ -313,6 +320,12 @@ def _cpu_key() -> dict[str, Any]:
 def measure_cpu_bf16(n: int = 128, k: int = 896, m: int = 2048, reps: int = 3) -> dict[str, Any]:
     """Time one linear layer (`F.linear` of `[n, k]` by a `[m, k]` weight, the layout a model's layers
     use) in float32 and in bfloat16 on the CPU, best of `reps`, interleaved.
+
+    Args:
+        n: rows of the input.
+        k: input features.
+        m: output features.
+        reps: timed repetitions per dtype.
 
     Returns:
         `{"fp32_gflops", "bf16_gflops", "speedup"}` (speedup = bf16 / fp32 throughput).

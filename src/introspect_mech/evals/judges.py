@@ -276,6 +276,11 @@ class JudgeError(RuntimeError):
     """
 
     def __init__(self, msg: str = "") -> None:
+        """A judge error whose message is scrubbed of secrets.
+
+        Args:
+            msg: the message.
+        """
         from ..scrub import scrub_message
 
         super().__init__(scrub_message(str(msg)))
@@ -394,7 +399,14 @@ class HFJudge(_Modes):
         return self._fp
 
     def render(self, prompts: Sequence[str]) -> list[str]:
-        """The chat-templated texts the judge reads (system prompt, one user turn, assistant header)."""
+        """The chat-templated texts the judge reads (system prompt, one user turn, assistant header).
+
+        Args:
+            prompts: the filled judge prompts.
+
+        Returns:
+            One text per prompt.
+        """
         texts = []
         for p in prompts:
             msgs = ([{"role": "system", "content": self.system}] if self.system else []) + [{"role": "user", "content": p}]

@@ -22,7 +22,14 @@ __all__ = ["capability_stage", "typology_stage", "model_names", "load_answers"]
 
 
 def model_names(cfg: Any) -> list[str]:
-    """The models the EM study evaluated: "base" (when included) and each dataset's finetune."""
+    """The models the EM study evaluated: "base" (when included) and each dataset's finetune.
+
+    Args:
+        cfg: the EM study's config.
+
+    Returns:
+        The model names.
+    """
     return (["base"] if cfg.include_base else []) + list(cfg.datasets)
 
 
