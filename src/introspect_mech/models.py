@@ -371,9 +371,9 @@ def cpu_dtype_decision() -> dict[str, Any]:
         dt = "bfloat16" if meas["speedup"] >= BF16_MIN_SPEEDUP else "float32"
         known[tag] = {"dtype": dt, "source": "measured", **key, **meas,
                       "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known, indent=1))
-        os.replace(tmp, path)
+        from .runs import write_json
+
+        write_json(path, known, indent=1)  # the one writer: a temp file of its own, no symlink followed
     _CPU_DTYPE[tag] = known[tag]
     return known[tag]
 

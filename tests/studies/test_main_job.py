@@ -92,3 +92,25 @@ def test_command_line_builds_the_config(capsys, run_experiment):
     assert e.value.code == 0 and out.startswith("usage: introspect-mech demo") and "--steer-depths" in out
     code, out = run_experiment("main_job.py", "--help")
     assert code == 0 and "--preset {paper,quick}" in out
+
+
+def test_library_warnings_go_to_the_run_log_not_the_terminal(tmp_path, capsys):
+    import logging
+    import warnings
+
+    from introspect_mech.runs import RunDir
+    from introspect_mech.studies.main_job import _CaptureWarnings, _table
+
+    log = RunDir(tmp_path / "run").log("warnings.jsonl")
+    show, handlers = warnings.showwarning, list(logging.getLogger("transformers").handlers)
+    with _CaptureWarnings(log) as caught:
+        warnings.warn("`x` is deprecated", FutureWarning, stacklevel=1)
+        logging.getLogger("transformers.modeling_utils").warning("a transformers warning")
+    assert caught.n == 2 and capsys.readouterr().err == ""
+    rows = [json.loads(x) for x in (tmp_path / "run" / "warnings.jsonl").read_text().splitlines()]
+    assert [r["message"] for r in rows] == ["FutureWarning: `x` is deprecated", "a transformers warning"]
+    # restored afterwards
+    assert warnings.showwarning is show and logging.getLogger("transformers").handlers == handlers
+    # printed tables: a header row, a rule, the rows; columns aligned
+    assert _table(["model", "Δ nats/token"], [["base", "-0.683"]]).splitlines() == [
+        "  model  Δ nats/token", "  -----  ------------", "  base   -0.683"]

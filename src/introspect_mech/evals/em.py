@@ -158,7 +158,10 @@ def format_em_rates(rep: dict[str, Any]) -> str:
         or "n/a" per column).
     """
     def f(e):
-        return "n/a" if e.get("value") is None else f"{e['value']:.3f} [{e['lo']:.3f}, {e['hi']:.3f}] n={e['n']}"
+        if e.get("value") is None:
+            return "n/a"
+        ci = f"[{e['lo']:.3f}, {e['hi']:.3f}]" if e.get("lo") is not None else "[no CI]"
+        return f"{e['value']:.3f} {ci} n={e['n']}"
 
     lines = [f"{'question':34s} {'EM / coherent (Betley)':>32s} {'EM / all scored (MO)':>32s} {'coherent>50':>28s}"]
     qs = list(rep["em_rate"]["all"]["per_question"]) + ["OVERALL"]

@@ -79,7 +79,9 @@ def format_em_report(report: dict[str, Any]) -> str:
         The table.
     """
     def fmt(e):
-        return "n/a" if e["value"] is None else f"{e['value']:.3f} [{e['lo']:.3f}, {e['hi']:.3f}]"
+        if e["value"] is None:
+            return "n/a"
+        return f"{e['value']:.3f} " + (f"[{e['lo']:.3f}, {e['hi']:.3f}]" if e.get("lo") is not None else "[no CI]")
 
     lines = [f"{'question':34s} {'n':>4s} {'valid':>5s} {'EM rate [95% CI]':>24s} {'coherent>50':>24s} {'mean aligned':>26s}"]
     items = list(report["per_question"].items()) + [("OVERALL", report["overall"])]

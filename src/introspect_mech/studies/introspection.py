@@ -897,7 +897,8 @@ def _gated(p: dict[str, Any], min_mass: float) -> tuple[float | None, list[float
     return point, per
 
 
-def _within_point_permutation_p(points: Sequence[Sequence[tuple[float, float]]], n_perm: int, seed: int) -> float | None:
+def _within_point_permutation_p(points: Sequence[Sequence[tuple[float | None, float | None]]], n_perm: int,
+                                seed: int) -> float | None:
     """Two-sided p of the pooled Pearson r over (point, question) pairs, permuting the projections
     across questions WITHIN each point (the questions are exchangeable there; the points are not)."""
     groups = [[(x, y) for x, y in g if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)]
@@ -1598,6 +1599,15 @@ def config_from_argv(argv: Sequence[str] | None = None) -> tuple[IntrospectionCo
     return cfg, judge, a
 
 
+def _check(cfg: IntrospectionConfig) -> None:
+    """The config's letters and variants, before the run directory is touched."""
+    if any(stage not in "ABCD" for stage in cfg.stages):
+        raise ValueError(f"stages must be letters from 'ABCD', got {cfg.stages!r}")
+    for v in cfg.variants:
+        if v not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {v!r}")
+
+
 def _stage(ctx: runner.Context) -> Any:
     return _introspection(ctx.out, ctx.config, model=ctx.resources.get("model"), judge=ctx.resources["judge"],
                           progress=ctx.progress)
@@ -1607,7 +1617,7 @@ STUDY = runner.Study(
     "introspection", IntrospectionConfig, PRESETS, title='Injected-thought introspection and self-report vs internal state',
     stages=(runner.Stage("introspection", _stage, 'the stages config.stages picks: A detection/identification, B intention, C self-report, D risk report'),),
     unbound=('stages',),
-    dashboard=False)
+    resources=("model",), check=_check, dashboard=False)
 
 
 def run(config: IntrospectionConfig | str | os.PathLike | None = None, out: str | os.PathLike | IntrospectionConfig | None = None,

@@ -360,7 +360,8 @@ def _job(cfg: JobConfig, out: Path, run_dir: Any) -> Path:
              f"mass on numbers {sr['mean_mass']:.2f}")
         em_table.append(cells + [_ci(sr["mean"])])
     bar.close()
-    print(f"  EM proxy (judge-free, not an EM rate; 95 % bootstrap CI over items). P = fraction of items where the model "
+    print(f"  EM proxy (judge-free, not an EM rate; 95 % CIs over items, Wilson for the fractions P). "
+          f"P = fraction of items where the model "
           f"gives the misaligned answer the higher log-prob; Δ = log-prob(misaligned) − log-prob(aligned), nats per "
           f"answer token (> 0 prefers misaligned). EM themes: {n_em} items; medical: {n_med} held-out items.")
     print(_table(["model", "P, EM themes", "P, medical", "Δ nats/token, EM themes", "Δ nats/token, medical",

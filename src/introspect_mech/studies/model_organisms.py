@@ -529,7 +529,10 @@ def format_results(results: dict[str, Any]) -> str:
         the direction's status, the reductions, per-checkpoint rows and the labelled judge-free proxy.
     """
     def f(e):
-        return "n/a" if not e or e.get("value") is None else f"{e['value']:.3f} [{e['lo']:.3f}, {e['hi']:.3f}] (n={e['n']})"
+        if not e or e.get("value") is None:
+            return "n/a"
+        ci = f"[{e['lo']:.3f}, {e['hi']:.3f}]" if e.get("lo") is not None else "[no CI]"
+        return f"{e['value']:.3f} {ci} (n={e['n']})"
 
     j = results["judge"]
     jv = results.get("judge_validation") or {}

@@ -629,7 +629,7 @@ STUDY = runner.Study(
     "persona-vectors", PVConfig, PRESETS, title='Persona vectors', default_preset='cpu',
     stages=(runner.Stage("persona_vectors", _stage, 'extract the direction, then the stages `config.stages` names (each resumes from its files)'),),
     unbound=('stages',),
-    dashboard=False)
+    resources=("model",), dashboard=False)
 
 
 def run(config: PVConfig | str | os.PathLike | None = None, out: str | os.PathLike | PVConfig | None = None,

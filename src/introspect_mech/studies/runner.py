@@ -104,6 +104,8 @@ class Study:
         unbound: config fields left out of the binding because they select work rather than decide rows
             (e.g. CAFT's `pick`, whose rows are keyed by the pick); their values key the stage records
             instead, so a rerun with another value runs the stages again (each resuming from its logs).
+        resources: keywords that are always resources handed to the stages, even where a config field has the
+            same name (e.g. `model=` a loaded model, beside the config's `model` name).
         legacy_keywords: keywords only the old `run` took (e.g. `log=`): a call with one is a deprecated form.
         check: `check(config)` raises a one-line `ValueError` for a config the study cannot run, before
             the run directory is touched.
@@ -122,6 +124,7 @@ class Study:
     unbound: tuple[str, ...] = ()
     check: Callable[[Any], None] | None = None
     legacy_keywords: tuple[str, ...] = ()
+    resources: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.stages]
@@ -313,7 +316,7 @@ def resolve_call(study: Study, config: Any, out: Any, kwargs: dict[str, Any]) ->
     if not isinstance(config, study.config):
         raise TypeError(f"{study.name}: config must be a {study.config.__name__}, got {type(config).__name__}")
     names = {f.name for f in dataclasses.fields(study.config)}
-    fields = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+    fields = {k: kwargs.pop(k) for k in list(kwargs) if k in names and k not in study.resources}
     if fields:
         legacy.append(f"config fields as keywords ({', '.join(sorted(fields))}) -> dataclasses.replace(config, ...)")
         config = dataclasses.replace(config, **fields)  # type: ignore[type-var]

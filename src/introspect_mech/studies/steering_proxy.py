@@ -32,7 +32,8 @@ from ..runs import RunDir
 from ..direction import Direction, DirectionLike
 from ..layers import LayerSpec, resolve_layers
 from ..steering.hooks import ablate, random_like
-from ..steering.sweep import Values, hierarchical_ci, relative_reduction, summarize, sweep
+from ..stats import hierarchical_ci
+from ..steering.sweep import Values, relative_reduction, summarize, sweep
 from . import runner
 from .. import runs as _runs
 
