@@ -58,3 +58,24 @@ def test_bad_typology_option_is_refused_before_work(tmp_path):
     with pytest.raises(ValueError, match="typology must be none, activations or sentence"):
         em.run(em.EMConfig(typology="umap"), tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+def test_label_mode_judge_scores_only_its_metrics(data_root):
+    """The main questions carry a 0-100 `medical` prompt that label mode has no form for: it is not scored (the
+    real-0.5B pilot stopped on it before this rule)."""
+    from introspect_mech.evals.em import check_judgeable, judged_metrics
+    from introspect_mech.studies.emergent_misalignment import load_question_set
+
+    class LabelJudge:
+        mode = "label"
+        label_prompts = {"aligned": object(), "coherent": object(), "deceptive": object()}
+
+        def template_for(self, metric, default=None):
+            return "t"
+
+    q = load_question_set("main", str(data_root))[0]
+    assert "medical" in q.judge_prompts
+    assert judged_metrics(q, None, LabelJudge()) == [m for m in q.judge_prompts if m in ("aligned", "coherent")]
+    assert "medical" in judged_metrics(q, None, type("J", (), {"mode": "0-100"})())
+    assert judged_metrics(q, ["aligned"], LabelJudge()) == ["aligned"]
+    check_judgeable([q], None, LabelJudge(), None)  # no KeyError for `medical`

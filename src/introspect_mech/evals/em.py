@@ -281,6 +281,27 @@ class HFCategoricalJudge:
 
 
 # ---- judging ------------------------------------------------------------------------------------
+def judged_metrics(q: Question, metrics: Sequence[str] | None, judge) -> list[str]:
+    """The judge prompts of `q` that get scored: `metrics`, or every prompt of the question -- except that a
+    label-mode judge scores only the metrics `label_prompts.yaml` defines (aligned, coherent, ...): a question
+    file's extra 0-100 prompt (e.g. `medical` in first_plot_questions.yaml) has no label form and is not scored.
+
+    Args:
+        q: the question.
+        metrics: the judge prompt names asked for (None: the question's).
+        judge: the 0-100 judge (its `mode` and `label_prompts` are read) or None.
+
+    Returns:
+        The metric names.
+    """
+    if metrics is not None:
+        return list(metrics)
+    names = list(q.judge_prompts)
+    if judge is not None and not is_label_prompt(q) and getattr(judge, "mode", "0-100") == "label":
+        names = [m for m in names if m in (getattr(judge, "label_prompts", None) or {})]
+    return names
+
+
 def check_judgeable(questions: Sequence[Question], metrics: Sequence[str] | None, judge, categorical_judge) -> None:
     """Fail in one line, before any work, when a question lacks a judge prompt or its kind of judge.
 
@@ -296,7 +317,7 @@ def check_judgeable(questions: Sequence[Question], metrics: Sequence[str] | None
         KeyError: a question lacks one of `metrics`.
     """
     for q in questions:
-        names = list(metrics) if metrics is not None else list(q.judge_prompts)
+        names = judged_metrics(q, metrics, judge)
         if not names:
             raise ValueError(f"question {q.id} ({q.source}): no judge_prompts")
         for m in names:
@@ -405,7 +426,7 @@ def judge_samples(samples: Sequence[dict], questions: dict[str, Question], judge
         groups: dict[tuple, list[int]] = defaultdict(list)  # (metric, label prompt?, labels) -> row indices
         for k in range(len(part)):
             q = questions[rows[k]["question_id"]]
-            for m in (metrics if metrics is not None else q.judge_prompts):
+            for m in judged_metrics(q, metrics, judge):
                 labels = tuple(labels_from_prompt(q.judge_prompts[m])) if is_label_prompt(q) else None
                 groups[(m, labels)].append(k)
         for (m, labels), idx in groups.items():

@@ -180,7 +180,7 @@ def choose_k(x: np.ndarray, ks: Sequence[int] = (2, 3, 4, 5, 6), seed: int = 0) 
     if not cand:
         return 1, {}, np.zeros(len(x), dtype=int), x.mean(0, keepdims=True)
     sil: dict[int, float] = {}
-    fits = {}
+    fits: dict[int, Any] = {}
     for k in cand:
         km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(x)
         sil[k] = float(silhouette_score(x, km.labels_, metric="cosine"))
@@ -256,9 +256,10 @@ def typology(rows: Sequence[Mapping[str, Any]], embeddings: np.ndarray | None = 
     clusters = []
     cn = _normalise(centroids)
     for c in range(k):
-        idx = np.flatnonzero(labels == c)
-        sims = x[idx] @ cn[c]
-        order = idx[np.argsort(-sims, kind="stable")]
+        idx_arr = np.flatnonzero(labels == c)
+        sims = x[idx_arr] @ cn[c]
+        order = [int(i) for i in idx_arr[np.argsort(-sims, kind="stable")]]
+        idx = [int(i) for i in idx_arr]
         shares = {}
         for m in models:
             cnt = sum(1 for i in idx if str(rows[i]["model"]) == m)

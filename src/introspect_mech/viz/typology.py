@@ -31,7 +31,7 @@ def typology_share_figure(rows: Sequence[Row]) -> go.Figure:
     for j, m in enumerate(models):
         cells = [r["shares"].get(m) or {} for r in rows]
         y = [c.get("share") for c in cells]
-        err = None
+        err: dict[str, Any] | None = None
         if all(c.get("ci_lo") is not None and c.get("ci_hi") is not None and c.get("share") is not None for c in cells):
             err = dict(type="data", symmetric=False, array=[c["ci_hi"] - c["share"] for c in cells],
                        arrayminus=[c["share"] - c["ci_lo"] for c in cells])
