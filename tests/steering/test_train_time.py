@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import scipy.stats
 import pytest
 import torch
 
@@ -149,8 +150,10 @@ def test_relative_reduction_and_ci():
     assert abs(relative_reduction(base, full, rand).value) < 0.05
     with pytest.raises(ValueError):
         relative_reduction(base, full, [half[:10]])
-    ci = hierarchical_ci([[1.0, 2.0, 3.0]])
-    assert ci.value == pytest.approx(2.0) and 1.0 <= ci.lo < 2.0 < ci.hi <= 3.0
+    ci = hierarchical_ci([[1.0, 2.0, 3.0]])  # 3 items: a t-interval, never a percentile bootstrap over 3 values
+    half = scipy.stats.t.ppf(0.975, 2) * 1.0 / np.sqrt(3)
+    assert ci.value == pytest.approx(2.0) and ci.method == "t"
+    assert (ci.lo, ci.hi) == pytest.approx((2.0 - half, 2.0 + half))
 
 
 def test_relative_reduction_per_group_full():
