@@ -321,8 +321,8 @@ def test_bad_input(tiny_qwen2):
         steering.add(m, torch.randn(m.d_model), [0], 1.0)
     with pytest.raises(TypeError):
         steering.clamp(m, torch.randn(m.d_model), 1.0, [0])
-    with pytest.raises(TypeError, match="layers"):  # a float is not a layer (no truncation)
-        steering.add(m, torch.randn(m.d_model), layers=[0.5], alpha=1.0)
+    with pytest.raises(ValueError, match="relative depth"):  # a float is a relative depth in [0, 1], never truncated
+        steering.add(m, torch.randn(m.d_model), layers=[1.5], alpha=1.0)
     with pytest.raises(TypeError, match="Direction"):  # no duck typing: only a Direction or a tensor
         steering.add(m, SimpleNamespace(vectors=torch.randn(m.n_layers, m.d_model)), layers=[0], alpha=1.0)
     assert _no_hooks(m)

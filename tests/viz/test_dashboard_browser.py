@@ -84,8 +84,9 @@ def test_dashboard_renders_in_chromium(tmp_path):
     body = re.search(r"<body[^>]*>", dom.stdout)
     assert body, "no <body> in the dumped DOM"
     attrs = dict(re.findall(r'data-([a-z-]+)="(\d+)"', body.group(0)))
-    assert attrs.get("plots-expected") == "16", body.group(0)  # 9 + introspection (4) + self-report track (1) + organisms (2)
-    assert attrs.get("plots-rendered") == "16", f"not every plot drew an SVG: {body.group(0)}"
+    # 9 + introspection (4) + self-report track (1) + organisms (2) + answer typology (1)
+    assert attrs.get("plots-expected") == "17", body.group(0)
+    assert attrs.get("plots-rendered") == "17", f"not every plot drew an SVG: {body.group(0)}"
     assert attrs.get("js-errors") == "0", re.search(r'<div id="js-errors">(.*?)</div>', dom.stdout, re.S)
     assert not _console_errors(dom.stderr), _console_errors(dom.stderr)
     # plotly drew real marks: bars, heatmap image, scatter points, table cells

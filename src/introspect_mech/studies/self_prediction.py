@@ -292,9 +292,11 @@ class _States:
         self.obj: dict[str, dict[str, str]] = {}
         self.hyp: dict[str, dict[str, str]] = {}
 
-    def object(self, state: str, model: LoadedModel, rows: Sequence[dict]) -> dict[str, str]:
+    def object(self, state: str, model: LoadedModel, rows: Sequence[dict], part: str = "") -> dict[str, str]:
+        # one file per (state, prompt set): a sample file is bound to its prompts (`part` names a second set)
+        name = f"{state}.{part}.jsonl" if part else f"{state}.jsonl"
         got = object_level_answers(model, rows, max_new_tokens=self.cfg.obj_max_new_tokens,
-                                   batch_size=self.cfg.gen_batch_size, out=self.run.path / "object" / f"{state}.jsonl",
+                                   batch_size=self.cfg.gen_batch_size, out=self.run.path / "object" / name,
                                    progress=self.progress)
         self.obj.setdefault(state, {}).update(got)
         return self.obj[state]
@@ -382,8 +384,8 @@ def run_study(
         m = start if start is not None else models[base]()
         trained_records[name] = records
         (ftdir / name).mkdir(parents=True, exist_ok=True)
+        ft(m, records, tcfg.replace(seed=seed_of[base]), ftdir / name)  # binds its data itself (before any write)
         _runs.write_text(ftdir / name / "records_sha256.txt", json_sha256([r["messages"] for r in records]) + "\n")
-        ft(m, records, tcfg.replace(seed=seed_of[base]), ftdir / name)
         m.model.eval()
         return m
 
@@ -458,7 +460,7 @@ def run_study(
         if cfg.probe_properties is not None:
             probe_rows = [r for r in probe_rows if r["behavioral_property"] in cfg.probe_properties]
         for t in (names if cfg.probe_all_targets else names[:1]):  # the target's labels on these questions
-            st.object(f"{t}_self", self_models[t], probe_rows)
+            st.object(f"{t}_self", self_models[t], probe_rows, part="probe")
         results["features"] = _features(names, models, self_models, cross_models, probe_rows, st, cfg, progress)
     cross_models.clear()
     # 7. behaviour shift (last: it merges and retrains the self-prediction-trained models)
