@@ -161,7 +161,7 @@ def sweep(
 
     log: JsonlLog | None = None
     if out is not None:
-        from ..runs import json_sha256, model_config
+        from ..runs import model_config
 
         run = RunDir(out)
         sweep_cfg = {"op": op, "layers": idx, "alphas": alphas, "seeds": list(seeds), "control": control,
@@ -169,7 +169,7 @@ def sweep(
                      "mask:" + _tensor_sha256(positions), "scale": scale, "layers_together": layers_together}
         run.bind(f"rows:{log_name}", {
             "model": model_config(model), "direction_sha256": _direction_sha256(direction),
-            "sweep": sweep_cfg, "binding": json_sha256(binding) if binding is not None else None},
+            "sweep": sweep_cfg, "binding": binding},
             overwrite=overwrite, outputs=[log_name])
         run.write_manifest(
             stage="steering_sweep", model=model.name, adapter=model.meta.get("adapter"),

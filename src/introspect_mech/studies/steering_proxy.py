@@ -728,7 +728,7 @@ def steer_sweep(model: LoadedModel, direction: Any, out: str | os.PathLike, *, l
         The summary rows (one per layer, alpha and kind) with the proxy metric name.
     """
 
-    from ..evals.em import PROXY_PREF, em_proxy_fn
+    from ..evals.em import PROXY_PREF, em_proxy_fn, proxy_items
 
     run = RunDir(out)
     fn = em_proxy_fn(items)
@@ -737,8 +737,11 @@ def steer_sweep(model: LoadedModel, direction: Any, out: str | os.PathLike, *, l
         r = fn(m)
         return {"proxy_pref": r["proxy_pref"], "proxy_diff": r["proxy_diff"]}
 
+    # eval_fn cannot be hashed: bind what determines it (the proxy's items by value, its metrics)
+    binding = {"proxy_items_sha256": _runs.json_sha256(list(items) if items is not None else proxy_items()),
+               "metrics": ["proxy_pref", "proxy_diff"]}
     rows = sweep(model, direction, layers=layers, alphas=alphas, eval_fn=eval_fn, out=run.path / "steering", op=op,
-                 seeds=seeds, scale=scale)
+                 seeds=seeds, scale=scale, binding=binding)
     out_rows, summary = [], summarize(rows, "proxy_pref")
     for s in summary:
         if s["kind"] != "none":
