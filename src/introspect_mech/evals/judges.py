@@ -703,49 +703,44 @@ class APIJudge(_Modes):
         res = self._result(pairs, metric)
         return None if res.invalid else res
 
+    def _request_pairs(self, client, prompt: str) -> list[tuple[str, float]] | str:
+        """The answer's top logprobs from the endpoint (no cache), or the reason they are invalid."""
+        last: JudgeError | None = None
+        for _ in range(self.max_retries + 1):  # the SDK retries transport errors; this retries malformed bodies
+            try:
+                pairs = parse_top_logprobs(self._request(client, prompt))
+            except JudgeError as e:
+                if not str(e).startswith("malformed"):
+                    raise
+                last = e
+                continue
+            return check_logprobs(pairs) or pairs
+        raise JudgeError(f"{self._shown_url}: {last} ({self.max_retries + 1} attempts)")
+
+    def _put(self, prompt: str, pairs: list[tuple[str, float]]) -> None:
+        self.cache.put(self.cache_key(prompt), {"top_logprobs": pairs, "judge": self.model_name, "time": time.time()})
+
     def _fetch_pairs(self, client, prompt: str) -> list[tuple[str, float]] | str:
         """The answer's top logprobs (cache first; valid answers are cached), or the reason they are invalid."""
         hit = self._cached_pairs(prompt)
         if hit is not None:
             return hit
-        last: JudgeError | None = None
-        for _ in range(self.max_retries + 1):  # the SDK retries transport errors; this retries malformed bodies
-            try:
-                pairs = parse_top_logprobs(self._request(client, prompt))
-            except JudgeError as e:
-                if not str(e).startswith("malformed"):
-                    raise
-                last = e
-                continue
-            reason = check_logprobs(pairs)
-            if reason:
-                return reason
-            self.cache.put(self.cache_key(prompt), {"top_logprobs": pairs, "judge": self.model_name, "time": time.time()})
-            return pairs
-        raise JudgeError(f"{self._shown_url}: {last} ({self.max_retries + 1} attempts)")
+        pairs = self._request_pairs(client, prompt)
+        if not isinstance(pairs, str):
+            self._put(prompt, pairs)
+        return pairs
 
     def _fetch(self, client, prompt: str, metric: str | None = None) -> JudgeResult:
-        key = self.cache_key(prompt)
         hit = self._cached(prompt, metric)
         if hit is not None:
             return hit
-        last: JudgeError | None = None
-        for _ in range(self.max_retries + 1):  # the SDK retries transport errors; this retries malformed bodies
-            try:
-                pairs = parse_top_logprobs(self._request(client, prompt))
-            except JudgeError as e:
-                if not str(e).startswith("malformed"):
-                    raise
-                last = e
-                continue
-            reason = check_logprobs(pairs)
-            if reason:
-                return JudgeResult(None, float("nan"), reason)
-            res = self._result(pairs, metric)
-            if not res.invalid:
-                self.cache.put(key, {"top_logprobs": pairs, "judge": self.model_name, "time": time.time()})
-            return res
-        raise JudgeError(f"{self._shown_url}: {last} ({self.max_retries + 1} attempts)")
+        pairs = self._request_pairs(client, prompt)
+        if isinstance(pairs, str):
+            return JudgeResult(None, float("nan"), pairs)
+        res = self._result(pairs, metric)
+        if not res.invalid:
+            self._put(prompt, pairs)
+        return res
 
     def score(self, prompts: Sequence[str], *, metric: str | None = None) -> list[JudgeResult]:
         """Scores for `prompts` (cache first); invalid answers are None with a reason, never cached.
