@@ -103,9 +103,17 @@ def test_library_warnings_go_to_the_run_log_not_the_terminal(tmp_path, capsys):
 
     log = RunDir(tmp_path / "run").log("warnings.jsonl")
     show, handlers = warnings.showwarning, list(logging.getLogger("transformers").handlers)
-    with _CaptureWarnings(log) as caught:
-        warnings.warn("`x` is deprecated", FutureWarning, stacklevel=1)
-        logging.getLogger("transformers.modeling_utils").warning("a transformers warning")
+    # a library imported earlier in the process may have set transformers' verbosity to error (then transformers
+    # itself drops the warning, captured or not): pin it to the default here
+    tf_logger = logging.getLogger("transformers")
+    level = tf_logger.level
+    tf_logger.setLevel(logging.WARNING)
+    try:
+        with _CaptureWarnings(log) as caught:
+            warnings.warn("`x` is deprecated", FutureWarning, stacklevel=1)
+            logging.getLogger("transformers.modeling_utils").warning("a transformers warning")
+    finally:
+        tf_logger.setLevel(level)
     assert caught.n == 2 and capsys.readouterr().err == ""
     rows = [json.loads(x) for x in (tmp_path / "run" / "warnings.jsonl").read_text().splitlines()]
     assert [r["message"] for r in rows] == ["FutureWarning: `x` is deprecated", "a transformers warning"]
