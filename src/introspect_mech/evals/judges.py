@@ -42,7 +42,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..models import LoadedModel
 from .scoring import number_distributions, tree_logprobs
@@ -762,6 +762,10 @@ class APIJudge(_Modes):
         def one(p: str) -> JudgeResult:
             return self._fetch(client, p, metric)
 
+        return self._map(client, one, prompts)
+
+    def _map(self, client: Any, one: Callable[[str], Any], prompts: Sequence[str]) -> list[Any]:
+        """`one` over the prompts (`max_workers` threads), closing the client afterwards."""
         try:
             if self.max_workers <= 1 or len(prompts) <= 1:
                 return [one(p) for p in prompts]
@@ -797,11 +801,4 @@ class APIJudge(_Modes):
             best = max(probs, key=lambda k: probs[k]) if mass >= self.min_mass else None
             return LabelResult(best, probs, mass)
 
-        try:
-            if self.max_workers <= 1 or len(prompts) <= 1:
-                return [one(p) for p in prompts]
-            with ThreadPoolExecutor(self.max_workers) as ex:
-                return list(ex.map(one, prompts))
-        finally:
-            if client is not None:
-                client.close()
+        return self._map(client, one, prompts)
