@@ -331,6 +331,12 @@ def _cmd_dashboard(argv: list[str]) -> int:
     return 0
 
 
+def _cmd_em_seeds(argv: list[str]) -> int:
+    from .studies import em_seeds
+
+    return em_seeds.main(argv, prog="introspect-mech em-seeds")
+
+
 # ---- the command table ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Opt:
@@ -376,6 +382,8 @@ COMMANDS: dict[tuple[str, ...], Command] = {
     ("demo",): Command("the main job: finetune, EM metrics, directions, probes, steering, dashboard "
                        "(= `study main-job`)", _cmd_demo),
     ("study",): Command("run a paper's protocol (`introspect-mech study --help` lists them)", _cmd_study),
+    ("em-seeds",): Command("pool finished emergent-misalignment runs over finetune seeds (t over seeds, paired "
+                           "difference vs the control)", _cmd_em_seeds),
     ("finetune",): Command("LoRA / full finetuning (see `introspect-mech finetune --help`)", _cmd_finetune),
     ("sample",): Command("sample answers to an EM question file into RUN/samples.jsonl", _cmd_sample,
                          lambda: (SampleOptions, ModelOptions, SeedOptions, RunOptions)),
