@@ -165,6 +165,19 @@ def test_measure_cpu_bf16_reports_both_dtypes():
     assert r["speedup"] > 0 and set(r) == {"fp32_gflops", "bf16_gflops", "speedup"}
 
 
+def test_dtype_decision_is_the_cores_not_the_thread_count():
+    """`OMP_NUM_THREADS=1` and the default must pick the same dtype (and so the same dequantised cache):
+    the key has no thread count, and the measurement runs on one thread, restoring the caller's."""
+    assert "threads" not in M._cpu_key()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        M.measure_cpu_bf16(n=16, k=32, m=32, reps=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_load_model_dtype_names(tiny_qwen2_dir):
     assert load_model(tiny_qwen2_dir, dtype="bfloat16").dtype == torch.bfloat16
     assert load_model(tiny_qwen2_dir, dtype="auto").dtype == torch.float32  # the suite pins float32
