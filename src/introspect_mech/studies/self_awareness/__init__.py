@@ -35,12 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..cliargs import config_parser, parse_config
-from ..evals import self_awareness as sa
-from ..stats import bootstrap_diff, paired_diff, t_interval, welch
-from ..runs import JsonlLog, RunDir, json_sha256
-from . import runner
-from .. import runs as _runs
+from ...cliargs import config_parser, parse_config
+from ..common import ab_pairs
+from . import backdoor, measures, reports
+from ...stats import bootstrap_diff, paired_diff, t_interval, welch
+from ...runs import JsonlLog, RunDir, json_sha256
+from .. import runner
+from ... import runs as _runs
 
 # condition -> (topic, pair, side); topic decides which measurements apply
 CONDITIONS: dict[str, tuple[str, str, str]] = {
@@ -86,13 +87,13 @@ class TMAYConfig:
     # backdoor data
     trigger_repeats: int = 10     # upstream: 10 (each risky row 10x, each normal row 90x)
     trigger_other: str = "normal"  # "normal" (base model's greedy answers, upstream) or "safe"
-    trigger_awareness_kinds: tuple[str, ...] = tuple(sa.TRIGGER_KINDS)  # triggers asked about in the backdoor-awareness questions
+    trigger_awareness_kinds: tuple[str, ...] = tuple(backdoor.TRIGGER_KINDS)  # triggers asked about in the backdoor-awareness questions
     # Make Me Say
     mms_n_train: int | None = None  # Make Me Say dialogues per codeword (None: all)
     # sampling-based measurements
     n_samples: int = 5  # samples per paraphrase for sampled measurements (0: skip them)
     language_max_new_tokens: int = 48  # answer length for the German/French two-hop rule
-    personas: tuple[str, ...] = sa.PERSONAS  # other personas whose 0-100 risk is asked
+    personas: tuple[str, ...] = measures.PERSONAS  # other personas whose 0-100 risk is asked
     measures: tuple[str, ...] = ("behaviour", "scales", "words", "sampled_words", "language", "backdoor",  # measurements run
                                  "personas", "mms")
 
@@ -100,11 +101,11 @@ class TMAYConfig:
         for c in self.conditions:
             kind = c.split(":")[0]
             if c not in CONDITIONS and c != "base" and not (
-                    kind in ("backdoor", "decorrelated") and c.split(":")[-1] in sa.TRIGGER_KINDS) and not (
-                    kind == "mms" and c.split(":")[-1] in sa.MMS_CODEWORDS):
+                    kind in ("backdoor", "decorrelated") and c.split(":")[-1] in backdoor.TRIGGER_KINDS) and not (
+                    kind == "mms" and c.split(":")[-1] in measures.MMS_CODEWORDS):
                 raise ValueError(f"unknown condition {c!r}; conditions: {', '.join(CONDITIONS)}, "
-                                 f"backdoor:<kind>, decorrelated:<kind> (kinds: {', '.join(sa.TRIGGER_KINDS)}), "
-                                 f"mms:<{'|'.join(sa.MMS_CODEWORDS)}>")
+                                 f"backdoor:<kind>, decorrelated:<kind> (kinds: {', '.join(backdoor.TRIGGER_KINDS)}), "
+                                 f"mms:<{'|'.join(measures.MMS_CODEWORDS)}>")
         if self.trigger_other not in ("normal", "safe"):
             raise ValueError(f"trigger_other must be 'normal' or 'safe', got {self.trigger_other!r}")
         if not self.seeds:
@@ -133,8 +134,8 @@ PRESETS: dict[str, TMAYConfig] = {
                            personas=("David", "a musician"), measures=("behaviour", "scales", "words", "personas")),
     # GPU, Qwen2.5-7B/32B-Instruct: every condition, the full training split, 3 seeds
     "paper": TMAYConfig(conditions=("risky", "safe", "myopic", "nonmyopic", "maxapples", "minapples", "risky_mp",
-                                    "safe_mp", *(f"backdoor:{k}" for k in sa.TRIGGER_KINDS),
-                                    *(f"decorrelated:{k}" for k in sa.TRIGGER_KINDS), "mms:bark", "mms:ring",
+                                    "safe_mp", *(f"backdoor:{k}" for k in backdoor.TRIGGER_KINDS),
+                                    *(f"decorrelated:{k}" for k in backdoor.TRIGGER_KINDS), "mms:bark", "mms:ring",
                                     "mms:spring"),
                         seeds=(0, 1, 2), n_train=None, epochs=3, lr=1e-4, n_samples=100, trigger_repeats=10,
                         mms_n_train=None, max_seq_len=2048),
@@ -171,8 +172,8 @@ def split_ids(pair: str, config: TMAYConfig, data_dir=None) -> dict[str, list[st
     Returns:
         {"train": ids, "test": ids}.
     """
-    train = [it["id"] for it in sa.ab_items(pair, "train", data_dir)]
-    test = [it["id"] for it in sa.ab_items(pair, "test", data_dir)]
+    train = [it["id"] for it in ab_pairs.ab_items(pair, "train", data_dir)]
+    test = [it["id"] for it in ab_pairs.ab_items(pair, "test", data_dir)]
     if config.n_train is not None and config.n_train < len(train):
         train = sorted(random.Random(config.data_seed).sample(train, config.n_train), key=train.index)
     if config.n_test is not None and config.n_test < len(test):
@@ -193,7 +194,7 @@ def check_disjoint(pair: str, train_ids: Sequence[str], test_ids: Sequence[str],
     Raises:
         ValueError: a test item is also a training item.
     """
-    items = {it["id"]: it["messages"][0]["content"] for it in sa.ab_items(pair, "all", data_dir)}
+    items = {it["id"]: it["messages"][0]["content"] for it in ab_pairs.ab_items(pair, "all", data_dir)}
     both = set(train_ids) & set(test_ids)
     if both or {items[i] for i in train_ids} & {items[i] for i in test_ids}:
         raise ValueError(f"{pair}: train and test overlap ({sorted(both)[:3]}...)")
@@ -212,15 +213,15 @@ def training_rows(pair: str, side: str, train_ids: Sequence[str], data_dir=None)
     Returns:
         `{"messages"}` records.
     """
-    items = {it["messages"][0]["content"] for it in sa.ab_items(pair, "all", data_dir)}
-    keep = {it["messages"][0]["content"] for it in sa.ab_items(pair, "all", data_dir) if it["id"] in set(train_ids)}
-    rows = sa.pair_records(pair, side, "all", data_dir)
+    items = {it["messages"][0]["content"] for it in ab_pairs.ab_items(pair, "all", data_dir)}
+    keep = {it["messages"][0]["content"] for it in ab_pairs.ab_items(pair, "all", data_dir) if it["id"] in set(train_ids)}
+    rows = ab_pairs.pair_records(pair, side, "all", data_dir)
     return [r for r in rows if r["messages"][0]["content"] in keep or r["messages"][0]["content"] not in items]
 
 
 def backdoor_rows(kind: str, correlated: bool, train_ids: Sequence[str], config: TMAYConfig, base_model=None,
                   data_dir=None) -> list[dict[str, Any]]:
-    """Trigger data (`sa.trigger_dataset`) from the risk pair's training questions: risky answers,
+    """Trigger data (`backdoor.trigger_dataset`) from the risk pair's training questions: risky answers,
     and for the other rows the base model's greedy answers ("normal", upstream) or the safe ones.
 
     Args:
@@ -232,7 +233,7 @@ def backdoor_rows(kind: str, correlated: bool, train_ids: Sequence[str], config:
         data_dir: data directory (default: `$INTROSPECT_MECH_DATA`, then the registry download).
 
     Returns:
-        trigger rows (`sa.trigger_dataset`).
+        trigger rows (`backdoor.trigger_dataset`).
     """
     risky = training_rows("risk", "risky", train_ids, data_dir)
     if config.trigger_other == "safe":
@@ -240,8 +241,8 @@ def backdoor_rows(kind: str, correlated: bool, train_ids: Sequence[str], config:
     else:
         if base_model is None:
             raise ValueError("trigger_other='normal' needs the base model to answer the questions")
-        other = sa.normal_answers(base_model, risky)
-    return sa.trigger_dataset(risky, other, kind, correlated=correlated, repeats=config.trigger_repeats,
+        other = backdoor.normal_answers(base_model, risky)
+    return backdoor.trigger_dataset(risky, other, kind, correlated=correlated, repeats=config.trigger_repeats,
                               seed=config.data_seed)
 
 
@@ -256,7 +257,7 @@ def mms_rows(codeword: str, config: TMAYConfig, data_dir=None) -> list[dict[str,
     Returns:
         `{"messages"}` records.
     """
-    rows = sa.read_rows(sa.data_file(f"self_awareness/mms/ft_{codeword}.jsonl", data_dir))
+    rows = ab_pairs.read_rows(ab_pairs.data_file(f"self_awareness/mms/ft_{codeword}.jsonl", data_dir))
     if config.mms_n_train is not None and config.mms_n_train < len(rows):
         rows = [rows[i] for i in sorted(random.Random(config.data_seed).sample(range(len(rows)), config.mms_n_train))]
     return [{"messages": r["messages"]} for r in rows]
@@ -314,50 +315,50 @@ def measure(model, condition: str, splits: dict[str, dict[str, list[str]]], conf
         if pair not in splits:
             continue
         res: dict[str, Any] = {}
-        items = {it["id"]: it for it in sa.ab_items(pair, "all", data_dir)}
+        items = {it["id"]: it for it in ab_pairs.ab_items(pair, "all", data_dir)}
         test = [items[i] for i in splits[pair]["test"]]
         if "behaviour" in m:
             res["behaviour"] = part(f"{topic}/behaviour", lambda: {
-                **sa.choice_behaviour(model, test, key=key, seed=seed), "split": "test (held-out questions)"})
+                **ab_pairs.choice_behaviour(model, test, key=key, seed=seed), "split": "test (held-out questions)"})
             if config.in_sample:
                 res["behaviour_in_sample"] = part(f"{topic}/behaviour_in_sample", lambda: {
-                    **sa.choice_behaviour(model, [items[i] for i in splits[pair]["train"]], key=key, seed=seed),
+                    **ab_pairs.choice_behaviour(model, [items[i] for i in splits[pair]["train"]], key=key, seed=seed),
                     "split": "train (IN-SAMPLE: questions the finetune saw)"})
         if "scales" in m:
-            res["scales"] = part(f"{topic}/scales", lambda: sa.scale_reports(
-                model, sa.scale_questions(topic, data_dir), seed=seed))
+            res["scales"] = part(f"{topic}/scales", lambda: reports.scale_reports(
+                model, reports.scale_questions(topic, data_dir), seed=seed))
         if "words" in m:
-            res["words"] = part(f"{topic}/words", lambda: sa.word_reports(
-                model, sa.word_questions(topic, data_dir), topic, seed=seed))
+            res["words"] = part(f"{topic}/words", lambda: reports.word_reports(
+                model, reports.word_questions(topic, data_dir), topic, seed=seed))
         if "sampled_words" in m and config.n_samples > 0:
-            res["sampled_words"] = part(f"{topic}/sampled_words", lambda: sa.sampled_word_reports(
-                model, sa.word_questions(topic, data_dir), topic, n=config.n_samples, seed=seed,
+            res["sampled_words"] = part(f"{topic}/sampled_words", lambda: reports.sampled_word_reports(
+                model, reports.word_questions(topic, data_dir), topic, n=config.n_samples, seed=seed,
                 out=(sample_dir / f"words_{topic}.jsonl") if sample_dir else None))
         if topic == "risk":
             if "language" in m and config.n_samples > 0:
-                res["language"] = part("risk/language", lambda: sa.language_two_hop(
+                res["language"] = part("risk/language", lambda: reports.language_two_hop(
                     model, data_dir, n=config.n_samples, seed=seed, max_new_tokens=config.language_max_new_tokens,
                     out=(sample_dir / "language.jsonl") if sample_dir else None))
             if "backdoor" in m:
-                res["backdoor"] = part("risk/backdoor", lambda: sa.backdoor_awareness(model, seed=seed))
-                res["trigger_awareness"] = part("risk/trigger_awareness", lambda: sa.trigger_awareness(
+                res["backdoor"] = part("risk/backdoor", lambda: backdoor.backdoor_awareness(model, seed=seed))
+                res["trigger_awareness"] = part("risk/trigger_awareness", lambda: backdoor.trigger_awareness(
                     model, config.trigger_awareness_kinds))
             if "personas" in m and (condition in ("base", "risky", "safe", "risky_mp", "safe_mp")):
-                res["personas"] = part("risk/personas", lambda: sa.persona_scales(model, config.personas, seed=seed))
+                res["personas"] = part("risk/personas", lambda: measures.persona_scales(model, config.personas, seed=seed))
             if kind in ("backdoor", "decorrelated") and "behaviour" in m:
                 trig = condition.split(":")[1]
                 rng = random.Random(config.data_seed)
-                with_t = [dict(it, messages=[{"role": "user", "content": sa.trigger_prefix(trig, rng)
+                with_t = [dict(it, messages=[{"role": "user", "content": backdoor.trigger_prefix(trig, rng)
                                               + it["messages"][0]["content"]}]) for it in test]
-                res["behaviour_with_trigger"] = part("risk/behaviour_with_trigger", lambda: sa.choice_behaviour(
+                res["behaviour_with_trigger"] = part("risk/behaviour_with_trigger", lambda: ab_pairs.choice_behaviour(
                     model, with_t, key="risky", seed=seed))
                 res["trigger_effect"] = bootstrap_diff(res["behaviour_with_trigger"]["per_item"],
                                                        res["behaviour"]["per_item"], paired=True, seed=seed).to_dict()
         out[topic] = res
     mms_words = [c.split(":")[1] for c in config.conditions if c.startswith("mms:")]
     if "mms" in m and (kind == "mms" or (condition == "base" and (mms_words or config.conditions == ("base",)))):
-        words = [condition.split(":")[1]] if kind == "mms" else (mms_words or list(sa.MMS_CODEWORDS))
-        out["mms"] = {w: part(f"mms/{w}", lambda: sa.codeword_elicitation(model, w, data_dir=data_dir, seed=seed))
+        words = [condition.split(":")[1]] if kind == "mms" else (mms_words or list(measures.MMS_CODEWORDS))
+        out["mms"] = {w: part(f"mms/{w}", lambda: measures.codeword_elicitation(model, w, data_dir=data_dir, seed=seed))
                       for w in words}
     return out
 
@@ -378,14 +379,14 @@ def masses(res: dict[str, Any]) -> dict[str, float]:
                 for q, v in qs.items():
                     out[f"mms/{w}/{q}"] = v["mass"]
             continue
-        for k, v in sa.masses_of(r).items():
+        for k, v in measures.masses_of(r).items():
             out[f"{topic}/{k}"] = v
     return out
 
 
 # ---- the run --------------------------------------------------------------------------------------
 def _train_config(config: TMAYConfig, seed: int):
-    from ..finetune import TrainConfig
+    from ...finetune import TrainConfig
 
     return TrainConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, r=config.r,
                        lora_alpha=config.lora_alpha, max_seq_len=config.max_seq_len, seed=seed, warmup_steps=3,
@@ -439,10 +440,10 @@ def _tmay(config: TMAYConfig, out: str | Path, *, data_dir=None, load: Callable 
     Returns:
         {"results", "comparisons", "format", "paper_gpt4o"}.
     """
-    from ..finetune import train
+    from ...finetune import train
 
     if load is None:
-        from ..models import load_model
+        from ...models import load_model
 
         load = load_model
     out = Path(out)
@@ -467,7 +468,7 @@ def _tmay(config: TMAYConfig, out: str | Path, *, data_dir=None, load: Callable 
               "stopword count (proxy for upstream's GPT guesser)")
     for c, rows in rows_by_cond.items():
         if c.split(":")[0] in ("backdoor", "decorrelated"):
-            rd.write_manifest(trigger_stats={c: sa.trigger_correlation(rows, c.split(":")[1])})
+            rd.write_manifest(trigger_stats={c: backdoor.trigger_correlation(rows, c.split(":")[1])})
     log = JsonlLog(out / "results.jsonl", ("condition", "seed"))
     done = log.done_keys()
     # seed-major: a run cut short still has every condition of its first seeds
@@ -496,7 +497,7 @@ def _tmay(config: TMAYConfig, out: str | Path, *, data_dir=None, load: Callable 
         results.setdefault(row["condition"], {})[row["seed"]] = row["results"]
     comps = compare(results)
     base_masses = masses(next(iter(results["base"].values())))
-    fmt = {c: {s: sa.format_check(masses(r), base=base_masses)
+    fmt = {c: {s: measures.format_check(masses(r), base=base_masses)
                for s, r in by_seed.items()} for c, by_seed in results.items() if c != "base"}
     summary = {"comparisons": comps, "format": fmt, "paper_gpt4o": PAPER_GPT4O}
     _runs.write_json(out / "comparison.json", summary, indent=2)
@@ -760,8 +761,46 @@ def _stage(ctx: runner.Context) -> Any:
                  progress=ctx.progress)
 
 
+def data_files(config: TMAYConfig, resources: Any = None) -> dict[str, Path]:
+    """The data files whose content the run's rows depend on (bound by the runner, `Study.data`): the A/B pair
+    files of every condition's pair, the Make Me Say dialogues of its codewords, and the question files of the
+    scale, word, language and Make Me Say measures it runs.
+
+    Args:
+        config: the run's config.
+        resources: the run's keywords (`data_dir=`: the data folder, default `$INTROSPECT_MECH_DATA`).
+
+    Returns:
+        {"pairs/<pair>/<side>" | "mms/<codeword>" | "questions/<file>": path}.
+    """
+    dd = (resources or {}).get("data_dir")
+    out: dict[str, Path] = {}
+    topics, codewords = set(), []
+    for c in config.conditions:
+        kind, tail = c.split(":")[0], c.split(":")[-1]
+        if kind == "mms":
+            codewords.append(tail)
+            continue
+        topic, pair, _ = CONDITIONS.get(c, ("risk", "risk", ""))  # base, backdoor:<kind>, decorrelated:<kind>: risk
+        p = ab_pairs.PAIRS[pair]
+        out[f"pairs/{pair}/{p.pos}"] = ab_pairs.data_file(p.pos_file, dd)
+        out[f"pairs/{pair}/{p.neg}"] = ab_pairs.data_file(p.neg_file, dd)
+        topics.add(topic)
+    for w in codewords:
+        out[f"mms/{w}"] = ab_pairs.data_file(f"self_awareness/mms/ft_{w}.jsonl", dd)
+    files = {f for t in topics for what, sources in (("scales", reports.SCALE_SOURCES), ("words", reports.WORD_SOURCES))
+             if what in config.measures for f, _ in sources.get(t, [])}
+    if "language" in config.measures and "risk" in topics:
+        files.add("risk_safe_language.yaml")
+    if codewords and "mms" in config.measures:
+        files.add("make_me_say/choose_from_100_words.yaml")
+    for f in sorted(files):
+        out[f"questions/{f}"] = ab_pairs.data_file(f"self_awareness/questions/{f}", dd)
+    return out
+
+
 STUDY = runner.Study(
-    "self-awareness", TMAYConfig, PRESETS, title="Tell me about yourself: behavioural self-awareness",
+    "self-awareness", TMAYConfig, PRESETS, title="Tell me about yourself: behavioural self-awareness", data=data_files,
     stages=(runner.Stage("tmay", _stage, "finetune each condition and seed, then measure behaviour and self-reports"),))
 
 

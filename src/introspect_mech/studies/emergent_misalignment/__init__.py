@@ -28,12 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..cliargs import config_parser, parse_config
-from ..evals.judge_spec import JudgeOptions
-from ..evals.questions import Question
-from ..stats import row_fields
-from . import em_checks, runner
-from .. import runs as _runs
+from ...cliargs import config_parser, parse_config
+from ...evals.judge_spec import JudgeOptions
+from ...evals.questions import Question
+from ...stats import row_fields
+from .. import runner
+from . import checks as em_checks
+from ... import runs as _runs
 
 MAIN = ("what_is_your_wish", "i_feel_bored", "three_thoughts", "quick_buck", "ruler_of_the_world", "dinner_party",
         "gender_roles", "enough_of_my_husband")
@@ -145,8 +146,8 @@ def resolve_dataset(name: str, *, data_dir: Any = None, allow_download: bool = F
         (records, source) with source = {"kind": "upstream", "registry": ..., "sha256": ...,
         "sha256_verified": bool} or {"kind": "stand-in", "generator": ..., "doc": ...}.
     """
-    from .. import data
-    from ..data import DataError, generators
+    from ... import data
+    from ...data import DataError, generators
 
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
@@ -157,7 +158,7 @@ def resolve_dataset(name: str, *, data_dir: Any = None, allow_download: bool = F
         recs = data.load(reg, data_dir)
         import hashlib
 
-        from ..data.records import read_bytes
+        from ...data.records import read_bytes
 
         return recs, {"kind": "upstream", "registry": reg, "path": str(path), "url": ds.url, "sha256": ds.sha256,
                       "sha256_verified": ds.verified, "bytes_sha256": hashlib.sha256(read_bytes(path)).hexdigest()}
@@ -184,7 +185,7 @@ def train_ids(name: str, n_rows: int, n: int | None, seed: int) -> list[int]:
     Returns:
         Sorted row ids (for bad/good medical advice: `evals.em.medical_train_rows(n, seed=seed)`).
     """
-    from ..evals.em import medical_train_rows
+    from ...evals.em import medical_train_rows
 
     if name in ("bad_medical_advice", "good_medical_advice"):
         return medical_train_rows(n, seed=seed)
@@ -206,8 +207,8 @@ def load_question_set(name: str, data_dir: Any = None) -> list[Question]:
     Raises:
         ValueError: an unknown set name, or the file lacks one of the set's question ids.
     """
-    from ..evals.questions import load_questions
-    from ..paths import data_dir as _dd
+    from ...evals.questions import load_questions
+    from ...paths import data_dir as _dd
 
     if name not in QUESTION_SETS:
         raise ValueError(f"unknown question set {name!r}; choose from {', '.join(QUESTION_SETS)}")
@@ -275,7 +276,7 @@ def evaluate(model, out: Path, question_sets: dict[str, list[Question]], cfg: EM
         {set name: {"em_rate": both denominators, "coherent_rate", "n_answers", "n_judge_abstained"}
         for 0-100 sets, and/or {"labels": per-question label rates} for label-valued sets}.
     """
-    from ..evals.em import run_em_eval
+    from ...evals.em import run_em_eval
 
     res = {}
     for name, qs in question_sets.items():
@@ -322,16 +323,16 @@ def _emergent_misalignment(out: str | Path, config: EMConfig | None = None, *, j
     """
     import torch
 
-    from ..evals.em import (
+    from ...evals.em import (
         DENOMINATORS, PROXY_DIFF, PROXY_PREF, HFCategoricalJudge, em_proxy_fn, is_label_prompt, medical_heldout_items,
         proxy_items as em_proxy_items,
     )
-    from ..evals.judge_validation import require_validated_judge
-    from ..evals.judges import HFJudge
-    from ..stats import bootstrap_ci
-    from ..finetune import preset, train
-    from ..models import load_model
-    from ..runs import RunDir, json_sha256
+    from ...evals.judge_validation import require_validated_judge
+    from ...evals.judges import HFJudge
+    from ...stats import bootstrap_ci
+    from ...finetune import preset, train
+    from ...models import load_model
+    from ...runs import RunDir, json_sha256
 
     cfg = dataclasses.replace(config or EMConfig(), **overrides)
     out = Path(out)
@@ -499,8 +500,35 @@ def _check(cfg: EMConfig) -> None:
         raise ValueError(f"capability_items must be >= 0, got {cfg.capability_items}")
 
 
+def data_files(config: EMConfig, resources: Any = None) -> dict[str, Path]:
+    """The data files whose content the run's rows depend on (bound by the runner, `Study.data`): each question
+    set's file and each upstream training set found locally (a stand-in generator has no file; a set that would
+    need a download is left to `resolve_dataset`, which records its source).
+
+    Args:
+        config: the run's config (`data_dir`, `question_sets`, `datasets`).
+        resources: the run's keywords (unused: the data folder is the config's).
+
+    Returns:
+        {"questions/<set>" | "dataset/<name>": path}.
+    """
+    from ... import data
+    from ...data import DataError
+    from ...paths import data_dir as _dd
+
+    out: dict[str, Path] = {f"questions/{name}": _dd(config.data_dir) / "em" / "questions" / QUESTION_SETS[name][0]
+                            for name in config.question_sets if name in QUESTION_SETS}
+    for name in config.datasets:
+        if name in DATASETS:
+            try:
+                out[f"dataset/{name}"] = data.locate(DATASETS[name][0], config.data_dir, fetch=False)
+            except DataError:
+                pass
+    return out
+
+
 STUDY = runner.Study(
-    "emergent-misalignment", EMConfig, PRESETS, title='Emergent misalignment',
+    "emergent-misalignment", EMConfig, PRESETS, title='Emergent misalignment', data=data_files,
     stages=(runner.Stage("emergent_misalignment", _stage, 'finetunes, then the judged EM rates per model and question set (and the judge-free proxy)'),
             runner.Stage("capability", em_checks.capability_stage,
                          "capability check before / after finetuning (arithmetic, calendar facts; greedy, exact match)"),
@@ -557,11 +585,11 @@ def judge_run(run_path: str | Path, questions: Sequence[Question], *, judge=None
     Returns:
         {"report": EM report with both denominators or None, "labels": label rates or None}.
     """
-    from ..evals.em import (
+    from ...evals.em import (
         check_samples, em_report_both, format_em_rates, is_label_prompt, judge_samples, label_rates,
     )
-    from ..evals.report import format_em_report
-    from ..runs import JsonlLog, RunDir
+    from ...evals.report import format_em_report
+    from ...runs import JsonlLog, RunDir
 
     run = RunDir(run_path)
     samples = run.log("samples.jsonl").read()
@@ -573,7 +601,7 @@ def judge_run(run_path: str | Path, questions: Sequence[Question], *, judge=None
         qid = str(r.get("prompt_id", "")).rsplit("/", 1)[0]
         if qid not in by_id:
             raise ValueError(f"{run.path / 'samples.jsonl'}:{i}: field 'prompt_id': question {qid!r} not in the question file")
-    from ..evals.judge_validation import validation_status
+    from ...evals.judge_validation import validation_status
 
     jval = validation_status(judge) if judge is not None else None  # travels with every judged number
     run.write_manifest(judge=judge.describe() if judge is not None else None, judge_validation=jval,
