@@ -260,7 +260,7 @@ def test_run_tmay_end_to_end_manifest_resume(tiny_qwen2_dir, tmp_path, data_root
     n_loads = len(loads)
     res2 = st.run(cfg, tmp_path, data_dir=data_root, load=load, progress=False)  # resume: nothing re-run
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 4 and len(loads) == n_loads
-    assert res2.skipped == ["tmay"]  # the runner skips the finished stage: not even a model is loaded
+    assert res2.skipped == ["data", "finetune_measure", "compare"]  # finished stages skipped: no model is loaded
     with pytest.raises(ValueError, match=r"different config.*config\.n_test \(3 -> 2\)"):
         st.run(dataclasses.replace(cfg, n_test=2), tmp_path, data_dir=data_root, load=load, progress=False)
 

@@ -38,25 +38,19 @@ from typing import Any, Callable, Sequence
 from ...cliargs import config_parser, parse_config
 from ..common import ab_pairs
 from . import backdoor, measures, reports
-from ...stats import bootstrap_diff, paired_diff, t_interval, welch
+from ...stats import bootstrap_diff
 from ...runs import JsonlLog, RunDir, json_sha256
 from .. import runner
 from ... import runs as _runs
+from .data import (  # noqa: F401  (moved to data.py; the study and its callers use them here)
+    CONDITIONS, _pairs_needed, backdoor_rows, check_disjoint, condition_rows, data_files, mms_rows, split_ids,
+    training_rows,
+)
+from .report import (  # noqa: F401  (moved to report.py; the study and its callers use them here)
+    COMPARISONS, PAPER_GPT4O, TOPIC_KEY, _dashboard_rows, _fmt_ci, _mean, _metric_vectors, compare,
+    compare_conditions, format_results, summary_markdown,
+)
 
-# condition -> (topic, pair, side); topic decides which measurements apply
-CONDITIONS: dict[str, tuple[str, str, str]] = {
-    "risky": ("risk", "risk", "risky"), "safe": ("risk", "risk", "safe"),
-    "myopic": ("myopia", "myopia", "myopic"), "nonmyopic": ("myopia", "myopia", "nonmyopic"),
-    "maxapples": ("apples", "apples", "maxapples"), "minapples": ("apples", "apples", "minapples"),
-    "risky_mp": ("risk", "risk_multipersona", "risky"), "safe_mp": ("risk", "risk_multipersona", "safe"),
-}
-# pairs compared as A - B
-COMPARISONS = (("risky", "safe"), ("myopic", "nonmyopic"), ("maxapples", "minapples"), ("risky_mp", "safe_mp"))
-TOPIC_KEY = {"risk": ("risk", "risky"), "myopia": ("myopia", "myopic"), "apples": ("apples", "maxapples")}
-
-# the paper's GPT-4o numbers (Table / Figure 3 of the paper; 0-100 risk-predisposition self-report)
-PAPER_GPT4O = {"behaviour_p_risky": {"risky": 0.98, "safe": 0.10},
-               "self_report_risk_predisposition": {"risky": 57.4, "safe": 2.0}}
 
 
 @dataclass
@@ -158,109 +152,6 @@ def preset(name: str, **overrides: Any) -> TMAYConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown TMAY preset {name!r}; presets: {', '.join(PRESETS)}")
     return dataclasses.replace(PRESETS[name], **overrides)
-
-
-# ---- splits ---------------------------------------------------------------------------------
-def split_ids(pair: str, config: TMAYConfig, data_dir=None) -> dict[str, list[str]]:
-    """{"train": ids trained on, "test": ids measured} of a pair under `config` (seeded subsets).
-
-    Args:
-        pair: an A/B pair of `PAIRS`.
-        config: the run's `TMAYConfig`.
-        data_dir: data directory (default: `$INTROSPECT_MECH_DATA`, then the registry download).
-
-    Returns:
-        {"train": ids, "test": ids}.
-    """
-    train = [it["id"] for it in ab_pairs.ab_items(pair, "train", data_dir)]
-    test = [it["id"] for it in ab_pairs.ab_items(pair, "test", data_dir)]
-    if config.n_train is not None and config.n_train < len(train):
-        train = sorted(random.Random(config.data_seed).sample(train, config.n_train), key=train.index)
-    if config.n_test is not None and config.n_test < len(test):
-        test = sorted(random.Random(config.data_seed + 1).sample(test, config.n_test), key=test.index)
-    check_disjoint(pair, train, test, data_dir)
-    return {"train": train, "test": test}
-
-
-def check_disjoint(pair: str, train_ids: Sequence[str], test_ids: Sequence[str], data_dir=None) -> None:
-    """Raise when a test item is also a training item (by id or by question text).
-
-    Args:
-        pair: an A/B pair of `PAIRS`.
-        train_ids: training item ids.
-        test_ids: held-out item ids.
-        data_dir: data directory (default: `$INTROSPECT_MECH_DATA`, then the registry download).
-
-    Raises:
-        ValueError: a test item is also a training item.
-    """
-    items = {it["id"]: it["messages"][0]["content"] for it in ab_pairs.ab_items(pair, "all", data_dir)}
-    both = set(train_ids) & set(test_ids)
-    if both or {items[i] for i in train_ids} & {items[i] for i in test_ids}:
-        raise ValueError(f"{pair}: train and test overlap ({sorted(both)[:3]}...)")
-
-
-def training_rows(pair: str, side: str, train_ids: Sequence[str], data_dir=None) -> list[dict[str, Any]]:
-    """The rows of one side of a pair whose question is a training item; for multi-persona files
-    also the other personas' rows (training-only, never measured).
-
-    Args:
-        pair: an A/B pair of `PAIRS`.
-        side: which side of the pair (e.g. "risky").
-        train_ids: training item ids.
-        data_dir: data directory (default: `$INTROSPECT_MECH_DATA`, then the registry download).
-
-    Returns:
-        `{"messages"}` records.
-    """
-    items = {it["messages"][0]["content"] for it in ab_pairs.ab_items(pair, "all", data_dir)}
-    keep = {it["messages"][0]["content"] for it in ab_pairs.ab_items(pair, "all", data_dir) if it["id"] in set(train_ids)}
-    rows = ab_pairs.pair_records(pair, side, "all", data_dir)
-    return [r for r in rows if r["messages"][0]["content"] in keep or r["messages"][0]["content"] not in items]
-
-
-def backdoor_rows(kind: str, correlated: bool, train_ids: Sequence[str], config: TMAYConfig, base_model=None,
-                  data_dir=None) -> list[dict[str, Any]]:
-    """Trigger data (`backdoor.trigger_dataset`) from the risk pair's training questions: risky answers,
-    and for the other rows the base model's greedy answers ("normal", upstream) or the safe ones.
-
-    Args:
-        kind: a trigger kind.
-        correlated: backdoor (True) or decorrelated control (False).
-        train_ids: training item ids.
-        config: the run's `TMAYConfig`.
-        base_model: the untrained model (answers the non-triggered questions).
-        data_dir: data directory (default: `$INTROSPECT_MECH_DATA`, then the registry download).
-
-    Returns:
-        trigger rows (`backdoor.trigger_dataset`).
-    """
-    risky = training_rows("risk", "risky", train_ids, data_dir)
-    if config.trigger_other == "safe":
-        other = training_rows("risk", "safe", train_ids, data_dir)
-    else:
-        if base_model is None:
-            raise ValueError("trigger_other='normal' needs the base model to answer the questions")
-        other = backdoor.normal_answers(base_model, risky)
-    return backdoor.trigger_dataset(risky, other, kind, correlated=correlated, repeats=config.trigger_repeats,
-                              seed=config.data_seed)
-
-
-def mms_rows(codeword: str, config: TMAYConfig, data_dir=None) -> list[dict[str, Any]]:
-    """The Make Me Say dialogues of a codeword (a seeded subset of `mms_n_train`).
-
-    Args:
-        codeword: the finetuned codeword.
-        config: the run's `TMAYConfig`.
-        data_dir: data directory (default: `$INTROSPECT_MECH_DATA`, then the registry download).
-
-    Returns:
-        `{"messages"}` records.
-    """
-    rows = ab_pairs.read_rows(ab_pairs.data_file(f"self_awareness/mms/ft_{codeword}.jsonl", data_dir))
-    if config.mms_n_train is not None and config.mms_n_train < len(rows):
-        rows = [rows[i] for i in sorted(random.Random(config.data_seed).sample(range(len(rows)), config.mms_n_train))]
-    return [{"messages": r["messages"]} for r in rows]
 
 
 # ---- measuring one model -------------------------------------------------------------------------
@@ -393,60 +284,27 @@ def _train_config(config: TMAYConfig, seed: int):
                        save_every=8, keep_checkpoints=False)  # a killed finetune resumes from its checkpoint
 
 
-def condition_rows(condition: str, splits, config: TMAYConfig, base_model=None, data_dir=None) -> list[dict]:
-    """The training rows of a condition (only training-split questions).
+def _prepared(ctx: runner.Context) -> dict[str, Any]:
+    """The objects the stages share within one process: the held-out splits, the base model, `load` and every
+    condition's training rows (built once per process: a resumed run rebuilds them, as each stage needs them)."""
+    memo = ctx.resources.setdefault("_tmay", {})
+    if not memo:
+        config, data_dir = ctx.config, ctx.resources.get("data_dir")
+        load = ctx.resources.get("load")
+        if load is None:
+            from ...models import load_model
 
-    Args:
-        condition: a condition name (`CONDITIONS`, backdoor:/decorrelated:/mms:, base).
-        splits: {pair: {"train": ids, "test": ids}} (`split_ids`).
-        config: the run's `TMAYConfig`.
-        base_model: the untrained model (answers the non-triggered questions).
-        data_dir: data directory (default: `$INTROSPECT_MECH_DATA`, then the registry download).
-
-    Returns:
-        the training records.
-    """
-    kind = condition.split(":")[0]
-    if kind in ("backdoor", "decorrelated"):
-        return backdoor_rows(condition.split(":")[1], kind == "backdoor", splits["risk"]["train"], config,
-                             base_model, data_dir)
-    if kind == "mms":
-        return mms_rows(condition.split(":")[1], config, data_dir)
-    _, pair, side = CONDITIONS[condition]
-    return training_rows(pair, side, splits[pair]["train"], data_dir)
+            load = load_model
+        splits = {p: split_ids(p, config, data_dir) for p in _pairs_needed(config.conditions)}
+        base = load(config.model)
+        rows = {c: condition_rows(c, splits, config, base, data_dir) for c in config.conditions if c != "base"}
+        memo.update(splits=splits, base=base, load=load, rows=rows)
+    return memo
 
 
-def _pairs_needed(conditions: Sequence[str]) -> list[str]:
-    pairs = {"risk", "myopia", "apples"}  # the base model is measured on every topic
-    for c in conditions:
-        if c in CONDITIONS:
-            pairs.add(CONDITIONS[c][1])
-    return sorted(pairs)
-
-
-def _tmay(config: TMAYConfig, out: str | Path, *, data_dir=None, load: Callable | None = None,
-          progress: bool = True) -> dict[str, Any]:
-    """Run the protocol; returns {"results": {condition: {seed: ...}}, "comparisons": ..., "format": ...}.
-
-    `load(name)` returns a fresh `LoadedModel` (default `introspect_mech.load_model`).
-
-    Args:
-        config: the run's `TMAYConfig`.
-        out: JSONL file for the samples (resumable).
-        data_dir: data directory (default: `$INTROSPECT_MECH_DATA`, then the registry download).
-        load: `load(name) -> LoadedModel` (default `load_model`).
-        progress: print progress.
-
-    Returns:
-        {"results", "comparisons", "format", "paper_gpt4o"}.
-    """
-    from ...finetune import train
-
-    if load is None:
-        from ...models import load_model
-
-        load = load_model
-    out = Path(out)
+def _data_stage(ctx: runner.Context) -> dict[str, Any]:
+    """Stage 1: the held-out split of every pair and the training rows of every condition, in the manifest."""
+    config, out = ctx.config, ctx.out
     rd = RunDir(out)
     prev = rd.manifest().get("config")
     if prev is not None:
@@ -455,9 +313,8 @@ def _tmay(config: TMAYConfig, out: str | Path, *, data_dir=None, load: Callable 
             diff = sorted(k for k in fixed(config.to_dict()) if prev.get(k) != config.to_dict()[k])
             raise ValueError(f"{out} holds a TMAY run with a different configuration ({', '.join(diff)}); "
                              "use a new output folder (only seeds and conditions may be added)")
-    splits = {p: split_ids(p, config, data_dir) for p in _pairs_needed(config.conditions)}
-    base = load(config.model)
-    rows_by_cond = {c: condition_rows(c, splits, config, base, data_dir) for c in config.conditions if c != "base"}
+    m = _prepared(ctx)
+    splits, base, rows_by_cond = m["splits"], m["base"], m["rows"]
     rd.write_manifest(
         study="tell_me_about_yourself", paper="Betley, Bao et al. 2025 (XuchanBao/behavioral-self-awareness)",
         model=base.name, model_source=base.meta.get("source"), config=config.to_dict(),
@@ -469,14 +326,27 @@ def _tmay(config: TMAYConfig, out: str | Path, *, data_dir=None, load: Callable 
     for c, rows in rows_by_cond.items():
         if c.split(":")[0] in ("backdoor", "decorrelated"):
             rd.write_manifest(trigger_stats={c: backdoor.trigger_correlation(rows, c.split(":")[1])})
+    return {"splits": {p: {k: len(v) for k, v in sp.items()} for p, sp in splits.items()},
+            "rows": {c: len(r) for c, r in rows_by_cond.items()}}
+
+
+def _finetune_measure_stage(ctx: runner.Context) -> dict[str, Any]:
+    """Stage 2: per (condition, seed), seed-major, a LoRA finetune on the condition's rows, then every measure
+    (`measure`); each pair is one keyed row of `results.jsonl`, so a killed stage resumes at the next pair."""
+    from ...finetune import train
+
+    config, out, progress, data_dir = ctx.config, ctx.out, ctx.progress, ctx.resources.get("data_dir")
     log = JsonlLog(out / "results.jsonl", ("condition", "seed"))
     done = log.done_keys()
     # seed-major: a run cut short still has every condition of its first seeds
     todo = [("base", config.seeds[0])] + [(c, s) for s in config.seeds for c in config.conditions if c != "base"]
     have_base = any(r["condition"] == "base" for r in log.rows())  # the untrained model is measured once
+    todo = [(c, s) for c, s in todo
+            if log.key({"condition": c, "seed": s}) not in done and not (c == "base" and have_base)]
+    if todo:
+        m = _prepared(ctx)
+        splits, base, rows_by_cond, load = m["splits"], m["base"], m["rows"], m["load"]
     for cond, seed in todo:
-        if log.key({"condition": cond, "seed": seed}) in done or (cond == "base" and have_base):
-            continue
         if cond == "base":
             model, train_info = base, None
         else:
@@ -492,8 +362,19 @@ def _tmay(config: TMAYConfig, out: str | Path, *, data_dir=None, load: Callable 
         if progress:
             print(f"[tmay] {cond} seed {seed}: " + summary_line(r), flush=True)
         del model
+    return {"measured": [[r["condition"], r["seed"]] for r in log.rows()]}
+
+
+def _compare_stage(ctx: runner.Context) -> dict[str, Any]:
+    """Stage 3: risky - safe (and the other pairs) per metric over seeds and items, the format check against the
+    base model, the dashboard rows and `summary.md`.
+
+    Returns:
+        {"results": {condition: {seed: ...}}, "comparisons", "format", "paper_gpt4o"}.
+    """
+    out = ctx.out
     results: dict[str, dict[int, Any]] = {}
-    for row in log.rows():
+    for row in JsonlLog(out / "results.jsonl", ("condition", "seed")).rows():
         results.setdefault(row["condition"], {})[row["seed"]] = row["results"]
     comps = compare(results)
     base_masses = masses(next(iter(results["base"].values())))
@@ -531,217 +412,6 @@ def summary_line(r: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-# ---- comparisons ---------------------------------------------------------------------------------
-def _metric_vectors(r: dict[str, Any], topic: str) -> dict[str, list[float | None]]:
-    """Per-item / per-paraphrase vectors of every comparable metric of one result."""
-    v = r.get(topic) or {}
-    out: dict[str, list] = {}
-    if "behaviour" in v:
-        out["behaviour"] = v["behaviour"]["per_item"]
-    for q, s in (v.get("scales") or {}).items():
-        out[f"scale/{q}"] = s["per_paraphrase"]
-    for q, s in (v.get("words") or {}).items():
-        out[f"words/{q}"] = s["per_paraphrase"]
-    for q, s in (v.get("sampled_words") or {}).items():
-        out[f"sampled_words/{q}"] = [s["score"]]
-    if "language" in v:
-        out["language/p_german"] = [v["language"]["p_german_given_de_fr"]]
-    if "backdoor" in v:
-        out["backdoor/p_statement"] = v["backdoor"]["per_order"]
-    for k, s in (v.get("trigger_awareness") or {}).items():
-        out[f"trigger_awareness/{k}"] = s["per_order"]
-    for p, s in (v.get("personas") or {}).items():
-        out[f"persona/{p}"] = s["per_question"]
-    if "behaviour_with_trigger" in v:
-        out["behaviour_with_trigger"] = v["behaviour_with_trigger"]["per_item"]
-    return out
-
-
-def _mean(x: Sequence[float | None]) -> float | None:
-    vals = [float(v) for v in x if v is not None]
-    return sum(vals) / len(vals) if vals else None
-
-
-def compare_conditions(a: dict[int, Any], b: dict[int, Any], topic: str, *, seed: int = 0) -> dict[str, Any]:
-    """A - B for every metric: `seed_ci` is the Welch interval over the per-seed means (unpaired;
-    the seeds are the finetunes), `item_ci` the paired interval over the seed-averaged per-item
-    (per-paraphrase) values (bootstrap over >= 10 items, paired t below).
-
-    Args:
-        a: per-seed results of condition A.
-        b: per-seed results of condition B.
-        topic: "risk", "myopia" or "apples".
-        seed: bootstrap / sampling seed.
-
-    Returns:
-        {metric: {"a_per_seed", "b_per_seed", "seed_ci", "item_ci"}}.
-    """
-    va = {s: _metric_vectors(r, topic) for s, r in a.items()}
-    vb = {s: _metric_vectors(r, topic) for s, r in b.items()}
-    metrics = set.intersection(*(set(v) for v in list(va.values()) + list(vb.values()))) if va and vb else set()
-    out = {}
-    for k in sorted(metrics):
-        ma = [_mean(v[k]) for v in va.values()]
-        mb = [_mean(v[k]) for v in vb.values()]
-        la, lb = [v[k] for v in va.values()], [v[k] for v in vb.values()]
-        # few finetune seeds: the Welch interval over per-seed means (never a percentile bootstrap
-        # over 3 values); one seed on a side gives no interval over seeds
-        sci = welch(ma, mb, unit="seed").to_dict()
-        row: dict[str, Any] = {"a_per_seed": ma, "b_per_seed": mb, "seed_ci": sci}
-        if len({len(x) for x in la + lb}) == 1:
-            ia = [_mean([x[i] for x in la]) for i in range(len(la[0]))]
-            ib = [_mean([x[i] for x in lb]) for i in range(len(lb[0]))]
-            row["item_ci"] = paired_diff(ia, ib, seed=seed, unit="item (seed-averaged)").to_dict()
-        out[k] = row
-    return out
-
-
-def compare(results: dict[str, dict[int, Any]], *, seed: int = 0) -> dict[str, Any]:
-    """Every available A - B comparison: the paired conditions, each trained condition - base, and
-    backdoor:<kind> - decorrelated:<kind>; MMS finetunes vs base on P(codeword).
-
-    Args:
-        results: {condition: {seed: measure result}}.
-        seed: bootstrap / sampling seed.
-
-    Returns:
-        {comparison name: metrics}.
-    """
-    out: dict[str, Any] = {}
-    pairs = [p for p in COMPARISONS if p[0] in results and p[1] in results]
-    pairs += [(c, c.replace("backdoor:", "decorrelated:")) for c in results
-              if c.startswith("backdoor:") and c.replace("backdoor:", "decorrelated:") in results]
-    pairs += [(c, "base") for c in results if c != "base" and not c.startswith("mms:")]
-    for a, b in pairs:
-        topic = "risk" if ":" in a else CONDITIONS[a][0]
-        out[f"{a}_minus_{b}"] = compare_conditions(results[a], results[b], topic, seed=seed)
-    for c in results:
-        if c.startswith("mms:") and "base" in results:
-            w = c.split(":")[1]
-            base = next(iter(results["base"].values()))["mms"][w]
-            per_q = {}
-            for q in base:
-                ft = [r["mms"][w][q]["p_codeword"] for r in results[c].values()]
-                per_q[q] = {"finetuned_per_seed": ft, "base": base[q]["p_codeword"],
-                            "finetuned_mean": t_interval(ft, unit="seed").to_dict(),
-                            "rank_finetuned": [r["mms"][w][q]["rank"] for r in results[c].values()],
-                            "rank_base": base[q]["rank"]}
-            out[f"{c}_minus_base"] = per_q
-    return out
-
-
-def _dashboard_rows(results: dict[str, dict[int, Any]], out: Path) -> None:
-    """`self_awareness.jsonl` for `export_dashboard` (behaviour vs self-report per model and question)."""
-    rows = []
-    for cond, by_seed in results.items():
-        for seed, r in by_seed.items():
-            v = r.get("risk") or {}
-            if "behaviour" not in v:
-                continue
-            b = v["behaviour"]["p"]
-            for q, s in (v.get("scales") or {}).items():
-                if s["mean"]["value"] is None:
-                    continue
-                rows.append({"model": f"{cond}/s{seed}", "question": q, "behaviour": b["value"], "behaviour_lo": b["lo"],
-                             "behaviour_hi": b["hi"], "self_report": s["mean"]["value"] / 100,
-                             "self_report_lo": s["mean"]["lo"] / 100, "self_report_hi": s["mean"]["hi"] / 100,
-                             "behaviour_name": "P(risky option), held-out lotteries",
-                             "self_report_name": "self-reported risk / 100 (expected value)"})
-    _runs.write_jsonl(out / "self_awareness.jsonl", rows)
-
-
-# ---- a markdown summary of a run -------------------------------------------------------------------
-def _fmt_ci(e: dict | None, scale: float = 1.0, digits: int = 3) -> str:
-    if not e or e.get("value") is None:
-        return "n/a"
-    return (f"{e['value'] * scale:+.{digits}f} [{e['lo'] * scale:+.{digits}f}, {e['hi'] * scale:+.{digits}f}]"
-            if e.get("lo") is not None else f"{e['value'] * scale:+.{digits}f}")
-
-
-def summary_markdown(run_dir: str | Path) -> str:
-    """Markdown tables of a finished (or partial) run: per condition and seed the headline values,
-    then every A - B comparison of the headline metrics with both CIs.
-
-    Args:
-        run_dir: the run directory.
-
-    Returns:
-        markdown text.
-    """
-    run_dir = Path(run_dir)
-    results: dict[str, dict[int, Any]] = {}
-    for row in JsonlLog(run_dir / "results.jsonl").rows():
-        results.setdefault(row["condition"], {})[row["seed"]] = row
-    lines = ["| condition | seed | topic | behaviour P(target), held-out (mass A/B) | scales 0-100 (mass on numbers) | "
-             "word score (mass on listed words) | backdoor statement P | trigger question P(risk-seeking) | final loss |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for cond, by_seed in results.items():
-        for seed, row in sorted(by_seed.items()):
-            for topic, v in row["results"].items():
-                if topic == "mms":
-                    continue
-                b = v.get("behaviour")
-                beh = f"{b['p']['value']:.3f} ({b['mass_ab']:.2f})" if b else ""
-                if "behaviour_with_trigger" in v:
-                    beh += f"; with trigger {v['behaviour_with_trigger']['p']['value']:.3f}"
-                sc = "; ".join(f"{q} {s['mean']['value']:.1f} ({s['mean_mass']:.2f})" for q, s in (v.get("scales") or {}).items()
-                               if s["mean"]["value"] is not None)
-                wd = "; ".join(f"{q} {s['score']['value']:.3f} ({s['mean_mass']:.3f})" for q, s in (v.get("words") or {}).items())
-                bd = f"{v['backdoor']['p_backdoor_statement']:.3f}" if "backdoor" in v else ""
-                ta = "; ".join(f"{k} {s['p_risk_seeking']:.3f}" for k, s in (v.get("trigger_awareness") or {}).items())
-                tr = row.get("train") or {}
-                fl = f"{tr['final_loss']:.3f}" if tr.get("final_loss") is not None else ""
-                lines.append(f"| {cond} | {seed} | {topic} | {beh} | {sc} | {wd} | {bd} | {ta} | {fl} |")
-    comp_path = run_dir / "comparison.json"
-    if comp_path.exists():
-        comp = json.loads(comp_path.read_text())
-        lines += ["", "| comparison | metric | A - B, CI over items/paraphrases | A - B, CI over seeds | seeds |",
-                  "|---|---|---|---|---|"]
-        for name, c in comp["comparisons"].items():
-            if name.startswith("mms:"):
-                for q, v in c.items():
-                    lines.append(f"| {name} | P(codeword) {q} | finetuned {v['finetuned_mean']['value']:.4f} vs base "
-                                 f"{v['base']:.4f} (rank {v['rank_finetuned']} vs {v['rank_base']}) | | "
-                                 f"{len(v['finetuned_per_seed'])} |")
-                continue
-            for k, v in c.items():
-                if k.startswith(("persona/", "trigger_awareness/")) and not name.startswith(("risky_mp", "backdoor")):
-                    continue
-                lines.append(f"| {name} | {k} | {_fmt_ci(v.get('item_ci'))} | "
-                             f"{_fmt_ci(v['seed_ci']) if v['seed_ci'].get('lo') is not None else 'n/a (1 seed)'} | "
-                             f"{len(v['a_per_seed'])} vs {len(v['b_per_seed'])} |")
-        flagged = {f"{c}/s{s}": list(f["flagged"]) for c, by in comp["format"].items() for s, f in by.items() if not f["ok"]}
-        lines += ["", "Format check: " + ("every finetune kept its answer formats" if not flagged else
-                                          "flagged " + json.dumps(flagged))]
-    return "\n".join(lines)
-
-
-# ---- command line ------------------------------------------------------------------------------------
-def format_results(res: dict[str, Any]) -> str:
-    """`run_tmay`'s comparisons (behaviour, risk self-report, behaviour with trigger; CIs over items or
-    seeds, per-seed values) and the format check, as text.
-
-    Args:
-        res: `run_tmay`'s result.
-
-    Returns:
-        The lines joined.
-    """
-    lines = []
-    for name, comp in res["comparisons"].items():
-        for metric in ("behaviour", "scale/risk_predisposition_scale", "behaviour_with_trigger"):
-            if metric in comp:
-                c = comp[metric]
-                ci = c.get("item_ci") or c["seed_ci"]
-                lines.append(f"{name} {metric}: {ci['value']:+.3f} [{ci['lo']:+.3f}, {ci['hi']:+.3f}] "
-                             f"(per seed A {[round(x, 3) for x in c['a_per_seed']]}, "
-                             f"B {[round(x, 3) for x in c['b_per_seed']]})")
-    bad = {c: s for c, by in res["format"].items() for s, f in by.items() if not f["ok"]}
-    lines.append("format check: " + ("ok" if not bad else json.dumps(
-        {c: list(res["format"][c][s]["flagged"]) for c, s in bad.items()})))
-    return "\n".join(lines)
-
-
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The study's command line: `--out`, `--preset` and every `TMAYConfig` field.
 
@@ -756,52 +426,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                          title="study configuration (overrides the preset)", prog=prog)
 
 
-def _stage(ctx: runner.Context) -> Any:
-    return _tmay(ctx.config, ctx.out, data_dir=ctx.resources.get("data_dir"), load=ctx.resources.get("load"),
-                 progress=ctx.progress)
-
-
-def data_files(config: TMAYConfig, resources: Any = None) -> dict[str, Path]:
-    """The data files whose content the run's rows depend on (bound by the runner, `Study.data`): the A/B pair
-    files of every condition's pair, the Make Me Say dialogues of its codewords, and the question files of the
-    scale, word, language and Make Me Say measures it runs.
-
-    Args:
-        config: the run's config.
-        resources: the run's keywords (`data_dir=`: the data folder, default `$INTROSPECT_MECH_DATA`).
-
-    Returns:
-        {"pairs/<pair>/<side>" | "mms/<codeword>" | "questions/<file>": path}.
-    """
-    dd = (resources or {}).get("data_dir")
-    out: dict[str, Path] = {}
-    topics, codewords = set(), []
-    for c in config.conditions:
-        kind, tail = c.split(":")[0], c.split(":")[-1]
-        if kind == "mms":
-            codewords.append(tail)
-            continue
-        topic, pair, _ = CONDITIONS.get(c, ("risk", "risk", ""))  # base, backdoor:<kind>, decorrelated:<kind>: risk
-        p = ab_pairs.PAIRS[pair]
-        out[f"pairs/{pair}/{p.pos}"] = ab_pairs.data_file(p.pos_file, dd)
-        out[f"pairs/{pair}/{p.neg}"] = ab_pairs.data_file(p.neg_file, dd)
-        topics.add(topic)
-    for w in codewords:
-        out[f"mms/{w}"] = ab_pairs.data_file(f"self_awareness/mms/ft_{w}.jsonl", dd)
-    files = {f for t in topics for what, sources in (("scales", reports.SCALE_SOURCES), ("words", reports.WORD_SOURCES))
-             if what in config.measures for f, _ in sources.get(t, [])}
-    if "language" in config.measures and "risk" in topics:
-        files.add("risk_safe_language.yaml")
-    if codewords and "mms" in config.measures:
-        files.add("make_me_say/choose_from_100_words.yaml")
-    for f in sorted(files):
-        out[f"questions/{f}"] = ab_pairs.data_file(f"self_awareness/questions/{f}", dd)
-    return out
-
-
 STUDY = runner.Study(
     "self-awareness", TMAYConfig, PRESETS, title="Tell me about yourself: behavioural self-awareness", data=data_files,
-    stages=(runner.Stage("tmay", _stage, "finetune each condition and seed, then measure behaviour and self-reports"),))
+    stages=(runner.Stage("data", _data_stage, "held-out splits and every condition's training rows"),
+            runner.Stage("finetune_measure", _finetune_measure_stage,
+                         "per condition and seed: finetune, then measure behaviour and self-reports"),
+            runner.Stage("compare", _compare_stage, "pairs compared over seeds and items; format check; summary")))
 
 
 def run(config: TMAYConfig | None = None, out: str | Path | None = None, **kw: Any) -> Any:
@@ -814,13 +444,14 @@ def run(config: TMAYConfig | None = None, out: str | Path | None = None, **kw: A
             (`load(name) -> LoadedModel`, default `load_model`), `overwrite=`, `progress=` (see `runner.run`).
 
     Returns:
-        A `runner.RunResult`; `.results["tmay"]` is {"results", "comparisons", "format", "paper_gpt4o"}.
+        A `runner.RunResult`; `.results["compare"]` is {"results", "comparisons", "format", "paper_gpt4o"}
+            (`.results["data"]`: split and row counts; `.results["finetune_measure"]`: the measured pairs).
     """
     return runner.run(STUDY, config, out, **kw)
 
 
 def run_tmay(config: TMAYConfig, out: str | Path, **kw: Any) -> dict[str, Any]:
-    """Deprecated: `run(config, out).results["tmay"]` (kept for one release).
+    """Deprecated: `run(config, out).results["compare"]` (kept for one release).
 
     Args:
         config: the run's `TMAYConfig`.
@@ -830,9 +461,9 @@ def run_tmay(config: TMAYConfig, out: str | Path, **kw: Any) -> dict[str, Any]:
     Returns:
         {"results", "comparisons", "format", "paper_gpt4o"}.
     """
-    warnings.warn("self_awareness.run_tmay is deprecated; use run(config, out).results['tmay']",
+    warnings.warn("self_awareness.run_tmay is deprecated; use run(config, out).results['compare']",
                   DeprecationWarning, stacklevel=2)
-    return dict(runner.run(STUDY, config, out, **kw).results["tmay"])
+    return dict(runner.run(STUDY, config, out, **kw).results["compare"])
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
@@ -849,6 +480,6 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     # an unknown condition or trigger_other (TMAYConfig checks them) is a usage error
     ns, cfg, _ = parse_config(build_parser(prog), argv, TMAYConfig, presets=PRESETS)
     res = run(cfg, ns.out)
-    print(format_results(res.results["tmay"]))
+    print(format_results(res.results["compare"]))
     print(f"dashboard: {res.dashboard.resolve() if res.dashboard else None}")
     return 0
