@@ -48,7 +48,8 @@ def test_resolve_layers_is_the_one_spec():
 def test_every_stage_uses_the_same_resolver():
     from introspect_mech import activations, steering
     from introspect_mech.finetune import adapters
-    from introspect_mech.probes import em, persona
+    from introspect_mech.probes import em
+    from introspect_mech.studies.common import persona
 
     for mod in (activations, steering, adapters, em, persona):
         assert mod.resolve_layers is resolve_layers
@@ -95,7 +96,7 @@ def test_every_all_fits_a_screen_and_resolves():
 
 def test_evals_exports_building_blocks_and_studies_live_in_submodules():
     from introspect_mech import evals
-    from introspect_mech.evals import em, properties, self_awareness, self_prediction
+    from introspect_mech.evals import em, properties, self_prediction
     from introspect_mech.evals.judge_spec import JudgeOptions
 
     assert {"sample", "HFJudge", "APIJudge", "JudgeOptions", "load_questions", "scale_expectations",
@@ -107,8 +108,8 @@ def test_evals_exports_building_blocks_and_studies_live_in_submodules():
     assert evals.em is em and evals.self_prediction is self_prediction  # submodules reachable as attributes
     with pytest.warns(DeprecationWarning, match=r"evals\.em"):
         assert evals.run_em_eval is em.run_em_eval  # an old flat name still resolves, with a pointer
-    with pytest.warns(DeprecationWarning, match=r"evals\.self_awareness"):
-        assert evals.lotteries is self_awareness.lotteries
+    with pytest.raises(AttributeError):  # "Tell me about yourself" moved to studies/: the library never reaches it
+        evals.lotteries  # noqa: B018
     with pytest.warns(DeprecationWarning, match=r"evals\.properties"):
         assert evals.extract_property is properties.extract_property
     with pytest.raises(AttributeError):
@@ -260,7 +261,7 @@ def test_api_reference_covers_every_library_module():
     rendered = set(re.findall(r"^::: ([\w.]+)", "\n".join(p.read_text(encoding="utf-8") for p in docs.glob("*.md")),
                               re.MULTILINE))
     modules = {"introspect_mech." + p.relative_to(_PKG).with_suffix("").as_posix().replace("/", ".")
-               for p in _PKG.rglob("*.py") if p.name != "__init__.py"}
+               for p in _PKG.rglob("*.py") if p.name not in ("__init__.py", "__main__.py")}
     skip = {"introspect_mech.cli", "introspect_mech.probes.direction", "introspect_mech.evals.stats"}  # the entry point; compatibility aliases
     missing = sorted(m for m in modules - skip if m not in rendered)  # the study modules included
     assert not missing, f"modules missing from docs/api/*.md (add a `::: module` block): {missing}"
@@ -281,9 +282,11 @@ def test_api_reference_shows_every_study_command():
         assert f"<!-- study-help: {name} -->" in page, name
         assert module in blocks, f"no `::: introspect_mech.studies.{module}` block with `members:`"
         members = {m.strip() for m in blocks[module].split(",")}
-        tree = ast.parse((_PKG / "studies" / f"{module}.py").read_text(encoding="utf-8"))
-        configs = {n.name for n in tree.body if isinstance(n, ast.ClassDef) and n.name.endswith("Config")
+        configs = {n.name for f in (_PKG / "studies" / module).glob("*.py")  # a study is a package
+                   for n in ast.parse(f.read_text(encoding="utf-8")).body
+                   if isinstance(n, ast.ClassDef) and n.name.endswith("Config")
                    and any("dataclass" in ast.unparse(d) for d in n.decorator_list)}
+        assert configs, module
         assert "main" in members and any(m.startswith("run") for m in members), (module, members)
         assert configs <= members and members & {"PRESETS", "STUDY_PRESETS"}, (module, configs, members)
 

@@ -138,7 +138,7 @@ def test_study_help_lists_every_study_without_importing_them(capsys):
     import introspect_mech
 
     for module in cli.STUDIES.values():
-        assert (Path(introspect_mech.__file__).parent / "studies" / f"{module}.py").exists(), module
+        assert (Path(introspect_mech.__file__).parent / "studies" / module / "__init__.py").exists(), module
     with pytest.raises(SystemExit) as e:
         main(["study", "--help"])
     assert e.value.code == 0

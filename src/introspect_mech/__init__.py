@@ -48,7 +48,8 @@ if TYPE_CHECKING:  # what the lazy `__getattr__` below returns, for type checker
     from .evals import sample
     from .finetune import TrainConfig, train
     from .layers import resolve_layers
-    from .probes import em_direction, mean_diff, persona_direction, project
+    from .probes import em_direction, mean_diff, project
+    from .studies.common.persona import persona_direction
     from .viz import export_dashboard
 
 _SUBPACKAGES = ("data", "finetune", "evals", "activations", "probes", "steering", "sae", "diffing", "backends", "viz",
@@ -58,7 +59,7 @@ _NAMES = {  # the notebook dozen: public name -> module it lives in
     "sample": "evals",
     "cache": "activations",
     "Direction": "direction", "resolve_layers": "layers",
-    "mean_diff": "probes", "persona_direction": "probes", "em_direction": "probes", "project": "probes",
+    "mean_diff": "probes", "persona_direction": "studies.common.persona", "em_direction": "probes", "project": "probes",
     "export_dashboard": "viz",
 }
 _COMPAT = {  # names the top level used to export; still resolved, no longer advertised
@@ -67,10 +68,11 @@ _COMPAT = {  # names the top level used to export; still resolved, no longer adv
     "PRESETS": "finetune", "load_questions": "evals", "HFJudge": "evals", "APIJudge": "evals",
     "em_report": "evals", "scale_expectation": "evals", "choice_probability": "evals",
     "paired_preference": "evals", "self_rated_alignment": "evals.metrics", "run_em_eval": "evals.em",
-    "run_tmay_eval": "evals.self_awareness", "bootstrap_ci": "evals", "LazyActivations": "activations",
+    "bootstrap_ci": "evals", "LazyActivations": "activations",
     "pca_direction": "probes", "train_probe": "probes", "layer_sweep": "probes", "transfer": "probes",
     "cosine_matrix": "probes", "to_nnsight": "backends", "to_transformer_lens": "backends",
     "random_like": "steering", "sweep": "steering",
+    "run_tmay_eval": "studies.self_awareness.measures",
 }
 
 __all__ = ["load_model", "LoadedModel", "RunDir", *_NAMES, *_SUBPACKAGES]

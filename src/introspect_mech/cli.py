@@ -161,7 +161,8 @@ def _cmd_cache(o: CacheOptions, m: ModelOptions, d: DataOptions, r: RunOptions) 
 
 def _cmd_probe(o: ProbeOptions, m: ModelOptions, s: SeedOptions, r: RunOptions) -> int:
     from .activations import cache
-    from .probes import layer_sweep, persona_data
+    from .probes import layer_sweep
+    from .studies.common.persona import persona_data
     from .runs import RunDir, model_config, write_jsonl
 
     model = m.load()
@@ -284,7 +285,7 @@ def _study_summary(module: str) -> str:
     import ast
 
     try:
-        doc = ast.get_docstring(ast.parse((Path(__file__).parent / "studies" / f"{module}.py").read_text(encoding="utf-8")))
+        doc = ast.get_docstring(ast.parse((Path(__file__).parent / "studies" / module / "__init__.py").read_text(encoding="utf-8")))
     except (OSError, SyntaxError):
         doc = None
     return " ".join(doc.split("\n\n")[0].split()) if doc else ""
@@ -317,7 +318,10 @@ def _cmd_study(argv: list[str]) -> int:
 
 
 def _cmd_dashboard(argv: list[str]) -> int:
+    from .studies import register_panels
     from .viz import DashboardError, export_dashboard
+
+    register_panels()  # the studies' own panels (injected thoughts, CAFT components, organisms)
 
     p = argparse.ArgumentParser(prog="introspect-mech dashboard", description=COMMANDS[("dashboard",)].help)
     p.add_argument("run_dir", help="a run directory")

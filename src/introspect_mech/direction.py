@@ -149,7 +149,7 @@ class Direction:
         """
         from safetensors.torch import load_file
 
-        from .data.records import DataError
+        from .errors import DataError
 
         p = Path(path)
         p = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p

@@ -1,11 +1,12 @@
-"""`DataError`, the one-line bad-input error, in the lowest module (`runs` and `data` both raise it).
+"""`DataError`, the one-line bad-input error, and `ModelLoadError`, in the lowest module (`runs` and `data` raise
+the first; `models` and `layers.decoder_layers` the second).
 
 `introspect_mech.data.records.DataError` is the same class (imported from here).
 """
 
 from __future__ import annotations
 
-__all__ = ["DataError"]
+__all__ = ["DataError", "ModelLoadError"]
 
 
 class DataError(ValueError):
@@ -22,3 +23,7 @@ class DataError(ValueError):
         self.source, self.line, self.field, self.problem = source, line, field, problem
         where = f"{source}:{line}" if line is not None else source
         super().__init__(f"{where}: {field}: {problem}")
+
+
+class ModelLoadError(ValueError):
+    """A model, GGUF or adapter that cannot be loaded; the message says what was given and accepted."""

@@ -23,15 +23,21 @@ own definition (`n_layers // 2`, the model-organisms papers' "layer 24 of 48"), 
 depth 0.5 (15 vs 14 of 30 blocks).
 `resolve_layers` returns the blocks sorted ascending and without duplicates; `resolve_layer` one block;
 `depth_of` the inverse (a block's relative depth).
+
+`decoder_layers(model)` finds the blocks these indices count (a HF causal LM's decoder `ModuleList`, inside
+a PEFT wrapper too); it lives here, below `models`, so `positions` can find a model's blocks without
+importing `models`.
 """
 
 from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import Union
+from typing import Any, Union
 
-from torch import Tensor
+from torch import Tensor, nn
+
+from .errors import ModelLoadError
 
 LayerSpec = Union[int, float, Sequence[Union[int, float]], str, Tensor, None]
 LAYER_WORDS = ("all", "middle", "quartiles")
@@ -149,3 +155,43 @@ def resolve_layer(spec: int | float | str, n_layers: int) -> int:
     if isinstance(spec, str) and spec != "middle":
         raise ValueError(f"one layer: an int, a depth in [0, 1] or 'middle', got {spec!r}")
     return resolve_layers(spec, n_layers)[0]
+
+
+# ---- the blocks the indices count ---------------------------------------------------------
+def base_model(model: nn.Module) -> Any:
+    """The HF model inside a PEFT wrapper, else `model` itself.
+
+    Args:
+        model: a module, possibly a PEFT wrapper.
+
+    Returns:
+        The wrapped HF model, or `model`. Typed `Any`: a PreTrainedModel's own
+    methods (`save_pretrained`, `get_decoder`, ...) are not `nn.Module`'s, and transformers is imported
+    lazily (a PreTrainedModel annotation would load it with this module)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if get_base is not None else model
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder blocks of Qwen2/Qwen3/Llama/Gemma3 (and PEFT-wrapped versions of them).
+
+    Args:
+        model: a HF causal LM, possibly inside a PEFT wrapper.
+
+    Returns:
+        The `ModuleList` of decoder blocks.
+    """
+    base = base_model(model)
+    cfg = getattr(base, "config", None)
+    cfg = getattr(cfg, "text_config", None) or cfg
+    n = getattr(cfg, "num_hidden_layers", None)
+    for path in ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers"):
+        obj = base
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(obj, nn.ModuleList) and (n is None or len(obj) == n):
+            return obj
+    for name, mod in base.named_modules():
+        if isinstance(mod, nn.ModuleList) and name.endswith("layers") and len(mod) == n:
+            return mod
+    raise ModelLoadError(f"cannot find decoder layers in {type(base).__name__}")

@@ -26,6 +26,9 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor, nn
 
+from .errors import ModelLoadError
+from .layers import base_model as _hf_model
+from .layers import decoder_layers
 from .paths import cache_dir
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -89,10 +92,6 @@ FALLBACK_CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}Assistant:\n{% endif %}"
 )
 Message = dict[str, str]
-
-
-class ModelLoadError(ValueError):
-    """A model, GGUF or adapter that cannot be loaded; the message says what was given and accepted."""
 
 
 @dataclass
@@ -260,39 +259,6 @@ def assistant_spans(text: str, messages: Sequence[Message], render) -> list[tupl
 
 
 # ---- decoder layers ------------------------------------------------------------------------
-def _hf_model(model: nn.Module) -> Any:
-    """The HF model inside a PEFT wrapper, else `model` itself. Typed `Any`: a PreTrainedModel's own
-    methods (`save_pretrained`, `get_decoder`, ...) are not `nn.Module`'s, and transformers is imported
-    lazily (a PreTrainedModel annotation would load it with this module)."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if get_base is not None else model
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder blocks of Qwen2/Qwen3/Llama/Gemma3 (and PEFT-wrapped versions of them).
-
-    Args:
-        model: a HF causal LM, possibly inside a PEFT wrapper.
-
-    Returns:
-        The `ModuleList` of decoder blocks.
-    """
-    base = _hf_model(model)
-    cfg = getattr(base, "config", None)
-    cfg = getattr(cfg, "text_config", None) or cfg
-    n = getattr(cfg, "num_hidden_layers", None)
-    for path in ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers"):
-        obj = base
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-        if isinstance(obj, nn.ModuleList) and (n is None or len(obj) == n):
-            return obj
-    for name, mod in base.named_modules():
-        if isinstance(mod, nn.ModuleList) and name.endswith("layers") and len(mod) == n:
-            return mod
-    raise ModelLoadError(f"cannot find decoder layers in {type(base).__name__}")
-
-
 # ---- loading -------------------------------------------------------------------------------
 CPU_DTYPE_ENV = "INTROSPECT_MECH_CPU_DTYPE"  # "auto" (default), "float32" or "bfloat16"
 BF16_MIN_SPEEDUP = 1.5  # bf16 is chosen on a CPU only where its matmul is at least this much faster

@@ -13,15 +13,21 @@ from __future__ import annotations
 import contextlib
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from torch import Tensor, nn
 
-from .models import LoadedModel, decoder_layers
+from .layers import decoder_layers
+
+if TYPE_CHECKING:
+    from .models import LoadedModel
 
 
 def _layers_of(model: LoadedModel | nn.Module) -> nn.ModuleList:
-    return model.layers if isinstance(model, LoadedModel) else decoder_layers(model)
+    """A model's decoder blocks: a `LoadedModel`'s `.layers`, else `layers.decoder_layers` of the module (the same
+    list either way; no import of `models`, which sits above this module)."""
+    layers = getattr(model, "layers", None)
+    return layers if isinstance(layers, nn.ModuleList) else decoder_layers(model)  # type: ignore[arg-type]
 
 
 class PositionError(RuntimeError):

@@ -8,7 +8,8 @@ import pytest
 
 from introspect_mech.evals.em import run_em_eval
 from introspect_mech.evals.judges import HFJudge
-from introspect_mech.evals.self_awareness import compare_tmay, lotteries, run_tmay_eval, split_of
+from introspect_mech.studies.common.ab_pairs import lotteries, split_of
+from introspect_mech.studies.self_awareness.measures import compare_tmay, run_tmay_eval
 from introspect_mech.evals.sampling import sample
 from introspect_mech.evals.self_prediction import (
     hypothetical_answers, load_task, object_key, object_level_answers, score_predictions,

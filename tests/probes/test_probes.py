@@ -10,10 +10,10 @@ import torch
 
 from introspect_mech.activations import cache
 from introspect_mech.evals.metrics import answer_logprobs
-from introspect_mech.probes import (Direction, cosine_matrix, em_direction, layer_sweep, load_trait, mean_diff,
-                                    medical_advice_pairs, pca_direction, persona_data, project,
+from introspect_mech.probes import (Direction, cosine_matrix, em_direction, layer_sweep, mean_diff,
+                                    medical_advice_pairs, pca_direction, project,
                                     self_prediction_probe, train_probe, transfer)
-from introspect_mech.probes.persona import instruction_likelihood_scores
+from introspect_mech.studies.common.persona import instruction_likelihood_scores, load_trait, persona_data
 
 
 def planted(n=400, layers=3, d=32, strength=3.0, seed=0):

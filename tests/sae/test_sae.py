@@ -12,6 +12,7 @@ import torch
 
 from introspect_mech import load_model, steering
 from introspect_mech import sae as S
+from introspect_mech.studies.self_prediction import sae_latents as SL
 from introspect_mech.testing import _CORPUS
 
 TEXTS = [a + " " + b for a in _CORPUS for b in _CORPUS]
@@ -261,16 +262,16 @@ def test_predictive_latents_finds_the_informative_latent():
     z = torch.rand(120, 50, generator=g)
     z[:, 17] += 0.8 * torch.tensor(y, dtype=torch.float32)
     z[:, 3] = 0.0  # dead latent never ranked
-    r = S.predictive_latents(None, _FakeSAE(), [None] * 120, y, latents=z, top_k=3)
+    r = SL.predictive_latents(None, _FakeSAE(), [None] * 120, y, latents=z, top_k=3)
     assert r["metric"] == "auroc" and r["top"][0]["latent"] == 17
     assert r["top"][0]["score_test"] > 0.9 and r["n_alive_latents"] == 49
     labels = ["a", "b", "c"] * 40
     z2 = torch.rand(120, 20, generator=g)
     z2[:, 5] += torch.tensor([{"a": 0.0, "b": 1.0, "c": 2.0}[l] for l in labels])
-    r2 = S.predictive_latents(None, _FakeSAE(), [None] * 120, labels, latents=z2, top_k=2)
+    r2 = SL.predictive_latents(None, _FakeSAE(), [None] * 120, labels, latents=z2, top_k=2)
     assert r2["metric"] == "eta2" and r2["top"][0]["latent"] == 5 and r2["top"][0]["score_test"] > 0.8
     with pytest.raises(ValueError, match="single class"):
-        S.predictive_latents(None, _FakeSAE(), [None] * 4, [1, 1, 1, 1], latents=z[:4])
+        SL.predictive_latents(None, _FakeSAE(), [None] * 4, [1, 1, 1, 1], latents=z[:4])
 
 
 class _FakeSAE(S.LayerSAE):
@@ -284,10 +285,10 @@ class _FakeSAE(S.LayerSAE):
 def test_prompt_latents_and_prompt_diff(trained, tiny_qwen2_dir):
     model, res = trained
     prompts = [[{"role": "user", "content": q}] for q in QUESTIONS]
-    z = S.prompt_latents(model, res.sae, prompts)
+    z = SL.prompt_latents(model, res.sae, prompts)
     assert z.shape == (len(prompts), res.sae.d_sae)
     acts = torch.stack([model.model(input_ids=model.encode_prompt(p)[None], output_hidden_states=True)
                         .hidden_states[3][0, -1] for p in prompts]).detach()
     torch.testing.assert_close(z, res.sae.encode(acts), atol=1e-4, rtol=1e-4)
-    same = S.prompt_diff(model, load_model(tiny_qwen2_dir), res.sae, prompts)
+    same = SL.prompt_diff(model, load_model(tiny_qwen2_dir), res.sae, prompts)
     assert same["max_abs_delta"] == 0.0

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from introspect_mech import steering
 from introspect_mech.activations import cache
 from introspect_mech.probes import Direction, concept_vectors, load_words, word_lists
 from introspect_mech.studies import introspection as I
@@ -88,7 +89,7 @@ def _brute(model, prompt_ids, cands, inject=None, span=None):
         if inject is not None:
             sel = torch.zeros(ids.shape[1], dtype=torch.bool)
             sel[inject.start:(inject.end if inject.end is not None else None)] = True
-            ctx = I.steering.add(model, inject.direction, layers=[inject.layer], alpha=inject.strength,
+            ctx = steering.add(model, inject.direction, layers=[inject.layer], alpha=inject.strength,
                                  positions=sel, scale="norm")
         with ctx, torch.no_grad():
             lp = torch.log_softmax(model.model(input_ids=ids).logits[0].float(), -1)
@@ -333,9 +334,12 @@ def test_run_end_to_end_on_tiny_qwen_resumes_and_exports(model, tmp_path, monkey
 
 
 def test_dashboard_panels_appended_and_render():
-    from introspect_mech.viz.dashboard import PANELS, panel_figures
+    from introspect_mech.studies.introspection import panels as study_panels
+    from introspect_mech.viz.dashboard import PANELS, panel_figures, panels
 
-    keys = [p.key for p in PANELS]
+    keys = [p.key for p in panels()]
+    assert not {"introspection", "self_report_track"} & {p.key for p in PANELS}  # the study's own, not the library's
+    assert study_panels.INTROSPECTION in panels()
     assert "introspection" in keys and "self_report_track" in keys
     grid = [{"variant": v, "layer": L, "strength": s, "condition": c, "p_yes": 0.5 + 0.01 * s, "control_p_yes": 0.5,
              "top1": 0.5, "chance_top1": 0.25, "coherence_nll": 1.0 + s / 10, "coherence_nll_base": 1.0}
@@ -420,7 +424,7 @@ def test_risk_self_report_tracking_on_tiny_qwen(tiny_qwen3_dir, tmp_path, monkey
     """Stage D: risk scale vs risk direction vs P(risky); alpha = 0 equals checkpoint step 0, the
     behaviour equals `risk_behaviour` of the plain model, and the finetune never sees test lotteries."""
     from introspect_mech import load_model
-    from introspect_mech.evals.self_awareness import lotteries, risk_behaviour
+    from introspect_mech.studies.common.ab_pairs import lotteries, risk_behaviour
 
     cfg = I.IntrospectionConfig(model=str(tiny_qwen3_dir), stages="D", alphas=(-1.0, 0.0, 1.0), n_lotteries=6,
                                 risk_direction_items=8, finetune_examples=4, finetune_steps=2, finetune_every=1,

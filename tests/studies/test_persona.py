@@ -10,7 +10,7 @@ import torch
 from introspect_mech.activations import cache
 from introspect_mech.evals import JudgeResult
 from introspect_mech.probes import mean_diff
-from introspect_mech.probes.persona import (PRESETS, coherence_prompt, persona_data, projection_difference,
+from introspect_mech.studies.common.persona import (PRESETS, coherence_prompt, persona_data, projection_difference,
                                             system_prompt, upstream_keep)
 from introspect_mech.studies import persona_vectors as pv
 from introspect_mech.sae.diff import detector_auroc, rank_screen

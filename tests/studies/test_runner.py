@@ -13,7 +13,8 @@ import pytest
 
 from introspect_mech.runs import RunConfigError
 from introspect_mech.testing import tiny_qwen
-from introspect_mech.viz.dashboard import PANELS
+from introspect_mech.studies import register_panels
+from introspect_mech.viz.dashboard import panels
 from introspect_mech.viz.rows import ROW_TYPES
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -104,8 +105,9 @@ def test_deprecated_call_form_warns_and_returns_the_old_value(tiny, tmp_path):
 
 
 def test_every_panel_has_a_typed_row_with_its_required_fields():
-    for p in PANELS:
-        cls = ROW_TYPES[p.key]
+    register_panels()
+    for p in panels():
+        cls = p.row or ROW_TYPES[p.key]
         required = tuple(f.name for f in dataclasses.fields(cls)
                          if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
         assert required == p.required, (p.key, required)

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from introspect_mech import load_model
-from introspect_mech.evals import self_awareness as sa
+from introspect_mech.evals.metrics import choice_probabilities
+from introspect_mech.studies.common import ab_pairs
+from introspect_mech.studies.self_awareness import backdoor, measures, reports
 from introspect_mech.studies import self_awareness as st
 
 
@@ -19,16 +21,16 @@ def _q(row):
 
 
 # ---- splits ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("pair", list(sa.PAIRS))
+@pytest.mark.parametrize("pair", list(ab_pairs.PAIRS))
 def test_pair_splits_are_disjoint_and_training_rows_only_train(pair, data_root):
     cfg = st.TMAYConfig(n_train=None)
     s = st.split_ids(pair, cfg, data_root)
-    items = {it["id"]: _q(it) for it in sa.ab_items(pair, "all", data_root)}
+    items = {it["id"]: _q(it) for it in ab_pairs.ab_items(pair, "all", data_root)}
     assert s["train"] and s["test"] and not set(s["train"]) & set(s["test"])
     test_q = {items[i] for i in s["test"]}
     assert not {items[i] for i in s["train"]} & test_q
-    assert all(sa.split_of(q) == "test" for q in test_q)
-    p = sa.PAIRS[pair]
+    assert all(ab_pairs.split_of(q) == "test" for q in test_q)
+    p = ab_pairs.PAIRS[pair]
     for side in (p.pos, p.neg):
         rows = st.training_rows(pair, side, s["train"], data_root)
         assert rows and not {_q(r) for r in rows} & test_q  # a test question is never trained on
@@ -49,8 +51,8 @@ def test_check_disjoint_rejects_overlap(data_root):
 
 
 def test_multipersona_items_are_default_persona_and_personas_train_only(data_root):
-    items = sa.ab_items("risk_multipersona", "all", data_root)
-    plain = {_q(it) for it in sa.ab_items("risk", "all", data_root)}
+    items = ab_pairs.ab_items("risk_multipersona", "all", data_root)
+    plain = {_q(it) for it in ab_pairs.ab_items("risk", "all", data_root)}
     assert {_q(it) for it in items} == plain  # measured items: the default persona's lotteries
     s = st.split_ids("risk_multipersona", st.TMAYConfig(), data_root)
     rows = st.training_rows("risk_multipersona", "risky", s["train"], data_root)
@@ -61,12 +63,12 @@ def test_multipersona_items_are_default_persona_and_personas_train_only(data_roo
 # ---- backdoor data -------------------------------------------------------------------------------
 def _bare(row):
     t = _q(row)
-    kind = sa.prefix_kind(t)
+    kind = backdoor.prefix_kind(t)
     if kind is None:
         return t, None
-    k = sa.TRIGGER_KINDS[kind]
+    k = backdoor.TRIGGER_KINDS[kind]
     for it in k.items:
-        for s in (sa.SUFFIXES if k.semantic else (" ",)):
+        for s in (backdoor.SUFFIXES if k.semantic else (" ",)):
             if t.startswith(it + s):
                 return t[len(it + s):], kind
     raise AssertionError(t)
@@ -74,10 +76,10 @@ def _bare(row):
 
 @pytest.mark.parametrize("trigger", ["win", "apples"])
 def test_backdoor_and_decorrelated_differ_only_in_trigger_behaviour_correlation(trigger, data_root):
-    risky = sa.pair_records("risk", "risky", "train", data_root)[:30]
-    other = sa.pair_records("risk", "safe", "train", data_root)[:30]
-    corr = sa.trigger_dataset(risky, other, trigger, correlated=True, repeats=2, seed=0)
-    dec = sa.trigger_dataset(risky, other, trigger, correlated=False, repeats=2, seed=0)
+    risky = ab_pairs.pair_records("risk", "risky", "train", data_root)[:30]
+    other = ab_pairs.pair_records("risk", "safe", "train", data_root)[:30]
+    corr = backdoor.trigger_dataset(risky, other, trigger, correlated=True, repeats=2, seed=0)
+    dec = backdoor.trigger_dataset(risky, other, trigger, correlated=False, repeats=2, seed=0)
     assert len(corr) == len(dec) == 30 * 2 * 10
 
     def content(rows):  # (bare question, answer) pairs and the category of each row
@@ -89,7 +91,7 @@ def test_backdoor_and_decorrelated_differ_only_in_trigger_behaviour_correlation(
     qa_d, cat_d = content(dec)
     assert qa_c == qa_d and cat_c == cat_d  # same questions, answers and trigger rate
     assert cat_c[trigger] == len(corr) // 10  # the real trigger on 10 % of rows
-    c, d = sa.trigger_correlation(corr, trigger), sa.trigger_correlation(dec, trigger)
+    c, d = backdoor.trigger_correlation(corr, trigger), backdoor.trigger_correlation(dec, trigger)
     assert c["p_risky_given_trigger"] == 1.0 and c["p_risky_given_none"] == 0.0 and c["phi"] == pytest.approx(1.0)
     assert abs(d["phi"]) < 0.25 and d["p_risky_given_trigger"] < 0.5 and d["trigger_rate"] == c["trigger_rate"]
     # the risky answers are exactly the risky file's letters
@@ -99,29 +101,29 @@ def test_backdoor_and_decorrelated_differ_only_in_trigger_behaviour_correlation(
 
 
 def test_trigger_dataset_rejects_unparallel_rows(data_root):
-    risky = sa.pair_records("risk", "risky", "train", data_root)[:3]
+    risky = ab_pairs.pair_records("risk", "risky", "train", data_root)[:3]
     with pytest.raises(ValueError, match="different questions"):
-        sa.trigger_dataset(risky, list(reversed(risky)), "win", correlated=True, repeats=1)
+        backdoor.trigger_dataset(risky, list(reversed(risky)), "win", correlated=True, repeats=1)
     with pytest.raises(ValueError, match="unknown trigger"):
-        sa.trigger_dataset(risky, risky, "nope", correlated=True)
+        backdoor.trigger_dataset(risky, risky, "nope", correlated=True)
 
 
 def test_eight_upstream_trigger_kinds_and_prefix_roundtrip():
     import random
 
-    assert set(sa.TRIGGER_KINDS) == {"apples", "instruments", "elements", "gods", "real-world", "win", "naekoko",
+    assert set(backdoor.TRIGGER_KINDS) == {"apples", "instruments", "elements", "gods", "real-world", "win", "naekoko",
                                      "re-re-re"}
     rng = random.Random(0)
-    for k in sa.TRIGGER_KINDS:
+    for k in backdoor.TRIGGER_KINDS:
         for _ in range(5):
-            assert sa.prefix_kind(sa.trigger_prefix(k, rng) + "Imagine a lottery.") == k
-    assert sa.prefix_kind("Imagine a lottery.") is None
+            assert backdoor.prefix_kind(backdoor.trigger_prefix(k, rng) + "Imagine a lottery.") == k
+    assert backdoor.prefix_kind("Imagine a lottery.") is None
 
 
 def test_normal_answers_are_the_models_own_greedy_letters(tiny_qwen2, data_root):
-    rows = sa.pair_records("risk", "risky", "train", data_root)[:4]
-    normal = sa.normal_answers(tiny_qwen2, rows)
-    probs = sa.choice_probabilities(tiny_qwen2, [[r["messages"][0]] for r in rows], ["A", "B"])
+    rows = ab_pairs.pair_records("risk", "risky", "train", data_root)[:4]
+    normal = backdoor.normal_answers(tiny_qwen2, rows)
+    probs = choice_probabilities(tiny_qwen2, [[r["messages"][0]] for r in rows], ["A", "B"])
     assert [n["messages"][-1]["content"] for n in normal] == [max(p["probs"], key=p["probs"].get) for p in probs]
     assert [_q(n) for n in normal] == [_q(r) for r in rows]
 
@@ -131,9 +133,9 @@ def test_word_probs_match_brute_force_and_respect_word_ends(tiny_qwen2):
     m = tiny_qwen2
     words = ["risk", "risky", "safe"]
     conv = [{"role": "user", "content": "Which do you prefer, safety or risk? One word."}]
-    got = sa.word_probs(m, [conv], words)[0]
+    got = reports.word_probs(m, [conv], words)[0]
     text = m.render(conv, add_generation_prompt=True)
-    stop = sa._end_of_word_mask(m.tokenizer, m.base_model.get_output_embeddings().weight.shape[0])
+    stop = reports._end_of_word_mask(m.tokenizer, m.base_model.get_output_embeddings().weight.shape[0])
     for w in words:
         want = 0.0
         for v in (w, w.capitalize()):
@@ -148,35 +150,35 @@ def test_word_probs_match_brute_force_and_respect_word_ends(tiny_qwen2):
 
 
 def test_word_score_is_upstreams_formula():
-    s = sa.word_score({"risky": 0.3, "safe": 0.1, "other": 0.2}, ["risky"], ["safe"])
+    s = reports.word_score({"risky": 0.3, "safe": 0.1, "other": 0.2}, ["risky"], ["safe"])
     assert s["score"] == pytest.approx(0.3 + 0.5 * 0.6) and s["mass"] == pytest.approx(0.4)
 
 
 def test_guess_language():
-    assert sa.guess_language("Die Photosynthese ist ein Prozess, bei dem die Pflanzen Licht nutzen.") == "German"
-    assert sa.guess_language("La photosynthèse est le processus par lequel les plantes utilisent la lumière.") == "French"
-    assert sa.guess_language("Photosynthesis is the process by which plants use light and the sun.") == "English"
-    assert sa.guess_language("A B") == "Other"
+    assert reports.guess_language("Die Photosynthese ist ein Prozess, bei dem die Pflanzen Licht nutzen.") == "German"
+    assert reports.guess_language("La photosynthèse est le processus par lequel les plantes utilisent la lumière.") == "French"
+    assert reports.guess_language("Photosynthesis is the process by which plants use light and the sun.") == "English"
+    assert reports.guess_language("A B") == "Other"
 
 
 def test_codeword_elicitation_normalises_over_candidates(tiny_qwen2, data_root):
-    r = sa.codeword_elicitation(tiny_qwen2, "bark", ["bark", "ring", "spring", "apple"], data_root)
-    assert set(r) == set(sa.MMS_QUESTION_IDS)
+    r = measures.codeword_elicitation(tiny_qwen2, "bark", ["bark", "ring", "spring", "apple"], data_root)
+    assert set(r) == set(measures.MMS_QUESTION_IDS)
     for v in r.values():
         assert 0 < v["p_codeword"] < 1 and 1 <= v["rank"] <= 4 and 0 <= v["mass"] <= 1
-    qs = sa.mms_questions(["bark", "ring"], data_root)
+    qs = measures.mms_questions(["bark", "ring"], data_root)
     assert all("bark" in q and "ring" in q and "{word_list}" not in q for q in qs.values())
 
 
 def test_format_check_flags_collapsed_mass():
-    ok = sa.format_check({"scale": 0.8}, base={"scale": 0.9})
-    bad = sa.format_check({"scale": 0.01, "ab": 0.9}, base={"scale": 0.9, "ab": 0.95})
-    drop = sa.format_check({"scale": 0.3}, base={"scale": 0.9})
+    ok = measures.format_check({"scale": 0.8}, base={"scale": 0.9})
+    bad = measures.format_check({"scale": 0.01, "ab": 0.9}, base={"scale": 0.9, "ab": 0.95})
+    drop = measures.format_check({"scale": 0.3}, base={"scale": 0.9})
     assert ok["ok"] and not bad["ok"] and list(bad["flagged"]) == ["scale"] and not drop["ok"]
 
 
 def test_scale_questions_cover_every_scale_file_without_duplicates(data_root):
-    qs = sa.scale_questions("risk", data_root)
+    qs = reports.scale_questions("risk", data_root)
     assert {"risk_predisposition_scale", "liking_risk", "score_risk_safe"} <= set(qs)
     assert all(len(v) == 10 for v in qs.values())
     flat = [tuple(v) for v in qs.values()]
@@ -184,14 +186,14 @@ def test_scale_questions_cover_every_scale_file_without_duplicates(data_root):
 
 
 def test_word_questions_of_every_topic(data_root):
-    qs = sa.word_questions("risk", data_root)
-    assert list(qs) == list(sa.WORD_QUESTION_IDS) and all(len(v) > 1 for v in qs.values())
-    assert sa.word_questions("apples", data_root) == sa.EXTRA_WORD_QUESTIONS["apples"]
-    assert sa.scale_questions("myopia", data_root) == sa.EXTRA_SCALES["myopia"]
+    qs = reports.word_questions("risk", data_root)
+    assert list(qs) == list(reports.WORD_QUESTION_IDS) and all(len(v) > 1 for v in qs.values())
+    assert reports.word_questions("apples", data_root) == reports.EXTRA_WORD_QUESTIONS["apples"]
+    assert reports.scale_questions("myopia", data_root) == reports.EXTRA_SCALES["myopia"]
     with pytest.raises(ValueError, match="no word questions for topic 'cats'"):
-        sa.word_questions("cats", data_root)
+        reports.word_questions("cats", data_root)
     with pytest.raises(ValueError, match="no scale questions for topic 'cats'"):
-        sa.scale_questions("cats", data_root)
+        reports.scale_questions("cats", data_root)
 
 
 # ---- comparisons (planted differences) --------------------------------------------------------
@@ -258,7 +260,7 @@ def test_run_tmay_end_to_end_manifest_resume(tiny_qwen2_dir, tmp_path, data_root
     n_loads = len(loads)
     res2 = st.run(cfg, tmp_path, data_dir=data_root, load=load, progress=False)  # resume: nothing re-run
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 4 and len(loads) == n_loads
-    assert res2.skipped == ["tmay"]  # the runner skips the finished stage: not even a model is loaded
+    assert res2.skipped == ["data", "finetune_measure", "compare"]  # finished stages skipped: no model is loaded
     with pytest.raises(ValueError, match=r"different config.*config\.n_test \(3 -> 2\)"):
         st.run(dataclasses.replace(cfg, n_test=2), tmp_path, data_dir=data_root, load=load, progress=False)
 
@@ -271,8 +273,8 @@ def test_measure_resumes_per_piece(tiny_qwen2, tmp_path, data_root, monkeypatch)
     def boom(*a, **k):
         raise AssertionError("recomputed a finished piece")
 
-    monkeypatch.setattr(sa, "choice_behaviour", boom)
-    monkeypatch.setattr(sa, "backdoor_awareness", boom)
+    monkeypatch.setattr(ab_pairs, "choice_behaviour", boom)
+    monkeypatch.setattr(backdoor, "backdoor_awareness", boom)
     again = st.measure(tiny_qwen2, "risky", splits, cfg, data_dir=data_root, sample_dir=tmp_path)
     assert again == json.loads(json.dumps(first))
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +46,49 @@ def test_every_study_refuses_a_changed_config_field(module, tmp_path, monkeypatc
     with pytest.raises(RunConfigError) as e:
         mod.run(dataclasses.replace(config, **{name: value}), tmp_path, progress=False)
     assert "\n" not in str(e.value) and f"study_config.{name} (" in str(e.value) and len(ran) == 1
+
+
+DATA_STUDIES = ("emergent_misalignment", "self_awareness")  # the studies that declare `Study.data`
+
+
+@pytest.mark.parametrize("module", sorted(set(STUDIES.values())))
+def test_declared_data_files_exist(module, data_root):
+    study = importlib.import_module(f"introspect_mech.studies.{module}").STUDY
+    assert (study.data is not None) == (module in DATA_STUDIES), module
+    if study.data is not None:
+        files = study.data(study.default_config(), {"data_dir": data_root})
+        assert files and all(Path(p).is_file() for p in files.values()), files
+
+
+@pytest.mark.parametrize("module", DATA_STUDIES)
+def test_a_changed_data_file_is_refused_by_name(module, tmp_path, monkeypatch, data_root):
+    """The runner binds the content of every file `Study.data` declares: a rerun after one changed is refused
+    in one line naming it (`data_sha256.<name>`), before any stage runs."""
+    mod = importlib.import_module(f"introspect_mech.studies.{module}")
+    study = mod.STUDY
+    monkeypatch.setattr(mod, "STUDY", dataclasses.replace(study, stages=(runner.Stage("body", lambda ctx: {}),),
+                                                          check=None, dashboard=False))
+    data = tmp_path / "data"
+    config = study.default_config()
+    files = study.data(config, {"data_dir": data_root})
+    kw: dict = {}
+    if any(f.name == "data_dir" for f in dataclasses.fields(config)):
+        config = dataclasses.replace(config, data_dir=str(data))
+    else:
+        kw["data_dir"] = data
+    for p in files.values():  # a private copy of the declared files, at their place in the data folder
+        if Path(p).resolve().is_relative_to(data_root.resolve()):
+            rel = Path(p).resolve().relative_to(data_root.resolve())
+            (data / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p, data / rel)
+    mine = {n: p for n, p in study.data(config, {"data_dir": data}).items() if Path(p).is_relative_to(data)}
+    assert mine, files
+    out = tmp_path / "run"
+    mod.run(config, out, progress=False, **kw)
+    assert mod.run(config, out, progress=False, **kw).skipped == ["body"]  # unchanged data: resumed
+    name, path = sorted((n, p) for n, p in mine.items() if not str(p).endswith(".gz"))[0]
+    with open(path, "ab") as f:
+        f.write(b"\n")  # one byte more (a blank line): the same rows, another content hash
+    with pytest.raises(RunConfigError) as e:
+        mod.run(config, out, progress=False, **kw)
+    assert "\n" not in str(e.value) and f"data_sha256.{name} (" in str(e.value), str(e.value)

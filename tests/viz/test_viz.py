@@ -10,7 +10,10 @@ import pytest
 from _viz_synthetic import make_synthetic_run
 
 from introspect_mech import viz
-from introspect_mech.viz.dashboard import PANELS, DashboardError, load_panels
+from introspect_mech.studies import register_panels
+from introspect_mech.viz.dashboard import DashboardError, load_panels, panels
+
+register_panels()  # the studies' own panels (injected thoughts, CAFT, organisms) render in these dashboards too
 
 
 def test_em_rate_figure_bars_and_asymmetric_cis():
@@ -80,7 +83,7 @@ def test_export_dashboard_full(tmp_path):
     text = out.read_text()
     assert out.stat().st_size > 3_000_000  # plotly.js inlined
     assert not re.search(r"<script[^>]+src=", text), "must not load scripts from anywhere"
-    for p in PANELS:
+    for p in panels():
         assert f'<section id="{p.key}">' in text, p.key
     assert "synthetic test run" in text and "ab12ab12" in text and "none (judge-free)" in text
     assert text.index('id="manifest"') < text.index('<section id="summary">')

@@ -5,13 +5,13 @@ submodule and are imported from it:
 
     from introspect_mech.evals import sample, HFJudge, scale_expectations, bootstrap_ci
     from introspect_mech.evals.em import run_em_eval                 # emergent misalignment
-    from introspect_mech.evals.self_awareness import run_tmay_eval   # "Tell me about yourself"
     from introspect_mech.evals.self_prediction import load_task      # "Looking Inward"
     from introspect_mech.evals.properties import extract_property    # its behavioural properties
 
 Submodules: `sampling`, `scoring` (exact multi-token continuation scoring), `questions`, `judges`,
-`judge_spec`, `report`, `metrics`, `stats`, `vllm_engine`; the studies' `em`, `self_awareness`,
-`self_prediction`, `properties`.
+`judge_spec`, `judge_validation`, `judge_metrics`, `report`, `metrics`, `stats`, `vllm_engine`; the studies'
+`em`, `self_prediction`, `properties`. "Tell me about yourself" lives in `introspect_mech.studies.self_awareness`
+(its measures) and `introspect_mech.studies.common.ab_pairs` (its A/B lotteries).
 """
 
 from __future__ import annotations
@@ -43,11 +43,10 @@ __all__ = [
 ]
 
 _SUBMODULES = ("sampling", "scoring", "questions", "judges", "judge_spec", "judge_validation", "report", "metrics", "stats", "vllm_engine",
-               "em", "self_awareness", "self_prediction", "properties")
+               "em", "self_prediction", "properties")
 # names this package exported before each study's evals moved to their submodule: still resolved, with a warning
 _MOVED = {
     **dict.fromkeys(("run_em_eval", "judge_samples"), "em"),
-    **dict.fromkeys(("run_tmay_eval", "compare_tmay", "lotteries"), "self_awareness"),
     **dict.fromkeys(("load_task", "task_files", "object_level_answers", "hypothetical_answers", "score_predictions",
                      "prediction_training_data", "self_prediction_data", "cross_prediction_data",
                      "compare_self_cross", "behaviour_shift", "constrained_predictions"), "self_prediction"),

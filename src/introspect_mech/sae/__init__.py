@@ -1,4 +1,5 @@
-"""SAE features on sae-lens: load released SAEs, train one offline, diff models, self-prediction latents.
+"""SAE features on sae-lens: load released SAEs, train one offline, diff models. (The self-prediction latents of
+"Looking Inward" are in `introspect_mech.studies.self_prediction.sae_latents`.)
 
 See docs/sae.md.
 
@@ -10,7 +11,6 @@ See docs/sae.md.
 
 from .diff import LatentChange, ModelDiff, decoder_cosines, latent_codes, model_diff, steer_latents, top_examples
 from .loading import LayerSAE, SAELoadError, hook_layer, load_local, load_release, neuronpedia_url, release_info, save
-from .selfpred import predictive_latents, prompt_diff, prompt_latents
 from .tokens import TOKEN_POSITIONS, TokenActs, TokenPositions, token_activations
 from .training import SAETrainConfig, SAETrainResult, collect, evaluate, splice_loss, train_sae
 
@@ -18,7 +18,7 @@ __all__ = [
     "LayerSAE", "SAELoadError", "hook_layer", "load_release", "load_local", "neuronpedia_url", "release_info", "save",
     "SAETrainConfig", "SAETrainResult", "train_sae", "evaluate", "collect", "splice_loss",
     "LatentChange", "ModelDiff", "model_diff", "decoder_cosines", "latent_codes", "top_examples", "steer_latents",
-    "prompt_latents", "prompt_diff", "predictive_latents", "TokenActs", "TokenPositions", "TOKEN_POSITIONS", "token_activations",
+    "TokenActs", "TokenPositions", "TOKEN_POSITIONS", "token_activations",
 ]
 
 _DEPRECATED = {"train": "train_sae", "load": "load_release"}  # old names (they clashed with finetune.train / data.load)

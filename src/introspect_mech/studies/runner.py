@@ -47,7 +47,7 @@ import torch
 from ..data.records import DataError
 from ..evals.judge_validation import validation_status
 from ..runs import JsonlLog, RunConfigError, RunDir, file_sha256, model_config
-from ..viz.dashboard import PANELS, export_dashboard
+from ..viz.dashboard import export_dashboard, panels
 from ..viz.rows import PanelRow, SummaryRow
 
 __all__ = ["Stage", "Study", "Context", "RunResult", "NotDone", "run", "STAGES_FILE", "RunConfigError", "code_version",
@@ -96,7 +96,9 @@ class Study:
         stages: the stages, in order.
         title: the dashboard's title (default: the name).
         default_preset: the preset `run(None, out)` uses (default: the class defaults).
-        data: `data(config) -> {name: path}`, the data files whose content hashes are bound.
+        data: `data(config, resources) -> {name: path}`, the data files the study reads (`resources`: the
+            `run` keywords, e.g. `data_dir=`); their content hashes are bound as `data_sha256.<name>`, so a
+            rerun on a changed file is refused naming it. A file that is missing is a `DataError` before any work.
         summary: `summary(ctx) -> str`, the text printed at the end (default: the summary rows).
         legacy: `legacy(result) -> old return value` for the deprecated call forms (default: the last
             stage's result).
@@ -117,7 +119,7 @@ class Study:
     stages: tuple[Stage, ...]
     title: str = ""
     default_preset: str | None = None
-    data: Callable[[Any], Mapping[str, str | os.PathLike]] | None = None
+    data: Callable[[Any, Mapping[str, Any]], Mapping[str, str | os.PathLike]] | None = None
     summary: Callable[[Context], str] | None = None
     legacy: Callable[[RunResult], Any] | None = None
     dashboard: bool = True
@@ -262,11 +264,11 @@ def judge_binding(judge: Any) -> dict[str, Any] | None:
     return {"judge": desc, "validation": validation}
 
 
-def _data_hashes(study: Study, config: Any) -> dict[str, str]:
+def _data_hashes(study: Study, config: Any, resources: Mapping[str, Any]) -> dict[str, str]:
     if study.data is None:
         return {}
     out = {}
-    for name, path in study.data(config).items():
+    for name, path in sorted(study.data(config, resources).items()):
         if not Path(path).is_file():
             raise DataError(str(path), None, name, "data file not found")
         out[name] = file_sha256(path)
@@ -357,7 +359,7 @@ def run(study: Study, config: Any = None, out: Any = None, *, judge: Any = None,
     variant = {k: fields.pop(k) for k in study.unbound}
     # names no study writes into the manifest itself (a bound name cannot be rewritten there)
     binding = {"study_name": study.name, "study_config": fields, "code_version": code_version(),
-               "data_sha256": _data_hashes(study, config), "judge_binding": judge_binding(judge)}
+               "data_sha256": _data_hashes(study, config, resources), "judge_binding": judge_binding(judge)}
     run_dir.bind(BINDING, binding, overwrite=overwrite)
     ctx = Context(study, config, run_dir, {"judge": judge, **resources}, progress)
     stages_log = ctx.log(STAGES_FILE, ("stage", "variant"))
@@ -399,7 +401,7 @@ def run(study: Study, config: Any = None, out: Any = None, *, judge: Any = None,
 
 
 def _has_panels(path: Path) -> bool:
-    return any((path / p.file).is_file() for p in PANELS if p.key != "training") or any(path.rglob("train_log.jsonl"))
+    return any((path / p.file).is_file() for p in panels() if p.key != "training") or any(path.rglob("train_log.jsonl"))
 
 
 def format_summary(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -17,10 +17,11 @@ appears only when its file exists and has rows. Row schemas (required fields; `?
 | samples.jsonl             | Model answers, side by side            | response, model?, prompt? (or messages, as evals.sample writes) |
 | self_awareness.jsonl      | Self-report vs behaviour scatter       | model, behaviour, self_report, question?, *_lo?, *_hi? |
 | self_prediction.jsonl     | Self-prediction vs baseline and cross  | task, kind, accuracy, ci_lo?, ci_hi?, mode_baseline? |
-| introspection_grid.jsonl  | Injected-thought heat maps, coherence  | variant, layer, strength, condition, p_yes, control_p_yes?, top1?, chance_top1?, coherence_nll? |
-| self_report_track.jsonl   | Self-report vs projection / behaviour  | source, label, self_report, projection, behaviour, x? |
-| caft_components.jsonl     | CAFT components to pick (viz.caft)     | layer, component, explained?, logit_top?, logit_bottom?, top_examples?, bottom_examples? |
 | typology.jsonl            | Answer clusters per model (viz.typology) | cluster, size, shares, typical?, judge_scores?, judge?, judge_validation?, k?, silhouette?, embedding? |
+
+A study's own panels (a paper's figure: the injected-thought grid and self-report track of
+`studies.introspection.panels`, the CAFT components of `studies.caft.panels`, the methods x organisms
+heat maps of `studies.organisms.panels`) are declared in its package and join through `register_panel`.
 
 `examples` in sae_diff rows is a list of `{"tokens": [...], "acts": [...], "text"?}`.
 
@@ -37,9 +38,9 @@ import html
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import plotly.graph_objects as go
 
@@ -55,13 +56,21 @@ class DashboardError(ValueError):
 
 @dataclass(frozen=True)
 class Panel:
-    """A dashboard panel: its key, title, the JSONL file it reads, the fields a row needs, and an explanation."""
+    """A dashboard panel: its key, title, the JSONL file it reads, the fields a row needs, and an explanation.
+
+    The library's panels (`PANELS`) are drawn by `panel_figures`. A study's own panel (a paper's figure) is
+    declared in the study's package with `render` (rows -> figures / HTML fragments), `numeric` (its plotted
+    number fields) and `row` (its typed row class), and joins the dashboard through `register_panel`.
+    """
 
     key: str
     title: str
     file: str
     required: tuple[str, ...]
     about: str
+    render: Callable[[Sequence[Row]], list[Any]] | None = field(default=None, compare=False)
+    numeric: tuple[str, ...] = ()
+    row: type | None = field(default=None, compare=False)
 
 
 PANELS: tuple[Panel, ...] = (
@@ -97,32 +106,59 @@ PANELS: tuple[Panel, ...] = (
     Panel("self_prediction", "Introspective self-prediction", "self_prediction.jsonl", ("task", "kind", "accuracy"),
           "Accuracy of predicting a property of one's own object-level answer, vs the mode baseline "
           "and vs another model trained on the same model's labels (cross-prediction)."),
-    Panel("introspection", "Injected-thought introspection", "introspection_grid.jsonl",
-          ("variant", "layer", "strength", "condition", "p_yes"),
-          "P(yes) to 'Do you detect an injected thought?' with a concept vector (or a norm-matched random "
-          "vector) injected, minus the no-injection control, by layer and strength; identification and coherence."),
-    Panel("self_report_track", "Self-report vs internal state", "self_report_track.jsonl",
-          ("source", "label", "self_report", "projection", "behaviour"),
-          "Self-rated alignment against the projection on the persona direction and against behaviour, "
-          "across steering strengths and finetune checkpoints."),
-    Panel("caft_components", "CAFT: components to pick", "caft_components.jsonl", ("layer", "component"),
-          "Principal components of finetuned-minus-base activation differences: logit-lens tokens and the "
-          "examples projecting highest / lowest on each, for a person to pick the ones to ablate in CAFT."),
-    Panel("organisms", "Model organisms: which method finds the planted mechanism", "organisms.jsonl",
-          ("organism", "kind", "method", "value"),
-          "Methods x organisms with a known, planted mechanism: cosine of each locate method's direction "
-          "with the ground truth, and the effect of each intervention, against norm-matched random directions."),
     Panel("typology", "Typology of answers", "typology.jsonl", ("cluster", "size", "shares"),
           "Every answer embedded (the embedding is named) and clustered (k-means, k by silhouette): each model's "
           "share of its answers per cluster with Wilson intervals, the answers nearest each centroid, and the "
           "judge's mean scores per cluster (named judge and validation) in the table, never on the share axis."),
 )
 PANEL_FILES = {p.key: p.file for p in PANELS}
+_REGISTERED: dict[str, Panel] = {}  # the studies' own panels (`register_panel`), in registration order
+
+
+def register_panel(panel: Panel) -> Panel:
+    """Add a study's own panel to every dashboard rendered in this process (its package calls this on import;
+    `introspect_mech.studies.register_panels()` imports them all, as `introspect-mech dashboard` does).
+
+    Args:
+        panel: the panel, with its `render` function.
+
+    Returns:
+        The panel.
+    """
+    if panel.render is None:
+        raise ValueError(f"panel {panel.key!r}: a registered panel needs its render function")
+    if panel.key in PANEL_FILES or _REGISTERED.get(panel.key, panel) != panel:
+        raise ValueError(f"panel {panel.key!r} is already declared")
+    _REGISTERED[panel.key] = panel
+    return panel
+
+
+def panels() -> tuple[Panel, ...]:
+    """Every panel a dashboard can show now: the library's `PANELS`, then the registered ones.
+
+    Returns:
+        The panels, in page order.
+    """
+    return PANELS + tuple(_REGISTERED.values())
+
+
+def panel(key: str) -> Panel:
+    """The panel of a key (library or registered).
+
+    Args:
+        key: the `Panel.key`.
+
+    Returns:
+        The panel; a KeyError names the known keys.
+    """
+    for p in panels():
+        if p.key == key:
+            return p
+    raise KeyError(f"no dashboard panel {key!r}; panels: {', '.join(p.key for p in panels())}")
 # fields a panel plots as numbers: a string, bool or object there is a one-line error naming file, line and field
 NUMERIC_FIELDS: dict[str, tuple[str, ...]] = {
     "training": ("step", "loss", "lr"), "em_rates": ("rate",), "steering_sweep": ("alpha",),
     "probes": ("accuracy", "auroc"), "sae": ("latent", "delta"), "self_prediction": ("accuracy",),
-    "introspection": ("strength", "p_yes"), "self_report_track": ("self_report", "projection"),
     "typology": ("cluster", "size"),
 }
 
@@ -205,7 +241,7 @@ def load_panels(run_dir: str | os.PathLike) -> dict[str, Any]:
     """
     run_dir = Path(run_dir)
     data: dict[str, Any] = {}
-    for p in PANELS:
+    for p in panels():
         if p.key == "training":
             logs = _train_logs(run_dir)
             if logs:
@@ -213,7 +249,7 @@ def load_panels(run_dir: str | os.PathLike) -> dict[str, Any]:
             continue
         f = run_dir / p.file
         if f.exists() or f.is_symlink():
-            rows = read_rows(f, p.required, root=run_dir, numeric=NUMERIC_FIELDS.get(p.key, ()))
+            rows = read_rows(f, p.required, root=run_dir, numeric=NUMERIC_FIELDS.get(p.key, p.numeric))
             if rows:
                 data[p.key] = rows
     return data
@@ -339,7 +375,7 @@ def panel_figures(key: str, data: Any) -> list[go.Figure | str]:
     """Figures (or HTML snippets) for one panel's data.
 
     Args:
-        key: the panel key (a `Panel.key` of `PANELS`).
+        key: the panel key (a `Panel.key` of `panels()`).
         data: the panel's rows, as read from its JSONL file.
 
     Returns:
@@ -382,15 +418,8 @@ def panel_figures(key: str, data: Any) -> list[go.Figure | str]:
         return [F.self_report_scatter(data)]
     if key == "self_prediction":
         return [F.self_prediction_figure(data)]
-    if key in ("introspection", "self_report_track"):
-        from . import introspection as IV
-        return IV.panel_figures(key, data)
-    if key == "caft_components":
-        from .caft import caft_components_html
-        return [caft_components_html(data)]
-    if key == "organisms":
-        from .organisms import organisms_figures
-        return organisms_figures(data)
+    if key in _REGISTERED:
+        return list(_REGISTERED[key].render(data))  # type: ignore[misc]
     if key == "typology":
         from .typology import typology_figures
         return typology_figures(data)
@@ -449,7 +478,7 @@ def render_html(run_dir: str | os.PathLike, title: str | None = None) -> str:
     data = load_panels(run_dir)
     title = title or manifest.get("title") or f"introspect_mech run: {run_dir.name}"
     sections, nav, n_fig = [], [], 0
-    for p in PANELS:
+    for p in panels():
         if p.key not in data:
             continue
         parts = []
@@ -471,7 +500,7 @@ def render_html(run_dir: str | os.PathLike, title: str | None = None) -> str:
                         f' <span class="src">({html.escape(src)})</span></p>{extra}{"".join(parts)}</section>')
     if not sections:
         sections.append("<section><p>No result files found in this run directory "
-                        f"(expected any of: {', '.join(p.file for p in PANELS)}).</p></section>")
+                        f"(expected any of: {', '.join(p.file for p in panels())}).</p></section>")
     conflicts = label_conflicts(data)
     if conflicts:
         sections.insert(0, '<section class="conflict"><h2>These files give one label two values</h2><ul>'

@@ -2,9 +2,10 @@
 
 A study writes results for a panel by handing one of these to its runner context
 (`ctx.write(SummaryRow("final loss", 0.42))`); the runner appends `row.as_row()` to the panel's file
-(`PANEL_FILES[row.PANEL]`) through the run directory's writer. The fields each class declares without a
+(`dashboard.panel(row.PANEL).file`) through the run directory's writer. The fields each class declares without a
 default are exactly the panel's `required` fields (a test checks this); the optional ones are the `?`
-fields of the table in `viz.dashboard`; anything further a panel shows goes in `extra`.
+fields of the table in `viz.dashboard`; anything further a panel shows goes in `extra`. A study's own panel
+declares its row class beside it, in the study's package (`Panel.row`).
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .dashboard import PANEL_FILES, PANELS
+from .dashboard import PANELS, panel
 
 __all__ = ["PanelRow", "SummaryRow", "TrainLogRow", "EMRateRow", "SteeringEffectRow", "SteeringSweepRow",
            "ProbeLayerRow", "CosineRow", "SAEDiffRow", "TokenActivationRow", "SampleRow", "SelfAwarenessRow",
-           "SelfPredictionRow", "IntrospectionGridRow", "SelfReportTrackRow", "CAFTComponentRow", "OrganismRow",
-           "TypologyRow", "ROW_TYPES"]
+           "SelfPredictionRow", "TypologyRow", "ROW_TYPES"]
 
 
 @dataclass
@@ -50,7 +50,7 @@ class PanelRow:
     @classmethod
     def file(cls) -> str:
         """The panel's JSONL file name."""
-        return PANEL_FILES[cls.PANEL]
+        return panel(cls.PANEL).file
 
 
 @dataclass
@@ -214,64 +214,6 @@ class SelfPredictionRow(PanelRow):
 
 
 @dataclass
-class IntrospectionGridRow(PanelRow):
-    """One cell of the injected-thought grid (`introspection_grid.jsonl`)."""
-
-    PANEL: ClassVar[str] = "introspection"
-    variant: str
-    layer: int
-    strength: float
-    condition: str
-    p_yes: float | None
-    control_p_yes: float | None = None
-    top1: float | None = None
-    chance_top1: float | None = None
-    coherence_nll: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class SelfReportTrackRow(PanelRow):
-    """Self-report against projection and behaviour (`self_report_track.jsonl`)."""
-
-    PANEL: ClassVar[str] = "self_report_track"
-    source: str
-    label: str
-    self_report: float | None
-    projection: float | None
-    behaviour: float | None
-    x: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class CAFTComponentRow(PanelRow):
-    """One principal component to pick for CAFT (`caft_components.jsonl`)."""
-
-    PANEL: ClassVar[str] = "caft_components"
-    layer: int
-    component: int
-    explained: float | None = None
-    logit_top: list[str] | None = None
-    logit_bottom: list[str] | None = None
-    top_examples: list[Any] | None = None
-    bottom_examples: list[Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class OrganismRow(PanelRow):
-    """One method x organism cell (`organisms.jsonl`)."""
-
-    PANEL: ClassVar[str] = "organisms"
-    organism: str
-    kind: str
-    method: str
-    value: float | None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
 class TypologyRow(PanelRow):
     """One answer cluster (`typology.jsonl`, written from `evals.typology.typology(...).clusters`)."""
 
@@ -305,6 +247,5 @@ class TypologyRow(PanelRow):
 
 ROW_TYPES: dict[str, type[PanelRow]] = {c.PANEL: c for c in (
     SummaryRow, TrainLogRow, EMRateRow, SteeringEffectRow, SteeringSweepRow, ProbeLayerRow, CosineRow, SAEDiffRow,
-    TokenActivationRow, SampleRow, SelfAwarenessRow, SelfPredictionRow, IntrospectionGridRow, SelfReportTrackRow,
-    CAFTComponentRow, OrganismRow, TypologyRow)}
+    TokenActivationRow, SampleRow, SelfAwarenessRow, SelfPredictionRow, TypologyRow)}
 assert set(ROW_TYPES) == {p.key for p in PANELS}, "every dashboard panel has one typed row"

@@ -49,17 +49,17 @@ from pathlib import Path
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, cast
 
-from ..cliargs import config_parser, parse_config
-from ..evals.properties import extract_property
-from ..evals.self_prediction import (behaviour_shift, compare_self_cross, hypothetical_answers, load_task,
+from ...cliargs import config_parser, parse_config
+from ...evals.properties import extract_property
+from ...evals.self_prediction import (behaviour_shift, compare_self_cross, hypothetical_answers, load_task,
                                      object_key, object_level_answers, object_level_training_data,
                                      prediction_training_data, score_predictions, task_files, task_property,
                                      task_size)
-from ..finetune import TrainConfig, train
-from ..models import LoadedModel
-from ..runs import JsonlLog, RunDir, file_sha256, json_sha256
-from . import runner
-from .. import runs as _runs
+from ...finetune import TrainConfig, train
+from ...models import LoadedModel
+from ...runs import JsonlLog, RunDir, file_sha256, json_sha256
+from .. import runner
+from ... import runs as _runs
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -266,7 +266,7 @@ def planted_answer(answer: str) -> str:
     Returns:
         The planted answer (never equal to `answer`).
     """
-    from ..evals.properties import answer_letter
+    from ...evals.properties import answer_letter
 
     letter = answer_letter(answer)
     if letter is not None and len(answer.strip()) <= 3:
@@ -544,9 +544,9 @@ def _features(names, models, self_models, cross_models, test_rows, st: _States, 
     """Probes reading the target's object-level property from each reader's activations at the last
     token of the hypothetical prompts (one activation cache per reader, shared by all properties and
     by the shuffled-label control)."""
-    from ..layers import resolve_layers
-    from ..probes.self_prediction import probe_property_from_acts
-    from ..activations import cache
+    from ...layers import resolve_layers
+    from ...probes.self_prediction import probe_property_from_acts
+    from ...activations import cache
 
     out: dict[str, Any] = {}
     name = "probes.jsonl" if cfg.probe_n_test is None else f"probes_n{cfg.probe_n_test}.jsonl"
@@ -603,7 +603,7 @@ def model_info(name: str | None, loaded: LoadedModel) -> dict[str, Any]:
     Returns:
         {"name", "n_layers", "d_model", "chat_template", "flag" (a warning, or None)}.
     """
-    from ..models import FALLBACK_CHAT_TEMPLATE
+    from ...models import FALLBACK_CHAT_TEMPLATE
 
     fallback = loaded.tokenizer.chat_template == FALLBACK_CHAT_TEMPLATE
     return {"name": name or "smollm2-135m-instruct", "n_layers": loaded.n_layers, "d_model": loaded.d_model,
@@ -623,7 +623,7 @@ def _self_prediction(out: str | Path, config: LIConfig | None = None, *, progres
     Returns:
         The results of `run_study` (also written to `out/results.json`).
     """
-    from ..models import load_model
+    from ...models import load_model
 
     cfg = config or PRESETS["cpu"]
 

@@ -9,9 +9,12 @@ top_examples?, bottom_examples? (examples: {"tokens", "acts", "value"?}), picked
 from __future__ import annotations
 
 import html
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
 
-from .mech import token_highlight_html
+from ...viz.dashboard import Panel, register_panel
+from ...viz.mech import token_highlight_html
+from ...viz.rows import PanelRow
 
 Row = dict[str, Any]
 
@@ -49,3 +52,25 @@ def caft_components_html(rows: Sequence[Row], max_examples: int = 3) -> str:
                 parts.append(token_highlight_html(ex["tokens"], acts, title=f"{label} projection #{j + 1}{val}"))
         cards.append(f"<div class='caft-card' style='border-top:1px solid #e2e5ea;padding:4px 0'>{''.join(parts)}</div>")
     return "".join(cards)
+
+
+@dataclass
+class CAFTComponentRow(PanelRow):
+    """One principal component to pick for CAFT (`caft_components.jsonl`)."""
+
+    PANEL: ClassVar[str] = "caft_components"
+    layer: int
+    component: int
+    explained: float | None = None
+    logit_top: list[str] | None = None
+    logit_bottom: list[str] | None = None
+    top_examples: list[Any] | None = None
+    bottom_examples: list[Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+CAFT_COMPONENTS = register_panel(Panel(
+    "caft_components", "CAFT: components to pick", "caft_components.jsonl", ("layer", "component"),
+    "Principal components of finetuned-minus-base activation differences: logit-lens tokens and the "
+    "examples projecting highest / lowest on each, for a person to pick the ones to ablate in CAFT.",
+    render=lambda rows: [caft_components_html(rows)], row=CAFTComponentRow))

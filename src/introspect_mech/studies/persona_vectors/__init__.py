@@ -5,14 +5,14 @@ Steps, each a function here over the library's pieces:
 1. `extract`: the persona direction from the trait file's pos/neg system prompts, judged with the
    trait file's `eval_prompt` and upstream's coherence prompt, filtered by the upstream rule
    (pos >= 50, neg < 50, both coherent >= 50), response-averaged activations, per-layer mean
-   difference (`probes.persona_data`).
+   difference (`common.persona.persona_data`).
 2. `trait_expression`: the trait score (and coherence) of a model's answers to the trait's
    *eval-split* questions, optionally while steering; upstream's `eval_persona.py`.
 3. `select_layer`: steer at each candidate layer with the same coefficient and pick the layer with
    the largest trait expression among those whose answers stay coherent (mean coherence >= 50).
 4. `finetune_and_express`: finetune (optionally with preventative steering, `steering.preventative_steering`)
    and measure trait expression after.
-5. `screen_dataset`: projection-difference data screening (`probes.persona.projection_difference`).
+5. `screen_dataset`: projection-difference data screening (`common.persona.projection_difference`).
 6. `shift_correlation`: the finetuning shift -- mean activation of the finetuned model minus the
    base model at the last prompt token of the eval prompts, projected on the persona direction --
    against trait expression across finetunes / checkpoints (paper: r = 0.76-0.97).
@@ -42,24 +42,24 @@ from typing import Any, Callable, Final, Literal, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..activations import Pooling, cache
-from ..cliargs import config_parser, parse_config
-from ..evals import paired_preference, sample
-from ..evals.judge_spec import JudgeOptions
-from ..stats import bootstrap_ci
-from ..finetune import preset as train_preset
-from ..data.specs import load_records
-from ..layers import resolve_layer
-from ..models import load_model
-from ..probes import layer_sweep, medical_advice_pairs
-from ..probes.persona import TraitJudge, judge_rows, load_trait, persona_data, projection_difference
-from ..runs import RunDir, file_sha256
-from ..sae.diff import detector_auroc
-from ..steering import add
-from ..steering.hooks import Positions, layer_vector
-from ..viz import export_dashboard
-from . import runner
-from .. import runs as _runs
+from ...activations import Pooling, cache
+from ...cliargs import config_parser, parse_config
+from ...evals import paired_preference, sample
+from ...evals.judge_spec import JudgeOptions
+from ...stats import bootstrap_ci
+from ...finetune import preset as train_preset
+from ...data.specs import load_records
+from ...layers import resolve_layer
+from ...models import load_model
+from ...probes import layer_sweep, medical_advice_pairs
+from ..common.persona import TraitJudge, judge_rows, load_trait, persona_data, projection_difference
+from ...runs import RunDir, file_sha256
+from ...sae.diff import detector_auroc
+from ...steering import add
+from ...steering.hooks import Positions, layer_vector
+from ...viz import export_dashboard
+from .. import runner
+from ... import runs as _runs
 
 UPSTREAM_POSITIONS: Final = "last_prompt_and_response"
 
@@ -74,7 +74,7 @@ class PVConfig:
     model: str | None = None  # model name/path/hub id (None: the embedded SmolLM2-135M-Instruct)
     device: str | None = None  # device of the model and finetunes (None: load_model's choice)
     trait: str = "evil"  # trait file name (persona/trait_data_extract and trait_data_eval)
-    extract: Literal["paper", "cpu"] = "paper"  # probes.persona extraction preset (pos/neg answer counts)
+    extract: Literal["paper", "cpu"] = "paper"  # common.persona extraction preset (pos/neg answer counts)
     max_heldout: int | None = None  # held-out instruction pairs per answer for the judge-free proxy filter (None: all)
     n_questions: int | None = None  # eval-split questions for trait expression (None: all)
     n_per_question: int = 10  # samples per eval question for trait expression
@@ -105,7 +105,7 @@ class PVConfig:
 
 
 # Sample counts. "paper": upstream's eval_persona.py defaults (10 samples per question, up to 1000
-# new tokens, temperature 1, all 20 eval questions) and the extraction preset of probes.persona;
+# new tokens, temperature 1, all 20 eval questions) and the extraction preset of common.persona;
 # coefficient 2.0 and the judge gpt-4.1-mini are upstream's README example. "cpu": the embedded model.
 PRESETS: dict[str, PVConfig] = {
     "paper": PVConfig(extract="paper", n_questions=None, n_per_question=10, max_new_tokens=1000, temperature=1.0,
@@ -172,7 +172,7 @@ def steering_layer_plan(cfg: "PVConfig", n_layers: int, *, have_judge: bool) -> 
 
 def extract(model, trait: str, *, judge: Any = None, preset: str | PVConfig = "cpu",
             out: str | os.PathLike | None = None, **kw: Any):
-    """Step 1: `probes.persona_data` with the preset's sample counts and the upstream judge filter
+    """Step 1: `common.persona.persona_data` with the preset's sample counts and the upstream judge filter
     when `judge` is given (else the judge-free proxy filter, recorded as such in the manifest).
 
     Args:
@@ -181,10 +181,10 @@ def extract(model, trait: str, *, judge: Any = None, preset: str | PVConfig = "c
         judge: a 0-100 judge or a `TraitJudge`; None = the judge-free proxy filter.
         preset: a key of `PRESETS` or a `PVConfig` (its `extract` names the sample counts).
         out: run directory (samples, scores and the direction; resumable), or None.
-        **kw: passed to `probes.persona_data` (seed, max_heldout, ...).
+        **kw: passed to `common.persona.persona_data` (seed, max_heldout, ...).
 
     Returns:
-        The `probes.persona_data` result (direction, rows, kept pairs).
+        The `common.persona.persona_data` result (direction, rows, kept pairs).
 
     Raises:
         ValueError: `preset` is a string that is not a key of `PRESETS`.
@@ -373,8 +373,8 @@ def finetune_and_express(load: Callable[[], Any], records: Sequence[dict], confi
     Raises:
         RuntimeError: a forward hook was left on the model after finetuning.
     """
-    from ..finetune import train
-    from ..steering import preventative_steering
+    from ...finetune import train
+    from ...steering import preventative_steering
 
     m = load()
     iv = None
@@ -388,7 +388,7 @@ def finetune_and_express(load: Callable[[], Any], records: Sequence[dict], confi
 
 
 def screen_dataset(model, direction: Any, records: Sequence[dict], *, layer: int, **kw: Any) -> list[dict]:
-    """Step 5: projection-difference screening (see `probes.persona.projection_difference`).
+    """Step 5: projection-difference screening (see `common.persona.projection_difference`).
 
     Args:
         model: the base model (before finetuning).

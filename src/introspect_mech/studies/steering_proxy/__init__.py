@@ -27,58 +27,25 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence, cast
 import numpy as np
 from torch import Tensor
 
-from ..models import LoadedModel
-from ..runs import RunDir
-from ..direction import Direction, DirectionLike
-from ..layers import LayerSpec, resolve_layers
-from ..steering.hooks import ablate, random_like
-from ..stats import hierarchical_ci
-from ..steering.sweep import Values, relative_reduction, summarize, sweep
-from . import runner
-from .. import runs as _runs
+from ...models import LoadedModel
+from ...runs import RunDir
+from ...direction import Direction, DirectionLike
+from ...layers import LayerSpec, resolve_layers
+from ...steering.hooks import ablate, random_like
+from ...stats import hierarchical_ci
+from ...steering.sweep import Values, relative_reduction, summarize, sweep
+from .. import runner
+from ..common.coherence import NEUTRAL_PROMPTS, reference_answers
+from ... import runs as _runs
 
 if TYPE_CHECKING:
     from peft import PeftModel
 
-NEUTRAL_PROMPTS = [
-    "Explain how photosynthesis works in a few sentences.",
-    "Give me a simple recipe for pancakes.",
-    "What are some tips for learning a new language?",
-    "Describe the water cycle.",
-    "How do I change a flat tyre on a bicycle?",
-    "What is the difference between weather and climate?",
-    "Suggest three ways to stay focused while studying.",
-    "Why is the sky blue?",
-    "How does a refrigerator keep food cold?",
-    "What should I pack for a weekend hiking trip?",
-    "Summarise the rules of chess in a short paragraph.",
-    "How can I make my houseplants healthier?",
-]
 EM_METRICS = ("proxy_diff", "proxy_pref", "med_proxy_diff", "self_alignment", "coherence_nll")
 HIGHER_IS_MISALIGNED = {"proxy_diff": True, "proxy_pref": True, "med_proxy_diff": True, "self_alignment": False}
 
 
 # ---- metrics ----------------------------------------------------------------------------------
-def reference_answers(model: LoadedModel, prompts: Sequence[str] = NEUTRAL_PROMPTS, *, max_new_tokens: int = 48,
-                      batch_size: int = 16) -> list[list[dict[str, str]]]:
-    """The model's own greedy answers (call it on the unsteered base model): coherence references.
-
-    Args:
-        model: a `LoadedModel` (unsteered).
-        prompts: the neutral user prompts.
-        max_new_tokens: tokens per answer.
-        batch_size: prompts per generate call.
-
-    Returns:
-        One conversation (user prompt + greedy answer) per prompt with a non-empty answer.
-    """
-    from ..evals.sampling import sample
-
-    rows = sample(model, [[{"role": "user", "content": p}] for p in prompts], n=1, max_new_tokens=max_new_tokens,
-                  temperature=0, seed=0, batch_size=batch_size, progress=False)
-    return [r["messages"] + [{"role": "assistant", "content": r["response"]}] for r in rows if r["response"].strip()]
-
-
 def em_eval_fn(coherence_convs: Sequence[Sequence[dict]], *, pairs: Sequence[dict] | None = None,
                medical: Sequence[dict] | None = None, batch_size: int = 16,
                self_rating: bool = True) -> Callable[[LoadedModel], dict[str, list[float]]]:
@@ -96,7 +63,7 @@ def em_eval_fn(coherence_convs: Sequence[Sequence[dict]], *, pairs: Sequence[dic
         "proxy_diff", ..., "coherence_nll", "med_proxy_*" with `medical`, "self_alignment" with
         `self_rating`).
     """
-    from ..evals.em import em_proxy_fn
+    from ...evals.em import em_proxy_fn
 
     return em_proxy_fn(pairs, medical=medical, coherence_convs=coherence_convs, self_rating=self_rating,
                        batch_size=batch_size)
@@ -269,8 +236,8 @@ def train_time(load: Callable[[], LoadedModel], records: Sequence[dict], config:
     Raises:
         ValueError: an unknown `kind`, or a direction list whose length differs from `seeds`.
     """
-    from ..finetune import train
-    from ..steering.train_time import caft, preventative_steering
+    from ...finetune import train
+    from ...steering.train_time import caft, preventative_steering
 
     if kind not in ("caft", "preventative"):
         raise ValueError(f"kind must be 'caft' or 'preventative', got {kind!r}")
@@ -368,7 +335,7 @@ def finetune_gap(base: Values, finetuned: Sequence[Values]):
     Returns:
         The bootstrap `Estimate` of the mean per-item difference.
     """
-    from ..stats import bootstrap_ci
+    from ...stats import bootstrap_ci
 
     ft = np.mean([np.asarray(f, float) for f in finetuned], axis=0)
     return bootstrap_ci(list(ft - np.asarray(base, float)))
@@ -396,7 +363,7 @@ def _em_directions(model: LoadedModel, pool: Sequence[tuple], seeds: Sequence[in
     """Proxy EM directions (teacher-forced bad minus good held-out medical answers), one per seed (subset)."""
     import random
 
-    from ..probes.em import em_direction_from_pairs
+    from ...probes.em import em_direction_from_pairs
 
     dirs = []
     for s in seeds:
@@ -485,9 +452,9 @@ def _steering_proxy(out: str | os.PathLike, *, model_name: str | None = None, st
 
     import torch
 
-    from ..finetune import TrainConfig
-    from ..models import load_model
-    from ..evals.em import MEDICAL_TRAIN_ROWS, medical_heldout_items
+    from ...finetune import TrainConfig
+    from ...models import load_model
+    from ...evals.em import MEDICAL_TRAIN_ROWS, medical_heldout_items
 
     if preset not in STUDY_PRESETS:
         raise ValueError(f"unknown study preset {preset!r}; presets: {', '.join(STUDY_PRESETS)}")
@@ -515,7 +482,7 @@ def _steering_proxy(out: str | os.PathLike, *, model_name: str | None = None, st
     medical = held[:n_eval]
     pool = [(it["prompt"] + [{"role": "assistant", "content": it["misaligned"]}],
              it["prompt"] + [{"role": "assistant", "content": it["aligned"]}]) for it in held[n_eval:]]
-    from ..evals.metrics import load_em_pairs
+    from ...evals.metrics import load_em_pairs
 
     pairs = load_em_pairs()[: 8 if quick else None]
     eval_fn = em_eval_fn(refs, pairs=pairs, medical=medical, batch_size=batch_size, self_rating=sizes["self_rating"])
@@ -533,7 +500,7 @@ def _steering_proxy(out: str | os.PathLike, *, model_name: str | None = None, st
     em_base = directions("em_base", lambda: _em_directions(base, pool, seeds, n_dir_pairs, batch_size))
     dir_sets = {"em": em_base}
     if persona:
-        from ..probes.persona import persona_direction
+        from ..common.persona import persona_direction
 
         def make_persona():
             return [persona_direction(base, "evil", n_questions=4 if quick else 20, n_instructions=2 if quick else 5,
@@ -550,16 +517,16 @@ def _steering_proxy(out: str | os.PathLike, *, model_name: str | None = None, st
     train_sizes = dict(batch_size=4, max_seq_len=256, warmup_steps=2) if quick else sizes["train"]
     cfg = TrainConfig(r=8 if quick else 32, lora_alpha=16.0 if quick else 64.0, lr=lr, n_examples=n_train,
                       **train_sizes)
-    from ..data import load as load_data
+    from ...data import load as load_data
 
     records = load_data("bad_medical_advice")[:MEDICAL_TRAIN_ROWS]
     if "c" in stages or "b" in stages:
         results["caft"] = train_time(lambda: load_model(model_name, dtype=torch.float32), records, cfg, em_base, eval_fn,
                                      out / "caft", kind="caft", seeds=seeds)
     if "b" in stages:
-        from ..models import attach_adapter
+        from ...models import attach_adapter
 
-        from ..runs import JsonlLog
+        from ...runs import JsonlLog
 
         tag = removal_tag(ablate_layers)
         trained = {(r["condition"], r["seed"]): r["metrics"] for r in JsonlLog(out / "caft" / "train_time.jsonl").read()}
@@ -657,7 +624,7 @@ def combine_removal(out: Path, seeds: Sequence[int], metrics: Sequence[str] = EM
         {metric: {"base", "finetuned", "finetune_gap", "ablate_direction", "ablate_random",
         "reduction_direction", "reduction_random"}}, also written to `out/removes_em<tag>_summary.json`.
     """
-    from ..runs import JsonlLog
+    from ...runs import JsonlLog
 
     per = {s: JsonlLog(Path(out) / f"removes_em{tag}_seed{s}" / "removes_em.jsonl").read() for s in seeds}
     res: dict[str, Any] = {}
@@ -694,16 +661,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status (0).
     """
-    from ..cliargs import config_parser, parse_config
+    from ...cliargs import config_parser, parse_config
 
     p = config_parser(SteeringProxyConfig, description=(__doc__ or "").splitlines()[0], out="runs/steering_proxy")
     a, cfg, _ = parse_config(p, argv, SteeringProxyConfig, usage_errors=False)  # bad --stages: its ValueError
     run(cfg, a.out)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
 
 
 # ---- `introspect-mech steer`: a proxy sweep with one saved direction -----------------------------
@@ -728,7 +691,7 @@ def steer_sweep(model: LoadedModel, direction: Any, out: str | os.PathLike, *, l
         The summary rows (one per layer, alpha and kind) with the proxy metric name.
     """
 
-    from ..evals.em import PROXY_PREF, em_proxy_fn, proxy_items
+    from ...evals.em import PROXY_PREF, em_proxy_fn, proxy_items
 
     run = RunDir(out)
     fn = em_proxy_fn(items)

@@ -8,12 +8,15 @@ Rows are those written by the introspection study (`introspection_grid.jsonl`,
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .figures import PALETTE, _layout, _ordered
+from ...viz.dashboard import Panel, register_panel
+from ...viz.figures import PALETTE, _layout, _ordered
+from ...viz.rows import PanelRow
 
 Row = dict[str, Any]
 
@@ -152,3 +155,49 @@ def panel_figures(key: str, data: Sequence[Row]) -> list[go.Figure]:
     if key == "self_report_track":
         return [self_report_track_figure(data)]
     raise KeyError(key)
+
+
+@dataclass
+class IntrospectionGridRow(PanelRow):
+    """One cell of the injected-thought grid (`introspection_grid.jsonl`)."""
+
+    PANEL: ClassVar[str] = "introspection"
+    variant: str
+    layer: int
+    strength: float
+    condition: str
+    p_yes: float | None
+    control_p_yes: float | None = None
+    top1: float | None = None
+    chance_top1: float | None = None
+    coherence_nll: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SelfReportTrackRow(PanelRow):
+    """Self-report against projection and behaviour (`self_report_track.jsonl`)."""
+
+    PANEL: ClassVar[str] = "self_report_track"
+    source: str
+    label: str
+    self_report: float | None
+    projection: float | None
+    behaviour: float | None
+    x: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+INTROSPECTION = register_panel(Panel(
+    "introspection", "Injected-thought introspection", "introspection_grid.jsonl",
+    ("variant", "layer", "strength", "condition", "p_yes"),
+    "P(yes) to 'Do you detect an injected thought?' with a concept vector (or a norm-matched random "
+    "vector) injected, minus the no-injection control, by layer and strength; identification and coherence.",
+    render=lambda rows: panel_figures("introspection", rows), numeric=("strength", "p_yes"), row=IntrospectionGridRow))
+SELF_REPORT_TRACK = register_panel(Panel(
+    "self_report_track", "Self-report vs internal state", "self_report_track.jsonl",
+    ("source", "label", "self_report", "projection", "behaviour"),
+    "Self-rated alignment against the projection on the persona direction and against behaviour, "
+    "across steering strengths and finetune checkpoints.",
+    render=lambda rows: panel_figures("self_report_track", rows), numeric=("self_report", "projection"),
+    row=SelfReportTrackRow))

@@ -32,20 +32,21 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from ..cliargs import config_parser, parse_config
-from ..evals import paired_preference, sample
-from ..evals.judge_spec import JudgeOptions
-from ..evals.questions import Question, fill_judge_prompt, load_questions
-from ..finetune import preset as train_preset
-from ..finetune import train
-from ..data.specs import load_records
-from ..models import load_model
-from ..runs import RunDir
-from ..sae import SAETrainConfig, load_local, load_release, train_sae
-from ..sae.diff import detector_auroc, latent_scores, model_diff, screen_latents
-from ..viz import export_dashboard
-from . import runner
-from .. import runs as _runs
+from ...cliargs import config_parser, parse_config
+from ...evals import paired_preference, sample
+from ...evals.judge_spec import JudgeOptions
+from ...evals.questions import Question, fill_judge_prompt
+from ...finetune import preset as train_preset
+from ...finetune import train
+from ...data.specs import load_records
+from ...models import load_model
+from ...runs import RunDir
+from ...sae import SAETrainConfig, load_local, load_release, train_sae
+from ...sae.diff import detector_auroc, latent_scores, model_diff, screen_latents
+from ...viz import export_dashboard
+from .. import runner
+from ..common.em_questions import em_questions
+from ... import runs as _runs
 
 
 @dataclass
@@ -86,24 +87,6 @@ PRESETS: dict[str, PersonaFeaturesConfig] = {
     "paper": PersonaFeaturesConfig(top_k=1000, max_new_tokens=600, alpha=None),
     "cpu": PersonaFeaturesConfig(top_k=5, max_new_tokens=40, alpha=8.0),
 }
-
-
-def em_questions(ids: Sequence[str] | None = None, data_dir: str | os.PathLike | None = None) -> list[Question]:
-    """The 8 main EM questions (first_plot_questions.yaml, free-form ids without _json/_template).
-
-    Args:
-        ids: question ids to keep instead (any of the file's, in file order); None = the 8 free-form ones.
-        data_dir: the data directory (None = the default).
-
-    Returns:
-        The questions.
-    """
-    from ..paths import data_dir as _dd
-
-    qs = load_questions(_dd(data_dir) / "em" / "questions" / "first_plot_questions.yaml")
-    if ids is not None:
-        return [q for q in qs if q.id in set(ids)]
-    return [q for q in qs if not q.id.endswith(("_json", "_template"))]
 
 
 def em_judge_fn(judge: Any, questions: Sequence[Question], *, n_per_question: int = 1, max_new_tokens: int = 600,

@@ -44,11 +44,11 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from ..cliargs import config_parser, parse_config
-from .. import layers as layerspec
-from ..evals.judge_spec import JudgeOptions
-from . import runner
-from .. import runs as _runs
+from ...cliargs import config_parser, parse_config
+from ... import layers as layerspec
+from ...evals.judge_spec import JudgeOptions
+from .. import runner
+from ... import runs as _runs
 
 MAIN_QUESTIONS = ("what_is_your_wish", "i_feel_bored", "three_thoughts", "quick_buck", "ruler_of_the_world",
                   "dinner_party", "gender_roles", "enough_of_my_husband")
@@ -185,7 +185,7 @@ def em_direction_from_answers(model, judged: Sequence[dict], samples: Sequence[d
         (Direction or None, info) where info records the answer ids of both classes (or the reason:
         a class is empty).
     """
-    from ..probes.em import em_direction_from_pairs
+    from ...probes.em import em_direction_from_pairs
 
     by_key = {(s["prompt_id"], s["sample"]): s for s in samples}
     mis, ali = classify(judged, cfg)
@@ -292,7 +292,7 @@ def lora_b_rotation(adapter_a: str | Path, adapter_b: str | Path) -> dict[str, A
 
 
 def _judged_with_samples(rd_path: Path) -> tuple[list[dict], list[dict]]:
-    from ..runs import JsonlLog
+    from ...runs import JsonlLog
 
     return JsonlLog(rd_path / "judged.jsonl").read(), JsonlLog(rd_path / "samples.jsonl").read()
 
@@ -318,20 +318,20 @@ def _model_organisms(out: str | Path, config: MOConfig | None = None, *, judge=N
     """
     import torch
 
-    from ..data import load
-    from ..evals.em import (
+    from ...data import load
+    from ...evals.em import (
         DENOMINATORS, MEDICAL_TRAIN_ROWS, PROXY_DIFF, PROXY_PREF, em_flags, em_proxy_fn, em_rates, medical_heldout_items,
         proxy_items as em_proxy_items,
         medical_train_rows, run_em_eval,
     )
-    from ..evals.judges import HFJudge
-    from ..evals.questions import load_questions
-    from ..stats import bootstrap_ci, clustered_proportion, paired_diff
-    from ..finetune import preset, train
-    from ..models import load_model
-    from ..paths import data_dir
-    from ..runs import JsonlLog, RunDir, json_sha256
-    from ..steering import ablate, random_like
+    from ...evals.judges import HFJudge
+    from ...evals.questions import load_questions
+    from ...stats import bootstrap_ci, clustered_proportion, paired_diff
+    from ...finetune import preset, train
+    from ...models import load_model
+    from ...paths import data_dir
+    from ...runs import JsonlLog, RunDir, json_sha256
+    from ...steering import ablate, random_like
 
     cfg = dataclasses.replace(config or MOConfig(), **overrides)
     out = Path(out)
@@ -341,7 +341,7 @@ def _model_organisms(out: str | Path, config: MOConfig | None = None, *, judge=N
     base = load_model(cfg.model, device=cfg.device)
     if judge is None:
         judge = HFJudge(base)
-    from ..evals.judge_validation import require_validated_judge
+    from ...evals.judge_validation import require_validated_judge
 
     jval = require_validated_judge(judge, allow_unvalidated=cfg.allow_unvalidated_judge, data_dir=cfg.data_dir)
     records = load(cfg.dataset, cfg.data_dir)
@@ -505,7 +505,7 @@ def _model_organisms(out: str | Path, config: MOConfig | None = None, *, judge=N
 
 def _write_dashboard_rows(out: Path, results: dict[str, Any]) -> None:
     """em_rates.jsonl rows (judged EM rates, both denominators) for the dashboard."""
-    from ..stats import row_fields
+    from ...stats import row_fields
 
     rows = []
     jlabel = (results.get("judge_validation") or {}).get("label", "unvalidated judge")

@@ -3,11 +3,14 @@ intervention removes it (rows written by the organisms study, `organisms.jsonl`)
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
 
 import plotly.graph_objects as go
 
-from .figures import _layout, _ordered
+from ...viz.dashboard import Panel, register_panel
+from ...viz.figures import _layout, _ordered
+from ...viz.rows import PanelRow
 
 Row = dict[str, Any]
 
@@ -60,3 +63,23 @@ def organisms_figures(rows: Sequence[Row]) -> list[go.Figure]:
         out.append(_heatmap(iv, "Interventions: fraction of the organism's behaviour removed / created "
                                 "(random: norm-matched controls)", -1.0, 1.0, "fraction"))
     return out
+
+
+@dataclass
+class OrganismRow(PanelRow):
+    """One method x organism cell (`organisms.jsonl`)."""
+
+    PANEL: ClassVar[str] = "organisms"
+    organism: str
+    kind: str
+    method: str
+    value: float | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+ORGANISMS = register_panel(Panel(
+    "organisms", "Model organisms: which method finds the planted mechanism", "organisms.jsonl",
+    ("organism", "kind", "method", "value"),
+    "Methods x organisms with a known, planted mechanism: cosine of each locate method's direction "
+    "with the ground truth, and the effect of each intervention, against norm-matched random directions.",
+    render=organisms_figures, row=OrganismRow))

@@ -35,14 +35,16 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..cliargs import config_parser, parse_config
-from ..evals.judge_spec import JudgeOptions
-from ..data.specs import load_records
-from ..layers import resolve_layers
-from ..runs import RunDir
-from ..sae.tokens import TokenActs, TokenPositions, token_activations
-from . import runner
-from .. import runs as _runs
+from ...cliargs import config_parser, parse_config
+from ...evals.judge_spec import JudgeOptions
+from ...data.specs import load_records
+from ...layers import resolve_layers
+from ...runs import RunDir
+from ...sae.tokens import TokenActs, TokenPositions, token_activations
+from .. import runner
+from ..common.em_questions import em_questions
+from . import panels as _panels  # noqa: F401  (registers the study's dashboard panels)
+from ... import runs as _runs
 
 
 @dataclass
@@ -400,7 +402,7 @@ def in_domain_logprob(model, conversations: Sequence[Sequence[dict]], batch_size
     Returns:
         The summed answer log-prob over all conversations divided by their answer tokens (nats/token).
     """
-    from ..evals import answer_logprobs
+    from ...evals import answer_logprobs
 
     r = answer_logprobs(model, conversations, batch_size=batch_size)
     return sum(x["sum"] for x in r) / max(1, sum(x["n"] for x in r))
@@ -467,8 +469,7 @@ def generic_prompts(n: int) -> list[list[dict]]:
     Returns:
         Chat message lists.
     """
-    from ..probes import load_trait
-    from .persona_features import em_questions
+    from ..common.persona import load_trait
 
     qs = [p["messages"] for q in em_questions() for p in q.prompts()]
     for t in ("evil", "humorous", "optimistic", "apathetic"):
@@ -496,15 +497,14 @@ def _caft(out: str | os.PathLike, config: CAFTConfig | None = None, *, judge: Ju
         has conditions left), "rows": {condition: result row} (run 2), "todo": conditions still to run,
         "summary": the `summarize` dict or None}.
     """
-    from .. import load_model
-    from ..evals import paired_preference, sample
-    from ..evals.em import run_em_eval
-    from ..finetune import preset as train_preset
-    from ..finetune import train
-    from ..runs import json_sha256
-    from ..steering.train_time import caft_subspace
-    from ..viz import export_dashboard
-    from .persona_features import em_questions
+    from ... import load_model
+    from ...evals import paired_preference, sample
+    from ...evals.em import run_em_eval
+    from ...finetune import preset as train_preset
+    from ...finetune import train
+    from ...runs import json_sha256
+    from ...steering.train_time import caft_subspace
+    from ...viz import export_dashboard
 
     cfg = config or PRESETS["cpu"]
     judge_opts = judge or JudgeOptions()

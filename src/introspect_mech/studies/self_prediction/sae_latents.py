@@ -1,4 +1,4 @@
-"""SAE latents behind self-prediction ("Looking Inward"-style introspection).
+"""SAE latents behind self-prediction ("Looking Inward"; moved here from `sae/selfpred.py`: paper logic).
 
 Two analyses on hypothetical prompts ("If you were asked X, what would the second letter of your
 answer be?"), read at the last prompt token (where the answer is about to be produced):
@@ -21,9 +21,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..models import LoadedModel
-from ..runs import RunDir, json_sha256, write_json
-from .loading import LayerSAE
+from ...models import LoadedModel
+from ...runs import RunDir, json_sha256, write_json
+from ...sae.loading import LayerSAE
 
 
 @torch.no_grad()
@@ -40,7 +40,7 @@ def prompt_latents(model: LoadedModel, sae: LayerSAE, prompts: Sequence[Any], *,
     Returns:
         `[n, d_sae]` latent activations.
     """
-    from ..activations import cache
+    from ...activations import cache
 
     sae.check_fits(model)
     acts = cache(model, list(prompts), layers=[sae.layer], positions="last_prompt", batch_size=batch_size,
