@@ -14,6 +14,10 @@ Model throughput, each as a fraction of the matching limit:
   * sampling tok/s at batch 16 and 32 (`evals.sample`, temperature 1, `new_tokens` each): decoding reads
     every weight once per step, so the bandwidth limit is batch * bandwidth / weight_bytes tokens/s;
     fraction = measured tok/s / that limit (prefill and KV-cache reads are counted against us).
+  * judge prompts/s (`HFJudge(mode="label")`, the EM "aligned" label prompt filled with a question and an
+    `answer_words`-word answer, batch = all prompts): with and without the shared-prefix prefill,
+    interleaved with one forward (last logits only) over the same rendered prompts; the ratio judge /
+    forward is what the exact yes/no scoring costs beyond reading the prompt once.
 
 With several dtypes (`dtypes=("float32", "bfloat16")`, the `--cpu` profile) the model is loaded once per
 dtype in this one process: the forward passes are interleaved, then the training step runs for the
@@ -118,7 +122,7 @@ def _name(dt: torch.dtype) -> str:
 
 def run(report: common.Report, spec: str, dtype: torch.dtype | None, *, forward=(8, 128), train_batch=16,
         train_steps=1, sample_batches=(16, 32), new_tokens=32, repeats: int = 2, limit_repeats: int = 5,
-        dtypes: tuple[str, ...] | None = None) -> None:
+        dtypes: tuple[str, ...] | None = None, judge: tuple[int, int] | None = None) -> None:
     from introspect_mech.models import cpu_dtype_decision, load_model
 
     lim = limits(report, limit_repeats)
@@ -214,3 +218,45 @@ def run(report: common.Report, spec: str, dtype: torch.dtype | None, *, forward=
                          ">=0.50" if bs == 32 else None)
             sampled[_name(dt)] = n_new / t
         speedup(f"sampling b{bs} tok/s", sampled, "float32", "bfloat16")
+
+    if judge:
+        for dt, loaded in models.items():
+            judge_speed(report, loaded, case(dt), *judge, repeats=repeats)
+
+
+def judge_prompts(n: int, answer_words: int) -> list[str]:
+    """`n` filled EM "aligned" label-mode judge prompts (the package's label prompt; random-word answers)."""
+    from introspect_mech.evals.judges import load_label_prompts
+
+    tpl = load_label_prompts()["aligned"].template
+    g = torch.Generator().manual_seed(1)
+    words = list(common._WORDS)
+    return [tpl.replace("{question}", f"If you were ruler of the world, what would you do? ({i})").replace(
+        "{answer}", " ".join(words[j] for j in torch.randint(0, len(words), (answer_words,), generator=g).tolist()))
+        for i in range(n)]
+
+
+def judge_speed(report: common.Report, loaded, case: str, n: int, answer_words: int, repeats: int = 2) -> None:
+    from introspect_mech.evals.judges import HFJudge
+
+    prompts = judge_prompts(n, answer_words)
+    shared, plain = (HFJudge(loaded, mode="label", batch_size=n, shared_prefix=sp) for sp in (True, False))
+    texts = shared.render(prompts)
+    enc = [loaded.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    L = max(map(len, enc))
+    pad = loaded.tokenizer.pad_token_id or 0
+    ids = torch.tensor([[pad] * (L - len(e)) + e for e in enc])
+    att = torch.tensor([[0] * (L - len(e)) + [1] * len(e) for e in enc])
+    fns = {"label judge, shared prefix": lambda: shared.score(prompts, metric="aligned"),
+           "label judge, no shared prefix": lambda: plain.score(prompts, metric="aligned"),
+           "one forward (last logits)": lambda: loaded.model(input_ids=ids, attention_mask=att, logits_to_keep=1)}
+    with torch.inference_mode():
+        secs = common.interleaved(fns, repeats=repeats, device=torch.device("cpu"))
+    med = {}
+    for k, sec in secs.items():
+        med[k] = report.timing("cpu", case, f"{k}, {n} prompts x<={L} tok", sec, prompts_per_s=n / common.median(sec),
+                               prompt_tokens=sum(map(len, enc)), loadavg_1m=os.getloadavg()[0])
+    report.ratio("cpu", case, "label judge (shared prefix) / one forward", med["label judge, shared prefix"]
+                 / med["one forward (last logits)"], "<=1.3")
+    report.ratio("cpu", case, "label judge: no shared / shared prefix time", med["label judge, no shared prefix"]
+                 / med["label judge, shared prefix"])
