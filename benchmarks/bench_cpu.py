@@ -14,6 +14,17 @@ Model throughput, each as a fraction of the matching limit:
   * sampling tok/s at batch 16 and 32 (`evals.sample`, temperature 1, `new_tokens` each): decoding reads
     every weight once per step, so the bandwidth limit is batch * bandwidth / weight_bytes tokens/s;
     fraction = measured tok/s / that limit (prefill and KV-cache reads are counted against us).
+  * judge prompts/s (`HFJudge(mode="label")`, the EM "aligned" label prompt filled with a question and an
+    `answer_words`-word answer, batch = all prompts): with and without the shared-prefix prefill,
+    interleaved with one forward (last logits only) over the same rendered prompts; the ratio judge /
+    forward is what the exact yes/no scoring costs beyond reading the prompt once.
+
+With several dtypes (`dtypes=("float32", "bfloat16")`, the `--cpu` profile) the model is loaded once per
+dtype in this one process: the forward passes are interleaved, then the training step runs for the
+float32 model without autocast, the float32 model under bf16 autocast (`finetune --bf16`) and the
+bfloat16 model, then sampling for each loaded dtype; every bf16 / fp32 speed-up is printed beside the
+matmul speed-up measured here (the most bf16 can give). Peak RSS is per case (`/proc/self/clear_refs`
+resets the high-water mark, where the kernel allows it).
 """
 
 from __future__ import annotations
@@ -85,63 +96,167 @@ def em_rows(n: int) -> list[dict[str, Any]]:
         return [json.loads(next(f)) for _ in range(n)]
 
 
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak-RSS mark (Linux: write 5 to /proc/self/clear_refs); False if refused."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_gb() -> float:
+    """Peak RSS since the last reset (VmHWM), else since the start (ru_maxrss), in GB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e9
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def _name(dt: torch.dtype) -> str:
+    return str(dt).removeprefix("torch.")
+
+
 def run(report: common.Report, spec: str, dtype: torch.dtype | None, *, forward=(8, 128), train_batch=16,
-        train_steps=1, sample_batches=(16, 32), new_tokens=32, repeats: int = 2, limit_repeats: int = 5) -> None:
-    from introspect_mech.evals.sampling import sample
-    from introspect_mech.finetune import TrainConfig, train
+        train_steps=1, sample_batches=(16, 32), new_tokens=32, repeats: int = 2, limit_repeats: int = 5,
+        dtypes: tuple[str, ...] | None = None, judge: tuple[int, int] | None = None) -> None:
     from introspect_mech.models import cpu_dtype_decision, load_model
 
     lim = limits(report, limit_repeats)
-    if spec == "tiny":
-        loaded = common.build_model("tiny", torch.device("cpu"), dtype)
-    else:
-        t0 = time.perf_counter()
-        loaded = load_model(spec, dtype=dtype or "auto", device="cpu")
-        report.note("cpu", spec, f"loaded in {time.perf_counter() - t0:.1f} s", dtype=str(loaded.dtype),
-                    decision=cpu_dtype_decision())
-    dt = loaded.dtype
-    peak = lim["bf16_gflops"] if dt == torch.bfloat16 else lim["fp32_gflops"]
-    sz = _model_sizes(loaded)
-    case = f"{spec} {str(dt).removeprefix('torch.')}"
+    report.ratio("cpu", "limits", "bf16 / fp32 matmul peak", lim["bf16_gflops"] / lim["fp32_gflops"])
+    models = {}
+    for want in (dtypes or (dtype,)):
+        if spec == "tiny":
+            m = common.build_model("tiny", torch.device("cpu"), getattr(torch, want) if isinstance(want, str) else want)
+        else:
+            t0 = time.perf_counter()
+            m = load_model(spec, dtype=want or "auto", device="cpu")
+            report.note("cpu", spec, f"loaded in {time.perf_counter() - t0:.1f} s", dtype=str(m.dtype),
+                        param_dtypes=sorted({str(p.dtype) for p in m.model.parameters()}),
+                        source=m.meta.get("source"), decision=cpu_dtype_decision())
+        models[m.dtype] = m
+    sz = _model_sizes(next(iter(models.values())))
 
-    # forward (prefill)
+    def peak(dt: torch.dtype) -> float:
+        return lim["bf16_gflops"] if dt == torch.bfloat16 else lim["fp32_gflops"]
+
+    def case(dt: torch.dtype, extra: str = "") -> str:
+        return f"{spec} {_name(dt)}{extra}"
+
+    def speedup(label: str, tok_s: dict[Any, float], a: Any, b: Any) -> None:
+        if a in tok_s and b in tok_s:
+            report.ratio("cpu", spec, f"{label}: {b} / {a}", tok_s[b] / tok_s[a])
+
+    # forward (prefill), every dtype interleaved
     b, s = forward
-    ids = common.chat_batch(loaded, common.conversations(loaded, b, s))
+    ids = common.chat_batch(next(iter(models.values())), common.conversations(next(iter(models.values())), b, s))
     with torch.no_grad():
-        secs = common.interleaved({"fwd": lambda: loaded.model(input_ids=ids)}, repeats=repeats,
-                                  device=torch.device("cpu"))["fwd"]
-    t = common.median(secs)
+        secs = common.interleaved({dt: (lambda m=m: m.model(input_ids=ids)) for dt, m in models.items()},
+                                  repeats=repeats, device=torch.device("cpu"))
     flops = 2 * sz["p_lin"] * b * s + 2 * sz["vd"] * b * s + 2 * sz["L"] * sz["d"] * b * s * s
-    report.timing("cpu", case, f"forward {b}x{s}", secs, tok_s=b * s / t, gflops=flops / t / 1e9)
-    report.ratio("cpu", case, "forward / matmul peak", flops / t / 1e9 / peak, ">=0.40")
+    fwd = {}
+    for dt, sec in secs.items():
+        t = common.median(sec)
+        fwd[_name(dt)] = b * s / t
+        report.timing("cpu", case(dt), f"forward {b}x{s}", sec, tok_s=b * s / t, gflops=flops / t / 1e9)
+        report.ratio("cpu", case(dt), "forward / matmul peak", flops / t / 1e9 / peak(dt), ">=0.40")
+    speedup("forward tok/s", fwd, "float32", "bfloat16")
 
-    # LoRA training step(s) through the project's loop
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(batch_size=train_batch, max_steps=train_steps, warmup_steps=0, progress=False)
-        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        rows = em_rows(train_batch * train_steps) if spec != "tiny" else \
-            [{"messages": c} for c in common.conversations(loaded, train_batch * train_steps, 64)]
-        res = train(loaded, rows, cfg, Path(tmp) / "run")
-        log = [json.loads(x) for x in (Path(tmp) / "run" / "train_log.jsonl").read_text().splitlines()]
-        t_loss = sum(r["loss_tokens"] for r in log)
-        lens = [len(loaded.tokenize_chat(r["messages"]).input_ids) for r in rows]
-        flops = 4 * sz["p_lin"] * res.tokens + 4 * sz["vd"] * t_loss + 4 * sz["L"] * sz["d"] * sum(n * n for n in lens)
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        report.timing("cpu", case, f"LoRA train batch {train_batch}", [res.seconds / max(1, train_steps)],
-                      tok_s=res.tokens_per_s, gflops=flops / res.seconds / 1e9, loss_tokens=t_loss,
-                      peak_rss_gb=rss / 1e6, rss_before_gb=rss0 / 1e6)
-        report.ratio("cpu", case, "LoRA training / matmul peak", flops / res.seconds / 1e9 / peak, ">=0.25")
-        loaded.model = loaded.model.unload()  # back to the base model
+    # LoRA training step(s) through the project's loop: fp32, fp32 + bf16 autocast (--bf16), bf16 weights
+    cases = [(dt, ac) for dt in models for ac in ((False, True) if dt == torch.float32 and dtypes else (None,))]
+    rows = em_rows(train_batch * train_steps) if spec != "tiny" else \
+        [{"messages": c} for c in common.conversations(next(iter(models.values())), train_batch * train_steps, 64)]
+    trained = {}
+    for dt, ac in cases:
+        from introspect_mech.finetune import TrainConfig, train
+        from introspect_mech.finetune.loop import autocast_bf16
+
+        loaded = models[dt]
+        cfg = TrainConfig(batch_size=train_batch, max_steps=train_steps, warmup_steps=0, progress=False, bf16=ac)
+        label = " +autocast" if dt == torch.float32 and autocast_bf16(cfg, loaded) else ""
+        with tempfile.TemporaryDirectory() as tmp:
+            reset = _reset_peak_rss()
+            rss0 = _peak_rss_gb()
+            res = train(loaded, rows, cfg, Path(tmp) / "run")
+            log = [json.loads(x) for x in (Path(tmp) / "run" / "train_log.jsonl").read_text().splitlines()]
+            t_loss = sum(r["loss_tokens"] for r in log)
+            lens = [len(loaded.tokenize_chat(r["messages"]).input_ids) for r in rows]
+            flops = 4 * sz["p_lin"] * res.tokens + 4 * sz["vd"] * t_loss + 4 * sz["L"] * sz["d"] * sum(n * n for n in lens)
+            use_bf16 = autocast_bf16(cfg, loaded)
+            eff = torch.bfloat16 if (use_bf16 or dt == torch.bfloat16) else torch.float32
+            report.timing("cpu", case(dt, label), f"LoRA train batch {train_batch}", [res.seconds / max(1, train_steps)],
+                          tok_s=res.tokens_per_s, gflops=flops / res.seconds / 1e9, loss_tokens=t_loss,
+                          final_loss=res.final_loss, autocast_bf16=use_bf16, peak_rss_gb=_peak_rss_gb(),
+                          rss_before_gb=rss0, peak_rss_is_per_case=reset, loadavg_1m=os.getloadavg()[0])
+            report.ratio("cpu", case(dt, label), f"LoRA training / {_name(eff)} matmul peak",
+                         flops / res.seconds / 1e9 / peak(eff), ">=0.25")
+            trained[f"{_name(dt)}{label}"] = res.tokens_per_s
+            loaded.model = loaded.model.unload()  # back to the base model
+    speedup("LoRA training tok/s", trained, "float32", "float32 +autocast")
+    speedup("LoRA training tok/s", trained, "float32", "bfloat16")
 
     # sampling
+    from introspect_mech.evals.sampling import sample
+
     for bs in sample_batches:
-        prompts = common.prompts(bs)
-        t0 = time.perf_counter()
-        rows = sample(loaded, prompts, n=1, max_new_tokens=new_tokens, temperature=1.0, batch_size=bs,
-                      progress=False, seed=0)
-        t = time.perf_counter() - t0
-        n_new = sum(r["n_tokens"] for r in rows)
-        limit = bs * lim["copy_gbps"] * 1e9 / sz["weight_bytes"]
-        report.timing("cpu", case, f"sample batch {bs} x {new_tokens} new", [t], tok_s=n_new / t,
-                      bandwidth_limit_tok_s=limit)
-        report.ratio("cpu", case, f"sampling b{bs} / bandwidth limit", n_new / t / limit, ">=0.50" if bs == 32 else None)
+        sampled = {}
+        for dt, loaded in models.items():
+            weight_bytes = _model_sizes(loaded)["weight_bytes"]  # bytes read per decoding step in this dtype
+            prompts = common.prompts(bs)
+            t0 = time.perf_counter()
+            out = sample(loaded, prompts, n=1, max_new_tokens=new_tokens, temperature=1.0, batch_size=bs,
+                         progress=False, seed=0)
+            t = time.perf_counter() - t0
+            n_new = sum(r["n_tokens"] for r in out)
+            limit = bs * lim["copy_gbps"] * 1e9 / weight_bytes
+            report.timing("cpu", case(dt), f"sample batch {bs} x {new_tokens} new", [t], tok_s=n_new / t,
+                          bandwidth_limit_tok_s=limit, weight_gb=weight_bytes / 1e9, loadavg_1m=os.getloadavg()[0])
+            report.ratio("cpu", case(dt), f"sampling b{bs} / bandwidth limit", n_new / t / limit,
+                         ">=0.50" if bs == 32 else None)
+            sampled[_name(dt)] = n_new / t
+        speedup(f"sampling b{bs} tok/s", sampled, "float32", "bfloat16")
+
+    if judge:
+        for dt, loaded in models.items():
+            judge_speed(report, loaded, case(dt), *judge, repeats=repeats)
+
+
+def judge_prompts(n: int, answer_words: int) -> list[str]:
+    """`n` filled EM "aligned" label-mode judge prompts (the package's label prompt; random-word answers)."""
+    from introspect_mech.evals.judges import load_label_prompts
+
+    tpl = load_label_prompts()["aligned"].template
+    g = torch.Generator().manual_seed(1)
+    words = list(common._WORDS)
+    return [tpl.replace("{question}", f"If you were ruler of the world, what would you do? ({i})").replace(
+        "{answer}", " ".join(words[j] for j in torch.randint(0, len(words), (answer_words,), generator=g).tolist()))
+        for i in range(n)]
+
+
+def judge_speed(report: common.Report, loaded, case: str, n: int, answer_words: int, repeats: int = 2) -> None:
+    from introspect_mech.evals.judges import HFJudge
+
+    prompts = judge_prompts(n, answer_words)
+    shared, plain = (HFJudge(loaded, mode="label", batch_size=n, shared_prefix=sp) for sp in (True, False))
+    texts = shared.render(prompts)
+    enc = [loaded.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    L = max(map(len, enc))
+    pad = loaded.tokenizer.pad_token_id or 0
+    ids = torch.tensor([[pad] * (L - len(e)) + e for e in enc])
+    att = torch.tensor([[0] * (L - len(e)) + [1] * len(e) for e in enc])
+    fns = {"label judge, shared prefix": lambda: shared.score(prompts, metric="aligned"),
+           "label judge, no shared prefix": lambda: plain.score(prompts, metric="aligned"),
+           "one forward (last logits)": lambda: loaded.model(input_ids=ids, attention_mask=att, logits_to_keep=1)}
+    with torch.inference_mode():
+        secs = common.interleaved(fns, repeats=repeats, device=torch.device("cpu"))
+    med = {}
+    for k, sec in secs.items():
+        med[k] = report.timing("cpu", case, f"{k}, {n} prompts x<={L} tok", sec, prompts_per_s=n / common.median(sec),
+                               prompt_tokens=sum(map(len, enc)), loadavg_1m=os.getloadavg()[0])
+    report.ratio("cpu", case, "label judge (shared prefix) / one forward", med["label judge, shared prefix"]
+                 / med["one forward (last logits)"], "<=1.3")
+    report.ratio("cpu", case, "label judge: no shared / shared prefix time", med["label judge, no shared prefix"]
+                 / med["label judge, shared prefix"])

@@ -40,12 +40,13 @@ PLANS = {
                      sample=dict(n_prompts=2, n=2, new=4, repeats=1, hf_batch=4),
                      finetune=dict(steps=1, batch=4, trl_micro=2, repeats=1),
                      cpu=dict(forward=(1, 32), train_batch=2, sample_batches=(2,), new_tokens=4, repeats=1,
-                              limit_repeats=1)),
+                              limit_repeats=1, judge=(2, 10))),
     },
-    # the machine's limits and the real Qwen2.5-Coder-0.5B-Instruct (dtype "auto") against them (~15 min idle)
+    # the machine's limits and the real Qwen2.5-Coder-0.5B-Instruct in float32 and bfloat16, side by side, against them
     "cpu": {
         "qwen2.5-coder-0.5b-instruct": dict(cpu=dict(forward=(4, 128), train_batch=16, sample_batches=(16, 32),
-                                                     new_tokens=16, repeats=1)),
+                                                     new_tokens=16, repeats=2, dtypes=("float32", "bfloat16"),
+                                                     judge=(8, 100))),
     },
     "quick": {
         "tiny": dict(cache=dict(shapes=[(1, 128), (4, 256)], repeats=5),

@@ -198,25 +198,32 @@ def qwen05():
     return load_model("qwen2.5-coder-0.5b-instruct", dtype=torch.float32)
 
 
-@pytest.mark.slow
-def test_real_qwen05_answers_four(qwen05):
-    from introspect_mech.evals.sampling import sample
-
-    assert qwen05.n_layers == 24 and qwen05.d_model == 896
-    assert M.assemble_chunked("qwen2.5-coder-0.5b-instruct").stat().st_size == 491_400_064
-    (row,) = sample(qwen05, ["What is 2 + 2?"], max_new_tokens=32, temperature=0, progress=False)
-    assert "4" in row["response"] and row["finished"], row
+# The checks below run on both real sizes: the 0.5B in float32 (the exact reference), the 1.5B in
+# bfloat16 (half the memory; template, stop ids, masks and a greedy "4" do not depend on the dtype).
+REAL = {"0.5b": ("qwen2.5-coder-0.5b-instruct", torch.float32, 24, 896),
+        "1.5b": ("qwen2.5-coder-1.5b-instruct", torch.bfloat16, 28, 1536)}
 
 
-@pytest.mark.slow
-def test_real_qwen15_answers_four():
-    from introspect_mech.evals.sampling import sample
-
+@pytest.fixture(scope="module", params=list(REAL))
+def real_qwen(request, qwen05):
+    name, dtype, _, _ = REAL[request.param]
+    if request.param == "0.5b":
+        return request.param, qwen05
     if int(os.environ.get("INTROSPECT_MECH_SKIP_15B", "0")):
         pytest.skip("INTROSPECT_MECH_SKIP_15B=1")
-    _need("qwen2.5-coder-1.5b-instruct")
-    m = load_model("qwen2.5-coder-1.5b-instruct", dtype=torch.float32)
-    assert m.n_layers == 28 and m.d_model == 1536
+    _need(name)
+    return request.param, load_model(name, dtype=dtype)
+
+
+@pytest.mark.slow
+def test_real_qwen_answers_four(real_qwen):
+    from introspect_mech.evals.sampling import sample
+
+    size, m = real_qwen
+    name, dtype, n_layers, d_model = REAL[size]
+    assert m.n_layers == n_layers and m.d_model == d_model and m.dtype == dtype
+    assert {p.dtype for p in m.model.parameters()} == {dtype}
+    assert M.assemble_chunked(name).stat().st_size == M.CHUNKED_GGUF[name].size
     (row,) = sample(m, ["What is 2 + 2?"], max_new_tokens=32, temperature=0, progress=False)
     assert "4" in row["response"] and row["finished"], row
 
@@ -231,53 +238,56 @@ CHAT = [
 
 
 @pytest.mark.slow
-def test_real_qwen05_chat_template(qwen05):
+def test_real_qwen_chat_template(real_qwen):
     """The GGUF's own Qwen2.5 template: default system prompt, ChatML turns, the generation header."""
-    tok = qwen05.tokenizer
+    _, m = real_qwen
+    tok = m.tokenizer
     assert tok.chat_template is not None and tok.chat_template != M.FALLBACK_CHAT_TEMPLATE
-    text = qwen05.render(CHAT[:1], add_generation_prompt=True)
+    text = m.render(CHAT[:1], add_generation_prompt=True)
     assert text == (f"<|im_start|>system\n{QWEN_SYSTEM}<|im_end|>\n<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n"
                     "<|im_start|>assistant\n")
-    own = qwen05.render([{"role": "system", "content": "Be terse."}, *CHAT[:1]])
+    own = m.render([{"role": "system", "content": "Be terse."}, *CHAT[:1]])
     assert own.startswith("<|im_start|>system\nBe terse.<|im_end|>\n") and QWEN_SYSTEM not in own
-    ids = qwen05.encode_prompt(CHAT[:1]).tolist()
+    ids = m.encode_prompt(CHAT[:1]).tolist()
     assert ids[-3:] == tok.encode("<|im_start|>assistant\n", add_special_tokens=False)
     assert tok.convert_ids_to_tokens(ids[0]) == "<|im_start|>"  # no BOS is prepended
 
 
 @pytest.mark.slow
-def test_real_qwen05_stop_tokens(qwen05):
+def test_real_qwen_stop_tokens(real_qwen):
     from introspect_mech.evals.sampling import stop_token_ids
 
-    im_end, eot = (qwen05.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>"))
+    _, m = real_qwen
+    im_end, eot = (m.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>"))
     assert (im_end, eot) == (151645, 151643)
-    assert qwen05.tokenizer.eos_token == "<|im_end|>"
-    assert {im_end, eot} <= set(stop_token_ids(qwen05))
-    gen_eos = qwen05.base_model.generation_config.eos_token_id
+    assert m.tokenizer.eos_token == "<|im_end|>"
+    assert {im_end, eot} <= set(stop_token_ids(m))
+    gen_eos = m.base_model.generation_config.eos_token_id
     assert im_end in ([gen_eos] if isinstance(gen_eos, int) else gen_eos)  # generate() itself stops there
 
 
 @pytest.mark.slow
-def test_real_qwen05_assistant_mask_and_prompt_split(qwen05):
+def test_real_qwen_assistant_mask_and_prompt_split(real_qwen):
     """Loss mask = exactly the assistant contents (+ <|im_end|> with include_end_of_turn); the prompt
     rendered with the generation header is a token prefix of the conversation, ending right where the
     first response token starts (the split steering positions and activation pooling rely on)."""
     from introspect_mech.activations import tokenize
 
-    tok = qwen05.tokenizer
-    ct = qwen05.tokenize_chat(CHAT)
+    _, m = real_qwen
+    tok = m.tokenizer
+    ct = m.tokenize_chat(CHAT)
     ids, mask = ct.input_ids, ct.assistant_mask
     assert tok.decode(ids[mask]) == "It is 42.99, of course."
-    ct2 = qwen05.tokenize_chat(CHAT, include_end_of_turn=True)
+    ct2 = m.tokenize_chat(CHAT, include_end_of_turn=True)
     extra = (ct2.assistant_mask & ~mask).nonzero().flatten().tolist()
     assert [ids[i].item() for i in extra] == [151645, 151645]
     for turn in (1, 3):
-        prompt = qwen05.encode_prompt(CHAT[:turn])
+        prompt = m.encode_prompt(CHAT[:turn])
         start = int(mask[len(prompt):].nonzero()[0]) + len(prompt) if turn == 3 else int(mask.nonzero()[0])
         assert torch.equal(ids[: len(prompt)], prompt) and start == len(prompt)
-    (last_prompt,) = tokenize(qwen05, [CHAT[:2]], positions="last_prompt")
-    assert torch.equal(last_prompt.input_ids, qwen05.encode_prompt(CHAT[:1]))
-    (resp,) = tokenize(qwen05, [CHAT[:2]], positions="response_mean")
+    (last_prompt,) = tokenize(m, [CHAT[:2]], positions="last_prompt")
+    assert torch.equal(last_prompt.input_ids, m.encode_prompt(CHAT[:1]))
+    (resp,) = tokenize(m, [CHAT[:2]], positions="response_mean")
     assert tok.decode(resp.input_ids[resp.select]) == "It is 42."
 
 

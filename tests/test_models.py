@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+import introspect_mech.models as M
 from introspect_mech import ModelLoadError, load_model
 from introspect_mech.models import FALLBACK_CHAT_TEMPLATE, decoder_layers, model_fingerprint
 
@@ -173,3 +174,42 @@ def test_gemma3_270m_base_loads_with_fallback_template():
     assert m.base_model.config.model_type.startswith("gemma3")
     assert m.n_layers == 18 and m.d_model == 640
     _check_mask(m, CHAT)
+
+
+def test_gguf_cache_is_dense_in_the_chosen_dtype(tmp_path, monkeypatch):
+    """A bfloat16 cache of a GGUF holds dense bfloat16 tensors only (transformers >= 5.2x may keep a GGUF's
+    weights packed unless asked to dequantise: the cache asks), and no "packed" warning is printed."""
+    import logging
+
+    from safetensors import safe_open
+
+    monkeypatch.setenv("INTROSPECT_MECH_CACHE", str(tmp_path))
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    hf_root = logging.getLogger("transformers")
+    level = hf_root.level
+    hf_root.addHandler(handler)
+    hf_root.setLevel(logging.WARNING)  # a library imported earlier may have set error
+    try:
+        out = M._gguf_to_cache(M.embedded_gguf(M.DEFAULT_MODEL), torch.bfloat16)
+    finally:
+        hf_root.removeHandler(handler)
+        hf_root.setLevel(level)
+    assert out.name.endswith("-bfloat16") and out.parent.parent == tmp_path
+    assert not [r for r in records if "packed" in r.getMessage()], [r.getMessage() for r in records]
+    (st,) = out.glob("*.safetensors")
+    with safe_open(str(st), "pt") as f:
+        dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+    assert dtypes == {"BF16"}
+    assert json.loads((out / "source.json").read_text())["dtype"] == "torch.bfloat16"
+    m = load_model(M.DEFAULT_MODEL, dtype="bfloat16")
+    assert {p.dtype for p in m.model.parameters()} == {torch.bfloat16} and m.meta["source"] == str(out)
+
+
+def test_gguf_cache_refuses_a_model_left_in_another_dtype(tiny_qwen2_dir, tmp_path):
+    m = load_model(tiny_qwen2_dir, dtype="bfloat16").model
+    m.model.norm.weight.data = m.model.norm.weight.data.float()
+    with pytest.raises(ModelLoadError, match=r"x\.gguf: dequantising to bfloat16 left 1 tensor\(s\) in another "
+                                             r"dtype \(first model\.norm\.weight \(torch\.float32\)\)"):
+        M._check_dense(m, torch.bfloat16, tmp_path / "x.gguf")

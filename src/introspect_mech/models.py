@@ -518,6 +518,32 @@ def gguf_architecture(path: Path) -> str:
         raise ModelLoadError(f"{path}: not a readable GGUF file ({what})") from None
 
 
+def _gguf_dense() -> dict[str, Any]:
+    """`from_pretrained` keywords that ask for a dense, dequantised model from a GGUF.
+
+    Since transformers 5.2x a GGUF may load with its weights left in GGUF blocks (`GgufConfig`,
+    `dequantize=False` by default: packed where the architecture and a `kernels` matmul kernel allow,
+    dequantised otherwise, and the whole model dequantised by the legacy loader for architectures
+    the packed path does not know, qwen2 among them). A packed model cannot be saved or trained, so
+    the cache asks for `GgufConfig(dequantize=True)` explicitly: the same dense weights today, whatever
+    the architecture or installed kernels tomorrow (and no "packed is fastest in float32" warning when
+    a bfloat16 cache is built). Older transformers without `GgufConfig` always dequantise.
+    """
+    import transformers
+
+    cfg = getattr(transformers, "GgufConfig", None)
+    return {"quantization_config": cfg(dequantize=True)} if cfg is not None else {}
+
+
+def _check_dense(model: nn.Module, dtype: torch.dtype, path: Path) -> None:
+    """Refuse to cache a GGUF model that is not dense floating point in `dtype` (packed blocks, or a
+    tensor left in another dtype) -- the cache would silently hold something else than its name says."""
+    bad = sorted({f"{n} ({p.dtype})" for n, p in model.named_parameters() if p.dtype != dtype})
+    if bad:
+        raise ModelLoadError(f"{path}: dequantising to {str(dtype).removeprefix('torch.')} left {len(bad)} "
+                             f"tensor(s) in another dtype (first {bad[0]}); the cache is not written")
+
+
 def _gguf_to_cache(path: Path, dtype: torch.dtype = torch.float32) -> Path:
     """Dequantise a GGUF once into a safetensors checkpoint (in `dtype`) in the user cache; return its folder.
 
@@ -546,12 +572,13 @@ def _gguf_to_cache(path: Path, dtype: torch.dtype = torch.float32) -> Path:
         else:
             tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
             model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype,
-                                                         trust_remote_code=False)
+                                                         trust_remote_code=False, **_gguf_dense())
     except Exception as e:  # a crafted / truncated GGUF surfaces as many exception types
         if isinstance(e, (KeyboardInterrupt, MemoryError)):
             raise
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise ModelLoadError(f"{path}: not a readable GGUF file ({type(e).__name__}: {first})") from None
+    _check_dense(model, dtype, path)
     # The weights are plain float tensors now; drop the GGUF quantizer marker so save_pretrained accepts it.
     model.hf_quantizer = None  # type: ignore[assignment]  # set by from_pretrained, not declared on PreTrainedModel
     if hasattr(model.config, "quantization_config"):
