@@ -336,9 +336,9 @@ def _cmd_dashboard(argv: list[str]) -> int:
 
 
 def _cmd_em_seeds(argv: list[str]) -> int:
-    from .studies import em_seeds
+    from .studies.emergent_misalignment import seeds
 
-    return em_seeds.main(argv, prog="introspect-mech em-seeds")
+    return seeds.main(argv, prog="introspect-mech em-seeds")
 
 
 # ---- the command table ------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import math
 import pytest
 from scipy import stats as st
 
-from introspect_mech.studies import em_seeds
+from introspect_mech.studies.emergent_misalignment import seeds as em_seeds
 from tests.studies.test_em import MarkerJudge
 
 

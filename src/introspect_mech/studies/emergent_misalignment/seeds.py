@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .. import runs as _runs
-from ..runs import RunDir
-from ..stats import Estimate, Measure, t_interval, welch
+from ... import runs as _runs
+from ...runs import RunDir
+from ...stats import Estimate, Measure, t_interval, welch
 
 STAGE = "emergent_misalignment"
 # config fields that may differ between the runs of one seed study (everything else must be equal)
