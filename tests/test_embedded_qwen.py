@@ -17,6 +17,7 @@ import torch
 
 from introspect_mech import ModelLoadError, load_model
 from introspect_mech import models as M
+from introspect_mech import cpu_dtype as CD
 
 
 def _fake_parts(root, dist="fakeqwen-part", sizes=(1000, 777, 1234), seed=0):
@@ -123,7 +124,7 @@ def test_unknown_name_lists_the_qwen_names():
 def test_auto_dtype_is_measured_once_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("INTROSPECT_MECH_CACHE", str(tmp_path))
     monkeypatch.setenv(M.CPU_DTYPE_ENV, "auto")
-    monkeypatch.setattr(M, "_CPU_DTYPE", {})
+    monkeypatch.setattr(CD, "_CPU_DTYPE", {})
     calls = []
 
     def fake(speedup):
@@ -132,19 +133,19 @@ def test_auto_dtype_is_measured_once_and_cached(tmp_path, monkeypatch):
             return {"fp32_gflops": 10.0, "bf16_gflops": 10.0 * speedup, "speedup": speedup}
         return measure
 
-    monkeypatch.setattr(M, "measure_cpu_bf16", fake(8.0))  # an AMX-like CPU
+    monkeypatch.setattr(CD, "measure_cpu_bf16", fake(8.0))  # an AMX-like CPU
     assert M.default_dtype("cpu") == torch.bfloat16
     assert M.default_dtype("cpu") == torch.bfloat16 and calls == [8.0]  # in-process cache
-    monkeypatch.setattr(M, "_CPU_DTYPE", {})
+    monkeypatch.setattr(CD, "_CPU_DTYPE", {})
     assert M.default_dtype("cpu") == torch.bfloat16 and calls == [8.0]  # the JSON cache
     saved = json.loads((tmp_path / "cpu_dtype.json").read_text())
     (entry,) = saved.values()
     assert entry["dtype"] == "bfloat16" and entry["capability"] == torch.backends.cpu.get_cpu_capability()
     # another machine (a different key) measures again: an AVX2-like CPU, bf16 slower -> float32
-    monkeypatch.setattr(M, "_CPU_DTYPE", {})
-    monkeypatch.setattr(M, "_cpu_key", lambda: {"cpu": "other", "flags_sha256": "x", "torch": "t", "threads": 1,
+    monkeypatch.setattr(CD, "_CPU_DTYPE", {})
+    monkeypatch.setattr(CD, "_cpu_key", lambda: {"cpu": "other", "flags_sha256": "x", "torch": "t", "threads": 1,
                                                 "capability": "AVX2"})
-    monkeypatch.setattr(M, "measure_cpu_bf16", fake(0.3))
+    monkeypatch.setattr(CD, "measure_cpu_bf16", fake(0.3))
     assert M.default_dtype("cpu") == torch.float32 and calls == [8.0, 0.3]
     assert M.default_dtype("cuda") == torch.bfloat16
 
@@ -160,7 +161,7 @@ def test_auto_dtype_env_override(monkeypatch):
 
 
 def test_measure_cpu_bf16_reports_both_dtypes():
-    r = M.measure_cpu_bf16(n=32, k=64, m=64, reps=1)
+    r = CD.measure_cpu_bf16(n=32, k=64, m=64, reps=1)
     assert r["fp32_gflops"] > 0 and r["bf16_gflops"] > 0
     assert r["speedup"] > 0 and set(r) == {"fp32_gflops", "bf16_gflops", "speedup"}
 
@@ -168,11 +169,11 @@ def test_measure_cpu_bf16_reports_both_dtypes():
 def test_dtype_decision_is_the_cores_not_the_thread_count():
     """`OMP_NUM_THREADS=1` and the default must pick the same dtype (and so the same dequantised cache):
     the key has no thread count, and the measurement runs on one thread, restoring the caller's."""
-    assert "threads" not in M._cpu_key()
+    assert "threads" not in CD._cpu_key()
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        M.measure_cpu_bf16(n=16, k=32, m=32, reps=2)
+        CD.measure_cpu_bf16(n=16, k=32, m=32, reps=2)
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
