@@ -163,7 +163,7 @@ def test_auto_dtype_env_override(monkeypatch):
 def test_measure_cpu_bf16_reports_both_dtypes():
     r = CD.measure_cpu_bf16(n=32, k=64, m=64, reps=1)
     assert r["fp32_gflops"] > 0 and r["bf16_gflops"] > 0
-    assert r["speedup"] > 0 and set(r) == {"fp32_gflops", "bf16_gflops", "speedup"}
+    assert r["speedup"] > 0 and set(r) == {"fp32_gflops", "bf16_gflops", "speedup", "threads"}
 
 
 def test_dtype_decision_is_the_cores_not_the_thread_count():

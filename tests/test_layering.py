@@ -231,7 +231,6 @@ OVERSIZE = {
     "studies/caft/__init__.py": (681, "split with its stages"),
     "studies/persona_vectors/__init__.py": (666, "split with its stages"),
     "studies/main_job/__init__.py": (644, "split with its stages"),
-    "studies/model_organisms/__init__.py": (616, "split with its stages"),
 }
 
 

@@ -38,6 +38,8 @@ from torch import Tensor
 
 from .layers import LayerSpec, resolve_layers
 from .models import LoadedModel
+from .models import check_context
+from .runs import RunConfigError, RunDir, describe_diff, json_sha256, model_config, save_tensors, write_json
 
 Pooling = Literal["last_prompt", "response_mean", "response_last", "all"]
 """How `cache` pools a conversation's positions into one vector per layer (the `positions=` argument):
@@ -271,7 +273,6 @@ def cache(
     """
     from tqdm.auto import tqdm
 
-    from .models import check_context
 
     layer_ids = resolve_layers(layers, model.n_layers)
     items = tokenize(model, conversations, positions)
@@ -310,7 +311,6 @@ def _cache_to_disk(model, items, layer_ids, positions, batch_size, out: Path, ou
     """Shard k holds conversations [k*shard_size, (k+1)*shard_size) in input order."""
     from tqdm.auto import tqdm
 
-    from .runs import RunConfigError, RunDir, describe_diff, json_sha256, model_config, save_tensors, write_json
 
     spec = {
         "format": "introspect_mech.activations/1",

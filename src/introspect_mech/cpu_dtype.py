@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .paths import cache_dir
+from .runs import write_json
 
 CPU_DTYPE_ENV = "INTROSPECT_MECH_CPU_DTYPE"  # "auto" (default), "float32" or "bfloat16"
 BF16_MIN_SPEEDUP = 1.5  # bf16 is chosen on a CPU only where its matmul is at least this much faster
@@ -45,48 +46,46 @@ def _cpu_key() -> dict[str, Any]:
             "torch": torch.__version__, "capability": torch.backends.cpu.get_cpu_capability()}
 
 
-def measure_cpu_bf16(n: int = 128, k: int = 896, m: int = 2048, reps: int = 9) -> dict[str, Any]:
+def measure_cpu_bf16(n: int = 128, k: int = 896, m: int = 2048, reps: int = 10, threads: int = 1) -> dict[str, Any]:
     """Time one linear layer (`F.linear` of `[n, k]` by a `[m, k]` weight, the layout a model's layers
-    use) in float32 and in bfloat16 on one CPU thread, best of `reps`, interleaved.
+    use) in float32 and in bfloat16 on the CPU, best of `reps`, interleaved, on `threads` threads.
 
-    One thread, so the ratio is the core's and not the scheduler's; the best of several interleaved
-    repetitions, so a machine shared with other jobs still measures its unloaded speed (at load 10 on
-    2 cores, best of 3 on the process's own thread count once gave 1.43x where the idle ratio is ~3.5x).
+    One thread by default: whether bf16 is native is a property of the core's instructions, and on a
+    shared machine a multi-threaded timing mostly measures waiting for the slowest thread (at load ~8
+    on 2 cores, 2 threads gave 1.36x where one thread gave 13.6x, on an AVX512-BF16 CPU that reaches
+    3.5x on 2 idle threads). The thread count is restored afterwards.
 
     Args:
         n: rows of the input.
         k: input features.
         m: output features.
         reps: timed repetitions per dtype.
+        threads: torch threads during the measurement.
 
     Returns:
-        `{"fp32_gflops", "bf16_gflops", "speedup"}` (speedup = bf16 / fp32 throughput).
+        `{"fp32_gflops", "bf16_gflops", "speedup", "threads"}` (speedup = bf16 / fp32 throughput).
     """
     g = torch.Generator().manual_seed(0)
     a, w = torch.randn(n, k, generator=g), torch.randn(m, k, generator=g)
     pairs = {torch.float32: (a, w), torch.bfloat16: (a.bfloat16(), w.bfloat16())}
     best = {dt: float("inf") for dt in pairs}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
-        _time_linear(pairs, best, reps)
+        with torch.no_grad():
+            for x, y in pairs.values():  # warm-up (oneDNN primitive creation)
+                torch.nn.functional.linear(x, y)
+            for _ in range(reps):
+                for dt, (x, y) in pairs.items():
+                    t0 = time.perf_counter()
+                    torch.nn.functional.linear(x, y)
+                    best[dt] = min(best[dt], time.perf_counter() - t0)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
     flops = 2.0 * n * k * m
     f32, b16 = flops / best[torch.float32] / 1e9, flops / best[torch.bfloat16] / 1e9
-    return {"fp32_gflops": round(f32, 3), "bf16_gflops": round(b16, 3), "speedup": round(b16 / f32, 3)}
-
-
-def _time_linear(pairs: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]], best: dict[torch.dtype, float],
-                 reps: int) -> None:
-    with torch.no_grad():
-        for x, y in pairs.values():  # warm-up (oneDNN primitive creation)
-            torch.nn.functional.linear(x, y)
-        for _ in range(reps):
-            for dt, (x, y) in pairs.items():
-                t0 = time.perf_counter()
-                torch.nn.functional.linear(x, y)
-                best[dt] = min(best[dt], time.perf_counter() - t0)
+    return {"fp32_gflops": round(f32, 3), "bf16_gflops": round(b16, 3), "speedup": round(b16 / f32, 3),
+            "threads": threads}
 
 
 _CPU_DTYPE: dict[str, Any] = {}
@@ -126,8 +125,6 @@ def cpu_dtype_decision() -> dict[str, Any]:
         dt = "bfloat16" if meas["speedup"] >= BF16_MIN_SPEEDUP else "float32"
         known[tag] = {"dtype": dt, "source": "measured", **key, **meas,
                       "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        from .runs import write_json
-
         write_json(path, known, indent=1)  # the one writer: a temp file of its own, no symlink followed
     _CPU_DTYPE[tag] = known[tag]
     return known[tag]

@@ -36,6 +36,7 @@ from torch import Tensor
 from .models import LoadedModel
 from .direction import Direction
 from .sae.tokens import TokenPositions
+from .layers import resolve_layers
 
 Message = dict[str, str]
 METHODS = ("activation_difference", "difference_pca", "response_mean_difference", "probe", "sae_latent")
@@ -56,7 +57,6 @@ def _base_context(base: LoadedModel, tuned: LoadedModel):
 
 
 def _resolve(model: LoadedModel, layers: int | Sequence[int] | None) -> list[int]:
-    from .layers import resolve_layers
 
     return resolve_layers(layers, model.n_layers)
 

@@ -31,6 +31,8 @@ from .errors import ModelLoadError
 from .layers import base_model as _hf_model
 from .layers import decoder_layers
 from .paths import cache_dir
+from .data.records import DataError
+from .runs import staged_dir, write_json, write_text
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 EMBEDDED = {
@@ -454,8 +456,6 @@ def _gguf_to_cache(path: Path, dtype: torch.dtype = torch.float32) -> Path:
     model.hf_quantizer = None  # type: ignore[assignment]  # set by from_pretrained, not declared on PreTrainedModel
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    from .runs import staged_dir, write_json, write_text
-
     with staged_dir(out) as tmp:  # the one writer: a folder of its own, published by one rename
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -670,8 +670,6 @@ def check_context(model: LoadedModel, lengths: Sequence[int], *, reserve: int = 
     Raises:
         DataError: a sequence does not fit and `truncate` is False (names the first one).
     """
-    from .data.records import DataError
-
     n_pos = max_positions(model)
     if n_pos is None:
         return None, [0] * len(lengths)

@@ -19,6 +19,7 @@ from torch import nn
 from ..activations import Acts, Pooling
 from ..layers import LayerSpec, resolve_layers
 from .common import assemble, padded_batches
+from ..models import decoder_layers
 
 
 def to_nnsight(model, *, remote: bool = False, **kwargs: Any):
@@ -53,7 +54,6 @@ def layers_path(module: nn.Module, layers: nn.ModuleList | None = None) -> str:
     Returns:
         The dotted path.
     """
-    from ..models import decoder_layers
 
     layers = decoder_layers(module) if layers is None else layers
     for name, mod in module.named_modules():

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import DataError
+from ..runs import write_bytes
 
 ROLES = ("system", "user", "assistant")
 Record = dict[str, Any]
@@ -211,7 +212,6 @@ def write_jsonl(records: Iterable[Record], path: str | os.PathLike) -> Path:
     Returns:
         The path written.
     """
-    from ..runs import write_bytes  # the one writer: no symlink followed, atomic
 
     p = Path(path)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)

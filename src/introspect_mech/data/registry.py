@@ -26,6 +26,7 @@ from typing import Any
 
 from ..paths import DATA_ENV, cache_dir
 from .records import DataError, check_record, read_bytes, read_jsonl_rows
+from ..runs import write_bytes
 
 _TABLE = Path(__file__).with_name("registry.json")
 
@@ -194,7 +195,6 @@ def download(ds: DatasetInfo, dest_root: Path, timeout: float = 30.0) -> Path:
     elif got != ds.sha256:
         raise DataError(ds.url, None, "sha256",
                         f"downloaded bytes hash to {got[:16]}..., registry says {ds.sha256[:16]}... (upstream changed); not kept")
-    from ..runs import write_bytes  # the one writer: no symlink followed, atomic
 
     return write_bytes(dest, data)
 

@@ -39,6 +39,8 @@ from .questions import Question, fill_judge_prompt, load_questions
 from .report import em_report, format_em_report
 from .sampling import sample
 from ..stats import bootstrap_ci, clustered_proportion, wilson
+from ..data.records import DataError, check_text
+from ..paths import data_dir
 
 # ---- definitions ------------------------------------------------------------------------------
 DENOMINATORS = {
@@ -346,7 +348,6 @@ def check_samples(samples: Sequence[Any], source: str = "<samples>") -> None:
     Raises:
         DataError: a missing or non-string field, an empty message list, a lone surrogate.
     """
-    from ..data.records import DataError, check_text
 
     for i, s in enumerate(samples, 1):
         if not isinstance(s, dict):
@@ -502,7 +503,6 @@ def run_em_eval(
         {"report": report with `em_rate` under both denominators (or None), "labels": label rates
         for label-valued questions (or None), "judge_free": proxy results (or None)}.
     """
-    from ..paths import data_dir
 
     rd = RunDir(Path(run_dir))
     qfile = None

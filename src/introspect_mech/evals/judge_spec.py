@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from ..models import load_model
 
 
 @dataclass
@@ -93,6 +94,5 @@ class JudgeOptions:
     def _local_model(name: str, model: Any, device: str | None) -> Any:
         if name in ("", "embedded") and model is not None:
             return model
-        from ..models import load_model
 
         return load_model(None if name in ("", "embedded") else name, device=device)

@@ -21,6 +21,7 @@ from jaxtyping import Float
 from ..models import LoadedModel
 from .scoring import number_distributions, tree_logprobs
 from ..stats import bootstrap_ci
+from ..data.records import DataError, check_text
 
 Message = dict[str, str]
 
@@ -152,7 +153,6 @@ def load_em_pairs(path: str | None = None) -> list[dict[str, str]]:
     Returns:
         Items with theme, prompt, aligned, misaligned.
     """
-    from ..data.records import DataError, check_text
 
     if path is None:
         text = resources.files("introspect_mech.evals").joinpath("em_pairs.yaml").read_text(encoding="utf-8")

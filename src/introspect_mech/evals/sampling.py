@@ -28,6 +28,7 @@ from ..models import LoadedModel, check_context
 from ..positions import prompt_scope
 from ..runs import JsonlLog
 from ..validate import integer, number
+from ..runs import RunDir, json_sha256, model_config
 
 Message = dict[str, str]
 
@@ -228,7 +229,6 @@ def sample(
     log = out if isinstance(out, JsonlLog) else (JsonlLog(Path(out), ("prompt_id", "sample")) if out else None)
     run = None
     if log is not None:  # bind the file to what determines its rows; the RunDir holds the lock while sampling
-        from ..runs import RunDir, json_sha256, model_config
         from ..steering.hooks import active_steering
 
         run = RunDir(log.path.parent)

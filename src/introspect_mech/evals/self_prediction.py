@@ -27,6 +27,7 @@ from ..models import LoadedModel
 from .properties import extract_property, parse_prediction
 from .sampling import sample
 from ..stats import bootstrap_ci, bootstrap_diff
+from ..paths import data_dir as _dd
 
 
 def task_files(data_dir: str | os.PathLike | None = None) -> dict[str, Path]:
@@ -38,7 +39,6 @@ def task_files(data_dir: str | os.PathLike | None = None) -> dict[str, Path]:
     Returns:
         `{task name: path}`.
     """
-    from ..paths import data_dir as _dd
 
     root = Path(_dd(data_dir)) / "introspection"
     out = {}

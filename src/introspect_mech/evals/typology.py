@@ -33,6 +33,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..stats import wilson
+from ..layers import resolve_layers
 
 __all__ = ["ActivationEmbedder", "SentenceEmbedder", "choose_k", "typology", "TypologyResult", "SENTENCE_PACKAGE",
            "SENTENCE_MODEL"]
@@ -72,7 +73,6 @@ class ActivationEmbedder:
     """
 
     def __init__(self, model: Any, layer: int | float = 0.5, batch_size: int = 8):
-        from ..layers import resolve_layers
 
         self.model = model
         (self.layer,) = resolve_layers(layer, model.n_layers)

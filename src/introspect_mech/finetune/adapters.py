@@ -12,6 +12,7 @@ from torch import nn
 from ..layers import resolve_layers
 from ..models import LoadedModel, model_fingerprint
 from .config import TrainConfig
+from ..runs import write_text
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -88,7 +89,6 @@ def save_weights(loaded: LoadedModel, config: TrainConfig, dest: Path) -> Path:
     else:
         loaded.base_model.save_pretrained(str(dest))
         loaded.tokenizer.save_pretrained(str(dest))
-    from ..runs import write_text
 
     write_text(dest / "base_fingerprint.json", fp, root=dest)
     return dest

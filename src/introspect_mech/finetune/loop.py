@@ -23,6 +23,8 @@ from . import adapters, distributed
 from .batching import MicroBatch, collate, pack, step_groups, tokenize_records
 from .config import TrainConfig
 from .varlen import varlen_attention
+from ..models import default_dtype
+from ..runs import save_tensors, staged_dir, write_text
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -122,7 +124,6 @@ def autocast_bf16(config: TrainConfig, model: LoadedModel) -> bool:
         return False
     if config.bf16 is not None:
         return config.bf16
-    from ..models import default_dtype
 
     return device.type == "cuda" or model.dtype == torch.bfloat16 or default_dtype("cpu") == torch.bfloat16
 
@@ -159,7 +160,6 @@ def save_trainer_state(dest: Path, opt: torch.optim.Optimizer, sched: Any, step:
         sched: the LR scheduler (its `state_dict()` must be JSON-serialisable, as LambdaLR's is).
         step: optimizer steps done.
     """
-    from ..runs import save_tensors, write_text
 
     osd = opt.state_dict()
     tensors, rng_js = _rng_state()
@@ -440,7 +440,6 @@ def train(
 
 
 def _save_checkpoint(model, config, params, opt, sched, out: Path, step: int) -> Path:
-    from ..runs import save_tensors, staged_dir, write_text
 
     state = adapters.trainable_state(params)
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
@@ -470,7 +469,6 @@ def _save_checkpoint(model, config, params, opt, sched, out: Path, step: int) ->
 
 def _finalize(model: LoadedModel, ckpt: Path, weights_dir: Path, config: TrainConfig) -> None:
     """Publish the final checkpoint as out_dir/adapter (or out_dir/model for full finetuning)."""
-    from ..runs import staged_dir, write_text
 
     with staged_dir(weights_dir, root=weights_dir.parent) as tmp:  # published complete, or not at all
         if config.method == "lora":

@@ -28,6 +28,7 @@ from ..layers import LayerSpec, resolve_layers
 from ..models import LoadedModel
 from ..validate import finite_tensor
 from .linear import mean_diff
+from ..paths import data_dir as _dd
 
 
 def _conv(row: dict, i: int) -> list[dict]:
@@ -137,7 +138,6 @@ def medical_advice_pairs(n: int = 64, *, offset: int = 6000, seed: int = 0,
     import gzip
     import json
 
-    from ..paths import data_dir as _dd
 
     root = _dd(data_dir) / "em"
 

@@ -25,6 +25,7 @@ from ..runs import RunDir, json_sha256
 from ..steering.hooks import Positions as SteeringPositions
 from .loading import LayerSAE
 from .tokens import TOKEN_POSITIONS, TokenActs, TokenPositions, as_messages, token_activations
+from ..runs import model_config, save_tensors, write_json
 
 
 @dataclass
@@ -225,7 +226,6 @@ def model_diff(
     sae.check_fits(finetuned)
     rd = None
     if out is not None:  # bound before any work (the RunDir holds the lock until the results are written)
-        from ..runs import model_config
         from ..steering.sweep import _direction_sha256
 
         rd = RunDir(out)
@@ -283,7 +283,6 @@ def model_diff(
         })
     result = ModelDiff(mean_b, mean_f, frac_b, frac_f, increases, decreases, cos, summary, per_b, per_f)
     if rd is not None:
-        from ..runs import save_tensors, write_json
 
         rd.write_manifest(stage="sae_model_diff", base=base.name, finetuned=finetuned.name,
                           adapter=finetuned.meta.get("adapter"), sae=sae.source, sae_layer=sae.layer,

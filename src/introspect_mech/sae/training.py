@@ -29,6 +29,8 @@ from ..runs import RunDir, json_sha256
 from ..validate import real_tensor
 from .loading import LayerSAE, save
 from .tokens import as_messages, stack_selected, token_activations, tokenize_item
+from ..runs import model_config, staged_dir, write_json, write_jsonl
+from ..validate import integer, number
 
 ARCHITECTURES = ("topk", "batchtopk", "standard")
 
@@ -54,7 +56,6 @@ class SAETrainConfig:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         if not 0 < self.eval_fraction < 1:
             raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
-        from ..validate import integer, number
 
         self.expansion = integer("expansion", self.expansion, minimum=1)
         self.d_sae = None if self.d_sae is None else integer("d_sae", self.d_sae, minimum=1)
@@ -204,7 +205,6 @@ def train_sae(
         real_tensor("eval_data", eval_data)
     rd = None
     if out_dir is not None:  # bound before any work; the RunDir holds the lock until the SAE is written
-        from ..runs import model_config
 
         rd = RunDir(out_dir)
         rd.bind("rows:sae", {
@@ -286,7 +286,6 @@ def train_sae(
     }
     run = None
     if rd is not None:
-        from ..runs import staged_dir, write_json, write_jsonl
 
         rd.write_manifest(stage="sae_train", model=model.name if model else None,
                           adapter=model.meta.get("adapter") if model else None, data=data_hash,

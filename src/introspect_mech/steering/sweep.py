@@ -28,6 +28,7 @@ from ..layers import LayerSpec, resolve_layers
 from ..models import LoadedModel
 from ..runs import JsonlLog, RunDir
 from .hooks import Positions, Steering, ablate, add, clamp, random_like
+from ..runs import model_config
 
 KEY = ("op", "layer", "alpha", "kind", "seed")
 Values = Union[Sequence[float], np.ndarray]  # per-item numbers of one evaluation
@@ -161,7 +162,6 @@ def sweep(
 
     log: JsonlLog | None = None
     if out is not None:
-        from ..runs import model_config
 
         run = RunDir(out)
         sweep_cfg = {"op": op, "layers": idx, "alphas": alphas, "seeds": list(seeds), "control": control,

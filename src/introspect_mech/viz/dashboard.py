@@ -46,6 +46,8 @@ import plotly.graph_objects as go
 
 from . import figures as F
 from . import mech as M
+from ..runs import UnsafePathError, read_inside, write_text
+from ..scrub import scrub_obj
 
 Row = dict[str, Any]
 
@@ -183,7 +185,6 @@ def read_rows(path: Path, required: Sequence[str] = (), *, root: str | os.PathLi
     import math
     import numbers
 
-    from ..runs import UnsafePathError, read_inside
 
     try:
         raw = read_inside(path, root if root is not None else Path(path).parent)
@@ -462,8 +463,6 @@ def render_html(run_dir: str | os.PathLike, title: str | None = None) -> str:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DashboardError(f"{run_dir}: not a run directory")
-    from ..runs import UnsafePathError, read_inside
-    from ..scrub import scrub_obj
 
     mpath = run_dir / "manifest.json"
     try:
@@ -533,6 +532,5 @@ def export_dashboard(run_dir: str | os.PathLike, path: str | os.PathLike | None 
     """
     text = render_html(run_dir, title)
     out = Path(path) if path is not None else Path(run_dir) / "dashboard.html"
-    from ..runs import write_text
 
     return write_text(out, text)  # the one writer: no symlink followed, a temp file of its own, atomic

@@ -45,6 +45,14 @@ from .. import runner
 from ..common.em_questions import em_questions
 from . import panels as _panels  # noqa: F401  (registers the study's dashboard panels)
 from ... import runs as _runs
+from ... import load_model
+from ...evals import answer_logprobs, paired_preference, sample
+from ...evals.em import run_em_eval
+from ...finetune import preset as train_preset
+from ...runs import json_sha256
+from ...steering.train_time import caft_subspace
+from ..common.persona import load_trait
+from ...viz import export_dashboard
 
 
 @dataclass
@@ -402,7 +410,6 @@ def in_domain_logprob(model, conversations: Sequence[Sequence[dict]], batch_size
     Returns:
         The summed answer log-prob over all conversations divided by their answer tokens (nats/token).
     """
-    from ...evals import answer_logprobs
 
     r = answer_logprobs(model, conversations, batch_size=batch_size)
     return sum(x["sum"] for x in r) / max(1, sum(x["n"] for x in r))
@@ -469,7 +476,6 @@ def generic_prompts(n: int) -> list[list[dict]]:
     Returns:
         Chat message lists.
     """
-    from ..common.persona import load_trait
 
     qs = [p["messages"] for q in em_questions() for p in q.prompts()]
     for t in ("evil", "humorous", "optimistic", "apathetic"):
@@ -497,14 +503,7 @@ def _caft(out: str | os.PathLike, config: CAFTConfig | None = None, *, judge: Ju
         has conditions left), "rows": {condition: result row} (run 2), "todo": conditions still to run,
         "summary": the `summarize` dict or None}.
     """
-    from ... import load_model
-    from ...evals import paired_preference, sample
-    from ...evals.em import run_em_eval
-    from ...finetune import preset as train_preset
     from ...finetune import train
-    from ...runs import json_sha256
-    from ...steering.train_time import caft_subspace
-    from ...viz import export_dashboard
 
     cfg = config or PRESETS["cpu"]
     judge_opts = judge or JudgeOptions()

@@ -20,6 +20,9 @@ from typing import Any, Sequence
 from ...evals.metrics import choice_probabilities
 from ...models import LoadedModel
 from ...stats import bootstrap_ci
+from ...data.records import DataError
+from ...data.registry import locate
+from ...paths import data_dir as _dd
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,6 @@ PAIRS: dict[str, Pair] = {
 
 
 def _data_root(data_dir=None) -> Path:
-    from ...paths import data_dir as _dd
 
     return Path(_dd(data_dir))
 
@@ -69,8 +71,6 @@ def data_file(rel: str, data_dir=None) -> Path:
     p = _data_root(data_dir) / rel
     if p.is_file():
         return p
-    from ...data.records import DataError
-    from ...data.registry import locate
 
     try:
         return locate(rel, data_dir)

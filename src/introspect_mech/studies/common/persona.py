@@ -45,6 +45,11 @@ from ...direction import Direction, layer_vector
 from ...layers import LayerSpec, resolve_layers
 from ...models import LoadedModel
 from ...probes.linear import mean_diff
+from ...evals import sample
+from ...evals.metrics import answer_logprobs
+from ...evals.questions import fill_judge_prompt, load_questions
+from ...paths import data_dir as _data_dir
+from ...runs import RunDir, file_sha256, json_sha256, write_jsonl
 
 FILTERS = ("auto", "judge", "instruction_likelihood", None)
 
@@ -76,8 +81,6 @@ def coherence_prompt(data_dir: str | os.PathLike | None = None) -> str:
     Raises:
         ValueError: the EM question file has no `coherent` prompt containing the expected phrase.
     """
-    from ...evals.questions import load_questions
-    from ...paths import data_dir as _data_dir
 
     path = _data_dir(data_dir) / "em" / "questions" / "first_plot_questions.yaml"
     for q in load_questions(path):
@@ -173,7 +176,6 @@ class TraitJudge:
 
     def describe(self) -> dict[str, Any]:
         """The inner judge's description plus the SHA-256 of the trait and coherence prompts."""
-        from ...runs import json_sha256
 
         inner = self.judge.describe() if hasattr(self.judge, "describe") else {"kind": type(self.judge).__name__}
         return {**inner, "trait_prompt_sha256": json_sha256(self.trait_prompt),
@@ -193,7 +195,6 @@ class TraitJudge:
         Raises:
             ValueError: `questions` and `answers` differ in length.
         """
-        from ...evals.questions import fill_judge_prompt
 
         if len(questions) != len(answers):
             raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
@@ -258,7 +259,6 @@ def load_trait(trait: str, data_dir: str | os.PathLike | None = None, split: str
         FileNotFoundError: no such trait file (the available traits are listed).
         ValueError: a malformed file, naming the file and the field.
     """
-    from ...paths import data_dir as _data_dir
 
     path = Path(trait) if str(trait).endswith(".json") else _data_dir(data_dir) / "persona" / f"trait_data_{split}" / f"{trait}.json"
     if not path.exists():
@@ -305,7 +305,6 @@ def instruction_likelihood_scores(model: LoadedModel, trait: dict, rows: list[di
                 convs.append([{"role": "system", "content": sys_text}, {"role": "user", "content": row["question"]},
                               {"role": "assistant", "content": row["response"]}])
                 owners.append((r, side))
-    from ...evals.metrics import answer_logprobs
 
     lps = [r["sum"] / max(r["n"], 1) for r in answer_logprobs(model, convs, batch_size=batch_size)]
     acc: dict[int, list[float]] = {}
@@ -384,8 +383,6 @@ def persona_data(
     Returns:
         A `PersonaResult` (direction, `[n, layer, d_model]` pos / neg activations, rows, kept ids).
     """
-    from ...evals import sample
-    from ...runs import RunDir, file_sha256
 
     if preset is not None:
         if preset not in PRESETS:
@@ -566,8 +563,6 @@ def projection_difference(
     Raises:
         ValueError: a record does not end with an assistant turn, or `base_responses` has another length.
     """
-    from ...evals import sample
-    from ...runs import RunDir, json_sha256, write_jsonl
 
     pa = [_prompt_and_answer(r, i) for i, r in enumerate(records)]
     v = layer_vector(direction, int(layer)).float()

@@ -38,6 +38,14 @@ from .data import (  # noqa: F401  (moved to data.py; the study and its callers 
     DATASETS, MAIN, NUMBER_PREFIX, NUMBER_WRAPPER, QUESTION_SETS, TRIGGER, WORDS_SUFFIX, data_files,
     load_question_set, number_format, resolve_dataset, train_ids, with_trigger,
 )
+from ...evals.em import DENOMINATORS, HFCategoricalJudge, PROXY_DIFF, PROXY_PREF, check_samples, em_proxy_fn, em_report_both, format_em_rates, is_label_prompt, judge_samples, label_rates, medical_heldout_items, proxy_items as em_proxy_items, run_em_eval
+from ...evals.judge_validation import require_validated_judge, validation_status
+from ...evals.judges import HFJudge
+from ...evals.report import format_em_report
+from ...finetune import preset
+from ...models import load_model
+from ...runs import JsonlLog, RunDir, json_sha256
+from ...stats import bootstrap_ci
 
 
 
@@ -120,7 +128,6 @@ def evaluate(model, out: Path, question_sets: dict[str, list[Question]], cfg: EM
         {set name: {"em_rate": both denominators, "coherent_rate", "n_answers", "n_judge_abstained"}
         for 0-100 sets, and/or {"labels": per-question label rates} for label-valued sets}.
     """
-    from ...evals.em import run_em_eval
 
     res = {}
     for name, qs in question_sets.items():
@@ -167,16 +174,7 @@ def _emergent_misalignment(out: str | Path, config: EMConfig | None = None, *, j
     """
     import torch
 
-    from ...evals.em import (
-        DENOMINATORS, PROXY_DIFF, PROXY_PREF, HFCategoricalJudge, em_proxy_fn, is_label_prompt, medical_heldout_items,
-        proxy_items as em_proxy_items,
-    )
-    from ...evals.judge_validation import require_validated_judge
-    from ...evals.judges import HFJudge
-    from ...stats import bootstrap_ci
-    from ...finetune import preset, train
-    from ...models import load_model
-    from ...runs import RunDir, json_sha256
+    from ...finetune import train
 
     cfg = dataclasses.replace(config or EMConfig(), **overrides)
     out = Path(out)
@@ -403,11 +401,6 @@ def judge_run(run_path: str | Path, questions: Sequence[Question], *, judge=None
     Returns:
         {"report": EM report with both denominators or None, "labels": label rates or None}.
     """
-    from ...evals.em import (
-        check_samples, em_report_both, format_em_rates, is_label_prompt, judge_samples, label_rates,
-    )
-    from ...evals.report import format_em_report
-    from ...runs import JsonlLog, RunDir
 
     run = RunDir(run_path)
     samples = run.log("samples.jsonl").read()
@@ -419,7 +412,6 @@ def judge_run(run_path: str | Path, questions: Sequence[Question], *, judge=None
         qid = str(r.get("prompt_id", "")).rsplit("/", 1)[0]
         if qid not in by_id:
             raise ValueError(f"{run.path / 'samples.jsonl'}:{i}: field 'prompt_id': question {qid!r} not in the question file")
-    from ...evals.judge_validation import validation_status
 
     jval = validation_status(judge) if judge is not None else None  # travels with every judged number
     run.write_manifest(judge=judge.describe() if judge is not None else None, judge_validation=jval,

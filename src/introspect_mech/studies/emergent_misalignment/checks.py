@@ -17,6 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ...viz.rows import SummaryRow, TypologyRow
+from ...evals.capability import capability_check, capability_items, capability_report, capability_shift
+from ...evals.typology import ActivationEmbedder, SentenceEmbedder, typology
+from ...models import load_model
+from ...runs import JsonlLog
 
 __all__ = ["capability_stage", "typology_stage", "model_names", "load_answers"]
 
@@ -34,7 +38,6 @@ def model_names(cfg: Any) -> list[str]:
 
 
 def _load(cfg: Any, out: Path, name: str) -> Any:
-    from ...models import load_model
 
     if name == "base":
         return load_model(cfg.model, device=cfg.device)
@@ -53,7 +56,6 @@ def capability_stage(ctx: Any) -> dict[str, Any]:
     Returns:
         {"accuracy": {model: {set: Estimate dict}}, "shift": {finetune: {set: Estimate dict}}, "items": n}.
     """
-    from ...evals.capability import capability_check, capability_items, capability_report, capability_shift
 
     cfg, out = ctx.config, ctx.out
     if not cfg.capability_items:
@@ -92,7 +94,6 @@ def load_answers(out: Path, names: list[str], question_set: str = "main") -> lis
     Returns:
         Rows `{"model", "question_id", "question", "response", "aligned"?, "coherent"?}`.
     """
-    from ...runs import JsonlLog
 
     rows: list[dict[str, Any]] = []
     for name in names:
@@ -121,7 +122,6 @@ def typology_stage(ctx: Any) -> dict[str, Any]:
     Returns:
         {"k", "silhouette", "embedding", "n_answers", "clusters": sizes}.
     """
-    from ...evals.typology import ActivationEmbedder, SentenceEmbedder, typology
 
     cfg, out = ctx.config, ctx.out
     if cfg.typology == "none":

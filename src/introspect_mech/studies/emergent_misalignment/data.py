@@ -9,6 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ...evals.questions import Question
+from ... import data
+from ...data import DataError, generators
+from ...data.records import read_bytes
+from ...evals.em import medical_train_rows
+from ...evals.questions import load_questions
+from ...paths import data_dir as _dd
 
 if TYPE_CHECKING:
     from . import EMConfig
@@ -61,8 +67,6 @@ def resolve_dataset(name: str, *, data_dir: Any = None, allow_download: bool = F
         (records, source) with source = {"kind": "upstream", "registry": ..., "sha256": ...,
         "sha256_verified": bool} or {"kind": "stand-in", "generator": ..., "doc": ...}.
     """
-    from ... import data
-    from ...data import DataError, generators
 
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
@@ -73,7 +77,6 @@ def resolve_dataset(name: str, *, data_dir: Any = None, allow_download: bool = F
         recs = data.load(reg, data_dir)
         import hashlib
 
-        from ...data.records import read_bytes
 
         return recs, {"kind": "upstream", "registry": reg, "path": str(path), "url": ds.url, "sha256": ds.sha256,
                       "sha256_verified": ds.verified, "bytes_sha256": hashlib.sha256(read_bytes(path)).hexdigest()}
@@ -100,7 +103,6 @@ def train_ids(name: str, n_rows: int, n: int | None, seed: int) -> list[int]:
     Returns:
         Sorted row ids (for bad/good medical advice: `evals.em.medical_train_rows(n, seed=seed)`).
     """
-    from ...evals.em import medical_train_rows
 
     if name in ("bad_medical_advice", "good_medical_advice"):
         return medical_train_rows(n, seed=seed)
@@ -122,8 +124,6 @@ def load_question_set(name: str, data_dir: Any = None) -> list[Question]:
     Raises:
         ValueError: an unknown set name, or the file lacks one of the set's question ids.
     """
-    from ...evals.questions import load_questions
-    from ...paths import data_dir as _dd
 
     if name not in QUESTION_SETS:
         raise ValueError(f"unknown question set {name!r}; choose from {', '.join(QUESTION_SETS)}")
@@ -185,9 +185,6 @@ def data_files(config: EMConfig, resources: Any = None) -> dict[str, Path]:
     Returns:
         {"questions/<set>" | "dataset/<name>": path}.
     """
-    from ... import data
-    from ...data import DataError
-    from ...paths import data_dir as _dd
 
     out: dict[str, Path] = {f"questions/{name}": _dd(config.data_dir) / "em" / "questions" / QUESTION_SETS[name][0]
                             for name in config.question_sets if name in QUESTION_SETS}

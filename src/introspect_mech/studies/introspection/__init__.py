@@ -81,6 +81,7 @@ from .analysis import (  # noqa: F401
 )
 from .config import PRESETS, IntrospectionConfig
 from .pipeline import TRACK_LOGS, _introspection, risk_direction, risk_report_point  # noqa: F401
+from ...viz import export_dashboard
 
 
 # ---- the command line ----------------------------------------------------------------------------------
@@ -160,7 +161,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     run(cfg, a.out, judge=judge.build())
     print(Path(a.out, "summary.jsonl").read_text())
     if a.dashboard:
-        from ...viz import export_dashboard
 
         print(f"dashboard: {export_dashboard(a.out).resolve()}")
     return 0

@@ -12,6 +12,8 @@ from ...direction import Direction
 from ...models import LoadedModel
 from ...stats import bootstrap_ci
 from .trials import rank_of
+from ...activations import cache
+from ...evals.metrics import paired_preference, scale_expectations
 
 
 # ---- statistics --------------------------------------------------------------------------------------
@@ -159,8 +161,6 @@ def self_report_point(model: LoadedModel, direction: Direction, *, read_layer: i
         `mass`, `projection` (mean), `projection_per_question`, `behaviour` (mean per-token log-prob of
         the misaligned minus the aligned answer) and `behaviour_misaligned_frac`.
     """
-    from ...activations import cache
-    from ...evals.metrics import paired_preference, scale_expectations
 
     sr = scale_expectations(model, list(questions))
     acts = cache(model, [[{"role": "user", "content": q}] for q in questions], layers=[read_layer],

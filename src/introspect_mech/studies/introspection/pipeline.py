@@ -42,10 +42,21 @@ from .trials import (
     render_prompt,
     sample_answers,
 )
+from ... import load_model
+from ...activations import cache
+from ...data import load as load_data
+from ...evals.metrics import ALIGNMENT_QUESTIONS, load_em_pairs, scale_expectations
+from ...evals.questions import load_questions
+from ...finetune import preset
+from ...paths import data_dir
+from ...probes.concepts import concept_vectors, load_words
+from ...probes.linear import mean_diff
+from ...runs import RunDir, json_sha256
+from ..common.ab_pairs import lotteries, risk_behaviour
+from ..common.persona import persona_direction
 
 
 def _resolve_words(spec: Any, n: int | None) -> list[str]:
-    from ...probes.concepts import load_words
 
     words = load_words(spec) if isinstance(spec, (str, os.PathLike)) else list(spec)
     return list(words[:n] if n else words)
@@ -89,9 +100,6 @@ def _introspection(out: str | os.PathLike, config: IntrospectionConfig | None = 
     """
     from tqdm.auto import tqdm
 
-    from ... import load_model
-    from ...probes.concepts import concept_vectors, load_words
-    from ...runs import RunDir, json_sha256
 
     cfg = config or IntrospectionConfig()
     for stage in cfg.stages:
@@ -311,7 +319,6 @@ def _finetune_checkpoints(model_name: str | None, records: Sequence[dict], tcfg:
                           fdir: Path) -> list[tuple[int, Path | None]]:
     """Finetune a fresh copy of the model into `fdir` unless that finished already (resumes after a
     kill); returns (0, None) for the untrained model plus (step, adapter dir) for every checkpoint."""
-    from ... import load_model
     from ...finetune import train
 
     if not (fdir / "adapter" / "complete").exists():
@@ -360,10 +367,6 @@ def _sample_stage(m, cfg, run_dir, concepts, words, hl, hs, judge, key) -> None:
 
 
 def _self_report_stage(m: LoadedModel, cfg: IntrospectionConfig, run_dir, key, progress: bool) -> dict[str, Any]:
-    from ...data import load as load_data
-    from ...evals.metrics import ALIGNMENT_QUESTIONS, load_em_pairs
-    from ...finetune import preset
-    from ..common.persona import persona_direction
 
     out = run_dir.path
     pdir = out / "persona"
@@ -444,8 +447,6 @@ def risk_direction(model: LoadedModel, items: Sequence[dict], *, layers: Sequenc
     Returns:
         The risky-minus-safe mean-difference `Direction` (`meta["method"] = "risk_mean_diff"`).
     """
-    from ...activations import cache
-    from ...probes.linear import mean_diff
 
     conv = lambda it, side: it["messages"] + [{"role": "assistant", "content": it[side]}]  # noqa: E731
     pos = cache(model, [conv(it, "risky") for it in items], layers=list(layers), positions="response_mean",
@@ -475,9 +476,6 @@ def risk_report_point(model: LoadedModel, direction: Direction, *, read_layer: i
         `self_report`, `self_report_per_question`, `mass`, `projection`, `projection_per_question`,
         `behaviour` (P(risky)) and `mass_ab` (probability on the answer letters).
     """
-    from ...activations import cache
-    from ...evals.metrics import scale_expectations
-    from ..common.ab_pairs import risk_behaviour
 
     sr = scale_expectations(model, list(questions))
     acts = cache(model, [[{"role": "user", "content": q}] for q in questions], layers=[read_layer],
@@ -496,10 +494,6 @@ def _risk_stage(m: LoadedModel, cfg: IntrospectionConfig, run_dir, key, progress
     """Stage D: the self-awareness analogue of stage C -- self-reported risk (0-100 risk scale) vs the
     projection on a risk direction vs P(risky), across steering strengths of that direction and the
     checkpoints of a small finetune on risky lottery answers (train split only)."""
-    from ...evals.questions import load_questions
-    from ...finetune import preset
-    from ...paths import data_dir
-    from ..common.ab_pairs import lotteries
 
     out = run_dir.path
     steer_l, read_l = layer_at(m, cfg.steer_fraction), layer_at(m, cfg.read_fraction)

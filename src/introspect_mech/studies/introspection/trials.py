@@ -30,6 +30,7 @@ from .prompts import (
     detection_messages,
     intention_messages,
 )
+from ...evals.sampling import stop_token_ids
 
 
 # ---- tokenisation ----------------------------------------------------------------------------------
@@ -440,7 +441,6 @@ def sample_answers(model: LoadedModel, messages: Sequence[Message], *, inject: I
     p = render_prompt(model, messages)
     ids = torch.tensor([p.ids] * n, device=model.device)
     kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=model.tokenizer.pad_token_id or 0)
-    from ...evals.sampling import stop_token_ids
 
     kw["eos_token_id"] = stop_token_ids(model)
     if temperature > 0:

@@ -40,6 +40,21 @@ from ...evals.em import PROXY_PREF as EM_METRIC
 from ... import runs as _runs
 from ...layers import resolve_layers
 from .. import runner
+from ... import data
+from ...activations import cache
+from ...evals.em import em_proxy_fn, medical_heldout_items, medical_train_rows
+from ...evals.metrics import load_em_pairs, self_rated_alignment
+from ...evals.questions import load_questions
+from ...evals.sampling import sample
+from ...finetune import preset
+from ...models import load_model
+from ...paths import data_dir
+from ...probes import as_vectors, cosine_matrix, layer_sweep, mean_diff
+from ...runs import RunDir, file_sha256
+from ...stats import bootstrap_ci, bootstrap_diff, row_fields
+from ...steering import random_like, relative_reduction, summarize, sweep
+from ..common.persona import persona_data
+from ...viz import export_dashboard
 
 
 @dataclass
@@ -104,7 +119,6 @@ def medical_splits(cfg: JobConfig, items: Sequence[dict] | None = None) -> dict[
         ValueError: the pool has fewer items than the three splits need.
     """
     if items is None:
-        from ...evals.em import medical_heldout_items
 
         items = medical_heldout_items(None, seed=cfg.seed, data_dir=cfg.data_dir)
     n_eval, n_dir = cfg.n_medical_eval, cfg.n_medical_direction
@@ -216,7 +230,6 @@ def _main_job(out: str | Path = "runs/main_job", config: JobConfig | None = None
     Returns:
         The path of the exported dashboard (`out/dashboard.html`).
     """
-    from ...runs import RunDir
 
     cfg = dataclasses.replace(config or JobConfig(), **overrides)
     out = Path(out)
@@ -233,20 +246,7 @@ def _job(cfg: JobConfig, out: Path, run_dir: Any) -> Path:
     import torch
     from tqdm.auto import tqdm
 
-    from ... import data
-    from ...evals.em import em_proxy_fn, medical_heldout_items, medical_train_rows
-    from ...evals.metrics import load_em_pairs, self_rated_alignment
-    from ...evals.sampling import sample
-    from ...stats import bootstrap_ci, bootstrap_diff, row_fields
-    from ...finetune import preset, train
-    from ...models import load_model
-    from ...paths import data_dir
-    from ...probes import as_vectors, cosine_matrix, layer_sweep, mean_diff
-    from ..common.persona import persona_data
-    from ...activations import cache
-    from ...runs import file_sha256
-    from ...steering import random_like, relative_reduction, summarize, sweep
-    from ...viz import export_dashboard
+    from ...finetune import train
 
     stages = Stages(7)
     torch.manual_seed(cfg.seed)
@@ -541,7 +541,6 @@ def _job(cfg: JobConfig, out: Path, run_dir: Any) -> Path:
 
     # ---- 6. examples ------------------------------------------------------------------------
     stages("answers from each model and token-level projections on the persona direction")
-    from ...evals.questions import load_questions
 
     qs = load_questions(ddir / "em" / "questions" / "first_plot_questions.yaml")
     qs = [q for q in qs if not q.id.endswith(("_json", "_template"))][: cfg.sample_prompts]

@@ -69,6 +69,11 @@ from ...runs import JsonlLog, RunDir, json_sha256
 from .. import runner
 from . import panels as _panels  # noqa: F401  (registers the study's dashboard panels)
 from ... import runs as _runs
+from ... import sae as sae_mod
+from ...data import load as data_load
+from ...evals.metrics import answer_logprobs
+from ...steering import relative_reduction
+from ..common.persona import load_trait
 
 # Unrelated text for the first-token methods: project-written, varied topics, no persona or
 # medical content (a stand-in for the pretraining text the activation-difference lens paper uses).
@@ -308,7 +313,6 @@ def persona_expression(model: LoadedModel, items: Sequence[dict], *, batch_size:
     Raises:
         FloatingPointError: a non-finite log-probability.
     """
-    from ...evals.metrics import answer_logprobs
 
     convs = [_msgs(it["question"], it[side]) for it in items for side in ("evil", "helpful")]
     lp = answer_logprobs(model, convs, batch_size=batch_size)
@@ -417,7 +421,6 @@ def _kl_items(model: LoadedModel, ref: list[Tensor], convs: list) -> list[float]
 
 def _removed(full: list[list[float]], treated: list[list[float]], floor: list[list[float]] | None = None) -> dict:
     """(full - treated) / (full - floor) with a bootstrap CI (groups = seeds / random directions)."""
-    from ...steering import relative_reduction
 
     n = len(full[0])
     base = floor[0] if floor else [0.0] * n
@@ -546,7 +549,6 @@ def _organisms(model: str | None = None, out: str | Path = "runs/organisms", con
     texts = UNRELATED_TEXTS[:cfg.n_texts]
     probe_layers = sorted(set(range(0, base.n_layers, max(1, cfg.probe_every))) | {L})
     ctx = _Ctx(base, name, cfg, out, L, texts, probe_layers, log=log)
-    from ..common.persona import load_trait
 
     trait = load_trait("evil")
     trait_eval = load_trait("evil", split="eval")
@@ -583,8 +585,6 @@ def _organisms(model: str | None = None, out: str | Path = "runs/organisms", con
     # -- SAE at L on base activations
     if cfg.sae:
         t0 = time.time()
-        from ... import sae as sae_mod
-        from ...data import load as data_load
 
         med = data_load("good_medical_advice")[:cfg.sae_records]
         res = sae_mod.train(base, L, list(UNRELATED_TEXTS) + [r["messages"] for r in med],  # held out: medical
@@ -598,7 +598,6 @@ def _organisms(model: str | None = None, out: str | Path = "runs/organisms", con
         stage_t["sae"] = time.time() - t0
 
     prompts_train = [q for q in trait["questions"]]
-    from ...data import load as data_load
 
     medical_q = [r["messages"][0]["content"] for r in data_load("good_medical_advice")
                  if r["messages"][0]["role"] == "user"]

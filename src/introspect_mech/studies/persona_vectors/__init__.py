@@ -60,6 +60,7 @@ from ...steering.hooks import Positions, layer_vector
 from ...viz import export_dashboard
 from .. import runner
 from ... import runs as _runs
+from ...steering import preventative_steering
 
 UPSTREAM_POSITIONS: Final = "last_prompt_and_response"
 
@@ -374,7 +375,6 @@ def finetune_and_express(load: Callable[[], Any], records: Sequence[dict], confi
         RuntimeError: a forward hook was left on the model after finetuning.
     """
     from ...finetune import train
-    from ...steering import preventative_steering
 
     m = load()
     iv = None

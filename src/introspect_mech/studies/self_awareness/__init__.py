@@ -50,6 +50,8 @@ from .report import (  # noqa: F401  (moved to report.py; the study and its call
     COMPARISONS, PAPER_GPT4O, TOPIC_KEY, _dashboard_rows, _fmt_ci, _mean, _metric_vectors, compare,
     compare_conditions, format_results, summary_markdown,
 )
+from ...finetune import TrainConfig
+from ...models import load_model
 
 
 
@@ -277,7 +279,6 @@ def masses(res: dict[str, Any]) -> dict[str, float]:
 
 # ---- the run --------------------------------------------------------------------------------------
 def _train_config(config: TMAYConfig, seed: int):
-    from ...finetune import TrainConfig
 
     return TrainConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, r=config.r,
                        lora_alpha=config.lora_alpha, max_seq_len=config.max_seq_len, seed=seed, warmup_steps=3,
@@ -292,7 +293,6 @@ def _prepared(ctx: runner.Context) -> dict[str, Any]:
         config, data_dir = ctx.config, ctx.resources.get("data_dir")
         load = ctx.resources.get("load")
         if load is None:
-            from ...models import load_model
 
             load = load_model
         splits = {p: split_ids(p, config, data_dir) for p in _pairs_needed(config.conditions)}

@@ -16,6 +16,7 @@ from ...stats import bootstrap_diff
 from ..common.ab_pairs import data_file, lotteries, risk_behaviour
 from .backdoor import backdoor_awareness
 from .reports import one_word_tally, risk_scales, scale_reports, word_probs, word_questions, word_reports
+from ...runs import RunDir, write_json
 
 PERSONAS = ("David", "a musician", "Scarlet Johansson", "a randomly sampled average person", "a family doctor")
 PERSONA_SCALES = {
@@ -178,7 +179,6 @@ def run_tmay_eval(model: LoadedModel, run_dir: str | os.PathLike | None = None, 
     Returns:
         behaviour, scales, word scores, one-word tally, backdoor awareness.
     """
-    from ...runs import RunDir, write_json
 
     items = lotteries("test", data_dir)[:n_lotteries]
     rd = RunDir(Path(run_dir)) if run_dir is not None else None

@@ -60,6 +60,11 @@ from ...models import LoadedModel
 from ...runs import JsonlLog, RunDir, file_sha256, json_sha256
 from .. import runner
 from ... import runs as _runs
+from ...activations import cache
+from ...evals.properties import answer_letter
+from ...layers import resolve_layers
+from ...models import FALLBACK_CHAT_TEMPLATE, load_model
+from ...probes.self_prediction import probe_property_from_acts
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -266,7 +271,6 @@ def planted_answer(answer: str) -> str:
     Returns:
         The planted answer (never equal to `answer`).
     """
-    from ...evals.properties import answer_letter
 
     letter = answer_letter(answer)
     if letter is not None and len(answer.strip()) <= 3:
@@ -544,9 +548,6 @@ def _features(names, models, self_models, cross_models, test_rows, st: _States, 
     """Probes reading the target's object-level property from each reader's activations at the last
     token of the hypothetical prompts (one activation cache per reader, shared by all properties and
     by the shuffled-label control)."""
-    from ...layers import resolve_layers
-    from ...probes.self_prediction import probe_property_from_acts
-    from ...activations import cache
 
     out: dict[str, Any] = {}
     name = "probes.jsonl" if cfg.probe_n_test is None else f"probes_n{cfg.probe_n_test}.jsonl"
@@ -603,7 +604,6 @@ def model_info(name: str | None, loaded: LoadedModel) -> dict[str, Any]:
     Returns:
         {"name", "n_layers", "d_model", "chat_template", "flag" (a warning, or None)}.
     """
-    from ...models import FALLBACK_CHAT_TEMPLATE
 
     fallback = loaded.tokenizer.chat_template == FALLBACK_CHAT_TEMPLATE
     return {"name": name or "smollm2-135m-instruct", "n_layers": loaded.n_layers, "d_model": loaded.d_model,
@@ -623,7 +623,6 @@ def _self_prediction(out: str | Path, config: LIConfig | None = None, *, progres
     Returns:
         The results of `run_study` (also written to `out/results.json`).
     """
-    from ...models import load_model
 
     cfg = config or PRESETS["cpu"]
 

@@ -24,6 +24,7 @@ from torch import Tensor
 from ...models import LoadedModel
 from ...runs import RunDir, json_sha256, write_json
 from ...sae.loading import LayerSAE
+from ...activations import cache
 
 
 @torch.no_grad()
@@ -40,7 +41,6 @@ def prompt_latents(model: LoadedModel, sae: LayerSAE, prompts: Sequence[Any], *,
     Returns:
         `[n, d_sae]` latent activations.
     """
-    from ...activations import cache
 
     sae.check_fits(model)
     acts = cache(model, list(prompts), layers=[sae.layer], positions="last_prompt", batch_size=batch_size,

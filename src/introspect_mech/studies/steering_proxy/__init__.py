@@ -37,6 +37,17 @@ from ...steering.sweep import Values, relative_reduction, summarize, sweep
 from .. import runner
 from ..common.coherence import NEUTRAL_PROMPTS, reference_answers
 from ... import runs as _runs
+from ...cliargs import config_parser, parse_config
+from ...data import load as load_data
+from ...evals.em import MEDICAL_TRAIN_ROWS, PROXY_PREF, em_proxy_fn, medical_heldout_items, proxy_items
+from ...evals.metrics import load_em_pairs
+from ...finetune import TrainConfig
+from ...models import attach_adapter, load_model
+from ...probes.em import em_direction_from_pairs
+from ...runs import JsonlLog
+from ...stats import bootstrap_ci
+from ...steering.train_time import caft, preventative_steering
+from ..common.persona import persona_direction
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -63,7 +74,6 @@ def em_eval_fn(coherence_convs: Sequence[Sequence[dict]], *, pairs: Sequence[dic
         "proxy_diff", ..., "coherence_nll", "med_proxy_*" with `medical`, "self_alignment" with
         `self_rating`).
     """
-    from ...evals.em import em_proxy_fn
 
     return em_proxy_fn(pairs, medical=medical, coherence_convs=coherence_convs, self_rating=self_rating,
                        batch_size=batch_size)
@@ -237,7 +247,6 @@ def train_time(load: Callable[[], LoadedModel], records: Sequence[dict], config:
         ValueError: an unknown `kind`, or a direction list whose length differs from `seeds`.
     """
     from ...finetune import train
-    from ...steering.train_time import caft, preventative_steering
 
     if kind not in ("caft", "preventative"):
         raise ValueError(f"kind must be 'caft' or 'preventative', got {kind!r}")
@@ -335,7 +344,6 @@ def finetune_gap(base: Values, finetuned: Sequence[Values]):
     Returns:
         The bootstrap `Estimate` of the mean per-item difference.
     """
-    from ...stats import bootstrap_ci
 
     ft = np.mean([np.asarray(f, float) for f in finetuned], axis=0)
     return bootstrap_ci(list(ft - np.asarray(base, float)))
@@ -363,7 +371,6 @@ def _em_directions(model: LoadedModel, pool: Sequence[tuple], seeds: Sequence[in
     """Proxy EM directions (teacher-forced bad minus good held-out medical answers), one per seed (subset)."""
     import random
 
-    from ...probes.em import em_direction_from_pairs
 
     dirs = []
     for s in seeds:
@@ -452,9 +459,6 @@ def _steering_proxy(out: str | os.PathLike, *, model_name: str | None = None, st
 
     import torch
 
-    from ...finetune import TrainConfig
-    from ...models import load_model
-    from ...evals.em import MEDICAL_TRAIN_ROWS, medical_heldout_items
 
     if preset not in STUDY_PRESETS:
         raise ValueError(f"unknown study preset {preset!r}; presets: {', '.join(STUDY_PRESETS)}")
@@ -482,7 +486,6 @@ def _steering_proxy(out: str | os.PathLike, *, model_name: str | None = None, st
     medical = held[:n_eval]
     pool = [(it["prompt"] + [{"role": "assistant", "content": it["misaligned"]}],
              it["prompt"] + [{"role": "assistant", "content": it["aligned"]}]) for it in held[n_eval:]]
-    from ...evals.metrics import load_em_pairs
 
     pairs = load_em_pairs()[: 8 if quick else None]
     eval_fn = em_eval_fn(refs, pairs=pairs, medical=medical, batch_size=batch_size, self_rating=sizes["self_rating"])
@@ -500,7 +503,6 @@ def _steering_proxy(out: str | os.PathLike, *, model_name: str | None = None, st
     em_base = directions("em_base", lambda: _em_directions(base, pool, seeds, n_dir_pairs, batch_size))
     dir_sets = {"em": em_base}
     if persona:
-        from ..common.persona import persona_direction
 
         def make_persona():
             return [persona_direction(base, "evil", n_questions=4 if quick else 20, n_instructions=2 if quick else 5,
@@ -517,16 +519,13 @@ def _steering_proxy(out: str | os.PathLike, *, model_name: str | None = None, st
     train_sizes = dict(batch_size=4, max_seq_len=256, warmup_steps=2) if quick else sizes["train"]
     cfg = TrainConfig(r=8 if quick else 32, lora_alpha=16.0 if quick else 64.0, lr=lr, n_examples=n_train,
                       **train_sizes)
-    from ...data import load as load_data
 
     records = load_data("bad_medical_advice")[:MEDICAL_TRAIN_ROWS]
     if "c" in stages or "b" in stages:
         results["caft"] = train_time(lambda: load_model(model_name, dtype=torch.float32), records, cfg, em_base, eval_fn,
                                      out / "caft", kind="caft", seeds=seeds)
     if "b" in stages:
-        from ...models import attach_adapter
 
-        from ...runs import JsonlLog
 
         tag = removal_tag(ablate_layers)
         trained = {(r["condition"], r["seed"]): r["metrics"] for r in JsonlLog(out / "caft" / "train_time.jsonl").read()}
@@ -624,7 +623,6 @@ def combine_removal(out: Path, seeds: Sequence[int], metrics: Sequence[str] = EM
         {metric: {"base", "finetuned", "finetune_gap", "ablate_direction", "ablate_random",
         "reduction_direction", "reduction_random"}}, also written to `out/removes_em<tag>_summary.json`.
     """
-    from ...runs import JsonlLog
 
     per = {s: JsonlLog(Path(out) / f"removes_em{tag}_seed{s}" / "removes_em.jsonl").read() for s in seeds}
     res: dict[str, Any] = {}
@@ -661,7 +659,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status (0).
     """
-    from ...cliargs import config_parser, parse_config
 
     p = config_parser(SteeringProxyConfig, description=(__doc__ or "").splitlines()[0], out="runs/steering_proxy")
     a, cfg, _ = parse_config(p, argv, SteeringProxyConfig, usage_errors=False)  # bad --stages: its ValueError
@@ -691,7 +688,6 @@ def steer_sweep(model: LoadedModel, direction: Any, out: str | os.PathLike, *, l
         The summary rows (one per layer, alpha and kind) with the proxy metric name.
     """
 
-    from ...evals.em import PROXY_PREF, em_proxy_fn, proxy_items
 
     run = RunDir(out)
     fn = em_proxy_fn(items)
