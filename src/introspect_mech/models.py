@@ -299,7 +299,9 @@ BF16_MIN_SPEEDUP = 1.5  # bf16 is chosen on a CPU only where its matmul is at le
 
 
 def _cpu_key() -> dict[str, Any]:
-    """What decides the CPU's matmul speed: model name and flags, torch version and threads."""
+    """What decides whether the CPU multiplies bf16 natively: model name and flags, torch version.
+
+    Not the thread count: the measurement runs on one thread (see `measure_cpu_bf16`)."""
     import platform
 
     model, flags, seen = platform.processor(), "", False
@@ -313,38 +315,49 @@ def _cpu_key() -> dict[str, Any]:
     except OSError:
         pass
     return {"cpu": model, "flags_sha256": hashlib.sha256(flags.encode()).hexdigest()[:16],
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "capability": torch.backends.cpu.get_cpu_capability()}
+            "torch": torch.__version__, "capability": torch.backends.cpu.get_cpu_capability()}
 
 
-def measure_cpu_bf16(n: int = 128, k: int = 896, m: int = 2048, reps: int = 3) -> dict[str, Any]:
+def measure_cpu_bf16(n: int = 128, k: int = 896, m: int = 2048, reps: int = 10, threads: int = 1) -> dict[str, Any]:
     """Time one linear layer (`F.linear` of `[n, k]` by a `[m, k]` weight, the layout a model's layers
-    use) in float32 and in bfloat16 on the CPU, best of `reps`, interleaved.
+    use) in float32 and in bfloat16 on the CPU, best of `reps`, interleaved, on `threads` threads.
+
+    One thread by default: whether bf16 is native is a property of the core's instructions, and on a
+    shared machine a multi-threaded timing mostly measures waiting for the slowest thread (at load ~8
+    on 2 cores, 2 threads gave 1.36x where one thread gave 13.6x, on an AVX512-BF16 CPU that reaches
+    3.5x on 2 idle threads). The thread count is restored afterwards.
 
     Args:
         n: rows of the input.
         k: input features.
         m: output features.
         reps: timed repetitions per dtype.
+        threads: torch threads during the measurement.
 
     Returns:
-        `{"fp32_gflops", "bf16_gflops", "speedup"}` (speedup = bf16 / fp32 throughput).
+        `{"fp32_gflops", "bf16_gflops", "speedup", "threads"}` (speedup = bf16 / fp32 throughput).
     """
     g = torch.Generator().manual_seed(0)
     a, w = torch.randn(n, k, generator=g), torch.randn(m, k, generator=g)
     pairs = {torch.float32: (a, w), torch.bfloat16: (a.bfloat16(), w.bfloat16())}
     best = {dt: float("inf") for dt in pairs}
-    with torch.no_grad():
-        for x, y in pairs.values():  # warm-up (oneDNN primitive creation)
-            torch.nn.functional.linear(x, y)
-        for _ in range(reps):
-            for dt, (x, y) in pairs.items():
-                t0 = time.perf_counter()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            for x, y in pairs.values():  # warm-up (oneDNN primitive creation)
                 torch.nn.functional.linear(x, y)
-                best[dt] = min(best[dt], time.perf_counter() - t0)
+            for _ in range(reps):
+                for dt, (x, y) in pairs.items():
+                    t0 = time.perf_counter()
+                    torch.nn.functional.linear(x, y)
+                    best[dt] = min(best[dt], time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
     flops = 2.0 * n * k * m
     f32, b16 = flops / best[torch.float32] / 1e9, flops / best[torch.bfloat16] / 1e9
-    return {"fp32_gflops": round(f32, 3), "bf16_gflops": round(b16, 3), "speedup": round(b16 / f32, 3)}
+    return {"fp32_gflops": round(f32, 3), "bf16_gflops": round(b16, 3), "speedup": round(b16 / f32, 3),
+            "threads": threads}
 
 
 _CPU_DTYPE: dict[str, Any] = {}
@@ -355,7 +368,7 @@ def cpu_dtype_decision() -> dict[str, Any]:
 
     torch 2.13 has no public "this CPU multiplies bf16 natively" query (`get_cpu_capability()` says
     "AVX512" on AMX machines as on plain AVX512 ones), so the choice is measured: a 128 x 896 -> 2048
-    linear layer in both dtypes, once per machine (CPU model + flags, torch version, thread count), cached
+    linear layer in both dtypes on one thread, once per machine (CPU model + flags, torch version), cached
     as JSON in the user cache. bfloat16 is chosen when it is at least `BF16_MIN_SPEEDUP` times faster
     than float32 (AMX / AVX512-BF16 machines: ~10x; AVX2 machines, which emulate it: slower).
     `$INTROSPECT_MECH_CPU_DTYPE=float32|bfloat16` overrides the measurement (the test suite pins float32).
