@@ -13,7 +13,10 @@ Model throughput, each as a fraction of the matching limit:
     + 4 * V * d * T_loss (the head runs on the loss tokens only) + 4 * L * d * sum(s^2); / the matmul peak.
   * sampling tok/s at batch 16 and 32 (`evals.sample`, temperature 1, `new_tokens` each): decoding reads
     every weight once per step, so the bandwidth limit is batch * bandwidth / weight_bytes tokens/s;
-    fraction = measured tok/s / that limit (prefill and KV-cache reads are counted against us).
+    fraction = measured tok/s / that limit (prefill and KV-cache reads are counted against us). Where the
+    CPU is slow for its bandwidth (a shared machine), a step's 2 * (P_lin + V * d) * batch FLOPs at the matmul
+    peak take longer than reading the weights: the roofline limit is batch / max(bytes / bandwidth,
+    FLOPs / peak) tokens/s, printed beside it.
   * judge prompts/s (`HFJudge(mode="label")`, the EM "aligned" label prompt filled with a question and an
     `answer_words`-word answer, batch = all prompts): with and without the shared-prefix prefill,
     interleaved with one forward (last logits only) over the same rendered prompts; the ratio judge /
@@ -212,10 +215,14 @@ def run(report: common.Report, spec: str, dtype: torch.dtype | None, *, forward=
             t = time.perf_counter() - t0
             n_new = sum(r["n_tokens"] for r in out)
             limit = bs * lim["copy_gbps"] * 1e9 / weight_bytes
+            # roofline: a decoding step also does 2 * (P_lin + V d) FLOPs per row at the dtype's matmul peak
+            step_s = max(weight_bytes / (lim["copy_gbps"] * 1e9), 2 * (sz["p_lin"] + sz["vd"]) * bs / (peak(dt) * 1e9))
             report.timing("cpu", case(dt), f"sample batch {bs} x {new_tokens} new", [t], tok_s=n_new / t,
-                          bandwidth_limit_tok_s=limit, weight_gb=weight_bytes / 1e9, loadavg_1m=os.getloadavg()[0])
+                          bandwidth_limit_tok_s=limit, roofline_tok_s=bs / step_s, weight_gb=weight_bytes / 1e9,
+                          loadavg_1m=os.getloadavg()[0])
             report.ratio("cpu", case(dt), f"sampling b{bs} / bandwidth limit", n_new / t / limit,
                          ">=0.50" if bs == 32 else None)
+            report.ratio("cpu", case(dt), f"sampling b{bs} / roofline (bandwidth, matmul peak)", n_new / t * step_s / bs)
             sampled[_name(dt)] = n_new / t
         speedup(f"sampling b{bs} tok/s", sampled, "float32", "bfloat16")
 

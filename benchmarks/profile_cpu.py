@@ -6,6 +6,7 @@ Three phases, each profiled after a warm-up:
   * forward (prefill) of `--forward B,S` chat tokens, no grad;
   * one LoRA training step through `finetune.train` (EM recipe, bad-medical-advice rows, `--train-batch`);
   * decoding: `evals.sample` of `--sample-batch` prompts x `--new-tokens` tokens (temperature 1).
+With `--judge N,WORDS` the label judge is first timed against one forward (`bench_cpu.judge_speed`).
 Each table lists the top `--top` ops by self CPU time, with their share of the phase's total self time;
 the matmul share (aten::mm / addmm / bmm / linear kernels) is printed on its own line.
 """
@@ -53,6 +54,11 @@ def main(argv=None) -> None:
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--phases", default="forward,train,decode")
+    ap.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
+                    help="run each phase once before profiling it (off: first-call costs are in the table)")
+    ap.add_argument("--judge-repeats", type=int, default=2)
+    ap.add_argument("--judge", default=None, help="N,WORDS: first time the label judge (bench_cpu.judge_speed), "
+                    "N prompts of WORDS-word answers, 2 interleaved repeats")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
     from torch.profiler import ProfilerActivity, profile
@@ -69,14 +75,21 @@ def main(argv=None) -> None:
     out = [head]
     print(head, flush=True)
     phases = set(a.phases.split(","))
+    if a.judge:
+        report = common.Report(a.out.with_suffix(".jsonl") if a.out else None)
+        n, words = map(int, a.judge.split(","))
+        bench_cpu.judge_speed(report, loaded, f"{a.model} {str(loaded.dtype).removeprefix('torch.')}", n, words,
+                              repeats=a.judge_repeats)
 
     def profiled(title: str, fn) -> None:
-        fn()  # warm-up (oneDNN primitives, allocator)
+        if a.warmup:
+            fn()  # warm-up (oneDNN primitives, allocator)
         t0 = time.perf_counter()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             fn()
         t = time.perf_counter() - t0
-        txt = table(prof, f"{title} (wall {t:.2f} s under the profiler)", a.top)
+        txt = table(prof, f"{title} (wall {t:.2f} s under the profiler{'' if a.warmup else ', no warm-up'}, "
+                          f"load {os.getloadavg()[0]:.1f})", a.top)
         print(txt + "\n", flush=True)
         out.append(txt)
 
