@@ -314,14 +314,16 @@ def test_command_line_builds_the_config():
     assert e.value.code == 0
 
 
-def test_run_loads_the_models_the_config_names(tiny_qwen2_dir, tmp_path, monkeypatch):
+def test_run_loads_the_models_the_config_names(tiny_qwen2_dir, tmp_path, monkeypatch, data_root):
     from introspect_mech.studies import self_prediction as S
 
     calls = []
     monkeypatch.setattr(S, "run_study", lambda out, **kw: calls.append((out, kw)) or kw)
-    cfg = PRESETS["tiny"].replace(model=str(tiny_qwen2_dir), seed=3, data_dir="/d")
+    # a real data folder: the runner binds the task files' hashes (`Study.data`) before any stage runs
+    cfg = PRESETS["tiny"].replace(model=str(tiny_qwen2_dir), seed=3, data_dir=str(data_root))
     kw = S.run(tmp_path, cfg, progress=False)  # the default B: a twin
-    assert Path(calls[0][0]) == tmp_path and kw["config"] is cfg and kw["data_dir"] == "/d" and kw["progress"] is False
+    assert Path(calls[0][0]) == tmp_path and kw["config"] is cfg and kw["data_dir"] == str(data_root)
+    assert kw["progress"] is False
     assert kw["models"]["A"] is kw["models"]["B"] and kw["seeds"] == {"A": 3, "B": 4}
     assert kw["models"]["A"]().n_layers == kw["model_info"]["A"]["n_layers"]
     assert kw["model_info"]["B"]["twin"].startswith("model A again, its finetunes seeded 4")

@@ -5,6 +5,7 @@ stage here: the binding happens before any stage runs, so no model is needed).""
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import importlib
 import shutil
 from pathlib import Path
@@ -48,7 +49,7 @@ def test_every_study_refuses_a_changed_config_field(module, tmp_path, monkeypatc
     assert "\n" not in str(e.value) and f"study_config.{name} (" in str(e.value) and len(ran) == 1
 
 
-DATA_STUDIES = ("emergent_misalignment", "model_organisms", "self_awareness")  # the studies that declare `Study.data`
+DATA_STUDIES = ("emergent_misalignment", "model_organisms", "self_awareness", "self_prediction")  # the studies that declare `Study.data`
 
 
 @pytest.mark.parametrize("module", sorted(set(STUDIES.values())))
@@ -86,9 +87,9 @@ def test_a_changed_data_file_is_refused_by_name(module, tmp_path, monkeypatch, d
     out = tmp_path / "run"
     mod.run(config, out, progress=False, **kw)
     assert mod.run(config, out, progress=False, **kw).skipped == ["body"]  # unchanged data: resumed
-    name, path = sorted((n, p) for n, p in mine.items() if not str(p).endswith(".gz"))[0]
-    with open(path, "ab") as f:
-        f.write(b"\n")  # one byte more (a blank line): the same rows, another content hash
+    name, path = sorted(mine.items())[0]
+    with open(path, "ab") as f:  # the same rows, another content hash: a blank line, or an empty gzip member
+        f.write(gzip.compress(b"") if str(path).endswith(".gz") else b"\n")
     with pytest.raises(RunConfigError) as e:
         mod.run(config, out, progress=False, **kw)
     assert "\n" not in str(e.value) and f"data_sha256.{name} (" in str(e.value), str(e.value)

@@ -43,7 +43,6 @@ import argparse
 import os
 import dataclasses
 import json
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from functools import partial
@@ -51,20 +50,21 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, cast
 
 from ...cliargs import config_parser, parse_config
 from ...evals.properties import extract_property
-from ...evals.self_prediction import (behaviour_shift, compare_self_cross, hypothetical_answers, load_task,
-                                     object_key, object_level_answers, object_level_training_data,
-                                     prediction_training_data, score_predictions, task_files, task_property,
-                                     task_size)
+from ...evals.self_prediction import (behaviour_shift, compare_self_cross, hypothetical_answers, object_key,
+                                     object_level_answers, object_level_training_data, prediction_training_data,
+                                     score_predictions, task_files, task_property)
 from ...finetune import TrainConfig, train
 from ...models import LoadedModel
 from ...runs import JsonlLog, RunDir, file_sha256, json_sha256
 from .. import runner
 from ... import runs as _runs
 from ...activations import cache
-from ...evals.properties import answer_letter
 from ...layers import resolve_layers
 from ...models import FALLBACK_CHAT_TEMPLATE, load_model
 from ...probes.self_prediction import probe_property_from_acts
+from .data import (  # noqa: F401  (moved to data.py; the study and its callers use them here)
+    Splits, _SWAP, _pick, data_files, make_splits, planted_answer, task_grid,
+)
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -156,130 +156,6 @@ PRESETS: dict[str, LIConfig] = {
                      finetune=TrainConfig(lr=1e-3, epochs=1, batch_size=4, warmup_steps=0, progress=False),
                      shift_finetune=TrainConfig(lr=1e-3, epochs=1, batch_size=4, warmup_steps=0, progress=False)),
 }
-
-
-# ---- splits -------------------------------------------------------------------------------------
-
-def task_grid(split: str, *, datasets: Sequence[str] | None = None, properties: Sequence[str] | None = None,
-              data_dir: Any = None) -> dict[str, list[str]]:
-    """{dataset: [task file names]} of the release's `train/` or `test/` folder.
-
-    Args:
-        split: "train" or "test" (the release's folder).
-        datasets: keep only these datasets (a name not in the folder is an error).
-        properties: keep only these properties (None: every property the files carry).
-        data_dir: data folder (default: the project's data dir).
-
-    Returns:
-        Datasets mapped to their task file names, sorted.
-    """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    files = task_files(data_dir)
-    out: dict[str, list[str]] = {}
-    for name, path in files.items():
-        if path.parent.name != split:
-            continue
-        ds, prop = task_property(name)
-        if properties is not None and prop not in properties:
-            continue
-        out.setdefault(ds, []).append(name)
-    if datasets is not None:
-        unknown = sorted(set(datasets) - set(out))
-        if unknown:
-            raise ValueError(f"datasets {unknown} not in the release's {split}/ folder (have {sorted(out)})")
-        out = {d: out[d] for d in datasets}
-    return {d: sorted(v) for d, v in sorted(out.items())}
-
-
-@dataclass
-class Splits:
-    """Rows of each split; `item_ids()` lists them for the manifest."""
-
-    train: list[dict]
-    test: list[dict]
-    shift_train: list[dict]  # object-level prompts of these rows are used for the shift finetune
-    shift_eval: list[dict]  # test rows of the shift datasets (held out from the shift finetune)
-
-    def item_ids(self) -> dict[str, list[str]]:
-        return {k: [r["item_id"] for r in getattr(self, k)] for k in ("train", "test", "shift_train", "shift_eval")}
-
-
-def _pick(n_rows: int, n: int | None, seed: int, dataset: str) -> list[int]:
-    idx = list(range(n_rows))
-    random.Random(f"{seed}/{dataset}").shuffle(idx)
-    return idx if n is None else idx[:n]
-
-
-def make_splits(config: LIConfig, data_dir: Any = None) -> Splits:
-    """Draw the questions of every split (seeded per dataset; the same indices for all of a dataset's
-    property files). Shift questions come after the test questions in the same draw, so disjoint.
-
-    Args:
-        config: the datasets, properties, split sizes (`n_train`, `n_test`, `n_shift`; None = all
-            rows), shift datasets and seed.
-        data_dir: the data directory (None = the default).
-
-    Returns:
-        The rows of train, test, shift_train (object-level prompts for the shift finetune) and
-        shift_eval (test rows of the shift datasets).
-
-    Raises:
-        ValueError: no task file matches the train or test datasets and properties, or (with
-            `shift`) none of `shift_datasets` is a test dataset.
-    """
-    train_grid = task_grid("train", datasets=config.train_datasets, properties=config.properties, data_dir=data_dir)
-    test_grid = task_grid("test", datasets=config.test_datasets, properties=config.properties, data_dir=data_dir)
-    if not train_grid or not test_grid:
-        raise ValueError(f"empty grid: train {list(train_grid)}, test {list(test_grid)}")
-    shift_ds = [d for d in config.shift_datasets if d in test_grid] if config.shift else []
-    if config.shift and not shift_ds:
-        raise ValueError(f"shift_datasets {list(config.shift_datasets)} are not among the test datasets {list(test_grid)}")
-    out = Splits([], [], [], [])
-    for split, grid in (("train", train_grid), ("test", test_grid)):
-        for ds, names in grid.items():
-            n_rows = min(task_size(nm, data_dir) for nm in names)
-            order = _pick(n_rows, None, config.seed, ds)
-            n = config.n_train if split == "train" else config.n_test
-            n_shift = config.n_shift if ds in shift_ds else 0
-            shift_take: list[int] = []
-            if split == "test":
-                if n is None:
-                    n = max(n_rows - n_shift, 0)
-                shift_take = order[n:n + n_shift]
-            take = order[:n]
-            for nm in names:
-                (out.train if split == "train" else out.test).extend(load_task(nm, data_dir=data_dir, indices=take))
-                out.shift_train.extend(load_task(nm, data_dir=data_dir, indices=shift_take))
-    out.shift_eval = [r for r in out.test if task_property(r["item_id"].split("/")[0])[0] in shift_ds]
-    return out
-
-
-# ---- the behaviour-shift targets ------------------------------------------------------------------
-
-_SWAP = {"A": "B", "B": "A", "C": "D", "D": "C"}
-
-
-def planted_answer(answer: str) -> str:
-    """A deterministic rewrite of an object-level answer that changes its properties: a letter
-    answer (A-D) becomes its partner (A<->B, C<->D); otherwise the words are reversed and the
-    first word is replaced by its reverse spelling when that leaves the answer unchanged.
-
-    Args:
-        answer: the model's object-level answer.
-
-    Returns:
-        The planted answer (never equal to `answer`).
-    """
-
-    letter = answer_letter(answer)
-    if letter is not None and len(answer.strip()) <= 3:
-        return _SWAP[letter]
-    ws = answer.split()
-    if len(ws) >= 2 and ws[::-1] != ws:
-        return " ".join(ws[::-1])
-    w = ws[0] if ws else "x"
-    return w[::-1] + "z" if w[::-1] == w else w[::-1]
 
 
 # ---- the protocol ------------------------------------------------------------------------------
@@ -648,6 +524,7 @@ def _stage(ctx: runner.Context) -> Any:
 
 STUDY = runner.Study(
     "self-prediction", LIConfig, PRESETS, title='Looking inward: introspective self-prediction', default_preset='cpu',
+    data=data_files,
     stages=(runner.Stage("self_prediction", _stage, 'object-level answers, self-prediction finetunes, hypothetical answers, scores (models A and B)'),),
     dashboard=True)
 
