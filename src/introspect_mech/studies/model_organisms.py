@@ -46,6 +46,7 @@ import numpy as np
 
 from ..cliargs import config_parser, parse_config
 from .. import layers as layerspec
+from ..evals import judge_record as _jr
 from ..evals.judge_spec import JudgeOptions
 from . import runner
 from .. import runs as _runs
@@ -171,7 +172,7 @@ def classify(rows: Sequence[dict], cfg: MOConfig) -> tuple[list[dict], list[dict
 
 
 def em_direction_from_answers(model, judged: Sequence[dict], samples: Sequence[dict], cfg: MOConfig, *,
-                              batch_size: int = 8):
+                              batch_size: int = 8, judge_validation: dict[str, Any] | None = None):
     """The model-organisms EM direction from the model's own judged answers, or (None, reason).
 
     Args:
@@ -180,10 +181,12 @@ def em_direction_from_answers(model, judged: Sequence[dict], samples: Sequence[d
         samples: the sampled rows they came from (`prompt_id`, `sample`, `messages`, `response`).
         cfg: the thresholds (`classify`).
         batch_size: conversations per forward.
+        judge_validation: the record of the judge that selected the answers (`evals.judge_record`; None: no
+            record, "unvalidated judge"): it goes into `info` and the direction's meta.
 
     Returns:
         (Direction or None, info) where info records the answer ids of both classes (or the reason:
-        a class is empty).
+        a class is empty) and the selecting judge's `judge_validation` line and `judge_label`.
     """
     from ..probes.em import em_direction_from_pairs
 
@@ -191,7 +194,7 @@ def em_direction_from_answers(model, judged: Sequence[dict], samples: Sequence[d
     mis, ali = classify(judged, cfg)
     info = {"n_judged": len(judged), "n_misaligned": len(mis), "n_aligned": len(ali),
             "misaligned_ids": [f"{r['prompt_id']}#{r['sample']}" for r in mis],
-            "aligned_ids": [f"{r['prompt_id']}#{r['sample']}" for r in ali]}
+            "aligned_ids": [f"{r['prompt_id']}#{r['sample']}" for r in ali], **_jr.fields(judge_validation)}
     if not mis or not ali:
         info["reason"] = (f"not computable: {len(mis)} misaligned and {len(ali)} aligned coherent judged answers "
                           f"(of {len(judged)}; judge abstentions: {sum(r.get('aligned') is None for r in judged)})")
@@ -204,7 +207,8 @@ def em_direction_from_answers(model, judged: Sequence[dict], samples: Sequence[d
     d = em_direction_from_pairs(model, [conv(r) for r in mis], [conv(r) for r in ali], batch_size=batch_size,
                                 progress=False)
     d.meta.update(recipe="model_organisms_em_own_answers", aligned_max=cfg.aligned_max, coherent_min=cfg.coherent_min,
-                  aligned_min=cfg.aligned_min, n_misaligned=len(mis), n_aligned=len(ali))
+                  aligned_min=cfg.aligned_min, n_misaligned=len(mis), n_aligned=len(ali),
+                  judge_validation=info["judge_validation"])
     return d, info
 
 
@@ -424,7 +428,7 @@ def _model_organisms(out: str | Path, config: MOConfig | None = None, *, judge=N
     results["shift"] = shift
 
     # 3. the EM direction from the finetuned model's own judged answers
-    direction, info = em_direction_from_answers(ft, jf, sf, cfg, batch_size=cfg.batch)
+    direction, info = em_direction_from_answers(ft, jf, sf, cfg, batch_size=cfg.batch, judge_validation=jval)
     results["direction"] = info
     if direction is not None:
         direction.save(out / "directions" / "em_final")
@@ -465,7 +469,7 @@ def _model_organisms(out: str | Path, config: MOConfig | None = None, *, judge=N
         m = load_model(cfg.model, adapter=ck / "adapter", device=cfg.device)
         m.model.eval()
         jc, sc, _ = evaluate(m, f"checkpoint_{step:04d}", cfg.checkpoint_samples, qs[: cfg.checkpoint_questions])
-        d, dinfo = em_direction_from_answers(m, jc, sc, cfg, batch_size=cfg.batch)
+        d, dinfo = em_direction_from_answers(m, jc, sc, cfg, batch_size=cfg.batch, judge_validation=jval)
         cos = None
         if d is not None and direction is not None:
             cos = float(torch.dot(d.at(L), direction.at(L)))
@@ -543,13 +547,15 @@ def format_results(results: dict[str, Any]) -> str:
         lines.append(f"{tag}{cond:18s} EM/coherent {f(r['coherent'])} · EM/all {f(r['all'])} · coherent {f(r['coherent_rate'])}"
                      f" · judge abstained {r['n_judge_abstained']}/{r['n_answers']}")
     for den, e in results["shift"].items():
-        lines.append(f"finetune shift ({den}): {f(e)} significant={e['significant']}")
-    lines.append(f"EM direction: {results['direction'].get('reason', 'computed')}")
-    lines.append(f"reductions: {json.dumps(results['reductions'], default=float)}")
+        lines.append(f"{tag}finetune shift ({den}): {f(e)} significant={e['significant']}")
+    d = results["direction"]
+    lines.append(f"{tag}EM direction from the judge's answer selection ({d.get('n_misaligned')} misaligned, "
+                 f"{d.get('n_aligned')} aligned): {d.get('reason', 'computed')}")
+    lines.append(f"{tag}reductions: {json.dumps(results['reductions'], default=float)}")
     for r in results.get("phase", []):
         rot = r.get("b_rotation_from_previous") or {}
         turn = "" if rot.get("mean_cos") is None else f"B cos vs previous {rot['mean_cos']:.3f} · "
-        lines.append(f"step {r['step']:4d}: LoRA-B norm {r['lora_b_norm']:.4f} · {turn}EM/all {f(r['em']['all'])} · "
+        lines.append(f"{tag}step {r['step']:4d}: LoRA-B norm {r['lora_b_norm']:.4f} · {turn}EM/all {f(r['em']['all'])} · "
                      f"cos(final) {r['cos_with_final_direction']}")
     if "proxy" in results:
         for name in ("base", "finetuned"):
