@@ -198,3 +198,28 @@ def test_em_study_gates_the_deception_labels_before_any_work(tiny_qwen2_dir, dat
     with pytest.raises(jv.UnvalidatedJudgeError, match="refusing to report judged deception labels: judge .*has no fingerprint"):
         em._emergent_misalignment(tmp_path / "em", cfg)
     assert not (tmp_path / "em" / "finetunes").exists()
+
+
+def test_introspection_and_caft_gate_their_judged_rates(tiny_qwen3, tiny_qwen2_dir, tmp_path, cache):
+    from introspect_mech.evals.judge_spec import JudgeOptions
+    from introspect_mech.studies import caft as C
+    from introspect_mech.studies import introspection as I
+
+    cfg = I.IntrospectionConfig(words=("dust", "milk", "bread"), n_words=None, stages="A")
+    with pytest.raises(jv.UnvalidatedJudgeError, match="judged detection / identification rates"):
+        I._introspection(tmp_path / "intro", cfg, model=tiny_qwen3, judge=FingerprintedJudge("never"), progress=False)
+    assert not (tmp_path / "intro" / "trials.jsonl").exists()
+    small = I.IntrospectionConfig(words=("dust", "milk", "bread"), n_words=None, baseline="baseline",
+                                  layer_fractions=(0.67,), strengths=(2.0,), headline_strength=2.0, n_samples=1,
+                                  sample_words=1, max_new_tokens=3, stages="A", allow_unvalidated_judge=True)
+    I._introspection(tmp_path / "intro2", small, model=tiny_qwen3, judge=FingerprintedJudge("never"), progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "intro2" / "summary.jsonl").read_text().splitlines()]
+    judged = [r for r in rows if "judged" in r["name"]]
+    assert judged and all(r["name"].startswith("[unvalidated judge] [") and r["judge_label"] == "unvalidated judge"
+                          and r["note"] == "judge (unvalidated judge)" for r in judged)
+    assert not any(r["name"].startswith("[unvalidated") for r in rows if "keyword proxy" in r.get("note", ""))
+
+    ccfg = C.CAFTConfig(model=str(tiny_qwen2_dir), pick="0:0")
+    with pytest.raises(jv.UnvalidatedJudgeError, match=r"a judged EM rate \(CAFT run 2\)"):
+        C._caft(tmp_path / "caft", ccfg, judge=JudgeOptions(judge=f"hf:{tiny_qwen2_dir}"))
+    assert not (tmp_path / "caft" / "finetunes").exists()

@@ -74,6 +74,7 @@ from torch import Tensor
 from .. import steering
 from ..layers import depth_block, depth_of
 from ..cliargs import config_parser, parse_config
+from ..evals import judge_record as _jr
 from ..evals.judge_spec import JudgeOptions
 from ..evals.scoring import Trie
 from ..kv_cache import cache_kwargs, output_cache
@@ -1041,6 +1042,7 @@ class IntrospectionConfig:
     stages: str = "ABCD"  # letters of A (detection), B (prefill/intention), C (self-report: alignment), D (self-report: risk)
     seed: int = 0  # seed of the study (sampling, finetunes, bootstrap)
     batch_size: int = 8  # prompts per forward batch
+    allow_unvalidated_judge: bool = False  # report judged detection / identification rates from a judge without a passing validation on the shared GPT-4o set (labelled "unvalidated judge")
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict (tuples as lists), as saved in the manifest."""
@@ -1126,6 +1128,9 @@ def _introspection(out: str | os.PathLike, config: IntrospectionConfig | None = 
     for v in cfg.variants:
         if v not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {v!r}")
+    # the one gate: judged rates (stage A's graded answers) only from a judge with a passing validation, unless allowed
+    jrec = _jr.gate(judge if "A" in cfg.stages else None, what="judged detection / identification rates",
+                    allow_unvalidated=cfg.allow_unvalidated_judge)
     m = model or load_model(cfg.model)
     m.model.eval()
     words = _resolve_words(cfg.words, cfg.n_words)
@@ -1138,16 +1143,20 @@ def _introspection(out: str | os.PathLike, config: IntrospectionConfig | None = 
         words_sha256=json_sha256(words), baseline_sha256=json_sha256(baseline), seeds={"study": cfg.seed,
         "random_controls": cfg.random_seed}, judge=(judge.describe() if judge is not None and hasattr(judge, "describe")
                                                    else "none: judge-free scores (P(yes), identification rank)"),
-        judge_threshold=JUDGE_THRESHOLD if judge is not None else None)
+        judge_threshold=JUDGE_THRESHOLD if judge is not None else None, judge_validation=jrec)
     summary: dict[str, Any] = {"model": m.name, "n_layers": m.n_layers, "words": words}
     key_rows: list[dict[str, Any]] = []
 
     def key(name: str, est: Any, note: str = "") -> None:
+        extra: dict[str, Any] = {}
+        if note == "judge":  # a judged number: its judge's validation record travels with it
+            name, extra = _jr.tag(jrec) + name, _jr.fields(jrec)
+            note = f"judge ({extra['judge_label']})"
         if isinstance(est, dict):
             key_rows.append({"name": name, "value": est.get("value"), "ci_lo": est.get("lo"), "ci_hi": est.get("hi"),
-                             "n": est.get("n"), "note": note})
+                             "n": est.get("n"), "note": note, **extra})
         else:
-            key_rows.append({"name": name, "value": est, "note": note})
+            key_rows.append({"name": name, "value": est, "note": note, **extra})
 
     layers = sorted({layer_at(m, f) for f in cfg.layer_fractions} | {layer_at(m, cfg.headline_fraction)})
     concepts = None
