@@ -42,7 +42,7 @@ __all__ = [
     "em_report", "format_em_report",
 ]
 
-_SUBMODULES = ("sampling", "scoring", "questions", "judges", "judge_spec", "judge_validation", "report", "metrics", "stats", "vllm_engine",
+_SUBMODULES = ("sampling", "scoring", "questions", "judges", "judge_spec", "judge_validation", "judge_record", "report", "metrics", "stats", "vllm_engine",
                "em", "self_prediction", "properties")
 # names this package exported before each study's evals moved to their submodule: still resolved, with a warning
 _MOVED = {

@@ -9,7 +9,9 @@ Every command and study that takes a judge uses these fields (`introspect_mech.c
 `--judge`, `--judge-mode`, `--api-key-env`, `--judge-timeout`, `--judge-max-retries`).
 
 `judge_mode` "0-100" is the papers' scoring (a probability-weighted number); "label" asks the yes/no
-questions of `evals/label_prompts.yaml` and scores P(yes)/(P(yes)+P(no)) exactly (see `evals.judges`).
+questions of `evals/label_prompts.yaml` and scores P(yes)/(P(yes)+P(no)) exactly (see `evals.judges`);
+"label-fewshot" is label mode with the `aligned` / `coherent` prompts of `evals/label_prompts_fewshot.yaml`
+(four solved examples each, none from the validation set).
 """
 
 from __future__ import annotations
@@ -18,21 +20,23 @@ from dataclasses import dataclass
 from typing import Any
 from ..models import load_model
 
+JUDGE_MODES = ("0-100", "label", "label-fewshot")
+
 
 @dataclass
 class JudgeOptions:
     """Which judge to use, as plain fields (saved in manifests through the judge's `describe()`)."""
 
     judge: str = "none"  # none | hf:<model> | hf:embedded | api:<base_url>|<model>
-    judge_mode: str = "0-100"  # 0-100 (the papers' number) | label (yes/no, exact P(yes)/(P(yes)+P(no)))
+    judge_mode: str = "0-100"  # 0-100 (the papers' number) | label (yes/no, exact P(yes)/(P(yes)+P(no))) | label-fewshot (label, four solved examples)
     api_key_env: str = "OPENAI_API_KEY"  # NAME of the environment variable holding the API key
     judge_timeout: float = 60.0  # seconds per API request
     judge_max_retries: int = 5  # API retries after timeouts, connection errors, 408/409/429/5xx
 
     def __post_init__(self) -> None:
         _ = self.kind  # validates the spec now, before any work
-        if self.judge_mode not in ("0-100", "label"):
-            raise ValueError(f"judge_mode must be 0-100 or label, got {self.judge_mode!r}")
+        if self.judge_mode not in JUDGE_MODES:
+            raise ValueError(f"judge_mode must be one of {', '.join(JUDGE_MODES)}, got {self.judge_mode!r}")
 
     @property
     def kind(self) -> str:
@@ -63,15 +67,19 @@ class JudgeOptions:
         if kind == "none":
             return None
         rest = self.judge.strip().partition(":")[2]
+        from .judges import label_prompt_set
+
+        mode = "label" if self.judge_mode.startswith("label") else "0-100"
+        prompts = label_prompt_set("few-shot" if self.judge_mode == "label-fewshot" else "zero-shot")
         if kind == "api":
             from .judges import APIJudge
 
             base, _, name = rest.partition("|")
             return APIJudge(base, name, api_key_env=self.api_key_env or None, timeout=self.judge_timeout,
-                            max_retries=self.judge_max_retries, mode=self.judge_mode)
+                            max_retries=self.judge_max_retries, mode=mode, label_prompts=prompts)
         from .judges import HFJudge
 
-        return HFJudge(self._local_model(rest, model, device), mode=self.judge_mode)
+        return HFJudge(self._local_model(rest, model, device), mode=mode, label_prompts=prompts)
 
     def build_categorical(self, judge: Any) -> Any:
         """The label judge that goes with `judge`: the same local model, or the same API endpoint.

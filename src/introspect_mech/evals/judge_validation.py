@@ -371,7 +371,7 @@ def validate_judge(judge: Any, set_path: str | os.PathLike | None = None, *, lim
     secs = [scores[r["key"]]["seconds"] for r in chosen if "seconds" in scores[r["key"]]]
     desc = {k: v for k, v in judge.describe().items() if k not in ("timeout", "max_retries")}
     summary = {
-        "judge": desc, "fingerprint": fp, "mode": getattr(judge, "mode", "0-100"),
+        "judge": desc, "fingerprint": fp, "mode": getattr(judge, "mode_name", getattr(judge, "mode", "0-100")),
         "set": {"path": str(path), "sha256": sha, "default_shared_set": default_set, "n_rows": len(rows),
                 "subset": {"n": len(chosen), "seed": seed, "stratified_by": "reference class x question"} if limit else None},
         "metrics": metrics, "passes": metrics["passes"],

@@ -51,6 +51,8 @@ MODES = ("0-100", "label")
 YES_FORMS = ("yes", "Yes", "YES")
 NO_FORMS = ("no", "No", "NO")
 LABEL_PROMPTS_FILE = Path(__file__).with_name("label_prompts.yaml")
+# label-prompt variants: each file's entries replace the zero-shot prompts of the same metric
+LABEL_VARIANTS = {"zero-shot": None, "few-shot": Path(__file__).with_name("label_prompts_fewshot.yaml")}
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class LabelPrompt:
     template: str
     yes_means: str  # "high": score = 100 P(yes)/(P(yes)+P(no)); "low": 100 P(no)/(...)
     source: str
+    variant: str = ""  # "" (zero-shot) or the variant's name ("few-shot"; field `variant` of the YAML entry)
 
 
 def load_label_prompts(path: str | os.PathLike | None = None) -> dict[str, LabelPrompt]:
@@ -88,7 +91,32 @@ def load_label_prompts(path: str | os.PathLike | None = None) -> dict[str, Label
                 raise ValueError(f"{p}: {name}.{f}: missing or not a non-empty string")
         if e["yes_means"] not in ("high", "low"):
             raise ValueError(f"{p}: {name}.yes_means: must be 'high' or 'low', got {e['yes_means']!r}")
-        out[str(name)] = LabelPrompt(str(name), e["template"], e["yes_means"], e["source"].strip())
+        v = e.get("variant", "")
+        if not isinstance(v, str):
+            raise ValueError(f"{p}: {name}.variant: must be a string, got {v!r}")
+        out[str(name)] = LabelPrompt(str(name), e["template"], e["yes_means"], e["source"].strip(), v)
+    return out
+
+
+def label_prompt_set(variant: str = "zero-shot") -> dict[str, LabelPrompt]:
+    """The label prompts of a variant: the zero-shot `label_prompts.yaml`, its metrics replaced by the
+    variant file's (`LABEL_VARIANTS`; "few-shot": `label_prompts_fewshot.yaml`, `aligned` and `coherent`).
+
+    Args:
+        variant: a key of `LABEL_VARIANTS`.
+
+    Returns:
+        {metric: LabelPrompt}.
+
+    Raises:
+        ValueError: an unknown variant.
+    """
+    if variant not in LABEL_VARIANTS:
+        raise ValueError(f"label-prompt variant must be one of {sorted(LABEL_VARIANTS)}, got {variant!r}")
+    out = load_label_prompts()
+    path = LABEL_VARIANTS[variant]
+    if path is not None:
+        out.update(load_label_prompts(path))
     return out
 
 
@@ -346,11 +374,19 @@ class _Modes:
         lp = self.label_prompts.get(metric) if metric is not None else None
         return lp.yes_means if lp is not None else "high"
 
+    @property
+    def mode_name(self) -> str:
+        """The mode as printed: "0-100", "label", or "label-<variant>" (e.g. "label-few-shot")."""
+        variants = sorted({v.variant for v in self.label_prompts.values() if v.variant}) if self.mode == "label" else []
+        return "-".join([self.mode, *variants])
+
     def _mode_desc(self) -> dict[str, Any]:
         d: dict[str, Any] = {"mode": self.mode}
         if self.mode == "label":
             d["label_prompts_sha256"] = hashlib.sha256(json.dumps(
                 {k: [v.template, v.yes_means] for k, v in sorted(self.label_prompts.items())}).encode()).hexdigest()
+            if self.mode_name != self.mode:  # a variant (zero-shot judges keep their description and fingerprint)
+                d["label_variant"] = self.mode_name.removeprefix("label-")
         return d
 
 

@@ -53,6 +53,7 @@ from ...runs import json_sha256
 from ...steering.train_time import caft_subspace
 from ..common.persona import load_trait
 from ...viz import export_dashboard
+from ...evals import judge_record as _jr
 
 
 @dataclass
@@ -75,6 +76,7 @@ class CAFTConfig:
     n_random: int = 2  # random subspaces of the picked dimensions (controls)
     conditions: tuple[str, ...] | None = None  # run only these conditions now, e.g. caft base (parallel processes)
     seed: int = 0  # seed of the finetunes, the sampling and the random controls
+    allow_unvalidated_judge: bool = False  # report the judged EM rate (run 2) from a judge without a passing validation on the shared GPT-4o set (labelled "unvalidated judge")
     layer_fractions: tuple[float, ...] = (0.3, 0.5, 0.7)  # relative depths of the PCA layers
     n_components: int = 6  # principal components per layer
     n_top_examples: int = 4  # top / bottom activating examples per component card
@@ -511,6 +513,9 @@ def _caft(out: str | os.PathLike, config: CAFTConfig | None = None, *, judge: Ju
     run_dir = RunDir(out)
     load = lambda adapter=None: load_model(cfg.model, adapter=adapter, dtype=torch.float32)  # noqa: E731
     base = load()
+    # the one gate, before any finetuning: run 2's judged EM rate only from a judge with a passing validation
+    scorer = judge_opts.build(model=base if cfg.model is None else None) if cfg.pick is not None else None
+    jrec = _jr.gate(scorer, what="a judged EM rate (CAFT run 2)", allow_unvalidated=cfg.allow_unvalidated_judge)
     layers = preset_layers(base.n_layers, cfg.layer_fractions)
     records = load_records(cfg.data)
     train_recs = records[: cfg.n_train]
@@ -522,7 +527,7 @@ def _caft(out: str | os.PathLike, config: CAFTConfig | None = None, *, judge: Ju
                                  "heldout_ids": list(range(len(records) - cfg.n_heldout, len(records))),
                                  "train_sha256": json_sha256([r["messages"] for r in train_recs])},
                            judge=judge_opts.judge if judge_opts.judge != "none"
-                           else "none: judge-free OOD proxy (paired preference)")
+                           else "none: judge-free OOD proxy (paired preference)", judge_validation=jrec)
     plain_dir = out / "finetunes" / "plain"
     if not (plain_dir / "adapter" / "complete").exists():
         train(load(), train_recs, tcfg, plain_dir)
@@ -550,7 +555,6 @@ def _caft(out: str | os.PathLike, config: CAFTConfig | None = None, *, judge: Ju
         c["picked"] = c["component"] in picks.get(c["layer"], [])
     write_cards(out, cards)
     run_dir.write_manifest(picks={str(k): v for k, v in picks.items()})
-    scorer = judge_opts.build(model=base if cfg.model is None else None)
     log = run_dir.log("caft_results.jsonl", ("condition", "pick"))
     done = {r["condition"]: r for r in log.rows() if r.get("pick") == cfg.pick}
     conds: dict[str, Any] = {"base": None, "plain": plain_dir, "caft": chosen}
@@ -579,6 +583,7 @@ def _caft(out: str | os.PathLike, config: CAFTConfig | None = None, *, judge: Ju
                               seed=cfg.seed, question_ids=[q.id for q in em_questions()], judge_free=False)["report"]
             row["em_rate_judged"] = rep["overall"]["em_rate"]
             row["n_judged_valid"] = rep["overall"]["n_valid"]
+            row.update(_jr.fields(jrec))  # the judge's validation line and label beside the judged rate
         log.append(row)
         done[name] = row
         print(json.dumps(row))

@@ -406,6 +406,12 @@ def persona_data(
     if filter == "judge" and judge is not None:
         tj = judge if isinstance(judge, TraitJudge) else TraitJudge(judge, t, data_dir=data_dir)
     layer_ids = resolve_layers(layers, model.n_layers)
+    # a judged filter carries its judge's validation record on the shared GPT-4o set (external scores: none)
+    jline = None
+    if filter == "judge":
+        from ...evals.judge_record import fields, judge_record
+
+        jline = fields(judge_record(tj, what="persona pair filter") if tj is not None else None)["judge_validation"]
 
     def fmt(side: str, instruction: str) -> str:
         return system_prompt(trait_name, side, instruction, system_format)
@@ -420,7 +426,7 @@ def persona_data(
                       "none (judge-free instruction-likelihood proxy filter)" if filter == "instruction_likelihood" else "none")
         run.write_manifest(stage="persona_direction", model=model.name, adapter=model.meta.get("adapter"),
                            trait=trait, trait_file=t["path"], trait_sha256=file_sha256(t["path"]),
-                           seed=seed, filter=filter, judge=judge_desc,
+                           seed=seed, filter=filter, judge=judge_desc, judge_validation=jline,
                            thresholds=dict(trait_pos_min=threshold, trait_neg_max_exclusive=100.0 - threshold,
                                            coherence_min=coherence_min if (tj is not None or coherence_scores) else None),
                            settings=dict(n_questions=len(questions), n_instructions=len(pairs), preset=preset,
@@ -491,6 +497,8 @@ def persona_data(
                   recipe="persona_vectors", filter=filter, n_pairs=len(gen["pos"]), n_kept=len(kept_idx), seed=seed,
                   max_new_tokens=max_new_tokens, temperature=temperature, system_format=system_format)
     d.meta["method"] = "persona_mean_diff"
+    if jline is not None:
+        d.meta["judge_validation"] = jline
     rows = gen["pos"] + gen["neg"]
     if run is not None:
         d.save(run.path / "direction")

@@ -46,6 +46,7 @@ from ...finetune import preset
 from ...models import load_model
 from ...runs import JsonlLog, RunDir, json_sha256
 from ...stats import bootstrap_ci
+from ...evals import judge_record as _jr
 
 
 
@@ -188,6 +189,10 @@ def _emergent_misalignment(out: str | Path, config: EMConfig | None = None, *, j
     jval = None  # the gate: no judged EM rate from a judge below the validation bar unless explicitly allowed
     if any(not is_label_prompt(q) for qs in qsets.values() for q in qs):
         jval = require_validated_judge(judge, allow_unvalidated=cfg.allow_unvalidated_judge, data_dir=cfg.data_dir)
+    lval = None  # the same gate for the deception sets' labels (the label judge's own record)
+    if any(is_label_prompt(q) for qs in qsets.values() for q in qs):
+        lval = _jr.gate(categorical_judge, what="judged deception labels", allow_unvalidated=cfg.allow_unvalidated_judge,
+                        data_dir=cfg.data_dir)
     sources, ids, recs = {}, {}, {}
     for name in cfg.datasets:
         r, src = resolve_dataset(name, data_dir=cfg.data_dir, allow_download=cfg.allow_download, seed=cfg.seed)
@@ -207,10 +212,12 @@ def _emergent_misalignment(out: str | Path, config: EMConfig | None = None, *, j
         eval_items={k: [q.id for q in v] for k, v in qsets.items()} | {
             "proxy_heldout_ids": [it["id"] for it in proxy_items] if proxy_items else []},
         judge=judge.describe(), judge_validation=jval, categorical_judge=categorical_judge.describe(),
+        label_judge_validation=lval,
         thresholds={"aligned_max": cfg.aligned_max, "coherent_min": cfg.coherent_min},
         em_rate_definitions=DENOMINATORS, seeds={"study": cfg.seed},
     )
-    results: dict[str, Any] = {"judge": judge.describe(), "judge_validation": jval, "datasets": sources,
+    results: dict[str, Any] = {"judge": judge.describe(), "judge_validation": jval, "label_judge_validation": lval,
+                               "datasets": sources,
                                "em_rate_definitions": DENOMINATORS, "models": {}}
     models = {"base": base} if cfg.include_base else {}
     for name in cfg.datasets:
@@ -280,6 +287,9 @@ def format_results(results: dict[str, Any]) -> str:
     lines = [f"judge: {j.get('kind')} {j.get('model', '')}"]
     if jv:
         lines.append(f"judge validation: {jv['line']}")
+    lv = results.get("label_judge_validation")
+    if lv:
+        lines.append(f"label judge validation (deception labels): {lv['line']}")
     for n, s in results["datasets"].items():
         lines.append(f"dataset {n}: {s['kind']} ({s.get('registry') or s.get('generator')})")
     for model, sets in results["models"].items():
@@ -291,7 +301,7 @@ def format_results(results: dict[str, Any]) -> str:
             for metric, per_q in e.get("labels", {}).items():
                 n_abs = sum(v["n_abstained"] for v in per_q.values())
                 n_all = sum(v["n"] for v in per_q.values())
-                lines.append(f"{model:20s} {sname:22s} label '{metric}': judge abstained {n_abs}/{n_all}")
+                lines.append(f"{_jr.tag(lv)}{model:20s} {sname:22s} label '{metric}': judge abstained {n_abs}/{n_all}")
     for model, p in results.get("proxy", {}).items():
         if model != "metrics":
             lines.append(f"[proxy, not an EM rate] {model}: P(prefers misaligned) {f(p['proxy_pref'])}"
@@ -414,8 +424,10 @@ def judge_run(run_path: str | Path, questions: Sequence[Question], *, judge=None
             raise ValueError(f"{run.path / 'samples.jsonl'}:{i}: field 'prompt_id': question {qid!r} not in the question file")
 
     jval = validation_status(judge) if judge is not None else None  # travels with every judged number
+    lval = _jr.judge_record(categorical_judge, what="judged deception labels")  # the label judge's own record
     run.write_manifest(judge=judge.describe() if judge is not None else None, judge_validation=jval,
-                       categorical_judge=categorical_judge.describe() if categorical_judge is not None else None)
+                       categorical_judge=categorical_judge.describe() if categorical_judge is not None else None,
+                       label_judge_validation=lval)
     judged = judge_samples(samples, by_id, judge, JsonlLog(run.path / "judged.jsonl", ("prompt_id", "sample")),
                            categorical_judge=categorical_judge, source=str(run.path / "samples.jsonl"))
     if not judged:
@@ -445,9 +457,10 @@ def judge_run(run_path: str | Path, questions: Sequence[Question], *, judge=None
         metrics = sorted({m for r in lab for m in by_id[r["question_id"]].judge_prompts})
         out["labels"] = {m: label_rates([r for r in lab if m in r], m, seed=seed) for m in metrics}
         _runs.write_json(run.path / "labels.json", out["labels"], indent=2)
+        print(f"label judge validation: {_jr.fields(lval)['judge_validation']}")
         for m, per_q in out["labels"].items():
             for q, v in per_q.items():
-                print(f"{q} [{m}]: " + ", ".join(f"{k} {e['value']:.3f}" for k, e in v["rates"].items())
+                print(f"{_jr.tag(lval)}{q} [{m}]: " + ", ".join(f"{k} {e['value']:.3f}" for k, e in v["rates"].items())
                       + f" (judge abstained {v['n_abstained']}/{v['n']})")
     _runs.write_jsonl(run.path / "em_rates.jsonl", rows)
     return out

@@ -64,6 +64,7 @@ class IntrospectionConfig:
     stages: str = "ABCD"  # letters of A (detection), B (prefill/intention), C (self-report: alignment), D (self-report: risk)
     seed: int = 0  # seed of the study (sampling, finetunes, bootstrap)
     batch_size: int = 8  # prompts per forward batch
+    allow_unvalidated_judge: bool = False  # report judged detection / identification rates from a judge without a passing validation on the shared GPT-4o set (labelled "unvalidated judge")
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict (tuples as lists), as saved in the manifest."""

@@ -45,6 +45,7 @@ from .trials import (
 from ... import load_model
 from ...activations import cache
 from ...data import load as load_data
+from ...evals import judge_record as _jr
 from ...evals.metrics import ALIGNMENT_QUESTIONS, load_em_pairs, scale_expectations
 from ...evals.questions import load_questions
 from ...finetune import preset
@@ -108,6 +109,9 @@ def _introspection(out: str | os.PathLike, config: IntrospectionConfig | None = 
     for v in cfg.variants:
         if v not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {v!r}")
+    # the one gate: judged rates (stage A's graded answers) only from a judge with a passing validation, unless allowed
+    jrec = _jr.gate(judge if "A" in cfg.stages else None, what="judged detection / identification rates",
+                    allow_unvalidated=cfg.allow_unvalidated_judge)
     m = model or load_model(cfg.model)
     m.model.eval()
     words = _resolve_words(cfg.words, cfg.n_words)
@@ -120,16 +124,20 @@ def _introspection(out: str | os.PathLike, config: IntrospectionConfig | None = 
         words_sha256=json_sha256(words), baseline_sha256=json_sha256(baseline), seeds={"study": cfg.seed,
         "random_controls": cfg.random_seed}, judge=(judge.describe() if judge is not None and hasattr(judge, "describe")
                                                    else "none: judge-free scores (P(yes), identification rank)"),
-        judge_threshold=JUDGE_THRESHOLD if judge is not None else None)
+        judge_threshold=JUDGE_THRESHOLD if judge is not None else None, judge_validation=jrec)
     summary: dict[str, Any] = {"model": m.name, "n_layers": m.n_layers, "words": words}
     key_rows: list[dict[str, Any]] = []
 
     def key(name: str, est: Any, note: str = "") -> None:
+        extra: dict[str, Any] = {}
+        if note == "judge":  # a judged number: its judge's validation record travels with it
+            name, extra = _jr.tag(jrec) + name, _jr.fields(jrec)
+            note = f"judge ({extra['judge_label']})"
         if isinstance(est, dict):
             key_rows.append({"name": name, "value": est.get("value"), "ci_lo": est.get("lo"), "ci_hi": est.get("hi"),
-                             "n": est.get("n"), "note": note})
+                             "n": est.get("n"), "note": note, **extra})
         else:
-            key_rows.append({"name": name, "value": est, "note": note})
+            key_rows.append({"name": name, "value": est, "note": note, **extra})
 
     layers = sorted({layer_at(m, f) for f in cfg.layer_fractions} | {layer_at(m, cfg.headline_fraction)})
     concepts = None

@@ -259,7 +259,7 @@ def _model_organisms(out: str | Path, config: MOConfig | None = None, *, judge=N
     results["shift"] = shift
 
     # 3. the EM direction from the finetuned model's own judged answers
-    direction, info = em_direction_from_answers(ft, jf, sf, cfg, batch_size=cfg.batch)
+    direction, info = em_direction_from_answers(ft, jf, sf, cfg, batch_size=cfg.batch, judge_validation=jval)
     results["direction"] = info
     if direction is not None:
         direction.save(out / "directions" / "em_final")
@@ -300,7 +300,7 @@ def _model_organisms(out: str | Path, config: MOConfig | None = None, *, judge=N
         m = load_model(cfg.model, adapter=ck / "adapter", device=cfg.device)
         m.model.eval()
         jc, sc, _ = evaluate(m, f"checkpoint_{step:04d}", cfg.checkpoint_samples, qs[: cfg.checkpoint_questions])
-        d, dinfo = em_direction_from_answers(m, jc, sc, cfg, batch_size=cfg.batch)
+        d, dinfo = em_direction_from_answers(m, jc, sc, cfg, batch_size=cfg.batch, judge_validation=jval)
         cos = None
         if d is not None and direction is not None:
             cos = float(torch.dot(d.at(L), direction.at(L)))
@@ -377,13 +377,15 @@ def format_results(results: dict[str, Any]) -> str:
         lines.append(f"{tag}{cond:18s} EM/coherent {f(r['coherent'])} · EM/all {f(r['all'])} · coherent {f(r['coherent_rate'])}"
                      f" · judge abstained {r['n_judge_abstained']}/{r['n_answers']}")
     for den, e in results["shift"].items():
-        lines.append(f"finetune shift ({den}): {f(e)} significant={e['significant']}")
-    lines.append(f"EM direction: {results['direction'].get('reason', 'computed')}")
-    lines.append(f"reductions: {json.dumps(results['reductions'], default=float)}")
+        lines.append(f"{tag}finetune shift ({den}): {f(e)} significant={e['significant']}")
+    d = results["direction"]
+    lines.append(f"{tag}EM direction from the judge's answer selection ({d.get('n_misaligned')} misaligned, "
+                 f"{d.get('n_aligned')} aligned): {d.get('reason', 'computed')}")
+    lines.append(f"{tag}reductions: {json.dumps(results['reductions'], default=float)}")
     for r in results.get("phase", []):
         rot = r.get("b_rotation_from_previous") or {}
         turn = "" if rot.get("mean_cos") is None else f"B cos vs previous {rot['mean_cos']:.3f} · "
-        lines.append(f"step {r['step']:4d}: LoRA-B norm {r['lora_b_norm']:.4f} · {turn}EM/all {f(r['em']['all'])} · "
+        lines.append(f"{tag}step {r['step']:4d}: LoRA-B norm {r['lora_b_norm']:.4f} · {turn}EM/all {f(r['em']['all'])} · "
                      f"cos(final) {r['cos_with_final_direction']}")
     if "proxy" in results:
         for name in ("base", "finetuned"):

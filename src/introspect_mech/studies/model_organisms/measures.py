@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from ...evals import judge_record as _jr
 from ...probes.em import em_direction_from_pairs
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def classify(rows: Sequence[dict], cfg: MOConfig) -> tuple[list[dict], list[dict
 
 
 def em_direction_from_answers(model, judged: Sequence[dict], samples: Sequence[dict], cfg: MOConfig, *,
-                              batch_size: int = 8):
+                              batch_size: int = 8, judge_validation: dict[str, Any] | None = None):
     """The model-organisms EM direction from the model's own judged answers, or (None, reason).
 
     Args:
@@ -67,17 +68,19 @@ def em_direction_from_answers(model, judged: Sequence[dict], samples: Sequence[d
         samples: the sampled rows they came from (`prompt_id`, `sample`, `messages`, `response`).
         cfg: the thresholds (`classify`).
         batch_size: conversations per forward.
+        judge_validation: the record of the judge that selected the answers (`evals.judge_record`; None: no
+            record, "unvalidated judge"): it goes into `info` and the direction's meta.
 
     Returns:
         (Direction or None, info) where info records the answer ids of both classes (or the reason:
-        a class is empty).
+        a class is empty) and the selecting judge's `judge_validation` line and `judge_label`.
     """
 
     by_key = {(s["prompt_id"], s["sample"]): s for s in samples}
     mis, ali = classify(judged, cfg)
     info = {"n_judged": len(judged), "n_misaligned": len(mis), "n_aligned": len(ali),
             "misaligned_ids": [f"{r['prompt_id']}#{r['sample']}" for r in mis],
-            "aligned_ids": [f"{r['prompt_id']}#{r['sample']}" for r in ali]}
+            "aligned_ids": [f"{r['prompt_id']}#{r['sample']}" for r in ali], **_jr.fields(judge_validation)}
     if not mis or not ali:
         info["reason"] = (f"not computable: {len(mis)} misaligned and {len(ali)} aligned coherent judged answers "
                           f"(of {len(judged)}; judge abstentions: {sum(r.get('aligned') is None for r in judged)})")
@@ -90,7 +93,8 @@ def em_direction_from_answers(model, judged: Sequence[dict], samples: Sequence[d
     d = em_direction_from_pairs(model, [conv(r) for r in mis], [conv(r) for r in ali], batch_size=batch_size,
                                 progress=False)
     d.meta.update(recipe="model_organisms_em_own_answers", aligned_max=cfg.aligned_max, coherent_min=cfg.coherent_min,
-                  aligned_min=cfg.aligned_min, n_misaligned=len(mis), n_aligned=len(ali))
+                  aligned_min=cfg.aligned_min, n_misaligned=len(mis), n_aligned=len(ali),
+                  judge_validation=info["judge_validation"])
     return d, info
 
 

@@ -47,6 +47,7 @@ from ...viz import export_dashboard
 from .. import runner
 from ..common.em_questions import em_questions
 from ... import runs as _runs
+from ...evals import judge_record as _jr
 
 
 @dataclass
@@ -67,6 +68,7 @@ class PersonaFeaturesConfig:
     sae_texts: int = 150  # records per advice dataset to train the SAE on
     bad_adapter: str | None = None  # reuse a bad-medical-advice adapter (e.g. experiments/caft.py's plain finetune)
     seed: int = 0  # seed of sampling, finetuning and screening
+    allow_unvalidated_judge: bool = False  # report the judged screening (EM rates) from a judge without a passing validation on the shared GPT-4o set (labelled "unvalidated judge")
 
     def replace(self, **changes: Any) -> PersonaFeaturesConfig:
         """A copy with some fields changed.
@@ -292,11 +294,15 @@ def _persona_features(out: str | os.PathLike, cfg: PersonaFeaturesConfig, *, jud
     out = Path(out)
     rd = RunDir(out)
     load = lambda adapter=None: load_model(cfg.model, adapter=adapter, dtype=torch.float32, device=cfg.device)  # noqa: E731
+    # the one gate: a judged screen (EM rates) only from a judge with a passing validation, unless allowed
+    jrec = _jr.gate(judge, what="a judged EM rate (causal screening of SAE latents)",
+                    allow_unvalidated=cfg.allow_unvalidated_judge)
     if base is None:
         base = load()
     rd.write_manifest(title="Persona features: SAE diff, causal screening, detector", model=base.name, preset=preset,
                       layer=cfg.layer, sae=cfg.sae or "trained here", alpha=cfg.alpha, seed=cfg.seed,
-                      judge=judge.describe() if judge else "none: judge-free proxy (paired preference), no coherence")
+                      judge=judge.describe() if judge else "none: judge-free proxy (paired preference), no coherence",
+                      judge_validation=jrec)
     tcfg = train_preset("em", lr=2e-4, batch_size=4, warmup_steps=2, max_seq_len=384, max_steps=cfg.steps,
                         save_every=cfg.save_every, seed=cfg.seed, epochs=100)
     tuned = {}
@@ -342,16 +348,20 @@ def _persona_features(out: str | os.PathLike, cfg: PersonaFeaturesConfig, *, jud
     res = diff_screen_detect(base, ft, sae, convs, judge_fn=fn, alpha=cfg.alpha, top_k=cfg.top_k, detector_models=det,
                              detector_conversations=held_convs,
                              out=out)
-    summary = [{"name": f"screened latent {r['latent']} (rank {r['rank']})", "value": r.get("misaligned"),
+    judged = _jr.fields(jrec) if judge is not None else {}  # the judge's record beside every judged row
+    pre = _jr.tag(jrec) if judge is not None else ""
+    summary = [{"name": f"{pre}screened latent {r['latent']} (rank {r['rank']})", "value": r.get("misaligned"),
                 "note": f"coherence {r.get('coherence')}; alpha {r['alpha']}; "
-                        + ("judged EM rate" if judge else "PROXY: paired-preference mean diff, nats/token")}
+                        + (f"judged EM rate ({judged['judge_label']})" if judge else
+                           "PROXY: paired-preference mean diff, nats/token"), **judged}
                for r in res["table"]]
     if "detector" in res:
         dt = res["detector"]
+        chosen = f"; latent chosen by the judged screen ({judged['judge_label']})" if judge else ""
         summary += [{"name": f"detector AUROC, latent {dt['latent']}, over models/checkpoints", "value": dt["auroc_models"],
-                     "note": f"{dt['n_models']} models (misaligned = bad-advice checkpoints)"},
+                     "note": f"{dt['n_models']} models (misaligned = bad-advice checkpoints){chosen}", **judged},
                     {"name": f"detector AUROC, latent {dt['latent']}, over single answers", "value": dt["auroc_answers"],
-                     "note": f"{dt['n_answers']} answers"}]
+                     "note": f"{dt['n_answers']} answers{chosen}", **judged}]
     _runs.write_jsonl(out / "summary.jsonl", summary, default=str)
     if echo is not None:
         for r in summary:

@@ -61,6 +61,7 @@ from ...viz import export_dashboard
 from .. import runner
 from ... import runs as _runs
 from ...steering import preventative_steering
+from ...evals import judge_record as _jr
 
 UPSTREAM_POSITIONS: Final = "last_prompt_and_response"
 
@@ -91,6 +92,7 @@ class PVConfig:
     save_every: int = 4  # finetuning checkpoint interval in steps
     stages: tuple[Stage, ...] = STAGES  # stages to run (the direction is always extracted)
     seed: int = 0  # seed of sampling, probes, screening mix and finetuning
+    allow_unvalidated_judge: bool = False  # report judged numbers (pair filter, trait scores, layer selection) from a judge without a passing validation on the shared GPT-4o set (labelled "unvalidated judge")
     reference_judge: str = "gpt-4.1-mini-2025-04-14"  # the judge the preset is meant for (a note; the judge used is --judge)
 
     def replace(self, **changes: Any) -> PVConfig:
@@ -243,17 +245,19 @@ def trait_expression(
         progress: show progress bars.
 
     Returns:
-        {"trait": Estimate dict, "coherence": Estimate dict, "n", "n_trait_none", "n_coherence_none", "rows"}
-        -- means over answers the judge scored (None = the judge abstained, counted).
+        {"trait": Estimate dict, "coherence": Estimate dict, "n", "n_trait_none", "n_coherence_none", "rows",
+        "judge_validation"} -- means over answers the judge scored (None = the judge abstained, counted);
+        `judge_validation` is the judge's record on the shared GPT-4o set (`evals.judge_record`).
     """
     t = load_trait(trait, data_dir, split="eval")
     tj = judge if isinstance(judge, TraitJudge) else TraitJudge(judge, t, data_dir=data_dir)
+    jrec = _jr.judge_record(tj, what="trait scores")  # travels with the scores (manifest and result)
     qs = t["questions"][:n_questions]
     run = RunDir(out) if out is not None else None
     if run is not None:
         run.write_manifest(stage="trait_expression", model=model.name, adapter=model.meta.get("adapter"),
                            trait=trait, trait_file=t["path"], trait_sha256=file_sha256(t["path"]),
-                           judge=tj.describe(), seed=seed,
+                           judge=tj.describe(), judge_validation=jrec, seed=seed,
                            steer=None if not steer else {"layer": int(steer["layer"]), "coef": float(steer["coef"]),
                                                          "scale": steer.get("scale", "norm"), "positions": positions},
                            settings=dict(n_questions=len(qs), n_per_question=n_per_question,
@@ -267,7 +271,7 @@ def trait_expression(
              "response": r["response"]} for r in rows]
     log = run.log("judge_scores.jsonl", ("prompt_id", "sample")) if run is not None else None
     judge_rows(tj, rows, log=log, key_fields=("prompt_id", "sample"), progress=progress)
-    res = summarize_scores(rows, seed=seed)
+    res = {**summarize_scores(rows, seed=seed), "judge_validation": jrec}
     if run is not None:
         run.write_manifest(result={k: v for k, v in res.items() if k != "rows"})
     return res
@@ -332,9 +336,10 @@ def select_layer(model, trait: str, direction: Any, judge: Any, *, layers: Seque
 
     Returns:
         {"per_layer": {layer: {"trait", "coherence", "n_trait_none"}}, "selected_layer" (None when no
-        layer is coherent enough), "coherence_min", "coef"}.
+        layer is coherent enough), "coherence_min", "coef", "judge_validation"}.
     """
     results = {}
+    jrec = _jr.judge_record(judge, what="trait scores (layer selection)")
     for l in layers:
         sub = None if out is None else Path(out) / f"layer_{l}"
         r = trait_expression(model, trait, judge, steer={"direction": direction, "layer": l, "coef": coef},
@@ -344,13 +349,16 @@ def select_layer(model, trait: str, direction: Any, judge: Any, *, layers: Seque
     if out is not None:
         rd = RunDir(out)
         rd.write_manifest(stage="persona_layer_selection", trait=trait, coef=coef, layers=list(map(int, layers)),
-                          coherence_min=coherence_min, selected_layer=best)
+                          coherence_min=coherence_min, selected_layer=best, judge_validation=jrec)
         _runs.write_text(rd.path / "steering_sweep.jsonl", "".join(
             json.dumps({"direction": f"{trait} persona", "layer": l, "alpha": coef,
                                       "metric": r["trait"]["value"], "coherence": r["coherence"]["value"],
-                                      "metric_name": "trait score (judge)"}) + "\n" for l, r in results.items()
+                                      "metric_name": f"trait score ({_jr.fields(jrec)['judge_label']})",
+                                      "judge_validation": _jr.fields(jrec)["judge_validation"]}) + "\n"
+            for l, r in results.items()
             if r["trait"]["value"] is not None))
-    return {"per_layer": results, "selected_layer": best, "coherence_min": coherence_min, "coef": coef}
+    return {"per_layer": results, "selected_layer": best, "coherence_min": coherence_min, "coef": coef,
+            "judge_validation": jrec}
 
 
 def finetune_and_express(load: Callable[[], Any], records: Sequence[dict], config: Any, out: str | os.PathLike,
@@ -504,13 +512,21 @@ def _persona_vectors(out: str | os.PathLike, cfg: PVConfig, *, judge: Any = None
         model = load_model(cfg.model, dtype=torch.float32, device=cfg.device)
     plan = steering_layer_plan(cfg, model.n_layers, have_judge=judge is not None)
     layer = plan["layer"]
+    # the one gate: no judged number (pair filter, trait scores, layer selection) from a judge without a passing
+    # validation unless allowed; then each judged line and row is labelled "unvalidated judge" (evals.judge_record)
+    jrec = _jr.gate(judge, what="judged trait scores (persona pair filter, trait expression, layer selection)",
+                    allow_unvalidated=cfg.allow_unvalidated_judge)
     rd.write_manifest(title=f"Persona vectors: {cfg.trait}", model=model.name, preset=preset, seed=cfg.seed,
                       trait=cfg.trait, judge=judge.describe() if judge else "none: judge-free proxy filter and proxy expression",
-                      coef=cfg.coef, steering_positions=UPSTREAM_POSITIONS, stages=sorted(stages))
+                      judge_validation=jrec, coef=cfg.coef, steering_positions=UPSTREAM_POSITIONS, stages=sorted(stages))
     summary: list[dict[str, Any]] = []
 
-    def note(name, value, est=None, text=""):
+    def note(name, value, est=None, text="", judged=False):
+        if judged:  # a number the judge produced: its validation record travels with it
+            name = _jr.tag(jrec) + name
         row = {"name": name, "value": value if est is None else est["value"], "note": text}
+        if judged:
+            row.update(_jr.fields(jrec))
         if est is not None:
             row.update(ci_lo=est["lo"], ci_hi=est["hi"], n=est["n"])
         summary.append(row)
@@ -526,11 +542,13 @@ def _persona_vectors(out: str | os.PathLike, cfg: PVConfig, *, judge: Any = None
         kept = sum(1 for r in (out / "extract" / "pairs.jsonl").read_text().splitlines() if json.loads(r).get("kept")) // 2
         scored = [json.loads(r) for r in (out / "extract" / "judge_scores.jsonl").read_text().splitlines()]
         note("judge filter: pairs kept", kept, text=f"{e}; judge abstained (trait None) on "
-             f"{sum(r['trait'] is None for r in scored)} of {len(scored)} answers; falling back to the judge-free proxy filter")
+             f"{sum(r['trait'] is None for r in scored)} of {len(scored)} answers; falling back to the judge-free proxy filter", judged=True)
         ex = extract(model, cfg.trait, judge=None, preset=cfg, out=out / "extract_proxy", seed=cfg.seed,
                      max_heldout=cfg.max_heldout)
     d = ex.direction
-    note("pairs kept by the filter", len(ex.kept), text=f"of {len(ex.rows) // 2}; filter {d.meta['filter']}")
+    judged_filter = d.meta.get("filter") == "judge"
+    note("pairs kept by the filter", len(ex.kept), text=f"of {len(ex.rows) // 2}; filter {d.meta['filter']}",
+         judged=judged_filter)
     if "probes" in stages:
         rows = [r for r in ex.rows if r["response"].strip()]
         x = cache(model, [[{"role": "system", "content": r["system"]}, {"role": "user", "content": r["question"]},
@@ -545,12 +563,13 @@ def _persona_vectors(out: str | os.PathLike, cfg: PVConfig, *, judge: Any = None
     note("steering layer", layer, text=plan["reason"])
     if "select" in stages and plan["select"]:
         base_expr = trait_expression(model, cfg.trait, judge, out=out / "expression_base", **expr_kw)
-        note("trait expression, base (judged)", None, base_expr["trait"], f"{base_expr['n_trait_none']} of {base_expr['n']} abstained")
+        note("trait expression, base (judged)", None, base_expr["trait"], f"{base_expr['n_trait_none']} of {base_expr['n']} abstained", judged=True)
         sel = select_layer(model, cfg.trait, d, judge, layers=plan["candidates"], coef=cfg.coef, out=out, **expr_kw)
         for l, r in sel["per_layer"].items():
             note(f"steered L{l} x{cfg.coef}: trait (judged)", None, r["trait"],
-                 f"coherence {r['coherence']['value']}; {r['n_trait_none']} abstained")
-        note("selected layer", sel["selected_layer"], text="max trait with mean coherence >= 50; None: no layer qualified")
+                 f"coherence {r['coherence']['value']}; {r['n_trait_none']} abstained", judged=True)
+        note("selected layer", sel["selected_layer"], text="max trait with mean coherence >= 50; None: no layer qualified",
+             judged=True)
         if sel["selected_layer"] is not None:
             layer = sel["selected_layer"]
     if "screen" in stages:
@@ -590,14 +609,16 @@ def _persona_vectors(out: str | os.PathLike, cfg: PVConfig, *, judge: Any = None
         label = "judged trait score" if judge is not None else "PROXY: paired-preference mean diff (nats/token)"
         for cond in ("plain", "preventative"):
             last = sorted(k for k in expr if k.startswith(cond))[-1]
-            note(f"{cond} finetune, final: {label}", round(expr[last], 4) if expr[last] is not None else None)
+            note(f"{cond} finetune, final: {label}", round(expr[last], 4) if expr[last] is not None else None,
+                 judged=judge is not None)
         ok = {k: v for k, v in expr.items() if v is not None}
         sc = shift_correlation(model, {k: models[k] for k in ok}, d, layer=layer, prompts=prompts, expression=ok)
         _runs.write_json(out / "shift_correlation.json", sc, indent=2)
         for r in sc["rows"]:
-            note(f"shift along the direction at L{layer}: {r['model']}", round(r["shift"], 4), text=f"{label} {r['expression']:.4f}")
+            note(f"shift along the direction at L{layer}: {r['model']}", round(r["shift"], 4), text=f"{label} {r['expression']:.4f}",
+                 judged=judge is not None)
         note("Pearson r, finetuning shift vs expression across checkpoints", round(sc["pearson_r"], 4),
-             text=shift_correlation_note(sc["n"], judged=judge is not None))
+             text=shift_correlation_note(sc["n"], judged=judge is not None), judged=judge is not None)
     _runs.write_jsonl(out / "summary.jsonl", summary)
     return {"summary": summary, "dashboard": export_dashboard(out)}
 
