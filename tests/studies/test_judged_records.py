@@ -11,7 +11,7 @@ import pytest
 from introspect_mech.evals import JudgeResult
 from introspect_mech.evals import judge_record as jr
 from introspect_mech.evals import judge_validation as jv
-from introspect_mech.probes.persona import TraitJudge, persona_data
+from introspect_mech.studies.common.persona import TraitJudge, persona_data
 from introspect_mech.studies import persona_vectors as pv
 
 
