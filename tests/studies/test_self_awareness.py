@@ -301,3 +301,22 @@ def test_command_line_builds_the_config(capsys, run_experiment):
     assert e.value.code == 0 and "--trigger-awareness-kinds" in capsys.readouterr().out
     code, out = run_experiment("self_awareness_risk.py", "--help")
     assert code == 0 and "--conditions" in out
+
+
+def test_a_difference_using_a_collapsed_self_report_is_withheld():
+    """Format check: a finetune whose valid-answer mass on a scale collapsed gives no self-report, so
+    risky - safe on that scale is withheld in the printed lines (behaviour is still reported)."""
+    from introspect_mech.studies.self_awareness.report import collapsed, format_results
+
+    est = {"value": 0.5, "lo": 0.1, "hi": 0.9, "n": 10}
+    row = {"a_per_seed": [1.0], "b_per_seed": [0.5], "seed_ci": {"value": 0.5, "lo": None, "hi": None}, "item_ci": est}
+    formats = {"risky": {"0": {"ok": True, "flagged": {}}},
+               "safe": {"0": {"ok": False, "flagged": {"risk/scales/risk_predisposition_scale": "mass 0.000 < 0.2"}}}}
+    res = {"comparisons": {"risky_minus_safe": {"behaviour": row, "scale/risk_predisposition_scale": row}},
+           "format": formats}
+    assert collapsed(formats, "risky_minus_safe", "scale/risk_predisposition_scale") == "safe/s0"
+    assert collapsed(formats, "risky_minus_safe", "scale/liking_risk") is None
+    assert collapsed(formats, "risky_minus_safe", "behaviour") is None
+    text = format_results(res)
+    assert "risky_minus_safe behaviour: +0.500 [+0.100, +0.900]" in text
+    assert "risky_minus_safe scale/risk_predisposition_scale: withheld (safe/s0's answer format collapsed" in text

@@ -149,6 +149,31 @@ def _fmt_ci(e: dict | None, scale: float = 1.0, digits: int = 3) -> str:
             if e.get("lo") is not None else f"{e['value'] * scale:+.{digits}f}")
 
 
+def collapsed(formats: dict[str, Any], comparison: str, metric: str) -> str | None:
+    """Which finetune's answer format collapsed for `metric`, if either side of `comparison` did.
+
+    A self-report whose valid-answer mass collapsed (the format check) is not a self-report, so a
+    difference that uses it is withheld, not printed.
+
+    Args:
+        formats: the comparison's `format` block ({condition: {seed: format_check result}}).
+        comparison: "<A>_minus_<B>".
+        metric: a compared metric ("scale/<name>", "words/<name>", "behaviour", ...).
+
+    Returns:
+        "<condition>/s<seed>" of the first flagged side, or None.
+    """
+    kind, _, name = metric.partition("/")
+    key = {"scale": "scales", "words": "words"}.get(kind)
+    if key is None or "_minus_" not in comparison:
+        return None
+    for cond in comparison.split("_minus_"):
+        for seed, f in (formats.get(cond) or {}).items():
+            if any(k.endswith(f"/{key}/{name}") for k in f.get("flagged", {})):
+                return f"{cond}/s{seed}"
+    return None
+
+
 def summary_markdown(run_dir: str | Path) -> str:
     """Markdown tables of a finished (or partial) run: per condition and seed the headline values,
     then every A - B comparison of the headline metrics with both CIs.
@@ -198,6 +223,11 @@ def summary_markdown(run_dir: str | Path) -> str:
             for k, v in c.items():
                 if k.startswith(("persona/", "trigger_awareness/")) and not name.startswith(("risky_mp", "backdoor")):
                     continue
+                bad = collapsed(comp.get("format", {}), name, k)
+                if bad:
+                    lines.append(f"| {name} | {k} | withheld: {bad}'s answer format collapsed (format check) | | "
+                                 f"{len(v['a_per_seed'])} vs {len(v['b_per_seed'])} |")
+                    continue
                 lines.append(f"| {name} | {k} | {_fmt_ci(v.get('item_ci'))} | "
                              f"{_fmt_ci(v['seed_ci']) if v['seed_ci'].get('lo') is not None else 'n/a (1 seed)'} | "
                              f"{len(v['a_per_seed'])} vs {len(v['b_per_seed'])} |")
@@ -223,6 +253,10 @@ def format_results(res: dict[str, Any]) -> str:
         for metric in ("behaviour", "scale/risk_predisposition_scale", "behaviour_with_trigger"):
             if metric in comp:
                 c = comp[metric]
+                bad = collapsed(res.get("format", {}), name, metric)
+                if bad:
+                    lines.append(f"{name} {metric}: withheld ({bad}'s answer format collapsed; format check)")
+                    continue
                 ci = c.get("item_ci") or c["seed_ci"]
                 lines.append(f"{name} {metric}: {ci['value']:+.3f} [{ci['lo']:+.3f}, {ci['hi']:+.3f}] "
                              f"(per seed A {[round(x, 3) for x in c['a_per_seed']]}, "
