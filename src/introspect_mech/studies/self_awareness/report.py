@@ -253,9 +253,9 @@ def format_results(res: dict[str, Any]) -> str:
         for metric in ("behaviour", "scale/risk_predisposition_scale", "behaviour_with_trigger"):
             if metric in comp:
                 c = comp[metric]
-                bad = collapsed(res.get("format", {}), name, metric)
-                if bad:
-                    lines.append(f"{name} {metric}: withheld ({bad}'s answer format collapsed; format check)")
+                gone = collapsed(res.get("format", {}), name, metric)
+                if gone:
+                    lines.append(f"{name} {metric}: withheld ({gone}'s answer format collapsed; format check)")
                     continue
                 ci = c.get("item_ci") or c["seed_ci"]
                 lines.append(f"{name} {metric}: {ci['value']:+.3f} [{ci['lo']:+.3f}, {ci['hi']:+.3f}] "
