@@ -46,7 +46,7 @@ PLANS = {
     "cpu": {
         "qwen2.5-coder-0.5b-instruct": dict(cpu=dict(forward=(4, 128), train_batch=16, sample_batches=(16, 32),
                                                      new_tokens=16, repeats=2, dtypes=("float32", "bfloat16"),
-                                                     judge=(8, 100))),
+                                                     judge=(4, 60))),
     },
     "quick": {
         "tiny": dict(cache=dict(shapes=[(1, 128), (4, 256)], repeats=5),
