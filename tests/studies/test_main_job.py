@@ -122,3 +122,16 @@ def test_library_warnings_go_to_the_run_log_not_the_terminal(tmp_path, capsys):
     # printed tables: a header row, a rule, the rows; columns aligned
     assert _table(["model", "Δ nats/token"], [["base", "-0.683"]]).splitlines() == [
         "  model  Δ nats/token", "  -----  ------------", "  base   -0.683"]
+
+
+def test_self_rating_below_the_mass_floor_is_no_self_report():
+    """Issue 28 (#9 in the main job): a renormalised expectation over 4-13 % of the mass is not a
+    self-report; the job withholds it (value None, note and cell say why) and keeps it above the floor."""
+    from introspect_mech.studies.main_job import self_report
+
+    low = {"mean": {"value": 29.7, "lo": 20.0, "hi": 40.0, "n": 5}, "mean_mass": 0.13}
+    est, text, cell = self_report(low)
+    assert est["value"] is None and "no self-report: mass on numbers 0.13 < 0.25" == text and cell == "none (mass 0.13)"
+    ok = {"mean": {"value": 71.0, "lo": 65.0, "hi": 77.0, "n": 5}, "mean_mass": 0.8}
+    est, text, cell = self_report(ok)
+    assert est["value"] == 71.0 and text == "mass on numbers 0.80" and cell.startswith("71.000 [65.000, 77.000]")
