@@ -222,15 +222,15 @@ MAX_LINES = 600
 OVERSIZE = {
     "runs.py": (963, "run directories: binding, writer, resume, manifest in one module; split planned (issue 30)"),
     "models.py": (790, "load_model's sources (hub / dir / GGUF / embedded), adapters; the CPU dtype is cpu_dtype.py"),
-    "evals/judges.py": (804, "HFJudge + APIJudge; left whole while the judges engineer edits them (session 7)"),
+    "evals/judges.py": (840, "HFJudge + APIJudge (+ label-fewshot, session 7); split planned"),
     "evals/em.py": (682, "the EM eval; paper logic still in the library (issue 30: evals/em.run_em_eval)"),
     "diffing.py": (662, "model diffing; split planned"),
     "studies/organisms/__init__.py": (965, "one runner stage around the old body; split with its stages"),
     "studies/self_prediction/__init__.py": (741, "one runner stage around the old body; split with its stages"),
     "studies/steering_proxy/__init__.py": (716, "stages a-c and `introspect-mech steer` in one module"),
-    "studies/caft/__init__.py": (681, "split with its stages"),
-    "studies/persona_vectors/__init__.py": (666, "split with its stages"),
-    "studies/main_job/__init__.py": (644, "split with its stages"),
+    "studies/caft/__init__.py": (685, "split with its stages"),
+    "studies/persona_vectors/__init__.py": (687, "split with its stages"),
+    "studies/main_job/__init__.py": (666, "split with its stages"),
 }
 
 

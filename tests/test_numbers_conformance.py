@@ -128,13 +128,33 @@ def test_defect_05_main_job_direction_items_disjoint_from_scored_items():
 def test_defect_06_detector_needs_a_screened_latent_and_heldout_answers():
     from introspect_mech.studies.persona_features import diff_screen_detect, pick_detector_latent
 
-    table = [{"target": "none", "latent": None, "misaligned": 0.30, "coherence": 80.0, "rank": 1},
-             {"target": "latent_7", "latent": 7, "misaligned": 0.20, "coherence": 90.0, "rank": 0}]
+    def flags(k, n=40):  # per-answer misaligned flags of a judged screen
+        return [1.0] * k + [0.0] * (n - k)
+
+    table = [{"target": "none", "latent": None, "misaligned": 0.30, "coherence": 80.0, "rank": 1, "units": flags(12)},
+             {"target": "latent_7", "latent": 7, "misaligned": 0.20, "coherence": 90.0, "rank": 0, "units": flags(8)}]
     assert pick_detector_latent(table) is None  # steering with it made answers LESS misaligned
-    table[1]["misaligned"] = 0.5
+    table[1].update(misaligned=0.9, units=flags(36))
     assert pick_detector_latent(table) == 7
     table[1]["coherence"] = 10.0
     assert pick_detector_latent(table) is None  # incoherent: failed the screen
+    # above the unsteered value, but inside noise (Welch over answers): not a pass (the rerun's latent 2054
+    # passed the old strict ">" rule on +0.003 nats/token)
+    table[1].update(coherence=90.0, misaligned=0.35, units=flags(14))
+    assert pick_detector_latent(table) is None
+    # the proxy: paired over items; a tiny mean shift with item noise does not pass, a consistent one does
+    base = [0.1 * ((-1) ** i) * (i % 5) for i in range(40)]
+    proxy = [{"target": "none", "latent": None, "misaligned": sum(base) / 40, "coherence": None, "rank": 1,
+              "metric": "paired_preference (proxy)", "units": base, "units_paired": True},
+             {"target": "latent_3", "latent": 3, "metric": "paired_preference (proxy)", "coherence": None, "rank": 0,
+              "units_paired": True, "units": [x + 0.003 + 0.2 * ((-1) ** (i // 2)) for i, x in enumerate(base)]}]
+    proxy[1]["misaligned"] = sum(proxy[1]["units"]) / 40
+    assert proxy[1]["misaligned"] > proxy[0]["misaligned"] and pick_detector_latent(proxy) is None
+    proxy[1]["units"] = [x + 0.05 for x in base]
+    proxy[1]["misaligned"] = sum(proxy[1]["units"]) / 40
+    assert pick_detector_latent(proxy) == 3
+    # without per-unit values there is no interval, so no pass
+    assert pick_detector_latent([{**proxy[0], "units": None}, proxy[1]]) is None
     convs = [[{"role": "user", "content": "x"}]]
     with pytest.raises(ValueError, match="held-out"):
         diff_screen_detect(None, None, None, convs, judge_fn=lambda m: {}, alpha=1.0,

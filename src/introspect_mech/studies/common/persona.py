@@ -46,6 +46,7 @@ from ...layers import LayerSpec, resolve_layers
 from ...models import LoadedModel
 from ...probes.linear import mean_diff
 from ...evals import sample
+from ...evals.judge_record import fields, judge_record
 from ...evals.metrics import answer_logprobs
 from ...evals.questions import fill_judge_prompt, load_questions
 from ...paths import data_dir as _data_dir
@@ -406,12 +407,8 @@ def persona_data(
     if filter == "judge" and judge is not None:
         tj = judge if isinstance(judge, TraitJudge) else TraitJudge(judge, t, data_dir=data_dir)
     layer_ids = resolve_layers(layers, model.n_layers)
-    # a judged filter carries its judge's validation record on the shared GPT-4o set (external scores: none)
-    jline = None
-    if filter == "judge":
-        from ...evals.judge_record import fields, judge_record
-
-        jline = fields(judge_record(tj, what="persona pair filter") if tj is not None else None)["judge_validation"]
+    jrec = judge_record(tj, what="persona pair filter") if filter == "judge" and tj is not None else None
+    jline = fields(jrec)["judge_validation"] if filter == "judge" else None  # the judged filter's validation record
 
     def fmt(side: str, instruction: str) -> str:
         return system_prompt(trait_name, side, instruction, system_format)
