@@ -100,6 +100,12 @@ def test_prediction_data_labels_and_shift_data():
     assert [r["messages"][-1]["content"] for r in recs] == ["true", "false", "true"]
     assert all(r["label_source"] == "M1_self" and r["messages"][0] == rows[i]["hypothetical_prompt"][0]
                for i, r in enumerate(recs))
+    # a blank property value (third_character of "E. E. Waddell" is a space; found on the real Qwen) cannot be an
+    # assistant turn: the row is left out of the training data instead of failing the finetune
+    blank = [_li_row("wiki", "third_character", 0, "q9")]
+    assert prediction_training_data(blank, {object_key(blank[0]): "E. E. Waddell High School"}) == []
+    assert [r["messages"][-1]["content"] for r in
+            prediction_training_data(blank, {object_key(blank[0]): "Eddie Waddell"})] == ["d"]
     obj = object_level_training_data(rows, {object_key(rows[0]): "B"})
     assert len(obj) == 1 and obj[0]["messages"][0]["content"] == "q0" and obj[0]["messages"][-1]["content"] == "B"
     # only items whose property changed count; the prediction is compared with new and old

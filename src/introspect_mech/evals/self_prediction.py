@@ -345,7 +345,8 @@ def score_predictions(rows: Sequence[dict], object_answers: dict[str, str], pred
 def prediction_training_data(rows: Sequence[dict], object_answers: dict[str, str], *,
                              source: str = "") -> list[dict[str, Any]]:
     """Training records {"messages": hypothetical prompt + assistant: property value} for every row
-    whose object-level answer is compliant. The property values come from `object_answers`, so the
+    whose object-level answer is compliant and whose property value is not blank (a whitespace
+    character cannot be an assistant turn; such rows are left out of training, not of scoring). The property values come from `object_answers`, so the
     same builder makes self-prediction data (a model's own answers) and cross-prediction data
     (model A's answers, to finetune model B). Note: the released files carry a canary string; never
     train a model you release on them.
@@ -362,7 +363,7 @@ def prediction_training_data(rows: Sequence[dict], object_answers: dict[str, str
     for r in rows:
         value = extract_property(object_answers.get(object_key(r)), r["behavioral_property"],
                                  r.get("option_matching_ethical_stance"))
-        if value is None:
+        if value is None or not value.strip():  # e.g. third_character of "E. E. Waddell" is a space: no assistant turn
             continue
         out.append({"messages": list(r["hypothetical_prompt"]) + [{"role": "assistant", "content": value}],
                     "item_id": r["item_id"], "property": r["behavioral_property"], "label_source": source})
