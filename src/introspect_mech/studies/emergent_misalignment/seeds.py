@@ -5,8 +5,8 @@ over questions (question-clustered) or answers: they say how sure we are about *
 claim is about finetuning on the dataset, whose unit is the finetune: this command reads several finished
 runs that differ only in `seed` (and `include_base`), and reports per dataset the mean over seeds with a
 Student-t interval (unit: finetune seed), each run's own question-clustered interval beside it, and the
-difference against the control dataset paired by seed (same seed: same training-row ids and sampling seed
-for both datasets). Judged rates carry the judge's validation label; the proxy and the capability check are
+difference against the control dataset paired by seed (same seed: same sampling seed for both datasets and,
+for bad / good medical advice, the same training-question rows). Judged rates carry the judge's validation label; the proxy and the capability check are
 reported apart from them (never on one line with a judged rate).
 
     introspect-mech em-seeds /runs/em_s0 /runs/em_s1 /runs/em_s2 --out /runs/em_seeds
