@@ -1,0 +1,66 @@
+"""Stage-by-stage resume of the studies split into real stages: a run killed after its first stage resumes at the
+second (the first is skipped, its work read back from the run directory) and ends with what an uninterrupted run
+gives -- on the tiny models the studies' own tests use."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from introspect_mech.studies import runner
+
+
+class Killed(Exception):
+    """Stands in for a process killed between two stages."""
+
+
+def interrupted_then_resumed(mod: Any, config: Any, out: Path, monkeypatch: pytest.MonkeyPatch,
+                             **kw: Any) -> runner.RunResult:
+    """Run `mod`'s study with its second stage dying on entry, then rerun it (the real stages) into the same
+    directory; returns the resumed run's result after checking that only the first stage was skipped."""
+    study = mod.STUDY
+    names = [s.name for s in study.stages]
+
+    def die(ctx: runner.Context) -> None:
+        raise Killed(names[1])
+
+    with monkeypatch.context() as m:
+        m.setattr(mod, "STUDY", dataclasses.replace(
+            study, stages=(study.stages[0], runner.Stage(names[1], die)) + study.stages[2:]))
+        with pytest.raises(Killed):
+            mod.run(config, out, progress=False, **kw)
+    res = mod.run(config, out, progress=False, **kw)
+    assert res.skipped == names[:1], res.skipped
+    assert list(res.results) == names
+    assert mod.run(config, out, progress=False, **kw).skipped == names  # every stage recorded now
+    return res
+
+
+def test_organisms_resume_at_the_second_stage(tiny_qwen2, tmp_path, monkeypatch, shared_dir):
+    from introspect_mech.studies import organisms
+
+    cfg = organisms.OrganismsConfig(
+        layer=2, alpha=6.0, directions=("random",), seeds=(0,), n_train=8, n_eval=3, max_new_tokens=6,
+        epochs=1, lr=1e-2, lora_r=2, batch_size=4, n_texts=8, first_tokens=4, persona_questions=2,
+        persona_instructions=2, persona_max_new_tokens=4, sae=False, persona_distill=True, inoculation=False,
+        train_time=(), probe_every=2)
+    resumed = interrupted_then_resumed(organisms, cfg, tmp_path / "r", monkeypatch, base=tiny_qwen2)
+    whole = organisms.run(cfg, tmp_path / "u", base=tiny_qwen2, progress=False)
+    for key in ("recovery", "interventions", "table"):  # the directions are read back from disk, bit for bit
+        assert resumed.results["report"][key] == whole.results["report"][key], key
+    assert [json.loads(line)["stage"] for line in (tmp_path / "r" / "stages.jsonl").read_text().splitlines()] == \
+        [s.name for s in organisms.STUDY.stages]
+
+
+def test_organisms_bind_the_trait_files_they_read(data_root):
+    from introspect_mech.studies import organisms
+    from introspect_mech.studies.common.persona import load_trait
+
+    files = organisms.data_files(organisms.PRESETS["tiny"], {"data_dir": data_root})
+    for split in ("extract", "eval"):
+        assert str(files[f"persona/evil/{split}"]) == load_trait("evil", data_root, split=split)["path"]
+    assert "dataset/good_medical_advice" in files
