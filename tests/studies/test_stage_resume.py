@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from introspect_mech.studies import runner
+from introspect_mech.studies.common.persona import load_trait
 
 
 class Killed(Exception):
@@ -58,9 +59,24 @@ def test_organisms_resume_at_the_second_stage(tiny_qwen2, tmp_path, monkeypatch,
 
 def test_organisms_bind_the_trait_files_they_read(data_root):
     from introspect_mech.studies import organisms
-    from introspect_mech.studies.common.persona import load_trait
 
     files = organisms.data_files(organisms.PRESETS["tiny"], {"data_dir": data_root})
     for split in ("extract", "eval"):
         assert str(files[f"persona/evil/{split}"]) == load_trait("evil", data_root, split=split)["path"]
     assert "dataset/good_medical_advice" in files
+
+
+def test_persona_vectors_resume_at_the_second_stage(tiny_qwen3_dir, tiny_qwen3, tmp_path, monkeypatch, data_root):
+    from introspect_mech.studies import persona_vectors as pv
+
+    cfg = pv.PRESETS["cpu"].replace(model=str(tiny_qwen3_dir), layers=(0, 1), n_questions=1, n_per_question=1,
+                                    max_new_tokens=3, n_screen=4, n_train=4, steps=2, save_every=1)
+    resumed = interrupted_then_resumed(pv, cfg, tmp_path / "r", monkeypatch, model=tiny_qwen3)
+    whole = pv.run(cfg, tmp_path / "u", model=tiny_qwen3, progress=False)
+    assert resumed.results["report"]["summary"] == whole.results["report"]["summary"]
+    names = [r["name"] for r in whole.results["report"]["summary"]]
+    assert names[0] == "pairs kept by the filter" and "best probe layer (pos vs neg answers)" in names
+    assert names[-1] == "Pearson r, finetuning shift vs expression across checkpoints"
+    for split in ("extract", "eval"):  # the bound trait files are the ones the study reads
+        path = pv.data_files(cfg, {"data_dir": data_root})[f"trait/{split}"]
+        assert str(path) == load_trait("evil", data_root, split=split)["path"]
