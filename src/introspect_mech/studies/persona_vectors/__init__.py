@@ -45,7 +45,7 @@ from ...runs import RunDir
 from .. import runner
 from .config import COHERENCE_MIN, PAPER_SHIFT_R, PRESETS, STAGES, UPSTREAM_POSITIONS, PVConfig, Stage
 from .data import data_files
-from .measures import (_steer_ctx, extract, finetune_and_express, mean_projection, pearson, pick_layer, screen_dataset,
+from .measures import (_steer_ctx as _steer_ctx, extract, finetune_and_express, mean_projection, pearson, pick_layer, screen_dataset,
                        select_layer, shift_correlation, shift_correlation_note, steering_layer_plan, summarize_scores,
                        trait_expression)
 from .stages import STAGES as RUNNER_STAGES
