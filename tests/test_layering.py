@@ -226,7 +226,6 @@ OVERSIZE = {
     "evals/em.py": (682, "the EM eval; paper logic still in the library (issue 30: evals/em.run_em_eval)"),
     "diffing.py": (662, "model diffing; split planned"),
     "studies/self_prediction/__init__.py": (741, "one runner stage around the old body; split with its stages"),
-    "studies/steering_proxy/__init__.py": (716, "stages a-c and `introspect-mech steer` in one module"),
     "studies/caft/__init__.py": (685, "split with its stages"),
     "studies/main_job/__init__.py": (666, "split with its stages"),
 }

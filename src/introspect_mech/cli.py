@@ -192,7 +192,7 @@ def _cmd_steer(o: SteerOptions, m: ModelOptions, r: RunOptions) -> int:
     from .evals.metrics import load_em_pairs
     from .probes import Direction
     from .runs import RunDir, file_sha256, json_sha256, model_config
-    from .studies.steering_proxy import steer_sweep
+    from .commands import steer_sweep
 
     stem = Path(o.direction)
     if not Path(str(stem) + ".safetensors").exists():

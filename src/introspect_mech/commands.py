@@ -14,16 +14,20 @@ and one class per command for what only it takes (`SampleOptions`, `JudgeRunOpti
 `sae.SAETrainConfig` and `judge` adds `evals.judge_spec.JudgeOptions`. Layer options take the
 `layers.LayerSpec` words and integers (`--layers 5 10 15`, `--layers middle`); lists are space-separated.
 
+`steer_sweep` is what `introspect-mech steer` runs (a judge-free proxy sweep of one saved direction; it lived in
+`studies.steering_proxy` before, where the name still works for one release with a `DeprecationWarning`).
+
 This module imports nothing heavy (the methods import what they use), so building a parser stays fast.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
-from .layers import LAYER_WORDS
+from .layers import LAYER_WORDS, LayerSpec
 
 if TYPE_CHECKING:
     from .models import LoadedModel
@@ -207,6 +211,54 @@ class SteerOptions:
         if not all(math.isfinite(a) for a in self.alphas):
             raise ValueError(f"--alphas: expected finite numbers (no nan/inf), got {' '.join(map(str, self.alphas))}")
         self.seeds = tuple(self.seeds)
+
+
+def steer_sweep(model: LoadedModel, direction: Any, out: str | os.PathLike, *, layers: LayerSpec = None,
+                alphas: Sequence[float] = (1.0, 2.0, 4.0), op: str = "add", seeds: Sequence[int] = (0, 1, 2),
+                scale: Literal["unit", "norm"] = "norm", items: Sequence[dict] | None = None) -> list[dict[str, Any]]:
+    """Sweep `direction` (add / ablate) over layers x alphas vs norm-matched random directions, scored
+    with the judge-free EM proxy; writes OUT/steering/sweep.jsonl and OUT/steering_sweep.jsonl.
+
+    Args:
+        model: a `LoadedModel`.
+        direction: the direction (a `Direction` or tensor).
+        out: the run directory.
+        layers: blocks (a `LayerSpec`; None: all).
+        alphas: strengths.
+        op: "add" or "ablate".
+        seeds: seeds of the norm-matched random directions.
+        scale: "norm" (alpha times the raw vector) or "unit".
+        items: paired EM items of the proxy (default: the project's).
+
+    Returns:
+        The summary rows (one per layer, alpha and kind) with the proxy metric name.
+    """
+    from . import runs as _runs
+    from .evals.em import PROXY_PREF, em_proxy_fn, proxy_items
+    from .runs import RunDir
+    from .steering.sweep import summarize, sweep
+
+    run = RunDir(out)
+    fn = em_proxy_fn(items)
+
+    def eval_fn(m):
+        r = fn(m)
+        return {"proxy_pref": r["proxy_pref"], "proxy_diff": r["proxy_diff"]}
+
+    # eval_fn cannot be hashed: bind what determines it (the proxy's items by value, its metrics)
+    binding = {"proxy_items_sha256": _runs.json_sha256(list(items) if items is not None else proxy_items()),
+               "metrics": ["proxy_pref", "proxy_diff"]}
+    rows = sweep(model, direction, layers=layers, alphas=alphas, eval_fn=eval_fn, out=run.path / "steering", op=op,
+                 seeds=seeds, scale=scale, binding=binding)
+    out_rows, summary = [], summarize(rows, "proxy_pref")
+    for s in summary:
+        if s["kind"] != "none":
+            out_rows.append({"direction": "direction" if s["kind"] == "direction" else "random", "layer": str(s["layer"]),
+                             "alpha": s["alpha"], "metric": s["value"], "metric_name": PROXY_PREF})
+        print(f"  {s['op']} layer={s['layer']} alpha={s['alpha']} {s['kind']:9s} {PROXY_PREF}: "
+              f"{s['value']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}]")
+    _runs.write_jsonl(run.path / "steering_sweep.jsonl", out_rows)
+    return summary
 
 
 @dataclass(kw_only=True)

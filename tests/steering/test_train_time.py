@@ -209,15 +209,17 @@ def test_study_train_time_and_removal_resume(tiny_qwen2_dir, tmp_path, data_root
 
 
 def test_steering_proxy_options_come_from_its_config(monkeypatch, capsys, tmp_path):
+    import dataclasses
+
     from introspect_mech.studies import steering_proxy as sp
 
     calls = []
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sp, "_steering_proxy", lambda out, **kw: calls.append((out, kw)))
+    monkeypatch.setattr(sp, "run", lambda cfg, out, **kw: calls.append((out, dataclasses.asdict(cfg))))
     assert sp.main(["--out", "o", "--stages", "bc", "--preset", "cpu", "--seeds", "0", "1", "--layers", "6", "10",
                     "--ablate-layers", "6", "--no-persona", "--random-per-finetune", "1"]) == 0
     out, kw = calls[0]
-    assert str(out) == "o" and kw["model_name"] is None and kw["stages"] == "bc" and kw["preset"] == "cpu"
+    assert str(out) == "o" and kw["model"] is None and kw["stages"] == "bc" and kw["preset"] == "cpu"
     assert kw["seeds"] == (0, 1) and kw["layers"] == (6, 10) and kw["ablate_layers"] == (6,)
     assert kw["persona"] is False and kw["random_per_finetune"] == 1 and kw["alphas"] == (1.0, 2.0, 4.0, 8.0)
     sp.main(["--out", "o2"])  # another config: another run directory

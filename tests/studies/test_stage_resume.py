@@ -80,3 +80,15 @@ def test_persona_vectors_resume_at_the_second_stage(tiny_qwen3_dir, tiny_qwen3, 
     for split in ("extract", "eval"):  # the bound trait files are the ones the study reads
         path = pv.data_files(cfg, {"data_dir": data_root})[f"trait/{split}"]
         assert str(path) == load_trait("evil", data_root, split=split)["path"]
+
+
+def test_steering_proxy_resume_at_the_second_stage(tiny_qwen2_dir, tmp_path, monkeypatch, data_root):
+    from introspect_mech.studies import steering_proxy as sp
+
+    cfg = sp.SteeringProxyConfig(model=str(tiny_qwen2_dir), stages="a", seeds=(0, 1), preset="cpu", layers=(1,),
+                                 alphas=(1.0,), persona=False, n_dir_pairs=4, batch_size=8, quick=True)
+    resumed = interrupted_then_resumed(sp, cfg, tmp_path / "r", monkeypatch)
+    whole = sp.run(cfg, tmp_path / "u", progress=False)
+    assert (tmp_path / "r" / "results.json").read_text() == (tmp_path / "u" / "results.json").read_text()
+    assert set(resumed.results["report"]) == {"creates_em"} and set(resumed.results["report"]["creates_em"]) == {"em"}
+    assert whole.results["caft"] == {} and whole.results["removes_em"] == {}  # b and c not asked for
