@@ -92,3 +92,17 @@ def test_steering_proxy_resume_at_the_second_stage(tiny_qwen2_dir, tmp_path, mon
     assert (tmp_path / "r" / "results.json").read_text() == (tmp_path / "u" / "results.json").read_text()
     assert set(resumed.results["report"]) == {"creates_em"} and set(resumed.results["report"]["creates_em"]) == {"em"}
     assert whole.results["caft"] == {} and whole.results["removes_em"] == {}  # b and c not asked for
+
+
+def test_model_organisms_resume_at_the_second_stage(tiny_qwen2_dir, tmp_path, monkeypatch, data_root):
+    from introspect_mech.studies import model_organisms as mo
+    from test_model_organisms import ScriptedJudge, _cfg
+
+    cfg = _cfg(tiny_qwen2_dir, data_root, n_train=4, save_every=2, n_samples=2, checkpoint_samples=1, n_random=1,
+               proxy_per_theme=1, proxy_medical=2)
+    resumed = interrupted_then_resumed(mo, cfg, tmp_path / "r", monkeypatch, judge=ScriptedJudge())
+    whole = mo.run(cfg, tmp_path / "u", judge=ScriptedJudge(), progress=False)
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("r", "u"))
+    a.pop("wall_s"), b.pop("wall_s")
+    assert a == b and resumed.results["report"]["em"] == whole.results["report"]["em"]
+    assert a["phase"] and a["direction"] and set(a["ablation"]) == {"ablate_em", "ablate_random_0"}

@@ -13,7 +13,7 @@ from ...evals import judge_record as _jr
 from ...probes.em import em_direction_from_pairs
 
 if TYPE_CHECKING:
-    from . import MOConfig
+    from .config import MOConfig
 
 
 def lora_b_norm(adapter_dir: str | Path) -> float:
