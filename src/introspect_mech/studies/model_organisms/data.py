@@ -68,19 +68,22 @@ def questions(config: MOConfig) -> tuple[Path, list[Question]]:
 
 def data_files(config: MOConfig, resources: Any = None) -> dict[str, Path]:
     """The data files whose content the run's rows depend on (bound by the runner, `Study.data`): the question
-    file and the training set's local file (a set that is not a local registered file is left to `data.load`,
-    which names it).
+    file, the training set's local file and, for the proxy on a medical set, both medical-advice sets (its held-out
+    pairs; a set that is not a local registered file is left to `data.load`, which names it).
 
     Args:
-        config: the run's config (`data_dir`, `questions`, `dataset`).
+        config: the run's config (`data_dir`, `questions`, `dataset`, `proxy`).
         resources: the run's keywords (unused: the data folder is the config's).
 
     Returns:
         {"questions" | "dataset/<name>": path}.
     """
     out: dict[str, Path] = {"questions": data_dir(config.data_dir) / "em" / "questions" / config.questions}
-    try:
-        out[f"dataset/{config.dataset}"] = locate(config.dataset, config.data_dir, fetch=False)
-    except DataError:
-        pass
+    names = [config.dataset] + (["bad_medical_advice", "good_medical_advice"] if config.proxy and is_medical(config)
+                                else [])
+    for name in dict.fromkeys(names):
+        try:
+            out[f"dataset/{name}"] = locate(name, config.data_dir, fetch=False)
+        except DataError:
+            pass
     return out
