@@ -341,6 +341,12 @@ def _cmd_em_seeds(argv: list[str]) -> int:
     return seeds.main(argv, prog="introspect-mech em-seeds")
 
 
+def _cmd_em_typology(argv: list[str]) -> int:
+    from .studies.emergent_misalignment import typology_runs
+
+    return typology_runs.main(argv, prog="introspect-mech em-typology")
+
+
 # ---- the command table ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Opt:
@@ -388,6 +394,8 @@ COMMANDS: dict[tuple[str, ...], Command] = {
     ("study",): Command("run a paper's protocol (`introspect-mech study --help` lists them)", _cmd_study),
     ("em-seeds",): Command("pool finished emergent-misalignment runs over finetune seeds (t over seeds, paired "
                            "difference vs the control)", _cmd_em_seeds),
+    ("em-typology",): Command("cluster the answers of several finished emergent-misalignment runs together "
+                              "(base, finetunes, controls in one space)", _cmd_em_typology),
     ("finetune",): Command("LoRA / full finetuning (see `introspect-mech finetune --help`)", _cmd_finetune),
     ("sample",): Command("sample answers to an EM question file into RUN/samples.jsonl", _cmd_sample,
                          lambda: (SampleOptions, ModelOptions, SeedOptions, RunOptions)),
