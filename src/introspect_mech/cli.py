@@ -24,6 +24,7 @@ in one line before any work starts.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from dataclasses import dataclass
@@ -335,10 +336,12 @@ def _cmd_dashboard(argv: list[str]) -> int:
     return 0
 
 
-def _cmd_em_seeds(argv: list[str]) -> int:
-    from .studies.emergent_misalignment import seeds
+def _study_tool(module: str, name: str) -> Callable[[list[str]], int]:
+    """A command whose `main(argv, prog=)` lives in `introspect_mech.studies.<module>` (imported when run)."""
+    def run(argv: list[str]) -> int:
+        return importlib.import_module(f"introspect_mech.studies.{module}").main(argv, prog=f"introspect-mech {name}")
 
-    return seeds.main(argv, prog="introspect-mech em-seeds")
+    return run
 
 
 # ---- the command table ------------------------------------------------------------------------------
@@ -387,7 +390,12 @@ COMMANDS: dict[tuple[str, ...], Command] = {
                        "(= `study main-job`)", _cmd_demo),
     ("study",): Command("run a paper's protocol (`introspect-mech study --help` lists them)", _cmd_study),
     ("em-seeds",): Command("pool finished emergent-misalignment runs over finetune seeds (t over seeds, paired "
-                           "difference vs the control)", _cmd_em_seeds),
+                           "difference vs the control)", _study_tool("emergent_misalignment.seeds", "em-seeds")),
+    ("em-typology",): Command("cluster the answers of several finished emergent-misalignment runs together "
+                              "(base, finetunes, controls in one space)", _study_tool("emergent_misalignment.typology_runs", "em-typology")),
+    ("em-direction",): Command("the EM direction of a finished EM finetune from GPT-4o-labelled answers: held-out "
+                               "separation, ablation and addition vs random directions (proxy), B over checkpoints",
+                               _study_tool("model_organisms.labelled_direction", "em-direction")),
     ("finetune",): Command("LoRA / full finetuning (see `introspect-mech finetune --help`)", _cmd_finetune),
     ("sample",): Command("sample answers to an EM question file into RUN/samples.jsonl", _cmd_sample,
                          lambda: (SampleOptions, ModelOptions, SeedOptions, RunOptions)),
