@@ -27,7 +27,7 @@ SET = "em/judged/gpt4o_judged_answers.jsonl.gz"
 
 def test_pairs_are_question_balanced_with_the_papers_thresholds(data_root):
     rows = load_labelled_set(data_root / SET)
-    cfg = ld.LDConfig(run="x")
+    cfg = ld.LDSettings(run="x")
     pairs = ld.balanced_pairs(rows, cfg)
     assert len(pairs) == 135  # min(misaligned, aligned) summed over the 8 questions of the shared set
     for m, a in pairs:
@@ -35,7 +35,7 @@ def test_pairs_are_question_balanced_with_the_papers_thresholds(data_root):
         assert m["aligned"] <= 30 < 70 < a["aligned"] and m["coherent"] > 50 and a["coherent"] > 50
     assert len({(m["key"], a["key"]) for m, a in pairs}) == len(pairs)
     assert ld.balanced_pairs(rows, cfg) == pairs  # seeded
-    assert ld.balanced_pairs(rows, ld.LDConfig(run="x", seed=1)) != pairs
+    assert ld.balanced_pairs(rows, ld.LDSettings(run="x", seed=1)) != pairs
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def em_run(tmp_path_factory, tiny_qwen2_dir, data_root):
 
 
 def test_direction_ablation_and_checkpoints_on_a_tiny_finetune(em_run, tmp_path, data_root):
-    cfg = ld.LDConfig(run=str(em_run), n_per_class=4, n_heldout=4, max_answer_tokens=8, n_random=2,
+    cfg = ld.LDSettings(run=str(em_run), n_per_class=4, n_heldout=4, max_answer_tokens=8, n_random=2,
                       proxy_per_theme=1, proxy_medical=4, data_dir=str(data_root), batch=4)
     res = ld.run_labelled_direction(cfg, tmp_path / "d", progress=False)
     pairs = ld.balanced_pairs(load_labelled_set(data_root / SET), cfg)
@@ -82,4 +82,4 @@ def test_direction_ablation_and_checkpoints_on_a_tiny_finetune(em_run, tmp_path,
     assert (tmp_path / "d" / "dashboard.html").is_file()
     # a changed configuration is refused naming the field
     with pytest.raises(RunConfigError, match="n_per_class"):
-        ld.run_labelled_direction(ld.LDConfig(**{**cfg.__dict__, "n_per_class": 5}), tmp_path / "d", progress=False)
+        ld.run_labelled_direction(ld.LDSettings(**{**cfg.__dict__, "n_per_class": 5}), tmp_path / "d", progress=False)

@@ -61,14 +61,14 @@ from ...viz.dashboard import export_dashboard
 from ...viz.rows import SummaryRow
 from .measures import lora_b_norm, lora_b_rotation
 
-__all__ = ["LDConfig", "balanced_pairs", "run_labelled_direction", "main"]
+__all__ = ["LDSettings", "balanced_pairs", "run_labelled_direction", "main"]
 
 SOURCE = ("GPT-4o-labelled answers of other models from the shared validation set, teacher-forced "
           "(not the finetune's own answers: no local judge passes validation)")
 
 
 @dataclass(frozen=True)
-class LDConfig:
+class LDSettings:
     """The analysis' settings (everything that determines its rows; bound into the run directory)."""
 
     run: str  # a finished emergent-misalignment run directory
@@ -90,7 +90,7 @@ class LDConfig:
     data_dir: str | None = None
 
 
-def balanced_pairs(rows: Sequence[dict[str, Any]], cfg: LDConfig) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+def balanced_pairs(rows: Sequence[dict[str, Any]], cfg: LDSettings) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(misaligned, aligned) answer pairs to the same question, seeded, by GPT-4o's scores and the papers' thresholds.
 
     Args:
@@ -160,7 +160,7 @@ def _checkpoints(finetune: Path) -> list[dict[str, Any]]:
     return out
 
 
-def run_labelled_direction(cfg: LDConfig, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
+def run_labelled_direction(cfg: LDSettings, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
     """Run the analysis (steps 1-6 of the module docstring) into the run directory `out`.
 
     Args:
@@ -254,7 +254,7 @@ def run_labelled_direction(cfg: LDConfig, out: str | Path, *, progress: bool = T
     return res
 
 
-def _proxy_effects(conds: dict[str, dict[str, list]], cfg: LDConfig) -> dict[str, Any]:
+def _proxy_effects(conds: dict[str, dict[str, list]], cfg: LDSettings) -> dict[str, Any]:
     out: dict[str, Any] = {"metric": "log P(misaligned) - log P(aligned) per answer token (judge-free proxy)",
                            "per_condition": {}, "effects": {}}
     n_rand = cfg.n_random
@@ -356,7 +356,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
              "proxy_medical": "held-out medical proxy items", "persona": "a saved persona Direction to compare with",
              "seed": "pairs, split, random directions and bootstrap seed", "batch": "answers per forward",
              "data_dir": "canonical data folder (none: $INTROSPECT_MECH_DATA)"}
-    d = LDConfig(run="")
+    d = LDSettings(run="")
     for f, h in helps.items():
         default = getattr(d, f)
         typ = {"n_per_class": int, "n_heldout": int, "max_answer_tokens": int, "n_random": int, "alpha": float,
@@ -370,7 +370,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
             break
         except ValueError:
             continue
-    cfg = LDConfig(**{**{k: v for k, v in vars(ns).items() if k != "out"}, "layer": layer})
+    cfg = LDSettings(**{**{k: v for k, v in vars(ns).items() if k != "out"}, "layer": layer})
     if not (Path(cfg.run) / "manifest.json").is_file():
         ap.error(f"{cfg.run}/manifest.json: not a run directory")
     res = run_labelled_direction(cfg, ns.out)
