@@ -11,12 +11,14 @@ Model throughput, each as a fraction of the matching limit:
   * LoRA training tok/s (the project's `finetune.train`, EM recipe, bad-medical-advice rows):
     FLOPs ~= 4 * P_lin * T (forward + input gradients; LoRA's own weights are < 4 % more)
     + 4 * V * d * T_loss (the head runs on the loss tokens only) + 4 * L * d * sum(s^2); / the matmul peak.
-  * sampling tok/s at batch 16 and 32 (`evals.sample`, temperature 1, `new_tokens` each): decoding reads
-    every weight once per step, so the bandwidth limit is batch * bandwidth / weight_bytes tokens/s;
-    fraction = measured tok/s / that limit (prefill and KV-cache reads are counted against us). Where the
-    CPU is slow for its bandwidth (a shared machine), a step's 2 * (P_lin + V * d) * batch FLOPs at the matmul
-    peak take longer than reading the weights: the roofline limit is batch / max(bytes / bandwidth,
-    FLOPs / peak) tokens/s, printed beside it.
+  * sampling at batch 16 and 32 (`evals.sample`, temperature 1, `new_tokens` each), the dtypes interleaved;
+    the same call with 1 new token (prefill + first step) is subtracted to give decoding alone. A decoding
+    step reads every weight once (weight_bytes / bandwidth) and multiplies each row by every weight
+    (2 * (P_lin + V * d) * batch FLOPs / the dtype's matmul peak): the **roofline** limit is
+    batch / max(bytes / bandwidth, FLOPs / peak) tokens/s. On one thread of this machine the FLOPs term is
+    the larger at batch 16-32 (the step is compute-bound, not bandwidth-bound), so the target fraction
+    (>= 0.50 at batch 32) is decoding tok/s / the roofline; both limits and the bandwidth-only fraction
+    are printed beside it, in wall time and in the thread's CPU time (a shared machine's waits excluded).
   * judge prompts/s (`HFJudge(mode="label")`, the EM "aligned" label prompt filled with a question and an
     `answer_words`-word answer, batch = all prompts): with and without the shared-prefix prefill,
     interleaved with one forward (last logits only) over the same rendered prompts; the ratio judge /
@@ -201,34 +203,83 @@ def run(report: common.Report, spec: str, dtype: torch.dtype | None, *, forward=
     speedup("LoRA training tok/s", trained, "float32", "float32 +autocast")
     speedup("LoRA training tok/s", trained, "float32", "bfloat16")
 
-    # sampling
-    from introspect_mech.evals.sampling import sample
-
+    # sampling: each (batch, dtype) as a whole call and as decoding alone, dtypes interleaved
     for bs in sample_batches:
         sampled = {}
-        for dt, loaded in models.items():
-            weight_bytes = _model_sizes(loaded)["weight_bytes"]  # bytes read per decoding step in this dtype
-            prompts = common.prompts(bs)
-            t0 = time.perf_counter()
-            out = sample(loaded, prompts, n=1, max_new_tokens=new_tokens, temperature=1.0, batch_size=bs,
-                         progress=False, seed=0)
-            t = time.perf_counter() - t0
-            n_new = sum(r["n_tokens"] for r in out)
-            limit = bs * lim["copy_gbps"] * 1e9 / weight_bytes
-            # roofline: a decoding step also does 2 * (P_lin + V d) FLOPs per row at the dtype's matmul peak
-            step_s = max(weight_bytes / (lim["copy_gbps"] * 1e9), 2 * (sz["p_lin"] + sz["vd"]) * bs / (peak(dt) * 1e9))
+        for dt, res in sample_cases(models, bs, new_tokens, repeats=1).items():
+            weight_bytes = _model_sizes(models[dt])["weight_bytes"]  # bytes read per decoding step in this dtype
+            lim_dt = decode_limits(bs, weight_bytes, sz["p_lin"] + sz["vd"], lim["copy_gbps"], peak(dt))
+            n_new, t, cpu_t = res["n_new"], res["wall_s"], res["cpu_s"]
             report.timing("cpu", case(dt), f"sample batch {bs} x {new_tokens} new", [t], tok_s=n_new / t,
-                          bandwidth_limit_tok_s=limit, roofline_tok_s=bs / step_s, weight_gb=weight_bytes / 1e9,
-                          loadavg_1m=os.getloadavg()[0])
-            report.ratio("cpu", case(dt), f"sampling b{bs} / bandwidth limit", n_new / t / limit,
-                         ">=0.50" if bs == 32 else None)
-            report.ratio("cpu", case(dt), f"sampling b{bs} / roofline (bandwidth, matmul peak)", n_new / t * step_s / bs)
-            sampled[_name(dt)] = n_new / t
-        speedup(f"sampling b{bs} tok/s", sampled, "float32", "bfloat16")
+                          cpu_s=cpu_t, weight_gb=weight_bytes / 1e9, loadavg_1m=os.getloadavg()[0], **lim_dt)
+            dec_wall = bs * res["decode_steps"] / res["decode_wall_s"]
+            dec_cpu = bs * res["decode_steps"] / res["decode_cpu_s"]
+            report.timing("cpu", case(dt), f"decoding only, batch {bs} ({res['decode_steps']} steps)",
+                          [res["decode_wall_s"]], tok_s=dec_wall, tok_s_thread_cpu=dec_cpu,
+                          step_ms=1e3 * res["decode_wall_s"] / res["decode_steps"],
+                          step_ms_thread_cpu=1e3 * res["decode_cpu_s"] / res["decode_steps"])
+            report.note("cpu", case(dt), f"decoding b{bs} limits: bandwidth {lim_dt['bandwidth_limit_tok_s']:.1f} tok/s "
+                        f"(bytes / bandwidth {1e3 * lim_dt['bytes_s']:.0f} ms a step), matmul peak "
+                        f"{lim_dt['compute_limit_tok_s']:.1f} tok/s (FLOPs / peak {1e3 * lim_dt['flops_s']:.0f} ms a step): "
+                        f"the step is {lim_dt['bound']}-bound, roofline {lim_dt['roofline_tok_s']:.1f} tok/s")
+            report.ratio("cpu", case(dt), f"sampling b{bs} (prefill incl.) / roofline", n_new / t / lim_dt["roofline_tok_s"])
+            report.ratio("cpu", case(dt), f"decoding b{bs} / roofline max(bytes/bw, FLOPs/peak)",
+                         dec_wall / lim_dt["roofline_tok_s"], ">=0.50" if bs == 32 else None)
+            report.ratio("cpu", case(dt), f"decoding b{bs} (thread CPU time) / roofline", dec_cpu / lim_dt["roofline_tok_s"])
+            report.ratio("cpu", case(dt), f"decoding b{bs} / bandwidth limit alone", dec_wall / lim_dt["bandwidth_limit_tok_s"])
+            sampled[_name(dt)] = dec_wall
+        speedup(f"decoding b{bs} tok/s", sampled, "float32", "bfloat16")
 
     if judge:
         for dt, loaded in models.items():
             judge_speed(report, loaded, case(dt), *judge, repeats=repeats)
+
+
+def decode_limits(batch: int, weight_bytes: int, params: int, bandwidth_gbps: float, peak_gflops: float) -> dict:
+    """A decoding step's two limits: reading every weight once (bytes / bandwidth) and multiplying every row by
+    every weight (2 * params * batch FLOPs / the matmul peak). The roofline is the slower of the two.
+
+    Args:
+        batch: rows decoded together.
+        weight_bytes: bytes read per step (decoder Linear weights, norms, the LM head).
+        params: weights multiplied per row (decoder Linear weights + the LM head).
+        bandwidth_gbps: memory bandwidth, GB/s.
+        peak_gflops: the dtype's matmul peak, GFLOPS.
+
+    Returns:
+        Seconds per step of each bound, tokens/s of each, the roofline and which bound sets it.
+    """
+    bytes_s = weight_bytes / (bandwidth_gbps * 1e9)
+    flops_s = 2.0 * params * batch / (peak_gflops * 1e9)
+    return {"bytes_s": bytes_s, "flops_s": flops_s, "bandwidth_limit_tok_s": batch / bytes_s,
+            "compute_limit_tok_s": batch / flops_s, "roofline_tok_s": batch / max(bytes_s, flops_s),
+            "bound": "compute" if flops_s > bytes_s else "bandwidth"}
+
+
+def sample_cases(models: dict, batch: int, new_tokens: int, repeats: int = 1) -> dict:
+    """`evals.sample` of `batch` prompts, each loaded dtype interleaved: `new_tokens` tokens (the whole call) and 1
+    token (prefill + the first step, the same prompts); their difference is decoding alone. Wall and thread CPU time."""
+    from introspect_mech.evals.sampling import sample
+
+    prompts = common.prompts(batch)
+    out: dict = {dt: {"wall_s": 0.0, "cpu_s": 0.0, "wall1_s": 0.0, "cpu1_s": 0.0} for dt in models}
+    names = list(models)
+    for r in range(repeats):
+        for dt in names[r % len(names):] + names[: r % len(names)]:
+            for k, n in (("", new_tokens), ("1", 1)):
+                c0, t0 = time.thread_time(), time.perf_counter()
+                rows = sample(models[dt], prompts, n=1, max_new_tokens=n, temperature=1.0, batch_size=batch,
+                              progress=False, seed=0)
+                out[dt][f"wall{k}_s"] += (time.perf_counter() - t0) / repeats
+                out[dt][f"cpu{k}_s"] += (time.thread_time() - c0) / repeats
+                if n == new_tokens:
+                    out[dt]["n_new"] = sum(r["n_tokens"] for r in rows)
+                    out[dt]["decode_steps"] = max(r["n_tokens"] + int(r["finished"]) for r in rows) - 1
+    for v in out.values():
+        v["decode_wall_s"] = max(v["wall_s"] - v["wall1_s"], 1e-9)
+        v["decode_cpu_s"] = max(v["cpu_s"] - v["cpu1_s"], 1e-9)
+        v["decode_steps"] = max(v["decode_steps"], 1)
+    return out
 
 
 def judge_prompts(n: int, answer_words: int) -> list[str]:
