@@ -18,7 +18,8 @@ Model throughput, each as a fraction of the matching limit:
     batch / max(bytes / bandwidth, FLOPs / peak) tokens/s. On one thread of this machine the FLOPs term is
     the larger at batch 16-32 (the step is compute-bound, not bandwidth-bound), so the target fraction
     (>= 0.50 at batch 32) is decoding tok/s / the roofline; both limits and the bandwidth-only fraction
-    are printed beside it, in wall time and in the thread's CPU time (a shared machine's waits excluded).
+    are printed beside it; the same fraction is also given with the decoding and the limits both timed in the
+    thread's CPU time (`time.thread_time`: a shared machine's waits for a core excluded).
   * judge prompts/s (`HFJudge(mode="label")`, the EM "aligned" label prompt filled with a question and an
     `answer_words`-word answer, batch = all prompts): with and without the shared-prefix prefill,
     interleaved with one forward (last logits only) over the same rendered prompts; the ratio judge /
@@ -49,34 +50,43 @@ import torch.nn.functional as F
 import common
 
 
-def matmul_gflops(dtype: torch.dtype, n: int = 512, k: int = 896, m: int = 4864, repeats: int = 5) -> float:
+def matmul_gflops(dtype: torch.dtype, n: int = 512, k: int = 896, m: int = 4864, repeats: int = 5,
+                  clock: str = "wall") -> float:
+    """`F.linear` GFLOPS, best of `repeats`; `clock="cpu"` times the calling thread's CPU time instead of wall time
+    (on a shared machine, the waits for a core left out)."""
     x, w = torch.randn(n, k, dtype=dtype), torch.randn(m, k, dtype=dtype)
     with torch.no_grad():
         F.linear(x, w)
-        best = min(_timed(lambda: F.linear(x, w)) for _ in range(repeats))
+        best = min(_timed(lambda: F.linear(x, w), clock) for _ in range(repeats))
     return 2.0 * n * k * m / best / 1e9
 
 
-def copy_gbps(mib: int = 256, repeats: int = 5) -> float:
+def copy_gbps(mib: int = 256, repeats: int = 5, clock: str = "wall") -> float:
+    """Memory bandwidth: bytes read + written copying a `mib` MiB float32 tensor, best of `repeats`."""
     src = torch.empty(mib * 2**20 // 4, dtype=torch.float32).fill_(1.0)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    best = min(_timed(lambda: dst.copy_(src)) for _ in range(repeats))
+    best = min(_timed(lambda: dst.copy_(src), clock) for _ in range(repeats))
     return 2.0 * src.numel() * 4 / best / 1e9
 
 
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
+def _timed(fn, clock: str = "wall") -> float:
+    now = time.thread_time if clock == "cpu" else time.perf_counter
+    t0 = now()
     fn()
-    return time.perf_counter() - t0
+    return now() - t0
 
 
 def limits(report: common.Report, repeats: int = 5) -> dict[str, float]:
-    out = {"fp32_gflops": matmul_gflops(torch.float32, repeats=repeats),
-           "bf16_gflops": matmul_gflops(torch.bfloat16, repeats=repeats),
-           "copy_gbps": copy_gbps(repeats=repeats)}
+    """The machine's limits in wall time (best of `repeats`) and in the thread's CPU time (`*_cpu`)."""
+    out = {}
+    for clock, sfx in (("wall", ""), ("cpu", "_cpu")):
+        out.update({f"fp32_gflops{sfx}": matmul_gflops(torch.float32, repeats=repeats, clock=clock),
+                    f"bf16_gflops{sfx}": matmul_gflops(torch.bfloat16, repeats=repeats, clock=clock),
+                    f"copy_gbps{sfx}": copy_gbps(repeats=repeats, clock=clock)})
     report.note("cpu", "limits", " ".join(f"{k}={v:.1f}" for k, v in out.items()),
-                capability=torch.backends.cpu.get_cpu_capability(), **out)
+                capability=torch.backends.cpu.get_cpu_capability(), threads=torch.get_num_threads(),
+                loadavg_1m=os.getloadavg()[0], **out)
     return out
 
 
@@ -127,7 +137,9 @@ def _name(dt: torch.dtype) -> str:
 
 def run(report: common.Report, spec: str, dtype: torch.dtype | None, *, forward=(8, 128), train_batch=16,
         train_steps=1, sample_batches=(16, 32), new_tokens=32, repeats: int = 2, limit_repeats: int = 5,
-        dtypes: tuple[str, ...] | None = None, judge: tuple[int, int] | None = None) -> None:
+        dtypes: tuple[str, ...] | None = None, judge: tuple[int, int] | None = None,
+        phases: tuple[str, ...] = ("forward", "train", "sample", "judge")) -> None:
+    """Limits, then each of `phases` (forward, train, sample, judge) for every dtype; see the module docstring."""
     from introspect_mech.models import cpu_dtype_decision, load_model
 
     lim = limits(report, limit_repeats)
@@ -155,7 +167,19 @@ def run(report: common.Report, spec: str, dtype: torch.dtype | None, *, forward=
         if a in tok_s and b in tok_s:
             report.ratio("cpu", spec, f"{label}: {b} / {a}", tok_s[b] / tok_s[a])
 
-    # forward (prefill), every dtype interleaved
+    if "forward" in phases:
+        forward_speed(report, models, sz, forward, repeats, peak, case, speedup)
+    if "train" in phases:
+        train_speed(report, spec, models, sz, train_batch, train_steps, bool(dtypes), peak, case, speedup)
+    if "sample" in phases:
+        sample_speed(report, models, sz, sample_batches, new_tokens, lim, peak, case, speedup)
+    if judge and "judge" in phases:
+        for dt, loaded in models.items():
+            judge_speed(report, loaded, case(dt), *judge, repeats=repeats)
+
+
+def forward_speed(report, models, sz, forward, repeats, peak, case, speedup) -> None:
+    """Forward (prefill) of `forward` = (batch, seq) chat tokens, every dtype interleaved."""
     b, s = forward
     ids = common.chat_batch(next(iter(models.values())), common.conversations(next(iter(models.values())), b, s))
     with torch.no_grad():
@@ -170,8 +194,10 @@ def run(report: common.Report, spec: str, dtype: torch.dtype | None, *, forward=
         report.ratio("cpu", case(dt), "forward / matmul peak", flops / t / 1e9 / peak(dt), ">=0.40")
     speedup("forward tok/s", fwd, "float32", "bfloat16")
 
-    # LoRA training step(s) through the project's loop: fp32, fp32 + bf16 autocast (--bf16), bf16 weights
-    cases = [(dt, ac) for dt in models for ac in ((False, True) if dt == torch.float32 and dtypes else (None,))]
+
+def train_speed(report, spec, models, sz, train_batch, train_steps, several, peak, case, speedup) -> None:
+    """LoRA training step(s) through the project's loop: fp32, fp32 + bf16 autocast (--bf16), bf16 weights."""
+    cases = [(dt, ac) for dt in models for ac in ((False, True) if dt == torch.float32 and several else (None,))]
     rows = em_rows(train_batch * train_steps) if spec != "tiny" else \
         [{"messages": c} for c in common.conversations(next(iter(models.values())), train_batch * train_steps, 64)]
     trained = {}
@@ -203,12 +229,17 @@ def run(report: common.Report, spec: str, dtype: torch.dtype | None, *, forward=
     speedup("LoRA training tok/s", trained, "float32", "float32 +autocast")
     speedup("LoRA training tok/s", trained, "float32", "bfloat16")
 
-    # sampling: each (batch, dtype) as a whole call and as decoding alone, dtypes interleaved
+
+def sample_speed(report, models, sz, sample_batches, new_tokens, lim, peak, case, speedup) -> None:
+    """Sampling: each (batch, dtype) as a whole call and as decoding alone (dtypes interleaved), against the
+    roofline of a decoding step."""
     for bs in sample_batches:
         sampled = {}
         for dt, res in sample_cases(models, bs, new_tokens, repeats=1).items():
             weight_bytes = _model_sizes(models[dt])["weight_bytes"]  # bytes read per decoding step in this dtype
             lim_dt = decode_limits(bs, weight_bytes, sz["p_lin"] + sz["vd"], lim["copy_gbps"], peak(dt))
+            cpu_peak = lim["bf16_gflops_cpu"] if dt == torch.bfloat16 else lim["fp32_gflops_cpu"]
+            lim_cpu = decode_limits(bs, weight_bytes, sz["p_lin"] + sz["vd"], lim["copy_gbps_cpu"], cpu_peak)
             n_new, t, cpu_t = res["n_new"], res["wall_s"], res["cpu_s"]
             report.timing("cpu", case(dt), f"sample batch {bs} x {new_tokens} new", [t], tok_s=n_new / t,
                           cpu_s=cpu_t, weight_gb=weight_bytes / 1e9, loadavg_1m=os.getloadavg()[0], **lim_dt)
@@ -225,14 +256,15 @@ def run(report: common.Report, spec: str, dtype: torch.dtype | None, *, forward=
             report.ratio("cpu", case(dt), f"sampling b{bs} (prefill incl.) / roofline", n_new / t / lim_dt["roofline_tok_s"])
             report.ratio("cpu", case(dt), f"decoding b{bs} / roofline max(bytes/bw, FLOPs/peak)",
                          dec_wall / lim_dt["roofline_tok_s"], ">=0.50" if bs == 32 else None)
-            report.ratio("cpu", case(dt), f"decoding b{bs} (thread CPU time) / roofline", dec_cpu / lim_dt["roofline_tok_s"])
+            report.note("cpu", case(dt), f"decoding b{bs} limits in thread CPU time: bandwidth "
+                        f"{lim_cpu['bandwidth_limit_tok_s']:.1f} tok/s, matmul peak {lim_cpu['compute_limit_tok_s']:.1f} "
+                        f"tok/s: {lim_cpu['bound']}-bound, roofline {lim_cpu['roofline_tok_s']:.1f} tok/s",
+                        **{f"{k}_cpu": v for k, v in lim_cpu.items()})
+            report.ratio("cpu", case(dt), f"decoding b{bs} / roofline, both in thread CPU time",
+                         dec_cpu / lim_cpu["roofline_tok_s"])
             report.ratio("cpu", case(dt), f"decoding b{bs} / bandwidth limit alone", dec_wall / lim_dt["bandwidth_limit_tok_s"])
             sampled[_name(dt)] = dec_wall
         speedup(f"decoding b{bs} tok/s", sampled, "float32", "bfloat16")
-
-    if judge:
-        for dt, loaded in models.items():
-            judge_speed(report, loaded, case(dt), *judge, repeats=repeats)
 
 
 def decode_limits(batch: int, weight_bytes: int, params: int, bandwidth_gbps: float, peak_gflops: float) -> dict:
