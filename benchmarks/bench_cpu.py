@@ -11,12 +11,15 @@ Model throughput, each as a fraction of the matching limit:
   * LoRA training tok/s (the project's `finetune.train`, EM recipe, bad-medical-advice rows):
     FLOPs ~= 4 * P_lin * T (forward + input gradients; LoRA's own weights are < 4 % more)
     + 4 * V * d * T_loss (the head runs on the loss tokens only) + 4 * L * d * sum(s^2); / the matmul peak.
-  * sampling tok/s at batch 16 and 32 (`evals.sample`, temperature 1, `new_tokens` each): decoding reads
-    every weight once per step, so the bandwidth limit is batch * bandwidth / weight_bytes tokens/s;
-    fraction = measured tok/s / that limit (prefill and KV-cache reads are counted against us). Where the
-    CPU is slow for its bandwidth (a shared machine), a step's 2 * (P_lin + V * d) * batch FLOPs at the matmul
-    peak take longer than reading the weights: the roofline limit is batch / max(bytes / bandwidth,
-    FLOPs / peak) tokens/s, printed beside it.
+  * sampling at batch 16 and 32 (`evals.sample`, temperature 1, `new_tokens` each), the dtypes interleaved;
+    the same call with 1 new token (prefill + first step) is subtracted to give decoding alone. A decoding
+    step reads every weight once (weight_bytes / bandwidth) and multiplies each row by every weight
+    (2 * (P_lin + V * d) * batch FLOPs / the dtype's matmul peak): the **roofline** limit is
+    batch / max(bytes / bandwidth, FLOPs / peak) tokens/s. On one thread of this machine the FLOPs term is
+    the larger at batch 16-32 (the step is compute-bound, not bandwidth-bound), so the target fraction
+    (>= 0.50 at batch 32) is decoding tok/s / the roofline; both limits and the bandwidth-only fraction
+    are printed beside it; the same fraction is also given with the decoding and the limits both timed in the
+    thread's CPU time (`time.thread_time`: a shared machine's waits for a core excluded).
   * judge prompts/s (`HFJudge(mode="label")`, the EM "aligned" label prompt filled with a question and an
     `answer_words`-word answer, batch = all prompts): with and without the shared-prefix prefill,
     interleaved with one forward (last logits only) over the same rendered prompts; the ratio judge /
@@ -47,34 +50,43 @@ import torch.nn.functional as F
 import common
 
 
-def matmul_gflops(dtype: torch.dtype, n: int = 512, k: int = 896, m: int = 4864, repeats: int = 5) -> float:
+def matmul_gflops(dtype: torch.dtype, n: int = 512, k: int = 896, m: int = 4864, repeats: int = 5,
+                  clock: str = "wall") -> float:
+    """`F.linear` GFLOPS, best of `repeats`; `clock="cpu"` times the calling thread's CPU time instead of wall time
+    (on a shared machine, the waits for a core left out)."""
     x, w = torch.randn(n, k, dtype=dtype), torch.randn(m, k, dtype=dtype)
     with torch.no_grad():
         F.linear(x, w)
-        best = min(_timed(lambda: F.linear(x, w)) for _ in range(repeats))
+        best = min(_timed(lambda: F.linear(x, w), clock) for _ in range(repeats))
     return 2.0 * n * k * m / best / 1e9
 
 
-def copy_gbps(mib: int = 256, repeats: int = 5) -> float:
+def copy_gbps(mib: int = 256, repeats: int = 5, clock: str = "wall") -> float:
+    """Memory bandwidth: bytes read + written copying a `mib` MiB float32 tensor, best of `repeats`."""
     src = torch.empty(mib * 2**20 // 4, dtype=torch.float32).fill_(1.0)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    best = min(_timed(lambda: dst.copy_(src)) for _ in range(repeats))
+    best = min(_timed(lambda: dst.copy_(src), clock) for _ in range(repeats))
     return 2.0 * src.numel() * 4 / best / 1e9
 
 
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
+def _timed(fn, clock: str = "wall") -> float:
+    now = time.thread_time if clock == "cpu" else time.perf_counter
+    t0 = now()
     fn()
-    return time.perf_counter() - t0
+    return now() - t0
 
 
 def limits(report: common.Report, repeats: int = 5) -> dict[str, float]:
-    out = {"fp32_gflops": matmul_gflops(torch.float32, repeats=repeats),
-           "bf16_gflops": matmul_gflops(torch.bfloat16, repeats=repeats),
-           "copy_gbps": copy_gbps(repeats=repeats)}
+    """The machine's limits in wall time (best of `repeats`) and in the thread's CPU time (`*_cpu`)."""
+    out = {}
+    for clock, sfx in (("wall", ""), ("cpu", "_cpu")):
+        out.update({f"fp32_gflops{sfx}": matmul_gflops(torch.float32, repeats=repeats, clock=clock),
+                    f"bf16_gflops{sfx}": matmul_gflops(torch.bfloat16, repeats=repeats, clock=clock),
+                    f"copy_gbps{sfx}": copy_gbps(repeats=repeats, clock=clock)})
     report.note("cpu", "limits", " ".join(f"{k}={v:.1f}" for k, v in out.items()),
-                capability=torch.backends.cpu.get_cpu_capability(), **out)
+                capability=torch.backends.cpu.get_cpu_capability(), threads=torch.get_num_threads(),
+                loadavg_1m=os.getloadavg()[0], **out)
     return out
 
 
@@ -125,7 +137,9 @@ def _name(dt: torch.dtype) -> str:
 
 def run(report: common.Report, spec: str, dtype: torch.dtype | None, *, forward=(8, 128), train_batch=16,
         train_steps=1, sample_batches=(16, 32), new_tokens=32, repeats: int = 2, limit_repeats: int = 5,
-        dtypes: tuple[str, ...] | None = None, judge: tuple[int, int] | None = None) -> None:
+        dtypes: tuple[str, ...] | None = None, judge: tuple[int, int] | None = None,
+        phases: tuple[str, ...] = ("forward", "train", "sample", "judge")) -> None:
+    """Limits, then each of `phases` (forward, train, sample, judge) for every dtype; see the module docstring."""
     from introspect_mech.models import cpu_dtype_decision, load_model
 
     lim = limits(report, limit_repeats)
@@ -153,7 +167,19 @@ def run(report: common.Report, spec: str, dtype: torch.dtype | None, *, forward=
         if a in tok_s and b in tok_s:
             report.ratio("cpu", spec, f"{label}: {b} / {a}", tok_s[b] / tok_s[a])
 
-    # forward (prefill), every dtype interleaved
+    if "forward" in phases:
+        forward_speed(report, models, sz, forward, repeats, peak, case, speedup)
+    if "train" in phases:
+        train_speed(report, spec, models, sz, train_batch, train_steps, bool(dtypes), peak, case, speedup)
+    if "sample" in phases:
+        sample_speed(report, models, sz, sample_batches, new_tokens, lim, peak, case, speedup)
+    if judge and "judge" in phases:
+        for dt, loaded in models.items():
+            judge_speed(report, loaded, case(dt), *judge, repeats=repeats)
+
+
+def forward_speed(report, models, sz, forward, repeats, peak, case, speedup) -> None:
+    """Forward (prefill) of `forward` = (batch, seq) chat tokens, every dtype interleaved."""
     b, s = forward
     ids = common.chat_batch(next(iter(models.values())), common.conversations(next(iter(models.values())), b, s))
     with torch.no_grad():
@@ -168,8 +194,10 @@ def run(report: common.Report, spec: str, dtype: torch.dtype | None, *, forward=
         report.ratio("cpu", case(dt), "forward / matmul peak", flops / t / 1e9 / peak(dt), ">=0.40")
     speedup("forward tok/s", fwd, "float32", "bfloat16")
 
-    # LoRA training step(s) through the project's loop: fp32, fp32 + bf16 autocast (--bf16), bf16 weights
-    cases = [(dt, ac) for dt in models for ac in ((False, True) if dt == torch.float32 and dtypes else (None,))]
+
+def train_speed(report, spec, models, sz, train_batch, train_steps, several, peak, case, speedup) -> None:
+    """LoRA training step(s) through the project's loop: fp32, fp32 + bf16 autocast (--bf16), bf16 weights."""
+    cases = [(dt, ac) for dt in models for ac in ((False, True) if dt == torch.float32 and several else (None,))]
     rows = em_rows(train_batch * train_steps) if spec != "tiny" else \
         [{"messages": c} for c in common.conversations(next(iter(models.values())), train_batch * train_steps, 64)]
     trained = {}
@@ -201,34 +229,89 @@ def run(report: common.Report, spec: str, dtype: torch.dtype | None, *, forward=
     speedup("LoRA training tok/s", trained, "float32", "float32 +autocast")
     speedup("LoRA training tok/s", trained, "float32", "bfloat16")
 
-    # sampling
-    from introspect_mech.evals.sampling import sample
 
+def sample_speed(report, models, sz, sample_batches, new_tokens, lim, peak, case, speedup) -> None:
+    """Sampling: each (batch, dtype) as a whole call and as decoding alone (dtypes interleaved), against the
+    roofline of a decoding step."""
     for bs in sample_batches:
         sampled = {}
-        for dt, loaded in models.items():
-            weight_bytes = _model_sizes(loaded)["weight_bytes"]  # bytes read per decoding step in this dtype
-            prompts = common.prompts(bs)
-            t0 = time.perf_counter()
-            out = sample(loaded, prompts, n=1, max_new_tokens=new_tokens, temperature=1.0, batch_size=bs,
-                         progress=False, seed=0)
-            t = time.perf_counter() - t0
-            n_new = sum(r["n_tokens"] for r in out)
-            limit = bs * lim["copy_gbps"] * 1e9 / weight_bytes
-            # roofline: a decoding step also does 2 * (P_lin + V d) FLOPs per row at the dtype's matmul peak
-            step_s = max(weight_bytes / (lim["copy_gbps"] * 1e9), 2 * (sz["p_lin"] + sz["vd"]) * bs / (peak(dt) * 1e9))
+        for dt, res in sample_cases(models, bs, new_tokens, repeats=1).items():
+            weight_bytes = _model_sizes(models[dt])["weight_bytes"]  # bytes read per decoding step in this dtype
+            lim_dt = decode_limits(bs, weight_bytes, sz["p_lin"] + sz["vd"], lim["copy_gbps"], peak(dt))
+            cpu_peak = lim["bf16_gflops_cpu"] if dt == torch.bfloat16 else lim["fp32_gflops_cpu"]
+            lim_cpu = decode_limits(bs, weight_bytes, sz["p_lin"] + sz["vd"], lim["copy_gbps_cpu"], cpu_peak)
+            n_new, t, cpu_t = res["n_new"], res["wall_s"], res["cpu_s"]
             report.timing("cpu", case(dt), f"sample batch {bs} x {new_tokens} new", [t], tok_s=n_new / t,
-                          bandwidth_limit_tok_s=limit, roofline_tok_s=bs / step_s, weight_gb=weight_bytes / 1e9,
-                          loadavg_1m=os.getloadavg()[0])
-            report.ratio("cpu", case(dt), f"sampling b{bs} / bandwidth limit", n_new / t / limit,
-                         ">=0.50" if bs == 32 else None)
-            report.ratio("cpu", case(dt), f"sampling b{bs} / roofline (bandwidth, matmul peak)", n_new / t * step_s / bs)
-            sampled[_name(dt)] = n_new / t
-        speedup(f"sampling b{bs} tok/s", sampled, "float32", "bfloat16")
+                          cpu_s=cpu_t, weight_gb=weight_bytes / 1e9, loadavg_1m=os.getloadavg()[0], **lim_dt)
+            dec_wall = bs * res["decode_steps"] / res["decode_wall_s"]
+            dec_cpu = bs * res["decode_steps"] / res["decode_cpu_s"]
+            report.timing("cpu", case(dt), f"decoding only, batch {bs} ({res['decode_steps']} steps)",
+                          [res["decode_wall_s"]], tok_s=dec_wall, tok_s_thread_cpu=dec_cpu,
+                          step_ms=1e3 * res["decode_wall_s"] / res["decode_steps"],
+                          step_ms_thread_cpu=1e3 * res["decode_cpu_s"] / res["decode_steps"])
+            report.note("cpu", case(dt), f"decoding b{bs} limits: bandwidth {lim_dt['bandwidth_limit_tok_s']:.1f} tok/s "
+                        f"(bytes / bandwidth {1e3 * lim_dt['bytes_s']:.0f} ms a step), matmul peak "
+                        f"{lim_dt['compute_limit_tok_s']:.1f} tok/s (FLOPs / peak {1e3 * lim_dt['flops_s']:.0f} ms a step): "
+                        f"the step is {lim_dt['bound']}-bound, roofline {lim_dt['roofline_tok_s']:.1f} tok/s")
+            report.ratio("cpu", case(dt), f"sampling b{bs} (prefill incl.) / roofline", n_new / t / lim_dt["roofline_tok_s"])
+            report.ratio("cpu", case(dt), f"decoding b{bs} / roofline max(bytes/bw, FLOPs/peak)",
+                         dec_wall / lim_dt["roofline_tok_s"], ">=0.50" if bs == 32 else None)
+            report.note("cpu", case(dt), f"decoding b{bs} limits in thread CPU time: bandwidth "
+                        f"{lim_cpu['bandwidth_limit_tok_s']:.1f} tok/s, matmul peak {lim_cpu['compute_limit_tok_s']:.1f} "
+                        f"tok/s: {lim_cpu['bound']}-bound, roofline {lim_cpu['roofline_tok_s']:.1f} tok/s",
+                        **{f"{k}_cpu": v for k, v in lim_cpu.items()})
+            report.ratio("cpu", case(dt), f"decoding b{bs} / roofline, both in thread CPU time",
+                         dec_cpu / lim_cpu["roofline_tok_s"])
+            report.ratio("cpu", case(dt), f"decoding b{bs} / bandwidth limit alone", dec_wall / lim_dt["bandwidth_limit_tok_s"])
+            sampled[_name(dt)] = dec_wall
+        speedup(f"decoding b{bs} tok/s", sampled, "float32", "bfloat16")
 
-    if judge:
-        for dt, loaded in models.items():
-            judge_speed(report, loaded, case(dt), *judge, repeats=repeats)
+
+def decode_limits(batch: int, weight_bytes: int, params: int, bandwidth_gbps: float, peak_gflops: float) -> dict:
+    """A decoding step's two limits: reading every weight once (bytes / bandwidth) and multiplying every row by
+    every weight (2 * params * batch FLOPs / the matmul peak). The roofline is the slower of the two.
+
+    Args:
+        batch: rows decoded together.
+        weight_bytes: bytes read per step (decoder Linear weights, norms, the LM head).
+        params: weights multiplied per row (decoder Linear weights + the LM head).
+        bandwidth_gbps: memory bandwidth, GB/s.
+        peak_gflops: the dtype's matmul peak, GFLOPS.
+
+    Returns:
+        Seconds per step of each bound, tokens/s of each, the roofline and which bound sets it.
+    """
+    bytes_s = weight_bytes / (bandwidth_gbps * 1e9)
+    flops_s = 2.0 * params * batch / (peak_gflops * 1e9)
+    return {"bytes_s": bytes_s, "flops_s": flops_s, "bandwidth_limit_tok_s": batch / bytes_s,
+            "compute_limit_tok_s": batch / flops_s, "roofline_tok_s": batch / max(bytes_s, flops_s),
+            "bound": "compute" if flops_s > bytes_s else "bandwidth"}
+
+
+def sample_cases(models: dict, batch: int, new_tokens: int, repeats: int = 1) -> dict:
+    """`evals.sample` of `batch` prompts, each loaded dtype interleaved: `new_tokens` tokens (the whole call) and 1
+    token (prefill + the first step, the same prompts); their difference is decoding alone. Wall and thread CPU time."""
+    from introspect_mech.evals.sampling import sample
+
+    prompts = common.prompts(batch)
+    out: dict = {dt: {"wall_s": 0.0, "cpu_s": 0.0, "wall1_s": 0.0, "cpu1_s": 0.0} for dt in models}
+    names = list(models)
+    for r in range(repeats):
+        for dt in names[r % len(names):] + names[: r % len(names)]:
+            for k, n in (("", new_tokens), ("1", 1)):
+                c0, t0 = time.thread_time(), time.perf_counter()
+                rows = sample(models[dt], prompts, n=1, max_new_tokens=n, temperature=1.0, batch_size=batch,
+                              progress=False, seed=0)
+                out[dt][f"wall{k}_s"] += (time.perf_counter() - t0) / repeats
+                out[dt][f"cpu{k}_s"] += (time.thread_time() - c0) / repeats
+                if n == new_tokens:
+                    out[dt]["n_new"] = sum(r["n_tokens"] for r in rows)
+                    out[dt]["decode_steps"] = max(r["n_tokens"] + int(r["finished"]) for r in rows) - 1
+    for v in out.values():
+        v["decode_wall_s"] = max(v["wall_s"] - v["wall1_s"], 1e-9)
+        v["decode_cpu_s"] = max(v["cpu_s"] - v["cpu1_s"], 1e-9)
+        v["decode_steps"] = max(v["decode_steps"], 1)
+    return out
 
 
 def judge_prompts(n: int, answer_words: int) -> list[str]:

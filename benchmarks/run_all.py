@@ -127,6 +127,8 @@ def main(argv=None) -> None:
     ap.add_argument("--smoke", action="store_true", help="every benchmark once on tiny Qwen (the CI test)")
     ap.add_argument("--gpu", action="store_true", help="random-weight Qwen2.5 shapes in bf16 on CUDA")
     ap.add_argument("--cpu", action="store_true", help="CPU limits and the real Qwen2.5-Coder-0.5B against them")
+    ap.add_argument("--cpu-phases", default=None, help="with --cpu: a subset of forward,train,sample,judge "
+                    "(default all), e.g. --cpu-phases sample for the limits and decoding alone")
     ap.add_argument("--models", default=None, help="comma-separated model specs (default per profile)")
     ap.add_argument("--only", default=",".join(BENCHES), help=f"subset of {BENCHES}")
     ap.add_argument("--device", default=None)
@@ -134,6 +136,9 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     profile = "gpu" if a.gpu else "cpu" if a.cpu else ("smoke" if a.smoke else ("quick" if a.quick else "full"))
     plans = PLANS[profile]
+    if a.cpu_phases:
+        plans = {k: {b: ({**p, "phases": tuple(a.cpu_phases.split(","))} if b == "cpu" else p) for b, p in v.items()}
+                 for k, v in plans.items()}
     models = a.models.split(",") if a.models else list(plans)
     device = common.pick_device(a.device or ("cuda" if a.gpu else "cpu"))
     only = set(a.only.split(","))

@@ -62,3 +62,16 @@ def test_run_all_smoke_prints_every_ratio(tmp_path):
     benches = {r["bench"] for r in rows if r["kind"] == "ratio"}
     assert benches == {"cache", "judge", "steer-gen", "sample", "finetune", "cpu"}
     assert "=== summary: every ratio measured ===" in proc.stdout
+
+
+def test_decode_roofline_is_the_slower_bound():
+    import bench_cpu
+
+    # the real 0.5B's shape on one thread of the AVX512-BF16 EPYC (6c): fp32 is compute-bound at batch 32
+    fp32 = bench_cpu.decode_limits(32, 1_980_000_000, 494_000_000, bandwidth_gbps=16.7, peak_gflops=50.6)
+    assert fp32["bound"] == "compute" and fp32["flops_s"] > fp32["bytes_s"]
+    assert fp32["roofline_tok_s"] == pytest.approx(32 / fp32["flops_s"])
+    assert fp32["roofline_tok_s"] < fp32["bandwidth_limit_tok_s"]
+    # one row on a fast-multiplying CPU: reading the weights is the limit
+    one = bench_cpu.decode_limits(1, 990_000_000, 494_000_000, bandwidth_gbps=16.7, peak_gflops=236.0)
+    assert one["bound"] == "bandwidth" and one["roofline_tok_s"] == pytest.approx(one["bandwidth_limit_tok_s"])

@@ -29,6 +29,38 @@ def test_greedy_matches_naive_generate(tiny_qwen2):
         assert got == [naive, naive]
 
 
+def _hf_reference(model, prompts, seed, max_new_tokens):
+    """Plain HF `generate` of the left-padded batch (its own prefill), temperature 1, under `sample`'s batch seed."""
+    from introspect_mech.evals.sampling import _batch_seed, stop_token_ids
+
+    tok, stop = model.tokenizer, stop_token_ids(model)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else stop[0]
+    enc = [model.encode_prompt(p["messages"]).tolist() for p in prompts]
+    n = max(map(len, enc))
+    ids = torch.tensor([[pad] * (n - len(e)) + e for e in enc])
+    att = torch.tensor([[0] * (n - len(e)) + [1] * len(e) for e in enc])
+    torch.manual_seed(_batch_seed(seed, 0))
+    out = model.model.generate(input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens, do_sample=True,
+                               temperature=1.0, top_p=1.0, top_k=0, pad_token_id=pad, eos_token_id=stop)
+    texts = []
+    for row in out[:, n:].tolist():
+        cut = next((j for j, t in enumerate(row) if t in stop), len(row))
+        texts.append(tok.decode(row[:cut], skip_special_tokens=True).strip())
+    return texts
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_temperature_sampling_matches_hf_generate_under_the_seed(tiny_qwen2, seed):
+    """At temperature 1 the rows are HF's own sampler's under the batch seed: the shared prefill, the cache handed
+    to `generate` and the static-cache path change no sampled token (the full-vocabulary float32 multinomial
+    draw is HF's, so any cheaper sampler would have to change the rows)."""
+    kw = dict(n=1, max_new_tokens=8, temperature=1.0, top_p=1.0, batch_size=len(PROMPTS), seed=seed, progress=False)
+    ref = _hf_reference(tiny_qwen2, PROMPTS, seed, 8)
+    assert [r["response"] for r in sample(tiny_qwen2, PROMPTS, **kw)] == ref
+    assert [r["response"] for r in sample(tiny_qwen2, PROMPTS, **kw, static_cache=True)] == ref
+    assert len(set(ref)) > 1
+
+
 def test_seeded_and_samples_differ(tiny_qwen2):
     kw = dict(n=4, max_new_tokens=8, temperature=1.0, batch_size=4, seed=3, progress=False)
     a = sample(tiny_qwen2, PROMPTS, **kw)
@@ -127,3 +159,24 @@ def test_static_cache_path_matches_dynamic_on_the_embedded_model(embedded):
             if ctx is not None:
                 ctx.__exit__(None, None, None)
         assert [r["response"] for r in a] == [r["response"] for r in b]
+
+
+@pytest.mark.slow
+def test_temperature_sampling_matches_hf_generate_on_the_real_qwen():
+    """The same equality on the real Qwen2.5-Coder-0.5B-Instruct in float32 (8 prompts, one batch). In bfloat16 the
+    rows are reproducible but not always HF's: `sample` prefills all but the last prompt token and feeds that one
+    through the cache, and bf16 rounds the two layouts differently (1 of these 8 rows differed at its 3rd token)."""
+    import importlib.util
+
+    from introspect_mech import load_model
+    from introspect_mech import models as M
+
+    spec = M.CHUNKED_GGUF["qwen2.5-coder-0.5b-instruct"]
+    if importlib.util.find_spec(spec.module(spec.n_parts)) is None:
+        pytest.skip(f"needs the real Qwen2.5-Coder-0.5B-Instruct: {spec.pip_command()}")
+    m = load_model("qwen2.5-coder-0.5b-instruct", dtype="float32", device="cpu")
+    prompts = [{"id": str(i), "messages": [{"role": "user", "content": f"Name {i + 2} animals and say why."}]}
+               for i in range(8)]
+    kw = dict(n=1, max_new_tokens=8, temperature=1.0, top_p=1.0, batch_size=len(prompts), seed=0, progress=False)
+    ref = _hf_reference(m, prompts, 0, 8)
+    assert [r["response"] for r in sample(m, prompts, **kw)] == ref

@@ -299,3 +299,26 @@ def test_bf16_flag_makes_the_cpu_path_bf16(tiny_qwen3_dir, tmp_path):
         assert all(p.dtype == torch.float32 for n, p in m.model.named_parameters() if p.requires_grad)
     assert losses[None] == losses[False]
     assert losses[True] != losses[False] and losses[True] == pytest.approx(losses[False], rel=0.05)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_train_then_unload_leaves_the_process_and_base_model_as_found(tiny_qwen2_dir, tmp_path, bf16):
+    """A LoRA run then `unload()` (what bench_cpu does between cases) changes nothing later forwards depend on:
+    thread count, grad mode, autocast (and its weight-cast cache), eval mode, no LoRA layer left, the base's logits bitwise."""
+    m = load_model(tiny_qwen2_dir)
+    ids = torch.tensor([[1, 5, 9, 13, 2, 7, 11, 3]])
+
+    def state():
+        return dict(threads=torch.get_num_threads(), grad=torch.is_grad_enabled(),
+                    autocast=torch.is_autocast_enabled("cpu"), autocast_cache=torch.is_autocast_cache_enabled(),
+                    training=m.model.training, lora=[n for n, _ in m.model.named_modules() if "lora_" in n])
+
+    with torch.no_grad():
+        before = m.model(input_ids=ids).logits
+    s0 = state()
+    train(m, records(8), fast(max_steps=1, bf16=bf16), tmp_path / "run")
+    assert m.has_adapter and not m.model.training
+    m.model = m.model.unload()
+    assert state() == s0 and s0["lora"] == [] and not s0["autocast"]
+    with torch.no_grad():
+        assert torch.equal(m.model(input_ids=ids).logits, before)
