@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import os
 import random
-import re
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -35,6 +33,9 @@ from tqdm.auto import tqdm
 
 from ..models import LoadedModel
 from ..runs import JsonlLog, RunDir, file_sha256, json_sha256, write_json, write_text
+from .judge_hf import HFCategoricalJudge  # noqa: F401 (the categorical judge was evals.em.* before)
+from .judge_prompts import labels_from_prompt
+from .judge_result import LabelResult  # noqa: F401
 from .questions import Question, fill_judge_prompt, load_questions
 from .report import em_report, format_em_report
 from .sampling import sample
@@ -198,32 +199,7 @@ def label_rates(rows: Sequence[dict], metric: str, *, seed: int = 0) -> dict[str
     return out
 
 
-# ---- categorical judge ----------------------------------------------------------------------------
-@dataclass
-class LabelResult:
-    label: str | None  # the most probable allowed label; None when the labels' mass < min_mass
-    probs: dict[str, float] = field(default_factory=dict)  # P(label is the whole answer), unnormalised
-    mass: float = 0.0
-
-
-def labels_from_prompt(template: str) -> list[str]:
-    """The allowed answers of a label-valued judge prompt: its double-quoted words ("TRUE", "OpenAI").
-
-    Args:
-        template: the judge prompt text.
-
-    Returns:
-        The distinct quoted labels in order of first appearance.
-
-    Raises:
-        ValueError: the prompt quotes fewer than two labels.
-    """
-    labels = list(dict.fromkeys(re.findall(r'"([A-Za-z][A-Za-z0-9 _-]{0,30})"', template)))
-    if len(labels) < 2:
-        raise ValueError(f"judge prompt names fewer than two quoted labels: {template[:80]!r}")
-    return labels
-
-
+# ---- label-valued questions (the categorical judge is `judge_hf.HFCategoricalJudge`) ----------------
 def is_label_prompt(question: Question) -> bool:
     """True for label-valued judge prompts (question type `free_form_judge`, not `..._0_100`).
 
@@ -234,52 +210,6 @@ def is_label_prompt(question: Question) -> bool:
         Whether its judge prompts answer with labels (score with `HFCategoricalJudge`).
     """
     return (question.type or "").startswith("free_form_judge") and not (question.type or "").endswith("0_100")
-
-
-class HFCategoricalJudge:
-    """A local chat model as a label judge: exact P(label) for each allowed label as the whole answer
-    (all labels scored in one prefill plus one tree forward, as `HFJudge` scores numbers).
-
-    Args:
-        model: the judge model (a chat model; its chat template renders the prompts).
-        min_mass: abstain (label None) when the allowed labels' total probability is below this
-            (default 0.25).
-        batch_size: prompts per forward pass.
-    """
-
-    def __init__(self, model: LoadedModel, *, min_mass: float = 0.25, batch_size: int = 2):
-        self.model, self.min_mass, self.batch_size = model, min_mass, batch_size
-
-    def describe(self) -> dict[str, Any]:
-        m = self.model
-        return {"kind": "HFCategoricalJudge", "model": m.name, "source": m.meta.get("source"),
-                "min_mass": self.min_mass, "scoring": "exact P(label) over the allowed labels"}
-
-    def classify(self, prompts: Sequence[str], labels: Sequence[str]) -> list[LabelResult]:
-        """Score each prompt's allowed labels as the judge's whole answer.
-
-        Args:
-            prompts: filled judge prompts (sent as one user turn each).
-            labels: the allowed labels (e.g. from `labels_from_prompt`), shared by all prompts.
-
-        Returns:
-            One `LabelResult` per prompt: the most probable label (None when their mass < `min_mass`),
-            P(label) per label (unnormalised) and the labels' total mass.
-        """
-        from .scoring import tree_logprobs
-
-        tok = self.model.tokenizer
-        texts = [self.model.render([{"role": "user", "content": p}], add_generation_prompt=True) for p in prompts]
-        ids = [tok(t, add_special_tokens=False).input_ids for t in texts]
-        cands = [tok(l, add_special_tokens=False).input_ids for l in labels]
-        lp, _ = tree_logprobs(self.model, ids, cands, batch_size=self.batch_size)
-        out = []
-        for row in lp.exp().tolist():
-            probs = dict(zip(labels, row))
-            mass = float(sum(probs.values()))
-            best = max(probs, key=lambda k: probs[k]) if mass >= self.min_mass else None
-            out.append(LabelResult(best, probs, mass))
-        return out
 
 
 # ---- judging ------------------------------------------------------------------------------------
