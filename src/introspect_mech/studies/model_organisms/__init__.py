@@ -48,7 +48,10 @@ from ...evals.judge_spec import JudgeOptions
 from .. import runner
 from ... import runs as _runs
 from ...data import DataError, load, locate
-from ...evals.em import DENOMINATORS, MEDICAL_TRAIN_ROWS, PROXY_DIFF, PROXY_PREF, em_flags, em_proxy_fn, em_rates, medical_heldout_items, medical_train_rows, proxy_items as em_proxy_items, run_em_eval
+from ...evals.em import DENOMINATORS, em_flags, em_rates
+from ..common.em_eval import run_em_eval
+from ..common.em_proxy import PROXY_DIFF, PROXY_PREF, em_proxy_fn, proxy_items as em_proxy_items
+from ..common.medical_split import MEDICAL_TRAIN_ROWS, medical_heldout_items, medical_train_rows
 from ...evals.judge_validation import require_validated_judge
 from ...evals.judges import HFJudge
 from ...evals.questions import load_questions

@@ -39,7 +39,8 @@ from ..common.coherence import NEUTRAL_PROMPTS, reference_answers
 from ... import runs as _runs
 from ...cliargs import config_parser, parse_config
 from ...data import load as load_data
-from ...evals.em import MEDICAL_TRAIN_ROWS, PROXY_PREF, em_proxy_fn, medical_heldout_items, proxy_items
+from ..common.em_proxy import PROXY_PREF, em_proxy_fn, proxy_items
+from ..common.medical_split import MEDICAL_TRAIN_ROWS, medical_heldout_items
 from ...evals.metrics import load_em_pairs
 from ...finetune import TrainConfig
 from ...models import attach_adapter, load_model
