@@ -116,6 +116,34 @@ def test_evals_exports_building_blocks_and_studies_live_in_submodules():
         evals.no_such_name  # noqa: B018
 
 
+def test_em_protocol_names_moved_to_studies_common_warn():
+    """The EM paper protocol left `evals.em` for `studies.common` (issue 30): the old names resolve to the same
+    objects with a DeprecationWarning naming the new module; the generic pieces stay, without a warning."""
+    import subprocess
+    import sys
+    import warnings
+
+    import introspect_mech as im
+    from introspect_mech.evals import em
+    from introspect_mech.studies.common import em_eval, em_proxy, medical_split
+
+    for mod, names in ((em_eval, ("run_em_eval",)), (em_proxy, ("em_proxy_fn", "proxy_items", "PROXY_PREF", "PROXY_DIFF")),
+                       (medical_split, ("MEDICAL_TRAIN_ROWS", "medical_train_rows", "medical_heldout_items"))):
+        for name in names:
+            with pytest.warns(DeprecationWarning, match=rf"evals\.em\.{name} moved to {mod.__name__}"):
+                assert getattr(em, name) is getattr(mod, name)
+    with pytest.warns(DeprecationWarning, match="medical_train_rows moved"):
+        from introspect_mech.evals.em import medical_train_rows  # noqa: F401
+    assert im.run_em_eval is em_eval.run_em_eval
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert em.HFCategoricalJudge is im.evals.judges.HFCategoricalJudge and callable(em.judge_samples)
+    with pytest.raises(AttributeError):
+        em.no_such_name  # noqa: B018
+    code = "import sys, introspect_mech.evals.em; print([m for m in sys.modules if 'studies' in m])"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
 def test_direction_lives_in_a_core_module():
     import introspect_mech.probes.direction as compat
     from introspect_mech import probes

@@ -67,12 +67,23 @@ _COMPAT = {  # names the top level used to export; still resolved, no longer adv
     "data_dir": "paths", "JsonlLog": "runs", "read_jsonl": "data", "DataError": "data", "TrainResult": "finetune",
     "PRESETS": "finetune", "load_questions": "evals", "HFJudge": "evals", "APIJudge": "evals",
     "em_report": "evals", "scale_expectation": "evals", "choice_probability": "evals",
-    "paired_preference": "evals", "self_rated_alignment": "evals.metrics", "run_em_eval": "evals.em",
+    "paired_preference": "evals", "self_rated_alignment": "evals.metrics", "run_em_eval": "studies.common.em_eval",
     "bootstrap_ci": "evals", "LazyActivations": "activations",
     "pca_direction": "probes", "train_probe": "probes", "layer_sweep": "probes", "transfer": "probes",
     "cosine_matrix": "probes", "to_nnsight": "backends", "to_transformer_lens": "backends",
     "random_like": "steering", "sweep": "steering",
     "run_tmay_eval": "studies.self_awareness.measures",
+}
+
+# library names whose paper-protocol code moved into studies/ (issue 30): the old library module resolves them
+# through `_moved_to_studies` (with a DeprecationWarning, for one release), so that no library module names a study
+_MOVED_TO_STUDIES = {
+    "introspect_mech.evals.em": {
+        "run_em_eval": "studies.common.em_eval",
+        **dict.fromkeys(("em_proxy_fn", "proxy_items", "PROXY_PREF", "PROXY_DIFF"), "studies.common.em_proxy"),
+        **dict.fromkeys(("MEDICAL_TRAIN_ROWS", "medical_train_rows", "medical_heldout_items"),
+                        "studies.common.medical_split"),
+    },
 }
 
 __all__ = ["load_model", "LoadedModel", "RunDir", *_NAMES, *_SUBPACKAGES]
@@ -85,6 +96,29 @@ def __getattr__(name: str) -> Any:
     if module is not None:
         return getattr(import_module(f".{module}", __name__), name)
     raise AttributeError(f"module 'introspect_mech' has no attribute {name!r}")
+
+
+def _moved_to_studies(module: str, name: str) -> Any:
+    """An old library name whose code moved into `studies.common`, with a DeprecationWarning naming its new home.
+
+    Args:
+        module: the old module (e.g. "introspect_mech.evals.em"), whose `__getattr__` calls this.
+        name: the attribute asked for.
+
+    Returns:
+        The object from its new module.
+
+    Raises:
+        AttributeError: `name` did not move out of `module`.
+    """
+    new = _MOVED_TO_STUDIES.get(module, {}).get(name)
+    if new is None:
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    import warnings
+
+    warnings.warn(f"{module}.{name} moved to introspect_mech.{new} (paper protocol code lives in studies/; "
+                  "the old name goes in the next release)", DeprecationWarning, stacklevel=3)
+    return getattr(import_module(f".{new}", __name__), name)
 
 
 def __dir__() -> list[str]:

@@ -320,7 +320,7 @@ def test_parse_top_logprobs_rejects_missing_fields():
 
 
 def test_hfjudge_impossible_mass_is_invalid(monkeypatch, tiny_qwen3):
-    from introspect_mech.evals import judges
+    from introspect_mech.evals import judge_hf
 
     class Dist:
         def __init__(self, mass):
@@ -329,6 +329,6 @@ def test_hfjudge_impossible_mass_is_invalid(monkeypatch, tiny_qwen3):
         def expected(self, min_mass):
             return 50.0
 
-    monkeypatch.setattr(judges, "number_distributions", lambda *a, **k: [Dist(float("nan")), Dist(1.5), Dist(0.9)])
+    monkeypatch.setattr(judge_hf, "number_distributions", lambda *a, **k: [Dist(float("nan")), Dist(1.5), Dist(0.9)])
     res = HFJudge(tiny_qwen3).score(["a", "b", "c"])
     assert [r.invalid for r in res] == [True, True, False] and res[0].score is None and res[2].score == 50.0

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from introspect_mech.evals.em import run_em_eval
+from introspect_mech.studies.common.em_eval import run_em_eval
 from introspect_mech.evals.judges import HFJudge
 from introspect_mech.studies.common.ab_pairs import lotteries, split_of
 from introspect_mech.studies.self_awareness.measures import compare_tmay, run_tmay_eval

@@ -121,7 +121,8 @@ def test_no_backdoor_no_difference(tiny_qwen2, tmp_path, data_root):
 
 
 def test_label_prompts_need_a_categorical_judge(tiny_qwen2, tmp_path, data_root):
-    from introspect_mech.evals.em import HFCategoricalJudge, run_em_eval
+    from introspect_mech.evals.em import HFCategoricalJudge
+    from introspect_mech.studies.common.em_eval import run_em_eval
     from introspect_mech.studies.emergent_misalignment import load_question_set
 
     qs = load_question_set("deception_factual", data_root)[:1]

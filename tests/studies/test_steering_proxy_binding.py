@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from introspect_mech.evals.em import proxy_items
+from introspect_mech.studies.common.em_proxy import proxy_items
 from introspect_mech.runs import RunConfigError
 from introspect_mech.commands import steer_sweep
 

@@ -4,12 +4,12 @@ See docs/evals.md. `__all__` holds the stage's generic pieces; each study's eval
 submodule and are imported from it:
 
     from introspect_mech.evals import sample, HFJudge, scale_expectations, bootstrap_ci
-    from introspect_mech.evals.em import run_em_eval                 # emergent misalignment
+    from introspect_mech.evals.em import em_rates, judge_samples     # emergent misalignment: rates, judging
     from introspect_mech.evals.self_prediction import load_task      # "Looking Inward"
     from introspect_mech.evals.properties import extract_property    # its behavioural properties
 
-Submodules: `sampling`, `scoring` (exact multi-token continuation scoring), `questions`, `judges`,
-`judge_spec`, `judge_validation`, `judge_metrics`, `report`, `metrics`, `stats`, `vllm_engine`; the studies'
+Submodules: `sampling`, `scoring` (exact multi-token continuation scoring), `questions`, `judges` (re-exports
+`judge_result`, `judge_prompts`, `judge_hf`, `judge_api`), `judge_spec`, `judge_validation`, `judge_metrics`, `report`, `metrics`, `stats`, `vllm_engine`; the studies'
 `em`, `self_prediction`, `properties`. "Tell me about yourself" lives in `introspect_mech.studies.self_awareness`
 (its measures) and `introspect_mech.studies.common.ab_pairs` (its A/B lotteries).
 """
@@ -42,7 +42,8 @@ __all__ = [
     "em_report", "format_em_report",
 ]
 
-_SUBMODULES = ("sampling", "scoring", "questions", "judges", "judge_spec", "judge_validation", "judge_record", "report", "metrics", "stats", "vllm_engine",
+_SUBMODULES = ("sampling", "scoring", "questions", "judges", "judge_result", "judge_prompts", "judge_hf", "judge_api",
+               "judge_spec", "judge_validation", "judge_record", "report", "metrics", "stats", "vllm_engine",
                "em", "self_prediction", "properties")
 # names this package exported before each study's evals moved to their submodule: still resolved, with a warning
 _MOVED = {

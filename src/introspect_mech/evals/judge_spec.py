@@ -91,8 +91,7 @@ class JudgeOptions:
             An `HFCategoricalJudge` on the `HFJudge`'s model; the `APIJudge` itself (its `classify` reads the
             labels from the top logprobs); None without a judge.
         """
-        from .em import HFCategoricalJudge
-        from .judges import APIJudge, HFJudge
+        from .judges import APIJudge, HFCategoricalJudge, HFJudge
 
         if isinstance(judge, HFJudge):
             return HFCategoricalJudge(judge.model)

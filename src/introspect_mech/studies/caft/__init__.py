@@ -47,7 +47,7 @@ from . import panels as _panels  # noqa: F401  (registers the study's dashboard 
 from ... import runs as _runs
 from ... import load_model
 from ...evals import answer_logprobs, paired_preference, sample
-from ...evals.em import run_em_eval
+from ..common.em_eval import run_em_eval
 from ...finetune import preset as train_preset
 from ...runs import json_sha256
 from ...steering.train_time import caft_subspace

@@ -38,7 +38,10 @@ from .data import (  # noqa: F401  (moved to data.py; the study and its callers 
     DATASETS, MAIN, NUMBER_PREFIX, NUMBER_WRAPPER, QUESTION_SETS, TRIGGER, WORDS_SUFFIX, data_files,
     load_question_set, number_format, resolve_dataset, train_ids, with_trigger,
 )
-from ...evals.em import DENOMINATORS, HFCategoricalJudge, PROXY_DIFF, PROXY_PREF, check_samples, em_proxy_fn, em_report_both, format_em_rates, is_label_prompt, judge_samples, label_rates, medical_heldout_items, proxy_items as em_proxy_items, run_em_eval
+from ...evals.em import DENOMINATORS, HFCategoricalJudge, check_samples, em_report_both, format_em_rates, is_label_prompt, judge_samples, label_rates
+from ..common.em_eval import run_em_eval
+from ..common.em_proxy import PROXY_DIFF, PROXY_PREF, em_proxy_fn, proxy_items as em_proxy_items
+from ..common.medical_split import medical_heldout_items
 from ...evals.judge_validation import require_validated_judge, validation_status
 from ...evals.judges import HFJudge
 from ...evals.report import format_em_report

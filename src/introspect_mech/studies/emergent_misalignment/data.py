@@ -12,7 +12,7 @@ from ...evals.questions import Question
 from ... import data
 from ...data import DataError, generators
 from ...data.records import read_bytes
-from ...evals.em import medical_train_rows
+from ..common.medical_split import medical_train_rows
 from ...evals.questions import load_questions
 from ...paths import data_dir as _dd
 

@@ -35,14 +35,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ...cliargs import config_parser, parse_config
-from ...evals.em import PROXY_DIFF as DIFF_METRIC
-from ...evals.em import PROXY_PREF as EM_METRIC
+from ..common.em_proxy import PROXY_DIFF as DIFF_METRIC
+from ..common.em_proxy import PROXY_PREF as EM_METRIC, em_proxy_fn
 from ... import runs as _runs
 from ...layers import resolve_layers
 from .. import runner
 from ... import data
 from ...activations import cache
-from ...evals.em import em_proxy_fn, medical_heldout_items, medical_train_rows
+from ..common.medical_split import medical_heldout_items, medical_train_rows
 from ...evals.metrics import load_em_pairs, self_rated_alignment
 from ...evals.questions import load_questions
 from ...evals.sampling import sample

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ...data import DataError, load, locate
-from ...evals.em import medical_train_rows
+from ..common.medical_split import medical_train_rows
 from ...evals.questions import Question, load_questions
 from ...paths import data_dir
 from .config import MOConfig

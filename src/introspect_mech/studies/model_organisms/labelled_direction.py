@@ -49,7 +49,8 @@ from ... import runs as _runs
 from ... import steering
 from ...activations import cache
 from ...direction import Direction
-from ...evals.em import em_proxy_fn, medical_heldout_items, proxy_items
+from ..common.em_proxy import em_proxy_fn, proxy_items
+from ..common.medical_split import medical_heldout_items
 from ...evals.judge_metrics import auroc
 from ...evals.judge_validation import DEFAULT_SET, load_labelled_set
 from ...models import load_model

@@ -20,9 +20,10 @@ from ... import layers as layerspec
 from ... import runs as _runs
 from ... import steering
 from ...direction import Direction
-from ...evals.em import (DENOMINATORS, MEDICAL_TRAIN_ROWS, PROXY_DIFF, PROXY_PREF, em_flags, em_proxy_fn, em_rates,
-                         medical_heldout_items, run_em_eval)
-from ...evals.em import proxy_items as em_proxy_items
+from ...evals.em import DENOMINATORS, em_flags, em_rates
+from ..common.em_eval import run_em_eval
+from ..common.em_proxy import PROXY_DIFF, PROXY_PREF, em_proxy_fn, proxy_items as em_proxy_items
+from ..common.medical_split import MEDICAL_TRAIN_ROWS, medical_heldout_items
 from ...evals.judge_validation import require_validated_judge
 from ...evals.judges import HFJudge
 from ...finetune import preset

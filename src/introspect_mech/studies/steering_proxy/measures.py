@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ... import runs as _runs
 from ...direction import Direction, DirectionLike
-from ...evals.em import em_proxy_fn
+from ..common.em_proxy import em_proxy_fn
 from ...layers import LayerSpec, resolve_layers
 from ...models import LoadedModel
 from ...probes.em import em_direction_from_pairs

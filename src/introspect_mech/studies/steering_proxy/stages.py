@@ -18,7 +18,7 @@ import torch
 
 from ...data import load as load_data
 from ...direction import Direction
-from ...evals.em import MEDICAL_TRAIN_ROWS, medical_heldout_items
+from ..common.medical_split import MEDICAL_TRAIN_ROWS, medical_heldout_items
 from ...evals.metrics import load_em_pairs
 from ...finetune import TrainConfig
 from ...layers import resolve_layers
