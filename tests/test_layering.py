@@ -230,7 +230,6 @@ OVERSIZE = {
     "studies/steering_proxy/__init__.py": (716, "stages a-c and `introspect-mech steer` in one module"),
     "studies/caft/__init__.py": (685, "split with its stages"),
     "studies/persona_vectors/__init__.py": (687, "split with its stages"),
-    "studies/main_job/__init__.py": (666, "split with its stages"),
 }
 
 
