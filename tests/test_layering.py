@@ -228,7 +228,6 @@ OVERSIZE = {
     "studies/organisms/__init__.py": (965, "one runner stage around the old body; split with its stages"),
     "studies/self_prediction/__init__.py": (741, "one runner stage around the old body; split with its stages"),
     "studies/steering_proxy/__init__.py": (716, "stages a-c and `introspect-mech steer` in one module"),
-    "studies/caft/__init__.py": (685, "split with its stages"),
     "studies/persona_vectors/__init__.py": (687, "split with its stages"),
 }
 
