@@ -226,7 +226,6 @@ OVERSIZE = {
     "evals/em.py": (682, "the EM eval; paper logic still in the library (issue 30: evals/em.run_em_eval)"),
     "diffing.py": (662, "model diffing; split planned"),
     "studies/organisms/__init__.py": (965, "one runner stage around the old body; split with its stages"),
-    "studies/self_prediction/__init__.py": (741, "one runner stage around the old body; split with its stages"),
     "studies/steering_proxy/__init__.py": (716, "stages a-c and `introspect-mech steer` in one module"),
     "studies/persona_vectors/__init__.py": (687, "split with its stages"),
 }
