@@ -49,8 +49,8 @@ def test_every_study_refuses_a_changed_config_field(module, tmp_path, monkeypatc
     assert "\n" not in str(e.value) and f"study_config.{name} (" in str(e.value) and len(ran) == 1
 
 
-DATA_STUDIES = ("caft", "emergent_misalignment", "main_job", "model_organisms", "persona_features", "self_awareness",
-                "self_prediction")  # the studies that declare `Study.data`
+DATA_STUDIES = ("caft", "emergent_misalignment", "introspection", "main_job", "model_organisms", "persona_features",
+                "self_awareness", "self_prediction")  # the studies that declare `Study.data`
 
 
 @pytest.mark.parametrize("module", sorted(set(STUDIES.values())))
