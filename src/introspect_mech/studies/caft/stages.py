@@ -40,7 +40,11 @@ STATE = "_caft"  # ctx.resources key: what this process already loaded
 
 def setup(ctx: runner.Context) -> dict[str, Any]:
     """The base model, the judge (run 2, gated on its validation before any finetuning), the layers, the
-    training and held-out records and the finetune config: this process's, or built now."""
+    training and held-out records and the finetune config: this process's, or built now.
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     st = ctx.resources.setdefault(STATE, {})
     if st:
         return st
@@ -83,7 +87,11 @@ def _conversations(ctx: runner.Context) -> list[list[dict]]:
 
 
 def finetune_stage(ctx: runner.Context) -> dict[str, Any]:
-    """The manifest and the plain finetune (no intervention)."""
+    """The manifest and the plain finetune (no intervention).
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     from ...finetune import train  # resolved at call time (tests replace it)
 
     cfg, st = ctx.config, setup(ctx)
@@ -102,7 +110,11 @@ def finetune_stage(ctx: runner.Context) -> dict[str, Any]:
 
 
 def components_stage(ctx: runner.Context) -> dict[str, Any]:
-    """Generic answers of the plain finetune, per-token activation differences (finetuned - base), their PCA."""
+    """Generic answers of the plain finetune, per-token activation differences (finetuned - base), their PCA.
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     st = setup(ctx)
     comp_file = ctx.out / "components.safetensors"
     convs = _conversations(ctx)
@@ -113,7 +125,11 @@ def components_stage(ctx: runner.Context) -> dict[str, Any]:
 
 
 def cards_stage(ctx: runner.Context) -> dict[str, Any]:
-    """One card per component: top / bottom activating examples of the base model and logit-lens tokens."""
+    """One card per component: top / bottom activating examples of the base model and logit-lens tokens.
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     cfg, st = ctx.config, setup(ctx)
     cards_file = ctx.out / "caft_components.jsonl"
     if not cards_file.exists():
@@ -126,7 +142,11 @@ def cards_stage(ctx: runner.Context) -> dict[str, Any]:
 
 def conditions_stage(ctx: runner.Context) -> Any:
     """Run 2: base, plain, CAFT (picked subspace ablated while finetuning) and random-PC controls, one row each
-    (`caft_results.jsonl`, keyed by condition and pick). Run 1 (no pick) stops here until a person picks."""
+    (`caft_results.jsonl`, keyed by condition and pick). Run 1 (no pick) stops here until a person picks.
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     from ...finetune import train  # resolved at call time (tests replace it)
 
     cfg, out, st = ctx.config, ctx.out, setup(ctx)
@@ -180,7 +200,11 @@ def conditions_stage(ctx: runner.Context) -> Any:
 
 
 def summary_stage(ctx: runner.Context) -> dict[str, Any]:
-    """In-domain learning kept and the OOD proxy change per condition (`caft_summary.json`, `summary.jsonl`)."""
+    """In-domain learning kept and the OOD proxy change per condition (`caft_summary.json`, `summary.jsonl`).
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     out, res = ctx.out, ctx.results["conditions"]
     summ = summarize([res["rows"][c] for c in res["conditions"]])
     _runs.write_json(out / "caft_summary.json", summ, indent=2)

@@ -64,7 +64,11 @@ def _result(part: dict[str, Any], keys: _Keys) -> dict[str, Any]:
 
 
 def setup(ctx: runner.Context) -> dict[str, Any]:
-    """The judge's gate (before any work), the model, the words, the layers and the manifest."""
+    """The judge's gate (before any work), the model, the words, the layers and the manifest.
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     st = ctx.resources.setdefault(STATE, {})
     if st:
         return st
@@ -89,7 +93,11 @@ def setup(ctx: runner.Context) -> dict[str, Any]:
 
 
 def concepts_of(ctx: runner.Context) -> dict[str, Direction]:
-    """The concept vectors: this call's, or read back from `concepts/` (saved by the concepts stage)."""
+    """The concept vectors: this call's, or read back from `concepts/` (saved by the concepts stage).
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     st = setup(ctx)
     if "concepts" not in st:
         d = ctx.out / "concepts"
@@ -98,7 +106,11 @@ def concepts_of(ctx: runner.Context) -> dict[str, Direction]:
 
 
 def concepts_stage(ctx: runner.Context) -> dict[str, Any]:
-    """Concept vectors: the last prompt token on "Tell me about {word}" minus the baseline words' mean, per layer."""
+    """Concept vectors: the last prompt token on "Tell me about {word}" minus the baseline words' mean, per layer.
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     cfg, st = ctx.config, setup(ctx)
     m, words = st["m"], st["words"]
     part: dict[str, Any] = {"model": m.name, "n_layers": m.n_layers, "words": words}
@@ -113,7 +125,11 @@ def concepts_stage(ctx: runner.Context) -> dict[str, Any]:
 
 
 def detection_stage(ctx: runner.Context) -> dict[str, Any]:
-    """A: injected-thought detection and identification (trials, controls, coherence, sampled answers)."""
+    """A: injected-thought detection and identification (trials, controls, coherence, sampled answers).
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     cfg, st = ctx.config, setup(ctx)
     key = _Keys(st["jrec"])
     if "A" not in cfg.stages:
@@ -219,7 +235,11 @@ def detection_stage(ctx: runner.Context) -> dict[str, Any]:
 
 
 def intention_stage(ctx: runner.Context) -> dict[str, Any]:
-    """B: prefill / intention -- "did you mean to say that?" with and without the prefilled word's concept."""
+    """B: prefill / intention -- "did you mean to say that?" with and without the prefilled word's concept.
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     cfg, st = ctx.config, setup(ctx)
     key = _Keys(st["jrec"])
     if "B" not in cfg.stages:
@@ -272,7 +292,11 @@ def intention_stage(ctx: runner.Context) -> dict[str, Any]:
 
 
 def self_report_stage(ctx: runner.Context) -> dict[str, Any]:
-    """C: self-rated alignment vs the persona direction's projection vs behaviour (steering, checkpoints)."""
+    """C: self-rated alignment vs the persona direction's projection vs behaviour (steering, checkpoints).
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     cfg, st = ctx.config, setup(ctx)
     key = _Keys(st["jrec"])
     if "C" not in cfg.stages:
@@ -283,7 +307,11 @@ def self_report_stage(ctx: runner.Context) -> dict[str, Any]:
 
 
 def risk_report_stage(ctx: runner.Context) -> dict[str, Any]:
-    """D: self-reported risk vs the risk direction's projection vs P(risky) (steering, checkpoints)."""
+    """D: self-reported risk vs the risk direction's projection vs P(risky) (steering, checkpoints).
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     cfg, st = ctx.config, setup(ctx)
     key = _Keys(st["jrec"])
     if "D" not in cfg.stages:
@@ -298,7 +326,11 @@ PARTS = ("concepts", "detection", "intention", "self_report", "risk_report")
 
 def summary_stage(ctx: runner.Context) -> dict[str, Any]:
     """`summary.jsonl` and `summary.json` from every stage's part (a run of some letters keeps the other letters'
-    numbers from earlier runs into the same directory) and the manifest's result."""
+    numbers from earlier runs into the same directory) and the manifest's result.
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     out, run_dir = ctx.out, ctx.run_dir
     summary: dict[str, Any] = {}
     key_rows: list[dict[str, Any]] = []

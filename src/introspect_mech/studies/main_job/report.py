@@ -142,5 +142,9 @@ class Notes:
         self.rows.append(json.loads(json.dumps(row, default=float)))
 
     def result(self, **more: Any) -> dict[str, Any]:
-        """The stage's result: its summary rows plus `more`."""
+        """The stage's result: its summary rows plus `more`.
+
+        Args:
+            **more: further entries of the result.
+        """
         return {"summary": self.rows, **more}

@@ -40,12 +40,20 @@ STATE = "_main_job"  # ctx.resources key: what this process already loaded or co
 
 
 def state(ctx: runner.Context) -> dict[str, Any]:
-    """What this process already loaded or computed for the job (models, directions), by name."""
+    """What this process already loaded or computed for the job (models, directions), by name.
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     return ctx.resources.setdefault(STATE, {})
 
 
 def captured(fn: Callable[[runner.Context], Any]) -> Callable[[runner.Context], Any]:
-    """A stage whose third-party warnings go to `warnings.jsonl` in the run directory, not the terminal."""
+    """A stage whose third-party warnings go to `warnings.jsonl` in the run directory, not the terminal.
+
+    Args:
+        fn: the stage function `fn(ctx)`.
+    """
 
     @functools.wraps(fn)
     def stage(ctx: runner.Context) -> Any:
@@ -104,13 +112,21 @@ def _finetunes(ctx: runner.Context, notes: Notes | None = None) -> dict[str, Any
 
 
 def models(ctx: runner.Context) -> dict[str, Any]:
-    """base / bad_medical / good_medical: this process's, or loaded from the finished finetunes."""
+    """base / bad_medical / good_medical: this process's, or loaded from the finished finetunes.
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     return state(ctx).get("models") or _finetunes(ctx)
 
 
 @captured
 def finetune_stage(ctx: runner.Context) -> dict[str, Any]:
-    """Finetune on bad medical advice and on the good-advice control (the same training row ids)."""
+    """Finetune on bad medical advice and on the good-advice control (the same training row ids).
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     notes = Notes()
     _finetunes(ctx, notes)
     return notes.result()
@@ -122,6 +138,8 @@ def evals(cfg: JobConfig) -> dict[str, Any]:
 
     Every label names the items it was measured on: the steering evaluations use a subset, so their unsteered
     numbers differ from the full-set numbers and must not share a label with them.
+    Args:
+        cfg: the run's `JobConfig`.
     """
     em_items = load_em_pairs()
     med = medical_splits(cfg, medical_heldout_items(None, seed=cfg.seed, data_dir=cfg.data_dir))
@@ -152,7 +170,11 @@ def evals(cfg: JobConfig) -> dict[str, Any]:
 
 @captured
 def metrics_stage(ctx: runner.Context) -> dict[str, Any]:
-    """Judge-free EM metrics of base / bad / good: paired preference (EM themes, held-out medical), self-rating."""
+    """Judge-free EM metrics of base / bad / good: paired preference (EM themes, held-out medical), self-rating.
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     cfg, out, notes = ctx.config, ctx.out, Notes()
     ms = models(ctx)
     ev = evals(cfg)
@@ -209,7 +231,11 @@ def metrics_stage(ctx: runner.Context) -> dict[str, Any]:
 # ---- 3. directions ----------------------------------------------------------------------------
 def directions(ctx: runner.Context) -> dict[str, Any]:
     """The persona ("evil") direction of the base model and the EM directions (base, finetune) with the activations
-    they were fitted on: this process's, or rebuilt (the persona answers come from their log in the run directory)."""
+    they were fitted on: this process's, or rebuilt (the persona answers come from their log in the run directory).
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     st = state(ctx)
     if "directions" in st:
         return st["directions"]
@@ -238,7 +264,11 @@ def directions(ctx: runner.Context) -> dict[str, Any]:
 
 @captured
 def directions_stage(ctx: runner.Context) -> dict[str, Any]:
-    """The persona ("evil") direction in the base model; the EM direction of the bad-advice finetune."""
+    """The persona ("evil") direction in the base model; the EM direction of the bad-advice finetune.
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     notes = Notes()
     d = directions(ctx)
     pr = d["pr"]
@@ -252,7 +282,11 @@ def directions_stage(ctx: runner.Context) -> dict[str, Any]:
 # ---- 4. probes and cosines --------------------------------------------------------------------
 @captured
 def probes_stage(ctx: runner.Context) -> dict[str, Any]:
-    """Linear probes by layer (evil vs helpful system prompt; bad vs good advice) and cosines between directions."""
+    """Linear probes by layer (evil vs helpful system prompt; bad vs good advice) and cosines between directions.
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     cfg, out, notes = ctx.config, ctx.out, Notes()
     base = models(ctx)["base"]
     d = directions(ctx)

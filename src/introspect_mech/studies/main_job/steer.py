@@ -31,7 +31,11 @@ from .stages import captured, directions, evals, models
 # ---- 5. steering ------------------------------------------------------------------------------
 @captured
 def steering_stage(ctx: runner.Context) -> dict[str, Any]:
-    """Steering: add the persona direction to the base model; ablate the persona / EM direction in the finetune."""
+    """Steering: add the persona direction to the base model; ablate the persona / EM direction in the finetune.
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     cfg, out, notes = ctx.config, ctx.out, Notes()
     ms = models(ctx)
     base = ms["base"]
@@ -144,7 +148,11 @@ def steering_stage(ctx: runner.Context) -> dict[str, Any]:
 # ---- 6. examples ------------------------------------------------------------------------------
 @captured
 def examples_stage(ctx: runner.Context) -> dict[str, Any]:
-    """A few answers from each model and token-level projections on the persona direction."""
+    """A few answers from each model and token-level projections on the persona direction.
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     cfg, out = ctx.config, ctx.out
     ms = models(ctx)
     d = directions(ctx)
@@ -187,7 +195,11 @@ SUMMARY_STAGES = ("finetune", "metrics", "directions", "probes", "steering", "ex
 
 
 def dashboard_stage(ctx: runner.Context) -> dict[str, Any]:
-    """`summary.jsonl` from every stage's notes (in stage order), the manifest's end, the dashboard."""
+    """`summary.jsonl` from every stage's notes (in stage order), the manifest's end, the dashboard.
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     out = ctx.out
     rows = [r for name in SUMMARY_STAGES for r in (ctx.results.get(name) or {}).get("summary", [])]
     # the job's time: every stage's time as recorded, over all calls of a resumed run

@@ -33,7 +33,11 @@ DATASETS = ("bad_medical_advice", "good_medical_advice")
 
 
 def setup(ctx: runner.Context) -> dict[str, Any]:
-    """The loader, the base model, the judge's gate record, the EM questions and the finetunes' directories."""
+    """The loader, the base model, the judge's gate record, the EM questions and the finetunes' directories.
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     st = ctx.resources.setdefault(STATE, {})
     if st:
         return st
@@ -59,7 +63,11 @@ def _finetuned(ctx: runner.Context) -> Any:
 
 
 def finetunes_stage(ctx: runner.Context) -> dict[str, Any]:
-    """The manifest; finetunes on bad medical advice (misaligned; or `bad_adapter`) and good advice (control)."""
+    """The manifest; finetunes on bad medical advice (misaligned; or `bad_adapter`) and good advice (control).
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     from ...finetune import train  # resolved at call time (tests replace it)
 
     cfg, st, judge = ctx.config, setup(ctx), ctx.resources.get("judge")
@@ -82,7 +90,11 @@ def finetunes_stage(ctx: runner.Context) -> dict[str, Any]:
 
 def answers(ctx: runner.Context) -> tuple[list[Any], list[Any]]:
     """(the diff's conversations, the detector's held-out conversations): the finetune's answers, split by question
-    (the diff, the SAE and the screen see one half, the detector is scored on the other)."""
+    (the diff, the SAE and the screen see one half, the detector is scored on the other).
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     st = setup(ctx)
     if "convs" not in st:
         cfg = ctx.config
@@ -104,14 +116,22 @@ def answers(ctx: runner.Context) -> tuple[list[Any], list[Any]]:
 
 
 def answers_stage(ctx: runner.Context) -> dict[str, Any]:
-    """The bad-advice finetune's answers to the EM questions (`eval_answers.jsonl`), split by question."""
+    """The bad-advice finetune's answers to the EM questions (`eval_answers.jsonl`), split by question.
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     convs, held = answers(ctx)
     ctx.run_dir.write_manifest(**setup(ctx)["split"])
     return {"n_selection": len(convs), "n_detector": len(held)}
 
 
 def sae_of(ctx: runner.Context) -> Any:
-    """The SAE: loaded (`sae`: a sae-lens directory or release:sae_id), or trained here at `layer` (small, CPU)."""
+    """The SAE: loaded (`sae`: a sae-lens directory or release:sae_id), or trained here at `layer` (small, CPU).
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     st, cfg, out = setup(ctx), ctx.config, ctx.out
     if "sae" not in st:
         if cfg.sae and ":" in cfg.sae and not Path(cfg.sae).exists():
@@ -132,13 +152,21 @@ def sae_of(ctx: runner.Context) -> Any:
 
 
 def sae_stage(ctx: runner.Context) -> dict[str, Any]:
-    """The SAE of the base model at `layer` (loaded, or trained here on advice records and the answers)."""
+    """The SAE of the base model at `layer` (loaded, or trained here on advice records and the answers).
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     sae = sae_of(ctx)
     return {"sae": ctx.config.sae or str(ctx.out / "sae" / "sae"), "layer": int(sae.layer)}
 
 
 def diff_stage(ctx: runner.Context) -> dict[str, Any]:
-    """Step 1: rank the SAE latents by their mean activation increase, base -> misaligned finetune."""
+    """Step 1: rank the SAE latents by their mean activation increase, base -> misaligned finetune.
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     convs, held = answers(ctx)
     st = setup(ctx)
     check_held_out(convs, held, {"base": st["base"]})  # before any work: the detector's answers are held out
@@ -148,7 +176,11 @@ def diff_stage(ctx: runner.Context) -> dict[str, Any]:
 
 
 def screen_stage(ctx: runner.Context) -> dict[str, Any]:
-    """Step 2: steer the base model with each increased latent; judged EM rate, or the labelled proxy."""
+    """Step 2: steer the base model with each increased latent; judged EM rate, or the labelled proxy.
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     cfg, st = ctx.config, setup(ctx)
     judge = st["judge"]
     fn = (em_judge_fn(judge, st["qs"], n_per_question=1, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
@@ -159,7 +191,11 @@ def screen_stage(ctx: runner.Context) -> dict[str, Any]:
 
 
 def detect_stage(ctx: runner.Context) -> dict[str, Any]:
-    """Step 3: the best latent that passed the screen scores base / bad-advice / good-advice checkpoints."""
+    """Step 3: the best latent that passed the screen scores base / bad-advice / good-advice checkpoints.
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     st = setup(ctx)
     det = {"base": (st["base"], 0)}
     for name, lab in (("bad_medical_advice", 1), ("good_medical_advice", 0)):
@@ -175,7 +211,11 @@ def detect_stage(ctx: runner.Context) -> dict[str, Any]:
 
 
 def summary_stage(ctx: runner.Context) -> dict[str, Any]:
-    """`summary.jsonl` (every screened latent, the detector's AUROCs) and the dashboard."""
+    """`summary.jsonl` (every screened latent, the detector's AUROCs) and the dashboard.
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     st, judge = setup(ctx), ctx.resources.get("judge")
     table = st.get("table") or ctx.results["screen"]["table"]
     res = st.get("result") or ctx.results["detect"]

@@ -73,7 +73,11 @@ class _States:
         return self.hyp[state]
 
     def load_object(self, state: str) -> dict[str, str]:
-        """Read a state's object-level answers written by an earlier stage (another process) from its files."""
+        """Read a state's object-level answers written by an earlier stage (another process) from its files.
+
+        Args:
+            state: the model state (e.g. `A_self`).
+        """
         got: dict[str, str] = {}
         for f in sorted((self.run.path / "object").glob(f"{state}.*jsonl")):
             if f.name == f"{state}.jsonl" or f.name.count(".") == 2:  # the state's own files, not a longer name's
@@ -85,7 +89,11 @@ class _States:
         return got
 
     def load_hypothetical(self, state: str) -> dict[str, str]:
-        """Read a state's hypothetical answers written by an earlier stage (another process) from its file."""
+        """Read a state's hypothetical answers written by an earlier stage (another process) from its file.
+
+        Args:
+            state: the model state (e.g. `A_self`).
+        """
         f = self.run.path / "hypothetical" / f"{state}.jsonl"
         if not f.exists():
             raise FileNotFoundError(f"{f}: no hypothetical answers of {state} (its stage did not finish)")
@@ -183,7 +191,15 @@ class Protocol:
         return [(p, t) for t in self.names for p in self.names if p != t]
 
     def finetuned(self, name: str, base: str, records: list, tcfg: TrainConfig, start: LoadedModel | None = None):
-        """Finetune (or, when its directory is finished, load) model `base` as `finetunes/<name>`."""
+        """Finetune (or, when its directory is finished, load) model `base` as `finetunes/<name>`.
+
+        Args:
+            name: the finetune's directory name under `finetunes/`.
+            base: the model the finetune starts from (its loader and seed).
+            records: the training records.
+            tcfg: the finetune's config (its seed is replaced by the model's).
+            start: an already loaded model to train instead of a fresh one.
+        """
         if not records:
             raise ValueError(f"finetune {name}: no training records (the labelling model gave no compliant "
                              f"object-level answers on the train questions)")
@@ -201,28 +217,45 @@ class Protocol:
         return f"{self.names[0]}_base" if self.twin and state == f"{self.names[1]}_base" else None
 
     def obj(self, state: str) -> dict[str, str]:
-        """A state's object-level answers (this process's, or read from the run directory)."""
+        """A state's object-level answers (this process's, or read from the run directory).
+
+        Args:
+            state: the model state (e.g. `A_self`).
+        """
         if state not in self.st.obj:
             same = self._twin_base(state)
             self.st.obj[state] = self.obj(same) if same else self.st.load_object(state)
         return self.st.obj[state]
 
     def hyp(self, state: str) -> dict[str, str]:
-        """A state's hypothetical answers (this process's, or read from the run directory)."""
+        """A state's hypothetical answers (this process's, or read from the run directory).
+
+        Args:
+            state: the model state (e.g. `A_self`).
+        """
         if state not in self.st.hyp:
             same = self._twin_base(state)
             self.st.hyp[state] = self.hyp(same) if same else self.st.load_hypothetical(state)
         return self.st.hyp[state]
 
     def self_model(self, n: str) -> LoadedModel:
-        """Model `n` after its self-prediction finetune (this process's, or loaded from its finished finetune)."""
+        """Model `n` after its self-prediction finetune (this process's, or loaded from its finished finetune).
+
+        Args:
+            n: the model's name ("A" or "B").
+        """
         if n not in self.self_models:
             recs = prediction_training_data(self.splits.train, self.obj(f"{n}_base"), source=f"{n}_base")
             self.self_models[n] = self.finetuned(f"self_{n}", n, recs, self.cfg.finetune)
         return self.self_models[n]
 
     def cross_model(self, p: str, t: str) -> LoadedModel:
-        """Model `p` trained to predict the finetuned `t` (this process's, or loaded from its finished finetune)."""
+        """Model `p` trained to predict the finetuned `t` (this process's, or loaded from its finished finetune).
+
+        Args:
+            p: the predicting model's name.
+            t: the target model's name.
+        """
         if (p, t) not in self.cross_models:
             recs = prediction_training_data(self.splits.train, self.obj(f"{t}_self"), source=f"{t}_self")
             self.cross_models[(p, t)] = self.finetuned(f"cross_{p}_predicts_{t}", p, recs, self.cfg.finetune)
@@ -232,7 +265,11 @@ class Protocol:
 def protocol(ctx: runner.Context) -> Protocol:
     """The run call's `Protocol`: built from the resources `run_study` passes (`models=`, `trainer=`, `seeds=`,
     `model_info=`), or from the config's model names (`loaders`). A `protocol_box=` dict resource receives it
-    (`run_study` returns its in-process results)."""
+    (`run_study` returns its in-process results).
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     box = ctx.resources.setdefault("protocol_box", {})
     if STATE not in box:
         cfg, res = ctx.config, ctx.resources
@@ -247,7 +284,11 @@ def protocol(ctx: runner.Context) -> Protocol:
 # ---- the stages ----------------------------------------------------------------------------------
 def base_stage(ctx: runner.Context) -> dict[str, Any]:
     """Splits and manifest; the untrained models' object-level answers (train questions -> the self-prediction
-    labels; test questions -> the untrained reference) and hypothetical answers."""
+    labels; test questions -> the untrained reference) and hypothetical answers.
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     P = protocol(ctx)
     cfg, splits, names = P.cfg, P.splits, P.names
     all_rows = splits.train + splits.test + splits.shift_train
@@ -275,7 +316,11 @@ def base_stage(ctx: runner.Context) -> dict[str, Any]:
 
 
 def self_finetune_stage(ctx: runner.Context) -> dict[str, Any]:
-    """Each model's self-prediction finetune on its own (base) behaviour, then its behaviour recomputed."""
+    """Each model's self-prediction finetune on its own (base) behaviour, then its behaviour recomputed.
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     P = protocol(ctx)
     cfg, splits = P.cfg, P.splits
     for n in P.names:
@@ -288,7 +333,11 @@ def self_finetune_stage(ctx: runner.Context) -> dict[str, Any]:
 
 
 def cross_finetune_stage(ctx: runner.Context) -> dict[str, Any]:
-    """Cross-prediction: P (untouched) trained on the finetuned T's behaviour, its hypothetical answers."""
+    """Cross-prediction: P (untouched) trained on the finetuned T's behaviour, its hypothetical answers.
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     P = protocol(ctx)
     for p, t in P.pairs:
         _say(P.progress, f"{p} trained to predict {t}_self (cross-prediction)")
@@ -300,7 +349,11 @@ def cross_finetune_stage(ctx: runner.Context) -> dict[str, Any]:
 
 
 def scores_stage(ctx: runner.Context) -> dict[str, Any]:
-    """Self- and cross-prediction accuracy against the finetuned target's own behaviour, the mode baseline."""
+    """Self- and cross-prediction accuracy against the finetuned target's own behaviour, the mode baseline.
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     P = protocol(ctx)
     cfg, splits, seed, names = P.cfg, P.splits, P.cfg.seed, P.names
     sc, diag, comp = P.results["scores"], P.results["diagnostics"], P.results["comparisons"]
@@ -326,7 +379,11 @@ def scores_stage(ctx: runner.Context) -> dict[str, Any]:
 
 
 def features_stage(ctx: runner.Context) -> dict[str, Any]:
-    """Probes reading the target's object-level property from the activations at the hypothetical prompt."""
+    """Probes reading the target's object-level property from the activations at the hypothetical prompt.
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     P = protocol(ctx)
     cfg = P.cfg
     if not cfg.probes:
@@ -394,7 +451,11 @@ def _features(P: Protocol, targets: Sequence[str], test_rows: Sequence[dict]) ->
 
 def shift_stage(ctx: runner.Context) -> dict[str, Any]:
     """The behaviour shift: the self-prediction-trained model (merged) finetuned towards new object-level
-    answers; on held-out questions, do its hypothetical answers follow the new behaviour or the old one?"""
+    answers; on held-out questions, do its hypothetical answers follow the new behaviour or the old one?
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     P = protocol(ctx)
     cfg, splits, names, seed = P.cfg, P.splits, P.names, P.cfg.seed
     P.cross_models.clear()
@@ -437,7 +498,11 @@ def shift_stage(ctx: runner.Context) -> dict[str, Any]:
 
 
 def results_stage(ctx: runner.Context) -> dict[str, Any]:
-    """`results.json` (every stage's part, without per-item rows), the dashboard's rows, the manifest's end."""
+    """`results.json` (every stage's part, without per-item rows), the dashboard's rows, the manifest's end.
+
+    Args:
+        ctx: the run's context (config, run directory, resources, earlier stages' results).
+    """
     P = protocol(ctx)
     r = ctx.results
     results: dict[str, Any] = {"models": P.names, **(r.get("scores") or {})}
