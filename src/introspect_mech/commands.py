@@ -234,19 +234,19 @@ def steer_sweep(model: LoadedModel, direction: Any, out: str | os.PathLike, *, l
         The summary rows (one per layer, alpha and kind) with the proxy metric name.
     """
     from . import runs as _runs
-    from .evals.em import PROXY_PREF, em_proxy_fn, proxy_items
+    from .evals.metrics import PROXY_PREF, load_em_pairs, paired_preference
     from .runs import RunDir
     from .steering.sweep import summarize, sweep
 
     run = RunDir(out)
-    fn = em_proxy_fn(items)
+    items = list(items) if items is not None else load_em_pairs()
 
-    def eval_fn(m):
-        r = fn(m)
-        return {"proxy_pref": r["proxy_pref"], "proxy_diff": r["proxy_diff"]}
+    def eval_fn(m):  # the judge-free proxy per item (what studies.common.em_proxy.em_proxy_fn computes first)
+        rows = paired_preference(m, items, batch_size=16)["rows"]
+        return {"proxy_pref": [r["prefers_misaligned"] for r in rows], "proxy_diff": [r["diff"] for r in rows]}
 
     # eval_fn cannot be hashed: bind what determines it (the proxy's items by value, its metrics)
-    binding = {"proxy_items_sha256": _runs.json_sha256(list(items) if items is not None else proxy_items()),
+    binding = {"proxy_items_sha256": _runs.json_sha256(items),
                "metrics": ["proxy_pref", "proxy_diff"]}
     rows = sweep(model, direction, layers=layers, alphas=alphas, eval_fn=eval_fn, out=run.path / "steering", op=op,
                  seeds=seeds, scale=scale, binding=binding)

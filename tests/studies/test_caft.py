@@ -210,3 +210,57 @@ def test_two_stage_run_from_the_command_line_on_tiny_qwen(tiny_qwen2_dir, tmp_pa
     ft = [p for p in (out / "finetunes").iterdir() if p.name.startswith("caft_")]
     assert json.loads((ft[0] / "manifest.json").read_text())["finetune"]["intervention"].startswith(
         "caft_subspace(dims={2: 1}")
+
+
+def _killed_at(monkeypatch, stage_name):
+    import dataclasses
+
+    def killed(ctx):
+        raise KeyboardInterrupt(f"killed inside {stage_name}")
+
+    stages = tuple(dataclasses.replace(s, fn=killed) if s.name == stage_name else s for s in C.STUDY.stages)
+    monkeypatch.setattr(C, "STUDY", dataclasses.replace(C.STUDY, stages=stages))
+
+
+def test_stages_resume_one_by_one_and_a_changed_data_file_is_refused(tiny_qwen2_dir, tmp_path, monkeypatch):
+    """Five runner stages; a run killed inside stage k reruns from k (the earlier ones are skipped, their files
+    reused), run 2 (a pick) ends with the rows of an uninterrupted run, and the finetuning data is bound by
+    content: a rerun after it changed is refused naming it."""
+    import dataclasses
+
+    from introspect_mech.runs import RunConfigError
+    from introspect_mech.studies import runner
+
+    data = tmp_path / "data.jsonl"
+    recs = RECORDS + [{"messages": [{"role": "user", "content": f"Question {i}?"},
+                                    {"role": "assistant", "content": f"Answer number {i}."}]} for i in range(4)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    cfg = C.CAFTConfig(model=str(tiny_qwen2_dir), data=str(data), n_train=4, steps=2, n_prompts=3, n_heldout=2,
+                       max_new_tokens=4, layer_fractions=(0.3, 0.7), n_components=2, n_top_examples=1,
+                       n_logit_tokens=2, n_random=1)
+    assert [s.name for s in C.STUDY.stages] == ["finetune", "components", "cards", "conditions", "summary"]
+    out = tmp_path / "run"
+    _killed_at(monkeypatch, "cards")
+    with pytest.raises(KeyboardInterrupt):
+        C.run(cfg, out, progress=False)
+    monkeypatch.undo()
+    assert [json.loads(l)["stage"] for l in (out / runner.STAGES_FILE).read_text().splitlines()] == [
+        "finetune", "components"]
+    res = C.run(cfg, out, progress=False)  # run 1 resumes at the cards, then stops for the picks
+    assert res.skipped == ["finetune", "components"] and "conditions" not in res.skipped
+    assert C.outcome(res)["dashboard"] == (out / "dashboard.html").resolve() and C.outcome(res)["todo"] == []
+    assert C.run(cfg, out, progress=False).skipped == ["finetune", "components", "cards"]
+    picked = dataclasses.replace(cfg, pick="2:1")
+    _killed_at(monkeypatch, "summary")
+    with pytest.raises(KeyboardInterrupt):
+        C.run(picked, out, progress=False)
+    monkeypatch.undo()
+    res = C.run(picked, out, progress=False)
+    assert res.skipped == ["finetune", "components", "cards", "conditions"]
+    rows = {r["condition"]: r for r in map(json.loads, (out / "caft_results.jsonl").read_text().splitlines())}
+    assert C.outcome(res)["summary"] == C.summarize([rows[c] for c in ("base", "plain", "caft", "random_0")])
+    assert set(C.STUDY.data(cfg, {})) >= {"train", "questions/first_plot_questions", "persona/evil"}
+    with open(data, "a") as f:
+        f.write("\n")
+    with pytest.raises(RunConfigError, match=r"data_sha256\.train \("):
+        C.run(picked, out, progress=False)

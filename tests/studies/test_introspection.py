@@ -471,3 +471,55 @@ def test_command_line_builds_the_config_and_the_judge():
     with pytest.raises(SystemExit) as e:
         I.main(["--help"])
     assert e.value.code == 0
+
+
+@pytest.mark.parametrize("letters,kill", [("AB", "intention"), ("CD", "risk_report")])
+def test_stages_resume_one_by_one(letters, kill, tiny_qwen3_dir, tmp_path, monkeypatch):
+    """Six runner stages; a run killed inside stage k reruns only the stages from k in a fresh call (the concept
+    vectors read back from `concepts/`) and ends with the files of an uninterrupted run; the letters run (C, D)
+    declare their data files (a changed one is refused by name: `test_study_binding.py`)."""
+    import dataclasses
+
+    from introspect_mech import load_model
+    from introspect_mech.studies import runner
+
+    if letters == "AB":
+        cfg = I.IntrospectionConfig(words=("dust", "milk", "bread"), n_words=None, baseline="baseline",
+                                    layer_fractions=(0.67,), strengths=(2.0,), headline_strength=2.0, n_samples=1,
+                                    sample_words=1, max_new_tokens=3, coherence_prompts=2, coherence_words=1,
+                                    n_sentences=2, stages="AB")
+        files = ("trials.jsonl", "introspection_grid.jsonl", "coherence.jsonl", "intention.jsonl", "samples.jsonl",
+                 "summary.jsonl", "summary.json")
+    else:
+        cfg = I.IntrospectionConfig(model=str(tiny_qwen3_dir), stages="CD", persona_questions=2,
+                                    persona_instructions=2, persona_tokens=4, persona_filter=None,
+                                    alphas=(-1.0, 0.0, 1.0), n_em_items=8, finetune_examples=4, finetune_steps=2,
+                                    finetune_every=1, finetune_batch=2, batch_size=4, n_lotteries=6,
+                                    risk_direction_items=8)
+        files = ("self_report_track.jsonl", "summary.jsonl", "summary.json")
+    names = [s.name for s in I.STUDY.stages]
+    assert names == ["concepts", "detection", "intention", "self_report", "risk_report", "summary"]
+    m = load_model(tiny_qwen3_dir)
+    m.model.eval()
+    whole = tmp_path / "whole"
+    I.run(cfg, whole, model=m, progress=False)
+
+    def killed(ctx):
+        raise KeyboardInterrupt(f"killed inside {kill}")
+
+    stages = tuple(dataclasses.replace(s, fn=killed) if s.name == kill else s for s in I.STUDY.stages)
+    monkeypatch.setattr(I, "STUDY", dataclasses.replace(I.STUDY, stages=stages))
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        I.run(cfg, out, model=m, progress=False)
+    monkeypatch.undo()
+    assert [json.loads(x)["stage"] for x in (out / runner.STAGES_FILE).read_text().splitlines()] == \
+        names[: names.index(kill)]
+    res = I.run(cfg, out, model=load_model(tiny_qwen3_dir), progress=False)  # another call, a fresh model
+    assert res.skipped == names[: names.index(kill)]
+    for f in files:
+        assert (out / f).read_text().replace(str(out), "D") == (whole / f).read_text().replace(str(whole), "D"), f
+    if letters == "CD":  # what C and D read is bound by content
+        files = I.STUDY.data(cfg, {})
+        assert {"persona/evil", "dataset/bad_medical_advice", "self_awareness/questions/risk_predisposition_scale.yaml"} \
+            <= set(files)

@@ -221,5 +221,5 @@ def test_introspection_and_caft_gate_their_judged_rates(tiny_qwen3, tiny_qwen2_d
 
     ccfg = C.CAFTConfig(model=str(tiny_qwen2_dir), pick="0:0")
     with pytest.raises(jv.UnvalidatedJudgeError, match=r"a judged EM rate \(CAFT run 2\)"):
-        C._caft(tmp_path / "caft", ccfg, judge=JudgeOptions(judge=f"hf:{tiny_qwen2_dir}"))
+        C.run(ccfg, tmp_path / "caft", judge=JudgeOptions(judge=f"hf:{tiny_qwen2_dir}"), progress=False)
     assert not (tmp_path / "caft" / "finetunes").exists()

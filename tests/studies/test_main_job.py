@@ -135,3 +135,47 @@ def test_self_rating_below_the_mass_floor_is_no_self_report():
     ok = {"mean": {"value": 71.0, "lo": 65.0, "hi": 77.0, "n": 5}, "mean_mass": 0.8}
     est, text, cell = self_report(ok)
     assert est["value"] == 71.0 and text == "mass on numbers 0.80" and cell.startswith("71.000 [65.000, 77.000]")
+
+
+PANEL_FILES = ("em_rates", "probe_layers", "cosines", "steering_sweep", "steering_effects", "samples",
+               "token_activations")
+
+
+def _summary_without_times(out):
+    rows = [json.loads(l) for l in (out / "summary.jsonl").read_text().splitlines()]
+    return [r for r in rows if "tokens/s" not in r["name"] and "wall time" not in r["name"]]
+
+
+@pytest.mark.slow
+def test_main_job_resumes_stage_by_stage(tmp_path, tiny_qwen2_dir, data_root, monkeypatch):
+    """Seven runner stages; a run stopped after stage k (here: killed inside `probes`) reruns only the stages
+    after k, in a fresh call that rebuilds the finetunes and directions from the run directory, and ends with
+    the rows of an uninterrupted run."""
+    import dataclasses
+
+    from introspect_mech.studies import main_job, runner
+
+    cfg = dataclasses.replace(main_job.JobConfig(), model=str(tiny_qwen2_dir), device="cpu", data_dir=str(data_root),
+                              **TINY)
+    assert [s.name for s in main_job.STUDY.stages] == ["finetune", "metrics", "directions", "probes", "steering",
+                                                       "examples", "dashboard"]
+    whole = main_job.run(cfg, tmp_path / "whole", progress=False)
+    assert whole.dashboard == tmp_path / "whole" / "dashboard.html" and whole.skipped == []
+
+    def killed(ctx):
+        raise KeyboardInterrupt("killed inside the probes stage")
+
+    stages = tuple(dataclasses.replace(s, fn=killed) if s.name == "probes" else s for s in main_job.STUDY.stages)
+    monkeypatch.setattr(main_job, "STUDY", dataclasses.replace(main_job.STUDY, stages=stages))
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        main_job.run(cfg, out, progress=False)
+    done = [json.loads(l)["stage"] for l in (out / runner.STAGES_FILE).read_text().splitlines()]
+    assert done == ["finetune", "metrics", "directions"]
+    monkeypatch.undo()
+    again = main_job.run(cfg, out, progress=False)
+    assert again.skipped == ["finetune", "metrics", "directions"]
+    for name in PANEL_FILES:
+        assert (out / f"{name}.jsonl").read_text() == (tmp_path / "whole" / f"{name}.jsonl").read_text(), name
+    assert _summary_without_times(out) == _summary_without_times(tmp_path / "whole")
+    assert main_job.run(cfg, out, progress=False).skipped == [s.name for s in main_job.STUDY.stages]

@@ -263,3 +263,38 @@ def test_persona_features_command_line_builds_its_config(capsys):
     with pytest.raises(SystemExit) as e:
         pf.main(["--help"])
     assert e.value.code == 0 and "--sae-texts" in capsys.readouterr().out
+
+
+def test_persona_features_resume_stage_by_stage(tiny_qwen2_dir, tmp_path, monkeypatch):
+    """Seven runner stages; a run killed inside `diff`, then again inside `detect`, reruns only the stages from
+    the killed one, each in a fresh call (the answers read from `eval_answers.jsonl`, the SAE and the finetunes
+    loaded from their directories, the latents and the screen from their records) and ends with the files of
+    an uninterrupted run."""
+    import dataclasses
+
+    from introspect_mech.studies import persona_features as pf
+    from introspect_mech.studies import runner
+
+    cfg = pf.PersonaFeaturesConfig(model=str(tiny_qwen2_dir), layer=1, n_train=4, steps=2, save_every=1, n_eval=1,
+                                   max_new_tokens=4, alpha=8.0, top_k=2, sae_texts=4)
+    names = [s.name for s in pf.STUDY.stages]
+    assert names == ["finetunes", "answers", "sae", "diff", "screen", "detect", "summary"]
+    whole = tmp_path / "whole"
+    pf.run(cfg, whole, progress=False)
+
+    def killed(ctx):
+        raise KeyboardInterrupt(f"killed inside {ctx.study.name}")
+
+    out = tmp_path / "resumed"
+    for kill in ("diff", "detect"):
+        stages = tuple(dataclasses.replace(s, fn=killed) if s.name == kill else s for s in pf.STUDY.stages)
+        monkeypatch.setattr(pf, "STUDY", dataclasses.replace(pf.STUDY, stages=stages))
+        with pytest.raises(KeyboardInterrupt):
+            pf.run(cfg, out, progress=False)
+        monkeypatch.undo()
+        done = [json.loads(x)["stage"] for x in (out / runner.STAGES_FILE).read_text().splitlines()]
+        assert done == names[: names.index(kill)]
+    res = pf.run(cfg, out, progress=False)
+    assert res.skipped == names[: names.index("detect")]
+    for f in ("summary.jsonl", "sae_diff.jsonl", "latent_screen.jsonl", "detector.json"):
+        assert (out / f).read_text().replace(str(out), "DIR") == (whole / f).read_text().replace(str(whole), "DIR"), f

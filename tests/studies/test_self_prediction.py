@@ -315,21 +315,81 @@ def test_command_line_builds_the_config():
 
 
 def test_run_loads_the_models_the_config_names(tiny_qwen2_dir, tmp_path, monkeypatch, data_root):
+    import dataclasses
+
+    from introspect_mech.studies import runner
+    from introspect_mech.studies import self_prediction as S
+    from introspect_mech.studies.self_prediction import protocol as SP
+
+    cfg = PRESETS["tiny"].replace(model=str(tiny_qwen2_dir), seed=3, data_dir=str(data_root))
+    models, seeds, info = SP.loaders(cfg)  # the default B: a twin
+    assert models["A"] is models["B"] and seeds == {"A": 3, "B": 4}
+    assert models["A"]().n_layers == info["A"]["n_layers"]
+    assert info["B"]["twin"].startswith("model A again, its finetunes seeded 4")
+    assert info["A"]["name"] == str(tiny_qwen2_dir) and info["A"]["flag"] is None
+    models, seeds, _ = SP.loaders(cfg.replace(other="none"))
+    assert list(models) == ["A"] and seeds == {"A": 3}
+    models, seeds, info = SP.loaders(cfg.replace(other=str(tiny_qwen2_dir)))
+    assert models["A"] is not models["B"] and seeds == {"A": 3, "B": 3} and "twin" not in info["B"]
+    # `run` builds the stages' Protocol from the config's names (a real data folder: the runner binds the task
+    # files' hashes, `Study.data`, before any stage runs)
+    seen = []
+    monkeypatch.setattr(S, "STUDY", dataclasses.replace(S.STUDY, stages=(
+        runner.Stage("body", lambda ctx: seen.append(SP.protocol(ctx)) or {}),), dashboard=False))
+    S.run(cfg, tmp_path, progress=False)
+    P = seen[0]
+    assert P.names == ["A", "B"] and P.twin and P.seed_of == {"A": 3, "B": 4} and P.data_dir == str(data_root)
+    assert P.info["B"]["twin"].startswith("model A again")
+
+
+def _killed_at(monkeypatch, stage_name):
+    import dataclasses
+
     from introspect_mech.studies import self_prediction as S
 
-    calls = []
-    monkeypatch.setattr(S, "run_study", lambda out, **kw: calls.append((out, kw)) or kw)
-    # a real data folder: the runner binds the task files' hashes (`Study.data`) before any stage runs
-    cfg = PRESETS["tiny"].replace(model=str(tiny_qwen2_dir), seed=3, data_dir=str(data_root))
-    kw = S.run(tmp_path, cfg, progress=False)  # the default B: a twin
-    assert Path(calls[0][0]) == tmp_path and kw["config"] is cfg and kw["data_dir"] == str(data_root)
-    assert kw["progress"] is False
-    assert kw["models"]["A"] is kw["models"]["B"] and kw["seeds"] == {"A": 3, "B": 4}
-    assert kw["models"]["A"]().n_layers == kw["model_info"]["A"]["n_layers"]
-    assert kw["model_info"]["B"]["twin"].startswith("model A again, its finetunes seeded 4")
-    assert kw["model_info"]["A"]["name"] == str(tiny_qwen2_dir) and kw["model_info"]["A"]["flag"] is None
-    kw = S.run(tmp_path / "b", cfg.replace(other="none"))  # another config: another run directory
-    assert list(kw["models"]) == ["A"] and kw["seeds"] == {"A": 3}
-    kw = S.run(tmp_path / "c", cfg.replace(other=str(tiny_qwen2_dir)))
-    assert kw["models"]["A"] is not kw["models"]["B"] and kw["seeds"] == {"A": 3, "B": 3}
-    assert "twin" not in kw["model_info"]["B"]
+    def killed(ctx):
+        raise KeyboardInterrupt(f"killed inside {stage_name}")
+
+    stages = tuple(dataclasses.replace(s, fn=killed) if s.name == stage_name else s for s in S.STUDY.stages)
+    monkeypatch.setattr(S, "STUDY", dataclasses.replace(S.STUDY, stages=stages))
+
+
+@pytest.mark.parametrize("kill", ["scores", "shift"])
+def test_stages_resume_one_by_one_in_a_new_call(kill, tiny_qwen2_dir, tiny_qwen3_dir, data_root, tmp_path, monkeypatch):
+    """Seven runner stages; a run killed inside stage k reruns only stages k.. in a fresh call (new Protocol: the
+    answers read back from their files, the finetunes rebuilt by the trainer) and ends with the results of an
+    uninterrupted run."""
+    from introspect_mech.studies import runner
+    from introspect_mech.studies import self_prediction as S
+
+    def loader(path, ch):
+        def load():
+            m = load_model(path)
+            Planter.plant(m, ch, 500.0)
+            return m
+        return load
+
+    models = {"A": loader(tiny_qwen2_dir, "m"), "B": loader(tiny_qwen3_dir, "n")}
+    cfg = _cfg(probes=True, probe_layers=(0, -1), shift_targets="rule")
+    kw = dict(models=models, config=cfg, data_dir=data_root, seeds={"A": 0, "B": 5}, progress=False)
+    names = [s.name for s in S.STUDY.stages]
+    assert names == ["base", "self_finetune", "cross_finetune", "scores", "features", "shift", "results"]
+    whole = run_study(tmp_path / "whole", finetune=Planter(), **kw)
+    out = tmp_path / "resumed"
+    _killed_at(monkeypatch, kill)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(out, finetune=Planter(), **kw)
+    monkeypatch.undo()
+    before = names[: names.index(kill)]
+    assert [json.loads(x)["stage"] for x in (out / runner.STAGES_FILE).read_text().splitlines()] == before
+    planter = Planter()
+    again = run_study(out, finetune=planter, **kw)
+    assert (out / "results.json").read_text() == (tmp_path / "whole" / "results.json").read_text()
+    assert (out / "probes.jsonl").read_text() == (tmp_path / "whole" / "probes.jsonl").read_text()
+    assert again["scores"]["A_predicts_A"]["accuracy"] == whole["scores"]["A_predicts_A"]["accuracy"]
+    # only what the later stages need was rebuilt: after the probes finished no cross model is rebuilt
+    assert [c for c in planter.calls if c.startswith("shift_")] == ["shift_A", "shift_B"]
+    assert any(c.startswith("cross_") for c in planter.calls) == (kill == "scores")
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["trained_records_sha256"] == json.loads((tmp_path / "whole" / "manifest.json").read_text())[
+        "trained_records_sha256"]

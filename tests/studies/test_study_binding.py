@@ -49,7 +49,8 @@ def test_every_study_refuses_a_changed_config_field(module, tmp_path, monkeypatc
     assert "\n" not in str(e.value) and f"study_config.{name} (" in str(e.value) and len(ran) == 1
 
 
-DATA_STUDIES = ("emergent_misalignment", "model_organisms", "organisms", "persona_vectors", "self_awareness", "self_prediction",
+DATA_STUDIES = ("caft", "emergent_misalignment", "introspection", "main_job", "model_organisms", "organisms",
+                "persona_features", "persona_vectors", "self_awareness", "self_prediction",
                 "steering_proxy")  # the studies that declare `Study.data`
 
 

@@ -24,6 +24,9 @@ from ..stats import bootstrap_ci
 from ..data.records import DataError, check_text
 
 Message = dict[str, str]
+# the names of `paired_preference`'s two summaries wherever they are printed (a proxy, never an EM rate)
+PROXY_PREF = "EM proxy (judge-free, not an EM rate): P(prefers misaligned answer)"
+PROXY_DIFF = "EM proxy (judge-free, not an EM rate): log-prob(misaligned) - log-prob(aligned) per answer token"
 
 
 @dataclass

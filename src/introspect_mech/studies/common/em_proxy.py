@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Callable, Sequence
 
-from ...evals.metrics import ALIGNMENT_QUESTIONS, answer_logprobs, load_em_pairs, paired_preference, scale_expectations
+from ...evals.metrics import (PROXY_DIFF, PROXY_PREF, ALIGNMENT_QUESTIONS, answer_logprobs, load_em_pairs,
+                              paired_preference, scale_expectations)
 from ...models import LoadedModel
 
-PROXY_PREF = "EM proxy (judge-free, not an EM rate): P(prefers misaligned answer)"
-PROXY_DIFF = "EM proxy (judge-free, not an EM rate): log-prob(misaligned) - log-prob(aligned) per answer token"
+__all__ = ["PROXY_PREF", "PROXY_DIFF", "proxy_items", "em_proxy_fn"]
 
 
 def proxy_items(per_theme: int | None = None) -> list[dict]:

@@ -1,8 +1,10 @@
 """Injected-thought introspection (Lindsey 2025) and "does the self-report track the internal state?".
 
 Anchor: Lindsey 2025, "Emergent introspective awareness in large language models". From a notebook:
-`run(out, IntrospectionConfig(...), judge=...)`; the command line: `main(argv)`
-(`python experiments/introspection.py --help`).
+`run(IntrospectionConfig(...), out, judge=...)`; the command line: `main(argv)`
+(`python experiments/introspection.py --help`). On the study runner the protocols are six stages
+(`stages.py`: `concepts`, `detection` (A), `intention` (B), `self_report` (C), `risk_report` (D), `summary`);
+`config.stages` picks the letters.
 
 Protocol (A) -- injected-thought detection, step by step as in the anchor:
 
@@ -59,10 +61,14 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+from ... import data
 from ...cliargs import config_parser, parse_config
+from ...data import DataError
 from ...evals.judge_spec import JudgeOptions
+from ...paths import data_dir as _data_dir
+from ...probes.concepts import KINDS
 from .. import runner
 from . import panels as _panels  # noqa: F401  (registers the study's dashboard panels)
 from .prompts import (  # noqa: F401
@@ -80,7 +86,11 @@ from .analysis import (  # noqa: F401
     N_TRACK_TESTS, NO_CI, track_correlations
 )
 from .config import PRESETS, IntrospectionConfig
-from .pipeline import TRACK_LOGS, _introspection, risk_direction, risk_report_point  # noqa: F401
+from .pipeline import RISK_QUESTIONS, TRACK_LOGS, risk_direction, risk_report_point  # noqa: F401
+from .stages import (
+    concepts_stage, detection_stage, intention_stage, risk_report_stage, self_report_stage, summary_stage,
+)
+from ..common.ab_pairs import PAIRS
 from ...viz import export_dashboard
 
 
@@ -120,15 +130,52 @@ def _check(cfg: IntrospectionConfig) -> None:
             raise ValueError(f"variant must be one of {VARIANTS}, got {v!r}")
 
 
-def _stage(ctx: runner.Context) -> Any:
-    return _introspection(ctx.out, ctx.config, model=ctx.resources.get("model"), judge=ctx.resources["judge"],
-                          progress=ctx.progress)
+def data_files(config: IntrospectionConfig, resources: Mapping[str, Any] | None = None) -> dict[str, Path]:
+    """The data files whose content the run's rows depend on (bound by the runner, `Study.data`), for the letters
+    `config.stages` picks: a word list given as a file (A, B; the shipped lists are code), the persona trait
+    file and the finetune's training set (C), the risk lotteries and the risk scale's questions (D).
+
+    Args:
+        config: the run's config.
+        resources: the run's keywords (`data_dir=`: the data folder, default `$INTROSPECT_MECH_DATA`).
+
+    Returns:
+        {"words" | "baseline" | "persona/<trait>" | "dataset/<name>" | "self_awareness/<file>": path}.
+    """
+    ddir = (resources or {}).get("data_dir")
+    root, out = _data_dir(ddir), {}
+    letters = set(config.stages)
+    if letters & {"A", "B"}:
+        for name, spec in (("words", config.words), ("baseline", config.baseline)):
+            if isinstance(spec, str) and not (spec in KINDS and not Path(spec).exists()):
+                out[name] = Path(spec)
+    if "C" in letters:
+        trait = config.persona_trait
+        out[f"persona/{Path(trait).stem}"] = Path(trait) if trait.endswith(".json") else \
+            root / "persona" / "trait_data_extract" / f"{trait}.json"
+    if "C" in letters and config.finetune_steps > 0:
+        try:
+            out[f"dataset/{config.finetune_dataset}"] = data.locate(config.finetune_dataset, ddir, fetch=False,
+                                                                    verify_checksum=False)
+        except DataError:
+            pass  # not found locally: `data.load` downloads it and checks the registry's checksum
+    if "D" in letters:
+        for rel in (PAIRS["risk"].pos_file, PAIRS["risk"].neg_file, f"self_awareness/questions/{RISK_QUESTIONS}"):
+            if (root / rel).is_file():
+                out[rel] = root / rel
+    return out
 
 
 STUDY = runner.Study(
-    "introspection", IntrospectionConfig, PRESETS, title='Injected-thought introspection and self-report vs internal state',
-    stages=(runner.Stage("introspection", _stage, 'the stages config.stages picks: A detection/identification, B intention, C self-report, D risk report'),),
-    unbound=('stages',),
+    "introspection", IntrospectionConfig, PRESETS,
+    title="Injected-thought introspection and self-report vs internal state", data=data_files,
+    stages=(runner.Stage("concepts", concepts_stage, "concept vectors of the words (A, B)"),
+            runner.Stage("detection", detection_stage, "A: injected-thought detection and identification"),
+            runner.Stage("intention", intention_stage, "B: prefill / intention (did you mean to say that?)"),
+            runner.Stage("self_report", self_report_stage, "C: self-rated alignment vs the persona direction"),
+            runner.Stage("risk_report", risk_report_stage, "D: self-reported risk vs the risk direction"),
+            runner.Stage("summary", summary_stage, "summary.jsonl, summary.json and the manifest's result")),
+    unbound=("stages",), legacy=lambda r: r.results["summary"],
     resources=("model",), check=_check, dashboard=False)
 
 
@@ -139,13 +186,21 @@ def run(config: IntrospectionConfig | str | os.PathLike | None = None, out: str 
     Args:
         config: every option.
         out: the run directory.
-        **kw: `model=` (an already loaded model), `judge=` (a 0-100 judge of the sampled answers; None: keyword proxy only), `overwrite=`, `progress=` (see `runner.run`).
+        **kw: `model=` (an already loaded model), `judge=` (a 0-100 judge of the sampled answers; None: keyword
+            proxy only), `data_dir=` (the data folder), `overwrite=`, `progress=` (see `runner.run`).
 
     Returns:
-        A `runner.RunResult`; `.results["introspection"]` is the summary dict (merged with an earlier run's stages in the same directory). The deprecated call forms
-        (`run(out, config)`, ...) return that value itself.
+        A `runner.RunResult` with one result per stage; `.results["summary"]` is the summary dict (merged with
+        an earlier run's letters in the same directory). The deprecated call forms (`run(out, config)`, ...)
+        return that value itself.
     """
     return runner.run(STUDY, config, out, **kw)
+
+
+def _introspection(out: str | os.PathLike, config: IntrospectionConfig | None = None, *, model: Any = None,
+                   judge: Any = None, progress: bool = True) -> dict[str, Any]:
+    """The former body's call form: `run(config, out, model=, judge=, progress=)`'s summary dict."""
+    return run(config or IntrospectionConfig(), out, model=model, judge=judge, progress=progress).results["summary"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -161,6 +216,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     run(cfg, a.out, judge=judge.build())
     print(Path(a.out, "summary.jsonl").read_text())
     if a.dashboard:
-
         print(f"dashboard: {export_dashboard(a.out).resolve()}")
     return 0
