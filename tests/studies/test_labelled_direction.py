@@ -68,10 +68,12 @@ def test_direction_ablation_and_checkpoints_on_a_tiny_finetune(em_run, tmp_path,
     assert 0.0 <= res["heldout_auroc"]["value"] <= 1.0 and res["heldout_auroc"]["n"] == 4
     # random controls, one block's direction ablated everywhere, added at the block; all labelled proxy
     conds = res["proxy"]["per_condition"]["EM themes"]
-    assert {"finetune, random 1 ablated", "finetune, random 2 ablated", "base, random 2 added"} <= set(conds)
+    assert {"finetune, random 1 ablated", "finetune, random 2 ablated", "base, random 2 added",
+            "base, direction ablated", "base, random 2 ablated"} <= set(conds)
     assert all(e["measure"] == "proxy" for e in conds.values())
     eff = res["proxy"]["effects"]["held-out medical"]
     assert eff["direction ablated - random ablated"]["unit"] == "item"
+    assert eff["ablation in the finetune beyond the base"]["measure"] == "proxy"
     share = eff["share of the shift removed by the ablation"]
     assert isinstance(share, float) or share.startswith("not computed")
     assert "[proxy, not an EM rate]" in ld.format_results(res)
@@ -80,6 +82,10 @@ def test_direction_ablation_and_checkpoints_on_a_tiny_finetune(em_run, tmp_path,
     assert [c["step"] for c in ck] == [1, 2] and ck[-1]["b_norm"] > 0  # step 1 ran at lr 0 (warm-up): B may be 0
     assert ck[-1]["cos_with_final_b"] == pytest.approx(1.0, abs=1e-6) and "cos_with_previous_b" in ck[1]
     assert (tmp_path / "d" / "dashboard.html").is_file()
+    # a rerun in the same directory reuses the directions and every measured condition (nothing recomputed)
+    again = ld.run_labelled_direction(cfg, tmp_path / "d", progress=False)
+    assert again["proxy"] == res["proxy"]
+    assert len((tmp_path / "d" / "proxy_conditions.jsonl").read_text().splitlines()) == len(conds)
     # a changed configuration is refused naming the field
     with pytest.raises(RunConfigError, match="n_per_class"):
         ld.run_labelled_direction(ld.LDSettings(**{**cfg.__dict__, "n_per_class": 5}), tmp_path / "d", progress=False)

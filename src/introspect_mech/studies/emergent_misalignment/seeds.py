@@ -168,7 +168,7 @@ def _fmt(e: dict[str, Any]) -> str:
     if e.get("value") is None:
         return "n/a"
     ci = f"[{e['lo']:+.3f}, {e['hi']:+.3f}]" if e.get("lo") is not None else "[no interval]"
-    return f"{e['value']:+.3f} {ci} {e['method']}, n={e['n']} {e['unit']}s"
+    return f"{e['value']:+.3f} {ci} {e['method']}, n={e['n']} (unit: {e['unit']})"
 
 
 def format_aggregate(agg: dict[str, Any]) -> str:

@@ -19,7 +19,9 @@ the finetune with teacher forcing, instead of the finetune's own samples labelle
 4. **Cosine with the persona ("evil") direction** when one is given (e.g. the main job's
    `directions/persona_evil.safetensors`).
 5. **Ablation** of the chosen block's direction at every block of the finetune, against `n_random`
-   norm-matched random directions (`steering.random_like`), and **adding** it (the raw class-mean difference
+   norm-matched random directions (`steering.random_like`), and the same ablation in the base model (a direction
+   that only reads "misaligned text" lowers the proxy in both: the finetune's part is the difference in
+   differences, per item), and **adding** it (the raw class-mean difference
    times `alpha`) to the base model at the chosen block, against random directions of the same norm. Measured
    with the judge-free proxy (log P(misaligned) − log P(aligned) per token on fixed answer pairs: the EM
    themes and held-out medical advice), never a judged rate; each effect paired over items, the direction's
@@ -204,13 +206,17 @@ def run_labelled_direction(cfg: LDSettings, out: str | Path, *, progress: bool =
     mis, ali = _convs(ft, [m for m, _ in train], cfg.max_answer_tokens), _convs(ft, [a for _, a in train], cfg.max_answer_tokens)
     dirs = {}
     for name, m in (("finetune", ft), ("base", base)):
+        f = rd.path / ("direction.safetensors" if name == "finetune" else "direction_base.safetensors")
+        if f.is_file():  # a rerun in this (bound) directory: the same answers, models and settings
+            dirs[name] = Direction.load(f)
+            continue
         pos = cache(m, mis, layers="all", positions="response_mean", batch_size=cfg.batch, progress=progress)
         neg = cache(m, ali, layers="all", positions="response_mean", batch_size=cfg.batch, progress=progress)
         dirs[name] = mean_diff(pos.float(), neg.float(), list(range(m.n_layers)), model=model_name,
                                adapter=str(adapter) if name == "finetune" else None, recipe="em_labelled_teacher_forced",
                                source=SOURCE, n_pairs=len(train), max_answer_tokens=cfg.max_answer_tokens)
+        dirs[name].save(f)
     d = dirs["finetune"]
-    d.save(rd.path / "direction.safetensors")
     res["norm_by_layer"] = [float(x) for x in d.norms]
     res["cos_finetune_vs_base_by_layer"] = [float(x) for x in d.cosine(dirs["base"])]
 
@@ -234,19 +240,34 @@ def run_labelled_direction(cfg: LDSettings, out: str | Path, *, progress: bool =
     medical = medical_heldout_items(cfg.proxy_medical, seed=cfg.seed, data_dir=cfg.data_dir)
     eval_fn = em_proxy_fn(items, medical=medical, batch_size=16)
     raw = d.raw[d.layers.index(layer)]
-    conds: dict[str, dict[str, list]] = {}
-    say("proxy: base, finetune, ablations (direction + random), additions to the base (direction + random)")
-    conds["base"], conds["finetune"] = eval_fn(base), eval_fn(ft)
-    with steering.ablate(ft, raw, layers="all"):
-        conds["finetune, direction ablated"] = eval_fn(ft)
-    with steering.add(base, raw * cfg.alpha, layers=[layer], alpha=1.0):
-        conds["base, direction added"] = eval_fn(base)
+    say("proxy: base, finetune, ablations in both (direction + random), additions to the base (direction + random)")
+    log = rd.log("proxy_conditions.jsonl", ("condition",))  # one row per condition: a rerun evaluates only new ones
+    conds: dict[str, dict[str, list]] = {r["condition"]: r["values"] for r in log.read()}
+
+    def measure(name: str, model: Any, op: str | None = None, vec: Any = None) -> None:
+        if name in conds:
+            return
+        if op == "ablate":
+            with steering.ablate(model, vec, layers="all"):
+                vals = eval_fn(model)
+        elif op == "add":
+            with steering.add(model, vec * cfg.alpha, layers=[layer], alpha=1.0):
+                vals = eval_fn(model)
+        else:
+            vals = eval_fn(model)
+        conds[name] = {k: v for k, v in vals.items() if k in ("proxy_diff", "med_proxy_diff", "proxy_pref")}
+        log.append({"condition": name, "values": conds[name]})
+
+    measure("base", base)
+    measure("finetune", ft)
+    measure("finetune, direction ablated", ft, "ablate", raw)
+    measure("base, direction ablated", base, "ablate", raw)
+    measure("base, direction added", base, "add", raw)
     for i in range(1, cfg.n_random + 1):
         r = steering.random_like(raw, seed=cfg.seed * 1000 + i)
-        with steering.ablate(ft, r, layers="all"):
-            conds[f"finetune, random {i} ablated"] = eval_fn(ft)
-        with steering.add(base, r * cfg.alpha, layers=[layer], alpha=1.0):
-            conds[f"base, random {i} added"] = eval_fn(base)
+        measure(f"finetune, random {i} ablated", ft, "ablate", r)
+        measure(f"base, random {i} ablated", base, "ablate", r)
+        measure(f"base, random {i} added", base, "add", r)
     res["proxy"] = _proxy_effects(conds, cfg)
     res["checkpoints"] = _checkpoints(finetune)
     _runs.write_json(rd.path / "results.json", res, root=rd.path, default=float)
@@ -264,9 +285,13 @@ def _proxy_effects(conds: dict[str, dict[str, list]], cfg: LDSettings) -> dict[s
         out["per_condition"][label] = per
         ft, base = conds["finetune"][key], conds["base"][key]
         abl = conds["finetune, direction ablated"][key]
+        babl = conds["base, direction ablated"][key]
         add = conds["base, direction added"][key]
         rabl = np.mean([conds[f"finetune, random {i} ablated"][key] for i in range(1, n_rand + 1)], axis=0)
         radd = np.mean([conds[f"base, random {i} added"][key] for i in range(1, n_rand + 1)], axis=0)
+        # the ablation's effect in the finetune beyond its effect in the base (difference in differences, per item):
+        # a direction that merely reads "misaligned text" lowers the proxy in both models
+        did = [(a - f) - (b2 - b1) for a, f, b2, b1 in zip(abl, ft, babl, base)]
         shift = paired_diff(ft, base, unit="item", measure="proxy", seed=cfg.seed)
         e = {"finetune - base (the shift)": _est(shift),
              "ablated - finetune (direction)": _est(paired_diff(abl, ft, unit="item", measure="proxy", seed=cfg.seed)),
@@ -274,6 +299,10 @@ def _proxy_effects(conds: dict[str, dict[str, list]], cfg: LDSettings) -> dict[s
                                                                   seed=cfg.seed)),
              "direction ablated - random ablated": _est(paired_diff(abl, list(rabl), unit="item", measure="proxy",
                                                                     seed=cfg.seed)),
+             "base ablated - base (direction)": _est(paired_diff(babl, base, unit="item", measure="proxy",
+                                                                 seed=cfg.seed)),
+             "ablation in the finetune beyond the base": _est(bootstrap_ci(did, unit="item", measure="proxy",
+                                                                           seed=cfg.seed)),
              "added - base (direction)": _est(paired_diff(add, base, unit="item", measure="proxy", seed=cfg.seed)),
              "added - base (random mean)": _est(paired_diff(list(radd), base, unit="item", measure="proxy",
                                                             seed=cfg.seed)),
@@ -281,9 +310,12 @@ def _proxy_effects(conds: dict[str, dict[str, list]], cfg: LDSettings) -> dict[s
                                                                 seed=cfg.seed))}
         lo, hi = shift.lo, shift.hi
         if lo is not None and (lo > 0 or hi < 0):
-            e["share of the shift removed by the ablation"] = float((np.mean(ft) - np.mean(abl)) / (np.mean(ft) - np.mean(base)))
+            gap = float(np.mean(ft) - np.mean(base))
+            e["share of the shift removed by the ablation"] = float(np.mean(ft) - np.mean(abl)) / gap
+            e["share removed beyond the ablation's effect on the base"] = -float(np.mean(did)) / gap
         else:
             e["share of the shift removed by the ablation"] = "not computed: the shift's interval includes 0"
+            e["share removed beyond the ablation's effect on the base"] = "not computed: the shift's interval includes 0"
         out["effects"][label] = e
     return out
 
