@@ -40,7 +40,8 @@ class _Keys:
     """The headline rows of one stage (`summary.jsonl`); a judged number carries its judge's validation record."""
 
     def __init__(self, jrec: Any):
-        self.jrec, self.rows = jrec, []
+        self.jrec = jrec
+        self.rows: list[Any] = []
 
     def __call__(self, name: str, est: Any, note: str = "") -> None:
         extra: dict[str, Any] = {}

@@ -140,11 +140,11 @@ def _est(e: Any) -> dict[str, Any]:
 def _auroc_ci(pos: np.ndarray, neg: np.ndarray, seed: int, n_boot: int = 2000) -> dict[str, Any]:
     """AUROC of paired held-out scores with a percentile bootstrap over pairs."""
     rng = np.random.default_rng(seed)
-    boots = []
+    boots: list[float] = []
     for _ in range(n_boot):
         i = rng.integers(0, len(pos), len(pos))
-        boots.append(auroc(pos[i].tolist(), neg[i].tolist()))
-    lo, hi = np.quantile(boots, [0.025, 0.975])
+        boots.append(float(auroc(pos[i].tolist(), neg[i].tolist()) or 0.0))  # both classes are never empty here
+    lo, hi = np.quantile(np.asarray(boots), [0.025, 0.975])
     return {"value": auroc(pos.tolist(), neg.tolist()), "lo": float(lo), "hi": float(hi), "n": int(len(pos)), "unit": "held-out pair",
             "method": "percentile-bootstrap", "measure": "exact"}
 
@@ -293,7 +293,7 @@ def _proxy_effects(conds: dict[str, dict[str, list]], cfg: LDSettings) -> dict[s
         # a direction that merely reads "misaligned text" lowers the proxy in both models
         did = [(a - f) - (b2 - b1) for a, f, b2, b1 in zip(abl, ft, babl, base)]
         shift = paired_diff(ft, base, unit="item", measure="proxy", seed=cfg.seed)
-        e = {"finetune - base (the shift)": _est(shift),
+        e: dict[str, Any] = {"finetune - base (the shift)": _est(shift),
              "ablated - finetune (direction)": _est(paired_diff(abl, ft, unit="item", measure="proxy", seed=cfg.seed)),
              "ablated - finetune (random mean)": _est(paired_diff(list(rabl), ft, unit="item", measure="proxy",
                                                                   seed=cfg.seed)),
@@ -309,7 +309,7 @@ def _proxy_effects(conds: dict[str, dict[str, list]], cfg: LDSettings) -> dict[s
              "direction added - random added": _est(paired_diff(add, list(radd), unit="item", measure="proxy",
                                                                 seed=cfg.seed))}
         lo, hi = shift.lo, shift.hi
-        if lo is not None and (lo > 0 or hi < 0):
+        if lo is not None and hi is not None and (lo > 0 or hi < 0):
             gap = float(np.mean(ft) - np.mean(base))
             e["share of the shift removed by the ablation"] = float(np.mean(ft) - np.mean(abl)) / gap
             e["share removed beyond the ablation's effect on the base"] = -float(np.mean(did)) / gap

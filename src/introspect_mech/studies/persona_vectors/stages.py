@@ -47,7 +47,8 @@ class Notes:
     """
 
     def __init__(self, jrec: Any, echo: Callable[[str], Any] | None):
-        self.jrec, self.echo, self.rows = jrec, echo, []
+        self.jrec, self.echo = jrec, echo
+        self.rows: list[Any] = []
 
     def __call__(self, name: str, value: Any, est: dict | None = None, text: str = "", judged: bool = False) -> None:
         if judged:  # a number the judge produced: its validation record travels with it
