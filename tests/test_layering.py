@@ -92,6 +92,8 @@ MOVED_NAMES = {
     "studies/self_prediction/properties.py": ("PROPERTIES", "extract_property", "parse_prediction", "is_compliant",
                                               "answer_letter"),
     "studies/self_prediction/probe.py": ("self_prediction_probe", "SelfPredictionResult", "probe_property_from_acts"),
+    "studies/introspection/concepts.py": ("concept_vector", "concept_vectors", "load_words", "word_lists",
+                                          "concept_prompts", "word_activations"),
     "studies/caft/panels.py": ("caft_components_html", "CAFTComponentRow"),
     "studies/organisms/panels.py": ("organisms_figures", "OrganismRow"),
     "studies/introspection/panels.py": ("detection_heatmaps", "identification_heatmaps", "self_report_track_figure",

@@ -82,6 +82,7 @@ _MOVED_TO_STUDIES: dict[str, str | dict[str, str]] = {
     "introspect_mech.evals.self_prediction": "studies.self_prediction.tasks",  # Looking Inward's tasks and scoring
     "introspect_mech.evals.properties": "studies.self_prediction.properties",  # its behavioural properties
     "introspect_mech.probes.self_prediction": "studies.self_prediction.probe",  # its self-prediction probes
+    "introspect_mech.probes.concepts": "studies.introspection.concepts",  # Lindsey 2025's concept vectors, word lists
     "introspect_mech.probes.em": {"medical_advice_pairs": "studies.common.medical_split"},
     "introspect_mech.evals.em": {
         "run_em_eval": "studies.common.em_eval",

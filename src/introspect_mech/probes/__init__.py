@@ -4,14 +4,14 @@ vectors + norms + provenance) saved as safetensors + JSON. Paper logic lives in 
 direction (Persona Vectors' extraction protocol: `persona_data`, `persona_direction`, `load_trait`) in
 `introspect_mech.studies.common.persona`, Looking Inward's self-prediction probes (`self_prediction_probe`) in
 `introspect_mech.studies.self_prediction.probe`, the EM protocol's held-out medical pairs
-(`medical_advice_pairs`) in `introspect_mech.studies.common.medical_split`; their old names here resolve for
+(`medical_advice_pairs`) in `introspect_mech.studies.common.medical_split`, the introspection study's concept
+vectors (`concept_vectors`, `load_words`, ...) in `introspect_mech.studies.introspection.concepts`; their old names here resolve for
 one release with a DeprecationWarning."""
 
 from importlib import import_module
 from typing import Any
 
 from ..direction import Direction, DirectionLike, as_vectors
-from .concepts import concept_vector, concept_vectors, load_words, word_lists
 from .em import em_direction, em_direction_from_pairs, project
 from .linear import (ProbeResult, SweepResult, cosine_matrix, layer_sweep, mean_diff, pca_direction, train_probe,
                      transfer)
@@ -19,12 +19,12 @@ from .linear import (ProbeResult, SweepResult, cosine_matrix, layer_sweep, mean_
 __all__ = [
     "Direction", "DirectionLike", "as_vectors", "mean_diff", "pca_direction", "train_probe", "ProbeResult", "layer_sweep",
     "SweepResult", "transfer", "cosine_matrix", "em_direction", "em_direction_from_pairs", "project",
-    "concept_vector", "concept_vectors", "load_words", "word_lists",
 ]
 
 # names that moved into the studies (issue 30): resolved through the old submodule, which warns
 _MOVED = {"medical_advice_pairs": "em", "self_prediction_probe": "self_prediction",
-          "SelfPredictionResult": "self_prediction"}
+          "SelfPredictionResult": "self_prediction",
+          **dict.fromkeys(("concept_vector", "concept_vectors", "load_words", "word_lists"), "concepts")}
 
 
 def __getattr__(name: str) -> Any:
