@@ -29,6 +29,7 @@ from torch import Tensor
 
 from ...activations import cache
 from ...direction import Direction
+from ...evals.sampling import sample
 from ...layers import resolve_layers
 
 PROMPT = "Tell me about {word}"
@@ -142,8 +143,6 @@ def word_activations(model, words: Sequence[str], *, layers: int | Sequence[int]
     layer_ids = resolve_layers(layers, n_layers=model.n_layers)
     convs = concept_prompts(words, template)
     if positions == "response_mean":
-        from ..evals.sampling import sample
-
         rows = sample(model, convs, n=1, max_new_tokens=max_new_tokens, temperature=0, seed=0,
                       batch_size=batch_size, progress=progress)
         convs = [c + [{"role": "assistant", "content": r["response"] or "."}] for c, r in zip(convs, rows)]
