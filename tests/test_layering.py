@@ -67,8 +67,8 @@ def test_importing_the_package_imports_no_study():
     assert out.strip() == "[]"
 
 
-# paper logic that moved into studies/ (issue 30): no library module may define these names again, and the old
-# library modules are gone (they would have to import studies to re-export them)
+# paper logic that moved into studies/ (issue 30): no library module may define these names again; the old
+# library modules of the first moves are gone (OLD_MODULES), those of the later ones only forward (SHIM_MODULES)
 MOVED_NAMES = {
     "studies/common/persona.py": ("persona_data", "persona_direction", "PersonaResult", "load_trait", "TraitJudge",
                                   "judge_rows", "projection_difference", "upstream_keep", "coherence_prompt",
@@ -101,6 +101,9 @@ MOVED_NAMES = {
 }
 OLD_MODULES = ("evals/self_awareness.py", "probes/persona.py", "sae/selfpred.py", "viz/caft.py", "viz/organisms.py",
                "viz/introspection.py")
+# old library modules whose whole content moved: they keep only a `__getattr__` that resolves every old name through
+# the top-level `_moved_to_studies` (a DeprecationWarning, for one release)
+SHIM_MODULES = ("evals/self_prediction.py", "evals/properties.py", "probes/self_prediction.py", "probes/concepts.py")
 
 
 def _top_level_names(path: Path) -> set[str]:
@@ -122,6 +125,15 @@ def test_paper_logic_lives_in_studies_not_in_the_library():
     offenders = {str(rel): sorted(found) for rel, path in library_modules()
                  if (found := _top_level_names(path) & set(moved))}
     assert not offenders, f"library modules define paper logic that lives in studies/ ({moved}): {offenders}"
+
+
+def test_old_modules_of_moved_code_only_forward():
+    for rel in SHIM_MODULES:
+        tree = ast.parse((PKG / rel).read_text(encoding="utf-8"))
+        defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        assigned = [n for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign))]
+        assert defined == {"__getattr__"} and not assigned, (rel, defined)
+        assert "_moved_to_studies" in ast.unparse(tree), rel
 
 
 def _study_of(module: str) -> str | None:
