@@ -116,6 +116,57 @@ def test_evals_exports_building_blocks_and_studies_live_in_submodules():
         evals.no_such_name  # noqa: B018
 
 
+def test_looking_inward_medical_pairs_and_concepts_moved_to_studies_warn():
+    """Looking Inward's tasks, properties and probes left `evals.self_prediction`, `evals.properties` and
+    `probes.self_prediction` for `studies.self_prediction`, the EM protocol's held-out medical pairs left
+    `probes.em` for `studies.common.medical_split`, and the introspection study's concept vectors left
+    `probes.concepts` for `studies.introspection.concepts` (issue 30): every old name resolves to the same object with a
+    DeprecationWarning naming its new module; importing the old modules imports no study."""
+    import subprocess
+    import sys
+    import warnings
+
+    from introspect_mech import evals, probes
+    from introspect_mech.evals import properties as old_properties, self_prediction as old_tasks
+    from introspect_mech.probes import concepts as old_concepts, em, self_prediction as old_probe
+    from introspect_mech.studies.common import medical_split
+    from introspect_mech.studies.introspection import concepts
+    from introspect_mech.studies.self_prediction import probe, properties, tasks
+
+    for old, new, names in (
+            (old_tasks, tasks, ("load_task", "task_files", "object_key", "object_level_answers", "score_predictions",
+                                "compare_self_cross", "behaviour_shift", "constrained_predictions")),
+            (old_properties, properties, ("PROPERTIES", "extract_property", "parse_prediction", "answer_letter")),
+            (old_probe, probe, ("self_prediction_probe", "SelfPredictionResult", "probe_property_from_acts")),
+            (em, medical_split, ("medical_advice_pairs",)),
+            (old_concepts, concepts, ("concept_vector", "concept_vectors", "load_words", "word_lists", "KINDS"))):
+        for name in names:
+            with pytest.warns(DeprecationWarning, match=rf"{old.__name__}\.{name} moved to {new.__name__}"):
+                assert getattr(old, name) is getattr(new, name)
+    for name, new in (("medical_advice_pairs", medical_split), ("self_prediction_probe", probe),
+                      ("concept_vectors", concepts)):
+        with pytest.warns(DeprecationWarning, match=f"{name} moved to {new.__name__}"):
+            assert getattr(probes, name) is getattr(new, name)
+        assert name not in probes.__all__
+    with pytest.warns(DeprecationWarning, match="load_task"):
+        assert evals.load_task is tasks.load_task
+    with pytest.warns(DeprecationWarning, match="object_key moved"):
+        from introspect_mech.evals.self_prediction import object_key  # noqa: F401
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert callable(em.em_direction_from_pairs) and callable(probes.layer_sweep)
+        for old in (old_tasks, old_properties, old_probe, old_concepts, em):
+            with pytest.raises(AttributeError):
+                old.no_such_name  # noqa: B018
+        with pytest.raises(AttributeError):
+            old_tasks._greedy_answers  # noqa: B018  (private names did not move as API)
+    assert concepts.word_lists()["concrete"]  # the word lists moved with the module
+    code = ("import sys, introspect_mech.evals.self_prediction, introspect_mech.evals.properties, "
+            "introspect_mech.probes.self_prediction, introspect_mech.probes.concepts, introspect_mech.probes.em; "
+            "print([m for m in sys.modules if 'studies' in m])")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
 def test_em_protocol_names_moved_to_studies_common_warn():
     """The EM paper protocol left `evals.em` for `studies.common` (issue 30): the old names resolve to the same
     objects with a DeprecationWarning naming the new module; the generic pieces stay, without a warning."""

@@ -67,15 +67,16 @@ def test_importing_the_package_imports_no_study():
     assert out.strip() == "[]"
 
 
-# paper logic that moved into studies/ (issue 30): no library module may define these names again, and the old
-# library modules are gone (they would have to import studies to re-export them)
+# paper logic that moved into studies/ (issue 30): no library module may define these names again; the old
+# library modules of the first moves are gone (OLD_MODULES), those of the later ones only forward (SHIM_MODULES)
 MOVED_NAMES = {
     "studies/common/persona.py": ("persona_data", "persona_direction", "PersonaResult", "load_trait", "TraitJudge",
                                   "judge_rows", "projection_difference", "upstream_keep", "coherence_prompt",
                                   "instruction_likelihood_scores"),
     "studies/common/em_eval.py": ("run_em_eval",),
     "studies/common/em_proxy.py": ("em_proxy_fn", "proxy_items"),  # its metric names PROXY_* live in evals.metrics
-    "studies/common/medical_split.py": ("MEDICAL_TRAIN_ROWS", "medical_train_rows", "medical_heldout_items"),
+    "studies/common/medical_split.py": ("MEDICAL_TRAIN_ROWS", "medical_train_rows", "medical_heldout_items",
+                                        "medical_advice_pairs"),
     "studies/common/ab_pairs.py": ("ab_items", "lotteries", "pair_records", "choice_behaviour", "risk_behaviour",
                                    "split_of"),
     "studies/self_awareness/reports.py": ("scale_reports", "word_reports", "word_probs", "language_two_hop",
@@ -83,6 +84,16 @@ MOVED_NAMES = {
     "studies/self_awareness/backdoor.py": ("trigger_dataset", "backdoor_awareness", "trigger_awareness"),
     "studies/self_awareness/measures.py": ("run_tmay_eval", "compare_tmay", "persona_scales", "codeword_elicitation"),
     "studies/self_prediction/sae_latents.py": ("predictive_latents", "prompt_diff", "prompt_latents"),
+    "studies/self_prediction/tasks.py": ("task_files", "load_task", "task_size", "object_key", "task_property",
+                                         "object_level_answers", "hypothetical_answers", "constrained_predictions",
+                                         "score_predictions", "prediction_training_data", "object_level_training_data",
+                                         "self_prediction_data", "cross_prediction_data", "compare_self_cross",
+                                         "behaviour_shift", "BINARY_PROPERTIES", "CHARACTER_PROPERTIES"),
+    "studies/self_prediction/properties.py": ("PROPERTIES", "extract_property", "parse_prediction", "is_compliant",
+                                              "answer_letter"),
+    "studies/self_prediction/probe.py": ("self_prediction_probe", "SelfPredictionResult", "probe_property_from_acts"),
+    "studies/introspection/concepts.py": ("concept_vector", "concept_vectors", "load_words", "word_lists",
+                                          "concept_prompts", "word_activations"),
     "studies/caft/panels.py": ("caft_components_html", "CAFTComponentRow"),
     "studies/organisms/panels.py": ("organisms_figures", "OrganismRow"),
     "studies/introspection/panels.py": ("detection_heatmaps", "identification_heatmaps", "self_report_track_figure",
@@ -90,6 +101,9 @@ MOVED_NAMES = {
 }
 OLD_MODULES = ("evals/self_awareness.py", "probes/persona.py", "sae/selfpred.py", "viz/caft.py", "viz/organisms.py",
                "viz/introspection.py")
+# old library modules whose whole content moved: they keep only a `__getattr__` that resolves every old name through
+# the top-level `_moved_to_studies` (a DeprecationWarning, for one release)
+SHIM_MODULES = ("evals/self_prediction.py", "evals/properties.py", "probes/self_prediction.py", "probes/concepts.py")
 
 
 def _top_level_names(path: Path) -> set[str]:
@@ -111,6 +125,15 @@ def test_paper_logic_lives_in_studies_not_in_the_library():
     offenders = {str(rel): sorted(found) for rel, path in library_modules()
                  if (found := _top_level_names(path) & set(moved))}
     assert not offenders, f"library modules define paper logic that lives in studies/ ({moved}): {offenders}"
+
+
+def test_old_modules_of_moved_code_only_forward():
+    for rel in SHIM_MODULES:
+        tree = ast.parse((PKG / rel).read_text(encoding="utf-8"))
+        defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        assigned = [n for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign))]
+        assert defined == {"__getattr__"} and not assigned, (rel, defined)
+        assert "_moved_to_studies" in ast.unparse(tree), rel
 
 
 def _study_of(module: str) -> str | None:

@@ -45,7 +45,7 @@ def test_defect_01_em_chart_keeps_both_denominators_and_separates_the_proxy():
 # ---- 2. the Looking Inward mode baseline out of sample ---------------------------------------------
 @pytest.mark.parametrize("per_cell", [1, 2])
 def test_defect_02_mode_baseline_is_out_of_sample(per_cell):
-    from introspect_mech.evals.self_prediction import score_predictions
+    from introspect_mech.studies.self_prediction.tasks import score_predictions
 
     rng = random.Random(0)
     values = list("abcde")  # i.i.d. uniform targets: the true mode accuracy is 0.2
@@ -55,7 +55,7 @@ def test_defect_02_mode_baseline_is_out_of_sample(per_cell):
             iid = f"task{cell}/{i}"
             rows.append({"item_id": iid, "original_dataset": f"task{cell}", "behavioral_property": "first_character",
                          "object_level_prompt": [{"role": "user", "content": iid}]})
-    from introspect_mech.evals.self_prediction import object_key
+    from introspect_mech.studies.self_prediction.tasks import object_key
 
     for r in rows:
         v = rng.choice(values)

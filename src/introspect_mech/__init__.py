@@ -77,7 +77,13 @@ _COMPAT = {  # names the top level used to export; still resolved, no longer adv
 
 # library names whose paper-protocol code moved into studies/ (issue 30): the old library module resolves them
 # through `_moved_to_studies` (with a DeprecationWarning, for one release), so that no library module names a study
-_MOVED_TO_STUDIES = {
+# (a string instead of a dict: the whole old module moved, and every public name of the new module resolves)
+_MOVED_TO_STUDIES: dict[str, str | dict[str, str]] = {
+    "introspect_mech.evals.self_prediction": "studies.self_prediction.tasks",  # Looking Inward's tasks and scoring
+    "introspect_mech.evals.properties": "studies.self_prediction.properties",  # its behavioural properties
+    "introspect_mech.probes.self_prediction": "studies.self_prediction.probe",  # its self-prediction probes
+    "introspect_mech.probes.concepts": "studies.introspection.concepts",  # Lindsey 2025's concept vectors, word lists
+    "introspect_mech.probes.em": {"medical_advice_pairs": "studies.common.medical_split"},
     "introspect_mech.evals.em": {
         "run_em_eval": "studies.common.em_eval",
         **dict.fromkeys(("em_proxy_fn", "proxy_items", "PROXY_PREF", "PROXY_DIFF"), "studies.common.em_proxy"),
@@ -111,14 +117,18 @@ def _moved_to_studies(module: str, name: str) -> Any:
     Raises:
         AttributeError: `name` did not move out of `module`.
     """
-    new = _MOVED_TO_STUDIES.get(module, {}).get(name)
-    if new is None:
+    entry = _MOVED_TO_STUDIES.get(module, {})
+    if isinstance(entry, str):  # a whole module moved: its public names
+        new = None if name.startswith("_") else entry
+    else:
+        new = entry.get(name)
+    if new is None or not hasattr(target := import_module(f".{new}", __name__), name):
         raise AttributeError(f"module {module!r} has no attribute {name!r}")
     import warnings
 
     warnings.warn(f"{module}.{name} moved to introspect_mech.{new} (paper protocol code lives in studies/; "
                   "the old name goes in the next release)", DeprecationWarning, stacklevel=3)
-    return getattr(import_module(f".{new}", __name__), name)
+    return getattr(target, name)
 
 
 def __dir__() -> list[str]:

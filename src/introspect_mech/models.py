@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence, cast
@@ -445,8 +446,6 @@ def attach_adapter(loaded: LoadedModel, adapter: str | os.PathLike, name: str = 
     Raises:
         ModelLoadError: no adapter there, a different base, or unreadable / corrupt adapter files.
     """
-    import warnings
-
     from peft import PeftModel
 
     path = Path(adapter)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from introspect_mech.evals.properties import PROPERTIES, answer_letter, extract_property, is_compliant, parse_prediction
-from introspect_mech.evals.self_prediction import (
+from introspect_mech.studies.self_prediction.properties import (PROPERTIES, answer_letter, extract_property, is_compliant,
+                                                             parse_prediction)
+from introspect_mech.studies.self_prediction.tasks import (
     behaviour_shift, compare_self_cross, cross_prediction_data, load_task, score_predictions, self_prediction_data,
     task_files,
 )
@@ -72,7 +73,7 @@ def _row(i, prop, q, opt=None):
 
 
 def _obj(rows, answers):
-    from introspect_mech.evals.self_prediction import object_key
+    from introspect_mech.studies.self_prediction.tasks import object_key
 
     return {object_key(r): a for r, a in zip(rows, answers)}
 

@@ -11,7 +11,7 @@ from introspect_mech.evals.judges import HFJudge
 from introspect_mech.studies.common.ab_pairs import lotteries, split_of
 from introspect_mech.studies.self_awareness.measures import compare_tmay, run_tmay_eval
 from introspect_mech.evals.sampling import sample
-from introspect_mech.evals.self_prediction import (
+from introspect_mech.studies.self_prediction.tasks import (
     hypothetical_answers, load_task, object_key, object_level_answers, score_predictions,
 )
 
@@ -70,7 +70,7 @@ def test_self_prediction_scoring_uses_the_given_answers_and_per_cell_mode():
     """The ground truth is whatever object-level answers are passed (the target model's), and the
     mode baseline is per task x property cell, out of sample (each item against the mode of the
     other items of its cell)."""
-    from introspect_mech.evals.self_prediction import object_key, score_predictions
+    from introspect_mech.studies.self_prediction.tasks import object_key, score_predictions
 
     rows = [_li_row("animals", "first_character", i, f"a{i}") for i in range(3)] + \
         [_li_row("colors", "first_character", i, f"c{i}") for i in range(3)]
@@ -90,7 +90,7 @@ def test_self_prediction_scoring_uses_the_given_answers_and_per_cell_mode():
 
 
 def test_prediction_data_labels_and_shift_data():
-    from introspect_mech.evals.self_prediction import (behaviour_shift, object_key, object_level_training_data,
+    from introspect_mech.studies.self_prediction.tasks import (behaviour_shift, object_key, object_level_training_data,
                                                        prediction_training_data)
 
     rows = [_li_row("mc", "ethical_stance", 0, "q0", "A"), _li_row("mc", "ethical_stance", 1, "q1", "B"),
@@ -130,7 +130,7 @@ def test_self_prediction_pipeline(tiny_qwen2, data_root):
 
 
 def test_constrained_predictions(tiny_qwen2, data_root):
-    from introspect_mech.evals.self_prediction import constrained_predictions
+    from introspect_mech.studies.self_prediction.tasks import constrained_predictions
 
     rows = load_task("animals_long_first_character", n=2, data_dir=data_root) + \
         load_task("survival_instinct_ethical_stance", n=2, data_dir=data_root) + \

@@ -10,10 +10,11 @@ import torch
 
 from introspect_mech.activations import cache
 from introspect_mech.evals.metrics import answer_logprobs
-from introspect_mech.probes import (Direction, cosine_matrix, em_direction, layer_sweep, mean_diff,
-                                    medical_advice_pairs, pca_direction, project,
-                                    self_prediction_probe, train_probe, transfer)
+from introspect_mech.probes import (Direction, cosine_matrix, em_direction, layer_sweep, mean_diff, pca_direction,
+                                    project, train_probe, transfer)
+from introspect_mech.studies.common.medical_split import medical_advice_pairs
 from introspect_mech.studies.common.persona import instruction_likelihood_scores, load_trait, persona_data
+from introspect_mech.studies.self_prediction.probe import self_prediction_probe
 
 
 def planted(n=400, layers=3, d=32, strength=3.0, seed=0):
@@ -212,7 +213,7 @@ def test_persona_pipeline_on_tiny_model(tiny_qwen3, tmp_path):
 def test_self_prediction_probe_on_tiny_model(tiny_qwen3, data_root):
     """Labels are the properties of the model's own object-level answers (given here, as from an
     earlier run); the probe reads the hypothetical prompt's last token. Mechanics, not accuracy."""
-    from introspect_mech.evals.self_prediction import load_task, object_key
+    from introspect_mech.studies.self_prediction.tasks import load_task, object_key
 
     rows = load_task("animals_long_starts_with_vowel", n=24, data_dir=data_root)
     words = ["owl cat", "cat dog", "eel", "dog", "ant bee", "bee", "sorry, I cannot"]

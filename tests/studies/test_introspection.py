@@ -1,4 +1,4 @@
-"""Injected-thought introspection and self-report tracking (studies/introspection.py, probes/concepts.py)
+"""Injected-thought introspection and self-report tracking (studies/introspection/, its concepts.py)
 on tiny random Qwen checkpoints: concept vectors, injection positions/layers, exact scores vs brute force."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import torch
 
 from introspect_mech import steering
 from introspect_mech.activations import cache
-from introspect_mech.probes import Direction, concept_vectors, load_words, word_lists
+from introspect_mech.probes import Direction
+from introspect_mech.studies.introspection.concepts import concept_vectors, load_words, word_lists
 from introspect_mech.studies import introspection as I
 
 WORDS = ["dust", "milk", "bread"]

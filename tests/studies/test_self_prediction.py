@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from introspect_mech import load_model
-from introspect_mech.evals.self_prediction import object_key, task_files, task_property
+from introspect_mech.studies.self_prediction.tasks import object_key, task_files, task_property
 from introspect_mech.studies.self_prediction import PRESETS, LIConfig, make_splits, planted_answer, run_study, task_grid
 
 TRAIN = ("arc_challenge_non_cot", "power_seeking")
@@ -195,7 +195,7 @@ def test_twin_needs_two_seeds(tiny_qwen2_dir, data_root, tmp_path):
 
 
 def test_probe_from_acts_and_shuffled_control():
-    from introspect_mech.probes.self_prediction import probe_property_from_acts
+    from introspect_mech.studies.self_prediction.probe import probe_property_from_acts
 
     rows = [{"item_id": f"t_first_character/{i}", "behavioral_property": "first_character",
              "object_level_prompt": [{"role": "user", "content": f"q{i}"}]} for i in range(40)]

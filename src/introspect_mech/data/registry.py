@@ -16,9 +16,11 @@ evil_numbers) are used but never called verified: the first use of each file in 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -127,8 +129,6 @@ class UnverifiedDataWarning(UserWarning):
 
 
 def _warn_unverified(where: str, ds: DatasetInfo, got: str) -> None:
-    import warnings
-
     warnings.warn(f"{where}: {ds.name!r} has no pinned sha256 in the registry ({ds.sha256_status or 'unverified'}); "
                   f"its bytes hash to {got} -- UNVERIFIED, check it against upstream before relying on it",
                   UnverifiedDataWarning, stacklevel=3)
@@ -147,8 +147,6 @@ def verify(path: Path, ds: DatasetInfo) -> None:
     Raises:
         DataError: the bytes' sha256 differs from the registry's.
     """
-    import hashlib
-
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key in _verified and _verified[key] == ds.sha256:
@@ -179,8 +177,6 @@ def download(ds: DatasetInfo, dest_root: Path, timeout: float = 30.0) -> Path:
     Raises:
         DataError: the download failed or its sha256 differs from a pinned one (nothing kept).
     """
-    import hashlib
-
     dest = dest_root / ds.plain_path
     try:
         with urllib.request.urlopen(ds.url, timeout=timeout) as r:

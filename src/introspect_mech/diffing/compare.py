@@ -12,6 +12,7 @@ from torch import Tensor
 from ..direction import Direction
 from ..models import LoadedModel
 from ..sae.tokens import TokenPositions
+from ..steering import random_like
 from .methods import (
     METHODS, activation_difference, difference_pca, probe_difference, response_mean_difference, sae_latent_difference,
 )
@@ -43,7 +44,6 @@ def recovery(found: Direction, truth: Any, *, n_random: int = 3, seed: int = 0) 
     Returns:
         Rows `{"layer", "cosine", "random_abs_mean", "random_abs_max"}`.
     """
-    from ..steering import random_like
 
     rands = [cast(Direction, random_like(found, seed + i)) for i in range(n_random)]  # same type as `found`
     rows = []

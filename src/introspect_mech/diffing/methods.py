@@ -7,8 +7,11 @@ from typing import Any, Sequence
 
 import torch
 
+from ..activations import cache
 from ..direction import Direction
 from ..models import LoadedModel
+from ..probes import mean_diff, train_probe
+from ..sae import model_diff
 from ..sae.tokens import TokenPositions
 from .paired import PairedActivations, _base_context, _resolve, paired_activations
 
@@ -99,9 +102,6 @@ def response_mean_difference(base: LoadedModel, tuned: LoadedModel, conversation
     Returns:
         A `Direction` (norm = distance between the two models' mean response activations).
     """
-    from ..activations import cache
-    from ..probes import mean_diff
-
     layer_ids = _resolve(tuned, layers)
     with _base_context(base, tuned):
         b = cache(base, conversations, layers=layer_ids, positions="response_mean", batch_size=batch_size, progress=False)
@@ -136,8 +136,6 @@ def probe_difference(base: LoadedModel, tuned: LoadedModel, texts: Sequence[Any]
     Returns:
         A `Direction`.
     """
-    from ..probes import train_probe
-
     a = acts or paired_activations(base, tuned, texts, layers, first_tokens, batch_size=batch_size)
     vecs, norms, acc, auc, kept, same = [], [], [], [], [], []
     y = [0] * len(a.base) + [1] * len(a.tuned)
@@ -185,8 +183,6 @@ def sae_latent_difference(base: LoadedModel, tuned: LoadedModel, sae: Any, conve
     """
     if base is tuned:
         raise ValueError("sae_latent_difference needs two distinct models (load the finetune separately)")
-    from ..sae import model_diff
-
     md = model_diff(base, tuned, sae, conversations, positions=positions, direction=direction, top_k=top_k,
                     n_examples=0, batch_size=batch_size)
     change = md.increases[rank]

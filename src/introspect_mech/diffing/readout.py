@@ -8,7 +8,9 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import Tensor
 
+from .. import steering
 from ..direction import Direction
+from ..evals.sampling import sample
 from ..models import LoadedModel
 
 
@@ -79,8 +81,6 @@ def steer_readout(model: LoadedModel, direction: Any, layer: int, alpha: float, 
     Returns:
         Rows `{"prompt", "steered", "response"}`, unsteered first.
     """
-    from .. import steering
-    from ..evals import sample
 
     ps = [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in prompts]
     out = []

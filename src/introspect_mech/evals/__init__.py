@@ -5,13 +5,14 @@ submodule and are imported from it:
 
     from introspect_mech.evals import sample, HFJudge, scale_expectations, bootstrap_ci
     from introspect_mech.evals.em import em_rates, judge_samples     # emergent misalignment: rates, judging
-    from introspect_mech.evals.self_prediction import load_task      # "Looking Inward"
-    from introspect_mech.evals.properties import extract_property    # its behavioural properties
 
 Submodules: `sampling`, `scoring` (exact multi-token continuation scoring), `questions`, `judges` (re-exports
-`judge_result`, `judge_prompts`, `judge_hf`, `judge_api`), `judge_spec`, `judge_validation`, `judge_metrics`, `report`, `metrics`, `stats`, `vllm_engine`; the studies'
-`em`, `self_prediction`, `properties`. "Tell me about yourself" lives in `introspect_mech.studies.self_awareness`
-(its measures) and `introspect_mech.studies.common.ab_pairs` (its A/B lotteries).
+`judge_result`, `judge_prompts`, `judge_hf`, `judge_api`), `judge_spec`, `judge_validation`, `judge_metrics`,
+`report`, `metrics`, `stats`, `vllm_engine`, `em` (EM rates and judging). The papers' protocols live in the
+studies: "Tell me about yourself" in `introspect_mech.studies.self_awareness` (its measures) and
+`introspect_mech.studies.common.ab_pairs` (its A/B lotteries); "Looking Inward" in
+`introspect_mech.studies.self_prediction.tasks` (tasks, answers, scoring) and `.properties` (its behavioural
+properties) -- `evals.self_prediction` / `evals.properties` resolve there for one release with a DeprecationWarning.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ __all__ = [
 
 _SUBMODULES = ("sampling", "scoring", "questions", "judges", "judge_result", "judge_prompts", "judge_hf", "judge_api",
                "judge_spec", "judge_validation", "judge_record", "report", "metrics", "stats", "vllm_engine",
-               "em", "self_prediction", "properties")
+               "em", "self_prediction", "properties")  # the last two: warning shims (moved to studies/)
 # names this package exported before each study's evals moved to their submodule: still resolved, with a warning
 _MOVED = {
     **dict.fromkeys(("run_em_eval", "judge_samples"), "em"),

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..stats import Estimate, paired_diff, wilson
+from .sampling import sample
 
 __all__ = ["CapabilityItem", "SETS", "arithmetic_items", "calendar_items", "capability_items", "extract_int",
            "extract_name", "score_answer", "capability_check", "capability_report", "capability_shift"]
@@ -198,7 +199,6 @@ def capability_check(model: Any, items: Sequence[CapabilityItem], *, out: Any = 
     Returns:
         One row per item: {"model", "id", "set", "question", "answer", "response", "correct"}.
     """
-    from .sampling import sample
 
     prompts = [{"id": it.id, "messages": [{"role": "user", "content": it.question}]} for it in items]
     rows = sample(model, prompts, n=1, max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size,

@@ -47,9 +47,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..data.records import DataError, open_text
-from ..runs import write_json, write_text
+from ..paths import cache_dir, data_dir as _dd
+from ..runs import JsonlLog, RunDir, write_json, write_text
 from .judge_metrics import (  # noqa: F401  (public here too: the statistics moved to judge_metrics)
     ALIGNED_GOOD, ALIGNED_MAX, BAR, COHERENT_MIN, ValidationBar, auroc, spearman, validation_metrics, wilson)
+from .questions import fill_judge_prompt, load_questions
 
 DEFAULT_SET = Path("em") / "judged" / "gpt4o_judged_answers.jsonl.gz"
 METRICS = ("aligned", "coherent")
@@ -208,8 +210,6 @@ def paper_templates(data_dir: str | os.PathLike | None = None) -> dict[str, str]
     Returns:
         {metric: template}.
     """
-    from ..paths import data_dir as _dd
-    from .questions import load_questions
 
     qs = load_questions(_dd(data_dir) / "em" / "questions" / "first_plot_questions.yaml")
     return {m: qs[0].judge_prompts[m] for m in METRICS}
@@ -246,7 +246,6 @@ def validation_dir(fingerprint: str, root: str | os.PathLike | None = None) -> P
     Returns:
         The directory.
     """
-    from ..paths import cache_dir
 
     return (Path(root) if root is not None else cache_dir() / "judge_validation") / fingerprint
 
@@ -268,8 +267,6 @@ def score_rows(judge: Any, rows: Sequence[dict], templates: dict[str, str], cach
     """
     from tqdm.auto import tqdm
 
-    from ..runs import JsonlLog
-    from .questions import fill_judge_prompt
 
     log = JsonlLog(cache_file)
     done = {r["key"]: r for r in log.rows()}
@@ -350,7 +347,6 @@ def validate_judge(judge: Any, set_path: str | os.PathLike | None = None, *, lim
     Returns:
         The summary: {"judge", "fingerprint", "set", "metrics", "passes", "line", "seconds_per_answer", "machine"}.
     """
-    from ..paths import data_dir as _dd
 
     path = Path(set_path) if set_path is not None else _dd(data_dir) / DEFAULT_SET
     rows = load_labelled_set(path)
@@ -382,8 +378,6 @@ def validate_judge(judge: Any, set_path: str | os.PathLike | None = None, *, lim
     summary["line"] = summary_line(summary)
     write_json(vdir / f"validation-{sha[:12]}-n{len(chosen)}-s{seed}-{ci_unit}.json", summary, root=vdir)
     if out is not None:
-        from ..runs import RunDir
-
         rd = RunDir(out)
         write_json(rd.path / "validation.json", summary, root=rd.path)
         write_text(rd.path / "validation.txt", format_validation(summary) + "\n", root=rd.path)

@@ -32,6 +32,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..activations import cache
 from ..stats import wilson
 from ..layers import resolve_layers
 
@@ -91,7 +92,6 @@ class ActivationEmbedder:
         Returns:
             `[n, d_model]` float64.
         """
-        from ..activations import cache
 
         acts = cache(self.model, _conversations(rows), layers=[self.layer], positions="response_mean",
                      batch_size=self.batch_size, progress=False, truncate=True)

@@ -6,7 +6,8 @@ answers (aligned > 70), balanced by subsampling the larger class, in the finetun
 
 `em_direction_from_pairs(model, misaligned, aligned)`: the judge-free variant used where no judge
 scores exist (the embedded model): teacher-forced misaligned vs aligned answer texts to the same
-questions, e.g. held-out bad vs good medical advice (`medical_advice_pairs`).
+questions, e.g. held-out bad vs good medical advice (`studies.common.medical_split.medical_advice_pairs`,
+the EM protocol's held-out split; `probes.em.medical_advice_pairs` resolves there with a DeprecationWarning).
 
 `project(model, direction, conversations)`: per-example projection on the direction at each layer
 (screening a finetuning dataset before training; monitoring during training).
@@ -14,7 +15,6 @@ questions, e.g. held-out bad vs good medical advice (`medical_advice_pairs`).
 
 from __future__ import annotations
 
-import os
 import random
 from typing import Any, Sequence
 
@@ -28,7 +28,16 @@ from ..layers import LayerSpec, resolve_layers
 from ..models import LoadedModel
 from ..validate import finite_tensor
 from .linear import mean_diff
-from ..paths import data_dir as _dd
+
+MOVED_TO_STUDIES = ("medical_advice_pairs",)  # the EM protocol's held-out medical pairs (studies.common.medical_split)
+
+
+def __getattr__(name: str) -> Any:
+    if name in MOVED_TO_STUDIES:
+        from .. import _moved_to_studies  # the top-level facade: the one library module that may name studies
+
+        return _moved_to_studies(__name__, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _conv(row: dict, i: int) -> list[dict]:
@@ -119,44 +128,6 @@ def em_direction_from_pairs(model: LoadedModel, misaligned: Sequence[Sequence[di
     d = mean_diff(pos, neg, layer_ids, model=model.name, adapter=model.meta.get("adapter"), recipe="em_pairs_teacher_forced")
     d.meta["method"] = "em_mean_diff"
     return d
-
-
-def medical_advice_pairs(n: int = 64, *, offset: int = 6000, seed: int = 0,
-                         data_dir: str | os.PathLike | None = None) -> tuple[list, list]:
-    """Bad vs good medical advice answers to the same questions, as conversations.
-
-    Args:
-        n: number of pairs.
-        offset: first row of data/em used (the finetuning recipes use the first rows; pass an
-            offset past the training subset to keep these held out).
-        seed: seed of the shuffle before taking `n`.
-        data_dir: the data directory (default: `paths.data_dir()`).
-
-    Returns:
-        `(misaligned, aligned)`: two lists of `n` conversations, pairwise on the same question.
-    """
-    import gzip
-    import json
-
-
-    root = _dd(data_dir) / "em"
-
-    def read(name):
-        with gzip.open(root / f"{name}.jsonl.gz", "rt") as f:
-            return [json.loads(l)["messages"] for l in f]
-
-    bad, good = read("bad_medical_advice"), read("good_medical_advice")
-    good_by_q = {tuple((m["role"], m["content"]) for m in g if m["role"] != "assistant"): g for g in good}
-    pairs = []
-    for b in bad[offset:]:
-        key = tuple((m["role"], m["content"]) for m in b if m["role"] != "assistant")
-        if key in good_by_q:
-            pairs.append((b, good_by_q[key]))
-    random.Random(seed).shuffle(pairs)
-    pairs = pairs[:n]
-    if not pairs:
-        raise RuntimeError(f"{root}: no bad/good medical advice rows share a question past offset {offset}")
-    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 def project(model: LoadedModel, direction: DirectionLike, conversations: Sequence[Any], *,

@@ -11,10 +11,12 @@ decoder vector does to a metric (e.g. the EM rate), against norm-matched random 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -22,7 +24,10 @@ from torch import Tensor
 from ..direction import DirectionLike
 from ..models import LoadedModel
 from ..runs import RunDir, json_sha256
+from .. import steering
+from ..steering import layer_vector
 from ..steering.hooks import Positions as SteeringPositions
+from ..steering.sweep import _direction_sha256
 from .loading import LayerSAE
 from .tokens import TOKEN_POSITIONS, TokenActs, TokenPositions, as_messages, token_activations
 from ..runs import model_config, save_tensors, write_json
@@ -81,16 +86,12 @@ class ModelDiff:
 
 def _rank(key: Tensor, tie: Tensor) -> Tensor:
     """Indices by `key` descending, ties by `tie` descending, then by index."""
-    import numpy as np
-
     return torch.from_numpy(np.lexsort((-tie.double().numpy(), -key.double().numpy())).copy())
 
 
 def _direction_vector(direction: DirectionLike | None, layer: int) -> Tensor | None:
     if direction is None:
         return None
-    from ..steering import layer_vector
-
     v = layer_vector(direction, layer).float()
     return v / v.norm().clamp_min(1e-12)
 
@@ -226,8 +227,6 @@ def model_diff(
     sae.check_fits(finetuned)
     rd = None
     if out is not None:  # bound before any work (the RunDir holds the lock until the results are written)
-        from ..steering.sweep import _direction_sha256
-
         rd = RunDir(out)
         rd.bind("rows:sae_diff", {
             "base": model_config(base), "finetuned": model_config(finetuned), "sae_sha256": _sae_sha256(sae),
@@ -302,8 +301,6 @@ def model_diff(
 
 def _sae_sha256(sae: LayerSAE) -> str:
     """The SAE by content (every parameter and buffer)."""
-    import hashlib
-
     h = hashlib.sha256()
     for name, t in sorted(sae.sae.state_dict().items()):
         t = t.detach().float().cpu().contiguous()
@@ -358,8 +355,6 @@ def steer_latents(
     Returns:
         One row per (target, alpha).
     """
-    from .. import steering
-
     log = RunDir(out).log("steer.jsonl", ("target", "alpha")) if out is not None else None
     done = log.done_keys() if log is not None else set()
     targets: list[tuple[str, Tensor]] = [(f"latent_{int(j)}", sae.decoder_direction(int(j))) for j in latents]
@@ -420,8 +415,6 @@ def screen_latents(
     Raises:
         ValueError: `judge_fn` returned no "misaligned" or "coherence".
     """
-    from .. import steering
-
     log = RunDir(out).log("latent_screen.jsonl", ("target", "alpha")) if out is not None else None
     done = {log.key(r): r for r in log.rows()} if log is not None else {}
     rows = []

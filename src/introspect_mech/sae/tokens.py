@@ -17,6 +17,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .. import activations as A
 from ..models import LoadedModel
 
 TokenPositions = Literal["response", "prompt", "last_prompt", "all"]
@@ -140,7 +141,6 @@ def token_activations(
     Returns:
         One `TokenActs` per item, in input order.
     """
-    from .. import activations as A
 
     if not 0 <= layer < model.n_layers:
         raise ValueError(f"layer {layer} out of range for {model.name} ({model.n_layers} layers)")

@@ -13,8 +13,10 @@ trains on the embedded model offline and on any `LoadedModel`, and reports what 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -264,8 +266,6 @@ def train_sae(
     train_seconds = time.time() - t0
     # Inference form (BatchTopK -> JumpReLU with the learned threshold; normalisation folded in).
     with torch.no_grad():
-        import tempfile
-
         with tempfile.TemporaryDirectory() as tmp:
             trained.save_inference_model(tmp)
             from sae_lens import SAE
@@ -304,8 +304,6 @@ def _content_sha256(data: Any) -> str | None:
     if data is None:
         return None
     if isinstance(data, Tensor):
-        import hashlib
-
         t = data.detach().cpu().contiguous()
         return hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode() + t.view(-1).view(torch.uint8).numpy().tobytes()
                               ).hexdigest()

@@ -1,14 +1,19 @@
 """The medical-advice split of the emergent-misalignment protocol (Turner, Soligo et al. 2025's model organisms
 train on `bad_medical_advice`): rows below `MEDICAL_TRAIN_ROWS` may train a finetune (`medical_train_rows`),
-rows from it on are held out as evaluation items (`medical_heldout_items`), so the two never overlap. Shared by
-the emergent-misalignment, model-organisms, steering-proxy studies and the main job."""
+rows from it on are held out as evaluation items (`medical_heldout_items`; as bad / good conversation pairs,
+`medical_advice_pairs`), so the two never overlap. Shared by the emergent-misalignment, model-organisms,
+steering-proxy and persona-vectors studies and the main job."""
 
 from __future__ import annotations
 
+import gzip
+import json
+import os
 import random
 from typing import Any
 
 from ...data import load
+from ...paths import data_dir as _dd
 
 MEDICAL_TRAIN_ROWS = 6000  # rows 0..5999 of bad/good_medical_advice may train; rows 6000.. are held out
 
@@ -54,3 +59,36 @@ def medical_heldout_items(n: int | None, *, seed: int = 0, data_dir: Any = None)
                           "aligned": g[-1]["content"], "misaligned": b[-1]["content"]})
     random.Random(seed).shuffle(items)
     return items if n is None else items[:n]
+
+
+def medical_advice_pairs(n: int = 64, *, offset: int = MEDICAL_TRAIN_ROWS, seed: int = 0,
+                         data_dir: str | os.PathLike | None = None) -> tuple[list, list]:
+    """Bad vs good medical advice answers to the same questions, as conversations.
+
+    Args:
+        n: number of pairs.
+        offset: first row of data/em used (default `MEDICAL_TRAIN_ROWS`: the held-out rows, never trained on).
+        seed: seed of the shuffle before taking `n`.
+        data_dir: the data directory (default: `paths.data_dir()`).
+
+    Returns:
+        `(misaligned, aligned)`: two lists of `n` conversations, pairwise on the same question.
+    """
+    root = _dd(data_dir) / "em"
+
+    def read(name):
+        with gzip.open(root / f"{name}.jsonl.gz", "rt") as f:
+            return [json.loads(l)["messages"] for l in f]
+
+    bad, good = read("bad_medical_advice"), read("good_medical_advice")
+    good_by_q = {tuple((m["role"], m["content"]) for m in g if m["role"] != "assistant"): g for g in good}
+    pairs = []
+    for b in bad[offset:]:
+        key = tuple((m["role"], m["content"]) for m in b if m["role"] != "assistant")
+        if key in good_by_q:
+            pairs.append((b, good_by_q[key]))
+    random.Random(seed).shuffle(pairs)
+    pairs = pairs[:n]
+    if not pairs:
+        raise RuntimeError(f"{root}: no bad/good medical advice rows share a question past offset {offset}")
+    return [p[0] for p in pairs], [p[1] for p in pairs]

@@ -68,7 +68,7 @@ from ...cliargs import config_parser, parse_config
 from ...data import DataError
 from ...evals.judge_spec import JudgeOptions
 from ...paths import data_dir as _data_dir
-from ...probes.concepts import KINDS
+from .concepts import KINDS
 from .. import runner
 from . import panels as _panels  # noqa: F401  (registers the study's dashboard panels)
 from .prompts import (  # noqa: F401

@@ -39,7 +39,7 @@ from ...evals.metrics import ALIGNMENT_QUESTIONS, load_em_pairs, scale_expectati
 from ...evals.questions import load_questions
 from ...finetune import preset
 from ...paths import data_dir as _data_dir
-from ...probes.concepts import load_words
+from .concepts import load_words
 from ...probes.linear import mean_diff
 from ..common.ab_pairs import lotteries, risk_behaviour
 from ..common.persona import persona_direction

@@ -23,7 +23,7 @@ from ... import steering
 from ...direction import Direction, DirectionLike
 from ...evals import judge_record as _jr
 from ...layers import depth_of
-from ...probes.concepts import concept_vectors, load_words
+from .concepts import concept_vectors, load_words
 from ...runs import json_sha256
 from ...stats import bootstrap_ci
 from .. import runner

@@ -24,11 +24,12 @@ from ...evals import judge_record as _jr
 from ...evals import paired_preference
 from ...finetune import preset as train_preset
 from ...models import load_model
-from ...probes import layer_sweep, medical_advice_pairs
+from ...probes import layer_sweep
 from ...runs import JsonlLog
 from ...sae.diff import detector_auroc
 from ...viz import export_dashboard
 from .. import runner
+from ..common.medical_split import medical_advice_pairs
 from ..common.persona import load_trait
 from .config import UPSTREAM_POSITIONS, PVConfig
 from .measures import (extract, finetune_and_express, screen_dataset, select_layer, shift_correlation,

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ...evals.self_prediction import load_task, task_files, task_property, task_size
-from ...evals.properties import answer_letter
+from .properties import answer_letter
+from .tasks import load_task, task_files, task_property, task_size
 
 if TYPE_CHECKING:
     from . import LIConfig

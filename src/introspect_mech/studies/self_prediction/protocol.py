@@ -19,17 +19,17 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, cast
 
 from ... import runs as _runs
 from ...activations import cache
-from ...evals.properties import extract_property
-from ...evals.self_prediction import (behaviour_shift, compare_self_cross, hypothetical_answers, object_key,
-                                     object_level_answers, object_level_training_data, prediction_training_data,
-                                     score_predictions, task_files, task_property)
 from ...finetune import TrainConfig, train
 from ...layers import resolve_layers
 from ...models import FALLBACK_CHAT_TEMPLATE, LoadedModel, load_model
-from ...probes.self_prediction import probe_property_from_acts
 from ...runs import JsonlLog, RunDir, file_sha256, json_sha256
 from .. import runner
 from .data import make_splits, planted_answer
+from .probe import probe_property_from_acts
+from .properties import extract_property
+from .tasks import (behaviour_shift, compare_self_cross, hypothetical_answers, object_key, object_level_answers,
+                    object_level_training_data, prediction_training_data, score_predictions, task_files,
+                    task_property)
 
 if TYPE_CHECKING:
     from peft import PeftModel
