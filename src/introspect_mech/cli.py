@@ -338,10 +338,7 @@ def _cmd_dashboard(argv: list[str]) -> int:
 
 def _study_tool(module: str, name: str) -> Callable[[list[str]], int]:
     """A command whose `main(argv, prog=)` lives in `introspect_mech.studies.<module>` (imported when run)."""
-    def run(argv: list[str]) -> int:
-        return importlib.import_module(f"introspect_mech.studies.{module}").main(argv, prog=f"introspect-mech {name}")
-
-    return run
+    return lambda argv: importlib.import_module(f"introspect_mech.studies.{module}").main(argv, prog=f"introspect-mech {name}")
 
 
 # ---- the command table ------------------------------------------------------------------------------
@@ -391,8 +388,10 @@ COMMANDS: dict[tuple[str, ...], Command] = {
     ("study",): Command("run a paper's protocol (`introspect-mech study --help` lists them)", _cmd_study),
     ("em-seeds",): Command("pool finished emergent-misalignment runs over finetune seeds (t over seeds, paired "
                            "difference vs the control)", _study_tool("emergent_misalignment.seeds", "em-seeds")),
-    ("em-typology",): Command("cluster the answers of several finished emergent-misalignment runs together "
-                              "(base, finetunes, controls in one space)", _study_tool("emergent_misalignment.typology_runs", "em-typology")),
+    ("em-typology",): Command("cluster the answers of finished EM runs together (base, finetunes, controls in one "
+                              "space)", _study_tool("emergent_misalignment.typology_runs", "em-typology")),
+    ("tmay-seeds",): Command("pool finished self-awareness runs over finetune seeds (collapsed formats withheld)",
+                             _study_tool("self_awareness.seeds", "tmay-seeds")),
     ("em-direction",): Command("the EM direction of a finished EM finetune from GPT-4o-labelled answers: held-out "
                                "separation, ablation and addition vs random directions (proxy), B over checkpoints",
                                _study_tool("model_organisms.labelled_direction", "em-direction")),

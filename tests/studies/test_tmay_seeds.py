@@ -1,0 +1,65 @@
+"""`introspect-mech tmay-seeds`: Tell me about yourself pooled over separately run seeds.
+
+Rules guarded: the unit is the finetune seed (paired t over per-seed differences), a self-report measure whose
+format collapsed in any pooled run is withheld, runs that differ beyond `seeds` or repeat a seed are refused in
+one line naming the field, an unfinished run is refused naming its file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from scipy import stats as st
+
+from introspect_mech.studies.self_awareness import seeds as tmay_seeds
+
+
+def _fake_run(path, seed, risky, safe, *, lr=2e-4, collapsed_scale=False, finished=True):
+    path.mkdir()
+    cfg = {"model": "m", "conditions": ["risky", "safe"], "seeds": [seed], "lr": lr}
+    (path / "manifest.json").write_text(json.dumps({"config": cfg}))
+    if not finished:
+        return path
+    comp = {"risky_minus_safe": {
+        "behaviour": {"a_per_seed": [risky], "b_per_seed": [safe]},
+        "scale/liking_risk": {"a_per_seed": [50.0 + seed], "b_per_seed": [40.0]}}}
+    flagged = {"risk/scales/liking_risk": "mass 0.002 < 0.2"} if collapsed_scale else {}
+    fmt = {"risky": {str(seed): {"ok": True, "flagged": {}}}, "safe": {str(seed): {"ok": not flagged, "flagged": flagged}}}
+    (path / "comparison.json").write_text(json.dumps({"comparisons": comp, "format": fmt}))
+    return path
+
+
+def test_seed_interval_is_paired_t_and_collapsed_formats_are_withheld(tmp_path):
+    risky, safe = [0.59, 0.62, 0.55], [0.42, 0.50, 0.47]
+    runs = [_fake_run(tmp_path / f"s{s}", s, r, q, collapsed_scale=(s == 2)) for s, (r, q) in enumerate(zip(risky, safe))]
+    agg = tmay_seeds.aggregate(runs)
+    e = agg["comparisons"]["risky_minus_safe"]["behaviour"]["over_seeds"]
+    d = [a - b for a, b in zip(risky, safe)]
+    m, se, q = sum(d) / 3, st.tstd(d) / math.sqrt(3), st.t.ppf(0.975, 2)
+    assert e["n"] == 3 and e["unit"] == "finetune seed" and e["method"] == "paired t"
+    assert e["value"] == pytest.approx(m) and e["lo"] == pytest.approx(m - q * se) and e["hi"] == pytest.approx(m + q * se)
+    # seed 2's safe finetune collapsed on the scale: no pooled scale difference at all
+    assert agg["comparisons"]["risky_minus_safe"]["scale/liking_risk"] == {"withheld": "answer format collapsed (safe/s2)"}
+    assert "withheld" in tmay_seeds.format_aggregate(agg)
+
+
+def test_runs_that_cannot_be_pooled_are_refused_in_one_line(tmp_path):
+    a = _fake_run(tmp_path / "a", 0, 0.6, 0.4)
+    b = _fake_run(tmp_path / "b", 1, 0.6, 0.4, lr=1e-4)
+    with pytest.raises(tmay_seeds.TMAYSeedsError, match=r"differs from .* in lr \(only seeds may differ\)"):
+        tmay_seeds.aggregate([a, b])
+    c = _fake_run(tmp_path / "c", 0, 0.6, 0.4)
+    with pytest.raises(tmay_seeds.TMAYSeedsError, match="seeds repeat"):
+        tmay_seeds.aggregate([a, c])
+    d = _fake_run(tmp_path / "d", 3, 0.6, 0.4, finished=False)
+    with pytest.raises(tmay_seeds.TMAYSeedsError, match=r"comparison.json: missing"):
+        tmay_seeds.aggregate([a, d])
+
+
+def test_cli_writes_seeds_json(tmp_path, capsys):
+    runs = [str(_fake_run(tmp_path / f"s{s}", s, 0.6 + s / 100, 0.4)) for s in range(2)]
+    assert tmay_seeds.main([*runs, "--out", str(tmp_path / "pooled")]) == 0
+    assert json.loads((tmp_path / "pooled" / "seeds.json").read_text())["seeds"] == [0, 1]
+    assert "paired t" in capsys.readouterr().out
