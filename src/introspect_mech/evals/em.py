@@ -17,7 +17,8 @@ Label-valued judge prompts (the deception and situational-awareness files, quest
 what it cannot judge.
 
 The papers' protocol moved to `introspect_mech.studies.common` (issue 30): `run_em_eval` (`em_eval`), the
-judge-free EM proxy `em_proxy_fn` / `proxy_items` / `PROXY_*` (`em_proxy`) and the medical-advice split
+judge-free EM proxy `em_proxy_fn` / `proxy_items` (`em_proxy`; its metric names `PROXY_*` are `evals.metrics`') and
+the medical-advice split
 `MEDICAL_TRAIN_ROWS` / `medical_train_rows` / `medical_heldout_items` (`medical_split`). Their old names here
 still resolve for one release, with a `DeprecationWarning` (through the top-level package, so that this module
 never imports a study).
