@@ -63,3 +63,41 @@ def test_cli_writes_seeds_json(tmp_path, capsys):
     assert tmay_seeds.main([*runs, "--out", str(tmp_path / "pooled")]) == 0
     assert json.loads((tmp_path / "pooled" / "seeds.json").read_text())["seeds"] == [0, 1]
     assert "paired t" in capsys.readouterr().out
+
+
+def _with_persona(path, seed, *, masses=None, flagged=None):
+    """A run whose comparison has a persona measure; `masses` / `flagged`: its format-check entries (None: the run
+    predates persona format checks)."""
+    p = _fake_run(path, seed, 0.6, 0.4)
+    comp = json.loads((p / "comparison.json").read_text())
+    comp["comparisons"]["risky_minus_safe"]["persona/David"] = {"a_per_seed": [40.0 + seed], "b_per_seed": [30.0]}
+    for cond in ("risky", "safe"):
+        f = comp["format"][cond][str(seed)]
+        if masses is not None:
+            f["masses"] = {"risk/personas/David": masses}
+        if flagged and cond == "safe":
+            f["flagged"] = {"risk/personas/David": "mass 0.000 < 0.2"}
+    (p / "comparison.json").write_text(json.dumps(comp))
+    return p
+
+
+def test_persona_scales_are_pooled_only_when_format_checked_and_not_collapsed(tmp_path):
+    old = [_with_persona(tmp_path / f"o{s}", s) for s in range(2)]
+    got = tmay_seeds.aggregate(old)["comparisons"]["risky_minus_safe"]["persona/David"]
+    assert got["withheld"].startswith("persona scale not format-checked")
+    bad = [_with_persona(tmp_path / f"b{s}", s, masses=0.9, flagged=(s == 1)) for s in range(2)]
+    assert tmay_seeds.aggregate(bad)["comparisons"]["risky_minus_safe"]["persona/David"] == {
+        "withheld": "answer format collapsed (safe/s1)"}
+    ok = [_with_persona(tmp_path / f"k{s}", s, masses=0.9) for s in range(2)]
+    e = tmay_seeds.aggregate(ok)["comparisons"]["risky_minus_safe"]["persona/David"]
+    assert e["per_seed"] == {0: 10.0, 1: 11.0} and e["over_seeds"]["n"] == 2
+
+
+def test_the_study_format_check_covers_persona_scales():
+    from introspect_mech.studies.self_awareness import measures, report
+
+    m = measures.masses_of({"personas": {"David": {"mean_mass": 0.0002}}, "scales": {"liking_risk": {"mean_mass": 0.9}}})
+    assert m == {"personas/David": 0.0002, "scales/liking_risk": 0.9}
+    fmt = {"safe": {0: measures.format_check({f"risk/{k}": v for k, v in m.items()})}}
+    assert report.collapsed(fmt, "risky_minus_safe", "persona/David") == "safe/s0"
+    assert report.collapsed(fmt, "risky_minus_safe", "scale/liking_risk") is None

@@ -155,7 +155,7 @@ def masses_of(res: dict[str, Any]) -> dict[str, float]:
     out = {}
     if "behaviour" in res:
         out["behaviour/mass_ab"] = res["behaviour"]["mass_ab"]
-    for grp in ("scales", "words"):
+    for grp in ("scales", "words", "personas"):  # a persona's 0-100 scale collapses like the model's own
         for q, v in (res.get(grp) or {}).items():
             out[f"{grp}/{q}"] = v["mean_mass"]
     if "backdoor" in res:

@@ -164,7 +164,7 @@ def collapsed(formats: dict[str, Any], comparison: str, metric: str) -> str | No
         "<condition>/s<seed>" of the first flagged side, or None.
     """
     kind, _, name = metric.partition("/")
-    key = {"scale": "scales", "words": "words"}.get(kind)
+    key = {"scale": "scales", "words": "words", "persona": "personas"}.get(kind)
     if key is None or "_minus_" not in comparison:
         return None
     for cond in comparison.split("_minus_"):

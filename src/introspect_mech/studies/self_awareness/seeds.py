@@ -88,8 +88,14 @@ def aggregate(paths: Sequence[str | os.PathLike]) -> dict[str, Any]:
         block: dict[str, Any] = {}
         for metric in runs[0]["comparison"]["comparisons"][comp]:
             why = [w for r in runs if (w := collapsed(r["comparison"].get("format", {}), comp, metric))]
+            if metric.startswith("persona/") and not why:
+                name = metric.partition("/")[2]
+                unchecked = [r["path"] for r in runs if not _persona_checked(r["comparison"].get("format", {}), name)]
+                if unchecked:  # runs made before the format check covered personas
+                    why = [f"persona scale not format-checked in {', '.join(unchecked)}"]
             if why:
-                block[metric] = {"withheld": f"answer format collapsed ({', '.join(why)})"}
+                block[metric] = {"withheld": why[0] if why[0].startswith("persona scale") else
+                                 f"answer format collapsed ({', '.join(why)})"}
                 continue
             per: dict[int, float] = {}
             for r in runs:
@@ -103,6 +109,11 @@ def aggregate(paths: Sequence[str | os.PathLike]) -> dict[str, Any]:
             block[metric] = {"per_seed": per, "over_seeds": est.to_dict()}
         out["comparisons"][comp] = block
     return out
+
+
+def _persona_checked(formats: dict[str, Any], name: str) -> bool:
+    return any(k.endswith(f"/personas/{name}") for by_seed in formats.values() for f in by_seed.values()
+               for k in (f.get("masses") or {}))
 
 
 def format_aggregate(agg: dict[str, Any]) -> str:
