@@ -210,13 +210,11 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     ap.add_argument("--out", default=None, help="write typology.json, the panel rows and a dashboard here "
                                                 "(a run directory of its own)")
     ns = ap.parse_args(argv)
-    try:
-        # the inputs are checked before any model is loaded
-        check_comparable([load_run(p) for p in ns.runs], ns.question_set)
-    except (SeedRunsError, TypologyRunsError) as e:
+    try:  # run_typology checks the inputs before it loads any model
+        res = run_typology(ns.runs, question_set=ns.question_set, embedding=ns.embedding, layer=ns.layer, ks=ns.ks,
+                           seed=ns.seed, batch_size=ns.batch_size)
+    except TypologyRunsError as e:
         ap.error(str(e))
-    res = run_typology(ns.runs, question_set=ns.question_set, embedding=ns.embedding, layer=ns.layer, ks=ns.ks,
-                       seed=ns.seed, batch_size=ns.batch_size)
     print(format_typology(res))
     if ns.out:
         rd = RunDir(ns.out)

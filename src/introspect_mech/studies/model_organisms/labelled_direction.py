@@ -59,7 +59,7 @@ from ...models import load_model
 from ...paths import data_dir as resolve_data_dir
 from ...probes.linear import mean_diff
 from ...runs import RunDir
-from ...stats import bootstrap_ci, paired_diff
+from ...stats import MIN_BOOT_UNITS, bootstrap_ci, paired_diff
 from ...viz.dashboard import export_dashboard
 from ...viz.rows import SummaryRow
 from .measures import lora_b_norm, lora_b_rotation
@@ -137,16 +137,17 @@ def _est(e: Any) -> dict[str, Any]:
     return e.to_dict() if hasattr(e, "to_dict") else dict(e)
 
 
-def _auroc_ci(pos: np.ndarray, neg: np.ndarray, seed: int, n_boot: int = 2000) -> dict[str, Any]:
-    """AUROC of paired held-out scores with a percentile bootstrap over pairs."""
-    rng = np.random.default_rng(seed)
-    boots: list[float] = []
-    for _ in range(n_boot):
-        i = rng.integers(0, len(pos), len(pos))
-        boots.append(float(auroc(pos[i].tolist(), neg[i].tolist()) or 0.0))  # both classes are never empty here
-    lo, hi = np.quantile(np.asarray(boots), [0.025, 0.975])
-    return {"value": auroc(pos.tolist(), neg.tolist()), "lo": float(lo), "hi": float(hi), "n": int(len(pos)), "unit": "held-out pair",
-            "method": "percentile-bootstrap", "measure": "exact"}
+def _auroc_ci(pos: np.ndarray, neg: np.ndarray, seed: int) -> dict[str, Any]:
+    """AUROC of paired held-out scores with the percentile bootstrap over pairs (`stats.bootstrap_ci` on pair ids)."""
+    def stat(ids: np.ndarray) -> float:
+        i = ids.astype(int)
+        return float(auroc(pos[i].tolist(), neg[i].tolist()) or 0.0)  # both classes are never empty here
+
+    ids = np.arange(len(pos))
+    if len(ids) < MIN_BOOT_UNITS:  # no honest percentile interval over so few pairs: the value alone
+        return {"value": stat(ids), "lo": None, "hi": None, "n": len(ids), "unit": "held-out pair",
+                "method": f"none (< {MIN_BOOT_UNITS} pairs)", "measure": "exact"}
+    return bootstrap_ci(ids, stat, seed=seed, unit="held-out pair").to_dict()
 
 
 def _checkpoints(finetune: Path) -> list[dict[str, Any]]:
@@ -225,8 +226,7 @@ def run_labelled_direction(cfg: LDSettings, out: str | Path, *, progress: bool =
     nh = cache(ft, ha, layers=[layer], positions="response_mean", batch_size=cfg.batch, progress=progress)[:, 0].float()
     v = d.at(layer).float()
     res["heldout_auroc"] = _auroc_ci((ph @ v).numpy(), (nh @ v).numpy(), cfg.seed)
-    say(f"held-out separation at block {layer}: AUROC {res['heldout_auroc']['value']:.3f} "
-        f"[{res['heldout_auroc']['lo']:.3f}, {res['heldout_auroc']['hi']:.3f}] over {len(held)} pairs")
+    say(f"held-out separation at block {layer}: AUROC {_fmt(res['heldout_auroc'])}")
 
     if cfg.persona:
         p = Direction.load(cfg.persona)
