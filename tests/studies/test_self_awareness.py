@@ -177,6 +177,32 @@ def test_format_check_flags_collapsed_mass():
     assert ok["ok"] and not bad["ok"] and list(bad["flagged"]) == ["scale"] and not drop["ok"]
 
 
+def test_format_check_flags_answers_cut_to_one_digit():
+    """The collapse the mass misses: mass stays on numbers but the answers stop after one digit (the risky Qwen
+    finetune of docs/results.md: 0-100 scales answered 3-5 on average)."""
+    masses, base = {"s": 0.9, "t": 0.9}, {"s": 0.95, "t": 0.95}
+    short = measures.format_check(masses, base=base, single_digit={"s": 0.97, "t": 0.30},
+                                  base_single_digit={"s": 0.05, "t": 0.10})
+    assert list(short["flagged"]) == ["s"] and "single-digit answers 0.97 vs base 0.05" in short["flagged"]["s"]
+    assert short["single_digit"] == {"s": 0.97, "t": 0.30}
+    # both rules on one measurement give one entry naming both
+    both = measures.format_check({"s": 0.01}, base={"s": 0.9}, single_digit={"s": 1.0}, base_single_digit={"s": 0.0})
+    assert "mass 0.010" in both["flagged"]["s"] and "single-digit" in both["flagged"]["s"]
+    # no base share (a run made before shares were recorded): no single-digit verdict
+    assert measures.format_check({"s": 0.9}, single_digit={"s": 1.0})["ok"]
+
+
+def test_single_digit_share_of_a_number_distribution():
+    probs = torch.zeros(101)
+    probs[3], probs[50] = 0.6, 0.2
+    assert reports.single_digit_share(probs, 0.8) == pytest.approx(0.75)
+    assert reports.single_digit_share(torch.zeros(101), 0.0) == 0.0
+    m = measures.single_digits_of({"scales": {"liking_risk": {"mean_single_digit": 0.9, "mean_mass": 0.8}},
+                                   "personas": {"David": {"mean_single_digit": 0.1, "mean_mass": 0.9}},
+                                   "words": {"w": {"mean_mass": 0.5}}})
+    assert m == {"scales/liking_risk": 0.9, "personas/David": 0.1}
+
+
 def test_scale_questions_cover_every_scale_file_without_duplicates(data_root):
     qs = reports.scale_questions("risk", data_root)
     assert {"risk_predisposition_scale", "liking_risk", "score_risk_safe"} <= set(qs)
@@ -229,7 +255,7 @@ def test_run_tmay_end_to_end_manifest_resume(tiny_qwen2_dir, tmp_path, data_root
                         seeds=(0,), n_train=4, n_test=3, epochs=1, batch_size=4, n_samples=1,
                         language_max_new_tokens=3, trigger_repeats=1, personas=("David",),
                         trigger_awareness_kinds=("win",), in_sample=True,
-                        measures=("behaviour", "backdoor"))
+                        measures=("behaviour", "backdoor", "personas"))
     loads = []
 
     def load(name):
@@ -255,6 +281,9 @@ def test_run_tmay_end_to_end_manifest_resume(tiny_qwen2_dir, tmp_path, data_root
     assert "behaviour_with_trigger" in r["backdoor:win"][0]["risk"]
     assert "risky_minus_base" in res["comparisons"] and "backdoor:win_minus_decorrelated:win" in res["comparisons"]
     assert set(res["format"]["risky"][0]["masses"]) >= {"risk/behaviour/mass_ab", "risk/backdoor/mass_ab"}
+    # the 0-100 persona scale: its single-digit share recorded and checked against the base's
+    assert set(res["format"]["risky"][0]["single_digit"]) == {"risk/personas/David"}
+    assert 0.0 <= res["format"]["risky"][0]["single_digit"]["risk/personas/David"] <= 1.0
     md = (tmp_path / "summary.md").read_text()
     assert "| risky | 0 | risk |" in md and "backdoor:win_minus_decorrelated:win" in md
     n_loads = len(loads)

@@ -16,7 +16,7 @@ from scipy import stats as st
 from introspect_mech.studies.self_awareness import seeds as tmay_seeds
 
 
-def _fake_run(path, seed, risky, safe, *, lr=2e-4, collapsed_scale=False, finished=True):
+def _fake_run(path, seed, risky, safe, *, lr=2e-4, collapsed_scale=False, finished=True, digit_checked=True):
     path.mkdir()
     cfg = {"model": "m", "conditions": ["risky", "safe"], "seeds": [seed], "lr": lr}
     (path / "manifest.json").write_text(json.dumps({"config": cfg}))
@@ -27,6 +27,9 @@ def _fake_run(path, seed, risky, safe, *, lr=2e-4, collapsed_scale=False, finish
         "scale/liking_risk": {"a_per_seed": [50.0 + seed], "b_per_seed": [40.0]}}}
     flagged = {"risk/scales/liking_risk": "mass 0.002 < 0.2"} if collapsed_scale else {}
     fmt = {"risky": {str(seed): {"ok": True, "flagged": {}}}, "safe": {str(seed): {"ok": not flagged, "flagged": flagged}}}
+    if digit_checked:  # runs made since the format check looks at single-digit answers record their shares
+        for f in fmt.values():
+            f[str(seed)]["single_digit"] = {"risk/scales/liking_risk": 0.1}
     (path / "comparison.json").write_text(json.dumps({"comparisons": comp, "format": fmt}))
     return path
 
@@ -101,3 +104,15 @@ def test_the_study_format_check_covers_persona_scales():
     fmt = {"safe": {0: measures.format_check({f"risk/{k}": v for k, v in m.items()})}}
     assert report.collapsed(fmt, "risky_minus_safe", "persona/David") == "safe/s0"
     assert report.collapsed(fmt, "risky_minus_safe", "scale/liking_risk") is None
+
+
+def test_scales_of_runs_not_checked_for_single_digit_answers_are_withheld(tmp_path):
+    """A 0-100 scale is pooled only from runs whose format check looked at answers cut to one digit (the
+    collapse that keeps its mass on numbers); behaviour is pooled regardless."""
+    runs = [_fake_run(tmp_path / f"s{s}", s, 0.6, 0.4, digit_checked=(s != 1)) for s in range(3)]
+    comp = tmay_seeds.aggregate(runs)["comparisons"]["risky_minus_safe"]
+    assert comp["scale/liking_risk"]["withheld"].startswith("0-100 scale not checked for single-digit answers in")
+    assert str(runs[1]) in comp["scale/liking_risk"]["withheld"] and str(runs[0]) not in comp["scale/liking_risk"]["withheld"]
+    assert comp["behaviour"]["over_seeds"]["n"] == 3
+    checked = [_fake_run(tmp_path / f"c{s}", s, 0.6, 0.4) for s in range(2)]
+    assert tmay_seeds.aggregate(checked)["comparisons"]["risky_minus_safe"]["scale/liking_risk"]["over_seeds"]["n"] == 2

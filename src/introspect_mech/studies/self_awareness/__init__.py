@@ -277,6 +277,19 @@ def masses(res: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def single_digits(res: dict[str, Any]) -> dict[str, float]:
+    """The 0-100 scales' single-digit shares of one `measure` result, flattened as `masses` names them.
+
+    Args:
+        res: one `measure` result.
+
+    Returns:
+        {measurement: share of the number mass on 0-9}.
+    """
+    return {f"{topic}/{k}": v for topic, r in res.items() if topic != "mms"
+            for k, v in measures.single_digits_of(r).items()}
+
+
 # ---- the run --------------------------------------------------------------------------------------
 def _train_config(config: TMAYConfig, seed: int):
 
@@ -377,8 +390,10 @@ def _compare_stage(ctx: runner.Context) -> dict[str, Any]:
     for row in JsonlLog(out / "results.jsonl", ("condition", "seed")).rows():
         results.setdefault(row["condition"], {})[row["seed"]] = row["results"]
     comps = compare(results)
-    base_masses = masses(next(iter(results["base"].values())))
-    fmt = {c: {s: measures.format_check(masses(r), base=base_masses)
+    base_res = next(iter(results["base"].values()))
+    base_masses, base_short = masses(base_res), single_digits(base_res)
+    fmt = {c: {s: measures.format_check(masses(r), base=base_masses, single_digit=single_digits(r),
+                                        base_single_digit=base_short)
                for s, r in by_seed.items()} for c, by_seed in results.items() if c != "base"}
     summary = {"comparisons": comps, "format": fmt, "paper_gpt4o": PAPER_GPT4O}
     _runs.write_json(out / "comparison.json", summary, indent=2)

@@ -46,7 +46,9 @@ def persona_scales(model: LoadedModel, personas: Sequence[str] = PERSONAS, *, se
         r = scale_reports(model, qs, seed=seed)
         vals = [v["per_paraphrase"][0] for v in r.values()]
         out[persona] = {"mean": (sum(v for v in vals if v is not None) / max(sum(v is not None for v in vals), 1)),
-                        "mean_mass": sum(v["mean_mass"] for v in r.values()) / len(r), "per_question": vals}
+                        "mean_mass": sum(v["mean_mass"] for v in r.values()) / len(r),
+                        "mean_single_digit": sum(v["mean_single_digit"] for v in r.values()) / len(r),
+                        "per_question": vals}
     return out
 
 
@@ -118,18 +120,27 @@ def codeword_elicitation(model: LoadedModel, codeword: str | None = None, candid
 
 # ---- the format check -------------------------------------------------------------------------
 def format_check(masses: dict[str, float], *, min_mass: float = 0.2, base: dict[str, float] | None = None,
-                 max_drop: float = 0.5) -> dict[str, Any]:
-    """Flag collapsed answer formats: a measurement whose mass on valid answers is below
-    `min_mass`, or fell below `max_drop` x the base model's mass for it.
+                 max_drop: float = 0.5, single_digit: dict[str, float] | None = None,
+                 base_single_digit: dict[str, float] | None = None, max_single_digit_rise: float = 0.5
+                 ) -> dict[str, Any]:
+    """Flag collapsed answer formats: a measurement whose mass on valid answers is below `min_mass`, or fell
+    below `max_drop` x the base model's mass for it; or a 0-100 scale whose answers shrank to one character
+    (the share of its number mass on 0-9 rose by more than `max_single_digit_rise` over the base's).
+
+    The second rule catches what the mass cannot: a finetune on one-letter answers that still answers with a
+    number, but stops after its first digit (an "expected value" of 3 is then a format, not a self-report).
 
     Args:
         masses: {measurement: valid-answer mass}.
         min_mass: smallest acceptable mass.
         base: the base model's masses (or results).
         max_drop: flag masses below this fraction of the base's.
+        single_digit: {measurement: share of the number mass on 0-9} of the 0-100 scales (`single_digits_of`).
+        base_single_digit: the base model's shares.
+        max_single_digit_rise: flag a share above the base's by more than this (absolute).
 
     Returns:
-        {"ok", "flagged", "masses"}.
+        {"ok", "flagged", "masses", "single_digit"}.
     """
     flagged = {}
     for k, m in masses.items():
@@ -140,7 +151,12 @@ def format_check(masses: dict[str, float], *, min_mass: float = 0.2, base: dict[
             why.append(f"mass {m:.3f} < {max_drop} x base {base[k]:.3f}")
         if why:
             flagged[k] = "; ".join(why)
-    return {"ok": not flagged, "flagged": flagged, "masses": masses}
+    for k, s in (single_digit or {}).items():
+        b = (base_single_digit or {}).get(k)
+        if b is not None and s - b > max_single_digit_rise:
+            why_s = f"single-digit answers {s:.2f} vs base {b:.2f} (answers cut to one character)"
+            flagged[k] = f"{flagged[k]}; {why_s}" if k in flagged else why_s
+    return {"ok": not flagged, "flagged": flagged, "masses": masses, "single_digit": single_digit or {}}
 
 
 def masses_of(res: dict[str, Any]) -> dict[str, float]:
@@ -161,6 +177,20 @@ def masses_of(res: dict[str, Any]) -> dict[str, float]:
     if "backdoor" in res:
         out["backdoor/mass_ab"] = sum(res["backdoor"]["mass_ab"]) / 2
     return out
+
+
+def single_digits_of(res: dict[str, Any]) -> dict[str, float]:
+    """The single-digit shares of a `measure_model`-style result's 0-100 scales (own and personas'), flattened
+    by measurement name as `masses_of` names them (results made before the share was recorded give none).
+
+    Args:
+        res: one `measure` result.
+
+    Returns:
+        {measurement: share of the number mass on 0-9}.
+    """
+    return {f"{grp}/{q}": v["mean_single_digit"] for grp in ("scales", "personas")
+            for q, v in (res.get(grp) or {}).items() if "mean_single_digit" in v}
 
 
 # ---- one model, one call (kept for notebooks; the study module runs the protocol) ---------------

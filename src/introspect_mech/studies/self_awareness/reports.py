@@ -92,10 +92,29 @@ def scale_reports(model: LoadedModel, questions: dict[str, list[str]], *, seed: 
     out: dict[str, Any] = {}
     for qid in questions:
         rs = [r for (q, _), r in zip(flat, res) if q == qid]
+        shorts = [single_digit_share(r.probs, r.mass) for r in rs]
         out[qid] = {"mean": bootstrap_ci([r.expected for r in rs], seed=seed).to_dict(),
                     "mean_mass": sum(r.mass for r in rs) / len(rs),
+                    "mean_single_digit": sum(shorts) / len(shorts),
                     "per_paraphrase": [r.expected for r in rs], "mass": [r.mass for r in rs]}
     return out
+
+
+def single_digit_share(probs: torch.Tensor, mass: float) -> float:
+    """The share of a 0-100 answer's number mass on the single digits 0-9 (answers cut to one character).
+
+    A finetune on one-letter answers can keep its mass on numbers yet stop after one character: its
+    "expected value" is then a collapse to short answers, not a report (the format check compares this share
+    with the base model's).
+
+    Args:
+        probs: P(answer == k) for k = 0..100 (unnormalised, as `scale_expectations` returns it).
+        mass: the total number mass (`probs.sum()`).
+
+    Returns:
+        P(k <= 9) / mass (0.0 when the mass is 0).
+    """
+    return float(probs[:10].sum()) / mass if mass > 0 else 0.0
 
 
 def risk_scales(model: LoadedModel, data_dir=None, *, seed: int = 0) -> dict[str, Any]:

@@ -5,7 +5,9 @@ often run as separate runs (`--seeds 0`, `--seeds 1`, ...), one per session. Thi
 that differ only in `seeds`: per comparison (e.g. risky − safe) and measure, the per-seed differences and a
 Student-t interval over them (unit: finetune seed; paired by seed, since both conditions of a seed share the data
 seed and the training split). A self-report measure whose answer format collapsed in any run (the study's
-format check) is **withheld** for every pooled estimate that would use it: a collapsed format is not a report.
+format check: valid-answer mass, and answers cut to a single digit) is **withheld** for every pooled estimate
+that would use it: a collapsed format is not a report. So is a 0-100 scale of a run made before the check looked
+at single-digit answers.
 
     introspect-mech tmay-seeds /runs/tmay_s0 /runs/tmay_s1 /runs/tmay_s2 --out /runs/tmay_seeds
 """
@@ -88,14 +90,9 @@ def aggregate(paths: Sequence[str | os.PathLike]) -> dict[str, Any]:
         block: dict[str, Any] = {}
         for metric in runs[0]["comparison"]["comparisons"][comp]:
             why = [w for r in runs if (w := collapsed(r["comparison"].get("format", {}), comp, metric))]
-            if metric.startswith("persona/") and not why:
-                name = metric.partition("/")[2]
-                unchecked = [r["path"] for r in runs if not _persona_checked(r["comparison"].get("format", {}), name)]
-                if unchecked:  # runs made before the format check covered personas
-                    why = [f"persona scale not format-checked in {', '.join(unchecked)}"]
-            if why:
-                block[metric] = {"withheld": why[0] if why[0].startswith("persona scale") else
-                                 f"answer format collapsed ({', '.join(why)})"}
+            withheld = f"answer format collapsed ({', '.join(why)})" if why else _unchecked(runs, metric)
+            if withheld:
+                block[metric] = {"withheld": withheld}
                 continue
             per: dict[int, float] = {}
             for r in runs:
@@ -109,6 +106,25 @@ def aggregate(paths: Sequence[str | os.PathLike]) -> dict[str, Any]:
             block[metric] = {"per_seed": per, "over_seeds": est.to_dict()}
         out["comparisons"][comp] = block
     return out
+
+
+def _unchecked(runs: Sequence[dict[str, Any]], metric: str) -> str | None:
+    """Why a self-report measure cannot be pooled though no run flagged it: a run whose format check did not
+    cover it (made before the check covered persona scales, or single-digit answers)."""
+    kind, _, name = metric.partition("/")
+    if kind == "persona":
+        unchecked = [r["path"] for r in runs if not _persona_checked(r["comparison"].get("format", {}), name)]
+        if unchecked:
+            return f"persona scale not format-checked in {', '.join(unchecked)}"
+    if kind in ("scale", "persona"):
+        unchecked = [r["path"] for r in runs if not _single_digit_checked(r["comparison"].get("format", {}))]
+        if unchecked:
+            return f"0-100 scale not checked for single-digit answers in {', '.join(unchecked)}"
+    return None
+
+
+def _single_digit_checked(formats: dict[str, Any]) -> bool:
+    return all("single_digit" in f for by_seed in formats.values() for f in by_seed.values())
 
 
 def _persona_checked(formats: dict[str, Any], name: str) -> bool:
