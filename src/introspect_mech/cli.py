@@ -392,6 +392,8 @@ COMMANDS: dict[tuple[str, ...], Command] = {
                               "space)", _study_tool("emergent_misalignment.typology_runs", "em-typology")),
     ("tmay-seeds",): Command("pool finished self-awareness runs over finetune seeds (collapsed formats withheld)",
                              _study_tool("self_awareness.seeds", "tmay-seeds")),
+    ("tmay-recheck",): Command("recheck a finished self-awareness run's 0-100 self-report formats (mass, single-digit "
+                               "answers) from its saved finetunes", _study_tool("self_awareness.recheck", "tmay-recheck")),
     ("em-direction",): Command("the EM direction of a finished EM finetune from GPT-4o-labelled answers: held-out "
                                "separation, ablation and addition vs random directions (proxy), B over checkpoints",
                                _study_tool("model_organisms.labelled_direction", "em-direction")),

@@ -116,3 +116,50 @@ def test_scales_of_runs_not_checked_for_single_digit_answers_are_withheld(tmp_pa
     assert comp["behaviour"]["over_seeds"]["n"] == 3
     checked = [_fake_run(tmp_path / f"c{s}", s, 0.6, 0.4) for s in range(2)]
     assert tmay_seeds.aggregate(checked)["comparisons"]["risky_minus_safe"]["scale/liking_risk"]["over_seeds"]["n"] == 2
+
+
+# ---- tmay-recheck: today's format check on a finished run's saved finetunes ---------------------------------
+def test_recheck_recomputes_the_runs_own_scales_and_checks_single_digits(tiny_qwen2_dir, tmp_path, data_root):
+    """The recheck loads the base and each saved adapter, recomputes the 0-100 measures the run made (the same
+    numbers the run recorded) and applies the format check with single-digit shares; bad runs are refused in one
+    line naming the file before any model loads."""
+    from introspect_mech import load_model
+    from introspect_mech.studies import self_awareness as st
+    from introspect_mech.studies.self_awareness import recheck as rc
+
+    cfg = st.TMAYConfig(model=str(tiny_qwen2_dir), conditions=("risky",), seeds=(0,), n_train=4, n_test=3, epochs=1,
+                        batch_size=4, n_samples=0, personas=("David",), measures=("behaviour", "personas"))
+    run = tmp_path / "run"
+    res = st.run(cfg, run, data_dir=data_root, progress=False).results["compare"]
+    loads = []
+
+    def load(name, **kw):
+        loads.append(kw.get("adapter"))
+        return load_model(name, **kw)
+
+    got = rc.recheck(run, load=load, data_dir=data_root)
+    assert loads[0] is None and loads[1].endswith("finetunes/risky/seed0/adapter")
+    f = got["format"]["risky"][0]
+    assert set(f["masses"]) == set(f["single_digit"]) == {"risk/personas/David"}
+    recorded = res["results"]["risky"][0]["risk"]["personas"]["David"]
+    assert got["values"]["risky"][0]["risk/personas/David"] == pytest.approx(recorded["mean"], abs=1e-4)
+    assert f["masses"]["risk/personas/David"] == pytest.approx(recorded["mean_mass"], abs=1e-4)
+    assert "risky/s0" in rc.format_recheck(got) and "single-digit" in rc.format_recheck(got)
+    assert rc.main([str(run), "--out", str(tmp_path / "re")]) == 0
+    assert json.loads((tmp_path / "re" / "recheck.json").read_text())["measures"] == ["personas"]
+
+    man = json.loads((run / "manifest.json").read_text())
+    man["config"]["measures"] = ["behaviour"]
+    no_scales = tmp_path / "no_scales"
+    no_scales.mkdir()
+    (no_scales / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(rc.TMAYRecheckError, match=r"manifest.json: config.measures has no 0-100 measure"):
+        rc.recheck(no_scales, load=load)
+    man["config"]["measures"] = ["personas"]
+    (no_scales / "manifest.json").write_text(json.dumps(man))
+    n = len(loads)
+    with pytest.raises(rc.TMAYRecheckError, match=r"finetunes/risky/seed0/adapter: missing"):
+        rc.recheck(no_scales, load=load)
+    assert len(loads) == n  # refused before any model loaded
+    with pytest.raises(SystemExit):
+        rc.main([str(tmp_path / "nowhere")])
