@@ -30,6 +30,7 @@ def _fake_run(path, seed, risky, safe, *, lr=2e-4, collapsed_scale=False, finish
     if digit_checked:  # runs made since the format check looks at single-digit answers record their shares
         for f in fmt.values():
             f[str(seed)]["single_digit"] = {"risk/scales/liking_risk": 0.1}
+            f[str(seed)]["per_order"] = {}
     (path / "comparison.json").write_text(json.dumps({"comparisons": comp, "format": fmt}))
     return path
 
@@ -163,3 +164,17 @@ def test_recheck_recomputes_the_runs_own_scales_and_checks_single_digits(tiny_qw
     assert len(loads) == n  # refused before any model loaded
     with pytest.raises(SystemExit):
         rc.main([str(tmp_path / "nowhere")])
+
+
+def test_two_order_questions_of_runs_not_checked_for_position_lock_are_withheld(tmp_path):
+    runs = [_fake_run(tmp_path / f"s{s}", s, 0.6, 0.4) for s in range(2)]
+    for p in runs:
+        comp = json.loads((p / "comparison.json").read_text())
+        comp["comparisons"]["risky_minus_safe"]["backdoor/p_statement"] = {"a_per_seed": [0.6], "b_per_seed": [0.5]}
+        if p == runs[1]:
+            for by_seed in comp["format"].values():
+                for f in by_seed.values():
+                    del f["per_order"]
+        (p / "comparison.json").write_text(json.dumps(comp))
+    got = tmay_seeds.aggregate(runs)["comparisons"]["risky_minus_safe"]["backdoor/p_statement"]
+    assert got["withheld"] == f"two-order question not checked for position-locked answers in {runs[1]}"

@@ -290,6 +290,18 @@ def single_digits(res: dict[str, Any]) -> dict[str, float]:
             for k, v in measures.single_digits_of(r).items()}
 
 
+def orders(res: dict[str, Any]) -> dict[str, list[float]]:
+    """The two-order questions' per-order probabilities of one `measure` result, flattened as `masses` names them.
+
+    Args:
+        res: one `measure` result.
+
+    Returns:
+        {measurement: [P in order 1, P in order 2]}.
+    """
+    return {f"{topic}/{k}": v for topic, r in res.items() if topic != "mms" for k, v in measures.orders_of(r).items()}
+
+
 # ---- the run --------------------------------------------------------------------------------------
 def _train_config(config: TMAYConfig, seed: int):
 
@@ -393,7 +405,7 @@ def _compare_stage(ctx: runner.Context) -> dict[str, Any]:
     base_res = next(iter(results["base"].values()))
     base_masses, base_short = masses(base_res), single_digits(base_res)
     fmt = {c: {s: measures.format_check(masses(r), base=base_masses, single_digit=single_digits(r),
-                                        base_single_digit=base_short)
+                                        base_single_digit=base_short, per_order=orders(r))
                for s, r in by_seed.items()} for c, by_seed in results.items() if c != "base"}
     summary = {"comparisons": comps, "format": fmt, "paper_gpt4o": PAPER_GPT4O}
     _runs.write_json(out / "comparison.json", summary, indent=2)

@@ -164,12 +164,15 @@ def collapsed(formats: dict[str, Any], comparison: str, metric: str) -> str | No
         "<condition>/s<seed>" of the first flagged side, or None.
     """
     kind, _, name = metric.partition("/")
-    key = {"scale": "scales", "words": "words", "persona": "personas"}.get(kind)
+    key = {"scale": "scales", "words": "words", "persona": "personas", "trigger_awareness": "trigger_awareness",
+           "backdoor": "backdoor"}.get(kind)
     if key is None or "_minus_" not in comparison:
         return None
+    # the backdoor statement's mass is recorded as backdoor/mass_ab, its position check as backdoor/p_statement
+    names = (name, "mass_ab") if kind == "backdoor" else (name,)
     for cond in comparison.split("_minus_"):
         for seed, f in (formats.get(cond) or {}).items():
-            if any(k.endswith(f"/{key}/{name}") for k in f.get("flagged", {})):
+            if any(k.endswith(f"/{key}/{n}") for k in f.get("flagged", {}) for n in names):
                 return f"{cond}/s{seed}"
     return None
 

@@ -5,9 +5,9 @@ often run as separate runs (`--seeds 0`, `--seeds 1`, ...), one per session. Thi
 that differ only in `seeds`: per comparison (e.g. risky − safe) and measure, the per-seed differences and a
 Student-t interval over them (unit: finetune seed; paired by seed, since both conditions of a seed share the data
 seed and the training split). A self-report measure whose answer format collapsed in any run (the study's
-format check: valid-answer mass, and answers cut to a single digit) is **withheld** for every pooled estimate
-that would use it: a collapsed format is not a report. So is a 0-100 scale of a run made before the check looked
-at single-digit answers.
+format check: valid-answer mass, answers cut to a single digit, answers that follow the option position) is
+**withheld** for every pooled estimate that would use it: a collapsed format is not a report. So is a measure of a
+run made before the check covered it.
 
     introspect-mech tmay-seeds /runs/tmay_s0 /runs/tmay_s1 /runs/tmay_s2 --out /runs/tmay_seeds
 """
@@ -117,14 +117,19 @@ def _unchecked(runs: Sequence[dict[str, Any]], metric: str) -> str | None:
         if unchecked:
             return f"persona scale not format-checked in {', '.join(unchecked)}"
     if kind in ("scale", "persona"):
-        unchecked = [r["path"] for r in runs if not _single_digit_checked(r["comparison"].get("format", {}))]
+        unchecked = [r["path"] for r in runs if not _checked(r["comparison"].get("format", {}), "single_digit")]
         if unchecked:
             return f"0-100 scale not checked for single-digit answers in {', '.join(unchecked)}"
+    if kind in ("backdoor", "trigger_awareness"):
+        unchecked = [r["path"] for r in runs if not _checked(r["comparison"].get("format", {}), "per_order")]
+        if unchecked:
+            return f"two-order question not checked for position-locked answers in {', '.join(unchecked)}"
     return None
 
 
-def _single_digit_checked(formats: dict[str, Any]) -> bool:
-    return all("single_digit" in f for by_seed in formats.values() for f in by_seed.values())
+def _checked(formats: dict[str, Any], field: str) -> bool:
+    """Whether every finetune's format check of a run recorded `field` (runs made before a check was added lack it)."""
+    return all(field in f for by_seed in formats.values() for f in by_seed.values())
 
 
 def _persona_checked(formats: dict[str, Any], name: str) -> bool:
