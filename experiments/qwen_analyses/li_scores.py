@@ -1,0 +1,80 @@
+"""Looking Inward scores from a run's saved answers (docs/results.md, "Looking Inward: A = 0.5B, B = 1.5B").
+
+The study's step 5 for a run whose later stages (features, behaviour shift) had not finished: self vs cross
+prediction per target on the held-out test split, ground truth = the finetuned target's own object-level answers,
+with the study's own `score_predictions` / `compare_self_cross`, plus the demanding unit: a cluster bootstrap over
+the task x property cells (items of one cell share a template). Reads only the answer files; loads no model.
+
+    python experiments/qwen_analyses/li_scores.py /work/runs/qwen/li_05_15 li_scores.json
+
+Session 9 ran it on the `qwen-cpu` preset's run (code of b64bf71 for the run; the sample files' layout is the same
+on main).
+"""
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from introspect_mech.studies.self_prediction.tasks import compare_self_cross, object_key, score_predictions
+from introspect_mech.stats import cluster_bootstrap
+from introspect_mech.studies.self_prediction import PRESETS, make_splits
+
+
+def read(f: Path) -> dict[str, str]:
+    """{prompt id: response} of a sample file (as `evals.sample` wrote it)."""
+    return {r["prompt_id"]: r["response"] for r in map(json.loads, f.open()) if "prompt_id" in r}
+
+
+def objects(rows: list[dict], f: Path) -> dict[str, str]:
+    """`object_level_answers`' mapping {object key: answer}, from its file."""
+    got = read(f)
+    return {k: got["obj-" + hashlib.sha256(k.encode()).hexdigest()[:16]] for k in {object_key(r) for r in rows}}
+
+
+def main(run: Path, out: Path) -> None:
+    cfg = PRESETS["qwen-cpu"]
+    splits = make_splits(cfg, None)
+    names = ["A", "B"]
+    obj = {f"{n}_self": objects(splits.train + splits.test, run / "object" / f"{n}_self.jsonl") for n in names}
+    hyp = {}
+    for f in sorted((run / "hypothetical").glob("*.jsonl")):
+        got = read(f) if f.name != "provenance.jsonl" else {}
+        if got and all(r["item_id"] in got for r in splits.test):  # complete files only
+            hyp[f.stem] = {r["item_id"]: got[r["item_id"]] for r in splits.test}
+    print("complete hypothetical files:", sorted(hyp))
+    scores, comparisons, clustered = {}, {}, {}
+    for t in names:
+        gt = obj[f"{t}_self"]
+        scores[f"{t}_predicts_{t}"] = score_predictions(splits.test, gt, hyp[f"{t}_self"], seed=cfg.seed)
+        for p in names:
+            if p != t and f"{p}_predicts_{t}" in hyp:
+                scores[f"{p}_predicts_{t}"] = score_predictions(splits.test, gt, hyp[f"{p}_predicts_{t}"], seed=cfg.seed)
+                comparisons[f"{t}: self vs {p}"] = compare_self_cross(scores[f"{t}_predicts_{t}"],
+                                                                      scores[f"{p}_predicts_{t}"], seed=cfg.seed)
+                a = {r["item_id"]: r for r in scores[f"{t}_predicts_{t}"]["rows"]}
+                b = {r["item_id"]: r for r in scores[f"{p}_predicts_{t}"]["rows"]}
+                common = [i for i in a if i in b]
+                clustered[f"{t}: self vs {p}"] = cluster_bootstrap(
+                    [a[i]["correct"] - b[i]["correct"] for i in common],
+                    [f"{a[i]['task']}/{a[i]['property']}" for i in common], unit="task x property", seed=cfg.seed).to_dict()
+    for name, sc in scores.items():
+        clustered[name] = cluster_bootstrap([r["correct"] for r in sc["rows"]],
+                                            [f"{r['task']}/{r['property']}" for r in sc["rows"]],
+                                            unit="task x property", seed=cfg.seed).to_dict()
+    brief = {k: {kk: vv for kk, vv in v.items() if kk != "rows"} for k, v in scores.items()}
+    result = {"scores": brief, "comparisons": comparisons, "clustered": clustered}
+    for k, v in brief.items():
+        print(f"{k}: accuracy {v['accuracy']['value']:.3f} [{v['accuracy']['lo']:.3f}, {v['accuracy']['hi']:.3f}] "
+              f"n={v['n_scored']}; cells [{clustered[k]['lo']:.3f}, {clustered[k]['hi']:.3f}] n={clustered[k]['n']}; "
+              f"mode {v['mode_baseline']['value']:.3f}; acc - mode {v['accuracy_minus_mode']['value']:+.3f} "
+              f"[{v['accuracy_minus_mode']['lo']:+.3f}, {v['accuracy_minus_mode']['hi']:+.3f}]")
+    for k, v in comparisons.items():
+        e, c = v["self_minus_cross"], clustered[k]
+        print(f"{k}: self - cross {e['value']:+.3f} [{e['lo']:+.3f}, {e['hi']:+.3f}] n={v['n_common']}; "
+              f"cells [{c['lo']:+.3f}, {c['hi']:+.3f}] n={c['n']}")
+    out.write_text(json.dumps(result, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
