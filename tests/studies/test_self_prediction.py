@@ -241,6 +241,29 @@ def test_shift_scored_against_new_behaviour(planted_run):
     assert sh["matches_new"]["value"] == 1.0 and sh["matches_old"]["value"] == 0.0
 
 
+def test_shift_towards_the_other_models_answers_when_only_a_is_shifted(tiny_qwen2_dir, tiny_qwen3_dir, data_root,
+                                                                        tmp_path):
+    """Two different models, only A shifted (`shift_all_models` False), "auto" targets = B's own answers on the
+    shift questions: B's finetuned answers there must be computed (the real-Qwen qwen-cpu run crashed here with a
+    KeyError after 3.7 hours), and A is trained towards exactly them."""
+    planter = Planter()
+
+    def loader(path, ch):
+        def load():
+            m = load_model(path)
+            Planter.plant(m, ch, 500.0)
+            return m
+        return load
+
+    res = run_study(tmp_path, models={"A": loader(tiny_qwen2_dir, "m"), "B": loader(tiny_qwen3_dir, "n")},
+                    config=_cfg(probes=False, shift_targets="auto", shift_all_models=False), data_dir=data_root,
+                    finetune=planter, seeds={"A": 0, "B": 5}, progress=False)
+    assert set(res["shift"]) == {"A"} and res["shift"]["A"]["targets"] == "other"
+    b_shift = {json.loads(x)["response"] for x in (tmp_path / "object" / "B_self.jsonl").read_text().splitlines()}
+    assert b_shift == {"x"}  # B's finetuned behaviour, on train, test and the shift questions
+    assert {r["messages"][-1]["content"] for r in planter.records["shift_A"]} == {"x"}
+
+
 def test_manifest_records_splits_config_and_hashes(planted_run):
     _, _, out = planted_run
     man = json.loads((out / "manifest.json").read_text())

@@ -315,6 +315,14 @@ def base_stage(ctx: runner.Context) -> dict[str, Any]:
     return {"models": names, "twin": P.twin}
 
 
+def _shift_mode(P: Protocol, n: str) -> str:
+    """The shift targets of model `n`: `shift_targets`, with "auto" = the other model's answers ("other") when
+    there are two different models, else a planted rule (a twin's answers barely differ from the model's own)."""
+    if P.cfg.shift_targets == "auto":
+        return "other" if len(P.names) == 2 and not P.twin else "rule"
+    return P.cfg.shift_targets
+
+
 def self_finetune_stage(ctx: runner.Context) -> dict[str, Any]:
     """Each model's self-prediction finetune on its own (base) behaviour, then its behaviour recomputed.
 
@@ -323,11 +331,14 @@ def self_finetune_stage(ctx: runner.Context) -> dict[str, Any]:
     """
     P = protocol(ctx)
     cfg, splits = P.cfg, P.splits
+    shifted = P.names if cfg.shift_all_models else P.names[:1]
     for n in P.names:
         _say(P.progress, f"{n}: self-prediction finetune on its own (base) behaviour")
         m = P.self_model(n)
-        shifted_here = cfg.shift and (cfg.shift_all_models or n == P.names[0])
-        P.st.object(f"{n}_self", m, splits.train + splits.test + (splits.shift_train if shifted_here else []))
+        # shift questions: a shifted model's own answers, and the answers a shifted model is trained towards
+        # ("other" targets: the other model's), so a run shifting only A still needs B's answers there
+        needed = cfg.shift and (n in shifted or any(_shift_mode(P, s) == "other" and n != s for s in shifted))
+        P.st.object(f"{n}_self", m, splits.train + splits.test + (splits.shift_train if needed else []))
         P.st.hypothetical(f"{n}_self", m, splits.test)
     return {"finetunes": [f"self_{n}" for n in P.names]}
 
@@ -463,9 +474,7 @@ def shift_stage(ctx: runner.Context) -> dict[str, Any]:
         return {}
     shift: dict[str, Any] = {}
     for n in (names if cfg.shift_all_models else names[:1]):
-        mode = cfg.shift_targets
-        if mode == "auto":  # a twin's answers barely differ from the model's own: plant a rule instead
-            mode = "other" if len(names) == 2 and not P.twin else "rule"
+        mode = _shift_mode(P, n)
         if mode == "other" and len(names) < 2:
             raise ValueError("shift_targets='other' needs two models")
         if mode == "other":
