@@ -131,18 +131,20 @@ class Planter:
         hf.get_output_embeddings().register_forward_hook(post)
 
 
+def _planted_loader(path, ch):
+    """A loader of a fresh model whose untrained answer is `ch` (weaker than every finetune's plant)."""
+    def load():
+        m = load_model(path)
+        Planter.plant(m, ch, 500.0)
+        return m
+    return load
+
+
 @pytest.fixture(scope="module")
 def planted_run(tiny_qwen2_dir, tiny_qwen3_dir, data_root, tmp_path_factory):
     planter = Planter()
     out = tmp_path_factory.mktemp("li_planted")
-    def loader(path, ch):  # the untrained model answers ch (weaker than every finetune's plant)
-        def load():
-            m = load_model(path)
-            Planter.plant(m, ch, 500.0)
-            return m
-        return load
-
-    models = {"A": loader(tiny_qwen2_dir, "m"), "B": loader(tiny_qwen3_dir, "n")}
+    models = {"A": _planted_loader(tiny_qwen2_dir, "m"), "B": _planted_loader(tiny_qwen3_dir, "n")}
     res = run_study(out, models=models, config=_cfg(probes=False, shift_targets="rule"), data_dir=data_root,
                     finetune=planter, seeds={"A": 0, "B": 5}, progress=False)
     return res, planter, out
@@ -247,15 +249,8 @@ def test_shift_towards_the_other_models_answers_when_only_a_is_shifted(tiny_qwen
     shift questions: B's finetuned answers there must be computed (the real-Qwen qwen-cpu run crashed here with a
     KeyError after 3.7 hours), and A is trained towards exactly them."""
     planter = Planter()
-
-    def loader(path, ch):
-        def load():
-            m = load_model(path)
-            Planter.plant(m, ch, 500.0)
-            return m
-        return load
-
-    res = run_study(tmp_path, models={"A": loader(tiny_qwen2_dir, "m"), "B": loader(tiny_qwen3_dir, "n")},
+    models = {"A": _planted_loader(tiny_qwen2_dir, "m"), "B": _planted_loader(tiny_qwen3_dir, "n")}
+    res = run_study(tmp_path, models=models,
                     config=_cfg(probes=False, shift_targets="auto", shift_all_models=False), data_dir=data_root,
                     finetune=planter, seeds={"A": 0, "B": 5}, progress=False)
     assert set(res["shift"]) == {"A"} and res["shift"]["A"]["targets"] == "other"
@@ -385,14 +380,7 @@ def test_stages_resume_one_by_one_in_a_new_call(kill, tiny_qwen2_dir, tiny_qwen3
     from introspect_mech.studies import runner
     from introspect_mech.studies import self_prediction as S
 
-    def loader(path, ch):
-        def load():
-            m = load_model(path)
-            Planter.plant(m, ch, 500.0)
-            return m
-        return load
-
-    models = {"A": loader(tiny_qwen2_dir, "m"), "B": loader(tiny_qwen3_dir, "n")}
+    models = {"A": _planted_loader(tiny_qwen2_dir, "m"), "B": _planted_loader(tiny_qwen3_dir, "n")}
     cfg = _cfg(probes=True, probe_layers=(0, -1), shift_targets="rule")
     kw = dict(models=models, config=cfg, data_dir=data_root, seeds={"A": 0, "B": 5}, progress=False)
     names = [s.name for s in S.STUDY.stages]

@@ -315,9 +315,9 @@ def base_stage(ctx: runner.Context) -> dict[str, Any]:
     return {"models": names, "twin": P.twin}
 
 
-def _shift_mode(P: Protocol, n: str) -> str:
-    """The shift targets of model `n`: `shift_targets`, with "auto" = the other model's answers ("other") when
-    there are two different models, else a planted rule (a twin's answers barely differ from the model's own)."""
+def _shift_mode(P: Protocol) -> str:
+    """The shift targets: `shift_targets`, with "auto" = the other model's answers ("other") when there are two
+    different models, else a planted rule (a twin's answers barely differ from the model's own)."""
     if P.cfg.shift_targets == "auto":
         return "other" if len(P.names) == 2 and not P.twin else "rule"
     return P.cfg.shift_targets
@@ -337,7 +337,7 @@ def self_finetune_stage(ctx: runner.Context) -> dict[str, Any]:
         m = P.self_model(n)
         # shift questions: a shifted model's own answers, and the answers a shifted model is trained towards
         # ("other" targets: the other model's), so a run shifting only A still needs B's answers there
-        needed = cfg.shift and (n in shifted or any(_shift_mode(P, s) == "other" and n != s for s in shifted))
+        needed = cfg.shift and (n in shifted or (_shift_mode(P) == "other" and any(n != s for s in shifted)))
         P.st.object(f"{n}_self", m, splits.train + splits.test + (splits.shift_train if needed else []))
         P.st.hypothetical(f"{n}_self", m, splits.test)
     return {"finetunes": [f"self_{n}" for n in P.names]}
@@ -474,7 +474,7 @@ def shift_stage(ctx: runner.Context) -> dict[str, Any]:
         return {}
     shift: dict[str, Any] = {}
     for n in (names if cfg.shift_all_models else names[:1]):
-        mode = _shift_mode(P, n)
+        mode = _shift_mode(P)
         if mode == "other" and len(names) < 2:
             raise ValueError("shift_targets='other' needs two models")
         if mode == "other":
