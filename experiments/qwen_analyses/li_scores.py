@@ -7,8 +7,10 @@ the task x property cells (items of one cell share a template). Reads only the a
 
     python experiments/qwen_analyses/li_scores.py /work/runs/qwen/li_05_15 li_scores.json
 
-Session 9 ran it on the `qwen-cpu` preset's run (code of b64bf71 for the run; the sample files' layout is the same
-on main).
+The splits are drawn again from the run's manifest (its config's split fields; checked against the item ids it
+lists), so any `qwen-cpu` run works, e.g. the SmolLM2 pair with `--n-test 50`. The cell intervals are the study's own
+(`accuracy_by_cell`, `self_minus_cross_by_cell`, since session 10). Session 9 ran it on the `qwen-cpu` preset's run
+(code of b64bf71 for the run; the sample files' layout is the same on main).
 """
 
 import hashlib
@@ -17,7 +19,6 @@ import sys
 from pathlib import Path
 
 from introspect_mech.studies.self_prediction.tasks import compare_self_cross, object_key, score_predictions
-from introspect_mech.stats import cluster_bootstrap
 from introspect_mech.studies.self_prediction import PRESETS, make_splits
 
 
@@ -32,9 +33,24 @@ def objects(rows: list[dict], f: Path) -> dict[str, str]:
     return {k: got["obj-" + hashlib.sha256(k.encode()).hexdigest()[:16]] for k in {object_key(r) for r in rows}}
 
 
-def main(run: Path, out: Path) -> None:
-    cfg = PRESETS["qwen-cpu"]
+SPLIT_FIELDS = ("n_train", "n_test", "n_shift", "train_datasets", "test_datasets", "properties", "shift_datasets",
+                "shift", "seed")
+
+
+def run_splits(run: Path):
+    """The run's splits, drawn again from the fields of its manifest's config that decide them (checked against the
+    item ids the manifest lists)."""
+    man = json.loads((run / "manifest.json").read_text())
+    fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in man["config"].items() if k in SPLIT_FIELDS}
+    cfg = PRESETS["qwen-cpu"].replace(**fields)
     splits = make_splits(cfg, None)
+    if [r["item_id"] for r in splits.test] != man["splits"]["test"]:
+        raise SystemExit(f"{run}/manifest.json: its test item ids differ from the split drawn from its config")
+    return cfg, splits
+
+
+def main(run: Path, out: Path) -> None:
+    cfg, splits = run_splits(run)
     names = ["A", "B"]
     obj = {f"{n}_self": objects(splits.train + splits.test, run / "object" / f"{n}_self.jsonl") for n in names}
     hyp = {}
@@ -52,16 +68,9 @@ def main(run: Path, out: Path) -> None:
                 scores[f"{p}_predicts_{t}"] = score_predictions(splits.test, gt, hyp[f"{p}_predicts_{t}"], seed=cfg.seed)
                 comparisons[f"{t}: self vs {p}"] = compare_self_cross(scores[f"{t}_predicts_{t}"],
                                                                       scores[f"{p}_predicts_{t}"], seed=cfg.seed)
-                a = {r["item_id"]: r for r in scores[f"{t}_predicts_{t}"]["rows"]}
-                b = {r["item_id"]: r for r in scores[f"{p}_predicts_{t}"]["rows"]}
-                common = [i for i in a if i in b]
-                clustered[f"{t}: self vs {p}"] = cluster_bootstrap(
-                    [a[i]["correct"] - b[i]["correct"] for i in common],
-                    [f"{a[i]['task']}/{a[i]['property']}" for i in common], unit="task x property", seed=cfg.seed).to_dict()
+                clustered[f"{t}: self vs {p}"] = comparisons[f"{t}: self vs {p}"]["self_minus_cross_by_cell"]
     for name, sc in scores.items():
-        clustered[name] = cluster_bootstrap([r["correct"] for r in sc["rows"]],
-                                            [f"{r['task']}/{r['property']}" for r in sc["rows"]],
-                                            unit="task x property", seed=cfg.seed).to_dict()
+        clustered[name] = sc["accuracy_by_cell"]
     brief = {k: {kk: vv for kk, vv in v.items() if kk != "rows"} for k, v in scores.items()}
     result = {"scores": brief, "comparisons": comparisons, "clustered": clustered}
     for k, v in brief.items():

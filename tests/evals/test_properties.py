@@ -106,6 +106,23 @@ def test_training_data_builders_and_self_vs_cross():
     assert c["n_common"] == 3 and c["self_minus_cross"]["value"] == pytest.approx(2 / 3)
 
 
+def test_self_vs_cross_interval_over_task_property_cells():
+    # an advantage carried by one cell's 20 items (one template) and nothing in 11 other cells: the interval over
+    # items excludes 0, the one over cells (the unit the items' shared templates call for) does not
+    rows = [dict(_row(i, "first_character", f"q{i}"), original_dataset="big") for i in range(20)]
+    rows += [dict(_row(100 + i, "first_character", f"r{i}"), original_dataset=f"small{i}") for i in range(11)]
+    obj = _obj(rows, ["apple"] * len(rows))
+    self_s = score_predictions(rows, obj, {r["item_id"]: "a" for r in rows})
+    cross_s = score_predictions(rows, obj, {r["item_id"]: "a" if i >= 20 else "b" for i, r in enumerate(rows)})
+    c = compare_self_cross(self_s, cross_s)
+    items, cells = c["self_minus_cross"], c["self_minus_cross_by_cell"]
+    assert items["value"] == pytest.approx(20 / 31) and items["lo"] > 0
+    assert cells["n"] == 12 and cells["unit"] == "task x property cell"
+    assert cells["value"] == pytest.approx(20 / 31) and cells["lo"] <= 0 < cells["hi"]
+    acc = cross_s["accuracy_by_cell"]
+    assert acc["n"] == 12 and acc["value"] == pytest.approx(11 / 31)
+
+
 def test_behaviour_shift_uses_only_changed_items():
     rows = [_row(i, "among_a_or_c", f"q{i}") for i in range(4)]
     old = _obj(rows, ["A", "B", "A", "C"])

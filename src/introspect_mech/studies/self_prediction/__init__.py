@@ -293,9 +293,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{key:28s} accuracy {e['value']:.3f} [{e['lo']:.3f}, {e['hi']:.3f}] n={e['n']}  "
                   f"mode {m['value']:.3f}  (non-compliant hypotheticals {s['n_hypothetical_noncompliant']})")
     for key, c in res["comparisons"].items():
-        d = c["self_minus_cross"]
+        d, dc = c["self_minus_cross"], c.get("self_minus_cross_by_cell") or {}
         if d.get("value") is not None:
-            print(f"{key}: self - cross {d['value']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] on {c['n_common']} items")
+            print(f"{key}: self - cross {d['value']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] on {c['n_common']} items"
+                  + (f"; over {dc['n']} task x property cells [{dc['lo']:+.3f}, {dc['hi']:+.3f}]"
+                     if dc.get("lo") is not None else ""))
     for n, sh in (res.get("shift") or {}).items():
         print(f"shift {n}: {sh['n_changed']} changed items; matches new {sh['matches_new']['value']}, "
               f"old {sh['matches_old']['value']}")

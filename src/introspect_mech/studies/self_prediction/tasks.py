@@ -27,7 +27,7 @@ from ...evals.metrics import choice_probabilities
 from ...evals.sampling import sample
 from ...models import LoadedModel
 from ...paths import data_dir as _dd
-from ...stats import bootstrap_ci, bootstrap_diff
+from ...stats import bootstrap_ci, bootstrap_diff, cluster_bootstrap
 from .properties import PROPERTIES, extract_property, parse_prediction
 
 
@@ -250,6 +250,14 @@ def constrained_predictions(model: LoadedModel, rows: Sequence[dict], *, batch_s
     return out
 
 
+CELL_UNIT = "task x property cell"
+
+
+def _cell(scored_row: dict[str, Any]) -> str:
+    """The task x property cell of a scored item ("animals_long/first_character")."""
+    return f"{scored_row['task']}/{scored_row['property']}"
+
+
 def _modes(counts: Counter) -> list[str]:
     """The most common values (all of them when tied), sorted; [] without counts."""
     best = max((c for c in counts.values()), default=0)
@@ -281,7 +289,8 @@ def score_predictions(rows: Sequence[dict], object_answers: dict[str, str], pred
 
     Returns:
         Counts (scored / non-compliant), accuracy, mode baseline and their paired difference with
-        95 % bootstrap CIs, per property and per task x property, and the scored rows.
+        95 % bootstrap CIs over items, the accuracy over task x property cells (`accuracy_by_cell`, a cluster
+        bootstrap), per property and per task x property, and the scored rows.
     """
     scored = []
     n_obj_bad = n_hyp_bad = 0
@@ -332,6 +341,9 @@ def score_predictions(rows: Sequence[dict], object_answers: dict[str, str], pred
         "n_items": len(rows), "n_scored": len(scored),
         "n_object_noncompliant": n_obj_bad, "n_hypothetical_noncompliant": n_hyp_bad,
         "accuracy": bootstrap_ci([s["correct"] for s in scored], seed=seed).to_dict(),
+        # the items of a task x property cell share a template: the demanding unit is the cell
+        "accuracy_by_cell": cluster_bootstrap([s["correct"] for s in scored], [_cell(s) for s in scored],
+                                              unit=CELL_UNIT, seed=seed).to_dict(),
         "mode_baseline": bootstrap_ci(mode_hits, seed=seed).to_dict(),
         "accuracy_minus_mode": bootstrap_diff([s["correct"] for s in scored], [s["mode_correct"] for s in scored],
                                               paired=True, seed=seed, unit="item").to_dict(),
@@ -438,15 +450,21 @@ def compare_self_cross(self_scored: dict[str, Any], cross_scored: dict[str, Any]
         seed: bootstrap seed.
 
     Returns:
-        The paired self - cross accuracy difference with its CI and counts.
+        The paired self - cross accuracy difference with its CI over items (`self_minus_cross`) and over task x
+        property cells (`self_minus_cross_by_cell`, a cluster bootstrap: the items of a cell share a template), and
+        counts.
     """
     a = {r["item_id"]: r["correct"] for r in self_scored["rows"]}
     b = {r["item_id"]: r["correct"] for r in cross_scored["rows"]}
     common = sorted(set(a) & set(b))
+    cells = {r["item_id"]: _cell(r) for r in self_scored["rows"]}
     return {
         "self_accuracy": self_scored["accuracy"], "cross_accuracy": cross_scored["accuracy"],
         "n_common": len(common),
         "self_minus_cross": bootstrap_diff([a[i] for i in common], [b[i] for i in common], paired=True, seed=seed).to_dict(),
+        # paired on items, resampling whole task x property cells (their items share a template)
+        "self_minus_cross_by_cell": cluster_bootstrap([a[i] - b[i] for i in common], [cells[i] for i in common],
+                                                      unit=CELL_UNIT, seed=seed).to_dict(),
     }
 
 
