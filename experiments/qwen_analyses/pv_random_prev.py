@@ -6,6 +6,9 @@ proxy expression (evals.paired_preference, seed 0; every expression in float32, 
 checkpoints), paired over the 40 items against the base and the study's plain and preventative finetunes (their
 expressions recomputed here).
 
+Since session 10 the study's own `controls` stage does this (and the base comparison of pv_expr_diffs.py); this
+script is what produced the session-9 numbers in docs/results.md.
+
 Run from the directory that holds the study's run `pv_05/` (session 9: /work/runs/qwen, code a088c86); it writes
 `pv_05_random_prev/` (the two finetunes) and `pv_05_random_prev.json` there:
     python experiments/qwen_analyses/pv_random_prev.py

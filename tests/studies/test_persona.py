@@ -298,3 +298,68 @@ def test_persona_features_resume_stage_by_stage(tiny_qwen2_dir, tmp_path, monkey
     assert res.skipped == names[: names.index("detect")]
     for f in ("summary.jsonl", "sae_diff.jsonl", "latent_screen.jsonl", "detector.json"):
         assert (out / f).read_text().replace(str(out), "DIR") == (whole / f).read_text().replace(str(whole), "DIR"), f
+
+
+def test_controls_stage_swaps_in_norm_matched_random_directions(tiny_qwen3_dir, tiny_qwen3, tmp_path, monkeypatch):
+    """The "controls" stage finetunes exactly like the preventative one with random_like(direction, seed + k) in the
+    direction's place, and compares the final checkpoints (and the base) paired over the proxy's items."""
+    from introspect_mech import load_model
+    from introspect_mech.direction import Direction
+    from introspect_mech.evals import paired_preference
+    from introspect_mech.steering import random_like
+    from introspect_mech.studies.persona_vectors import stages
+
+    seen = {}
+    real = stages.finetune_and_express
+
+    def spy(load, records, tcfg, fdir, *, evaluate, preventative=None):
+        seen[fdir.name] = preventative
+        return real(load, records, tcfg, fdir, evaluate=evaluate, preventative=preventative)
+
+    monkeypatch.setattr(stages, "finetune_and_express", spy)
+    cfg = pv.PRESETS["cpu"].replace(model=str(tiny_qwen3_dir), n_questions=1, n_per_question=1, max_new_tokens=3,
+                                    n_train=4, steps=2, save_every=1, seed=3, random_controls=2,
+                                    stages=("extract", "finetune", "controls"))
+    res = pv.run(cfg, tmp_path / "r", model=tiny_qwen3, progress=False)
+    d = Direction.load(tmp_path / "r" / "extract" / "direction")
+    layer = res.results["select"]["layer"]
+    assert sorted(seen) == ["plain", "preventative", "random1", "random2"] and seen["plain"] is None
+    assert torch.equal(seen["preventative"]["direction"].vectors, d.vectors)
+    for k in (1, 2):
+        p = seen[f"random{k}"]
+        assert (p["layer"], p["coef"]) == (layer, cfg.coef) == (seen["preventative"]["layer"], seen["preventative"]["coef"])
+        assert torch.equal(p["direction"].vectors, random_like(d, seed=3 + k).vectors)
+        v, r = d.vectors[layer].double(), p["direction"].vectors[layer].double()
+        assert torch.isclose(r.norm(), v.norm()) and abs(torch.nn.functional.cosine_similarity(r, v, dim=0)) < 0.5
+    ctl = json.loads((tmp_path / "r" / "controls.json").read_text())
+    assert ctl["unit"] == "item" and ctl["measure"] == "proxy" and ctl["random_seeds"] == [4, 5]
+    last = sorted((tmp_path / "r" / "finetunes" / "random2" / "checkpoints").glob("step_*"))[-1]
+    m = load_model(tiny_qwen3_dir, adapter=last / "adapter", dtype=torch.float32)
+    assert ctl["values"]["random2"] == pytest.approx([r["diff"] for r in paired_preference(m, seed=3)["rows"]])
+    n = len(ctl["values"]["base"])
+    mean_r = [(a + b) / 2 for a, b in zip(ctl["values"]["random1"], ctl["values"]["random2"])]
+    assert ctl["values"]["random (mean)"] == pytest.approx(mean_r)
+    for name, (a, b) in {"preventative - plain": ("preventative", "plain"),
+                         "random (mean) - plain": ("random (mean)", "plain")}.items():
+        e = ctl["comparisons"][name]
+        assert e["n"] == n and e["unit"] == "item" and e["measure"] == "proxy"
+        assert e["value"] == pytest.approx(sum(ctl["values"][a]) / n - sum(ctl["values"][b]) / n)
+    notes = [r["name"] for r in res.results["report"]["summary"]]
+    assert any("random (mean) - plain" in x and x.startswith("PROXY") for x in notes)
+
+
+def test_controls_judged_unit_is_the_eval_question(tiny_qwen3, tmp_path, data_root):
+    """With a judge, a model's control value per unit is its mean judged trait score on each eval question (answers
+    the judge abstained on left out; a question with none is None)."""
+    from introspect_mech.studies.persona_vectors import stages
+
+    qs = json.loads((data_root / "persona" / "trait_data_eval" / "evil.json").read_text())["questions"][:3]
+    judge = ScriptedJudge(default=lambda k: 60.0 if k[0] == "coherence" else
+                          (None if k[1] == qs[2] else float(10 * qs.index(k[1]) + len(k[2]) % 7)))
+    cfg = pv.PRESETS["cpu"].replace(n_questions=3, n_per_question=2, max_new_tokens=3)
+    vals, unit = stages._per_unit(cfg, judge, tiny_qwen3, tmp_path / "expression_base", data_root)
+    rows = [json.loads(x) for x in (tmp_path / "expression_base" / "judge_scores.jsonl").read_text().splitlines()]
+    assert unit == "question" and len(vals) == 3 and vals[2] is None
+    for q in (0, 1):
+        got = [r["trait"] for r in rows if int(r["prompt_id"]) == q]
+        assert len(got) == 2 and vals[q] == pytest.approx(sum(got) / 2)

@@ -9,8 +9,8 @@ from typing import Any, Final, Literal
 
 UPSTREAM_POSITIONS: Final = "last_prompt_and_response"
 
-Stage = Literal["extract", "probes", "select", "screen", "finetune", "shift"]
-STAGES: tuple[Stage, ...] = ("extract", "probes", "select", "screen", "finetune", "shift")
+Stage = Literal["extract", "probes", "select", "screen", "finetune", "controls", "shift"]
+STAGES: tuple[Stage, ...] = ("extract", "probes", "select", "screen", "finetune", "controls", "shift")
 
 
 @dataclass
@@ -34,6 +34,7 @@ class PVConfig:
     n_train: int = 48  # bad-medical-advice records to finetune on
     steps: int = 12  # finetuning steps
     save_every: int = 4  # finetuning checkpoint interval in steps
+    random_controls: int = 2  # "controls" stage: preventative finetunes with this many norm-matched random directions
     stages: tuple[Stage, ...] = STAGES  # stages to run (the direction is always extracted)
     seed: int = 0  # seed of sampling, probes, screening mix and finetuning
     allow_unvalidated_judge: bool = False  # report judged numbers (pair filter, trait scores, layer selection) from a judge without a passing validation on the shared GPT-4o set (labelled "unvalidated judge")

@@ -1,6 +1,7 @@
-"""Persona vectors' stages, in order: `extract` (always), `probes`, `select`, `screen`, `finetune`, `shift`, `report`.
+"""Persona vectors' stages, in order: `extract` (always), `probes`, `select`, `screen`, `finetune`, `controls`, `shift`,
+`report`.
 
-The config's `stages` field names which of probes / select / screen / finetune / shift do their work (it selects
+The config's `stages` field names which of probes / select / screen / finetune / controls / shift do their work (it selects
 work, so it is not bound: the runner keys the stage records by it). Each stage's summary lines are its result
 (`notes`); `report` writes them, in stage order, to `summary.jsonl` and exports the dashboard. A stage run in a
 new process reads what earlier ones left: the direction (`<extract dir>/direction`), the answers of the
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 
@@ -27,6 +28,8 @@ from ...models import load_model
 from ...probes import layer_sweep
 from ...runs import JsonlLog
 from ...sae.diff import detector_auroc
+from ...stats import bootstrap_diff
+from ...steering import random_like
 from ...viz import export_dashboard
 from .. import runner
 from ..common.medical_split import medical_advice_pairs
@@ -205,22 +208,14 @@ def _finetune(ctx: runner.Context) -> dict[str, Any]:
         return {"expression": {}, "notes": []}
     layer, dd = ctx.results["select"]["layer"], ctx.resources.get("data_dir")
     d = _direction(ctx)
-    records = load_records("bad_medical_advice", data_dir=dd)[: cfg.n_train]
-    tcfg = train_preset("em", lr=2e-4, batch_size=4, warmup_steps=2, max_seq_len=384, max_steps=cfg.steps,
-                        save_every=cfg.save_every, seed=cfg.seed, epochs=100)
     expr: dict[str, Any] = {}
     for cond, prev in zip(CONDITIONS, (None, {"direction": d, "layer": layer, "coef": cfg.coef})):
-        fdir = out / "finetunes" / cond
-        if not (fdir / "adapter" / "complete").exists():
-            finetune_and_express(lambda: load_model(cfg.model, dtype=torch.float32, device=cfg.device), records, tcfg,
-                                 fdir, evaluate=lambda m: {}, preventative=prev)
+        fdir = _finetuned(ctx, cond, prev)
         for ck in sorted((fdir / "checkpoints").glob("step_*")):
             name = f"{cond}/{ck.name}"
             m = load_model(cfg.model, adapter=ck / "adapter", dtype=torch.float32, device=cfg.device)
             if judge is not None:
-                te = trait_expression(m, cfg.trait, judge, n_questions=cfg.n_questions, n_per_question=cfg.n_per_question,
-                                      max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, out=out / "expression" / name,
-                                      data_dir=dd)
+                te = trait_expression(m, cfg.trait, judge, out=out / "expression" / name, data_dir=dd, **_expr_kw(cfg))
                 expr[name] = te["trait"]["value"]
             else:
                 expr[name] = paired_preference(m, seed=cfg.seed)["mean_diff"]["value"]
@@ -231,6 +226,75 @@ def _finetune(ctx: runner.Context) -> dict[str, Any]:
         note(f"{cond} finetune, final: {label}", round(expr[last], 4) if expr[last] is not None else None,
              judged=judge is not None)
     return {"expression": expr, "notes": note.rows}
+
+
+def _finetuned(ctx: runner.Context, cond: str, preventative: dict[str, Any] | None) -> Any:
+    """The directory of finetune `cond` on bad medical advice (`finetunes/<cond>`), trained first if it is not
+    finished; `preventative`: the steering during training (None: a plain finetune)."""
+    cfg = ctx.config
+    fdir = ctx.out / "finetunes" / cond
+    if not (fdir / "adapter" / "complete").exists():
+        records = load_records("bad_medical_advice", data_dir=ctx.resources.get("data_dir"))[: cfg.n_train]
+        tcfg = train_preset("em", lr=2e-4, batch_size=4, warmup_steps=2, max_seq_len=384, max_steps=cfg.steps,
+                            save_every=cfg.save_every, seed=cfg.seed, epochs=100)
+        finetune_and_express(lambda: load_model(cfg.model, dtype=torch.float32, device=cfg.device), records, tcfg,
+                             fdir, evaluate=lambda m: {}, preventative=preventative)
+    return fdir
+
+
+def _per_unit(cfg: PVConfig, judge: Any, model: Any, out: Any, data_dir: Any = None) -> tuple[list[Any], str]:
+    """One expression value per unit of `model`, in a fixed unit order, and the unit: with a judge, the mean judged
+    trait score of each eval question (its answers in the run directory `out`, e.g. the finetune stage's
+    `expression/<condition>/<step>`, whose answers it reuses); without, the proxy's per-item difference on the
+    project's EM items."""
+    if judge is None:
+        return [r["diff"] for r in paired_preference(model, seed=cfg.seed)["rows"]], "item"
+    te = trait_expression(model, cfg.trait, judge, out=out, data_dir=data_dir, progress=False, **_expr_kw(cfg))
+    by_q: dict[int, list[float]] = {}
+    for r in te["rows"]:
+        if r.get("trait") is not None:
+            by_q.setdefault(int(r["prompt_id"]), []).append(float(r["trait"]))
+    n_q = len({int(r["prompt_id"]) for r in te["rows"]})
+    return [sum(by_q[q]) / len(by_q[q]) if q in by_q else None for q in range(n_q)], "question"
+
+
+def _controls(ctx: runner.Context) -> dict[str, Any]:
+    """Stage ("controls"; beyond the paper): is preventative steering's effect the persona direction's? The same
+    finetune with `random_controls` norm-matched random directions (`steering.random_like`, seeds seed+1, ...) in
+    the direction's place, and the base model; each model's expression (judged per eval question, or the labelled
+    proxy per item) at the final checkpoint, compared paired over the units (`controls.json`)."""
+    cfg, out, judge, note = ctx.config, ctx.out, ctx.resources.get("judge"), _notes(ctx)
+    if "controls" not in cfg.stages or not ({"finetune", "shift"} & set(cfg.stages)):
+        return {"notes": []}
+    layer, d = ctx.results["select"]["layer"], _direction(ctx)
+    vals: dict[str, list[Any]] = {}
+    dd = ctx.resources.get("data_dir")
+    vals["base"], unit = _per_unit(cfg, judge, _setup(ctx)["model"], out / "expression_base", dd)
+    randoms = [f"random{k}" for k in range(1, cfg.random_controls + 1)]
+    for k, cond in enumerate(CONDITIONS + tuple(randoms)):
+        prev = None if cond == "plain" else {"direction": d if cond == "preventative" else
+                                             random_like(d, seed=cfg.seed + k - 1), "layer": layer, "coef": cfg.coef}
+        last = sorted((_finetuned(ctx, cond, prev) / "checkpoints").glob("step_*"))[-1]
+        m = load_model(cfg.model, adapter=last / "adapter", dtype=torch.float32, device=cfg.device)
+        vals[cond], _ = _per_unit(cfg, judge, m, out / "expression" / cond / last.name, dd)
+        del m
+    if randoms:  # the random directions' mean per unit (None where any is missing)
+        vals["random (mean)"] = [None if any(vals[c][i] is None for c in randoms) else
+                                 sum(vals[c][i] for c in randoms) / len(randoms) for i in range(len(vals["base"]))]
+    measure: Literal["judged", "proxy"] = "judged" if judge is not None else "proxy"
+    pairs = [("plain", "base"), ("preventative", "plain")]
+    if randoms:
+        pairs += [("random (mean)", "plain"), ("preventative", "random (mean)")]
+    comps = {f"{a} - {b}": bootstrap_diff(vals[a], vals[b], paired=True, seed=cfg.seed, unit=unit,
+                                          measure=measure).to_dict() for a, b in pairs}
+    _runs.write_json(out / "controls.json", {"unit": unit, "measure": measure, "values": vals, "comparisons": comps,
+                                             "random_seeds": [cfg.seed + k for k in range(1, len(randoms) + 1)]},
+                     indent=2)
+    for name, est in comps.items():
+        note(f"{_label(judge)}, final checkpoints: {name}", None, est,
+             text=f"paired over {est['n']} {unit}s; random = norm-matched random directions in the persona "
+                  f"direction's place (preventative steering at L{layer} x{cfg.coef})", judged=judge is not None)
+    return {"comparisons": comps, "notes": note.rows}
 
 
 def _checkpoint(cfg: PVConfig, out: Any, name: str) -> Callable[[], Any]:
@@ -284,6 +348,7 @@ STAGES = (
     runner.Stage("select", _select, "the steering layer (judged selection over the candidates, or the default)"),
     runner.Stage("screen", _screen, "projection-difference screening of a planted bad/good medical-advice mix"),
     runner.Stage("finetune", _finetune, "finetunes without / with preventative steering; expression per checkpoint"),
+    runner.Stage("controls", _controls, "random-direction preventative finetunes and the base: paired comparisons"),
     runner.Stage("shift", _shift, "finetuning shift along the direction vs expression across checkpoints"),
     runner.Stage("report", _report, "summary.jsonl and the dashboard"),
 )
