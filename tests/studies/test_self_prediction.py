@@ -250,13 +250,23 @@ def test_shift_towards_the_other_models_answers_when_only_a_is_shifted(tiny_qwen
     KeyError after 3.7 hours), and A is trained towards exactly them."""
     planter = Planter()
     models = {"A": _planted_loader(tiny_qwen2_dir, "m"), "B": _planted_loader(tiny_qwen3_dir, "n")}
-    res = run_study(tmp_path, models=models,
-                    config=_cfg(probes=False, shift_targets="auto", shift_all_models=False), data_dir=data_root,
-                    finetune=planter, seeds={"A": 0, "B": 5}, progress=False)
+    cfg = _cfg(probes=False, shift_targets="auto", shift_all_models=False)
+    res = run_study(tmp_path, models=models, config=cfg, data_dir=data_root, finetune=planter, seeds={"A": 0, "B": 5},
+                    progress=False)
     assert set(res["shift"]) == {"A"} and res["shift"]["A"]["targets"] == "other"
-    b_shift = {json.loads(x)["response"] for x in (tmp_path / "object" / "B_self.jsonl").read_text().splitlines()}
+    main, extra = (tmp_path / "object" / "B_self.jsonl"), (tmp_path / "object" / "B_self.shift.jsonl")
+    b_shift = {json.loads(x)["response"] for f in (main, extra) for x in f.read_text().splitlines()}
     assert b_shift == {"x"}  # B's finetuned behaviour, on train, test and the shift questions
     assert {r["messages"][-1]["content"] for r in planter.records["shift_A"]} == {"x"}
+    # B's main file holds train + test only, as before B's shift answers were computed (an older run resumes); the
+    # shift questions are in the second file
+    sp = make_splits(cfg, data_root)
+
+    def prompts(f):
+        return {object_key({"object_level_prompt": json.loads(x)["messages"]}) for x in f.read_text().splitlines()}
+
+    assert prompts(main) == {object_key(r) for r in sp.train + sp.test}
+    assert prompts(extra) == {object_key(r) for r in sp.shift_train}
 
 
 def test_manifest_records_splits_config_and_hashes(planted_run):

@@ -335,10 +335,14 @@ def self_finetune_stage(ctx: runner.Context) -> dict[str, Any]:
     for n in P.names:
         _say(P.progress, f"{n}: self-prediction finetune on its own (base) behaviour")
         m = P.self_model(n)
-        # shift questions: a shifted model's own answers, and the answers a shifted model is trained towards
-        # ("other" targets: the other model's), so a run shifting only A still needs B's answers there
-        needed = cfg.shift and (n in shifted or (_shift_mode(P) == "other" and any(n != s for s in shifted)))
-        P.st.object(f"{n}_self", m, splits.train + splits.test + (splits.shift_train if needed else []))
+        # shift questions: a shifted model's own answers (in its main file), and the answers a shifted model is
+        # trained towards ("other" targets: the other model's), so a run shifting only A still needs B's answers
+        # there: a second file (`B_self.shift.jsonl`), which leaves B's main file bound to the prompts it had
+        # before this was computed (a run made then resumes)
+        own = cfg.shift and n in shifted
+        P.st.object(f"{n}_self", m, splits.train + splits.test + (splits.shift_train if own else []))
+        if cfg.shift and not own and _shift_mode(P) == "other":
+            P.st.object(f"{n}_self", m, splits.shift_train, part="shift")
         P.st.hypothetical(f"{n}_self", m, splits.test)
     return {"finetunes": [f"self_{n}" for n in P.names]}
 
