@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from introspect_mech.studies.self_prediction.tasks import compare_self_cross, object_key, score_predictions
+from introspect_mech.studies.self_prediction.tasks import behaviour_shift, compare_self_cross, object_key, score_predictions
 from introspect_mech.studies.self_prediction import PRESETS, make_splits
 
 
@@ -73,6 +73,14 @@ def main(run: Path, out: Path) -> None:
         clustered[name] = sc["accuracy_by_cell"]
     brief = {k: {kk: vv for kk, vv in v.items() if kk != "rows"} for k, v in scores.items()}
     result = {"scores": brief, "comparisons": comparisons, "clustered": clustered}
+    if (run / "object" / "A_shifted.jsonl").exists():  # the behaviour shift (shift_eval is part of the test split)
+        new_obj = objects(splits.shift_eval, run / "object" / "A_shifted.jsonl")
+        new_hyp = read(run / "hypothetical" / "A_shifted.jsonl")
+        sh = behaviour_shift(splits.shift_eval, obj["A_self"], new_obj, new_hyp, seed=cfg.seed)
+        result["shift_A"] = {k: v for k, v in sh.items() if k != "rows"}
+        e, c = sh["new_minus_old"], sh["new_minus_old_by_cell"]
+        print(f"shift A: new - old {e['value']:+.3f} [{e['lo']:+.3f}, {e['hi']:+.3f}] over {e['n']} items; "
+              f"[{c['lo']:+.3f}, {c['hi']:+.3f}] over {c['n']} cells ({c['method']})")
     for k, v in brief.items():
         print(f"{k}: accuracy {v['accuracy']['value']:.3f} [{v['accuracy']['lo']:.3f}, {v['accuracy']['hi']:.3f}] "
               f"n={v['n_scored']}; cells [{clustered[k]['lo']:.3f}, {clustered[k]['hi']:.3f}] n={clustered[k]['n']}; "

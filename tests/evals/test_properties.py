@@ -133,6 +133,18 @@ def test_behaviour_shift_uses_only_changed_items():
     assert r["matches_new"]["value"] == pytest.approx(0.5) and r["matches_old"]["value"] == pytest.approx(0.5)
 
 
+def test_behaviour_shift_interval_over_task_property_cells():
+    # 30 changed items of one cell follow the new behaviour, one changed item in each of 11 other cells the old one
+    rows = [dict(_row(i, "first_character", f"q{i}"), original_dataset="big") for i in range(30)]
+    rows += [dict(_row(100 + i, "first_character", f"r{i}"), original_dataset=f"small{i}") for i in range(11)]
+    old, new = _obj(rows, ["apple"] * 41), _obj(rows, ["banana"] * 41)
+    pred = {r["item_id"]: "b" if i < 30 else "a" for i, r in enumerate(rows)}
+    r = behaviour_shift(rows, old, new, pred)
+    items, cells = r["new_minus_old"], r["new_minus_old_by_cell"]
+    assert r["n_changed"] == 41 and items["value"] == pytest.approx(19 / 41) and items["lo"] > 0
+    assert cells["n"] == 12 and cells["unit"] == "task x property cell" and cells["lo"] <= 0 < cells["hi"]
+
+
 def test_release_files_cover_every_property(data_root):
     files = task_files(data_root)
     props = set()

@@ -85,6 +85,19 @@ def test_kill_between_stages_resumes_at_the_next_stage(tiny, tmp_path):
     assert res.results == uninterrupted.results  # the runner seeds each stage: a resumed stage draws the same
 
 
+def test_redo_runs_the_named_stage_and_the_later_ones_again(tiny, tmp_path):
+    cfg = T.TinyConfig(model=tiny)
+    first = T.run(cfg, tmp_path / "r", progress=False)
+    again = T.run(cfg, tmp_path / "r", progress=False, redo="probe")
+    assert again.skipped == ["draw"] and _executions(tmp_path / "r") == ["draw", "probe", "probe"]
+    assert again.results == first.results  # seeded: the redone stage gives the same here
+    assert T.run(cfg, tmp_path / "r", progress=False).skipped == ["draw", "probe"]  # its new record stands
+    T.run(cfg, tmp_path / "r", progress=False, redo="draw")
+    assert _executions(tmp_path / "r") == ["draw", "probe", "probe", "draw", "probe"]
+    with pytest.raises(ValueError, match="redo='nope'.*draw"):
+        T.run(cfg, tmp_path / "r", progress=False, redo="nope")
+
+
 def test_progress_and_summary_are_printed(tiny, tmp_path, capsys):
     T.run(T.TinyConfig(model=tiny), tmp_path / "r")
     text = capsys.readouterr().out

@@ -226,6 +226,8 @@ def test_probe_layers_are_a_layer_spec():
     from introspect_mech.studies.self_prediction import config_from_argv
 
     assert config_from_argv(["--probe-layers", "7", "14", "22"])[0].probe_layers == (7, 14, 22)
+    cfg, ns = config_from_argv(["--preset", "qwen-cpu", "--redo", "shift"])
+    assert ns.redo == "shift" and cfg == PRESETS["qwen-cpu"] and config_from_argv([])[1].redo is None
     assert config_from_argv(["--probe-layers", "middle"])[0].probe_layers == "middle"
 
 
@@ -297,6 +299,9 @@ def test_end_to_end_real_finetune_and_resume(tiny_qwen2_dir, data_root, tmp_path
     assert set(feats) == {"first_character", "first_word", "second_character", "second_word", "starts_with_vowel",
                           "third_character", "third_word", "ethical_stance"}
     assert all(set(v) == {"A_self", "A_base"} for v in feats.values())
+    # the probes read the self stage's answers on the test questions; none is generated a second time (a second
+    # greedy answer to a prompt can differ by batch in bf16, and would then replace the ground truth)
+    assert not (tmp_path / "object" / "A_self.probe.jsonl").exists()
     res2 = run_study(tmp_path, models=models, config=cfg, data_dir=data_root, progress=False)  # resume
     assert len((tmp_path / "object" / "A_self.jsonl").read_text().splitlines()) == n_obj
     assert res2["scores"]["A_predicts_A"]["accuracy"] == res["scores"]["A_predicts_A"]["accuracy"]
@@ -414,3 +419,20 @@ def test_stages_resume_one_by_one_in_a_new_call(kill, tiny_qwen2_dir, tiny_qwen3
     man = json.loads((out / "manifest.json").read_text())
     assert man["trained_records_sha256"] == json.loads((tmp_path / "whole" / "manifest.json").read_text())[
         "trained_records_sha256"]
+
+
+def test_a_state_keeps_its_first_answer_to_a_prompt(planted_run, tmp_path):
+    """A second file of a state's answers (e.g. an older run's probe answers) never replaces the main file's answer
+    to the same prompt: the ground truth and the behaviour shift's "old" answers stay the self stage's."""
+    from introspect_mech.runs import RunDir
+    from introspect_mech.studies.self_prediction.protocol import _States
+
+    _, _, out = planted_run
+    (tmp_path / "object").mkdir()
+    main = (out / "object" / "A_self.jsonl").read_text()
+    (tmp_path / "object" / "A_self.jsonl").write_text(main)
+    other = [dict(json.loads(x), response="zzz") for x in main.splitlines()]
+    (tmp_path / "object" / "A_self.probe.jsonl").write_text("".join(json.dumps(r) + "\n" for r in other))
+    got = _States(RunDir(tmp_path), _cfg(), False).load_object("A_self")
+    assert got and "zzz" not in set(got.values())
+    assert set(got.values()) == {json.loads(x)["response"] for x in main.splitlines()}

@@ -332,7 +332,7 @@ def resolve_call(study: Study, config: Any, out: Any, kwargs: dict[str, Any]) ->
 
 # ---- the runner ---------------------------------------------------------------------------------
 def run(study: Study, config: Any = None, out: Any = None, *, judge: Any = None,
-        overwrite: bool = False, progress: bool = True, **resources: Any) -> Any:
+        overwrite: bool = False, progress: bool = True, redo: str | None = None, **resources: Any) -> Any:
     """Run `study` with `config` into the run directory `out` (rerun the same call to resume).
 
     Args:
@@ -342,6 +342,8 @@ def run(study: Study, config: Any = None, out: Any = None, *, judge: Any = None,
         judge: the judge (`JudgeOptions` or a judge object), bound and handed to stages as `ctx.resources["judge"]`.
         overwrite: a different config on disk: delete the directory's results and start clean instead of refusing.
         progress: print stage headers and the summary.
+        redo: run this recorded stage and every later one again (e.g. after a fix to that stage's code), each
+            resuming from its own logs and files as a killed run would; the new records replace the old ones.
         **resources: objects handed to the stages (`ctx.resources`), e.g. a preloaded `model=`; a stage
             that uses a model binds its fingerprint.
 
@@ -350,7 +352,11 @@ def run(study: Study, config: Any = None, out: Any = None, *, judge: Any = None,
 
     Raises:
         RunConfigError: the directory holds results of another config (one line naming the fields).
+        ValueError: `redo` names no stage of the study.
     """
+    names = [s.name for s in study.stages]
+    if redo is not None and redo not in names:
+        raise ValueError(f"redo={redo!r}: {study.name} has the stages {names}")
     config, path, resources, legacy = resolve_call(study, config, out, resources)
     if study.check is not None:
         study.check(config)
@@ -364,6 +370,8 @@ def run(study: Study, config: Any = None, out: Any = None, *, judge: Any = None,
     ctx = Context(study, config, run_dir, {"judge": judge, **resources}, progress)
     stages_log = ctx.log(STAGES_FILE, ("stage", "variant"))
     done = {r["stage"]: r.get("result") for r in stages_log.rows() if r.get("variant", {}) == variant}
+    if redo is not None:  # the named stage and the later ones run again (their newer records win when read back)
+        done = {k: v for k, v in done.items() if k in names[:names.index(redo)]}
     result = RunResult(path)
     t0 = time.perf_counter()
     n = len(study.stages)

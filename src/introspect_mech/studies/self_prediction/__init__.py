@@ -254,9 +254,13 @@ class FinetuneOverrides:
 def build_parser() -> argparse.ArgumentParser:
     """The command line: `--preset`, one option per `LIConfig` field, `--lr` / `--epochs` of the
     self-prediction finetune, and `--out`."""
-    return config_parser(LIConfig, description=(__doc__ or "").splitlines()[0], out="runs/self_prediction",
-                         presets=PRESETS, default_preset="cpu", exclude=("finetune", "shift_finetune"),
-                         groups=[(FinetuneOverrides, "self-prediction finetune (overrides the preset's)")])
+    p = config_parser(LIConfig, description=(__doc__ or "").splitlines()[0], out="runs/self_prediction",
+                      presets=PRESETS, default_preset="cpu", exclude=("finetune", "shift_finetune"),
+                      groups=[(FinetuneOverrides, "self-prediction finetune (overrides the preset's)")])
+    p.add_argument("--redo", choices=[s.name for s in STUDY.stages], default=None,
+                   help="run this recorded stage and the later ones again (after a fix to its code); each resumes "
+                        "from its files")
+    return p
 
 
 def config_from_argv(argv: Sequence[str] | None = None) -> tuple[LIConfig, argparse.Namespace]:
@@ -286,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status (0).
     """
     cfg, a = config_from_argv(argv)
-    res = run(cfg, a.out).results["results"]
+    res = run(cfg, a.out, redo=a.redo).results["results"]
     for key, s in res["scores"].items():
         e, m = s["accuracy"], s["mode_baseline"]
         if e["value"] is not None:
@@ -299,7 +303,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   + (f"; over {dc['n']} task x property cells [{dc['lo']:+.3f}, {dc['hi']:+.3f}]"
                      if dc.get("lo") is not None else ""))
     for n, sh in (res.get("shift") or {}).items():
+        dc = sh.get("new_minus_old_by_cell") or {}
         print(f"shift {n}: {sh['n_changed']} changed items; matches new {sh['matches_new']['value']}, "
-              f"old {sh['matches_old']['value']}")
+              f"old {sh['matches_old']['value']}"
+              + (f"; new - old over {dc['n']} task x property cells {dc['value']:+.3f} [{dc['lo']:+.3f}, {dc['hi']:+.3f}]"
+                 if dc.get("lo") is not None else ""))
     print(json.dumps({"results": f"{a.out}/results.json"}))
     return 0

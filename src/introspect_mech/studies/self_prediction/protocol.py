@@ -57,13 +57,16 @@ class _States:
         self.hyp: dict[str, dict[str, str]] = {}
 
     def object(self, state: str, model: LoadedModel, rows: Sequence[dict], part: str = "") -> dict[str, str]:
-        # one file per (state, prompt set): a sample file is bound to its prompts (`part` names a second set)
+        # one file per (state, prompt set): a sample file is bound to its prompts (`part` names a second set); a
+        # prompt answered already keeps its first answer (batched greedy decoding in bf16 can differ by batch)
         name = f"{state}.{part}.jsonl" if part else f"{state}.jsonl"
         got = object_level_answers(model, rows, max_new_tokens=self.cfg.obj_max_new_tokens,
                                    batch_size=self.cfg.gen_batch_size, out=self.run.path / "object" / name,
                                    progress=self.progress)
-        self.obj.setdefault(state, {}).update(got)
-        return self.obj[state]
+        known = self.obj.setdefault(state, {})
+        for k, v in got.items():
+            known.setdefault(k, v)
+        return known
 
     def hypothetical(self, state: str, model: LoadedModel, rows: Sequence[dict]) -> dict[str, str]:
         got = hypothetical_answers(model, rows, max_new_tokens=self.cfg.hyp_max_new_tokens,
@@ -79,10 +82,11 @@ class _States:
             state: the model state (e.g. `A_self`).
         """
         got: dict[str, str] = {}
-        for f in sorted((self.run.path / "object").glob(f"{state}.*jsonl")):
-            if f.name == f"{state}.jsonl" or f.name.count(".") == 2:  # the state's own files, not a longer name's
-                got.update({object_key({"object_level_prompt": r["messages"]}): r["response"]
-                            for r in JsonlLog(f, ("prompt_id", "sample")).read()})
+        main = self.run.path / "object" / f"{state}.jsonl"
+        parts = sorted(f for f in (self.run.path / "object").glob(f"{state}.*.jsonl") if f.name.count(".") == 2)
+        for f in ([main] if main.exists() else []) + parts:  # the main file first: its answers win (see `object`)
+            for r in JsonlLog(f, ("prompt_id", "sample")).read():
+                got.setdefault(object_key({"object_level_prompt": r["messages"]}), r["response"])
         if not got:
             raise FileNotFoundError(f"{self.run.path / 'object'}: no answers of {state} (its stage did not finish)")
         self.obj[state] = got
@@ -410,8 +414,11 @@ def features_stage(ctx: runner.Context) -> dict[str, Any]:
     if cfg.probe_properties is not None:
         probe_rows = [r for r in probe_rows if r["behavioral_property"] in cfg.probe_properties]
     targets = P.names if cfg.probe_all_targets else P.names[:1]
-    for t in targets:  # the target's labels on these questions
-        P.st.object(f"{t}_self", P.self_model(t), probe_rows, part="probe")
+    for t in targets:  # the target's labels on these questions: its answers from the self stage, new ones only for
+        # questions it has not answered (a second answer to the same prompt could differ by batch in bf16)
+        missing = [r for r in probe_rows if object_key(r) not in P.obj(f"{t}_self")]
+        if missing:
+            P.st.object(f"{t}_self", P.self_model(t), missing, part="probe")
     P.results["features"] = _features(P, targets, probe_rows)
     P.cross_models.clear()
     return {"features": P.results["features"]}

@@ -482,7 +482,8 @@ def behaviour_shift(rows: Sequence[dict], old_answers: dict[str, str], new_answe
         seed: bootstrap seed.
 
     Returns:
-        How often the prediction matches the new vs the old behaviour on the changed items, with CIs.
+        How often the prediction matches the new vs the old behaviour on the changed items, with CIs over items, and
+        their difference over task x property cells (`new_minus_old_by_cell`, a cluster bootstrap).
     """
     out = []
     for r in rows:
@@ -492,7 +493,8 @@ def behaviour_shift(rows: Sequence[dict], old_answers: dict[str, str], new_answe
         pred = parse_prediction(new_predictions.get(r["item_id"]), prop)
         if old is None or new is None or pred is None or old == new:
             continue
-        out.append({"item_id": r["item_id"], "old": old, "new": new, "prediction": pred,
+        out.append({"item_id": r["item_id"], "task": r.get("original_dataset") or r["item_id"].split("/")[0],
+                    "property": prop, "old": old, "new": new, "prediction": pred,
                     "matches_new": float(pred == new), "matches_old": float(pred == old)})
     return {
         "n_changed": len(out), "n_items": len(rows),
@@ -500,5 +502,8 @@ def behaviour_shift(rows: Sequence[dict], old_answers: dict[str, str], new_answe
         "matches_old": bootstrap_ci([x["matches_old"] for x in out], seed=seed).to_dict(),
         "new_minus_old": bootstrap_diff([x["matches_new"] for x in out], [x["matches_old"] for x in out],
                                         paired=True, seed=seed).to_dict(),
+        # the changed items of a task x property cell share a template: resample whole cells
+        "new_minus_old_by_cell": cluster_bootstrap([x["matches_new"] - x["matches_old"] for x in out],
+                                                   [_cell(x) for x in out], unit=CELL_UNIT, seed=seed).to_dict(),
         "rows": out,
     }
