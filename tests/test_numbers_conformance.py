@@ -110,6 +110,16 @@ def test_defect_04_seed_intervals_are_welch_and_hierarchical_uses_t_with_few_gro
     t = st.ttest_1samp([0.1, 0.2, 0.6], 0).confidence_interval()
     assert h.method == "t-over-group-means" and h.n == 3
     assert h.lo == pytest.approx(t.low) and h.hi == pytest.approx(t.high)
+    # the pooled mean over a few clusters of unequal size: its own (cluster-robust) interval, centred on it; a
+    # t-interval over the cluster means is for the mean of cluster means and may not even contain the pooled point
+    from introspect_mech.stats import cluster_bootstrap
+
+    vals, cl = [1.0] * 30 + [0.0] * 8, ["big"] * 30 + [f"s{i}" for i in range(8)]
+    e = cluster_bootstrap(vals, cl)
+    assert e.method == "t-cluster-robust" and e.n == 9 and e.value == pytest.approx(30 / 38)
+    assert e.lo < e.value < e.hi and (e.lo + e.hi) / 2 == pytest.approx(e.value)
+    eq = cluster_bootstrap([0.1] * 20 + [0.2] * 20 + [0.6] * 20, ["a"] * 20 + ["b"] * 20 + ["c"] * 20)
+    assert eq.lo == pytest.approx(t.low) and eq.hi == pytest.approx(t.high)  # equal sizes: the same as over means
 
 
 # ---- 5. the main job: direction fit and ablation scoring on disjoint medical items ----------------

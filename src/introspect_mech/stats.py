@@ -50,7 +50,7 @@ class Estimate:
         n: number of units the interval is over.
         unit: what one unit is ("answer", "question", "seed", "item", "pair", "finetune", ...).
         method: the interval method ("wilson", "clopper-pearson", "percentile-bootstrap", "t", "welch-t",
-            "paired-t", "wilson-design-effect", "hierarchical-bootstrap", "t-over-group-means", "none").
+            "paired-t", "wilson-design-effect", "hierarchical-bootstrap", "t-over-group-means", "t-cluster-robust", "none").
         measure: "judged", "proxy" or "exact" (see the module docstring).
         p: a two-sided p-value of value == 0 where the method gives one (t / Welch / paired), else None.
     """
@@ -414,9 +414,9 @@ def cluster_bootstrap(values: Values, clusters: Sequence[object], *, n_boot: int
                       min_units: int = MIN_BOOT_UNITS) -> Estimate:
     """Pooled mean of `values` with a bootstrap over clusters (resample whole clusters).
 
-    With fewer than `min_units` clusters: a t-interval over the cluster means (each cluster
-    weighted equally; the point is then the mean of cluster means). For 0/1 values prefer
-    `clustered_proportion`.
+    With fewer than `min_units` clusters: the pooled mean's cluster-robust (CR1) t-interval with
+    (clusters - 1) degrees of freedom (never a percentile bootstrap over a handful of clusters). For 0/1
+    values prefer `clustered_proportion`.
 
     Args:
         values: one number per item.
@@ -452,7 +452,8 @@ def hierarchical_ci(groups: Sequence[Values], *, n_boot: int = 2000, alpha: floa
 
     * >= `min_units` groups: the two-level bootstrap (groups, then items within each group);
     * 2 .. min_units - 1 groups: a t-interval over the group means (never a percentile bootstrap
-      over a handful of values);
+      over a handful of values); with `pooled`, the pooled mean's cluster-robust (CR1) t-interval with
+      G - 1 degrees of freedom instead, centred on the pooled point (method "t-cluster-robust");
     * one group: the interval over its items (`bootstrap_ci`: Wilson for 0/1, t for few items),
       with unit "item".
 
@@ -477,6 +478,14 @@ def hierarchical_ci(groups: Sequence[Values], *, n_boot: int = 2000, alpha: floa
         return bootstrap_ci(gs[0], seed=seed, alpha=alpha, n_boot=n_boot, unit="item", measure=measure)
     means = np.asarray([g.mean() for g in gs])
     point = float(np.concatenate(gs).mean()) if pooled else float(means.mean())
+    if len(gs) < min_units and pooled:
+        # the pooled mean's cluster-robust (CR1) standard error, t with G - 1 df: centred on the pooled point
+        # (a t-interval over the group means is for the mean of group means, another estimand when sizes differ)
+        G, N = len(gs), sum(len(g) for g in gs)
+        se = math.sqrt(G / (G - 1) * sum(float((g - point).sum()) ** 2 for g in gs)) / N
+        q = float(_st.t.ppf(1 - alpha / 2, G - 1))
+        p = float(2 * _st.t.sf(abs(point / se), G - 1)) if se > 0 else None
+        return Estimate(point, point - q * se, point + q * se, G, unit, "t-cluster-robust", measure, p)
     if len(gs) < min_units:
         e = t_interval(means, alpha=alpha, unit=unit, measure=measure)
         return e.with_(value=point, method="t-over-group-means")
