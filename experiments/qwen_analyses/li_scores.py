@@ -8,7 +8,7 @@ the task x property cells (items of one cell share a template). Reads only the a
     python experiments/qwen_analyses/li_scores.py /work/runs/qwen/li_05_15 li_scores.json
 
 The splits are drawn again from the run's manifest (its config's split fields; checked against the item ids it
-lists), so any `qwen-cpu` run works, e.g. the SmolLM2 pair with `--n-test 50`. The cell intervals are the study's own
+lists), so any `qwen-cpu` run works (e.g. the SmolLM2 pair), and the behaviour shift when the run has one. The cell intervals are the study's own
 (`accuracy_by_cell`, `self_minus_cross_by_cell`, since session 10). Session 9 ran it on the `qwen-cpu` preset's run
 (code of b64bf71 for the run; the sample files' layout is the same on main).
 """
