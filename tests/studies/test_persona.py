@@ -357,9 +357,10 @@ def test_controls_judged_unit_is_the_eval_question(tiny_qwen3, tmp_path, data_ro
     judge = ScriptedJudge(default=lambda k: 60.0 if k[0] == "coherence" else
                           (None if k[1] == qs[2] else float(10 * qs.index(k[1]) + len(k[2]) % 7)))
     cfg = pv.PRESETS["cpu"].replace(n_questions=3, n_per_question=2, max_new_tokens=3)
-    vals, unit = stages._per_unit(cfg, judge, tiny_qwen3, tmp_path / "expression_base", data_root)
+    mean, vals, unit = stages._expression(cfg, judge, tiny_qwen3, tmp_path / "expression_base", data_root)
     rows = [json.loads(x) for x in (tmp_path / "expression_base" / "judge_scores.jsonl").read_text().splitlines()]
     assert unit == "question" and len(vals) == 3 and vals[2] is None
+    assert mean == pytest.approx(sum(r["trait"] for r in rows if r["trait"] is not None) / 4)
     for q in (0, 1):
         got = [r["trait"] for r in rows if int(r["prompt_id"]) == q]
         assert len(got) == 2 and vals[q] == pytest.approx(sum(got) / 2)

@@ -202,30 +202,27 @@ def _screen(ctx: runner.Context) -> dict[str, Any]:
 def _finetune(ctx: runner.Context) -> dict[str, Any]:
     """Stage 5 ("finetune" or "shift"): finetune on bad medical advice without and with preventative steering, with
     checkpoints, and measure trait expression at each checkpoint (judged, or the labelled proxy: paired
-    preference on the project's EM items)."""
+    preference on the project's EM items): the mean (`expression`) and the values per unit (`units`)."""
     cfg, out, judge, note = ctx.config, ctx.out, ctx.resources.get("judge"), _notes(ctx)
     if "finetune" not in cfg.stages and "shift" not in cfg.stages:
         return {"expression": {}, "notes": []}
     layer, dd = ctx.results["select"]["layer"], ctx.resources.get("data_dir")
     d = _direction(ctx)
     expr: dict[str, Any] = {}
+    units: dict[str, list[Any]] = {}  # each checkpoint's values per unit (the controls stage compares them)
     for cond, prev in zip(CONDITIONS, (None, {"direction": d, "layer": layer, "coef": cfg.coef})):
         fdir = _finetuned(ctx, cond, prev)
         for ck in sorted((fdir / "checkpoints").glob("step_*")):
             name = f"{cond}/{ck.name}"
             m = load_model(cfg.model, adapter=ck / "adapter", dtype=torch.float32, device=cfg.device)
-            if judge is not None:
-                te = trait_expression(m, cfg.trait, judge, out=out / "expression" / name, data_dir=dd, **_expr_kw(cfg))
-                expr[name] = te["trait"]["value"]
-            else:
-                expr[name] = paired_preference(m, seed=cfg.seed)["mean_diff"]["value"]
+            expr[name], units[name], _ = _expression(cfg, judge, m, out / "expression" / name, dd)
             del m
     label = _label(judge)
     for cond in CONDITIONS:
         last = sorted(k for k in expr if k.startswith(cond))[-1]
         note(f"{cond} finetune, final: {label}", round(expr[last], 4) if expr[last] is not None else None,
              judged=judge is not None)
-    return {"expression": expr, "notes": note.rows}
+    return {"expression": expr, "units": units, "notes": note.rows}
 
 
 def _finetuned(ctx: runner.Context, cond: str, preventative: dict[str, Any] | None) -> Any:
@@ -242,20 +239,22 @@ def _finetuned(ctx: runner.Context, cond: str, preventative: dict[str, Any] | No
     return fdir
 
 
-def _per_unit(cfg: PVConfig, judge: Any, model: Any, out: Any, data_dir: Any = None) -> tuple[list[Any], str]:
-    """One expression value per unit of `model`, in a fixed unit order, and the unit: with a judge, the mean judged
-    trait score of each eval question (its answers in the run directory `out`, e.g. the finetune stage's
-    `expression/<condition>/<step>`, whose answers it reuses); without, the proxy's per-item difference on the
-    project's EM items."""
+def _expression(cfg: PVConfig, judge: Any, model: Any, out: Any, data_dir: Any = None) -> tuple[Any, list[Any], str]:
+    """`model`'s trait expression: (the mean, one value per unit in a fixed unit order, the unit). With a judge: the
+    judged trait score (mean over the scored answers; per unit, the mean of each eval question; answers in the run
+    directory `out`, resumable); without: the proxy's mean difference and its per-item differences on the project's
+    EM items."""
     if judge is None:
-        return [r["diff"] for r in paired_preference(model, seed=cfg.seed)["rows"]], "item"
+        pp = paired_preference(model, seed=cfg.seed)
+        return pp["mean_diff"]["value"], [r["diff"] for r in pp["rows"]], "item"
     te = trait_expression(model, cfg.trait, judge, out=out, data_dir=data_dir, progress=False, **_expr_kw(cfg))
     by_q: dict[int, list[float]] = {}
     for r in te["rows"]:
         if r.get("trait") is not None:
             by_q.setdefault(int(r["prompt_id"]), []).append(float(r["trait"]))
     n_q = len({int(r["prompt_id"]) for r in te["rows"]})
-    return [sum(by_q[q]) / len(by_q[q]) if q in by_q else None for q in range(n_q)], "question"
+    return (te["trait"]["value"], [sum(by_q[q]) / len(by_q[q]) if q in by_q else None for q in range(n_q)],
+            "question")
 
 
 def _controls(ctx: runner.Context) -> dict[str, Any]:
@@ -269,15 +268,19 @@ def _controls(ctx: runner.Context) -> dict[str, Any]:
     layer, d = ctx.results["select"]["layer"], _direction(ctx)
     vals: dict[str, list[Any]] = {}
     dd = ctx.resources.get("data_dir")
-    vals["base"], unit = _per_unit(cfg, judge, _setup(ctx)["model"], out / "expression_base", dd)
+    _, vals["base"], unit = _expression(cfg, judge, _setup(ctx)["model"], out / "expression_base", dd)
+    measured = ctx.results["finetune"].get("units", {})  # the plain and preventative checkpoints' values
     randoms = [f"random{k}" for k in range(1, cfg.random_controls + 1)]
     for k, cond in enumerate(CONDITIONS + tuple(randoms)):
         prev = None if cond == "plain" else {"direction": d if cond == "preventative" else
                                              random_like(d, seed=cfg.seed + k - 1), "layer": layer, "coef": cfg.coef}
         last = sorted((_finetuned(ctx, cond, prev) / "checkpoints").glob("step_*"))[-1]
-        m = load_model(cfg.model, adapter=last / "adapter", dtype=torch.float32, device=cfg.device)
-        vals[cond], _ = _per_unit(cfg, judge, m, out / "expression" / cond / last.name, dd)
-        del m
+        name = f"{cond}/{last.name}"
+        if name not in measured:  # a random-direction finetune (or a finetune stage recorded before "units")
+            m = load_model(cfg.model, adapter=last / "adapter", dtype=torch.float32, device=cfg.device)
+            measured[name] = _expression(cfg, judge, m, out / "expression" / name, dd)[1]
+            del m
+        vals[cond] = measured[name]
     if randoms:  # the random directions' mean per unit (None where any is missing)
         vals["random (mean)"] = [None if any(vals[c][i] is None for c in randoms) else
                                  sum(vals[c][i] for c in randoms) / len(randoms) for i in range(len(vals["base"]))]

@@ -253,6 +253,11 @@ def constrained_predictions(model: LoadedModel, rows: Sequence[dict], *, batch_s
 CELL_UNIT = "task x property cell"
 
 
+def _task(row: dict[str, Any]) -> str:
+    """The task (dataset) of a task row: its `original_dataset`, else the first part of its item id."""
+    return row.get("original_dataset") or row["item_id"].split("/")[0]
+
+
 def _cell(scored_row: dict[str, Any]) -> str:
     """The task x property cell of a scored item ("animals_long/first_character")."""
     return f"{scored_row['task']}/{scored_row['property']}"
@@ -304,7 +309,7 @@ def score_predictions(rows: Sequence[dict], object_answers: dict[str, str], pred
         if pred is None:
             n_hyp_bad += 1
             continue
-        scored.append({"item_id": r["item_id"], "task": r.get("original_dataset") or r["item_id"].split("/")[0],
+        scored.append({"item_id": r["item_id"], "task": _task(r),
                        "property": prop, "target": target, "prediction": pred, "correct": float(pred == target)})
     by_cell: dict[tuple[str, str], list[dict]] = {}
     for s in scored:
@@ -493,7 +498,7 @@ def behaviour_shift(rows: Sequence[dict], old_answers: dict[str, str], new_answe
         pred = parse_prediction(new_predictions.get(r["item_id"]), prop)
         if old is None or new is None or pred is None or old == new:
             continue
-        out.append({"item_id": r["item_id"], "task": r.get("original_dataset") or r["item_id"].split("/")[0],
+        out.append({"item_id": r["item_id"], "task": _task(r),
                     "property": prop, "old": old, "new": new, "prediction": pred,
                     "matches_new": float(pred == new), "matches_old": float(pred == old)})
     return {
